@@ -1,0 +1,34 @@
+"""graphprune: a pruning compiler for neural networks.
+
+    import graphprune as gp
+    model = gp.load("model.onnx")
+    groups = gp.analyze(model).groups
+    result = gp.prune(model, ratio=0.3)
+    gp.save(result.model, "small.onnx"); result.plan.save("small.plan.json")
+
+Heavy modules load on first use so `graphprune --help` stays fast.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_API = {
+    "load": "graphprune.api", "save": "graphprune.api", "analyze": "graphprune.api",
+    "prune": "graphprune.api", "check": "graphprune.api", "PruneResult": "graphprune.api",
+    "Plan": "graphprune.plan", "PassManager": "graphprune.passes", "Pass": "graphprune.passes",
+    "PassContext": "graphprune.passes", "register_pass": "graphprune.passes",
+    "rule": "graphprune.analysis.dependency", "RULES": "graphprune.analysis.dependency",
+    "DependencyGraph": "graphprune.analysis.dependency",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'graphprune' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Analyses of an IR model: cost (params/MACs) and channel dependencies."""

@@ -1,0 +1,207 @@
+"""What a channel rule sees and says: `RuleContext`.
+
+A rule couples (value, axis) slots, possibly through an index map, marks constant slots
+with a role (weight, bias, norm parameters ...), freezes slots it cannot map exactly, and
+registers a rewrite for the op's own attributes/structural constants. Every axis of the
+node's inputs and outputs that the rule leaves untouched is frozen afterwards: an axis
+a rule did not think about is never pruned through.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ir.constants import const_array
+from graphprune.ir.shapes import dims_of
+
+if TYPE_CHECKING:
+    from graphprune.analysis.dependency.graph import DependencyBuilder
+
+
+@dataclass(frozen=True, order=True)
+class Slot:
+    """One axis of one tensor, or a node-local virtual axis (name starts with '~')."""
+
+    value: str
+    axis: int
+
+    def __str__(self) -> str:
+        return f"{self.value}[{self.axis}]"
+
+    @property
+    def virtual(self) -> bool:
+        return self.value.startswith("~")
+
+
+SlotRemoved = Callable[[Slot], np.ndarray]
+RewriteFn = Callable[["RewriteContext"], None]
+
+
+def virtual_slot(node: ir.Node, tag: str) -> Slot:
+    return Slot(f"~{node.name}/{tag}", 0)
+
+
+class RuleContext:
+    def __init__(self, builder: "DependencyBuilder", node: ir.Node, opset: int):
+        self._b = builder
+        self.node = node
+        self.opset = opset
+        self.handled: set[tuple[int, int]] = set()
+
+    # ---- reading the node --------------------------------------------------------
+    def dims(self, value: ir.Value | None) -> list | None:
+        return dims_of(value)
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        return const_array(value)
+
+    def attr(self, name: str, default=None):
+        a = self.node.attributes.get(name)
+        return default if a is None else a.value
+
+    def input(self, i: int) -> ir.Value | None:
+        return self.node.inputs[i] if i < len(self.node.inputs) else None
+
+    def output(self, i: int) -> ir.Value | None:
+        return self.node.outputs[i] if i < len(self.node.outputs) else None
+
+    # ---- saying things -------------------------------------------------------------
+    def couple(self, va: ir.Value, axa: int, vb: ir.Value, axb: int,
+               a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
+        """Couple slot (va, axa) with (vb, axb). Without index arrays the map is the
+        identity (sizes must match); otherwise element a_idx[k] goes with b_idx[k]."""
+        axa = self._norm(va, axa)
+        axb = self._norm(vb, axb)
+        self.handled.add((id(va), axa))
+        self.handled.add((id(vb), axb))
+        self._b.add_edge(self._b.slot(va, axa), self._b.slot(vb, axb), a_idx, b_idx, self.node)
+
+    def couple_virtual(self, tag: str, size: int, v: ir.Value, ax: int,
+                       v_idx: np.ndarray, virt_idx: np.ndarray) -> Slot:
+        """Couple (v, ax) with a node-local virtual slot of `size` elements."""
+        ax = self._norm(v, ax)
+        self.handled.add((id(v), ax))
+        vslot = self._b.virtual_slot(self.node, tag, size)
+        self._b.add_edge(self._b.slot(v, ax), vslot, v_idx, virt_idx, self.node)
+        return vslot
+
+    def identity(self, va: ir.Value, vb: ir.Value) -> None:
+        """Couple every axis of two same-rank tensors one to one."""
+        da, db = self.dims(va), self.dims(vb)
+        if da is None or db is None or len(da) != len(db):
+            self.freeze_all(f"{self.node.op_type}: ranks of input and output differ or are unknown")
+            return
+        for ax in range(len(da)):
+            self.couple(va, ax, vb, ax)
+
+    def broadcast(self, inputs: list[ir.Value | None], output: ir.Value) -> None:
+        """Numpy broadcasting: couple each input axis whose size equals the output's."""
+        dout = self.dims(output)
+        if dout is None:
+            self.freeze_all(f"{self.node.op_type}: output rank unknown")
+            return
+        for v in inputs:
+            if v is None:
+                continue
+            dv = self.dims(v)
+            if dv is None or len(dv) > len(dout):
+                self.freeze_all(f"{self.node.op_type}: cannot align broadcast shapes")
+                return
+            off = len(dout) - len(dv)
+            for ax, d in enumerate(dv):
+                if d == 1:
+                    # Broadcast (or 1 to 1): a size-1 axis is never sliced.
+                    self.handled.add((id(v), ax))
+                    if dout[ax + off] == 1:
+                        self.handled.add((id(output), ax + off))
+                elif d == dout[ax + off]:
+                    self.couple(v, ax, output, ax + off)
+                else:
+                    self.freeze(v, ax, f"{self.node.op_type}: broadcast sizes do not match")
+
+    def structural(self, *values: ir.Value | None) -> None:
+        """Inputs that are not channel-carrying (shape/index constants, scalars): the rule
+        reads and rewrites them itself, so their axes are not slots."""
+        for v in values:
+            d = self.dims(v) if v is not None else None
+            if d is not None:
+                for ax in range(len(d)):
+                    self.handled.add((id(v), ax))
+
+    def unchanged(self, value: ir.Value | None, *axes: int) -> None:
+        """Axes the op keeps fixed and never needs to slice (e.g. kernel height)."""
+        if value is None:
+            return
+        for ax in axes:
+            self.handled.add((id(value), self._norm(value, ax)))
+
+    def param(self, value: ir.Value | None, axis: int, role: str) -> None:
+        """Record the role of a constant slot (used by importance criteria)."""
+        if value is None:
+            return
+        self._b.set_role(self._b.slot(value, self._norm(value, axis)), role)
+
+    def freeze(self, value: ir.Value | None, axis: int | None, reason: str) -> None:
+        if value is None:
+            return
+        d = self.dims(value)
+        if d is None:
+            self._b.freeze_value_unknown(value, reason)
+            return
+        axes = range(len(d)) if axis is None else [self._norm(value, axis)]
+        for ax in axes:
+            self.handled.add((id(value), ax))
+            self._b.freeze(self._b.slot(value, ax), reason)
+
+    def freeze_all(self, reason: str) -> None:
+        for v in list(self.node.inputs) + list(self.node.outputs):
+            self.freeze(v, None, reason)
+
+    def on_prune(self, fn: RewriteFn) -> None:
+        """Register a rewrite of this node's attributes/structural inputs at prune time."""
+        self._b.add_rewrite(self.node, fn)
+
+    # ---- helpers -----------------------------------------------------------------
+    def _norm(self, v: ir.Value, ax: int) -> int:
+        if ax >= 0:
+            return ax
+        d = self.dims(v)
+        return ax + (len(d) if d is not None else 0)
+
+
+class RewriteContext:
+    """Given to a rule's rewrite at prune time: which indices go from which slot."""
+
+    def __init__(self, node: ir.Node, slot_removed: SlotRemoved,
+                 new_const: Callable[[np.ndarray, str], ir.Value]):
+        self.node = node
+        self._slot_removed = slot_removed
+        self._new_const = new_const
+
+    def removed(self, value: ir.Value | None, axis: int) -> np.ndarray:
+        """Sorted indices removed from (value, axis) in the input model's numbering."""
+        if value is None:
+            return np.zeros(0, dtype=np.int64)
+        if axis < 0:
+            axis += len(value.shape)
+        return self._slot_removed(Slot(value.name, axis))
+
+    def kept(self, value: ir.Value, axis: int, size: int) -> np.ndarray:
+        return np.setdiff1d(np.arange(size), self.removed(value, axis))
+
+    def virtual_removed(self, tag: str) -> np.ndarray:
+        return self._slot_removed(virtual_slot(self.node, tag))
+
+    def set_input_const(self, i: int, array: np.ndarray, hint: str = "") -> None:
+        """Point input i at a new constant (never mutates a possibly shared one)."""
+        v = self._new_const(np.asarray(array), hint or f"{self.node.name}_in{i}")
+        self.node.replace_input_with(i, v)
+
+    def set_attr_int(self, name: str, value: int) -> None:
+        self.node.attributes[name] = ir.AttrInt64(name, int(value))
+
+    def set_attr_ints(self, name: str, values) -> None:
+        self.node.attributes[name] = ir.AttrInt64s(name, [int(x) for x in values])

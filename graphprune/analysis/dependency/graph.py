@@ -1,0 +1,344 @@
+"""Dependency analysis: channel slots, their couplings, and the pruning groups.
+
+Two levels:
+1. Slots — (value, axis) pairs — are joined by the couplings per-op rules declare.
+   Connected components of slots are candidate groups. A component with a frozen slot
+   (no rule, inexact op, graph input/output, dynamic size ...) is not pruned.
+2. Inside a prunable component, couplings carry index maps (concat offsets, flatten
+   blocks, grouped-conv ties, gathers ...). Connected components of *elements* are the
+   atoms: the smallest sets of channels that can only be removed together. A plan
+   removes whole atoms, so any plan is consistent with every op by construction.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.dependency.context import RewriteFn, RuleContext, Slot, virtual_slot
+from graphprune.analysis.dependency.registry import RULES, RuleRegistry
+from graphprune.ir.constants import is_constant
+from graphprune.ir.shapes import dims_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Group:
+    """A set of coupled slots whose channels are removed together, atom by atom."""
+
+    id: int
+    name: str
+    slots: list[Slot]
+    sizes: dict[Slot, int]
+    labels: dict[Slot, np.ndarray]  # per slot: atom id of each index
+    num_atoms: int
+    roles: dict[Slot, str]  # constant slots and their role (weight, bias, ...)
+    ignored: bool = False  # touched by the user's ignore list
+
+    @property
+    def const_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s in self.roles]
+
+    def removed_indices(self, slot: Slot, atoms) -> np.ndarray:
+        atoms = np.asarray(sorted(atoms), dtype=np.int64)
+        return np.nonzero(np.isin(self.labels[slot], atoms))[0].astype(np.int64)
+
+    def atoms_of(self, slot: Slot) -> np.ndarray:
+        return np.unique(self.labels[slot])
+
+    def atom_sizes(self) -> np.ndarray:
+        """Number of channels each atom holds in the group's widest slot."""
+        widest = max((s for s in self.slots if not s.virtual), key=lambda s: self.sizes[s])
+        return np.bincount(self.labels[widest], minlength=self.num_atoms)
+
+    def check_removal(self, atoms) -> str | None:
+        """Why removing `atoms` is not allowed (None if it is)."""
+        atoms = set(int(a) for a in atoms)
+        bad = [a for a in atoms if not 0 <= a < self.num_atoms]
+        if bad:
+            return f"group {self.name}: atom ids {bad[:5]} out of range 0..{self.num_atoms - 1}"
+        for s in self.slots:
+            if set(self.atoms_of(s).tolist()) <= atoms:
+                return f"group {self.name}: removing these channels would leave {s} empty"
+        return None
+
+
+@dataclass
+class FrozenGroup:
+    """A component holding prunable-looking tensors that is frozen, and why."""
+
+    name: str
+    slots: list[Slot]
+    reasons: list[str]
+
+
+@dataclass
+class Diagnostic:
+    node: str
+    op: str
+    message: str
+
+
+class DependencyBuilder:
+    def __init__(self, model: ir.Model, registry: RuleRegistry):
+        self.model = model
+        self.registry = registry
+        self.values: dict[str, ir.Value] = {}
+        self.sizes: dict[Slot, int | str | None] = {}
+        self.order: dict[Slot, int] = {}
+        self.edges: list[tuple[Slot, Slot, np.ndarray | None, np.ndarray | None]] = []
+        self.frozen: dict[Slot, list[str]] = defaultdict(list)
+        self.roles: dict[Slot, str] = {}
+        self.rewrites: list[tuple[ir.Node, RewriteFn]] = []
+        self.diagnostics: list[Diagnostic] = []
+        self.edge_nodes: list[str] = []
+
+    # ---- slots ---------------------------------------------------------------------
+    def slot(self, value: ir.Value, axis: int) -> Slot:
+        s = Slot(value.name, axis)
+        if s not in self.sizes:
+            dims = dims_of(value)
+            size = dims[axis] if dims is not None and axis < len(dims) else None
+            self.values[value.name] = value
+            self.sizes[s] = size
+            self.order[s] = len(self.order)
+            if not isinstance(size, int):
+                self.frozen[s].append("dynamic or unknown size")
+            if is_constant(value) and s not in self.roles:
+                self.roles[s] = "const"
+        return s
+
+    def virtual_slot(self, node: ir.Node, tag: str, size: int) -> Slot:
+        s = virtual_slot(node, tag)
+        if s not in self.sizes:
+            self.sizes[s] = size
+            self.order[s] = len(self.order)
+        return s
+
+    def add_edge(self, a: Slot, b: Slot, a_idx, b_idx, node: ir.Node) -> None:
+        if (a_idx is None) != (b_idx is None):
+            raise ValueError("couple(): give both index arrays or neither")
+        if a_idx is not None:
+            a_idx = np.asarray(a_idx, dtype=np.int64).reshape(-1)
+            b_idx = np.asarray(b_idx, dtype=np.int64).reshape(-1)
+        self.edges.append((a, b, a_idx, b_idx))
+        self.edge_nodes.append(node.name)
+
+    def freeze(self, s: Slot, reason: str) -> None:
+        if reason not in self.frozen[s]:
+            self.frozen[s].append(reason)
+
+    def freeze_value_unknown(self, value: ir.Value, reason: str) -> None:
+        # Rank unknown: nothing can be coupled through it, so nothing needs freezing.
+        log.debug("value %s has unknown rank (%s)", value.name, reason)
+
+    def set_role(self, s: Slot, role: str) -> None:
+        self.roles[s] = role
+
+    def add_rewrite(self, node: ir.Node, fn: RewriteFn) -> None:
+        self.rewrites.append((node, fn))
+
+    # ---- building ------------------------------------------------------------------
+    def run(self) -> None:
+        graph = self.model.graph
+        opset = self.model.opset_imports.get("", 0)
+        for v in graph.inputs:
+            self._freeze_value(v, "graph input keeps its shape")
+        for v in graph.outputs:
+            self._freeze_value(v, "graph output keeps its shape")
+        for node in graph:
+            self._apply_rule(node, opset)
+        # Values read inside subgraphs (If/Loop/Scan bodies) are used with their shapes.
+        for node in graph:
+            for sub in _subgraphs(node):
+                for inner in sub.all_nodes() if hasattr(sub, "all_nodes") else sub:
+                    for v in inner.inputs:
+                        if v is not None and v.graph is graph:
+                            self._freeze_value(v, f"used inside a subgraph of {node.name!r}")
+
+    def _freeze_value(self, v: ir.Value, reason: str) -> None:
+        dims = dims_of(v)
+        if dims is None:
+            return
+        for ax in range(len(dims)):
+            self.freeze(self.slot(v, ax), reason)
+
+    def _apply_rule(self, node: ir.Node, opset_default: int) -> None:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            return
+        opset = self.model.opset_imports.get(node.domain or "", opset_default)
+        entry = self.registry.lookup(node.domain, node.op_type, opset)
+        ctx = RuleContext(self, node, opset)
+        op = node.op_type if not node.domain else f"{node.domain}::{node.op_type}"
+        if entry is None:
+            reason = f"no channel rule for {op} (opset {opset})"
+            self.diagnostics.append(Diagnostic(node.name, op, reason))
+            ctx.freeze_all(reason)
+            return
+        if _subgraphs(node):
+            reason = f"{op} has subgraphs"
+            self.diagnostics.append(Diagnostic(node.name, op, reason))
+            ctx.freeze_all(reason)
+            return
+        try:
+            entry.fn(node, ctx)
+        except Exception as exc:  # a rule that fails must fail closed, not crash analysis
+            reason = f"rule for {op} failed: {type(exc).__name__}: {exc}"
+            log.debug("rule failure at %s", node.name, exc_info=True)
+            self.diagnostics.append(Diagnostic(node.name, op, reason))
+            ctx.freeze_all(reason)
+            return
+        for v in list(node.inputs) + list(node.outputs):
+            if v is None:
+                continue
+            dims = dims_of(v)
+            if dims is None:
+                continue
+            for ax in range(len(dims)):
+                if (id(v), ax) not in ctx.handled:
+                    self.freeze(self.slot(v, ax), f"{op} rule does not map this axis")
+
+
+def _subgraphs(node: ir.Node) -> list:
+    subs = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            subs.append(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            subs.extend(attr.value)
+    return subs
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        p = self.parent.setdefault(x, x)
+        while p != self.parent[p]:
+            self.parent[p] = self.parent[self.parent[p]]
+            p = self.parent[p]
+        self.parent[x] = p
+        return p
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+class DependencyGraph:
+    """Result of the dependency analysis of one model (valid until the model changes)."""
+
+    def __init__(self, model: ir.Model, *, registry: RuleRegistry | None = None,
+                 ignore: list[str] | None = None):
+        b = DependencyBuilder(model, registry or RULES)
+        b.run()
+        self.model = model
+        self.values = b.values
+        self.sizes = b.sizes
+        self.roles = b.roles
+        self.rewrites = b.rewrites
+        self.diagnostics = b.diagnostics
+        self._frozen = b.frozen
+        self.groups: list[Group] = []
+        self.frozen_groups: list[FrozenGroup] = []
+        self._build_groups(b, [re.compile(p) for p in (ignore or [])])
+        self.slot_group: dict[Slot, Group] = {s: g for g in self.groups for s in g.slots}
+
+    def _build_groups(self, b: DependencyBuilder, ignore: list[re.Pattern]) -> None:
+        uf = _UnionFind()
+        for s in b.sizes:
+            uf.find(s)
+        for a, c, _, _ in b.edges:
+            uf.union(a, c)
+        comps: dict[Slot, list[Slot]] = defaultdict(list)
+        for s in b.sizes:
+            comps[uf.find(s)].append(s)
+        comp_edges: dict[Slot, list] = defaultdict(list)
+        for e in b.edges:
+            comp_edges[uf.find(e[0])].append(e)
+        ordered = sorted(comps.values(), key=lambda ss: min(b.order[s] for s in ss))
+        for slots in ordered:
+            slots.sort(key=lambda s: b.order[s])
+            roles = {s: b.roles[s] for s in slots if s in b.roles}
+            if not roles:
+                continue  # nothing to slice: not a pruning group (e.g. spatial axes)
+            name = self._group_name(slots)
+            reasons = sorted({r for s in slots for r in b.frozen.get(s, ())})
+            if reasons:
+                self.frozen_groups.append(FrozenGroup(name, slots, reasons))
+                continue
+            group = self._atoms(len(self.groups), name, slots, roles, comp_edges[uf.find(slots[0])], b)
+            if group is None:
+                continue
+            if ignore and self._matches_ignore(slots, ignore):
+                group.ignored = True
+            self.groups.append(group)
+
+    def _group_name(self, slots: list[Slot]) -> str:
+        for s in slots:
+            v = self.values.get(s.value)
+            if v is not None and not s.virtual and v.producer() is not None and not is_constant(v):
+                return f"{v.producer().name}:{s.axis}"
+        return str(slots[0])
+
+    def _matches_ignore(self, slots: list[Slot], ignore: list[re.Pattern]) -> bool:
+        for s in slots:
+            v = self.values.get(s.value)
+            names = [s.value]
+            if v is not None:
+                if v.producer() is not None:
+                    names.append(v.producer().name or "")
+                names.extend(u.node.name or "" for u in v.uses())
+            if any(p.fullmatch(n) or p.search(n) for p in ignore for n in names):
+                return True
+        return False
+
+    def _atoms(self, gid: int, name: str, slots: list[Slot], roles, edges, b) -> Group | None:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        offset: dict[Slot, int] = {}
+        total = 0
+        for s in slots:
+            offset[s] = total
+            total += int(b.sizes[s])
+        rows, cols = [], []
+        for a, c, ai, ci in edges:
+            if ai is None:
+                if b.sizes[a] != b.sizes[c]:
+                    self.frozen_groups.append(FrozenGroup(
+                        name, slots, [f"size mismatch between {a} ({b.sizes[a]}) and {c} ({b.sizes[c]})"]))
+                    return None
+                ai = ci = np.arange(int(b.sizes[a]))
+            if len(ai) and (ai.max() >= b.sizes[a] or ci.max() >= b.sizes[c] or ai.min() < 0 or ci.min() < 0):
+                self.frozen_groups.append(FrozenGroup(name, slots, [f"index map out of range between {a} and {c}"]))
+                return None
+            rows.append(ai + offset[a])
+            cols.append(ci + offset[c])
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
+        _, comp = connected_components(adj, directed=False)
+        # Number atoms by first appearance so ids are stable across runs.
+        _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        atom = rank[inverse]
+        labels = {s: atom[offset[s]: offset[s] + int(b.sizes[s])] for s in slots}
+        sizes = {s: int(b.sizes[s]) for s in slots}
+        return Group(gid, name, slots, sizes, labels, len(first), roles)
+
+    # ---- queries -------------------------------------------------------------------
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if not g.ignored and g.num_atoms > 1]
+
+    def value(self, name: str) -> ir.Value:
+        return self.values[name]

@@ -1,0 +1,9 @@
+"""Per-op channel rules. Importing this package fills `registry.RULES`."""
+from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration side effects)
+    conv,
+    elementwise,
+    linear,
+    norm,
+    pool,
+    shape_ops,
+)

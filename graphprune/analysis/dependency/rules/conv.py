@@ -1,0 +1,94 @@
+"""Conv and ConvTranspose, grouped and depthwise.
+
+Grouped convolutions keep every group the same size by construction:
+* depthwise-like (one input channel per group): input channel g and the output channels
+  of group g form one atom, so whole groups go and `group` is rewritten;
+* otherwise, channels at the same position in every group are tied into one atom, so
+  each group loses the same positions and `group` stays.
+Which channels go is then any set of atoms, and no plan can make groups uneven.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphprune.analysis.dependency.registry import rule
+
+
+def _spatial_unchanged(ctx, x, y, w, first_kernel_axis=2):
+    ctx.couple(x, 0, y, 0)
+    for v in (w,):
+        d = ctx.dims(v) or ()
+        ctx.unchanged(v, *range(first_kernel_axis, len(d)))
+
+
+def _set_group(ctx, x, new_groups_from_input: bool, group: int):
+    def rewrite(rc):
+        rc.set_attr_int("group", group - len(rc.removed(x, 1)))
+
+    if new_groups_from_input:
+        ctx.on_prune(rewrite)
+
+
+@rule("Conv")
+def conv(node, ctx):
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    y = node.outputs[0]
+    dx, dw = ctx.dims(x), ctx.dims(w)
+    if dx is None or dw is None or not isinstance(dx[1], int) or not isinstance(dw[0], int):
+        ctx.freeze_all("Conv with unknown channel counts")
+        return
+    group = int(ctx.attr("group", 1))
+    c_in, m = dx[1], dw[0]
+    _spatial_unchanged(ctx, x, y, w)
+    ctx.couple(y, 1, w, 0)
+    if b is not None:
+        ctx.couple(y, 1, b, 0)
+        ctx.param(b, 0, "bias")
+    ctx.param(w, 0, "weight")
+    if group == 1:
+        ctx.couple(x, 1, w, 1)
+        ctx.param(w, 1, "weight")
+        return
+    ig, og = c_in // group, m // group
+    if ig == 1:
+        # Depthwise(-multiplier): input g + outputs of group g are one atom.
+        ctx.couple(x, 1, y, 1, np.arange(m) // og, np.arange(m))
+        ctx.unchanged(w, 1)
+        _set_group(ctx, x, True, group)
+    else:
+        ctx.couple(x, 1, w, 1, np.arange(c_in), np.arange(c_in) % ig)
+        ctx.param(w, 1, "weight")
+        ctx.couple_virtual("out_pos", og, y, 1, np.arange(m), np.arange(m) % og)
+
+
+@rule("ConvTranspose")
+def conv_transpose(node, ctx):
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    y = node.outputs[0]
+    dx, dw, dy = ctx.dims(x), ctx.dims(w), ctx.dims(y)
+    if dx is None or dw is None or dy is None or not isinstance(dx[1], int) or not isinstance(dy[1], int):
+        ctx.freeze_all("ConvTranspose with unknown channel counts")
+        return
+    group = int(ctx.attr("group", 1))
+    c_in, m = dx[1], dy[1]
+    _spatial_unchanged(ctx, x, y, w)
+    ctx.couple(x, 1, w, 0)
+    ctx.param(w, 0, "weight")
+    if b is not None:
+        ctx.couple(y, 1, b, 0)
+        ctx.param(b, 0, "bias")
+    if group == 1:
+        ctx.couple(y, 1, w, 1)
+        ctx.param(w, 1, "weight")
+        return
+    ig, og = c_in // group, m // group
+    if ig == 1:
+        ctx.couple(x, 1, y, 1, np.arange(m) // og, np.arange(m))
+        ctx.unchanged(w, 1)
+        _set_group(ctx, x, True, group)
+    else:
+        ctx.couple_virtual("in_pos", ig, x, 1, np.arange(c_in), np.arange(c_in) % ig)
+        ctx.couple(y, 1, w, 1, np.arange(m), np.arange(m) % og)
+        ctx.param(w, 1, "weight")

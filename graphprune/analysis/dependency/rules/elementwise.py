@@ -1,0 +1,93 @@
+"""Elementwise ops: unary activations (all axes one to one) and broadcasting binaries."""
+from __future__ import annotations
+
+from graphprune.analysis.dependency.registry import rule
+
+UNARY = (
+    "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Erf Gelu Softplus Softsign Mish Elu "
+    "Selu Celu ThresholdedRelu Exp Neg Abs Sqrt Ceil Floor Round Sign Sin Cos Not Identity "
+    "Cast Swish IsNaN IsInf"
+).split()
+
+
+@rule(UNARY)
+def unary(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])
+
+
+@rule("CastLike")
+def cast_like(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])
+    ctx.structural(node.inputs[1])
+
+
+@rule("Clip")
+def clip(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])
+    for v in node.inputs[1:]:
+        d = ctx.dims(v)
+        if v is not None and d and any(x != 1 for x in d):
+            ctx.freeze_all("Clip with non-scalar bounds")
+            return
+        ctx.structural(v)
+
+
+@rule("Dropout")
+def dropout(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])
+    if len(node.outputs) > 1 and node.outputs[1] is not None:
+        ctx.identity(node.inputs[0], node.outputs[1])
+    ctx.structural(*node.inputs[1:])
+
+
+BINARY = "Add Sub Mul Max Min Sum Mean Pow Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor".split()
+
+
+@rule(BINARY)
+def binary(node, ctx):
+    ctx.broadcast(list(node.inputs), node.outputs[0])
+    for v in node.inputs:
+        if ctx.const(v) is not None:
+            for ax, d in enumerate(ctx.dims(v) or ()):
+                if d != 1:
+                    ctx.param(v, ax, "elementwise")
+
+
+@rule(["Div", "Mod"])
+def divide(node, ctx):
+    """Zero-masking a per-channel divisor would divide by zero in the masked original,
+    so a divisor may only broadcast over the channel axes; per-channel divisors freeze."""
+    a, b = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    db, dout = ctx.dims(b), ctx.dims(out)
+    if db is None or dout is None:
+        ctx.freeze_all(f"{node.op_type}: unknown ranks")
+        return
+    ctx.broadcast([a, b], out)
+    off = len(dout) - len(db)
+    for ax, d in enumerate(db):
+        if d != 1:
+            ctx.freeze(b, ax, f"{node.op_type} by a tensor that varies along this axis")
+            ctx.freeze(out, ax + off, f"{node.op_type} by a tensor that varies along this axis")
+    if ctx.const(a) is not None:
+        for ax, d in enumerate(ctx.dims(a) or ()):
+            if d != 1:
+                ctx.param(a, ax, "elementwise")
+
+
+@rule("Where")
+def where(node, ctx):
+    ctx.broadcast(list(node.inputs), node.outputs[0])
+    for v in node.inputs:
+        if ctx.const(v) is not None:
+            for ax, d in enumerate(ctx.dims(v) or ()):
+                if d != 1:
+                    ctx.param(v, ax, "elementwise")
+
+
+@rule("PRelu")
+def prelu(node, ctx):
+    ctx.broadcast([node.inputs[0], node.inputs[1]], node.outputs[0])
+    for ax, d in enumerate(ctx.dims(node.inputs[1]) or ()):
+        if d != 1:
+            ctx.param(node.inputs[1], ax, "slope")

@@ -1,0 +1,73 @@
+"""Gemm and MatMul: the contracted axis couples both operands; free axes go to the output."""
+from __future__ import annotations
+
+from graphprune.analysis.dependency.registry import rule
+
+
+def _weight_roles(ctx, *vals_axes):
+    for v, ax in vals_axes:
+        if ctx.const(v) is not None:
+            ctx.param(v, ax, "weight")
+
+
+@rule("Gemm")
+def gemm(node, ctx):
+    a, b = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    y = node.outputs[0]
+    ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+    a_m, a_k = (1, 0) if ta else (0, 1)
+    b_k, b_n = (1, 0) if tb else (0, 1)
+    ctx.couple(a, a_m, y, 0)
+    ctx.couple(a, a_k, b, b_k)
+    ctx.couple(b, b_n, y, 1)
+    _weight_roles(ctx, (a, a_m), (a, a_k), (b, b_k), (b, b_n))
+    if c is not None:
+        ctx.broadcast([c], y)
+        for ax, d in enumerate(ctx.dims(c) or ()):
+            if d != 1:
+                ctx.param(c, ax, "bias")
+
+
+@rule("MatMul")
+def matmul(node, ctx):
+    a, b = node.inputs
+    y = node.outputs[0]
+    da, db, dy = ctx.dims(a), ctx.dims(b), ctx.dims(y)
+    if da is None or db is None or dy is None or len(da) < 1 or len(db) < 1:
+        ctx.freeze_all("MatMul with unknown ranks")
+        return
+    ra, rb, ry = len(da), len(db), len(dy)
+    if ra == 1 and rb == 1:
+        ctx.couple(a, 0, b, 0)
+        return
+    if ra == 1:  # [K] @ [..., K, N] -> [..., N]
+        ctx.couple(a, 0, b, rb - 2)
+        ctx.couple(b, rb - 1, y, ry - 1)
+        _batch(ctx, b, db[:-2], y, dy[:-1])
+        _weight_roles(ctx, (b, rb - 2), (b, rb - 1))
+        return
+    if rb == 1:  # [..., M, K] @ [K] -> [..., M]
+        ctx.couple(a, ra - 1, b, 0)
+        ctx.couple(a, ra - 2, y, ry - 1)
+        _batch(ctx, a, da[:-2], y, dy[:-1])
+        _weight_roles(ctx, (a, ra - 2), (a, ra - 1))
+        return
+    ctx.couple(a, ra - 1, b, rb - 2)
+    ctx.couple(a, ra - 2, y, ry - 2)
+    ctx.couple(b, rb - 1, y, ry - 1)
+    _batch(ctx, a, da[:-2], y, dy[:-2])
+    _batch(ctx, b, db[:-2], y, dy[:-2])
+    _weight_roles(ctx, (a, ra - 2), (a, ra - 1), (b, rb - 2), (b, rb - 1))
+
+
+def _batch(ctx, v, vdims, y, ydims):
+    """Broadcast the leading (batch) axes of one operand onto the output's."""
+    off = len(ydims) - len(vdims)
+    for ax, d in enumerate(vdims):
+        if d == 1:
+            ctx.unchanged(v, ax)
+        elif d == ydims[ax + off]:
+            ctx.couple(v, ax, y, ax + off)
+        else:
+            ctx.freeze(v, ax, "MatMul batch axes do not broadcast")

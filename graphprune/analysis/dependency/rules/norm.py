@@ -1,0 +1,114 @@
+"""Normalisations and softmax-like ops.
+
+Per-channel normalisations (BatchNorm, InstanceNorm) couple their parameters with the
+channel axis. GroupNorm removes whole groups. Ops that normalise *across* an axis
+(LayerNorm over its trailing axes, Softmax, LRN, LpNormalization) change every element
+when one is removed, so that axis is frozen: removal there would not be exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphprune.analysis.dependency.registry import rule
+
+
+@rule("BatchNormalization")
+def batch_norm(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    if any(o is not None for o in node.outputs[1:]):
+        ctx.freeze_all("BatchNormalization in training mode")
+        return
+    ctx.identity(x, y)
+    for v, role in zip(node.inputs[1:5], ("norm_scale", "norm_bias", "norm_mean", "norm_var")):
+        ctx.couple(x, 1, v, 0)
+        ctx.param(v, 0, role)
+
+
+@rule("InstanceNormalization")
+def instance_norm(node, ctx):
+    x, scale, bias = node.inputs[:3]
+    y = node.outputs[0]
+    ctx.couple(x, 0, y, 0)
+    ctx.couple(x, 1, y, 1)
+    for v, role in ((scale, "norm_scale"), (bias, "norm_bias")):
+        ctx.couple(x, 1, v, 0)
+        ctx.param(v, 0, role)
+    # Spatial axes are normalised over: left unmapped, hence frozen.
+
+
+@rule("GroupNormalization", since=18)
+def group_norm(node, ctx):
+    x, scale, bias = node.inputs[:3]
+    y = node.outputs[0]
+    dx = ctx.dims(x)
+    groups = int(ctx.attr("num_groups"))
+    c = dx[1]
+    if not isinstance(c, int) or c % groups:
+        ctx.freeze_all("GroupNormalization with unknown or uneven channel count")
+        return
+    per = c // groups
+    ctx.couple(x, 0, y, 0)
+    ctx.couple(x, 1, y, 1)
+    ctx.couple_virtual("groups", groups, x, 1, np.arange(c), np.arange(c) // per)
+    for v, role in ((scale, "norm_scale"), (bias, "norm_bias")):
+        size = (ctx.dims(v) or [None])[0]
+        if size == c:
+            ctx.couple(x, 1, v, 0)
+        elif size == groups:  # opset 18: one scale/bias per group
+            ctx.couple(x, 1, v, 0, np.arange(c), np.arange(c) // per)
+        else:
+            ctx.freeze_all("GroupNormalization scale/bias of unexpected size")
+            return
+        ctx.param(v, 0, role)
+
+    def rewrite(rc):
+        rc.set_attr_int("num_groups", groups - len(rc.virtual_removed("groups")))
+
+    ctx.on_prune(rewrite)
+
+
+@rule("LayerNormalization")
+def layer_norm(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    dx = ctx.dims(x)
+    if dx is None:
+        ctx.freeze_all("LayerNormalization of unknown rank")
+        return
+    axis = int(ctx.attr("axis", -1))
+    axis = axis + len(dx) if axis < 0 else axis
+    for ax in range(axis):
+        ctx.couple(x, ax, y, ax)
+    reason = "LayerNormalization normalises over this axis (removal would not be exact)"
+    for ax in range(axis, len(dx)):
+        ctx.freeze(x, ax, reason)
+        ctx.freeze(y, ax, reason)
+    for v in node.inputs[1:]:
+        ctx.freeze(v, None, reason)
+    for o in node.outputs[1:]:
+        ctx.freeze(o, None, reason)
+
+
+def _across_axis(kind: str, default_axis, since13_axis=None):
+    def fn(node, ctx):
+        x, y = node.inputs[0], node.outputs[0]
+        dx = ctx.dims(x)
+        if dx is None:
+            ctx.freeze_all(f"{node.op_type} of unknown rank")
+            return
+        axis = ctx.attr("axis", default_axis if ctx.opset < 13 or since13_axis is None else since13_axis)
+        axis = int(axis) + len(dx) if int(axis) < 0 else int(axis)
+        # Before opset 13 softmax flattens [axis:] into one axis: all of them are coupled.
+        frozen = set(range(axis, len(dx))) if (kind == "softmax" and ctx.opset < 13) else {axis}
+        for ax in range(len(dx)):
+            if ax in frozen:
+                ctx.freeze(x, ax, f"{node.op_type} mixes values along this axis")
+                ctx.freeze(y, ax, f"{node.op_type} mixes values along this axis")
+            else:
+                ctx.couple(x, ax, y, ax)
+
+    return fn
+
+
+rule(["Softmax", "LogSoftmax", "Hardmax"])(_across_axis("softmax", 1, -1))
+rule("LpNormalization")(_across_axis("lpnorm", -1))
+rule("LRN")(_across_axis("lrn", 1))

@@ -1,0 +1,137 @@
+"""Pooling, reductions, Resize and Pad: per-channel ops over spatial axes."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphprune.analysis.dependency.registry import rule
+
+
+@rule(["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+       "MaxRoiPool"])
+def pool(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    if len(node.outputs) > 1 and node.outputs[1] is not None:
+        ctx.freeze_all(f"{node.op_type} with an indices output")
+        return
+    if node.op_type == "MaxRoiPool":
+        ctx.freeze_all("MaxRoiPool is not supported")
+        return
+    ctx.couple(x, 0, y, 0)
+    ctx.couple(x, 1, y, 1)
+    # Spatial axes are pooled over: unmapped, hence frozen.
+
+
+REDUCE = "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum " \
+         "ReduceLogSumExp ReduceSumSquare".split()
+
+
+def _reduce_axes(node, ctx, rank):
+    axes_input_since = 13 if node.op_type == "ReduceSum" else 18
+    if ctx.opset >= axes_input_since:
+        v = node.inputs[1] if len(node.inputs) > 1 else None
+        ctx.structural(v)
+        if v is None:
+            axes = None
+        else:
+            arr = ctx.const(v)
+            if arr is None:
+                return "non-constant axes"
+            axes = arr.reshape(-1).tolist()
+    else:
+        axes = ctx.attr("axes")
+    if not axes:
+        if int(ctx.attr("noop_with_empty_axes", 0)):
+            return []
+        return list(range(rank))
+    return sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
+
+
+@rule(REDUCE)
+def reduce(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    dx = ctx.dims(x)
+    if dx is None:
+        ctx.freeze_all(f"{node.op_type} of unknown rank")
+        return
+    axes = _reduce_axes(node, ctx, len(dx))
+    if isinstance(axes, str):
+        ctx.freeze_all(f"{node.op_type} with {axes}")
+        return
+    keep = int(ctx.attr("keepdims", 1))
+    out_ax = 0
+    for ax in range(len(dx)):
+        if ax in axes:
+            ctx.freeze(x, ax, f"{node.op_type} reduces over this axis")
+            if keep:
+                ctx.unchanged(y, out_ax)
+                out_ax += 1
+        else:
+            ctx.couple(x, ax, y, out_ax)
+            out_ax += 1
+
+
+@rule("Resize", since=11)
+def resize(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    roi = node.inputs[1] if len(node.inputs) > 1 else None
+    scales = node.inputs[2] if len(node.inputs) > 2 else None
+    sizes = node.inputs[3] if len(node.inputs) > 3 else None
+    ctx.structural(roi, scales, sizes)
+    dx, dy = ctx.dims(x), ctx.dims(y)
+    if dx is None or dy is None:
+        ctx.freeze_all("Resize with unknown ranks")
+        return
+    axes = ctx.attr("axes")
+    rank = len(dx)
+    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+    sizes_arr = ctx.const(sizes) if sizes is not None else None
+    if sizes is not None and sizes_arr is None and (ctx.dims(sizes) or [0])[0] != 0:
+        ctx.freeze_all("Resize with non-constant sizes")
+        return
+    scales_arr = ctx.const(scales) if scales is not None else None
+    coupled = []
+    for ax in range(rank):
+        same = dx[ax] == dy[ax] and isinstance(dx[ax], int)
+        if scales_arr is not None and scales_arr.size and ax in axes:
+            same = same and float(scales_arr[axes.index(ax)]) == 1.0
+        if same:
+            ctx.couple(x, ax, y, ax)
+            coupled.append(ax)
+        # other axes are resized: unmapped, hence frozen
+    if sizes_arr is not None and sizes_arr.size:
+        def rewrite(rc):
+            new = sizes_arr.copy()
+            for ax in coupled:
+                if ax in axes:
+                    new[axes.index(ax)] = dy[ax] - len(rc.removed(y, ax))
+            if not np.array_equal(new, sizes_arr):
+                rc.set_input_const(3, new.astype(sizes_arr.dtype), f"{node.name}_sizes")
+
+        ctx.on_prune(rewrite)
+
+
+@rule("Pad", since=11)
+def pad(node, ctx):
+    x, y = node.inputs[0], node.outputs[0]
+    ctx.structural(*node.inputs[1:])
+    dx = ctx.dims(x)
+    pads = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if dx is None or pads is None:
+        ctx.freeze_all("Pad with non-constant pads")
+        return
+    rank = len(dx)
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        a = ctx.const(node.inputs[3])
+        if a is None:
+            ctx.freeze_all("Pad with non-constant axes")
+            return
+        axes = [int(i) + rank if int(i) < 0 else int(i) for i in a.reshape(-1)]
+    pads = pads.reshape(-1)
+    n = len(axes)
+    for ax in range(rank):
+        if ax in axes:
+            k = axes.index(ax)
+            if pads[k] != 0 or pads[k + n] != 0:
+                continue  # padded axis: unmapped, hence frozen
+        ctx.couple(x, ax, y, ax)

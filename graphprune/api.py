@@ -1,0 +1,70 @@
+"""The Python API: load, analyze, prune, check, save."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from graphprune.analysis.dependency import DependencyGraph
+from graphprune.frontends.onnx import load_onnx, save_onnx
+from graphprune.oracle import OracleResult
+from graphprune.passes import PassContext, PassManager
+from graphprune.plan import Plan
+
+
+def load(path: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Model:
+    """Read an ONNX model and normalise it for analysis (shapes inferred, shape math folded)."""
+    return load_onnx(path, fold=fold)
+
+
+def save(model: ir.Model, path: str | os.PathLike) -> None:
+    """Write a model atomically (external data beside it when it is large)."""
+    save_onnx(model, path)
+
+
+def analyze(model: ir.Model, *, ignore: list[str] | None = None) -> DependencyGraph:
+    """Dependency analysis: pruning groups, frozen groups and diagnostics."""
+    return DependencyGraph(model, ignore=ignore)
+
+
+@dataclass
+class PruneResult:
+    model: ir.Model
+    plan: Plan
+    changed: bool
+
+
+def prune(model: ir.Model, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
+          ignore: list[str] | None = None, plan: Plan | None = None, seed: int = 0,
+          selection: dict[int, list[int]] | None = None) -> PruneResult:
+    """Prune `model` in place. With `plan`, replay it exactly; with `selection`
+    (group id → atom ids from `analyze`), remove exactly those atoms."""
+    from graphprune.passes.pruning.prune_channels import PruneChannels
+
+    options = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "seed": seed}
+    if ignore:
+        options["ignore"] = list(ignore)
+    ctx = PassContext()
+    if plan is not None:
+        ctx.results["plan_in"] = plan
+    if selection is not None:
+        ctx.results["selection"] = selection
+    pm = PassManager([PruneChannels(**options)])
+    pm.run(model, ctx)
+    changed = pm.timings[-1][2] if pm.timings else False
+    return PruneResult(model=model, plan=ctx.results["plan"], changed=changed)
+
+
+def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike, plan: Plan | str,
+          **kwargs) -> OracleResult:
+    """The oracle: pruned == original with the plan's slices zeroed (see oracle.check)."""
+    from graphprune import oracle
+
+    if not isinstance(original, ir.Model):
+        original = load_onnx(original, fold=False)
+    if not isinstance(pruned, ir.Model):
+        pruned = load_onnx(pruned, fold=False)
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    return oracle.check(original, pruned, plan, **kwargs)

@@ -1,0 +1,51 @@
+"""Typed errors. Each carries what it concerns so the CLI can print one useful line."""
+from __future__ import annotations
+
+
+class GraphpruneError(Exception):
+    """Base class. `hint` is a short suggestion the CLI prints after the message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, node: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+        self.node = node
+
+
+class UsageError(GraphpruneError):
+    exit_code = 2
+
+
+class FrontendError(GraphpruneError):
+    """The input model cannot be read or normalised."""
+
+    exit_code = 4
+
+
+class UnsupportedOpError(GraphpruneError):
+    exit_code = 4
+
+
+class PlanError(GraphpruneError):
+    """A plan does not fit the model it is applied to, or breaks a structural constraint."""
+
+    exit_code = 2
+
+
+class PassError(GraphpruneError):
+    pass
+
+
+class VerificationError(GraphpruneError):
+    pass
+
+
+class OracleMismatchError(GraphpruneError):
+    """The pruned model differs from the masked original: a correctness gate failed."""
+
+    exit_code = 3
+
+
+class BackendUnavailableError(GraphpruneError):
+    exit_code = 4

@@ -1,0 +1,239 @@
+"""ONNX frontend: load (external data included), infer shapes, fold shape-only subgraphs.
+
+Folding makes Reshape/Split/Slice/Resize arguments visible as constants, which the
+dependency rules need to map channel indices exactly. Nothing else is changed: ops the
+tool does not know are kept as they are and round-trip unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import FrontendError
+from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.shapes import dims_of
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 11
+# Ops whose all-constant instances are evaluated at load time. Only data-movement and
+# integer/shape arithmetic: folding (De)QuantizeLinear etc. would change what the model is.
+FOLDABLE = frozenset(
+    "Shape Size Gather Unsqueeze Squeeze Concat Slice Cast Reshape Add Sub Mul Div Identity "
+    "Range ConstantOfShape Transpose Expand Equal Where Neg Sqrt Floor Ceil ReduceProd Min "
+    "Max Abs Not And Or Less Greater Tile Flatten Split".split()
+)
+MAX_FOLD_ELEMENTS = 1 << 20
+
+
+def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Model:
+    """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis."""
+    import onnx
+
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            model = ir.serde.deserialize_model(onnx.load_from_string(bytes(source)))
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise FrontendError(f"{path}: no such file")
+            if path.is_dir():
+                raise FrontendError(f"{path}: is a directory, expected an .onnx file")
+            model = ir.load(path)
+    except FrontendError:
+        raise
+    except Exception as exc:  # protobuf / onnx raise many types for damaged files
+        raise FrontendError(
+            f"cannot read ONNX model {source if not isinstance(source, bytes) else '<bytes>'}: "
+            f"{type(exc).__name__}: {exc}",
+            hint="is the file a complete .onnx model (not truncated, external data beside it)?",
+        ) from exc
+    normalize(model, fold=fold)
+    return model
+
+
+def _default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
+    """Prepare a loaded model for analysis, in place; returns it for chaining."""
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        raise FrontendError(
+            f"model uses opset {opset}; graphprune needs opset >= {MIN_OPSET}",
+            hint="convert it first: onnx.version_converter.convert_version(model, 13)",
+        )
+    _drop_initializers_from_inputs(model)
+    infer_shapes(model)
+    if fold and fold_constants(model):
+        remove_unused(model)
+        infer_shapes(model)
+    return model
+
+
+def _drop_initializers_from_inputs(model: ir.Model) -> None:
+    """Old exporters list initializers as graph inputs too; treat them as constants."""
+    g = model.graph
+    keep = [v for v in g.inputs if not (v.const_value is not None and v.name in g.initializers)]
+    if len(keep) != len(g.inputs):
+        g.inputs.clear()
+        g.inputs.extend(keep)
+
+
+def infer_shapes(model: ir.Model) -> None:
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+
+
+def remove_unused(model: ir.Model) -> None:
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(model)
+
+
+def _eval_node(node: ir.Node, opset: int) -> list[np.ndarray] | None:
+    """Evaluate one all-constant node with the ONNX reference evaluator."""
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [const_array(v) if v is not None else None for v in node.inputs]
+    names = [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)]
+    outs = [f"o{k}" for k in range(len(node.outputs))]
+    proto_node = ir.serde.serialize_node(node)
+    del proto_node.input[:]
+    proto_node.input.extend(names)
+    del proto_node.output[:]
+    proto_node.output.extend(outs)
+    graph = helper.make_graph(
+        [proto_node], "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in zip(names, inputs) if a is not None],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        res = ReferenceEvaluator(m).run(None, {n: a for n, a in zip(names, inputs) if a is not None})
+    except Exception as exc:  # an op the evaluator cannot run: leave it unfolded
+        log.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
+        return None
+    return [np.asarray(r) for r in res]
+
+
+def _shape_slice(node: ir.Node) -> tuple[list, int, int] | None:
+    dims = dims_of(node.inputs[0])
+    if dims is None:
+        return None
+    start = node.attributes["start"].value if "start" in node.attributes else 0
+    end = node.attributes["end"].value if "end" in node.attributes else len(dims)
+    start = max(0, start + len(dims) if start < 0 else start)
+    end = min(len(dims), end + len(dims) if end < 0 else end)
+    return dims, start, end
+
+
+def _fold_value(model: ir.Model, node: ir.Node, old: ir.Value, array: np.ndarray) -> None:
+    name = old.name
+    old.name = f"{name}__folded"
+    new = ir.Value(name=name, const_value=ir.tensor(array, name=name),
+                   shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+    model.graph.register_initializer(new)
+    old.replace_all_uses_with(new)
+
+
+def fold_constants(model: ir.Model) -> bool:
+    """Fold Shape of static tensors, Shape→Gather on static dims, and small all-constant
+    nodes into initializers. Returns whether anything changed."""
+    opset = _default_opset(model)
+    graph = model.graph
+    outputs = {id(v) for v in graph.outputs}
+    changed = False
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in FOLDABLE:
+            continue
+        if any(id(o) in outputs for o in node.outputs) or not node.outputs:
+            continue
+        results = None
+        if node.op_type == "Shape":
+            sl = _shape_slice(node)
+            if sl is not None:
+                dims, start, end = sl
+                picked = dims[start:end]
+                if all(isinstance(d, int) for d in picked):
+                    results = [np.array(picked, dtype=np.int64)]
+                else:
+                    _fold_gathers_of_partial_shape(model, node, dims, start)
+                    continue
+        elif all(v is None or is_constant(v) for v in node.inputs) and any(
+            v is not None for v in node.inputs
+        ):
+            results = _eval_node(node, opset)
+        if results is None or any(r.size > MAX_FOLD_ELEMENTS for r in results):
+            continue
+        for out, arr in zip(node.outputs, results):
+            _fold_value(model, node, out, arr)
+        changed = True
+    return changed
+
+
+def _fold_gathers_of_partial_shape(model: ir.Model, shape_node: ir.Node, dims: list, start: int) -> None:
+    """Shape(x) with a dynamic batch: still fold Gather(Shape(x), i) when dim i is static."""
+    for use in list(shape_node.outputs[0].uses()):
+        consumer = use.node
+        if consumer.op_type != "Gather" or use.idx != 0 or consumer.graph is not model.graph:
+            continue
+        idx = const_array(consumer.inputs[1])
+        if idx is None:
+            continue
+        picked = [dims[start + int(i) if i >= 0 else len(dims) + int(i)] for i in idx.reshape(-1)]
+        if all(isinstance(d, int) for d in picked):
+            arr = np.array(picked, dtype=np.int64).reshape(idx.shape)
+            if id(consumer.outputs[0]) not in {id(v) for v in model.graph.outputs}:
+                _fold_value(model, consumer, consumer.outputs[0], arr)
+
+
+def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
+    """Write a model atomically: to a temporary file beside the target, then rename.
+
+    Models whose tensors exceed 1.8 GB are written with external data (`<name>.data`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        total = sum(int(np.prod(v.shape.numpy())) * v.dtype.itemsize
+                    for v in model.graph.initializers.values()
+                    if v.shape is not None and v.shape.is_static() and v.dtype is not None)
+        external_data = total > 1_800_000_000
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if external_data:
+            data_name = path.name + ".data"
+            tmp_data = Path(tmp).with_name(Path(tmp).name + ".data")
+            ir.save(model, tmp, external_data=tmp_data.name)
+            # The .onnx refers to the data file by name: give it its final name first.
+            os.replace(tmp_data, path.with_name(data_name))
+            _rewrite_external_location(tmp, tmp_data.name, data_name)
+        else:
+            ir.save(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rewrite_external_location(onnx_path: str, old: str, new: str) -> None:
+    import onnx
+
+    proto = onnx.load(onnx_path, load_external_data=False)
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(proto, onnx_path)

@@ -1,0 +1,55 @@
+"""Magnitude criteria aggregated over the whole group.
+
+Each constant tensor in the group contributes, per index along its coupled axis, the
+L1 or squared-L2 norm of that slice, normalised by the tensor's mean so a large tensor
+does not drown a small one; an atom's score is the sum over every element it holds.
+Only weight-like tensors count (conv/linear weights, embeddings); norm statistics and
+biases say little about importance. Groups without weights fall back to all tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphprune.analysis.dependency.graph import DependencyGraph, Group
+from graphprune.ir.constants import const_array
+
+WEIGHT_ROLES = {"weight", "embedding"}
+
+
+def _slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
+    a = np.moveaxis(np.abs(arr.astype(np.float64)), axis, 0).reshape(arr.shape[axis], -1)
+    return a.sum(axis=1) if p == 1 else (a * a).sum(axis=1)
+
+
+def magnitude(dg: DependencyGraph, group: Group, p: int = 2, normalize: str = "mean") -> np.ndarray:
+    slots = [s for s, r in group.roles.items() if r in WEIGHT_ROLES] or list(group.roles)
+    score = np.zeros(group.num_atoms)
+    for s in slots:
+        arr = const_array(dg.values[s.value])
+        if arr is None or not np.issubdtype(arr.dtype, np.floating):
+            continue
+        per = _slice_norms(arr, s.axis, p)
+        if normalize == "mean" and per.mean() > 0:
+            per = per / per.mean()
+        score += np.bincount(group.labels[s], weights=per, minlength=group.num_atoms)
+    return score
+
+
+def random_scores(dg: DependencyGraph, group: Group, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed + group.id).random(group.num_atoms)
+
+
+CRITERIA = {
+    "l1": lambda dg, g, **kw: magnitude(dg, g, p=1),
+    "l2": lambda dg, g, **kw: magnitude(dg, g, p=2),
+    "random": lambda dg, g, seed=0, **kw: random_scores(dg, g, seed),
+}
+
+
+def group_scores(dg: DependencyGraph, criterion: str = "l2", groups=None, **kw) -> dict[int, np.ndarray]:
+    if criterion not in CRITERIA:
+        from graphprune.errors import UsageError
+
+        raise UsageError(f"unknown criterion {criterion!r}", hint=f"choose one of {sorted(CRITERIA)}")
+    fn = CRITERIA[criterion]
+    return {g.id: fn(dg, g, **kw) for g in (groups if groups is not None else dg.prunable_groups)}

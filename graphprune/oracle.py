@@ -1,0 +1,147 @@
+"""The oracle: the pruned model must equal the input model with the plan's slices zeroed.
+
+`masked_original` zeroes every slice the plan lists in the *input* model (as read from
+disk, before any normalisation); `check` runs both in ONNX Runtime on random and/or
+given inputs and compares outputs with a tolerance relative to each output's scale.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import PlanError
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.plan import Plan
+
+log = logging.getLogger(__name__)
+
+_NP_OF_ONNX = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+}
+
+
+def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
+    """Zero the plan's slices in `model` (in place) and return it."""
+    values = {v.name: v for v in model.graph.initializers.values()}
+    for node in model.graph:
+        for o in node.outputs:
+            values.setdefault(o.name, o)
+    for t in plan.tensors:
+        v = values.get(t["name"])
+        if v is None or not is_constant(v):
+            raise PlanError(f"plan lists tensor {t['name']!r}, which is not a constant of this model")
+        arr = const_array(v).copy()
+        if not 0 <= t["axis"] < arr.ndim:
+            raise PlanError(f"plan axis {t['axis']} out of range for {t['name']!r} of rank {arr.ndim}")
+        idx = [slice(None)] * arr.ndim
+        idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
+        arr[tuple(idx)] = 0
+        set_const_array(v, arr)
+    return model
+
+
+def session(model: ir.Model | bytes | str, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model).SerializeToString()
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(sess, seed: int = 0, dim_value: int = 1, int_high: int = 2) -> dict[str, np.ndarray]:
+    """Random feeds for every model input; symbolic dims take `dim_value`."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d >= 0 else dim_value for d in inp.shape]
+        dtype = _NP_OF_ONNX.get(inp.type)
+        if dtype is None:
+            raise PlanError(f"cannot make random data for input {inp.name!r} of type {inp.type}")
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.random(shape) < 0.5
+        else:
+            feeds[inp.name] = rng.integers(0, int_high, size=shape).astype(dtype)
+    return feeds
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs_err: float
+    scale: float
+    ok: bool
+
+
+@dataclass
+class OracleResult:
+    ok: bool
+    diffs: list[OutputDiff] = field(default_factory=list)
+    runs: int = 0
+
+    @property
+    def worst_relative(self) -> float:
+        return max((d.max_abs_err / max(d.scale, 1e-12) for d in self.diffs), default=0.0)
+
+    def summary(self) -> str:
+        state = "PASS" if self.ok else "FAIL"
+        return (f"oracle {state}: {self.runs} input set(s), worst error "
+                f"{self.worst_relative:.2e} of output scale")
+
+
+def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str],
+                    rtol: float = 1e-4, atol: float = 1e-6) -> list[OutputDiff]:
+    diffs = []
+    for name, a, b in zip(names, ref, got):
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            diffs.append(OutputDiff(name, float("inf"), 0.0, False))
+            continue
+        if a.dtype.kind in "fc":
+            scale = float(np.max(np.abs(a))) if a.size else 0.0
+            err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+            ok = bool(np.isfinite(err) and err <= rtol * scale + atol) and \
+                bool(np.array_equal(np.isnan(a), np.isnan(b)))
+        else:
+            scale, err = 1.0, float(np.sum(a != b))
+            ok = err == 0
+        diffs.append(OutputDiff(name, err, scale, ok))
+    return diffs
+
+
+def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
+          n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int = 1) -> OracleResult:
+    """Run the oracle. `original` is the input model as read (it is not modified)."""
+    masked = ir.serde.deserialize_model(ir.serde.serialize_model(original))
+    masked_original(masked, plan)
+    s_ref = session(masked)
+    s_new = session(pruned)
+    names = [o.name for o in s_ref.get_outputs()]
+    feeds_list = list(inputs or [])
+    for k in range(n_random):
+        feeds_list.append(random_inputs(s_ref, seed + k, dim_value=dim_value))
+    result = OracleResult(ok=True)
+    worst: dict[str, OutputDiff] = {}
+    for feeds in feeds_list:
+        ref = s_ref.run(None, feeds)
+        got = s_new.run(None, feeds)
+        for d in compare_outputs(ref, got, names, rtol=rtol):
+            w = worst.get(d.name)
+            if w is None or not d.ok or d.max_abs_err / max(d.scale, 1e-12) > w.max_abs_err / max(w.scale, 1e-12):
+                if w is None or w.ok:
+                    worst[d.name] = d
+        result.runs += 1
+    result.diffs = list(worst.values())
+    result.ok = all(d.ok for d in result.diffs)
+    return result

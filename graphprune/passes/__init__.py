@@ -1,0 +1,6 @@
+"""Built-in passes (importing this package registers them)."""
+from graphprune.passes._infra import PASSES, Pass, PassContext, PassManager, register_pass
+from graphprune.passes.cleanup import dce as _dce  # noqa: F401
+from graphprune.passes.pruning import prune_channels as _prune  # noqa: F401
+
+__all__ = ["PASSES", "Pass", "PassContext", "PassManager", "register_pass"]

@@ -1,0 +1,122 @@
+"""Physically remove channels: slice constants, rewrite attributes and shape constants.
+
+The pass never decides what to remove on its own: it takes a selection (group → atoms)
+from the context (or makes one with the configured criterion and allocation), turns it
+into per-slot removals, and rewrites the model. Because a selection is made of whole
+atoms, every op sees a consistent removal.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
+from graphprune.errors import UsageError
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.passes._infra import Pass, PassContext, register_pass
+from graphprune.passes.cleanup.dce import eliminate_dead_code
+from graphprune.plan import Plan, build_plan, removed_by_slot, selection_from_plan
+
+log = logging.getLogger(__name__)
+
+
+def dependency_graph(model: ir.Model, ctx: PassContext, ignore=None) -> DependencyGraph:
+    key = f"dependency:{ignore!r}"
+    return ctx.analysis(key, model, lambda: DependencyGraph(model, ignore=ignore))
+
+
+def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
+    """Rewrite `model` (the one `dg` was computed on) so the given slot indices are gone."""
+    empty = np.zeros(0, dtype=np.int64)
+    names = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs}
+    counter = itertools.count()
+
+    def new_const(array: np.ndarray, hint: str) -> ir.Value:
+        base = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in hint) or "const"
+        name = base
+        while name in names:
+            name = f"{base}_{next(counter)}"
+        names.add(name)
+        v = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+        model.graph.register_initializer(v)
+        return v
+
+    def slot_removed(slot: Slot) -> np.ndarray:
+        return removed.get(slot, empty)
+
+    touched_nodes = set()
+    for s in removed:
+        v = dg.values.get(s.value)
+        if v is None:
+            continue
+        if v.producer() is not None:
+            touched_nodes.add(id(v.producer()))
+        touched_nodes.update(id(u.node) for u in v.uses())
+    for node, fn in dg.rewrites:
+        if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
+            fn(RewriteContext(node, slot_removed, new_const))
+
+    per_value: dict[str, dict[int, np.ndarray]] = {}
+    for s, idx in removed.items():
+        if not s.virtual:
+            per_value.setdefault(s.value, {})[s.axis] = idx
+    for name, axes in per_value.items():
+        v = dg.values[name]
+        if is_constant(v):
+            arr = const_array(v)
+            for ax, idx in axes.items():
+                arr = np.delete(arr, idx, axis=ax)
+            set_const_array(v, arr)
+        elif v.shape is not None:
+            dims = list(v.shape)
+            for ax, idx in axes.items():
+                dims[ax] = int(dims[ax]) - len(idx)
+            v.shape = ir.Shape(dims)
+    eliminate_dead_code(model)
+
+
+@register_pass
+class PruneChannels(Pass):
+    """Options: ratio, criterion (l1|l2|random), round_to, ignore (list of regex), seed.
+    A selection or plan already in the context (``results['selection']`` /
+    ``results['plan_in']``) is applied instead of computing one."""
+
+    name = "prune-channels"
+    description = "remove the least important channels of every coupled group"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> bool:
+        from graphprune.allocation import uniform
+        from graphprune.importance import group_scores
+
+        opts = dict(self.options)
+        unknown = set(opts) - {"ratio", "criterion", "round_to", "ignore", "seed"}
+        if unknown:
+            raise UsageError(f"prune-channels: unknown option(s) {sorted(unknown)}")
+        ignore = opts.get("ignore") or None
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        dg = dependency_graph(model, ctx, ignore=ignore)
+        scores = None
+        plan_in: Plan | None = ctx.results.get("plan_in")
+        if plan_in is not None:
+            selection = selection_from_plan(dg, plan_in)
+        elif "selection" in ctx.results:
+            selection = ctx.results["selection"]
+        else:
+            scores = group_scores(dg, opts.get("criterion", "l2"), seed=int(opts.get("seed", 0)))
+            selection = uniform(dg, scores, float(opts.get("ratio", 0.3)), int(opts.get("round_to", 1)))
+        plan = build_plan(dg, selection, scores=scores, settings={
+            k: opts[k] for k in ("ratio", "criterion", "round_to", "ignore", "seed") if k in opts})
+        if plan_in is not None:
+            plan.settings = plan_in.settings
+        ctx.results["plan"] = plan
+        removed = removed_by_slot(dg, selection)
+        if not removed:
+            return False
+        apply_removal(model, dg, removed)
+        log.info("prune-channels: %d groups changed, %d tensors sliced", len(selection), len(plan.tensors))
+        return True

@@ -1,0 +1,164 @@
+"""Plans are data: which atoms of which group go, and which slices of which tensors.
+
+The `tensors` list is the public contract: zeroing every listed slice of the *input*
+model gives the masked original, which the pruned model must equal (the oracle). A plan
+replays by deriving the removed atoms from `tensors` and checking that the derivation
+reproduces `tensors` exactly, so a plan for another model is refused, not misapplied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphprune.analysis.dependency.context import Slot
+from graphprune.analysis.dependency.graph import DependencyGraph
+from graphprune.errors import PlanError
+from graphprune.ir.constants import is_constant
+
+PLAN_VERSION = 1
+Selection = dict[int, list[int]]
+
+
+@dataclass
+class Plan:
+    tensors: list[dict]
+    groups: list[dict]
+    model: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "model": self.model, "settings": self.settings,
+                "tensors": self.tensors, "groups": self.groups}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise PlanError(f"unsupported plan version {data.get('version') if isinstance(data, dict) else '?'}"
+                            f" (expected {PLAN_VERSION})")
+        tensors = data.get("tensors")
+        if not isinstance(tensors, list):
+            raise PlanError("plan has no 'tensors' list")
+        for t in tensors:
+            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("axis"), int)
+                    and isinstance(t.get("removed"), list)
+                    and all(isinstance(i, int) for i in t["removed"])):
+                raise PlanError(f"malformed tensors entry: {str(t)[:200]}")
+        return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
+                   settings=data.get("settings", {}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no such plan file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{path}: not a JSON plan ({exc})") from None
+        return cls.from_json(data)
+
+    @property
+    def removed_channels(self) -> int:
+        return sum(len(g.get("removed_atoms", ())) for g in self.groups)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.ndarray]:
+    out: dict[Slot, np.ndarray] = {}
+    by_id = {g.id: g for g in dg.groups}
+    for gid, atoms in selection.items():
+        g = by_id.get(gid)
+        if g is None:
+            raise PlanError(f"group {gid} does not exist in this model")
+        if g.ignored:
+            raise PlanError(f"group {g.name} is on the ignore list")
+        why = g.check_removal(atoms)
+        if why:
+            raise PlanError(why)
+        for s in g.slots:
+            idx = g.removed_indices(s, atoms)
+            if len(idx):
+                out[s] = idx
+    return out
+
+
+def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None = None,
+               model_info: dict | None = None, settings: dict | None = None) -> Plan:
+    removed = removed_by_slot(dg, selection)
+    tensors = []
+    for s, idx in removed.items():
+        if not s.virtual and is_constant(dg.values[s.value]):
+            tensors.append({"name": s.value, "axis": s.axis, "removed": [int(i) for i in idx]})
+    tensors.sort(key=lambda t: (t["name"], t["axis"]))
+    groups = []
+    by_id = {g.id: g for g in dg.groups}
+    for gid in sorted(selection):
+        g = by_id[gid]
+        entry = {
+            "id": gid,
+            "name": g.name,
+            "atoms": g.num_atoms,
+            "removed_atoms": [int(a) for a in sorted(selection[gid])],
+            "slots": {str(s): [int(i) for i in removed[s]] for s in g.slots if s in removed and not s.virtual},
+        }
+        if scores and gid in scores:
+            entry["scores"] = [round(float(x), 6) for x in np.asarray(scores[gid])[sorted(selection[gid])]]
+        groups.append(entry)
+    return Plan(tensors=tensors, groups=groups, model=model_info or {}, settings=settings or {})
+
+
+def selection_from_plan(dg: DependencyGraph, plan: Plan) -> Selection:
+    """Derive the removed atoms from the plan's tensors and verify they reproduce it."""
+    by_slot = {s: g for g in dg.groups for s in g.slots}
+    selection: dict[int, set[int]] = {}
+    for t in plan.tensors:
+        s = Slot(t["name"], t["axis"])
+        g = by_slot.get(s)
+        if g is None:
+            frozen = any(s in fg.slots for fg in dg.frozen_groups)
+            raise PlanError(
+                f"plan slices {s}, which is " + ("frozen in this model" if frozen else "not a prunable tensor axis of this model"),
+                hint="was the plan made for another model?",
+            )
+        idx = np.asarray(t["removed"], dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= g.sizes[s]):
+            raise PlanError(f"plan removes index out of range from {s} (size {g.sizes[s]})")
+        selection.setdefault(g.id, set()).update(np.unique(g.labels[s][idx]).tolist())
+    result = {gid: sorted(a) for gid, a in selection.items()}
+    rebuilt = build_plan(dg, result)
+    given = sorted(({"name": t["name"], "axis": t["axis"], "removed": sorted(set(t["removed"]))}
+                    for t in plan.tensors if t["removed"]), key=lambda t: (t["name"], t["axis"]))
+    if rebuilt.tensors != given:
+        raise PlanError("plan does not remove whole coupled channel sets in this model "
+                        "(its tensors list is inconsistent with the model's dependency groups)",
+                        hint="was the plan made for another model or edited by hand?")
+    return result
