@@ -1,0 +1,27 @@
+"""graphprune check model.onnx small.onnx --plan small.plan.json"""
+from __future__ import annotations
+
+
+def add_arguments(p):
+    p.add_argument("original", help="the input model the plan was made for")
+    p.add_argument("pruned", help="the pruned model")
+    p.add_argument("--plan", required=True, help="plan.json written by prune")
+    p.add_argument("--inputs", help=".npz of named inputs to use in addition to random ones")
+    p.add_argument("--random", type=int, default=3, help="number of random input sets (default 3)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's max |value|")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    import graphprune as gp
+    from graphprune.cli.common import load_inputs, table
+    from graphprune.errors import OracleMismatchError
+
+    res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
+                   n_random=args.random, rtol=args.rtol, seed=args.seed)
+    rows = [[d.name, f"{d.max_abs_err:.3e}", f"{d.scale:.3e}", "ok" if d.ok else "MISMATCH"] for d in res.diffs]
+    print(table(rows, ["output", "max |err|", "scale", ""]))
+    print(res.summary())
+    if not res.ok:
+        raise OracleMismatchError("pruned model differs from the masked original")
+    return 0

@@ -1,0 +1,68 @@
+"""graphprune inspect model.onnx"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+
+def add_arguments(p):
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--groups", type=int, default=30, help="show at most N groups (default 30)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+                   help="node/tensor names whose groups are never pruned (repeatable)")
+
+
+def inspect_data(model, dg) -> dict:
+    from graphprune.analysis.cost import model_cost
+    from graphprune.ir.shapes import dims_of
+
+    cost = model_cost(model)
+    ops = Counter((n.domain + "::" if n.domain else "") + n.op_type for n in model.graph)
+    return {
+        "inputs": [{"name": v.name, "shape": dims_of(v), "dtype": str(v.dtype)} for v in model.graph.inputs],
+        "outputs": [{"name": v.name, "shape": dims_of(v), "dtype": str(v.dtype)} for v in model.graph.outputs],
+        "opset": dict(model.opset_imports),
+        "ops": dict(ops.most_common()),
+        "params": cost.params,
+        "macs": cost.macs,
+        "groups": [{"id": g.id, "name": g.name, "width": g.num_atoms, "tensors": len(g.slots),
+                    "constants": len(g.const_slots), "ignored": g.ignored} for g in dg.groups],
+        "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
+        "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
+    }
+
+
+def run(args) -> int:
+    import graphprune as gp
+    from graphprune.cli.common import human, table
+
+    model = gp.load(args.model)
+    dg = gp.analyze(model, ignore=args.ignore or None)
+    data = inspect_data(model, dg)
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    fmt = lambda s: "x".join("?" if d is None else str(d) for d in s) if s is not None else "?"  # noqa: E731
+    print(f"model {args.model}  opset {data['opset']}")
+    for kind in ("inputs", "outputs"):
+        for v in data[kind]:
+            print(f"  {kind[:-1]:6} {v['name']}: {fmt(v['shape'])} {v['dtype']}")
+    print(f"params {human(data['params'])}  MACs {human(data['macs'])}  nodes {len(model.graph)}")
+    print("ops: " + ", ".join(f"{k} {v}" for k, v in data["ops"].items()))
+    prunable = [g for g in data["groups"] if g["width"] > 1 and not g["ignored"]]
+    print(f"\n{len(prunable)} prunable groups ({len(data['groups'])} in all)")
+    rows = [[g["id"], g["name"], g["width"], g["tensors"], g["constants"], "ignored" if g["ignored"] else ""]
+            for g in data["groups"][: args.groups]]
+    print(table(rows, ["id", "group", "width", "tensors", "consts", ""]))
+    if len(data["groups"]) > args.groups:
+        print(f"... {len(data['groups']) - args.groups} more (--groups N)")
+    if data["frozen"]:
+        print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
+        for f in data["frozen"]:
+            print(f"  {f['name']}: " + "; ".join(f["reasons"][:3]) + (" ..." if len(f["reasons"]) > 3 else ""))
+    if data["diagnostics"]:
+        print(f"\n{len(data['diagnostics'])} ops without a usable channel rule:")
+        for d in data["diagnostics"][:50]:
+            print(f"  {d['node']} ({d['op']}): {d['message']}")
+    return 0

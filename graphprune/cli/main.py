@@ -1,0 +1,69 @@
+"""`graphprune` command line: one module per verb, imported only when that verb runs."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+VERBS = {
+    "inspect": ("graphprune.cli.inspect_cmd", "show inputs, ops, cost, pruning groups and frozen slots"),
+    "prune": ("graphprune.cli.prune_cmd", "prune channels and write <out>.onnx + <out>.plan.json"),
+    "check": ("graphprune.cli.check_cmd", "oracle: pruned model == input model with the plan's slices zeroed"),
+    "passes": ("graphprune.cli.passes_cmd", "list passes and the per-op rule table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from graphprune import __version__
+
+    p = argparse.ArgumentParser(prog="graphprune", description="A pruning compiler for neural networks.")
+    p.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (mod, help_) in VERBS.items():
+        sp = sub.add_parser(verb, help=help_, description=help_)
+        sp.set_defaults(_module=mod)
+        sp.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_sub",
+                        help=argparse.SUPPRESS)
+        importlib.import_module(mod).add_arguments(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = args.verbose + getattr(args, "verbose_sub", 0)
+    level = logging.ERROR if args.quiet else (logging.DEBUG if verbose > 1 else
+                                              logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    from graphprune.errors import GraphpruneError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except GraphpruneError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"graphprune {args.verb}: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: one line unless -v
+        if verbose:
+            raise
+        print(f"graphprune {args.verb}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  hint: rerun with -v for the traceback, and please report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""graphprune prune model.onnx --ratio 0.3 -o small.onnx"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    p.add_argument("model", help="input ONNX model (never modified)")
+    p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx); the plan goes to <output>.plan.json")
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of each group's channels to remove (default 0.3)")
+    p.add_argument("--criterion", default="l2", help="importance: l1, l2 (default), random")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep widths multiples of N")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+                   help="never prune groups touching nodes/tensors matching REGEX (repeatable)")
+    p.add_argument("--plan", help="replay this plan.json exactly instead of choosing channels")
+    p.add_argument("--pipeline", help="textual pass pipeline, e.g. 'prune-channels{ratio=0.5},dce'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
+    p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
+    p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
+
+
+def plan_path_for(output: Path) -> Path:
+    name = output.name[:-5] if output.name.endswith(".onnx") else output.name
+    return output.with_name(name + ".plan.json")
+
+
+def run(args) -> int:
+    import onnx_ir as ir
+
+    import graphprune as gp
+    from graphprune import oracle
+    from graphprune.analysis.cost import model_cost
+    from graphprune.cli.common import human, load_inputs, ort_latency_ms, same_file, table
+    from graphprune.errors import OracleMismatchError, UsageError
+    from graphprune.passes import PassContext, PassManager
+    from graphprune.plan import Plan, file_sha256
+
+    src = Path(args.model)
+    out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".pruned.onnx")
+    if out.suffix != ".onnx":
+        raise UsageError(f"output {out} should end in .onnx")
+    plan_out = plan_path_for(out)
+    if src.exists() and (same_file(src, out) or same_file(src, plan_out)):
+        raise UsageError("the output would overwrite the input model", hint="choose another -o")
+    if out.parent.exists() and not os.access(out.parent, os.W_OK):
+        raise UsageError(f"cannot write to {out.parent}")
+    model = gp.load(src)
+    before = model_cost(model)
+    before_bytes = ir.serde.serialize_model(model).SerializeToString()
+
+    ctx = PassContext()
+    if args.plan:
+        ctx.results["plan_in"] = Plan.load(args.plan)
+        digest = ctx.results["plan_in"].model.get("sha256")
+        if digest and digest != file_sha256(src):
+            log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits",
+                        args.plan)
+    if args.pipeline:
+        pm = PassManager.parse(args.pipeline)
+    else:
+        opts = {"ratio": args.ratio, "criterion": args.criterion, "round_to": args.round_to, "seed": args.seed}
+        if args.ignore:
+            opts["ignore"] = args.ignore
+        from graphprune.passes.pruning.prune_channels import PruneChannels
+
+        pm = PassManager([PruneChannels(**opts)])
+    pm.run(model, ctx)
+    plan: Plan = ctx.results.get("plan") or Plan(tensors=[], groups=[])
+    plan.model = {"path": str(src), "sha256": file_sha256(src)}
+    if not args.no_check:
+        original = ir.serde.deserialize_model(__import__("onnx").load_from_string(src.read_bytes())) \
+            if not (src.with_suffix(".onnx.data").exists()) else gp.load(src, fold=False)
+        res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs))
+        print(res.summary())
+        if not res.ok:
+            raise OracleMismatchError(
+                "pruned model differs from the masked original: " +
+                ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
+                hint="nothing was written; please report this model")
+    gp.save(model, out)
+    plan.save(plan_out)
+    after = model_cost(model)
+    rows = [["params", human(before.params), human(after.params), f"{after.params / max(before.params, 1):.3f}"],
+            ["MACs", human(before.macs), human(after.macs), f"{after.macs / max(before.macs, 1):.3f}"],
+            ["file size", human(len(before_bytes)) + "B", human(out.stat().st_size) + "B",
+             f"{out.stat().st_size / max(len(before_bytes), 1):.3f}"]]
+    if not args.no_bench:
+        t0 = ort_latency_ms(before_bytes)
+        t1 = ort_latency_ms(str(out))
+        rows.append(["ORT latency (median, ms)", f"{t0:.3f}", f"{t1:.3f}", f"{t1 / max(t0, 1e-9):.3f}"])
+    changed_groups = len(plan.groups)
+    print(f"pruned {changed_groups} groups, sliced {len(plan.tensors)} tensors")
+    print(table(rows, ["", "before", "after", "ratio"]))
+    print(f"wrote {out} and {plan_out}")
+    return 0
