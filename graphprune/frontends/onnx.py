@@ -70,11 +70,39 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
             hint="convert it first: onnx.version_converter.convert_version(model, 13)",
         )
     _drop_initializers_from_inputs(model)
+    _name_unnamed(model)
     infer_shapes(model)
     if fold and fold_constants(model):
         remove_unused(model)
         infer_shapes(model)
+    if _fill_same_shape_outputs(model):
+        infer_shapes(model)
     return model
+
+
+# Ops whose output has the input's shape, for which onnx's inference sometimes gives up
+# (GroupNormalization at every opset in onnx 1.23).
+_SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization",
+                         "BatchNormalization", "Mish", "HardSwish", "Gelu"})
+
+
+def _fill_same_shape_outputs(model: ir.Model) -> bool:
+    changed = False
+    for node in model.graph:
+        if node.op_type in _SAME_SHAPE and node.domain in ("", "ai.onnx") and node.outputs:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is not None and y.shape is None and x.shape is not None:
+                y.shape = ir.Shape(list(x.shape))
+                if y.dtype is None:
+                    y.dtype = x.dtype
+                changed = True
+    return changed
+
+
+def _name_unnamed(model: ir.Model) -> None:
+    from onnx_ir.passes.common import NameFixPass
+
+    NameFixPass()(model)
 
 
 def _drop_initializers_from_inputs(model: ir.Model) -> None:

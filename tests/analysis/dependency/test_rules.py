@@ -1,0 +1,426 @@
+"""One tiny model per op rule: expected groups/atoms, and the oracle on random removals.
+
+Each model puts the op between a producer conv and a consumer conv (or head), so that
+channels flow through the op; the oracle then checks that physically removing any
+allowed set of atoms equals zero-masking them in the original.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import graphprune as gp
+from helpers import prune_and_check
+from samples.make_samples import Builder
+
+H = 8
+
+
+def sandwich(middle, c_in=6, c_out=None, opset=17, out_c=5, head="conv", out_shape=None):
+    """input[1,3,H,H] -> conv(3->c_in) -> middle(x) -> conv(c_out->out_c) -> output."""
+    b = Builder(seed=7)
+    x = b.conv("input", 3, c_in)
+    y, c_out_, spatial = middle(b, x)
+    if head == "conv":
+        out = b.conv(y, c_out_ if c_out is None else c_out, out_c, k=1)
+        shape = [1, out_c, spatial, spatial]
+    else:
+        out = y
+        shape = out_shape
+    return b.model([1, 3, H, H], out, shape, "t", opset=opset)
+
+
+def groups_of(m):
+    return gp.analyze(gp.load(m.SerializeToString()))
+
+
+def atoms(m):
+    return sorted(g.num_atoms for g in groups_of(m).prunable_groups)
+
+
+def check(m, seeds=(0, 1, 2), min_groups=1):
+    for s in seeds:
+        prune_and_check(m, seed=s, min_groups=min_groups)
+
+
+# ---- conv family ---------------------------------------------------------------------
+
+def test_conv_plain_dilated_asymmetric():
+    def mid(b, x):
+        w = b.const(np.random.default_rng(0).standard_normal((8, 6, 3, 3)).astype(np.float32))
+        y = b.op("Conv", [x, w], kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 1, 2, 3])
+        return b.op("Relu", [y]), 8, H
+    m = sandwich(mid)
+    assert atoms(m) == [6, 8]
+    check(m)
+
+
+def test_grouped_conv_ties_positions_across_groups():
+    def mid(b, x):
+        return b.conv(x, 8, 8, group=2), 8, H
+    m = sandwich(mid, c_in=8)
+    # 8 channels in 2 groups: same position in both groups is one atom -> 4 atoms each side
+    assert atoms(m) == [4, 4]
+    model = gp.load(m.SerializeToString())
+    dg = gp.analyze(model)
+    g = dg.prunable_groups[0]
+    first_slot = [s for s in g.slots if not s.virtual][0]
+    assert g.labels[first_slot].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    check(m)
+
+
+def test_grouped_conv_uneven_selection_is_impossible():
+    """Removing channel 0 of group 0 only is not expressible: the atom also holds channel 4."""
+    def mid(b, x):
+        return b.conv(x, 8, 8, group=2), 8, H
+    m = sandwich(mid, c_in=8)
+    pruned, plan, _ = prune_and_check(m, selection={0: [0]})
+    removed = {t["name"]: t["removed"] for t in plan.tensors if t["axis"] == 0}
+    assert [0, 4] in removed.values()
+
+
+def test_resnext_style_groups_32():
+    def mid(b, x):
+        return b.op("Relu", [b.conv(x, 64, 64, group=32)]), 64, H
+    m = sandwich(mid, c_in=64)
+    assert atoms(m) == [2, 2]
+    check(m)
+
+
+def test_depthwise_couples_input_and_output_and_rewrites_group():
+    def mid(b, x):
+        return b.op("Relu", [b.conv(x, 6, 6, group=6)]), 6, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    pruned, plan, _ = prune_and_check(m, selection={0: [1, 4]})
+    dw = [n for n in pruned.graph if n.op_type == "Conv" and n.attributes.get("group") is not None
+          and n.attributes["group"].value > 1]
+    assert dw and dw[0].attributes["group"].value == 4
+    check(m)
+
+
+def test_depthwise_multiplier_two():
+    def mid(b, x):
+        return b.conv(x, 6, 12, group=6), 12, H
+    m = sandwich(mid)
+    g = groups_of(m).prunable_groups[0]
+    assert g.num_atoms == 6  # input channel g + output channels 2g, 2g+1
+    check(m)
+
+
+@pytest.mark.parametrize("group", [1, 2, 6])
+def test_conv_transpose(group):
+    def mid(b, x):
+        w = b.const(np.random.default_rng(1).standard_normal((6, 12 // group, 2, 2)).astype(np.float32))
+        bias = b.const(np.ones(12, np.float32))
+        y = b.op("ConvTranspose", [x, w, bias], kernel_shape=[2, 2], strides=[2, 2], group=group)
+        return b.op("Relu", [y]), 12, 2 * H
+    m = sandwich(mid)
+    check(m)
+    if group == 6:
+        assert atoms(m) == [6]
+
+
+# ---- norms -----------------------------------------------------------------------------
+
+def test_batchnorm_instancenorm():
+    def mid(b, x):
+        y = b.bn(x, 6)
+        s = b.const(np.linspace(0.5, 1.5, 6).astype(np.float32))
+        t = b.const(np.linspace(-1, 1, 6).astype(np.float32))
+        y = b.op("InstanceNormalization", [y, s, t])
+        return y, 6, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_group_norm_removes_whole_groups():
+    def mid(b, x):
+        s = b.const(np.linspace(0.5, 1.5, 8).astype(np.float32))
+        t = b.const(np.linspace(-1, 1, 8).astype(np.float32))
+        y = b.op("GroupNormalization", [x, s, t], num_groups=4)
+        return b.op("Relu", [y]), 8, H
+    m = sandwich(mid, c_in=8, opset=21)
+    assert atoms(m) == [4]
+    pruned, plan, _ = prune_and_check(m, selection={0: [1]})
+    gn = [n for n in pruned.graph if n.op_type == "GroupNormalization"][0]
+    assert gn.attributes["num_groups"].value == 3
+    check(m)
+
+
+def test_layernorm_over_channels_freezes():
+    def mid(b, x):
+        t = b.op("Transpose", [x], perm=[0, 2, 3, 1])
+        y = b.op("LayerNormalization", [t, b.const(np.ones(6, np.float32)), b.const(np.zeros(6, np.float32))])
+        return b.op("Transpose", [y], perm=[0, 3, 1, 2]), 6, H
+    m = sandwich(mid)
+    dg = groups_of(m)
+    assert not dg.prunable_groups
+    assert any("LayerNormalization" in r for f in dg.frozen_groups for r in f.reasons)
+
+
+def test_softmax_over_channels_freezes():
+    def mid(b, x):
+        return b.op("Softmax", [x], axis=1), 6, H
+    dg = groups_of(sandwich(mid))
+    assert not dg.prunable_groups
+
+
+# ---- linear ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_flatten_gemm_head(trans_b):
+    def mid(b, x):
+        p = b.op("MaxPool", [x], kernel_shape=[4, 4], strides=[4, 4])  # 6x2x2
+        f = b.op("Flatten", [p], axis=1)
+        shape = (5, 24) if trans_b else (24, 5)
+        g = b.op("Gemm", [f, b.const(np.random.default_rng(2).standard_normal(shape).astype(np.float32)),
+                          b.const(np.zeros(5, np.float32))], transB=trans_b)
+        return g, None, None
+    m = sandwich(mid, head="none", out_shape=[1, 5])
+    # each of 6 channels maps to 4 contiguous Gemm rows
+    g = groups_of(m).prunable_groups[0]
+    assert g.num_atoms == 6
+    check(m)
+
+
+def test_gemm_trans_a_and_hidden_chain():
+    nodes_m = sandwich(lambda b, x: (b.op("Relu", [x]), 6, H))
+    check(nodes_m)
+
+    b = Builder(3)
+    f = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv("input", 3, 6)])], axis=1)
+    t = b.op("Transpose", [f], perm=[1, 0])  # [6,1]
+    h = b.op("Gemm", [t, b.const(np.random.default_rng(4).standard_normal((6, 7)).astype(np.float32))], transA=1)
+    h = b.op("Relu", [h])
+    o = b.op("MatMul", [h, b.const(np.random.default_rng(5).standard_normal((7, 3)).astype(np.float32))])
+    m = b.model([1, 3, H, H], o, [1, 3], "t")
+    assert atoms(m) == [6, 7]
+    check(m)
+
+
+# ---- elementwise -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
+                                "Softplus", "Mish", "Elu", "Identity", "Abs", "Selu", "Celu"])
+def test_unary(op):
+    m = sandwich(lambda b, x: (b.op(op, [x]), 6, H), opset=18 if op == "Mish" else 17)
+    assert atoms(m) == [6]
+    check(m, seeds=(0,))
+
+
+def test_clip_dropout_cast_swish_gelu():
+    def mid(b, x):
+        y = b.op("Clip", [x, b.const(np.array(0, np.float32)), b.const(np.array(6, np.float32))])
+        y = b.op("Dropout", [y])
+        y = b.op("Cast", [y], to=1)
+        y = b.op("Mul", [y, b.op("Sigmoid", [y])])  # Swish
+        y = b.op("Gelu", [y])
+        return y, 6, H
+    m = sandwich(mid, opset=20)
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_squeeze_excitation_and_broadcast_constants():
+    def mid(b, x):
+        s = b.op("GlobalAveragePool", [x])
+        s = b.op("Relu", [b.conv(s, 6, 3, k=1)])
+        s = b.op("HardSigmoid", [b.conv(s, 3, 6, k=1)])
+        y = b.op("Mul", [x, s])
+        y = b.op("Add", [y, b.const(np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1))])
+        y = b.op("Sub", [y, b.const(np.arange(6, dtype=np.float32).reshape(6, 1, 1))])
+        y = b.op("Mul", [y, b.const(np.array(0.5, np.float32))])
+        y = b.op("Div", [y, b.const(np.array(2.0, np.float32))])
+        y = b.op("Max", [y, b.op("Neg", [y])])
+        y = b.op("Min", [y, b.const(np.full((1, 6, 1, 1), 3.0, np.float32))])
+        y = b.op("Pow", [y, b.const(np.array(2.0, np.float32))])
+        return y, 6, H
+    m = sandwich(mid)
+    assert sorted(atoms(m)) == [3, 6]
+    check(m)
+
+
+def test_div_by_per_channel_tensor_freezes():
+    def mid(b, x):
+        return b.op("Div", [x, b.const(np.linspace(1, 2, 6).astype(np.float32).reshape(1, 6, 1, 1))]), 6, H
+    dg = groups_of(sandwich(mid))
+    assert not dg.prunable_groups
+    assert any("Div" in r for f in dg.frozen_groups for r in f.reasons)
+
+
+def test_where_and_prelu():
+    def mid(b, x):
+        cond = b.const(np.array([True, False, True, True, False, True]).reshape(1, 6, 1, 1))
+        y = b.op("Where", [cond, x, b.op("Neg", [x])])
+        y = b.op("PRelu", [y, b.const(np.linspace(0.1, 0.6, 6).astype(np.float32).reshape(6, 1, 1))])
+        return y, 6, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+# ---- pooling, reductions, resize, pad --------------------------------------------------------
+
+def test_pools_and_spatial_reductions():
+    def mid(b, x):
+        y = b.op("MaxPool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        y = b.op("AveragePool", [y], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        y = b.op("LpPool", [y], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        r = b.op("ReduceMean", [y, b.const(np.array([2, 3], np.int64))], keepdims=1)
+        r2 = b.op("ReduceMax", [y, b.const(np.array([-1], np.int64))], keepdims=0)  # 1x6x8
+        r2 = b.op("Unsqueeze", [r2, b.const(np.array([3], np.int64))])
+        r2 = b.op("GlobalMaxPool", [r2])
+        return b.op("Add", [b.op("Add", [y, r]), r2]), 6, H
+    m = sandwich(mid, opset=18)
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_reduce_over_channels_freezes():
+    def mid(b, x):
+        r = b.op("ReduceSum", [x, b.const(np.array([1], np.int64))], keepdims=1)
+        return b.op("Mul", [x, r]), 6, H
+    dg = groups_of(sandwich(mid))
+    assert not dg.prunable_groups
+
+
+def test_resize_scales_and_sizes_then_pad():
+    def mid(b, x):
+        y = b.op("Resize", [x, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+        y = b.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+        y = b.op("Resize", [y, "", "", b.const(np.array([1, 6, 16, 16], np.int64))], mode="linear")
+        y = b.op("Pad", [y, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+        y = b.op("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2])
+        return y, 6, 8
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_pad_on_channel_axis_freezes():
+    def mid(b, x):
+        return b.op("Pad", [x, b.const(np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))]), 8, H
+    dg = groups_of(sandwich(mid))
+    assert not [g for g in dg.prunable_groups if any(s.value.startswith("conv") and s.axis == 1 for s in g.slots
+                                                     if g.sizes[s] == 6)]
+    check(sandwich(mid), min_groups=0)
+
+
+# ---- data movement -------------------------------------------------------------------------
+
+def test_concat_split_slice():
+    def mid(b, x):
+        z = b.conv(x, 6, 4, k=1)
+        c = b.op("Concat", [x, z], axis=1)  # 10
+        s1, s2 = b.op("Split", [c, b.const(np.array([3, 7], np.int64))], outputs=2, axis=1)
+        s = b.op("Slice", [s2, b.const(np.array([1], np.int64)), b.const(np.array([6], np.int64)),
+                          b.const(np.array([1], np.int64))])  # 5 channels
+        return b.op("Concat", [s1, s, b.op("Relu", [s1])], axis=1), 11, H
+    m = sandwich(mid)
+    check(m, seeds=range(5))
+
+
+def test_split_num_outputs_rewritten_to_sizes():
+    def mid(b, x):
+        a, c = b.op("Split", [x], outputs=2, axis=1, num_outputs=2)
+        return b.op("Concat", [c, a], axis=1), 6, H
+    m = sandwich(mid, opset=18)
+    pruned, plan, _ = prune_and_check(m, selection={0: [0, 1]})
+    sp = [n for n in pruned.graph if n.op_type == "Split"][0]
+    assert "num_outputs" not in sp.attributes and len(sp.inputs) == 2
+    check(m)
+
+
+def test_reshape_transpose_squeeze():
+    def mid(b, x):
+        r = b.op("Reshape", [x, b.const(np.array([1, 6, H * H], np.int64))])
+        t = b.op("Transpose", [r], perm=[0, 2, 1])
+        t = b.op("Relu", [t])
+        t = b.op("Transpose", [t], perm=[0, 2, 1])
+        u = b.op("Unsqueeze", [t, b.const(np.array([0], np.int64))])
+        s = b.op("Squeeze", [u, b.const(np.array([0], np.int64))])
+        back = b.op("Reshape", [s, b.const(np.array([1, 6, H, H], np.int64))])
+        return back, 6, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_reshape_to_matmul_head():
+    def mid(b, x):
+        p = b.op("AveragePool", [x], kernel_shape=[4, 4], strides=[4, 4])  # 1x6x2x2
+        r = b.op("Reshape", [p, b.const(np.array([1, -1], np.int64))])
+        return b.op("MatMul", [r, b.const(np.random.default_rng(9).standard_normal((24, 4)).astype(np.float32))]), 4, None
+    m = sandwich(mid, head="none", out_shape=[1, 4])
+    assert atoms(m) == [6]
+    check(m)
+
+
+def test_channel_shuffle_idiom():
+    def mid(b, x):
+        r = b.op("Reshape", [x, b.const(np.array([1, 2, 4, H, H], np.int64))])
+        t = b.op("Transpose", [r], perm=[0, 2, 1, 3, 4])
+        return b.op("Reshape", [t, b.const(np.array([1, 8, H, H], np.int64))]), 8, H
+    m = sandwich(mid, c_in=8)
+    assert atoms(m) == [4]  # channel k of both halves go together
+    check(m)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(mode):
+    def mid(b, x):
+        d = b.op("DepthToSpace", [x], blocksize=2, mode=mode)  # 12 -> 3 channels, 2H
+        return b.op("SpaceToDepth", [d], blocksize=2), 12, H
+    m = sandwich(mid, c_in=12)
+    assert atoms(m) == [3]
+    check(m)
+
+
+def test_gather_constant_indices():
+    def mid(b, x):
+        idx = b.const(np.array([5, 0, 0, 2, -1], np.int64))
+        return b.op("Gather", [x, idx], axis=1), 5, H
+    m = sandwich(mid)
+    g = groups_of(m).prunable_groups
+    check(m, seeds=range(4))
+
+
+def test_expand_and_tile():
+    def mid(b, x):
+        s = b.op("GlobalAveragePool", [x])
+        e = b.op("Expand", [s, b.const(np.array([1, 6, H, H], np.int64))])
+        t = b.op("Tile", [e, b.const(np.array([1, 1, 1, 1], np.int64))])
+        return b.op("Add", [x, t]), 6, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+# ---- fail closed ---------------------------------------------------------------------------
+
+def test_unknown_custom_op_freezes_only_what_it_touches():
+    b = Builder(11)
+    x = b.op("Relu", [b.conv("input", 3, 8)])
+    y = b.conv(x, 8, 8)
+    c = b.op("Relu", [y])
+    b.nodes.append(helper.make_node("MyOp", [c], ["custom_out"], domain="my.domain", name="mystery"))
+    z = b.conv("custom_out", 8, 4, k=1)
+    m = b.model([1, 3, H, H], z, [1, 4, H, H], "t", domains=["my.domain"])
+    model = gp.load(m.SerializeToString())
+    model.graph.node("mystery").outputs[0].shape = __import__("onnx_ir").Shape([1, 8, H, H])
+    dg = gp.analyze(model)
+    assert any(d.op == "my.domain::MyOp" for d in dg.diagnostics)
+    assert [g.num_atoms for g in dg.prunable_groups] == [8]  # x between the first two convs
+    frozen_vals = {s.value for f in dg.frozen_groups for s in f.slots}
+    assert c in frozen_vals and "custom_out" in frozen_vals
+    res = gp.prune(model, 0.5)
+    sliced = {t["name"] for t in res.plan.tensors}
+    # the conv feeding the custom op keeps its output channels
+    conv2_w = [n for n in m.graph.node if n.op_type == "Conv"][1].input[1]
+    assert all(not (t["name"] == conv2_w and t["axis"] == 0) for t in res.plan.tensors)
+    assert sliced
+    mystery = res.model.graph.node("mystery")
+    assert list(mystery.inputs[0].shape) == [1, 8, H, H]
