@@ -57,12 +57,30 @@ def session(model: ir.Model | bytes | str, threads: int = 1):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def random_inputs(sess, seed: int = 0, dim_value: int = 1, int_high: int = 2) -> dict[str, np.ndarray]:
-    """Random feeds for every model input; symbolic dims take `dim_value`."""
+def input_shape(shape, dims: dict | None = None, dim_value: int | None = None) -> list[int]:
+    """A concrete shape for a model input: static dims as they are; a symbolic dim takes
+    `dims[name]` if given, else `dim_value`, else 1 on the first axis (batch) and 32
+    elsewhere (large enough for CNN downsampling and for sequence lengths)."""
+    out = []
+    for k, d in enumerate(shape):
+        if isinstance(d, int) and d >= 0:
+            out.append(d)
+        elif dims and isinstance(d, str) and d in dims:
+            out.append(int(dims[d]))
+        elif dim_value is not None:
+            out.append(dim_value)
+        else:
+            out.append(1 if k == 0 else 32)
+    return out
+
+
+def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: int = 2,
+                  dims: dict | None = None) -> dict[str, np.ndarray]:
+    """Random feeds for every model input (see `input_shape` for symbolic dims)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d >= 0 else dim_value for d in inp.shape]
+        shape = input_shape(inp.shape, dims, dim_value)
         dtype = _NP_OF_ONNX.get(inp.type)
         if dtype is None:
             raise PlanError(f"cannot make random data for input {inp.name!r} of type {inp.type}")
@@ -121,7 +139,8 @@ def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[st
 
 
 def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
-          n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int = 1) -> OracleResult:
+          n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
+          dims: dict | None = None) -> OracleResult:
     """Run the oracle. `original` is the input model as read (it is not modified)."""
     masked = ir.serde.deserialize_model(ir.serde.serialize_model(original))
     masked_original(masked, plan)
@@ -130,7 +149,7 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
     names = [o.name for o in s_ref.get_outputs()]
     feeds_list = list(inputs or [])
     for k in range(n_random):
-        feeds_list.append(random_inputs(s_ref, seed + k, dim_value=dim_value))
+        feeds_list.append(random_inputs(s_ref, seed + k, dim_value=dim_value, dims=dims))
     result = OracleResult(ok=True)
     worst: dict[str, OutputDiff] = {}
     for feeds in feeds_list:

@@ -21,8 +21,9 @@ from graphprune.ir.shapes import dims_of
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
-# Ops whose all-constant instances are evaluated at load time. Only data-movement and
-# integer/shape arithmetic: folding (De)QuantizeLinear etc. would change what the model is.
+# Ops whose all-constant instances are evaluated at load time when the result is an
+# integer/bool tensor (shape arithmetic). Folding (De)QuantizeLinear etc. would change
+# what the model is.
 FOLDABLE = frozenset(
     "Shape Size Gather Unsqueeze Squeeze Concat Slice Cast Reshape Add Sub Mul Div Identity "
     "Range ConstantOfShape Transpose Expand Equal Where Neg Sqrt Floor Ceil ReduceProd Min "
@@ -203,6 +204,10 @@ def fold_constants(model: ir.Model) -> bool:
         ):
             results = _eval_node(node, opset)
         if results is None or any(r.size > MAX_FOLD_ELEMENTS for r in results):
+            continue
+        if any(r.dtype.kind not in "iub" for r in results):
+            # Float constants stay as computed in the model: plans name tensors of the
+            # input model, and rules see through Reshape/Transpose of a weight anyway.
             continue
         for out, arr in zip(node.outputs, results):
             _fold_value(model, node, out, arr)
