@@ -84,7 +84,7 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
 # Ops whose output has the input's shape, for which onnx's inference sometimes gives up
 # (GroupNormalization at every opset in onnx 1.23).
 _SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization",
-                         "BatchNormalization", "Mish", "HardSwish", "Gelu"})
+                         "BatchNormalization", "Mish", "HardSwish", "Gelu", "MeanVarianceNormalization"})
 
 
 def _fill_same_shape_outputs(model: ir.Model) -> bool:

@@ -52,9 +52,12 @@ class Group:
         return np.unique(self.labels[slot])
 
     def atom_sizes(self) -> np.ndarray:
-        """Number of channels each atom holds in the group's widest slot."""
-        widest = max((s for s in self.slots if not s.virtual), key=lambda s: self.sizes[s])
-        return np.bincount(self.labels[widest], minlength=self.num_atoms)
+        """Channels each atom holds in the group's reference slot: the tensor axis that
+        sees the most atoms, and of those the narrowest (a channel axis, not a
+        flattened feature axis where one channel is a block of features)."""
+        ref = min((s for s in self.slots if not s.virtual),
+                  key=lambda s: (-len(self.atoms_of(s)), self.sizes[s]))
+        return np.bincount(self.labels[ref], minlength=self.num_atoms)
 
     def check_removal(self, atoms) -> str | None:
         """Why removing `atoms` is not allowed (None if it is)."""

@@ -1,0 +1,122 @@
+"""Shared helpers for the graphprune benchmarks (timing, tables, JSON results).
+
+Each benchmark is a standalone script (``python benchmarks/<name>.py``); this module only
+holds the bits they share. It puts the repository root on ``sys.path`` so that the test
+model zoo (``tests.zoo.torch_models``) can be imported for its ONNX export helper.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.s`` (seconds, perf_counter).
+
+    A full garbage collection runs *before* the clock starts so that one step does not
+    pay for the garbage the previous one left behind.
+    """
+
+    def __enter__(self):
+        gc.collect()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self._t0
+        return False
+
+
+def environment() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+    try:
+        import onnx_ir
+
+        env["onnx_ir"] = onnx_ir.__version__
+    except Exception:  # pragma: no cover - informational only
+        pass
+    try:
+        from importlib.metadata import version
+
+        env["torch_pruning"] = version("torch-pruning")
+    except Exception:
+        pass
+    try:
+        import graphprune
+
+        env["graphprune"] = graphprune.__version__
+    except Exception:
+        pass
+    try:
+        import subprocess
+
+        env["git_commit"] = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False).stdout.strip() or None
+    except Exception:
+        pass
+    return env
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    """Plain text table, first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(cells[0]), sep] + [fmt(r) for r in cells[1:]])
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {"benchmark": name,
+               "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+               "environment": environment(), **payload}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def quiet_warnings() -> None:
+    """The TorchScript exporter and torch_pruning are chatty; keep the tables readable."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)

@@ -1,0 +1,161 @@
+"""Python API: analyse/prune/save/check, custom rules and custom passes, pipelines."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphprune as gp
+from graphprune.analysis.dependency import RuleRegistry
+from graphprune.errors import UsageError
+from graphprune.passes import PASSES, Pass, PassContext, PassManager, register_pass
+from helpers import prune_and_check
+from samples.api_example import mvn_rule
+from samples.make_samples import Builder
+
+
+def mvn_model():
+    b = Builder(5)
+    x = b.op("Relu", [b.conv("input", 3, 8)])
+    y = b.op("MeanVarianceNormalization", [x])
+    # onnx's full check trips over MVN's function body; ORT runs it fine
+    return b.model([1, 3, 8, 8], b.conv(y, 8, 4, k=1), [1, 4, 8, 8], "mvn", full_check=False)
+
+
+def test_custom_rule_unfreezes_an_op_and_keeps_the_oracle():
+    m = mvn_model()
+    dg = gp.analyze(gp.load(m.SerializeToString()))
+    assert not dg.prunable_groups and dg.diagnostics[0].op == "MeanVarianceNormalization"
+    gp.RULES.add("", "MeanVarianceNormalization", mvn_rule, family="custom")
+    try:
+        prune_and_check(m, seed=3, full_check=False)
+        with pytest.raises(ValueError, match="duplicate channel rule"):
+            gp.RULES.add("", "MeanVarianceNormalization", mvn_rule, since=13)
+    finally:
+        gp.RULES.remove("", "MeanVarianceNormalization")
+
+
+def test_registry_rejects_overlapping_opsets_but_allows_disjoint():
+    reg = RuleRegistry()
+    reg.add("", "Foo", mvn_rule, since=1, until=12)
+    reg.add("", "Foo", mvn_rule, since=13)
+    assert reg.lookup("", "Foo", 11).until == 12 and reg.lookup("", "Foo", 18).since == 13
+    with pytest.raises(ValueError):
+        reg.add("", "Foo", mvn_rule, since=10, until=14)
+
+
+def test_custom_pass_in_textual_pipeline(samples_dir):
+    calls = []
+
+    @register_pass
+    class CountNodes(Pass):
+        name = "count-nodes-test"
+
+        def run(self, model, ctx):
+            calls.append((len(model.graph), self.options))
+            return False
+
+    try:
+        model = gp.load(samples_dir / "tiny_resnet.onnx")
+        n0 = len(model.graph)
+        ctx = PassContext()
+        pm = PassManager.parse("count-nodes-test{tag=a,xs=[1,2]},prune-channels{ratio=0.5},dce,count-nodes-test")
+        pm.run(model, ctx)
+        assert calls[0] == (n0, {"tag": "a", "xs": [1, 2]})
+        assert ctx.results["plan"].tensors
+        assert [t[0] for t in pm.timings] == ["count-nodes-test", "prune-channels", "dce", "count-nodes-test"]
+    finally:
+        PASSES.pop("count-nodes-test")
+
+
+def test_pipeline_errors_are_usage_errors():
+    with pytest.raises(UsageError, match="unknown pass"):
+        PassManager.parse("no-such-pass")
+    with pytest.raises(UsageError):
+        PassManager.parse("prune-channels{ratio}")
+    with pytest.raises(ValueError):
+        register_pass(type("Bad", (Pass,), {"name": "Bad_Name"}))
+
+
+def test_pass_that_breaks_the_graph_is_named(samples_dir):
+    from graphprune.errors import VerificationError
+
+    @register_pass
+    class Breaker(Pass):
+        name = "break-graph-test"
+
+        def run(self, model, ctx):
+            model.graph.remove(list(model.graph)[0], safe=False)
+            return True
+
+    try:
+        with pytest.raises(VerificationError, match="break-graph-test"):
+            PassManager.parse("break-graph-test").run(gp.load(samples_dir / "tiny_resnet.onnx"))
+    finally:
+        PASSES.pop("break-graph-test")
+
+
+def test_prune_api_roundtrip(samples_dir, tmp_path):
+    model = gp.load(samples_dir / "tiny_mobilenet.onnx")
+    res = gp.prune(model, 0.5, round_to=4)
+    assert res.changed
+    gp.save(res.model, tmp_path / "s.onnx")
+    res.plan.save(tmp_path / "s.plan.json")
+    assert gp.check(samples_dir / "tiny_mobilenet.onnx", tmp_path / "s.onnx", tmp_path / "s.plan.json").ok
+
+
+def test_round_to_keeps_multiples(samples_dir):
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    dg = gp.analyze(model)
+    widths = {g.id: g.num_atoms for g in dg.prunable_groups}
+    res = gp.prune(model, 0.3, round_to=8)
+    for g in res.plan.groups:
+        kept = widths[g["id"]] - len(g["removed_atoms"])
+        assert kept % 8 == 0 or widths[g["id"]] < 8, (g["name"], kept)
+
+
+def test_ignore_list_protects_groups(samples_dir):
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    dg = gp.analyze(model, ignore=["Gemm.*"])
+    ignored = [g for g in dg.groups if g.ignored]
+    assert ignored
+    res = gp.prune(gp.load(samples_dir / "tiny_resnet.onnx"), 0.5, ignore=["Gemm.*"])
+    assert all(g["name"] not in {i.name for i in ignored} for g in res.plan.groups)
+
+
+def test_never_prunes_a_group_to_zero(samples_dir):
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    res = gp.prune(model, 0.99)
+    for g in res.plan.groups:
+        assert len(g["removed_atoms"]) < g["atoms"]
+
+
+def test_ratio_out_of_range(samples_dir):
+    with pytest.raises(UsageError):
+        gp.prune(gp.load(samples_dir / "tiny_resnet.onnx"), 1.0)
+
+
+def test_criteria_differ_and_random_is_seeded(samples_dir):
+    plans = {}
+    for crit in ("l1", "l2", "random"):
+        plans[crit] = gp.prune(gp.load(samples_dir / "tiny_resnet.onnx"), 0.5, criterion=crit).plan.tensors
+    assert plans["random"] != plans["l2"]
+    again = gp.prune(gp.load(samples_dir / "tiny_resnet.onnx"), 0.5, criterion="random").plan.tensors
+    assert again == plans["random"]
+    with pytest.raises(UsageError):
+        gp.prune(gp.load(samples_dir / "tiny_resnet.onnx"), 0.5, criterion="nope")
+
+
+def test_magnitude_removes_the_smallest_channels():
+    """Hand-computable: the two conv output channels with tiny weights are removed."""
+    from samples.make_samples import Builder as B
+
+    b = B(0)
+    w1 = np.ones((4, 3, 1, 1), np.float32)
+    w1[1] *= 0.01
+    w1[3] *= 0.02
+    h = b.op("Relu", [b.op("Conv", ["input", b.const(w1)], kernel_shape=[1, 1])])
+    w2 = np.ones((2, 4, 1, 1), np.float32)
+    out = b.op("Conv", [h, b.const(w2)], kernel_shape=[1, 1])
+    m = b.model([1, 3, 4, 4], out, [1, 2, 4, 4], "mag")
+    res = gp.prune(gp.load(m.SerializeToString()), 0.5)
+    assert res.plan.groups[0]["removed_atoms"] == [1, 3]
