@@ -14,20 +14,16 @@ import graphprune as gp
 from graphprune.passes import Pass, PassContext, PassManager, register_pass
 
 
-# A custom channel rule. MeanVarianceNormalization normalises over axes (0, 2, 3) by
-# default, i.e. each channel on its own: the channel axis maps one to one; the rule leaves
-# the normalised axes unmapped, so they are frozen.
-def mvn_rule(node, ctx):
-    axes = ctx.attr("axes", [0, 2, 3])
-    x, y = node.inputs[0], node.outputs[0]
-    for ax in range(len(ctx.dims(x))):
-        if ax not in axes:
-            ctx.couple(x, ax, y, ax)
+# A custom channel rule for an op graphprune has no rule for. Shrink is elementwise, so
+# every axis maps one to one (a rule could also couple through index maps, mark constant
+# slots with roles, freeze what it cannot map exactly and rewrite attributes on prune).
+def shrink_rule(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])
 
 
-def register_mvn_rule() -> None:
-    if gp.RULES.lookup("", "MeanVarianceNormalization", 17) is None:
-        gp.RULES.add("", "MeanVarianceNormalization", mvn_rule, family="custom")
+def register_shrink_rule() -> None:
+    if gp.RULES.lookup("", "Shrink", 17) is None:
+        gp.RULES.add("", "Shrink", shrink_rule, family="custom")
 
 
 # A custom pass: clear doc strings (kebab-case name = its token in pipelines).
@@ -46,7 +42,7 @@ class StripDocStrings(Pass):
 
 
 def main(model_path: str, out_dir: str) -> None:
-    register_mvn_rule()
+    register_shrink_rule()
     model = gp.load(model_path)
     dg = gp.analyze(model)
     print(f"{len(dg.prunable_groups)} prunable groups:")

@@ -1,0 +1,335 @@
+"""Analysis + pruning speed: graphprune (on the ONNX export) vs Torch-Pruning (on the module).
+
+    python benchmarks/bench_analysis_speed.py            # ~1-2 minutes on 2 vCPU
+    python benchmarks/bench_analysis_speed.py --blocks 2,8,32,64 --repeats 9
+
+The same torch module -- a CIFAR-style ResNet (3x3 stem, three stages of N basic
+residual blocks, global pool, linear head) -- is built at 1x, 4x and 16x depth (N = 2, 8,
+32 blocks per stage by default). For every depth, in one process and interleaved repeat
+by repeat (the order alternates between repeats to cancel drift):
+
+graphprune  (ONNX exported once per depth; export time reported separately)
+    load     gp.load(path)              read + shape inference + folding
+    analyze  gp.analyze(model)          dependency analysis alone
+    prune    gp.prune(model, ratio)     NB: builds its own dependency graph again,
+                                        then scores, selects and rewrites the model
+    save     gp.save + plan.save        informational, not in any ratio
+Torch-Pruning 1.6 (a fresh deepcopy of the module per step; copying is not timed)
+    build    tp.DependencyGraph().build_dependency(model, example_inputs)
+    init     tp.pruner.MagnitudePruner(model, x, MagnitudeImportance(p=2),
+                 pruning_ratio=ratio, ignored_layers=[model.fc])  (builds its own graph)
+    step     pruner.step()
+
+Ratios reported (TP time / graphprune time, medians):
+    analysis    TP build            / gp analyze
+    +load       TP build            / (gp load + gp analyze)
+    end-to-end  (TP init + TP step) / (gp load + gp prune)   -- what a user pays to go
+                                                                from model to pruned model
+and graphprune microseconds per ONNX node plus a log-log scaling exponent
+(time ~ nodes^alpha between the smallest and largest depth; alpha = 1 is linear).
+
+The pruned ONNX model of every depth is verified once with the oracle (gp.check).
+Results go to benchmarks/results/bench_analysis_speed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (puts the repo root on sys.path)
+from _common import Timer, median, table, write_results  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+NAME = "bench_analysis_speed"
+
+
+# ---------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """3x3 conv-BN-ReLU, 3x3 conv-BN, residual add, ReLU (1x1 conv+BN shortcut when the
+    shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNetCNN(nn.Module):
+    """Stem + ``blocks`` basic blocks at each of 3 stages (stride 2 at stages 2, 3) + head."""
+
+    def __init__(self, blocks: int, widths=(32, 64, 128), num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers, cin = [], widths[0]
+        for stage, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, w, 2 if (b == 0 and stage > 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def build_model(blocks: int, widths, seed: int = 0):
+    from tests.zoo.torch_models import randomize_batchnorm
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNetCNN(blocks, widths)
+        randomize_batchnorm(model, g)
+        x = torch.randn(1, 3, 32, 32, generator=g)
+    return model.eval(), x
+
+
+# ---------------------------------------------------------------------------
+# one repeat of each tool
+# ---------------------------------------------------------------------------
+
+
+def run_graphprune(path: Path, out_dir: Path, ratio: float) -> dict:
+    import graphprune as gp
+
+    with Timer() as t_load:
+        model = gp.load(path)
+    with Timer() as t_an:
+        dg = gp.analyze(model)
+    with Timer() as t_pr:
+        res = gp.prune(model, ratio=ratio, round_to=1, criterion="l2")
+    small, plan = out_dir / "small.onnx", out_dir / "small.plan.json"
+    with Timer() as t_save:
+        gp.save(res.model, small)
+        res.plan.save(plan)
+    return {"load": t_load.s, "analyze": t_an.s, "prune": t_pr.s, "save": t_save.s,
+            "groups": len(dg.groups), "prunable_groups": len(dg.prunable_groups),
+            "frozen_groups": len(dg.frozen_groups), "plan_groups": len(res.plan.groups),
+            "small": small, "plan": plan, "model": res.model}
+
+
+def run_torch_pruning(template: nn.Module, x: torch.Tensor, ratio: float) -> dict:
+    import torch_pruning as tp
+
+    m1 = copy.deepcopy(template)
+    with Timer() as t_build:
+        tp.DependencyGraph().build_dependency(m1, example_inputs=x)
+    del m1
+    m2 = copy.deepcopy(template)
+    with Timer() as t_init:
+        pruner = tp.pruner.MagnitudePruner(
+            m2, x, importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio, ignored_layers=[m2.fc])
+    with Timer() as t_step:
+        pruner.step()
+    return {"build": t_build.s, "init": t_init.s, "step": t_step.s, "model": m2}
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", default="2,8,32", help="basic blocks per stage for 1x,4x,16x... (default 2,8,32)")
+    ap.add_argument("--widths", default="32,64,128", help="stage widths (default 32,64,128)")
+    ap.add_argument("--ratio", type=float, default=0.3, help="pruning ratio for both tools (default 0.3)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed repeats per depth (default 7, min 3)")
+    ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
+    args = ap.parse_args(argv)
+    _common.quiet_warnings()
+
+    import graphprune as gp
+    import torch_pruning as tp  # noqa: F401  (import cost out of the timings)
+    from graphprune.analysis.cost import model_cost
+    from tests.zoo.torch_models import export_onnx
+
+    blocks = [int(b) for b in args.blocks.split(",")]
+    widths = tuple(int(w) for w in args.widths.split(","))
+    repeats = max(3, args.repeats)
+    base = blocks[0]
+    t_script = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="gp_bench_") if args.out is None else None
+    root = Path(args.out or tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
+
+    # Warm-up: imports, lazy registries, first-call costs of both tools (not reported).
+    wm, wx = build_model(1, widths)
+    wpath = export_onnx(wm, wx, root / "warmup.onnx", dynamo=False)
+    for _ in range(2):
+        run_graphprune(Path(wpath), root, args.ratio)
+        run_torch_pruning(wm, wx, args.ratio)
+
+    per_depth = []
+    for n in blocks:
+        label = f"{n // base}x" if n % base == 0 else f"{n / base:.1f}x"
+        print(f"[{label}] {n} blocks/stage: building + exporting ...", flush=True)
+        template, x = build_model(n, widths)
+        d = root / f"resnet_{n}"
+        d.mkdir(exist_ok=True)
+        with Timer() as t_exp:
+            path = Path(export_onnx(template, x, d / "model.onnx", dynamo=False))
+        dense = gp.load(path)
+        dense_cost = model_cost(dense)
+        n_convs = sum(1 for m in template.modules() if isinstance(m, nn.Conv2d))
+        torch_params = n_params(template)
+
+        gp_runs, tp_runs = [], []
+        last_gp = last_tp = None
+        for r in range(repeats):
+            order = ("gp", "tp") if r % 2 == 0 else ("tp", "gp")
+            for tool in order:
+                if tool == "gp":
+                    last_gp = run_graphprune(path, d, args.ratio)
+                    gp_runs.append({k: last_gp[k] for k in ("load", "analyze", "prune", "save")})
+                else:
+                    last_tp = run_torch_pruning(template, x, args.ratio)
+                    tp_runs.append({k: last_tp[k] for k in ("build", "init", "step")})
+            print(f"  repeat {r + 1}/{repeats}: gp load+prune "
+                  f"{gp_runs[-1]['load'] + gp_runs[-1]['prune']:.3f}s, "
+                  f"tp init+step {tp_runs[-1]['init'] + tp_runs[-1]['step']:.3f}s", flush=True)
+
+        # Oracle on the last graphprune result; sanity forward of the last TP result.
+        with Timer() as t_chk:
+            check = gp.check(path, last_gp["small"], last_gp["plan"])
+        pruned_cost = model_cost(gp.load(last_gp["small"]))
+        with torch.no_grad():
+            tp_out_shape = tuple(last_tp["model"](x).shape)
+
+        def med(runs, *keys):
+            return median([sum(run[k] for k in keys) for run in runs])
+
+        row = {
+            "label": label, "blocks_per_stage": n, "onnx_nodes": dense_cost.nodes,
+            "torch_convs": n_convs, "torch_params": torch_params,
+            "export_s": t_exp.s,
+            "gp": {"load": med(gp_runs, "load"), "analyze": med(gp_runs, "analyze"),
+                   "prune": med(gp_runs, "prune"), "save": med(gp_runs, "save"),
+                   "load+analyze": med(gp_runs, "load", "analyze"),
+                   "load+prune": med(gp_runs, "load", "prune"),
+                   "load+analyze+prune": med(gp_runs, "load", "analyze", "prune")},
+            "tp": {"build": med(tp_runs, "build"), "init": med(tp_runs, "init"),
+                   "step": med(tp_runs, "step"), "init+step": med(tp_runs, "init", "step")},
+            "raw": {"gp": gp_runs, "tp": tp_runs},
+            "groups": {"all": last_gp["groups"], "prunable": last_gp["prunable_groups"],
+                       "frozen": last_gp["frozen_groups"], "pruned": last_gp["plan_groups"]},
+            "pruned": {
+                "gp_params_ratio": pruned_cost.params / dense_cost.params,
+                "gp_macs_ratio": pruned_cost.macs / dense_cost.macs,
+                "tp_params_ratio": n_params(last_tp["model"]) / torch_params,
+                "tp_forward_output_shape": list(tp_out_shape),
+            },
+            "oracle": {"ok": bool(check.ok), "worst_relative": check.worst_relative,
+                       "runs": check.runs, "summary": check.summary(), "check_s": t_chk.s},
+        }
+        g, t = row["gp"], row["tp"]
+        row["speedup"] = {
+            "analysis": t["build"] / g["analyze"],
+            "analysis_incl_load": t["build"] / g["load+analyze"],
+            "end_to_end": t["init+step"] / g["load+prune"],
+            "end_to_end_excl_load": t["init+step"] / g["prune"],
+        }
+        row["gp_us_per_node"] = {k: 1e6 * g[k] / dense_cost.nodes
+                                 for k in ("load", "analyze", "prune", "load+prune")}
+        per_depth.append(row)
+        print(f"  oracle: {check.summary()}", flush=True)
+
+    # Scaling exponent between the smallest and the largest model.
+    lo, hi = per_depth[0], per_depth[-1]
+    span = math.log(hi["onnx_nodes"] / lo["onnx_nodes"])
+
+    def alpha(get):
+        return math.log(get(hi) / get(lo)) / span if span > 0 else float("nan")
+
+    scaling = {
+        "gp_analyze": alpha(lambda r: r["gp"]["analyze"]),
+        "gp_prune": alpha(lambda r: r["gp"]["prune"]),
+        "gp_load": alpha(lambda r: r["gp"]["load"]),
+        "gp_load+prune": alpha(lambda r: r["gp"]["load+prune"]),
+        "tp_build": alpha(lambda r: r["tp"]["build"]),
+        "tp_init+step": alpha(lambda r: r["tp"]["init+step"]),
+    }
+
+    # ---- tables ----------------------------------------------------------------------
+    ms = lambda s: f"{1e3 * s:.1f}"  # noqa: E731
+    print()
+    print(f"ResNet-style CNN, widths {widths}, input 1x3x32x32, ratio {args.ratio}, "
+          f"median of {repeats} repeats (ms)")
+    rows = []
+    for r in per_depth:
+        g, t = r["gp"], r["tp"]
+        rows.append([r["label"], r["blocks_per_stage"], r["onnx_nodes"], ms(r["export_s"]),
+                     ms(g["load"]), ms(g["analyze"]), ms(g["prune"]), ms(g["load+prune"]),
+                     ms(t["build"]), ms(t["init"]), ms(t["step"]), ms(t["init+step"])])
+    print(table(rows, ["depth", "blk/stg", "nodes", "export", "gp load", "gp analyze", "gp prune",
+                       "gp load+prune", "tp build", "tp init", "tp step", "tp init+step"]))
+    print()
+    print("speedup = Torch-Pruning time / graphprune time (>1: graphprune faster; goal >= 5)")
+    rows = []
+    for r in per_depth:
+        s, u = r["speedup"], r["gp_us_per_node"]
+        rows.append([r["label"], r["onnx_nodes"], f"{s['analysis']:.2f}", f"{s['analysis_incl_load']:.2f}",
+                     f"{s['end_to_end']:.2f}", f"{s['end_to_end_excl_load']:.2f}",
+                     f"{u['analyze']:.0f}", f"{u['prune']:.0f}", f"{u['load+prune']:.0f}"])
+    print(table(rows, ["depth", "nodes", "analysis", "analysis+load", "end-to-end", "e2e excl. load",
+                       "gp us/node analyze", "gp us/node prune", "gp us/node load+prune"]))
+    print()
+    print("scaling exponent alpha (time ~ nodes^alpha, smallest vs largest depth; 1 = linear): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in scaling.items()))
+    print()
+    rows = []
+    for r in per_depth:
+        p, o, gr = r["pruned"], r["oracle"], r["groups"]
+        rows.append([r["label"], f"{gr['prunable']}/{gr['all']}", gr["pruned"],
+                     f"{p['gp_params_ratio']:.3f}", f"{p['gp_macs_ratio']:.3f}", f"{p['tp_params_ratio']:.3f}",
+                     "PASS" if o["ok"] else "FAIL", f"{o['worst_relative']:.1e}"])
+    print(table(rows, ["depth", "gp prunable/groups", "gp pruned groups", "gp params after/before",
+                       "gp MACs after/before", "tp params after/before", "oracle", "worst rel. err"]))
+
+    total = time.perf_counter() - t_script
+    path = write_results(NAME, {
+        "config": {"blocks_per_stage": blocks, "widths": list(widths), "ratio": args.ratio,
+                   "repeats": repeats, "input_shape": [1, 3, 32, 32], "exporter": "torchscript (dynamo=False)",
+                   "opset": 17},
+        "depths": per_depth, "scaling_exponent": scaling, "script_runtime_s": total,
+    })
+    print(f"\nwrote {path} (script runtime {total:.0f} s)")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0 if all(r["oracle"]["ok"] for r in per_depth) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
