@@ -53,7 +53,9 @@ def session(model: ir.Model | bytes | str, threads: int = 1):
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if isinstance(model, ir.Model):
-        model = ir.serde.serialize_model(model).SerializeToString()
+        from graphprune.ir.serialize import to_proto
+
+        model = to_proto(model).SerializeToString()
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
@@ -142,7 +144,9 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
           n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
           dims: dict | None = None) -> OracleResult:
     """Run the oracle. `original` is the input model as read (it is not modified)."""
-    masked = ir.serde.deserialize_model(ir.serde.serialize_model(original))
+    from graphprune.ir.serialize import clone
+
+    masked = clone(original)
     masked_original(masked, plan)
     s_ref = session(masked)
     s_new = session(pruned)

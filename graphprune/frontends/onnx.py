@@ -54,8 +54,21 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Mod
             f"{type(exc).__name__}: {exc}",
             hint="is the file a complete .onnx model (not truncated, external data beside it)?",
         ) from exc
+    _check_external_data(model)
     normalize(model, fold=fold)
     return model
+
+
+def _check_external_data(model: ir.Model) -> None:
+    missing = set()
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor) and not os.path.exists(t.path):
+            missing.add(t.location)
+    if missing:
+        raise FrontendError(
+            f"external data file(s) missing: {', '.join(sorted(missing))}",
+            hint="keep the .data file(s) next to the .onnx file they belong to")
 
 
 def _default_opset(model: ir.Model) -> int:
@@ -254,11 +267,19 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
             os.replace(tmp_data, path.with_name(data_name))
             _rewrite_external_location(tmp, tmp_data.name, data_name)
         else:
+            _materialize_external(model)
             ir.save(model, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _materialize_external(model: ir.Model) -> None:
+    """Pull external tensors into memory so a self-contained file can be written."""
+    for v in model.graph.initializers.values():
+        if isinstance(v.const_value, ir.ExternalTensor):
+            v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
 
 
 def _rewrite_external_location(onnx_path: str, old: str, new: str) -> None:

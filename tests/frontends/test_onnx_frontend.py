@@ -1,0 +1,128 @@
+"""ONNX frontend: opsets, Constant-node weights, external data, folding, round trips, errors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+import graphprune as gp
+from graphprune.errors import FrontendError
+from helpers import prune_and_check
+from samples.make_samples import Builder, tiny_resnet
+
+
+def test_weights_as_constant_nodes_prune_and_keep_their_form():
+    m = tiny_resnet()
+    nodes = []
+    for init in m.graph.initializer:
+        nodes.append(helper.make_node("Constant", [], [init.name], value=init))
+    rest = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + rest)
+    del m.graph.initializer[:]
+    pruned, plan, _ = prune_and_check(m, seed=4)
+    assert plan.tensors
+    consts = [n for n in pruned.graph if n.op_type == "Constant"]
+    assert consts and not any(v.name in pruned.graph.initializers for t in plan.tensors
+                              for v in [pruned.graph.initializers.get(t["name"])] if v is not None)
+
+
+def test_external_data_load_prune_save(tmp_path):
+    m = tiny_resnet()
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(m, src, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    model = gp.load(src)
+    res = gp.prune(model, 0.3)
+    gp.save(res.model, tmp_path / "out" / "small.onnx")
+    res.plan.save(tmp_path / "out" / "small.plan.json")
+    assert gp.check(src, tmp_path / "out" / "small.onnx", tmp_path / "out" / "small.plan.json").ok
+
+
+def test_external_data_missing_is_a_clear_error(tmp_path):
+    m = tiny_resnet()
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(m, src, save_as_external_data=True, location="gone.data", size_threshold=0)
+    (tmp_path / "gone.data").unlink()
+    with pytest.raises(FrontendError, match="gone.data"):
+        gp.load(src)
+
+
+def test_old_opset_is_refused_with_a_hint():
+    m = tiny_resnet()
+    m.opset_import[0].version = 9
+    with pytest.raises(FrontendError) as e:
+        gp.load(m.SerializeToString())
+    assert "opset" in str(e.value) and e.value.hint
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+def test_opsets_from_11(opset):
+    b = Builder(2)
+    h = b.op("Relu", [b.conv("input", 3, 8)])
+    m = b.model([1, 3, 8, 8], b.conv(h, 8, 4), [1, 4, 8, 8], "o", opset=opset)
+    prune_and_check(m)
+
+
+def test_truncated_and_garbage_files(tmp_path):
+    good = tiny_resnet().SerializeToString()
+    (tmp_path / "trunc.onnx").write_bytes(good[: len(good) // 3])
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\x01not a model at all" * 10)
+    for name in ("trunc.onnx", "junk.onnx", "missing.onnx"):
+        with pytest.raises(FrontendError):
+            gp.load(tmp_path / name)
+
+
+def test_unknown_ops_round_trip_unchanged(tmp_path):
+    b = Builder(3)
+    h = b.conv("input", 3, 4)
+    b.nodes.append(helper.make_node("Fancy", [h], ["fancy_out"], domain="vendor.x", name="fancy", alpha=0.5))
+    out = b.conv("fancy_out", 4, 2)
+    m = b.model([1, 3, 8, 8], out, [1, 2, 8, 8], "u", domains=["vendor.x"])
+    model = gp.load(m.SerializeToString())
+    gp.save(model, tmp_path / "rt.onnx")
+    back = onnx.load(tmp_path / "rt.onnx")
+    fancy = [n for n in back.graph.node if n.op_type == "Fancy"]
+    assert len(fancy) == 1 and fancy[0].domain == "vendor.x"
+    assert helper.get_attribute_value(fancy[0].attribute[0]) == pytest.approx(0.5)
+    assert [n.op_type for n in back.graph.node] == [n.op_type for n in m.graph.node]
+    for a, c in zip(sorted(m.graph.initializer, key=lambda t: t.name), sorted(back.graph.initializer, key=lambda t: t.name)):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
+
+
+def test_shape_subgraph_is_folded_into_a_constant_reshape_target():
+    """TorchScript-style flatten: Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+    b = Builder(4)
+    h = b.op("Relu", [b.conv("input", 3, 6)])
+    shp = b.op("Shape", [h])
+    n = b.op("Gather", [shp, b.const(np.array(0, np.int64))], axis=0)
+    n = b.op("Unsqueeze", [n, b.const(np.array([0], np.int64))])
+    tgt = b.op("Concat", [n, b.const(np.array([-1], np.int64))], axis=0)
+    f = b.op("Reshape", [h, tgt])
+    out = b.op("Gemm", [f, b.const(np.random.default_rng(0).standard_normal((6 * 64, 3)).astype(np.float32))])
+    m = b.model([1, 3, 8, 8], out, [1, 3], "fold")
+    model = gp.load(m.SerializeToString())
+    assert not any(nd.op_type == "Shape" for nd in model.graph)
+    prune_and_check(m)
+
+
+def test_dynamic_batch_is_preserved_and_gathers_of_static_dims_fold():
+    b = Builder(5)
+    h = b.op("Relu", [b.conv("input", 3, 6)])
+    shp = b.op("Shape", [h])
+    batch = b.op("Gather", [shp, b.const(np.array([0], np.int64))], axis=0)
+    chan = b.op("Gather", [shp, b.const(np.array([1], np.int64))], axis=0)
+    tgt = b.op("Concat", [batch, chan, b.const(np.array([-1], np.int64))], axis=0)
+    r = b.op("Reshape", [h, tgt])
+    out = b.op("ReduceSum", [r, b.const(np.array([2], np.int64))], keepdims=0)
+    g = helper.make_graph(b.nodes, "dyn", [helper.make_tensor_value_info("input", 1, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info(out, 1, ["N", 6])], b.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    model = gp.load(m.SerializeToString())
+    assert model.graph.inputs[0].shape[0] == ir.SymbolicDim("N") or str(model.graph.inputs[0].shape[0]) == "N"
+    # the channel dim was folded, the batch dim still comes from Shape at run time
+    assert sum(nd.op_type == "Shape" for nd in model.graph) == 1
