@@ -1,0 +1,122 @@
+"""The command line: verbs, outputs, exit codes, never touching the input."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphprune.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_readme_first_command_works(tmp_path):
+    """The README's first set-up command (minus the pip install, done by the test setup)."""
+    lines = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1).splitlines()
+    first = lines[0]
+    assert first.startswith("pip install . && ")
+    cmd = first.removeprefix("pip install . && ")
+    shutil.copytree(ROOT / "samples", tmp_path / "samples", ignore=shutil.ignore_patterns("*.onnx", "*.json"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "oracle PASS" in out.stdout and "MACs" in out.stdout
+    assert (tmp_path / "out" / "tiny_resnet.pruned.onnx").exists()
+    assert json.loads((tmp_path / "out" / "tiny_resnet.pruned.plan.json").read_text())["tensors"]
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        run("--version")
+    assert e.value.code == 0 and "graphprune" in capsys.readouterr().out
+    assert run() == 2
+
+
+def test_inspect_text_and_json(samples_dir, capsys):
+    assert run("inspect", samples_dir / "tiny_resnet.onnx") == 0
+    out = capsys.readouterr().out
+    assert "prunable groups" in out and "MACs" in out and "frozen" in out
+    assert run("inspect", samples_dir / "tiny_resnet.onnx", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["groups"] and data["params"] > 0 and data["macs"] > 0
+    assert any("graph input" in r for f in data["frozen"] for r in f["reasons"])
+
+
+def test_prune_check_replay(samples_dir, tmp_path, capsys):
+    src = samples_dir / "tiny_mobilenet.onnx"
+    before = src.read_bytes()
+    out = tmp_path / "small.onnx"
+    assert run("prune", src, "--ratio", "0.5", "-o", out, "--round-to", "4") == 0
+    text = capsys.readouterr().out
+    assert "oracle PASS" in text and "ORT latency" in text
+    assert (tmp_path / "small.plan.json").exists()
+    assert src.read_bytes() == before
+    assert run("check", src, out, "--plan", tmp_path / "small.plan.json") == 0
+    assert run("prune", src, "--plan", tmp_path / "small.plan.json", "-o", tmp_path / "again.onnx", "--no-bench") == 0
+    a = json.loads((tmp_path / "small.plan.json").read_text())["tensors"]
+    b = json.loads((tmp_path / "again.plan.json").read_text())["tensors"]
+    assert a == b
+
+
+def test_check_detects_a_wrong_pairing(samples_dir, tmp_path, capsys):
+    src = samples_dir / "tiny_resnet.onnx"
+    assert run("prune", src, "--ratio", "0.3", "-o", tmp_path / "a.onnx", "--no-bench") == 0
+    assert run("prune", src, "--ratio", "0.5", "-o", tmp_path / "b.onnx", "--no-bench") == 0
+    # model b checked against plan a: shapes differ -> mismatch, exit 3
+    assert run("check", src, tmp_path / "b.onnx", "--plan", tmp_path / "a.plan.json") == 3
+
+
+def test_refuses_to_overwrite_input(samples_dir, tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    shutil.copy(samples_dir / "tiny_resnet.onnx", src)
+    before = src.read_bytes()
+    assert run("prune", src, "-o", src) == 2
+    assert src.read_bytes() == before
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_error_exit_codes_and_one_line_messages(tmp_path, samples_dir, capsys):
+    assert run("inspect", tmp_path / "missing.onnx") == 4
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    (tmp_path / "junk.onnx").write_bytes(b"garbage" * 100)
+    assert run("prune", tmp_path / "junk.onnx", "-o", tmp_path / "x.onnx") == 4
+    assert not (tmp_path / "x.onnx").exists()
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "--ratio", "1.5", "-o", tmp_path / "y.onnx") == 2
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "--criterion", "bogus", "-o", tmp_path / "y.onnx") == 2
+    assert not (tmp_path / "y.onnx").exists()
+    (tmp_path / "bad.plan.json").write_text("{}")
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "--plan", tmp_path / "bad.plan.json", "-o", tmp_path / "z.onnx") == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(samples_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "-o", ro / "x.onnx") == 2
+
+
+def test_passes_and_rules_listing(capsys):
+    assert run("passes", "--rules") == 0
+    out = capsys.readouterr().out
+    assert "prune-channels" in out and "Conv" in out and "DepthToSpace" in out
+
+
+def test_help_imports_no_heavy_modules():
+    """--help stays fast because onnxruntime/onnx/torch/tvm load only when a verb runs."""
+    code = ("import sys; from graphprune.cli.main import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('onnxruntime', 'onnx', 'torch', 'tvm', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
