@@ -55,6 +55,9 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        # 1/5/15-minute load averages when the results were written: with 2 vCPUs any
+        # other busy process (a test run, a build) shows up directly in the timings.
+        "loadavg_at_end": list(os.getloadavg()),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "onnx": onnx.__version__,

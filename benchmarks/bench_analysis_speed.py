@@ -34,6 +34,7 @@ Results go to benchmarks/results/bench_analysis_speed.json.
 from __future__ import annotations
 
 import argparse
+import os
 import copy
 import math
 import sys
@@ -152,6 +153,65 @@ def run_torch_pruning(template: nn.Module, x: torch.Tensor, ratio: float) -> dic
     return {"build": t_build.s, "init": t_init.s, "step": t_step.s, "model": m2}
 
 
+# Phases of gp.prune, found by (file suffix, function name) in the profile. The
+# cumulative times overlap where noted (build_plan calls removed_by_slot itself).
+PRUNE_PHASES = [
+    ("dependency analysis (rebuilt inside prune)", "pruning/prune_channels.py", "dependency_graph"),
+    ("importance scores (group_scores)", "importance/magnitude.py", "group_scores"),
+    ("allocation (uniform)", "allocation/uniform.py", "uniform"),
+    ("plan (build_plan)", "graphprune/plan.py", "build_plan"),
+    ("removed_by_slot (all calls)", "graphprune/plan.py", "removed_by_slot"),
+    ("rewrite (apply_removal)", "pruning/prune_channels.py", "apply_removal"),
+]
+
+
+def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
+    """cProfile gp.load, gp.analyze and gp.prune once each (profiler overhead inflates
+    the absolute times; use them for proportions)."""
+    import cProfile
+    import pstats
+
+    import graphprune as gp
+
+    out = {}
+    model = None
+    for stage in ("load", "analyze", "prune"):
+        pr = cProfile.Profile()
+        if stage == "load":
+            pr.enable()
+            model = gp.load(path)
+            pr.disable()
+        elif stage == "analyze":
+            pr.enable()
+            gp.analyze(model)
+            pr.disable()
+        else:
+            pr.enable()
+            gp.prune(model, ratio=ratio)
+            pr.disable()
+        st = pstats.Stats(pr)
+        total = st.total_tt
+        rows = []
+        for (file, line, fn), (cc, nc, tt, ct, _callers) in st.stats.items():
+            short = file
+            for marker in ("site-packages/", "/work/main/"):
+                if marker in short:
+                    short = short.split(marker, 1)[1]
+            rows.append({"function": f"{short}:{line}({fn})", "calls": nc, "tottime_s": tt, "cumtime_s": ct})
+        by_tt = sorted(rows, key=lambda r: -r["tottime_s"])[:top]
+        by_ct = sorted((r for r in rows if r["function"].startswith("graphprune/")),
+                       key=lambda r: -r["cumtime_s"])[:top]
+        entry = {"total_s": total, "top_tottime": by_tt, "top_cumtime_graphprune": by_ct}
+        if stage == "prune":
+            phases = {}
+            for label, file_part, fn in PRUNE_PHASES:
+                ct = sum(v[3] for (f, _l, n), v in st.stats.items() if n == fn and file_part in f.replace("\\", "/"))
+                phases[label] = ct
+            entry["phases_cumtime_s"] = phases
+        out[stage] = entry
+    return out
+
+
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -167,6 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", default="32,64,128", help="stage widths (default 32,64,128)")
     ap.add_argument("--ratio", type=float, default=0.3, help="pruning ratio for both tools (default 0.3)")
     ap.add_argument("--repeats", type=int, default=7, help="timed repeats per depth (default 7, min 3)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile of graphprune at the largest depth")
     ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
     args = ap.parse_args(argv)
     _common.quiet_warnings()
@@ -181,6 +242,7 @@ def main(argv=None) -> int:
     repeats = max(3, args.repeats)
     base = blocks[0]
     t_script = time.perf_counter()
+    loadavg_start = list(os.getloadavg())
     tmp = tempfile.TemporaryDirectory(prefix="gp_bench_") if args.out is None else None
     root = Path(args.out or tmp.name)
     root.mkdir(parents=True, exist_ok=True)
@@ -318,12 +380,32 @@ def main(argv=None) -> int:
     print(table(rows, ["depth", "gp prunable/groups", "gp pruned groups", "gp params after/before",
                        "gp MACs after/before", "tp params after/before", "oracle", "worst rel. err"]))
 
+    profile = None
+    if not args.no_profile:
+        big = per_depth[-1]
+        profile = profile_graphprune(root / f"resnet_{big['blocks_per_stage']}" / "model.onnx", args.ratio)
+        print()
+        print(f"cProfile of graphprune at {big['label']} ({big['onnx_nodes']} nodes; profiler overhead "
+              f"inflates times): load {profile['load']['total_s']:.3f}s, analyze "
+              f"{profile['analyze']['total_s']:.3f}s, prune {profile['prune']['total_s']:.3f}s")
+        tot = profile["prune"]["total_s"]
+        print(table([[k, f"{1e3 * v:.1f}", f"{100 * v / tot:.0f}%"]
+                     for k, v in profile["prune"]["phases_cumtime_s"].items()],
+                    ["gp.prune phase (cumulative, overlapping)", "ms", "of prune"]))
+        print()
+        for stage in ("load", "analyze", "prune"):
+            print(table([[r["function"][-80:], r["calls"], f"{1e3 * r['tottime_s']:.1f}", f"{1e3 * r['cumtime_s']:.1f}"]
+                         for r in profile[stage]["top_tottime"][:10]],
+                        [f"{stage}: top by own time", "calls", "tottime ms", "cumtime ms"]))
+            print()
+
     total = time.perf_counter() - t_script
     path = write_results(NAME, {
         "config": {"blocks_per_stage": blocks, "widths": list(widths), "ratio": args.ratio,
                    "repeats": repeats, "input_shape": [1, 3, 32, 32], "exporter": "torchscript (dynamo=False)",
                    "opset": 17},
-        "depths": per_depth, "scaling_exponent": scaling, "script_runtime_s": total,
+        "depths": per_depth, "scaling_exponent": scaling, "profile_largest_depth": profile,
+        "script_runtime_s": total, "loadavg_at_start": loadavg_start,
     })
     print(f"\nwrote {path} (script runtime {total:.0f} s)")
     if tmp is not None:

@@ -11,6 +11,7 @@ def add_arguments(p):
     p.add_argument("--groups", type=int, default=30, help="show at most N groups (default 30)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                    help="node/tensor names whose groups are never pruned (repeatable)")
+    p.add_argument("--graph", action="store_true", help="also print the graph, one node a line")
 
 
 def inspect_data(model, dg) -> dict:
@@ -61,6 +62,10 @@ def run(args) -> int:
         print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
         for f in data["frozen"]:
             print(f"  {f['name']}: " + "; ".join(f["reasons"][:3]) + (" ..." if len(f["reasons"]) > 3 else ""))
+    if args.graph:
+        from graphprune.ir import format_graph
+
+        print("\n" + format_graph(model))
     if data["diagnostics"]:
         print(f"\n{len(data['diagnostics'])} ops without a usable channel rule:")
         for d in data["diagnostics"][:50]:

@@ -299,7 +299,7 @@ class DependencyGraph:
                 if v.producer() is not None:
                     names.append(v.producer().name or "")
                 names.extend(u.node.name or "" for u in v.uses())
-            if any(p.fullmatch(n) or p.search(n) for p in ignore for n in names):
+            if any(p.search(n) for p in ignore for n in names):
                 return True
         return False
 

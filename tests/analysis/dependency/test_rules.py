@@ -424,3 +424,17 @@ def test_unknown_custom_op_freezes_only_what_it_touches():
     assert sliced
     mystery = res.model.graph.node("mystery")
     assert list(mystery.inputs[0].shape) == [1, 8, H, H]
+
+
+def test_grouped_conv_fed_by_concat():
+    """The leading peer crashes here: a concat of two branches feeding a grouped conv."""
+    def mid(b, x):
+        a = b.op("Relu", [b.conv(x, 6, 4, k=1)])
+        c = b.op("Relu", [b.conv(x, 6, 4, k=1)])
+        cat = b.op("Concat", [a, c], axis=1)  # 8 channels, groups of 2 in a G=4 conv
+        return b.conv(cat, 8, 8, group=4), 8, H
+    m = sandwich(mid)
+    dg = groups_of(m)
+    cat_group = next(g for g in dg.prunable_groups if any(s.value.startswith("concat") for s in g.slots))
+    assert cat_group.num_atoms == 2  # position 0 / position 1 of every group, across both branches
+    check(m, seeds=range(4))
