@@ -45,6 +45,43 @@ class Timer:
         return False
 
 
+class CpuMonitor:
+    """How busy the machine was with *other* work while we measured (Linux only).
+
+    ``other_busy`` = (CPU time all processes used - CPU time this process used) /
+    (wall time x CPUs), from /proc/stat and os.times(); ``steal`` = time the hypervisor
+    gave our vCPUs to someone else. On a 2-vCPU box, other_busy ~ 0.5 means one core
+    was busy elsewhere, which shows up directly in 2-thread latencies.
+    """
+
+    @staticmethod
+    def _snap():
+        try:
+            with open("/proc/stat") as f:
+                parts = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = (parts + [0] * 8)[:8]
+        hz = os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz,
+                "own": t.user + t.system, "wall": time.perf_counter()}
+
+    def __enter__(self):
+        self._a = self._snap()
+        return self
+
+    def __exit__(self, *exc):
+        b, a = self._snap(), self._a
+        self.result = None
+        if a is not None and b is not None:
+            cap = max(b["wall"] - a["wall"], 1e-9) * (os.cpu_count() or 1)
+            other = (b["busy"] - a["busy"]) - (b["own"] - a["own"])
+            self.result = {"other_busy": round(max(other, 0.0) / cap, 3),
+                           "steal": round((b["steal"] - a["steal"]) / cap, 3)}
+        return False
+
+
 def environment() -> dict:
     import numpy
     import onnx

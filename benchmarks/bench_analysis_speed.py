@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (puts the repo root on sys.path)
-from _common import Timer, median, table, write_results  # noqa: E402
+from _common import CpuMonitor, Timer, median, table, write_results  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -226,8 +226,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default="2,8,32", help="basic blocks per stage for 1x,4x,16x... (default 2,8,32)")
     ap.add_argument("--widths", default="32,64,128", help="stage widths (default 32,64,128)")
     ap.add_argument("--ratio", type=float, default=0.3, help="pruning ratio for both tools (default 0.3)")
-    ap.add_argument("--repeats", type=int, default=7, help="timed repeats per depth (default 7, min 3)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed repeats per depth (default 9, min 3)")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile of graphprune at the largest depth")
+    ap.add_argument("--tag", default="", help="write results/<name>_<tag>.json instead of results/<name>.json")
     ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
     args = ap.parse_args(argv)
     _common.quiet_warnings()
@@ -270,18 +271,19 @@ def main(argv=None) -> int:
 
         gp_runs, tp_runs = [], []
         last_gp = last_tp = None
-        for r in range(repeats):
-            order = ("gp", "tp") if r % 2 == 0 else ("tp", "gp")
-            for tool in order:
-                if tool == "gp":
-                    last_gp = run_graphprune(path, d, args.ratio)
-                    gp_runs.append({k: last_gp[k] for k in ("load", "analyze", "prune", "save")})
-                else:
-                    last_tp = run_torch_pruning(template, x, args.ratio)
-                    tp_runs.append({k: last_tp[k] for k in ("build", "init", "step")})
-            print(f"  repeat {r + 1}/{repeats}: gp load+prune "
-                  f"{gp_runs[-1]['load'] + gp_runs[-1]['prune']:.3f}s, "
-                  f"tp init+step {tp_runs[-1]['init'] + tp_runs[-1]['step']:.3f}s", flush=True)
+        with CpuMonitor() as mon:
+            for r in range(repeats):
+                order = ("gp", "tp") if r % 2 == 0 else ("tp", "gp")
+                for tool in order:
+                    if tool == "gp":
+                        last_gp = run_graphprune(path, d, args.ratio)
+                        gp_runs.append({k: last_gp[k] for k in ("load", "analyze", "prune", "save")})
+                    else:
+                        last_tp = run_torch_pruning(template, x, args.ratio)
+                        tp_runs.append({k: last_tp[k] for k in ("build", "init", "step")})
+                print(f"  repeat {r + 1}/{repeats}: gp load+prune "
+                      f"{gp_runs[-1]['load'] + gp_runs[-1]['prune']:.3f}s, "
+                      f"tp init+step {tp_runs[-1]['init'] + tp_runs[-1]['step']:.3f}s", flush=True)
 
         # Oracle on the last graphprune result; sanity forward of the last TP result.
         with Timer() as t_chk:
@@ -296,7 +298,7 @@ def main(argv=None) -> int:
         row = {
             "label": label, "blocks_per_stage": n, "onnx_nodes": dense_cost.nodes,
             "torch_convs": n_convs, "torch_params": torch_params,
-            "export_s": t_exp.s,
+            "export_s": t_exp.s, "machine_load": mon.result,
             "gp": {"load": med(gp_runs, "load"), "analyze": med(gp_runs, "analyze"),
                    "prune": med(gp_runs, "prune"), "save": med(gp_runs, "save"),
                    "load+analyze": med(gp_runs, "load", "analyze"),
@@ -354,9 +356,10 @@ def main(argv=None) -> int:
         g, t = r["gp"], r["tp"]
         rows.append([r["label"], r["blocks_per_stage"], r["onnx_nodes"], ms(r["export_s"]),
                      ms(g["load"]), ms(g["analyze"]), ms(g["prune"]), ms(g["load+prune"]),
-                     ms(t["build"]), ms(t["init"]), ms(t["step"]), ms(t["init+step"])])
+                     ms(t["build"]), ms(t["init"]), ms(t["step"]), ms(t["init+step"]),
+                     f"{r['machine_load']['other_busy']:.2f}" if r["machine_load"] else "n/a"])
     print(table(rows, ["depth", "blk/stg", "nodes", "export", "gp load", "gp analyze", "gp prune",
-                       "gp load+prune", "tp build", "tp init", "tp step", "tp init+step"]))
+                       "gp load+prune", "tp build", "tp init", "tp step", "tp init+step", "other load"]))
     print()
     print("speedup = Torch-Pruning time / graphprune time (>1: graphprune faster; goal >= 5)")
     rows = []
@@ -400,7 +403,7 @@ def main(argv=None) -> int:
             print()
 
     total = time.perf_counter() - t_script
-    path = write_results(NAME, {
+    path = write_results(NAME + (f"_{args.tag}" if args.tag else ""), {
         "config": {"blocks_per_stage": blocks, "widths": list(widths), "ratio": args.ratio,
                    "repeats": repeats, "input_shape": [1, 3, 32, 32], "exporter": "torchscript (dynamo=False)",
                    "opset": 17},

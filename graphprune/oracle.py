@@ -77,12 +77,16 @@ def input_shape(shape, dims: dict | None = None, dim_value: int | None = None) -
 
 
 def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: int = 2,
-                  dims: dict | None = None) -> dict[str, np.ndarray]:
-    """Random feeds for every model input (see `input_shape` for symbolic dims)."""
+                  dims: dict | None = None, shapes: dict | None = None) -> dict[str, np.ndarray]:
+    """Random feeds for every model input (see `input_shape` for symbolic dims);
+    `shapes` gives whole shapes by input name."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
-        shape = input_shape(inp.shape, dims, dim_value)
+        if shapes and inp.name in shapes:
+            shape = [int(d) for d in shapes[inp.name]]
+        else:
+            shape = input_shape(inp.shape, dims, dim_value)
         dtype = _NP_OF_ONNX.get(inp.type)
         if dtype is None:
             raise PlanError(f"cannot make random data for input {inp.name!r} of type {inp.type}")

@@ -10,6 +10,9 @@ VERBS = {
     "inspect": ("graphprune.cli.inspect_cmd", "show inputs, ops, cost, pruning groups and frozen slots"),
     "prune": ("graphprune.cli.prune_cmd", "prune channels and write <out>.onnx + <out>.plan.json"),
     "check": ("graphprune.cli.check_cmd", "oracle: pruned model == input model with the plan's slices zeroed"),
+    "compile": ("graphprune.cli.compile_cmd", "prune for a target and emit a deployable folder"),
+    "bench": ("graphprune.cli.bench_cmd", "measure latency (median/p90), side by side for two artifacts"),
+    "targets": ("graphprune.cli.targets_cmd", "list named targets and what they resolve to"),
     "passes": ("graphprune.cli.passes_cmd", "list passes and the per-op rule table"),
 }
 

@@ -30,9 +30,11 @@ def test_readme_first_command_works(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "oracle PASS" in out.stdout and "MACs" in out.stdout
-    assert (tmp_path / "out" / "tiny_resnet.pruned.onnx").exists()
-    assert json.loads((tmp_path / "out" / "tiny_resnet.pruned.plan.json").read_text())["tensors"]
+    assert "oracle PASS" in out.stdout and "MACs" in out.stdout and "backend: onnxruntime" in out.stdout
+    folder = tmp_path / "samples" / "tiny_resnet.graphprune" / "arm"
+    assert (folder / "onnxruntime" / "model.onnx").exists() and (folder / "report.md").exists()
+    assert json.loads((folder / "plan.json").read_text())["tensors"]
+    assert json.loads((folder / "report.json").read_text())["target"]["tvm"]["mtriple"] == "aarch64-linux-gnu"
 
 
 def test_help_and_version(capsys):

@@ -1,0 +1,118 @@
+"""graphprune bench out/arm/ [other] — latency: warm-up, repeats, median/p90, side by side."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p):
+    p.add_argument("paths", nargs="+", help="compile folder(s) (<model>.graphprune/<target>/) or .onnx file(s); "
+                                            "two paths are measured side by side")
+    p.add_argument("--backends", action="store_true",
+                   help="for one compile folder holding several backends: compare them side by side")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for side-by-side runs")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: the deployment's / ORT default)")
+    p.add_argument("--inputs", help=".npz of inputs (default: random)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker: run TVM artifacts on a device")
+    p.add_argument("--rpc-key", help="device key at the tracker")
+    p.add_argument("--json", dest="json_out", help="write results as JSON to this file")
+
+
+class Runner:
+    def __init__(self, label: str, fn):
+        self.label = label
+        self.fn = fn
+        self.times: list[float] = []
+
+
+def _ort_runner(label: str, model: Path, cfg: dict, feeds_fn):
+    import onnxruntime as ort
+
+    from graphprune.backends.onnxruntime import _session_options
+
+    sess = ort.InferenceSession(str(model), _session_options(cfg), providers=["CPUExecutionProvider"])
+    feeds = feeds_fn(sess)
+    return Runner(label, lambda: sess.run(None, feeds))
+
+
+def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]:
+    from graphprune.errors import UsageError
+
+    default_cfg = {"intra_op_num_threads": args.threads, "inter_op_num_threads": 0,
+                   "execution_mode": "ORT_SEQUENTIAL", "graph_optimization_level": "ORT_ENABLE_ALL"}
+    if path.is_file():
+        return [_ort_runner(f"{path.name} (onnxruntime)", path, default_cfg, feeds_fn)]
+    report_path = path / "report.json"
+    if not report_path.exists():
+        raise UsageError(f"{path}: neither an .onnx file nor a compile folder with report.json")
+    rep = json.loads(report_path.read_text())
+    chosen = rep["backend"]["chosen"]
+    backends = [b for b in ("onnxruntime", "tvm") if (path / b).is_dir()] if all_backends else [chosen]
+    out = []
+    for b in backends:
+        if b == "onnxruntime":
+            cfg = json.loads((path / "onnxruntime" / "session.json").read_text())
+            if args.threads:
+                cfg["intra_op_num_threads"] = args.threads
+            out.append(_ort_runner(f"{path.name}/onnxruntime", path / "onnxruntime" / cfg["model"], cfg, feeds_fn))
+        else:
+            from graphprune.backends.tvm import adapter
+
+            res = rep["backend"]["results"]["tvm"]
+            lib = path / "tvm" / res["library"]
+            feeds = feeds_fn(None, path / "model.pruned.onnx")
+            if args.rpc:
+                out.append(Runner(f"{path.name}/tvm@{args.rpc_key}",
+                                  lambda lib=lib, feeds=feeds: adapter.remote_benchmark(
+                                      lib, feeds, args.rpc, args.rpc_key, repeats=1)))
+            elif not rep["target"]["host"]:
+                raise UsageError(f"{path}: TVM artifact for {rep['target']['name']} does not run here",
+                                 hint="give --rpc HOST:PORT --rpc-key KEY of a device")
+            else:
+                exe = adapter.load(lib)
+                out.append(Runner(f"{path.name}/tvm", lambda exe=exe, feeds=feeds: adapter.run_loaded(exe, feeds)))
+    return out
+
+
+def run(args) -> int:
+    from graphprune.cli.common import load_inputs, table
+    from graphprune.oracle import random_inputs, session
+
+    given = load_inputs(args.inputs)
+
+    def feeds_fn(sess, model_path=None):
+        if given:
+            return given[0]
+        return random_inputs(sess if sess is not None else session(str(model_path)), seed=0)
+
+    runners: list[Runner] = []
+    for p in args.paths:
+        runners += _runners_for(Path(p), args, feeds_fn, args.backends)
+    for r in runners:
+        for _ in range(args.warmup):
+            r.fn()
+    per_round = max(1, args.repeats // max(1, args.rounds))
+    for _ in range(args.rounds):  # interleaved so drift hits every runner alike
+        for r in runners:
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                r.fn()
+                r.times.append((time.perf_counter() - t0) * 1000)
+    results = []
+    for r in runners:
+        t = np.array(r.times)
+        results.append({"label": r.label, "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+                        "min_ms": float(t.min()), "runs": len(t)})
+    base = results[0]["median_ms"]
+    rows = [[x["label"], f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['min_ms']:.3f}", x["runs"],
+             f"{base / x['median_ms']:.2f}x"] for x in results]
+    print(table(rows, ["artifact", "median ms", "p90 ms", "min ms", "runs", "speed vs first"]))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"results": results, "threads": args.threads,
+                                                   "repeats": args.repeats, "warmup": args.warmup}, indent=1))
+    return 0

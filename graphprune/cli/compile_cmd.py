@@ -1,0 +1,74 @@
+"""graphprune compile model.onnx --target arm"""
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(p):
+    p.add_argument("model", help="input ONNX model (never modified)")
+    p.add_argument("--target", default="x86", help="x86 (this CPU), x86-avx2, x86-avx512, arm, rpi4, jetson-orin, "
+                                                   "cuda, or TVM target JSON (see `graphprune targets`)")
+    p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tvm")
+    p.add_argument("-o", "--output", help="output folder (default: <model>.graphprune/<target>/)")
+    p.add_argument("--ratio", type=float, default=0.3, help="channel pruning ratio (default 0.3)")
+    p.add_argument("--no-prune", action="store_true", help="compile the model as it is")
+    p.add_argument("--criterion", default="l2")
+    p.add_argument("--round-to", type=int, help="width multiple (default: the target's SIMD lanes)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX")
+    p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
+    p.add_argument("--tune-trials", type=int, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
+    p.add_argument("--tune-time", type=float, help="TVM tuning time budget in seconds")
+    p.add_argument("--db", help="TVM tuning database root (default ~/.cache/graphprune/tvm-db)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker of the target devices")
+    p.add_argument("--rpc-key", help="device key at the tracker")
+    p.add_argument("--ort-format", action="store_true", help="also write model.ort (ORT mobile format)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="concrete shape for a model input (repeatable)")
+    p.add_argument("--no-check", action="store_true", help="skip the oracle")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_shapes(items: list[str]) -> dict | None:
+    from graphprune.errors import UsageError
+
+    shapes = {}
+    for it in items:
+        name, sep, dims = it.rpartition(":")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...") from None
+        if not sep or not name:
+            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...")
+    return shapes or None
+
+
+def run(args) -> int:
+    from graphprune.cli.common import human, table
+    from graphprune.compile import CompileOptions, compile_model
+
+    opts = CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
+                          criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
+                          tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db, rpc=args.rpc,
+                          rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
+                          out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape))
+    rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
+    b, a = rep["before"], rep["after"]
+    rows = [["params", human(b["params"]), human(a["params"]), f"{a['params'] / max(b['params'], 1):.3f}"],
+            ["MACs", human(b["macs"]), human(a["macs"]), f"{a['macs'] / max(b['macs'], 1):.3f}"],
+            ["model bytes", human(b["bytes"]), human(a["bytes"]), f"{a['bytes'] / max(b['bytes'], 1):.3f}"]]
+    if a.get("latency_ms"):
+        rows.append(["latency ms (dense ORT vs deployed)", f"{b['latency_ms']:.3f}", f"{a['latency_ms']:.3f}",
+                     f"{a['latency_ms'] / b['latency_ms']:.3f}"])
+    print(f"target:  {rep['target']['name']} → {rep['target']['tvm']}")
+    print(f"backend: {rep['backend']['chosen']} ({rep['backend']['reason']})")
+    print(table(rows, ["", "before", "after", "ratio"]))
+    if a.get("latency_note"):
+        print(f"latency: {a['latency_note']}")
+    for name, c in rep["checks"].items():
+        print(f"{name}: {'PASS' if c['ok'] else 'FAIL'} ({c['summary']})")
+    for n in rep["notes"]:
+        print(f"note: {n}")
+    print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
+          f"{rep['backend']['chosen']}/)")
+    return 0

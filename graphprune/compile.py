@@ -1,0 +1,254 @@
+"""`compile`: prune for a target, lower with a backend, check, and write a deployable folder.
+
+    <model>.graphprune/<target>/
+        model.pruned.onnx  plan.json  report.json  report.md
+        onnxruntime/  (model.onnx [+ model.ort], session.json, run_model.py)
+        tvm/          (when the TVM backend ran: compiled library + loader)
+
+Untuned TVM code is ~100x slower than ONNX Runtime, so a TVM build is only shipped
+tuned; `--backend auto` measures both on host targets and keeps the faster, and says why.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphprune.backends.targets import Target, resolve_target
+from graphprune.errors import BackendUnavailableError, OracleMismatchError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileOptions:
+    target: str = "x86"
+    backend: str = "auto"  # auto | onnxruntime | tvm
+    ratio: float = 0.3
+    prune: bool = True
+    criterion: str = "l2"
+    round_to: int | None = None  # default: the target's SIMD lanes
+    ignore: list[str] = field(default_factory=list)
+    plan: str | None = None
+    tune_trials: int = 0
+    tune_time: float | None = None
+    db: str | None = None
+    rpc: str | None = None
+    rpc_key: str | None = None
+    ort_format: bool = False
+    check: bool = True
+    out: str | None = None
+    seed: int = 0
+    input_shapes: dict | None = None
+
+    def resolved(self, target: Target) -> dict:
+        d = dict(self.__dict__)
+        d["round_to"] = self.round_to if self.round_to is not None else target.simd_lanes
+        return d
+
+
+def default_out_dir(model_path: Path, target: Target) -> Path:
+    return model_path.with_name(model_path.name.removesuffix(".onnx") + ".graphprune") / target.name
+
+
+def _cost(model) -> dict:
+    import onnx_ir as ir
+
+    from graphprune.analysis.cost import model_cost
+
+    c = model_cost(model)
+    return {"params": c.params, "macs": c.macs, "bytes": len(ir.serde.serialize_model(model).SerializeToString())}
+
+
+def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rtol: float = 1e-3) -> dict:
+    from graphprune.oracle import compare_outputs
+
+    diffs = compare_outputs(ref, got, names, rtol=rtol, atol=1e-5)
+    worst = max((d.max_abs_err / max(d.scale, 1e-12) for d in diffs), default=0.0)
+    return {"ok": all(d.ok for d in diffs), "worst_relative_error": worst, "rtol": rtol,
+            "summary": f"worst error {worst:.2e} of output scale (tolerance {rtol:g})"}
+
+
+def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[str] | None = None,
+                  log_fn=print) -> dict:
+    import onnx_ir as ir
+
+    import graphprune as gp
+    from graphprune import oracle
+    from graphprune.backends.onnxruntime import OrtBackend, measure
+    from graphprune.passes import PassContext, PassManager
+    from graphprune.passes.pruning.prune_channels import PruneChannels
+    from graphprune.plan import Plan, file_sha256
+    from graphprune.report import environment, write_report
+
+    src = Path(model_path)
+    target = resolve_target(opts.target)
+    if opts.backend not in ("auto", "onnxruntime", "ort", "tvm"):
+        raise UsageError(f"unknown backend {opts.backend!r}", hint="choose auto, onnxruntime or tvm")
+    backend_req = "onnxruntime" if opts.backend == "ort" else opts.backend
+    if target.device != "cpu" and backend_req != "tvm":
+        log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
+               f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
+    out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
+    resolved = opts.resolved(target)
+    model = gp.load(src)
+    before = _cost(model)
+    log_fn(f"target {target.name}: {target.description}; TVM {target.tvm}; round_to {resolved['round_to']}")
+
+    # ---- prune -------------------------------------------------------------------------
+    ctx = PassContext()
+    plan = Plan(tensors=[], groups=[])
+    if opts.plan:
+        ctx.results["plan_in"] = Plan.load(opts.plan)
+    if opts.prune or opts.plan:
+        pass_opts = {"ratio": opts.ratio, "criterion": opts.criterion, "round_to": resolved["round_to"],
+                     "seed": opts.seed}
+        if opts.ignore:
+            pass_opts["ignore"] = opts.ignore
+        PassManager([PruneChannels(**pass_opts)]).run(model, ctx)
+        plan = ctx.results["plan"]
+    plan.model = {"path": str(src), "sha256": file_sha256(src)}
+    checks: dict = {}
+    original = gp.load(src, fold=False)
+    feeds_sess = oracle.session(original)
+    feeds = oracle.random_inputs(feeds_sess, seed=opts.seed, shapes=opts.input_shapes)
+    if opts.check and plan.tensors:
+        res = oracle.check(original, model, plan)
+        checks["oracle"] = {"ok": res.ok, "summary": res.summary()}
+        log_fn(res.summary())
+        if not res.ok:
+            raise OracleMismatchError("pruned model differs from the masked original; nothing was written")
+    after = _cost(model)
+
+    # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        pruned_path = stage / "model.pruned.onnx"
+        gp.save(model, pruned_path)
+        plan.save(stage / "plan.json")
+        notes: list[str] = []
+        results: dict = {}
+        ort_backend = OrtBackend()
+        if backend_req in ("auto", "onnxruntime"):
+            log_fn("onnxruntime: offline optimisation and session settings ...")
+            results["onnxruntime"] = ort_backend.compile(pruned_path, target, stage / "onnxruntime",
+                                                         ort_format=opts.ort_format, feeds=feeds, log_fn=log_fn)
+        want_tvm = backend_req == "tvm" or (backend_req == "auto" and opts.tune_trials > 0
+                                            and (target.host or opts.rpc))
+        if want_tvm:
+            results["tvm"] = _compile_tvm(pruned_path, target, stage / "tvm", opts, backend_req, notes, log_fn)
+        # ---- numerics + latency on this machine ----------------------------------------------
+        ref = oracle.session(model).run(None, feeds)
+        names = [o.name for o in model.graph.outputs]
+        runners = {}
+        if "onnxruntime" in results and target.host:
+            checks["numerics_onnxruntime"] = _numerics(ref, ort_backend.run(stage / "onnxruntime", feeds), names)
+            runners["onnxruntime"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"),
+                                                     results["onnxruntime"]["session"], feeds, repeats=10)
+        if "tvm" in results and results["tvm"].get("host_runnable"):
+            from graphprune.backends.tvm import adapter
+
+            lib = stage / "tvm" / results["tvm"]["library"]
+            checks["numerics_tvm"] = _numerics(ref, adapter.load_and_run(lib, feeds), names)
+            runners["tvm"] = lambda: adapter.benchmark(lib, feeds, repeats=10)["median_ms"]
+        dense_cfg = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
+                     "graph_optimization_level": "ORT_ENABLE_ALL"}
+        runners["dense"] = lambda: measure(str(src), dense_cfg, feeds, repeats=10)
+        # side by side: interleaved rounds, median per runner
+        rounds: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(3):
+            for k, fn in runners.items():
+                rounds[k].append(fn())
+        lat = {k: round(float(np.median(v)), 4) for k, v in rounds.items()}
+        before["latency_ms"] = lat["dense"]
+        for k in ("onnxruntime", "tvm"):
+            if k in lat:
+                results[k]["latency_ms"] = lat[k]
+        chosen, reason = _choose(backend_req, target, results, opts, notes)
+        if target.host:
+            after["latency_ms"] = results[chosen].get("latency_ms")
+        else:
+            after["latency_note"] = (f"not measured: {target.name} is not this machine"
+                                     + (" (use graphprune bench --rpc)" if chosen == "tvm" else ""))
+        for name, c in checks.items():
+            if name.startswith("numerics") and not c["ok"]:
+                raise OracleMismatchError(f"{name}: compiled artifact differs from ONNX Runtime ({c['summary']})")
+
+        report = {
+            "command": argv or ["graphprune", "compile", str(src)],
+            "config": resolved,
+            "environment": environment(),
+            "target": target.to_json(),
+            "input": {"path": str(src), "sha256": file_sha256(src)},
+            "backend": {"chosen": chosen, "reason": reason, "results": results},
+            "before": before, "after": after,
+            "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors)},
+            "checks": checks,
+            "notes": notes,
+        }
+        write_report(stage, report)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        stage.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,
+                 notes: list, log_fn) -> dict:
+    try:
+        from graphprune.backends.tvm import TvmBackend
+    except ImportError as exc:  # pragma: no cover - package is part of graphprune
+        raise BackendUnavailableError(f"TVM backend missing: {exc}") from exc
+    tvm = TvmBackend()
+    ok, why = tvm.available()
+    if not ok:
+        if backend_req == "tvm":
+            raise BackendUnavailableError(f"TVM is not usable: {why}",
+                                          hint='pip install "graphprune[tvm]" (apache-tvm 0.27)')
+        notes.append(f"TVM not used: {why}")
+        return {"skipped": why}
+    db_root = Path(opts.db) if opts.db else Path.home() / ".cache" / "graphprune" / "tvm-db"
+    if opts.tune_trials <= 0:
+        notes.append("TVM build is untuned (--tune-trials 0): expect it to be far slower than ONNX Runtime")
+    log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
+    res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
+                      db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
+                      log=log_fn)
+    return res
+
+
+def _choose(backend_req: str, target: Target, results: dict, opts: CompileOptions, notes: list) -> tuple[str, str]:
+    tvm = results.get("tvm")
+    if backend_req == "onnxruntime":
+        return "onnxruntime", "requested with --backend onnxruntime"
+    if backend_req == "tvm":
+        if not tvm.get("tuned"):
+            return "tvm", "requested with --backend tvm (UNTUNED: expect ~100x slower than ONNX Runtime)"
+        return "tvm", f"requested with --backend tvm, tuned with {tvm.get('trials')} trials"
+    if not tvm or "skipped" in tvm:
+        if opts.tune_trials <= 0:
+            return "onnxruntime", ("auto: no TVM tuning asked (--tune-trials 0), and untuned TVM code is ~100x "
+                                   "slower than ONNX Runtime")
+        if not target.host and not opts.rpc:
+            return "onnxruntime", (f"auto: {target.name} is not this machine and no --rpc device was given to tune "
+                                   "and measure TVM on, so ONNX Runtime is shipped")
+        return "onnxruntime", "auto: TVM unavailable (" + (tvm or {}).get("skipped", "not built") + ")"
+    ort_ms = results.get("onnxruntime", {}).get("latency_ms")
+    tvm_ms = tvm.get("latency_ms")
+    if target.host and ort_ms and tvm_ms:
+        if tvm_ms < ort_ms:
+            return "tvm", f"auto: tuned TVM measured faster here ({tvm_ms:.3f} ms vs ONNX Runtime {ort_ms:.3f} ms)"
+        return "onnxruntime", f"auto: ONNX Runtime measured faster here ({ort_ms:.3f} ms vs tuned TVM {tvm_ms:.3f} ms)"
+    if tvm.get("tuned"):
+        return "tvm", "auto: TVM tuned on the remote device"
+    return "onnxruntime", "auto: TVM could not be measured against ONNX Runtime"

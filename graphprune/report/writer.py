@@ -1,0 +1,90 @@
+"""report.json / report.md writers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from graphprune.plan import write_text_atomic
+
+REPORT_SCHEMA = "graphprune.report/1"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    from graphprune import __version__
+    from graphprune.backends.targets import cpu_flags
+
+    flags = cpu_flags()
+    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "neon", "asimd") if f in flags]
+    return {
+        "graphprune": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_simd": simd,
+        "packages": {d: _version(d) for d in ("onnx", "onnx-ir", "onnxruntime", "numpy", "torch", "apache-tvm")},
+    }
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def markdown(report: dict) -> str:
+    b, a = report.get("before", {}), report.get("after", {})
+    lines = [f"# graphprune report: {Path(report['input']['path']).name} → {report['target']['name']}", "",
+             f"- command: `{' '.join(report['command'])}`",
+             f"- backend: **{report['backend']['chosen']}** — {report['backend']['reason']}",
+             f"- target: {report['target']['name']} ({report['target']['description']})", ""]
+    lines += ["| | before | after | ratio |", "|---|---|---|---|"]
+    for key, label in (("params", "params"), ("macs", "MACs"), ("bytes", "model bytes"),
+                       ("latency_ms", "latency (ms, median)")):
+        bv, av = b.get(key), a.get(key)
+        ratio = f"{av / bv:.3f}" if isinstance(bv, (int, float)) and isinstance(av, (int, float)) and bv else ""
+        lines.append(f"| {label} | {_fmt(bv)} | {_fmt(av)} | {ratio} |")
+    if a.get("latency_note"):
+        lines += ["", f"Latency: {a['latency_note']}"]
+    checks = report.get("checks", {})
+    if checks:
+        lines += ["", "## Checks", ""]
+        for name, c in checks.items():
+            lines.append(f"- {name}: {'PASS' if c.get('ok') else 'FAIL' if c.get('ok') is False else 'skipped'}"
+                         f" — {c.get('summary', '')}")
+    notes = report.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Files", ""] + [f"- `{f['path']}` ({f['bytes']} B, sha256 {f['sha256'][:12]}…)"
+                                     for f in report.get("outputs", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    report = {"schema": REPORT_SCHEMA, **report}
+    out_dir = Path(out_dir)
+    files = []
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file() and p.name not in ("report.json", "report.md") and not p.name.startswith("."):
+            files.append({"path": str(p.relative_to(out_dir)), "bytes": p.stat().st_size, "sha256": sha256_of(p)})
+    report["outputs"] = files
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomic(out_dir / "report.md", markdown(report))

@@ -1,0 +1,74 @@
+"""`compile` with the ONNX Runtime backend: folder layout, report, numerics, choices."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from graphprune.cli.main import main
+from graphprune.compile import CompileOptions, compile_model
+from graphprune.errors import BackendUnavailableError
+
+
+def test_compile_host_ort(samples_dir, tmp_path, capsys):
+    out = tmp_path / "x86"
+    rep = compile_model(samples_dir / "tiny_mobilenet.onnx", CompileOptions(target="x86", out=str(out),
+                                                                            ort_format=True), log_fn=lambda *a: None)
+    assert rep["backend"]["chosen"] == "onnxruntime" and "tune" in rep["backend"]["reason"]
+    for f in ("model.pruned.onnx", "plan.json", "report.json", "report.md", "onnxruntime/model.onnx",
+              "onnxruntime/model.ort", "onnxruntime/session.json", "onnxruntime/run_model.py"):
+        assert (out / f).exists(), f
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "graphprune.report/1"
+    assert report["checks"]["oracle"]["ok"] and report["checks"]["numerics_onnxruntime"]["ok"]
+    assert report["after"]["macs"] < report["before"]["macs"] and report["after"]["latency_ms"] > 0
+    assert report["config"]["round_to"] == report["target"]["simd_lanes"]
+    assert {"onnx", "onnxruntime"} <= set(report["environment"]["packages"])
+    assert all(len(f["sha256"]) == 64 for f in report["outputs"])
+    cfg = json.loads((out / "onnxruntime" / "session.json").read_text())
+    assert cfg["measured"]["median_ms"] > 0 and len(cfg["measured"]["candidates"]) >= 2
+    # the deployment runs with its own loader settings and matches the pruned model
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg["intra_op_num_threads"]
+    s1 = ort.InferenceSession(str(out / "onnxruntime" / "model.onnx"), so)
+    s2 = ort.InferenceSession(str(out / "model.pruned.onnx"))
+    x = {"input": np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    np.testing.assert_allclose(s1.run(None, x)[0], s2.run(None, x)[0], rtol=1e-4, atol=1e-5)
+    assert "# graphprune report" in (out / "report.md").read_text()
+
+
+def test_compile_arm_explains_choice(samples_dir, tmp_path):
+    rep = compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="arm", out=str(tmp_path / "a")),
+                        log_fn=lambda *a: None)
+    assert rep["backend"]["chosen"] == "onnxruntime"
+    assert "not measured" in rep["after"]["latency_note"]
+    assert rep["config"]["round_to"] == 4
+    for g in json.loads((tmp_path / "a" / "plan.json").read_text())["groups"]:
+        assert (g["atoms"] - len(g["removed_atoms"])) % 4 == 0 or g["atoms"] < 4
+
+
+def test_compile_no_prune_and_cli(samples_dir, tmp_path, capsys):
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "x86-avx2", "--no-prune",
+                 "-o", str(tmp_path / "np")]) == 0
+    text = capsys.readouterr().out
+    assert "backend: onnxruntime" in text and "numerics_onnxruntime: PASS" in text
+    rep = json.loads((tmp_path / "np" / "report.json").read_text())
+    assert rep["after"]["params"] == rep["before"]["params"]
+
+
+def test_compile_failure_leaves_nothing(samples_dir, tmp_path):
+    out = tmp_path / "bad"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "nope", "-o", str(out)]) == 2
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--backend", "magic", "-o", str(out)]) == 2
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_bench_side_by_side(samples_dir, tmp_path, capsys):
+    compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="x86", out=str(tmp_path / "c")),
+                  log_fn=lambda *a: None)
+    assert main(["bench", str(tmp_path / "c"), str(samples_dir / "tiny_resnet.onnx"), "--repeats", "6",
+                 "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
+    res = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert len(res) == 2 and all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in res)
