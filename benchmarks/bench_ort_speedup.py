@@ -10,10 +10,13 @@ and randomised BatchNorm statistics) is written in torch, exported with the Torc
 exporter (BN folded into the convs, opset 17, ir_version <= 13) and pruned with
 ``gp.prune(ratio=0.5, round_to=1, criterion="l2")``.
 
-For intra_op_num_threads = 2 and 1 (inter_op 1, sequential, ORT_ENABLE_ALL), both
-sessions are warmed up, then measured in ``--rounds`` rounds of ``--runs`` inferences
-each, dense and pruned interleaved round by round (the order alternates) so that drift
-and noisy neighbours hit both alike. Reported per thread count:
+For intra_op_num_threads = 2 and 1 (inter_op 1, sequential, ORT_ENABLE_ALL, default
+thread spinning), both sessions are warmed up, then measured in ``--rounds`` rounds of
+``--runs`` inferences each, dense and pruned interleaved round by round (the order
+alternates) so that drift and noisy neighbours hit both alike. Each block starts with a
+100 ms pause and one untimed run: without them the first runs after a switch pay for
+the other session's still-spinning worker threads (seen as 2x slower first runs at 2
+threads). Reported per thread count:
 
     MAC reduction        dense MACs / pruned MACs   (graphprune.analysis.cost.model_cost)
     measured speedup     median dense latency / median pruned latency
@@ -128,7 +131,7 @@ def make_session(path: Path, threads: int):
 
 
 def measure_pair(paths: dict[str, Path], threads: int, feeds: dict, warmup: int, rounds: int,
-                 runs: int) -> dict:
+                 runs: int, settle: float = 0.1) -> dict:
     sessions = {k: make_session(p, threads) for k, p in paths.items()}
     for _ in range(warmup):
         for s in sessions.values():
@@ -141,6 +144,10 @@ def measure_pair(paths: dict[str, Path], threads: int, feeds: dict, warmup: int,
         this_round = {}
         for k in order:
             s = sessions[k]
+            # ORT's intra-op workers spin for a while after a run: let the other session's
+            # workers go idle, then one untimed run to bring this model back into cache.
+            time.sleep(settle)
+            s.run(None, feeds)
             ts = []
             for _ in range(runs):
                 t0 = time.perf_counter()

@@ -75,7 +75,9 @@ def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rt
 
 
 def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[str] | None = None,
-                  log_fn=print) -> dict:
+                  log_fn=None) -> dict:
+    """Run the whole compile; progress goes to `log_fn` (default: this module's logger)."""
+    log_fn = log_fn or log.info
     import onnx_ir as ir
 
     import graphprune as gp
@@ -115,7 +117,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     plan.model = {"path": str(src), "sha256": file_sha256(src)}
     checks: dict = {}
     original = gp.load(src, fold=False)
-    feeds_sess = oracle.session(original)
+    feeds_sess = oracle.input_session(str(src))
     feeds = oracle.random_inputs(feeds_sess, seed=opts.seed, shapes=opts.input_shapes)
     if opts.check and plan.tensors:
         res = oracle.check(original, model, plan)

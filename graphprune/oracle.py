@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.errors import PlanError
+from graphprune.errors import FrontendError, PlanError, VerificationError
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.plan import Plan
 
@@ -51,7 +51,7 @@ def session(model: ir.Model | bytes | str, threads: int = 1):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the user through our exceptions
     if isinstance(model, ir.Model):
         from graphprune.ir.serialize import to_proto
 
@@ -74,6 +74,20 @@ def input_shape(shape, dims: dict | None = None, dim_value: int | None = None) -
         else:
             out.append(1 if k == 0 else 32)
     return out
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:400]
+
+
+def input_session(model, what: str = "the input model"):
+    """An ORT session for a model the user gave us: failure is the model's, not ours."""
+    try:
+        return session(model)
+    except Exception as exc:
+        raise FrontendError(f"ONNX Runtime cannot load {what}: {_first_line(exc)}",
+                            hint="graphprune needs models that ONNX Runtime can run") from None
 
 
 def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: int = 2,
@@ -152,8 +166,11 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
 
     masked = clone(original)
     masked_original(masked, plan)
-    s_ref = session(masked)
-    s_new = session(pruned)
+    s_ref = input_session(masked, what="the input model (with the plan's slices zeroed)")
+    try:
+        s_new = session(pruned)
+    except Exception as exc:
+        raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
     names = [o.name for o in s_ref.get_outputs()]
     feeds_list = list(inputs or [])
     for k in range(n_random):
@@ -161,7 +178,15 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
     result = OracleResult(ok=True)
     worst: dict[str, OutputDiff] = {}
     for feeds in feeds_list:
-        ref = s_ref.run(None, feeds)
+        try:
+            ref = s_ref.run(None, feeds)
+        except Exception as exc:
+            raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
+                                hint="check the inputs (--inputs) or the model itself") from None
+        if not all(np.all(np.isfinite(r)) for r in ref if np.asarray(r).dtype.kind == "f"):
+            raise FrontendError("the input model gives NaN/Inf outputs on these inputs, so the oracle cannot "
+                                "compare anything", hint="check the model's weights, or give real inputs "
+                                "with --inputs")
         got = s_new.run(None, feeds)
         for d in compare_outputs(ref, got, names, rtol=rtol):
             w = worst.get(d.name)

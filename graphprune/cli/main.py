@@ -14,6 +14,7 @@ VERBS = {
     "bench": ("graphprune.cli.bench_cmd", "measure latency (median/p90), side by side for two artifacts"),
     "targets": ("graphprune.cli.targets_cmd", "list named targets and what they resolve to"),
     "passes": ("graphprune.cli.passes_cmd", "list passes and the per-op rule table"),
+    "env": ("graphprune.cli.env_cmd", "versions of graphprune, onnx, ORT, TVM, torch and CPU features"),
 }
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    p.add_argument("--log-file", help="also write a detailed (debug) log to this file")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb, (mod, help_) in VERBS.items():
         sp = sub.add_parser(verb, help=help_, description=help_)
@@ -34,13 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(verbose: int, quiet: bool, log_file: str | None) -> None:
+    """Library code logs; the CLI shows graphprune's INFO progress on stderr (-q: errors
+    only, -v: debug with module names) and writes everything to --log-file."""
+    root = logging.getLogger("graphprune")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    root.addHandler(console)
+    if log_file:
+        fh = logging.FileHandler(log_file)
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
-    level = logging.ERROR if args.quiet else (logging.DEBUG if verbose > 1 else
-                                              logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _setup_logging(verbose, args.quiet, args.log_file)
     if not args.verb:
         parser.print_help()
         return 2

@@ -50,6 +50,8 @@ def run(args) -> int:
     if out.parent.exists() and not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write to {out.parent}")
     model = gp.load(src)
+    if not args.no_check:  # fail early, and as the model's fault, if ORT cannot run the input
+        oracle.input_session(str(src))
     before = model_cost(model)
     before_bytes = ir.serde.serialize_model(model).SerializeToString()
 

@@ -55,8 +55,29 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Mod
             hint="is the file a complete .onnx model (not truncated, external data beside it)?",
         ) from exc
     _check_external_data(model)
+    _check_supported(model)
     normalize(model, fold=fold)
     return model
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                           "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul"})
+
+
+def _check_supported(model: ir.Model) -> None:
+    """Refuse, with a reason, what would otherwise load but could not be pruned correctly."""
+    from graphprune.errors import VerificationError
+    from graphprune.ir.verifier import verify_model
+
+    try:
+        verify_model(model, where="input model")
+    except VerificationError as exc:
+        raise FrontendError(f"malformed graph: {exc}",
+                            hint="the graph has a cycle, a dangling input or a duplicate name") from None
+    quant = sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
+    if quant:
+        raise FrontendError(f"quantized model (contains {', '.join(quant)}): graphprune prunes float models",
+                            hint="prune the float model, then quantize the pruned one")
 
 
 def _check_external_data(model: ir.Model) -> None:
@@ -129,9 +150,41 @@ def _drop_initializers_from_inputs(model: ir.Model) -> None:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    from onnx_ir.passes.common import ShapeInferencePass
+    """onnx shape inference, merged into the IR. Strict first; if that fails (a type error,
+    an op onnx cannot infer), say so and fall back to best effort: ONNX Runtime's own load
+    of the model decides later whether the model is usable at all."""
+    import onnx
 
-    ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    try:
+        proto = ir.serde.serialize_model(model)
+    except Exception as exc:
+        raise FrontendError(f"model cannot be serialised: {str(exc).strip().splitlines()[0][:300]}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as strict_exc:  # onnx raises InferenceError, ValidationError, RuntimeError ...
+        log.warning("shape inference (strict) failed: %s", str(strict_exc).strip().splitlines()[0][:300])
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                         data_prop=True)
+        except Exception as exc:
+            raise FrontendError(f"shape inference failed: {str(exc).strip().splitlines()[0][:300]}") from None
+    _merge_shapes(model, inferred)
+
+
+def _merge_shapes(model: ir.Model, inferred) -> None:
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for node in model.graph:
+        for v in node.outputs:
+            vi = known.get(v.name)
+            if vi is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            if tt.elem_type and v.dtype is None:
+                v.dtype = ir.DataType(tt.elem_type)
+            if tt.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+                if v.shape is None or any(isinstance(d, int) for d in dims):
+                    v.shape = ir.Shape(dims)
 
 
 def remove_unused(model: ir.Model) -> None:

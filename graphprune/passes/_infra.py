@@ -151,6 +151,6 @@ class PassManager:
                         verify_model(model, where=f"after pass {p.name} (pipeline {self})")
                     except VerificationError as exc:
                         raise VerificationError(str(exc), node=exc.node) from exc
-            log.info("pass %s: %s in %.3fs", p.name, "changed" if changed else "no change",
+            log.debug("pass %s: %s in %.3fs", p.name, "changed" if changed else "no change",
                      time.perf_counter() - t0)
         return ctx

@@ -86,7 +86,8 @@ class OrtBackend:
         return True, ""
 
     def compile(self, onnx_path: Path, target: Target, out_dir: Path, *, ort_format: bool = False,
-                feeds: dict | None = None, tune: bool = True, log_fn=print) -> dict:
+                feeds: dict | None = None, tune: bool = True, log_fn=None) -> dict:
+        log_fn = log_fn or log.info
         import onnxruntime as ort
 
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -118,5 +118,5 @@ class PruneChannels(Pass):
         if not removed:
             return False
         apply_removal(model, dg, removed)
-        log.info("prune-channels: %d groups changed, %d tensors sliced", len(selection), len(plan.tensors))
+        log.debug("prune-channels: %d groups changed, %d tensors sliced", len(selection), len(plan.tensors))
         return True

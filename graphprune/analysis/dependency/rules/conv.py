@@ -40,6 +40,9 @@ def conv(node, ctx):
         return
     group = int(ctx.attr("group", 1))
     c_in, m = dx[1], dw[0]
+    if group < 1 or c_in % group or m % group:
+        ctx.freeze_all(f"Conv group={group} does not divide channels {c_in}->{m}")
+        return
     _spatial_unchanged(ctx, x, y, w)
     ctx.couple(y, 1, w, 0)
     if b is not None:
@@ -73,6 +76,9 @@ def conv_transpose(node, ctx):
         return
     group = int(ctx.attr("group", 1))
     c_in, m = dx[1], dy[1]
+    if group < 1 or c_in % group or m % group:
+        ctx.freeze_all(f"ConvTranspose group={group} does not divide channels {c_in}->{m}")
+        return
     _spatial_unchanged(ctx, x, y, w)
     ctx.couple(x, 1, w, 0)
     ctx.param(w, 0, "weight")
