@@ -107,12 +107,43 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
     _drop_initializers_from_inputs(model)
     _name_unnamed(model)
     infer_shapes(model)
-    if fold and fold_constants(model):
-        remove_unused(model)
-        infer_shapes(model)
-    if _fill_same_shape_outputs(model):
+    for _ in range(4):  # each round can make more shapes concrete, and more shape math static
+        changed = fold and fold_constants(model)
+        if changed:
+            remove_unused(model)
+        changed = _fill_same_shape_outputs(model) | _resolve_reshape_outputs(model) | bool(changed)
+        if not changed:
+            break
         infer_shapes(model)
     return model
+
+
+def _resolve_reshape_outputs(model: ir.Model) -> bool:
+    """Reshape targets like [batch, seq, -1, 64] (and Expand targets computed at run time)
+    leave dims symbolic in onnx's inference even when they are plain numbers: compute them."""
+    from graphprune.ir.shape_target import ShapeTarget, resolve_output_dims
+
+    from graphprune.ir.shape_target import resolve_expand_dims
+
+    changed = False
+    for node in model.graph:
+        if node.op_type not in ("Reshape", "Expand") or node.domain not in ("", "ai.onnx"):
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        din, dout = dims_of(x), dims_of(y)
+        target = ShapeTarget.of(node.inputs[1])
+        if din is None or dout is None:
+            continue
+        if node.op_type == "Expand":
+            new = resolve_expand_dims(din, dout, target)
+        elif target is None:
+            continue
+        else:
+            new = resolve_output_dims(din, dout, target)
+        if new != dout:
+            y.shape = ir.Shape(new)
+            changed = True
+    return changed
 
 
 # Ops whose output has the input's shape, for which onnx's inference sometimes gives up
@@ -283,14 +314,27 @@ def fold_constants(model: ir.Model) -> bool:
 
 def _fold_gathers_of_partial_shape(model: ir.Model, shape_node: ir.Node, dims: list, start: int) -> None:
     """Shape(x) with a dynamic batch: still fold Gather(Shape(x), i) when dim i is static."""
+    n = len(dims) - start
     for use in list(shape_node.outputs[0].uses()):
         consumer = use.node
-        if consumer.op_type != "Gather" or use.idx != 0 or consumer.graph is not model.graph:
+        if use.idx != 0 or consumer.graph is not model.graph:
             continue
-        idx = const_array(consumer.inputs[1])
-        if idx is None:
+        if consumer.op_type == "Gather":
+            idx = const_array(consumer.inputs[1])
+            if idx is None:
+                continue
+            picked = [dims[start + int(i) if i >= 0 else len(dims) + int(i)] for i in idx.reshape(-1)]
+        elif consumer.op_type == "Slice":
+            args = [const_array(v) if v is not None else None for v in consumer.inputs[1:5]]
+            if args[0] is None or args[1] is None or (len(consumer.inputs) > 3 and consumer.inputs[3] is not None
+                                                      and args[2] is None):
+                continue
+            step = int(args[3].reshape(-1)[0]) if len(args) > 3 and args[3] is not None else 1
+            sel = range(n)[slice(int(args[0].reshape(-1)[0]), int(args[1].reshape(-1)[0]), step)]
+            picked = [dims[start + k] for k in sel]
+            idx = np.array(picked)
+        else:
             continue
-        picked = [dims[start + int(i) if i >= 0 else len(dims) + int(i)] for i in idx.reshape(-1)]
         if all(isinstance(d, int) for d in picked):
             arr = np.array(picked, dtype=np.int64).reshape(idx.shape)
             if id(consumer.outputs[0]) not in {id(v) for v in model.graph.outputs}:
@@ -311,6 +355,11 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
         external_data = total > 1_800_000_000
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # Intermediate shapes are analysis aids (some resolved by us); ORT infers its own.
+    saved_shapes = [(v, v.shape) for n in model.graph for v in n.outputs
+                    if not v.is_graph_output() and v.shape is not None]
+    for v, _ in saved_shapes:
+        v.shape = None
     try:
         if external_data:
             data_name = path.name + ".data"
@@ -326,6 +375,9 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        for v, shape in saved_shapes:
+            v.shape = shape
 
 
 def _materialize_external(model: ir.Model) -> None:

@@ -123,13 +123,18 @@ class RuleContext:
                     self.freeze(v, ax, f"{self.node.op_type}: broadcast sizes do not match")
 
     def structural(self, *values: ir.Value | None) -> None:
-        """Inputs that are not channel-carrying (shape/index constants, scalars): the rule
-        reads and rewrites them itself, so their axes are not slots."""
+        """Inputs read as data (shapes, indices, scalars), not channel-carrying. A constant
+        one the rule reads and rewrites itself; a computed one (shape math at run time) is
+        frozen so nothing upstream of it is ever sliced."""
         for v in values:
             d = self.dims(v) if v is not None else None
-            if d is not None:
+            if d is None:
+                continue
+            if const_array(v) is not None:
                 for ax in range(len(d)):
                     self.handled.add((id(v), ax))
+            else:
+                self.freeze(v, None, f"{self.node.op_type} reads it as shape/index data")
 
     def unchanged(self, value: ir.Value | None, *axes: int) -> None:
         """Axes the op keeps fixed and never needs to slice (e.g. kernel height)."""
@@ -176,10 +181,11 @@ class RewriteContext:
     """Given to a rule's rewrite at prune time: which indices go from which slot."""
 
     def __init__(self, node: ir.Node, slot_removed: SlotRemoved,
-                 new_const: Callable[[np.ndarray, str], ir.Value]):
+                 new_const: Callable[[np.ndarray, str], ir.Value], unique_name: Callable[[str], str]):
         self.node = node
         self._slot_removed = slot_removed
         self._new_const = new_const
+        self.unique_name = unique_name
 
     def removed(self, value: ir.Value | None, axis: int) -> np.ndarray:
         """Sorted indices removed from (value, axis) in the input model's numbering."""
@@ -194,6 +200,9 @@ class RewriteContext:
 
     def virtual_removed(self, tag: str) -> np.ndarray:
         return self._slot_removed(virtual_slot(self.node, tag))
+
+    def new_const(self, array: np.ndarray, hint: str) -> ir.Value:
+        return self._new_const(np.asarray(array), hint)
 
     def set_input_const(self, i: int, array: np.ndarray, hint: str = "") -> None:
         """Point input i at a new constant (never mutates a possibly shared one)."""

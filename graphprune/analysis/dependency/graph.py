@@ -217,6 +217,10 @@ def _subgraphs(node: ir.Node) -> list:
     return subs
 
 
+def _is_float(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype is not None and v.dtype.is_floating_point()
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: dict = {}
@@ -270,8 +274,9 @@ class DependencyGraph:
         for slots in ordered:
             slots.sort(key=lambda s: b.order[s])
             roles = {s: b.roles[s] for s in slots if s in b.roles}
-            if not roles:
-                continue  # nothing to slice: not a pruning group (e.g. spatial axes)
+            floats = [s for s in roles if _is_float(self.values.get(s.value))]
+            if not floats:
+                continue  # no weight to slice: not a pruning group (spatial axes, shape math)
             name = self._group_name(slots)
             reasons = sorted({r for s in slots for r in b.frozen.get(s, ())})
             if reasons:

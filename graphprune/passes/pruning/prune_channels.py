@@ -34,12 +34,16 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
     names = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs}
     counter = itertools.count()
 
-    def new_const(array: np.ndarray, hint: str) -> ir.Value:
-        base = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in hint) or "const"
+    def unique_name(hint: str) -> str:
+        base = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in hint) or "value"
         name = base
         while name in names:
             name = f"{base}_{next(counter)}"
         names.add(name)
+        return name
+
+    def new_const(array: np.ndarray, hint: str) -> ir.Value:
+        name = unique_name(hint)
         v = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
                      type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
         model.graph.register_initializer(v)
@@ -58,7 +62,7 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
         touched_nodes.update(id(u.node) for u in v.uses())
     for node, fn in dg.rewrites:
         if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
-            fn(RewriteContext(node, slot_removed, new_const))
+            fn(RewriteContext(node, slot_removed, new_const, unique_name))
 
     per_value: dict[str, dict[int, np.ndarray]] = {}
     for s, idx in removed.items():
@@ -81,7 +85,10 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
 
 @register_pass
 class PruneChannels(Pass):
-    """Options: ratio, criterion (l1|l2|random), round_to, ignore (list of regex), seed.
+    """Options: ratio, criterion (see graphprune.importance.CRITERIA), round_to, ignore
+    (list of regex), seed, and the allocation options of graphprune.allocation.driver
+    (allocation, target_macs/params/latency, max_ratio, protect, layer_ratios ...).
+    Calibration data for data-aware criteria is ``results['calibration']``.
     A selection or plan already in the context (``results['selection']`` /
     ``results['plan_in']``) is applied instead of computing one."""
 
@@ -89,11 +96,11 @@ class PruneChannels(Pass):
     description = "remove the least important channels of every coupled group"
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.allocation import uniform
-        from graphprune.importance import group_scores
+        from graphprune.allocation.driver import OPTIONS as ALLOCATION_OPTIONS
+        from graphprune.allocation.driver import select
 
         opts = dict(self.options)
-        unknown = set(opts) - {"ratio", "criterion", "round_to", "ignore", "seed"}
+        unknown = set(opts) - {"ratio", "criterion", "round_to", "ignore", "seed"} - ALLOCATION_OPTIONS
         if unknown:
             raise UsageError(f"prune-channels: unknown option(s) {sorted(unknown)}")
         ignore = opts.get("ignore") or None
@@ -107,16 +114,23 @@ class PruneChannels(Pass):
         elif "selection" in ctx.results:
             selection = ctx.results["selection"]
         else:
-            scores = group_scores(dg, opts.get("criterion", "l2"), seed=int(opts.get("seed", 0)))
-            selection = uniform(dg, scores, float(opts.get("ratio", 0.3)), int(opts.get("round_to", 1)))
+            scores, selection, info = select(model, dg, opts, ctx.results.get("calibration"))
+            ctx.results["allocation"] = info
         plan = build_plan(dg, selection, scores=scores, settings={
-            k: opts[k] for k in ("ratio", "criterion", "round_to", "ignore", "seed") if k in opts})
+            k: opts[k] for k in ("ratio", "criterion", "round_to", "ignore", "seed") + tuple(sorted(ALLOCATION_OPTIONS))
+            if k in opts})
+        if plan_in is None and ctx.results.get("allocation"):
+            plan.settings["allocation_result"] = ctx.results["allocation"]
         if plan_in is not None:
             plan.settings = plan_in.settings
         ctx.results["plan"] = plan
         removed = removed_by_slot(dg, selection)
         if not removed:
             return False
+        if ctx.results.get("calibration") is not None and "dense_model" not in ctx.results:
+            from graphprune.ir.serialize import clone
+
+            ctx.results["dense_model"] = clone(model)  # repair passes compare against it
         apply_removal(model, dg, removed)
         log.debug("prune-channels: %d groups changed, %d tensors sliced", len(selection), len(plan.tensors))
         return True

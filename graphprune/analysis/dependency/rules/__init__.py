@@ -5,5 +5,6 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     linear,
     norm,
     pool,
+    reshape,
     shape_ops,
 )

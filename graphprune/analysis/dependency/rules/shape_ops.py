@@ -1,16 +1,16 @@
 """Data-movement ops: index maps between channel slots.
 
-Concat/Split/Slice shift indices by offsets; Reshape-like ops (Reshape, Flatten,
-Squeeze, Unsqueeze) merge or split axes, which maps one channel to a block of features
-(Flatten→Gemm) or ties channels across an outer factor (channel shuffle); Gather,
-Depth/SpaceToDepth permute or replicate channels. Rewrites keep the structural constants
-(split sizes, slice bounds, shape targets, gather indices) in step with the removal.
+Concat/Split/Slice shift indices by offsets; Gather and Depth/SpaceToDepth permute or
+replicate channels. Rewrites keep the structural constants (split sizes, slice bounds,
+gather indices) in step with the removal. Reshape-like ops live in `reshape.py`.
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.ir.constants import const_array
 
 
 def _axis(ctx, v, default=0):
@@ -27,13 +27,21 @@ def concat(node, ctx):
         ctx.freeze_all("Concat of unknown rank")
         return
     axis = _axis(ctx, y)
+    if any(not isinstance((ctx.dims(v) or [None] * len(dy))[axis], int) for v in node.inputs):
+        # concatenation along a run-time-sized axis (e.g. a KV cache along the sequence):
+        # that axis stays, the others map one to one
+        for v in node.inputs:
+            for ax in range(len(dy)):
+                if ax == axis:
+                    ctx.freeze(v, ax, "Concat along a run-time-sized axis")
+                else:
+                    ctx.couple(v, ax, y, ax)
+        ctx.freeze(y, axis, "Concat along a run-time-sized axis")
+        return
     off = 0
     for v in node.inputs:
         d = ctx.dims(v)
         n = d[axis]
-        if not isinstance(n, int):
-            ctx.freeze_all("Concat along a dynamic axis")
-            return
         for ax in range(len(dy)):
             if ax == axis:
                 if n:
@@ -96,12 +104,21 @@ def slice_(node, ctx):
     while len(args) < 4:
         args.append(None)
     starts, ends, axes, steps = args
-    if dx is None or dy is None or starts is None or ends is None or \
-            (len(node.inputs) > 3 and node.inputs[3] is not None and axes is None) or \
-            (len(node.inputs) > 4 and node.inputs[4] is not None and steps is None):
-        ctx.freeze_all("Slice with non-constant arguments")
+    if dx is None or dy is None or (len(node.inputs) > 3 and node.inputs[3] is not None and axes is None):
+        ctx.freeze_all("Slice with non-constant axes")
         return
     rank = len(dx)
+    if starts is None or ends is None or (len(node.inputs) > 4 and node.inputs[4] is not None and steps is None):
+        # bounds known only at run time: the sliced axes stay, the others map one to one
+        n_axes = len(axes) if axes is not None else rank
+        sliced = {int(a) + rank if a < 0 else int(a) for a in (axes if axes is not None else range(n_axes))}
+        for ax in range(rank):
+            if ax in sliced:
+                ctx.freeze(x, ax, "Slice with run-time bounds on this axis")
+                ctx.freeze(y, ax, "Slice with run-time bounds on this axis")
+            else:
+                ctx.couple(x, ax, y, ax)
+        return
     axes = list(range(len(starts))) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
     steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
     ranges = {}
@@ -154,149 +171,6 @@ def transpose(node, ctx):
     perm = ctx.attr("perm") or list(reversed(range(len(dx))))
     for out_ax, in_ax in enumerate(perm):
         ctx.couple(x, int(in_ax), y, out_ax)
-
-
-# ---- reshape-like ops -----------------------------------------------------------------
-
-def align_reshape(din: list, dout: list) -> list[tuple[list[int], list[int]]] | None:
-    """Split a reshape into blocks of input axes ↔ output axes with equal element counts.
-
-    Returns None when the shapes cannot be aligned (unknown or mismatched symbolic dims).
-    """
-    blocks: list[tuple[list[int], list[int]]] = []
-    i = j = 0
-    n, m = len(din), len(dout)
-    while i < n or j < m:
-        if i < n and j < m and din[i] == dout[j] and din[i] is not None:
-            blocks.append(([i], [j]))
-            i += 1
-            j += 1
-            continue
-        if i < n and din[i] == 1:
-            blocks.append(([i], []))
-            i += 1
-            continue
-        if j < m and dout[j] == 1:
-            blocks.append(([], [j]))
-            j += 1
-            continue
-        if i >= n or j >= m or not isinstance(din[i], int) or not isinstance(dout[j], int):
-            return None
-        pi, pj, ii, jj = din[i], dout[j], [i], [j]
-        i += 1
-        j += 1
-        while pi != pj:
-            if pi < pj:
-                if i >= n or not isinstance(din[i], int):
-                    return None
-                pi *= din[i]
-                ii.append(i)
-                i += 1
-            else:
-                if j >= m or not isinstance(dout[j], int):
-                    return None
-                pj *= dout[j]
-                jj.append(j)
-                j += 1
-        blocks.append((ii, jj))
-    return blocks
-
-
-def couple_reshape(ctx, x, y, reason: str) -> list[tuple[int, int]] | None:
-    """Couple input and output axes of a reshape-like op. Returns the (in_axis, out_axis)
-    pairs whose size may change (for rewriting a shape target), or None if frozen.
-
-    A merge couples the output axis with the outermost merged input axis (each channel
-    becomes a contiguous block); a split couples the input axis with the innermost
-    output axis (channels at the same inner position are tied across the outer factor).
-    The other axes of a merge or split must keep their size and are frozen.
-    """
-    dx, dy = ctx.dims(x), ctx.dims(y)
-    if dx is None or dy is None:
-        ctx.freeze_all(f"{reason}: unknown shapes")
-        return None
-    blocks = align_reshape(dx, dy)
-    if blocks is None:
-        ctx.freeze_all(f"{reason}: shapes cannot be aligned")
-        return None
-    pairs = []
-    for ii, jj in blocks:
-        if not ii or not jj:
-            for a in ii:
-                ctx.unchanged(x, a)
-            for b in jj:
-                ctx.unchanged(y, b)
-            continue
-        if len(ii) == 1 and len(jj) == 1:
-            ctx.couple(x, ii[0], y, jj[0])
-            pairs.append((ii[0], jj[0]))
-        elif len(jj) == 1:  # merge
-            big = [a for a in ii if dx[a] != 1]
-            a = big[0]
-            inner = int(np.prod([dx[k] for k in ii if k > a]))
-            n = dx[a]
-            ctx.couple(x, a, y, jj[0], np.repeat(np.arange(n), inner), np.arange(n * inner))
-            pairs.append((a, jj[0]))
-            for k in ii:
-                if k != a:
-                    ctx.freeze(x, k, f"{reason}: merged into another axis")
-        elif len(ii) == 1:  # split
-            big = [b for b in jj if dy[b] != 1]
-            b = big[-1]
-            n = dy[b]
-            total = dx[ii[0]]
-            ctx.couple(x, ii[0], y, b, np.arange(total), np.arange(total) % n)
-            pairs.append((ii[0], b))
-            for k in jj:
-                if k != b:
-                    ctx.freeze(y, k, f"{reason}: split off another axis")
-        else:
-            for a in ii:
-                ctx.freeze(x, a, f"{reason}: axes regrouped")
-            for b in jj:
-                ctx.freeze(y, b, f"{reason}: axes regrouped")
-    return pairs
-
-
-@rule("Reshape")
-def reshape(node, ctx):
-    x, shape_v = node.inputs[0], node.inputs[1]
-    y = node.outputs[0]
-    ctx.structural(shape_v)
-    target = ctx.const(shape_v)
-    if target is None:
-        ctx.freeze_all("Reshape with a shape computed at run time")
-        return
-    pairs = couple_reshape(ctx, x, y, "Reshape")
-    if pairs is None:
-        return
-    allowzero = int(ctx.attr("allowzero", 0))
-    dy = ctx.dims(y)
-    target = target.reshape(-1)
-    # A 0 entry copies the input's dim at the same position: only valid if that pair maps.
-    for j, t in enumerate(target):
-        if t == 0 and not allowzero and any(b == j and a != j for a, b in pairs):
-            ctx.freeze_all("Reshape copies a dim (0) from another position")
-            return
-
-    def rewrite(rc):
-        new = target.copy()
-        changed = False
-        for a, b in pairs:
-            r = len(rc.removed(y, b))
-            if r and new[b] > 0:
-                new[b] = dy[b] - r
-                changed = True
-        if changed:
-            rc.set_input_const(1, new.astype(target.dtype), f"{rc.node.name}_shape")
-
-    ctx.on_prune(rewrite)
-
-
-@rule(["Flatten", "Squeeze", "Unsqueeze"])
-def reshape_like(node, ctx):
-    ctx.structural(*node.inputs[1:])
-    couple_reshape(ctx, node.inputs[0], node.outputs[0], node.op_type)
 
 
 @rule("Gather")
@@ -384,32 +258,6 @@ def space_to_depth(node, ctx):
     ctx.couple(x, 1, y, 1, np.repeat(in_c, r * r), out_idx)
 
 
-@rule("Expand")
-def expand(node, ctx):
-    x, shape_v = node.inputs
-    y = node.outputs[0]
-    ctx.structural(shape_v)
-    target = ctx.const(shape_v)
-    dx, dy = ctx.dims(x), ctx.dims(y)
-    if target is None or dx is None or dy is None:
-        ctx.freeze_all("Expand with a shape computed at run time")
-        return
-    ctx.broadcast([x], y)
-    target = target.reshape(-1)
-    toff = len(dy) - len(target)
-
-    def rewrite(rc):
-        new = target.copy()
-        for j in range(len(dy)):
-            r = len(rc.removed(y, j))
-            if r and j - toff >= 0 and new[j - toff] > 1:
-                new[j - toff] = dy[j] - r
-        if not np.array_equal(new, target):
-            rc.set_input_const(1, new, f"{rc.node.name}_shape")
-
-    ctx.on_prune(rewrite)
-
-
 @rule("Tile")
 def tile(node, ctx):
     x, reps_v = node.inputs
@@ -422,6 +270,25 @@ def tile(node, ctx):
     for ax, r in enumerate(reps.reshape(-1)):
         if r == 1:
             ctx.couple(x, ax, y, ax)
+
+
+def _axes_read(shape_out: ir.Value, start: int, end: int) -> set[int] | None:
+    """Which dims a Shape output is actually used for: when every consumer is a Gather
+    (constant indices) or a Slice (constant bounds) of it, only those; else None (all)."""
+    read: set[int] = set()
+    n = end - start
+    for use in shape_out.uses():
+        c = use.node
+        if c.op_type == "Gather" and use.idx == 0 and const_array(c.inputs[1]) is not None:
+            idx = const_array(c.inputs[1]).reshape(-1)
+            read.update(start + (int(i) + n if i < 0 else int(i)) for i in idx)
+        elif c.op_type == "Slice" and use.idx == 0 and all(const_array(v) is not None for v in c.inputs[1:3]):
+            st, en = int(const_array(c.inputs[1]).reshape(-1)[0]), int(const_array(c.inputs[2]).reshape(-1)[0])
+            step = int(const_array(c.inputs[4]).reshape(-1)[0]) if len(c.inputs) > 4 and c.inputs[4] is not None else 1
+            read.update(start + k for k in range(n)[slice(st, en, step)])
+        else:
+            return None
+    return read
 
 
 @rule(["Shape", "Size"])
@@ -437,8 +304,9 @@ def shape_of(node, ctx):
         end = int(ctx.attr("end", len(dx)))
         start = max(0, start + len(dx) if start < 0 else start)
         end = min(len(dx), end + len(dx) if end < 0 else end)
+    read = _axes_read(node.outputs[0], start, end) if node.op_type == "Shape" else None
     for ax in range(len(dx)):
-        if start <= ax < end:
+        if start <= ax < end and (read is None or ax in read):
             ctx.freeze(x, ax, f"{node.op_type} reads this dim at run time")
         else:
             ctx.unchanged(x, ax)

@@ -1,0 +1,66 @@
+"""Tiny random-init transformers from `transformers` configs, exported with both torch
+exporters with dynamic batch and sequence: heads (GQA-consistent) and FFN channels prune
+exactly, and the pruned models keep their dynamic axes."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from helpers import prune_and_check  # noqa: E402
+from zoo.hf_models import HF_ZOO, export_hf  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+# (head groups, FFN groups) expected per model: 2 layers each
+EXPECTED = {"bert": (2, 2), "gpt2": (2, 2), "llama": (2, 2), "qwen2": (2, 2), "mistral": (2, 2), "vit": (2, 2)}
+HEADS = {"bert": 4, "gpt2": 4, "llama": 2, "qwen2": 2, "mistral": 4, "vit": 4}  # heads; GQA: KV groups; MQA: query heads
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache = {}
+
+    def get(name, dynamo):
+        if (name, dynamo) not in cache:
+            p = tmp_path_factory.mktemp("hf") / f"{name}_{dynamo}.onnx"
+            cache[(name, dynamo)] = export_hf(name, str(p), dynamo)
+        return cache[(name, dynamo)]
+
+    return get
+
+
+def _kinds(dg):
+    heads = [g for g in dg.prunable_groups if g.num_atoms <= 4]
+    ffn = [g for g in dg.prunable_groups if g.num_atoms >= 32]
+    return heads, ffn
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", sorted(HF_ZOO))
+def test_transformer_heads_and_ffn(name, dynamo, exported, tmp_path):
+    path = exported(name, dynamo)
+    proto = onnx.load(path)
+    dg = gp.analyze(gp.load(path))
+    heads, ffn = _kinds(dg)
+    assert (len(heads), len(ffn)) == EXPECTED[name], [(g.name, g.num_atoms) for g in dg.prunable_groups]
+    assert all(g.num_atoms == HEADS[name] for g in heads)
+    for seed in range(2):
+        pruned, plan, _ = prune_and_check(proto, seed=seed, min_groups=1)
+    # dynamic batch and sequence survive: run at two other sizes
+    gp.save(pruned, tmp_path / "p.onnx")
+    s = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    dims = [d for d in s.get_inputs()[0].shape]
+    assert isinstance(dims[0], str)
+    for b, t in ((1, 5), (3, 11)):
+        shape = [b, t] if len(dims) == 2 else [b, 3, 16, 16]
+        x = np.random.default_rng(0).integers(0, 97, shape) if len(dims) == 2 else \
+            np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        y = s.run(None, {s.get_inputs()[0].name: x})[0]
+        assert y.shape[0] == b and np.isfinite(y).all()

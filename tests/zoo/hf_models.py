@@ -1,0 +1,127 @@
+"""Tiny random-weight transformers from `transformers` configs, exported to ONNX with
+dynamic batch and sequence axes by both torch exporters (opset <= 20)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+SEQ, BATCH = 8, 2
+
+
+def _seed():
+    torch.manual_seed(0)
+
+
+def bert():
+    from transformers import BertConfig, BertModel
+    _seed()
+    cfg = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=32, attn_implementation="eager")
+    return BertModel(cfg).eval(), "text"
+
+
+def gpt2():
+    from transformers import GPT2Config, GPT2Model
+    _seed()
+    cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
+    return GPT2Model(cfg).eval(), "text"
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaModel
+    _seed()
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                      attn_implementation="eager")
+    return LlamaModel(cfg).eval(), "text"
+
+
+def qwen2():
+    from transformers import Qwen2Config, Qwen2Model
+    _seed()
+    cfg = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                      attn_implementation="eager")
+    return Qwen2Model(cfg).eval(), "text"
+
+
+def mistral():
+    from transformers import MistralConfig, MistralModel
+    _seed()
+    cfg = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32,
+                        attn_implementation="eager", sliding_window=None)
+    return MistralModel(cfg).eval(), "text"
+
+
+def vit():
+    from transformers import ViTConfig, ViTModel
+    _seed()
+    cfg = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, intermediate_size=48, attn_implementation="eager")
+    return ViTModel(cfg, add_pooling_layer=False).eval(), "image"
+
+
+HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit}
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        out = self.m(x) if not hasattr(self.m.config, "vocab_size") else self.m(input_ids=x, use_cache=False) \
+            if "use_cache" in self.m.forward.__code__.co_varnames else self.m(input_ids=x)
+        return out.last_hidden_state
+
+
+def example(kind: str, batch=BATCH, seq=SEQ):
+    g = torch.Generator().manual_seed(1)
+    if kind == "text":
+        return torch.randint(0, 97, (batch, seq), generator=g)
+    return torch.randn(batch, 3, 16, 16, generator=g)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random biases and norm weights too: zero/one defaults would be deduplicated by the
+    exporter into one shared initializer, which couples unrelated layers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.1
+            p.copy_(1.0 + noise if ("norm" in name.lower() and name.endswith("weight")) else
+                    p + noise if p.dim() > 1 else noise)
+
+
+def export_hf(name: str, path: str, dynamo: bool) -> str:
+    import onnx
+
+    model, kind = HF_ZOO[name]()
+    randomize(model)
+    wrapped = _Wrap(model).eval()
+    x = example(kind)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            from torch.export import Dim
+            dyn = {"x": {0: Dim("batch", min=1, max=64)}} if kind == "image" else \
+                {"x": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=32)}}
+            torch.onnx.export(wrapped, (x,), path, dynamo=True, opset_version=18, dynamic_shapes=dyn,
+                              input_names=["x"], output_names=["y"], external_data=False, verbose=False)
+        else:
+            axes = {"x": {0: "batch"}, "y": {0: "batch"}} if kind == "image" else \
+                {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
+            torch.onnx.export(wrapped, (x,), path, dynamo=False, opset_version=17, dynamic_axes=axes,
+                              input_names=["x"], output_names=["y"])
+    m = onnx.load(path)
+    if m.ir_version > 10:
+        m.ir_version = 10
+        onnx.save(m, path)
+    for extra in (path + ".data",):
+        if os.path.exists(extra):
+            os.remove(extra)
+    return path
