@@ -37,9 +37,12 @@ class PruneResult:
 
 def prune(model: ir.Model, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
           ignore: list[str] | None = None, plan: Plan | None = None, seed: int = 0,
-          selection: dict[int, list[int]] | None = None) -> PruneResult:
+          selection: dict[int, list[int]] | None = None, remove_blocks: int = 0,
+          block_criterion: str = "influence", blocks: list[str] | None = None) -> PruneResult:
     """Prune `model` in place. With `plan`, replay it exactly; with `selection`
-    (group id → atom ids from `analyze`), remove exactly those atoms."""
+    (group id → atom ids from `analyze`), remove exactly those atoms. `remove_blocks=k`
+    (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning)."""
+    from graphprune.passes.pruning.prune_blocks import PruneBlocks
     from graphprune.passes.pruning.prune_channels import PruneChannels
 
     options = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "seed": seed}
@@ -50,9 +53,13 @@ def prune(model: ir.Model, ratio: float = 0.3, *, criterion: str = "l2", round_t
         ctx.results["plan_in"] = plan
     if selection is not None:
         ctx.results["selection"] = selection
-    pm = PassManager([PruneChannels(**options)])
+    passes = []
+    if remove_blocks or blocks or (plan is not None and plan.blocks):
+        passes.append(PruneBlocks(n=remove_blocks, criterion=block_criterion, **({"blocks": blocks} if blocks else {})))
+    passes.append(PruneChannels(**options))
+    pm = PassManager(passes)
     pm.run(model, ctx)
-    changed = pm.timings[-1][2] if pm.timings else False
+    changed = any(t[2] for t in pm.timings)
     return PruneResult(model=model, plan=ctx.results["plan"], changed=changed)
 
 

@@ -25,8 +25,27 @@ _NP_OF_ONNX = {
 }
 
 
+def _zero_branches(model: ir.Model, plan: Plan) -> None:
+    """Depth pruning: the removed blocks' branch outputs become zero (Add(skip, 0·branch))."""
+    for b in plan.blocks:
+        adds = [n for n in model.graph if n.op_type == "Add" and
+                {v.name for v in n.inputs if v is not None} == {b["skip"], b["branch"]}]
+        if len(adds) != 1:
+            raise PlanError(f"plan removes a residual block {b['skip']} + {b['branch']} this model does not have")
+        add = adds[0]
+        k = [i for i, v in enumerate(add.inputs) if v.name == b["branch"]][0]
+        branch = add.inputs[k]
+        zero = ir.Value(name=f"{branch.name}__zero_scale", const_value=ir.tensor(np.zeros((), dtype=
+                        branch.dtype.numpy() if branch.dtype is not None else np.float32)))
+        model.graph.register_initializer(zero)
+        mul = ir.Node("", "Mul", [branch, zero], name=f"{add.name}__zero_branch")
+        model.graph.insert_before(add, mul)
+        add.replace_input_with(k, mul.outputs[0])
+
+
 def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
-    """Zero the plan's slices in `model` (in place) and return it."""
+    """Zero the plan's slices (and removed blocks' branches) in `model`, in place."""
+    _zero_branches(model, plan)
     values = {v.name: v for v in model.graph.initializers.values()}
     for node in model.graph:
         for o in node.outputs:

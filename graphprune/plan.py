@@ -32,10 +32,11 @@ class Plan:
     model: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
+    blocks: list[dict] = field(default_factory=list)  # removed residual blocks (depth pruning)
 
     def to_json(self) -> dict:
         return {"version": self.version, "model": self.model, "settings": self.settings,
-                "tensors": self.tensors, "groups": self.groups}
+                "tensors": self.tensors, "groups": self.groups, "blocks": self.blocks}
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -53,8 +54,12 @@ class Plan:
                     and isinstance(t.get("removed"), list)
                     and all(isinstance(i, int) for i in t["removed"])):
                 raise PlanError(f"malformed tensors entry: {str(t)[:200]}")
+        blocks = data.get("blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("skip"), str)
+                                                   and isinstance(b.get("branch"), str) for b in blocks):
+            raise PlanError("malformed 'blocks' list (each needs 'skip' and 'branch' value names)")
         return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
-                   settings=data.get("settings", {}))
+                   settings=data.get("settings", {}), blocks=blocks)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":

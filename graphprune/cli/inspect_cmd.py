@@ -12,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                    help="node/tensor names whose groups are never pruned (repeatable)")
     p.add_argument("--graph", action="store_true", help="also print the graph, one node a line")
+    p.add_argument("--blocks", action="store_true", help="list residual blocks (depth pruning candidates)")
 
 
 def inspect_data(model, dg) -> dict:
@@ -62,6 +63,13 @@ def run(args) -> int:
         print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
         for f in data["frozen"]:
             print(f"  {f['name']}: " + "; ".join(f["reasons"][:3]) + (" ..." if len(f["reasons"]) > 3 else ""))
+    if args.blocks:
+        from graphprune.analysis.blocks import find_residual_blocks
+
+        blocks = find_residual_blocks(model)
+        print(f"\n{len(blocks)} removable residual blocks (remove with --blocks ADD_NODE or --remove-blocks K):")
+        print(table([[b.add, b.skip, len(b.nodes), human(b.params)] for b in blocks],
+                    ["add node", "residual stream", "nodes", "params"]))
     if args.graph:
         from graphprune.ir import format_graph
 

@@ -1,0 +1,141 @@
+"""Depth pruning: remove whole residual blocks (the Add becomes its skip input).
+
+Which blocks go is decided by a criterion — block influence (how much the block changes
+the stream on calibration or random inputs: ‖branch‖ / ‖skip + branch‖), weight
+magnitude, or a user list — never by the pass on its own. The plan records the removed
+blocks; the oracle compares with the original whose removed branches are zeroed.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.blocks import ResidualBlock, find_residual_blocks
+from graphprune.errors import PlanError, UsageError
+from graphprune.passes._infra import Pass, PassContext, register_pass
+from graphprune.passes.cleanup.dce import eliminate_dead_code
+
+log = logging.getLogger(__name__)
+
+
+def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: list[dict] | None = None,
+                    n_random: int = 2) -> dict[str, float]:
+    """Mean ‖branch‖ / ‖skip + branch‖ per block, measured with ONNX Runtime."""
+    from graphprune import oracle
+    from graphprune.ir.serialize import clone
+
+    probe = clone(model)
+    known = {v.name for v in probe.graph.outputs}
+    values = {o.name: o for n in probe.graph for o in n.outputs}
+    for b in blocks:
+        for name in (b.skip, b.branch):
+            if name not in known and name in values:
+                probe.graph.outputs.append(values[name])
+                known.add(name)
+    sess = oracle.session(probe)
+    names = [o.name for o in sess.get_outputs()]
+    feeds_list = list(feeds_list or []) + [oracle.random_inputs(sess, seed=k) for k in range(n_random)]
+    acc: dict[str, list[float]] = {b.id: [] for b in blocks}
+    for feeds in feeds_list:
+        out = dict(zip(names, sess.run(None, feeds)))
+        for b in blocks:
+            s, br = out[b.skip].astype(np.float64), out[b.branch].astype(np.float64)
+            acc[b.id].append(float(np.linalg.norm(br) / max(np.linalg.norm(s + br), 1e-12)))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def block_magnitude(model: ir.Model, blocks: list[ResidualBlock]) -> dict[str, float]:
+    """Mean |w| over the block's weights (a data-free proxy)."""
+    scores = {}
+    for b in blocks:
+        total, count = 0.0, 0
+        for name in b.nodes:
+            n = model.graph.node(name)
+            for v in n.inputs:
+                if v is not None and v.const_value is not None and v.dtype is not None and v.dtype.is_floating_point():
+                    a = v.const_value.numpy()
+                    total += float(np.abs(a).sum())
+                    count += a.size
+        scores[b.id] = total / max(count, 1)
+    return scores
+
+
+def remove_blocks(model: ir.Model, blocks: list[ResidualBlock]) -> None:
+    for b in blocks:
+        add = model.graph.node(b.add)
+        skip = next(v for v in add.inputs if v.name == b.skip)
+        add.outputs[0].replace_all_uses_with(skip, replace_graph_outputs=False)
+        if add.outputs[0].is_graph_output():
+            idx = [k for k, v in enumerate(model.graph.outputs) if v is add.outputs[0]][0]
+            ident = ir.Node("", "Identity", [skip], name=f"{b.add}_identity")
+            model.graph.insert_after(add, ident)
+            name = add.outputs[0].name
+            add.outputs[0].name = f"{name}_removed"
+            ident.outputs[0].name = name
+            ident.outputs[0].shape, ident.outputs[0].dtype = skip.shape, skip.dtype
+            model.graph.outputs[idx] = ident.outputs[0]
+    eliminate_dead_code(model)
+
+
+@register_pass
+class PruneBlocks(Pass):
+    """Options: n (how many blocks), criterion (influence|magnitude), blocks (list of Add
+    node names to remove, overrides n/criterion), protect (list of Add names to keep)."""
+
+    name = "prune-blocks"
+    description = "remove whole residual blocks (depth pruning)"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> bool:
+        opts = dict(self.options)
+        unknown = set(opts) - {"n", "criterion", "blocks", "protect"}
+        if unknown:
+            raise UsageError(f"prune-blocks: unknown option(s) {sorted(unknown)}")
+        found = find_residual_blocks(model)
+        by_id = {b.id: b for b in found}
+        by_key = {b.key: b for b in found}
+        plan_in = ctx.results.get("plan_in")
+        if plan_in is not None:
+            missing = [e for e in plan_in.blocks if (e["skip"], e["branch"]) not in by_key]
+            if missing:
+                raise PlanError(f"plan removes residual block {missing[0]['skip']} + {missing[0]['branch']}, "
+                                "which this model does not have", hint="was the plan made for another model?")
+            wanted = [by_key[(e["skip"], e["branch"])].id for e in plan_in.blocks]
+        elif opts.get("blocks"):
+            wanted = opts["blocks"] if isinstance(opts["blocks"], list) else [opts["blocks"]]
+        else:
+            n = int(opts.get("n", 0))
+            protect = set(opts.get("protect") or [])
+            cands = [b for b in found if b.id not in protect]
+            if n > len(cands):
+                raise UsageError(f"prune-blocks: asked for {n} blocks, the model has {len(cands)} removable ones")
+            crit = opts.get("criterion", "influence")
+            if crit == "influence":
+                scores = block_influence(model, cands, ctx.results.get("calibration"))
+            elif crit == "magnitude":
+                scores = block_magnitude(model, cands)
+            else:
+                raise UsageError(f"prune-blocks: unknown criterion {crit!r}", hint="influence or magnitude")
+            ctx.results["block_scores"] = scores
+            wanted = [b.id for b in sorted(cands, key=lambda b: scores[b.id])[:n]]
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            raise PlanError(f"no removable residual block ends at {missing[:3]}",
+                            hint="see `graphprune inspect --blocks` for the model's blocks")
+        chosen = [by_id[w] for w in wanted]
+        # A block nested in another chosen block disappears with it: keep the outer one only.
+        inner = {n for b in chosen for n in b.nodes}
+        chosen = [b for b in chosen if b.add not in inner]
+        ctx.results.setdefault("removed_blocks", []).extend(
+            {"add": b.add, "skip": b.skip, "branch": b.branch, "nodes": len(b.nodes), "params": b.params,
+             "score": ctx.results.get("block_scores", {}).get(b.id)} for b in chosen)
+        from graphprune.plan import Plan
+
+        plan = ctx.results.setdefault("plan", Plan(tensors=[], groups=[]))
+        plan.blocks = ctx.results["removed_blocks"]
+        if not chosen:
+            return False
+        remove_blocks(model, chosen)
+        log.info("prune-blocks: removed %d residual blocks", len(chosen))
+        return True

@@ -1,0 +1,90 @@
+"""Depth pruning: residual blocks found, removed exactly (oracle with zeroed branches)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import graphprune as gp
+from graphprune import oracle
+from graphprune.analysis.blocks import find_residual_blocks
+from graphprune.errors import PlanError
+from graphprune.plan import Plan
+from samples.make_samples import tiny_mobilenet, tiny_resnet
+
+
+def _check(proto, **kw):
+    model = gp.load(proto.SerializeToString())
+    res = gp.prune(model, **kw)
+    r = oracle.check(gp.load(proto.SerializeToString(), fold=False), model, res.plan)
+    assert r.ok, r.diffs
+    onnx.checker.check_model(__import__("onnx_ir").serde.serialize_model(model), full_check=True)
+    return model, res.plan
+
+
+def test_blocks_found_in_cnns():
+    assert len(find_residual_blocks(gp.load(tiny_resnet().SerializeToString()))) == 2  # not the projection block
+    assert len(find_residual_blocks(gp.load(tiny_mobilenet().SerializeToString()))) == 2
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_remove_blocks_is_exact(k):
+    model, plan = _check(tiny_resnet(), ratio=0.0, remove_blocks=k)
+    assert len(plan.blocks) == k and not plan.tensors
+    assert len(find_residual_blocks(model)) == 2 - k
+
+
+def test_depth_and_width_together_and_replay(tmp_path):
+    proto = tiny_resnet()
+    model, plan = _check(proto, ratio=0.4, remove_blocks=1)
+    assert plan.blocks and plan.tensors
+    plan.save(tmp_path / "p.json")
+    again = gp.prune(gp.load(proto.SerializeToString()), plan=Plan.load(tmp_path / "p.json"))
+    assert again.plan.tensors == plan.tensors and [b["branch"] for b in again.plan.blocks] == \
+        [b["branch"] for b in plan.blocks]
+    with pytest.raises(PlanError):
+        gp.prune(gp.load(tiny_mobilenet().SerializeToString()), plan=Plan.load(tmp_path / "p.json"))
+
+
+def test_influence_picks_the_block_that_changes_the_stream_least():
+    proto = tiny_resnet()
+    blocks = find_residual_blocks(gp.load(proto.SerializeToString()))
+    # shrink the last BN scale of the second block's branch: its output becomes ~0
+    model = gp.load(proto.SerializeToString())
+    last = model.graph.node(blocks[1].nodes[-1])
+    assert last.op_type == "BatchNormalization"
+    scale_name, bias_name = last.inputs[1].name, last.inputs[2].name
+    for t in proto.graph.initializer:
+        if t.name in (scale_name, bias_name):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1e-4, t.name))
+    _, plan = _check(proto, ratio=0.0, remove_blocks=1)
+    assert plan.blocks[0]["add"] == blocks[1].add
+    assert plan.blocks[0]["score"] < 1e-2
+    _, plan = _check(proto, ratio=0.0, remove_blocks=1, block_criterion="magnitude")
+    assert plan.blocks
+
+
+def test_user_list_and_too_many():
+    proto = tiny_resnet()
+    blocks = find_residual_blocks(gp.load(proto.SerializeToString()))
+    _, plan = _check(proto, ratio=0.0, blocks=[blocks[0].add])
+    assert plan.blocks[0]["add"] == blocks[0].add
+    from graphprune.errors import UsageError
+
+    with pytest.raises(UsageError):
+        gp.prune(gp.load(proto.SerializeToString()), 0.0, remove_blocks=5)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_transformer_sub_blocks(name, tmp_path):
+    pytest.importorskip("transformers")
+    from zoo.hf_models import export_hf
+
+    path = export_hf(name, str(tmp_path / f"{name}.onnx"), dynamo=True)
+    blocks = find_residual_blocks(gp.load(path))
+    assert len(blocks) == 4  # attention + MLP sub-block per layer, 2 layers
+    proto = onnx.load(path)
+    model, plan = _check(proto, ratio=0.5, remove_blocks=2)
+    assert len(plan.blocks) == 2 and plan.tensors
