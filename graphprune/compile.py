@@ -11,6 +11,7 @@ tuned; `--backend auto` measures both on host targets and keeps the faster, and 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,13 @@ class CompileOptions:
     out: str | None = None
     seed: int = 0
     input_shapes: dict | None = None
+    # choosing what to prune and repairing (graphprune.allocation.cli / driver)
+    prune_options: dict = field(default_factory=dict)  # allocation, target_*, max_ratio, protect, ...
+    calib: str | None = None  # .npz, image folder or module:function
+    calib_preprocess: str | None = None
+    calib_batch: int = 8
+    calib_samples: int | None = None
+    repair: str | None = None  # comma list of bias, bn, lsq, or all
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -87,6 +95,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     from graphprune.passes.pruning.prune_channels import PruneChannels
     from graphprune.plan import Plan, file_sha256
     from graphprune.report import environment, write_report
+    from graphprune.report.layers import compare_layers
 
     src = Path(model_path)
     target = resolve_target(opts.target)
@@ -112,6 +121,12 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
                      "seed": opts.seed}
         if opts.ignore:
             pass_opts["ignore"] = opts.ignore
+        pass_opts.update(opts.prune_options)
+        if opts.calib:
+            from graphprune.calibration import load_calibration
+
+            ctx.results["calibration"] = load_calibration(opts.calib, model, preprocess=opts.calib_preprocess,
+                                                          batch_size=opts.calib_batch, limit=opts.calib_samples)
         PassManager([PruneChannels(**pass_opts)]).run(model, ctx)
         plan = ctx.results["plan"]
     plan.model = {"path": str(src), "sha256": file_sha256(src)}
@@ -125,11 +140,21 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
         log_fn(res.summary())
         if not res.ok:
             raise OracleMismatchError("pruned model differs from the masked original; nothing was written")
+    if opts.repair:  # after the oracle: repair changes weights beyond zeroing
+        from graphprune.allocation.cli import run_repair
+
+        for r in run_repair(model, ctx, opts.repair):
+            checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "
+                                             f"{r['error_before']:.4g} -> {r['error_after']:.4g}"
+                                             + (" (undone: no improvement)" if r["reverted"] else "")}
     after = _cost(model)
 
     # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    from graphprune.plan import current_umask
+
+    os.chmod(stage, 0o777 & ~current_umask())
     try:
         pruned_path = stage / "model.pruned.onnx"
         gp.save(model, pruned_path)
@@ -190,7 +215,8 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             "input": {"path": str(src), "sha256": file_sha256(src)},
             "backend": {"chosen": chosen, "reason": reason, "results": results},
             "before": before, "after": after,
-            "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors)},
+            "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
+            "layers": compare_layers(gp.load(src), model),
             "checks": checks,
             "notes": notes,
         }

@@ -72,3 +72,15 @@ def test_bench_side_by_side(samples_dir, tmp_path, capsys):
                  "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
     res = json.loads((tmp_path / "b.json").read_text())["results"]
     assert len(res) == 2 and all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in res)
+
+
+def test_report_html_is_self_contained(samples_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="x86", out=str(tmp_path / "r")),
+                  log_fn=lambda *a: None)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2  # width and MACs per layer
+    assert "<table>" in page and "Before / after" in page and "http" not in page.split("<body>")[1][:2000]
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["layers"] and any(r["width_after"] < r["width_before"] for r in rep["layers"])
+    assert (tmp_path / "r").stat().st_mode & 0o777 != 0o700  # not a private temp dir

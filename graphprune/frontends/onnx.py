@@ -355,6 +355,9 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
         external_data = total > 1_800_000_000
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    from graphprune.plan import current_umask
+
+    os.chmod(tmp, 0o666 & ~current_umask())
     # Intermediate shapes are analysis aids (some resolved by us); ORT infers its own.
     saved_shapes = [(v, v.shape) for n in model.graph for v in n.outputs
                     if not v.is_graph_output() and v.shape is not None]

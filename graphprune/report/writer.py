@@ -83,8 +83,11 @@ def write_report(out_dir: Path, report: dict) -> None:
     out_dir = Path(out_dir)
     files = []
     for p in sorted(out_dir.rglob("*")):
-        if p.is_file() and p.name not in ("report.json", "report.md") and not p.name.startswith("."):
+        if p.is_file() and p.name not in ("report.json", "report.md", "report.html") and not p.name.startswith("."):
             files.append({"path": str(p.relative_to(out_dir)), "bytes": p.stat().st_size, "sha256": sha256_of(p)})
     report["outputs"] = files
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=1, default=str) + "\n")
     write_text_atomic(out_dir / "report.md", markdown(report))
+    from graphprune.report.html import render_html
+
+    write_text_atomic(out_dir / "report.html", render_html(report))

@@ -1,0 +1,34 @@
+"""Per-layer figures for reports: output width and MACs of every weighted op, before/after."""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from graphprune.analysis.cost import node_macs
+from graphprune.ir.shapes import dims_of
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _out_width(node: ir.Node) -> int | None:
+    d = dims_of(node.outputs[0])
+    if not d:
+        return None
+    axis = 1 if node.op_type in ("Conv", "ConvTranspose") else len(d) - 1
+    return d[axis] if isinstance(d[axis], int) else None
+
+
+def layer_table(model: ir.Model) -> dict[str, dict]:
+    return {n.name: {"op": n.op_type, "width": _out_width(n), "macs": node_macs(n)}
+            for n in model.graph if n.op_type in WEIGHTED and n.domain in ("", "ai.onnx")}
+
+
+def compare_layers(before: ir.Model, after: ir.Model) -> list[dict]:
+    """One row per weighted op of the input model; removed ops (depth pruning) have None after."""
+    b, a = layer_table(before), layer_table(after)
+    rows = []
+    for name, row in b.items():
+        other = a.get(name)
+        rows.append({"name": name, "op": row["op"], "width_before": row["width"], "macs_before": row["macs"],
+                     "width_after": other["width"] if other else 0, "macs_after": other["macs"] if other else 0,
+                     "removed": other is None})
+    return rows
