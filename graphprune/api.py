@@ -13,9 +13,10 @@ from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
 
 
-def load(path: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Model:
-    """Read an ONNX model and normalise it for analysis (shapes inferred, shape math folded)."""
-    return load_onnx(path, fold=fold)
+def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:
+    """Read an ONNX model and normalise it for analysis (shapes inferred, shape math folded);
+    `input_shapes` ({name: dims}) makes dynamic inputs static."""
+    return load_onnx(path, fold=fold, input_shapes=input_shapes)
 
 
 def save(model: ir.Model, path: str | os.PathLike) -> None:

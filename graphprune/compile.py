@@ -69,8 +69,10 @@ def _cost(model) -> dict:
 
     from graphprune.analysis.cost import model_cost
 
+    from graphprune.ir.serialize import model_nbytes
+
     c = model_cost(model)
-    return {"params": c.params, "macs": c.macs, "bytes": len(ir.serde.serialize_model(model).SerializeToString())}
+    return {"params": c.params, "macs": c.macs, "bytes": model_nbytes(model)}
 
 
 def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rtol: float = 1e-3) -> dict:
@@ -107,7 +109,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
     resolved = opts.resolved(target)
-    model = gp.load(src)
+    model = gp.load(src, input_shapes=opts.input_shapes)
     before = _cost(model)
     log_fn(f"target {target.name}: {target.description}; TVM {target.tvm}; round_to {resolved['round_to']}")
 
@@ -135,7 +137,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     feeds_sess = oracle.input_session(str(src))
     feeds = oracle.random_inputs(feeds_sess, seed=opts.seed, shapes=opts.input_shapes)
     if opts.check and plan.tensors:
-        res = oracle.check(original, model, plan)
+        res = oracle.check(original, model, plan, shapes=opts.input_shapes)
         checks["oracle"] = {"ok": res.ok, "summary": res.summary()}
         log_fn(res.summary())
         if not res.ok:
@@ -216,7 +218,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             "backend": {"chosen": chosen, "reason": reason, "results": results},
             "before": before, "after": after,
             "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
-            "layers": compare_layers(gp.load(src), model),
+            "layers": compare_layers(gp.load(src, input_shapes=opts.input_shapes), model),
             "checks": checks,
             "notes": notes,
         }

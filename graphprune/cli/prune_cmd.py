@@ -12,16 +12,33 @@ def add_arguments(p):
     p.add_argument("model", help="input ONNX model (never modified)")
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx); the plan goes to <output>.plan.json")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of each group's channels to remove (default 0.3)")
-    p.add_argument("--criterion", default="l2", help="importance: l1, l2 (default), random")
+    p.add_argument("--criterion", default="l2", help="importance: l1, l2 (default), random, bn_scale, fpgm, lamp, "
+                   "activation, apoz, wanda, obs (data-aware ones need --calib)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep widths multiples of N")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                    help="never prune groups touching nodes/tensors matching REGEX (repeatable)")
     p.add_argument("--plan", help="replay this plan.json exactly instead of choosing channels")
     p.add_argument("--pipeline", help="textual pass pipeline, e.g. 'prune-channels{ratio=0.5},dce'")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--remove-blocks", type=int, default=0, metavar="K",
+                   help="depth pruning: first remove the K least influential residual blocks")
+    p.add_argument("--block-criterion", default="influence", help="influence (default) or magnitude")
+    p.add_argument("--blocks", action="append", default=[], metavar="ADD_NODE",
+                   help="remove this residual block (its Add node, see inspect --blocks; repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
     p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
+    p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
+    p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
+    p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
+    from graphprune.allocation import cli as alloc_cli
+
+    alloc_cli.add_arguments(p)
+
+
+def _size(path: Path) -> int:
+    """An .onnx file with its external data files."""
+    return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "*.data"))
 
 
 def plan_path_for(output: Path) -> Path:
@@ -40,6 +57,9 @@ def run(args) -> int:
     from graphprune.passes import PassContext, PassManager
     from graphprune.plan import Plan, file_sha256
 
+    from graphprune.config import apply_config, dry_run
+
+    apply_config(args, "prune")
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".pruned.onnx")
     if out.suffix != ".onnx":
@@ -53,7 +73,10 @@ def run(args) -> int:
     if not args.no_check:  # fail early, and as the model's fault, if ORT cannot run the input
         oracle.input_session(str(src))
     before = model_cost(model)
-    before_bytes = ir.serde.serialize_model(model).SerializeToString()
+    from graphprune.ir.serialize import BIG_MODEL_BYTES, model_nbytes
+
+    big = model_nbytes(model) > BIG_MODEL_BYTES
+    before_bytes = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(src.name + "*.data"))
 
     ctx = PassContext()
     if args.plan:
@@ -62,21 +85,36 @@ def run(args) -> int:
         if digest and digest != file_sha256(src):
             log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits",
                         args.plan)
+    from graphprune.allocation import cli as alloc_cli
+
+    ctx.results["calibration"] = alloc_cli.load(args, model)
+    repair_pm = None
     if args.pipeline:
-        pm = PassManager.parse(args.pipeline)
+        pm, repair_pm = alloc_cli.split_repair(PassManager.parse(args.pipeline))
     else:
         opts = {"ratio": args.ratio, "criterion": args.criterion, "round_to": args.round_to, "seed": args.seed}
         if args.ignore:
             opts["ignore"] = args.ignore
+        opts.update(alloc_cli.pass_options(args))
         from graphprune.passes.pruning.prune_channels import PruneChannels
 
-        pm = PassManager([PruneChannels(**opts)])
+        passes = [PruneChannels(**opts)]
+        plan_in = ctx.results.get("plan_in")
+        if args.remove_blocks or args.blocks or (plan_in is not None and plan_in.blocks):
+            from graphprune.passes.pruning.prune_blocks import PruneBlocks
+
+            block_opts = {"n": args.remove_blocks, "criterion": args.block_criterion}
+            if args.blocks:
+                block_opts["blocks"] = args.blocks
+            passes.insert(0, PruneBlocks(**block_opts))
+        pm = PassManager(passes)
+    if args.dry_run:
+        return dry_run(model, pm, ctx, args.ignore)
     pm.run(model, ctx)
     plan: Plan = ctx.results.get("plan") or Plan(tensors=[], groups=[])
     plan.model = {"path": str(src), "sha256": file_sha256(src)}
     if not args.no_check:
-        original = ir.serde.deserialize_model(__import__("onnx").load_from_string(src.read_bytes())) \
-            if not (src.with_suffix(".onnx.data").exists()) else gp.load(src, fold=False)
+        original = ir.load(src) if big else gp.load(src, fold=False)
         res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs))
         print(res.summary())
         if not res.ok:
@@ -84,19 +122,25 @@ def run(args) -> int:
                 "pruned model differs from the masked original: " +
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
                 hint="nothing was written; please report this model")
+    for r in alloc_cli.run_repair(model, ctx, args.repair, repair_pm):  # after the oracle: repair changes weights
+        print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
+              f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
     gp.save(model, out)
     plan.save(plan_out)
+    for extra in alloc_cli.write_extras(ctx, plan_out):
+        print(f"wrote {extra}")
     after = model_cost(model)
     rows = [["params", human(before.params), human(after.params), f"{after.params / max(before.params, 1):.3f}"],
             ["MACs", human(before.macs), human(after.macs), f"{after.macs / max(before.macs, 1):.3f}"],
-            ["file size", human(len(before_bytes)) + "B", human(out.stat().st_size) + "B",
-             f"{out.stat().st_size / max(len(before_bytes), 1):.3f}"]]
+            ["file size", human(before_bytes) + "B", human(_size(out)) + "B",
+             f"{_size(out) / max(before_bytes, 1):.3f}"]]
     if not args.no_bench:
-        t0 = ort_latency_ms(before_bytes)
+        t0 = ort_latency_ms(str(src))
         t1 = ort_latency_ms(str(out))
         rows.append(["ORT latency (median, ms)", f"{t0:.3f}", f"{t1:.3f}", f"{t1 / max(t0, 1e-9):.3f}"])
     changed_groups = len(plan.groups)
-    print(f"pruned {changed_groups} groups, sliced {len(plan.tensors)} tensors")
+    print(f"pruned {changed_groups} groups, sliced {len(plan.tensors)} tensors"
+          + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
     print(f"wrote {out} and {plan_out}")
     return 0

@@ -32,8 +32,13 @@ FOLDABLE = frozenset(
 MAX_FOLD_ELEMENTS = 1 << 20
 
 
-def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Model:
-    """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis."""
+def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
+              input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
+    """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis.
+
+    `input_shapes` fixes the named inputs' shapes (e.g. {"x": [1, 3, 48, 320]}): dynamic
+    dims become static, so shape math folds and MACs are exact; the output model keeps
+    those fixed shapes."""
     import onnx
 
     try:
@@ -56,8 +61,31 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True) -> ir.Mod
         ) from exc
     _check_external_data(model)
     _check_supported(model)
+    if input_shapes:
+        _fix_input_shapes(model, input_shapes)
     normalize(model, fold=fold)
     return model
+
+
+def _fix_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
+    from graphprune.errors import UsageError
+
+    inputs = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        v = inputs.get(name)
+        if v is None:
+            raise UsageError(f"--input-shape: the model has no input {name!r}",
+                             hint=f"inputs: {', '.join(inputs)}")
+        old = dims_of(v)
+        if old is not None and len(old) != len(dims):
+            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
+        if old is not None and any(isinstance(o, int) and o != d for o, d in zip(old, dims)):
+            raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {old}")
+        v.shape = ir.Shape([int(d) for d in dims])
+    for node in model.graph:  # stale intermediate shapes would fight the new ones
+        for o in node.outputs:
+            if not o.is_graph_output():
+                o.shape = None
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",

@@ -25,3 +25,21 @@ def to_proto(model: ir.Model):
 
 def clone(model: ir.Model) -> ir.Model:
     return ir.serde.deserialize_model(to_proto(model))
+
+
+def model_nbytes(model: ir.Model) -> int:
+    """Bytes of all tensor data (initializers and Constant nodes), without serialising."""
+    import numpy as np
+
+    total = 0
+    for v in model.graph.initializers.values():
+        if v.shape is not None and v.dtype is not None and all(isinstance(d, int) for d in v.shape):
+            total += int(np.prod(list(v.shape), dtype=np.int64)) * v.dtype.itemsize
+    for n in model.graph:
+        if n.op_type == "Constant" and "value" in n.attributes:
+            t = n.attributes["value"].value
+            total += int(t.nbytes) if hasattr(t, "nbytes") else 0
+    return total
+
+
+BIG_MODEL_BYTES = 1_500_000_000  # above this, work through files with external data

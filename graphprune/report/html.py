@@ -67,9 +67,19 @@ def _figures(report: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _cell(c) -> str:
+    if isinstance(c, float) and c.is_integer() and abs(c) >= 1000:
+        c = int(c)
+    if isinstance(c, int) and not isinstance(c, bool):
+        return f"{c:,}"
+    if isinstance(c, float):
+        return f"{c:.4g}"
+    return str(c)
+
+
 def _table(rows: list[list], header: list[str]) -> str:
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
