@@ -36,6 +36,31 @@ def add_arguments(p):
     alloc_cli.add_arguments(p)
 
 
+def _remove_model(path: Path) -> None:
+    for p in [path, *path.parent.glob(path.name + "*.data")]:
+        p.unlink(missing_ok=True)
+
+
+def _move_model(staged: Path, out: Path) -> None:
+    """Give a staged .onnx (+ .data) its final name; the data file name is in the proto."""
+    import onnx
+
+    proto = onnx.load(str(staged), load_external_data=False)
+    data_old, data_new = staged.name + ".data", out.name + ".data"
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location" and e.value == data_old:
+                e.value = data_new
+    if (staged.parent / data_old).exists():
+        import os
+
+        os.replace(staged.parent / data_old, out.parent / data_new)
+    onnx.save(proto, str(staged))
+    import os
+
+    os.replace(staged, out)
+
+
 def _size(path: Path) -> int:
     """An .onnx file with its external data files."""
     return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "*.data"))
@@ -113,11 +138,32 @@ def run(args) -> int:
     pm.run(model, ctx)
     plan: Plan = ctx.results.get("plan") or Plan(tensors=[], groups=[])
     plan.model = {"path": str(src), "sha256": file_sha256(src)}
-    if not args.no_check:
-        original = ir.load(src) if big else gp.load(src, fold=False)
+    ctx.analyses.clear()  # analyses pin the pre-pruning tensors; large models need them gone
+    staged = None
+    if big:
+        # large model: write it first (external data) and drop the in-memory tensors; the
+        # oracle then works from files, one ORT session at a time
+        staged = out.with_name(f".{out.name}.staging.onnx")
+        from graphprune.frontends.onnx import save_onnx
+
+        save_onnx(model, staged, external_data=True)
+        model = gp.load(staged)  # lazily backed by the file: the sliced arrays can go
+        import gc
+
+        gc.collect()  # the old IR graph is cyclic (nodes <-> values): free it now, not later
+    if not args.no_check and big:
+        try:
+            res = oracle.check_files(str(src), str(staged), plan, inputs=load_inputs(args.inputs))
+        except BaseException:
+            _remove_model(staged)
+            raise
+    elif not args.no_check:
+        original = gp.load(src, fold=False)
         res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs))
         print(res.summary())
         if not res.ok:
+            if staged is not None:
+                _remove_model(staged)
             raise OracleMismatchError(
                 "pruned model differs from the masked original: " +
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
@@ -125,7 +171,10 @@ def run(args) -> int:
     for r in alloc_cli.run_repair(model, ctx, args.repair, repair_pm):  # after the oracle: repair changes weights
         print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
               f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
-    gp.save(model, out)
+    if staged is not None:
+        _move_model(staged, out)
+    else:
+        gp.save(model, out)
     plan.save(plan_out)
     for extra in alloc_cli.write_extras(ctx, plan_out):
         print(f"wrote {extra}")

@@ -34,7 +34,14 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     if value is None:
         return None
     if value.const_value is not None and not value.is_graph_input():
-        return value.const_value.numpy()
+        t = value.const_value
+        if isinstance(t, ir.ExternalTensor):
+            # an owned copy, and the memory map let go: touching every weight of a large
+            # model must not keep all of it resident
+            arr = np.array(t.numpy())
+            t.release()
+            return arr
+        return t.numpy()
     node = const_producer(value)
     if node is None:
         return None
