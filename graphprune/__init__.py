@@ -19,6 +19,8 @@ _API = {
     "PassContext": "graphprune.passes", "register_pass": "graphprune.passes",
     "rule": "graphprune.analysis.dependency", "RULES": "graphprune.analysis.dependency",
     "DependencyGraph": "graphprune.analysis.dependency",
+    "prune_module": "graphprune.torchprune", "masked_module": "graphprune.torchprune",
+    "finetune": "graphprune.finetune", "load_plugins": "graphprune.plugins",
 }
 
 __all__ = sorted(_API) + ["__version__"]

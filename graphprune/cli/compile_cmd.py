@@ -26,6 +26,12 @@ def add_arguments(p):
                    help="concrete shape for a model input (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
+    p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
+    p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
+    from graphprune.allocation import cli as alloc_cli
+
+    alloc_cli.add_arguments(p)
 
 
 def parse_shapes(items: list[str]) -> dict | None:
@@ -44,14 +50,22 @@ def parse_shapes(items: list[str]) -> dict | None:
 
 
 def run(args) -> int:
+    from graphprune.allocation import cli as alloc_cli
     from graphprune.cli.common import human, table
     from graphprune.compile import CompileOptions, compile_model
+    from graphprune.config import apply_config, dry_run_compile
 
+    apply_config(args, "compile")
     opts = CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db, rpc=args.rpc,
                           rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
-                          out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape))
+                          out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
+                          prune_options=alloc_cli.pass_options(args), calib=args.calib,
+                          calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch,
+                          calib_samples=args.calib_samples, repair=args.repair)
+    if args.dry_run:
+        return dry_run_compile(args.model, opts)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
     b, a = rep["before"], rep["after"]
     rows = [["params", human(b["params"]), human(a["params"]), f"{a['params'] / max(b['params'], 1):.3f}"],

@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
     _setup_logging(verbose, args.quiet, args.log_file)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # lets --config tell given options from defaults
+    from graphprune.plugins import load_plugins
+
+    load_plugins()  # entry-point plugins (passes, rules, criteria, targets); a broken one only warns
     if not args.verb:
         parser.print_help()
         return 2

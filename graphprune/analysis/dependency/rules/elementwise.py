@@ -18,7 +18,8 @@ def unary(node, ctx):
 @rule("CastLike")
 def cast_like(node, ctx):
     ctx.identity(node.inputs[0], node.outputs[0])
-    ctx.structural(node.inputs[1])
+    d = ctx.dims(node.inputs[1])  # only its dtype is read
+    ctx.unchanged(node.inputs[1], *range(len(d or ())))
 
 
 @rule("Clip")

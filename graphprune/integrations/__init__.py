@@ -1,0 +1,1 @@
+"""Adapters that run graphprune inside other toolchains (each imports its host lazily)."""

@@ -1,0 +1,175 @@
+"""Applying a plan to a module's state: slicing, masking, and the layer attributes.
+
+The plan names tensors by their ONNX initializer name, which the torch frontend makes
+equal to the parameter/buffer's fully qualified name, so a plan is applied to a module by
+name alone. A parameter shared by several modules (tied weights) is one initializer, so
+it is sliced once and every owner gets the same new Parameter.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import PlanError
+from graphprune.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+def removals(plan: Plan) -> dict[str, dict[int, np.ndarray]]:
+    """tensor name -> axis -> removed indices."""
+    out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for t in plan.tensors:
+        if t["removed"]:
+            out[t["name"]][int(t["axis"])] = np.asarray(sorted(set(t["removed"])), dtype=np.int64)
+    return dict(out)
+
+
+def _owners(module) -> dict[int, list[tuple[object, str, str]]]:
+    """id(tensor) -> every (owning module, attribute, kind) holding it, so tied tensors
+    are replaced everywhere at once."""
+    owners: dict[int, list] = defaultdict(list)
+    for _, m in module.named_modules(remove_duplicate=False):
+        for attr, p in m._parameters.items():
+            if p is not None:
+                owners[id(p)].append((m, attr, "parameter"))
+        for attr, b in m._buffers.items():
+            if b is not None:
+                owners[id(b)].append((m, attr, "buffer"))
+    return owners
+
+
+def _state_tensor(module, name: str):
+    *path, attr = name.split(".")
+    owner = module
+    try:
+        for part in path:
+            owner = getattr(owner, part)
+    except AttributeError:
+        return None
+    t = owner._parameters.get(attr) if attr in getattr(owner, "_parameters", {}) else \
+        getattr(owner, "_buffers", {}).get(attr)
+    return t
+
+
+def _check_names(module, rem: dict) -> None:
+    missing = [n for n in rem if _state_tensor(module, n) is None]
+    if missing:
+        raise PlanError(
+            f"plan slices {', '.join(missing[:3])}, which {'is' if len(missing) == 1 else 'are'} not a parameter "
+            f"or buffer of {type(module).__name__}",
+            hint="constants created inside forward() cannot be pruned on the module; make them buffers")
+
+
+def slice_state(module, plan: Plan) -> None:
+    """Replace every tensor the plan slices by its kept part (new nn.Parameter objects that
+    keep requires_grad, so an optimizer must be created after pruning)."""
+    import torch
+
+    rem = removals(plan)
+    _check_names(module, rem)
+    owners = _owners(module)
+    for name, axes in rem.items():
+        t = _state_tensor(module, name)
+        new = t.detach()
+        for ax, idx in axes.items():
+            if ax >= new.dim() or (len(idx) and idx.max() >= new.shape[ax]):
+                raise PlanError(f"plan removes indices beyond {name} axis {ax} (shape {tuple(t.shape)})")
+            keep = np.setdiff1d(np.arange(new.shape[ax]), idx)
+            new = new.index_select(ax, torch.as_tensor(keep, device=new.device))
+        new = new.clone().contiguous()
+        if isinstance(t, torch.nn.Parameter):
+            new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
+        for m, attr, kind in owners[id(t)]:
+            (m._parameters if kind == "parameter" else m._buffers)[attr] = new
+
+
+def mask_state(module, plan: Plan) -> None:
+    """Zero the plan's slices in place: the masked original, torch side."""
+    import torch
+
+    rem = removals(plan)
+    _check_names(module, rem)
+    with torch.no_grad():
+        for name, axes in rem.items():
+            t = _state_tensor(module, name)
+            for ax, idx in axes.items():
+                t.index_fill_(ax, torch.as_tensor(idx, device=t.device), 0)
+
+
+# ---- layer attributes -------------------------------------------------------------------
+
+def _onnx_consumer(pruned: ir.Model | None, tensor_name: str, op_types: tuple[str, ...]):
+    if pruned is None:
+        return None
+    v = pruned.graph.initializers.get(tensor_name)
+    if v is None:
+        return None
+    for use in v.uses():
+        if use.node.op_type in op_types:
+            return use.node
+    return None
+
+
+def update_attributes(module, pruned: ir.Model | None = None) -> list[str]:
+    """Make each standard layer's size attributes agree with its (sliced) tensors, so the
+    module's own forward and its repr see the new widths. `pruned` (the pruned ONNX,
+    initializers still named by FQN) gives what the tensors cannot: a conv's new `groups`.
+    Returns the names of layers that cannot be expressed with their own class after
+    pruning (the caller then falls back to a graph module)."""
+    import torch
+    from torch import nn
+
+    inexpressible = []
+    for name, m in module.named_modules():
+        w = getattr(m, "weight", None)
+        w = w if isinstance(w, torch.Tensor) else None
+        if isinstance(m, nn.modules.conv._ConvNd):
+            node = _onnx_consumer(pruned, f"{name}.weight" if name else "weight", ("Conv", "ConvTranspose"))
+            if node is not None and "group" in node.attributes:
+                m.groups = int(node.attributes["group"].value)
+            if m.transposed:
+                m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+            else:
+                m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            ref = m.running_mean if m.running_mean is not None else w
+            if ref is not None:
+                m.num_features = ref.shape[0]
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.Bilinear):
+            m.out_features, m.in1_features, m.in2_features = m.weight.shape
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = m.weight.shape
+        elif isinstance(m, nn.LayerNorm) and w is not None:
+            m.normalized_shape = tuple(w.shape)
+        elif isinstance(m, nn.GroupNorm) and w is not None:
+            m.num_channels = w.shape[0]
+        elif isinstance(m, nn.MultiheadAttention):
+            if not _update_mha(m):
+                inexpressible.append(name or type(m).__name__)
+    return inexpressible
+
+
+def _update_mha(m) -> bool:
+    """nn.MultiheadAttention needs q/k/v width == embed_dim == out_proj width. Head
+    pruning narrows q/k/v but not the embedding, which the class cannot express."""
+    qkv_in = m.in_proj_weight if m.in_proj_weight is not None else m.q_proj_weight
+    if m.in_proj_weight is not None:
+        inner, embed = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
+    else:
+        inner, embed = m.q_proj_weight.shape[0], m.q_proj_weight.shape[1]
+    out_in = m.out_proj.weight.shape[1]
+    if qkv_in is None or inner != embed or out_in != inner or m.out_proj.weight.shape[0] != embed:
+        return False
+    if inner == m.embed_dim:
+        return True
+    m.num_heads = inner // m.head_dim if inner % m.head_dim == 0 else m.num_heads
+    m.embed_dim = inner
+    m.head_dim = inner // m.num_heads
+    m.kdim = m.vdim = inner
+    return True

@@ -1,0 +1,294 @@
+"""graphprune.prune_module: the torch frontend, acceptance cases with the numeric oracle.
+
+Every case prunes a small module and checks (gp_torch_cases.check_result): pruned module
+== masked original (torch side, by parameter name), == pruned ONNX (ONNX Runtime), the
+ONNX oracle on the exported model, fewer parameters, and gradients after pruning.
+"""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from graphprune.errors import FrontendError  # noqa: E402
+from gp_torch_cases import (  # noqa: E402
+    Attention, ConcatChain, ConcatHeight, ConcatSplit, FlattenLinear, GroupedAfterConcat, GroupedUneven, LeNet,
+    MultiIO, SelfAttention, SingleChannel, Split, StackedFC, Unused, check_result, random_importance, seeded,
+)
+
+pytestmark = pytest.mark.torch
+
+IMG = (2, 3, 8, 8)
+
+CASES = {
+    "concat_chain": (ConcatChain, lambda: (torch.randn(IMG),)),
+    "concat_split": (ConcatSplit, lambda: (torch.randn(IMG),)),
+    "split": (Split, lambda: (torch.randn(IMG),)),
+    "stacked_fc": (StackedFC, lambda: (torch.randn(4, 20),)),
+    "multi_io": (MultiIO, lambda: (torch.randn(IMG), torch.randn(2, 2, 8, 8))),
+    "concat_non_feature_axis": (ConcatHeight, lambda: (torch.randn(IMG),)),
+    "reshape_flatten_linear": (FlattenLinear, lambda: (torch.randn(IMG),)),
+    "single_channel": (SingleChannel, lambda: (torch.randn(IMG),)),
+    "unused_parameters": (Unused, lambda: (torch.randn(IMG),)),
+    "grouped_conv_after_concat": (GroupedAfterConcat, lambda: (torch.randn(IMG),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_module_equals_masked_original_and_pruned_onnx(name):
+    factory, make_args = CASES[name]
+    module, args = seeded(factory), make_args()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    result = gp.prune_module(module, args, ratio=0.4, importance=random_importance())
+    check_result(module, args, result)
+    assert result.kind == "module", result.notes  # these forwards have no literal widths
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items()), "input module was modified"
+    # the magnitude path too, and a replay of its plan
+    again = gp.prune_module(module, args, ratio=0.5)
+    check_result(module, args, again)
+    replay = gp.prune_module(module, args, plan=again.plan)
+    assert replay.plan.tensors == again.plan.tensors
+
+
+def test_attributes_follow_the_tensors():
+    module = seeded(ConcatSplit)
+    pruned, plan = gp.prune_module(module, torch.randn(IMG), ratio=0.5)
+    for m in pruned.modules():
+        if isinstance(m, nn.Conv2d):
+            assert (m.out_channels, m.in_channels // m.groups) == tuple(m.weight.shape[:2])
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.num_features == m.weight.shape[0] == m.running_mean.shape[0]
+    w = pruned.p[0].weight
+    assert w.shape[0] < 6 and f"Conv2d({w.shape[1]}, {w.shape[0]}," in repr(pruned)  # repr tells the new width
+
+
+def test_unused_parameters_are_kept_as_they_are():
+    module = seeded(Unused)
+    pruned, plan = gp.prune_module(module, torch.randn(IMG), ratio=0.5)
+    assert pruned.spare.weight.shape == (7, 7) and pruned.extra.shape == (5,) and pruned.table.shape == (4,)
+    assert not any(t["name"].startswith(("spare", "extra", "table")) for t in plan.tensors)
+
+
+def test_single_channel_is_never_emptied():
+    module = seeded(SingleChannel)
+    result = gp.prune_module(module, torch.randn(IMG), ratio=0.9)
+    check_result(module, (torch.randn(IMG),), result)
+    assert result.module.gate.out_channels == 1 and result.module.out.out_channels == 1
+
+
+def test_lenet_literal_view_sizes_give_a_graph_module_for_any_batch():
+    module = seeded(LeNet)
+    x = torch.randn(2, 1, 28, 28)
+    result = gp.prune_module(module, x, ratio=0.5)
+    check_result(module, (x,), result)
+    assert result.kind == "graph" and isinstance(result.module, torch.fx.GraphModule), result.notes
+    kept = result.module.conv2.weight.shape[0]
+    assert kept < 16 and f"[-1, {kept * 16}]" in result.module.code and "256" not in result.module.code
+    masked = gp.masked_module(module, result.plan)
+    for batch in (1, 5):  # the dynamic-batch capture: not tied to the example's batch size
+        xb = torch.randn(batch, 1, 28, 28)
+        with torch.no_grad():
+            np.testing.assert_allclose(result.module(xb).numpy(), masked(xb).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("depthwise", [False, True], ids=["grouped", "depthwise"])
+def test_grouped_conv_with_uneven_group_importance(depthwise):
+    module = seeded(lambda: GroupedUneven(depthwise))
+    x = torch.randn(IMG)
+    result = gp.prune_module(module, x, ratio=0.25)
+    check_result(module, (x,), result)
+    g = result.module.g
+    stem_removed = next(t["removed"] for t in result.plan.tensors if t["name"] == "stem.0.weight" and t["axis"] == 0)
+    if depthwise:  # whole groups go, group count follows
+        assert g.groups == g.in_channels == g.out_channels == 16 - len(stem_removed)
+        assert set(stem_removed) >= {0, 1, 2, 3}  # the tiny channels were the ones to go
+    else:  # the same positions leave every group, the groups stay equal
+        assert g.groups == 4 and g.in_channels % 4 == 0 and g.out_channels % 4 == 0
+        positions = {i % 4 for i in stem_removed}
+        assert set(stem_removed) == {p + 4 * k for p in positions for k in range(4)}
+
+
+# ---- custom layer with its own rule (a custom torch op exported as ONNX Shrink) ---------------
+
+@torch.library.custom_op("graphprune_test::soft_shrink", mutates_args=())
+def soft_shrink(x: torch.Tensor, lambd: float) -> torch.Tensor:
+    return torch.where(x.abs() > lambd, x - torch.sign(x) * lambd, torch.zeros_like(x))
+
+
+@soft_shrink.register_fake
+def _(x, lambd):
+    return torch.empty_like(x)
+
+
+def _soft_shrink_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.lambd = inputs[1]
+
+
+def _soft_shrink_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad * (x.abs() > ctx.lambd), None
+
+
+soft_shrink.register_autograd(_soft_shrink_backward, setup_context=_soft_shrink_setup)
+
+
+def soft_shrink_onnx(x, lambd: float):
+    from onnxscript import opset18 as op
+
+    return op.Shrink(x, bias=lambd, lambd=lambd)
+
+
+class ShrinkLayer(nn.Module):
+    def forward(self, x):
+        return soft_shrink(x, 0.1)
+
+
+class CustomNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.s1, self.b, self.s2 = nn.Conv2d(3, 8, 3), ShrinkLayer(), nn.Conv2d(8, 8, 3), ShrinkLayer()
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.s2(self.b(self.s1(self.a(x)))))
+
+
+def shrink_rule(node, ctx):
+    ctx.identity(node.inputs[0], node.outputs[0])  # elementwise; Shrink(0) == 0 keeps the oracle
+
+
+@pytest.fixture
+def no_shrink_rule():
+    saved = [e for e in gp.RULES.entries() if e.domain == "" and e.op_type == "Shrink"]
+    gp.RULES.remove("", "Shrink")
+    yield
+    gp.RULES.remove("", "Shrink")
+    for e in saved:
+        gp.RULES.add(e.domain, e.op_type, e.fn, since=e.since, until=e.until, family=e.family)
+
+
+def test_custom_layer_needs_and_uses_its_own_rule(no_shrink_rule):
+    module, x = seeded(CustomNet), torch.randn(2, 3, 10, 10)
+    table = {torch.ops.graphprune_test.soft_shrink.default: soft_shrink_onnx}
+    frozen = gp.prune_module(module, x, ratio=0.5, onnx_translations=table)
+    assert not frozen.plan.tensors  # fail closed: no rule for Shrink, nothing through it is pruned
+    from graphprune.frontends.torch import capture
+
+    diags = gp.analyze(capture(module, x, onnx_translations=table).model).diagnostics
+    assert any("Shrink" in d.message for d in diags)
+    gp.RULES.add("", "Shrink", shrink_rule, family="custom")
+    result = gp.prune_module(module, x, ratio=0.5, onnx_translations=table)
+    check_result(module, (x,), result, min_removed_groups=2)
+
+
+# ---- attention ----------------------------------------------------------------------------
+
+def test_attention_embedding_channels():
+    """Pruning the embedding feeding nn.MultiheadAttention narrows in_proj's input, which
+    the class cannot express: the result is a graph module, still exact."""
+    module, x = seeded(Attention), torch.randn(2, 5, 8)
+    result = gp.prune_module(module, x, ratio=0.25)
+    check_result(module, (x,), result)
+    assert any(t["name"] == "mha.in_proj_weight" and t["axis"] == 1 for t in result.plan.tensors)
+
+
+def test_attention_head_pruning_with_literal_head_sizes():
+    """Whole heads go (q/k/v rows in blocks of head_dim); the forward's literal
+    view(b, t, 4, 4) / reshape(b, t, 16) are rewritten in the returned graph."""
+    module, x = seeded(SelfAttention), torch.randn(2, 5, 8)
+    result = gp.prune_module(module, x, ratio=0.5)
+    check_result(module, (x,), result)
+    q_rows = next(t["removed"] for t in result.plan.tensors if t["name"] == "q.weight" and t["axis"] == 0)
+    heads = sorted({i // 4 for i in q_rows})
+    assert q_rows == [h * 4 + d for h in heads for d in range(4)] and len(heads) == 2  # whole heads
+    assert result.kind == "graph" and ", 2, 4]" in result.module.code
+    with torch.no_grad():  # any batch size
+        xb = torch.randn(3, 5, 8)
+        np.testing.assert_allclose(result.module(xb).numpy(), gp.masked_module(module, result.plan)(xb).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xfail(reason="nn.MultiheadAttention heads are not prunable in the ONNX analysis yet: its export "
+                          "selects q/k/v from the packed in-projection with Gather on a stacked tensor (frozen: "
+                          "'Gather with scalar or multi-dim constant indices') and reshapes to "
+                          "(tgt_len, bsz*num_heads, head_dim) (frozen: 'Reshape: axes regrouped'), so no group "
+                          "holds mha.in_proj_weight axis 0. Heads of attention written with separate q/k/v "
+                          "projections are pruned (test above).", strict=False)
+def test_attention_head_pruning():
+    module, x = seeded(Attention), torch.randn(2, 5, 8)
+    result = gp.prune_module(module, x, ratio=0.5)
+    assert any(t["name"] == "mha.in_proj_weight" and t["axis"] == 0 for t in result.plan.tensors), \
+        "no attention head was pruned"
+    check_result(module, (x,), result)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # Python control flow on a tensor value: torch.export cannot capture it
+            return self.a(x)
+        return x
+
+
+def test_uncapturable_module_is_a_frontend_error():
+    with pytest.raises(FrontendError, match="torch.export cannot capture DataDependent") as e:
+        gp.prune_module(DataDependent(), torch.randn(2, 4))
+    assert e.value.hint and e.value.exit_code == 4
+
+
+def test_plan_from_the_onnx_path_replays_on_the_module(tmp_path):
+    """Plans are data: prune the exported ONNX with the CLI's path, replay on the module."""
+    import onnx_ir as ir
+
+    module, x = seeded(ConcatChain), torch.randn(IMG)
+    first = gp.prune_module(module, x, ratio=0.0)
+    model = gp.load(first.original_onnx)
+    res = gp.prune(model, ratio=0.5, criterion="l1")
+    res.plan.save(tmp_path / "p.json")
+    replay = gp.prune_module(module, x, plan=tmp_path / "p.json")
+    assert replay.plan.tensors == res.plan.tensors
+    check_result(module, (x,), replay)
+    assert isinstance(replay.onnx_model, ir.Model)
+
+
+def test_modes_are_kept_and_training_behaviour_survives():
+    module, x = seeded(StackedFC), torch.randn(4, 20)
+    module.train()
+    result = gp.prune_module(module, x, ratio=0.5)
+    assert module.training and result.module.training  # captured in eval mode, modes given back
+    check_result(module.eval(), (x,), result, trains=False)
+    pruned = result.module.train()
+    bn = pruned.net[1]
+    before = bn.running_mean.clone()
+    pruned(torch.randn(8, 20))  # train mode: BatchNorm statistics still update (own class kept)
+    assert not torch.equal(before, bn.running_mean)
+
+
+def test_graph_fallback_names_the_node_that_breaks():
+    """If the literal sizes were not rewritten, the diagnostic names the first node whose
+    shape is not the predicted one (what prune_module reports instead of a wrong module)."""
+    from graphprune.frontends.torch import capture
+    from graphprune.plan import removed_by_slot, selection_from_plan
+    from graphprune.torchprune.graph import build_graph_module, first_mismatch
+
+    module, x = seeded(LeNet), torch.randn(2, 1, 28, 28)
+    plan = gp.prune_module(module, x, ratio=0.5).plan
+    cap = capture(module, x)
+    dg = gp.analyze(cap.model)
+    removed = removed_by_slot(dg, selection_from_plan(dg, plan))
+    forgot_view = {s: i for s, i in removed.items() if s.value != "view"}
+    gm = build_graph_module(cap.program, plan, forgot_view)
+    msg = first_mismatch(gm, cap.program, removed, (x,))
+    assert msg and msg.startswith("node view"), msg
+    assert first_mismatch(build_graph_module(cap.program, plan, removed), cap.program, removed, (x,)) is None
