@@ -6,10 +6,12 @@ friendly); no slot of a group is ever emptied.
 from __future__ import annotations
 
 from math import gcd
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from graphprune.analysis.dependency.graph import DependencyGraph, Group
+if TYPE_CHECKING:  # keeps `graphprune --help` (which imports allocation.cli) light
+    from graphprune.analysis.dependency.graph import DependencyGraph, Group
 
 Selection = dict[int, list[int]]
 

@@ -11,7 +11,8 @@ from graphprune.ir.shapes import dims_of
 
 
 def _prod(dims) -> int:
-    return int(np.prod([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)) if dims else 1
+    # symbolic dims, and the -1 some exporters write for a dynamic batch, count as 1
+    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.int64)) if dims else 1
 
 
 def node_macs(node: ir.Node) -> int:

@@ -1,4 +1,7 @@
-"""Importance criteria: one score per atom of a group (higher = more important)."""
-from graphprune.importance.magnitude import CRITERIA, group_scores
+"""Importance criteria: one score per atom of a group (higher = more important).
 
-__all__ = ["CRITERIA", "group_scores"]
+`CRITERIA` is open: register more with `register_criterion` (e.g. a torch frontend's
+gradient-based Taylor score)."""
+from graphprune.importance.registry import CRITERIA, Criterion, group_scores, register_criterion
+
+__all__ = ["CRITERIA", "Criterion", "group_scores", "register_criterion"]

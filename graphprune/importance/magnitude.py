@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
+from graphprune.importance.reduce import Contribution, reduce_group
 from graphprune.ir.constants import const_array
 
 WEIGHT_ROLES = {"weight", "embedding"}
@@ -21,35 +22,33 @@ def _slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
     return a.sum(axis=1) if p == 1 else (a * a).sum(axis=1)
 
 
-def magnitude(dg: DependencyGraph, group: Group, p: int = 2, normalize: str = "mean") -> np.ndarray:
-    slots = [s for s, r in group.roles.items() if r in WEIGHT_ROLES] or list(group.roles)
-    score = np.zeros(group.num_atoms)
-    for s in slots:
+def weight_slots(group: Group):
+    return [s for s, r in group.roles.items() if r in WEIGHT_ROLES] or list(group.roles)
+
+
+def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> list[Contribution]:
+    out = []
+    for s in weight_slots(group):
         arr = const_array(dg.values[s.value])
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
-        per = _slice_norms(arr, s.axis, p)
-        if normalize == "mean" and per.mean() > 0:
-            per = per / per.mean()
-        score += np.bincount(group.labels[s], weights=per, minlength=group.num_atoms)
-    return score
+        out.append((s, _slice_norms(arr, s.axis, p)))
+    return out
+
+
+def magnitude(dg: DependencyGraph, group: Group, p: int = 2, normalize: str = "mean",
+              reduction: str = "sum") -> np.ndarray:
+    return reduce_group(group, magnitude_contributions(dg, group, p), reduction, normalize)
 
 
 def random_scores(dg: DependencyGraph, group: Group, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed + group.id).random(group.num_atoms)
 
 
-CRITERIA = {
-    "l1": lambda dg, g, **kw: magnitude(dg, g, p=1),
-    "l2": lambda dg, g, **kw: magnitude(dg, g, p=2),
-    "random": lambda dg, g, seed=0, **kw: random_scores(dg, g, seed),
-}
+def __getattr__(name: str):
+    # CRITERIA and group_scores used to live here; they are in importance.registry now.
+    if name in ("CRITERIA", "group_scores", "register_criterion"):
+        from graphprune.importance import registry
 
-
-def group_scores(dg: DependencyGraph, criterion: str = "l2", groups=None, **kw) -> dict[int, np.ndarray]:
-    if criterion not in CRITERIA:
-        from graphprune.errors import UsageError
-
-        raise UsageError(f"unknown criterion {criterion!r}", hint=f"choose one of {sorted(CRITERIA)}")
-    fn = CRITERIA[criterion]
-    return {g.id: fn(dg, g, **kw) for g in (groups if groups is not None else dg.prunable_groups)}
+        return getattr(registry, name)
+    raise AttributeError(name)

@@ -123,6 +123,7 @@ class PruneChannels(Pass):
             plan.settings["allocation_result"] = ctx.results["allocation"]
         if plan_in is not None:
             plan.settings = plan_in.settings
+        plan.blocks = ctx.results.get("removed_blocks", [])
         ctx.results["plan"] = plan
         removed = removed_by_slot(dg, selection)
         if not removed:

@@ -1,0 +1,133 @@
+"""Command-line options for choosing what to prune and repairing afterwards, shared by
+`graphprune prune` and `graphprune compile` (kept here so the verbs stay small)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPAIR_ORDER = ("bias", "bn", "lsq")
+
+
+def add_arguments(p, *, criterion: bool = False) -> None:
+    g = p.add_argument_group("importance, allocation and repair")
+    if criterion:
+        g.add_argument("--criterion", default="l2", help=criterion_help())
+    g.add_argument("--calib", metavar="SPEC",
+                   help="calibration data: inputs.npz, a folder of images (with --calib-preprocess), "
+                        "or module:function yielding feed dicts")
+    g.add_argument("--calib-preprocess", metavar="SPEC",
+                   help="for image folders: size=HxW,mean=a/b/c,std=a/b/c,layout=nchw|nhwc,color=rgb|bgr|gray")
+    g.add_argument("--calib-batch", type=int, default=8, metavar="N", help="calibration batch size (default 8)")
+    g.add_argument("--calib-samples", type=int, metavar="N", help="use at most N calibration samples")
+    g.add_argument("--allocation", choices=("uniform", "global", "sensitivity"), default=None,
+                   help="how channels are spread over groups (default uniform)")
+    g.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs (e.g. 0.7)")
+    g.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
+    g.add_argument("--target-latency", type=float, metavar="F",
+                   help="keep this fraction of the ONNX Runtime latency measured on this machine")
+    g.add_argument("--max-ratio", type=float, metavar="F", help="no group loses more than this fraction")
+    g.add_argument("--protect", action="append", default=[], metavar="REGEX",
+                   help="groups touching layers/tensors matching REGEX keep all their channels (repeatable)")
+    g.add_argument("--layer-ratio", action="append", default=[], metavar="REGEX=F",
+                   help="fixed ratio for groups matching REGEX (repeatable)")
+    g.add_argument("--reduction", choices=("sum", "mean", "max"), help="how a group's tensors' scores combine")
+    g.add_argument("--normalize", choices=("mean", "max", "sum", "none", "lamp"),
+                   help="per-tensor score normalisation before the reduction")
+    g.add_argument("--repair", metavar="LIST",
+                   help="after the oracle, repair without retraining: comma list of bias, bn, lsq, or all "
+                        "(needs --calib)")
+
+
+def criterion_help() -> str:
+    from graphprune.importance import CRITERIA
+
+    return "importance: " + ", ".join(sorted(CRITERIA)) + " (default l2; data-aware ones need --calib)"
+
+
+def pass_options(args) -> dict:
+    """prune-channels options from the parsed flags (only those given)."""
+    out = {}
+    for k in ("allocation", "target_macs", "target_params", "target_latency", "max_ratio", "reduction", "normalize"):
+        v = getattr(args, k, None)
+        if v is not None:
+            out[k] = v
+    if getattr(args, "protect", None):
+        out["protect"] = list(args.protect)
+    if getattr(args, "layer_ratio", None):
+        out["layer_ratios"] = list(args.layer_ratio)
+    return out
+
+
+def load(args, model):
+    from graphprune.calibration import load_calibration
+
+    return load_calibration(getattr(args, "calib", None), model, preprocess=getattr(args, "calib_preprocess", None),
+                            batch_size=getattr(args, "calib_batch", 8), limit=getattr(args, "calib_samples", None))
+
+
+def repair_passes(spec: str | list | None) -> list[str]:
+    from graphprune.errors import UsageError
+    from graphprune.passes.reconstruction import REPAIR_PASSES
+
+    if not spec:
+        return []
+    items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
+    if items == ["all"]:
+        items = list(REPAIR_ORDER)
+    if items == ["none"]:
+        return []
+    out = []
+    for it in items:
+        name = REPAIR_PASSES.get(it, it)
+        if name not in REPAIR_PASSES.values():
+            raise UsageError(f"unknown repair {it!r}", hint="choose from bias, bn, lsq, all")
+        out.append(name)
+    return out
+
+
+def split_repair(pm):
+    """Split a pipeline at its first repair pass: pruning (checked by the oracle) first,
+    repair after — repair changes weights beyond zeroing, which the oracle would reject."""
+    from graphprune.passes import PassManager
+    from graphprune.passes.reconstruction import REPAIR_PASSES
+
+    names = set(REPAIR_PASSES.values())
+    k = next((i for i, p in enumerate(pm.passes) if p.name in names), len(pm.passes))
+    return PassManager(pm.passes[:k]), (PassManager(pm.passes[k:]) if k < len(pm.passes) else None)
+
+
+def run_repair(model, ctx, spec, pm=None) -> list[dict]:
+    """Run the repair passes (after the oracle); their reports land in the plan settings."""
+    from graphprune.errors import UsageError
+    from graphprune.passes import PASSES, PassManager
+
+    names = repair_passes(spec)
+    if not names and pm is None:
+        return []
+    if ctx.results.get("calibration") is None:
+        raise UsageError("--repair needs calibration data", hint="give --calib")
+    if "dense_model" not in ctx.results:
+        return []  # nothing was pruned
+    pm = pm or PassManager([PASSES[n]() for n in names])
+    pm.run(model, ctx)
+    reports = ctx.results.get("repair", [])
+    plan = ctx.results.get("plan")
+    if plan is not None:
+        plan.settings["repair"] = [{k: v for k, v in r.items() if k not in ("layers", "nodes")} for r in reports]
+    return reports
+
+
+def write_extras(ctx, plan_path: Path) -> list[Path]:
+    """Sensitivity curves: plot beside the plan (the curves are in the plan's settings)."""
+    from graphprune.allocation.sensitivity import plot_curves
+
+    info = ctx.results.get("allocation") or {}
+    curves = info.get("sensitivity")
+    if not curves:
+        return []
+    name = plan_path.name.removesuffix(".json").removesuffix(".plan")
+    png = plan_path.with_name(name + ".sensitivity.png")
+    items = {i: {"name": k, **v} for i, (k, v) in enumerate(curves.items())}
+    return [png] if plot_curves(items, png) else []

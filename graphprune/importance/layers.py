@@ -1,0 +1,184 @@
+"""Linear layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight) and their axes.
+
+Data-aware criteria and the repair passes need to know, for each layer, which input axis
+is contracted with which weight axis, where the outputs are, and how a convolution's
+input unfolds into patches. Weights are picked by op and input position, never by rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.shapes import dims_of
+
+
+@dataclass
+class Linear:
+    node: ir.Node
+    kind: str  # conv | convtranspose | gemm | matmul
+    x: ir.Value  # data input
+    x_axis: int  # contracted channel axis of x
+    w: ir.Value  # constant weight
+    w_in_axis: int  # weight axis contracted with x_axis
+    w_out_axis: int  # weight axis that indexes output channels
+    y: ir.Value
+    y_axis: int  # output channel axis
+    b: ir.Value | None  # bias (None when absent or not a plain constant per output)
+    group: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def weight(self) -> np.ndarray:
+        return const_array(self.w)
+
+    def in_channel_matrix(self, w: np.ndarray | None = None) -> np.ndarray:
+        """Weight as (out, in-channel, taps): out along w_out_axis, input channels along the
+        contracted axis (for grouped convs: the channel's position inside its group)."""
+        w = self.weight() if w is None else w
+        w = np.moveaxis(w, (self.w_out_axis, self.w_in_axis), (0, 1))
+        return w.reshape(w.shape[0], w.shape[1], -1)
+
+    def per_input_channel(self, fn, w: np.ndarray | None = None) -> np.ndarray:
+        """fn(block) for each input channel c, where block is (outputs of c's group, taps)
+        holding every weight that multiplies channel c."""
+        m = self.in_channel_matrix(w)
+        if self.kind in ("gemm", "matmul") or self.group == 1:
+            return np.array([fn(m[:, c, :]) for c in range(m.shape[1])])
+        out, ig = m.shape[0], m.shape[1]
+        og = out // self.group
+        c_in = ig * self.group
+        return np.array([fn(m[(c // ig) * og:(c // ig + 1) * og, c % ig, :]) for c in range(c_in)])
+
+
+def _attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def linear_of(node: ir.Node) -> Linear | None:
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    ins = list(node.inputs)
+    if op in ("Conv", "ConvTranspose") and len(ins) >= 2 and ins[0] is not None and is_constant(ins[1]) \
+            and not is_constant(ins[0]):
+        b = ins[2] if len(ins) > 2 and ins[2] is not None and is_constant(ins[2]) else None
+        if len(ins) > 2 and ins[2] is not None and b is None:
+            return None  # a computed bias: not a layer we can rewrite
+        group = int(_attr(node, "group", 1))
+        if op == "Conv":
+            return Linear(node, "conv", ins[0], 1, ins[1], 1, 0, node.outputs[0], 1, b, group)
+        return Linear(node, "convtranspose", ins[0], 1, ins[1], 0, 1, node.outputs[0], 1, b, group)
+    if op == "Gemm" and len(ins) >= 2 and is_constant(ins[1]) and not is_constant(ins[0]):
+        ta, tb = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
+        if ta:
+            return None
+        c = ins[2] if len(ins) > 2 else None
+        b = None
+        if c is not None:
+            dc = dims_of(c)
+            if not is_constant(c) or dc is None or len(dc) != 1:
+                return None
+            b = c
+        alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+        if alpha != 1.0 or beta != 1.0:
+            return None
+        return Linear(node, "gemm", ins[0], 1, ins[1], 1 if tb else 0, 0 if tb else 1, node.outputs[0], 1, b)
+    if op == "MatMul" and len(ins) == 2 and is_constant(ins[1]) and not is_constant(ins[0]):
+        da, db, dy = dims_of(ins[0]), dims_of(ins[1]), dims_of(node.outputs[0])
+        if da is None or db is None or dy is None or len(db) != 2 or len(da) < 2:
+            return None
+        return Linear(node, "matmul", ins[0], len(da) - 1, ins[1], 0, 1, node.outputs[0], len(dy) - 1, None)
+    return None
+
+
+def linear_layers(model: ir.Model) -> list[Linear]:
+    out = []
+    for node in model.graph:
+        lin = linear_of(node)
+        if lin is not None:
+            out.append(lin)
+    return out
+
+
+# ---- convolution patches -----------------------------------------------------------------
+def conv_geometry(node: ir.Node, x_shape, w_shape) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(pads_begin, pads_end, strides, dilations) for the spatial axes, auto_pad resolved."""
+    nsp = len(w_shape) - 2
+    kernel = list(w_shape[2:])
+    strides = list(_attr(node, "strides", [1] * nsp))
+    dil = list(_attr(node, "dilations", [1] * nsp))
+    auto = _attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(nsp):
+            size = x_shape[2 + i]
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        return begin, end, strides, dil
+    if auto == "VALID":
+        return [0] * nsp, [0] * nsp, strides, dil
+    pads = list(_attr(node, "pads", [0] * (2 * nsp)))
+    return pads[:nsp], pads[nsp:], strides, dil
+
+
+def _windows(x: np.ndarray, node: ir.Node, w_shape):
+    """Strided view (N, C, out positions..., taps...) of a Conv input (no copy)."""
+    x = np.asarray(x)
+    nsp = x.ndim - 2
+    begin, end, strides, dil = conv_geometry(node, x.shape, w_shape)
+    kernel = list(w_shape[2:])
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, end)])
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + nsp)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) + \
+        tuple(slice(None, None, d) for d in dil)
+    return win[sl], nsp, int(np.prod(kernel))
+
+
+def im2col(x: np.ndarray, node: ir.Node, w_shape, rows: np.ndarray | None = None) -> np.ndarray:
+    """Patches of a Conv input as (positions, C, taps) — tap order matches the flattened
+    kernel, so ``patches.reshape(P, C*taps) @ W.reshape(M, -1).T`` is the conv. Positions
+    run over (N, out...) in C order; `rows` picks some of them (without building the rest)."""
+    win, nsp, taps = _windows(x, node, w_shape)
+    n, c = win.shape[:2]
+    outs = win.shape[2:2 + nsp]
+    if rows is None:
+        p = np.moveaxis(win, 1, 1 + nsp)  # (N, out..., C, taps...)
+        return p.reshape((-1, c, taps))
+    idx = np.unravel_index(np.asarray(rows, dtype=np.int64), (n,) + tuple(outs))
+    p = win[(idx[0], slice(None)) + tuple(idx[1:])]  # (R, C, taps...)
+    return p.reshape((len(rows), c, taps))
+
+
+def num_positions(x_shape, node: ir.Node, w_shape) -> int:
+    win, nsp, _ = _windows(np.empty((1,) + tuple(x_shape[1:]), np.float32), node, w_shape)
+    return int(x_shape[0]) * int(np.prod(win.shape[2:2 + nsp]))
+
+
+def conv_patches(x: np.ndarray, node: ir.Node, w_shape, group: int = 1, rows: np.ndarray | None = None) -> np.ndarray:
+    """(positions, group, in-per-group * taps) rows of a grouped conv's input patches."""
+    p = im2col(x, node, w_shape, rows)
+    c, taps = p.shape[-2], p.shape[-1]
+    return p.reshape(-1, group, (c // group) * taps)
+
+
+def features(lin: Linear, x: np.ndarray) -> np.ndarray:
+    """Rows of inputs a Gemm/MatMul contracts: (rows, K)."""
+    x = np.moveaxis(np.asarray(x), lin.x_axis, -1)
+    return x.reshape(-1, x.shape[-1])
+
+
+def rows_of_output(lin: Linear, y: np.ndarray) -> np.ndarray:
+    """Output as (positions, out channels), matching `conv_patches`/`features` rows."""
+    y = np.moveaxis(np.asarray(y), lin.y_axis, -1)
+    return y.reshape(-1, y.shape[-1])

@@ -1,0 +1,183 @@
+"""Allocation: cost model, global ranking, targets, constraints, sensitivity, latency table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import helper
+
+import graphprune as gp
+from graphprune import oracle
+from graphprune.allocation import select_lowest, uniform
+from graphprune.allocation.cost import mac_model, mac_shapes, param_model
+from graphprune.allocation.global_rank import normalize_group, removal_sequence
+from graphprune.allocation.latency import LayerTable
+from graphprune.allocation.sensitivity import ratio_for_budget
+from graphprune.analysis.cost import model_cost
+from graphprune.calibration import Calibration
+from graphprune.errors import UsageError
+from graphprune.passes import PassContext, PassManager
+from helpers import make_model
+
+
+def two_layer(hidden=3):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    inits = {"w1": rng.standard_normal((4, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
+             "w2": rng.standard_normal((hidden, 2)).astype(np.float32)}
+    return make_model(nodes, [("x", [1, 4])], [("y", [1, 2])], inits)
+
+
+def test_cost_model_is_hand_computable():
+    model = gp.load(two_layer().SerializeToString())
+    dg = gp.analyze(model)
+    g = dg.prunable_groups[0]
+    macs = mac_model(model, dg, mac_shapes(model, {"x": np.zeros((1, 4), np.float32)}))
+    assert macs.dense == 1 * 3 * 4 + 1 * 2 * 3  # Gemm 12 + MatMul 6
+    assert macs.total({g.id: [1]}) == 1 * 2 * 4 + 1 * 2 * 2
+    params = param_model(model, dg)
+    assert params.dense == 12 + 3 + 6
+    assert params.total({g.id: [0, 2]}) == 4 + 1 + 2
+
+
+def test_global_ranking_normalises_each_group():
+    # group A scores are 100x group B's; after mean normalisation the relative order decides
+    a, b = np.array([100.0, 200, 300]), np.array([1.0, 2, 3, 100])
+    np.testing.assert_allclose(normalize_group(a), [0.5, 1, 1.5])
+    np.testing.assert_allclose(normalize_group(b, "max"), [0.01, 0.02, 0.03, 1])
+
+    class G:  # minimal group: one slot, one atom per index
+        def __init__(self, gid, n):
+            self.id, self.num_atoms, self.slots = gid, n, ["s"]
+
+        def atoms_of(self, s):
+            return np.arange(self.num_atoms)
+
+    seq = removal_sequence(None, {0: a, 1: b}, [G(0, 3), G(1, 4)])
+    # normalised: A [.5, 1, 1.5], B [.0377, .075, .113, 3.77]; the last atom of a group never goes
+    assert seq == [(1, 0), (1, 1), (1, 2), (0, 0), (0, 1)]
+    assert removal_sequence(None, {0: a, 1: b}, [G(0, 3), G(1, 4)], max_ratio=0.5) == [(1, 0), (1, 1), (0, 0)]
+
+
+def test_select_lowest_and_uniform_still_work(samples_dir):
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    dg = gp.analyze(model)
+    g = dg.prunable_groups[0]
+    assert select_lowest(g, np.arange(g.num_atoms, dtype=float), 3) == [0, 1, 2]
+    from graphprune.importance import group_scores
+
+    sel = uniform(dg, group_scores(dg, "l2"), 0.5)
+    assert all(len(a) == g.num_atoms // 2 for gid, a in sel.items() for g in dg.groups if g.id == gid)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+def test_target_macs_is_met(samples_dir, mode):
+    path = samples_dir / "tiny_resnet.onnx"
+    model = gp.load(path)
+    before = model_cost(model).macs
+    ctx = PassContext()
+    PassManager.parse(f"prune-channels{{allocation={mode},target_macs=0.7}}").run(model, ctx)
+    ratio = model_cost(model).macs / before
+    assert 0.6 <= ratio <= 0.7, ratio
+    info = ctx.results["plan"].settings["allocation_result"]
+    assert info["reached"] and info["predicted_ratio"] == pytest.approx(ratio, abs=1e-3)
+    assert oracle.check(ir.load(path), model, ctx.results["plan"]).ok
+
+
+def test_target_params_with_round_to(samples_dir):
+    model = gp.load(samples_dir / "tiny_mobilenet.onnx")
+    before = model_cost(model).params
+    dg = gp.analyze(model)
+    widths = {g.id: g.num_atoms for g in dg.prunable_groups}
+    ctx = PassContext()
+    PassManager.parse("prune-channels{allocation=global,target_params=0.6,round_to=4}").run(model, ctx)
+    assert model_cost(model).params / before <= 0.62
+    for g in ctx.results["plan"].groups:
+        kept = widths[g["id"]] - len(g["removed_atoms"])
+        assert kept % 4 == 0 or widths[g["id"]] < 4
+
+
+def test_max_ratio_protect_and_layer_ratios(samples_dir):
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    dg = gp.analyze(model)
+    gemm = [g for g in dg.prunable_groups if "Gemm" in g.name]
+    assert gemm
+    ctx = PassContext()
+    PassManager.parse("prune-channels{allocation=global,target_macs=0.5,max_ratio=0.6,protect=[Gemm],"
+                      "layer_ratios=[Conv1:.*=0.25]}").run(model, ctx)
+    plan = ctx.results["plan"]
+    for g in plan.groups:
+        assert len(g["removed_atoms"]) <= int(0.6 * g["atoms"] + 1e-9)
+        assert "Gemm" not in g["name"]
+    fixed = plan.settings["allocation_result"]["fixed_ratios"]
+    assert any("Gemm" in k for k in fixed)
+    with pytest.raises(UsageError):
+        PassManager.parse("prune-channels{target_macs=0.5,target_params=0.5}").run(gp.load(samples_dir / "tiny_resnet.onnx"))
+    with pytest.raises(UsageError):
+        PassManager.parse("prune-channels{allocation=nope}").run(gp.load(samples_dir / "tiny_resnet.onnx"))
+
+
+def test_ratio_for_budget_interpolates_monotone_envelope():
+    curve = {"ratios": [0.25, 0.5, 0.75], "error": [0.1, 0.05, 0.4]}  # envelope: .1, .1, .4
+    assert ratio_for_budget(curve, 0.0) == 0.0
+    assert ratio_for_budget(curve, 0.05) == pytest.approx(0.125)
+    assert ratio_for_budget(curve, 0.1) == pytest.approx(0.5)
+    assert ratio_for_budget(curve, 0.25) == pytest.approx(0.625)
+    assert ratio_for_budget(curve, 1.0, max_ratio=0.6) == 0.6
+
+
+def test_sensitivity_allocation_writes_curves(samples_dir, tmp_path):
+    path = samples_dir / "tiny_mobilenet.onnx"
+    rng = np.random.default_rng(0)
+    calib = Calibration.from_batches([{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}
+                                      for _ in range(3)])
+    model = gp.load(path)
+    before = model_cost(model).macs
+    ctx = PassContext()
+    ctx.results["calibration"] = calib
+    PassManager.parse("prune-channels{allocation=sensitivity,target_macs=0.7,sens_ratios=[0.25,0.5,0.75]}").run(
+        model, ctx)
+    assert model_cost(model).macs / before <= 0.7
+    plan = ctx.results["plan"]
+    curves = plan.settings["allocation_result"]["sensitivity"]
+    assert len(curves) == len(gp.analyze(gp.load(path)).prunable_groups)
+    for c in curves.values():
+        assert c["ratios"] == [0.25, 0.5, 0.75] and all(e >= 0 for e in c["error"])
+    assert oracle.check(ir.load(path), model, plan).ok
+    plan.save(tmp_path / "p.plan.json")
+    assert json.loads((tmp_path / "p.plan.json").read_text())["settings"]["allocation_result"]["sensitivity"]
+    from graphprune.allocation.cli import write_extras
+
+    pytest.importorskip("matplotlib")
+    assert write_extras(ctx, tmp_path / "p.plan.json")[0].name == "p.sensitivity.png"
+
+
+def test_sensitivity_needs_calibration(samples_dir):
+    with pytest.raises(UsageError, match="calibration"):
+        PassManager.parse("prune-channels{allocation=sensitivity}").run(gp.load(samples_dir / "tiny_resnet.onnx"))
+
+
+def test_latency_table_interpolation():
+    lt = LayerTable.__new__(LayerTable)
+    lt.in_grid = np.array([0.25, 0.5, 0.75, 1.0])
+    lt.out_grid = np.array([0.25, 0.5, 0.75, 1.0])
+    lt.table = np.outer(lt.in_grid, lt.out_grid) * 8.0  # latency ~ in x out
+    assert lt.at(1.0, 1.0) == pytest.approx(8.0)
+    assert lt.at(0.5, 0.75) == pytest.approx(3.0)
+    assert lt.at(0.625, 1.0) == pytest.approx(5.0)
+    assert lt.at(0.125, 1.0) == pytest.approx(1.0)  # proportional below the grid
+
+
+def test_latency_target_loop_runs_and_records(samples_dir):
+    """The NetAdapt loop: table, allocation, measured ratio (correctness only, no timing)."""
+    path = samples_dir / "tiny_resnet.onnx"
+    model = gp.load(path)
+    ctx = PassContext()
+    PassManager.parse("prune-channels{allocation=uniform,target_latency=0.6,latency_rounds=1}").run(model, ctx)
+    info = ctx.results["plan"].settings["allocation_result"]
+    assert len(info["latency_rounds"]) == 1 and info["measured_ratio"] > 0
+    assert oracle.check(ir.load(path), model, ctx.results["plan"]).ok

@@ -1,0 +1,126 @@
+"""Calibration sources (.npz, image folders, callables), batching, streaming statistics."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import graphprune as gp
+from graphprune.calibration import (
+    Calibration, ChannelStats, GramStats, ImagePreprocess, StatsRequest, collect, concrete_shapes, load_calibration,
+    progress)
+from graphprune.errors import UsageError
+from helpers import make_model
+
+
+def conv_model(batch=None):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="c", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h"], ["y"])]
+    w = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    return gp.load(make_model(nodes, [("x", [batch, 3, 4, 4])], [("y", [batch, 3, 4, 4])], {"w": w}).SerializeToString())
+
+
+def test_npz_samples_are_batched(tmp_path):
+    x = np.random.default_rng(0).standard_normal((10, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    cal = load_calibration(str(tmp_path / "c.npz"), conv_model(), batch_size=4)
+    shapes = [b["x"].shape[0] for b in cal.batches()]
+    assert shapes == [4, 4, 2] and cal.num_batches == 3
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in cal]), x)
+    # a model with a fixed batch of 1 gets batches of 1, whatever was asked
+    cal1 = load_calibration(str(tmp_path / "c.npz"), conv_model(batch=1), batch_size=4, limit=5)
+    assert [b["x"].shape for b in cal1] == [(1, 3, 4, 4)] * 5
+    # single array under another name maps to the single input
+    np.savez(tmp_path / "d.npz", whatever=x)
+    assert load_calibration(str(tmp_path / "d.npz"), conv_model()).first()["x"].shape == (8, 3, 4, 4)
+
+
+def test_image_folder_with_declared_preprocessing(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    for k in range(3):
+        a = np.zeros((6, 8, 3), np.uint8)
+        a[..., 0] = 255  # red
+        a[..., 2] = 51 * k
+        Image.fromarray(a).save(tmp_path / f"im{k}.png")
+    pre = ImagePreprocess.parse("size=4x4,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,layout=nchw")
+    cal = load_calibration(str(tmp_path), conv_model(), preprocess="size=4x4,mean=0.5/0.5/0.5,std=0.5/0.5/0.5",
+                           batch_size=2)
+    batches = list(cal)
+    assert [b["x"].shape for b in batches] == [(2, 3, 4, 4), (1, 3, 4, 4)]
+    x = np.concatenate([b["x"] for b in batches])
+    np.testing.assert_allclose(x[:, 0], 1.0)  # (255/255 - .5)/.5
+    np.testing.assert_allclose(x[:, 1], -1.0)
+    np.testing.assert_allclose(x[:, 2, 0, 0], [(51 * k / 255 - 0.5) / 0.5 for k in range(3)], atol=1e-6)
+    assert pre.apply(tmp_path / "im0.png").shape == (3, 4, 4)
+    nhwc = ImagePreprocess.parse("size=4x4,layout=nhwc,color=bgr").apply(tmp_path / "im0.png")
+    assert nhwc.shape == (4, 4, 3) and nhwc[0, 0, 2] == pytest.approx(1.0)
+    with pytest.raises(UsageError):
+        ImagePreprocess.parse("size=big")
+
+
+def test_callable_source(tmp_path):
+    mod = tmp_path / "feeds.py"
+    mod.write_text("import numpy as np\n"
+                   "def data():\n"
+                   "    for k in range(3):\n"
+                   "        yield np.full((2, 3, 4, 4), k, np.float32)\n")
+    cal = load_calibration(f"{mod}:data", conv_model())
+    assert [float(b["x"].mean()) for b in cal] == [0.0, 1.0, 2.0]
+    assert [float(b["x"].mean()) for b in cal] == [0.0, 1.0, 2.0]  # re-iterable
+    with pytest.raises(UsageError):
+        load_calibration("no_such_module_xyz:fn", conv_model())
+    with pytest.raises(UsageError):
+        load_calibration(str(tmp_path / "missing.npz"), conv_model())
+
+
+def test_running_stats_equal_full_data_stats():
+    rng = np.random.default_rng(1)
+    chunks = [rng.standard_normal((2, 3, 5)) * [[[1], [2], [3]]] for _ in range(4)]
+    st, gr = ChannelStats(axis=1), GramStats(axis=1)
+    for c in chunks:
+        c[0, 0, :2] = 0
+        st.update(c)
+        gr.update(c)
+    full = np.concatenate([np.moveaxis(c, 1, 0).reshape(3, -1) for c in chunks], axis=1)
+    np.testing.assert_allclose(st.mean, full.mean(1))
+    np.testing.assert_allclose(st.var, full.var(1))
+    np.testing.assert_allclose(st.mean_abs, np.abs(full).mean(1))
+    np.testing.assert_allclose(st.apoz, (full == 0).mean(1))
+    np.testing.assert_allclose(gr.matrix, full @ full.T / full.shape[1])
+
+
+def test_collect_streams_intermediate_tensors(caplog):
+    model = conv_model()
+    rng = np.random.default_rng(2)
+    batches = [{"x": rng.standard_normal((2, 3, 4, 4)).astype(np.float32)} for _ in range(3)]
+    req = StatsRequest()
+    req.want_channel("h", 1)
+    req.want_gram("h", 1)
+    collect(model, req, Calibration.from_batches(batches))
+    h = np.concatenate([b["x"] for b in batches])  # identity conv
+    np.testing.assert_allclose(req.channel[("h", 1)].mean, h.mean((0, 2, 3)), atol=1e-6)
+    assert req.gram[("h", 1)].count == 3 * 2 * 16
+    # the input model is not modified by adding outputs
+    assert [o.name for o in model.graph.outputs] == ["y"]
+    assert concrete_shapes(model, ["h"], batches[0]) == {"h": (2, 3, 4, 4)}
+
+
+def test_progress_logs_when_not_a_tty():
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("graphprune.calibration")
+    h, level = Keep(logging.DEBUG), logger.level
+    logger.addHandler(h)
+    logger.setLevel(logging.DEBUG)
+    try:
+        assert list(progress(range(3), 3, "demo")) == [0, 1, 2]
+    finally:
+        logger.removeHandler(h)
+        logger.setLevel(level)
+    assert any("demo: 3 batches" in m for m in records)
