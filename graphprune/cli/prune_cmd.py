@@ -28,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
     p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="make a dynamic input static (repeatable)")
     p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
@@ -94,7 +96,10 @@ def run(args) -> int:
         raise UsageError("the output would overwrite the input model", hint="choose another -o")
     if out.parent.exists() and not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write to {out.parent}")
-    model = gp.load(src)
+    from graphprune.cli.compile_cmd import parse_shapes
+
+    shapes = parse_shapes(args.input_shape)
+    model = gp.load(src, input_shapes=shapes)
     if not args.no_check:  # fail early, and as the model's fault, if ORT cannot run the input
         oracle.input_session(str(src))
     before = model_cost(model)
@@ -153,13 +158,13 @@ def run(args) -> int:
         gc.collect()  # the old IR graph is cyclic (nodes <-> values): free it now, not later
     if not args.no_check and big:
         try:
-            res = oracle.check_files(str(src), str(staged), plan, inputs=load_inputs(args.inputs))
+            res = oracle.check_files(str(src), str(staged), plan, inputs=load_inputs(args.inputs), shapes=shapes)
         except BaseException:
             _remove_model(staged)
             raise
     elif not args.no_check:
         original = gp.load(src, fold=False)
-        res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs))
+        res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs), shapes=shapes)
         print(res.summary())
         if not res.ok:
             if staged is not None:
