@@ -75,6 +75,19 @@ def _cost(model) -> dict:
     return {"params": c.params, "macs": c.macs, "bytes": model_nbytes(model)}
 
 
+def _timed(fn, repeats: int) -> float:
+    """Median wall time of `fn` in ms, measured the same way for every backend."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
 def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rtol: float = 1e-3) -> dict:
     from graphprune.oracle import compare_outputs
 
@@ -180,12 +193,28 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             checks["numerics_onnxruntime"] = _numerics(ref, ort_backend.run(stage / "onnxruntime", feeds), names)
             runners["onnxruntime"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"),
                                                      results["onnxruntime"]["session"], feeds, repeats=10)
-        if "tvm" in results and results["tvm"].get("host_runnable"):
+        tvm_res = results.get("tvm") or {}
+        if tvm_res.get("library"):
             from graphprune.backends.tvm import adapter
 
-            lib = stage / "tvm" / results["tvm"]["library"]
-            checks["numerics_tvm"] = _numerics(ref, adapter.load_and_run(lib, feeds), names)
-            runners["tvm"] = lambda: adapter.benchmark(lib, feeds, repeats=10)["median_ms"]
+            lib = stage / "tvm" / tvm_res["library"]
+            notes.extend(f"tvm: {n}" for n in tvm_res.get("notes", []))
+            art = tvm_res.get("checks", {})
+            if art.get("elf_machine"):
+                want = "AArch64" if target.arch == "aarch64" else "x86-64"
+                ok = art["elf_machine"] == want and (art.get("neon") is not False)
+                checks["artifact_tvm"] = {"ok": ok, "summary": f"ELF {art['elf_machine']}"
+                                          + (f", NEON: {art['neon']}" if "neon" in art else "")}
+            if tvm_res.get("host_runnable"):
+                exe = adapter.load(lib)
+                checks["numerics_tvm"] = _numerics(ref, adapter.run_loaded(exe, feeds), names)
+                runners["tvm"] = lambda: _timed(lambda: adapter.run_loaded(exe, feeds), 10)
+            elif target.arch == "aarch64" and adapter.qemu_available()[0]:
+                try:
+                    got = adapter.qemu_run(lib, feeds, download=True)
+                    checks["numerics_tvm_qemu"] = _numerics(ref, got, names)
+                except Exception as exc:  # emulation is a bonus check: say why it did not run
+                    notes.append(f"tvm: qemu run skipped ({type(exc).__name__}: {exc})")
         dense_cfg = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
                      "graph_optimization_level": "ORT_ENABLE_ALL"}
         runners["dense"] = lambda: measure(str(src), dense_cfg, feeds, repeats=10)
@@ -206,7 +235,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             after["latency_note"] = (f"not measured: {target.name} is not this machine"
                                      + (" (use graphprune bench --rpc)" if chosen == "tvm" else ""))
         for name, c in checks.items():
-            if name.startswith("numerics") and not c["ok"]:
+            if (name.startswith("numerics") or name.startswith("artifact")) and not c["ok"]:
                 raise OracleMismatchError(f"{name}: compiled artifact differs from ONNX Runtime ({c['summary']})")
 
         report = {

@@ -84,3 +84,39 @@ def test_report_html_is_self_contained(samples_dir, tmp_path):
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["layers"] and any(r["width_after"] < r["width_before"] for r in rep["layers"])
     assert (tmp_path / "r").stat().st_mode & 0o777 != 0o700  # not a private temp dir
+
+
+def _tvm_or_skip():
+    from graphprune.backends.tvm import TvmBackend
+
+    ok, why = TvmBackend().available()
+    if not ok:
+        pytest.skip(f"TVM not usable: {why}")
+
+
+def test_compile_auto_measures_tvm_against_ort(samples_dir, tmp_path):
+    """--backend auto with tuning: both backends built, numerics checked, the faster kept."""
+    _tvm_or_skip()
+    rep = compile_model(samples_dir / "tiny_mobilenet.onnx",
+                        CompileOptions(target="x86", out=str(tmp_path / "auto"), tune_trials=4,
+                                       db=str(tmp_path / "db")), log_fn=lambda *a: None)
+    assert rep["checks"]["numerics_tvm"]["ok"] and rep["checks"]["numerics_onnxruntime"]["ok"]
+    r = rep["backend"]["results"]
+    faster = "tvm" if r["tvm"]["latency_ms"] < r["onnxruntime"]["latency_ms"] else "onnxruntime"
+    assert rep["backend"]["chosen"] == faster and "measured faster" in rep["backend"]["reason"]
+    assert (tmp_path / "auto" / "tvm" / r["tvm"]["library"]).exists()
+
+
+def test_compile_arm_tvm_cross(samples_dir, tmp_path):
+    _tvm_or_skip()
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("no aarch64 cross compiler")
+    rep = compile_model(samples_dir / "tiny_resnet.onnx",
+                        CompileOptions(target="arm", backend="tvm", out=str(tmp_path / "arm"),
+                                       db=str(tmp_path / "db")), log_fn=lambda *a: None)
+    assert rep["backend"]["chosen"] == "tvm" and "UNTUNED" in rep["backend"]["reason"]
+    assert rep["checks"]["artifact_tvm"]["ok"] and "AArch64" in rep["checks"]["artifact_tvm"]["summary"]
+    if "numerics_tvm_qemu" in rep["checks"]:
+        assert rep["checks"]["numerics_tvm_qemu"]["ok"]

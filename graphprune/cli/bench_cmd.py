@@ -27,6 +27,7 @@ class Runner:
     def __init__(self, label: str, fn):
         self.label = label
         self.fn = fn
+        self.remote = None
         self.times: list[float] = []
 
 
@@ -67,9 +68,11 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
             lib = path / "tvm" / res["library"]
             feeds = feeds_fn(None, path / "model.pruned.onnx")
             if args.rpc:
-                out.append(Runner(f"{path.name}/tvm@{args.rpc_key}",
-                                  lambda lib=lib, feeds=feeds: adapter.remote_benchmark(
-                                      lib, feeds, args.rpc, args.rpc_key, repeats=1)))
+                r = Runner(f"{path.name}/tvm@{args.rpc_key}", None)
+                # the device times itself: one upload, then its own repeats per round
+                r.remote = lambda lib=lib, feeds=feeds: adapter.remote_benchmark(
+                    lib, feeds, args.rpc, args.rpc_key, repeats=max(1, args.repeats // max(1, args.rounds)))
+                out.append(r)
             elif not rep["target"]["host"]:
                 raise UsageError(f"{path}: TVM artifact for {rep['target']['name']} does not run here",
                                  hint="give --rpc HOST:PORT --rpc-key KEY of a device")
@@ -94,11 +97,15 @@ def run(args) -> int:
     for p in args.paths:
         runners += _runners_for(Path(p), args, feeds_fn, args.backends)
     for r in runners:
-        for _ in range(args.warmup):
+        for _ in range(args.warmup if r.fn else 0):
             r.fn()
     per_round = max(1, args.repeats // max(1, args.rounds))
     for _ in range(args.rounds):  # interleaved so drift hits every runner alike
         for r in runners:
+            if r.fn is None:
+                res = r.remote()
+                r.times.append(float(res["median_ms"]))
+                continue
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 r.fn()

@@ -1,55 +1,71 @@
-"""The one module of graphprune that calls TVM (apache-tvm >=0.27,<0.28).
+"""The one module of graphprune that calls TVM's Python API (apache-tvm >=0.27,<0.28).
 
 TVM's Python API moves every release; everything version-specific is here, so a new TVM
-means editing this file only. ``tvm`` is imported inside functions: importing graphprune
-never imports TVM. The first call that needs TVM checks ``tvm.__version__`` and raises
-:class:`graphprune.errors.BackendUnavailableError` (with an install hint) when TVM is
-missing or of another minor version.
+means editing this file (and the C++ runner in ``qemu.py``). ``tvm`` is imported inside
+functions: importing graphprune never imports TVM. The first call that needs TVM checks
+``tvm.__version__`` and raises :class:`graphprune.errors.BackendUnavailableError` (with an
+install hint) when TVM is missing, broken or of another minor version.
 
-API (targets are TVM target JSON dicts, e.g. ``{"kind": "llvm", "mtriple":
-"aarch64-linux-gnu", "mattr": ["+neon"]}``; ``log`` is any ``print``-like callable)
+Targets are TVM target JSON dicts (``{"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+"mattr": ["+neon"]}``) or tag names. ``log`` arguments take any ``print``-like callable;
+the default logs to the ``graphprune.backends.tvm`` logger (the library never prints).
 
-``available() -> (bool, reason)``
-``host_target(num_cores=None) -> dict``
-    llvm target for this machine (its triple, its CPU, its physical cores).
-``target_key(target) -> str``; ``db_dir_for(db_root, target) -> Path``
-    One tuning database per target: the key hashes the canonical target (TVM fills in
-    defaults, e.g. the AArch64 feature flags) and the TVM minor version, so x86 records are
-    never applied to aarch64 and records of another TVM release are never read.
-``import_onnx(onnx_path, input_shapes=None) -> IRModule``
-    Relax module with the weights bound as constants. ``input_shapes`` fixes dynamic dims
-    (required when the model has any). When the importer fails, the model is constant-folded
-    with ONNX Runtime at ORT_ENABLE_BASIC and imported again. Operators the importer does not
-    know raise BackendUnavailableError listing them; dynamic dims without shapes raise
-    UsageError.
-``tune(mod, target, db_dir, trials, time_budget_s=None, runner=None, log=print) -> TuneStats``
-    MetaSchedule into the persistent JSON database in ``db_dir``
-    (``database_workload.json`` + ``database_tuning_record.json``). Tasks that already have
-    a valid record there (same layer shapes, any model) are not tuned again; ``trials`` is
-    spread over the remaining tasks only, so a second run of the same model does nothing.
-    ``runner``: None (measure locally; host targets only), ``rpc_runner(...)`` (a device
-    behind a tracker) or ``"schedule-only"`` (no measurement: every candidate gets the same
-    cost; for artifact checks in CI, never for a database that ships).
-``build(mod, target, db_dir=None, prepack=True) -> Executable``
-    DecomposeOpsForInference, zero pipeline, AttachAttrLayoutFreeBuffers,
-    MetaScheduleApplyDatabase (if ``db_dir``), SplitLayoutRewritePreproc +
-    LiftTransformParams + FoldConstant (weight prepacking: weights are constants, so the
-    packed layout is computed at compile time), then ``tvm.compile``. Untuned functions are
-    compiled unscheduled (slow; the caller decides whether to ship that).
-``export(executable, out_path, cross_compiler=None, metadata=None) -> list[Path]``
-    One self-contained shared library (weights embedded as constants: nothing else is
-    needed to run it) plus ``<stem>.meta.json`` (inputs with their ONNX names, shapes and
-    dtypes, the target, free-form metadata). ``cross_compiler``: e.g.
-    ``"aarch64-linux-gnu-gcc"`` (Debian ``g++-aarch64-linux-gnu``).
-``load_and_run(lib_path, inputs) -> list[np.ndarray]``; ``benchmark(lib_path, inputs,
-repeats=50, warmup=5) -> {"median_ms", "p90_ms", ...}``
-    Host Relax VM. ``inputs`` maps ONNX input names (or the sanitised Relax names) to
-    arrays; a list is taken positionally.
-``rpc_runner(tracker="host:port", key=..., ...)`` -> MetaSchedule runner for ``tune``.
-``remote_benchmark(lib_path, inputs, tracker, key, repeats=50, warmup=5,
-return_outputs=False) -> dict``
-    Uploads the library to a device obtained from the tracker and times it there.
-``elf_machine(path)``, ``has_neon(path)`` (re-exported from ``elf.py``; no TVM needed).
+Availability and targets
+    ``available() -> (ok, reason)``; ``host_target(num_cores=None) -> dict`` (this machine:
+    LLVM triple, CPU, physical cores); ``canonical_target(t) -> dict`` (as TVM completes
+    it); ``is_host_runnable(t)``; ``target_key(t) -> str`` and ``db_dir_for(db_root, t)``:
+    one tuning database per target, keyed by a hash of the canonical target and the TVM
+    minor version, so x86 records are never applied to aarch64 and records of another TVM
+    release are never read.
+
+Import
+    ``import_onnx(onnx_path, input_shapes=None, *, log=None, return_specs=False)`` -> Relax
+    IRModule with the weights bound as constants (``(mod, input specs)`` with
+    ``return_specs``). ``input_shapes`` fixes dynamic dims and is required when the model
+    has any (UsageError otherwise). Operators the importer lacks raise
+    BackendUnavailableError listing them; when the importer fails, the model is
+    constant-folded with ONNX Runtime at ORT_ENABLE_BASIC and imported again.
+
+Tuning (MetaSchedule)
+    ``tune(mod, target, db_dir, trials, time_budget_s=None, runner=None, log=None, *,
+    seed=None, num_trials_per_iter=64, only=None) -> TuneStats``. The database in
+    ``db_dir`` is persistent JSON (``database_workload.json`` +
+    ``database_tuning_record.json``; logs in ``db_dir/logs``). Tasks (fused kernels) that
+    already have a valid record there, from any model with the same layer shapes, are not
+    tuned again; ``trials`` is spread over the remaining tasks, so tuning the same model
+    twice does nothing the second time (TuneStats.trials == new_records == 0).
+    ``runner``: None (measure on this machine; host targets only), ``rpc_runner(...)``, or
+    ``"schedule-only"`` (measures nothing, all candidates cost the same: CI checks of
+    cross targets, never a database that ships). Build/measure workers are started once
+    per process (``shutdown_workers()``; also at exit). ``db_coverage(mod, target,
+    db_dir)`` says which kernels have a schedule, without tuning.
+
+Build and export
+    ``build(mod, target, db_dir=None, *, prepack=True) -> executable``:
+    DecomposeOpsForInference, zero pipeline (legalize, fuse), AttachAttrLayoutFreeBuffers,
+    MetaScheduleApplyDatabase (if the database exists), SplitLayoutRewritePreproc +
+    FoldConstant (weight prepacking, computed at compile time since weights are constants;
+    LiftTransformParams when weights are parameters), ``tvm.compile``. Kernels without a
+    record compile unscheduled (slow; the caller decides whether to ship that).
+    ``export(executable, out_path, cross_compiler=None, metadata=None) -> [lib, meta]``:
+    one self-contained shared library (weights embedded: nothing else is needed to load
+    and run it) and ``<stem>.meta.json`` (ONNX input names/shapes/dtypes, target, tuning
+    summary). ``cross_compiler`` e.g. ``"aarch64-linux-gnu-gcc"``.
+
+Running
+    ``load(lib) -> Loaded``; ``run_loaded(loaded, inputs)``; ``load_and_run(lib, inputs)
+    -> [np.ndarray]``; ``benchmark(lib, inputs, repeats=50, warmup=5) -> {"median_ms",
+    "p90_ms", "min_ms", "repeats"}`` (timed inside the runtime). ``inputs``: dict keyed by
+    ONNX input names (or the sanitised Relax names), or a list in order.
+    ``rpc_runner(tracker="host:port", key=...)`` (for ``tune``), ``load_remote(lib,
+    tracker, key)``, ``remote_benchmark(lib, inputs, tracker, key, repeats=50, warmup=5,
+    return_outputs=False)``: a device from an RPC tracker.
+    ``qemu_available()``, ``qemu_run(lib, inputs, download=False)``: run an AArch64
+    library once under qemu-aarch64 with the aarch64 TVM runtime (see ``qemu.py``).
+
+Artifact checks (no TVM needed, from ``elf.py``)
+    ``elf_machine(path) -> "AArch64" | "x86-64" | ...``; ``has_neon(path)`` (vector fmla
+    present; None without an aarch64 objdump); ``neon_stats(path)``.
 """
 from __future__ import annotations
 
@@ -58,6 +74,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -76,14 +93,21 @@ INSTALL_HINT = (
     'pip install "apache-tvm==0.27.0.post1" "apache-tvm-ffi==0.1.14.post1" '
     "xgboost psutil cloudpickle tornado   (or: pip install 'graphprune[tvm]')"
 )
-# MetaSchedule's build workers import tvm.s_tir.tensor_intrin on their first build (~25 s
-# on 2 cores), which overruns the default 30 s builder timeout forever.
+# Per build batch. The default 30 s is overrun by a worker's first build when it imports all
+# of tvm.s_tir.tensor_intrin (25-80 s on 2 cores): every build then times out and workers
+# restart forever. Workers here skip that import (see _INTRINS_SRC); keep the margin anyway.
 BUILDER_TIMEOUT_S = 120.0
 RUNNER_TIMEOUT_S = 60.0
+DEFAULT_DEVICE_CORES = 4  # tuning a remote CPU target that does not say (RPi 4/5, most SBCs)
 DB_WORKLOAD = "database_workload.json"
 DB_RECORDS = "database_tuning_record.json"
 
 Log = Callable[[str], Any]
+_LOG = logging.getLogger("graphprune.backends.tvm")
+
+
+def _default_log(msg: str) -> None:
+    _LOG.info(msg)
 
 
 # ----------------------------------------------------------------------------- version gate
@@ -123,10 +147,12 @@ def _tvm():
 def _jsonable(obj):
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
     if isinstance(obj, (bool, int, float, str)) or obj is None:
         return obj
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":  # tvm_ffi Array
+        return [_jsonable(v) for v in obj]
+    if type(obj).__name__ == "Map":
+        return {str(k): _jsonable(v) for k, v in obj.items()}
     if hasattr(obj, "export"):  # a nested Target (host)
         return _jsonable(obj.export())
     return str(obj)
@@ -168,7 +194,7 @@ def host_target(num_cores: int | None = None) -> dict:
 
 
 def target_key(target) -> str:
-    """Directory-safe key of one target, e.g. "llvm-aarch64-3f2a9c1e0b7d"."""
+    """Directory-safe key of one target, e.g. "llvm_aarch64-0fdcc4c09164"."""
     canon = canonical_target(target)
     canon.pop("tag", None)
     blob = json.dumps({"target": canon, "tvm": ".".join(map(str, SUPPORTED))}, sort_keys=True)
@@ -215,11 +241,16 @@ def _unsupported_ops(model) -> list[str]:
 
 
 def import_onnx(onnx_path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                *, log: Log = lambda s: None):
-    """ONNX file -> Relax IRModule (weights bound as constants). See module docstring."""
+                *, log: Log | None = None, return_specs: bool = False):
+    """ONNX file -> Relax IRModule (weights bound as constants). See module docstring.
+
+    With ``return_specs``: (module, [{"name", "shape", "dtype"}] of the ONNX inputs as
+    imported, i.e. with the fixed shapes).
+    """
     _tvm()
     from tvm.relax.frontend.onnx import from_onnx
 
+    log = log or _default_log
     from . import onnx_prep
 
     model = onnx_prep.load(onnx_path)
@@ -271,7 +302,7 @@ def import_onnx(onnx_path: str | Path, input_shapes: Mapping[str, Sequence[int]]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mod = from_onnx(model, keep_params_in_input=False)
-            return mod
+            return (mod, onnx_prep.input_specs(model)) if return_specs else mod
         except Exception as e:  # noqa: BLE001 - the importer raises anything
             first_error = first_error or e
     raise BackendUnavailableError(
@@ -352,30 +383,118 @@ class TuneStats:
         return dataclasses.asdict(self)
 
 
-def _make_builder():
-    import importlib
+# MetaSchedule imports tvm.s_tir.tensor_intrin in the tuning process (TuneContext) and in
+# every build worker (default_build); importing it whole takes 30-80 s on 2 cores, 26 s of
+# which parse the CUDA intrinsics alone. This source, run by exec(), imports the package
+# with every submodule stubbed, drops the stubs, then imports for real only the submodules
+# named in NEEDED (a later target needing others imports them then). The tuning process
+# needs its target's intrinsics (schedule rules look them up by name while sampling);
+# CPU build workers need none: they compile already-scheduled (already tensorized) TIR.
+# A partial of the exec builtin pickles by reference: workers need no graphprune on their path.
+_INTRINS_SRC = """
+import importlib, sys, types
+pkg = "tvm.s_tir.tensor_intrin"
+if pkg not in sys.modules:
+    stubs = {}
+    for name in ("cuda", "rocm", "hexagon", "metal", "arm_cpu", "x86", "riscv_cpu",
+                 "dot_product_common"):
+        full = pkg + "." + name
+        if full not in sys.modules:
+            stubs[full] = sys.modules[full] = types.ModuleType(full)
+    try:
+        importlib.import_module(pkg)
+    finally:
+        parent = sys.modules.get(pkg)
+        for full, stub in stubs.items():
+            if sys.modules.get(full) is stub:
+                del sys.modules[full]
+            short = full.rsplit(".", 1)[1]
+            if parent is not None and getattr(parent, short, None) is stub:
+                delattr(parent, short)
+for name in NEEDED:
+    importlib.import_module(pkg + "." + name)
+"""
 
-    from tvm.s_tir import meta_schedule as ms
 
-    # A partial of importlib.import_module pickles by reference: workers need no graphprune.
-    init = functools.partial(importlib.import_module, "tvm.s_tir.tensor_intrin")
-    return ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S, initializer=init)
+def _needed_intrins(tgt) -> tuple[str, ...]:
+    if not _is_cpu(tgt):
+        return ("cuda", "rocm", "metal", "hexagon", "arm_cpu", "x86", "riscv_cpu")
+    arch = (str(tgt.attrs.get("mtriple", "")) or platform.machine()).split("-")[0].lower()
+    if arch in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return ("x86",)
+    if arch.startswith(("aarch64", "arm")):
+        return ("arm_cpu",)
+    if arch.startswith("riscv"):
+        return ("riscv_cpu",)
+    return ("x86", "arm_cpu", "riscv_cpu")
 
 
-def _make_local_runner():
-    from tvm.s_tir import meta_schedule as ms
+def _is_cpu(tgt) -> bool:
+    return tgt.kind.name in ("llvm", "c")
 
-    return ms.runner.LocalRunner(
-        timeout_sec=RUNNER_TIMEOUT_S,
-        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
-    )
+
+def _register_tensor_intrins(tgt) -> None:
+    exec(_INTRINS_SRC, {"NEEDED": _needed_intrins(tgt)})  # noqa: S102 - fixed source above
+
+
+def _builder_initializer(tgt):
+    needed = () if _is_cpu(tgt) else _needed_intrins(tgt)
+    return functools.partial(exec, _INTRINS_SRC, {"NEEDED": needed})
+
+
+# Build and measure workers are kept for the life of the process: starting them costs
+# 10-30 s (each imports TVM and the intrinsics), more than tuning a small model.
+_WORKERS: dict = {}
+
+
+def _shared_builder(tgt):
+    key = ("builder", "cpu" if _is_cpu(tgt) else tgt.kind.name)
+    if key not in _WORKERS:
+        _, PooledBuilder, _ = _py_classes()
+        _register_shutdown()
+        _WORKERS[key] = PooledBuilder(max_workers=os.cpu_count() or 1,
+                                      timeout_sec=BUILDER_TIMEOUT_S,
+                                      initializer=_builder_initializer(tgt))
+    return _WORKERS[key]
+
+
+def _shared_local_runner():
+    if "runner" not in _WORKERS:
+        from tvm.s_tir import meta_schedule as ms
+
+        _register_shutdown()
+        _WORKERS["runner"] = ms.runner.LocalRunner(
+            timeout_sec=RUNNER_TIMEOUT_S,
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50),
+        )
+    return _WORKERS["runner"]
+
+
+@functools.lru_cache(maxsize=1)
+def _register_shutdown() -> None:
+    import atexit
+
+    atexit.register(shutdown_workers)
+
+
+def shutdown_workers() -> None:
+    """Stop the build/measure worker processes kept by tune() (they restart on demand)."""
+    for key in list(_WORKERS):
+        worker = _WORKERS.pop(key)
+        if hasattr(worker, "close"):
+            worker.close()
+        elif hasattr(worker, "pool"):
+            with contextlib.suppress(Exception):
+                worker.pool.shutdown()
 
 
 @functools.lru_cache(maxsize=1)
 def _py_classes():
     """MetaSchedule Python subclasses (need TVM at class creation, hence built lazily)."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.ir.utils import derived_object
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     @derived_object
     class _FixedFuture(ms.runner.PyRunnerFuture):
@@ -393,23 +512,77 @@ def _py_classes():
             return [_FixedFuture() for _ in runner_inputs]
 
     @derived_object
-    class TimeBudget(ms.measure_callback.PyMeasureCallback):
-        """Stops all tasks once the wall-time budget is spent (checked after each batch)."""
+    class PooledBuilder(ms.builder.PyBuilder):
+        """LocalBuilder whose worker pool lives across batches.
 
-        def __init__(self, deadline: float, flag: list):
-            self.deadline = deadline
-            self.flag = flag
+        LocalBuilder starts a fresh pool for every batch (a worker memory leak upstream), so
+        every batch pays the worker start-up again; here a pool serves `recycle_every`
+        batches. Call close() when tuning ends.
+        """
+
+        def __init__(self, max_workers: int, timeout_sec: float, initializer,
+                     recycle_every: int = 16):
+            self.max_workers = max_workers
+            self.timeout_sec = timeout_sec
+            self.initializer = initializer
+            self.recycle_every = recycle_every
+            self._pool = None
+            self._uses = 0
+
+        def _get_pool(self):
+            if self._pool is None or self._uses >= self.recycle_every:
+                self.close()
+                self._pool = PopenPoolExecutor(max_workers=self.max_workers,
+                                               timeout=self.timeout_sec,
+                                               initializer=self.initializer)
+                self._uses = 0
+            self._uses += 1
+            return self._pool
+
+        def build(self, build_inputs):
+            pool = self._get_pool()
+            work = [(None, None, b.mod, b.target, local_builder._serialize_params(b.params))
+                    for b in build_inputs]
+            results = []
+            for res in pool.map_with_error_catching(
+                    lambda x, _f=local_builder._worker_func: _f(*x), work):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    results.append(ms.builder.BuilderResult(
+                        None, f"PooledBuilder: timeout after {self.timeout_sec} s"))
+                else:
+                    results.append(ms.builder.BuilderResult(
+                        None, f"PooledBuilder: exception\n{res.value}"))
+            return results
+
+        def close(self):
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        """Logs each measured batch through graphprune's log callable."""
+
+        def __init__(self, log, measured: dict):
+            self.log = log
+            self.measured = measured
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results) -> None:
-            if time.monotonic() < self.deadline:
+            ok = [float(sum(r.run_secs) / len(r.run_secs)) for r in runner_results
+                  if r.run_secs is not None and len(r.run_secs)]
+            name = str(task_scheduler.tasks_[task_id].ctx.task_name)
+            self.measured[name] = self.measured.get(name, 0) + len(measure_candidates)
+            if not len(measure_candidates):
                 return
-            self.flag[0] = True
-            for i, task in enumerate(task_scheduler.tasks_):
-                if not task.is_terminated:
-                    task_scheduler.terminate_task(i)
+            failed = len(measure_candidates) - len(ok)
+            self.log(f"tvm:   {name}: {len(measure_candidates)} measured"
+                     + (f", {failed} failed" if failed else "")
+                     + (f", best {min(ok) * 1e6:.1f} us" if ok else ""))
 
-    return ScheduleOnlyRunner, TimeBudget
+    return ScheduleOnlyRunner, PooledBuilder, Progress
 
 
 def schedule_only_runner():
@@ -422,19 +595,98 @@ def _count_records(db) -> tuple[int, int]:
     return len(records), valid
 
 
+def _search_strategy(per_task: int):
+    """Evolutionary search sized to the trial budget.
+
+    The defaults (population 512, 4 genetic iterations) cost 5-20 s of search per batch on
+    2 cores; that is noise at 1000 trials and most of the time at 8-16. Small budgets get a
+    smaller population (still >> the number of candidates measured).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if per_task >= 64:
+        return "evolutionary"
+    if per_task > 16:
+        return ms.search_strategy.EvolutionarySearch(
+            population_size=128, init_min_unmeasured=32, genetic_num_iters=2)
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=64, init_min_unmeasured=16, genetic_num_iters=1)
+
+
+@contextlib.contextmanager
+def _quiet_meta_schedule():
+    """MetaSchedule logs every trial and a task table at INFO to the console; keep the
+    console to warnings (the full log still goes to <db_dir>/logs/)."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    old = logger.level
+    if not os.environ.get("GRAPHPRUNE_TVM_VERBOSE"):
+        logger.setLevel(logging.WARNING)  # read by create_loggers for the console handler
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _task_done(db, task, tgt) -> bool:
+    wl = task.dispatched[0]
+    return bool(db.has_workload(wl)) and db.query_tuning_record(wl, tgt, task.task_name) is not None
+
+
+ATTEMPTS_FILE = "graphprune_trials.json"  # per kernel: trials already spent on it
+
+
+def _workload_key(task) -> str:
+    _tvm()
+    from tvm_ffi import structural_hash  # 0.27: tvm.ir no longer re-exports it
+
+    return f"{structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _read_attempts(db_dir: Path) -> dict:
+    f = db_dir / ATTEMPTS_FILE
+    try:
+        return json.loads(f.read_text()) if f.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_attempts(db_dir: Path, attempts: dict) -> None:
+    tmp = db_dir / (ATTEMPTS_FILE + ".partial")
+    tmp.write_text(json.dumps(attempts, indent=0, sort_keys=True))
+    os.replace(tmp, db_dir / ATTEMPTS_FILE)
+
+
 def tune(mod, target, db_dir: str | Path, trials: int, time_budget_s: float | None = None,
-         runner=None, log: Log = print, *, seed: int | None = None,
-         num_trials_per_iter: int = 64) -> TuneStats:
-    """MetaSchedule-tune the tasks of `mod` missing from the database in `db_dir`."""
+         runner=None, log: Log | None = None, *, seed: int | None = None,
+         num_trials_per_iter: int = 64, only: Sequence[str] | None = None) -> TuneStats:
+    """MetaSchedule-tune the kernels of `mod` that the database in `db_dir` lacks.
+
+    ``trials`` is the budget for this model: each kernel (task) is owed
+    ceil(trials / tasks) trials. The database remembers how many trials each kernel already
+    had (``graphprune_trials.json``, keyed by the kernel's structure, so shared by every
+    model with that layer shape); a kernel is tuned only for what it is still owed, and
+    not at all when it has a valid record and is owed nothing, so tuning the same model
+    again (or another with the same layers) does no new trials. A kernel whose search
+    space is exhausted counts as fully tuned. Tuning runs in rounds of at most
+    ``num_trials_per_iter`` trials per kernel; ``time_budget_s`` is checked before each
+    round (0: tune nothing), so it can be overrun by one round. Build/measure workers start
+    on first use (10-30 s on 2 cores) and are kept for the process
+    (``shutdown_workers()``). ``only``: tune just kernels whose task name contains one of
+    these strings (e.g. ["conv2d"]).
+    """
     tvm = _tvm()
     from tvm.s_tir import meta_schedule as ms
 
+    log = log or _default_log
     t0 = time.monotonic()
     db_dir = Path(db_dir)
     tgt = _target(target)
     stats = TuneStats(db_dir=str(db_dir), target_key=target_key(target))
+    schedule_only = runner == "schedule-only"
     if isinstance(runner, str):
-        if runner != "schedule-only":
+        if not schedule_only:
             raise ValueError(f"unknown runner {runner!r}")
         runner = schedule_only_runner()
     if runner is None and not is_host_runnable(target) and trials > 0:
@@ -442,67 +694,100 @@ def tune(mod, target, db_dir: str | Path, trials: int, time_budget_s: float | No
             f"cannot measure {_target_arch(target)} kernels on this {platform.machine()} machine",
             hint="tune through a device: --rpc host:port --rpc-key KEY (tvm.exec.rpc_tracker)",
         )
+    if tgt.kind.name == "llvm" and "num-cores" not in tgt.attrs:
+        # MetaSchedule needs the core count of the device (parallel extents); the database
+        # key stays that of the target as given.
+        cores = host_target()["num-cores"] if is_host_runnable(target) else DEFAULT_DEVICE_CORES
+        log(f"tvm: target has no num-cores; tuning for {cores} cores")
+        base = dict(target) if isinstance(target, Mapping) else canonical_target(target)
+        tgt = _target({**base, "num-cores": cores})
 
     prepared = _prepare(mod, tgt)
-    with _db_lock(db_dir):
+    with _db_lock(db_dir), _quiet_meta_schedule():
         _write_target_file(db_dir, target)
         db = _open_db(db_dir)
+        attempts = _read_attempts(db_dir)
         before, before_valid = _count_records(db)
         tasks = ms.relax_integration.extract_tasks(prepared, tgt)
+        selected = [t for t in tasks if not only or any(o in t.task_name for o in only)]
         stats.tasks_total = len(tasks)
-        todo = []
-        for task in tasks:
-            wl = task.dispatched[0]
-            if db.has_workload(wl) and db.query_tuning_record(wl, tgt, task.task_name) is not None:
-                stats.tasks_reused += 1
-            else:
-                todo.append(task)
-        log(f"tvm: {len(tasks)} tuning tasks, {stats.tasks_reused} found in {db_dir}, "
-            f"{len(todo)} to tune")
-        if todo and trials > 0:
-            per_task = max(1, -(-trials // len(todo)))
+        per_task = max(1, -(-trials // max(1, len(selected)))) if trials > 0 else 0
+        keys = {t.task_name: _workload_key(t) for t in tasks}
+        owed = {}
+        for t in selected:
+            due = per_task - int(attempts.get(keys[t.task_name], 0))
+            if due > 0 or not _task_done(db, t, tgt):
+                owed[t.task_name] = max(due, 1) if trials > 0 else 0
+        owed = {k: v for k, v in owed.items() if v > 0}
+        stats.tasks_reused = sum(1 for t in tasks if t.task_name not in owed and _task_done(db, t, tgt))
+        log(f"tvm: {len(tasks)} kernels, {stats.tasks_reused} already tuned in {db_dir}, "
+            f"{len(owed)} to tune")
+        if owed and time_budget_s is not None and time_budget_s <= 0:
+            stats.stopped_by_budget = True
+            log("tvm: no time budget for tuning")
+        elif owed:
+            _register_tensor_intrins(tgt)
             work_dir = db_dir / "logs"
             work_dir.mkdir(exist_ok=True)
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, str(work_dir), seed=seed)
-            callbacks = ms.measure_callback.MeasureCallback.create("default")
-            flag = [False]
-            if time_budget_s is not None:
-                _, TimeBudget = _py_classes()
-                callbacks = list(callbacks) + [TimeBudget(t0 + float(time_budget_s), flag)]
-            log(f"tvm: tuning {len(todo)} tasks x {per_task} trials "
-                f"({'budget %.0f s' % time_budget_s if time_budget_s else 'no time budget'})")
-            with tvm.transform.PassContext(opt_level=3):
-                ms.tune.tune_tasks(
-                    tasks=contexts,
-                    task_weights=weights,
-                    work_dir=str(work_dir),
-                    max_trials_global=per_task * len(todo),
-                    max_trials_per_task=per_task,
-                    num_trials_per_iter=max(1, min(num_trials_per_iter, per_task)),
-                    builder=_make_builder(),
-                    runner=runner if runner is not None else _make_local_runner(),
-                    database=db,
-                    measure_callbacks=callbacks,
-                    task_scheduler="gradient",
-                )
-            stats.stopped_by_budget = flag[0]
-            stats.tasks_tuned = len(todo)
-            for task in todo:
-                wl = task.dispatched[0]
-                if not (db.has_workload(wl)
-                        and db.query_tuning_record(wl, tgt, task.task_name) is not None):
-                    stats.untuned_tasks.append(task.task_name)
-        elif todo:
-            stats.untuned_tasks = [t.task_name for t in todo]
+            Progress = _py_classes()[2]
+            builder = _shared_builder(tgt)
+            runner = runner if runner is not None else _shared_local_runner()
+            # Nothing to learn from constant costs: skip XGBoost training (seconds per batch).
+            cost_model = ms.cost_model.CostModel.create("random", seed=seed) if schedule_only else \
+                ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count() or 1,
+                                               tree_method="auto")
+            measured: dict[str, int] = {}
+            callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + \
+                [Progress(log, measured)]
+            stats.tasks_tuned = len(owed)
+            log(f"tvm: tuning {len(owed)} kernels, up to {max(owed.values())} trials each"
+                + (f", time budget {time_budget_s:.0f} s" if time_budget_s else ""))
+            rnd = 0
+            while owed:
+                if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
+                    stats.stopped_by_budget = True
+                    log(f"tvm: time budget of {time_budget_s:.0f} s spent; stopping")
+                    break
+                n = max(1, min(num_trials_per_iter, max(owed.values())))
+                todo = [t for t in selected if t.task_name in owed]
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    todo, str(work_dir), strategy=_search_strategy(per_task),
+                    seed=None if seed is None else seed + rnd)
+                measured.clear()
+                with tvm.transform.PassContext(opt_level=3):
+                    ms.tune.tune_tasks(
+                        tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                        max_trials_global=n * len(todo), max_trials_per_task=n,
+                        num_trials_per_iter=n, builder=builder, runner=runner,
+                        database=db, cost_model=cost_model, measure_callbacks=callbacks,
+                        task_scheduler="round-robin",
+                    )
+                for t in todo:
+                    name, got = t.task_name, measured.get(t.task_name, 0)
+                    # fewer than asked: the search space is exhausted, nothing more to try
+                    spent = per_task if got < min(n, owed[name]) else got
+                    key = keys[name]
+                    attempts[key] = int(attempts.get(key, 0)) + spent
+                    owed[name] -= spent
+                    if owed[name] <= 0:
+                        del owed[name]
+                _write_attempts(db_dir, attempts)
+                rnd += 1
+        stats.untuned_tasks = [t.task_name for t in tasks if not _task_done(db, t, tgt)]
         after, after_valid = _count_records(db)
     stats.new_records = stats.trials = after - before
     stats.valid_new_records = after_valid - before_valid
     stats.records_total = after
     stats.seconds = time.monotonic() - t0
-    log(f"tvm: {stats.trials} trials, {stats.valid_new_records} valid, "
-        f"{stats.seconds:.1f} s; {len(stats.untuned_tasks)} tasks still untuned")
+    log(f"tvm: {stats.trials} trials ({stats.valid_new_records} valid) in "
+        f"{stats.seconds:.1f} s; {len(stats.untuned_tasks)} kernels without a schedule")
     return stats
+
+
+def _has_weight_params(mod) -> bool:
+    main = mod["main"]
+    num_input = main.attrs.get("num_input") if main.attrs is not None else None
+    return num_input is not None and int(num_input) < len(main.params)
 
 
 def build(mod, target, db_dir: str | Path | None = None, *, prepack: bool = True):
@@ -517,11 +802,15 @@ def build(mod, target, db_dir: str | Path | None = None, *, prepack: bool = True
             with _open_db(Path(db_dir)):
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         if prepack:
-            mod = tvm.transform.Sequential([
-                relax.transform.SplitLayoutRewritePreproc(),
-                relax.transform.LiftTransformParams(),
-                relax.transform.FoldConstant(),
-            ])(mod)
+            # Tuned kernels may want weights in a blocked layout ("layout rewrite"): split
+            # that transform out of the kernel, then precompute it. Weights are constants
+            # (keep_params_in_input=False), so FoldConstant packs them at compile time;
+            # LiftTransformParams only matters for weights passed as parameters.
+            passes = [relax.transform.SplitLayoutRewritePreproc()]
+            if _has_weight_params(mod):
+                passes.append(relax.transform.LiftTransformParams())
+            passes.append(relax.transform.FoldConstant())
+            mod = tvm.transform.Sequential(passes)(mod)
         return tvm.compile(mod, target=tgt)
 
 
@@ -539,6 +828,24 @@ def scheduled_functions(mod, target, db_dir: str | Path) -> tuple[int, int]:
                if isinstance(f, tirx.PrimFunc) and f.attrs is not None
                and bool(f.attrs.get("tirx.is_scheduled", False)))
     return done, total
+
+
+def db_coverage(mod, target, db_dir: str | Path | None) -> dict:
+    """Which tuning tasks of `mod` have a valid schedule in the database of `db_dir`.
+
+    {"tasks": n, "with_schedule": n, "missing": [task names]}. Reads only (no tuning).
+    """
+    _tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    tgt = _target(target)
+    tasks = ms.relax_integration.extract_tasks(_prepare(mod, tgt), tgt)
+    if db_dir is None or not (Path(db_dir) / DB_RECORDS).exists():
+        missing = [t.task_name for t in tasks]
+    else:
+        db = _open_db(Path(db_dir))
+        missing = [t.task_name for t in tasks if not _task_done(db, t, tgt)]
+    return {"tasks": len(tasks), "with_schedule": len(tasks) - len(missing), "missing": missing}
 
 
 # ----------------------------------------------------------------------------- export/run
@@ -595,7 +902,7 @@ def _to_numpy(out) -> list:
     tvm = _tvm()
     if isinstance(out, tvm.runtime.Tensor):
         return [out.numpy()]
-    if isinstance(out, (list, tuple)) or hasattr(out, "__len__"):
+    if isinstance(out, (list, tuple)) or type(out).__name__ == "Array":
         res = []
         for o in out:
             res.extend(_to_numpy(o))
@@ -608,21 +915,44 @@ def _read_meta(lib_path) -> dict | None:
     return json.loads(mp.read_text()) if mp.exists() else None
 
 
-def _host_vm(lib_path):
+class Loaded:
+    """An exported library loaded into a Relax VM, on this machine or on an RPC device."""
+
+    def __init__(self, vm, dev, meta: dict | None, session=None, label: str = "host"):
+        self.vm, self.dev, self.meta, self.session, self.label = vm, dev, meta, session, label
+
+    def _device_args(self, inputs) -> list:
+        tvm = _tvm()
+        return [tvm.runtime.tensor(a, self.dev)
+                for a in _arrange_inputs(self.vm, inputs, self.meta)]
+
+    def run(self, inputs) -> list:
+        """One call of ``main`` (inputs copied to the device each time)."""
+        return _to_numpy(self.vm["main"](*self._device_args(inputs)))
+
+    def time(self, inputs, repeats: int = 50, warmup: int = 5) -> dict:
+        """Runtime-side timing with the inputs already on the device."""
+        return _time_vm(self.vm, self.dev, self._device_args(inputs), repeats, warmup)
+
+
+def load(lib_path: str | Path) -> Loaded:
+    """Load an exported library for repeated runs on this machine (see run_loaded)."""
     tvm = _tvm()
     from tvm import relax
 
     lib = tvm.runtime.load_module(str(lib_path))
     dev = tvm.cpu()
-    return relax.VirtualMachine(lib, dev), dev
+    return Loaded(relax.VirtualMachine(lib, dev), dev, _read_meta(lib_path))
+
+
+def run_loaded(loaded: Loaded, inputs) -> list:
+    """Run a library from load()/load_remote(); outputs as numpy arrays, in order."""
+    return loaded.run(inputs)
 
 
 def load_and_run(lib_path: str | Path, inputs) -> list:
     """Run an exported library on this machine; outputs as numpy arrays, in order."""
-    tvm = _tvm()
-    vm, dev = _host_vm(lib_path)
-    args = [tvm.runtime.tensor(a, dev) for a in _arrange_inputs(vm, inputs, _read_meta(lib_path))]
-    return _to_numpy(vm["main"](*args))
+    return load(lib_path).run(inputs)
 
 
 def _time_vm(vm, dev, args, repeats: int, warmup: int) -> dict:
@@ -630,19 +960,53 @@ def _time_vm(vm, dev, args, repeats: int, warmup: int) -> dict:
     for _ in range(max(0, warmup)):
         vm.invoke_stateful("main")
     timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=max(1, repeats))
-    secs = sorted(timer("main").results)
-    ms_ = [s * 1e3 for s in secs]
+    ms_ = sorted(s * 1e3 for s in timer("main").results)
     p90 = ms_[min(len(ms_) - 1, int(round(0.9 * (len(ms_) - 1))))]
     return {"median_ms": statistics.median(ms_), "p90_ms": p90, "min_ms": ms_[0],
             "repeats": len(ms_)}
 
 
 def benchmark(lib_path: str | Path, inputs, repeats: int = 50, warmup: int = 5) -> dict:
-    """Latency of one call of ``main`` on this machine: {"median_ms", "p90_ms", ...}."""
-    tvm = _tvm()
-    vm, dev = _host_vm(lib_path)
-    args = [tvm.runtime.tensor(a, dev) for a in _arrange_inputs(vm, inputs, _read_meta(lib_path))]
-    return _time_vm(vm, dev, args, repeats, warmup)
+    """Latency of one call of ``main`` on this machine: {"median_ms", "p90_ms", ...}.
+
+    Timed inside the runtime (time_evaluator), inputs already on the device: no Python or
+    copy overhead, unlike a perf_counter around run_loaded().
+    """
+    return load(lib_path).time(inputs, repeats, warmup)
+
+
+# ----------------------------------------------------------------------------- qemu
+def qemu_available() -> tuple[bool, str]:
+    """Can AArch64 libraries be run here under qemu-user? (see qemu.py)"""
+    from . import qemu
+
+    return qemu.available()
+
+
+def qemu_run(lib_path: str | Path, inputs, *, download: bool = False,
+             timeout: float = 600) -> list:
+    """Run an exported AArch64 library once under qemu-aarch64 (correctness, not speed).
+
+    ``inputs``: list in order, or a dict keyed by the ONNX input names of ``.meta.json``.
+    ``download``: fetch the aarch64 TVM runtime wheels (pip download) if not cached.
+    """
+    import numpy as np
+
+    from . import qemu
+
+    if isinstance(inputs, Mapping):
+        names = [s["name"] for s in (_read_meta(lib_path) or {}).get("inputs", [])]
+        if not names and len(inputs) == 1:
+            names = list(inputs)
+        missing = [n for n in names if n not in inputs]
+        if not names or missing:
+            raise KeyError(f"cannot order inputs {sorted(inputs)} (library inputs: {names})")
+        inputs = [inputs[n] for n in names]
+    try:
+        return qemu.run(lib_path, [np.asarray(a) for a in inputs], download=download,
+                        timeout=timeout)
+    except RuntimeError as e:
+        raise BackendUnavailableError(f"cannot run {Path(lib_path).name} under qemu: {e}") from e
 
 
 # ----------------------------------------------------------------------------- RPC
@@ -655,25 +1019,34 @@ def _split_tracker(tracker: str) -> tuple[str, int]:
 
 def rpc_runner(tracker: str, key: str, *, session_timeout_s: int = 120, max_workers: int = 1,
                repeat: int = 1, number: int = 3, min_repeat_ms: int = 50):
-    """A MetaSchedule runner that measures on a device registered at `tracker` as `key`."""
+    """A MetaSchedule runner for ``tune`` measuring on a device registered as `key`.
+
+    Candidates are uploaded as .tar of object files and linked on the device (the RPC
+    server needs a C compiler there; Debian/Raspberry Pi OS: ``apt-get install gcc``).
+    """
     _tvm()
     from tvm.s_tir import meta_schedule as ms
 
     host, port = _split_tracker(tracker)
-    return ms.runner.RPCRunner(
+    runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                        session_timeout_sec=session_timeout_s),
         evaluator_config=ms.runner.EvaluatorConfig(number=number, repeat=repeat,
                                                    min_repeat_ms=min_repeat_ms),
         max_workers=max_workers,
     )
+    _register_shutdown()
+    _WORKERS[("rpc", tracker, key, id(runner))] = runner  # its pool is stopped at exit
+    return runner
 
 
-def remote_benchmark(lib_path: str | Path, inputs, tracker: str, key: str, repeats: int = 50,
-                     warmup: int = 5, *, return_outputs: bool = False,
-                     session_timeout_s: int = 120) -> dict:
-    """Upload `lib_path` to a device from the tracker, time ``main`` there."""
-    tvm = _tvm()
+def load_remote(lib_path: str | Path, tracker: str, key: str, *,
+                session_timeout_s: int = 300) -> Loaded:
+    """Upload `lib_path` to a device obtained from the tracker and load it there.
+
+    The session is held until the returned object is dropped.
+    """
+    _tvm()
     from tvm import relax, rpc
 
     host, port = _split_tracker(tracker)
@@ -682,15 +1055,26 @@ def remote_benchmark(lib_path: str | Path, inputs, tracker: str, key: str, repea
                                                        session_timeout=session_timeout_s)
     except Exception as e:  # noqa: BLE001
         raise BackendUnavailableError(f"no RPC device {key!r} at tracker {tracker}: {e}",
-                                      hint="check `python -m tvm.exec.query_rpc_tracker`") from e
+                                      hint="check: python -m tvm.exec.query_rpc_tracker "
+                                           f"--host {host} --port {port}") from e
     lib_path = Path(lib_path)
     sess.upload(str(lib_path))
     rlib = sess.load_module(lib_path.name)
     dev = sess.cpu()
-    vm = relax.VirtualMachine(rlib, dev)
-    args = [tvm.runtime.tensor(a, dev) for a in _arrange_inputs(vm, inputs, _read_meta(lib_path))]
-    res = _time_vm(vm, dev, args, repeats, warmup)
+    return Loaded(relax.VirtualMachine(rlib, dev), dev, _read_meta(lib_path), session=sess,
+                  label=f"rpc:{key}")
+
+
+def remote_benchmark(lib_path: str | Path, inputs, tracker: str, key: str, repeats: int = 50,
+                     warmup: int = 5, *, return_outputs: bool = False,
+                     session_timeout_s: int = 300) -> dict:
+    """Upload `lib_path` to a device from the tracker and time ``main`` there.
+
+    {"median_ms", "p90_ms", "min_ms", "repeats", "device_key"} (+ "outputs" when asked).
+    """
+    loaded = load_remote(lib_path, tracker, key, session_timeout_s=session_timeout_s)
+    res = loaded.time(inputs, repeats, warmup)
     res["device_key"] = key
     if return_outputs:
-        res["outputs"] = _to_numpy(vm["main"](*args))
+        res["outputs"] = loaded.run(inputs)
     return res

@@ -1,0 +1,120 @@
+"""TVM backend: ONNX -> Relax -> MetaSchedule-tuned library for a target.
+
+Importing this package does not import TVM; every TVM call is in ``adapter.py``.
+
+    backend = TvmBackend()
+    ok, why = backend.available()
+    result = backend.compile("model.onnx", target, out_dir, trials=64, time_budget_s=None,
+                             db_root=Path("~/.cache/graphprune/tvm-db").expanduser())
+
+``target`` is any object with ``name``, ``tvm`` (TVM target JSON dict), ``cross_compiler``
+(None for native builds) and ``host`` (artifacts run on this machine): see
+``graphprune.backends.targets.Target``.
+
+Artifacts written to ``out_dir``: ``model.so`` (Relax VM executable, weights embedded,
+self-contained: load it with ``tvm.runtime.load_module`` + ``relax.VirtualMachine`` or
+``adapter.load``) and ``model.meta.json`` (inputs, target, tuning summary). The tuning
+database lives in ``db_root/<target key>/`` and is shared by every model compiled for the
+same target: layers already tuned there are not tuned again.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from graphprune.errors import BackendUnavailableError, UsageError
+
+LIBRARY = "model.so"
+
+
+class TvmBackend:
+    name = "tvm"
+
+    def available(self) -> tuple[bool, str]:
+        from . import adapter
+
+        return adapter.available()
+
+    def compile(self, onnx_path: Path, target, out_dir: Path, *, trials: int,
+                time_budget_s: float | None, db_root: Path, rpc: str | None = None,
+                rpc_key: str | None = None, input_shapes=None,
+                log: Callable[[str], Any] | None = None) -> dict:
+        """Import, tune (trials>0) into db_root/<target-key>/, build, export into out_dir.
+
+        Returns a JSON-able dict: {"artifacts": [...paths relative to out_dir], "library",
+        "tuned": bool (every kernel has a tuned schedule), "trials": n (measured in this
+        run), "new_records": n, "tuning_seconds": s, "target": dict, "host_runnable": bool,
+        "notes": [...], "db_dir", "coverage", "checks"}. ``log``: a print-like callable
+        (default: the graphprune.backends.tvm logger).
+        """
+        from . import adapter
+
+        ok, why = adapter.available()
+        if not ok:
+            raise BackendUnavailableError(f"TVM backend unavailable: {why}", hint=adapter.INSTALL_HINT)
+        log = log or adapter._default_log
+        onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+        notes: list[str] = []
+        cross = None if target.host else target.cross_compiler
+        if cross and shutil.which(cross) is None:
+            raise BackendUnavailableError(
+                f"cross compiler {cross} not found (needed for {target.name})",
+                hint="apt-get install -y g++-aarch64-linux-gnu" if "aarch64" in cross else None)
+        if rpc and not rpc_key:
+            raise UsageError("--rpc needs --rpc-key (the device key registered at the tracker)")
+
+        mod, specs = adapter.import_onnx(onnx_path, input_shapes, log=log, return_specs=True)
+        db_dir = adapter.db_dir_for(db_root, target.tvm)
+        stats = None
+        if trials > 0 and (target.host or rpc):
+            runner = adapter.rpc_runner(rpc, rpc_key) if rpc else None
+            stats = adapter.tune(mod, target.tvm, db_dir, trials, time_budget_s, runner=runner, log=log)
+            if stats.stopped_by_budget:
+                notes.append(f"tuning stopped by the time budget ({time_budget_s:.0f} s)")
+        elif trials > 0:
+            notes.append(f"not tuned: {target.name} is not this machine and no --rpc device was given "
+                         "to measure on; schedules already in the database are applied")
+        coverage = adapter.db_coverage(mod, target.tvm, db_dir)
+        tuned = coverage["tasks"] > 0 and not coverage["missing"]
+        if coverage["missing"]:
+            notes.append(f"{len(coverage['missing'])} of {coverage['tasks']} kernels have no tuned schedule "
+                         f"(compiled unscheduled, slow): {', '.join(coverage['missing'][:8])}"
+                         + (" ..." if len(coverage["missing"]) > 8 else ""))
+
+        log(f"tvm: building for {target.name}" + (f" with {cross}" if cross else ""))
+        executable = adapter.build(mod, target.tvm, db_dir if coverage["with_schedule"] else None)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "inputs": specs,
+            "target": {"name": target.name, "tvm": target.tvm},
+            "target_key": db_dir.name,
+            "tuned": tuned,
+            "coverage": coverage,
+            "tuning": stats.as_dict() if stats else None,
+            "source": onnx_path.name,
+        }
+        files = adapter.export(executable, out_dir / LIBRARY, cross, metadata=meta)
+
+        checks: dict = {"elf_machine": adapter.elf_machine(files[0])}
+        if checks["elf_machine"] == "AArch64":
+            neon = adapter.neon_stats(files[0])
+            checks["neon"] = neon if neon is not None else "not checked (no aarch64 objdump)"
+        host_machine = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "AArch64",
+                        "arm64": "AArch64"}.get(platform.machine().lower(), platform.machine())
+        host_runnable = bool(target.host) and checks["elf_machine"] == host_machine
+        return {
+            "artifacts": [f.name for f in files],
+            "library": files[0].name,
+            "tuned": tuned,
+            "trials": stats.trials if stats else 0,
+            "new_records": stats.new_records if stats else 0,
+            "tuning_seconds": round(stats.seconds, 2) if stats else 0.0,
+            "target": dict(target.tvm),
+            "host_runnable": host_runnable,
+            "notes": notes,
+            "db_dir": str(db_dir),
+            "coverage": coverage,
+            "checks": checks,
+        }
