@@ -1,0 +1,84 @@
+"""Tuned TVM vs ONNX Runtime, side by side, and the tuning cost.
+
+    python benchmarks/backends/run.py [--trials 64] [--out /tmp/gp-backends]
+
+For a ResNet-shaped CNN and a BERT-shaped encoder (random weights): compile with
+`--backend auto --tune-trials N` (graphprune measures ORT and tuned TVM in one run,
+interleaved), then compile again with the same database (reuse: no new tuning).
+Reports TVM/ORT latency, tuning wall time, and pruned-and-compiled vs dense-ORT speedup.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent / "tests"))
+
+
+def models(out: Path) -> dict[str, tuple[Path, dict | None]]:
+    import torch
+
+    from zoo.hf_models import export_hf
+    from zoo.torch_models import ZOO, export_onnx
+
+    res = {}
+    m, x = ZOO["resnet_basic"]()
+    p = out / "resnet.onnx"
+    export_onnx(m, x, str(p), dynamo=False)
+    res["resnet_basic (1x3x32x32)"] = (p, None)
+    p = out / "bert.onnx"
+    export_hf("bert", str(p), dynamo=False)
+    res["bert 2-layer encoder (1x32 tokens)"] = (p, {"x": [1, 32]})
+    del torch
+    return res
+
+
+def main() -> None:
+    from graphprune.compile import CompileOptions, compile_model
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=64)
+    ap.add_argument("--out", default="/tmp/gp-backends")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "db"
+    rows = []
+    for name, (path, shapes) in models(out).items():
+        for run in ("first", "reuse"):
+            t0 = time.perf_counter()
+            rep = compile_model(path, CompileOptions(target="x86", tune_trials=args.trials, db=str(db),
+                                                     input_shapes=shapes, out=str(out / f"{path.stem}-{run}")),
+                                log_fn=lambda *a: None)
+            wall = time.perf_counter() - t0
+            tvm = rep["backend"]["results"].get("tvm", {})
+            ort = rep["backend"]["results"].get("onnxruntime", {})
+            row = {"model": name, "run": run, "trials_asked": args.trials, "trials_run": tvm.get("trials"),
+                   "new_records": tvm.get("new_records"), "tuning_s": tvm.get("tuning_seconds"),
+                   "compile_wall_s": round(wall, 1), "ort_ms": ort.get("latency_ms"), "tvm_ms": tvm.get("latency_ms"),
+                   "tvm_over_ort": round(tvm["latency_ms"] / ort["latency_ms"], 3)
+                   if tvm.get("latency_ms") and ort.get("latency_ms") else None,
+                   "dense_ort_ms": rep["before"].get("latency_ms"), "deployed_ms": rep["after"].get("latency_ms"),
+                   "speedup_vs_dense": round(rep["before"]["latency_ms"] / rep["after"]["latency_ms"], 3)
+                   if rep["after"].get("latency_ms") else None,
+                   "mac_ratio": round(rep["after"]["macs"] / rep["before"]["macs"], 3),
+                   "chosen": rep["backend"]["chosen"], "checks": {k: v["ok"] for k, v in rep["checks"].items()}}
+            rows.append(row)
+            print(json.dumps(row))
+    res = {"date": "2026-11-22", "machine": "2 vCPU (shared, noisy)", "rows": rows}
+    (HERE / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    lines = ["| model | run | trials run | tuning s | ORT ms | tuned TVM ms | TVM/ORT | pruned+compiled vs dense ORT |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['run']} | {r['trials_run']} | {r['tuning_s']} | {r['ort_ms']} | "
+                     f"{r['tvm_ms']} | {r['tvm_over_ort']} | {r['speedup_vs_dense']}x |")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
