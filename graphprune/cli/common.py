@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +41,15 @@ def load_inputs(path: str | None) -> list[dict] | None:
         raise UsageError(f"{path}: cannot read inputs as .npz ({exc})") from None
 
 
-def ort_latency_ms(model_bytes_or_path, repeats: int = 20, threads: int = 1, budget_s: float = 5.0) -> float:
+def ort_latency_ms(model_path: str, repeats: int = 20, threads: int = 1, budget_s: float = 5.0) -> float:
+    """Median ORT latency of a model file on random inputs (ms)."""
+    from graphprune.backends.onnxruntime import measure
     from graphprune.oracle import random_inputs, session
 
-    sess = session(model_bytes_or_path, threads=threads)
-    feeds = random_inputs(sess)
-    sess.run(None, feeds)
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 3:
-            break
-    return float(np.median(times) * 1000)
+    feeds = random_inputs(session(model_path, threads=threads))
+    cfg = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+           "graph_optimization_level": "ORT_ENABLE_ALL"}
+    return measure(model_path, cfg, feeds, repeats=repeats, budget_s=budget_s)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -44,14 +44,19 @@ def dropout(node, ctx):
 BINARY = "Add Sub Mul Max Min Sum Mean Pow Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor".split()
 
 
+def _const_params(ctx, values, role: str = "elementwise") -> None:
+    """Give constant operands their role on every non-broadcast axis."""
+    for v in values:
+        if v is not None and ctx.const(v) is not None:
+            for ax, d in enumerate(ctx.dims(v) or ()):
+                if d != 1:
+                    ctx.param(v, ax, role)
+
+
 @rule(BINARY)
 def binary(node, ctx):
     ctx.broadcast(list(node.inputs), node.outputs[0])
-    for v in node.inputs:
-        if ctx.const(v) is not None:
-            for ax, d in enumerate(ctx.dims(v) or ()):
-                if d != 1:
-                    ctx.param(v, ax, "elementwise")
+    _const_params(ctx, node.inputs)
 
 
 @rule(["Div", "Mod"])
@@ -70,25 +75,16 @@ def divide(node, ctx):
         if d != 1:
             ctx.freeze(b, ax, f"{node.op_type} by a tensor that varies along this axis")
             ctx.freeze(out, ax + off, f"{node.op_type} by a tensor that varies along this axis")
-    if ctx.const(a) is not None:
-        for ax, d in enumerate(ctx.dims(a) or ()):
-            if d != 1:
-                ctx.param(a, ax, "elementwise")
+    _const_params(ctx, [a])
 
 
 @rule("Where")
 def where(node, ctx):
     ctx.broadcast(list(node.inputs), node.outputs[0])
-    for v in node.inputs:
-        if ctx.const(v) is not None:
-            for ax, d in enumerate(ctx.dims(v) or ()):
-                if d != 1:
-                    ctx.param(v, ax, "elementwise")
+    _const_params(ctx, node.inputs)
 
 
 @rule("PRelu")
 def prelu(node, ctx):
     ctx.broadcast([node.inputs[0], node.inputs[1]], node.outputs[0])
-    for ax, d in enumerate(ctx.dims(node.inputs[1]) or ()):
-        if d != 1:
-            ctx.param(node.inputs[1], ax, "slope")
+    _const_params(ctx, [node.inputs[1]], "slope")
