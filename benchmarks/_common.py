@@ -29,7 +29,12 @@ def median(xs) -> float:
 
 
 class Timer:
-    """``with Timer() as t: ...`` then ``t.s`` (seconds, perf_counter).
+    """``with Timer() as t: ...`` then ``t.s`` (wall seconds, perf_counter) and ``t.cpu``
+    (CPU seconds of this process, all its threads: time.process_time).
+
+    On a shared 2-vCPU machine the wall time of a step includes time the process was
+    waiting for a core; CPU time does not, so for single-threaded work it is the more
+    stable of the two (and for multi-threaded work it adds up the threads).
 
     A full garbage collection runs *before* the clock starts so that one step does not
     pay for the garbage the previous one left behind.
@@ -37,11 +42,13 @@ class Timer:
 
     def __enter__(self):
         gc.collect()
+        self._c0 = time.process_time()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self._t0
+        self.cpu = time.process_time() - self._c0
         return False
 
 
@@ -125,6 +132,10 @@ def environment() -> dict:
         env["git_commit"] = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, check=False).stdout.strip() or None
+        # Files under graphprune/ that differ from that commit (others edit concurrently).
+        env["graphprune_uncommitted_files"] = len([ln for ln in subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "graphprune"],
+            capture_output=True, text=True, check=False).stdout.splitlines() if ln.strip()])
     except Exception:
         pass
     return env

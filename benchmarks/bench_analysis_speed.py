@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import copy
+import gc
 import math
 import sys
 import tempfile
@@ -130,10 +131,11 @@ def run_graphprune(path: Path, out_dir: Path, ratio: float) -> dict:
     with Timer() as t_save:
         gp.save(res.model, small)
         res.plan.save(plan)
-    return {"load": t_load.s, "analyze": t_an.s, "prune": t_pr.s, "save": t_save.s,
+    timers = {"load": t_load, "analyze": t_an, "prune": t_pr, "save": t_save}
+    return {"wall": {k: t.s for k, t in timers.items()}, "cpu": {k: t.cpu for k, t in timers.items()},
             "groups": len(dg.groups), "prunable_groups": len(dg.prunable_groups),
             "frozen_groups": len(dg.frozen_groups), "plan_groups": len(res.plan.groups),
-            "small": small, "plan": plan, "model": res.model}
+            "small": small, "plan": plan}
 
 
 def run_torch_pruning(template: nn.Module, x: torch.Tensor, ratio: float) -> dict:
@@ -150,19 +152,9 @@ def run_torch_pruning(template: nn.Module, x: torch.Tensor, ratio: float) -> dic
             pruning_ratio=ratio, ignored_layers=[m2.fc])
     with Timer() as t_step:
         pruner.step()
-    return {"build": t_build.s, "init": t_init.s, "step": t_step.s, "model": m2}
-
-
-# Phases of gp.prune, found by (file suffix, function name) in the profile. The
-# cumulative times overlap where noted (build_plan calls removed_by_slot itself).
-PRUNE_PHASES = [
-    ("dependency analysis (rebuilt inside prune)", "pruning/prune_channels.py", "dependency_graph"),
-    ("importance scores (group_scores)", "importance/magnitude.py", "group_scores"),
-    ("allocation (uniform)", "allocation/uniform.py", "uniform"),
-    ("plan (build_plan)", "graphprune/plan.py", "build_plan"),
-    ("removed_by_slot (all calls)", "graphprune/plan.py", "removed_by_slot"),
-    ("rewrite (apply_removal)", "pruning/prune_channels.py", "apply_removal"),
-]
+    timers = {"build": t_build, "init": t_init, "step": t_step}
+    return {"wall": {k: t.s for k, t in timers.items()}, "cpu": {k: t.cpu for k, t in timers.items()},
+            "model": m2}
 
 
 def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
@@ -176,6 +168,7 @@ def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
     out = {}
     model = None
     for stage in ("load", "analyze", "prune"):
+        gc.collect()  # a full collection of this big process would land in some random function
         pr = cProfile.Profile()
         if stage == "load":
             pr.enable()
@@ -203,11 +196,16 @@ def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
                        key=lambda r: -r["cumtime_s"])[:top]
         entry = {"total_s": total, "top_tottime": by_tt, "top_cumtime_graphprune": by_ct}
         if stage == "prune":
+            # Where gp.prune's time goes: the direct callees of the prune pass's run().
+            runs = [k for k in st.stats if k[2] == "run" and k[0].replace("\\", "/").endswith("pruning/prune_channels.py")]
             phases = {}
-            for label, file_part, fn in PRUNE_PHASES:
-                ct = sum(v[3] for (f, _l, n), v in st.stats.items() if n == fn and file_part in f.replace("\\", "/"))
-                phases[label] = ct
-            entry["phases_cumtime_s"] = phases
+            for (file, line, fn), (_cc, _nc, _tt, _ct, callers) in st.stats.items():
+                for rk in runs:
+                    if rk in callers:
+                        short = file.replace("\\", "/").split("graphprune/")[-1] if "graphprune/" in file else file
+                        phases[f"{short}:{line}({fn})"] = phases.get(f"{short}:{line}({fn})", 0.0) + callers[rk][3]
+            entry["phases_cumtime_s"] = dict(sorted(((k, v) for k, v in phases.items() if v >= 1e-3),
+                                                    key=lambda kv: -kv[1])[:8])
         out[stage] = entry
     return out
 
@@ -221,17 +219,40 @@ def n_params(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _medians(runs: list[dict], combos: dict[str, tuple[str, ...]]) -> dict:
+    """Median over repeats of each single step and of each sum of steps."""
+    out = {k: median([r[k] for r in runs]) for k in runs[0]}
+    out.update({name: median([sum(r[k] for k in keys) for r in runs]) for name, keys in combos.items()})
+    return out
+
+
+GP_COMBOS = {"load+analyze": ("load", "analyze"), "load+prune": ("load", "prune"),
+             "load+analyze+prune": ("load", "analyze", "prune")}
+TP_COMBOS = {"init+step": ("init", "step")}
+
+
+def _speedups(g: dict, t: dict) -> dict:
+    return {"analysis": t["build"] / g["analyze"],
+            "analysis_incl_load": t["build"] / g["load+analyze"],
+            "end_to_end": t["init+step"] / g["load+prune"],
+            "end_to_end_excl_load": t["init+step"] / g["prune"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", default="2,8,32", help="basic blocks per stage for 1x,4x,16x... (default 2,8,32)")
     ap.add_argument("--widths", default="32,64,128", help="stage widths (default 32,64,128)")
     ap.add_argument("--ratio", type=float, default=0.3, help="pruning ratio for both tools (default 0.3)")
     ap.add_argument("--repeats", type=int, default=9, help="timed repeats per depth (default 9, min 3)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch.set_num_threads for Torch-Pruning (default 1, like graphprune; with 2 on a "
+                         "2-vCPU box any other busy process makes torch's OpenMP threads wait on each other)")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile of graphprune at the largest depth")
     ap.add_argument("--tag", default="", help="write results/<name>_<tag>.json instead of results/<name>.json")
     ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
     args = ap.parse_args(argv)
     _common.quiet_warnings()
+    torch.set_num_threads(args.torch_threads)
 
     import graphprune as gp
     import torch_pruning as tp  # noqa: F401  (import cost out of the timings)
@@ -269,63 +290,53 @@ def main(argv=None) -> int:
         n_convs = sum(1 for m in template.modules() if isinstance(m, nn.Conv2d))
         torch_params = n_params(template)
 
-        gp_runs, tp_runs = [], []
-        last_gp = last_tp = None
+        runs = {("gp", "wall"): [], ("gp", "cpu"): [], ("tp", "wall"): [], ("tp", "cpu"): []}
+        last = {}
         with CpuMonitor() as mon:
             for r in range(repeats):
                 order = ("gp", "tp") if r % 2 == 0 else ("tp", "gp")
                 for tool in order:
                     if tool == "gp":
-                        last_gp = run_graphprune(path, d, args.ratio)
-                        gp_runs.append({k: last_gp[k] for k in ("load", "analyze", "prune", "save")})
+                        res = run_graphprune(path, d, args.ratio)
                     else:
-                        last_tp = run_torch_pruning(template, x, args.ratio)
-                        tp_runs.append({k: last_tp[k] for k in ("build", "init", "step")})
-                print(f"  repeat {r + 1}/{repeats}: gp load+prune "
-                      f"{gp_runs[-1]['load'] + gp_runs[-1]['prune']:.3f}s, "
-                      f"tp init+step {tp_runs[-1]['init'] + tp_runs[-1]['step']:.3f}s", flush=True)
+                        res = run_torch_pruning(template, x, args.ratio)
+                    last[tool] = res
+                    for clock in ("wall", "cpu"):
+                        runs[(tool, clock)].append(res[clock])
+                gw, tw = last["gp"]["wall"], last["tp"]["wall"]
+                print(f"  repeat {r + 1}/{repeats}: gp load+prune {gw['load'] + gw['prune']:.3f}s, "
+                      f"tp init+step {tw['init'] + tw['step']:.3f}s", flush=True)
 
         # Oracle on the last graphprune result; sanity forward of the last TP result.
         with Timer() as t_chk:
-            check = gp.check(path, last_gp["small"], last_gp["plan"])
-        pruned_cost = model_cost(gp.load(last_gp["small"]))
+            check = gp.check(path, last["gp"]["small"], last["gp"]["plan"])
+        pruned_cost = model_cost(gp.load(last["gp"]["small"]))
         with torch.no_grad():
-            tp_out_shape = tuple(last_tp["model"](x).shape)
-
-        def med(runs, *keys):
-            return median([sum(run[k] for k in keys) for run in runs])
+            tp_out_shape = tuple(last["tp"]["model"](x).shape)
 
         row = {
             "label": label, "blocks_per_stage": n, "onnx_nodes": dense_cost.nodes,
             "torch_convs": n_convs, "torch_params": torch_params,
             "export_s": t_exp.s, "machine_load": mon.result,
-            "gp": {"load": med(gp_runs, "load"), "analyze": med(gp_runs, "analyze"),
-                   "prune": med(gp_runs, "prune"), "save": med(gp_runs, "save"),
-                   "load+analyze": med(gp_runs, "load", "analyze"),
-                   "load+prune": med(gp_runs, "load", "prune"),
-                   "load+analyze+prune": med(gp_runs, "load", "analyze", "prune")},
-            "tp": {"build": med(tp_runs, "build"), "init": med(tp_runs, "init"),
-                   "step": med(tp_runs, "step"), "init+step": med(tp_runs, "init", "step")},
-            "raw": {"gp": gp_runs, "tp": tp_runs},
-            "groups": {"all": last_gp["groups"], "prunable": last_gp["prunable_groups"],
-                       "frozen": last_gp["frozen_groups"], "pruned": last_gp["plan_groups"]},
+            "gp": _medians(runs[("gp", "wall")], GP_COMBOS),
+            "tp": _medians(runs[("tp", "wall")], TP_COMBOS),
+            "gp_cpu": _medians(runs[("gp", "cpu")], GP_COMBOS),
+            "tp_cpu": _medians(runs[("tp", "cpu")], TP_COMBOS),
+            "raw": {f"{tool}_{clock}": v for (tool, clock), v in runs.items()},
+            "groups": {"all": last["gp"]["groups"], "prunable": last["gp"]["prunable_groups"],
+                       "frozen": last["gp"]["frozen_groups"], "pruned": last["gp"]["plan_groups"]},
             "pruned": {
                 "gp_params_ratio": pruned_cost.params / dense_cost.params,
                 "gp_macs_ratio": pruned_cost.macs / dense_cost.macs,
-                "tp_params_ratio": n_params(last_tp["model"]) / torch_params,
+                "tp_params_ratio": n_params(last["tp"]["model"]) / torch_params,
                 "tp_forward_output_shape": list(tp_out_shape),
             },
             "oracle": {"ok": bool(check.ok), "worst_relative": check.worst_relative,
                        "runs": check.runs, "summary": check.summary(), "check_s": t_chk.s},
         }
-        g, t = row["gp"], row["tp"]
-        row["speedup"] = {
-            "analysis": t["build"] / g["analyze"],
-            "analysis_incl_load": t["build"] / g["load+analyze"],
-            "end_to_end": t["init+step"] / g["load+prune"],
-            "end_to_end_excl_load": t["init+step"] / g["prune"],
-        }
-        row["gp_us_per_node"] = {k: 1e6 * g[k] / dense_cost.nodes
+        row["speedup"] = _speedups(row["gp"], row["tp"])
+        row["speedup_cpu_time"] = _speedups(row["gp_cpu"], row["tp_cpu"])
+        row["gp_us_per_node"] = {k: 1e6 * row["gp"][k] / dense_cost.nodes
                                  for k in ("load", "analyze", "prune", "load+prune")}
         per_depth.append(row)
         print(f"  oracle: {check.summary()}", flush=True)
@@ -334,23 +345,19 @@ def main(argv=None) -> int:
     lo, hi = per_depth[0], per_depth[-1]
     span = math.log(hi["onnx_nodes"] / lo["onnx_nodes"])
 
-    def alpha(get):
-        return math.log(get(hi) / get(lo)) / span if span > 0 else float("nan")
+    def alpha(key, step):
+        return math.log(hi[key][step] / lo[key][step]) / span if span > 0 else float("nan")
 
-    scaling = {
-        "gp_analyze": alpha(lambda r: r["gp"]["analyze"]),
-        "gp_prune": alpha(lambda r: r["gp"]["prune"]),
-        "gp_load": alpha(lambda r: r["gp"]["load"]),
-        "gp_load+prune": alpha(lambda r: r["gp"]["load+prune"]),
-        "tp_build": alpha(lambda r: r["tp"]["build"]),
-        "tp_init+step": alpha(lambda r: r["tp"]["init+step"]),
-    }
+    scaling = {f"{key}_{step}": alpha(key, step)
+               for key, steps in (("gp", ("load", "analyze", "prune", "load+prune")),
+                                  ("tp", ("build", "init+step")))
+               for step in steps}
 
     # ---- tables ----------------------------------------------------------------------
     ms = lambda s: f"{1e3 * s:.1f}"  # noqa: E731
     print()
-    print(f"ResNet-style CNN, widths {widths}, input 1x3x32x32, ratio {args.ratio}, "
-          f"median of {repeats} repeats (ms)")
+    print(f"ResNet-style CNN, widths {widths}, input 1x3x32x32, ratio {args.ratio}, torch threads "
+          f"{args.torch_threads}; median wall time of {repeats} repeats (ms)")
     rows = []
     for r in per_depth:
         g, t = r["gp"], r["tp"]
@@ -361,17 +368,19 @@ def main(argv=None) -> int:
     print(table(rows, ["depth", "blk/stg", "nodes", "export", "gp load", "gp analyze", "gp prune",
                        "gp load+prune", "tp build", "tp init", "tp step", "tp init+step", "other load"]))
     print()
-    print("speedup = Torch-Pruning time / graphprune time (>1: graphprune faster; goal >= 5)")
+    print("speedup = Torch-Pruning time / graphprune time (>1: graphprune faster; goal >= 5); "
+          "wall time, [CPU time] in brackets")
     rows = []
     for r in per_depth:
-        s, u = r["speedup"], r["gp_us_per_node"]
-        rows.append([r["label"], r["onnx_nodes"], f"{s['analysis']:.2f}", f"{s['analysis_incl_load']:.2f}",
-                     f"{s['end_to_end']:.2f}", f"{s['end_to_end_excl_load']:.2f}",
-                     f"{u['analyze']:.0f}", f"{u['prune']:.0f}", f"{u['load+prune']:.0f}"])
+        s, c, u = r["speedup"], r["speedup_cpu_time"], r["gp_us_per_node"]
+        rows.append([r["label"], r["onnx_nodes"]] +
+                    [f"{s[k]:.2f} [{c[k]:.2f}]" for k in ("analysis", "analysis_incl_load", "end_to_end",
+                                                         "end_to_end_excl_load")] +
+                    [f"{u['analyze']:.0f}", f"{u['prune']:.0f}", f"{u['load+prune']:.0f}"])
     print(table(rows, ["depth", "nodes", "analysis", "analysis+load", "end-to-end", "e2e excl. load",
                        "gp us/node analyze", "gp us/node prune", "gp us/node load+prune"]))
     print()
-    print("scaling exponent alpha (time ~ nodes^alpha, smallest vs largest depth; 1 = linear): " +
+    print("scaling exponent alpha (wall time ~ nodes^alpha, smallest vs largest depth; 1 = linear): " +
           ", ".join(f"{k} {v:.2f}" for k, v in scaling.items()))
     print()
     rows = []
@@ -394,7 +403,7 @@ def main(argv=None) -> int:
         tot = profile["prune"]["total_s"]
         print(table([[k, f"{1e3 * v:.1f}", f"{100 * v / tot:.0f}%"]
                      for k, v in profile["prune"]["phases_cumtime_s"].items()],
-                    ["gp.prune phase (cumulative, overlapping)", "ms", "of prune"]))
+                    ["gp.prune: direct callees of the prune pass", "ms", "of prune"]))
         print()
         for stage in ("load", "analyze", "prune"):
             print(table([[r["function"][-80:], r["calls"], f"{1e3 * r['tottime_s']:.1f}", f"{1e3 * r['cumtime_s']:.1f}"]
@@ -405,8 +414,8 @@ def main(argv=None) -> int:
     total = time.perf_counter() - t_script
     path = write_results(NAME + (f"_{args.tag}" if args.tag else ""), {
         "config": {"blocks_per_stage": blocks, "widths": list(widths), "ratio": args.ratio,
-                   "repeats": repeats, "input_shape": [1, 3, 32, 32], "exporter": "torchscript (dynamo=False)",
-                   "opset": 17},
+                   "repeats": repeats, "torch_threads": args.torch_threads, "input_shape": [1, 3, 32, 32],
+                   "exporter": "torchscript (dynamo=False)", "opset": 17},
         "depths": per_depth, "scaling_exponent": scaling, "profile_largest_depth": profile,
         "script_runtime_s": total, "loadavg_at_start": loadavg_start,
     })
