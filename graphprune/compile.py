@@ -53,6 +53,7 @@ class CompileOptions:
     calib_batch: int = 8
     calib_samples: int | None = None
     repair: str | None = None  # comma list of bias, bn, lsq, or all
+    max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -162,7 +163,22 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "
                                              f"{r['error_before']:.4g} -> {r['error_after']:.4g}"
                                              + (" (undone: no improvement)" if r["reverted"] else "")}
+    if opts.max_drop is not None:
+        from graphprune.errors import QualityGateError
+
+        if ctx.results.get("calibration") is None:
+            raise UsageError("--max-drop needs calibration data (--calib)")
+        fid = oracle.output_fidelity(str(src), model, ctx.results["calibration"].batches())
+        ok = fid["drop"] <= opts.max_drop
+        checks["fidelity"] = {"ok": ok, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
+                                                   f"(drop {fid['drop']:.4f}, max {opts.max_drop:g})"}
+        before["fidelity"], after_fid = 1.0, fid["mean_cosine"]
+        if not ok:
+            raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {opts.max_drop:g}",
+                                   hint="nothing was written; prune less, repair, or raise --max-drop")
     after = _cost(model)
+    if opts.max_drop is not None:
+        after["fidelity"] = after_fid
 
     # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -47,5 +47,11 @@ class OracleMismatchError(GraphpruneError):
     exit_code = 3
 
 
+class QualityGateError(GraphpruneError):
+    """The pruned model is exact but too far from the dense one on the user's data."""
+
+    exit_code = 3
+
+
 class BackendUnavailableError(GraphpruneError):
     exit_code = 4

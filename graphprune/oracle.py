@@ -335,3 +335,25 @@ def check_files(src: str, pruned_path: str, plan: Plan, *, inputs: list[dict] | 
     del s_new
     diffs = list(worst.values())
     return OracleResult(ok=all(d.ok for d in diffs), diffs=diffs, runs=len(feeds_list))
+
+
+def output_fidelity(dense, pruned, batches) -> dict:
+    """How close the pruned model's outputs stay to the dense model's on real inputs:
+    per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine."""
+    s_dense, s_pruned = session(dense), session(pruned)
+    names = [o.name for o in s_dense.get_outputs()]
+    cos = []
+    for feeds in batches:
+        a_all, b_all = s_dense.run(None, feeds), s_pruned.run(None, feeds)
+        for a, b in zip(a_all, b_all):
+            a = np.asarray(a, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
+            if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:
+                continue
+            a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+            num = (a2 * b2).sum(1)
+            den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+            cos.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0).tolist())
+    mean = float(np.mean(cos)) if cos else 1.0
+    return {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
+            "samples": len(cos), "outputs": names}

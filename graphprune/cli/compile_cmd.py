@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="concrete shape for a model input (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
+    p.add_argument("--max-drop", type=float, metavar="D",
+                   help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
@@ -62,7 +64,7 @@ def run(args) -> int:
                           rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), calib=args.calib,
-                          calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch,
+                          calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch, max_drop=args.max_drop,
                           calib_samples=args.calib_samples, repair=args.repair)
     if args.dry_run:
         return dry_run_compile(args.model, opts)

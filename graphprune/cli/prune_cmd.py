@@ -30,6 +30,9 @@ def add_arguments(p):
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="make a dynamic input static (repeatable)")
+    p.add_argument("--max-drop", type=float, metavar="D",
+                   help="quality gate with --calib: fail (exit 3, nothing written) when 1 - mean cosine of "
+                        "pruned vs dense outputs on the calibration data exceeds D")
     p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
@@ -80,7 +83,7 @@ def run(args) -> int:
     from graphprune import oracle
     from graphprune.analysis.cost import model_cost
     from graphprune.cli.common import human, load_inputs, ort_latency_ms, same_file, table
-    from graphprune.errors import OracleMismatchError, UsageError
+    from graphprune.errors import OracleMismatchError, QualityGateError, UsageError
     from graphprune.passes import PassContext, PassManager
     from graphprune.plan import Plan, file_sha256
 
@@ -173,13 +176,31 @@ def run(args) -> int:
                 "pruned model differs from the masked original: " +
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
                 hint="nothing was written; please report this model")
+    repaired = False
     for r in alloc_cli.run_repair(model, ctx, args.repair, repair_pm):  # after the oracle: repair changes weights
+        repaired = repaired or not r["reverted"]
         print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
               f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
-    if staged is not None:
+    if args.max_drop is not None:
+        calib = ctx.results.get("calibration")
+        if calib is None:
+            if staged is not None:
+                _remove_model(staged)
+            raise UsageError("--max-drop needs calibration data (--calib)")
+        fid = oracle.output_fidelity(str(src), model, calib.batches())
+        print(f"fidelity on calibration data: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "
+              f"max {args.max_drop:g}), min {fid['min_cosine']:.4f} over {fid['samples']} outputs")
+        if fid["drop"] > args.max_drop:
+            if staged is not None:
+                _remove_model(staged)
+            raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {args.max_drop:g}",
+                                   hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
+    if staged is not None and not repaired:
         _move_model(staged, out)
     else:
         gp.save(model, out)
+        if staged is not None:
+            _remove_model(staged)
     plan.save(plan_out)
     for extra in alloc_cli.write_extras(ctx, plan_out):
         print(f"wrote {extra}")

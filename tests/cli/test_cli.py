@@ -122,3 +122,20 @@ def test_help_imports_no_heavy_modules():
             "print(sorted(m for m in ('onnxruntime', 'onnx', 'torch', 'tvm', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_max_drop_gate_with_calibration(samples_dir, tmp_path, capsys):
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    src = samples_dir / "tiny_resnet.onnx"
+    # a mild prune passes a loose gate ...
+    assert run("prune", src, "--ratio", "0.1", "--calib", tmp_path / "calib.npz", "--max-drop", "0.5",
+               "-o", tmp_path / "ok.onnx", "--no-bench") == 0
+    assert "fidelity on calibration data" in capsys.readouterr().out
+    # ... a heavy prune fails a strict one: exit 3 and nothing written
+    assert run("prune", src, "--ratio", "0.9", "--calib", tmp_path / "calib.npz", "--max-drop", "0.0001",
+               "-o", tmp_path / "bad.onnx", "--no-bench") == 3
+    assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.plan.json").exists()
+    assert run("prune", src, "--max-drop", "0.1", "-o", tmp_path / "x.onnx", "--no-bench") == 2
