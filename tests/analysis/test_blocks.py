@@ -88,3 +88,19 @@ def test_transformer_sub_blocks(name, tmp_path):
     proto = onnx.load(path)
     model, plan = _check(proto, ratio=0.5, remove_blocks=2)
     assert len(plan.blocks) == 2 and plan.tensors
+
+
+def test_consecutive_blocks_in_graph_order():
+    """Pre-LN transformer shape: block B's skip is block A's Add output. Removing A first
+    (listed earlier) must still find B."""
+    from samples.make_samples import Builder
+
+    b = Builder(3)
+    x = b.conv("input", 3, 8)
+    a = b.op("Add", [x, b.conv(b.op("Relu", [x]), 8, 8)])
+    c = b.op("Add", [a, b.conv(b.op("Relu", [a]), 8, 8)])
+    proto = b.model([1, 3, 8, 8], b.conv(c, 8, 4, k=1), [1, 4, 8, 8], "pre_ln_like")
+    blocks = find_residual_blocks(gp.load(proto.SerializeToString()))
+    assert len(blocks) == 2 and blocks[1].skip == a  # B starts where A's Add ends
+    model, plan = _check(proto, ratio=0.0, blocks=[blocks[0].add, blocks[1].add])
+    assert len(plan.blocks) == 2 and not find_residual_blocks(model)

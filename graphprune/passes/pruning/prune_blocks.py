@@ -65,7 +65,8 @@ def block_magnitude(model: ir.Model, blocks: list[ResidualBlock]) -> dict[str, f
 def remove_blocks(model: ir.Model, blocks: list[ResidualBlock]) -> None:
     for b in blocks:
         add = model.graph.node(b.add)
-        skip = next(v for v in add.inputs if v.name == b.skip)
+        # by the branch: an earlier removed block may have replaced this one's skip value
+        skip = next(v for v in add.inputs if v.name != b.branch)
         add.outputs[0].replace_all_uses_with(skip, replace_graph_outputs=False)
         if add.outputs[0].is_graph_output():
             idx = [k for k, v in enumerate(model.graph.outputs) if v is add.outputs[0]][0]
