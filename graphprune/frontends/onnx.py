@@ -142,7 +142,7 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
         changed = _fill_same_shape_outputs(model) | _resolve_reshape_outputs(model) | bool(changed)
         if not changed:
             break
-        infer_shapes(model)
+        infer_shapes(model, warn=False)  # a strict failure was already reported once
     return model
 
 
@@ -208,7 +208,7 @@ def _drop_initializers_from_inputs(model: ir.Model) -> None:
         g.inputs.extend(keep)
 
 
-def infer_shapes(model: ir.Model) -> None:
+def infer_shapes(model: ir.Model, *, warn: bool = True) -> None:
     """onnx shape inference, merged into the IR. Strict first; if that fails (a type error,
     an op onnx cannot infer), say so and fall back to best effort: ONNX Runtime's own load
     of the model decides later whether the model is usable at all."""
@@ -221,7 +221,8 @@ def infer_shapes(model: ir.Model) -> None:
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except Exception as strict_exc:  # onnx raises InferenceError, ValidationError, RuntimeError ...
-        log.warning("shape inference (strict) failed: %s", str(strict_exc).strip().splitlines()[0][:300])
+        (log.warning if warn else log.debug)("shape inference (strict) failed: %s",
+                                             str(strict_exc).strip().splitlines()[0][:300])
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
                                                          data_prop=True)
