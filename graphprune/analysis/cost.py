@@ -16,6 +16,14 @@ def _prod(dims) -> int:
 
 
 def node_macs(node: ir.Node) -> int:
+    """MACs of one node (0 for ops that do no multiply-accumulate, or malformed nodes)."""
+    try:
+        return _node_macs(node)
+    except (IndexError, TypeError, ValueError):  # e.g. a Conv without its weight input
+        return 0
+
+
+def _node_macs(node: ir.Node) -> int:
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
         return 0
