@@ -55,7 +55,17 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "graphprune"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = (rev + (" + uncommitted changes in graphprune/" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        rev = "unknown"
+    return {"graphprune": rev, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
@@ -271,10 +281,11 @@ def lowest_selection(dg, groups, ratio: float, scores: dict[int, np.ndarray]) ->
 
 
 def reverse_graph_order(model, adds: list[str]) -> list[str]:
-    """Add node names, last block first. Works around a graphprune bug: `blocks=[...]`
+    """Add node names, last block first. Before graphprune commit 8b7f365, `blocks=[...]`
     with two consecutive blocks (one block's output is the next one's skip, e.g. the
-    attention and MLP of one layer) fails with StopIteration when the earlier block is
-    listed first; last-first removes the same blocks and gives the same model."""
+    attention and MLP of one layer) failed with StopIteration when the earlier block was
+    listed first; last-first removes the same blocks and gives the same model with any
+    version."""
     order = {n.name: i for i, n in enumerate(model.graph)}
     return sorted(adds, key=lambda a: -order[a])
 

