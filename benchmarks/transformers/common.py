@@ -7,7 +7,6 @@ Only scripts, README.md and the results files live beside this module.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import importlib.util
 import json
