@@ -76,3 +76,36 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     return oracle.check(original, pruned, plan, **kwargs)
+
+
+@dataclass
+class SparsifyResult:
+    model: ir.Model
+    tensors: dict  # per tensor: the record written to metadata_props["graphprune.sparsity"]
+    skipped: list  # layers left dense, with the reason
+    overall: float  # fraction of zeros over the sparsified tensors
+
+
+def sparsify(model: ir.Model, sparsity: float | None = None, *, format: str = "unstructured",
+             criterion: str = "magnitude", calib=None, ignore: list[str] | None = None, scope: str = "layer",
+             **options) -> SparsifyResult:
+    """Sparsify `model` in place with exact zeros (it stays a dense ONNX model) and record
+    the format per tensor in its metadata. `format`: unstructured, "2:4"-style N:M,
+    "block:8x1" (output × input channels), "pattern:4" (3×3 convs; `connectivity=`);
+    `criterion`: magnitude, wanda or sparsegpt (the last two need `calib`: a Calibration,
+    an .npz path, a folder of images or module:function). More options: see the
+    `sparsify` pass (skip_first, skip_last, min_params, damp, blocksize, ...)."""
+    from graphprune.calibration import load_calibration
+    from graphprune.passes.sparsity.sparsify import Sparsify
+
+    opts = {"format": format, "criterion": criterion, "scope": scope, **options}
+    if sparsity is not None:
+        opts["sparsity"] = sparsity
+    if ignore:
+        opts["ignore"] = list(ignore)
+    ctx = PassContext()
+    if calib is not None:
+        ctx.results["calibration"] = load_calibration(calib, model)
+    PassManager([Sparsify(**opts)]).run(model, ctx)
+    res = ctx.results["sparsity"]
+    return SparsifyResult(model, res["tensors"], res["skipped"], res["overall"])

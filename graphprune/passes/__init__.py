@@ -4,5 +4,6 @@ from graphprune.passes.cleanup import dce as _dce  # noqa: F401
 from graphprune.passes.pruning import prune_channels as _prune  # noqa: F401
 from graphprune.passes.pruning import prune_blocks as _blocks  # noqa: F401
 from graphprune.passes import reconstruction as _repair  # noqa: F401
+from graphprune.passes import sparsity as _sparsity  # noqa: F401
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassManager", "register_pass"]
