@@ -1,0 +1,199 @@
+"""Sparse linear kernels: y[M, N] = x[M, K] · W[N, K]ᵀ (+ bias) (+ relu), W sparse.
+
+Hand-written TVMScript, one template per format, specialised by shapes and the packed
+structure (passed as constant buffers, not unrolled into code: TVM_NOTES measured LLVM
+compile time exploding with indices-as-code).
+
+Schedule (the same for every format): the work is split into tasks over (row tiles of x,
+chunks of block rows of W), run in parallel. A task first copies its Mt rows of x
+transposed into a [K, Mt] scratch, so that one nonzero W[n, k] multiplies a contiguous
+vector x[m0:m0+Mt, k]: the vector lanes run along M, every format keeps its lanes full,
+and a block of r output rows reuses each vector load r times (the win of 4×4 / 8×1).
+Accumulators are r×Mt floats in a small "global" stack buffer (< 1 KiB: TVM keeps it on
+the stack, LLVM promotes it to registers; "local" scope would go through
+TVMBackendAllocWorkspace and stay in memory). No `name: T.int32 = ...` binding in the
+inner loop: in TVM 0.27 those are spilled to memory and reloaded per iteration.
+
+Parameters of every prim_func (base.KernelCandidate contract): x, packed constants...,
+bias[N], y.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import structure
+from .base import KernelCandidate
+
+# Accumulator budget: r*Mt floats must stay < 1024 bytes (stack) and fit the register file.
+_MAX_ACC_FLOATS = 128
+_NEG_INF = -3.0e38
+
+
+def _tile_m(M: int, r: int) -> int:
+    """Rows of x per task (vector lanes): 16 (one AVX-512 / four NEON registers) for
+    blocks with several rows; 32 for single-row formats (two independent chains)."""
+    want = 32 if r == 1 else 16
+    want = min(want, max(1, _MAX_ACC_FLOATS // r))
+    return max(4, min(want, structure.log2_ceil(M)))
+
+
+def _chunks(M: int, Mt: int, rows: int, cores: int) -> int:
+    """Split block rows into chunks so that there are >= 2 tasks per core."""
+    tiles = -(-M // Mt)
+    return max(1, min(rows, -(-2 * cores // tiles)))
+
+
+def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int, chunks: int,
+                  relu: bool = False):
+    """TIR for BSR r×c (CSR: r=c=1). Constants: data[nnzb,r,c], indices[nnzb],
+    indptr[ceil(N/r)+1], bias[N]."""
+    from tvm.script import tirx as T
+
+    nbr = -(-N // r)
+    Kp = -(-K // c) * c
+    nmt = -(-M // Mt)
+    per = -(-nbr // chunks)
+    nnzb = max(1, nnzb)                    # an all-zero weight still gets a (dummy) block
+    lo_clamp = T.float32(0.0) if relu else T.float32(_NEG_INF)
+
+    @T.prim_func
+    def bsr_linear(x: T.Buffer((M, K), "float32"), data: T.Buffer((nnzb, r, c), "float32"),
+                   indices: T.Buffer((nnzb,), "int32"), indptr: T.Buffer((nbr + 1,), "int32"),
+                   bias: T.Buffer((N,), "float32"), y: T.Buffer((M, N), "float32")):
+        T.func_attr({"tir.noalias": True})
+        for task in T.parallel(nmt * chunks):
+            xt = T.alloc_buffer((Kp * Mt,), "float32")
+            acc = T.alloc_buffer((r * Mt,), "float32")
+            for k in range(Kp):
+                for mm in range(Mt):
+                    xt[k * Mt + mm] = T.if_then_else(
+                        (task // chunks) * Mt + mm < M and k < K,
+                        x[T.min((task // chunks) * Mt + mm, M - 1), T.min(k, K - 1)],
+                        T.float32(0))
+            for ii in range(per):
+                if (task % chunks) * per + ii < nbr:
+                    for rr in T.unroll(r):
+                        acc[T.Ramp(rr * Mt, 1, Mt)] = T.Broadcast(T.float32(0), Mt)
+                    for jj in range(indptr[(task % chunks) * per + ii + 1]
+                                    - indptr[(task % chunks) * per + ii]):
+                        for kk in T.unroll(c):
+                            for rr in T.unroll(r):
+                                acc[T.Ramp(rr * Mt, 1, Mt)] = acc[T.Ramp(rr * Mt, 1, Mt)] + T.Broadcast(
+                                    data[indptr[(task % chunks) * per + ii] + jj, rr, kk], Mt) * xt[
+                                    T.Ramp((indices[indptr[(task % chunks) * per + ii] + jj] * c + kk) * Mt,
+                                           1, Mt)]
+                    for mm in range(Mt):
+                        for rr in range(r):
+                            if (task // chunks) * Mt + mm < M and ((task % chunks) * per + ii) * r + rr < N:
+                                y[(task // chunks) * Mt + mm, ((task % chunks) * per + ii) * r + rr] = T.max(
+                                    acc[rr * Mt + mm] + bias[((task % chunks) * per + ii) * r + rr], lo_clamp)
+
+    return bsr_linear
+
+
+def nm_prim_func(M: int, K: int, N: int, n: int, m: int, *, Mt: int, chunks: int,
+                 relu: bool = False):
+    """TIR for N:M. Constants: values[N, G, n], offsets[N, G, n] (uint8), bias[N]."""
+    from tvm.script import tirx as T
+
+    G = -(-K // m)
+    Kp = G * m
+    nmt = -(-M // Mt)
+    per = -(-N // chunks)
+    lo_clamp = T.float32(0.0) if relu else T.float32(_NEG_INF)
+
+    @T.prim_func
+    def nm_linear(x: T.Buffer((M, K), "float32"), values: T.Buffer((N, G, n), "float32"),
+                  offsets: T.Buffer((N, G, n), "uint8"), bias: T.Buffer((N,), "float32"),
+                  y: T.Buffer((M, N), "float32")):
+        T.func_attr({"tir.noalias": True})
+        for task in T.parallel(nmt * chunks):
+            xt = T.alloc_buffer((Kp * Mt,), "float32")
+            acc = T.alloc_buffer((Mt,), "float32")
+            for k in range(Kp):
+                for mm in range(Mt):
+                    xt[k * Mt + mm] = T.if_then_else(
+                        (task // chunks) * Mt + mm < M and k < K,
+                        x[T.min((task // chunks) * Mt + mm, M - 1), T.min(k, K - 1)],
+                        T.float32(0))
+            for ii in range(per):
+                if (task % chunks) * per + ii < N:
+                    acc[T.Ramp(0, 1, Mt)] = T.Broadcast(T.float32(0), Mt)
+                    for g in range(G):
+                        for t in T.unroll(n):
+                            acc[T.Ramp(0, 1, Mt)] = acc[T.Ramp(0, 1, Mt)] + T.Broadcast(
+                                values[(task % chunks) * per + ii, g, t], Mt) * xt[T.Ramp(
+                                    (g * m + T.Cast("int32", offsets[(task % chunks) * per + ii, g, t])) * Mt,
+                                    1, Mt)]
+                    for mm in range(Mt):
+                        if (task // chunks) * Mt + mm < M:
+                            y[(task // chunks) * Mt + mm, (task % chunks) * per + ii] = T.max(
+                                acc[mm] + bias[(task % chunks) * per + ii], lo_clamp)
+
+    return nm_linear
+
+
+def _bias(bias, N: int) -> np.ndarray:
+    if bias is None:
+        return np.zeros(N, np.float32)
+    return np.ascontiguousarray(np.asarray(bias, np.float32).reshape(N))
+
+
+def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4,
+                  relu: bool = False) -> KernelCandidate:
+    N, K = w.shape
+    packed = structure.pack_bsr(np.asarray(w, np.float32), r, c)
+    data, indices = packed.data, packed.indices
+    if packed.nnzb == 0:                   # keep buffers non-empty; indptr says "no blocks"
+        data = np.zeros((1, r, c), np.float32)
+        indices = np.zeros(1, np.int32)
+    Mt = _tile_m(M, r)
+    chunks = _chunks(M, Mt, packed.block_rows, cores)
+    name = "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
+    return KernelCandidate(
+        name=name,
+        prim_func=bsr_prim_func(M, K, N, r, c, packed.nnzb, Mt=Mt, chunks=chunks, relu=relu),
+        constants=[data, indices, packed.indptr, _bias(bias, N)],
+        out_shape=(M, N),
+        info={"format": "csr" if (r, c) == (1, 1) else "bsr", "block": [r, c],
+              "nnz": int(np.count_nonzero(w)), "stored_values": int(packed.nnzb * r * c),
+              "tile_m": Mt, "chunks": chunks, "fused": ["bias"] + (["relu"] if relu else [])},
+    )
+
+
+def nm_candidate(w: np.ndarray, bias, M: int, n: int, m: int, *, cores: int = 4,
+                 relu: bool = False) -> KernelCandidate:
+    N, K = w.shape
+    packed = structure.pack_nm(np.asarray(w, np.float32), n, m)
+    Mt = _tile_m(M, 1)
+    chunks = _chunks(M, Mt, N, cores)
+    return KernelCandidate(
+        name=f"nm{n}:{m}",
+        prim_func=nm_prim_func(M, K, N, n, m, Mt=Mt, chunks=chunks, relu=relu),
+        constants=[packed.values, packed.offsets, _bias(bias, N)],
+        out_shape=(M, N),
+        info={"format": "n:m", "n": n, "m": m, "nnz": int(np.count_nonzero(w)),
+              "stored_values": int(packed.values.size), "tile_m": Mt, "chunks": chunks,
+              "fused": ["bias"] + (["relu"] if relu else [])},
+    )
+
+
+def linear_candidates(w: np.ndarray, bias, M: int, *, dtype: str = "float32", cores: int = 4,
+                      relu: bool = False, max_blocks: int = 3,
+                      analysis: structure.Analysis | None = None) -> list[KernelCandidate]:
+    """Kernels computing x[M, K] · w[N, K]ᵀ (+ bias) (+ relu) from the zeros of `w`.
+
+    CSR always; the block shapes whose stored values stay within 1.5× the nonzeros
+    (largest first, at most `max_blocks`); N:M when every group obeys it. Only float32.
+    """
+    if dtype != "float32" or w.ndim != 2:
+        return []
+    a = analysis or structure.analyse(w)
+    cands = [bsr_candidate(w, bias, M, 1, 1, cores=cores, relu=relu)]
+    for r, c in a.good_blocks(limit=max_blocks):
+        cands.append(bsr_candidate(w, bias, M, r, c, cores=cores, relu=relu))
+    if a.nm is not None:
+        cands.append(nm_candidate(w, bias, M, *a.nm, cores=cores, relu=relu))
+    for cand in cands:
+        cand.info["sparsity"] = round(a.sparsity, 4)
+    return cands
