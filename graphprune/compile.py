@@ -54,6 +54,7 @@ class CompileOptions:
     calib_samples: int | None = None
     repair: str | None = None  # comma list of bias, bn, lsq, or all
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
+    sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -163,6 +164,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "
                                              f"{r['error_before']:.4g} -> {r['error_after']:.4g}"
                                              + (" (undone: no improvement)" if r["reverted"] else "")}
+    sparsity_res = _sparsify_step(model, ctx, opts, checks, log_fn) if opts.sparsity else None
     if opts.max_drop is not None:
         from graphprune.errors import QualityGateError
 
@@ -267,6 +269,10 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             "checks": checks,
             "notes": notes,
         }
+        if sparsity_res is not None:  # report.html plots report["sparsity"] (tensor -> fraction of zeros)
+            report["sparsity"] = {k: round(r["sparsity"], 6) for k, r in sparsity_res["tensors"].items()}
+            report["sparsity_tensors"] = sparsity_res["tensors"]
+            report["sparsity_skipped"] = sparsity_res["skipped"]
         write_report(stage, report)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -275,7 +281,28 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
         shutil.rmtree(stage, ignore_errors=True)
         raise
     report["out_dir"] = str(out_dir)
+    if sparsity_res is not None:
+        report["sparsity_summary"] = sparsity_res
     return report
+
+
+def _sparsify_step(model, ctx, opts: CompileOptions, checks: dict, log_fn) -> dict:
+    """Sparsity after pruning and repair; the zeros are checked against the record."""
+    from graphprune.passes.sparsity.cli import run_sparsify
+    from graphprune.sparsity_meta import measured_sparsity
+
+    if opts.calib and ctx.results.get("calibration") is None:
+        from graphprune.calibration import load_calibration
+
+        ctx.results["calibration"] = load_calibration(opts.calib, model, preprocess=opts.calib_preprocess,
+                                                      batch_size=opts.calib_batch, limit=opts.calib_samples)
+    res = run_sparsify(model, ctx, opts.sparsity)
+    meas = measured_sparsity(model, res["tensors"])
+    ok = all(abs(meas.get(k, -1) - r["sparsity"]) < 1e-9 for k, r in res["tensors"].items())
+    checks["sparsity"] = {"ok": ok, "summary": f"{res['spec']} by {res['criterion']}: {len(res['tensors'])} tensors, "
+                                               f"{100 * res['overall']:.1f}% zeros (record matches the weights: {ok})"}
+    log_fn(checks["sparsity"]["summary"])
+    return res
 
 
 def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,

@@ -75,24 +75,35 @@ def write_sparsity(model, data: dict, *, merge: bool = True) -> None:
     entry.key, entry.value = KEY, text
 
 
+def _arrays(model, names):
+    from graphprune.ir.constants import const_array
+
+    values = {v.name: v for v in model.graph.initializers.values()}
+    for n in model.graph:
+        for o in n.outputs:
+            values.setdefault(o.name, o)
+    for name in names:
+        v = values.get(name)
+        arr = const_array(v) if v is not None else None
+        if arr is not None and arr.size:
+            yield name, arr
+
+
+def zero_count(model) -> tuple[int, int]:
+    """(exact zeros, elements) over the tensors the record names (onnx_ir Model)."""
+    zeros = total = 0
+    for _, arr in _arrays(model, read_sparsity(model)["tensors"]):
+        zeros += int((arr == 0).sum())
+        total += int(arr.size)
+    return zeros, total
+
+
 def measured_sparsity(model, names=None) -> dict[str, float]:
     """Fraction of exact zeros of constant tensors (those named, or all recorded ones) —
     what a backend checks instead of trusting the record."""
-    from graphprune.ir.constants import const_array
-
     import onnx_ir as ir
 
     if not isinstance(model, ir.Model):
         raise TypeError("measured_sparsity needs an onnx_ir Model")
     names = list(names) if names is not None else list(read_sparsity(model)["tensors"])
-    values = {v.name: v for v in model.graph.initializers.values()}
-    for n in model.graph:
-        for o in n.outputs:
-            values.setdefault(o.name, o)
-    out = {}
-    for name in names:
-        v = values.get(name)
-        arr = const_array(v) if v is not None else None
-        if arr is not None and arr.size:
-            out[name] = float((arr == 0).sum() / arr.size)
-    return out
+    return {name: float((arr == 0).sum() / arr.size) for name, arr in _arrays(model, names)}

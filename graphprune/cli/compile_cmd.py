@@ -34,6 +34,9 @@ def add_arguments(p):
     from graphprune.allocation import cli as alloc_cli
 
     alloc_cli.add_arguments(p)
+    from graphprune.passes.sparsity import cli as sparsity_cli
+
+    sparsity_cli.add_arguments(p)
 
 
 def parse_shapes(items: list[str]) -> dict | None:
@@ -58,6 +61,10 @@ def run(args) -> int:
     from graphprune.config import apply_config, dry_run_compile
 
     apply_config(args, "compile")
+    from graphprune.passes.sparsity import cli as sparsity_cli
+
+    sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
+    sparsity_cli.require_calibration(sparsity_opts, args.calib)
     opts = CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db, rpc=args.rpc,
@@ -65,7 +72,7 @@ def run(args) -> int:
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), calib=args.calib,
                           calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch, max_drop=args.max_drop,
-                          calib_samples=args.calib_samples, repair=args.repair)
+                          calib_samples=args.calib_samples, repair=args.repair, sparsity=sparsity_opts)
     if args.dry_run:
         return dry_run_compile(args.model, opts)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
@@ -83,6 +90,9 @@ def run(args) -> int:
         print(f"latency: {a['latency_note']}")
     for name, c in rep["checks"].items():
         print(f"{name}: {'PASS' if c['ok'] else 'FAIL'} ({c['summary']})")
+    if rep.get("sparsity_summary"):
+        for line in sparsity_cli.summary_lines(rep["sparsity_summary"], max_rows=20):
+            print(line)
     for n in rep["notes"]:
         print(f"note: {n}")
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "

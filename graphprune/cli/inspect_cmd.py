@@ -32,7 +32,18 @@ def inspect_data(model, dg) -> dict:
                     "constants": len(g.const_slots), "ignored": g.ignored} for g in dg.groups],
         "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
         "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
+        "sparsity": sparsity_data(model),
     }
+
+
+def sparsity_data(model) -> dict:
+    """The model's sparsity record (metadata "graphprune.sparsity") with the fraction of
+    zeros measured in each tensor next to the recorded one."""
+    from graphprune.sparsity_meta import measured_sparsity, read_sparsity
+
+    rec = read_sparsity(model)["tensors"]
+    meas = measured_sparsity(model, rec)
+    return {name: {**r, "measured": meas.get(name)} for name, r in rec.items()}
 
 
 def run(args) -> int:
@@ -63,6 +74,25 @@ def run(args) -> int:
         print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
         for f in data["frozen"]:
             print(f"  {f['name']}: " + "; ".join(f["reasons"][:3]) + (" ..." if len(f["reasons"]) > 3 else ""))
+    if data["sparsity"]:
+        sp = data["sparsity"]
+
+        def fmt_of(r):
+            f = r.get("format", "?")
+            if f == "n:m":
+                return f"{r.get('n')}:{r.get('m')}"
+            if f == "block":
+                return "block {}x{}".format(*r.get("block", ["?", "?"]))
+            if f == "pattern":
+                return f"pattern k={r.get('pattern_k')} ({len(r.get('patterns', []))} shapes, " \
+                       f"connectivity {r.get('connectivity', 0):g})"
+            return f
+
+        pct = lambda v: "missing" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        print(f"\n{len(sp)} sparse tensors (metadata graphprune.sparsity):")
+        print(table([[k, r.get("op", "?"), fmt_of(r), r.get("criterion", ""), pct(r.get("sparsity")),
+                      pct(r.get("measured"))] for k, r in sp.items()],
+                    ["tensor", "op", "format", "criterion", "recorded", "measured zeros"]))
     if args.blocks:
         from graphprune.analysis.blocks import find_residual_blocks
 

@@ -39,6 +39,9 @@ def add_arguments(p):
     from graphprune.allocation import cli as alloc_cli
 
     alloc_cli.add_arguments(p)
+    from graphprune.passes.sparsity import cli as sparsity_cli
+
+    sparsity_cli.add_arguments(p)
 
 
 def _remove_model(path: Path) -> None:
@@ -71,6 +74,14 @@ def _size(path: Path) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "*.data"))
 
 
+def _nonzero(model) -> int:
+    """Parameters that are not exact zeros of the sparsified tensors."""
+    from graphprune.analysis.cost import model_cost
+    from graphprune.sparsity_meta import zero_count
+
+    return int(model_cost(model).params - zero_count(model)[0])
+
+
 def plan_path_for(output: Path) -> Path:
     name = output.name[:-5] if output.name.endswith(".onnx") else output.name
     return output.with_name(name + ".plan.json")
@@ -90,6 +101,10 @@ def run(args) -> int:
     from graphprune.config import apply_config, dry_run
 
     apply_config(args, "prune")
+    from graphprune.passes.sparsity import cli as sparsity_cli
+
+    sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
+    sparsity_cli.require_calibration(sparsity_opts, args.calib)
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".pruned.onnx")
     if out.suffix != ".onnx":
@@ -122,8 +137,14 @@ def run(args) -> int:
 
     ctx.results["calibration"] = alloc_cli.load(args, model)
     repair_pm = None
+    sparsify_passes = []
     if args.pipeline:
         pm, repair_pm = alloc_cli.split_repair(PassManager.parse(args.pipeline))
+        pm, sparsify_passes = sparsity_cli.split_sparsify(pm)
+        if repair_pm is not None:
+            repair_pm, more = sparsity_cli.split_sparsify(repair_pm)
+            sparsify_passes += more
+            repair_pm = repair_pm if repair_pm.passes else None
     else:
         opts = {"ratio": args.ratio, "criterion": args.criterion, "round_to": args.round_to, "seed": args.seed}
         if args.ignore:
@@ -142,6 +163,9 @@ def run(args) -> int:
             passes.insert(0, PruneBlocks(**block_opts))
         pm = PassManager(passes)
     if args.dry_run:
+        if sparsity_opts or sparsify_passes:
+            print("then sparsity: " + (", ".join(repr(p) for p in sparsify_passes) or
+                                       "sparsify{" + ",".join(f"{k}={v}" for k, v in sparsity_opts.items()) + "}"))
         return dry_run(model, pm, ctx, args.ignore)
     pm.run(model, ctx)
     plan: Plan = ctx.results.get("plan") or Plan(tensors=[], groups=[])
@@ -181,6 +205,16 @@ def run(args) -> int:
         repaired = repaired or not r["reverted"]
         print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
               f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
+    sparsified = None
+    if sparsity_opts or sparsify_passes:  # after the oracle and repair: zeros beyond the plan's slices
+        from graphprune.passes.sparsity.sparsify import Sparsify
+
+        if sparsity_opts:
+            sparsify_passes.append(Sparsify(**sparsity_opts))
+        PassManager(sparsify_passes).run(model, ctx)
+        sparsified = ctx.results["sparsity"]
+        for line in sparsity_cli.summary_lines(sparsified):
+            print(line)
     if args.max_drop is not None:
         calib = ctx.results.get("calibration")
         if calib is None:
@@ -195,7 +229,7 @@ def run(args) -> int:
                 _remove_model(staged)
             raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {args.max_drop:g}",
                                    hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
-    if staged is not None and not repaired:
+    if staged is not None and not repaired and not sparsified:
         _move_model(staged, out)
     else:
         gp.save(model, out)
@@ -207,6 +241,8 @@ def run(args) -> int:
     after = model_cost(model)
     rows = [["params", human(before.params), human(after.params), f"{after.params / max(before.params, 1):.3f}"],
             ["MACs", human(before.macs), human(after.macs), f"{after.macs / max(before.macs, 1):.3f}"],
+            *([["nonzero params", human(before.params), human(_nonzero(model)),
+                f"{_nonzero(model) / max(before.params, 1):.3f}"]] if sparsified else []),
             ["file size", human(before_bytes) + "B", human(_size(out)) + "B",
              f"{_size(out) / max(before_bytes, 1):.3f}"]]
     if not args.no_bench:

@@ -30,7 +30,7 @@ class InputStats:
         sq = np.einsum("rgd,rgd->gd", X, X)
         self.sq = sq if self.sq is None else self.sq + sq
         if hessian:
-            h = np.einsum("rgi,rgj->gij", X, X, optimize=True)
+            h = np.stack([X[:, g].T @ X[:, g] for g in range(X.shape[1])])
             self.H = h if self.H is None else self.H + h
         self.rows += X.shape[0]
 
