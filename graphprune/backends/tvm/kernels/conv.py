@@ -84,33 +84,38 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, oh, ow, kh, kw, strides, paddi
     params.append(f'out: T.Buffer(({n}, {o}, {oh}, {ow}), "{dtype}")')
 
     L = []
-    L.append("@T.prim_func")
+    L.append("@T.prim_func(s_tir=True, private=True)")
     L.append(f"def {name}({', '.join(params)}):")
     L.append('    T.func_attr({"tirx.noalias": True})')
-    L.append(f'    pad = T.alloc_buffer(({n}, {ip}, {hp}, {sw}, {wq}), "{dtype}")')
-    L.append(f"    for ni in T.parallel({n * ip}):")
-    L.append(f"        for yy, ph, q in T.grid({hp}, {sw}, {wq}):")
+    # a root block (s_tir form) so Relax's layout passes accept the kernel; buffers are
+    # allocated there and moved by lowering to the innermost scope using them
+    L.append('    with T.sblock("root"):')
+    L.append(f'        pad = T.sblock_alloc_buffer(({n}, {ip}, {hp}, {sw}, {wq}), "{dtype}")')
+    L.append(f'        acc = T.sblock_alloc_buffer(({yb}, {r}, {xv}), "{dtype}", scope="local")')
+    L.append('        with T.sblock("pad"):')
+    L.append(f"            for ni in T.parallel({n * ip}):")
+    L.append(f"                for yy, ph, q in T.grid({hp}, {sw}, {wq}):")
     src_y, src_x = f"yy - {pt}", f"q * {sw} + ph - {pl}"
-    L.append(f"            pad[ni // {ip}, ni % {ip}, yy, ph, q] = T.if_then_else("
+    L.append(f"                    pad[ni // {ip}, ni % {ip}, yy, ph, q] = T.if_then_else("
              f"ni % {ip} < {i} and {src_y} >= 0 and {src_y} < {h} and {src_x} >= 0 and {src_x} < {w}, "
              f"data[ni // {ip}, T.min(ni % {ip}, {i - 1}), T.max(T.min({src_y}, {h - 1}), 0), "
              f"T.max(T.min({src_x}, {w - 1}), 0)], {z})")
     # row tiles outer (parallel), output blocks inner: the input rows of one row tile
     # stay in cache while every output block reads them
-    L.append(f"    for nt in T.parallel({n * nyt}):")
-    L.append(f"        for ob, xt in T.grid({nob}, {nxt}):")
-    L.append(f'            acc = T.alloc_buffer(({yb}, {r}, {xv}), "{dtype}", scope="local")')
-    L.append(f"            for a in T.unroll({yb}):")
-    L.append(f"                for b in T.unroll({r}):")
-    L.append(f"                    for x in T.vectorized({xv}):")
+    L.append('        with T.sblock("conv"):')
+    L.append(f"            for nt in T.parallel({n * nyt}):")
+    L.append(f"                for ob, xt in T.grid({nob}, {nxt}):")
+    L.append(f"                    for a in T.unroll({yb}):")
+    L.append(f"                        for b in T.unroll({r}):")
+    L.append(f"                            for x in T.vectorized({xv}):")
     init = f"bias[order[ob] * {r} + b]" if has_bias else z
-    L.append(f"                        acc[a, b, x] = {init}")
+    L.append(f"                                acc[a, b, x] = {init}")
     for g, taps in enumerate(packed.groups):
-        L.append(f"            for j in range(ptr[order[ob] * {ng} + {g}], "
+        L.append(f"                    for j in range(ptr[order[ob] * {ng} + {g}], "
                  f"ptr[order[ob] * {ng} + {g + 1}]):")
-        inner = "                "
+        inner = "                        "
         if c > 1:
-            L.append(f"                for cc in T.unroll({c}):")
+            L.append(f"                        for cc in T.unroll({c}):")
             inner += "    "
             chan = f"idx[j] * {c} + cc"
             cidx = "cc"
@@ -125,12 +130,12 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, oh, ow, kh, kw, strides, paddi
             L.append(f"{inner}            acc[a, b, x] = acc[a, b, x] + vals[j, {cidx}, {t}, b] * "
                      f"pad[nt // {nyt}, {chan}, (nt % {nyt} * {yb} + a) * {sh} + {dy * dh}, {ph}, "
                      f"xt * {xv} + x + {q0}]")
-    L.append(f"            for a, b in T.grid({yb}, {r}):")
-    L.append(f"                for x in T.serial({xv}):")
+    L.append(f"                    for a, b in T.grid({yb}, {r}):")
+    L.append(f"                        for x in T.serial({xv}):")
     oc = f"order[ob] * {r} + b"
-    L.append(f"                    if {oc} < {o} and nt % {nyt} * {yb} + a < {oh} and xt * {xv} + x < {ow}:")
+    L.append(f"                            if {oc} < {o} and nt % {nyt} * {yb} + a < {oh} and xt * {xv} + x < {ow}:")
     val = f"T.max(acc[a, b, x], {z})" if relu else "acc[a, b, x]"
-    L.append(f"                        out[nt // {nyt}, {oc}, nt % {nyt} * {yb} + a, xt * {xv} + x] = {val}")
+    L.append(f"                                out[nt // {nyt}, {oc}, nt % {nyt} * {yb} + a, xt * {xv} + x] = {val}")
     return "\n".join(L) + "\n"
 
 
