@@ -27,6 +27,7 @@ from typing import Any, Callable
 from graphprune.errors import BackendUnavailableError, UsageError
 
 LIBRARY = "model.so"
+SPARSE_MIN_DEFAULT = 0.5  # layers with fewer zeros never beat dense (TVM_NOTES, benchmarks/sparse)
 
 
 class TvmBackend:
@@ -40,14 +41,18 @@ class TvmBackend:
     def compile(self, onnx_path: Path, target, out_dir: Path, *, trials: int,
                 time_budget_s: float | None, db_root: Path, rpc: str | None = None,
                 rpc_key: str | None = None, input_shapes=None,
-                log: Callable[[str], Any] | None = None) -> dict:
+                log: Callable[[str], Any] | None = None,
+                sparse_min: float | None = SPARSE_MIN_DEFAULT) -> dict:
         """Import, tune (trials>0) into db_root/<target-key>/, build, export into out_dir.
 
         Returns a JSON-able dict: {"artifacts": [...paths relative to out_dir], "library",
         "tuned": bool (every kernel has a tuned schedule), "trials": n (measured in this
         run), "new_records": n, "tuning_seconds": s, "target": dict, "host_runnable": bool,
-        "notes": [...], "db_dir", "coverage", "checks"}. ``log``: a print-like callable
-        (default: the graphprune.backends.tvm logger).
+        "notes": [...], "db_dir", "coverage", "checks", "sparse_kernels": [per-layer choice
+        rows, see adapter.sparse_rewrite]}. ``log``: a print-like callable (default: the
+        graphprune.backends.tvm logger). ``sparse_min``: layers whose constant weight has at
+        least this fraction of exact zeros get sparse kernels when they measure faster
+        (None: no sparse kernels).
         """
         from . import adapter
 
@@ -76,6 +81,17 @@ class TvmBackend:
         elif trials > 0:
             notes.append(f"not tuned: {target.name} is not this machine and no --rpc device was given "
                          "to measure on; schedules already in the database are applied")
+        sparse_table: list = []
+        if sparse_min is not None:
+            # after tuning: sparse layers are measured against their tuned dense version
+            mod, sparse_table, sparse_notes = adapter.sparse_rewrite(
+                mod, target.tvm, db_dir=db_dir, min_sparsity=sparse_min,
+                rpc=(rpc, rpc_key) if rpc else None, cross_compiler=cross, log=log)
+            notes.extend(sparse_notes)
+            n_sparse = sum(1 for r in sparse_table if r["chosen"] != "dense")
+            if sparse_table:
+                notes.append(f"sparse kernels: {n_sparse} of {len(sparse_table)} sparse layers "
+                             "replaced (the others measured faster dense)")
         coverage = adapter.db_coverage(mod, target.tvm, db_dir)
         tuned = coverage["tasks"] > 0 and not coverage["missing"]
         if coverage["missing"]:
@@ -117,4 +133,5 @@ class TvmBackend:
             "db_dir": str(db_dir),
             "coverage": coverage,
             "checks": checks,
+            "sparse_kernels": sparse_table,
         }

@@ -52,6 +52,20 @@ Build and export
     and run it) and ``<stem>.meta.json`` (ONNX input names/shapes/dtypes, target, tuning
     summary). ``cross_compiler`` e.g. ``"aarch64-linux-gnu-gcc"``.
 
+Sparse kernels (``kernels/``: structure, linear, conv, rewrite)
+    ``sparse_rewrite(mod, target, *, db_dir=None, min_sparsity=0.5, measure="auto",
+    rpc=None, cross_compiler=None, repeats=20, log=None) -> (mod, table, notes)``: replaces
+    matmul / Gemm (and conv2d, when ``kernels.conv`` provides candidates) layers whose
+    constant weight has >= ``min_sparsity`` exact zeros by generated sparse kernels (CSR,
+    BSR r×c, N:M; bias and a following relu fused), each only if it measured faster than
+    the dense layer (built with the database of ``db_dir``, i.e. tuned when it has a
+    record). ``measure``: "auto" (this machine for host targets; the RPC device
+    ``rpc=(tracker, key)`` otherwise, libraries cross-compiled with ``cross_compiler``;
+    with neither, a documented sparsity heuristic, noted in ``notes``), or a callable
+    ``(kind, layer, one_layer_module) -> ms`` (tests inject timings). ``table``: one row
+    per layer {"layer", "kind", "shape", "sparsity", "fused", "candidates": {name: ms},
+    "dense_ms", "chosen", "speedup", "measured", "info"}. Build the result with ``build``.
+
 Running
     ``load(lib) -> Loaded``; ``run_loaded(loaded, inputs)``; ``load_and_run(lib, inputs)
     -> [np.ndarray]``; ``benchmark(lib, inputs, repeats=50, warmup=5) -> {"median_ms",
@@ -320,12 +334,58 @@ def _prepare(mod, target):
     # zero_pipeline applies the current MetaSchedule database if there is one; prepare
     # outside any database scope so tuning and building see the same un-applied functions.
     with _target(target):
-        return tvm.transform.Sequential([
+        mod = tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.pipeline.zero_pipeline(),
             relax.transform.AttachAttrLayoutFreeBuffers(),
         ])(mod)
+    return _release_own_kernels(mod)
+
+
+OWN_KERNEL_ATTR = "graphprune.kernel"
+
+
+def _is_own_kernel(mod) -> bool:
+    """Is this (one-function) tuning-task module one of graphprune's own kernels?"""
+    from tvm import tirx
+
+    return any(isinstance(f, tirx.PrimFunc) and f.attrs is not None
+               and (OWN_KERNEL_ATTR in f.attrs or bool(f.attrs.get("tirx.is_scheduled", False)))
+               for _, f in mod.functions.items())
+
+
+def _set_aside_own_kernels(mod):
+    """(module without graphprune's kernels, {GlobalVar: PrimFunc} of them)."""
+    tvm = _tvm()
+    from tvm import tirx
+
+    own = {gv: f for gv, f in mod.functions.items()
+           if isinstance(f, tirx.PrimFunc) and f.attrs is not None and OWN_KERNEL_ATTR in f.attrs}
+    if not own:
+        return mod, own
+    rest = {gv: f for gv, f in mod.functions.items() if gv not in own}
+    return tvm.IRModule(rest, attrs=mod.attrs), own
+
+
+def _release_own_kernels(mod):
+    """graphprune's hand-scheduled kernels (kernels/*, attr OWN_KERNEL_ATTR) have no
+    block structure: keep layout rewriting (which needs a root block) away from them."""
+    from tvm import tirx
+
+    from tvm import relax
+
+    own = [gv for gv, f in mod.functions.items()
+           if isinstance(f, tirx.PrimFunc) and f.attrs is not None and OWN_KERNEL_ATTR in f.attrs]
+    if not own:
+        return mod
+    # AttachAttrLayoutFreeBuffers left the originals next to its annotated copies
+    mod = relax.transform.DeadCodeElimination(["main"])(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None \
+                and OWN_KERNEL_ATTR in func.attrs and "layout_free_buffers" in func.attrs:
+            mod[gv] = func.without_attr("layout_free_buffers")
+    return mod
 
 
 def _open_db(db_dir: Path):
@@ -708,7 +768,8 @@ def tune(mod, target, db_dir: str | Path, trials: int, time_budget_s: float | No
         db = _open_db(db_dir)
         attempts = _read_attempts(db_dir)
         before, before_valid = _count_records(db)
-        tasks = ms.relax_integration.extract_tasks(prepared, tgt)
+        tasks = [t for t in ms.relax_integration.extract_tasks(prepared, tgt)
+                 if not _is_own_kernel(t.dispatched[0])]
         selected = [t for t in tasks if not only or any(o in t.task_name for o in only)]
         stats.tasks_total = len(tasks)
         per_task = max(1, -(-trials // max(1, len(selected)))) if trials > 0 else 0
@@ -810,7 +871,12 @@ def build(mod, target, db_dir: str | Path | None = None, *, prepack: bool = True
             if _has_weight_params(mod):
                 passes.append(relax.transform.LiftTransformParams())
             passes.append(relax.transform.FoldConstant())
+            # SplitLayoutRewritePreproc needs every TIR function to have a root block;
+            # graphprune's own kernels have none (and no layout rewrite): set them aside.
+            mod, own = _set_aside_own_kernels(mod)
             mod = tvm.transform.Sequential(passes)(mod)
+            for gv, func in own.items():
+                mod[gv] = func
         return tvm.compile(mod, target=tgt)
 
 
@@ -839,7 +905,8 @@ def db_coverage(mod, target, db_dir: str | Path | None) -> dict:
     from tvm.s_tir import meta_schedule as ms
 
     tgt = _target(target)
-    tasks = ms.relax_integration.extract_tasks(_prepare(mod, tgt), tgt)
+    tasks = [t for t in ms.relax_integration.extract_tasks(_prepare(mod, tgt), tgt)
+             if not _is_own_kernel(t.dispatched[0])]
     if db_dir is None or not (Path(db_dir) / DB_RECORDS).exists():
         missing = [t.task_name for t in tasks]
     else:
@@ -1078,3 +1145,53 @@ def remote_benchmark(lib_path: str | Path, inputs, tracker: str, key: str, repea
     if return_outputs:
         res["outputs"] = loaded.run(inputs)
     return res
+
+
+# ----------------------------------------------------------------------------- sparse kernels
+def _layer_timer(target, db_dir, repeats: int, rpc=None, cross_compiler=None):
+    """measure(kind, layer, module) -> median ms of one call of the one-layer module."""
+    import tempfile
+
+    import numpy as np
+
+    def measure(kind, layer, mod):
+        exe = build(mod, target, db_dir if db_dir is not None and (Path(db_dir) / DB_RECORDS).exists()
+                    else None)
+        shape = [int(d) for d in mod["main"].params[0].ty.shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        if rpc is None:
+            tvm = _tvm()
+            from tvm import relax
+
+            dev = tvm.cpu()
+            vm = relax.VirtualMachine(exe, dev)
+            return _time_vm(vm, dev, [tvm.runtime.tensor(x, dev)], repeats, 3)["median_ms"]
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = Path(tmp) / "layer.so"
+            export(exe, lib, cross_compiler)
+            return remote_benchmark(lib, [x], rpc[0], rpc[1], repeats=repeats)["median_ms"]
+
+    return measure
+
+
+def sparse_rewrite(mod, target, *, db_dir: str | Path | None = None, min_sparsity: float = 0.5,
+                   measure="auto", rpc: tuple[str, str] | None = None,
+                   cross_compiler: str | None = None, repeats: int = 20,
+                   log: Log | None = None):
+    """Insert measured-faster sparse kernels; see the module docstring."""
+    _tvm()
+    from .kernels import rewrite
+
+    log = log or _default_log
+    canon = canonical_target(target)
+    cores = int(canon.get("num-cores") or 0) or (
+        host_target()["num-cores"] if is_host_runnable(target) else DEFAULT_DEVICE_CORES)
+    if measure == "auto":
+        if rpc is not None:
+            measure = _layer_timer(target, db_dir, repeats, rpc=rpc, cross_compiler=cross_compiler)
+        elif is_host_runnable(target):
+            measure = _layer_timer(target, db_dir, repeats)
+        else:
+            measure = None
+    return rewrite.rewrite_sparse(mod, measure=measure, min_sparsity=min_sparsity, cores=cores,
+                                  log=log)

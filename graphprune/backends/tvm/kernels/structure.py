@@ -164,7 +164,8 @@ class Analysis:
         largest blocks first (they reuse loads best), at most `limit` of them."""
         nnz = max(1e-12, 1.0 - self.sparsity)
         ok = [(b, v) for b, v in self.blocks.items()
-              if b != (1, 1) and v["stored_fraction"] <= max_overhead * nnz]
+              if b != (1, 1) and v["block_sparsity"] > 0
+              and v["stored_fraction"] <= max_overhead * nnz]
         ok.sort(key=lambda bv: (-(bv[0][0] * bv[0][1]), -bv[0][0]))
         return [b for b, _ in ok[:limit]]
 
