@@ -317,10 +317,14 @@ def dry_run_compile(model_path: str, opts) -> int:
     if opts.plan:
         ctx.results["plan_in"] = Plan.load(opts.plan)
     if not (opts.prune or opts.plan):
+        if getattr(opts, "sparsity", None):
+            print("sparsity only: sparsify{" + ",".join(f"{k}={v}" for k, v in opts.sparsity.items()) + "}")
         print("no pruning (--no-prune)\ndry run: nothing written")
         return 0
     pass_opts = {"ratio": opts.ratio, "criterion": opts.criterion, "round_to": resolved["round_to"], "seed": opts.seed}
     if opts.ignore:
         pass_opts["ignore"] = opts.ignore
     pass_opts.update(getattr(opts, "prune_options", None) or {})
+    if getattr(opts, "sparsity", None):
+        print("then sparsity: sparsify{" + ",".join(f"{k}={v}" for k, v in opts.sparsity.items()) + "}")
     return dry_run(model, PassManager([PruneChannels(**pass_opts)]), ctx, opts.ignore)

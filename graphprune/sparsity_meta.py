@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 KEY = "graphprune.sparsity"
+FORMATS_HELP = "unstructured, N:M (e.g. 2:4, 4:8, 1:4), block:RxC (e.g. block:8x1, r output × c input channels), " \
+               "pattern:K (3×3 conv kernel patterns with K entries)"
 VERSION = 1
 
 

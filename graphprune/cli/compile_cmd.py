@@ -34,7 +34,7 @@ def add_arguments(p):
     from graphprune.allocation import cli as alloc_cli
 
     alloc_cli.add_arguments(p)
-    from graphprune.passes.sparsity import cli as sparsity_cli
+    from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_cli.add_arguments(p)
 
@@ -61,7 +61,7 @@ def run(args) -> int:
     from graphprune.config import apply_config, dry_run_compile
 
     apply_config(args, "compile")
-    from graphprune.passes.sparsity import cli as sparsity_cli
+    from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
     sparsity_cli.require_calibration(sparsity_opts, args.calib)

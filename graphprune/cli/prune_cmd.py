@@ -39,7 +39,7 @@ def add_arguments(p):
     from graphprune.allocation import cli as alloc_cli
 
     alloc_cli.add_arguments(p)
-    from graphprune.passes.sparsity import cli as sparsity_cli
+    from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_cli.add_arguments(p)
 
@@ -101,7 +101,7 @@ def run(args) -> int:
     from graphprune.config import apply_config, dry_run
 
     apply_config(args, "prune")
-    from graphprune.passes.sparsity import cli as sparsity_cli
+    from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
     sparsity_cli.require_calibration(sparsity_opts, args.calib)

@@ -1,5 +1,6 @@
 """Sparsity flags shared by `graphprune prune` and `graphprune compile` (and so config
-keys of both): structured pruning first, then sparsity inside what is left."""
+keys of both): structured pruning first, then sparsity inside what is left. Kept out of
+the passes package so that `graphprune --help` imports nothing heavy."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p) -> None:
-    from graphprune.passes.sparsity.spec import FORMATS_HELP
+    from graphprune.sparsity_meta import FORMATS_HELP
 
     g = p.add_argument_group("sparsity (exact zeros inside the remaining weights, after structured pruning)")
     g.add_argument("--sparsity", type=float, metavar="F",

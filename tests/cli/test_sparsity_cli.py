@@ -139,3 +139,11 @@ def test_config_file_and_compile_report(samples_dir, tmp_path, capsys):
     rep = json.loads((d / "report.json").read_text())
     assert rep["checks"]["sparsity"]["ok"] and rep["sparsity"] and set(rep["sparsity"]) == set(rep["sparsity_tensors"])
     assert read_sparsity(d / "model.pruned.onnx")["tensors"].keys() == rep["sparsity"].keys()
+
+
+def test_dry_run_mentions_sparsity_and_writes_nothing(samples_dir, tmp_path, capsys):
+    out = tmp_path / "dry.onnx"
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "--sparsity-format", "4:8", "--dry-run", "-o", out) == 0
+    assert "then sparsity: sparsify{format=4:8" in capsys.readouterr().out and not out.exists()
+    assert run("compile", samples_dir / "tiny_resnet.onnx", "--sparsity", "0.5", "--dry-run", "-o", tmp_path / "c") == 0
+    assert "then sparsity: sparsify{format=unstructured" in capsys.readouterr().out

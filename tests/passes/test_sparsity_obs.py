@@ -106,3 +106,25 @@ def test_pass_sparsegpt_conv_grouped():
     assert ((ch != 0).sum(1) <= 2).all()  # 2:4 along the 4 input channels of a group, per tap
     rec = ctx.results["sparsity"]["tensors"]["c"]
     assert rec["obs_error"] < rec["mask_only_error"]
+
+
+def test_sequential_sweeps_run_layer_waves_on_the_sparsified_model():
+    rng = np.random.default_rng(5)
+    W1, W2 = rng.standard_normal((32, 48)), rng.standard_normal((48, 16))
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="l1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["z"], name="l2"), helper.make_node("Relu", ["z"], ["y"])]
+    proto = make_model(nodes, [("x", [None, 32])], [("y", [None, 16])],
+                       {"W1": W1.astype(np.float32), "W2": W2.astype(np.float32)})
+    calib = Calibration.from_batches([{"x": rng.standard_normal((64, 32)).astype(np.float32)} for _ in range(2)])
+    errs = {}
+    for seq in ("false", "true"):
+        m = gp.load(proto.SerializeToString())
+        ctx = PassContext()
+        ctx.results["calibration"] = calib
+        PassManager.parse(f"sparsify{{format=2:4,criterion=sparsegpt,sequential={seq},skip_last=false,"
+                          "min_params=0}").run(m, ctx)
+        for name in ("W1", "W2"):
+            a = const_array(m.graph.initializers[name])
+            assert ((a != 0).T.reshape(a.shape[1], -1, 4).sum(-1) <= 2).all()
+        errs[seq] = ctx.results["sparsity"]["tensors"]["W2"]["obs_error"]
+    assert errs["true"] != errs["false"]  # W2's Hessian came from the sparsified first layer

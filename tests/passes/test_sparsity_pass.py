@@ -250,3 +250,11 @@ def test_api_sparsify_with_calibration_npz(tmp_path):
     assert res.overall == 0.5 and res.tensors["W"]["criterion"] == "wanda"
     assert gp.read_sparsity(m)["tensors"]["W"]["format"] == "unstructured"
     assert weights(m)["W"].tolist() == [[1, 1], [0, 0]]
+
+
+def test_conv_transpose_is_skipped_with_a_reason():
+    nodes = [helper.make_node("ConvTranspose", ["x", "ct"], ["y"], name="up", strides=[2, 2])]
+    proto = make_model(nodes, [("x", [1, 8, 4, 4])], [("y", [1, 8, 9, 9])], {"ct": w(8, 8, 3, 3, seed=11)})
+    model, res = run(proto, f"sparsify{{format=unstructured,sparsity=0.5,{ALL}}}")
+    assert res["tensors"] == {} and "ConvTranspose" in res["skipped"][0]["reason"]
+    assert (weights(model)["ct"] != 0).all()

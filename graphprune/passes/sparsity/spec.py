@@ -5,10 +5,9 @@ import re
 from dataclasses import dataclass
 
 from graphprune.errors import UsageError
+from graphprune.sparsity_meta import FORMATS_HELP  # noqa: F401  (re-exported)
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
-FORMATS_HELP = "unstructured, N:M (e.g. 2:4, 4:8, 1:4), block:RxC (e.g. block:8x1, r output × c input channels), " \
-               "pattern:K (3×3 conv kernel patterns with K entries)"
 
 
 @dataclass
