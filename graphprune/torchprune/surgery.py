@@ -150,26 +150,8 @@ def update_attributes(module, pruned: ir.Model | None = None) -> list[str]:
         elif isinstance(m, nn.GroupNorm) and w is not None:
             m.num_channels = w.shape[0]
         elif isinstance(m, nn.MultiheadAttention):
-            if not _update_mha(m):
+            from graphprune.torchprune.mha import adopt
+
+            if not adopt(m):
                 inexpressible.append(name or type(m).__name__)
     return inexpressible
-
-
-def _update_mha(m) -> bool:
-    """nn.MultiheadAttention needs q/k/v width == embed_dim == out_proj width. Head
-    pruning narrows q/k/v but not the embedding, which the class cannot express."""
-    qkv_in = m.in_proj_weight if m.in_proj_weight is not None else m.q_proj_weight
-    if m.in_proj_weight is not None:
-        inner, embed = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
-    else:
-        inner, embed = m.q_proj_weight.shape[0], m.q_proj_weight.shape[1]
-    out_in = m.out_proj.weight.shape[1]
-    if qkv_in is None or inner != embed or out_in != inner or m.out_proj.weight.shape[0] != embed:
-        return False
-    if inner == m.embed_dim:
-        return True
-    m.num_heads = inner // m.head_dim if inner % m.head_dim == 0 else m.num_heads
-    m.embed_dim = inner
-    m.head_dim = inner // m.num_heads
-    m.kdim = m.vdim = inner
-    return True

@@ -6,6 +6,8 @@ ONNX oracle on the exported model, fewer parameters, and gradients after pruning
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -18,7 +20,8 @@ import graphprune as gp  # noqa: E402
 from graphprune.errors import FrontendError  # noqa: E402
 from gp_torch_cases import (  # noqa: E402
     Attention, ConcatChain, ConcatHeight, ConcatSplit, FlattenLinear, GroupedAfterConcat, GroupedUneven, LeNet,
-    MultiIO, SelfAttention, SingleChannel, Split, StackedFC, Unused, check_result, random_importance, seeded,
+    MultiIO, SelfAttention, SingleChannel, Split, StackedFC, Unused, check_result, masked_by_hand,
+    random_importance, seeded,
 )
 
 pytestmark = pytest.mark.torch
@@ -214,18 +217,93 @@ def test_attention_head_pruning_with_literal_head_sizes():
                                    rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(reason="nn.MultiheadAttention heads are not prunable in the ONNX analysis yet: its export "
-                          "selects q/k/v from the packed in-projection with Gather on a stacked tensor (frozen: "
-                          "'Gather with scalar or multi-dim constant indices') and reshapes to "
-                          "(tgt_len, bsz*num_heads, head_dim) (frozen: 'Reshape: axes regrouped'), so no group "
-                          "holds mha.in_proj_weight axis 0. Heads of attention written with separate q/k/v "
-                          "projections are pruned (test above).", strict=False)
+def _whole_heads(rows, inner, head_dim):
+    """The heads whose rows go, checked to be whole heads removed alike from q, k and v."""
+    heads = sorted({(r % inner) // head_dim for r in rows})
+    assert rows == [p * inner + h * head_dim + d for p in range(3) for h in heads for d in range(head_dim)], rows
+    return heads
+
+
 def test_attention_head_pruning():
+    """nn.MultiheadAttention's export unflattens the packed in-projection into (3, E) and
+    picks q/k/v by index: whole heads go from all three, and num_heads follows."""
     module, x = seeded(Attention), torch.randn(2, 5, 8)
     result = gp.prune_module(module, x, ratio=0.5)
-    assert any(t["name"] == "mha.in_proj_weight" and t["axis"] == 0 for t in result.plan.tensors), \
-        "no attention head was pruned"
     check_result(module, (x,), result)
+    rows = next(t["removed"] for t in result.plan.tensors if t["name"] == "mha.in_proj_weight" and t["axis"] == 0)
+    assert len(_whole_heads(rows, 16, 4)) == 2
+    assert result.kind == "module" and result.module.mha.num_heads == 2
+
+
+def test_attention_heads_pruned_while_the_embedding_keeps_its_width():
+    """The usual case in a transformer: heads and FFN go, the residual width stays. The
+    module keeps its class tree; its attention becomes PrunedMultiheadAttention, which
+    runs at other batch and sequence sizes and with masks, like the masked original."""
+    from graphprune.torchprune.mha import PrunedMultiheadAttention
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    module, x = seeded(Encoder), torch.randn(2, 5, 16)
+    result = gp.prune_module(module, x, ratio=0.5)
+    check_result(module, (x,), result)
+    attn = result.module.layer.self_attn
+    rows = next(t["removed"] for t in result.plan.tensors if t["name"] == "layer.self_attn.in_proj_weight")
+    assert len(_whole_heads(rows, 16, 4)) == 2
+    assert result.kind == "module" and isinstance(attn, PrunedMultiheadAttention)
+    assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (2, 4, 16)
+    masked = masked_by_hand(module, result.plan)
+    xb = torch.randn(3, 7, 16)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:] = True
+    causal = nn.Transformer.generate_square_subsequent_mask(7)
+    with torch.no_grad():
+        for kw in ({}, {"src_key_padding_mask": pad}, {"src_mask": causal}, {"src_mask": causal, "is_causal": True}):
+            np.testing.assert_allclose(result.module.layer(xb, **kw).numpy(), masked.layer(xb, **kw).numpy(),
+                                       rtol=1e-4, atol=1e-5, err_msg=str(kw))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pruned_multihead_attention_matches_masked_heads(batch_first):
+    """PrunedMultiheadAttention on its own: slicing whole heads out of q/k/v and out_proj's
+    input equals zeroing them, with and without attention weights and masks."""
+    from graphprune.torchprune.mha import PrunedMultiheadAttention, adopt
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(12, 3, batch_first=batch_first).eval()
+    keep = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])  # heads 0 and 2 of head_dim 4
+    masked, pruned = copy.deepcopy(mha), copy.deepcopy(mha)
+    gone = torch.tensor([i for i in range(12) if i not in keep])
+    with torch.no_grad():
+        for p in range(3):
+            masked.in_proj_weight[p * 12 + gone] = 0
+            masked.in_proj_bias[p * 12 + gone] = 0
+        rows = torch.cat([p * 12 + keep for p in range(3)])
+        pruned.in_proj_weight = nn.Parameter(mha.in_proj_weight[rows].clone())
+        pruned.in_proj_bias = nn.Parameter(mha.in_proj_bias[rows].clone())
+        pruned.out_proj.weight = nn.Parameter(mha.out_proj.weight[:, keep].clone())
+    assert adopt(pruned) and isinstance(pruned, PrunedMultiheadAttention) and pruned.num_heads == 2
+    q = torch.randn(2, 5, 12) if batch_first else torch.randn(5, 2, 12)
+    kv = torch.randn(2, 6, 12) if batch_first else torch.randn(6, 2, 12)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    float_mask = torch.randn(5, 6)
+    with torch.no_grad():
+        for kw in ({}, {"need_weights": False}, {"key_padding_mask": pad}, {"attn_mask": float_mask},
+                   {"attn_mask": float_mask > 1, "key_padding_mask": pad, "need_weights": False}):
+            want, _ = masked(q, kv, kv, **kw)
+            got, weights = pruned(q, kv, kv, **kw)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=str(kw))
+        _, w_full = mha(q, kv, kv, average_attn_weights=False)
+        _, w_pruned = pruned(q, kv, kv, average_attn_weights=False)
+        np.testing.assert_allclose(w_pruned.numpy(), w_full[:, [0, 2]].numpy(), rtol=1e-5, atol=1e-6)
+    pruned.train()
+    pruned(q, kv, kv)[0].sum().backward()
+    assert pruned.in_proj_weight.grad is not None and pruned.out_proj.weight.grad is not None
 
 
 # ---- errors ---------------------------------------------------------------------------------

@@ -58,6 +58,15 @@ class RuleContext:
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         return const_array(value)
 
+    def carries_weights(self, value: ir.Value, axis: int) -> bool:
+        """Whether (value, axis) is, from what the rules upstream said so far, coupled to
+        a weight and not frozen: a hint for rules that must pick one axis of several."""
+        return self._b.carries_weights(self._b.slot(value, self._norm(value, axis)))
+
+    def element_labels(self, value: ir.Value, axis: int) -> np.ndarray | None:
+        """Which elements of (value, axis) the rules upstream already tie together."""
+        return self._b.element_labels(self._b.slot(value, self._norm(value, axis)))
+
     def attr(self, name: str, default=None):
         a = self.node.attributes.get(name)
         return default if a is None else a.value

@@ -100,6 +100,11 @@ class DependencyBuilder:
         self.rewrites: list[tuple[ir.Node, RewriteFn]] = []
         self.diagnostics: list[Diagnostic] = []
         self.edge_nodes: list[str] = []
+        # A running view of the components built so far, so a rule with a choice to make
+        # (which axis of a reshape carries the channels) can ask what is upstream of it.
+        self._uf = _UnionFind()
+        self._weighted: set[Slot] = set()   # roots whose component holds a float constant
+        self._frozen_roots: set[Slot] = set()
 
     # ---- slots ---------------------------------------------------------------------
     def slot(self, value: ir.Value, axis: int) -> Slot:
@@ -114,6 +119,10 @@ class DependencyBuilder:
                 self.frozen[s].append("dynamic or unknown size")
             if is_constant(value) and s not in self.roles:
                 self.roles[s] = "const"
+            if is_constant(value) and _is_float(value):
+                self._weighted.add(self._uf.find(s))
+            if not isinstance(size, int):
+                self._frozen_roots.add(self._uf.find(s))
         return s
 
     def virtual_slot(self, node: ir.Node, tag: str, size: int) -> Slot:
@@ -131,10 +140,51 @@ class DependencyBuilder:
             b_idx = np.asarray(b_idx, dtype=np.int64).reshape(-1)
         self.edges.append((a, b, a_idx, b_idx))
         self.edge_nodes.append(node.name)
+        ra, rb = self._uf.find(a), self._uf.find(b)
+        if ra != rb:
+            self._uf.union(ra, rb)
+            root = self._uf.find(ra)
+            for flags in (self._weighted, self._frozen_roots):
+                if ra in flags or rb in flags:
+                    flags.add(root)
+
+    def carries_weights(self, s: Slot) -> bool:
+        """So far: s is coupled to a float constant and nothing in its component is frozen."""
+        root = self._uf.find(s)
+        return root in self._weighted and root not in self._frozen_roots
+
+    def element_labels(self, s: Slot) -> np.ndarray | None:
+        """So far: which elements of s the couplings already tie together (one label per
+        element), or None if some size in its component is unknown."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        root = self._uf.find(s)
+        edges = [e for e in self.edges if self._uf.find(e[0]) == root]
+        members = sorted({x for e in edges for x in e[:2]} | {s}, key=lambda x: self.order[x])
+        if any(not isinstance(self.sizes[x], int) for x in members):
+            return None
+        offset, total = {}, 0
+        for x in members:
+            offset[x], total = total, total + int(self.sizes[x])
+        rows, cols = [], []
+        for a, c, ai, ci in edges:
+            if ai is None:
+                if self.sizes[a] != self.sizes[c]:
+                    return None
+                ai = ci = np.arange(int(self.sizes[a]))
+            rows.append(ai + offset[a])
+            cols.append(ci + offset[c])
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        _, comp = connected_components(coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(total, total)),
+                                       directed=False)
+        return comp[offset[s]: offset[s] + int(self.sizes[s])]
 
     def freeze(self, s: Slot, reason: str) -> None:
         if reason not in self.frozen[s]:
             self.frozen[s].append(reason)
+        self._frozen_roots.add(self._uf.find(s))
 
     def freeze_value_unknown(self, value: ir.Value, reason: str) -> None:
         # Rank unknown: nothing can be coupled through it, so nothing needs freezing.

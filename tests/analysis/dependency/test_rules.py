@@ -438,3 +438,52 @@ def test_grouped_conv_fed_by_concat():
     cat_group = next(g for g in dg.prunable_groups if any(s.value.startswith("concat") for s in g.slots))
     assert cat_group.num_atoms == 2  # position 0 / position 1 of every group, across both branches
     check(m, seeds=range(4))
+
+
+def _packed_qkv_attention(stack_by_gather=True):
+    """torch nn.MultiheadAttention's export, by hand: x[T=5, B=2, 16] → packed q/k/v
+    [.., 48] → unflatten (3, 16) → picked by Gather → (T, B·heads, head_dim) → attention →
+    (T·B, 16) → out projection. 4 heads of 4."""
+    from onnx import helper as oh
+
+    from helpers import make_model, w
+
+    def c(name, arr):
+        return oh.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(arr), name))
+
+    from onnx import numpy_helper
+    nodes = [
+        oh.make_node("MatMul", ["x", "w_in"], ["p"]), oh.make_node("Add", ["p", "b_in"], ["qkv"]),
+        c("s1", np.array([5, 2, 3, 16], np.int64)), oh.make_node("Reshape", ["qkv", "s1"], ["u"]),
+        c("ax0", np.array([0], np.int64)), oh.make_node("Unsqueeze", ["u", "ax0"], ["u1"]),
+        oh.make_node("Transpose", ["u1"], ["t1"], perm=[3, 1, 2, 0, 4]),
+        c("ax3", np.array([3], np.int64)), oh.make_node("Squeeze", ["t1", "ax3"], ["stk"]),
+        c("s2", np.array([5, 8, 4], np.int64)), c("s3", np.array([10, 16], np.int64)),
+    ]
+    heads = []
+    for k, name in enumerate("qkv"):
+        nodes += [c(f"i{k}", np.array(k, np.int64)), oh.make_node("Gather", ["stk", f"i{k}"], [f"{name}0"], axis=0),
+                  oh.make_node("Reshape", [f"{name}0", "s2"], [f"{name}1"]),
+                  oh.make_node("Transpose", [f"{name}1"], [f"{name}h"], perm=[1, 0, 2])]  # [8, 5, 4]
+        heads.append(f"{name}h")
+    nodes += [oh.make_node("Transpose", ["kh"], ["kt"], perm=[0, 2, 1]),
+              oh.make_node("MatMul", ["qh", "kt"], ["sc"]), oh.make_node("Softmax", ["sc"], ["pr"], axis=-1),
+              oh.make_node("MatMul", ["pr", "vh"], ["o"]),              # [8, 5, 4]
+              oh.make_node("Transpose", ["o"], ["ot"], perm=[1, 0, 2]),  # [5, 8, 4]
+              oh.make_node("Reshape", ["ot", "s3"], ["of"]),
+              oh.make_node("MatMul", ["of", "w_out"], ["y"])]
+    return make_model(nodes, [("x", [5, 2, 16])], [("y", [10, 6])],
+                      {"w_in": w(16, 48, seed=1), "b_in": w(48, seed=2), "w_out": w(16, 6, seed=3)})
+
+
+def test_packed_qkv_heads_with_batch_merged_into_heads():
+    """The (3, E) factor is a stack unpicked by Gather, not heads: E carries the channels;
+    (B, E) → (B·heads, head_dim) maps heads through the batch; atoms are whole heads, the
+    same in q, k and v."""
+    m = _packed_qkv_attention()
+    dg = groups_of(m)
+    g = next(g for g in dg.prunable_groups if any(s.value == "w_in" and s.axis == 1 for s in g.slots))
+    assert g.num_atoms == 4
+    labels = g.labels[next(s for s in g.slots if s.value == "w_in" and s.axis == 1)]
+    assert [list(labels[p * 16: p * 16 + 16]) for p in range(3)] == [list(np.repeat(np.arange(4), 4))] * 3
+    check(m)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.ir.constants import const_array
 from graphprune.ir.shape_target import DYN, ShapeTarget, resolve_output_dims
 
 def _align_numeric(din: list, dout: list, i0: int, j0: int) -> list | None:
@@ -152,33 +153,176 @@ def couple_reshape(ctx, x, y, reason: str, dout: list | None = None) -> list[tup
         if len(ii) == 1 and len(jj) == 1:
             ctx.couple(x, ii[0], y, jj[0])
             pairs.append((ii[0], jj[0]))
-        elif len(jj) == 1:  # merge
-            a = [k for k in ii if dx[k] != 1][0]
-            inner = int(np.prod([dx[k] for k in ii if k > a]))
-            n = dx[a]
-            ctx.couple(x, a, y, jj[0], np.repeat(np.arange(n), inner), np.arange(n * inner))
-            pairs.append((a, jj[0]))
+        else:
+            chosen = _choose_axes(ctx, x, y, dx, dy, ii, jj)
+            if chosen is None:
+                for a in ii:
+                    ctx.freeze(x, a, f"{reason}: axes regrouped")
+                for b in jj:
+                    ctx.freeze(y, b, f"{reason}: axes regrouped")
+                continue
+            a, b, a_idx, b_idx = chosen
+            ctx.couple(x, a, y, b, a_idx, b_idx)
+            pairs.append((a, b))
             for k in ii:
                 if k != a:
                     ctx.freeze(x, k, f"{reason}: merged into another axis")
-        elif len(ii) == 1:  # split
-            big = [b for b in jj if dy[b] != 1]
-            heads_like = jj[-1] == len(dy) - 1 and len(big) == 2
-            b = big[0] if heads_like else big[-1]
-            total = dx[ii[0]]
-            stride = int(np.prod([dy[k] for k in jj if k > b]))
-            e = np.arange(total)
-            ctx.couple(x, ii[0], y, b, e, (e // stride) % dy[b])
-            pairs.append((ii[0], b))
             for k in jj:
                 if k != b:
                     ctx.freeze(y, k, f"{reason}: split off another axis")
-        else:
-            for a in ii:
-                ctx.freeze(x, a, f"{reason}: axes regrouped")
-            for b in jj:
-                ctx.freeze(y, b, f"{reason}: axes regrouped")
     return pairs
+
+
+def _block_pairs(din: list[int], dout: list[int], a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(index along input axis a, index along output axis b) of every element of a reshape
+    block (positions are within the block's own axes), without duplicates."""
+    flat = np.arange(int(np.prod(din)))
+    ai = np.unravel_index(flat, din)[a]
+    bi = np.unravel_index(flat, dout)[b]
+    code = np.unique(ai.astype(np.int64) * dout[b] + bi)
+    return code // dout[b], code % dout[b]
+
+
+def _removal_is_exact(din: list[int], dout: list[int], a: int, b: int, ai: np.ndarray, bi: np.ndarray) -> bool:
+    """Whether removing whole atoms of the (a, b) element coupling from both sides leaves
+    a reshape of the smaller tensor that moves every kept element where it was: checked
+    on each atom alone and on every other atom."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    na, nb = din[a], dout[b]
+    adj = coo_matrix((np.ones(len(ai)), (ai, na + bi)), shape=(na + nb, na + nb))
+    n_atoms, comp = connected_components(adj, directed=False)
+    if n_atoms < 2:
+        return False
+    x = np.arange(int(np.prod(din))).reshape(din)
+    y = x.reshape(dout)
+    trials = [[k] for k in range(min(n_atoms, 16))] + [list(range(0, n_atoms, 2))]
+    for removed in trials:
+        gone = np.isin(comp, removed)
+        keep_a, keep_b = np.flatnonzero(~gone[:na]), np.flatnonzero(~gone[na:])
+        xs, ys = np.take(x, keep_a, axis=a), np.take(y, keep_b, axis=b)
+        if xs.size != ys.size or not np.array_equal(xs.reshape(ys.shape), ys):
+            return False
+    return True
+
+
+def _choose_axes(ctx, x, y, dx, dy, ii: list[int], jj: list[int]):
+    """Pick the one input axis and the one output axis of a multi-axis reshape block that
+    carry the channels, with their element map; None if no choice is exact.
+
+    Input side: of the non-1 axes, one that rules upstream coupled to a weight (heads
+    merged with a batch axis: the heads), else the outermost (Flatten→Gemm: channels).
+    Output side: a split that ends the tensor into two factors is hidden → heads ×
+    head_dim (the outer factor, whole heads); other splits keep the inner factor (channel
+    shuffle). A factor that is only ever unstacked by scalar Gathers downstream (torch's
+    packed q/k/v: [.., 3E] → [.., 3, E] then proj[0], proj[1], proj[2]) is never the one."""
+    if not all(isinstance(dx[k], int) for k in ii) or not all(isinstance(dy[k], int) for k in jj):
+        return None
+    big_in = [k for k in ii if dx[k] != 1]
+    big_out = [k for k in jj if dy[k] != 1 and not _unstacked(y, k)]
+    if not big_in or not big_out:
+        return None
+    weighted = [k for k in big_in if ctx.carries_weights(x, k)]
+    a = (weighted or big_in)[0]
+    b_order = big_out if len(big_out) == 2 and jj[-1] == len(dy) - 1 else big_out[::-1]
+    din, dout = [dx[k] for k in ii], [dy[k] for k in jj]
+    if len(ii) == 1:  # split: input element e lands at digit b of e; always exact
+        b = b_order[0]
+        stride = int(np.prod([dy[k] for k in jj if k > b]))
+        e = np.arange(dx[a])
+        return a, b, e, (e // stride) % dy[b]
+    if len(jj) == 1:  # merge: output element o comes from digit a of o; always exact
+        b = jj[0]
+        stride = int(np.prod([dx[k] for k in ii if k > a]))
+        o = np.arange(dy[b])
+        return a, b, (o // stride) % dx[a], o
+    if int(np.prod(din)) > _MAX_REGROUP:
+        return None
+    # Regroup (e.g. (batch, heads·head_dim) → (batch·heads, head_dim) and back): of the
+    # exact choices, the one that splits the channels upstream already tied into the most
+    # atoms (the heads digit, not the batch digit).
+    upstream = ctx.element_labels(x, a)
+    best, best_atoms = None, 1
+    for b in b_order:
+        ai, bi = _block_pairs(din, dout, ii.index(a), jj.index(b))
+        if not _removal_is_exact(din, dout, ii.index(a), jj.index(b), ai, bi):
+            continue
+        n = _atoms_with(upstream, dx[a], ai, dy[b], bi)
+        if n > best_atoms:
+            best, best_atoms = (a, b, ai, bi), n
+    return best
+
+
+def _atoms_with(upstream: np.ndarray | None, na: int, ai: np.ndarray, nb: int, bi: np.ndarray) -> int:
+    """Atoms among the na elements once the (ai, bi) pairs join the upstream ties."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, cols = [ai], [na + bi]
+    if upstream is not None:
+        _, first = np.unique(upstream, return_index=True)
+        rows.append(np.arange(na))
+        cols.append(first[np.unique(upstream, return_inverse=True)[1]])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(na + nb, na + nb)), directed=False)
+    return len(np.unique(comp[:na]))
+
+
+_MAX_REGROUP = 1 << 22  # elements of a regrouped block we are willing to enumerate
+
+
+_AXIS_MOVERS = ("Identity", "Unsqueeze", "Squeeze", "Transpose")
+
+
+def _unstacked(value: ir.Value, axis: int, depth: int = 0) -> bool:
+    """Every use of `value` reaches, through ops that only move axes, a Gather that picks
+    one entry of `axis` with a scalar constant index: the axis indexes a stack of
+    tensors (q, k, v), not channels."""
+    uses = list(value.uses())
+    if not uses or depth > 6:
+        return False
+    for use in uses:
+        node, pos = use.node, use.idx
+        if pos != 0:
+            return False
+        out_axis = _moved_axis(node, value, axis)
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
+            idx = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+            n_dims = len(value.shape) if value.shape is not None else 0
+            g_axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+            if idx is None or idx.ndim != 0 or g_axis % max(n_dims, 1) != axis:
+                return False
+        elif out_axis is None or not _unstacked(node.outputs[0], out_axis, depth + 1):
+            return False
+    return True
+
+
+def _moved_axis(node: ir.Node, value: ir.Value, axis: int) -> int | None:
+    """Where `axis` of the input lands in the output of an axis-moving op (None: elsewhere
+    or dropped)."""
+    if node.op_type not in _AXIS_MOVERS or node.domain not in ("", "ai.onnx") or value.shape is None:
+        return None
+    rank = len(value.shape)
+    if node.op_type == "Identity":
+        return axis
+    if node.op_type == "Transpose":
+        perm = node.attributes["perm"].value if "perm" in node.attributes else list(range(rank))[::-1]
+        return list(perm).index(axis)
+    axes_v = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if axes_v is None and "axes" in node.attributes:
+        axes_v = np.array(node.attributes["axes"].value)
+    if axes_v is None:
+        return None
+    if node.op_type == "Unsqueeze":
+        out_rank = rank + axes_v.size
+        new = sorted(int(k) % out_rank for k in axes_v.reshape(-1))
+        kept = [k for k in range(out_rank) if k not in new]
+        return kept[axis]
+    gone = {int(k) % rank for k in axes_v.reshape(-1)}
+    if axis in gone:
+        return None
+    return axis - sum(1 for k in gone if k < axis)
 
 
 @rule("Reshape")
