@@ -8,9 +8,10 @@ tensor the plan slices is a parameter or buffer of the module. What comes back i
 
 * the module's own class (a deep copy), its tensors sliced into new nn.Parameters and its
   layers' size attributes updated, when its forward runs correctly at the new widths —
-  the normal case, which keeps the user's methods, hooks, dropout and BatchNorm training;
-* otherwise (literal sizes in forward, layers whose class cannot express the result, such
-  as nn.MultiheadAttention after head pruning) a torch.fx GraphModule of the exported
+  the normal case, which keeps the user's methods, hooks, dropout and BatchNorm training
+  (an nn.MultiheadAttention that lost heads becomes a PrunedMultiheadAttention, mha.py);
+* otherwise (literal sizes in forward, layers whose class cannot express the result)
+  a torch.fx GraphModule of the exported
   program with the literal sizes rewritten (see graph.py for what that costs).
 
 Either way the result is checked before it is returned: it must equal the pruned ONNX
