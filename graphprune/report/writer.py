@@ -70,12 +70,39 @@ def markdown(report: dict) -> str:
         for name, c in checks.items():
             lines.append(f"- {name}: {'PASS' if c.get('ok') else 'FAIL' if c.get('ok') is False else 'skipped'}"
                          f" — {c.get('summary', '')}")
+    lines += _sparsity_sections(report)
     notes = report.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Files", ""] + [f"- `{f['path']}` ({f['bytes']} B, sha256 {f['sha256'][:12]}…)"
                                      for f in report.get("outputs", [])]
     return "\n".join(lines) + "\n"
+
+
+def _sparsity_sections(report: dict) -> list[str]:
+    lines: list[str] = []
+    tensors = report.get("sparsity_tensors") or {}
+    if tensors:
+        lines += ["", "## Sparsity", "", "| tensor | format | zeros |", "|---|---|---|"]
+        for name, r in tensors.items():
+            fmt = r.get("format", "")
+            if r.get("block"):
+                fmt += " " + "x".join(str(k) for k in r["block"])
+            elif r.get("n"):
+                fmt = f"{r['n']}:{r['m']}"
+            lines.append(f"| {name} | {fmt} | {r.get('sparsity', 0):.1%} |")
+    tvm = ((report.get("backend") or {}).get("results") or {}).get("tvm") or {}
+    kernels = tvm.get("sparse_kernels") or []
+    if kernels:
+        lines += ["", "## Sparse kernels (TVM): dense vs each candidate, per layer", "",
+                  "| layer | shape | zeros | dense ms | candidates (ms) | chosen | speed-up | how chosen |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k in kernels:
+            cands = ", ".join(f"{n} {_fmt(v)}" for n, v in (k.get("candidates") or {}).items())
+            lines.append(f"| {k.get('layer')} | {k.get('shape')} | {_fmt(k.get('sparsity'))} | "
+                         f"{_fmt(k.get('dense_ms'))} | {cands} | {k.get('chosen')} | {_fmt(k.get('speedup'))} | "
+                         f"{'measured' if k.get('measured') else 'heuristic (no device to measure on)'} |")
+    return lines
 
 
 def write_report(out_dir: Path, report: dict) -> None:
