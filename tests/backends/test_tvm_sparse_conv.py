@@ -167,3 +167,23 @@ def test_fused_relu_and_all_zero_weight():
     z = np.zeros_like(w)
     cands = candidates(z, b, x.shape, 1, (1, 1, 1, 1))
     check_all(cands[:1], x, z, b, (1, 1), (1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_input_channel_chunks_match_ort(monkeypatch, relu):
+    """A tiny L1 budget forces several input-channel chunks (partial sums carried over)."""
+    from graphprune.backends.tvm.kernels import conv
+
+    monkeypatch.setattr(conv, "L1_BYTES", 512)
+    rng = np.random.default_rng(7)
+    w = pattern_weight(rng, 9, 13)
+    b = rng.standard_normal(9).astype(np.float32)
+    x = rng.standard_normal((2, 13, 8, 10)).astype(np.float32)
+    cands = candidates(w, b, x.shape, 1, (1, 1, 1, 1), relu=relu)
+    assert any(c.info["chunks"] > 1 for c in cands)
+    check_all(cands, x, w, b, (1, 1), (1, 1, 1, 1), relu=relu)
+    wb = block_weight(rng, 16, 12, 3, 4, 2)
+    cands = conv.block_candidates(wb, b[:1].repeat(16), x[:, :12].shape, (2, 2), (1, 1, 1, 1), (1, 1),
+                                  relu=relu)
+    assert cands and cands[0].info["chunks"] > 1
+    check_all(cands, np.ascontiguousarray(x[:, :12]), wb, b[:1].repeat(16), (2, 2), (1, 1, 1, 1), relu=relu)

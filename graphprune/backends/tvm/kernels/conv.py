@@ -45,39 +45,49 @@ def _out_hw(data_shape, kshape, strides, padding, dilation):
     return oh, ow
 
 
-def _x_tile(ow: int, limit: int = 64) -> int:
-    """Columns per tile: the whole row if it fits, else equal chunks (little waste)."""
-    chunks = -(-ow // limit)
-    return -(-ow // chunks)
-
-
 def _parallel_parts() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _kernel_source(*, name, dtype, n, i, h, w, o, oh, ow, kh, kw, strides, padding,
-                   dilation, packed: cs.Packed, yb, xv, has_bias, relu) -> str:
-    """TVMScript of one direct sparse conv (structure baked in as code and constants)."""
+def _geometry(kh, kw, data_shape, strides, padding, dilation, rows):
+    """(oh, ow, wq, tile length, tiles per image, flat pad length, largest tap offset)."""
+    oh, ow = _out_hw(data_shape, (kh, kw), strides, padding, dilation)
+    wq = ow + ((kw - 1) * dilation[1]) // strides[1]
+    tl = -(-(rows * wq) // 16) * 16
+    nt = -(-oh // rows)
+    max_off = ((kh - 1) * dilation[0] // strides[0]) * wq + ((kw - 1) * dilation[1]) // strides[1]
+    return oh, ow, wq, tl, nt, nt * rows * wq + tl + max_off, max_off
+
+
+def _kernel_source(*, name, dtype, n, i, h, w, o, kh, kw, strides, padding, dilation,
+                   packed: cs.Packed, rows, parts, has_bias, relu) -> str:
+    """TVMScript of one direct sparse conv (structure baked in as code and constants).
+
+    The padded input is stored per (row phase, column phase) of the stride as flat planes
+    of row width ``wq``; a tile is ``rows`` whole output rows, output pixel (a, x) of a
+    tile is flat position ``a * wq + x``, and tap (dy, dx) reads the plane of its phases at
+    a constant offset: every tap is one contiguous vector load whatever the stride
+    (columns x >= ow are computed and dropped at the store). One parallel loop over
+    (image, tile, part of the output blocks) does all the work after the padding copy.
+    """
     r, c = packed.r, packed.c
     nob = packed.n_out_blocks
     ng = len(packed.groups)
+    nch = packed.chunks
     e = max(len(packed.idx), 1)
     k = packed.vals.shape[2]
     sh, sw = strides
     dh, dw = dilation
     pt, pl = padding[0], padding[1]
-    nib = -(-i // c)
-    ip = nib * c
-    nyt, nxt = -(-oh // yb), -(-ow // xv)
-    # padded input: rows any tap of any tile reads, columns split in sw phases
-    hp = (nyt * yb - 1) * sh + (kh - 1) * dh + 1
-    wq = nxt * xv + ((kw - 1) * dw) // sw
+    ip = -(-i // c) * c
+    oh, ow, wq, tl, nt, flat, _ = _geometry(kh, kw, (n, i, h, w), strides, padding, dilation, rows)
+    per_part = -(-nob // parts)
     z = f'T.{dtype}(0)'
 
     params = [f'data: T.Buffer(({n}, {i}, {h}, {w}), "{dtype}")',
               f'vals: T.Buffer(({e}, {c}, {k}, {r}), "{dtype}")',
               f'idx: T.Buffer(({e},), "int32")',
-              f'ptr: T.Buffer(({nob * ng + 1},), "int32")',
+              f'ptr: T.Buffer(({nob * nch * ng + 1},), "int32")',
               f'order: T.Buffer(({nob},), "int32")']
     if has_bias:
         params.append(f'bias: T.Buffer(({nob * r},), "{dtype}")')
@@ -90,52 +100,63 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, oh, ow, kh, kw, strides, paddi
     # a root block (s_tir form) so Relax's layout passes accept the kernel; buffers are
     # allocated there and moved by lowering to the innermost scope using them
     L.append('    with T.sblock("root"):')
-    L.append(f'        pad = T.sblock_alloc_buffer(({n}, {ip}, {hp}, {sw}, {wq}), "{dtype}")')
-    L.append(f'        acc = T.sblock_alloc_buffer(({yb}, {r}, {xv}), "{dtype}", scope="local")')
+    L.append(f'        pad = T.sblock_alloc_buffer(({n}, {ip}, {sh}, {sw}, {flat}), "{dtype}")')
+    L.append(f'        acc = T.sblock_alloc_buffer(({r}, {tl}), "{dtype}", scope="local")')
+    L.append(f'        part = T.sblock_alloc_buffer(({per_part * r}, {tl}), "{dtype}")')
     L.append('        with T.sblock("pad"):')
     L.append(f"            for ni in T.parallel({n * ip}):")
-    L.append(f"                for yy, ph, q in T.grid({hp}, {sw}, {wq}):")
-    src_y, src_x = f"yy - {pt}", f"q * {sw} + ph - {pl}"
-    L.append(f"                    pad[ni // {ip}, ni % {ip}, yy, ph, q] = T.if_then_else("
-             f"ni % {ip} < {i} and {src_y} >= 0 and {src_y} < {h} and {src_x} >= 0 and {src_x} < {w}, "
-             f"data[ni // {ip}, T.min(ni % {ip}, {i - 1}), T.max(T.min({src_y}, {h - 1}), 0), "
-             f"T.max(T.min({src_x}, {w - 1}), 0)], {z})")
-    # row tiles outer (parallel), output blocks inner: the input rows of one row tile
-    # stay in cache while every output block reads them
+    L.append(f"                for py, px, f in T.grid({sh}, {sw}, {flat}):")
+    sy, sx = f"f // {wq} * {sh} + py - {pt}", f"f % {wq} * {sw} + px - {pl}"
+    L.append(f"                    pad[ni // {ip}, ni % {ip}, py, px, f] = T.if_then_else("
+             f"ni % {ip} < {i} and {sy} >= 0 and {sy} < {h} and {sx} >= 0 and {sx} < {w}, "
+             f"data[ni // {ip}, T.min(ni % {ip}, {i - 1}), T.max(T.min({sy}, {h - 1}), 0), "
+             f"T.max(T.min({sx}, {w - 1}), 0)], {z})")
     L.append('        with T.sblock("conv"):')
-    L.append(f"            for nt in T.parallel({n * nyt}):")
-    L.append(f"                for ob, xt in T.grid({nob}, {nxt}):")
-    L.append(f"                    for a in T.unroll({yb}):")
-    L.append(f"                        for b in T.unroll({r}):")
-    L.append(f"                            for x in T.vectorized({xv}):")
-    init = f"bias[order[ob] * {r} + b]" if has_bias else z
-    L.append(f"                                acc[a, b, x] = {init}")
+    L.append(f"            for wk in T.parallel({n * nt * parts}):")
+    nn, tt, pp = f"wk // {nt * parts}", f"wk // {parts} % {nt}", f"wk % {parts}"
+    base = f"{tt} * {rows * wq}"
+    # input-channel chunks outermost inside a tile: a chunk's input rows stay in L1
+    # while every output block reads them; partial sums wait in `part` (cache-hot)
+    L.append(f"                for ch, q in T.grid({nch}, {per_part}):")
+    L.append(f"                    if {pp} * {per_part} + q < {nob}:")
+    ob = f"order[{pp} * {per_part} + q]"
+    fo = f"part[q * {r} + b, x]"
+    init = f"bias[{ob} * {r} + b]" if has_bias else z
+    if nch > 1:
+        init = f"T.if_then_else(ch == 0, {init}, {fo})"
+    I = "                        "
+    L.append(f"{I}for b in T.unroll({r}):")
+    L.append(f"{I}    for x in T.vectorized({tl}):")
+    L.append(f"{I}        acc[b, x] = {init}")
     for g, taps in enumerate(packed.groups):
-        L.append(f"                    for j in range(ptr[order[ob] * {ng} + {g}], "
-                 f"ptr[order[ob] * {ng} + {g + 1}]):")
-        inner = "                        "
+        pbase = f"({ob} * {nch} + ch) * {ng}"
+        L.append(f"{I}for j in range(ptr[{pbase} + {g}], ptr[{pbase} + {g + 1}]):")
+        inner = I + "    "
         if c > 1:
-            L.append(f"                        for cc in T.unroll({c}):")
+            L.append(f"{inner}for cc in T.unroll({c}):")
             inner += "    "
-            chan = f"idx[j] * {c} + cc"
-            cidx = "cc"
+            chan, cidx = f"idx[j] * {c} + cc", "cc"
         else:
             chan, cidx = "idx[j]", "0"
         for t, (dy, dx) in enumerate(taps):
-            col = dx * dw
-            ph, q0 = col % sw, col // sw
-            L.append(f"{inner}for a in T.unroll({yb}):")
-            L.append(f"{inner}    for b in T.unroll({r}):")
-            L.append(f"{inner}        for x in T.vectorized({xv}):")
-            L.append(f"{inner}            acc[a, b, x] = acc[a, b, x] + vals[j, {cidx}, {t}, b] * "
-                     f"pad[nt // {nyt}, {chan}, (nt % {nyt} * {yb} + a) * {sh} + {dy * dh}, {ph}, "
-                     f"xt * {xv} + x + {q0}]")
-    L.append(f"                    for a, b in T.grid({yb}, {r}):")
-    L.append(f"                        for x in T.serial({xv}):")
-    oc = f"order[ob] * {r} + b"
-    L.append(f"                            if {oc} < {o} and nt % {nyt} * {yb} + a < {oh} and xt * {xv} + x < {ow}:")
-    val = f"T.max(acc[a, b, x], {z})" if relu else "acc[a, b, x]"
-    L.append(f"                                out[nt // {nyt}, {oc}, nt % {nyt} * {yb} + a, xt * {xv} + x] = {val}")
+            ry, rx = dy * dh, dx * dw
+            off = (ry // sh) * wq + rx // sw
+            L.append(f"{inner}for b in T.unroll({r}):")
+            L.append(f"{inner}    for x in T.vectorized({tl}):")
+            L.append(f"{inner}        acc[b, x] = acc[b, x] + vals[j, {cidx}, {t}, b] * "
+                     f"pad[{nn}, {chan}, {ry % sh}, {rx % sw}, {base} + x + {off}]")
+    L.append(f"{I}for b in T.unroll({r}):")
+    L.append(f"{I}    for x in T.vectorized({tl}):")
+    L.append(f"{I}        {fo} = acc[b, x]")
+    # store whole rows (vectorised, no per-element bounds checks)
+    L.append(f"                for q, b, a in T.grid({per_part}, {r}, {rows}):")
+    oc = f"order[{pp} * {per_part} + q] * {r} + b"
+    L.append(f"                    if {pp} * {per_part} + q < {nob} and {oc} < {o} and {tt} * {rows} + a < {oh}:")
+    val = f"part[q * {r} + b, a * {wq} + x]"
+    if relu:
+        val = f"T.max({val}, {z})"
+    L.append(f"                        for x in T.vectorized({ow}):")
+    L.append(f"                            out[{nn}, {oc}, {tt} * {rows} + a, x] = {val}")
     return "\n".join(L) + "\n"
 
 
@@ -146,15 +167,17 @@ def _parse(src: str):
 
 
 def _candidate(label, weight, bias, data_shape, strides, padding, dilation, dtype,
-               packed: cs.Packed, yb, xv, relu, info) -> KernelCandidate:
+               packed: cs.Packed, rows, relu, info) -> KernelCandidate:
     n, i, h, w = data_shape
     o, _, kh, kw = weight.shape
-    oh, ow = _out_hw(data_shape, (kh, kw), strides, padding, dilation)
-    order = cs.balanced_order(packed.work, _parallel_parts())
-    src = _kernel_source(name="sparse_conv", dtype=dtype, n=n, i=i, h=h, w=w, o=o, oh=oh,
-                         ow=ow, kh=kh, kw=kw, strides=strides, padding=padding,
-                         dilation=dilation, packed=packed, yb=yb, xv=xv,
-                         has_bias=bias is not None, relu=relu)
+    oh, ow, wq, tl, nt, _, _ = _geometry(kh, kw, data_shape, strides, padding, dilation, rows)
+    # split the output blocks when there are too few tiles to keep every thread busy
+    threads = _parallel_parts()
+    parts = max(1, min(packed.n_out_blocks, -(-4 * threads // (n * nt)) if n * nt < 4 * threads else 1))
+    order = cs.balanced_order(packed.work, parts)
+    src = _kernel_source(name="sparse_conv", dtype=dtype, n=n, i=i, h=h, w=w, o=o, kh=kh, kw=kw,
+                         strides=strides, padding=padding, dilation=dilation, packed=packed,
+                         rows=rows, parts=parts, has_bias=bias is not None, relu=relu)
     e = max(len(packed.idx), 1)
     vals = np.zeros((e,) + packed.vals.shape[1:], dtype=dtype)
     vals[:len(packed.idx)] = packed.vals
@@ -165,23 +188,43 @@ def _candidate(label, weight, bias, data_shape, strides, padding, dilation, dtyp
         b = np.zeros(packed.n_out_blocks * packed.r, dtype=dtype)
         b[:o] = bias
         consts.append(b)
-    info = dict(info, yb=yb, xv=xv, relu=relu, entries=int(len(packed.idx)),
-                macs_per_pixel=int(packed.work.sum()), dense_macs_per_pixel=int(o * i * kh * kw))
-    return KernelCandidate(name=f"{label}_y{yb}x{xv}", prim_func=_parse(src), constants=consts,
+    info = dict(info, rows=rows, tile=tl, parts=parts, chunks=packed.chunks, relu=relu,
+                entries=int(len(packed.idx)), macs_per_pixel=int(packed.work.sum()),
+                dense_macs_per_pixel=int(o * i * kh * kw))
+    return KernelCandidate(name=f"{label}_r{rows}", prim_func=_parse(src), constants=consts,
                            out_shape=(n, o, oh, ow), out_dtype=dtype, info=info)
 
 
-def _tiles(r: int, ow: int) -> list[tuple[int, int]]:
-    """(rows, columns) per register tile: two shapes for the rewriter to measure."""
-    xv = _x_tile(ow)
-    tiles = []
-    for yb in (4, 2, 1):
-        if yb * r * xv <= MAX_ACCUMULATORS and (yb, xv) not in tiles:
-            tiles.append((yb, xv))
-    if not tiles:
-        xv = _x_tile(ow, 16)
-        tiles.append((1, xv))
-    return tiles[:2]
+L1_BYTES = 24 * 1024  # of the 32 KiB L1d: the input rows one chunk of a tile reads
+
+
+def _row_tiles(r: int, wq: int, oh: int) -> list[int]:
+    """Output rows per tile: about 8 accumulator vectors (``r x tile / 16``; 16 spill
+    with the pattern kernel); [] when even one row needs more than 16."""
+    if r * (-(-wq // 16)) > 16:
+        return []
+    out = []
+    for vectors in (8,):
+        rows = max(1, min(oh, (vectors * 16 // r) // wq))
+        if rows not in out and r * (-(-(rows * wq) // 16)) <= 16:
+            out.append(rows)
+    return out
+
+
+def pack_for(weight, r, c, groups, entry_group, data_shape, strides, padding, dilation, rows):
+    """``conv_structure.pack`` with input-channel chunks sized so the input rows one
+    chunk of a tile reads stay in L1."""
+    o, i, kh, kw = weight.shape
+    _, _, _, tl, _, _, max_off = _geometry(kh, kw, data_shape, strides, padding, dilation, rows)
+    per_channel = (tl + max_off) * 4 * min(strides[0] * strides[1], kh * kw)
+    chunk_channels = max(c, (L1_BYTES // per_channel) // c * c)
+    return cs.pack(weight, r, c, groups, entry_group, chunk_blocks=chunk_channels // c)
+
+
+def _wq_oh(weight, data_shape, strides, padding, dilation):
+    kh, kw = weight.shape[2:]
+    oh, ow = _out_hw(data_shape, (kh, kw), strides, padding, dilation)
+    return ow + ((kw - 1) * dilation[1]) // strides[1], oh
 
 
 def pattern_candidates(weight, bias, data_shape, strides, padding, dilation, dtype="float32",
@@ -196,14 +239,13 @@ def pattern_candidates(weight, bias, data_shape, strides, padding, dilation, dty
     tap_density = kept_taps / max(o * i * kh * kw, 1)
     if tap_density > MAX_PATTERN_TAP_DENSITY:
         return []
-    packed = cs.pack(weight, 1, 1, groups, pid)
     info = {"structure": "pattern", "patterns": len(groups),
             "pattern_taps": sorted({len(g) for g in groups}), "tap_density": round(tap_density, 4),
             "kernels_kept": int((pid >= 0).sum()), "kernels": int(o * i)}
-    _, ow = _out_hw(data_shape, (kh, kw), strides, padding, dilation)
+    geo = (data_shape, strides, padding, dilation)
     return [_candidate(f"pattern{max(len(g) for g in groups) if groups else 0}", weight, bias,
-                       data_shape, strides, padding, dilation, dtype, packed, yb, xv, relu, info)
-            for yb, xv in _tiles(1, ow)]
+                       *geo, dtype, pack_for(weight, 1, 1, groups, pid, *geo, rows), rows, relu, info)
+            for rows in _row_tiles(1, *_wq_oh(weight, *geo))]
 
 
 def block_candidates(weight, bias, data_shape, strides, padding, dilation, dtype="float32",
@@ -222,15 +264,18 @@ def block_candidates(weight, bias, data_shape, strides, padding, dilation, dtype
             scored.append((density * r * c / fill, r, c, bm, density, fill))
     # prefer the shape computing the fewest zeros, then the larger block (more reuse)
     scored.sort(key=lambda s: (round(s[0] / (s[1] * s[2]), 3), -s[1] * s[2]))
-    _, ow = _out_hw(data_shape, (kh, kw), strides, padding, dilation)
     out = []
     for _, r, c, bm, density, fill in scored[:max_shapes]:
-        packed = cs.pack(weight, r, c, [taps], np.where(bm, 0, -1))
+        geo = (data_shape, strides, padding, dilation)
+        rows_opts = _row_tiles(r, *_wq_oh(weight, *geo))
+        if not rows_opts:
+            continue
+        rows = rows_opts[0]
+        packed = pack_for(weight, r, c, [taps], np.where(bm, 0, -1), *geo, rows)
         info = {"structure": "block", "block": [r, c], "block_density": round(float(density), 4),
                 "block_fill": round(float(fill), 4)}
-        yb, xv = _tiles(r, ow)[0]
         out.append(_candidate(f"block{r}x{c}", weight, bias, data_shape, strides, padding,
-                              dilation, dtype, packed, yb, xv, relu, info))
+                              dilation, dtype, packed, rows, relu, info))
     return out
 
 

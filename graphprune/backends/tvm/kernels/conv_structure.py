@@ -80,6 +80,7 @@ class Packed:
     idx: np.ndarray                         # int32 [E]: input-channel block of each entry
     vals: np.ndarray                        # [E, c, K, r], K = max taps of a group
     work: np.ndarray                        # [OB] multiply-adds per output pixel of each block
+    chunks: int = 1                         # input-channel chunks (see pack)
 
     @property
     def n_out_blocks(self) -> int:
@@ -87,10 +88,12 @@ class Packed:
 
 
 def pack(weight: np.ndarray, r: int, c: int, groups: list[tuple[tuple[int, int], ...]],
-         entry_group: np.ndarray) -> Packed:
+         entry_group: np.ndarray, chunk_blocks: int | None = None) -> Packed:
     """Pack `weight` for blocks of ``r x c`` channels.
 
     ``entry_group[ob, ib]`` is the tap group of block (ob, ib), -1 for a block not computed.
+    ``chunk_blocks``: input blocks per input-channel chunk; entries are then listed per
+    (output block, chunk, group), ``ptr`` has ``OB * chunks * G + 1`` items.
     """
     o, i, kh, kw = weight.shape
     nob, nib = entry_group.shape
@@ -98,11 +101,14 @@ def pack(weight: np.ndarray, r: int, c: int, groups: list[tuple[tuple[int, int],
     padded[:o, :i] = weight
     k = max((len(g) for g in groups), default=1) or 1
     ng = len(groups)
+    chunk_blocks = chunk_blocks or nib
+    nch = -(-nib // chunk_blocks)
     obs, ibs = np.nonzero(entry_group >= 0)
     gs = entry_group[obs, ibs]
-    order = np.lexsort((ibs, gs, obs))  # by output block, then group, then input block
-    obs, ibs, gs = obs[order], ibs[order], gs[order]
-    counts = np.bincount(obs * ng + gs, minlength=nob * ng)
+    chs = ibs // chunk_blocks
+    order = np.lexsort((ibs, gs, chs, obs))  # by output block, chunk, group, input block
+    obs, ibs, gs, chs = obs[order], ibs[order], gs[order], chs[order]
+    counts = np.bincount((obs * nch + chs) * ng + gs, minlength=nob * nch * ng)
     ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     vals = np.zeros((len(obs), c, k, r), dtype=weight.dtype)
     blocks = padded.reshape(nob, r, nib, c, kh, kw)
@@ -115,7 +121,7 @@ def pack(weight: np.ndarray, r: int, c: int, groups: list[tuple[tuple[int, int],
             vals[sel, :, t, :] = blocks[obs[sel], :, ibs[sel], :, dy, dx].transpose(0, 2, 1)
     taps_per_entry = np.array([len(groups[g]) for g in gs], dtype=np.int64)
     work = np.bincount(obs, weights=taps_per_entry * r * c, minlength=nob)
-    return Packed(r, c, list(groups), ptr, ibs.astype(np.int32), vals, work)
+    return Packed(r, c, list(groups), ptr, ibs.astype(np.int32), vals, work, nch)
 
 
 def balanced_order(work: np.ndarray, parts: int) -> np.ndarray:
