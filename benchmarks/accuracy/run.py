@@ -44,14 +44,16 @@ METHODS = ("uniform", "global", "sensitivity")
 ALL_MODELS = ("rec", "det", "cls", "minilm", "smollm")
 # repair of the grid rows (the same for every row of a model)
 REPAIR = {"rec": "lsq-reconstruct", "det": "lsq-reconstruct", "cls": "lsq-reconstruct",
-          "minilm": "lsq-reconstruct", "smollm": "lsq-reconstruct{batches=1}"}
+          "minilm": "lsq-reconstruct", "smollm": ""}
+# SmolLM2: no repair in the grid. lsq-reconstruct solves layer waves in order, one pair of
+# ONNX Runtime sessions of the 540 MB model per wave (30-60 waves): ~10+ min per row here.
 # The best configuration found per model at 30% fewer MACs (see README.md: how it was chosen).
 BEST = {
-    "rec": {"criterion": "l2", "allocation": "uniform", "repair": "lsq-reconstruct"},
-    "det": {"criterion": "l2", "allocation": "uniform", "repair": "lsq-reconstruct"},
-    "cls": {"criterion": "l2", "allocation": "uniform", "repair": "lsq-reconstruct"},
+    "rec": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
+    "det": {"criterion": "wanda", "allocation": "sensitivity", "repair": "bias-compensate,lsq-reconstruct"},
+    "cls": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
     "minilm": {"criterion": "l2", "allocation": "uniform", "repair": "lsq-reconstruct"},
-    "smollm": {"criterion": "wanda", "allocation": "uniform", "repair": ""},
+    "smollm": {"criterion": "wanda", "allocation": "uniform", "options": {"protect": ["self_attn"]}, "repair": ""},
 }
 ORACLE_RTOL = 1e-4  # on logits (see oracle_on_logits)
 
@@ -134,12 +136,14 @@ def run_model(name: str, args, res: dict, out: Path, t_all: float) -> None:
     res["models"][name] = d
     log(f"{name}: dense {task.metric_name} = {dense:.4f}")
     targets = (0.7,) if args.quick else TARGETS
-    for target in targets:
+    for target in targets if "grid" in args.rows else ():
         for method in METHODS:
             row = prune_one(task, base, target, {"criterion": "l2", "allocation": method, "repair": REPAIR[name]})
             d["rows"].append(row)
             log_row(row)
             finish(res, out, t_all)  # partial results survive an interrupted run
+    if "best" not in args.rows:
+        return
     cfg = BEST[name]
     row = prune_one(task, base, 0.7, cfg, best_calibration(task, cfg))
     row["best"] = True
@@ -191,6 +195,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny data sets and the 30%% target only")
     ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma list of " + ", ".join(ALL_MODELS))
+    ap.add_argument("--rows", default="grid,best", help="grid (the 3x3 table), best (the best-configuration row)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--workdir", help="where transformer models go (outside the repo); default $TMPDIR/graphprune-accuracy")
     ap.add_argument("--out", default=str(HERE))
@@ -220,7 +225,11 @@ def merge(dirs, out: Path) -> int:
             res = part
             res["part_seconds"] = [part.get("seconds", 0)]
         else:
-            res["models"].update(part["models"])
+            for name, d in part["models"].items():
+                if name in res["models"]:  # the same model run in parts (e.g. --rows grid / --rows best)
+                    res["models"][name]["rows"] += d["rows"]
+                else:
+                    res["models"][name] = d
             if part.get("latency"):
                 res["latency"] = part["latency"]
             res["part_seconds"].append(part.get("seconds", 0))

@@ -104,7 +104,7 @@ def smollm(wd: Path, target: float, log) -> list[dict]:
     for label, cfg in (("L2 uniform, FFN only (same criterion)", {"criterion": "l2", "allocation": "uniform"}),
                        (f"best: {best['criterion']} / {best['allocation']}, FFN only"
                         + (f" + {best['repair']}" if best.get("repair") else ""), best)):
-        cfg = {**cfg, "options": {**cfg.get("options", {}), "protect": PROTECT_ATTENTION}}
+        cfg = {**cfg, "options": {**cfg.get("options", {}), "protect": PROTECT_ATTENTION}}  # FFN groups only
         model = graphprune_pruned(task, cfg, target)
         p = d / "gp.onnx"
         gp.save(model, p)
