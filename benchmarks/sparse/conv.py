@@ -223,9 +223,9 @@ def part_breakeven(args, work, log):
             label = f"block {r}x{c}, {sp:.0%} blocks zero"
         geo = (x.shape, (1, 1), (1, 1, 1, 1), (1, 1))
         cands = []
-        for rows in conv._row_tiles(r, *conv._wq_oh(w, *geo)):
-            packed = conv.pack_for(w, r, 1 if kind == "pattern" else shape[1], groups, entry, *geo, rows)
-            cands.append(conv._candidate(kind, w, b, *geo, "float32", packed, rows, False, {}))
+        for n_rows in conv._row_tiles(r, *conv._wq_oh(w, *geo)):
+            packed = conv.pack_for(w, r, 1 if kind == "pattern" else shape[1], groups, entry, *geo, n_rows)
+            cands.append(conv._candidate(kind, w, b, *geo, "float32", packed, n_rows, False, {}))
         density = packed.work.sum() / (o * i * 9)
         best, kt, _ = pick_fastest(cands, x)
         ort_dense = ort_timer(conv_model(w, b, x.shape, 1, (1, 1, 1, 1)), x)
@@ -344,7 +344,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per dense conv layer")
     ap.add_argument("--resnet-trials", type=int, default=160, help="trials for the dense rest of the ResNet")
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--blocks", default="4x1", help="block shapes (r x c) for the ResNet part")
+    ap.add_argument("--blocks", default="8x1", help="block shapes (r x c) for the ResNet part")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--work", default="/tmp/gp-sparse-conv")
     ap.add_argument("--out", default=str(HERE / "results_conv"))
@@ -360,17 +360,13 @@ def main() -> None:
     res = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     res.update({"machine": "2 vCPU AMD EPYC (Zen 4, AVX-512), shared with other jobs", "threads": THREADS,
                 "rounds": args.rounds, "trials_per_dense_layer": args.trials})
-    parts = args.parts.split(",")
-    if "layers" in parts:
-        res["layers"] = part_layers(args, work, log)
-    if "breakeven" in parts:
-        res["breakeven"] = part_breakeven(args, work, log)
-    if "resnet" in parts:
-        res["resnet"] = part_resnet(args, work, log)
-    env = environment()
-    res["environment"] = {k: env.get(k) for k in ("loadavg_at_end", "onnxruntime", "git_commit", "cpu_count")}
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-    out.with_suffix(".md").write_text(render(res))
+    for part, fn in (("layers", part_layers), ("breakeven", part_breakeven), ("resnet", part_resnet)):
+        if part in args.parts.split(","):
+            res[part] = fn(args, work, log)
+            env = environment()  # written after every part: a later failure keeps the earlier ones
+            res["environment"] = {k: env.get(k) for k in ("loadavg_at_end", "onnxruntime", "git_commit", "cpu_count")}
+            out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+            out.with_suffix(".md").write_text(render(res))
     print(render(res))
 
 

@@ -187,3 +187,44 @@ def test_input_channel_chunks_match_ort(monkeypatch, relu):
                                   relu=relu)
     assert cands and cands[0].info["chunks"] > 1
     check_all(cands, np.ascontiguousarray(x[:, :12]), wb, b[:1].repeat(16), (2, 2), (1, 1, 1, 1), relu=relu)
+
+
+def test_conv_rewrite_end_to_end_matches_ort(tmp_path):
+    """conv+bias(+relu) chains of an imported model become sparse kernels; the compiled
+    model matches ORT (dense convs, residual add, unsupported grouping left alone)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphprune.backends.tvm.kernels import conv_rewrite
+
+    rng = np.random.default_rng(11)
+    w1 = pattern_weight(rng, 8, 4)
+    w2 = block_weight(rng, 8, 8, 1, 4, 1, density=0.3)
+    w3 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)  # dense: stays a conv2d
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((w1, "w1"), (w2, "w2"), (w3, "w3"), (rng.standard_normal(8).astype(np.float32), "b1"),
+              (rng.standard_normal(8).astype(np.float32), "b2"))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+             helper.make_node("Conv", ["r1", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "c3"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 11])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 11])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    mod = adapter.import_onnx(path)
+    new, reports = conv_rewrite.replace_sparse_convs(mod, pick=lambda c, s: (c[0], {}))
+    assert sorted(r["kernel"].split("_")[0] for r in reports) == ["block4x1", "pattern4"]
+    assert [r["relu_fused"] for r in reports] == [True, False]
+    assert all(r["bias_fused"] for r in reports)
+    lib = tmp_path / "m.so"
+    adapter.export(adapter.build(new, adapter.host_target()), lib)
+    x = rng.standard_normal((1, 4, 9, 11)).astype(np.float32)
+    got = adapter.load_and_run(lib, [x])[0]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

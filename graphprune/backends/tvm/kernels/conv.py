@@ -6,17 +6,21 @@ holding exact zeros; the rewriter measures them against the dense layer. Structu
 read from the zeros (``conv_structure``), never from metadata.
 
 One kernel template covers both structures ("direct sparse conv"): the input is first
-copied into a zero-padded buffer split into ``stride_w`` column phases, so that every tap
-reads a contiguous row segment whatever the stride. Then, per output-channel block (the
-parallel loop, blocks ordered so each thread gets the same work), per tile of ``yb``
-output rows x ``xv`` output columns, accumulators ``[yb, r, xv]`` live in registers while
-the kernel walks the block's entries group by group. Each tap group has its own loop whose
-taps are constants in the code (unrolled): for patterns a group is one pattern (1x1
-channel blocks, only k taps), for channel blocks it is all kh*kw taps of ``r x c`` blocks
-(each loaded activation vector feeds ``r`` output channels). Bias (and optionally ReLU)
-are fused into the store.
+copied into a zero-padded buffer split into the stride's row/column phases and stored as
+flat planes, so every tap of every output row reads one contiguous vector at a constant
+offset whatever the stride. Then one parallel loop over (image, tile of whole output
+rows, share of the output blocks): for each input-channel chunk (sized for L1) and output
+block, accumulators ``[r, tile]`` live in registers while the kernel walks the block's
+entries group by group. Each tap group has its own loop whose taps are constants in the
+code (unrolled): for patterns a group is one pattern (1x1 channel blocks, only its k
+taps), for channel blocks it is all kh*kw taps of an ``r x c`` block (each loaded
+activation vector feeds ``r`` output channels). Output blocks are ordered so that every
+thread's share holds the same work (PatDNN's filter reorder, for load balance). Bias
+(and optionally ReLU) are fused; rows are stored with vector stores.
 
 Only ``groups == 1`` is handled (else []); weights too dense for a gain give [].
+``build_candidate`` / ``time_candidate`` compile and time one candidate alone (tests,
+benchmarks, ``conv_rewrite``).
 """
 from __future__ import annotations
 
