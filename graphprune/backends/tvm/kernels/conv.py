@@ -84,7 +84,7 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, kh, kw, strides, padding, dila
     dh, dw = dilation
     pt, pl = padding[0], padding[1]
     ip = -(-i // c) * c
-    oh, ow, wq, tl, nt, flat, _ = _geometry(kh, kw, (n, i, h, w), strides, padding, dilation, rows)
+    oh, ow, wq, tl, nt, _, max_off = _geometry(kh, kw, (n, i, h, w), strides, padding, dilation, rows)
     per_part = -(-nob // parts)
     z = f'T.{dtype}(0)'
 
@@ -104,21 +104,37 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, kh, kw, strides, padding, dila
     # a root block (s_tir form) so Relax's layout passes accept the kernel; buffers are
     # allocated there and moved by lowering to the innermost scope using them
     L.append('    with T.sblock("root"):')
-    L.append(f'        pad = T.sblock_alloc_buffer(({n}, {ip}, {sh}, {sw}, {flat}), "{dtype}")')
+    span_rows = -(-(tl + max_off) // wq)  # plane rows one tile reads
+    L.append(f'        pad = T.sblock_alloc_buffer(({ip}, {sh}, {sw}, {span_rows * wq}), "{dtype}")')
     L.append(f'        acc = T.sblock_alloc_buffer(({r}, {tl}), "{dtype}", scope="local")')
     L.append(f'        part = T.sblock_alloc_buffer(({per_part * r}, {tl}), "{dtype}")')
-    L.append('        with T.sblock("pad"):')
-    L.append(f"            for ni in T.parallel({n * ip}):")
-    L.append(f"                for py, px, f in T.grid({sh}, {sw}, {flat}):")
-    sy, sx = f"f // {wq} * {sh} + py - {pt}", f"f % {wq} * {sw} + px - {pl}"
-    L.append(f"                    pad[ni // {ip}, ni % {ip}, py, px, f] = T.if_then_else("
-             f"ni % {ip} < {i} and {sy} >= 0 and {sy} < {h} and {sx} >= 0 and {sx} < {w}, "
-             f"data[ni // {ip}, T.min(ni % {ip}, {i - 1}), T.max(T.min({sy}, {h - 1}), 0), "
-             f"T.max(T.min({sx}, {w - 1}), 0)], {z})")
     L.append('        with T.sblock("conv"):')
+    # a single parallel loop (a second one costs a barrier, which on a busy machine costs
+    # a scheduler time slice): each work item pads the input rows of its own tile
     L.append(f"            for wk in T.parallel({n * nt * parts}):")
-    nn, tt, pp = f"wk // {nt * parts}", f"wk // {parts} % {nt}", f"wk % {parts}"
-    base = f"{tt} * {rows * wq}"
+    nn, tt = f"wk // {nt * parts}", f"wk // {parts} % {nt}"
+    for py in range(sh):
+        for px in range(sw):
+            # plane (py, px), column q holds input column q * sw + px - pl
+            q_lo = max(0, -(-(pl - px) // sw))
+            q_hi = min(wq, max(q_lo, -(-(w + pl - px) // sw)))
+            L.append(f"                for ci, ar in T.grid({ip}, {span_rows}):")
+            row = f"({tt} * {rows} + ar) * {sh} + {py - pt}"
+            L.append(f"                    if ci < {i} and {row} >= 0 and {row} < {h}:")
+            if q_lo > 0:
+                L.append(f"                        for q in T.vectorized({q_lo}):")
+                L.append(f"                            pad[ci, {py}, {px}, ar * {wq} + q] = {z}")
+            if q_hi > q_lo:
+                L.append(f"                        for q in T.vectorized({q_hi - q_lo}):")
+                L.append(f"                            pad[ci, {py}, {px}, ar * {wq} + {q_lo} + q] = "
+                         f"data[{nn}, ci, {row}, (q + {q_lo}) * {sw} + {px - pl}]")
+            if wq > q_hi:
+                L.append(f"                        for q in T.vectorized({wq - q_hi}):")
+                L.append(f"                            pad[ci, {py}, {px}, ar * {wq} + {q_hi} + q] = {z}")
+            L.append("                    else:")
+            L.append(f"                        for q in T.vectorized({wq}):")
+            L.append(f"                            pad[ci, {py}, {px}, ar * {wq} + q] = {z}")
+    pp = f"wk % {parts}"
     # input-channel chunks outermost inside a tile: a chunk's input rows stay in L1
     # while every output block reads them; partial sums wait in `part` (cache-hot)
     L.append(f"                for ch, q in T.grid({nch}, {per_part}):")
@@ -148,7 +164,7 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, kh, kw, strides, padding, dila
             L.append(f"{inner}for b in T.unroll({r}):")
             L.append(f"{inner}    for x in T.vectorized({tl}):")
             L.append(f"{inner}        acc[b, x] = acc[b, x] + vals[j, {cidx}, {t}, b] * "
-                     f"pad[{nn}, {chan}, {ry % sh}, {rx % sw}, {base} + x + {off}]")
+                     f"pad[{chan}, {ry % sh}, {rx % sw}, x + {off}]")
     L.append(f"{I}for b in T.unroll({r}):")
     L.append(f"{I}    for x in T.vectorized({tl}):")
     L.append(f"{I}        {fo} = acc[b, x]")
