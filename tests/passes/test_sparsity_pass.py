@@ -258,3 +258,41 @@ def test_conv_transpose_is_skipped_with_a_reason():
     model, res = run(proto, f"sparsify{{format=unstructured,sparsity=0.5,{ALL}}}")
     assert res["tensors"] == {} and "ConvTranspose" in res["skipped"][0]["reason"]
     assert (weights(model)["ct"] != 0).all()
+
+
+def test_constant_node_weights_and_data_aware_conv_formats(tmp_path):
+    """Weights held in Constant nodes (as in PP-OCR) are rewritten in place; wanda works on
+    grouped convs and with patterns; the result still runs and matches the numpy masking."""
+    proto = cnn_proto()
+    consts = []
+    for t in list(proto.graph.initializer):
+        if t.name in ("c2", "c3"):
+            consts.append(helper.make_node("Constant", [], [t.name], value=t))
+            proto.graph.initializer.remove(t)
+    nodes = consts + list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto, full_check=True)
+    x = RNG.standard_normal((4, 4, 8, 8)).astype(np.float32) * np.array([5, 1, 1, 0.2], np.float32)[:, None, None]
+    calib = Calibration.from_batches([{"x": x}])
+    for fmt in ("format=unstructured,sparsity=0.5,scope=global", "format=block,block=2x2,sparsity=0.5",
+                "format=pattern:3,skip_first=false"):
+        model, res = run(proto, f"sparsify{{{fmt},criterion=wanda,min_params=0}}", calib)
+        assert "c2" in res["tensors"]
+        path = saved_checked(model, tmp_path)
+        got = onnx.load(str(path))
+        zeroed = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in got.graph.node
+                  if n.op_type == "Constant"}
+        assert (zeroed["c2"] == 0).any() and read_sparsity(got)["tensors"]["c2"]["criterion"] == "wanda"
+        ref = onnx.ModelProto()
+        ref.CopyFrom(proto)
+        for n in ref.graph.node:
+            if n.op_type == "Constant" and n.output[0] in zeroed:
+                a = numpy_helper.to_array(n.attribute[0].t)
+                n.attribute[0].t.CopyFrom(numpy_helper.from_array(np.where(zeroed[n.output[0]] == 0, 0, a), n.output[0]))
+        for t in ref.graph.initializer:
+            sw = weights(model)
+            if t.name in sw:
+                a = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(np.where(sw[t.name] == 0, 0, a).astype(a.dtype), t.name))
+        assert_same_outputs(got, ref, {"x": x[:2]})
