@@ -113,8 +113,11 @@ def _kernel_source(*, name, dtype, n, i, h, w, o, kh, kw, strides, padding, dila
     # a scheduler time slice): each work item pads the input rows of its own tile
     L.append(f"            for wk in T.parallel({n * nt * parts}):")
     nn, tt = f"wk // {nt * parts}", f"wk // {parts} % {nt}"
+    planes = sorted({((dy * dh) % sh, (dx * dw) % sw) for g in packed.groups for dy, dx in g})
     for py in range(sh):
         for px in range(sw):
+            if (py, px) not in planes:  # e.g. a 1x1 stride-2 conv reads one phase of four
+                continue
             # plane (py, px), column q holds input column q * sw + px - pl
             q_lo = max(0, -(-(pl - px) // sw))
             q_hi = min(wq, max(q_lo, -(-(w + pl - px) // sw)))
