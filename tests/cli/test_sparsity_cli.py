@@ -3,14 +3,12 @@ files, pipelines, and clear errors (exit 2) for bad input or missing calibration
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-import graphprune as gp
 from graphprune import oracle
 from graphprune.cli.main import main
 from graphprune.sparsity_meta import read_sparsity

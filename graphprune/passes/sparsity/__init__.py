@@ -2,4 +2,6 @@
 model metadata (`graphprune.sparsity_meta`). Formats and conventions: `masks`; layer
 selection and the logical [out, in] view: `targets`; the pass: `sparsify`."""
 from graphprune.passes.sparsity import sparsify  # noqa: F401  (registers the pass)
-from graphprune.passes.sparsity.spec import CRITERIA, FORMATS_HELP, SparsitySpec, parse_spec  # noqa: F401
+from graphprune.passes.sparsity.spec import CRITERIA, SparsitySpec, parse_spec
+
+__all__ = ["CRITERIA", "SparsitySpec", "parse_spec"]
