@@ -90,7 +90,7 @@ def test_connectivity_ratio():
     ("unstructured", {"sparsity": 1.0}, r"\[0, 1\)"), ("unstructured", {"sparsity": -0.1}, r"\[0, 1\)"),
     ("2:4", {"sparsity": 0.9}, "fixes the sparsity"), ("block:0x4", {"sparsity": 0.5}, ">= 1"),
     ("block:axb", {"sparsity": 0.5}, "expected RxC"), ("unstructured", {}, "needs a sparsity"),
-    ("pattern:9", {}, "1..8"),
+    ("pattern:9", {}, "1..8"), ("pattern:4", {"sparsity": 0.5}, "fixes the sparsity"),
 ])
 def test_spec_errors(fmt, kw, msg):
     with pytest.raises(UsageError, match=msg):

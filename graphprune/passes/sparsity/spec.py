@@ -96,6 +96,9 @@ def parse_spec(format: str = "unstructured", sparsity=None, *, n=None, m=None, b
         if p < 1:
             raise UsageError("patterns must be >= 1")
         implied = 1.0 - (k / 9.0) * (1.0 - connectivity)
+        if sparsity is not None and abs(sparsity - implied) > 1e-6:
+            raise UsageError(f"pattern:{k} with connectivity {connectivity:g} fixes the sparsity at {implied:.4f}; "
+                             f"got sparsity {sparsity:g}", hint="leave the sparsity out, or tune pattern_k / connectivity")
         return SparsitySpec("pattern", implied, pattern_k=k, patterns=p, connectivity=connectivity)
     if fmt == "unstructured":
         if sparsity is None:
