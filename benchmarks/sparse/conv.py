@@ -39,8 +39,20 @@ from graphprune.backends.tvm import adapter  # noqa: E402
 from graphprune.backends.tvm.kernels import conv, conv_rewrite  # noqa: E402
 from graphprune.backends.tvm.kernels import conv_structure as cs  # noqa: E402
 
-THREADS = 2
+THREADS = 2          # --threads; 1 = single thread timed in CPU time (see README_conv.md)
+TUNE_CORES = 2       # the tuning target keeps 2 cores whatever --threads: same schedules
 CALLS = 10
+
+
+def _cpu_ms(fn) -> float:
+    """Median CPU milliseconds of `fn` over CALLS calls (single-thread mode only: time
+    on the CPU, so waiting for a core on the busy machine does not count)."""
+    ts = []
+    for _ in range(CALLS):
+        c0 = time.process_time()
+        fn()
+        ts.append(time.process_time() - c0)
+    return float(np.median(ts) * 1e3)
 PATTERNS8 = [(1, 3, 4, 5), (0, 1, 4, 7), (3, 4, 5, 8), (1, 4, 6, 7),
              (0, 4, 5, 8), (2, 4, 3, 6), (1, 2, 4, 5), (3, 4, 6, 7)]
 
@@ -109,6 +121,8 @@ def ort_timer(model: onnx.ModelProto, x: np.ndarray):
     sess.run(None, {name: x})
 
     def t():
+        if THREADS == 1:
+            return _cpu_ms(lambda: sess.run(None, {name: x}))
         ts = []
         for _ in range(CALLS):
             t0 = time.perf_counter()
@@ -122,14 +136,19 @@ def ort_timer(model: onnx.ModelProto, x: np.ndarray):
 
 def tvm_timer(mod, x, work: Path, tag: str, trials: int, log, only=None):
     """Tune (database in work/db, reused across runs), build, export, load; a timer."""
-    target = adapter.host_target(THREADS)
+    target = adapter.host_target(TUNE_CORES)
     db = adapter.db_dir_for(work / "db", target)
     stats = adapter.tune(mod, target, db, trials, log=log, only=only, seed=0) if trials else None
     lib = work / f"{tag}.so"
     adapter.export(adapter.build(mod, target, db), lib)
     loaded = adapter.load(lib)
 
+    args = loaded._device_args([x])
+
     def t():
+        if THREADS == 1:
+            loaded.vm.set_input("main", *args)
+            return _cpu_ms(lambda: loaded.vm.invoke_stateful("main"))
         return float(loaded.time([x], repeats=CALLS, warmup=1)["median_ms"])
 
     t.run = lambda: loaded.run([x])[0]
@@ -141,7 +160,11 @@ def kernel_timer(cand, x):
     run = conv.build_candidate(cand)
     run(x)
 
+    call = conv.preallocated_call(run, x)
+
     def t():
+        if THREADS == 1:
+            return _cpu_ms(call)
         return conv.time_candidate(run, x, repeats=CALLS, number=1)
 
     t.run = lambda: run(x)
@@ -305,9 +328,12 @@ def _pick_for(cands, shape):
 
 # ----------------------------------------------------------------------------- report
 def render(res: dict) -> str:
+    clock = ("CPU time of one thread (TVM_NUM_THREADS=1, ORT 1 thread)" if res.get("threads") == 1
+             else "wall time, 2 threads (TVM and ORT)")
     L = ["# Sparse conv kernels vs dense (TVM tuned, ONNX Runtime)", "",
-         f"Machine: {res['machine']}. One run, rounds interleaved, median of {res['rounds']} rounds "
-         f"(each {CALLS} calls). `other busy` = share of the 2 CPUs used by other processes meanwhile.", ""]
+         f"Machine: {res['machine']}. Timing: {clock}. One run, rounds interleaved, median of "
+         f"{res['rounds']} rounds (each {CALLS} calls). `other busy` = share of the 2 CPUs used by "
+         "other processes meanwhile.", ""]
     if res.get("layers"):
         L += ["## 3x3 pattern kernel (4-entry patterns, 8-pattern library, 30% connectivity pruning), batch 1",
               "", "| layer | kernel | MACs kept | pattern ms | tuned TVM dense ms | ORT dense ms | vs TVM dense | vs ORT | max abs err | other busy |",
@@ -347,11 +373,15 @@ def main() -> None:
     ap.add_argument("--blocks", default="8x1", help="block shapes (r x c) for the ResNet part")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--work", default="/tmp/gp-sparse-conv")
-    ap.add_argument("--out", default=str(HERE / "results_conv"))
+    ap.add_argument("--threads", type=int, choices=(1, 2), default=2)
+    ap.add_argument("--out", default=None, help="default: results_conv (2 threads), results_conv_1thread")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
+    args.out = args.out or str(HERE / ("results_conv" if THREADS == 2 else "results_conv_1thread"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
+    os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before TVM's thread pool starts
 
     def log(msg):
         print(msg, flush=True)

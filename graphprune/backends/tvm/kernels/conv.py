@@ -350,6 +350,16 @@ def build_candidate(cand: KernelCandidate, target=None):
     return run
 
 
+def preallocated_call(run, data: np.ndarray):
+    """A no-argument callable running a built candidate on `data` (buffers allocated once)."""
+    import tvm
+
+    args = [tvm.runtime.tensor(np.ascontiguousarray(data), run.dev), *run.consts,
+            tvm.runtime.tensor(np.zeros(run.out_shape, np.float32), run.dev)]
+    fn = run.lib["main"]
+    return lambda: fn(*args)
+
+
 def time_candidate(run, data: np.ndarray, repeats: int = 20, number: int = 5) -> float:
     """Median milliseconds of one call of a built candidate (timed inside the runtime)."""
     import tvm
