@@ -52,7 +52,7 @@ BEST = {
     "rec": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
     "det": {"criterion": "wanda", "allocation": "sensitivity", "repair": "bias-compensate,lsq-reconstruct"},
     "cls": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
-    "minilm": {"criterion": "l2", "allocation": "uniform", "repair": "lsq-reconstruct"},
+    "minilm": {"criterion": "wanda", "allocation": "global", "repair": "lsq-reconstruct{damp=0.1}", "calib_size": 256},
     "smollm": {"criterion": "wanda", "allocation": "uniform", "options": {"protect": ["self_attn"]}, "repair": ""},
 }
 ORACLE_RTOL = 1e-4  # on logits (see oracle_on_logits)
@@ -232,10 +232,19 @@ def merge(dirs, out: Path) -> int:
                     res["models"][name] = d
             if part.get("latency"):
                 res["latency"] = part["latency"]
-            res["part_seconds"].append(part.get("seconds", 0))
+            if part.get("torch_pruning"):  # a torch_pruning_compare.py --out DIR part
+                tp = res.setdefault("torch_pruning", part["torch_pruning"])
+                if tp is not part["torch_pruning"]:
+                    tp["rows"] += part["torch_pruning"]["rows"]
+            if part.get("models"):
+                res["part_seconds"].append(part.get("seconds", 0))
+    if res.get("torch_pruning"):
+        from torch_pruning_compare import verdict
+
+        res["torch_pruning"]["verdict"] = verdict(res["torch_pruning"]["rows"])
     res["seconds"] = max(res["part_seconds"])
     res["command"] = "python benchmarks/accuracy/run.py"
-    res["note"] = (f"run as {len(dirs)} processes side by side (--models ... --out DIR), merged with --merge; "
+    res["note"] = (f"run as {len(res['part_seconds'])} processes side by side (--models ... --out DIR), merged with --merge; "
                    f"minutes per process: {', '.join(f'{s / 60:.1f}' for s in res['part_seconds'])}")
     finish(res, out, None)
     return 0

@@ -55,6 +55,7 @@ class MiniLMTask:
             return {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
         self.enc = enc(ev)
+        self._enc, self._sents = enc, sents
         batches = [enc(cal[i:i + 8]) for i in range(0, len(cal), 8)]
         from graphprune.calibration import Calibration
 
@@ -78,6 +79,15 @@ class MiniLMTask:
             C.export(Wrap(hf), ex, self.path, ["input_ids", "attention_mask"], "last_hidden_state",
                      {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
         self.dense_emb = self.embeddings(self.path)
+
+    def calibration(self, size: int):
+        """`size` sentences none of which is an evaluation sentence (those are every 5th), in batches of 16."""
+        from graphprune.calibration import Calibration
+
+        s = self._sents
+        cal = [x for k in (1, 2, 3, 4) for x in s[k::5]][:size]
+        return Calibration.from_batches([self._enc(cal[i:i + 16]) for i in range(0, len(cal), 16)],
+                                        f"{len(cal)} sentences of pydoc_data.topics")
 
     def embeddings(self, model_or_path) -> np.ndarray:
         from graphprune import oracle

@@ -74,6 +74,18 @@ def tp_prune_minilm(hf, enc, head_ratio: float, ffn_ratio: float, global_pruning
     return m
 
 
+def minilm_macs(m, seq: int = 128) -> float:
+    """MACs per token of the encoder at sequence `seq` from the module widths (q/k/v/o and
+    FFN linears, attention score and context matmuls); used only to steer the ratio search."""
+    total = 0.0
+    for layer in m.encoder.layer:
+        sa = layer.attention.self
+        hidden, width = sa.query.in_features, sa.query.out_features
+        total += 4 * hidden * width + 2 * seq * width
+        total += 2 * hidden * layer.intermediate.dense.out_features
+    return total
+
+
 def graphprune_pruned(task, cfg: dict, target: float):
     """The task's ONNX model pruned by graphprune with a run.py-style configuration."""
     import graphprune as gp
@@ -81,7 +93,7 @@ def graphprune_pruned(task, cfg: dict, target: float):
 
     model = gp.load(task.path)
     ctx = PassContext()
-    ctx.results["calibration"] = task.calib
+    ctx.results["calibration"] = task.calibration(cfg["calib_size"]) if cfg.get("calib_size") else task.calib
     PassManager([PASSES["prune-channels"](criterion=cfg["criterion"], allocation=cfg["allocation"],
                                           target_macs=target, sens_ratios=task.sens_ratios, sens_batches=1,
                                           **cfg.get("options", {}))]).run(model, ctx)
@@ -140,15 +152,14 @@ def minilm(wd: Path) -> list[dict]:
         log(f"{tool:12s} {config:50s} MACs -{r['mac_reduction_pct']:.1f}% cos {cos:.4f}")
         rows.append(r)
 
-    # Torch-Pruning: one ratio for heads and FFN, searched so the MACs meet the target
+    # Torch-Pruning: one ratio for heads and FFN, searched so the MACs meet the target; the
+    # search counts MACs from the module widths (minilm_macs), the final model's on its ONNX export
+    dense_formula = minilm_macs(hf)
     for glob in (False, True):
         lo, hi, best = 0.0, 0.6, None
-        for _ in range(6):
+        for _ in range(7):
             r = (lo + hi) / 2
-            m = tp_prune_minilm(hf, task.enc, r, r, glob)
-            p = d / "tp.onnx"
-            export_minilm(m, task.enc, p)
-            kept = C.macs_per_token_at(p, 128) / dense_macs
+            kept = minilm_macs(tp_prune_minilm(hf, task.enc, r, r, glob)) / dense_formula
             if kept <= TARGET:
                 hi, best = r, (r, kept)
             else:
@@ -168,7 +179,9 @@ def minilm(wd: Path) -> list[dict]:
     for label, cfg in (("L2 uniform, heads+FFN (same criterion)", {"criterion": "l2", "allocation": "uniform",
                                                                    "repair": ""}),
                        ("best: " + R.BEST["minilm"]["criterion"] + " / " + R.BEST["minilm"]["allocation"]
-                        + (" + " + R.BEST["minilm"]["repair"] if R.BEST["minilm"].get("repair") else ""),
+                        + (" + " + R.BEST["minilm"]["repair"] if R.BEST["minilm"].get("repair") else "")
+                        + (f", {R.BEST['minilm']['calib_size']} calibration sentences"
+                           if R.BEST["minilm"].get("calib_size") else ""),
                         R.BEST["minilm"])):
         model = graphprune_pruned(task, cfg, TARGET)
         p = d / ("gp_" + cfg["criterion"] + ".onnx")
