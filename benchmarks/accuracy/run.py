@@ -35,7 +35,7 @@ from graphprune import oracle  # noqa: E402
 from graphprune.ir.serialize import clone  # noqa: E402
 from graphprune.passes import PASSES, PassContext, PassManager  # noqa: E402
 
-import report  # noqa: E402
+import accuracy_report as report  # noqa: E402
 
 DATE = "2026-11-22"
 MACHINE = "2 vCPU (shared with other jobs), ONNX Runtime CPU provider"
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     res = {"date": DATE, "machine": MACHINE, "command": "python benchmarks/accuracy/run.py" +
            (" --quick" if args.quick else ""), "models": {}}
     t_all = time.perf_counter()
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         run_model(name, args, res, out, t_all)
     if not args.no_latency:
         res["latency"] = latency_check(args.quick)

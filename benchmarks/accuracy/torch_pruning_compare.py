@@ -43,6 +43,19 @@ C = T.C
 TARGET = 0.7  # fraction of the dense MACs kept
 
 
+def accuracy_run():
+    """benchmarks/accuracy/run.py as a module (by path: benchmarks/transformers has a run.py
+    too, and its directory goes first on sys.path once its modules are imported)."""
+    import importlib.util
+
+    if "accuracy_run" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("accuracy_run", HERE / "run.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["accuracy_run"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["accuracy_run"]
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -84,6 +97,11 @@ def minilm_macs(m, seq: int = 128) -> float:
         total += 4 * hidden * width + 2 * seq * width
         total += 2 * hidden * layer.intermediate.dense.out_features
     return total
+
+
+def partial(wd: Path, rows: list[dict]) -> None:
+    """Rows so far, in the work directory (a crash late in a long run keeps them)."""
+    (wd / f"tp_rows_{rows[-1]['model']}.json").write_text(json.dumps(rows, indent=1, default=float))
 
 
 def graphprune_pruned(task, cfg: dict, target: float):
@@ -132,8 +150,8 @@ def minilm(wd: Path) -> list[dict]:
     from transformers import AutoModel
 
     import graphprune as gp
-    import run as R
 
+    R = accuracy_run()
     task = T.MiniLMTask(wd)
     d = wd / "tp_minilm"
     d.mkdir(exist_ok=True)
@@ -151,6 +169,7 @@ def minilm(wd: Path) -> list[dict]:
              "ran": "yes", **(extra or {})}
         log(f"{tool:12s} {config:50s} MACs -{r['mac_reduction_pct']:.1f}% cos {cos:.4f}")
         rows.append(r)
+        partial(wd, rows)
 
     # Torch-Pruning: one ratio for heads and FFN, searched so the MACs meet the target; the
     # search counts MACs from the module widths (minilm_macs), the final model's on its ONNX export
@@ -213,9 +232,9 @@ def main(argv=None) -> int:
     res["torch_pruning"] = {"method": METHOD, "rows": rows, "verdict": verdict(rows), "seconds": time.time() - t0,
                             "command": "python benchmarks/accuracy/torch_pruning_compare.py"}
     out.write_text(json.dumps(res, indent=1, default=float) + "\n")
-    import report
+    import accuracy_report
 
-    (Path(args.out) / "results.md").write_text(report.markdown(res))
+    (Path(args.out) / "results.md").write_text(accuracy_report.markdown(res))
     log(res["torch_pruning"]["verdict"])
     return 0
 

@@ -59,8 +59,9 @@ def smollm(wd: Path, target: float, log) -> list[dict]:
     import torch
 
     import graphprune as gp
-    import run as R
-    from torch_pruning_compare import graphprune_pruned
+    from torch_pruning_compare import accuracy_run, graphprune_pruned, partial
+
+    R = accuracy_run()
 
     task = T.SmolLMTask(wd)
     d = wd / "tp_smollm"
@@ -82,6 +83,7 @@ def smollm(wd: Path, target: float, log) -> list[dict]:
              "dense": dense_ppl, "ran": "yes", **(extra or {})}
         log(f"{tool:12s} {config:50s} MACs -{r['mac_reduction_pct']:.1f}% ppl {ppl:.3f}")
         rows.append(r)
+        partial(wd, rows)
 
     for glob in (False, True):
         t = time.time()
