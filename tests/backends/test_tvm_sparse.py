@@ -194,8 +194,9 @@ def test_backend_reports_sparse_kernels(tmp_path):
     res = TvmBackend().compile(path, target("host", adapter.host_target(), host=True), tmp_path / "out",
                                trials=0, time_budget_s=None, db_root=tmp_path / "db")
     assert len(res["sparse_kernels"]) == 1 and res["sparse_kernels"][0]["measured"]
-    # all compute went to our own kernel: nothing left to tune, so the build counts as tuned
-    assert res["tuned"] == (res["sparse_kernels"][0]["chosen"] != "dense")
+    # all compute went to our own kernel: (untuned, trials=0) only the reshapes around it are left
+    assert res["sparse_kernels"][0]["chosen"] != "dense"
+    assert res["coverage"]["missing"] and all(k.startswith("reshape") for k in res["coverage"]["missing"])
     x = np.random.default_rng(5).standard_normal((2, 8, 64)).astype(np.float32)
     got = adapter.load_and_run(tmp_path / "out" / res["library"], {"x": x})[0]
     assert close(got, ort_out(path, x))

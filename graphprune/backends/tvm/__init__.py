@@ -72,7 +72,7 @@ class TvmBackend:
 
         mod, specs = adapter.import_onnx(onnx_path, input_shapes, log=log, return_specs=True)
         db_dir = adapter.db_dir_for(db_root, target.tvm)
-        stats = None
+        stats = runner = None
         if trials > 0 and (target.host or rpc):
             runner = adapter.rpc_runner(rpc, rpc_key) if rpc else None
             stats = adapter.tune(mod, target.tvm, db_dir, trials, time_budget_s, runner=runner, log=log)
@@ -94,6 +94,15 @@ class TvmBackend:
                 notes.append(f"sparse kernels: {n_sparse} of {len(sparse_table)} sparse layers "
                              "replaced (the others measured faster dense)")
         coverage = adapter.db_coverage(mod, target.tvm, db_dir)
+        if n_sparse and coverage["missing"] and stats is not None:
+            # the rewrite leaves new small kernels (the reshapes around a sparse layer, the
+            # ops that were fused with the dense layer): tune just those, briefly
+            extra = adapter.tune(mod, target.tvm, db_dir, min(trials, 8 * len(coverage["missing"])),
+                                 time_budget_s, runner=runner, log=log)
+            stats.trials += extra.trials
+            stats.new_records += extra.new_records
+            stats.seconds += extra.seconds
+            coverage = adapter.db_coverage(mod, target.tvm, db_dir)
         # every kernel TVM generates has a schedule; a model whose compute all went to our
         # own (hand-scheduled) sparse kernels has no tuning task left, and is tuned too
         tuned = not coverage["missing"] and (coverage["tasks"] > 0 or n_sparse > 0)
