@@ -273,7 +273,7 @@ def pattern_candidates(weight, bias, data_shape, strides, padding, dilation, dty
     tap_density = kept_taps / max(o * i * kh * kw, 1)
     if tap_density > MAX_PATTERN_TAP_DENSITY:
         return []
-    info = {"structure": "pattern", "patterns": len(groups),
+    info = {"structure": "pattern", "format": "pattern", "patterns": len(groups),
             "pattern_taps": sorted({len(g) for g in groups}), "tap_density": round(tap_density, 4),
             "kernels_kept": int((pid >= 0).sum()), "kernels": int(o * i)}
     geo = (data_shape, strides, padding, dilation)
@@ -306,7 +306,7 @@ def block_candidates(weight, bias, data_shape, strides, padding, dilation, dtype
             continue
         rows = rows_opts[0]
         packed = pack_for(weight, r, c, [taps], np.where(bm, 0, -1), *geo, rows)
-        info = {"structure": "block", "block": [r, c], "block_density": round(float(density), 4),
+        info = {"structure": "block", "format": "bsr", "block": [r, c], "block_density": round(float(density), 4),
                 "block_fill": round(float(fill), 4)}
         out.append(_candidate(f"block{r}x{c}", weight, bias, data_shape, strides, padding,
                               dilation, dtype, packed, rows, relu, info))
