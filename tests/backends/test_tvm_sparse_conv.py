@@ -196,7 +196,7 @@ def test_conv_rewrite_end_to_end_matches_ort(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from graphprune.backends.tvm.kernels import conv_rewrite
+    from graphprune.backends.tvm.kernels import rewrite
 
     rng = np.random.default_rng(11)
     w1 = pattern_weight(rng, 8, 4)
@@ -218,10 +218,12 @@ def test_conv_rewrite_end_to_end_matches_ort(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(m, path)
     mod = adapter.import_onnx(path)
-    new, reports = conv_rewrite.replace_sparse_convs(mod, pick=lambda c, s: (c[0], {}))
-    assert sorted(r["kernel"].split("_")[0] for r in reports) == ["block4x1", "pattern4"]
-    assert [r["relu_fused"] for r in reports] == [True, False]
-    assert all(r["bias_fused"] for r in reports)
+    # injected timings: every sparse candidate beats dense, so the first candidate is taken
+    new, table, _ = rewrite.rewrite_sparse(mod, measure=lambda kind, layer, m: 1.0 if kind == "dense" else 0.5)
+    replaced = [r for r in table if r["chosen"] != "dense"]
+    assert len(table) == 2 and len(replaced) == 2   # the dense conv is not even a candidate layer
+    assert [r["fused"] for r in replaced] == [["bias", "relu"], ["bias"]]
+    assert {c for r in replaced for c in r["candidates"]} >= {r["chosen"] for r in replaced}
     lib = tmp_path / "m.so"
     adapter.export(adapter.build(new, adapter.host_target()), lib)
     x = rng.standard_normal((1, 4, 9, 11)).astype(np.float32)

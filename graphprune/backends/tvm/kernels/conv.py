@@ -20,7 +20,7 @@ thread's share holds the same work (PatDNN's filter reorder, for load balance). 
 
 Only ``groups == 1`` is handled (else []); weights too dense for a gain give [].
 ``build_candidate`` / ``time_candidate`` compile and time one candidate alone (tests,
-benchmarks, ``conv_rewrite``).
+benchmarks). ``rewrite.py`` puts the chosen kernels into a model.
 """
 from __future__ import annotations
 

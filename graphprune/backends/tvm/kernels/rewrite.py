@@ -56,6 +56,11 @@ def _const_value(expr, bindings):
 
     if isinstance(expr, relax.Var) and expr in bindings:
         expr = bindings[expr]
+    if _op_name(expr) == "relax.reshape" and isinstance(expr.args[0], _const_type()):
+        # the ONNX importer's conv bias: reshape(constant [O], (1, O, 1, 1))
+        shape = _shape(expr)
+        v = _const_value(expr.args[0], bindings)
+        return None if v is None or shape is None else v.reshape(shape)
     if isinstance(expr, _const_type()):
         v = expr.value
         return v.numpy() if hasattr(v, "numpy") else None
@@ -174,8 +179,15 @@ def _find_layers(func, min_sparsity: float, log) -> list[_Layer]:
                 (kind == "linear" and b.shape[-1:] == (n_out,)) or
                 (kind == "conv2d" and b.reshape(-1).size == n_out and b.ndim in (1, 3, 4)
                  and (b.ndim == 1 or b.shape[-2:] == (1, 1))))
-            if ok and not isinstance(other[0], relax.Var):
+            bias_var = other[0] if len(other) == 1 and isinstance(other[0], relax.Var) else None
+            if bias_var is not None and (_op_name(bindings.get(bias_var)) != "relax.reshape"
+                                         or uses.get(bias_var, 0) != 1):
+                ok = False  # a bias var is only fused when it is the importer's reshape of a constant
+            if ok:
                 bias, last = b.reshape(n_out).astype(np.float32), add
+                if bias_var is not None:
+                    drop.append(bias_var)
+                    dense_bindings.append((bias_var, bindings[bias_var]))
                 drop.append(add)
                 dense_bindings.append((add, bindings[add]))
         rl = single_next(last, "relax.nn.relu")
@@ -278,12 +290,15 @@ def _emit_dense(bb, layer: _Layer, x):
 
 
 def heuristic_choice(layer: _Layer, cands: list):
-    """No device to measure on: the largest-block candidate from HEURISTIC_BLOCK_SPARSITY,
-    CSR (or N:M) from HEURISTIC_CSR_SPARSITY, else dense (None)."""
+    """No device to measure on: the largest-block candidate (or a 3x3 pattern kernel) from
+    HEURISTIC_BLOCK_SPARSITY, CSR (or N:M) from HEURISTIC_CSR_SPARSITY, else dense (None)."""
     sp = structure.sparsity(layer.weight)
     blocks = [c for c in cands if c.info.get("block", [1, 1]) != [1, 1] and c.info.get("format") == "bsr"]
     if blocks and sp >= HEURISTIC_BLOCK_SPARSITY:
         return max(blocks, key=lambda c: (c.info["block"][0] * c.info["block"][1], c.info["block"][0]))
+    patterns = [c for c in cands if c.info.get("format") == "pattern"]
+    if patterns and sp >= HEURISTIC_BLOCK_SPARSITY:  # 3x3 patterns: fixed taps, vectorised like blocks
+        return patterns[0]
     if sp >= HEURISTIC_CSR_SPARSITY:
         for name in ("csr",):
             for c in cands:
