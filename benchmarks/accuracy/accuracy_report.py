@@ -44,7 +44,7 @@ def goal(res: dict) -> str:
 
 def model_table(name: str, d: dict) -> list[str]:
     L = [f"## {name}: {d['file']} — {d['metric_name']}, dense = {_fmt(d['dense'])} on {d['eval_size']}", "",
-         f"Calibration: {d['calibration']}. Grid repair: `{d['repair']}`.", "",
+         f"Calibration: {d['calibration']}. Grid repair: " + (f"`{d['repair']}`." if d["repair"] else "none (see README.md)."), "",
          "| MACs removed | criterion / allocation | kept MACs | metric | vs dense | + repair | vs dense | oracle (logits) |",
          "|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:

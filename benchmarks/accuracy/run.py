@@ -135,9 +135,9 @@ def run_model(name: str, args, res: dict, out: Path, t_all: float) -> None:
          "eval_size": task.eval_size, "calibration": task.calib.description, "repair": REPAIR[name], "rows": []}
     res["models"][name] = d
     log(f"{name}: dense {task.metric_name} = {dense:.4f}")
-    targets = (0.7,) if args.quick else TARGETS
+    targets = (0.7,) if args.quick else [float(t) for t in args.targets.split(",")]
     for target in targets if "grid" in args.rows else ():
-        for method in METHODS:
+        for method in args.methods.split(","):
             row = prune_one(task, base, target, {"criterion": "l2", "allocation": method, "repair": REPAIR[name]})
             d["rows"].append(row)
             log_row(row)
@@ -196,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny data sets and the 30%% target only")
     ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma list of " + ", ".join(ALL_MODELS))
     ap.add_argument("--rows", default="grid,best", help="grid (the 3x3 table), best (the best-configuration row)")
+    ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="MAC fractions kept, e.g. 0.7,0.5")
+    ap.add_argument("--methods", default=",".join(METHODS), help="allocations of the grid")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--workdir", help="where transformer models go (outside the repo); default $TMPDIR/graphprune-accuracy")
     ap.add_argument("--out", default=str(HERE))
