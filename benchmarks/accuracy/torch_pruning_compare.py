@@ -157,8 +157,6 @@ def minilm(wd: Path) -> list[dict]:
     d.mkdir(exist_ok=True)
     dense_macs = C.macs_per_token_at(task.path, 128)
     hf = AutoModel.from_pretrained(C.minilm_dir(), attn_implementation="eager").eval()
-    with torch.no_grad():
-        h = hf(input_ids=torch.tensor(task.enc["input_ids"]), attention_mask=torch.tensor(task.enc["attention_mask"]))
     rows = []
 
     def row(tool, config, path, extra=None):
