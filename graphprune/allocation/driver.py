@@ -275,6 +275,7 @@ class Allocator:
         aim = asked
         history = []
         best = None
+        below = above = None   # (aim, measured) of the nearest rounds on each side of the ask
         for it in range(int(self.opts.get("latency_rounds", 4))):
             sel = self.allocate(scores, aim, lat)
             pruned = build_pruned(self.model, self.dg, sel)
@@ -287,7 +288,18 @@ class Allocator:
                 best = (sel, meas)
             if abs(meas / asked - 1.0) <= 0.04:
                 break
-            aim = float(np.clip(aim * asked / meas, 0.02, 1.0))
+            if meas < asked and (below is None or aim > below[0]):
+                below = (aim, meas)
+            elif meas >= asked and (above is None or aim < above[0]):
+                above = (aim, meas)
+            if below is not None and above is not None:
+                # bracketed: interpolate between the two aims (a multiplicative correction
+                # alone can bounce between two points when the timing is noisy)
+                (a0, m0), (a1, m1) = below, above
+                t = (asked - m0) / (m1 - m0) if m1 > m0 else 0.5
+                aim = float(a0 + np.clip(t, 0.1, 0.9) * (a1 - a0))
+            else:
+                aim = float(np.clip(aim * asked / meas, 0.02, 1.0))
         self.info["latency_rounds"] = history
         self.info["measured_ratio"] = round(best[1], 4)
         self.info["latency_table_seconds"] = round(lat.build_seconds, 1)

@@ -181,3 +181,33 @@ def test_latency_target_loop_runs_and_records(samples_dir):
     info = ctx.results["plan"].settings["allocation_result"]
     assert len(info["latency_rounds"]) == 1 and info["measured_ratio"] > 0
     assert oracle.check(ir.load(path), model, ctx.results["plan"]).ok
+
+
+def test_latency_loop_bisects_once_the_ask_is_bracketed(samples_dir, monkeypatch):
+    """Noisy timings (here: alternately 15% high and low) made the multiplicative
+    correction bounce between two aims; once one round measured below the ask and one
+    above, the next aim lies between theirs."""
+    import graphprune.allocation.latency as latency_mod
+
+    calls = []
+
+    def fake_measured_ratio(dense, pruned, feeds, threads=1):
+        calls.append(1)
+        ratio = len(pruned) / len(dense) * (1.15 if len(calls) % 2 else 0.85)
+        return ratio, 1.0, ratio
+
+    monkeypatch.setattr(latency_mod, "measured_ratio", fake_measured_ratio)
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    ctx = PassContext()
+    PassManager.parse("prune-channels{allocation=uniform,target_latency=0.6,latency_rounds=4}").run(model, ctx)
+    rounds = ctx.results["plan"].settings["allocation_result"]["latency_rounds"]
+    bracketed = 0
+    for k in range(2, len(rounds)):
+        seen = rounds[:k]
+        below = [r["aimed"] for r in seen if r["measured"] < 0.6]
+        above = [r["aimed"] for r in seen if r["measured"] >= 0.6]
+        if below and above:
+            bracketed += 1
+            lo, hi = sorted((max(below), min(above)))
+            assert lo < rounds[k]["aimed"] < hi, rounds
+    assert bracketed >= 1, rounds
