@@ -24,7 +24,11 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if self.batch_first:
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        elif self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         tgt_len, bsz, _ = query.shape
         src_len = key.shape[0]
@@ -56,10 +60,12 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             weights = None
         out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, heads * head_dim)
         out = self.out_proj(out).view(tgt_len, bsz, -1)
-        if self.batch_first:
-            out = out.transpose(0, 1)
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)
+        if unbatched:
+            return out.squeeze(1), (weights.squeeze(0) if weights is not None else None)
+        if self.batch_first:
+            out = out.transpose(0, 1)
         return out, weights
 
 

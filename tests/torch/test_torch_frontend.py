@@ -298,6 +298,9 @@ def test_pruned_multihead_attention_matches_masked_heads(batch_first):
             want, _ = masked(q, kv, kv, **kw)
             got, weights = pruned(q, kv, kv, **kw)
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=str(kw))
+        one = q[0] if batch_first else q[:, 0]   # unbatched (L, E) input
+        np.testing.assert_allclose(pruned(one, one, one)[0].numpy(), masked(one, one, one)[0].numpy(),
+                                   rtol=1e-5, atol=1e-6)
         _, w_full = mha(q, kv, kv, average_attn_weights=False)
         _, w_pruned = pruned(q, kv, kv, average_attn_weights=False)
         np.testing.assert_allclose(w_pruned.numpy(), w_full[:, [0, 2]].numpy(), rtol=1e-5, atol=1e-6)

@@ -1,13 +1,16 @@
 """Reshape-like ops: Reshape, Flatten, Squeeze, Unsqueeze, Expand.
 
 A reshape is split into blocks of input axes ↔ output axes with equal element counts.
-* merge (several axes → one): the output axis goes with the outermost merged input axis,
-  so one channel becomes a contiguous block of features (Flatten→Gemm, heads → hidden);
-* split (one axis → several): the input axis goes with ONE output factor and the other
-  factors keep their size:
-  - when the split ends the tensor (hidden → heads × head_dim), the outer factor: whole
-    attention heads are the unit;
-  - otherwise the inner factor (channel shuffle: the same position in every group).
+In a block of several axes, ONE input axis and ONE output axis carry the channels (with
+the element map between them); the others keep their size (frozen):
+* merge (several axes → one): the input axis that rules upstream coupled to a weight
+  (heads merged with a batch axis), else the outermost (Flatten→Gemm, heads → hidden);
+* split (one axis → several): when the split ends the tensor in two factors (hidden →
+  heads × head_dim), the outer one: whole attention heads are the unit; otherwise the
+  inner one (channel shuffle: the same position in every group). A factor that is only
+  unstacked by scalar Gathers downstream (torch's packed q/k/v) is never chosen;
+* regroup (several → several, e.g. (batch, heads·head_dim) ↔ (batch·heads, head_dim)):
+  an axis pair whose removals are checked to be exact, keeping the most atoms.
 Shape targets may be constants or, with dynamic batch/sequence, a Concat of run-time
 pieces (from Shape) and constant pieces; only constant pieces are ever rewritten.
 """
