@@ -101,8 +101,14 @@ def _sparsity_sections(report: dict) -> list[str]:
             cands = ", ".join(f"{n} {_fmt(v)}" for n, v in (k.get("candidates") or {}).items())
             lines.append(f"| {k.get('layer')} | {k.get('shape')} | {_fmt(k.get('sparsity'))} | "
                          f"{_fmt(k.get('dense_ms'))} | {cands} | {k.get('chosen')} | {_fmt(k.get('speedup'))} | "
-                         f"{'measured' if k.get('measured') else 'heuristic (no device to measure on)'} |")
+                         f"{_how_chosen(k)} |")
     return lines
+
+
+def _how_chosen(row: dict) -> str:
+    if not row.get("candidates"):
+        return "no sparse kernel for this layer"
+    return "measured" if row.get("measured") else "heuristic (no device to measure on)"
 
 
 def write_report(out_dir: Path, report: dict) -> None:
