@@ -4,7 +4,7 @@
       "block" | "pattern", "sparsity": <fraction of zeros>, "criterion": ..., "op":
       "MatMul" | "Gemm" | "Conv", "out_axis": int, "in_axis": int, ...}}}
 
-Per format: "n"/"m"; "block": [r, c] (r output channels × c input channels); "pattern_k",
+Per format: "n"/"m"; "block": [r, c] (r output channels × c input channels; of a conv, whole kernels); "pattern_k",
 "patterns" (each a list of kept tap indices, row-major in the kernel) and "connectivity"
 (fraction of whole kernels removed). The model itself stays a dense ONNX model with exact
 zeros: this record is a hint for backends (which verify eligibility from the zeros) and
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 KEY = "graphprune.sparsity"
-FORMATS_HELP = "unstructured, N:M (e.g. 2:4, 4:8, 1:4), block:RxC (e.g. block:8x1, r output × c input channels), " \
+FORMATS_HELP = "unstructured, N:M (e.g. 2:4, 4:8, 1:4), block:RxC (e.g. block:8x1, r output × c input channels; conv blocks span the whole kernel), " \
                "pattern:K (3×3 conv kernel patterns with K entries)"
 VERSION = 1
 

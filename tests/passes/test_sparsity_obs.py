@@ -128,3 +128,21 @@ def test_sequential_sweeps_run_layer_waves_on_the_sparsified_model():
             assert ((a != 0).T.reshape(a.shape[1], -1, 4).sum(-1) <= 2).all()
         errs[seq] = ctx.results["sparsity"]["tensors"]["W2"]["obs_error"]
     assert errs["true"] != errs["false"]  # W2's Hessian came from the sparsified first layer
+
+
+def test_pass_sparsegpt_conv_blocks_span_whole_kernels():
+    """Block format on a conv: r output × c input channels × all taps (what the TVM block
+    conv kernels skip), with the OBS update; the update still lowers the error."""
+    rng = np.random.default_rng(1)
+    c = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "c"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    proto = make_model(nodes, [("x", [None, 8, 6, 6])], [("y", [None, 8, 6, 6])], {"c": c})
+    m = gp.load(proto.SerializeToString())
+    ctx = PassContext()
+    ctx.results["calibration"] = Calibration.from_batches([{"x": rng.standard_normal((8, 8, 6, 6)).astype(np.float32)}])
+    PassManager.parse("sparsify{format=block,block=4x2,sparsity=0.5,criterion=sparsegpt,skip_first=false,"
+                      "skip_last=false,min_params=0}").run(m, ctx)
+    t = (const_array(m.graph.initializers["c"]) != 0).reshape(2, 4, 4, 2, 9)
+    assert (t.all(axis=(1, 3, 4)) | ~t.any(axis=(1, 3, 4))).all() and (~t.any(axis=(1, 3, 4))).sum() == 4
+    rec = ctx.results["sparsity"]["tensors"]["c"]
+    assert rec["obs_error"] < rec["mask_only_error"]

@@ -139,10 +139,10 @@ def test_cnn_conv_layouts_grouped_and_skips(tmp_path):
     assert "depthwise" in reasons["dw"]
     assert "final classifier" in reasons["classifier"]
     assert set(res["tensors"]) == {"c2", "c3"}
-    c2 = weights(model)["c2"]  # [8, 4 per group, 3, 3], group 2: blocks of 4 outputs x 2 in-channels at a tap
+    c2 = weights(model)["c2"]  # [8, 4 per group, 3, 3], group 2: blocks of 4 outputs x 2 in-channels
     t = (c2 != 0).reshape(2, 4, 2, 2, 9)  # (row block, 4 rows, col block, 2 channels, tap)
-    whole = t.all(axis=(1, 3)) | ~t.any(axis=(1, 3))
-    assert whole.all()
+    whole = t.all(axis=(1, 3, 4)) | ~t.any(axis=(1, 3, 4))  # a conv block spans whole 3x3 kernels
+    assert whole.all() and (~t.any(axis=(1, 3, 4))).any()
     path = saved_checked(model, tmp_path)
     feeds = {"x": RNG.standard_normal((2, 4, 8, 8)).astype(np.float32)}
     assert_same_outputs(onnx.load(str(path)), masked_original(proto, model), feeds)

@@ -3,8 +3,8 @@
 Every function here is pure numpy on scores (higher = more important) so the formats can
 be checked by hand. Columns of the logical matrix come in *segments* of ``seg_len``
 consecutive input channels: a Gemm/MatMul has one segment (all of K); a convolution has
-one segment per kernel tap (see `targets.Target.logical`), so N:M groups and blocks never
-straddle two taps.
+one segment per kernel tap (see `targets.Target.logical`), so N:M groups never straddle two
+taps (conv blocks are tiled in a channel-major order instead: `sparsify.block_layout`).
 
 Conventions: an N:M group is M consecutive columns of one row (along the input/reduction
 axis) holding at most N nonzeros; a block ``r×c`` spans r OUTPUT channels (rows) and c

@@ -58,14 +58,34 @@ def group_rows(t: Target, n_out: int) -> list[np.ndarray]:
     return [np.flatnonzero(rg == g) for g in range(t.group)] if t.group > 1 else [np.arange(n_out)]
 
 
+def block_layout(t: Target, c: int) -> tuple[np.ndarray | None, int, int]:
+    """Blocks of a convolution span whole kernels (r output × c input channels × all
+    taps), the unit the TVM block-sparse conv kernels skip. In the channel-major column
+    order (each input channel's taps contiguous) such a block is a tile c·taps wide.
+    Returns (column order or None, tile width, segment length) for the logical matrix."""
+    if t.taps == 1:
+        return None, c, t.seg_len
+    order = (np.arange(t.taps)[None, :] * t.ig + np.arange(t.ig)[:, None]).ravel()
+    return order, c * t.taps, t.ig * t.taps
+
+
+def _unpermute(view: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    if order is None:
+        return view
+    out = np.empty_like(view)
+    out[:, order] = view
+    return out
+
+
 def column_units(spec: SparsitySpec, t: Target, cols: int) -> list[tuple[int, int]]:
     """Column ranges that a lazy OBS block must not split (N:M groups, block columns)."""
     if spec.kind == "n:m":
         return [(j, j + spec.m) for j in range(0, cols, spec.m)]
     if spec.kind == "block":
+        _, width, seg = block_layout(t, spec.c)
         out = []
-        for s in range(0, cols, t.seg_len):
-            out += [(a, min(a + spec.c, s + t.seg_len)) for a in range(s, s + t.seg_len, spec.c)]
+        for s in range(0, cols, seg):
+            out += [(a, min(a + width, s + seg)) for a in range(s, s + seg, width)]
         return out
     return [(j, j + 1) for j in range(cols)]
 
@@ -95,10 +115,13 @@ def weight_only_masks(spec: SparsitySpec, targets: list[Target], scores: list[np
         return [M.nm_mask(s, spec.n, spec.m, t.seg_len) for t, s in zip(targets, scores)], extra
     if spec.kind == "block":
         parts = []  # (target index, rows, tile ids, tile scores, sizes)
+        layouts = [block_layout(t, spec.c) for t in targets]
         for i, (t, s) in enumerate(zip(targets, scores)):
+            order, width, seg = layouts[i]
+            sv = s if order is None else s[:, order]
             for rows in group_rows(t, s.shape[0]):
-                ids, n = M.tile_ids(len(rows), s.shape[1], spec.r, spec.c, t.seg_len)
-                ts, size = M.tile_scores(s[rows], ids, n)
+                ids, n = M.tile_ids(len(rows), sv.shape[1], spec.r, width, seg)
+                ts, size = M.tile_scores(sv[rows], ids, n)
                 parts.append((i, rows, ids, ts, size))
         if scope == "global":
             gone = M.select_units([p[3] for p in parts], [p[4] for p in parts], spec.sparsity)
@@ -110,7 +133,7 @@ def weight_only_masks(spec: SparsitySpec, targets: list[Target], scores: list[np
         keeps = [np.ones(s.shape, bool) for s in scores]
         for (i, rows, ids, _, _), g in zip(parts, gone):
             keeps[i][rows] = ~g[ids]
-        return keeps, extra
+        return [_unpermute(k, lay[0]) for k, lay in zip(keeps, layouts)], extra
     # pattern: one library for the whole model, from the most frequent top-k shapes
     kern = [kernel_view(t, s) for t, s in zip(targets, scores)]
     lib = M.pattern_library(np.concatenate(kern), spec.pattern_k, spec.patterns)
@@ -131,6 +154,9 @@ def obs_prune(spec: SparsitySpec, t: Target, L: np.ndarray, H: np.ndarray, block
               damp: float) -> tuple[np.ndarray, np.ndarray, float, float]:
     """SparseGPT on every group of rows: (new logical weights, keep mask, output error
     tr(ΔW H ΔWᵀ) of OBS, and of plain masking with the same mask without update)."""
+    order = block_layout(t, spec.c)[0] if spec.kind == "block" else None
+    if order is not None:  # conv blocks: whole kernels, contiguous in channel-major order
+        L, H = L[:, order], [h[np.ix_(order, order)] for h in H]
     blocks = column_blocks(column_units(spec, t, L.shape[1]), blocksize)
     newW, keep = np.zeros_like(L), np.ones(L.shape, bool)
     err_obs = err_mask = 0.0
@@ -139,7 +165,8 @@ def obs_prune(spec: SparsitySpec, t: Target, L: np.ndarray, H: np.ndarray, block
         if spec.kind == "n:m":
             sel, nm = None, (spec.n, spec.m)
         elif spec.kind == "block":
-            ids_all, _ = M.tile_ids(len(rows), L.shape[1], spec.r, spec.c, t.seg_len)
+            _, width, seg = block_layout(t, spec.c)
+            ids_all, _ = M.tile_ids(len(rows), L.shape[1], spec.r, width, seg)
 
             def sel(scores, s, e, ids_all=ids_all):
                 uniq, inv = np.unique(ids_all[:, s:e], return_inverse=True)
@@ -154,7 +181,7 @@ def obs_prune(spec: SparsitySpec, t: Target, L: np.ndarray, H: np.ndarray, block
         d1, d0 = Wg - W1, Wg * ~k1
         err_obs += float(np.sum((d1 @ H[g]) * d1))
         err_mask += float(np.sum((d0 @ H[g]) * d0))
-    return newW, keep, err_obs, err_mask
+    return _unpermute(newW, order), _unpermute(keep, order), err_obs, err_mask
 
 
 def blas_threads(n: int):

@@ -3,8 +3,9 @@
 Layers: Gemm and MatMul with a constant weight (Gemm ``transB`` and MatMul's ``[K, N]``
 layout are read off `importance.layers.Linear`), and Conv (1×1, k×k, grouped). Logical
 matrix of a Conv weight ``[O, I/g, kh, kw]``: rows = O, columns = ``(kh, kw, I/g)`` with
-the input channel innermost — so an N:M group or an r×c block is a run of consecutive
-*input channels at one kernel tap* (one segment of I/g columns per tap). A grouped conv's
+the input channel innermost — so an N:M group is a run of consecutive *input channels at
+one kernel tap* (one segment of I/g columns per tap). An r×c block of a conv spans whole
+kernels: r output × c input channels × all taps (`sparsify.block_layout`). A grouped conv's
 row o only sees the channels of its own group, so every format applies per row as is.
 
 Skipped, each with a reason the pass reports: ConvTranspose, depthwise convs (a handful
