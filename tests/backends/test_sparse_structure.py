@@ -77,3 +77,19 @@ def test_sparsity_and_hint_is_not_trusted():
     w = _weight((10, 10), 0.0)
     a = st.analyse(w, hint={"format": "block", "sparsity": 0.9})
     assert a.sparsity == 0.0 and a.good_blocks() == [] and a.nm is None
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (13, 29), (1, 5), (64, 3)])
+@pytest.mark.parametrize("tiles", [(1, 1), (4, 8), (3, 5), (64, 384)])
+def test_blocked_csr_round_trip_and_order(shape, tiles):
+    w = _weight(shape, 0.7)
+    w[0] = 0  # an all-zero row
+    b = st.pack_csr_blocked(w, *tiles)
+    assert b.cols.dtype == np.int32 and b.ptr.dtype == np.int32
+    assert len(b.ptr) == b.row_tiles * b.k_tiles * tiles[0] + 1 and b.ptr[-1] == b.data.size
+    assert np.count_nonzero(b.data) == b.data.size == np.count_nonzero(w)
+    np.testing.assert_array_equal(st.unpack_csr_blocked(b), w)
+    for i in range(len(b.ptr) - 1):     # each segment: one column tile, ascending columns
+        cols = b.cols[b.ptr[i]:b.ptr[i + 1]]
+        kt = (i // tiles[0]) % b.k_tiles
+        assert np.all(cols // tiles[1] == kt) and np.all(np.diff(cols) > 0)

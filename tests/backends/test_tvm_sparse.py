@@ -156,6 +156,20 @@ def test_dense_weights_are_not_touched(tmp_path):
     assert table == [] and calls == []
 
 
+@pytest.mark.parametrize("row_block,k_block", [(4, 8), (3, 5), (64, 384)])
+def test_csr_tiles_match_onnxruntime(tmp_path, row_block, k_block):
+    """Several row and column tiles, ragged edges, segment lengths not a multiple of the
+    unroll (plus empty segments), relu: the tiled CSR kernel against ORT."""
+    path, w = make_model(tmp_path / "m.onnx", "gemm", (13, 37), 37, 19, relu=True, sparsity=0.7)
+    assert w.shape == (19, 37)
+    layer = rewrite._find_layers(adapter.import_onnx(path)["main"], 0.0, lambda s: None)[0]
+    cand = linear.csr_candidate(w, layer.bias, 13, cores=2, relu=True, row_block=row_block,
+                                k_block=k_block)
+    assert cand.info["row_block"] == row_block and cand.info["k_block"] == k_block
+    x = np.random.default_rng(4).standard_normal((13, 37)).astype(np.float32)
+    assert close(run_host(rewrite.layer_module(layer, cand), x), ort_out(path, x))
+
+
 def test_all_zero_weight(tmp_path):
     path, w = make_model(tmp_path / "m.onnx", "gemm", (4, 16), 16, 8, sparsity=1.0)
     assert not w.any()

@@ -27,6 +27,10 @@ from .base import KernelCandidate
 # Accumulator budget: r*Mt floats must stay < 1024 bytes (stack) and fit the register file.
 _MAX_ACC_FLOATS = 128
 _NEG_INF = -3.0e38
+# CSR kernel (measured at 128×768 @ 768×3072, 90%: ±5% around these; see csr_prim_func).
+_CSR_UNROLL = 4                 # accumulators per row: Mt/16 × 4 independent FMA chains
+_CSR_ROW_BLOCK = 64             # output rows per tile: [64, Mt] results stay in L1
+_CSR_XT_TILE_FLOATS = 12288     # k_block × Mt: 48 KiB of xt swept per column tile
 
 
 def _tile_m(M: int, r: int) -> int:
@@ -91,6 +95,88 @@ def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int,
     return bsr_linear
 
 
+def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, k_block: int,
+                  chunks: int, unroll: int = _CSR_UNROLL, relu: bool = False):
+    """TIR for unstructured sparsity (structure.BlockedCSR). Constants: data[nnz],
+    offsets[nnz] (column * Mt: the start of its vector in xt, no multiply in the loop),
+    ptr[segments + 1], bias[N].
+
+    Differs from the BSR template where unstructured weights need it: each nonzero feeds
+    only its own row, so (a) a row's nonzeros go round-robin into `unroll` accumulators
+    (more independent FMA chains than the Mt/16 of one row); (b) a row tile is swept one
+    column tile at a time, so the part of xt in use stays near L1; (c) results collect in
+    a [row_block, Mt] buffer written to y once per row tile, along y's rows (writing one
+    output column at a time strides y by N floats: at N = 3072 those stores all hit one
+    L1 set, which cost more than the rest of the kernel at 90% sparsity).
+    """
+    from tvm.script import tirx as T
+
+    R, U = row_block, unroll
+    nrt, nkt = -(-N // R), -(-K // k_block)
+    Kp = nkt * k_block
+    nmt = -(-M // Mt)
+    per = -(-nrt // chunks)
+    nnz = max(1, nnz)                      # an all-zero weight still gets a (dummy) entry
+    lo_clamp = T.float32(0.0) if relu else T.float32(_NEG_INF)
+
+    @T.prim_func
+    def csr_linear(x: T.Buffer((M, K), "float32"), data: T.Buffer((nnz,), "float32"),
+                   offsets: T.Buffer((nnz,), "int32"), ptr: T.Buffer((nrt * nkt * R + 1,), "int32"),
+                   bias: T.Buffer((N,), "float32"), y: T.Buffer((M, N), "float32")):
+        T.func_attr({"tir.noalias": True})
+        for task in T.parallel(nmt * chunks):
+            xt = T.alloc_buffer((Kp * Mt,), "float32")
+            yacc = T.alloc_buffer((R * Mt,), "float32")
+            acc = T.alloc_buffer((U * Mt,), "float32")
+            for k in range(Kp):
+                for mm in range(Mt):
+                    xt[k * Mt + mm] = T.if_then_else(
+                        (task // chunks) * Mt + mm < M and k < K,
+                        x[T.min((task // chunks) * Mt + mm, M - 1), T.min(k, K - 1)],
+                        T.float32(0))
+            for ib in range(per):
+                if (task % chunks) * per + ib < nrt:
+                    for kt in range(nkt):
+                        for r in range(R):
+                            for u in T.unroll(U):
+                                acc[T.Ramp(u * Mt, 1, Mt)] = T.Broadcast(T.float32(0), Mt)
+                            # segment i = ((task % chunks) * per + ib) * nkt + kt) * R + r
+                            for jj in range((ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1]
+                                             - ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r]) // U):
+                                for u in T.unroll(U):
+                                    acc[T.Ramp(u * Mt, 1, Mt)] = acc[T.Ramp(u * Mt, 1, Mt)] + T.Broadcast(
+                                        data[ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r] + jj * U + u],
+                                        Mt) * xt[T.Ramp(offsets[ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r]
+                                                                + jj * U + u], 1, Mt)]
+                            # the last (count % U) nonzeros of the segment
+                            for u in T.unroll(U - 1):
+                                if u < (ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1]
+                                        - ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r]) % U:
+                                    acc[T.Ramp(u * Mt, 1, Mt)] = acc[T.Ramp(u * Mt, 1, Mt)] + T.Broadcast(
+                                        data[ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1] + u
+                                             - (ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1]
+                                                - ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r]) % U],
+                                        Mt) * xt[T.Ramp(offsets[
+                                            ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1] + u
+                                            - (ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r + 1]
+                                               - ptr[(((task % chunks) * per + ib) * nkt + kt) * R + r]) % U],
+                                            1, Mt)]
+                            if kt == 0:
+                                yacc[T.Ramp(r * Mt, 1, Mt)] = acc[T.Ramp(0, 1, Mt)]
+                            else:
+                                yacc[T.Ramp(r * Mt, 1, Mt)] = yacc[T.Ramp(r * Mt, 1, Mt)] + acc[T.Ramp(0, 1, Mt)]
+                            for u in T.unroll(U - 1):
+                                yacc[T.Ramp(r * Mt, 1, Mt)] = yacc[T.Ramp(r * Mt, 1, Mt)] + acc[
+                                    T.Ramp((u + 1) * Mt, 1, Mt)]
+                    for mm in range(Mt):
+                        for r in range(R):
+                            if (task // chunks) * Mt + mm < M and ((task % chunks) * per + ib) * R + r < N:
+                                y[(task // chunks) * Mt + mm, ((task % chunks) * per + ib) * R + r] = T.max(
+                                    yacc[r * Mt + mm] + bias[((task % chunks) * per + ib) * R + r], lo_clamp)
+
+    return csr_linear
+
+
 def nm_prim_func(M: int, K: int, N: int, n: int, m: int, *, Mt: int, chunks: int,
                  relu: bool = False):
     """TIR for N:M. Constants: values[N, G, n], offsets[N, G, n] (uint8), bias[N]."""
@@ -142,6 +228,8 @@ def _bias(bias, N: int) -> np.ndarray:
 def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4,
                   relu: bool = False) -> KernelCandidate:
     N, K = w.shape
+    if (r, c) == (1, 1):
+        return csr_candidate(w, bias, M, cores=cores, relu=relu)
     packed = structure.pack_bsr(np.asarray(w, np.float32), r, c)
     data, indices = packed.data, packed.indices
     if packed.nnzb == 0:                   # keep buffers non-empty; indptr says "no blocks"
@@ -158,6 +246,34 @@ def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4
         info={"format": "csr" if (r, c) == (1, 1) else "bsr", "block": [r, c],
               "nnz": int(np.count_nonzero(w)), "stored_values": int(packed.nnzb * r * c),
               "tile_m": Mt, "chunks": chunks, "fused": ["bias"] + (["relu"] if relu else [])},
+    )
+
+
+def csr_candidate(w: np.ndarray, bias, M: int, *, cores: int = 4, relu: bool = False,
+                  row_block: int | None = None, k_block: int | None = None) -> KernelCandidate:
+    """Unstructured sparsity (CSR); tile sizes default to the measured ones."""
+    N, K = w.shape
+    w = np.asarray(w, np.float32)
+    Mt = _tile_m(M, 1)
+    R = row_block or min(_CSR_ROW_BLOCK, N)
+    if k_block is None:                    # equal column tiles, each within the xt budget
+        nkt = -(-K // max(1, _CSR_XT_TILE_FLOATS // Mt))
+        k_block = -(-K // nkt)
+    packed = structure.pack_csr_blocked(w, R, k_block)
+    nnz = int(packed.data.size)
+    data, offsets = packed.data, packed.cols * np.int32(Mt)
+    if nnz == 0:                           # keep buffers non-empty; ptr says "no entries"
+        data, offsets = np.zeros(1, np.float32), np.zeros(1, np.int32)
+    chunks = _chunks(M, Mt, packed.row_tiles, cores)
+    return KernelCandidate(
+        name="csr",
+        prim_func=csr_prim_func(M, K, N, nnz, Mt=Mt, row_block=R, k_block=k_block, chunks=chunks,
+                                relu=relu),
+        constants=[data, offsets, packed.ptr, _bias(bias, N)],
+        out_shape=(M, N),
+        info={"format": "csr", "block": [1, 1], "nnz": nnz, "stored_values": nnz, "tile_m": Mt,
+              "chunks": chunks, "row_block": R, "k_block": k_block,
+              "fused": ["bias"] + (["relu"] if relu else [])},
     )
 
 

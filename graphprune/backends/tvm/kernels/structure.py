@@ -104,6 +104,53 @@ def pack_csr(w: np.ndarray) -> BSR:
     return pack_bsr(w, 1, 1)
 
 
+@dataclasses.dataclass
+class BlockedCSR:
+    """CSR whose nonzeros are grouped by tiles of `row_block` output rows × `k_block` input
+    columns: tile-major (row tile, then column tile), then row inside the tile, then
+    column. Lets a kernel sweep one column tile of the activations (L1-sized) for a whole
+    row tile before moving on. Segment (rt, kt, r) = row rt*row_block + r restricted to
+    columns [kt*k_block, (kt+1)*k_block) is data[ptr[i]:ptr[i+1]], i = (rt*k_tiles + kt)*row_block + r."""
+    shape: tuple[int, int]
+    row_block: int
+    k_block: int
+    data: np.ndarray                # [nnz] float
+    cols: np.ndarray                # [nnz] int32, absolute input column
+    ptr: np.ndarray                 # [row_tiles * k_tiles * row_block + 1] int32
+
+    @property
+    def row_tiles(self) -> int:
+        return -(-self.shape[0] // self.row_block)
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.shape[1] // self.k_block)
+
+
+def pack_csr_blocked(w: np.ndarray, row_block: int, k_block: int) -> BlockedCSR:
+    """Dense W[out, in] -> BlockedCSR (ragged edges padded with empty segments)."""
+    if w.ndim != 2:
+        raise ValueError(f"pack_csr_blocked needs a 2-D weight, got shape {w.shape}")
+    p = _pad_to_blocks(w, row_block, k_block)
+    nrt, nkt = p.shape[0] // row_block, p.shape[1] // k_block
+    tiles = p.reshape(nrt, row_block, nkt, k_block).transpose(0, 2, 1, 3)   # [rt, kt, r, kk]
+    nz = tiles != 0
+    ptr = np.zeros(nz[..., 0].size + 1, dtype=np.int32)
+    np.cumsum(nz.sum(axis=3).reshape(-1), out=ptr[1:])
+    rt, kt, r, kk = np.nonzero(nz)                                          # storage order
+    return BlockedCSR(tuple(w.shape), row_block, k_block,
+                      tiles[rt, kt, r, kk].astype(w.dtype, copy=False),
+                      (kt * k_block + kk).astype(np.int32), ptr)
+
+
+def unpack_csr_blocked(b: BlockedCSR) -> np.ndarray:
+    seg = np.repeat(np.arange(len(b.ptr) - 1), np.diff(b.ptr))
+    rows = (seg // (b.k_tiles * b.row_block)) * b.row_block + seg % b.row_block
+    dense = np.zeros((b.row_tiles * b.row_block, b.k_tiles * b.k_block), dtype=b.data.dtype)
+    dense[rows, b.cols] = b.data
+    return dense[:b.shape[0], :b.shape[1]]
+
+
 def unpack_bsr(b: BSR) -> np.ndarray:
     r, c = b.block
     dense = np.zeros((b.block_rows * r, b.block_cols * c), dtype=b.data.dtype)
