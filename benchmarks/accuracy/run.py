@@ -50,7 +50,8 @@ BEST = {
     "rec": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
     "det": {"criterion": "wanda", "allocation": "sensitivity", "repair": "bias-compensate,lsq-reconstruct"},
     "cls": {"criterion": "wanda", "allocation": "uniform", "repair": "bias-compensate,lsq-reconstruct"},
-    "minilm": {"criterion": "wanda", "allocation": "global", "repair": "lsq-reconstruct{damp=0.1}", "calib_size": 256},
+    "minilm": {"criterion": "wanda", "allocation": "global", "repair": "lsq-reconstruct{damp=0.03,layers=all}",
+               "calib_size": 800, "calib_by_length": True},
     "smollm": {"criterion": "wanda", "allocation": "uniform", "options": {"protect": ["self_attn"]}, "repair": ""},
 }
 ORACLE_RTOL = 1e-4  # on logits (see oracle_on_logits)
@@ -122,7 +123,9 @@ def make_task(name: str, args):
 
 def best_calibration(task, cfg):
     size = cfg.get("calib_size")
-    return task.calibration(size) if size else None
+    if not size:
+        return None
+    return task.calibration(size, by_length=True) if cfg.get("calib_by_length") else task.calibration(size)
 
 
 def run_model(name: str, args, res: dict, out: Path, t_all: float) -> None:
@@ -223,7 +226,7 @@ def merge(dirs, out: Path) -> int:
         part = json.loads((Path(d) / "results.json").read_text())
         if res is None:
             res = part
-            res["part_seconds"] = [part.get("seconds", 0)]
+            res["part_seconds"] = list(part.get("part_seconds") or [part.get("seconds", 0)])  # a merged table as base
         else:
             for name, d in part["models"].items():
                 if name in res["models"]:  # the same model run in parts (e.g. --rows grid / --rows best)

@@ -80,14 +80,20 @@ class MiniLMTask:
                      {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
         self.dense_emb = self.embeddings(self.path)
 
-    def calibration(self, size: int):
-        """`size` sentences none of which is an evaluation sentence (those are every 5th), in batches of 16."""
+    def calibration(self, size: int, by_length: bool = False):
+        """`size` sentences none of which is an evaluation sentence (those are every 5th; 802
+        others exist), in batches of 16. `by_length`: batches of sentences of similar word
+        count, so that fewer padding positions enter the importance scores and the
+        least-squares rows."""
         from graphprune.calibration import Calibration
 
         s = self._sents
         cal = [x for k in (1, 2, 3, 4) for x in s[k::5]][:size]
+        if by_length:
+            cal.sort(key=lambda x: len(x.split()))
         return Calibration.from_batches([self._enc(cal[i:i + 16]) for i in range(0, len(cal), 16)],
-                                        f"{len(cal)} sentences of pydoc_data.topics")
+                                        f"{len(cal)} sentences of pydoc_data.topics" +
+                                        (", batched by length" if by_length else ""))
 
     def embeddings(self, model_or_path) -> np.ndarray:
         from graphprune import oracle

@@ -111,7 +111,9 @@ def graphprune_pruned(task, cfg: dict, target: float):
 
     model = gp.load(task.path)
     ctx = PassContext()
-    ctx.results["calibration"] = task.calibration(cfg["calib_size"]) if cfg.get("calib_size") else task.calib
+    from run import best_calibration  # the same calibration set as the run.py row
+
+    ctx.results["calibration"] = best_calibration(task, cfg) or task.calib
     PassManager([PASSES["prune-channels"](criterion=cfg["criterion"], allocation=cfg["allocation"],
                                           target_macs=target, sens_ratios=task.sens_ratios, sens_batches=1,
                                           **cfg.get("options", {}))]).run(model, ctx)
