@@ -248,9 +248,9 @@ def _merge_shapes(model: ir.Model, inferred) -> None:
 
 
 def remove_unused(model: ir.Model) -> None:
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
+    from graphprune.ir.unused import remove_unused as _remove
 
-    RemoveUnusedNodesPass()(model)
+    _remove(model)
 
 
 def _eval_node(node: ir.Node, opset: int) -> list[np.ndarray] | None:

@@ -7,10 +7,10 @@ from graphprune.passes._infra import Pass, PassContext, register_pass
 
 
 def eliminate_dead_code(model: ir.Model) -> bool:
-    from onnx_ir.passes.common import RemoveUnusedNodesPass
+    from graphprune.ir.unused import remove_unused
 
     before = len(model.graph) + len(model.graph.initializers)
-    RemoveUnusedNodesPass()(model)
+    remove_unused(model)
     return len(model.graph) + len(model.graph.initializers) != before
 
 
