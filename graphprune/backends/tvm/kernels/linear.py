@@ -48,10 +48,12 @@ def _chunks(M: int, Mt: int, rows: int, cores: int) -> int:
 
 
 def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int, chunks: int,
-                  relu: bool = False):
+                  relu: bool = False, out_shape: tuple | None = None):
     """TIR for BSR r×c (CSR: r=c=1). Constants: data[nnzb,r,c], indices[nnzb],
     indptr[ceil(N/r)+1], bias[N]."""
     from tvm.script import tirx as T
+
+    YS = tuple(out_shape) if out_shape else (M, N)   # the layer's own output shape: no reshape copy
 
     nbr = -(-N // r)
     Kp = -(-K // c) * c
@@ -63,8 +65,9 @@ def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int,
     @T.prim_func
     def bsr_linear(x: T.Buffer((M, K), "float32"), data: T.Buffer((nnzb, r, c), "float32"),
                    indices: T.Buffer((nnzb,), "int32"), indptr: T.Buffer((nbr + 1,), "int32"),
-                   bias: T.Buffer((N,), "float32"), y: T.Buffer((M, N), "float32")):
+                   bias: T.Buffer((N,), "float32"), y_out: T.Buffer(YS, "float32")):
         T.func_attr({"tir.noalias": True})
+        y = T.decl_buffer((M, N), "float32", data=y_out.data)
         for task in T.parallel(nmt * chunks):
             xt = T.alloc_buffer((Kp * Mt,), "float32")
             acc = T.alloc_buffer((r * Mt,), "float32")
@@ -96,7 +99,7 @@ def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int,
 
 
 def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, k_block: int,
-                  chunks: int, unroll: int = _CSR_UNROLL, relu: bool = False):
+                  chunks: int, unroll: int = _CSR_UNROLL, relu: bool = False, out_shape: tuple | None = None):
     """TIR for unstructured sparsity (structure.BlockedCSR). Constants: data[nnz],
     offsets[nnz] (column * Mt: the start of its vector in xt, no multiply in the loop),
     ptr[segments + 1], bias[N].
@@ -111,6 +114,8 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
     """
     from tvm.script import tirx as T
 
+    YS = tuple(out_shape) if out_shape else (M, N)   # the layer's own output shape: no reshape copy
+
     R, U = row_block, unroll
     nrt, nkt = -(-N // R), -(-K // k_block)
     Kp = nkt * k_block
@@ -122,8 +127,9 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
     @T.prim_func
     def csr_linear(x: T.Buffer((M, K), "float32"), data: T.Buffer((nnz,), "float32"),
                    offsets: T.Buffer((nnz,), "int32"), ptr: T.Buffer((nrt * nkt * R + 1,), "int32"),
-                   bias: T.Buffer((N,), "float32"), y: T.Buffer((M, N), "float32")):
+                   bias: T.Buffer((N,), "float32"), y_out: T.Buffer(YS, "float32")):
         T.func_attr({"tir.noalias": True})
+        y = T.decl_buffer((M, N), "float32", data=y_out.data)
         for task in T.parallel(nmt * chunks):
             xt = T.alloc_buffer((Kp * Mt,), "float32")
             yacc = T.alloc_buffer((R * Mt,), "float32")
@@ -178,9 +184,11 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
 
 
 def nm_prim_func(M: int, K: int, N: int, n: int, m: int, *, Mt: int, chunks: int,
-                 relu: bool = False):
+                 relu: bool = False, out_shape: tuple | None = None):
     """TIR for N:M. Constants: values[N, G, n], offsets[N, G, n] (uint8), bias[N]."""
     from tvm.script import tirx as T
+
+    YS = tuple(out_shape) if out_shape else (M, N)   # the layer's own output shape: no reshape copy
 
     G = -(-K // m)
     Kp = G * m
@@ -191,8 +199,9 @@ def nm_prim_func(M: int, K: int, N: int, n: int, m: int, *, Mt: int, chunks: int
     @T.prim_func
     def nm_linear(x: T.Buffer((M, K), "float32"), values: T.Buffer((N, G, n), "float32"),
                   offsets: T.Buffer((N, G, n), "uint8"), bias: T.Buffer((N,), "float32"),
-                  y: T.Buffer((M, N), "float32")):
+                  y_out: T.Buffer(YS, "float32")):
         T.func_attr({"tir.noalias": True})
+        y = T.decl_buffer((M, N), "float32", data=y_out.data)
         for task in T.parallel(nmt * chunks):
             xt = T.alloc_buffer((Kp * Mt,), "float32")
             acc = T.alloc_buffer((Mt,), "float32")
@@ -226,10 +235,12 @@ def _bias(bias, N: int) -> np.ndarray:
 
 
 def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4,
-                  relu: bool = False) -> KernelCandidate:
+                  relu: bool = False, out_shape: tuple | None = None) -> KernelCandidate:
+    """`out_shape`: the layer's output shape (M·N elements, e.g. [1, M, N]) when the kernel
+    should write it directly (no reshape copy after it); default [M, N]."""
     N, K = w.shape
     if (r, c) == (1, 1):
-        return csr_candidate(w, bias, M, cores=cores, relu=relu)
+        return csr_candidate(w, bias, M, cores=cores, relu=relu, out_shape=out_shape)
     packed = structure.pack_bsr(np.asarray(w, np.float32), r, c)
     data, indices = packed.data, packed.indices
     if packed.nnzb == 0:                   # keep buffers non-empty; indptr says "no blocks"
@@ -240,9 +251,10 @@ def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4
     name = "csr" if (r, c) == (1, 1) else f"bsr{r}x{c}"
     return KernelCandidate(
         name=name,
-        prim_func=bsr_prim_func(M, K, N, r, c, packed.nnzb, Mt=Mt, chunks=chunks, relu=relu),
+        prim_func=bsr_prim_func(M, K, N, r, c, packed.nnzb, Mt=Mt, chunks=chunks, relu=relu,
+                                out_shape=out_shape),
         constants=[data, indices, packed.indptr, _bias(bias, N)],
-        out_shape=(M, N),
+        out_shape=tuple(out_shape or (M, N)),
         info={"format": "csr" if (r, c) == (1, 1) else "bsr", "block": [r, c],
               "nnz": int(np.count_nonzero(w)), "stored_values": int(packed.nnzb * r * c),
               "tile_m": Mt, "chunks": chunks, "fused": ["bias"] + (["relu"] if relu else [])},
@@ -250,7 +262,8 @@ def bsr_candidate(w: np.ndarray, bias, M: int, r: int, c: int, *, cores: int = 4
 
 
 def csr_candidate(w: np.ndarray, bias, M: int, *, cores: int = 4, relu: bool = False,
-                  row_block: int | None = None, k_block: int | None = None) -> KernelCandidate:
+                  row_block: int | None = None, k_block: int | None = None,
+                  out_shape: tuple | None = None) -> KernelCandidate:
     """Unstructured sparsity (CSR); tile sizes default to the measured ones."""
     N, K = w.shape
     w = np.asarray(w, np.float32)
@@ -268,9 +281,9 @@ def csr_candidate(w: np.ndarray, bias, M: int, *, cores: int = 4, relu: bool = F
     return KernelCandidate(
         name="csr",
         prim_func=csr_prim_func(M, K, N, nnz, Mt=Mt, row_block=R, k_block=k_block, chunks=chunks,
-                                relu=relu),
+                                relu=relu, out_shape=out_shape),
         constants=[data, offsets, packed.ptr, _bias(bias, N)],
-        out_shape=(M, N),
+        out_shape=tuple(out_shape or (M, N)),
         info={"format": "csr", "block": [1, 1], "nnz": nnz, "stored_values": nnz, "tile_m": Mt,
               "chunks": chunks, "row_block": R, "k_block": k_block,
               "fused": ["bias"] + (["relu"] if relu else [])},
@@ -278,16 +291,16 @@ def csr_candidate(w: np.ndarray, bias, M: int, *, cores: int = 4, relu: bool = F
 
 
 def nm_candidate(w: np.ndarray, bias, M: int, n: int, m: int, *, cores: int = 4,
-                 relu: bool = False) -> KernelCandidate:
+                 relu: bool = False, out_shape: tuple | None = None) -> KernelCandidate:
     N, K = w.shape
     packed = structure.pack_nm(np.asarray(w, np.float32), n, m)
     Mt = _tile_m(M, 1)
     chunks = _chunks(M, Mt, N, cores)
     return KernelCandidate(
         name=f"nm{n}:{m}",
-        prim_func=nm_prim_func(M, K, N, n, m, Mt=Mt, chunks=chunks, relu=relu),
+        prim_func=nm_prim_func(M, K, N, n, m, Mt=Mt, chunks=chunks, relu=relu, out_shape=out_shape),
         constants=[packed.values, packed.offsets, _bias(bias, N)],
-        out_shape=(M, N),
+        out_shape=tuple(out_shape or (M, N)),
         info={"format": "n:m", "n": n, "m": m, "nnz": int(np.count_nonzero(w)),
               "stored_values": int(packed.values.size), "tile_m": Mt, "chunks": chunks,
               "fused": ["bias"] + (["relu"] if relu else [])},
@@ -296,7 +309,8 @@ def nm_candidate(w: np.ndarray, bias, M: int, n: int, m: int, *, cores: int = 4,
 
 def linear_candidates(w: np.ndarray, bias, M: int, *, dtype: str = "float32", cores: int = 4,
                       relu: bool = False, max_blocks: int = 3,
-                      analysis: structure.Analysis | None = None) -> list[KernelCandidate]:
+                      analysis: structure.Analysis | None = None,
+                      out_shape: tuple | None = None) -> list[KernelCandidate]:
     """Kernels computing x[M, K] · w[N, K]ᵀ (+ bias) (+ relu) from the zeros of `w`.
 
     CSR always; the block shapes whose stored values stay within 1.5× the nonzeros
@@ -305,11 +319,11 @@ def linear_candidates(w: np.ndarray, bias, M: int, *, dtype: str = "float32", co
     if dtype != "float32" or w.ndim != 2:
         return []
     a = analysis or structure.analyse(w)
-    cands = [bsr_candidate(w, bias, M, 1, 1, cores=cores, relu=relu)]
+    cands = [bsr_candidate(w, bias, M, 1, 1, cores=cores, relu=relu, out_shape=out_shape)]
     for r, c in a.good_blocks(limit=max_blocks):
-        cands.append(bsr_candidate(w, bias, M, r, c, cores=cores, relu=relu))
+        cands.append(bsr_candidate(w, bias, M, r, c, cores=cores, relu=relu, out_shape=out_shape))
     if a.nm is not None:
-        cands.append(nm_candidate(w, bias, M, *a.nm, cores=cores, relu=relu))
+        cands.append(nm_candidate(w, bias, M, *a.nm, cores=cores, relu=relu, out_shape=out_shape))
     for cand in cands:
         cand.info["sparsity"] = round(a.sparsity, 4)
     return cands

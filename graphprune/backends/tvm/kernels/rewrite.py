@@ -213,7 +213,8 @@ def candidates_for(layer: _Layer, cores: int) -> list:
         from . import linear
 
         M = int(np.prod(layer.x_shape[:-1]))
-        return linear.linear_candidates(layer.weight, layer.bias, M, cores=cores, relu=layer.relu)
+        return linear.linear_candidates(layer.weight, layer.bias, M, cores=cores, relu=layer.relu,
+                                        out_shape=layer.out_shape)
     try:
         from .conv import conv_candidates
     except (ImportError, AttributeError):
