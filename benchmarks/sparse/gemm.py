@@ -82,6 +82,10 @@ def ort_timer(path: Path, x: np.ndarray, threads: int):
             t0 = time.perf_counter()
             sess.run(None, {"x": x})
             ts.append(time.perf_counter() - t0)
+        # ORT's idle threads keep spinning for a while after a run (its default, kept for
+        # its own speed); let them park before the next method is timed, or they take its
+        # cores (a TVM module timed right after ORT measured 4 ms instead of 0.5)
+        time.sleep(0.2)
         return statistics.median(ts) * 1e3
     return run, sess
 
