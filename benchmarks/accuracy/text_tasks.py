@@ -37,7 +37,6 @@ class MiniLMTask:
     sens_ratios = [0.25, 0.5, 0.75]
 
     def __init__(self, wd: Path, quick: bool = False):
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         import minilm as M  # benchmarks/transformers/minilm.py
@@ -66,18 +65,7 @@ class MiniLMTask:
         self.eval_size = f"{len(ev)} sentences"
         if not self.path.exists():
             hf = AutoModel.from_pretrained(mdir, attn_implementation="eager").eval()
-
-            class Wrap(torch.nn.Module):
-                def __init__(self, m):
-                    super().__init__()
-                    self.m = m
-
-                def forward(self, input_ids, attention_mask):
-                    return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-            ex = (torch.tensor(self.enc["input_ids"][:2, :16]), torch.tensor(self.enc["attention_mask"][:2, :16]))
-            C.export(Wrap(hf), ex, self.path, ["input_ids", "attention_mask"], "last_hidden_state",
-                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+            M.export_onnx(hf, self.enc, self.path)
         self.dense_emb = self.embeddings(self.path)
 
     def calibration(self, size: int, by_length: bool = False):

@@ -122,29 +122,10 @@ def graphprune_pruned(task, cfg: dict, target: float):
     return model
 
 
-class Wrap:
-    """forward(input_ids, attention_mask) -> last_hidden_state, as an nn.Module."""
-
-    def __new__(cls, m):
-        import torch
-
-        class W(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        return W(m).eval()
-
-
 def export_minilm(m, enc, path: Path) -> str:
-    import torch
+    import minilm as ML  # benchmarks/transformers/minilm.py
 
-    ex = (torch.tensor(enc["input_ids"][:2, :16]), torch.tensor(enc["attention_mask"][:2, :16]))
-    return C.export(Wrap(m), ex, path, ["input_ids", "attention_mask"], "last_hidden_state",
-                    {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    return ML.export_onnx(m, enc, path)
 
 
 def minilm(wd: Path) -> list[dict]:

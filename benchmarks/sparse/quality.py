@@ -131,7 +131,6 @@ def smollm_part(wd: Path, quick: bool) -> dict:
 
 def minilm_part(wd: Path, quick: bool) -> dict:
     import minilm as ML
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     from graphprune.calibration import Calibration
@@ -153,18 +152,7 @@ def minilm_part(wd: Path, quick: bool) -> dict:
     dense = d / "minilm.onnx"
     if not dense.exists():
         hf = AutoModel.from_pretrained(mdir, attn_implementation="eager").eval()
-
-        class Wrap(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        C.export(Wrap(hf).eval(), (torch.tensor(enc["input_ids"][:2, :16]), torch.tensor(enc["attention_mask"][:2, :16])),
-                 dense, ["input_ids", "attention_mask"], "last_hidden_state",
-                 {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+        ML.export_onnx(hf, enc, dense)
     e_dense = ML.embed(C.ort_session(dense), enc)
     nn_dense = ML.nearest(e_dense)
     calib = Calibration.from_batches([{k: v[i:i + 8] for k, v in cal.items()} for i in range(0, len(calib_s), 8)],

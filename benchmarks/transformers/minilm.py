@@ -94,6 +94,25 @@ def torch_masked_embeddings(hf, plan: dict, enc: dict) -> np.ndarray | None:
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
+def export_onnx(hf, enc: dict, path: Path, *, try_dynamo: bool = True) -> str:
+    """Export `hf` as forward(input_ids, attention_mask) -> last_hidden_state, batch and
+    sequence dynamic, traced on the first 2 × 16 tokens of `enc`. Returns the exporter used."""
+    import torch
+
+    class HiddenStates(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ex = (torch.tensor(enc["input_ids"][:2, :16]), torch.tensor(enc["attention_mask"][:2, :16]))
+    return C.export(HiddenStates(hf).eval(), ex, path, ["input_ids", "attention_mask"], "last_hidden_state",
+                    {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+                    try_dynamo=try_dynamo)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", help="where models go (outside the repo); default $TMPDIR/graphprune-transformers")
@@ -116,14 +135,6 @@ def main(argv=None) -> int:
     hf = AutoModel.from_pretrained(mdir, attn_implementation="eager").eval()
     cfg = hf.config
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     sents = C.sentences()
     n_eval = 40 if args.quick else 200
     eval_s = sents[::5][:n_eval]
@@ -136,12 +147,8 @@ def main(argv=None) -> int:
     log_tokens = int(enc["attention_mask"].sum())
 
     dense_path = wd / "minilm.onnx"
-    ex_ids = torch.tensor(enc["input_ids"][:2, :16])
-    ex_am = torch.tensor(enc["attention_mask"][:2, :16])
     t = time.time()
-    exporter = C.export(Wrap(hf).eval(), (ex_ids, ex_am), dense_path, ["input_ids", "attention_mask"],
-                        "last_hidden_state", {"input_ids": {0: "batch", 1: "seq"},
-                                              "attention_mask": {0: "batch", 1: "seq"}})
+    exporter = export_onnx(hf, enc, dense_path)
     t_export = time.time() - t
     C.log(f"MiniLM exported with {exporter} in {t_export:.0f}s: {C.onnx_info(dense_path)}")
 
@@ -266,8 +273,7 @@ def main(argv=None) -> int:
     if not args.quick:
         try:
             ts_path = wd / "minilm_torchscript.onnx"
-            C.export(Wrap(hf).eval(), (ex_ids, ex_am), ts_path, ["input_ids", "attention_mask"], "last_hidden_state",
-                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, try_dynamo=False)
+            export_onnx(hf, enc, ts_path, try_dynamo=False)
             m = gp.load(ts_path)
             d = gp.analyze(m)
             ts["groups"] = sorted({g.num_atoms for g in d.prunable_groups})
