@@ -45,16 +45,9 @@ def _as_list(v) -> list:
 
 
 def group_matches(dg: DependencyGraph, group: Group, patterns: list[re.Pattern]) -> bool:
-    for s in group.slots:
-        names = [s.value, group.name]
-        v = dg.values.get(s.value)
-        if v is not None:
-            if v.producer() is not None:
-                names.append(v.producer().name or "")
-            names.extend(u.node.name or "" for u in v.uses())
-        if any(p.search(n) for p in patterns for n in names):
-            return True
-    return False
+    from graphprune.analysis.dependency.graph import slots_match
+
+    return slots_match(dg.values, group.slots, patterns, (group.name,))
 
 
 def parse_layer_ratios(v) -> list[tuple[re.Pattern, float]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -271,6 +271,22 @@ def _is_float(v: ir.Value | None) -> bool:
     return v is not None and v.dtype is not None and v.dtype.is_floating_point()
 
 
+def slots_match(values: dict[str, ir.Value], slots: list[Slot], patterns: list[re.Pattern],
+                extra_names: tuple[str, ...] = ()) -> bool:
+    """Whether a pattern finds a slot's tensor name, its producer's or a consumer's node
+    name (or one of `extra_names`): how --ignore / --protect / layer ratios pick groups."""
+    for s in slots:
+        names = [s.value, *extra_names]
+        v = values.get(s.value)
+        if v is not None:
+            if v.producer() is not None:
+                names.append(v.producer().name or "")
+            names.extend(u.node.name or "" for u in v.uses())
+        if any(p.search(n) for p in patterns for n in names):
+            return True
+    return False
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: dict = {}
@@ -347,16 +363,7 @@ class DependencyGraph:
         return str(slots[0])
 
     def _matches_ignore(self, slots: list[Slot], ignore: list[re.Pattern]) -> bool:
-        for s in slots:
-            v = self.values.get(s.value)
-            names = [s.value]
-            if v is not None:
-                if v.producer() is not None:
-                    names.append(v.producer().name or "")
-                names.extend(u.node.name or "" for u in v.uses())
-            if any(p.search(n) for p in ignore for n in names):
-                return True
-        return False
+        return slots_match(self.values, slots, ignore)
 
     def _atoms(self, gid: int, name: str, slots: list[Slot], roles, edges, b) -> Group | None:
         from scipy.sparse import coo_matrix
