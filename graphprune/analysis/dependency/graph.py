@@ -155,30 +155,16 @@ class DependencyBuilder:
 
     def element_labels(self, s: Slot) -> np.ndarray | None:
         """So far: which elements of s the couplings already tie together (one label per
-        element), or None if some size in its component is unknown."""
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
+        element), or None if some size in its component is unknown or inconsistent."""
         root = self._uf.find(s)
         edges = [e for e in self.edges if self._uf.find(e[0]) == root]
         members = sorted({x for e in edges for x in e[:2]} | {s}, key=lambda x: self.order[x])
         if any(not isinstance(self.sizes[x], int) for x in members):
             return None
-        offset, total = {}, 0
-        for x in members:
-            offset[x], total = total, total + int(self.sizes[x])
-        rows, cols = [], []
-        for a, c, ai, ci in edges:
-            if ai is None:
-                if self.sizes[a] != self.sizes[c]:
-                    return None
-                ai = ci = np.arange(int(self.sizes[a]))
-            rows.append(ai + offset[a])
-            cols.append(ci + offset[c])
-        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        _, comp = connected_components(coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(total, total)),
-                                       directed=False)
+        try:
+            offset, comp = element_components(members, self.sizes, edges)
+        except _BadEdge:
+            return None
         return comp[offset[s]: offset[s] + int(self.sizes[s])]
 
     def freeze(self, s: Slot, reason: str) -> None:
@@ -269,6 +255,39 @@ def _subgraphs(node: ir.Node) -> list:
 
 def _is_float(v: ir.Value | None) -> bool:
     return v is not None and v.dtype is not None and v.dtype.is_floating_point()
+
+
+class _BadEdge(ValueError):
+    pass
+
+
+def element_components(slots: list[Slot], sizes: dict, edges) -> tuple[dict[Slot, int], np.ndarray]:
+    """Connected components of the elements of `slots` under the index maps of `edges`:
+    (offset of each slot in the element numbering, component label per element). Raises
+    _BadEdge when an identity edge joins slots of different sizes or an index is out of range."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    offset: dict[Slot, int] = {}
+    total = 0
+    for s in slots:
+        offset[s] = total
+        total += int(sizes[s])
+    rows, cols = [], []
+    for a, c, ai, ci in edges:
+        if ai is None:
+            if sizes[a] != sizes[c]:
+                raise _BadEdge(f"size mismatch between {a} ({sizes[a]}) and {c} ({sizes[c]})")
+            ai = ci = np.arange(int(sizes[a]))
+        if len(ai) and (ai.max() >= sizes[a] or ci.max() >= sizes[c] or ai.min() < 0 or ci.min() < 0):
+            raise _BadEdge(f"index map out of range between {a} and {c}")
+        rows.append(ai + offset[a])
+        cols.append(ci + offset[c])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    _, comp = connected_components(coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total)),
+                                   directed=False)
+    return offset, comp
 
 
 def slots_match(values: dict[str, ir.Value], slots: list[Slot], patterns: list[re.Pattern],
@@ -366,31 +385,11 @@ class DependencyGraph:
         return slots_match(self.values, slots, ignore)
 
     def _atoms(self, gid: int, name: str, slots: list[Slot], roles, edges, b) -> Group | None:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        offset: dict[Slot, int] = {}
-        total = 0
-        for s in slots:
-            offset[s] = total
-            total += int(b.sizes[s])
-        rows, cols = [], []
-        for a, c, ai, ci in edges:
-            if ai is None:
-                if b.sizes[a] != b.sizes[c]:
-                    self.frozen_groups.append(FrozenGroup(
-                        name, slots, [f"size mismatch between {a} ({b.sizes[a]}) and {c} ({b.sizes[c]})"]))
-                    return None
-                ai = ci = np.arange(int(b.sizes[a]))
-            if len(ai) and (ai.max() >= b.sizes[a] or ci.max() >= b.sizes[c] or ai.min() < 0 or ci.min() < 0):
-                self.frozen_groups.append(FrozenGroup(name, slots, [f"index map out of range between {a} and {c}"]))
-                return None
-            rows.append(ai + offset[a])
-            cols.append(ci + offset[c])
-        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
-        _, comp = connected_components(adj, directed=False)
+        try:
+            offset, comp = element_components(slots, b.sizes, edges)
+        except _BadEdge as exc:
+            self.frozen_groups.append(FrozenGroup(name, slots, [str(exc)]))
+            return None
         # Number atoms by first appearance so ids are stable across runs.
         _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)
