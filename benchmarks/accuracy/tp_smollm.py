@@ -40,19 +40,9 @@ def tp_prune(hf, ratio: float, global_pruning: bool):
 
 
 def export_lm(m, path: Path) -> str:
-    import torch
+    import smollm as S  # benchmarks/transformers/smollm.py
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids):
-            return self.m(input_ids=input_ids, use_cache=False).logits
-
-    x = torch.randint(100, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
-    return C.export(Wrap(m).eval(), (x,), path, ["input_ids"], "logits", {"input_ids": {0: "batch", 1: "seq"}},
-                    external_data=True)
+    return S.export_onnx(m, path)
 
 
 def smollm(wd: Path, target: float, log) -> list[dict]:

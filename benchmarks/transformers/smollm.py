@@ -42,10 +42,26 @@ def text_chunks(tok) -> tuple[np.ndarray, np.ndarray]:
     return ev, cal
 
 
-def get_onnx(wd: Path, fresh: bool = False) -> tuple[Path, dict]:
-    """The exported dense model (cached in wd with a stamp of the versions that made it)."""
+def export_onnx(hf, path: Path) -> str:
+    """Export the causal LM as input_ids -> logits (no KV cache), batch and sequence
+    dynamic, weights as external data. Returns the exporter used."""
     import torch
 
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):
+            return self.m(input_ids=input_ids, use_cache=False).logits
+
+    x = torch.randint(100, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    return C.export(Logits(hf).eval(), (x,), path, ["input_ids"], "logits", {"input_ids": {0: "batch", 1: "seq"}},
+                    external_data=True)
+
+
+def get_onnx(wd: Path, fresh: bool = False) -> tuple[Path, dict]:
+    """The exported dense model (cached in wd with a stamp of the versions that made it)."""
     d = wd / "smollm"
     d.mkdir(exist_ok=True)
     path, stamp = d / "smollm.onnx", d / "stamp.json"
@@ -61,18 +77,8 @@ def get_onnx(wd: Path, fresh: bool = False) -> tuple[Path, dict]:
     hf, _ = C.load_smollm()
     C.log(f"SmolLM2 loaded from GGUF in {time.time() - t:.0f}s")
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids):
-            return self.m(input_ids=input_ids, use_cache=False).logits
-
-    x = torch.randint(100, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
     t = time.time()
-    exporter = C.export(Wrap(hf).eval(), (x,), path, ["input_ids"], "logits", {"input_ids": {0: "batch", 1: "seq"}},
-                        external_data=True)
+    exporter = export_onnx(hf, path)
     info = {**want, "exporter": exporter, "export_s": time.time() - t, "onnx": C.onnx_info(path)}
     stamp.write_text(json.dumps(info, indent=1))
     C.log(f"SmolLM2 exported with {exporter} in {info['export_s']:.0f}s: {info['onnx']}")
