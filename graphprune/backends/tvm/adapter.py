@@ -673,20 +673,37 @@ def _search_strategy(per_task: int):
         population_size=64, init_min_unmeasured=16, genetic_num_iters=1)
 
 
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
 @contextlib.contextmanager
 def _quiet_meta_schedule():
-    """MetaSchedule logs every trial and a task table at INFO to the console; keep the
-    console to warnings (the full log still goes to <db_dir>/logs/)."""
+    """Make MetaSchedule's logging safe and quiet for one tuning call.
+
+    MetaSchedule rebuilds its loggers with `logging.config.dictConfig` on every tuning
+    call, listing every handler already on the ``tvm.s_tir.meta_schedule`` logger *by
+    name*: a handler someone else attached (pytest >= 9.1's unnamed capture handlers, or a
+    user's own logging set-up) makes it fail (``None.format``) or refuse ("Unable to
+    add handler"). So foreign handlers are detached for the call and put back after it;
+    MetaSchedule's own handlers (named ``tvm.s_tir.meta_schedule.*``) stay.
+    Its console shows every trial and a task table at INFO: keep it to warnings (the full
+    log still goes to <db_dir>/logs/) unless GRAPHPRUNE_TVM_VERBOSE is set."""
     import logging
 
-    logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    old = logger.level
+    logger = logging.getLogger(_MS_LOGGER)
+    old_level = logger.level
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(_MS_LOGGER + ".")]
+    for h in foreign:
+        logger.removeHandler(h)
     if not os.environ.get("GRAPHPRUNE_TVM_VERBOSE"):
         logger.setLevel(logging.WARNING)  # read by create_loggers for the console handler
     try:
         yield
     finally:
-        logger.setLevel(old)
+        logger.setLevel(old_level)
+        for h in foreign:
+            if h not in logger.handlers:
+                logger.addHandler(h)
 
 
 def _task_done(db, task, tgt) -> bool:
