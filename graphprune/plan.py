@@ -125,10 +125,16 @@ def removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.
 
 def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None = None,
                model_info: dict | None = None, settings: dict | None = None) -> Plan:
+    from graphprune.ir.untie import untied_copies
+
     removed = removed_by_slot(dg, selection)
+    # Copies of a shared all-zero tensor (and that tensor): zeroing slices of them is a
+    # no-op, and the names are the analysed model's; see graphprune.ir.untie.
+    untied = untied_copies(dg.model)
+    untied = set(untied) | set(untied.values())
     tensors = []
     for s, idx in removed.items():
-        if not s.virtual and is_constant(dg.values[s.value]):
+        if not s.virtual and is_constant(dg.values[s.value]) and s.value not in untied:
             tensors.append({"name": s.value, "axis": s.axis, "removed": [int(i) for i in idx]})
     tensors.sort(key=lambda t: (t["name"], t["axis"]))
     groups = []

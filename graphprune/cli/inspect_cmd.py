@@ -33,7 +33,19 @@ def inspect_data(model, dg) -> dict:
         "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
         "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
         "sparsity": sparsity_data(model),
+        "untied": untied_data(model),
     }
+
+
+def untied_data(model) -> dict:
+    """Shared all-zero constants copied per consumer for the analysis (graphprune.ir.untie):
+    input-model name → the copies' names."""
+    from graphprune.ir.untie import untied_copies
+
+    out: dict[str, list[str]] = {}
+    for copy, orig in sorted(untied_copies(model).items()):
+        out.setdefault(orig, []).append(copy)
+    return out
 
 
 def sparsity_data(model) -> dict:
@@ -70,6 +82,11 @@ def run(args) -> int:
     print(table(rows, ["id", "group", "width", "tensors", "consts", ""]))
     if len(data["groups"]) > args.groups:
         print(f"... {len(data['groups']) - args.groups} more (--groups N)")
+    if data["untied"]:
+        print(f"\n{len(data['untied'])} shared all-zero constants untied (one copy per consumer, so they "
+              "couple no layers; not listed in plans, zeroing them changes nothing):")
+        for orig, copies in data["untied"].items():
+            print(f"  {orig}: {len(copies) + 1} consumers")
     if data["frozen"]:
         print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
         for f in data["frozen"]:

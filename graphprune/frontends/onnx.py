@@ -64,6 +64,10 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     if input_shapes:
         _fix_input_shapes(model, input_shapes)
     normalize(model, fold=fold)
+    if fold:  # analysed, not as-read (the oracle's original): see graphprune.ir.untie
+        from graphprune.ir.untie import untie_shared_zeros
+
+        untie_shared_zeros(model)
     return model
 
 
@@ -392,6 +396,10 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
                     if not v.is_graph_output() and v.shape is not None]
     for v, _ in saved_shapes:
         v.shape = None
+    from graphprune.ir.untie import retied
+
+    tied = retied(model)  # copies made for analysis that are still equal: one tensor again
+    tied.__enter__()
     try:
         if external_data:
             data_name = path.name + ".data"
@@ -408,6 +416,7 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
+        tied.__exit__(None, None, None)
         for v, shape in saved_shapes:
             v.shape = shape
 

@@ -23,6 +23,7 @@ from graphprune.analysis.dependency.context import RewriteFn, RuleContext, Slot,
 from graphprune.analysis.dependency.registry import RULES, RuleRegistry
 from graphprune.ir.constants import is_constant
 from graphprune.ir.shapes import dims_of
+from graphprune.ir.untie import untied_copies
 
 log = logging.getLogger(__name__)
 
@@ -356,10 +357,13 @@ class DependencyGraph:
         for e in b.edges:
             comp_edges[uf.find(e[0])].append(e)
         ordered = sorted(comps.values(), key=lambda ss: min(b.order[s] for s in ss))
+        untied = untied_copies(self.model)
+        untied = set(untied) | set(untied.values())
         for slots in ordered:
             slots.sort(key=lambda s: b.order[s])
             roles = {s: b.roles[s] for s in slots if s in b.roles}
-            floats = [s for s in roles if _is_float(self.values.get(s.value))]
+            # Untied all-zero copies are not in a plan's tensors: alone they are no weight.
+            floats = [s for s in roles if _is_float(self.values.get(s.value)) and s.value not in untied]
             if not floats:
                 continue  # no weight to slice: not a pruning group (spatial axes, shape math)
             name = self._group_name(slots)
