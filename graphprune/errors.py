@@ -34,11 +34,25 @@ class PlanError(GraphpruneError):
 
 
 class PassError(GraphpruneError):
-    pass
+    """A pass failed or left an invalid IR. Names the pass, the pipeline it ran in and the
+    passes that ran before it; `violations` lists what the verifier found, if anything."""
+
+    def __init__(self, message: str, *, pass_name: str | None = None, pipeline: str | None = None,
+                 ran_before: tuple[str, ...] = (), violations: list | tuple = (), **kw):
+        super().__init__(message, **kw)
+        self.pass_name = pass_name
+        self.pipeline = pipeline
+        self.ran_before = tuple(ran_before)
+        self.violations = list(violations)
 
 
 class VerificationError(GraphpruneError):
-    pass
+    """The IR breaks a structural invariant. `violations` lists every one the verifier found
+    (`graphprune.ir.verifier.Violation`), not only the first."""
+
+    def __init__(self, message: str, *, violations: list | tuple = (), **kw):
+        super().__init__(message, **kw)
+        self.violations = list(violations)
 
 
 class OracleMismatchError(GraphpruneError):

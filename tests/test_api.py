@@ -76,7 +76,7 @@ def test_pipeline_errors_are_usage_errors():
 
 
 def test_pass_that_breaks_the_graph_is_named(samples_dir):
-    from graphprune.errors import VerificationError
+    from graphprune.errors import PassError
 
     @register_pass
     class Breaker(Pass):
@@ -87,7 +87,7 @@ def test_pass_that_breaks_the_graph_is_named(samples_dir):
             return True
 
     try:
-        with pytest.raises(VerificationError, match="break-graph-test"):
+        with pytest.raises(PassError, match="break-graph-test"):
             PassManager.parse("break-graph-test").run(gp.load(samples_dir / "tiny_resnet.onnx"))
     finally:
         PASSES.pop("break-graph-test")
