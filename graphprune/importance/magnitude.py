@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
-from graphprune.importance.reduce import Contribution, reduce_group
+from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
 
 WEIGHT_ROLES = {"weight", "embedding"}
@@ -36,19 +36,5 @@ def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> li
     return out
 
 
-def magnitude(dg: DependencyGraph, group: Group, p: int = 2, normalize: str = "mean",
-              reduction: str = "sum") -> np.ndarray:
-    return reduce_group(group, magnitude_contributions(dg, group, p), reduction, normalize)
-
-
 def random_scores(dg: DependencyGraph, group: Group, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed + group.id).random(group.num_atoms)
-
-
-def __getattr__(name: str):
-    # CRITERIA and group_scores used to live here; they are in importance.registry now.
-    if name in ("CRITERIA", "group_scores", "register_criterion"):
-        from graphprune.importance import registry
-
-        return getattr(registry, name)
-    raise AttributeError(name)
