@@ -6,11 +6,33 @@ def add_arguments(p):
     p.add_argument("--rules", action="store_true", help="list the per-op channel rules (coverage)")
 
 
+def options_line(cls) -> str:
+    """`key: type = default, ...` of a pass's declared options."""
+    from graphprune.passes._infra import _REQUIRED
+
+    specs, open_ = cls.option_specs()
+    items = [f"{s.name}: {s.type_name}" + ("" if s.default is _REQUIRED else f" = {_default(s.default)}")
+             for s in specs.values()]
+    if open_:
+        items.append("any other key (not checked)")
+    return ", ".join(items) or "none"
+
+
+def _default(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "none" if v is None else str(v)
+
+
 def run(args) -> int:
     from graphprune.cli.common import table
     from graphprune.passes import PASSES
 
     print(table([[n, PASSES[n].description] for n in sorted(PASSES)], ["pass", "what it does"]))
+    print()
+    print("options (pipeline syntax: name{key=value,list=[a,b]}; unknown keys and wrong types are errors):")
+    for n in sorted(PASSES):
+        print(f"  {n}: {options_line(PASSES[n])}")
     if args.rules:
         from graphprune.analysis.dependency import RULES
 

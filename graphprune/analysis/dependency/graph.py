@@ -291,6 +291,22 @@ def element_components(slots: list[Slot], sizes: dict, edges) -> tuple[dict[Slot
     return offset, comp
 
 
+def compile_patterns(patterns, what: str = "pattern") -> list[re.Pattern]:
+    """User regexes (--ignore, --protect, ...) compiled once; a bad one is a UsageError.
+    `patterns`: None, one string or a list of strings."""
+    from graphprune.errors import UsageError
+
+    if patterns is None or patterns == "":
+        return []
+    out = []
+    for p in [patterns] if isinstance(patterns, (str, re.Pattern)) else patterns:
+        try:
+            out.append(p if isinstance(p, re.Pattern) else re.compile(p))
+        except (re.error, TypeError) as exc:
+            raise UsageError(f"{what} {p!r} is not a valid regular expression: {exc}") from None
+    return out
+
+
 def slots_match(values: dict[str, ir.Value], slots: list[Slot], patterns: list[re.Pattern],
                 extra_names: tuple[str, ...] = ()) -> bool:
     """Whether a pattern finds a slot's tensor name, its producer's or a consumer's node
@@ -330,6 +346,7 @@ class DependencyGraph:
 
     def __init__(self, model: ir.Model, *, registry: RuleRegistry | None = None,
                  ignore: list[str] | None = None):
+        ignore_patterns = compile_patterns(ignore, "ignore")  # a bad regex fails before the analysis
         b = DependencyBuilder(model, registry or RULES)
         b.run()
         self.model = model
@@ -341,7 +358,7 @@ class DependencyGraph:
         self._frozen = b.frozen
         self.groups: list[Group] = []
         self.frozen_groups: list[FrozenGroup] = []
-        self._build_groups(b, [re.compile(p) for p in (ignore or [])])
+        self._build_groups(b, ignore_patterns)
         self.slot_group: dict[Slot, Group] = {s: g for g in self.groups for s in g.slots}
 
     def _build_groups(self, b: DependencyBuilder, ignore: list[re.Pattern]) -> None:

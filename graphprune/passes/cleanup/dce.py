@@ -19,5 +19,8 @@ class DeadCodeElimination(Pass):
     name = "dce"
     description = "remove nodes and initializers that do not contribute to any output"
 
+    def __init__(self):  # no options
+        super().__init__()
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         return eliminate_dead_code(model)

@@ -88,11 +88,16 @@ class PruneBlocks(Pass):
     name = "prune-blocks"
     description = "remove whole residual blocks (depth pruning)"
 
+    def __init__(self, *, n: int = 0, criterion: str = "influence", blocks: list[str] | None = None,
+                 protect: list[str] | None = None):
+        super().__init__()
+        if n < 0:
+            raise UsageError(f"prune-blocks: n must be >= 0, got {n}")
+        if criterion not in ("influence", "magnitude"):
+            raise UsageError(f"prune-blocks: unknown criterion {criterion!r}", hint="influence or magnitude")
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         opts = dict(self.options)
-        unknown = set(opts) - {"n", "criterion", "blocks", "protect"}
-        if unknown:
-            raise UsageError(f"prune-blocks: unknown option(s) {sorted(unknown)}")
         found = find_residual_blocks(model)
         by_id = {b.id: b for b in found}
         by_key = {b.key: b for b in found}

@@ -95,14 +95,43 @@ class PruneChannels(Pass):
     name = "prune-channels"
     description = "remove the least important channels of every coupled group"
 
+    # The defaults are those of graphprune.allocation.driver, which reads the options given.
+    def __init__(self, *, ratio: float = 0.3, criterion: str = "l2", round_to: int = 1,
+                 ignore: str | list[str] | None = None, seed: int = 0, allocation: str = "uniform",
+                 target_macs: float | None = None, target_params: float | None = None,
+                 target_latency: float | None = None, max_ratio: float | None = None,
+                 protect: str | list[str] | None = None, layer_ratios: list[str] | dict | None = None,
+                 reduction: str | None = None, normalize: str | None = None, global_normalize: str = "mean",
+                 sens_ratios: list[float] | None = None, sens_batches: int = 2, calib_batches: int | None = None,
+                 latency_threads: int = 1, latency_rounds: int = 4):
+        super().__init__()
+        from graphprune.allocation.driver import MODES
+        from graphprune.analysis.dependency.graph import compile_patterns
+
+        if not 0.0 <= ratio < 1.0:
+            raise UsageError(f"prune-channels: ratio must be in [0, 1), got {ratio:g}")
+        if round_to < 1:
+            raise UsageError(f"prune-channels: round_to must be >= 1, got {round_to}")
+        if max_ratio is not None and not 0.0 <= max_ratio <= 1.0:
+            raise UsageError(f"prune-channels: max_ratio must be in [0, 1], got {max_ratio:g}")
+        if allocation not in MODES:
+            raise UsageError(f"unknown allocation {allocation!r}", hint=f"choose one of {', '.join(MODES)}")
+        for k, t in (("target_macs", target_macs), ("target_params", target_params),
+                     ("target_latency", target_latency)):
+            if t is not None and not 0.0 < t <= 1.0:
+                raise UsageError(f"prune-channels: {k} is the fraction to keep, in (0, 1]; got {t:g}")
+        for k, v in (("sens_batches", sens_batches), ("latency_threads", latency_threads),
+                     ("latency_rounds", latency_rounds)):
+            if v < 1:
+                raise UsageError(f"prune-channels: {k} must be >= 1, got {v}")
+        compile_patterns(ignore, "ignore")
+        compile_patterns(protect, "protect")
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.allocation.driver import OPTIONS as ALLOCATION_OPTIONS
         from graphprune.allocation.driver import select
 
-        opts = dict(self.options)
-        unknown = set(opts) - {"ratio", "criterion", "round_to", "ignore", "seed"} - ALLOCATION_OPTIONS
-        if unknown:
-            raise UsageError(f"prune-channels: unknown option(s) {sorted(unknown)}")
+        opts = dict(self.options)  # only the options given: the plan records these
         ignore = opts.get("ignore") or None
         if isinstance(ignore, str):
             ignore = [ignore]

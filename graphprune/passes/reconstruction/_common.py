@@ -42,6 +42,16 @@ def repair_inputs(ctx, pass_name: str) -> RepairInputs:
     return RepairInputs(dense, calib, plan, removed_map(plan))
 
 
+def check_choice(pass_name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{pass_name}: {key}={value} is not one of {', '.join(choices)}")
+
+
+def check_batches(pass_name: str, batches: int | None) -> None:
+    if batches is not None and batches < 1:
+        raise UsageError(f"{pass_name}: batches must be >= 1 (or left out for all), got {batches}")
+
+
 def removed_map(plan: Plan) -> dict[tuple[str, int], np.ndarray]:
     """(value name, axis) → removed indices, for tensors and activations of the plan."""
     out: dict[tuple[str, int], np.ndarray] = {}

@@ -17,7 +17,8 @@ from graphprune.importance.layers import Linear, conv_patches, features, linear_
 from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
-    current_bias, guarded, kept, pruned_consumers, repair_inputs, set_bias, shared)
+    check_batches, current_bias, guarded, kept, pruned_consumers, repair_inputs, set_bias, shared)
+from graphprune.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ class BiasCompensate(Pass):
 
     name = "bias-compensate"
     description = "fold the expected contribution of removed input channels into each consumer's bias"
+
+    def __init__(self, *, batches: int | None = None, max_rows: int = 16384, guard: bool = True, seed: int = 0):
+        super().__init__()
+        check_batches(self.name, batches)
+        if max_rows < 1:
+            raise UsageError(f"{self.name}: max_rows must be >= 1, got {max_rows}")
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.calibration import Runner, progress

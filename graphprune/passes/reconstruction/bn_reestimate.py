@@ -27,7 +27,8 @@ import onnx_ir as ir
 from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
-    affected_nodes, current_bias, guarded, kept, pruned_consumers, repair_inputs, set_bias, shared, waves)
+    affected_nodes, check_batches, check_choice, current_bias, guarded, kept, pruned_consumers, repair_inputs,
+    set_bias, shared, waves)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,17 @@ class BnReestimate(Pass):
     name = "bn-reestimate"
     description = "re-estimate BatchNorm statistics (and folded-BN layers' outputs) on calibration data"
 
+    def __init__(self, *, match: str = "dense", folded: bool = True, batches: int | None = None,
+                 guard: bool = True):
+        super().__init__()
+        check_choice(self.name, "match", match, ("dense", "data"))
+        check_batches(self.name, batches)
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.calibration import StatsRequest, progress
 
         inp = repair_inputs(ctx, self.name)
-        opts = self.options
+        opts = self.resolved_options()
         match = opts.get("match", "dense")
         folded = bool(opts.get("folded", True))
         n_batches = opts.get("batches")

@@ -27,7 +27,9 @@ from graphprune.importance.layers import (
 from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
-    current_bias, downstream_layers, guarded, kept, pruned_consumers, repair_inputs, set_bias, shared, waves)
+    check_batches, check_choice, current_bias, downstream_layers, guarded, kept, pruned_consumers, repair_inputs,
+    set_bias, shared, waves)
+from graphprune.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +119,19 @@ class LsqReconstruct(Pass):
     name = "lsq-reconstruct"
     description = "least-squares reconstruction of the pruned layers' weights on calibration data"
 
+    def __init__(self, *, layers: str = "consumers", damp: float = 1e-3, max_rows: int = 4096,
+                 batches: int | None = None, guard: bool = True, seed: int = 0):
+        super().__init__()
+        check_choice(self.name, "layers", layers, ("consumers", "all"))
+        check_batches(self.name, batches)
+        if damp < 0 or max_rows < 1:
+            raise UsageError(f"{self.name}: damp must be >= 0 and max_rows >= 1")
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.calibration import Runner, progress
 
         inp = repair_inputs(ctx, self.name)
-        opts = self.options
+        opts = self.resolved_options()
         damp = float(opts.get("damp", 1e-3))
         max_rows = int(opts.get("max_rows", 4096))
         n_batches = opts.get("batches")

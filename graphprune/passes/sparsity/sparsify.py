@@ -216,8 +216,30 @@ class Sparsify(Pass):
     name = "sparsify"
     description = "unstructured / N:M / block / 3x3-pattern sparsity with exact zeros, recorded in metadata"
 
+    def __init__(self, *, format: str = "unstructured", sparsity: float | None = None, n: int | None = None,
+                 m: int | None = None, block: str | list[int] | None = None, pattern_k: int | None = None,
+                 patterns: int = 8, connectivity: float = 0.0, criterion: str = "magnitude", scope: str = "layer",
+                 ignore: str | list[str] | None = None, skip_first: bool = True, skip_last: bool = True,
+                 min_params: int = 1024, compare: str | None = None, damp: float = 0.01, blocksize: int = 128,
+                 max_rows: int = 8192, batches: int | None = None, max_hessian_mb: float = 2048,
+                 sequential: bool = False, blas_threads: int = 1, seed: int = 0):
+        super().__init__()
+        # everything that can be checked without the model fails here, at parse time
+        parse_spec(format, sparsity, n=n, m=m, block=block, pattern_k=pattern_k, patterns=patterns,
+                   connectivity=connectivity)
+        check_criterion(criterion)
+        check_scope(scope)
+        if compare not in (None, "row", "layer"):
+            raise UsageError(f"sparsify: compare={compare} is not one of row, layer")
+        for k, v, lo in (("min_params", min_params, 0), ("blocksize", blocksize, 1), ("max_rows", max_rows, 1),
+                         ("blas_threads", blas_threads, 0), ("batches", 1 if batches is None else batches, 1)):
+            if v < lo:
+                raise UsageError(f"sparsify: {k} must be >= {lo}, got {v}")
+        if damp < 0 or max_hessian_mb <= 0:
+            raise UsageError("sparsify: damp must be >= 0 and max_hessian_mb > 0")
+
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        o = self.options
+        o = self.resolved_options()
         spec = parse_spec(o.get("format", "unstructured"), o.get("sparsity"), n=o.get("n"), m=o.get("m"),
                           block=o.get("block"), pattern_k=o.get("pattern_k"), patterns=o.get("patterns", 8),
                           connectivity=o.get("connectivity", 0.0))
@@ -269,7 +291,7 @@ class Sparsify(Pass):
 
     # ---- criteria -------------------------------------------------------------------------
     def _calib_opts(self) -> dict:
-        o = self.options
+        o = self.resolved_options()
         b = o.get("batches")
         return {"max_rows": int(o.get("max_rows", 8192)), "batches": int(b) if b not in (None, "") else None,
                 "seed": int(o.get("seed", 0))}
@@ -292,7 +314,7 @@ class Sparsify(Pass):
         return records
 
     def _obs(self, model, ctx, spec, targets, calib) -> dict:
-        o = self.options
+        o = self.resolved_options()
         damp, blocksize = float(o.get("damp", 0.01)), int(o.get("blocksize", 128))
         cap = float(o.get("max_hessian_mb", 2048)) * 2 ** 20
         if _bool(o.get("sequential"), False):
