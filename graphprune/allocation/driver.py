@@ -92,7 +92,9 @@ class Allocator:
                 raise UsageError(f"{k} is the fraction to keep, in (0, 1]; got {t}")
         self.target = next(iter(targets.items()), None)
         self.info: dict = {"mode": self.mode}
-        protect = [re.compile(p) for p in _as_list(opts.get("protect"))]
+        from graphprune.analysis.dependency.graph import compile_patterns
+
+        protect = compile_patterns(_as_list(opts.get("protect")), "protect")
         fixed = parse_layer_ratios(opts.get("layer_ratios"))
         self.fixed: dict[int, float] = {}
         for g in dg.prunable_groups:
