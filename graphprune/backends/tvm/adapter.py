@@ -1,7 +1,8 @@
 """The one module of graphprune that calls TVM's Python API (apache-tvm >=0.27,<0.28).
 
 TVM's Python API moves every release; everything version-specific is here, so a new TVM
-means editing this file (and the C++ runner in ``qemu.py``). ``tvm`` is imported inside
+means editing this file (and the C++ runner in ``qemu.py``; the version gate and target
+objects, shared with ``kernels/``, are in ``target.py``). ``tvm`` is imported inside
 functions: importing graphprune never imports TVM. The first call that needs TVM checks
 ``tvm.__version__`` and raises :class:`graphprune.errors.BackendUnavailableError` (with an
 install hint) when TVM is missing, broken or of another minor version.
@@ -100,13 +101,14 @@ from typing import Any
 from graphprune.errors import BackendUnavailableError, UsageError
 
 from .elf import elf_machine, has_neon, neon_stats  # noqa: F401  (re-exported)
-
-SUPPORTED = (0, 27)
-PIP_SPEC = "apache-tvm>=0.27,<0.28"
-INSTALL_HINT = (
-    'pip install "apache-tvm==0.27.0.post1" "apache-tvm-ffi==0.1.14.post1" '
-    "xgboost psutil cloudpickle tornado   (or: pip install 'graphprune[tvm]')"
+from .target import (  # noqa: F401  (re-exported: adapter is the backend's API)
+    INSTALL_HINT, PIP_SPEC, SUPPORTED, available, canonical_target, host_target,
 )
+from .target import check_tvm as _check_tvm  # noqa: F401  (tests clear its cache)
+from .target import import_tvm as _tvm
+from .target import jsonable as _jsonable
+from .target import to_target as _target
+
 # Per build batch. The default 30 s is overrun by a worker's first build when it imports all
 # of tvm.s_tir.tensor_intrin (25-80 s on 2 cores): every build then times out and workers
 # restart forever. Workers here skip that import (see _INTRINS_SRC); keep the margin anyway.
@@ -123,88 +125,6 @@ _LOG = logging.getLogger("graphprune.backends.tvm")
 def _default_log(msg: str) -> None:
     _LOG.info(msg)
 
-
-# ----------------------------------------------------------------------------- version gate
-@functools.lru_cache(maxsize=1)
-def _check_tvm() -> tuple[bool, str]:
-    try:
-        import tvm  # noqa: F401
-    except ImportError as e:
-        return False, f"TVM is not installed ({e})"
-    except Exception as e:  # noqa: BLE001 - a broken install (ffi mismatch...) is "unavailable"
-        return False, f"TVM failed to import: {type(e).__name__}: {e}"
-    version = getattr(tvm, "__version__", "?")
-    try:
-        major_minor = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
-        return False, f"cannot parse TVM version {version!r}"
-    if major_minor != SUPPORTED:
-        return False, f"TVM {version} is installed; graphprune needs {PIP_SPEC}"
-    return True, f"TVM {version}"
-
-
-def available() -> tuple[bool, str]:
-    """(True, "TVM 0.27...") or (False, why not)."""
-    return _check_tvm()
-
-
-def _tvm():
-    ok, reason = _check_tvm()
-    if not ok:
-        raise BackendUnavailableError(f"TVM backend unavailable: {reason}", hint=INSTALL_HINT)
-    import tvm
-
-    return tvm
-
-
-# ----------------------------------------------------------------------------- targets
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
-        return obj
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":  # tvm_ffi Array
-        return [_jsonable(v) for v in obj]
-    if type(obj).__name__ == "Map":
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if hasattr(obj, "export"):  # a nested Target (host)
-        return _jsonable(obj.export())
-    return str(obj)
-
-
-def _target(target):
-    tvm = _tvm()
-    if isinstance(target, tvm.target.Target):
-        return target
-    if isinstance(target, str):
-        # 0.27 accepts tag names ("raspberry-pi/4b-aarch64") but no "llvm -mcpu=..." strings
-        return tvm.target.Target(target)
-    return tvm.target.Target(dict(target))
-
-
-def canonical_target(target) -> dict:
-    """The target as TVM completes it (defaults, implied features), JSON-able."""
-    return _jsonable(_target(target).export())
-
-
-def host_target(num_cores: int | None = None) -> dict:
-    """An llvm target for this machine: its triple, CPU and physical core count."""
-    _tvm()
-    from tvm.target import codegen
-
-    if num_cores is None:
-        try:
-            import psutil
-
-            num_cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        except ImportError:
-            num_cores = os.cpu_count() or 1
-    return {
-        "kind": "llvm",
-        "mtriple": str(codegen.llvm_get_system_triple()),
-        "mcpu": str(codegen.llvm_get_system_cpu()),
-        "num-cores": int(num_cores),
-    }
 
 
 def target_key(target) -> str:
@@ -895,22 +815,6 @@ def build(mod, target, db_dir: str | Path | None = None, *, prepack: bool = True
             for gv, func in own.items():
                 mod[gv] = func
         return tvm.compile(mod, target=tgt)
-
-
-def scheduled_functions(mod, target, db_dir: str | Path) -> tuple[int, int]:
-    """(functions with a database schedule, all TIR functions) after applying the database."""
-    tvm = _tvm()
-    from tvm import relax, tirx
-
-    tgt = _target(target)
-    mod = _prepare(mod, tgt)
-    total = sum(1 for _, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
-    with tgt, tvm.transform.PassContext(opt_level=3), _open_db(Path(db_dir)):
-        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    done = sum(1 for _, f in mod.functions.items()
-               if isinstance(f, tirx.PrimFunc) and f.attrs is not None
-               and bool(f.attrs.get("tirx.is_scheduled", False)))
-    return done, total
 
 
 def db_coverage(mod, target, db_dir: str | Path | None) -> dict:

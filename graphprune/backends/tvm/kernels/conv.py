@@ -344,9 +344,9 @@ def build_candidate(cand: KernelCandidate, target=None):
     ``f(data) -> out`` on numpy arrays and the compiled module."""
     import tvm
 
-    from .. import adapter
+    from ..target import host_target, to_target
 
-    tgt = adapter._target(target or adapter.host_target())
+    tgt = to_target(target or host_target())
     lib = tvm.compile(tvm.IRModule({"main": cand.prim_func.with_attr("global_symbol", "main")}),
                       target=tgt)
     dev = tvm.cpu()

@@ -79,12 +79,6 @@ def _block_nonzero(w: np.ndarray, r: int, c: int) -> np.ndarray:
     return p.reshape(p.shape[0] // r, r, p.shape[1] // c, c).any(axis=(1, 3))
 
 
-def block_sparsity(w: np.ndarray, r: int, c: int) -> float:
-    """Fraction of r×c blocks that are entirely zero (ragged edge blocks count)."""
-    nz = _block_nonzero(w, r, c)
-    return 1.0 - float(nz.sum()) / max(1, nz.size)
-
-
 def pack_bsr(w: np.ndarray, r: int = 1, c: int = 1) -> BSR:
     """Dense W[out, in] -> BSR with r×c blocks (r=c=1: CSR)."""
     if w.ndim != 2:
@@ -98,10 +92,6 @@ def pack_bsr(w: np.ndarray, r: int = 1, c: int = 1) -> BSR:
     indptr = np.zeros(nbr + 1, dtype=np.int32)
     np.cumsum(nz.sum(axis=1), out=indptr[1:])
     return BSR(tuple(w.shape), (r, c), data, cols.astype(np.int32), indptr)
-
-
-def pack_csr(w: np.ndarray) -> BSR:
-    return pack_bsr(w, 1, 1)
 
 
 @dataclasses.dataclass
@@ -230,21 +220,6 @@ def analyse(w: np.ndarray, blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS,
         stats[(r, c)] = {"block_sparsity": 1.0 - float(nz.mean()) if nz.size else 0.0,
                          "stored_fraction": float(nz.sum()) * r * c / max(1, w.size)}
     return Analysis(tuple(w.shape), sparsity(w), stats, nm_structure(w), hint)
-
-
-def describe(a: Analysis) -> str:
-    best = a.good_blocks(limit=2)
-    parts = [f"{a.sparsity:.0%} zeros"]
-    if best:
-        parts.append("blocks " + ", ".join(f"{r}x{c}" for r, c in best))
-    if a.nm:
-        parts.append(f"{a.nm[0]}:{a.nm[1]}")
-    return "; ".join(parts)
-
-
-def density_per_row(w: np.ndarray) -> float:
-    """Mean nonzeros per output row (guides kernel parameters)."""
-    return float(np.count_nonzero(w)) / max(1, w.shape[0])
 
 
 def log2_ceil(x: int) -> int:
