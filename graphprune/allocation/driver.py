@@ -304,7 +304,7 @@ class Allocator:
 def build_pruned(model: ir.Model, dg: DependencyGraph, selection: Selection) -> bytes:
     """Serialized copy of `model` with `selection` physically removed (model untouched)."""
     from graphprune.ir.serialize import clone, to_proto
-    from graphprune.passes.pruning.prune_channels import apply_removal
+    from graphprune.surgery import apply_removal
     from graphprune.plan import removed_by_slot
 
     copy = clone(model)

@@ -1,0 +1,70 @@
+"""Physical slot removal: rewrite a model so that given (value, axis) indices are gone.
+
+Used by the pruning passes and by allocation's measured searches (which prune trial
+copies), so it is a module of its own: allocation never imports the passes.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.unused import remove_unused
+
+
+def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
+    """Rewrite `model` (the one `dg` was computed on) so the given slot indices are gone."""
+    empty = np.zeros(0, dtype=np.int64)
+    names = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs}
+    counter = itertools.count()
+
+    def unique_name(hint: str) -> str:
+        base = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in hint) or "value"
+        name = base
+        while name in names:
+            name = f"{base}_{next(counter)}"
+        names.add(name)
+        return name
+
+    def new_const(array: np.ndarray, hint: str) -> ir.Value:
+        name = unique_name(hint)
+        v = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+        model.graph.register_initializer(v)
+        return v
+
+    def slot_removed(slot: Slot) -> np.ndarray:
+        return removed.get(slot, empty)
+
+    touched_nodes = set()
+    for s in removed:
+        v = dg.values.get(s.value)
+        if v is None:
+            continue
+        if v.producer() is not None:
+            touched_nodes.add(id(v.producer()))
+        touched_nodes.update(id(u.node) for u in v.uses())
+    for node, fn in dg.rewrites:
+        if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
+            fn(RewriteContext(node, slot_removed, new_const, unique_name))
+
+    per_value: dict[str, dict[int, np.ndarray]] = {}
+    for s, idx in removed.items():
+        if not s.virtual:
+            per_value.setdefault(s.value, {})[s.axis] = idx
+    for name, axes in per_value.items():
+        v = dg.values[name]
+        if is_constant(v):
+            arr = const_array(v)
+            for ax, idx in axes.items():
+                arr = np.delete(arr, idx, axis=ax)
+            set_const_array(v, arr)
+        elif v.shape is not None:
+            dims = list(v.shape)
+            for ax, idx in axes.items():
+                dims[ax] = int(dims[ax]) - len(idx)
+            v.shape = ir.Shape(dims)
+    remove_unused(model)
