@@ -20,3 +20,64 @@ def samples_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("samples")
     main(str(out))
     return out
+
+
+# --- the IR is verified after every pass a test runs (DESIGN: "Verify after every pass") ---
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_ir_verify: the test breaks the IR on purpose; skip the autouse verification")
+
+
+ONNX_CHECK_MAX_BYTES = 16 << 20  # the ONNX checker serialises the model: only small ones
+
+
+@pytest.fixture(autouse=True)
+def _verify_ir_after_every_pass(request, monkeypatch):
+    """Every PassManager run in a test verifies the IR before and after each pass, even one
+    built with verify=False, and its result passes onnx.checker (the boundary check, for
+    models small enough to serialise cheaply). A registered pass a test calls directly,
+    `SomePass().run(model, ctx)`, is verified after it too. Mark a test that breaks the IR
+    on purpose with `@pytest.mark.no_ir_verify`."""
+    if request.node.get_closest_marker("no_ir_verify"):
+        yield
+        return
+    import contextvars
+    import functools
+
+    import onnx_ir as ir
+
+    from graphprune.ir.serialize import model_nbytes
+    from graphprune.ir.verifier import verify_model
+    from graphprune.passes import PASSES, _infra
+
+    in_manager = contextvars.ContextVar("in_manager", default=False)
+    manager_run = _infra.PassManager.run
+
+    def run_verified(self, model, ctx=None):
+        verify, self.verify = self.verify, True
+        token = in_manager.set(True)
+        try:
+            ctx = manager_run(self, model, ctx)
+        finally:
+            in_manager.reset(token)
+            self.verify = verify
+        if model_nbytes(model) <= ONNX_CHECK_MAX_BYTES and not any(
+                isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+            verify_model(model, where=f"result of pipeline {str(self)!r}", onnx_check=True)
+        return ctx
+
+    def verified(name, run):
+        @functools.wraps(run)
+        def run_pass(self, model, ctx, *args, **kwargs):
+            changed = run(self, model, ctx, *args, **kwargs)
+            if not in_manager.get():  # inside a manager, the manager verifies
+                verify_model(model, where=f"after pass {name} (run directly, not by a PassManager)")
+            return changed
+        return run_pass
+
+    monkeypatch.setattr(_infra.PassManager, "run", run_verified)
+    for name, cls in list(PASSES.items()):
+        if "run" in vars(cls):
+            monkeypatch.setattr(cls, "run", verified(name, vars(cls)["run"]))
+    yield

@@ -13,9 +13,10 @@ broken pass is reported with all the damage it did, each item naming its node:
 * a constant (initializer or `Constant` node) whose data disagrees with the shape or
   dtype recorded on its value;
 * a Conv / ConvTranspose / Gemm / MatMul / BatchNormalization whose weight, bias or
-  statistics disagree with the channel count of its input, or whose `group` does not
-  divide the channels: exactly what a pruning pass that cut one side of a coupling but
-  not the other leaves behind. Only static dims are compared.
+  statistics disagree with the channel count of its input, whose `group` does not divide
+  the channels, or whose output records a channel count its weight no longer gives:
+  exactly what a pruning pass that cut one side of a coupling but not the other (or did
+  not update a shape) leaves behind. Only static dims are compared.
 """
 from __future__ import annotations
 
@@ -181,6 +182,14 @@ class _Checker:
         if n is not None and n % group:
             self.add("bad-group", f"{_where(node)}: group={group} does not divide its {n} {what}", node)
 
+    def _produces(self, node: ir.Node, axis: int, n: int | None) -> None:
+        """The recorded shape of the node's output agrees with the `n` its operands give."""
+        out = node.outputs[0] if node.outputs else None
+        got = _static(dims_of(out), axis)
+        if n is not None and got is not None and got != n:
+            self.add("stale-shape", f"{_where(node)}: its operands give {n} output channels but output "
+                     f"{out.name!r} records {got}", node, out)
+
     def _bias(self, node: ir.Node, b: ir.Value | None, m: int | None) -> None:
         nb = _static(dims_of(b), 0)
         if nb is not None and m is not None and nb != m:
@@ -199,6 +208,7 @@ class _Checker:
         self._group_divides(node, group, c, "input channels")
         self._group_divides(node, group, m, "output channels")
         self._bias(node, b, m)
+        self._produces(node, 1, m)
 
     def conv_transpose(self, node: ir.Node) -> None:
         """ConvTranspose: weight (C, M/group, k...), bias (M)."""
@@ -211,6 +221,7 @@ class _Checker:
             self.mismatch(node, f"input {x.name!r} has {c} channels, weight {w.name!r} expects {cw}")
         self._group_divides(node, group, c if c is not None else cw, "input channels")
         self._bias(node, b, None if mg is None else mg * group)
+        self._produces(node, 1, None if mg is None else mg * group)
 
     def gemm(self, node: ir.Node) -> None:
         a, bw, c = (list(node.inputs) + [None, None, None])[:3]
@@ -227,6 +238,7 @@ class _Checker:
         nc = _static(cd, -1)
         if nc is not None and n is not None and nc not in (1, n):
             self.mismatch(node, f"C {c.name!r} has {nc} columns for {n} outputs")
+        self._produces(node, -1, n)
 
     def matmul(self, node: ir.Node) -> None:
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
@@ -238,6 +250,8 @@ class _Checker:
         ka, kb = _static(ad, -1), _static(bd, 0 if len(bd) == 1 else -2)
         if ka is not None and kb is not None and ka != kb:
             self.mismatch(node, f"{a.name!r} has inner dim {ka}, {b.name!r} has {kb}")
+        if len(bd) >= 2:
+            self._produces(node, -1, _static(bd, -1))
 
     def batchnorm(self, node: ir.Node) -> None:
         c = _static(dims_of(node.inputs[0] if node.inputs else None), 1)
