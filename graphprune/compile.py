@@ -158,7 +158,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
         if not res.ok:
             raise OracleMismatchError("pruned model differs from the masked original; nothing was written")
     if opts.repair:  # after the oracle: repair changes weights beyond zeroing
-        from graphprune.allocation.cli import run_repair
+        from graphprune.passes.reconstruction.repair import run_repair
 
         for r in run_repair(model, ctx, opts.repair):
             checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "

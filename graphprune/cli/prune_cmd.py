@@ -134,12 +134,13 @@ def run(args) -> int:
             log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits",
                         args.plan)
     from graphprune.allocation import cli as alloc_cli
+    from graphprune.passes.reconstruction import repair
 
     ctx.results["calibration"] = alloc_cli.load(args, model)
     repair_pm = None
     sparsify_passes = []
     if args.pipeline:
-        pm, repair_pm = alloc_cli.split_repair(PassManager.parse(args.pipeline))
+        pm, repair_pm = repair.split_repair(PassManager.parse(args.pipeline))
         pm, sparsify_passes = sparsity_cli.split_sparsify(pm)
         if repair_pm is not None:
             repair_pm, more = sparsity_cli.split_sparsify(repair_pm)
@@ -201,7 +202,7 @@ def run(args) -> int:
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
                 hint="nothing was written; please report this model")
     repaired = False
-    for r in alloc_cli.run_repair(model, ctx, args.repair, repair_pm):  # after the oracle: repair changes weights
+    for r in repair.run_repair(model, ctx, args.repair, repair_pm):  # after the oracle: repair changes weights
         repaired = repaired or not r["reverted"]
         print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
               f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
