@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.allocation.global_rank import max_removable, prefix_selection, removal_sequence
-from graphprune.allocation.uniform import _kept_target, select_lowest
+from graphprune.allocation.uniform import _kept_target, rounded_removal
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.errors import UsageError
 
@@ -113,9 +113,8 @@ class Allocator:
     # ---- building blocks ------------------------------------------------------------------
     def _group_ratio_selection(self, g: Group, ratio: float, scores) -> list[int]:
         ratio = min(ratio, self.max_ratio) if self.max_ratio is not None else ratio
-        keep = _kept_target(g, min(max(ratio, 0.0), 0.999999), self.round_to)
-        n_remove = min(g.num_atoms - keep, max_removable(g, self.max_ratio))
-        return select_lowest(g, scores[g.id], n_remove) if n_remove > 0 else []
+        n_remove = g.num_atoms - _kept_target(g, min(max(ratio, 0.0), 0.999999))
+        return rounded_removal(g, scores[g.id], n_remove, self.round_to, max_removable(g, self.max_ratio))
 
     def _fixed_selection(self, scores) -> Selection:
         by_id = {g.id: g for g in self.dg.groups}

@@ -8,8 +8,6 @@ the shortest prefix that meets the target.
 """
 from __future__ import annotations
 
-from math import gcd
-
 import numpy as np
 
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
@@ -73,29 +71,9 @@ def removal_sequence(dg: DependencyGraph, scores: dict[int, np.ndarray], groups:
     return seq
 
 
-def round_step(group: Group, round_to: int) -> int:
-    if round_to <= 1:
-        return 1
-    sizes = group.atom_sizes()
-    s = int(sizes[0]) if len(set(sizes.tolist())) == 1 else 1
-    return round_to // gcd(round_to, s) if s else round_to
-
-
-def rounded_count(group: Group, n_remove: int, round_to: int, limit: int) -> int:
-    """Number of atoms to remove so the kept count is a multiple of the width step."""
-    step = round_step(group, round_to)
-    n = group.num_atoms
-    if step <= 1 or n < step:
-        return min(n_remove, limit)
-    keep = n - n_remove
-    keep = max(step, int(round(keep / step)) * step)
-    keep = min(keep, n - (n % step) if n % step else n)
-    return max(0, min(n - keep, limit))
-
-
 def prefix_selection(dg: DependencyGraph, seq: list[tuple[int, int]], k: int, scores: dict[int, np.ndarray],
                      round_to: int = 1, max_ratio: float | None = None) -> Selection:
-    from graphprune.allocation.uniform import select_lowest
+    from graphprune.allocation.uniform import rounded_removal
 
     counts: dict[int, int] = {}
     chosen: dict[int, list[int]] = {}
@@ -108,9 +86,7 @@ def prefix_selection(dg: DependencyGraph, seq: list[tuple[int, int]], k: int, sc
     out: Selection = {}
     for gid, c in counts.items():
         g = by_id[gid]
-        n = rounded_count(g, c, round_to, max_removable(g, max_ratio))
-        if n > 0:
-            atoms = select_lowest(g, scores[gid], n)
-            if atoms:
-                out[gid] = atoms
+        atoms = rounded_removal(g, scores[gid], c, round_to, max_removable(g, max_ratio))
+        if atoms:
+            out[gid] = atoms
     return out

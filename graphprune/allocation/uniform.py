@@ -1,32 +1,28 @@
 """Uniform allocation: every group loses the same fraction of its atoms.
 
-`round_to` keeps the widest tensor of each group at a multiple of N channels (SIMD
-friendly); no slot of a group is ever emptied.
+`round_to` is a channel multiple (SIMD friendly): the kept width of every weight tensor
+of a group is a multiple of N where that is achievable (see `rounded_removal`); no slot
+of a group is ever emptied.
 """
 from __future__ import annotations
 
+import itertools
 from math import gcd
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # keeps `graphprune --help` (which imports allocation.cli) light
+    from graphprune.analysis.dependency.context import Slot
     from graphprune.analysis.dependency.graph import DependencyGraph, Group
 
 Selection = dict[int, list[int]]
 
 
-def _kept_target(group: Group, ratio: float, round_to: int) -> int:
+def _kept_target(group: Group, ratio: float) -> int:
+    """Atoms kept at `ratio`, before rounding (rounding is in channels: `rounded_removal`)."""
     n = group.num_atoms
     keep = n - int(np.floor(n * ratio + 1e-9))
-    if round_to > 1:
-        sizes = group.atom_sizes()
-        s = int(sizes[0]) if len(set(sizes.tolist())) == 1 else 1
-        step = round_to // gcd(round_to, s) if s else round_to
-        if n < step:
-            return n
-        keep = max(step, int(round(keep / step)) * step)
-        keep = min(keep, n - (n % step) if n % step else n)
     return max(1, min(n, keep))
 
 
@@ -50,6 +46,101 @@ def select_lowest(group: Group, scores: np.ndarray, n_remove: int) -> list[int]:
     return sorted(removed)
 
 
+def _atom_classes(group: Group) -> tuple[list[Slot], np.ndarray, np.ndarray]:
+    """(slots, counts, class of each atom): counts[s, a] is how many channels atom `a`
+    holds in slot `s`; atoms with the same counts in every slot form one class (a
+    concat group has one class per concat input, a head group one class)."""
+    slots = list(group.slots)
+    counts = np.stack([np.bincount(group.labels[s], minlength=group.num_atoms) for s in slots])
+    _, cls = np.unique(counts.T, axis=0, return_inverse=True)
+    return slots, counts, np.asarray(cls).reshape(-1)
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // gcd(a, b)
+
+
+def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: int = 1,
+                    limit: int | None = None) -> list[int]:
+    """The lowest-scoring atoms to remove, about `n_remove` of them (at most `limit`), so
+    that the kept *channel* width of every weight tensor of the group is a multiple of
+    `round_to` where that is achievable.
+
+    Widths are counted in channels, not atoms: removing whole heads of 32 channels keeps
+    a width that is a multiple of 4 whatever the head count. A concat group's inputs are
+    rounded each (the producing weights see only their own part), so the concat width is a
+    multiple too. Among the admissible kept counts, the one whose width in the group's
+    reference weight (the one seeing the most atoms) is nearest the unrounded selection's
+    wins; ties keep more. A weight narrower than `round_to` is left unconstrained; a part
+    that cannot reach a multiple is kept whole rather than cut to another odd width.
+    Without any removal asked (`n_remove` 0) the group is left alone."""
+    n = group.num_atoms
+    limit = n - 1 if limit is None else min(limit, n - 1)
+    n_remove = min(n_remove, limit)
+    if n_remove <= 0:
+        return []
+    base = select_lowest(group, scores, n_remove)
+    if round_to <= 1 or not base:
+        return base
+    slots, counts, cls = _atom_classes(group)
+    weights = [i for i, s in enumerate(slots)
+               if group.roles.get(s) == "weight" and not s.virtual and group.sizes[s] >= round_to]
+    if not weights:
+        real = [i for i, s in enumerate(slots) if not s.virtual]
+        ref = min(real, key=lambda i: (-len(group.atoms_of(slots[i])), group.sizes[slots[i]])) if real else None
+        weights = [ref] if ref is not None and group.sizes[slots[ref]] >= round_to else []
+    if not weights:
+        return base
+    ref = min(weights, key=lambda i: (-int(np.count_nonzero(counts[i])), group.sizes[slots[i]]))
+    k = int(cls.max()) + 1
+    total = np.bincount(cls, minlength=k)
+    removed = np.zeros(n, bool)
+    removed[base] = True
+    kept0 = total - np.bincount(cls[removed], minlength=k)
+    per_atom = np.stack([counts[:, np.nonzero(cls == c)[0][0]] for c in range(k)])  # class × slot
+    # Per class: the kept counts that make its part of every constrained weight a multiple.
+    options = []
+    for c in range(k):
+        step = 1
+        for i in weights:
+            v = int(per_atom[c, i])
+            if v:
+                step = _lcm(step, round_to // gcd(round_to, v))
+        m0, nc = int(kept0[c]), int(total[c])
+        cand = {nc}  # keeping the part whole is always allowed
+        lo = (m0 // step) * step  # a step either side too, so the parts can even out the total
+        cand.update(m for m in (lo - step, lo, lo + step) if 1 <= m <= nc)
+        options.append(sorted(cand))
+
+    def multiple(m) -> int:  # constrained weights whose width is not a multiple
+        widths = per_atom[:, weights].T @ np.asarray(m)
+        return int(np.count_nonzero(widths % round_to))
+
+    w0 = float(per_atom[:, ref] @ kept0)
+    best = None
+    if np.prod([len(o) for o in options], dtype=float) <= 1024:
+        combos = itertools.product(*options)
+    else:  # many concat inputs: each part to its own nearest admissible count
+        combos = [tuple(min(o, key=lambda m, m0=int(kept0[c]): (abs(m - m0), -m)) for c, o in enumerate(options))]
+    for m in combos:
+        if n - sum(m) > limit:
+            continue
+        key = (multiple(m), abs(float(per_atom[:, ref] @ np.asarray(m)) - w0),
+               sum(abs(a - int(b)) for a, b in zip(m, kept0)), -sum(m))
+        if best is None or key < best[0]:
+            best = (key, m)
+    if best is None:
+        return []
+    out = []
+    s = np.asarray(scores, dtype=np.float64)
+    for c, m in enumerate(best[1]):
+        atoms = np.nonzero(cls == c)[0]
+        drop = int(total[c]) - int(m)
+        if drop > 0:
+            out.extend(int(a) for a in atoms[np.argsort(s[atoms], kind="stable")[:drop]])
+    return sorted(out)
+
+
 def uniform(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
             round_to: int = 1) -> Selection:
     if not 0.0 <= ratio < 1.0:
@@ -58,11 +149,10 @@ def uniform(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
         raise UsageError(f"ratio must be in [0, 1), got {ratio}")
     selection: Selection = {}
     for g in dg.prunable_groups:
-        keep = _kept_target(g, ratio, round_to)
-        n_remove = g.num_atoms - keep
+        n_remove = g.num_atoms - _kept_target(g, ratio)
         if n_remove <= 0 or g.id not in scores:
             continue
-        atoms = select_lowest(g, scores[g.id], n_remove)
+        atoms = rounded_removal(g, scores[g.id], n_remove, round_to)
         if atoms:
             selection[g.id] = atoms
     return selection

@@ -211,3 +211,67 @@ def test_latency_loop_bisects_once_the_ask_is_bracketed(samples_dir, monkeypatch
             lo, hi = sorted((max(below), min(above)))
             assert lo < rounds[k]["aimed"] < hi, rounds
     assert bracketed >= 1, rounds
+
+
+def _head_group(heads=4, head_dim=32):
+    """A group like an attention's: Q/K/V weights' output axes hold `head_dim` channels per
+    head (atom); the reshaped [B, S, heads, head_dim] tensor sees one index per head."""
+    from graphprune.analysis.dependency import Group, Slot
+
+    per_channel = np.repeat(np.arange(heads), head_dim)
+    slots = [Slot("wq", 1), Slot("wk", 1), Slot("wv", 1), Slot("wo", 0), Slot("q_heads", 2)]
+    labels = {s: per_channel for s in slots[:4]}
+    labels[slots[4]] = np.arange(heads)
+    sizes = {s: len(labels[s]) for s in slots}
+    roles = {s: "weight" for s in slots[:4]}
+    return Group(0, "attn", slots, sizes, labels, heads, roles)
+
+
+def test_round_to_counts_channels_not_heads():
+    """round_to is a channel multiple: a head of 32 channels is already a multiple of 4,
+    so rounding must not stop head pruning (it counted heads: 3 heads -> 4 = no pruning)."""
+    from types import SimpleNamespace
+
+    from graphprune.allocation.global_rank import prefix_selection
+
+    g = _head_group()
+    dg = SimpleNamespace(prunable_groups=[g], groups=[g])
+    scores = {0: np.array([3.0, 1.0, 2.0, 4.0])}
+    assert uniform(dg, scores, 0.3, round_to=4) == {0: [1]}
+    assert uniform(dg, scores, 0.5, round_to=8) == {0: [1, 2]}
+    assert prefix_selection(dg, [(0, 1)], 1, scores, round_to=4) == {0: [1]}
+    # 8-channel heads at round_to 16: only an even number of heads keeps the width a multiple
+    g8 = _head_group(head_dim=8)
+    dg8 = SimpleNamespace(prunable_groups=[g8], groups=[g8])
+    assert uniform(dg8, scores, 0.6, round_to=16) == {0: [1, 2]}
+    assert uniform(dg8, scores, 0.3, round_to=16) == {}  # 24 wide: 16 and 32 tie, ties keep more
+
+
+def _kept_weight_widths(dg, selection):
+    """{(group, weight tensor, axis): kept channels} for every weight slot of every group."""
+    out = {}
+    for g in dg.prunable_groups:
+        atoms = selection.get(g.id, [])
+        for s in g.slots:
+            if g.roles.get(s) == "weight":
+                out[(g.name, s.value, s.axis)] = g.sizes[s] - len(g.removed_indices(s, atoms))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_round_to_keeps_every_weight_width_a_multiple(samples_dir, mode, round_to):
+    """tiny_resnet's concat group (64 + 32 channels, the 32 made by a conv reading the 64)
+    came out 63 + 1 wide at round_to 16: a multiple in total, but neither part was."""
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    ctx = PassContext()
+    PassManager.parse(f"prune-channels{{allocation={mode},ratio=0.3,round_to={round_to}}}").run(model, ctx)
+    plan = ctx.results["plan"]
+    dg = gp.analyze(gp.load(samples_dir / "tiny_resnet.onnx"))
+    selection = {g["id"]: g["removed_atoms"] for g in plan.groups}
+    assert selection
+    widths = _kept_weight_widths(dg, selection)
+    assert all(k % round_to == 0 for k in widths.values()), {k: v for k, v in widths.items() if v % round_to}
+    concat = next(g for g in dg.prunable_groups if any(s.value.startswith("concat") for s in g.slots))
+    assert concat.id in selection  # the concat group is pruned too, not skipped
+    assert oracle.check(ir.load(samples_dir / "tiny_resnet.onnx"), model, plan).ok
