@@ -288,7 +288,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
 
 def _sparsify_step(model, ctx, opts: CompileOptions, checks: dict, log_fn) -> dict:
     """Sparsity after pruning and repair; the zeros are checked against the record."""
-    from graphprune.cli.sparsity_flags import run_sparsify
+    from graphprune.passes.sparsity.sparsify import run_sparsify
     from graphprune.sparsity_meta import measured_sparsity
 
     if opts.calib and ctx.results.get("calibration") is None:

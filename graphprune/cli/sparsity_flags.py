@@ -79,15 +79,6 @@ def require_calibration(opts: dict | None, calib_spec) -> None:
                               "or --sparsity-criterion magnitude")
 
 
-def run_sparsify(model, ctx, opts: dict) -> dict:
-    """Run the pass on `model` with the context's calibration data; return its summary."""
-    from graphprune.passes import PassManager
-    from graphprune.passes.sparsity.sparsify import Sparsify
-
-    PassManager([Sparsify(**opts)]).run(model, ctx)
-    return ctx.results["sparsity"]
-
-
 def summary_lines(res: dict, max_rows: int = 40) -> list[str]:
     from graphprune.cli.common import table
 

@@ -374,3 +374,11 @@ class Sparsify(Pass):
             rec.update(pattern_k=spec.pattern_k, patterns=extra.get("patterns", []), connectivity=spec.connectivity)
         log.debug("sparsify %s: %.1f%% zeros", t.name, 100 * rec["sparsity"])
         return rec
+
+
+def run_sparsify(model: ir.Model, ctx: PassContext, opts: dict) -> dict:
+    """Run the pass on `model` with the context's calibration data; return its summary."""
+    from graphprune.passes._infra import PassManager
+
+    PassManager([Sparsify(**opts)]).run(model, ctx)
+    return ctx.results["sparsity"]
