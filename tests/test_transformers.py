@@ -3,6 +3,8 @@ exporters with dynamic batch and sequence: heads (GQA-consistent) and FFN channe
 exactly, and the pruned models keep their dynamic axes."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -64,3 +66,21 @@ def test_transformer_heads_and_ffn(name, dynamo, exported, tmp_path):
             np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         y = s.run(None, {s.get_inputs()[0].name: x})[0]
         assert y.shape[0] == b and np.isfinite(y).all()
+
+
+def test_bert_default_init_prunes_heads_with_round_to(tmp_path):
+    """`prune --round-to 4` on BERT (transformers' default init): 8-channel heads are
+    already a multiple of 4 channels, so heads are removed as without the flag (the
+    rounding counted heads, and 3 of 4 heads rounded back to 4: only FFN groups changed)."""
+    from graphprune.cli.main import main
+
+    src = export_hf("bert", str(tmp_path / "bert.onnx"), dynamo=False, randomized=False)
+    dg = gp.analyze(gp.load(src))
+    heads = {g.name for g in dg.prunable_groups if g.num_atoms == HEADS["bert"]}
+    assert len(heads) == 2, [(g.name, g.num_atoms) for g in dg.prunable_groups]
+    for extra in ([], ["--round-to", "4"]):
+        out = tmp_path / f"p{len(extra)}.onnx"
+        assert main(["prune", src, "-o", str(out), "--ratio", "0.3", "--no-bench", *extra]) == 0
+        plan = json.loads(out.with_suffix(".plan.json").read_text())
+        pruned_heads = {g["name"]: len(g["removed_atoms"]) for g in plan["groups"] if g["name"] in heads}
+        assert pruned_heads == {h: 1 for h in heads}, (extra, pruned_heads)

@@ -97,11 +97,13 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
                     p + noise if p.dim() > 1 else noise)
 
 
-def export_hf(name: str, path: str, dynamo: bool) -> str:
+def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True) -> str:
+    """`randomized=False` keeps transformers' default init (zero biases, unit norms)."""
     import onnx
 
     model, kind = HF_ZOO[name]()
-    randomize(model)
+    if randomized:
+        randomize(model)
     wrapped = _Wrap(model).eval()
     x = example(kind)
     with warnings.catch_warnings(), torch.no_grad():
