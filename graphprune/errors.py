@@ -23,10 +23,6 @@ class FrontendError(GraphpruneError):
     exit_code = 4
 
 
-class UnsupportedOpError(GraphpruneError):
-    exit_code = 4
-
-
 class PlanError(GraphpruneError):
     """A plan does not fit the model it is applied to, or breaks a structural constraint."""
 

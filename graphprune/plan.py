@@ -71,10 +71,6 @@ class Plan:
             raise PlanError(f"{path}: not a JSON plan ({exc})") from None
         return cls.from_json(data)
 
-    @property
-    def removed_channels(self) -> int:
-        return sum(len(g.get("removed_atoms", ())) for g in self.groups)
-
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)

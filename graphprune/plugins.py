@@ -140,7 +140,3 @@ def load_plugins(groups: tuple[str, ...] = GROUPS) -> list[PluginStatus]:
                             ep.name, ep.value, group, status.dist, status.error)
             _LOADED[key] = status
     return list(_LOADED.values())
-
-
-def loaded_plugins() -> list[PluginStatus]:
-    return list(_LOADED.values())
