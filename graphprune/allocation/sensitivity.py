@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
-from graphprune.ir.constants import const_array, set_const_array
+from graphprune.ir.constants import const_array, const_producer, set_const_array
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,41 @@ def group_removal(group: Group, scores: np.ndarray, ratio: float) -> list[int]:
 
     n_remove = int(np.floor(group.num_atoms * ratio + 1e-9))
     return select_lowest(group, scores, n_remove) if n_remove > 0 else []
+
+
+@contextmanager
+def masked_constants(dg: DependencyGraph, tensors: list[dict]):
+    """Zero the plan entries' slices in the model for the duration of the block, then put
+    back exactly what was there. One tensor can be listed several times (a conv whose input
+    and output channels are both in a concat group): each constant is snapshotted once,
+    by identity, before any change; the masks accumulate on one copy; the original tensor
+    objects (and Constant-node attributes) are restored, not re-made from arrays."""
+    originals: dict[int, tuple] = {}
+    masked: dict[int, np.ndarray] = {}
+    try:
+        for t in tensors:
+            v = dg.values[t["name"]]
+            if id(v) not in originals:
+                node = const_producer(v)
+                originals[id(v)] = (v, v.const_value, v.shape, v.dtype,
+                                    dict(node.attributes) if node is not None else None)
+                masked[id(v)] = np.array(const_array(v))
+            arr = masked[id(v)]
+            idx = [slice(None)] * arr.ndim
+            idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
+            arr[tuple(idx)] = 0
+        for key, arr in masked.items():
+            set_const_array(originals[key][0], arr)
+        yield
+    finally:
+        for v, tensor, shape, dtype, attrs in originals.values():
+            node = const_producer(v)
+            if node is not None and attrs is not None:
+                node.attributes.clear()
+                node.attributes.update(attrs)
+            v.const_value = tensor
+            v.shape = shape
+            v.dtype = dtype
 
 
 def sensitivity_curves(model: ir.Model, dg: DependencyGraph, scores: dict[int, np.ndarray], calibration,
@@ -75,22 +111,8 @@ def sensitivity_curves(model: ir.Model, dg: DependencyGraph, scores: dict[int, n
                 used.append(float(r))
                 continue
             last_atoms = atoms
-            tensors = build_plan(dg, {g.id: atoms}).tensors
-            saved = []
-            for t in tensors:
-                v = dg.values[t["name"]]
-                arr = const_array(v)
-                saved.append((v, arr))
-                masked = arr.copy()
-                idx = [slice(None)] * arr.ndim
-                idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
-                masked[tuple(idx)] = 0
-                set_const_array(v, masked)
-            try:
+            with masked_constants(dg, build_plan(dg, {g.id: atoms}).tensors):
                 proto = to_proto(model).SerializeToString()
-            finally:
-                for v, arr in saved:
-                    set_const_array(v, arr)
             errs.append(relative_error(ref, run(session(proto))))
             used.append(float(r))
         curves[g.id] = {"name": g.name, "atoms": g.num_atoms, "ratios": used, "error": [round(e, 6) for e in errs]}
