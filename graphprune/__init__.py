@@ -28,6 +28,11 @@ _API = {
 __all__ = sorted(_API) + ["__version__"]
 
 
+def __dir__() -> list[str]:
+    # the names load lazily, so without this dir(graphprune) would miss most of the API
+    return list(__all__)
+
+
 def __getattr__(name: str):
     if name in _API:
         import importlib
