@@ -9,7 +9,6 @@ import pytest
 
 from graphprune.cli.main import main
 from graphprune.compile import CompileOptions, compile_model
-from graphprune.errors import BackendUnavailableError
 
 
 def test_compile_host_ort(samples_dir, tmp_path, capsys):

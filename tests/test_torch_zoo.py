@@ -10,7 +10,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import numpy as np  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.analysis.cost import model_cost  # noqa: E402

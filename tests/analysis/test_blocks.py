@@ -1,7 +1,6 @@
 """Depth pruning: residual blocks found, removed exactly (oracle with zeroed branches)."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper

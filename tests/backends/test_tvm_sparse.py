@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from graphprune.backends.tvm import TvmBackend, adapter  # noqa: E402
-from graphprune.backends.tvm.kernels import linear, rewrite, structure  # noqa: E402
+from graphprune.backends.tvm.kernels import linear, rewrite  # noqa: E402
 
 ok, why = adapter.available()
 if not ok:

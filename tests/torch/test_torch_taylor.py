@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import graphprune as gp  # noqa: E402

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import warnings
 
-import numpy as np
 import torch
 
 SEQ, BATCH = 8, 2

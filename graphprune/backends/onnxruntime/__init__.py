@@ -10,7 +10,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 

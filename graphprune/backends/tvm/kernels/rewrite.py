@@ -313,8 +313,6 @@ def heuristic_choice(layer: _Layer, cands: list):
 def rewrite_sparse(mod, *, measure: Measure | None, min_sparsity: float = 0.5, cores: int = 4,
                    log: Callable[[str], Any] = lambda s: None):
     """-> (rewritten module, choice table, notes). See the module docstring."""
-    import tvm
-    from tvm import relax
 
     func = mod["main"]
     layers = _find_layers(func, min_sparsity, log)
@@ -377,7 +375,6 @@ def rewrite_sparse(mod, *, measure: Measure | None, min_sparsity: float = 0.5, c
 
 
 def _apply(mod, chosen: dict):
-    import tvm
     from tvm import relax
 
     drop = set()
