@@ -88,8 +88,6 @@ def plan_path_for(output: Path) -> Path:
 
 
 def run(args) -> int:
-    import onnx_ir as ir
-
     import graphprune as gp
     from graphprune import oracle
     from graphprune.analysis.cost import model_cost
