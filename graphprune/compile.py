@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,6 @@ def default_out_dir(model_path: Path, target: Target) -> Path:
 
 
 def _cost(model) -> dict:
-    import onnx_ir as ir
-
     from graphprune.analysis.cost import model_cost
 
     from graphprune.ir.serialize import model_nbytes
@@ -103,8 +100,6 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
                   log_fn=None) -> dict:
     """Run the whole compile; progress goes to `log_fn` (default: this module's logger)."""
     log_fn = log_fn or log.info
-    import onnx_ir as ir
-
     import graphprune as gp
     from graphprune import oracle
     from graphprune.backends.onnxruntime import OrtBackend, measure
