@@ -147,6 +147,9 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
         if not changed:
             break
         infer_shapes(model, warn=False)  # a strict failure was already reported once
+    from graphprune.frontends.channel_shapes import complete_channel_shapes
+
+    complete_channel_shapes(model)  # what Conv weights fix where inference gave up
     return model
 
 

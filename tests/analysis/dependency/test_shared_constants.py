@@ -1,0 +1,85 @@
+"""Shared constants: one all-zero bias stored once by the exporter must not couple the
+layers that read it (issue 12 §6); a shared non-zero constant still couples them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from helpers import make_model, prune_and_check, random_selection, w
+
+import graphprune as gp
+from graphprune import oracle
+from graphprune.plan import Plan
+
+
+def _two_ffns(bias: np.ndarray) -> onnx.ModelProto:
+    """Two independent FFNs (8 → 16 → 8) whose hidden biases are one tensor."""
+    from onnx import helper
+
+    nodes = []
+    for k in (1, 2):
+        nodes += [helper.make_node("MatMul", ["x", f"w{k}a"], [f"h{k}"], name=f"mm{k}a"),
+                  helper.make_node("Add", [f"h{k}", "shared_b"], [f"hb{k}"], name=f"add{k}"),
+                  helper.make_node("Relu", [f"hb{k}"], [f"r{k}"], name=f"relu{k}"),
+                  helper.make_node("MatMul", [f"r{k}", f"w{k}b"], [f"y{k}"], name=f"mm{k}b")]
+    nodes.append(helper.make_node("Add", ["y1", "y2"], ["y"], name="sum"))
+    inits = {"w1a": w(8, 16, seed=1), "w1b": w(16, 8, seed=2), "w2a": w(8, 16, seed=3), "w2b": w(16, 8, seed=4),
+             "shared_b": bias}
+    return make_model(nodes, [("x", [2, 4, 8])], [("y", [2, 4, 8])], inits)
+
+
+def test_shared_zero_bias_does_not_couple_layers(tmp_path):
+    proto = _two_ffns(np.zeros(16, np.float32))
+    model = gp.load(proto.SerializeToString())
+    dg = gp.analyze(model)
+    assert sorted(g.num_atoms for g in dg.prunable_groups) == [16, 16]
+    inputs = {i.name for i in proto.graph.initializer}
+    for seed in range(3):
+        pruned, plan, _ = prune_and_check(proto, seed=seed, min_groups=2)
+        # the plan names tensors of the input model only, and never the shared zero bias
+        assert {t["name"] for t in plan.tensors} <= inputs - {"shared_b"}
+        assert {t["name"] for t in plan.tensors} == {"w1a", "w1b", "w2a", "w2b"}
+    # replay from the plan alone gives the same model; the check against the input passes
+    plan.save(tmp_path / "p.json")
+    again = gp.prune(gp.load(proto.SerializeToString()), plan=Plan.load(tmp_path / "p.json"))
+    assert again.plan.tensors == plan.tensors
+    assert oracle.check(gp.load(proto.SerializeToString(), fold=False), again.model, again.plan).ok
+
+
+def test_untied_copies_are_tied_again_on_save(tmp_path):
+    proto = _two_ffns(np.zeros(16, np.float32))
+    model = gp.load(proto.SerializeToString())
+    before = set(model.graph.initializers)
+    gp.save(model, tmp_path / "same.onnx")  # nothing pruned: the file has one bias again
+    saved = onnx.load(tmp_path / "same.onnx")
+    assert sorted(i.name for i in saved.graph.initializer) == sorted(i.name for i in proto.graph.initializer)
+    assert not any(p.key.startswith("graphprune") for p in saved.metadata_props)
+    assert set(model.graph.initializers) == before  # the in-memory model is left as it was
+    # only one of the two FFNs pruned: its bias copy is sliced, the other stays the original
+    dg = gp.analyze(model)
+    g = dg.prunable_groups[0]
+    res = gp.prune(model, selection={g.id: [0, 1, 2]})
+    gp.save(res.model, tmp_path / "one.onnx")
+    saved = onnx.load(tmp_path / "one.onnx")
+    shapes = sorted(tuple(i.dims) for i in saved.graph.initializer if i.name.startswith("shared_b"))
+    assert shapes == [(13,), (16,)]
+    assert oracle.check(gp.load(proto.SerializeToString(), fold=False),
+                        gp.load(str(tmp_path / "one.onnx"), fold=False), res.plan).ok
+
+
+def test_shared_nonzero_bias_still_couples():
+    """Zeroing slices of a non-zero shared tensor would change the other reader: no untying."""
+    proto = _two_ffns(w(16, seed=9))
+    dg = gp.analyze(gp.load(proto.SerializeToString()))
+    assert [g.num_atoms for g in dg.prunable_groups] == [16]
+    prune_and_check(proto, seed=0, min_groups=1)
+    sel = random_selection(dg, np.random.default_rng(0))
+    plan = gp.prune(gp.load(proto.SerializeToString()), selection=sel).plan
+    assert "shared_b" in {t["name"] for t in plan.tensors}
+
+
+def test_inspect_says_what_was_untied(capsys):
+    from graphprune.cli.inspect_cmd import inspect_data
+
+    model = gp.load(_two_ffns(np.zeros(16, np.float32)).SerializeToString())
+    data = inspect_data(model, gp.analyze(model))
+    assert data["untied"] == {"shared_b": ["shared_b__untied1"]}
