@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from graphprune.analysis.dependency import DependencyGraph
+from graphprune.errors import ArgumentTypeError, UsageError
 from graphprune.frontends.onnx import load_onnx, save_onnx
 from graphprune.oracle import OracleResult
 from graphprune.passes import PassContext, PassManager
@@ -19,14 +20,32 @@ def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: di
     return load_onnx(path, fold=fold, input_shapes=input_shapes)
 
 
+def _model(model, fn: str) -> ir.Model:
+    """The model argument of `fn`: an ir.Model, or a path (or bytes) that `load` reads."""
+    if isinstance(model, ir.Model):
+        return model
+    if isinstance(model, (str, os.PathLike, bytes, bytearray)):
+        return load(model)
+    raise ArgumentTypeError(f"graphprune.{fn}: model must be an onnx_ir Model (from graphprune.load) or a path "
+                            f"to an .onnx file, got {type(model).__name__}")
+
+
 def save(model: ir.Model, path: str | os.PathLike) -> None:
     """Write a model atomically (external data beside it when it is large)."""
+    if not isinstance(model, ir.Model):
+        raise ArgumentTypeError(f"graphprune.save: model must be an onnx_ir Model, got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"graphprune.save: path must be a file path, got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise UsageError(f"graphprune.save: {path} is a directory; give the path of the .onnx file to write",
+                         hint=f"e.g. {os.path.join(path, 'model.onnx')}")
     save_onnx(model, path)
 
 
-def analyze(model: ir.Model, *, ignore: list[str] | None = None) -> DependencyGraph:
-    """Dependency analysis: pruning groups, frozen groups and diagnostics."""
-    return DependencyGraph(model, ignore=ignore)
+def analyze(model: ir.Model | str | os.PathLike, *, ignore: list[str] | None = None) -> DependencyGraph:
+    """Dependency analysis: pruning groups, frozen groups and diagnostics. `model`: an
+    ir.Model or a path to load."""
+    return DependencyGraph(_model(model, "analyze"), ignore=ignore)
 
 
 @dataclass
@@ -36,16 +55,18 @@ class PruneResult:
     changed: bool
 
 
-def prune(model: ir.Model, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
+def prune(model: ir.Model | str | os.PathLike, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
           ignore: list[str] | None = None, plan: Plan | None = None, seed: int = 0,
           selection: dict[int, list[int]] | None = None, remove_blocks: int = 0,
           block_criterion: str = "influence", blocks: list[str] | None = None) -> PruneResult:
     """Prune `model` in place. With `plan`, replay it exactly; with `selection`
     (group id → atom ids from `analyze`), remove exactly those atoms. `remove_blocks=k`
-    (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning)."""
+    (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning).
+    A path is loaded first (the file is never changed): the result's model is the pruned one."""
     from graphprune.passes.pruning.prune_blocks import PruneBlocks
     from graphprune.passes.pruning.prune_channels import PruneChannels
 
+    model = _model(model, "prune")
     options = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "seed": seed}
     if ignore:
         options["ignore"] = list(ignore)
@@ -86,7 +107,7 @@ class SparsifyResult:
     overall: float  # fraction of zeros over the sparsified tensors
 
 
-def sparsify(model: ir.Model, sparsity: float | None = None, *, format: str = "unstructured",
+def sparsify(model: ir.Model | str | os.PathLike, sparsity: float | None = None, *, format: str = "unstructured",
              criterion: str = "magnitude", calib=None, ignore: list[str] | None = None, scope: str = "layer",
              **options) -> SparsifyResult:
     """Sparsify `model` in place with exact zeros (it stays a dense ONNX model) and record
@@ -98,6 +119,7 @@ def sparsify(model: ir.Model, sparsity: float | None = None, *, format: str = "u
     from graphprune.calibration import load_calibration
     from graphprune.passes.sparsity.sparsify import Sparsify
 
+    model = _model(model, "sparsify")
     opts = {"format": format, "criterion": criterion, "scope": scope, **options}
     if sparsity is not None:
         opts["sparsity"] = sparsity

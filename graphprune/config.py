@@ -50,7 +50,12 @@ def load_config(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.exists():
         raise UsageError(f"{path}: no such config file")
-    text = path.read_text()
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file (a config is a .toml, .yaml or .json file)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read config: {exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             try:
@@ -206,15 +211,17 @@ def _flatten(cfg: dict, verb: str, path: str) -> dict[str, object]:
 def _coerce(action: argparse.Action, value, where: str):
     if value is None:
         return None
-    if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
-        value = value if isinstance(value, list) else [value]
-        return [action.type(x) if action.type else x for x in value]
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise UsageError(f"config key {where} must be true or false")
         return value
     try:
+        if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+            value = value if isinstance(value, list) else [value]
+            return [action.type(x) if action.type else x for x in value]
         return action.type(value) if action.type else value
+    except argparse.ArgumentTypeError as exc:  # the CLI's range/regex validators (cli.argtypes)
+        raise UsageError(f"config key {where}: {exc}") from None
     except (TypeError, ValueError):
         raise UsageError(f"config key {where}: {value!r} is not a valid value") from None
 

@@ -17,6 +17,10 @@ class UsageError(GraphpruneError):
     exit_code = 2
 
 
+class ArgumentTypeError(UsageError, TypeError):
+    """A Python API function got an argument of the wrong kind (e.g. None for a model)."""
+
+
 class FrontendError(GraphpruneError):
     """The input model cannot be read or normalised."""
 

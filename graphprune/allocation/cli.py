@@ -8,6 +8,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 def add_arguments(p, *, criterion: bool = False) -> None:
+    from graphprune.cli import argtypes as T
+
     g = p.add_argument_group("importance, allocation and repair")
     if criterion:
         g.add_argument("--criterion", default="l2", help=criterion_help())
@@ -16,18 +18,18 @@ def add_arguments(p, *, criterion: bool = False) -> None:
                         "or module:function yielding feed dicts")
     g.add_argument("--calib-preprocess", metavar="SPEC",
                    help="for image folders: size=HxW,mean=a/b/c,std=a/b/c,layout=nchw|nhwc,color=rgb|bgr|gray")
-    g.add_argument("--calib-batch", type=int, default=8, metavar="N", help="calibration batch size (default 8)")
-    g.add_argument("--calib-samples", type=int, metavar="N", help="use at most N calibration samples")
+    g.add_argument("--calib-batch", type=T.POSITIVE_INT, default=8, metavar="N", help="calibration batch size (default 8)")
+    g.add_argument("--calib-samples", type=T.POSITIVE_INT, metavar="N", help="use at most N calibration samples")
     g.add_argument("--allocation", choices=("uniform", "global", "sensitivity"), default=None,
                    help="how channels are spread over groups (default uniform)")
-    g.add_argument("--target-macs", type=float, metavar="F", help="keep this fraction of the MACs (e.g. 0.7)")
-    g.add_argument("--target-params", type=float, metavar="F", help="keep this fraction of the parameters")
-    g.add_argument("--target-latency", type=float, metavar="F",
+    g.add_argument("--target-macs", type=T.KEEP_FRACTION, metavar="F", help="keep this fraction of the MACs (e.g. 0.7)")
+    g.add_argument("--target-params", type=T.KEEP_FRACTION, metavar="F", help="keep this fraction of the parameters")
+    g.add_argument("--target-latency", type=T.KEEP_FRACTION, metavar="F",
                    help="keep this fraction of the ONNX Runtime latency measured on this machine")
-    g.add_argument("--max-ratio", type=float, metavar="F", help="no group loses more than this fraction")
-    g.add_argument("--protect", action="append", default=[], metavar="REGEX",
+    g.add_argument("--max-ratio", type=T.FRACTION, metavar="F", help="no group loses more than this fraction")
+    g.add_argument("--protect", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="groups touching layers/tensors matching REGEX keep all their channels (repeatable)")
-    g.add_argument("--layer-ratio", action="append", default=[], metavar="REGEX=F",
+    g.add_argument("--layer-ratio", action="append", default=[], metavar="REGEX=F", type=T.layer_ratio,
                    help="fixed ratio for groups matching REGEX (repeatable)")
     g.add_argument("--reduction", choices=("sum", "mean", "max"), help="how a group's tensors' scores combine")
     g.add_argument("--normalize", choices=("mean", "max", "sum", "none", "lamp"),

@@ -9,14 +9,16 @@ import numpy as np
 
 
 def add_arguments(p):
+    from graphprune.cli import argtypes as T
+
     p.add_argument("paths", nargs="+", help="compile folder(s) (<model>.graphprune/<target>/) or .onnx file(s); "
                                             "two paths are measured side by side")
     p.add_argument("--backends", action="store_true",
                    help="for one compile folder holding several backends: compare them side by side")
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for side-by-side runs")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: the deployment's / ORT default)")
+    p.add_argument("--repeats", type=T.POSITIVE_INT, default=30)
+    p.add_argument("--warmup", type=T.COUNT, default=5)
+    p.add_argument("--rounds", type=T.POSITIVE_INT, default=3, help="interleaved rounds for side-by-side runs")
+    p.add_argument("--threads", type=T.COUNT, default=0, help="ORT intra-op threads (0: the deployment's / ORT default)")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker: run TVM artifacts on a device")
     p.add_argument("--rpc-key", help="device key at the tracker")

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from graphprune.cli.argtypes import NONNEG
+
     p.add_argument("original", help="the input model the plan was made for")
     p.add_argument("pruned", help="the pruned model")
     p.add_argument("--plan", required=True, help="plan.json written by prune")
     p.add_argument("--inputs", help=".npz of named inputs to use in addition to random ones")
     p.add_argument("--random", type=int, default=3, help="number of random input sets (default 3)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's max |value|")
+    p.add_argument("--rtol", type=NONNEG, default=1e-4, help="tolerance relative to each output's max |value|")
     p.add_argument("--seed", type=int, default=0)
 
 

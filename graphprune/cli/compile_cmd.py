@@ -5,19 +5,21 @@ import sys
 
 
 def add_arguments(p):
+    from graphprune.cli import argtypes as T
+
     p.add_argument("model", help="input ONNX model (never modified)")
     p.add_argument("--target", default="x86", help="x86 (this CPU), x86-avx2, x86-avx512, arm, rpi4, jetson-orin, "
                                                    "cuda, or TVM target JSON (see `graphprune targets`)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tvm")
     p.add_argument("-o", "--output", help="output folder (default: <model>.graphprune/<target>/)")
-    p.add_argument("--ratio", type=float, default=0.3, help="channel pruning ratio (default 0.3)")
+    p.add_argument("--ratio", type=T.RATIO, default=0.3, help="channel pruning ratio (default 0.3)")
     p.add_argument("--no-prune", action="store_true", help="compile the model as it is")
     p.add_argument("--criterion", default="l2")
-    p.add_argument("--round-to", type=int, help="width multiple (default: the target's SIMD lanes)")
-    p.add_argument("--ignore", action="append", default=[], metavar="REGEX")
+    p.add_argument("--round-to", type=T.POSITIVE_INT, help="width multiple (default: the target's SIMD lanes)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex)
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
-    p.add_argument("--tune-trials", type=int, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
-    p.add_argument("--tune-time", type=float, help="TVM tuning time budget in seconds")
+    p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
+    p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")
     p.add_argument("--db", help="TVM tuning database root (default ~/.cache/graphprune/tvm-db)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker of the target devices")
     p.add_argument("--rpc-key", help="device key at the tracker")
@@ -25,10 +27,12 @@ def add_arguments(p):
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="concrete shape for a model input (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
-    p.add_argument("--max-drop", type=float, metavar="D",
+    p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
+    p.add_argument("--seed", type=T.SEED, default=0)
+    p.add_argument("--config", metavar="FILE",
+                   help="pipeline config (TOML/YAML/JSON); options given here win. A config can run code "
+                        "(calib = \"module:function\" imports and calls it): use only configs you trust")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
     from graphprune.allocation import cli as alloc_cli

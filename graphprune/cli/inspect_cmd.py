@@ -6,10 +6,12 @@ from collections import Counter
 
 
 def add_arguments(p):
+    from graphprune.cli import argtypes as T
+
     p.add_argument("model", help="ONNX model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--groups", type=int, default=30, help="show at most N groups (default 30)")
-    p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+    p.add_argument("--groups", type=T.COUNT, default=30, help="show at most N groups (default 30)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="node/tensor names whose groups are never pruned (repeatable)")
     p.add_argument("--graph", action="store_true", help="also print the graph, one node a line")
     p.add_argument("--blocks", action="store_true", help="list residual blocks (depth pruning candidates)")

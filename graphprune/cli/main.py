@@ -18,10 +18,24 @@ VERBS = {
 }
 
 
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and a hint (exit 2, returned by main), like every other
+    error of the CLI."""
+
+    def error(self, message: str):
+        raise _ArgumentError(f"{self.prog}: error: {message}\n  hint: see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from graphprune import __version__
 
-    p = argparse.ArgumentParser(prog="graphprune", description="A pruning compiler for neural networks.")
+    p = _Parser(prog="graphprune", description="A pruning compiler for neural networks.",
+                epilog="exit codes: 0 ok, 1 internal error, 2 usage or plan error, 3 oracle or quality gate "
+                       "failed, 4 unreadable or unsupported model")
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -56,9 +70,18 @@ def _setup_logging(verbose: int, quiet: bool, log_file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _ArgumentError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
-    _setup_logging(verbose, args.quiet, args.log_file)
+    try:
+        _setup_logging(verbose, args.quiet, args.log_file)
+    except OSError as exc:
+        print(f"graphprune: error: cannot write the log file {args.log_file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     args._argv = list(sys.argv[1:] if argv is None else argv)  # lets --config tell given options from defaults
     from graphprune.plugins import load_plugins
 

@@ -9,18 +9,20 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
+    from graphprune.cli import argtypes as T
+
     p.add_argument("model", help="input ONNX model (never modified)")
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx); the plan goes to <output>.plan.json")
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of each group's channels to remove (default 0.3)")
+    p.add_argument("--ratio", type=T.RATIO, default=0.3, help="fraction of each group's channels to remove (default 0.3)")
     p.add_argument("--criterion", default="l2", help="importance: l1, l2 (default), random, bn_scale, fpgm, lamp, "
                    "activation, apoz, wanda, obs (data-aware ones need --calib)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="keep widths multiples of N")
-    p.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+    p.add_argument("--round-to", type=T.POSITIVE_INT, default=1, metavar="N", help="keep widths multiples of N")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="never prune groups touching nodes/tensors matching REGEX (repeatable)")
     p.add_argument("--plan", help="replay this plan.json exactly instead of choosing channels")
     p.add_argument("--pipeline", help="textual pass pipeline, e.g. 'prune-channels{ratio=0.5},dce'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--remove-blocks", type=int, default=0, metavar="K",
+    p.add_argument("--seed", type=T.SEED, default=0)
+    p.add_argument("--remove-blocks", type=T.COUNT, default=0, metavar="K",
                    help="depth pruning: first remove the K least influential residual blocks")
     p.add_argument("--block-criterion", default="influence", help="influence (default) or magnitude")
     p.add_argument("--blocks", action="append", default=[], metavar="ADD_NODE",
@@ -30,10 +32,12 @@ def add_arguments(p):
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="make a dynamic input static (repeatable)")
-    p.add_argument("--max-drop", type=float, metavar="D",
+    p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3, nothing written) when 1 - mean cosine of "
                         "pruned vs dense outputs on the calibration data exceeds D")
-    p.add_argument("--config", metavar="FILE", help="pipeline config (TOML/YAML); options given here win")
+    p.add_argument("--config", metavar="FILE",
+                   help="pipeline config (TOML/YAML/JSON); options given here win. A config can run code "
+                        "(calib = \"module:function\" imports and calls it): use only configs you trust")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
     from graphprune.allocation import cli as alloc_cli

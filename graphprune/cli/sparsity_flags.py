@@ -9,10 +9,11 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p) -> None:
+    from graphprune.cli import argtypes as T
     from graphprune.sparsity_meta import FORMATS_HELP
 
     g = p.add_argument_group("sparsity (exact zeros inside the remaining weights, after structured pruning)")
-    g.add_argument("--sparsity", type=float, metavar="F",
+    g.add_argument("--sparsity", type=T.RATIO, metavar="F",
                    help="fraction of each layer's weights to zero (unstructured and block formats; "
                         "use with --ratio 0 for sparsity alone)")
     g.add_argument("--sparsity-format", metavar="FMT", help=FORMATS_HELP + " (default unstructured)")
@@ -21,13 +22,13 @@ def add_arguments(p) -> None:
                         "wanda and sparsegpt need --calib")
     g.add_argument("--sparsity-scope", choices=("layer", "global"), help="per-layer target (default) or one "
                    "global threshold (magnitude/wanda)")
-    g.add_argument("--connectivity", type=float, metavar="F",
+    g.add_argument("--connectivity", type=T.RATIO, metavar="F",
                    help="with pattern formats: also remove this fraction of whole 3x3 kernels by norm")
-    g.add_argument("--sparsity-patterns", type=int, metavar="N", help="pattern library size (default 8)")
+    g.add_argument("--sparsity-patterns", type=T.POSITIVE_INT, metavar="N", help="pattern library size (default 8)")
     g.add_argument("--sparsity-ignore", action="append", default=[], metavar="PATTERN",
                    help="keep layers whose node/weight/output name matches this regex or glob dense "
                         "(repeatable; --ignore protects them too)")
-    g.add_argument("--sparsity-min-params", type=int, metavar="N",
+    g.add_argument("--sparsity-min-params", type=T.COUNT, metavar="N",
                    help="leave layers with fewer weights dense (default 1024)")
     g.add_argument("--sparsify-first", action="store_true",
                    help="also sparsify the first convolution (skipped by default)")

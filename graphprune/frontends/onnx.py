@@ -50,6 +50,8 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
                 raise FrontendError(f"{path}: no such file")
             if path.is_dir():
                 raise FrontendError(f"{path}: is a directory, expected an .onnx file")
+            if path.stat().st_size == 0:
+                raise FrontendError(f"{path}: empty file (0 bytes), not an ONNX model")
             model = ir.load(path)
     except FrontendError:
         raise
@@ -59,6 +61,10 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
             f"{type(exc).__name__}: {exc}",
             hint="is the file a complete .onnx model (not truncated, external data beside it)?",
         ) from exc
+    if not model.ir_version:  # protobuf parses many non-ONNX bytes as a message with no fields
+        raise FrontendError(f"{source if not isinstance(source, (bytes, bytearray)) else '<bytes>'}: "
+                            "not an ONNX model (no IR version)",
+                            hint="is the file a complete .onnx model (not truncated, not another format)?")
     _check_external_data(model)
     _check_supported(model)
     if input_shapes:
@@ -106,6 +112,9 @@ def _check_supported(model: ir.Model) -> None:
     except VerificationError as exc:
         raise FrontendError(f"malformed graph: {exc}",
                             hint="the graph has a cycle, a dangling input or a duplicate name") from None
+    if not model.graph.outputs:
+        raise FrontendError("the model has no graph outputs: nothing it computes can be kept or checked",
+                            hint="export the model with its outputs")
     quant = sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
     if quant:
         raise FrontendError(f"quantized model (contains {', '.join(quant)}): graphprune prunes float models",
@@ -113,11 +122,21 @@ def _check_supported(model: ir.Model) -> None:
 
 
 def _check_external_data(model: ir.Model) -> None:
-    missing = set()
+    missing, outside = set(), set()
     for v in model.graph.initializers.values():
         t = v.const_value
-        if isinstance(t, ir.ExternalTensor) and not os.path.exists(t.path):
+        if not isinstance(t, ir.ExternalTensor):
+            continue
+        # as ONNX Runtime and onnx do: data files live in the model's folder (or below it)
+        base = Path(t.base_dir or ".").resolve()
+        if not Path(t.path).resolve().is_relative_to(base) or os.path.isabs(t.location):
+            outside.add(t.location)
+        elif not os.path.exists(t.path):
             missing.add(t.location)
+    if outside:
+        raise FrontendError(
+            f"external data outside the model's folder: {', '.join(sorted(outside))}",
+            hint="keep the .data file(s) in the folder of the .onnx file (onnx and ONNX Runtime refuse others)")
     if missing:
         raise FrontendError(
             f"external data file(s) missing: {', '.join(sorted(missing))}",
