@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from graphprune.errors import FrontendError, PlanError, VerificationError
 from graphprune.ir.constants import const_array, is_constant, set_const_array
-from graphprune.plan import Plan
+from graphprune.plan import Plan, check_slice
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def _zero_branches(model: ir.Model, plan: Plan) -> None:
 
 def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
     """Zero the plan's slices (and removed blocks' branches) in `model`, in place."""
+    plan.validate()
     _zero_branches(model, plan)
     values = {v.name: v for v in model.graph.initializers.values()}
     for node in model.graph:
@@ -61,8 +62,7 @@ def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
         if v is None or not is_constant(v):
             raise PlanError(f"plan lists tensor {t['name']!r}, which is not a constant of this model")
         arr = const_array(v).copy()
-        if not 0 <= t["axis"] < arr.ndim:
-            raise PlanError(f"plan axis {t['axis']} out of range for {t['name']!r} of rank {arr.ndim}")
+        check_slice(t, arr.shape)
         idx = [slice(None)] * arr.ndim
         idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
         arr[tuple(idx)] = 0
@@ -84,21 +84,25 @@ def session(model: ir.Model | bytes | str, threads: int = 1):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def input_shape(shape, dims: dict | None = None, dim_value: int | None = None) -> list[int]:
-    """A concrete shape for a model input: static dims as they are; a symbolic dim takes
-    `dims[name]` if given, else `dim_value`, else 1 on the first axis (batch) and 32
-    elsewhere (large enough for CNN downsampling and for sequence lengths)."""
-    out = []
-    for k, d in enumerate(shape):
-        if isinstance(d, int) and d >= 0:
-            out.append(d)
-        elif dims and isinstance(d, str) and d in dims:
-            out.append(int(dims[d]))
-        elif dim_value is not None:
-            out.append(dim_value)
-        else:
-            out.append(1 if k == 0 else 32)
-    return out
+def representative_shapes(sess, *, user: dict | None = None, calib: dict | None = None,
+                          dims: dict | None = None, dim_value: int | None = None):
+    """The inputs' representative shapes (`graphprune.input_shapes.resolve`) for the model
+    of `sess`; when a default was used and the model does not run at it, the next default
+    (see `input_shapes.candidates`) is tried, so the shapes are ones the model can run."""
+    from graphprune import input_shapes as shp
+
+    specs = shp.specs_of_session(sess)
+    first = shp.resolve(specs, user=user, calib=calib, dims=dims, dim_value=dim_value)
+    if not first.defaulted:
+        return first
+    for attempt in range(shp.candidates(specs)):
+        res = first if attempt == 0 else shp.resolve(specs, user=user, calib=calib, dims=dims, attempt=attempt)
+        try:
+            sess.run(None, random_inputs(sess, 0, shapes=res))
+            return res
+        except Exception:  # noqa: BLE001 - the model cannot run at this size: try the next
+            continue
+    return first
 
 
 def _first_line(exc: Exception) -> str:
@@ -116,16 +120,18 @@ def input_session(model, what: str = "the input model"):
 
 
 def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: int = 2,
-                  dims: dict | None = None, shapes: dict | None = None) -> dict[str, np.ndarray]:
-    """Random feeds for every model input (see `input_shape` for symbolic dims);
-    `shapes` gives whole shapes by input name."""
+                  dims: dict | None = None, shapes=None) -> dict[str, np.ndarray]:
+    """Random feeds for every model input at its representative shape: `shapes` is an
+    `InputShapes` (used as is) or {input name: shape} from the user; other inputs are
+    resolved by `representative_shapes`."""
+    from graphprune.input_shapes import InputShapes
+
+    if not isinstance(shapes, InputShapes):
+        shapes = representative_shapes(sess, user=shapes, dims=dims, dim_value=dim_value)
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
-        if shapes and inp.name in shapes:
-            shape = [int(d) for d in shapes[inp.name]]
-        else:
-            shape = input_shape(inp.shape, dims, dim_value)
+        shape = [int(d) for d in shapes.shapes[inp.name]]
         dtype = _NP_OF_ONNX.get(inp.type)
         if dtype is None:
             raise PlanError(f"cannot make random data for input {inp.name!r} of type {inp.type}")
@@ -136,6 +142,9 @@ def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: i
         else:
             feeds[inp.name] = rng.integers(0, int_high, size=shape).astype(dtype)
     return feeds
+
+
+ATOL = 1e-6  # absolute floor of the comparison: outputs below it compare nothing
 
 
 @dataclass
@@ -152,12 +161,16 @@ class OracleResult:
     ok: bool
     diffs: list[OutputDiff] = field(default_factory=list)
     runs: int = 0
+    refused: str | None = None  # why nothing was really compared (no input sets, outputs below the floor)
+    shapes: object = None  # InputShapes of the random input sets (None: given inputs only)
 
     @property
     def worst_relative(self) -> float:
         return max((d.max_abs_err / max(d.scale, 1e-12) for d in self.diffs), default=0.0)
 
     def summary(self) -> str:
+        if self.refused:
+            return f"oracle FAIL (nothing compared): {self.refused}"
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
         return (f"oracle {state}: {self.runs} input set(s), worst error "
@@ -166,7 +179,7 @@ class OracleResult:
 
 
 def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str],
-                    rtol: float = 1e-4, atol: float = 1e-6) -> list[OutputDiff]:
+                    rtol: float = 1e-4, atol: float = ATOL) -> list[OutputDiff]:
     diffs = []
     for name, a, b in zip(names, ref, got):
         a = np.asarray(a)
@@ -186,60 +199,125 @@ def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[st
     return diffs
 
 
+class _Judge:
+    """The one comparison core of every oracle path (`check`, `_check_big`, `check_files`).
+
+    `add` takes one input set's outputs of the masked original and of the pruned model:
+    the graph outputs first, then the pre-activations of saturating outputs (`logits`:
+    output name -> its saturating op's input, both models exposing it). A saturating output
+    is judged on its pre-activation, relative to that value's own scale: rounding that the
+    op amplifies on near-tied huge logits passes, and a real difference that the op squashes
+    under the absolute floor (a Sigmoid at 1e-8) fails. A comparison in which every float
+    reference (pre-activation where judged there) stays below the floor compares nothing and
+    is refused, as is one with no input sets."""
+
+    def __init__(self, names: list[str], logits: dict[str, str], rtol: float, atol: float = ATOL):
+        self.names, self.logits, self.rtol, self.atol = names, logits, rtol, atol
+        self.worst: dict[str, OutputDiff] = {}
+        self.runs = 0
+        self.signal = False  # some compared value was above the floor, or exact (non-float)
+        self.shapes = None   # InputShapes of the random sets, for the refusal message
+
+    @property
+    def failed(self) -> bool:
+        return any(not d.ok for d in self.worst.values())
+
+    def add(self, ref: list, got: list) -> None:
+        n = len(self.names)
+        if not all(np.all(np.isfinite(r)) for r in ref[:n] if np.asarray(r).dtype.kind == "f"):
+            raise FrontendError("the input model gives NaN/Inf outputs on these inputs, so the oracle cannot "
+                                "compare anything", hint="check the model's weights, or give real inputs "
+                                "with --inputs")
+        diffs = compare_outputs(ref[:n], got[:n], self.names, rtol=self.rtol, atol=self.atol)
+        pre_names = list(self.logits.values())
+        pre = dict(zip(self.logits, compare_outputs(ref[n:], got[n:], pre_names, rtol=self.rtol, atol=self.atol)))
+        for k, d in enumerate(diffs):
+            p = pre.get(d.name)
+            if p is not None and (p.ok or d.ok):  # judged on the logits (a failing output keeps its own diff)
+                diffs[k] = OutputDiff(d.name, p.max_abs_err, p.scale, p.ok, judged_on=p.name)
+            judged = diffs[k]
+            if judged.scale > self.atol or np.asarray(ref[k]).dtype.kind not in "fc":
+                self.signal = True
+        for d in diffs:
+            w = self.worst.get(d.name)
+            if w is None or (w.ok and (not d.ok or d.max_abs_err / max(d.scale, 1e-12) >
+                                       w.max_abs_err / max(w.scale, 1e-12))):
+                self.worst[d.name] = d
+        self.runs += 1
+
+    def result(self) -> OracleResult:
+        diffs = list(self.worst.values())
+        res = OracleResult(ok=all(d.ok for d in diffs), diffs=diffs, runs=self.runs, shapes=self.shapes)
+        where = f" at inputs {self.shapes.short()}" if self.shapes is not None else ""
+        if self.runs == 0:
+            res.ok, res.refused = False, "no input sets (give --inputs, or --random N with N >= 1)"
+        elif res.ok and not self.signal and diffs:
+            res.ok = False
+            res.refused = (f"reference outputs are all below {self.atol:g}{where} (so any model would match); "
+                           "pass --inputs with real data or --input-shape with a realistic size")
+        return res
+
+
+def _feed_sets(inputs, n_random: int, seed: int, sess, shapes):
+    """The given input sets, then `n_random` random ones made one at a time (streamed)."""
+    yield from (inputs or [])
+    for k in range(max(n_random, 0)):
+        yield random_inputs(sess, seed + k, shapes=shapes)
+
+
+def _run_ref(sess, feeds) -> list:
+    try:
+        return sess.run(None, feeds)
+    except Exception as exc:
+        raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
+                            hint="check the inputs (--inputs, --input-shape) or the model itself") from None
+
+
+def _pruned_session(model):
+    try:
+        return session(model)
+    except Exception as exc:
+        raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
+
+
 def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
           n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
-          dims: dict | None = None, shapes: dict | None = None) -> OracleResult:
-    """Run the oracle. `original` is the input model as read (it is not modified)."""
+          dims: dict | None = None, shapes=None, calib: dict | None = None) -> OracleResult:
+    """Run the oracle. `original` is the input model as read (it is not modified). Random
+    input sets are made at the representative shapes (`graphprune.input_shapes`): `shapes`
+    (an InputShapes, or {input: shape} from --input-shape), else `calib` ({input: array},
+    one calibration batch), else static dims, else a default the model runs; they are
+    streamed (one set made, run, compared, dropped), and the first failing set ends it."""
     from graphprune.ir.serialize import BIG_MODEL_BYTES, clone, model_nbytes
 
     if model_nbytes(original) > BIG_MODEL_BYTES:
         return _check_big(original, pruned, plan, inputs=inputs, n_random=n_random, seed=seed, rtol=rtol,
-                          dim_value=dim_value, dims=dims, shapes=shapes)
+                          dim_value=dim_value, dims=dims, shapes=shapes, calib=calib)
     masked = clone(original)
     masked_original(masked, plan)
     names = [o.name for o in masked.graph.outputs]
     logits = _saturated_outputs(masked, pruned)
-    if logits:  # judged on the logits too (module docstring): both models expose them
+    if logits:  # judged on the logits (module docstring): both models expose them
         masked = _with_outputs(masked, logits.values())
         pruned = _with_outputs(clone(pruned), logits.values())
     s_ref = input_session(masked, what="the input model (with the plan's slices zeroed)")
-    try:
-        s_new = session(pruned)
-    except Exception as exc:
-        raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
-    feeds_list = list(inputs or [])
-    for k in range(n_random):
-        feeds_list.append(random_inputs(s_ref, seed + k, dim_value=dim_value, dims=dims, shapes=shapes))
-    result = OracleResult(ok=True)
-    worst: dict[str, OutputDiff] = {}
-    for feeds in feeds_list:
-        try:
-            ref = s_ref.run(None, feeds)
-        except Exception as exc:
-            raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
-                                hint="check the inputs (--inputs) or the model itself") from None
-        if not all(np.all(np.isfinite(r)) for r in ref if np.asarray(r).dtype.kind == "f"):
-            raise FrontendError("the input model gives NaN/Inf outputs on these inputs, so the oracle cannot "
-                                "compare anything", hint="check the model's weights, or give real inputs "
-                                "with --inputs")
-        got = s_new.run(None, feeds)
-        diffs = compare_outputs(ref[:len(names)], got[:len(names)], names, rtol=rtol)
-        if logits:
-            pre = compare_outputs(ref[len(names):], got[len(names):], list(logits.values()), rtol=rtol)
-            by_name = dict(zip(logits, pre))
-            for k, d in enumerate(diffs):
-                p = by_name.get(d.name)
-                if not d.ok and p is not None and p.ok:
-                    diffs[k] = OutputDiff(d.name, p.max_abs_err, p.scale, True, judged_on=p.name)
-        for d in diffs:
-            w = worst.get(d.name)
-            if w is None or not d.ok or d.max_abs_err / max(d.scale, 1e-12) > w.max_abs_err / max(w.scale, 1e-12):
-                if w is None or w.ok:
-                    worst[d.name] = d
-        result.runs += 1
-    result.diffs = list(worst.values())
-    result.ok = all(d.ok for d in result.diffs)
-    return result
+    s_new = _pruned_session(pruned)
+    judge = _Judge(names, logits, rtol)
+    if n_random > 0:
+        judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+    for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes):
+        judge.add(_run_ref(s_ref, feeds), s_new.run(None, feeds))
+        if judge.failed:
+            break
+    return judge.result()
+
+
+def _oracle_shapes(sess, shapes, calib, dims, dim_value):
+    from graphprune.input_shapes import InputShapes
+
+    if isinstance(shapes, InputShapes):
+        return shapes
+    return representative_shapes(sess, user=shapes, calib=calib, dims=dims, dim_value=dim_value)
 
 
 _SATURATING = ("Softmax", "Sigmoid", "Tanh", "HardSigmoid")
@@ -273,45 +351,66 @@ def _with_outputs(model: ir.Model, names) -> ir.Model:
 
 
 def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_random, seed, rtol, dim_value,
-               dims, shapes=None) -> OracleResult:
+               dims, shapes=None, calib=None) -> OracleResult:
     """Models over ~1.5 GB: masked original and pruned model go through files with external
     data, and their ORT sessions live one after the other, so peak memory stays near one
     model's size. `original` is modified (slices zeroed) and should be a lazily loaded copy."""
-    import gc
     import tempfile
     from pathlib import Path
 
     from graphprune.frontends.onnx import save_onnx
 
     masked_original(original, plan)
-    with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
-        ref_path, new_path = Path(tmp) / "masked.onnx", Path(tmp) / "pruned.onnx"
-        save_onnx(original, ref_path, external_data=True)
-        s_ref = input_session(str(ref_path), what="the input model (with the plan's slices zeroed)")
-        feeds_list = list(inputs or []) + [random_inputs(s_ref, seed + k, dim_value=dim_value, dims=dims,
-                                                         shapes=shapes)
-                                           for k in range(n_random)]
-        names = [o.name for o in s_ref.get_outputs()]
-        refs = [s_ref.run(None, f) for f in feeds_list]
-        del s_ref
-        gc.collect()
-        save_onnx(pruned, new_path, external_data=True)
-        try:
-            s_new = session(str(new_path))
-        except Exception as exc:
-            raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
-        result = OracleResult(ok=True, runs=len(feeds_list))
-        worst: dict[str, OutputDiff] = {}
-        for feeds, ref in zip(feeds_list, refs):
-            for d in compare_outputs(ref, s_new.run(None, feeds), names, rtol=rtol):
-                w = worst.get(d.name)
-                if w is None or not d.ok or d.max_abs_err / max(d.scale, 1e-12) > w.max_abs_err / max(w.scale, 1e-12):
-                    if w is None or w.ok:
-                        worst[d.name] = d
-        del s_new
-    result.diffs = list(worst.values())
-    result.ok = all(d.ok for d in result.diffs)
-    return result
+    logits = _saturated_outputs(original, pruned)
+    names = [o.name for o in original.graph.outputs]
+    if logits:
+        _with_outputs(original, logits.values())
+        _with_outputs(pruned, logits.values())
+    try:
+        with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
+            ref_path, new_path = Path(tmp) / "masked.onnx", Path(tmp) / "pruned.onnx"
+            save_onnx(original, ref_path, external_data=True)
+            save_onnx(pruned, new_path, external_data=True)
+            return _check_one_session_at_a_time(str(ref_path), str(new_path), names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes,
+                                                calib=calib, dims=dims, dim_value=dim_value)
+    finally:
+        if logits:  # the callers' models get their outputs back
+            for m in (original, pruned):
+                del m.graph.outputs[len(names):]
+
+
+class _InputsOf:
+    def __init__(self, sess):
+        self._inputs = sess.get_inputs()
+
+    def get_inputs(self):
+        return self._inputs
+
+
+def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str], logits: dict, *, inputs,
+                                 n_random, seed, rtol, shapes=None, calib=None, dims=None,
+                                 dim_value=None) -> OracleResult:
+    """The large-model loop: the masked original's outputs for every input set first (the
+    sets are streamed, and made again from their seeds for the pruned model, so only the
+    reference outputs are kept), then the pruned model's session."""
+    import gc
+
+    s_ref = input_session(ref_path, what="the input model (with the plan's slices zeroed)")
+    judge = _Judge(names, logits, rtol)
+    if n_random > 0:
+        judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+    refs = [_run_ref(s_ref, feeds) for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes)]
+    input_meta = _InputsOf(s_ref)  # random_inputs needs only the input list, not the session
+    del s_ref
+    gc.collect()
+    s_new = _pruned_session(new_path)
+    for feeds, ref in zip(_feed_sets(inputs, n_random, seed, input_meta, judge.shapes), refs):
+        judge.add(ref, s_new.run(None, feeds))
+        if judge.failed:
+            break
+    del s_new
+    return judge.result()
 
 
 def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
@@ -323,6 +422,7 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
     import onnx
     from onnx import helper, numpy_helper
 
+    plan.validate()
     proto = onnx.load(src, load_external_data=False)
     base = os.path.dirname(os.path.abspath(src))
     locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
@@ -334,6 +434,7 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
         t = by_name.get(entry["name"])
         if t is None:
             raise PlanError(f"plan lists tensor {entry['name']!r}, which is not an initializer of this model")
+        check_slice(entry, t.dims)
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         index = [slice(None)] * len(t.dims)
         index[entry["axis"]] = np.asarray(entry["removed"], dtype=np.int64)
@@ -358,34 +459,38 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
 
 
 def check_files(src: str, pruned_path: str, plan: Plan, *, inputs: list[dict] | None = None, n_random: int = 2,
-                seed: int = 0, rtol: float = 1e-4, shapes: dict | None = None) -> OracleResult:
+                seed: int = 0, rtol: float = 1e-4, shapes=None, calib: dict | None = None) -> OracleResult:
     """The oracle for models on disk (large ones): masked original built on disk, the two
-    ORT sessions one after the other."""
-    import gc
+    ORT sessions one after the other (`_check_one_session_at_a_time`)."""
+    import os
     import tempfile
+
+    import onnx
 
     with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
         ref_path = masked_copy_on_disk(src, plan, tmp)
-        s_ref = input_session(ref_path, what="the input model (with the plan's slices zeroed)")
-        feeds_list = list(inputs or []) + [random_inputs(s_ref, seed + k, shapes=shapes) for k in range(n_random)]
-        names = [o.name for o in s_ref.get_outputs()]
-        refs = [s_ref.run(None, f) for f in feeds_list]
-        del s_ref
-        gc.collect()
-    try:
-        s_new = session(pruned_path)
-    except Exception as exc:
-        raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
-    worst: dict[str, OutputDiff] = {}
-    for feeds, ref in zip(feeds_list, refs):
-        for d in compare_outputs(ref, s_new.run(None, feeds), names, rtol=rtol):
-            w = worst.get(d.name)
-            if w is None or (w.ok and (not d.ok or d.max_abs_err / max(d.scale, 1e-12) >
-                                       w.max_abs_err / max(w.scale, 1e-12))):
-                worst[d.name] = d
-    del s_new
-    diffs = list(worst.values())
-    return OracleResult(ok=all(d.ok for d in diffs), diffs=diffs, runs=len(feeds_list))
+        ref_proto = onnx.load(ref_path, load_external_data=False)
+        new_proto = onnx.load(pruned_path, load_external_data=False)
+        names = [o.name for o in ref_proto.graph.output]
+        logits = _saturated_outputs(ir.serde.deserialize_model(ref_proto), ir.serde.deserialize_model(new_proto))
+        if not logits:
+            return _check_one_session_at_a_time(ref_path, pruned_path, names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
+        for proto in (ref_proto, new_proto):
+            for name in logits.values():
+                proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        onnx.save(ref_proto, ref_path)
+        # the pruned model with the logits as outputs: beside it, so its external data
+        # resolves (ONNX Runtime refuses data outside the model's folder); removed after
+        fd, new_path = tempfile.mkstemp(prefix=f".{os.path.basename(pruned_path)}.oracle-", suffix=".onnx",
+                                        dir=os.path.dirname(os.path.abspath(pruned_path)))
+        os.close(fd)
+        try:
+            onnx.save(new_proto, new_path)
+            return _check_one_session_at_a_time(ref_path, new_path, names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
+        finally:
+            os.unlink(new_path)
 
 
 def output_fidelity(dense, pruned, batches) -> dict:

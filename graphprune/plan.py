@@ -41,25 +41,16 @@ class Plan:
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
+    def validate(self) -> "Plan":
+        """The strict structural check every plan reader and applier runs (`validate_plan`)."""
+        validate_plan(self.to_json())
+        return self
+
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
-        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
-            raise PlanError(f"unsupported plan version {data.get('version') if isinstance(data, dict) else '?'}"
-                            f" (expected {PLAN_VERSION})")
-        tensors = data.get("tensors")
-        if not isinstance(tensors, list):
-            raise PlanError("plan has no 'tensors' list")
-        for t in tensors:
-            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("axis"), int)
-                    and isinstance(t.get("removed"), list)
-                    and all(isinstance(i, int) for i in t["removed"])):
-                raise PlanError(f"malformed tensors entry: {str(t)[:200]}")
-        blocks = data.get("blocks", [])
-        if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("skip"), str)
-                                                   and isinstance(b.get("branch"), str) for b in blocks):
-            raise PlanError("malformed 'blocks' list (each needs 'skip' and 'branch' value names)")
-        return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
-                   settings=data.get("settings", {}), blocks=blocks)
+        validate_plan(data)
+        return cls(tensors=data["tensors"], groups=data.get("groups", []), model=data.get("model", {}),
+                   settings=data.get("settings", {}), blocks=data.get("blocks", []))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -69,6 +60,10 @@ class Plan:
             raise PlanError(f"{path}: no such plan file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlanError(f"{path}: not a JSON plan ({exc})") from None
+        except RecursionError:
+            raise PlanError(f"{path}: not a plan (JSON nested too deeply)") from None
+        except OSError as exc:
+            raise PlanError(f"{path}: cannot read the plan ({exc.strerror or exc})") from None
         return cls.from_json(data)
 
 
@@ -98,6 +93,67 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+MAX_INDEX = 1 << 62  # no tensor axis is this long; larger indices cannot even be numpy ints
+
+
+def _short(x) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 60, 60
+    return r.repr(x)[:200]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_plan(data) -> None:
+    """Raise PlanError unless `data` is a well-formed plan: `version` the integer 1 (not
+    True, not 1.0); `tensors` a list of {name: str, axis: int >= 0, removed: [int >= 0]}
+    (booleans are not ints here); `groups` a list, `model` and `settings` objects;
+    `blocks` a list of {skip, branch} value names. Whether an axis and its indices exist is
+    the model's to say: `check_slice`."""
+    if not isinstance(data, dict):
+        raise PlanError(f"not a plan (a JSON object with version, tensors, ...): {_short(data)}")
+    version = data.get("version")
+    if not (_is_int(version) and version == PLAN_VERSION):
+        raise PlanError(f"unsupported plan version {_short(version)} (expected the integer {PLAN_VERSION})")
+    tensors = data.get("tensors")
+    if not isinstance(tensors, list):
+        raise PlanError("plan has no 'tensors' list")
+    for t in tensors:
+        if not (isinstance(t, dict) and isinstance(t.get("name"), str) and _is_int(t.get("axis"))
+                and isinstance(t.get("removed"), list) and all(_is_int(i) for i in t["removed"])):
+            raise PlanError(f"malformed plan tensors entry (needs name, an integer axis and a list of integer "
+                            f"indices): {_short(t)}")
+        if t["axis"] < 0:
+            raise PlanError(f"plan axis {t['axis']} of {t['name']!r} is negative")
+        bad = [i for i in t["removed"] if not 0 <= i < MAX_INDEX]
+        if bad:
+            raise PlanError(f"plan removes index {_short(bad[0])} from {t['name']!r} axis {t['axis']}: "
+                            "out of range")
+    for key, kind in (("groups", list), ("model", dict), ("settings", dict)):
+        if key in data and not isinstance(data[key], kind):
+            raise PlanError(f"plan field {key!r} should be a JSON {'list' if kind is list else 'object'}")
+    blocks = data.get("blocks", [])
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("skip"), str)
+                                               and isinstance(b.get("branch"), str) for b in blocks):
+        raise PlanError("malformed 'blocks' list (each needs 'skip' and 'branch' value names)")
+
+
+def check_slice(entry: dict, shape) -> None:
+    """Raise PlanError unless the plan entry's axis and indices exist in a tensor of `shape`."""
+    rank = len(shape)
+    if not 0 <= entry["axis"] < rank:
+        raise PlanError(f"plan axis {entry['axis']} out of range for {entry['name']!r} of rank {rank}")
+    size = int(shape[entry["axis"]])
+    bad = [i for i in entry["removed"] if not (_is_int(i) and 0 <= i < size)]
+    if bad:
+        raise PlanError(f"plan removes index {_short(bad[0])} from {entry['name']!r} axis {entry['axis']}, "
+                        f"which has size {size}: out of range")
 
 
 def removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.ndarray]:
@@ -152,6 +208,7 @@ def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None
 
 def selection_from_plan(dg: DependencyGraph, plan: Plan) -> Selection:
     """Derive the removed atoms from the plan's tensors and verify they reproduce it."""
+    plan.validate()
     by_slot = {s: g for g in dg.groups for s in g.slots}
     selection: dict[int, set[int]] = {}
     for t in plan.tensors:
@@ -163,9 +220,9 @@ def selection_from_plan(dg: DependencyGraph, plan: Plan) -> Selection:
                 f"plan slices {s}, which is " + ("frozen in this model" if frozen else "not a prunable tensor axis of this model"),
                 hint="was the plan made for another model?",
             )
-        idx = np.asarray(t["removed"], dtype=np.int64)
-        if len(idx) and (idx.min() < 0 or idx.max() >= g.sizes[s]):
+        if any(not 0 <= i < g.sizes[s] for i in t["removed"]):
             raise PlanError(f"plan removes index out of range from {s} (size {g.sizes[s]})")
+        idx = np.asarray(t["removed"], dtype=np.int64)
         selection.setdefault(g.id, set()).update(np.unique(g.labels[s][idx]).tolist())
     result = {gid: sorted(a) for gid, a in selection.items()}
     rebuilt = build_plan(dg, result)

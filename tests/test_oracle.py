@@ -2,6 +2,7 @@
 Softmax amplifies on near-tied huge logits pass (judged on the logits); a real logit
 difference fails."""
 import numpy as np
+import pytest
 from onnx import helper
 
 import graphprune as gp
@@ -40,3 +41,129 @@ def test_rounding_sized_logit_change_passes_on_the_logits():
 def test_real_logit_change_fails():
     res = oracle.check(*_pair(1e-3), Plan([], []), inputs=[FEEDS], n_random=0)
     assert not res.ok and res.diffs[0].judged_on is None
+
+
+# ---- the oracle never passes what it did not really compare (issue 12, section 2) ------------
+
+def _conv_sigmoid(w1: np.ndarray, bias: float = -40.0):
+    """x:[N,3,H,W] (dynamic) -> Conv -> Relu -> 1x1 Conv with bias `bias` -> Sigmoid: at random
+    inputs the probability map saturates at ~0 (below the oracle's absolute floor)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob"])]
+    inits = {"w1": w1, "w2": np.full((1, 4, 1, 1), 0.5, np.float32), "b2": np.array([bias], np.float32)}
+    return gp.load(make_model(nodes, [("x", ["N", 3, "H", "W"])], [("prob", ["N", 1, "H", "W"])], inits)
+                   .SerializeToString(), fold=False)
+
+
+def test_saturated_sigmoid_is_judged_on_its_logits():
+    """det's case: the Sigmoid output is ~1e-17 everywhere for both models, yet their logits
+    differ: the oracle must compare the logits and fail."""
+    w1 = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    other = w1.copy()
+    other[:2] = 0  # "pruned" two channels the plan does not list
+    res = oracle.check(_conv_sigmoid(w1), _conv_sigmoid(other), Plan([], []), n_random=2)
+    assert not res.ok, res.summary()
+    assert any(d.judged_on == "logit" and not d.ok for d in res.diffs)
+    # and the same model against itself passes, judged on its logits
+    same = oracle.check(_conv_sigmoid(w1), _conv_sigmoid(w1), Plan([], []), n_random=2)
+    assert same.ok, same.summary()
+
+
+def _tiny_output_model(scale: float):
+    """A Conv whose outputs are all below the oracle's absolute floor (1e-6) at scale 1e-9."""
+    w = (scale * np.random.default_rng(1).standard_normal((2, 3, 1, 1))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"])]
+    return gp.load(make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 2, 8, 8])], {"w": w})
+                   .SerializeToString(), fold=False)
+
+
+def test_vacuous_comparison_is_refused():
+    """Reference outputs all below the floor: nothing was compared, so no PASS."""
+    a, b = _tiny_output_model(1e-9), _tiny_output_model(3e-9)
+    res = oracle.check(a, b, Plan([], []), n_random=2)
+    assert not res.ok
+    assert "below" in res.summary() and "--input-shape" in res.summary()
+
+
+def test_zero_input_sets_never_pass():
+    a = _tiny_output_model(1.0)
+    res = oracle.check(a, a, Plan([], []), n_random=0)
+    assert not res.ok and res.runs == 0
+
+
+def test_random_inputs_are_streamed(monkeypatch):
+    """A failing pair with 10**8 random sets: one set is made, compared, and the verdict
+    returned; the sets are never all built up front."""
+    made = []
+    real = oracle.random_inputs
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        if len(made) > 3:
+            raise RuntimeError("built more random input sets than were compared")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(oracle, "random_inputs", counting)
+    a, b = _tiny_output_model(1.0), _tiny_output_model(2.0)
+    res = oracle.check(a, b, Plan([], []), n_random=10**8)
+    assert not res.ok and res.runs == 1
+
+
+def test_default_shape_of_a_dynamic_image_input_is_realistic():
+    """Not 32x32 for a net that divides by 32: the oracle's random image is 224x224."""
+    w1 = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    sess = oracle.session(_conv_sigmoid(w1))
+    feeds = oracle.random_inputs(sess, 0)
+    assert feeds["x"].shape == (1, 3, 224, 224)
+
+
+def test_input_shape_resolver():
+    from graphprune.input_shapes import InputSpec, resolve
+
+    specs = [InputSpec("det", ["N", 3, "H", "W"]), InputSpec("rec", ["N", 3, 48, "W"]),
+             InputSpec("ids", ["B", "T"], floating=False), InputSpec("fixed", [2, 5])]
+    res = resolve(specs)
+    assert res.shapes == {"det": (1, 3, 224, 224), "rec": (1, 3, 48, 192), "ids": (1, 32), "fixed": (2, 5)}
+    assert res.sources["det"].startswith("default") and res.sources["fixed"] == "static dims"
+    res = resolve(specs, user={"det": [1, 3, 640, 640]}, calib={"rec": np.zeros((8, 3, 48, 320))})
+    assert res.shapes["det"] == (1, 3, 640, 640) and res.sources["det"] == "--input-shape"
+    assert res.shapes["rec"] == (1, 3, 48, 320) and res.sources["rec"] == "calibration data"
+    assert "rec: 1×3×48×320 (calibration data)" in res.describe()
+
+
+def test_default_falls_back_to_a_size_the_model_runs():
+    """A recogniser-like net that needs H == 64 cannot run at 224x224: the next default runs."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["t", "w"], ["y"])]
+    m = gp.load(make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", ["N", 3, "W", 8])],
+                           {"w": np.ones((64, 8), np.float32)}, check=False).SerializeToString(), fold=False)
+    res = oracle.check(m, m, Plan([], []), n_random=1)
+    assert res.ok and res.runs == 1
+
+
+def _save(model, path):
+    gp.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_check_with_no_input_sets_is_a_usage_error(tmp_path, n, capsys):
+    from graphprune.cli.main import main
+
+    m = _save(_tiny_output_model(1.0), tmp_path / "m.onnx")
+    Plan([], []).save(tmp_path / "p.plan.json")
+    assert main(["check", m, m, "--plan", str(tmp_path / "p.plan.json"), "--random", n]) == 2
+    assert "PASS" not in capsys.readouterr().out
+
+
+def test_check_takes_input_shape(tmp_path, capsys):
+    from graphprune.cli.main import main
+
+    w1 = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    m = _save(_conv_sigmoid(w1), tmp_path / "m.onnx")
+    Plan([], []).save(tmp_path / "p.plan.json")
+    assert main(["check", m, m, "--plan", str(tmp_path / "p.plan.json"), "--random", "1",
+                 "--input-shape", "x:1,3,40,24"]) == 0
+    assert "1×3×40×24 (--input-shape)" in capsys.readouterr().out

@@ -108,3 +108,76 @@ def test_out_of_range_index_is_refused():
     plan.tensors[0]["removed"] = [10_000]
     with pytest.raises(PlanError, match="out of range"):
         gp.prune(gp.load(src), plan=plan)
+
+
+# ---- one strict validator for every plan reader (issue 12, sections 2 and 4) -----------------
+
+def _cli(*argv):
+    from graphprune.cli.main import main
+
+    return main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def pruned_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plan")
+    src = d / "m.onnx"
+    src.write_bytes(tiny_resnet().SerializeToString())
+    res = gp.prune(gp.load(str(src)), 0.3)
+    gp.save(res.model, d / "p.onnx")
+    res.plan.save(d / "p.plan.json")
+    return d, json.loads((d / "p.plan.json").read_text())
+
+
+def _bad_plans(good: dict):
+    t0 = good["tensors"][0]
+    def with_tensor(**kw):
+        bad = json.loads(json.dumps(good))
+        bad["tensors"][0].update(kw)
+        return bad
+    return {
+        "negative index": with_tensor(removed=[-1]),
+        "boolean index": with_tensor(removed=[True]),
+        "out of range": with_tensor(removed=[10_000]),
+        "2**70": with_tensor(removed=[2 ** 70]),
+        "float index": with_tensor(removed=[1.0]),
+        "wrong axis": with_tensor(axis=7),
+        "negative axis": with_tensor(axis=-1),
+        "boolean axis": with_tensor(axis=bool(t0["axis"]) or True),
+        "version True": {**good, "version": True},
+        "version 1.0": {**good, "version": 1.0},
+    }
+
+
+@pytest.mark.parametrize("case", ["negative index", "boolean index", "out of range", "2**70", "float index",
+                                  "wrong axis", "negative axis", "boolean axis", "version True", "version 1.0"])
+@pytest.mark.parametrize("verb", ["check", "prune"])
+def test_bad_plans_exit_2(pruned_pair, case, verb, capsys):
+    d, good = pruned_pair
+    bad = d / f"bad-{verb}-{case.replace(' ', '_')}.plan.json"
+    bad.write_text(json.dumps(_bad_plans(good)[case]))
+    if verb == "check":
+        code = _cli("check", str(d / "m.onnx"), str(d / "p.onnx"), "--plan", str(bad))
+    else:
+        code = _cli("prune", str(d / "m.onnx"), "--plan", str(bad), "-o", str(d / f"out-{case[:3]}.onnx"),
+                    "--no-bench")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "plan" in err and "Traceback" not in err
+
+
+def test_deeply_nested_plan_is_a_plan_error(tmp_path, capsys):
+    p = tmp_path / "deep.plan.json"
+    p.write_text('{"version": 1, "tensors": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(PlanError):
+        Plan.load(p)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(tiny_resnet().SerializeToString())
+    assert _cli("check", str(src), str(src), "--plan", str(p)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "plan" in err[0]
+
+
+def test_plan_validator_accepts_a_good_plan(pruned_pair):
+    d, good = pruned_pair
+    assert Plan.from_json(good).tensors == good["tensors"]

@@ -9,7 +9,11 @@ def add_arguments(p):
     p.add_argument("pruned", help="the pruned model")
     p.add_argument("--plan", required=True, help="plan.json written by prune")
     p.add_argument("--inputs", help=".npz of named inputs to use in addition to random ones")
-    p.add_argument("--random", type=int, default=3, help="number of random input sets (default 3)")
+    p.add_argument("--random", type=int, default=3, help="number of random input sets (default 3; 0 only "
+                   "with --inputs), made one at a time at the representative input shapes")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="shape of the random inputs for this input (repeatable); default: static dims, "
+                   "else 1x3x224x224 for images, 32 per dynamic dim otherwise")
     p.add_argument("--rtol", type=NONNEG, default=1e-4, help="tolerance relative to each output's max |value|")
     p.add_argument("--seed", type=int, default=0)
 
@@ -19,11 +23,22 @@ def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
     from graphprune.errors import OracleMismatchError
 
+    from graphprune.cli.compile_cmd import parse_shapes
+    from graphprune.errors import UsageError
+
+    if args.random < 0 or (args.random == 0 and not args.inputs):
+        raise UsageError(f"--random {args.random}: the oracle needs at least one input set",
+                         hint="give --random N with N >= 1, or --inputs feeds.npz")
+    shapes = parse_shapes(args.input_shape)
     res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
-                   n_random=args.random, rtol=args.rtol, seed=args.seed)
+                   n_random=args.random, rtol=args.rtol, seed=args.seed, shapes=shapes)
+    if res.shapes is not None:
+        print(f"random inputs at {res.shapes.describe()}")
     rows = [[d.name, f"{d.max_abs_err:.3e}", f"{d.scale:.3e}", "ok" if d.ok else "MISMATCH"] for d in res.diffs]
     print(table(rows, ["output", "max |err|", "scale", ""]))
     print(res.summary())
+    if res.refused:
+        raise OracleMismatchError(f"nothing was compared: {res.refused}")
     if not res.ok:
         raise OracleMismatchError("pruned model differs from the masked original")
     return 0

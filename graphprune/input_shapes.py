@@ -1,0 +1,168 @@
+"""Representative input shapes: the one concrete shape per model input that a run measures
+and checks at (the oracle's inputs now; MACs, latency and reports later).
+
+Resolution order, per input (`resolve`):
+
+1. the user's shapes (`--input-shape name:d1,d2,...`, or `{symbolic dim: size}`),
+2. the calibration data's shapes (batch 1 where the model's batch is dynamic),
+3. the model's static dims, when every dim is static,
+4. a per-kind default the model can run (below), documented so summaries can say it.
+
+Per-kind defaults for symbolic dims (the batch, axis 0, is always 1):
+
+* image-like (a 4-D float input, NCHW, or NHWC when only the last dim is a small static
+  channel count): both spatial dims symbolic -> 224×224 (divisible by 32, so detectors
+  that downsample 5 times run and see structure); one static spatial dim s (a text-line
+  recogniser's H=48) -> the other is 4·s rounded up to a multiple of 32, at least 64
+  (48 -> 192). A symbolic channel dim is 3. Some models cannot run at 224×224 (a
+  recogniser that needs the height to pool to 1): `candidates` gives the fallbacks
+  64×256 and 32×320, which the oracle tries in turn when the first does not run.
+* anything else (token ids, sequences, features): 32 per symbolic dim (32 tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+BATCH = 1
+IMAGE_SIZES = ((224, 224), (64, 256), (32, 320))  # (H, W) when both are symbolic: default, then fallbacks
+SEQUENCE = 32
+
+
+@dataclass
+class InputSpec:
+    """What the resolver needs to know about a model input."""
+
+    name: str
+    shape: list  # ints (static), str/None/negative (symbolic)
+    floating: bool = True
+
+
+@dataclass
+class InputShapes:
+    """{input name: concrete shape} and where each came from ("--input-shape",
+    "calibration data", "static dims", "default for image inputs", ...)."""
+
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def defaulted(self) -> bool:
+        return any(s.startswith("default") for s in self.sources.values())
+
+    def describe(self) -> str:
+        """'x: 1×3×224×224 (default for image inputs)' per input, comma-separated."""
+        return ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({self.sources[n]})" for n, s in self.shapes.items())
+
+    def short(self) -> str:
+        """'x:1x3x224x224' per input (the form --input-shape takes, with x for commas)."""
+        return " ".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in self.shapes.items())
+
+
+def _static(d) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and d >= 0
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _image_layout(spec: InputSpec) -> tuple[int, int, int] | None:
+    """(channel axis, H axis, W axis) for an image-like input, else None."""
+    s = spec.shape
+    if not spec.floating or len(s) != 4:
+        return None
+    if _static(s[3]) and s[3] in (1, 3, 4) and not _static(s[1]):
+        return 3, 1, 2  # NHWC
+    return 1, 2, 3
+
+
+def _default_shape(spec: InputSpec, attempt: int, dims: Mapping | None) -> tuple[list[int], str]:
+    shape = list(spec.shape)
+    out: list[int | None] = [None] * len(shape)
+    for k, d in enumerate(shape):
+        if _static(d):
+            out[k] = int(d)
+        elif dims and isinstance(d, str) and d in dims:
+            out[k] = int(dims[d])
+    layout = _image_layout(spec)
+    kind = "image" if layout else ("sequence" if not spec.floating or len(shape) <= 3 else "tensor")
+    if layout:
+        c, h, w = layout
+        if out[c] is None:
+            out[c] = 3
+        if out[h] is None and out[w] is None:
+            out[h], out[w] = IMAGE_SIZES[min(attempt, len(IMAGE_SIZES) - 1)]
+        elif out[h] is None or out[w] is None:
+            known = out[w] if out[h] is None else out[h]
+            other = max(64, _round_up(4 * known, 32))
+            out[h if out[h] is None else w] = other
+    for k in range(len(out)):
+        if out[k] is None:
+            out[k] = BATCH if k == 0 else SEQUENCE
+    return [int(d) for d in out], f"default for {kind} inputs"
+
+
+def candidates(specs: Iterable[InputSpec]) -> int:
+    """How many default attempts `resolve(..., attempt=k)` has (image fallbacks)."""
+    return len(IMAGE_SIZES) if any(_image_layout(s) for s in specs) else 1
+
+
+def resolve(specs: Iterable[InputSpec], *, user: Mapping | None = None, calib: Mapping | None = None,
+            dims: Mapping | None = None, dim_value: int | None = None, attempt: int = 0) -> InputShapes:
+    """Concrete shapes for `specs`. `user`: {input name: shape} (from --input-shape);
+    `calib`: {input name: array or shape} (one calibration batch); `dims`: {symbolic dim
+    name: size}; `dim_value`: one size for every symbolic dim (tests); `attempt`: which
+    image default to use (0 = 224×224, see `candidates`)."""
+    res = InputShapes()
+    for spec in specs:
+        name = spec.name
+        if user and name in user:
+            res.shapes[name] = tuple(int(d) for d in user[name])
+            res.sources[name] = "--input-shape"
+            continue
+        if calib and name in calib:
+            got = getattr(calib[name], "shape", calib[name])
+            got = [int(d) for d in got]
+            if got and spec.shape and not _static(spec.shape[0]):
+                got[0] = BATCH
+            res.shapes[name] = tuple(got)
+            res.sources[name] = "calibration data"
+            continue
+        if spec.shape is not None and all(_static(d) for d in spec.shape):
+            res.shapes[name] = tuple(int(d) for d in spec.shape)
+            res.sources[name] = "static dims"
+            continue
+        if spec.shape is not None and dims and all(_static(d) or (isinstance(d, str) and d in dims)
+                                                   for d in spec.shape):
+            res.shapes[name] = tuple(int(d) if _static(d) else int(dims[d]) for d in spec.shape)
+            res.sources[name] = "given dims"
+            continue
+        if dim_value is not None:
+            res.shapes[name] = tuple(int(d) if _static(d) else int(dim_value) for d in (spec.shape or []))
+            res.sources[name] = "given dims"
+            continue
+        shape, source = _default_shape(InputSpec(name, list(spec.shape or []), spec.floating), attempt, dims)
+        res.shapes[name] = tuple(shape)
+        res.sources[name] = source
+    return res
+
+
+def specs_of_session(sess) -> list[InputSpec]:
+    """Input specs from an ONNX Runtime session."""
+    return [InputSpec(i.name, list(i.shape) if i.shape is not None else [],
+                      "float" in i.type or "double" in i.type) for i in sess.get_inputs()]
+
+
+def specs_of_model(model) -> list[InputSpec]:
+    """Input specs from an onnx_ir model (initializers that are also inputs excluded)."""
+    out = []
+    inits = set(model.graph.initializers)
+    for v in model.graph.inputs:
+        if v.name in inits:
+            continue
+        shape = [d if isinstance(d, int) else (str(d) if d is not None else None) for d in v.shape] \
+            if v.shape is not None else []
+        floating = v.dtype is not None and v.dtype.is_floating_point()
+        out.append(InputSpec(v.name, shape, floating))
+    return out
