@@ -82,20 +82,33 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = 0.3, *, criterion:
     pm = PassManager(passes)
     pm.run(model, ctx)
     changed = any(t[2] for t in pm.timings)
+    from graphprune.outputs import PLAN_KEY
+
+    model.metadata_props.pop(PLAN_KEY, None)  # an input's record of its own plan says nothing about this one
     return PruneResult(model=model, plan=ctx.results["plan"], changed=changed)
 
 
 def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike, plan: Plan | str,
           **kwargs) -> OracleResult:
-    """The oracle: pruned == original with the plan's slices zeroed (see oracle.check)."""
+    """The oracle: pruned == original with the plan's slices zeroed (see oracle.check).
+    A pruned model that records its plan's digest (graphprune writes it) and a plan with
+    another digest are refused first: PlanError, "plan X does not belong to model Y"."""
     from graphprune import oracle
+    from graphprune.outputs import verify_pair
 
-    if not isinstance(original, ir.Model):
-        original = load_onnx(original, fold=False)
+    pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
+    plan_name = "the plan" if isinstance(plan, Plan) else str(plan)
     if not isinstance(pruned, ir.Model):
         pruned = load_onnx(pruned, fold=False)
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
+    note = verify_pair(pruned, plan, model_name=pruned_name, plan_name=plan_name)  # before the slow oracle
+    if note:
+        import logging
+
+        logging.getLogger(__name__).info(note)
+    if not isinstance(original, ir.Model):
+        original = load_onnx(original, fold=False)
     return oracle.check(original, pruned, plan, **kwargs)
 
 

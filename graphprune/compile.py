@@ -11,9 +11,7 @@ tuned; `--backend auto` measures both on host targets and keeps the faster, and 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +52,7 @@ class CompileOptions:
     repair: str | None = None  # comma list of bias, bn, lsq, or all
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
     sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
+    force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -118,6 +117,15 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
         log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
+    from graphprune import outputs
+
+    # before any work: the folder holds no input, and is new, empty or graphprune's own
+    from graphprune.frontends.onnx import model_files
+
+    inputs = [("input model", f) for f in model_files(src)] + [
+        (what, p) for what, p in (("plan", opts.plan), ("--calib data", opts.calib)) if p and Path(p).exists()]
+    outputs.check_paths(inputs, folders=[("output folder", out_dir)])
+    outputs.check_output_dir(out_dir, force=opts.force)
     resolved = opts.resolved(target)
     model = gp.load(src, input_shapes=opts.input_shapes)
     before = _cost(model)
@@ -128,6 +136,8 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     plan = Plan(tensors=[], groups=[])
     if opts.plan:
         ctx.results["plan_in"] = Plan.load(opts.plan)
+        outputs.refuse_replay_on_own_product(model, ctx.results["plan_in"], model_name=str(src),
+                                             plan_name=str(opts.plan))
     if opts.prune or opts.plan:
         pass_opts = {"ratio": opts.ratio, "criterion": opts.criterion, "round_to": resolved["round_to"],
                      "seed": opts.seed}
@@ -179,14 +189,13 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
 
     # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    from graphprune.plan import current_umask
-
-    os.chmod(stage, 0o777 & ~current_umask())
+    outputs.clean_stale_temps(out_dir.parent)
+    stage = outputs.mkdtemp_beside(out_dir)
     try:
         pruned_path = stage / "model.pruned.onnx"
-        gp.save(model, pruned_path)
         plan.save(stage / "plan.json")
+        model.metadata_props[outputs.PLAN_KEY] = outputs.plan_digest(plan)  # one result with plan.json
+        gp.save(model, pruned_path)
         notes: list[str] = []
         results: dict = {}
         ort_backend = OrtBackend()
@@ -269,9 +278,7 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
             report["sparsity_tensors"] = sparsity_res["tensors"]
             report["sparsity_skipped"] = sparsity_res["skipped"]
         write_report(stage, report)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        stage.rename(out_dir)
+        outputs.install_output_dir(stage, out_dir, force=opts.force)  # only graphprune's files are replaced
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_VERSION = 1
 # Not pipeline settings: what to read/write in this particular run, and the CLI's own flags.
-NOT_CONFIG = {"model", "output", "config", "save_config", "dry_run", "verbose_sub", "help", "_module"}
+NOT_CONFIG = {"model", "output", "config", "save_config", "dry_run", "force", "verbose_sub", "help", "_module"}
 TUNING = {"trials": "tune_trials", "time": "tune_time", "db": "db", "rpc": "rpc", "rpc_key": "rpc_key"}
 
 
@@ -226,8 +226,9 @@ def _coerce(action: argparse.Action, value, where: str):
         raise UsageError(f"config key {where}: {value!r} is not a valid value") from None
 
 
-def apply_config(args, verb: str) -> dict | None:
+def apply_config(args, verb: str, check_paths=None) -> dict | None:
     """Merge --config into `args` (in place) under the command line; write --save-config.
+    `check_paths(args)` runs after the merge, before --save-config is written.
     Returns the loaded config (None without --config)."""
     cfg = None
     if getattr(args, "config", None):
@@ -238,6 +239,8 @@ def apply_config(args, verb: str) -> dict | None:
             explicit = dest in given if given is not None else getattr(args, dest) != actions[dest].default
             if not explicit:
                 setattr(args, dest, _coerce(actions[dest], value, dest))
+    if check_paths is not None:
+        check_paths(args)  # the config may name inputs too: no output may land on one
     if getattr(args, "save_config", None):
         save_config(args.save_config, resolved_config(args, verb))
         log.info("wrote config %s", args.save_config)

@@ -11,7 +11,13 @@ def add_arguments(p):
     p.add_argument("--target", default="x86", help="x86 (this CPU), x86-avx2, x86-avx512, arm, rpi4, jetson-orin, "
                                                    "cuda, or TVM target JSON (see `graphprune targets`)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tvm")
-    p.add_argument("-o", "--output", help="output folder (default: <model>.graphprune/<target>/)")
+    p.add_argument("-o", "--output", help="output folder (default: <model>.graphprune/<target>/); written only "
+                                          "when new, empty, or written by graphprune before (its "
+                                          ".graphprune-output marker)")
+    p.add_argument("--force", action="store_true",
+                   help="use a non-empty output folder without graphprune's marker: replace only the files "
+                        "graphprune writes (model.pruned.onnx, plan.json, report.*, onnxruntime/, tvm/); "
+                        "every other file is kept")
     p.add_argument("--ratio", type=T.RATIO, default=0.3, help="channel pruning ratio (default 0.3)")
     p.add_argument("--no-prune", action="store_true", help="compile the model as it is")
     p.add_argument("--criterion", default="l2")
@@ -64,7 +70,9 @@ def run(args) -> int:
     from graphprune.compile import CompileOptions, compile_model
     from graphprune.config import apply_config, dry_run_compile
 
-    apply_config(args, "compile")
+    from graphprune.cli.paths import check_cli_paths
+
+    apply_config(args, "compile", check_paths=check_cli_paths)  # no output on an input, before any write
     from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
@@ -76,7 +84,8 @@ def run(args) -> int:
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), calib=args.calib,
                           calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch, max_drop=args.max_drop,
-                          calib_samples=args.calib_samples, repair=args.repair, sparsity=sparsity_opts)
+                          calib_samples=args.calib_samples, repair=args.repair, sparsity=sparsity_opts,
+                          force=args.force)
     if args.dry_run:
         return dry_run_compile(args.model, opts)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])

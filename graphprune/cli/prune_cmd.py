@@ -5,6 +5,9 @@ import logging
 import os
 from pathlib import Path
 
+from graphprune.cli.paths import plan_path_for  # noqa: F401  (importable from here too)
+from graphprune.cli.paths import prune_output_path as output_path
+
 log = logging.getLogger(__name__)
 
 
@@ -57,6 +60,11 @@ def _move_model(staged: Path, out: Path) -> None:
     """Give a staged .onnx (+ .data) its final name; the data file name is in the proto."""
     import onnx
 
+    if not (staged.parent / (staged.name + ".data")).exists():
+        import os
+
+        os.replace(staged, out)
+        return
     proto = onnx.load(str(staged), load_external_data=False)
     data_old, data_new = staged.name + ".data", out.name + ".data"
     for t in proto.graph.initializer:
@@ -73,6 +81,20 @@ def _move_model(staged: Path, out: Path) -> None:
     os.replace(staged, out)
 
 
+def _set_metadata(path: Path, key: str, value: str) -> None:
+    """Record key=value in a staged .onnx file's metadata (its tensors stay where they are)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for p in proto.metadata_props:
+        if p.key == key:
+            p.value = value
+            break
+    else:
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
 def _size(path: Path) -> int:
     """An .onnx file with its external data files."""
     return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "*.data"))
@@ -86,12 +108,18 @@ def _nonzero(model) -> int:
     return int(model_cost(model).params - zero_count(model)[0])
 
 
-def plan_path_for(output: Path) -> Path:
-    name = output.name[:-5] if output.name.endswith(".onnx") else output.name
-    return output.with_name(name + ".plan.json")
 
 
 def run(args) -> int:
+    temps: list[Path] = []  # staged model files of this run: removed on any exit (SIGTERM included)
+    try:
+        return _run(args, temps)
+    finally:
+        for t in temps:
+            _remove_model(t)
+
+
+def _run(args, temps: list) -> int:
     import graphprune as gp
     from graphprune import oracle
     from graphprune.analysis.cost import model_cost
@@ -102,13 +130,15 @@ def run(args) -> int:
 
     from graphprune.config import apply_config, dry_run
 
-    apply_config(args, "prune")
+    from graphprune.cli.paths import check_cli_paths
+
+    apply_config(args, "prune", check_paths=check_cli_paths)  # no output on an input, before any write
     from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
     sparsity_cli.require_calibration(sparsity_opts, args.calib)
     src = Path(args.model)
-    out = Path(args.output) if args.output else src.with_name(src.name.removesuffix(".onnx") + ".pruned.onnx")
+    out = output_path(args)
     if out.suffix != ".onnx":
         raise UsageError(f"output {out} should end in .onnx")
     plan_out = plan_path_for(out)
@@ -116,6 +146,7 @@ def run(args) -> int:
         raise UsageError("the output would overwrite the input model", hint="choose another -o")
     if out.parent.exists() and not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write to {out.parent}")
+    from graphprune import outputs
     from graphprune.cli.compile_cmd import parse_shapes
 
     shapes = parse_shapes(args.input_shape)
@@ -131,6 +162,8 @@ def run(args) -> int:
     ctx = PassContext()
     if args.plan:
         ctx.results["plan_in"] = Plan.load(args.plan)
+        outputs.refuse_replay_on_own_product(model, ctx.results["plan_in"], model_name=str(src),
+                                             plan_name=str(args.plan))
         digest = ctx.results["plan_in"].model.get("sha256")
         if digest and digest != file_sha256(src):
             log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits",
@@ -178,7 +211,8 @@ def run(args) -> int:
     if big:
         # large model: write it first (external data) and drop the in-memory tensors; the
         # oracle then works from files, one ORT session at a time
-        staged = out.with_name(f".{out.name}.staging.onnx")
+        staged = out.with_name(f"{outputs.temp_prefix(out.name)}staging.onnx")
+        temps.append(staged)
         from graphprune.frontends.onnx import save_onnx
 
         save_onnx(model, staged, external_data=True)
@@ -232,13 +266,28 @@ def run(args) -> int:
                 _remove_model(staged)
             raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {args.max_drop:g}",
                                    hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
-    if staged is not None and not repaired and not sparsified:
+    # One result: the model records its plan's digest (check and --plan refuse a pair that
+    # differs). The model is written to a temporary file, then the plan, then the model is
+    # renamed: a run interrupted anywhere leaves either the old pair, or a mismatch that
+    # the digest exposes, and never a half file under the final names.
+    digest = outputs.plan_digest(plan)
+    outputs.clean_stale_temps(out.parent)
+    try:
+        if staged is None or repaired or sparsified:
+            lazy_backing = staged  # a large model's tensors are still read from this file
+            staged = out.with_name(f"{outputs.temp_prefix(out.name)}final.onnx")
+            temps.append(staged)
+            model.metadata_props[outputs.PLAN_KEY] = digest
+            gp.save(model, staged)
+            if lazy_backing is not None:
+                _remove_model(lazy_backing)
+        else:
+            _set_metadata(staged, outputs.PLAN_KEY, digest)
+        plan.save(plan_out)
         _move_model(staged, out)
-    else:
-        gp.save(model, out)
-        if staged is not None:
-            _remove_model(staged)
-    plan.save(plan_out)
+    except BaseException:
+        _remove_model(staged)
+        raise
     for extra in alloc_cli.write_extras(ctx, plan_out):
         print(f"wrote {extra}")
     after = model_cost(model)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -408,11 +407,10 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
                     for v in model.graph.initializers.values()
                     if v.shape is not None and v.shape.is_static() and v.dtype is not None)
         external_data = total > 1_800_000_000
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    from graphprune.plan import current_umask
+    from graphprune.outputs import mkstemp_beside
 
-    os.chmod(tmp, 0o666 & ~current_umask())
+    fd, tmp = mkstemp_beside(path)  # named so a killed run's leftover is recognised and removed
+    os.close(fd)
     # Intermediate shapes are analysis aids (some resolved by us); ORT infers its own.
     saved_shapes = [(v, v.shape) for n in model.graph for v in n.outputs
                     if not v.is_graph_output() and v.shape is not None]
@@ -441,6 +439,37 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
         tied.__exit__(None, None, None)
         for v, shape in saved_shapes:
             v.shape = shape
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """A model file and the external data files it refers to (all inputs of a run: no
+    output may land on one of them, see graphprune.outputs)."""
+    path = Path(path)
+    files = [path]
+    if path.is_file():
+        files += sorted(path.parent.glob(path.name + "*.data"))
+        try:
+            files += external_data_files(path)
+        except Exception:  # an unreadable model is the loader's to report
+            pass
+    return files
+
+
+def external_data_files(path: str | os.PathLike, max_bytes: int = 64 << 20) -> list[Path]:
+    """The external data files an .onnx file refers to (an .onnx file that large keeps
+    its tensors inside: not parsed)."""
+    import onnx
+
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        return []
+    proto = onnx.load(str(path), load_external_data=False)
+    found = set()
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location" and e.value:
+                found.add(path.parent / e.value)
+    return sorted(found)
 
 
 def _materialize_external(model: ir.Model) -> None:

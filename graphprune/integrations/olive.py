@@ -127,6 +127,9 @@ def prune_file(src, *, ratio=0.3, criterion="l2", round_to=1, ignore=None, seed=
         if not res.ok:
             raise OracleMismatchError(f"{PASS_NAME}: pruned model differs from the masked original ({res.summary()})")
         log.info("%s: %s", PASS_NAME, res.summary())
+    from graphprune.outputs import PLAN_KEY, plan_digest
+
+    model.metadata_props[PLAN_KEY] = plan_digest(result)  # the model and this plan are one result
     return to_proto(model), result
 
 
