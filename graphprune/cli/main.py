@@ -76,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
+    if args.verb:  # before --log-file is opened or any work: no output may land on an input
+        from graphprune.errors import UsageError
+        from graphprune.cli.paths import check_cli_paths
+        from graphprune.outputs import exit_cleanly_on_sigterm
+
+        exit_cleanly_on_sigterm()  # SIGTERM unwinds, so temporary files are removed
+        try:
+            check_cli_paths(args)
+        except UsageError as exc:
+            print(f"graphprune {args.verb}: error: {exc}", file=sys.stderr)
+            if exc.hint:
+                print(f"  hint: {exc.hint}", file=sys.stderr)
+            return exc.exit_code
     try:
         _setup_logging(verbose, args.quiet, args.log_file)
     except OSError as exc:
