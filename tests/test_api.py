@@ -158,3 +158,23 @@ def test_magnitude_removes_the_smallest_channels():
     m = b.model([1, 3, 4, 4], out, [1, 2, 4, 4], "mag")
     res = gp.prune(gp.load(m.SerializeToString()), 0.5)
     assert res.plan.groups[0]["removed_atoms"] == [1, 3]
+
+
+def test_api_model_arguments_say_what_is_wrong(samples_dir, tmp_path):
+    """A path where a model is expected is loaded (the file is not changed); None or a
+    folder is one clear error of graphprune's, not an AttributeError from deep inside."""
+    from graphprune.errors import ArgumentTypeError
+
+    src = samples_dir / "tiny_resnet.onnx"
+    before = src.read_bytes()
+    res = gp.prune(str(src), 0.5)
+    assert res.changed and res.plan.tensors and src.read_bytes() == before
+    assert gp.analyze(src).prunable_groups
+    with pytest.raises(ArgumentTypeError, match="graphprune.analyze: model must be"):
+        gp.analyze(None)
+    with pytest.raises(TypeError, match="graphprune.prune: model must be"):
+        gp.prune(None)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        gp.save(res.model, tmp_path / "folder")
+    assert list((tmp_path / "folder").iterdir()) == [] and not list(tmp_path.glob(".*"))

@@ -143,8 +143,8 @@ EXIT_CODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,code,says", EXIT_CODE_CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in
-                                                                  EXIT_CODE_CASES])
+@pytest.mark.parametrize("argv,code,says", EXIT_CODE_CASES, ids=[
+    " ".join(a for a in c[0] if a not in ("-o", "{out}", "--no-bench")) for c in EXIT_CODE_CASES])
 def test_user_and_model_errors_exit_codes(argv, code, says, exit_code_inputs, tmp_path):
     f = exit_code_inputs
     names = {"model": f / "model.onnx", "empty": f / "empty.onnx", "noout": f / "noout.onnx",
