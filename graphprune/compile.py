@@ -43,7 +43,7 @@ class CompileOptions:
     out: str | None = None
     seed: int = 0
     input_shapes: dict | None = None
-    # choosing what to prune and repairing (graphprune.allocation.cli / driver)
+    # choosing what to prune and repairing (graphprune.cli.allocation_flags / allocation.driver)
     prune_options: dict = field(default_factory=dict)  # allocation, target_*, max_ratio, protect, ...
     calib: str | None = None  # .npz, image folder or module:function
     calib_preprocess: str | None = None

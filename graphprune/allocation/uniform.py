@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # keeps `graphprune --help` (which imports allocation.cli) light
+if TYPE_CHECKING:  # keeps `graphprune --help` (which imports cli.allocation_flags) light
     from graphprune.analysis.dependency.context import Slot
     from graphprune.analysis.dependency.graph import DependencyGraph, Group
 

@@ -41,7 +41,7 @@ def add_arguments(p):
                         "(calib = \"module:function\" imports and calls it): use only configs you trust")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
-    from graphprune.allocation import cli as alloc_cli
+    from graphprune.cli import allocation_flags as alloc_cli
 
     alloc_cli.add_arguments(p)
     from graphprune.cli import sparsity_flags as sparsity_cli
@@ -65,7 +65,7 @@ def parse_shapes(items: list[str]) -> dict | None:
 
 
 def run(args) -> int:
-    from graphprune.allocation import cli as alloc_cli
+    from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.cli.common import human, table
     from graphprune.compile import CompileOptions, compile_model
     from graphprune.config import apply_config, dry_run_compile

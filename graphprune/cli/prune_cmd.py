@@ -43,7 +43,7 @@ def add_arguments(p):
                         "(calib = \"module:function\" imports and calls it): use only configs you trust")
     p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
     p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
-    from graphprune.allocation import cli as alloc_cli
+    from graphprune.cli import allocation_flags as alloc_cli
 
     alloc_cli.add_arguments(p)
     from graphprune.cli import sparsity_flags as sparsity_cli
@@ -168,7 +168,7 @@ def _run(args, temps: list) -> int:
         if digest and digest != file_sha256(src):
             log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits",
                         args.plan)
-    from graphprune.allocation import cli as alloc_cli
+    from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.passes.reconstruction import repair
 
     ctx.results["calibration"] = alloc_cli.load(args, model)

@@ -150,7 +150,7 @@ def test_sensitivity_allocation_writes_curves(samples_dir, tmp_path):
     assert oracle.check(ir.load(path), model, plan).ok
     plan.save(tmp_path / "p.plan.json")
     assert json.loads((tmp_path / "p.plan.json").read_text())["settings"]["allocation_result"]["sensitivity"]
-    from graphprune.allocation.cli import write_extras
+    from graphprune.cli.allocation_flags import write_extras
 
     pytest.importorskip("matplotlib")
     assert write_extras(ctx, tmp_path / "p.plan.json")[0].name == "p.sensitivity.png"
