@@ -1,0 +1,216 @@
+"""graphprune.outputs: nothing the user owns is overwritten (issue 12 §3). Output folders
+are written only when new, empty or graphprune's (marker); a model and its plan are one
+result; temporary files never outlive a run."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphprune.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main([str(a) for a in args])
+    return rc, err.getvalue()
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def tree(d: Path) -> dict[str, str]:
+    return {p.relative_to(d).as_posix(): sha(p) for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def model(samples_dir, tmp_path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(samples_dir / "tiny_resnet.onnx", work / "m.onnx")
+    return work / "m.onnx"
+
+
+# ---- compile -o DIR ---------------------------------------------------------------------
+
+def test_compile_refuses_a_folder_it_did_not_write(model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.txt").write_text("four years of work")
+    rc, err = run("compile", model, "--target", "x86", "-o", out)
+    assert rc == 2 and "not written by graphprune" in err and "Traceback" not in err
+    assert tree(out) == {"thesis.txt": sha(out / "thesis.txt")}
+    assert (out / "thesis.txt").read_text() == "four years of work"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_compile_into_the_folder_holding_the_input(model):
+    work = model.parent
+    (work / "notes.txt").write_text("mine")
+    before = tree(work)
+    for extra in ([], ["--force"]):
+        rc, err = run("compile", model, "--target", "x86", "-o", work, *extra)
+        assert rc == 2 and "holds the input model" in err and "Traceback" not in err, err
+        assert tree(work) == before
+    cwd = os.getcwd()
+    os.chdir(work)  # the issue's `cd work && graphprune compile m.onnx -o .`
+    try:
+        rc, err = run("compile", "m.onnx", "--target", "x86", "-o", ".")
+    finally:
+        os.chdir(cwd)
+    assert rc == 2 and "internal error" not in err
+    assert tree(work) == before
+
+
+def test_compile_force_and_marker_keep_every_foreign_file(model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.txt").write_text("mine")
+    assert run("compile", model, "--target", "x86", "-o", out, "--force", "--no-check")[0] == 0
+    assert (out / "thesis.txt").read_text() == "mine"
+    marker = json.loads((out / ".graphprune-output").read_text())
+    assert "plan.json" in marker["files"] and "thesis.txt" not in marker["files"]
+    # a marked folder is graphprune's: a second run replaces its files without --force,
+    # and keeps a file the user put next to them, even inside graphprune's subfolders
+    (out / "onnxruntime" / "my_notes.txt").write_text("also mine")
+    first_plan = (out / "plan.json").read_text()
+    assert run("compile", model, "--target", "x86", "-o", out, "--ratio", "0.5", "--no-check")[0] == 0
+    assert (out / "thesis.txt").read_text() == "mine"
+    assert (out / "onnxruntime" / "my_notes.txt").read_text() == "also mine"
+    assert (out / "plan.json").read_text() != first_plan
+    assert run("check", model, out / "model.pruned.onnx", "--plan", out / "plan.json")[0] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_marker_cannot_name_files_outside_its_folder(tmp_path):
+    from graphprune.outputs import MARKER, install_output_dir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("graphprune's")
+    (out / MARKER).write_text(json.dumps({"files": ["../victim.txt", str(victim), "old.txt"]}))
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "plan.json").write_text("{}")
+    install_output_dir(stage, out)
+    assert victim.read_text() == "keep"
+    assert not (out / "old.txt").exists() and (out / "plan.json").exists()
+    assert json.loads((out / MARKER).read_text())["files"] == ["plan.json"]
+
+
+# ---- prune: paths checked before any work -----------------------------------------------
+
+def test_prune_output_naming_a_directory_fails_before_any_work(model, monkeypatch):
+    import graphprune.api
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded: the -o check came after the work")
+
+    monkeypatch.setattr(graphprune.api, "load_onnx", no_work)
+    (model.parent / "out.onnx").mkdir()
+    rc, err = run("prune", model, "-o", model.parent / "out.onnx", "--no-bench")
+    assert rc == 2 and "is a directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["prune", "{m}", "--save-config", "{m}", "-o", "{o}"],
+    ["--log-file", "{m}", "prune", "{m}", "-o", "{o}"],
+    ["prune", "{m}", "-o", "{o}", "--save-config", "{o}"],
+], ids=["save-config", "log-file", "two-outputs-one-path"])
+def test_prune_options_never_write_over_the_model(model, argv):
+    before = tree(model.parent)
+    rc, err = run(*[str(model) if a == "{m}" else str(model.parent / "o.onnx") if a == "{o}" else a for a in argv])
+    assert rc == 2 and "Traceback" not in err, err
+    assert tree(model.parent) == before
+
+
+# ---- a model and its plan are one result -------------------------------------------------
+
+def test_model_records_its_plan_and_foreign_pairs_are_refused(model):
+    import graphprune as gp
+    from graphprune.errors import PlanError
+    from graphprune.outputs import PLAN_KEY, plan_digest
+    from graphprune.plan import Plan
+
+    d = model.parent
+    assert run("prune", model, "-o", d / "a.onnx", "--no-bench")[0] == 0
+    assert run("prune", model, "--ratio", "0.5", "-o", d / "b.onnx", "--no-bench")[0] == 0
+    a = gp.load(d / "a.onnx", fold=False)
+    assert a.metadata_props[PLAN_KEY] == plan_digest(Plan.load(d / "a.plan.json"))
+    # what a run killed between writing the plan and renaming the model left: a new plan
+    # beside the old model
+    shutil.copy(d / "b.plan.json", d / "a.plan.json")
+    rc, err = run("check", model, d / "a.onnx", "--plan", d / "a.plan.json")
+    assert rc == 2 and "does not belong to model" in err
+    with pytest.raises(PlanError, match="does not belong"):
+        gp.check(model, d / "a.onnx", Plan.load(d / "b.plan.json"))
+    # a re-indented plan is still the same plan
+    data = json.loads((d / "b.plan.json").read_text())
+    (d / "b2.plan.json").write_text(json.dumps(data, indent=4, sort_keys=True))
+    assert run("check", model, d / "b.onnx", "--plan", d / "b2.plan.json")[0] == 0
+
+
+def test_replaying_a_plan_on_the_model_it_produced_is_refused(model):
+    d = model.parent
+    assert run("prune", model, "-o", d / "a.onnx", "--no-bench")[0] == 0
+    rc, err = run("prune", d / "a.onnx", "--plan", d / "a.plan.json", "-o", d / "twice.onnx", "--no-bench")
+    assert rc == 2 and "already pruned" in err
+    assert not (d / "twice.onnx").exists()
+    # the plan still replays on the model it was made for
+    assert run("prune", model, "--plan", d / "a.plan.json", "-o", d / "again.onnx", "--no-bench")[0] == 0
+
+
+# ---- temporary files -------------------------------------------------------------------
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(model):
+    d = model.parent
+    dead = d / f".graphprune-tmp.{_dead_pid()}.a.onnx.x1y2.tmp"
+    dead.write_bytes(b"")  # what SIGKILL left: a 0-byte temp file
+    live = d / ".graphprune-tmp.1.a.onnx.x3y4.tmp"  # pid 1 is alive: another run's file
+    live.write_bytes(b"")
+    assert run("prune", model, "-o", d / "a.onnx", "--no-bench")[0] == 0
+    assert not dead.exists() and live.exists()
+
+
+SIGTERM_SCRIPT = r"""
+import os, signal, sys
+import graphprune.plan
+from graphprune.cli.main import main
+
+def save(self, path):  # SIGTERM arrives while the run writes its results
+    os.kill(os.getpid(), signal.SIGTERM)
+
+graphprune.plan.Plan.save = save
+sys.exit(main(["prune", sys.argv[1], "-o", sys.argv[2], "--no-bench", "--no-check"]))
+"""
+
+
+def test_sigterm_leaves_no_temporary_and_no_half_result(model):
+    d = model.parent
+    out = d / "out"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, str(model), str(out / "a.onnx")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode in (143, -15) and "Traceback" not in p.stderr, p.stderr
+    assert list(out.iterdir()) == []  # no model without its plan, no temporary file
