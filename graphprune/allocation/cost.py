@@ -1,7 +1,7 @@
 """Cost of a selection before applying it: MACs and parameters as functions of the kept
 fraction of every slot.
 
-Each MAC-bearing node (Conv, ConvTranspose, Gemm, MatMul) and each float constant is a
+Each MAC-bearing node (the weighted ops of `ir.layers`) and each float constant is a
 *term*: its dense cost at concrete shapes times the product of kept fractions of the
 slots its cost is multiplicative in (a conv: output channels and input channels per
 group). Removing atoms of a group changes the kept fraction of that group's slots only,
@@ -18,15 +18,9 @@ import onnx_ir as ir
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.layers import attrs_of, layer_of
 
 log = logging.getLogger(__name__)
-
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _attr(node, name, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, float, list[Slot]]]:
@@ -44,29 +38,18 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
         return None
 
     for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in MAC_OPS:
+        layer = layer_of(node)
+        if layer is None:
             continue
-        ins = list(node.inputs)
-        y = node.outputs[0]
         try:
-            if node.op_type == "Conv":
-                w, ys = shp(ins[1]), shp(y)
-                macs = float(np.prod(ys)) * float(np.prod(w[1:]))
-                slots = [Slot(y.name, 1), Slot(ins[1].name, 1)]
-            elif node.op_type == "ConvTranspose":
-                x, w = shp(ins[0]), shp(ins[1])
-                macs = float(np.prod(x)) * float(np.prod(w[1:]))
-                slots = [Slot(ins[0].name, 1), Slot(ins[1].name, 1)]
-            elif node.op_type == "Gemm":
-                a, ys = shp(ins[0]), shp(y)
-                ta = int(_attr(node, "transA", 0))
-                k_axis = 0 if ta else 1
-                macs = float(np.prod(ys)) * a[k_axis]
-                slots = [Slot(y.name, 0), Slot(y.name, 1), Slot(ins[0].name, k_axis)]
-            else:
-                a, ys = shp(ins[0]), shp(y)
-                macs = float(np.prod(ys)) * a[-1]
-                slots = [Slot(y.name, i) for i in range(len(ys))] + [Slot(ins[0].name, len(a) - 1)]
+            attrs = attrs_of(node)
+            x, w, ys = shp(layer.x), shp(layer.w), shp(layer.y)
+            factors = layer.op.mac_factors(attrs, x, w, ys)
+            if factors is None:
+                raise TypeError("shape unknown")
+            macs = float(np.prod(factors[0])) * float(np.prod(factors[1]))
+            ranks = (len(x) if x is not None else None, len(ys) if ys is not None else None)
+            slots = [Slot(layer.value(role).name, axis) for role, axis in layer.op.mac_slots(attrs, *ranks)]
         except (TypeError, IndexError):
             log.debug("no concrete shapes for %s; its MACs are not counted", node.name)
             continue
@@ -155,8 +138,9 @@ def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
 
     names = []
     for node in model.graph:
-        if node.op_type in MAC_OPS and node.domain in ("", "ai.onnx"):
-            for v in (node.inputs[0], node.outputs[0]):
+        layer = layer_of(node)
+        if layer is not None:
+            for v in (layer.x, layer.y):
                 if v is not None and not is_constant(v):
                     names.append(v.name)
     return concrete_shapes(model, names, feeds) if names else {}

@@ -1,11 +1,11 @@
 """Latency targets, NetAdapt-style: a per-layer latency table measured with ONNX Runtime on
 this machine, then the real pruned model measured to close the loop.
 
-* Table: every Conv/ConvTranspose/Gemm/MatMul is rebuilt as a one-node model at the
-  concrete shapes it runs at, with its input/output channels scaled to a grid of kept
-  fractions (1, .75, .5, .25), and timed. A layer's latency at any width is interpolated
-  bilinearly on that grid (proportionally below the smallest fraction). Identical layers
-  are timed once.
+* Table: every weighted op (`ir.layers`: Conv, ConvTranspose, Gemm, MatMul) is rebuilt as
+  a one-node model at the concrete shapes it runs at, with its input/output channels
+  scaled to a grid of kept fractions (1, .75, .5, .25), and timed. A layer's latency at
+  any width is interpolated bilinearly on that grid (proportionally below the smallest
+  fraction). Identical layers are timed once.
 * Everything else (activations, norms, adds, pooling, memory traffic) is the rest: the
   whole model's measured latency minus the layers' dense latencies, scaled with the
   number of activation elements that remain.
@@ -21,10 +21,11 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.allocation.cost import MAC_OPS, CostModel
+from graphprune.allocation.cost import CostModel
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.layers import layer_of
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,13 @@ class LayerTable:
     def __init__(self, node: ir.Node, shapes: dict, threads: int, cache: dict):
         self.node = node
         op = node.op_type
-        x, w = node.inputs[0], node.inputs[1]
-        x_shape = list(shapes[x.name])
-        w_shape = list(const_array(w).shape)
+        layer = layer_of(node)
+        x_shape = list(shapes[layer.x.name])
+        w_shape = list(const_array(layer.w).shape)
         attrs = _attrs(node)
-        group = int(attrs.get("group", 1))
-        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-        self.depthwise = op == "Conv" and group > 1 and w_shape[1] == 1
+        self.axes = layer.op.axes(attrs, len(x_shape), len(w_shape))  # at the concrete ranks
+        has_bias = layer.b is not None
+        self.depthwise = self.axes.depthwise(w_shape)
         in_grid = (1.0,) if self.depthwise else GRID
         self.in_grid = np.array(sorted(in_grid))
         self.out_grid = np.array(sorted(GRID))
@@ -99,44 +100,29 @@ class LayerTable:
             for j, fo in enumerate(self.out_grid):
                 key = (op, tuple(x_shape), tuple(w_shape), repr(sorted(attrs.items())), has_bias, fi, fo, threads)
                 if key not in cache:
-                    xs, ws, a, blen = self._scaled(op, x_shape, w_shape, attrs, group, fi, fo)
+                    xs, ws, a, blen = self._scaled(x_shape, w_shape, attrs, fi, fo)
                     proto, feeds = _one_node_model(op, a, xs, ws, has_bias, blen)
                     cache[key] = time_session(_session(proto, threads), feeds)
                 self.table[i, j] = cache[key]
 
-    def _scaled(self, op, x_shape, w_shape, attrs, group, fi, fo):
+    def _scaled(self, x_shape, w_shape, attrs, fi, fo):
+        """(input shape, weight shape, attributes, bias length) of the layer with fi of its
+        input and fo of its output channels (per group); a depthwise conv scales its groups."""
         def sc(n, f):
             return max(1, int(round(n * f)))
 
+        ax = self.axes
         xs, ws, a = list(x_shape), list(w_shape), dict(attrs)
-        if op == "Conv":
-            if self.depthwise:
-                mult = w_shape[0] // group
-                g2 = sc(group, fo)
-                xs[1], ws[0], a["group"] = g2, g2 * mult, g2
-            else:
-                ig, og = w_shape[1], w_shape[0] // group
-                ig2, og2 = sc(ig, fi), sc(og, fo)
-                xs[1], ws[1], ws[0] = ig2 * group, ig2, og2 * group
-            return xs, ws, a, ws[0]
-        if op == "ConvTranspose":
-            ig, og = w_shape[0] // group, w_shape[1]
-            ig2, og2 = sc(ig, fi), sc(og, fo)
-            xs[1], ws[0], ws[1] = ig2 * group, ig2 * group, og2
-            return xs, ws, a, og2 * group
-        if op == "Gemm":
-            tb = int(attrs.get("transB", 0))
-            k_ax = 0 if int(attrs.get("transA", 0)) else 1
-            k2 = sc(x_shape[k_ax], fi)
-            xs[k_ax] = k2
-            n = w_shape[0] if tb else w_shape[1]
-            n2 = sc(n, fo)
-            ws = [n2, k2] if tb else [k2, n2]
-            return xs, ws, a, n2
-        # MatMul
-        k2, n2 = sc(w_shape[0], fi), sc(w_shape[1], fo)
-        xs[-1] = k2
-        return xs, [k2, n2], a, n2
+        if self.depthwise:
+            mult = w_shape[ax.w_out] // ax.group
+            g2 = sc(ax.group, fo)
+            xs[ax.x], ws[ax.w_out], a["group"] = g2, g2 * mult, g2
+            return xs, ws, a, ws[ax.w_out]
+        ig2, og2 = sc(ax.in_per_group_size(w_shape), fi), sc(ax.out_per_group_size(w_shape), fo)
+        xs[ax.x] = ig2 * ax.group
+        ws[ax.w_in] = ig2 if ax.in_per_group else ig2 * ax.group
+        ws[ax.w_out] = og2 if ax.out_per_group else og2 * ax.group
+        return xs, ws, a, og2 * ax.group
 
     def at(self, fi: float, fo: float) -> float:
         def interp1(grid, vals, f):
@@ -163,13 +149,11 @@ class LatencyModel:
         self.layers: list[LayerTable] = []
         terms = []
         for node in model.graph:
-            if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
+            layer = layer_of(node)
+            if layer is None or layer.w is None or not is_constant(layer.w) or layer.x is None \
+                    or layer.x.name not in shapes:
                 continue
-            if len(node.inputs) < 2 or not is_constant(node.inputs[1]) or node.inputs[0].name not in shapes:
-                continue
-            if node.op_type == "Gemm" and int(_attrs(node).get("transA", 0)):
-                continue
-            if node.op_type == "MatMul" and const_array(node.inputs[1]).ndim != 2:
+            if layer.op.matrix_problem(_attrs(node), const_array(layer.w).ndim):
                 continue
             try:
                 lt = LayerTable(node, shapes, threads, cache)
@@ -201,16 +185,9 @@ class LatencyModel:
 
     @staticmethod
     def _slots(node: ir.Node) -> list[Slot]:
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if node.op_type == "Conv":
-            return [Slot(x.name, 1), Slot(y.name, 1)]
-        if node.op_type == "ConvTranspose":
-            return [Slot(x.name, 1), Slot(y.name, 1)]
-        if node.op_type == "Gemm":
-            return [Slot(x.name, 1), Slot(y.name, 1)]
-        rank_x = len(x.shape) if x.shape is not None else 2
-        rank_y = len(y.shape) if y.shape is not None else 2
-        return [Slot(x.name, rank_x - 1), Slot(y.name, rank_y - 1)]
+        """(input channels, output channels): the order `predict` reads them in."""
+        layer = layer_of(node)
+        return [Slot(layer.x.name, layer.axes.x), Slot(layer.y.name, layer.axes.y)]
 
     def predict(self, selection: dict[int, list[int]]) -> float:
         f = self.frac.fractions(selection)

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from graphprune.ir.constants import is_constant
+from graphprune.ir.layers import layer_of
 from graphprune.ir.shapes import dims_of
-
-
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 @dataclass
@@ -36,6 +34,11 @@ class ResidualBlock:
     def key(self) -> tuple[str, str]:
         """Stable identity across loads: the two value names the Add joins."""
         return (self.skip, self.branch)
+
+
+def _has_weight(node: ir.Node) -> bool:
+    layer = layer_of(node)
+    return layer is not None and layer.w is not None and is_constant(layer.w)
 
 
 def _descendants(v: ir.Value) -> set[int]:
@@ -86,7 +89,7 @@ def find_residual_blocks(model: ir.Model) -> list[ResidualBlock]:
             nodes = _branch_nodes(skip, branch, below)
             if nodes is None:
                 continue
-            if not any(n.op_type in _WEIGHTED and any(is_constant(i) for i in n.inputs[1:2]) for n in nodes):
+            if not any(_has_weight(n) for n in nodes):
                 continue  # e.g. x + f(x) inside an activation: not a layer
             ids = {id(n) for n in nodes}
             closed = all(id(u.node) in ids or u.node is add for n in nodes for o in n.outputs for u in o.uses()) \

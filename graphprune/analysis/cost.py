@@ -3,16 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx_ir as ir
 
 from graphprune.ir.constants import const_producer, is_constant
-from graphprune.ir.shapes import dims_of
-
-
-def _prod(dims) -> int:
-    # symbolic dims, and the -1 some exporters write for a dynamic batch, count as 1
-    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims], dtype=np.int64)) if dims else 1
+from graphprune.ir.layers import layer_of, volume as _prod  # symbolic dims count as 1
 
 
 def node_macs(node: ir.Node) -> int:
@@ -24,31 +18,8 @@ def node_macs(node: ir.Node) -> int:
 
 
 def _node_macs(node: ir.Node) -> int:
-    op = node.op_type
-    if node.domain not in ("", "ai.onnx"):
-        return 0
-    if op == "Conv":
-        w, y = dims_of(node.inputs[1]), dims_of(node.outputs[0])
-        if w is None or y is None:
-            return 0
-        return _prod(y) * _prod(w[1:])
-    if op == "ConvTranspose":
-        x, w = dims_of(node.inputs[0]), dims_of(node.inputs[1])
-        if x is None or w is None:
-            return 0
-        return _prod(x) * _prod(w[1:])
-    if op == "Gemm":
-        a, y = dims_of(node.inputs[0]), dims_of(node.outputs[0])
-        if a is None or y is None:
-            return 0
-        k = a[0] if node.attributes.get("transA") and node.attributes["transA"].value else a[1]
-        return _prod(y) * _prod([k])
-    if op == "MatMul":
-        a, y = dims_of(node.inputs[0]), dims_of(node.outputs[0])
-        if a is None or y is None:
-            return 0
-        return _prod(y) * _prod([a[-1]])
-    return 0
+    layer = layer_of(node)
+    return 0 if layer is None else layer.macs()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Linear layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight) and their axes.
+"""Linear layers (the weighted ops of `ir.layers` with a constant weight) and their axes.
 
 Data-aware criteria and the repair passes need to know, for each layer, which input axis
 is contracted with which weight axis, where the outputs are, and how a convolution's
@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array, is_constant
-from graphprune.ir.shapes import dims_of
+from graphprune.ir.constants import const_array
+from graphprune.ir.layers import WeightedOp, layer_of
 
 
 @dataclass
 class Linear:
     node: ir.Node
-    kind: str  # conv | convtranspose | gemm | matmul
+    kind: str  # the op's family, lower case: conv | convtranspose | gemm | matmul
     x: ir.Value  # data input
     x_axis: int  # contracted channel axis of x
     w: ir.Value  # constant weight
@@ -28,6 +28,7 @@ class Linear:
     y_axis: int  # output channel axis
     b: ir.Value | None  # bias (None when absent or not a plain constant per output)
     group: int = 1
+    op: WeightedOp | None = None  # the `ir.layers` entry of node's op
 
     @property
     def name(self) -> str:
@@ -61,40 +62,14 @@ def _attr(node: ir.Node, name: str, default=None):
 
 
 def linear_of(node: ir.Node) -> Linear | None:
-    op = node.op_type
-    if node.domain not in ("", "ai.onnx"):
+    """`node` as a plain layer (`ir.layers`: constant weight, computed input, constant or no
+    bias, standard form), or None."""
+    layer = layer_of(node)
+    if layer is None or layer.op.plain_problem(node) is not None:
         return None
-    ins = list(node.inputs)
-    if op in ("Conv", "ConvTranspose") and len(ins) >= 2 and ins[0] is not None and is_constant(ins[1]) \
-            and not is_constant(ins[0]):
-        b = ins[2] if len(ins) > 2 and ins[2] is not None and is_constant(ins[2]) else None
-        if len(ins) > 2 and ins[2] is not None and b is None:
-            return None  # a computed bias: not a layer we can rewrite
-        group = int(_attr(node, "group", 1))
-        if op == "Conv":
-            return Linear(node, "conv", ins[0], 1, ins[1], 1, 0, node.outputs[0], 1, b, group)
-        return Linear(node, "convtranspose", ins[0], 1, ins[1], 0, 1, node.outputs[0], 1, b, group)
-    if op == "Gemm" and len(ins) >= 2 and is_constant(ins[1]) and not is_constant(ins[0]):
-        ta, tb = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
-        if ta:
-            return None
-        c = ins[2] if len(ins) > 2 else None
-        b = None
-        if c is not None:
-            dc = dims_of(c)
-            if not is_constant(c) or dc is None or len(dc) != 1:
-                return None
-            b = c
-        alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
-        if alpha != 1.0 or beta != 1.0:
-            return None
-        return Linear(node, "gemm", ins[0], 1, ins[1], 1 if tb else 0, 0 if tb else 1, node.outputs[0], 1, b)
-    if op == "MatMul" and len(ins) == 2 and is_constant(ins[1]) and not is_constant(ins[0]):
-        da, db, dy = dims_of(ins[0]), dims_of(ins[1]), dims_of(node.outputs[0])
-        if da is None or db is None or dy is None or len(db) != 2 or len(da) < 2:
-            return None
-        return Linear(node, "matmul", ins[0], len(da) - 1, ins[1], 0, 1, node.outputs[0], len(dy) - 1, None)
-    return None
+    ax = layer.axes
+    return Linear(node, layer.op.kind, layer.x, ax.x, layer.w, ax.w_in, ax.w_out, layer.y, ax.y, layer.b, ax.group,
+                  layer.op)
 
 
 def linear_layers(model: ir.Model) -> list[Linear]:

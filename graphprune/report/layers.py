@@ -4,22 +4,21 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphprune.analysis.cost import node_macs
+from graphprune.ir.layers import attrs_of, weighted_op
 from graphprune.ir.shapes import dims_of
-
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _out_width(node: ir.Node) -> int | None:
     d = dims_of(node.outputs[0])
     if not d:
         return None
-    axis = 1 if node.op_type in ("Conv", "ConvTranspose") else len(d) - 1
+    axis = weighted_op(node).axes(attrs_of(node), y_rank=len(d)).y
     return d[axis] if isinstance(d[axis], int) else None
 
 
 def layer_table(model: ir.Model) -> dict[str, dict]:
     return {n.name: {"op": n.op_type, "width": _out_width(n), "macs": node_macs(n)}
-            for n in model.graph if n.op_type in WEIGHTED and n.domain in ("", "ai.onnx")}
+            for n in model.graph if weighted_op(n) is not None}
 
 
 def compare_layers(before: ir.Model, after: ir.Model) -> list[dict]:

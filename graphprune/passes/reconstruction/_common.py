@@ -178,7 +178,7 @@ def output_error(model: ir.Model, dense: ir.Model, calibration, max_batches: int
 
 def bias_input_index(lin: Linear) -> int | None:
     """Where a bias goes for this layer (None: the op has no bias input)."""
-    return 2 if lin.kind in ("conv", "convtranspose", "gemm") else None
+    return lin.op.bias
 
 
 def current_bias(lin: Linear, n_out: int) -> np.ndarray:

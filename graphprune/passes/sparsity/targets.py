@@ -27,12 +27,13 @@ import onnx_ir as ir
 
 from graphprune.importance.layers import Linear, linear_of
 from graphprune.ir.constants import const_array
+from graphprune.ir.layers import weighted_op
 
 
 @dataclass
 class Target:
     lin: Linear
-    op: str  # MatMul | Gemm | Conv
+    op: str  # the weight layout: the op's family, MatMul | Gemm | Conv
     out_axis: int
     in_axis: int
     ig: int  # input channels per group (Gemm/MatMul: K)
@@ -132,7 +133,7 @@ def find_targets(model: ir.Model, *, ignore: list[str] | None = None, skip_first
     lins = []
     skipped: list[dict] = []
     for node in model.graph:
-        if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose") and node.domain in ("", "ai.onnx"):
+        if weighted_op(node) is not None:
             lin = linear_of(node)
             if lin is None:
                 if len(node.inputs) > 1 and node.inputs[1] is not None and const_array(node.inputs[1]) is not None:
@@ -173,9 +174,8 @@ def find_targets(model: ir.Model, *, ignore: list[str] | None = None, skip_first
             skip("final classifier (skip_last)")
             continue
         if lin.kind == "conv":
-            out.append(Target(lin, "Conv", 0, 1, int(w.shape[1]), int(np.prod(w.shape[2:], dtype=np.int64)),
+            out.append(Target(lin, lin.op.family, 0, 1, int(w.shape[1]), int(np.prod(w.shape[2:], dtype=np.int64)),
                               lin.group, tuple(int(k) for k in w.shape[2:])))
         else:
-            op = "Gemm" if lin.kind == "gemm" else "MatMul"
-            out.append(Target(lin, op, lin.w_out_axis, lin.w_in_axis, int(w.shape[lin.w_in_axis]), 1, 1))
+            out.append(Target(lin, lin.op.family, lin.w_out_axis, lin.w_in_axis, int(w.shape[lin.w_in_axis]), 1, 1))
     return out, skipped
