@@ -67,3 +67,16 @@ def test_ppocr_prunes_at_ratio_03(name, tmp_path):
     # the text-like inputs make the outputs carry signal (not a saturated, trivially equal output)
     y = oracle.session(ir.load(path)).run(None, feeds[0])[0]
     assert float(np.std(y)) > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ppocr_oracle_fails_a_pruned_model_against_an_empty_plan(name):
+    """Issue 12: at its old 32x32 random inputs the det Sigmoid is <= 3e-8 everywhere, so any
+    model passed. At the representative shape, judged on the logits, the pair must fail."""
+    from graphprune.plan import Plan
+
+    path = os.path.join(MODELS, name)
+    res = gp.prune(gp.load(path), 0.3)
+    r = oracle.check(ir.load(path), res.model, Plan(tensors=[], groups=[]), n_random=1)
+    assert not r.ok and r.refused is None, r.summary()
+    assert any(not d.ok for d in r.diffs)
