@@ -167,3 +167,77 @@ def test_user_and_model_errors_exit_codes(argv, code, says, exit_code_inputs, tm
     assert "internal error" not in e and says in lines[0], ctx
     assert _hashes(f) == before, ctx  # inputs untouched
     assert not (tmp_path / "out.onnx").exists(), ctx
+
+
+# ---- every path-like option pointed at the input model (issue 12 §3) --------------------
+# Each case names an input as something graphprune would write. Expected: exit 2 before
+# any work, one line, no traceback, every input byte-identical, no file added or removed.
+
+def _path_option_inputs(d, samples_dir):
+    import shutil
+
+    import onnx
+
+    shutil.copy(samples_dir / "tiny_resnet.onnx", d / "in.onnx")
+    shutil.copy(samples_dir / "tiny_resnet.onnx", d / "x.plan.json")  # a model whose name is x.onnx's plan path
+    (d / "link.onnx").symlink_to(d / "in.onnx")
+    os.link(d / "in.onnx", d / "hard.onnx")
+    (d / "ext").mkdir()
+    proto = onnx.load(str(samples_dir / "tiny_resnet.onnx"))
+    onnx.save_model(proto, str(d / "ext" / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    (d / "notes.txt").write_text("the user's")
+
+
+PATH_OPTION_CASES = [
+    ["prune", "{in}", "-o", "{in}", "--no-bench"],
+    ["prune", "{link}", "-o", "{in}", "--no-bench"],
+    ["prune", "{in}", "-o", "{hard}", "--no-bench"],
+    ["prune", "{in}", "-o", "{d}/out.onnx", "--save-config", "{in}", "--no-bench"],
+    ["prune", "{in}", "--save-config", "{link}", "--dry-run"],
+    ["--log-file", "{in}", "prune", "{in}", "-o", "{d}/out.onnx", "--no-bench"],
+    ["--log-file", "{in}", "inspect", "{in}"],
+    ["--log-file", "{in}", "inspect", "{in}", "--json"],
+    ["--log-file", "{in}", "check", "{in}", "{hard}", "--plan", "{d}/none.plan.json"],
+    ["prune", "{x}", "-o", "{d}/x.onnx", "--no-bench"],  # the plan path is the input
+    ["prune", "{in}", "--plan", "{in}", "-o", "{d}/out.onnx", "--no-bench"],
+    ["prune", "{ext}", "-o", "{d}/out.onnx", "--save-config", "{d}/ext/weights.bin", "--no-bench"],
+    ["prune", "{in}", "-o", "{d}/notes.txt.onnx", "--save-config", "{d}/notes.txt", "--no-bench",
+     "--inputs", "{d}/notes.txt"],
+    ["compile", "{in}", "--target", "x86", "-o", "{d}"],
+    ["compile", "{in}", "--target", "x86", "-o", "{d}", "--force"],
+    ["compile", "{ext}", "--target", "x86", "-o", "{d}/ext"],
+    ["compile", "{in}", "--target", "x86", "-o", "{in}"],
+    ["compile", "{in}", "--target", "x86", "-o", "{d}/c", "--save-config", "{in}"],
+    ["--log-file", "{in}", "compile", "{in}", "--target", "x86", "-o", "{d}/c"],
+    ["bench", "{in}", "--json", "{in}"],
+    ["bench", "{in}", "{hard}", "--json", "{link}"],
+]
+
+
+def _tree_hashes(d) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv", PATH_OPTION_CASES, ids=[" ".join(c) for c in PATH_OPTION_CASES])
+def test_path_options_pointed_at_the_input(argv, samples_dir, tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    _path_option_inputs(d, samples_dir)
+    names = {"in": d / "in.onnx", "link": d / "link.onnx", "hard": d / "hard.onnx", "x": d / "x.plan.json",
+             "ext": d / "ext" / "model.onnx", "d": d}
+    args = [a.format(**names) for a in argv]
+    before = _tree_hashes(d)
+    err, so = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(so):
+        rc = main(args)
+    e = err.getvalue()
+    ctx = f"{args}: rc={rc} stderr={e[-600:]!r}"
+    assert rc == 2, ctx
+    assert "Traceback" not in e and "internal error" not in e, ctx
+    assert len([ln for ln in e.strip().splitlines() if not ln.startswith("  hint:")]) == 1, ctx
+    assert _tree_hashes(d) == before, ctx  # inputs byte-identical, no stray or missing file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"], ctx
