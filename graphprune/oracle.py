@@ -31,13 +31,36 @@ _NP_OF_ONNX = {
 }
 
 
+def _zero_slices(model: ir.Model, entries: list[dict]) -> None:
+    """Zero each plan entry's slice (`{"name", "axis", "removed"}`) of a constant of `model`."""
+    values = {v.name: v for v in model.graph.initializers.values()}
+    for node in model.graph:
+        for o in node.outputs:
+            values.setdefault(o.name, o)
+    for t in entries:
+        v = values.get(t["name"])
+        if v is None or not is_constant(v):
+            raise PlanError(f"plan lists tensor {t['name']!r}, which is not a constant of this model")
+        arr = const_array(v).copy()
+        check_slice(t, arr.shape)
+        idx = [slice(None)] * arr.ndim
+        idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
+        arr[tuple(idx)] = 0
+        set_const_array(v, arr)
+
+
 def _zero_branches(model: ir.Model, plan: Plan) -> None:
-    """Depth pruning: the removed blocks' branch outputs become zero (Add(skip, 0·branch))."""
+    """Depth pruning: the removed blocks' branch outputs become zero. A block records the
+    slices whose zeroing does that (its part of the JSON `tensors`); a plan written before
+    blocks were listed in `tensors` has none, and its branches are multiplied by 0."""
     for b in plan.blocks:
         adds = [n for n in model.graph if n.op_type == "Add" and
                 {v.name for v in n.inputs if v is not None} == {b["skip"], b["branch"]}]
         if len(adds) != 1:
             raise PlanError(f"plan removes a residual block {b['skip']} + {b['branch']} this model does not have")
+        if "tensors" in b:
+            _zero_slices(model, b["tensors"])
+            continue
         add = adds[0]
         k = [i for i, v in enumerate(add.inputs) if v.name == b["branch"]][0]
         branch = add.inputs[k]
@@ -53,20 +76,7 @@ def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
     """Zero the plan's slices (and removed blocks' branches) in `model`, in place."""
     plan.validate()
     _zero_branches(model, plan)
-    values = {v.name: v for v in model.graph.initializers.values()}
-    for node in model.graph:
-        for o in node.outputs:
-            values.setdefault(o.name, o)
-    for t in plan.tensors:
-        v = values.get(t["name"])
-        if v is None or not is_constant(v):
-            raise PlanError(f"plan lists tensor {t['name']!r}, which is not a constant of this model")
-        arr = const_array(v).copy()
-        check_slice(t, arr.shape)
-        idx = [slice(None)] * arr.ndim
-        idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
-        arr[tuple(idx)] = 0
-        set_const_array(v, arr)
+    _zero_slices(model, plan.tensors)
     return model
 
 

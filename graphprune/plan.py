@@ -30,11 +30,21 @@ class Plan:
     model: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
-    blocks: list[dict] = field(default_factory=list)  # removed residual blocks (depth pruning)
+    # removed residual blocks (depth pruning); each block's "tensors" are the slices whose
+    # zeroing makes its branch zero — written into the JSON `tensors` list, tagged "block"
+    blocks: list[dict] = field(default_factory=list)
+
+    def block_tensors(self) -> list[dict]:
+        """The removed blocks' zeroed slices as `tensors` entries tagged with their branch."""
+        return [{**t, "block": b["branch"]} for b in self.blocks for t in b.get("tensors", ())]
 
     def to_json(self) -> dict:
+        # `tensors` holds every removal (channels and blocks): zeroing all of it in the input
+        # model gives the masked original. Plans before this kept blocks out of `tensors`;
+        # they still read (their blocks have no "tensors": the oracle zeroes the branch).
         return {"version": self.version, "model": self.model, "settings": self.settings,
-                "tensors": self.tensors, "groups": self.groups, "blocks": self.blocks}
+                "tensors": self.tensors + self.block_tensors(), "groups": self.groups,
+                "blocks": [{k: v for k, v in b.items() if k != "tensors"} for b in self.blocks]}
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -47,8 +57,20 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         validate_plan(data)
-        return cls(tensors=data["tensors"], groups=data.get("groups", []), model=data.get("model", {}),
-                   settings=data.get("settings", {}), blocks=data.get("blocks", []))
+        blocks = [dict(b) for b in data.get("blocks", [])]
+        by_branch = {b["branch"]: b for b in blocks}
+        tensors = []
+        for t in data["tensors"]:
+            if "block" not in t:
+                tensors.append(t)
+            elif isinstance(t["block"], str) and t["block"] in by_branch:
+                by_branch[t["block"]].setdefault("tensors", []).append(
+                    {k: v for k, v in t.items() if k != "block"})
+            else:
+                raise PlanError(f"plan tensors entry for {t['name']!r} belongs to block {_short(t['block'])}, "
+                                "which the plan's 'blocks' list does not have")
+        return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
+                   settings=data.get("settings", {}), blocks=blocks)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":

@@ -3,7 +3,9 @@
 Which blocks go is decided by a criterion — block influence (how much the block changes
 the stream on calibration or random inputs: ‖branch‖ / ‖skip + branch‖), weight
 magnitude, or a user list — never by the pass on its own. The plan records the removed
-blocks; the oracle compares with the original whose removed branches are zeroed.
+blocks, and — the public contract — the constant slices whose zeroing makes each removed
+branch exactly zero (`branch_zeroing`): its last layer's weight and bias, or a closing
+norm's scale and bias. A block whose branch cannot be zeroed that way is not removed.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import onnx_ir as ir
 
 from graphprune.analysis.blocks import ResidualBlock, find_residual_blocks
 from graphprune.errors import PlanError, UsageError
+from graphprune.ir.constants import const_array, is_constant
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.cleanup.dce import eliminate_dead_code
 
@@ -62,6 +65,83 @@ def block_magnitude(model: ir.Model, blocks: list[ResidualBlock]) -> dict[str, f
     return scores
 
 
+# Ops whose output is 0 where their (only data) input is 0: the zeroing walks through them.
+_ZERO_KEEPING = frozenset({"Identity", "Relu", "LeakyRelu", "Dropout", "Reshape", "Transpose", "Flatten", "Squeeze",
+                           "Unsqueeze", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+
+
+def branch_zeroing(block: ResidualBlock, model: ir.Model) -> list[dict] | None:
+    """Plan `tensors` entries (whole tensors: every index on axis 0) whose zeroing in the
+    input model makes the block's branch output exactly zero, or None when that cannot be
+    expressed through constant slices.
+
+    Walking back from the branch output through zero-keeping ops and Adds, each path must end
+    at a *terminal* made zero by its constants alone: Conv/ConvTranspose/Gemm/MatMul with a
+    constant weight (weight and bias zeroed), Mul by a constant, BatchNormalization or
+    LayerNormalization (scale and bias zeroed); an Add of a constant zeroes that constant too.
+    A zeroed tensor must be read by its terminal only (a weight shared with other layers
+    would change them), float, and of rank >= 1; an already all-zero tensor needs no entry.
+    No terminal may feed another, so every terminal reads the inputs it had."""
+    graph_nodes = {n.name: n for n in model.graph}
+    inside = {id(graph_nodes[name]) for name in block.nodes if name in graph_nodes}
+    entries: dict[str, dict] = {}
+    terminals: list[ir.Node] = []
+
+    def zero_const(v: ir.Value | None, node: ir.Node) -> bool:
+        if v is None:
+            return True
+        if not is_constant(v):
+            return False
+        arr = const_array(v)
+        if arr is None or not np.issubdtype(arr.dtype, np.floating):
+            return False
+        if not arr.any():
+            return True  # zeroing zeros is a no-op (e.g. an exporter's shared zero bias)
+        if arr.ndim == 0 or any(u.node is not node for u in v.uses()):
+            return False
+        entries[v.name] = {"name": v.name, "axis": 0, "removed": list(range(int(arr.shape[0])))}
+        return True
+
+    def make_zero(v: ir.Value) -> bool:
+        node = v.producer()
+        if node is None or id(node) not in inside or node.domain not in ("", "ai.onnx"):
+            return False
+        op, ins = node.op_type, list(node.inputs)
+        if op in _ZERO_KEEPING:
+            return bool(ins) and ins[0] is not None and make_zero(ins[0])
+        if op == "Add" and len(ins) == 2:
+            return all(zero_const(x, node) if is_constant(x) else make_zero(x) for x in ins)
+        terminals.append(node)
+        if op in ("Conv", "ConvTranspose"):
+            return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
+        if op in ("Gemm", "MatMul", "Mul") and len(ins) >= 2:
+            const = [x for x in ins[:2] if is_constant(x)]
+            bias = ins[2] if op == "Gemm" and len(ins) > 2 else None
+            return len(const) >= 1 and zero_const(const[-1], node) and zero_const(bias, node)
+        if op == "BatchNormalization" and len(node.outputs) == 1 or op == "LayerNormalization":
+            return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
+        return False
+
+    branch = next((o for n in model.graph if n.name == block.add for o in n.inputs
+                   if o is not None and o.name == block.branch), None)
+    if branch is None or not make_zero(branch):
+        return None
+    # a terminal downstream of another could read a changed (e.g. divided-by-zero) input
+    term_ids = {id(t) for t in terminals}
+    for t in terminals:
+        stack, seen = list(t.outputs), set()
+        while stack:
+            for use in stack.pop().uses():
+                n = use.node
+                if id(n) in seen or id(n) not in inside:
+                    continue
+                if id(n) in term_ids:
+                    return None
+                seen.add(id(n))
+                stack.extend(n.outputs)
+    return sorted(entries.values(), key=lambda t: t["name"])
+
+
 def remove_blocks(model: ir.Model, blocks: list[ResidualBlock]) -> None:
     for b in blocks:
         add = model.graph.node(b.add)
@@ -99,6 +179,11 @@ class PruneBlocks(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         opts = dict(self.options)
         found = find_residual_blocks(model)
+        zeroing = {b.id: branch_zeroing(b, model) for b in found}
+        inexact = [b.id for b in found if zeroing[b.id] is None]
+        if inexact:
+            log.info("prune-blocks: %d residual block(s) kept, their branch cannot be zeroed through constant "
+                     "slices (the plan could not rebuild their removal): %s", len(inexact), ", ".join(inexact[:5]))
         by_id = {b.id: b for b in found}
         by_key = {b.key: b for b in found}
         plan_in = ctx.results.get("plan_in")
@@ -108,12 +193,17 @@ class PruneBlocks(Pass):
                 raise PlanError(f"plan removes residual block {missing[0]['skip']} + {missing[0]['branch']}, "
                                 "which this model does not have", hint="was the plan made for another model?")
             wanted = [by_key[(e["skip"], e["branch"])].id for e in plan_in.blocks]
+            for e, w in zip(plan_in.blocks, wanted):
+                if "tensors" in e and zeroing[w] is not None and \
+                        sorted(map(repr, e["tensors"])) != sorted(map(repr, zeroing[w])):
+                    raise PlanError(f"plan zeroes other slices for residual block {e['skip']} + {e['branch']} than "
+                                    "this model's branch needs", hint="was the plan made for another model?")
         elif opts.get("blocks"):
             wanted = opts["blocks"] if isinstance(opts["blocks"], list) else [opts["blocks"]]
         else:
             n = int(opts.get("n", 0))
             protect = set(opts.get("protect") or [])
-            cands = [b for b in found if b.id not in protect]
+            cands = [b for b in found if b.id not in protect and zeroing[b.id] is not None]
             if n > len(cands):
                 raise UsageError(f"prune-blocks: asked for {n} blocks, the model has {len(cands)} removable ones")
             crit = opts.get("criterion", "influence")
@@ -133,9 +223,14 @@ class PruneBlocks(Pass):
         # A block nested in another chosen block disappears with it: keep the outer one only.
         inner = {n for b in chosen for n in b.nodes}
         chosen = [b for b in chosen if b.add not in inner]
+        bad = [b for b in chosen if zeroing[b.id] is None]
+        if bad:
+            raise PlanError(f"residual block {bad[0].add} cannot be removed exactly: its branch ({bad[0].branch}) does "
+                            "not end in a layer or norm whose constants can be zeroed (plans list every removal as "
+                            "zeroed tensor slices)", hint="see `graphprune inspect --blocks`; choose another block")
         ctx.results.setdefault("removed_blocks", []).extend(
             {"add": b.add, "skip": b.skip, "branch": b.branch, "nodes": len(b.nodes), "params": b.params,
-             "score": ctx.results.get("block_scores", {}).get(b.id)} for b in chosen)
+             "score": ctx.results.get("block_scores", {}).get(b.id), "tensors": zeroing[b.id]} for b in chosen)
         from graphprune.plan import Plan
 
         plan = ctx.results.setdefault("plan", Plan(tensors=[], groups=[]))
