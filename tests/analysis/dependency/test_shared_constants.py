@@ -83,3 +83,33 @@ def test_inspect_says_what_was_untied(capsys):
     model = gp.load(_two_ffns(np.zeros(16, np.float32)).SerializeToString())
     data = inspect_data(model, gp.analyze(model))
     assert data["untied"] == {"shared_b": ["shared_b__untied1"]}
+
+
+def test_bert_default_init_has_head_and_ffn_groups(tmp_path):
+    """transformers' BERT at default init (all-zero biases, stored once by the exporter):
+    2 head groups and 2 FFN groups, not 1 merged group; heads prune with the oracle."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import warnings
+
+    from zoo.hf_models import HF_ZOO, _Wrap, example
+
+    model, kind = HF_ZOO["bert"]()  # no randomize(): the default init is the point
+    path = str(tmp_path / "bert.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Wrap(model).eval(), (example(kind),), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    proto = onnx.load(path)
+    shared = [i.name for i in proto.graph.initializer if i.name == "m.embeddings.LayerNorm.bias"]
+    assert shared  # the exporter did share the zero bias (else this test tests nothing)
+    dg = gp.analyze(gp.load(path))
+    widths = sorted(g.num_atoms for g in dg.prunable_groups)
+    assert widths == [4, 4, 48, 48], widths
+    heads = {g.id for g in dg.prunable_groups if g.num_atoms == 4}
+    pruned, plan, _ = prune_and_check(proto, selection={h: [1] for h in heads}, min_groups=4)
+    assert {g["id"] for g in plan.groups} == heads
+    assert {t["name"] for t in plan.tensors} <= {i.name for i in proto.graph.initializer}
