@@ -155,13 +155,18 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     checks: dict = {}
     original = gp.load(src, fold=False)
     feeds_sess = oracle.input_session(str(src))
-    feeds = oracle.random_inputs(feeds_sess, seed=opts.seed, shapes=opts.input_shapes)
+    calib = ctx.results.get("calibration")
+    shapes = oracle.representative_shapes(feeds_sess, user=opts.input_shapes,  # one resolution per run
+                                          calib=calib.first() if calib is not None else None)
+    feeds = oracle.random_inputs(feeds_sess, seed=opts.seed, shapes=shapes)
     if opts.check and plan.tensors:
-        res = oracle.check(original, model, plan, shapes=opts.input_shapes)
-        checks["oracle"] = {"ok": res.ok, "summary": res.summary()}
+        res = oracle.check(original, model, plan, shapes=shapes)
+        checks["oracle"] = {"ok": res.ok, "summary": res.summary(), "inputs": shapes.describe()}
+        log_fn(f"oracle inputs: {shapes.describe()}")
         log_fn(res.summary())
         if not res.ok:
-            raise OracleMismatchError("pruned model differs from the masked original; nothing was written")
+            raise OracleMismatchError((f"nothing was compared: {res.refused}" if res.refused else
+                                       "pruned model differs from the masked original") + "; nothing was written")
     if opts.repair:  # after the oracle: repair changes weights beyond zeroing
         from graphprune.passes.reconstruction.repair import run_repair
 

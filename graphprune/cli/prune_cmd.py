@@ -220,20 +220,27 @@ def _run(args, temps: list) -> int:
         import gc
 
         gc.collect()  # the old IR graph is cyclic (nodes <-> values): free it now, not later
+    calib = ctx.results.get("calibration")  # the oracle's random inputs take its shapes (input_shapes)
+    calib_feeds = calib.first() if calib is not None and not args.no_check else None
     if not args.no_check and big:
         try:
-            res = oracle.check_files(str(src), str(staged), plan, inputs=load_inputs(args.inputs), shapes=shapes)
+            res = oracle.check_files(str(src), str(staged), plan, inputs=load_inputs(args.inputs), shapes=shapes,
+                                     calib=calib_feeds)
         except BaseException:
             _remove_model(staged)
             raise
     elif not args.no_check:
         original = gp.load(src, fold=False)
-        res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs), shapes=shapes)
+        res = oracle.check(original, model, plan, inputs=load_inputs(args.inputs), shapes=shapes, calib=calib_feeds)
+    if not args.no_check:  # both paths: a FAIL (or nothing compared) writes nothing
+        if res.shapes is not None:
+            print(f"oracle inputs: {res.shapes.describe()}")
         print(res.summary())
         if not res.ok:
             if staged is not None:
                 _remove_model(staged)
             raise OracleMismatchError(
+                f"nothing was compared: {res.refused}" if res.refused else
                 "pruned model differs from the masked original: " +
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
                 hint="nothing was written; please report this model")
