@@ -80,3 +80,19 @@ def test_ppocr_oracle_fails_a_pruned_model_against_an_empty_plan(name):
     r = oracle.check(ir.load(path), res.model, Plan(tensors=[], groups=[]), n_random=1)
     assert not r.ok and r.refused is None, r.summary()
     assert any(not d.ok for d in r.diffs)
+
+
+def test_ppocr_rec_dynamic_width_keeps_conv_groups():
+    """At dynamic height/width shape inference loses every rank after the neck's run-time
+    Reshape; the convs' weights fix their channels, so as many groups are prunable as at a
+    static 48x320 input, and the pruned model passes the oracle at several widths."""
+    path = os.path.join(MODELS, "ch_PP-OCRv4_rec_infer.onnx")
+    static = gp.analyze(gp.load(path, input_shapes={"x": [1, 3, 48, 320]}))
+    model = gp.load(path)
+    dynamic = gp.analyze(model)
+    assert len(dynamic.prunable_groups) == len(static.prunable_groups) == 24
+    res = gp.prune(model, 0.3)
+    assert len(res.plan.groups) == 24
+    feeds = [{"x": text_like(48, w, s)} for s, w in ((0, 97), (1, 320))]
+    r = oracle.check(ir.load(path), res.model, res.plan, inputs=feeds, n_random=0)
+    assert r.ok, r.diffs
