@@ -167,3 +167,27 @@ def test_check_takes_input_shape(tmp_path, capsys):
     assert main(["check", m, m, "--plan", str(tmp_path / "p.plan.json"), "--random", "1",
                  "--input-shape", "x:1,3,40,24"]) == 0
     assert "1×3×40×24 (--input-shape)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", ["big", "files"])
+def test_large_model_paths_share_the_judgement(path, tmp_path, monkeypatch):
+    """The large-model oracles (`_check_big`, `check_files`) judge saturating outputs on their
+    logits and refuse empty comparisons like `check` (they compared the outputs only)."""
+    import graphprune.ir.serialize as serialize
+
+    w1 = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    other = w1.copy()
+    other[:2] = 0
+
+    def run(a, b):
+        if path == "big":
+            monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+            return oracle.check(a, b, Plan([], []), n_random=2)
+        pa, pb = _save(a, tmp_path / "a.onnx"), _save(b, tmp_path / "b.onnx")
+        return oracle.check_files(pa, pb, Plan([], []), n_random=2)
+
+    assert not run(_conv_sigmoid(w1), _conv_sigmoid(other)).ok
+    assert run(_conv_sigmoid(w1), _conv_sigmoid(w1)).ok
+    refused = run(_tiny_output_model(1e-9), _tiny_output_model(3e-9))
+    assert not refused.ok and refused.refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if path == "big" else ["a.onnx", "b.onnx"])
