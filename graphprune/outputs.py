@@ -179,12 +179,18 @@ def check_paths(inputs: list[tuple[str, str | os.PathLike]], files: list[tuple[s
             if _inside(inp, out):
                 raise UsageError(f"{what} {out} holds the {iwhat} {inp}; graphprune never writes into a "
                                  "folder that holds its inputs", hint="choose a new or empty folder")
+            if inp.is_dir() and _inside(out, inp):
+                raise UsageError(f"{what} {out} is inside the {iwhat} folder {inp}",
+                                 hint="choose a folder outside the inputs")
     outs = files + folders
     for i, (wa, a) in enumerate(outs):
         for wb, b in outs[i + 1:]:
-            if same_path(a, b) or ((wa, a) in files and (wb, b) in folders and _inside(a, b)) or \
-                    ((wb, b) in files and (wa, a) in folders and _inside(b, a)):
+            if same_path(a, b):
                 raise UsageError(f"{wa} {a} and {wb} {b} are the same path", hint="give each output its own path")
+            for (wf, f), (wd, d) in (((wa, a), (wb, b)), ((wb, b), (wa, a))):
+                if (wf, f) in files and (wd, d) in folders and _inside(f, d):
+                    raise UsageError(f"{wf} {f} is inside the {wd} {d}, which graphprune writes as a whole",
+                                     hint="write it outside that folder")
 
 
 # ---- output folders --------------------------------------------------------------------

@@ -122,6 +122,8 @@ def run(args) -> int:
              f"{base / x['median_ms']:.2f}x"] for x in results]
     print(table(rows, ["artifact", "median ms", "p90 ms", "min ms", "runs", "speed vs first"]))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"results": results, "threads": args.threads,
-                                                   "repeats": args.repeats, "warmup": args.warmup}, indent=1))
+        from graphprune.outputs import write_text_atomic
+
+        write_text_atomic(args.json_out, json.dumps({"results": results, "threads": args.threads,
+                                                     "repeats": args.repeats, "warmup": args.warmup}, indent=1))
     return 0
