@@ -49,17 +49,19 @@ def _zero_slices(model: ir.Model, entries: list[dict]) -> None:
         set_const_array(v, arr)
 
 
-def _zero_branches(model: ir.Model, plan: Plan) -> None:
+def _zero_branches(model: ir.Model, plan: Plan, zero_slices: bool = True) -> None:
     """Depth pruning: the removed blocks' branch outputs become zero. A block records the
     slices whose zeroing does that (its part of the JSON `tensors`); a plan written before
-    blocks were listed in `tensors` has none, and its branches are multiplied by 0."""
+    blocks were listed in `tensors` has none, and its branches are multiplied by 0.
+    `zero_slices=False`: the caller zeroed the blocks' slices itself (on disk)."""
     for b in plan.blocks:
         adds = [n for n in model.graph if n.op_type == "Add" and
                 {v.name for v in n.inputs if v is not None} == {b["skip"], b["branch"]}]
         if len(adds) != 1:
             raise PlanError(f"plan removes a residual block {b['skip']} + {b['branch']} this model does not have")
         if "tensors" in b:
-            _zero_slices(model, b["tensors"])
+            if zero_slices:
+                _zero_slices(model, b["tensors"])
             continue
         add = adds[0]
         k = [i for i, v in enumerate(add.inputs) if v.name == b["branch"]][0]
@@ -440,7 +442,7 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
         os.makedirs(os.path.dirname(os.path.join(dst_dir, loc)) or dst_dir, exist_ok=True)
         shutil.copyfile(os.path.join(base, loc), os.path.join(dst_dir, loc))
     by_name = {t.name: t for t in proto.graph.initializer}
-    for entry in plan.tensors:
+    for entry in plan.tensors + plan.block_tensors():
         t = by_name.get(entry["name"])
         if t is None:
             raise PlanError(f"plan lists tensor {entry['name']!r}, which is not an initializer of this model")
@@ -462,7 +464,7 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
     out = os.path.join(dst_dir, "masked.onnx")
     if plan.blocks:
         model = ir.serde.deserialize_model(proto)
-        _zero_branches(model, plan)
+        _zero_branches(model, plan, zero_slices=False)  # the blocks' slices: zeroed above, on disk
         proto = ir.serde.serialize_model(model)
     onnx.save(proto, out)
     return out

@@ -185,3 +185,19 @@ def test_block_whose_branch_cannot_be_zeroed_is_not_removed():
         gp.prune(gp.load(proto.SerializeToString()), 0.0, remove_blocks=2)
     with pytest.raises(PlanError, match="cannot be removed exactly"):
         gp.prune(gp.load(proto.SerializeToString()), 0.0, blocks=[blocks[0].add])
+
+
+def test_depth_plan_checks_on_disk_with_external_data(tmp_path):
+    """The on-disk oracle (large models, external data) zeroes the blocks' slices in the
+    data file copy, as it does the channels' (reading them through the IR found no file)."""
+    from graphprune.cli.main import main
+
+    src = tmp_path / "m" / "r.onnx"
+    src.parent.mkdir()
+    onnx.save(tiny_resnet(), src, save_as_external_data=True, all_tensors_to_one_file=True, location="r.data",
+              size_threshold=0)
+    out = tmp_path / "d.onnx"
+    assert main(["prune", str(src), "--remove-blocks", "2", "--ratio", "0.2", "-o", str(out), "--no-bench"]) == 0
+    plan = Plan.load(tmp_path / "d.plan.json")
+    assert plan.block_tensors()
+    assert oracle.check_files(str(src), str(out), plan).ok
