@@ -214,3 +214,20 @@ def test_sigterm_leaves_no_temporary_and_no_half_result(model):
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode in (143, -15) and "Traceback" not in p.stderr, p.stderr
     assert list(out.iterdir()) == []  # no model without its plan, no temporary file
+
+
+def test_outputs_inside_input_folders_or_the_compile_folder(model, tmp_path):
+    d = model.parent
+    (d / "imgs").mkdir()
+    (d / "imgs" / "a.png").write_bytes(b"not really")
+    (d / "c").mkdir()
+    (d / "c" / "report.json").write_text("{}")  # a compile folder given to bench
+    before = tree(d)
+    cases = [["compile", model, "-o", d / "imgs" / "out", "--calib", d / "imgs"],
+             ["--log-file", d / "new" / "log.txt", "compile", model, "-o", d / "new"],
+             ["bench", d / "c", "--json", d / "c" / "report.json"]]
+    for argv in cases:
+        rc, err = run(*argv)
+        assert rc == 2 and "Traceback" not in err, (argv, err)
+        assert tree(d) == before, argv
+    assert not (d / "new").exists()
