@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from graphprune.importance.layers import Linear, linear_of
 from graphprune.ir.constants import const_array
-from graphprune.ir.layers import weighted_op
+from graphprune.ir.layers import layer_of
 
 
 @dataclass
@@ -133,11 +133,12 @@ def find_targets(model: ir.Model, *, ignore: list[str] | None = None, skip_first
     lins = []
     skipped: list[dict] = []
     for node in model.graph:
-        if weighted_op(node) is not None:
+        layer = layer_of(node)
+        if layer is not None:
             lin = linear_of(node)
             if lin is None:
-                if len(node.inputs) > 1 and node.inputs[1] is not None and const_array(node.inputs[1]) is not None:
-                    skipped.append({"layer": node.name, "weight": node.inputs[1].name,
+                if layer.w is not None and const_array(layer.w) is not None:
+                    skipped.append({"layer": node.name, "weight": layer.w.name,
                                     "reason": f"{node.op_type} form not handled (constant data input, transA, "
                                               "alpha/beta or computed bias)"})
                 continue
