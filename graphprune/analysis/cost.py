@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from graphprune.ir.constants import const_producer, is_constant
-from graphprune.ir.layers import layer_of, volume as _prod  # symbolic dims count as 1
+from graphprune.ir.layers import layer_of
+from graphprune.ir.layers import volume as _prod  # symbolic dims count as 1
 
 
 def node_macs(node: ir.Node) -> int:
