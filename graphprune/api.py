@@ -91,9 +91,12 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = 0.3, *, criterion:
 def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike, plan: Plan | str,
           **kwargs) -> OracleResult:
     """The oracle: pruned == original with the plan's slices zeroed (see oracle.check).
-    A pruned model that records its plan's digest (graphprune writes it) and a plan with
-    another digest are refused first: PlanError, "plan X does not belong to model Y"."""
+    A pruned model that records its plan's digest (graphprune writes it) checked against a
+    plan with another digest is never a PASS: the oracle still runs (its figures tell how far
+    apart they are) and the result is a FAIL whose `unpaired` says "plan X does not belong
+    to model Y"."""
     from graphprune import oracle
+    from graphprune.errors import PlanError
     from graphprune.outputs import verify_pair
 
     pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
@@ -102,14 +105,21 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
         pruned = load_onnx(pruned, fold=False)
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
-    note = verify_pair(pruned, plan, model_name=pruned_name, plan_name=plan_name)  # before the slow oracle
+    unpaired = None
+    try:
+        note = verify_pair(pruned, plan, model_name=pruned_name, plan_name=plan_name)
+    except PlanError as exc:
+        note, unpaired = "", str(exc)
     if note:
         import logging
 
         logging.getLogger(__name__).info(note)
     if not isinstance(original, ir.Model):
         original = load_onnx(original, fold=False)
-    return oracle.check(original, pruned, plan, **kwargs)
+    result = oracle.check(original, pruned, plan, **kwargs)
+    if unpaired:
+        result.unpaired, result.ok = unpaired, False
+    return result
 
 
 @dataclass

@@ -175,6 +175,7 @@ class OracleResult:
     runs: int = 0
     refused: str | None = None  # why nothing was really compared (no input sets, outputs below the floor)
     shapes: object = None  # InputShapes of the random input sets (None: given inputs only)
+    unpaired: str | None = None  # the pruned model records another plan's digest: never a PASS
 
     @property
     def worst_relative(self) -> float:
@@ -183,6 +184,8 @@ class OracleResult:
     def summary(self) -> str:
         if self.refused:
             return f"oracle FAIL (nothing compared): {self.refused}"
+        if self.unpaired:
+            return f"oracle FAIL: {self.unpaired} (outputs: worst error {self.worst_relative:.2e} of output scale)"
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
         return (f"oracle {state}: {self.runs} input set(s), worst error "

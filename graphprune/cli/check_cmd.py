@@ -39,6 +39,8 @@ def run(args) -> int:
     print(res.summary())
     if res.refused:
         raise OracleMismatchError(f"nothing was compared: {res.refused}")
+    if res.unpaired:
+        raise OracleMismatchError(res.unpaired, hint="use the .plan.json written together with the model")
     if not res.ok:
         raise OracleMismatchError("pruned model differs from the masked original")
     return 0

@@ -74,8 +74,8 @@ def test_check_detects_a_wrong_pairing(samples_dir, tmp_path, capsys):
     src = samples_dir / "tiny_resnet.onnx"
     assert run("prune", src, "--ratio", "0.3", "-o", tmp_path / "a.onnx", "--no-bench") == 0
     assert run("prune", src, "--ratio", "0.5", "-o", tmp_path / "b.onnx", "--no-bench") == 0
-    # model b checked against plan a: b records its own plan's digest -> refused, exit 2
-    assert run("check", src, tmp_path / "b.onnx", "--plan", tmp_path / "a.plan.json") == 2
+    # model b checked against plan a: b records its own plan's digest -> FAIL, exit 3
+    assert run("check", src, tmp_path / "b.onnx", "--plan", tmp_path / "a.plan.json") == 3
     assert "does not belong to model" in capsys.readouterr().err
     # without that record (another tool, an older graphprune) the oracle still tells: exit 3
     import onnx
