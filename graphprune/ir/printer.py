@@ -71,14 +71,12 @@ def format_node(node: ir.Node) -> str:
 def _graph_lines(graph: ir.Graph, indent: str, max_nodes: int | None) -> list[str]:
     lines = [f"{indent}inputs:  " + ", ".join(_fmt_value(v) for v in graph.inputs),
              f"{indent}outputs: " + ", ".join(_fmt_value(v) for v in graph.outputs)]
-    shown = 0
     listed = [n for n in graph if n.op_type != "Constant"]
-    for node in listed:
+    for shown, node in enumerate(listed):
         if max_nodes is not None and shown >= max_nodes:
             lines.append(f"{indent}... {len(listed) - shown} more nodes")
             break
         lines.append(indent + format_node(node))
-        shown += 1
         for name, sub in _graph_attrs(node):
             lines.append(f"{indent}  {name}: graph {sub.name or '(unnamed)'}")
             lines.extend(_graph_lines(sub, indent + "    ", None))

@@ -32,13 +32,13 @@ def grouped_conv_model():
 
 
 def test_format_graph_exact_text():
-    assert format_graph(grouped_conv_model()) == "\n".join([
+    assert format_graph(grouped_conv_model()).splitlines() == [
         "graph g",
         "  inputs:  %x[Nx4x8x?]",
         "  outputs: %z[?]",
         "  %y[Nx8x8x?] = Conv(%x[Nx4x8x?], #w[8x2x1x1], _) {group=2, kernel_shape=[1,1]}  # conv1",
         "  %z[?] = Mul(%y[Nx8x8x?], #k[])",  # unnamed node: no comment; Constant node not listed
-    ])
+    ]
 
 
 def test_format_node_attribute_kinds():

@@ -36,7 +36,7 @@ class SilentBreaker(Pass):
     name = "silent-break-test"
 
     def run(self, model, ctx):
-        model.graph.remove(list(model.graph)[0], safe=False)
+        model.graph.remove(next(iter(model.graph)), safe=False)
         return False
 
 
@@ -49,7 +49,7 @@ class Crasher(Pass):
 
 def test_a_pass_that_breaks_the_ir_but_reports_no_change_is_caught(samples_dir):
     model = gp.load(samples_dir / "tiny_resnet.onnx")
-    first = list(model.graph)[0]
+    first = next(iter(model.graph))
     with registered(Noop, SilentBreaker), pytest.raises(PassError) as info:
         PassManager.parse("noop-test,dce,silent-break-test,noop-test").run(model)
     err = info.value
@@ -77,7 +77,7 @@ def test_a_crashing_pass_names_pipeline_and_predecessors(samples_dir):
 
 def test_an_invalid_input_is_not_blamed_on_the_first_pass(samples_dir):
     model = gp.load(samples_dir / "tiny_resnet.onnx")
-    model.graph.remove(list(model.graph)[0], safe=False)
+    model.graph.remove(next(iter(model.graph)), safe=False)
     with registered(Noop), pytest.raises(VerificationError, match="input of pipeline 'noop-test'") as info:
         PassManager.parse("noop-test").run(model)
     assert not isinstance(info.value, PassError)
