@@ -12,6 +12,7 @@ from graphprune.frontends.onnx import load_onnx, save_onnx
 from graphprune.oracle import OracleResult
 from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
+from graphprune.workflow.options import DEFAULTS as _DEFAULTS
 
 
 def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:
@@ -55,37 +56,36 @@ class PruneResult:
     changed: bool
 
 
-def prune(model: ir.Model | str | os.PathLike, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
-          ignore: list[str] | None = None, plan: Plan | None = None, seed: int = 0,
-          selection: dict[int, list[int]] | None = None, remove_blocks: int = 0,
-          block_criterion: str = "influence", blocks: list[str] | None = None) -> PruneResult:
+def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *, criterion: str = _DEFAULTS.criterion,
+          round_to: int = _DEFAULTS.round_to, ignore: list[str] | None = None, plan: Plan | None = None,
+          seed: int = _DEFAULTS.seed, selection: dict[int, list[int]] | None = None,
+          remove_blocks: int = _DEFAULTS.remove_blocks, block_criterion: str = _DEFAULTS.block_criterion,
+          blocks: list[str] | None = None) -> PruneResult:
     """Prune `model` in place. With `plan`, replay it exactly; with `selection`
     (group id → atom ids from `analyze`), remove exactly those atoms. `remove_blocks=k`
     (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning).
-    A path is loaded first (the file is never changed): the result's model is the pruned one."""
-    from graphprune.passes.pruning.prune_blocks import PruneBlocks
-    from graphprune.passes.pruning.prune_channels import PruneChannels
+    A path is loaded first (the file is never changed): the result's model is the pruned one.
+    The sequence is graphprune.workflow.run_prune, without the oracle (see `check`)."""
+    from graphprune.outputs import PLAN_KEY
+    from graphprune.workflow import PruneOptions, run_prune
 
     model = _model(model, "prune")
-    options = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "seed": seed}
-    if ignore:
-        options["ignore"] = list(ignore)
-    ctx = PassContext()
-    if plan is not None:
-        ctx.results["plan_in"] = plan
-    if selection is not None:
-        ctx.results["selection"] = selection
-    passes = []
-    if remove_blocks or blocks or (plan is not None and plan.blocks):
-        passes.append(PruneBlocks(n=remove_blocks, criterion=block_criterion, **({"blocks": blocks} if blocks else {})))
-    passes.append(PruneChannels(**options))
-    pm = PassManager(passes)
-    pm.run(model, ctx)
-    changed = any(t[2] for t in pm.timings)
-    from graphprune.outputs import PLAN_KEY
-
+    opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=list(ignore or []), seed=seed,
+                        plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
+                        blocks=list(blocks or []), check=False)
+    outcome = run_prune(model, opts)
     model.metadata_props.pop(PLAN_KEY, None)  # an input's record of its own plan says nothing about this one
-    return PruneResult(model=model, plan=ctx.results["plan"], changed=changed)
+    return PruneResult(model=model, plan=outcome.plan, changed=outcome.changed)
+
+
+def compile(model_path: str | os.PathLike, *, target: str = "x86", out: str | os.PathLike | None = None,
+            **options) -> dict:
+    """Prune for `target`, lower with a backend, check, and write a deployable folder (the
+    `graphprune compile` verb; `options` are graphprune.compile.CompileOptions fields).
+    Returns the report."""
+    from graphprune.workflow.compile import CompileOptions, compile_model
+
+    return compile_model(model_path, CompileOptions(target=target, out=None if out is None else str(out), **options))
 
 
 def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike, plan: Plan | str,

@@ -35,12 +35,7 @@ SPLIT = {"backends"}  # first-level packages whose subpackages are units of thei
 
 # Known violations that could not be fixed yet. Each is (importing module prefix, imported
 # module prefix): keep this list empty, and never add to it without an issue to remove it.
-TEMPORARY_ALLOWED = {
-    # config.py rebuilds the verbs' argparse parsers (cli.main.VERBS / build_parser) to merge
-    # a config file with the command line, and formats its dry run with cli.common. The
-    # merging belongs in the CLI (issue 14); left while config.py is being reworked.
-    ("graphprune.config", "graphprune.cli"),
-}
+TEMPORARY_ALLOWED: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, tuple[pathlib.Path, bool]]:

@@ -59,6 +59,12 @@ def pass_options(args) -> dict:
     return out
 
 
+def calibration_options(args) -> dict:
+    """PruneOptions / CompileOptions calibration fields from the parsed flags."""
+    return {"calib": getattr(args, "calib", None), "calib_preprocess": getattr(args, "calib_preprocess", None),
+            "calib_batch": getattr(args, "calib_batch", 8), "calib_samples": getattr(args, "calib_samples", None)}
+
+
 def load(args, model):
     from graphprune.calibration import load_calibration
 

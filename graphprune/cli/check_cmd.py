@@ -23,7 +23,7 @@ def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
     from graphprune.errors import OracleMismatchError
 
-    from graphprune.cli.compile_cmd import parse_shapes
+    from graphprune.cli.common import parse_shapes
     from graphprune.errors import UsageError
 
     if args.random < 0 or (args.random == 0 and not args.inputs):

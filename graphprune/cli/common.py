@@ -14,7 +14,7 @@ def table(rows: list[list], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for k, r in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -57,3 +57,17 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except FileNotFoundError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def parse_shapes(items: list[str]) -> dict | None:
+    """--input-shape NAME:D1,D2,... (repeatable) as {name: [dims]} (None when none given)."""
+    shapes = {}
+    for it in items:
+        name, sep, dims = it.rpartition(":")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...") from None
+        if not sep or not name:
+            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...")
+    return shapes or None

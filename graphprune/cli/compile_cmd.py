@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import sys
 
+from graphprune.cli.common import parse_shapes  # noqa: F401  (importable from here too)
+
 
 def add_arguments(p):
     from graphprune.cli import argtypes as T
+    from graphprune.workflow.options import DEFAULTS
 
     p.add_argument("model", help="input ONNX model (never modified)")
     p.add_argument("--target", default="x86", help="x86 (this CPU), x86-avx2, x86-avx512, arm, rpi4, jetson-orin, "
@@ -18,9 +21,10 @@ def add_arguments(p):
                    help="use a non-empty output folder without graphprune's marker: replace only the files "
                         "graphprune writes (model.pruned.onnx, plan.json, report.*, onnxruntime/, tvm/); "
                         "every other file is kept")
-    p.add_argument("--ratio", type=T.RATIO, default=0.3, help="channel pruning ratio (default 0.3)")
+    p.add_argument("--ratio", type=T.RATIO, default=DEFAULTS.ratio,
+                   help=f"channel pruning ratio (default {DEFAULTS.ratio:g})")
     p.add_argument("--no-prune", action="store_true", help="compile the model as it is")
-    p.add_argument("--criterion", default="l2")
+    p.add_argument("--criterion", default=DEFAULTS.criterion)
     p.add_argument("--round-to", type=T.POSITIVE_INT, help="width multiple (default: the target's SIMD lanes)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex)
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
@@ -35,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
     p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D")
-    p.add_argument("--seed", type=T.SEED, default=0)
+    p.add_argument("--seed", type=T.SEED, default=DEFAULTS.seed)
     p.add_argument("--config", metavar="FILE",
                    help="pipeline config (TOML/YAML/JSON); options given here win. A config can run code "
                         "(calib = \"module:function\" imports and calls it): use only configs you trust")
@@ -49,46 +53,41 @@ def add_arguments(p):
     sparsity_cli.add_arguments(p)
 
 
-def parse_shapes(items: list[str]) -> dict | None:
-    from graphprune.errors import UsageError
-
-    shapes = {}
-    for it in items:
-        name, sep, dims = it.rpartition(":")
-        try:
-            shapes[name] = [int(d) for d in dims.split(",")]
-        except ValueError:
-            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...") from None
-        if not sep or not name:
-            raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...")
-    return shapes or None
-
-
-def run(args) -> int:
+def options(args):
+    """CompileOptions from the parsed flags (sparsity flags validated now, before any work)."""
     from graphprune.cli import allocation_flags as alloc_cli
-    from graphprune.cli.common import human, table
-    from graphprune.compile import CompileOptions, compile_model
-    from graphprune.config import apply_config, dry_run_compile
-
-    from graphprune.cli.paths import check_cli_paths
-
-    apply_config(args, "compile", check_paths=check_cli_paths)  # no output on an input, before any write
     from graphprune.cli import sparsity_flags as sparsity_cli
+    from graphprune.workflow.compile import CompileOptions
 
-    sparsity_opts = sparsity_cli.pass_options(args)  # validated before any work
+    sparsity_opts = sparsity_cli.pass_options(args)
     sparsity_cli.require_calibration(sparsity_opts, args.calib)
-    opts = CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
+    return CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db, rpc=args.rpc,
                           rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
-                          prune_options=alloc_cli.pass_options(args), calib=args.calib,
-                          calib_preprocess=args.calib_preprocess, calib_batch=args.calib_batch, max_drop=args.max_drop,
-                          calib_samples=args.calib_samples, repair=args.repair, sparsity=sparsity_opts,
-                          force=args.force)
+                          prune_options=alloc_cli.pass_options(args), repair=args.repair, max_drop=args.max_drop,
+                          sparsity=sparsity_opts, force=args.force, **alloc_cli.calibration_options(args))
+
+
+def run(args) -> int:
+    from graphprune.cli import dry_run
+    from graphprune.cli.config_file import apply_config
+    from graphprune.cli.paths import check_cli_paths
+    from graphprune.workflow.compile import compile_model
+
+    apply_config(args, "compile", check_paths=check_cli_paths)  # no output on an input, before any write
+    opts = options(args)
     if args.dry_run:
-        return dry_run_compile(args.model, opts)
+        return dry_run.show_compile(args.model, opts)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
+    print_report(rep)
+    return 0
+
+
+def _rows(rep: dict) -> list[list]:
+    from graphprune.cli.common import human
+
     b, a = rep["before"], rep["after"]
     rows = [["params", human(b["params"]), human(a["params"]), f"{a['params'] / max(b['params'], 1):.3f}"],
             ["MACs", human(b["macs"]), human(a["macs"]), f"{a['macs'] / max(b['macs'], 1):.3f}"],
@@ -96,18 +95,23 @@ def run(args) -> int:
     if a.get("latency_ms"):
         rows.append(["latency ms (dense ORT vs deployed)", f"{b['latency_ms']:.3f}", f"{a['latency_ms']:.3f}",
                      f"{a['latency_ms'] / b['latency_ms']:.3f}"])
+    return rows
+
+
+def print_report(rep: dict) -> None:
+    from graphprune.cli import sparsity_flags as sparsity_cli
+    from graphprune.cli.common import table
+
     print(f"target:  {rep['target']['name']} → {rep['target']['tvm']}")
     print(f"backend: {rep['backend']['chosen']} ({rep['backend']['reason']})")
-    print(table(rows, ["", "before", "after", "ratio"]))
-    if a.get("latency_note"):
-        print(f"latency: {a['latency_note']}")
+    print(table(_rows(rep), ["", "before", "after", "ratio"]))
+    if rep["after"].get("latency_note"):
+        print(f"latency: {rep['after']['latency_note']}")
     for name, c in rep["checks"].items():
         print(f"{name}: {'PASS' if c['ok'] else 'FAIL'} ({c['summary']})")
-    if rep.get("sparsity_summary"):
-        for line in sparsity_cli.summary_lines(rep["sparsity_summary"], max_rows=20):
-            print(line)
+    for line in sparsity_cli.summary_lines(rep["sparsity_summary"], max_rows=20) if rep.get("sparsity_summary") else []:
+        print(line)
     for n in rep["notes"]:
         print(f"note: {n}")
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
           f"{rep['backend']['chosen']}/)")
-    return 0

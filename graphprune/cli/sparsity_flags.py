@@ -102,11 +102,7 @@ def summary_lines(res: dict, max_rows: int = 40) -> list[str]:
 
 
 def split_sparsify(pm):
-    """(pipeline without sparsify passes, sparsify passes): sparsity changes weights beyond
-    the plan's slices, so it runs after the oracle."""
-    from graphprune.passes import PassManager
+    """(pipeline without sparsify passes, sparsify passes): see graphprune.workflow.pipeline."""
+    from graphprune.workflow.pipeline import split_sparsify as split
 
-    if pm is None:
-        return None, []
-    rest = [p for p in pm.passes if p.name != "sparsify"]
-    return PassManager(rest), [p for p in pm.passes if p.name == "sparsify"]
+    return split(pm)

@@ -57,14 +57,18 @@ def _build_class():
 
         @classmethod
         def _default_config(cls, accelerator_spec):
+            from graphprune.workflow.options import DEFAULTS
+
             config = {
-                "ratio": PassConfigParam(type_=float, default_value=0.3,
+                "ratio": PassConfigParam(type_=float, default_value=DEFAULTS.ratio,
                                          description="fraction of each group's channels to remove"),
-                "criterion": PassConfigParam(type_=str, default_value="l2", description="importance criterion"),
-                "round_to": PassConfigParam(type_=int, default_value=1, description="keep widths multiples of N"),
+                "criterion": PassConfigParam(type_=str, default_value=DEFAULTS.criterion,
+                                             description="importance criterion"),
+                "round_to": PassConfigParam(type_=int, default_value=DEFAULTS.round_to,
+                                            description="keep widths multiples of N"),
                 "ignore": PassConfigParam(type_=list, default_value=None,
                                           description="regexes of nodes/tensors whose groups are kept"),
-                "seed": PassConfigParam(type_=int, default_value=0, description="seed for random criteria"),
+                "seed": PassConfigParam(type_=int, default_value=DEFAULTS.seed, description="seed for random criteria"),
                 "pipeline": PassConfigParam(type_=str, default_value=None,
                                             description="graphprune pass pipeline (overrides the options above)"),
                 "plan": PassConfigParam(type_=str, default_value=None, description="replay this plan.json"),
@@ -78,9 +82,7 @@ def _build_class():
             if not isinstance(model, ONNXModelHandler):
                 raise ValueError(f"{PASS_NAME} prunes ONNX models; convert the model first (OnnxConversion)")
             src = Path(model.model_path)
-            proto, plan = prune_file(src, ratio=config.ratio, criterion=config.criterion,
-                                     round_to=config.round_to, ignore=config.ignore, seed=config.seed,
-                                     pipeline=config.pipeline, plan=config.plan, check=config.check)
+            proto, plan = prune_file(src, options(config))
             out = Path(resolve_onnx_path(output_model_path, src.name))
             handler = model_proto_to_olive_model(proto, out, config)
             plan_path = out.with_name(out.name.removesuffix(".onnx") + ".plan.json")
@@ -97,40 +99,33 @@ def _build_class():
     return GraphprunePrune
 
 
-def prune_file(src, *, ratio=0.3, criterion="l2", round_to=1, ignore=None, seed=0, pipeline=None, plan=None,
-               check=True):
-    """Prune an ONNX file as `graphprune prune` does; returns (ModelProto, Plan)."""
-    import graphprune as gp
-    from graphprune import oracle
+def options(config):
+    """The pass's Olive config as PruneOptions (the same options `graphprune prune` builds)."""
+    from graphprune.workflow import PruneOptions
+
+    return PruneOptions(ratio=config.ratio, criterion=config.criterion, round_to=config.round_to,
+                        ignore=list(config.ignore or []), seed=config.seed, pipeline=config.pipeline,
+                        plan=config.plan, check=config.check)
+
+
+def prune_file(src, opts=None, **kwargs):
+    """Prune an ONNX file as `graphprune prune` does (graphprune.workflow.run_prune, the
+    oracle before anything is returned); returns (ModelProto, Plan). `opts`: PruneOptions,
+    or its fields as keyword arguments."""
     from graphprune.errors import OracleMismatchError
     from graphprune.ir.serialize import to_proto
-    from graphprune.passes import PassContext, PassManager
-    from graphprune.passes.pruning.prune_channels import PruneChannels
-    from graphprune.plan import Plan, file_sha256
-
-    model = gp.load(src)
-    ctx = PassContext()
-    if plan:
-        ctx.results["plan_in"] = Plan.load(plan)
-    if pipeline:
-        pm = PassManager.parse(pipeline)
-    else:
-        opts = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "seed": seed}
-        if ignore:
-            opts["ignore"] = list(ignore)
-        pm = PassManager([PruneChannels(**opts)])
-    pm.run(model, ctx)
-    result = ctx.results.get("plan") or Plan(tensors=[], groups=[])
-    result.model = {"path": str(src), "sha256": file_sha256(src)}
-    if check:
-        res = oracle.check(gp.load(src, fold=False), model, result)
-        if not res.ok:
-            raise OracleMismatchError(f"{PASS_NAME}: pruned model differs from the masked original ({res.summary()})")
-        log.info("%s: %s", PASS_NAME, res.summary())
     from graphprune.outputs import PLAN_KEY, plan_digest
+    from graphprune.workflow import PruneOptions, run_prune
 
-    model.metadata_props[PLAN_KEY] = plan_digest(result)  # the model and this plan are one result
-    return to_proto(model), result
+    opts = opts or PruneOptions(**kwargs)
+    try:
+        outcome = run_prune(src, opts)
+    except OracleMismatchError as exc:
+        raise OracleMismatchError(f"{PASS_NAME}: {exc}", hint=exc.hint) from None
+    if outcome.oracle is not None:
+        log.info("%s: %s", PASS_NAME, outcome.oracle.summary())
+    outcome.model.metadata_props[PLAN_KEY] = plan_digest(outcome.plan)  # the model and this plan are one result
+    return to_proto(outcome.model), outcome.plan
 
 
 def package_config() -> dict:

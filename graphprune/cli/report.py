@@ -1,0 +1,74 @@
+"""How the prune verb shows a run: progress lines while it runs, the before/after table
+at the end (what graphprune.workflow.run_prune returned; nothing is computed here but
+the figures of the written files)."""
+from __future__ import annotations
+
+from graphprune.workflow.prune import Progress
+
+
+class Printer(Progress):
+    """Progress of `graphprune prune`, on stdout."""
+
+    def oracle(self, res, shapes) -> None:
+        if res.shapes is not None:
+            print(f"oracle inputs: {res.shapes.describe()}")
+        print(res.summary())
+
+    def repair(self, r: dict) -> None:
+        print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
+              f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
+
+    def sparsity(self, res: dict) -> None:
+        from graphprune.cli.sparsity_flags import summary_lines
+
+        for line in summary_lines(res):
+            print(line)
+
+    def fidelity(self, fid: dict, max_drop: float) -> None:
+        print(f"fidelity on calibration data: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "
+              f"max {max_drop:g}), min {fid['min_cosine']:.4f} over {fid['samples']} outputs")
+
+
+def _nonzero(model) -> int:
+    """Parameters that are not exact zeros of the sparsified tensors."""
+    from graphprune.analysis.cost import model_cost
+    from graphprune.sparsity_meta import zero_count
+
+    return int(model_cost(model).params - zero_count(model)[0])
+
+
+def _ratio_row(name: str, b, a, fmt=None) -> list:
+    from graphprune.cli.common import human
+
+    fmt = fmt or human
+    return [name, fmt(b), fmt(a), f"{a / max(b, 1):.3f}"]
+
+
+def summary_rows(outcome, bench: bool) -> list[list]:
+    from graphprune.cli.common import human, ort_latency_ms
+    from graphprune.workflow.files import model_size
+
+    before, after = outcome.before, outcome.after
+    rows = [_ratio_row("params", before.params, after.params), _ratio_row("MACs", before.macs, after.macs)]
+    if outcome.sparsity:
+        rows.append(_ratio_row("nonzero params", before.params, _nonzero(outcome.model)))
+    rows.append(_ratio_row("file size", outcome.before_bytes, model_size(outcome.out), lambda n: human(n) + "B"))
+    if bench:
+        t0 = ort_latency_ms(str(outcome.source))
+        t1 = ort_latency_ms(str(outcome.out))
+        rows.append(["ORT latency (median, ms)", f"{t0:.3f}", f"{t1:.3f}", f"{t1 / max(t0, 1e-9):.3f}"])
+    return rows
+
+
+def print_prune_summary(outcome, *, bench: bool) -> None:
+    from graphprune.cli import allocation_flags as alloc_cli
+    from graphprune.cli.common import table
+
+    for extra in alloc_cli.write_extras(outcome.state.ctx, outcome.plan_out):
+        print(f"wrote {extra}")
+    rows = summary_rows(outcome, bench)
+    plan = outcome.plan
+    print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
+          + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else ""))
+    print(table(rows, ["", "before", "after", "ratio"]))
+    print(f"wrote {outcome.out} and {outcome.plan_out}")

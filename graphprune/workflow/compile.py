@@ -1,0 +1,411 @@
+"""`compile`: prune for a target (run_prune), lower with a backend, check, and write a
+deployable folder.
+
+    <model>.graphprune/<target>/
+        model.pruned.onnx  plan.json  report.json  report.md
+        onnxruntime/  (model.onnx [+ model.ort], session.json, run_model.py)
+        tvm/          (when the TVM backend ran: compiled library + loader)
+
+Untuned TVM code is ~100x slower than ONNX Runtime, so a TVM build is only shipped
+tuned; `--backend auto` measures both on host targets and keeps the faster, and says why.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphprune.backends.targets import Target, resolve_target
+from graphprune.errors import BackendUnavailableError, OracleMismatchError, UsageError
+from graphprune.workflow.options import DEFAULTS, PruneOptions
+from graphprune.workflow.prune import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileOptions:
+    target: str = "x86"
+    backend: str = "auto"  # auto | onnxruntime | tvm
+    ratio: float = DEFAULTS.ratio
+    prune: bool = True
+    criterion: str = DEFAULTS.criterion
+    round_to: int | None = None  # default: the target's SIMD lanes
+    ignore: list[str] = field(default_factory=list)
+    plan: str | None = None
+    tune_trials: int = 0
+    tune_time: float | None = None
+    db: str | None = None
+    rpc: str | None = None
+    rpc_key: str | None = None
+    ort_format: bool = False
+    check: bool = True
+    out: str | None = None
+    seed: int = DEFAULTS.seed
+    input_shapes: dict | None = None
+    # choosing what to prune and repairing (graphprune.cli.allocation_flags / allocation.driver)
+    prune_options: dict = field(default_factory=dict)  # allocation, target_*, max_ratio, protect, ...
+    calib: str | None = None  # .npz, image folder or module:function
+    calib_preprocess: str | None = None
+    calib_batch: int = DEFAULTS.calib_batch
+    calib_samples: int | None = None
+    repair: str | None = None  # comma list of bias, bn, lsq, or all
+    max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
+    sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
+    force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
+
+    def resolved(self, target: Target) -> dict:
+        d = dict(self.__dict__)
+        d["round_to"] = self.round_to if self.round_to is not None else target.simd_lanes
+        return d
+
+
+def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
+    """compile's pruning step as PruneOptions (round_to defaults to the target's SIMD lanes)."""
+    return PruneOptions(
+        ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
+        round_to=opts.round_to if opts.round_to is not None else target.simd_lanes,
+        allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, calib=opts.calib,
+        calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,
+        input_shapes=opts.input_shapes, check=opts.check, check_unchanged=False, repair=opts.repair,
+        sparsity=opts.sparsity, max_drop=opts.max_drop)
+
+
+def default_out_dir(model_path: Path, target: Target) -> Path:
+    return model_path.with_name(model_path.name.removesuffix(".onnx") + ".graphprune") / target.name
+
+
+def _cost(model) -> dict:
+    from graphprune.analysis.cost import model_cost
+    from graphprune.ir.serialize import model_nbytes
+
+    c = model_cost(model)
+    return {"params": c.params, "macs": c.macs, "bytes": model_nbytes(model)}
+
+
+def _timed(fn, repeats: int) -> float:
+    """Median wall time of `fn` in ms, measured the same way for every backend."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rtol: float = 1e-3) -> dict:
+    from graphprune.oracle import compare_outputs
+
+    diffs = compare_outputs(ref, got, names, rtol=rtol, atol=1e-5)
+    worst = max((d.max_abs_err / max(d.scale, 1e-12) for d in diffs), default=0.0)
+    return {"ok": all(d.ok for d in diffs), "worst_relative_error": worst, "rtol": rtol,
+            "summary": f"worst error {worst:.2e} of output scale (tolerance {rtol:g})"}
+
+
+class _Logged(Progress):
+    """compile's progress: to the log function; the checks go to the report."""
+
+    def __init__(self, log_fn):
+        self.log_fn = log_fn
+
+    def oracle(self, res, shapes) -> None:
+        self.log_fn(f"oracle inputs: {shapes.describe()}")
+        self.log_fn(res.summary())
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+@dataclass
+class _Compile:
+    """What the phases of one compile share."""
+    src: Path
+    opts: CompileOptions
+    target: Target
+    backend_req: str
+    out_dir: Path
+    log_fn: object
+    checks: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+
+
+def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
+    """Target and backend resolved, output folder checked: before any work."""
+    from graphprune import outputs
+    from graphprune.frontends.onnx import model_files
+
+    src = Path(model_path)
+    target = resolve_target(opts.target)
+    if opts.backend not in ("auto", "onnxruntime", "ort", "tvm"):
+        raise UsageError(f"unknown backend {opts.backend!r}", hint="choose auto, onnxruntime or tvm")
+    backend_req = "onnxruntime" if opts.backend == "ort" else opts.backend
+    if target.device != "cpu" and backend_req != "tvm":
+        log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
+               f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
+    out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
+    # the folder holds no input, and is new, empty or graphprune's own
+    inputs = [("input model", f) for f in model_files(src)] + [
+        (what, p) for what, p in (("plan", opts.plan), ("--calib data", opts.calib)) if p and Path(p).exists()]
+    outputs.check_paths(inputs, folders=[("output folder", out_dir)])
+    outputs.check_output_dir(out_dir, force=opts.force)
+    return _Compile(src, opts, target, backend_req, out_dir, log_fn)
+
+
+def _prune(c: _Compile):
+    """The prune sequence (workflow.run_prune), its checks in the report's terms."""
+    from graphprune.workflow.prune import run_prune
+
+    popts = prune_options(c.opts, c.target)
+    c.log_fn(f"target {c.target.name}: {c.target.description}; TVM {c.target.tvm}; round_to {popts.round_to}")
+    outcome = run_prune(c.src, popts, progress=_Logged(c.log_fn))
+    c.before = {"params": outcome.before.params, "macs": outcome.before.macs, "bytes": outcome.before_nbytes}
+    if outcome.oracle is not None:
+        res = outcome.oracle
+        c.checks["oracle"] = {"ok": res.ok, "summary": res.summary(), "inputs": outcome.shapes.describe()}
+    for r in outcome.repair:
+        c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "
+                                           f"{r['error_before']:.4g} -> {r['error_after']:.4g}"
+                                           + (" (undone: no improvement)" if r["reverted"] else "")}
+    if outcome.sparsity is not None:
+        _sparsity_check(c, outcome)
+    c.after = _cost(outcome.model)
+    if outcome.fidelity is not None:
+        fid = outcome.fidelity
+        c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
+                                                       f"(drop {fid['drop']:.4f}, max {c.opts.max_drop:g})"}
+        c.before["fidelity"], c.after["fidelity"] = 1.0, fid["mean_cosine"]
+    return outcome
+
+
+def _sparsity_check(c: _Compile, outcome) -> None:
+    """The zeros are checked against the record."""
+    from graphprune.sparsity_meta import measured_sparsity
+
+    res = outcome.sparsity
+    meas = measured_sparsity(outcome.model, res["tensors"])
+    ok = all(abs(meas.get(k, -1) - r["sparsity"]) < 1e-9 for k, r in res["tensors"].items())
+    c.checks["sparsity"] = {"ok": ok, "summary": f"{res['spec']} by {res['criterion']}: {len(res['tensors'])} "
+                                                 f"tensors, {100 * res['overall']:.1f}% zeros (record matches the "
+                                                 f"weights: {ok})"}
+    c.log_fn(c.checks["sparsity"]["summary"])
+
+
+def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[str] | None = None,
+                  log_fn=None) -> dict:
+    """Run the whole compile; progress goes to `log_fn` (default: this module's logger)."""
+    from graphprune import outputs
+
+    c = _setup(model_path, opts, log_fn or log.info)
+    outcome = _prune(c)
+    # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
+    c.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    outputs.clean_stale_temps(c.out_dir.parent)
+    stage = outputs.mkdtemp_beside(c.out_dir)
+    try:
+        report = _build(c, outcome, stage, argv)
+        outputs.install_output_dir(stage, c.out_dir, force=opts.force)  # only graphprune's files are replaced
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report["out_dir"] = str(c.out_dir)
+    if outcome.sparsity is not None:
+        report["sparsity_summary"] = outcome.sparsity
+    return report
+
+
+def _feeds(c: _Compile, outcome) -> dict:
+    """Random inputs at the run's one representative shape (the oracle's, when it ran)."""
+    from graphprune import oracle
+
+    sess = oracle.input_session(str(c.src))
+    shapes = outcome.shapes
+    if shapes is None:
+        calib = outcome.calibration
+        shapes = oracle.representative_shapes(sess, user=c.opts.input_shapes,
+                                              calib=calib.first() if calib is not None else None)
+    return oracle.random_inputs(sess, seed=c.opts.seed, shapes=shapes)
+
+
+def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
+    from graphprune import outputs
+    from graphprune.frontends.onnx import save_onnx
+    from graphprune.report import write_report
+
+    feeds = _feeds(c, outcome)
+    model, plan = outcome.model, outcome.plan
+    pruned_path = stage / "model.pruned.onnx"
+    plan.save(stage / "plan.json")
+    model.metadata_props[outputs.PLAN_KEY] = outputs.plan_digest(plan)  # one result with plan.json
+    save_onnx(model, pruned_path)
+    _lower(c, pruned_path, stage, feeds)
+    runners = _verify(c, model, stage, feeds)
+    chosen, reason = _measure_and_choose(c, runners)
+    for name, chk in c.checks.items():
+        if (name.startswith("numerics") or name.startswith("artifact")) and not chk["ok"]:
+            raise OracleMismatchError(f"{name}: compiled artifact differs from ONNX Runtime ({chk['summary']})")
+    report = _report(c, outcome, chosen, reason, argv)
+    write_report(stage, report)
+    return report
+
+
+def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict) -> None:
+    from graphprune.backends.onnxruntime import OrtBackend
+
+    if c.backend_req in ("auto", "onnxruntime"):
+        c.log_fn("onnxruntime: offline optimisation and session settings ...")
+        c.results["onnxruntime"] = OrtBackend().compile(pruned_path, c.target, stage / "onnxruntime",
+                                                        ort_format=c.opts.ort_format, feeds=feeds, log_fn=c.log_fn)
+    want_tvm = c.backend_req == "tvm" or (c.backend_req == "auto" and c.opts.tune_trials > 0
+                                          and (c.target.host or c.opts.rpc))
+    if want_tvm:
+        c.results["tvm"] = _compile_tvm(pruned_path, c.target, stage / "tvm", c.opts, c.backend_req, c.notes,
+                                        c.log_fn)
+
+
+def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
+    """Numerics of each artifact against ONNX Runtime on the pruned model; latency runners."""
+    from graphprune import oracle
+    from graphprune.backends.onnxruntime import OrtBackend, measure
+
+    ref = oracle.session(model).run(None, feeds)
+    names = [o.name for o in model.graph.outputs]
+    runners = {}
+    if "onnxruntime" in c.results and c.target.host:
+        c.checks["numerics_onnxruntime"] = _numerics(ref, OrtBackend().run(stage / "onnxruntime", feeds), names)
+        runners["onnxruntime"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"),
+                                                 c.results["onnxruntime"]["session"], feeds, repeats=10)
+    tvm_res = c.results.get("tvm") or {}
+    if tvm_res.get("library"):
+        _verify_tvm(c, tvm_res, stage, feeds, ref, names, runners)
+    dense_cfg = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
+                 "graph_optimization_level": "ORT_ENABLE_ALL"}
+    runners["dense"] = lambda: measure(str(c.src), dense_cfg, feeds, repeats=10)
+    return runners
+
+
+def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names, runners: dict) -> None:
+    from graphprune.backends.tvm import adapter
+
+    lib = stage / "tvm" / tvm_res["library"]
+    c.notes.extend(f"tvm: {n}" for n in tvm_res.get("notes", []))
+    art = tvm_res.get("checks", {})
+    if art.get("elf_machine"):
+        want = "AArch64" if c.target.arch == "aarch64" else "x86-64"
+        ok = art["elf_machine"] == want and (art.get("neon") is not False)
+        c.checks["artifact_tvm"] = {"ok": ok, "summary": f"ELF {art['elf_machine']}"
+                                    + (f", NEON: {art['neon']}" if "neon" in art else "")}
+    if tvm_res.get("host_runnable"):
+        exe = adapter.load(lib)
+        c.checks["numerics_tvm"] = _numerics(ref, adapter.run_loaded(exe, feeds), names)
+        runners["tvm"] = lambda: _timed(lambda: adapter.run_loaded(exe, feeds), 10)
+    elif c.target.arch == "aarch64" and adapter.qemu_available()[0]:
+        try:
+            got = adapter.qemu_run(lib, feeds, download=True)
+            c.checks["numerics_tvm_qemu"] = _numerics(ref, got, names)
+        except Exception as exc:  # emulation is a bonus check: say why it did not run
+            c.notes.append(f"tvm: qemu run skipped ({type(exc).__name__}: {exc})")
+
+
+def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
+    # side by side: interleaved rounds, median per runner
+    rounds: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(3):
+        for k, fn in runners.items():
+            rounds[k].append(fn())
+    lat = {k: round(float(np.median(v)), 4) for k, v in rounds.items()}
+    c.before["latency_ms"] = lat["dense"]
+    for k in ("onnxruntime", "tvm"):
+        if k in lat:
+            c.results[k]["latency_ms"] = lat[k]
+    chosen, reason = _choose(c.backend_req, c.target, c.results, c.opts, c.notes)
+    if c.target.host:
+        c.after["latency_ms"] = c.results[chosen].get("latency_ms")
+    else:
+        c.after["latency_note"] = (f"not measured: {c.target.name} is not this machine"
+                                   + (" (use graphprune bench --rpc)" if chosen == "tvm" else ""))
+    return chosen, reason
+
+
+def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
+    from graphprune.frontends.onnx import load_onnx
+    from graphprune.plan import file_sha256
+    from graphprune.report import environment
+    from graphprune.report.layers import compare_layers
+
+    plan = outcome.plan
+    report = {
+        "command": argv or ["graphprune", "compile", str(c.src)],
+        "config": c.opts.resolved(c.target),
+        "environment": environment(),
+        "target": c.target.to_json(),
+        "input": {"path": str(c.src), "sha256": file_sha256(c.src)},
+        "backend": {"chosen": chosen, "reason": reason, "results": c.results},
+        "before": c.before, "after": c.after,
+        "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
+        "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model),
+        "checks": c.checks,
+        "notes": c.notes,
+    }
+    res = outcome.sparsity
+    if res is not None:  # report.html plots report["sparsity"] (tensor -> fraction of zeros)
+        report["sparsity"] = {k: round(r["sparsity"], 6) for k, r in res["tensors"].items()}
+        report["sparsity_tensors"] = res["tensors"]
+        report["sparsity_skipped"] = res["skipped"]
+    return report
+def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,
+                 notes: list, log_fn) -> dict:
+    try:
+        from graphprune.backends.tvm import TvmBackend
+    except ImportError as exc:  # pragma: no cover - package is part of graphprune
+        raise BackendUnavailableError(f"TVM backend missing: {exc}") from exc
+    tvm = TvmBackend()
+    ok, why = tvm.available()
+    if not ok:
+        if backend_req == "tvm":
+            raise BackendUnavailableError(f"TVM is not usable: {why}",
+                                          hint='pip install "graphprune[tvm]" (apache-tvm 0.27)')
+        notes.append(f"TVM not used: {why}")
+        return {"skipped": why}
+    db_root = Path(opts.db) if opts.db else Path.home() / ".cache" / "graphprune" / "tvm-db"
+    if opts.tune_trials <= 0:
+        notes.append("TVM build is untuned (--tune-trials 0): expect it to be far slower than ONNX Runtime")
+    log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
+    res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
+                      db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
+                      log=log_fn)
+    return res
+
+
+def _choose(backend_req: str, target: Target, results: dict, opts: CompileOptions, notes: list) -> tuple[str, str]:
+    tvm = results.get("tvm")
+    if backend_req == "onnxruntime":
+        return "onnxruntime", "requested with --backend onnxruntime"
+    if backend_req == "tvm":
+        if not tvm.get("tuned"):
+            return "tvm", "requested with --backend tvm (UNTUNED: expect ~100x slower than ONNX Runtime)"
+        return "tvm", f"requested with --backend tvm, tuned with {tvm.get('trials')} trials"
+    if not tvm or "skipped" in tvm:
+        if opts.tune_trials <= 0:
+            return "onnxruntime", ("auto: no TVM tuning asked (--tune-trials 0), and untuned TVM code is ~100x "
+                                   "slower than ONNX Runtime")
+        if not target.host and not opts.rpc:
+            return "onnxruntime", (f"auto: {target.name} is not this machine and no --rpc device was given to tune "
+                                   "and measure TVM on, so ONNX Runtime is shipped")
+        return "onnxruntime", "auto: TVM unavailable (" + (tvm or {}).get("skipped", "not built") + ")"
+    ort_ms = results.get("onnxruntime", {}).get("latency_ms")
+    tvm_ms = tvm.get("latency_ms")
+    if target.host and ort_ms and tvm_ms:
+        if tvm_ms < ort_ms:
+            return "tvm", f"auto: tuned TVM measured faster here ({tvm_ms:.3f} ms vs ONNX Runtime {ort_ms:.3f} ms)"
+        return "onnxruntime", f"auto: ONNX Runtime measured faster here ({ort_ms:.3f} ms vs tuned TVM {tvm_ms:.3f} ms)"
+    if tvm.get("tuned"):
+        return "tvm", "auto: TVM tuned on the remote device"
+    return "onnxruntime", "auto: TVM could not be measured against ONNX Runtime"

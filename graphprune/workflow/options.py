@@ -1,0 +1,60 @@
+"""PruneOptions: every option of the prune sequence, with its default written once. The
+CLI builds it from argparse, the API from keyword arguments, compile from CompileOptions,
+the Olive pass from its config, so the four cannot drift."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PruneOptions:
+    # choosing channels (prune-channels; allocation.driver)
+    ratio: float = 0.3
+    criterion: str = "l2"
+    round_to: int = 1
+    ignore: list[str] = field(default_factory=list)
+    seed: int = 0
+    allocation: dict = field(default_factory=dict)  # allocation.driver options given: allocation, target_*, ...
+    prune: bool = True  # False: no channel pruning (compile --no-prune); a --plan is still replayed
+    plan: Any = None  # a Plan, or the path of a plan.json to replay exactly
+    selection: dict | None = None  # group id -> atom ids to remove exactly (api)
+    pipeline: str | None = None  # textual pass pipeline instead of the options above
+    # depth pruning (prune-blocks)
+    remove_blocks: int = 0
+    block_criterion: str = "influence"
+    blocks: list[str] = field(default_factory=list)
+    # calibration data (criteria, repair, sparsity, the quality gate)
+    calib: Any = None  # .npz, image folder, module:function, or a Calibration
+    calib_preprocess: str | None = None
+    calib_batch: int = 8
+    calib_samples: int | None = None
+    # the oracle
+    input_shapes: dict | None = None  # {input: dims}: makes dynamic inputs static
+    check: bool = True
+    check_unchanged: bool = True  # also run the oracle when the plan slices nothing
+    inputs: list[dict] | None = None  # feed dicts used by the oracle besides random ones
+    # after the oracle
+    repair: str | None = None  # comma list of bias, bn, lsq, or all
+    sparsity: dict | None = None  # `sparsify` pass options; None: no sparsity
+    max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
+
+    def channel_options(self) -> dict:
+        """prune-channels options (only those that differ from nothing: the plan records them)."""
+        opts = {"ratio": self.ratio, "criterion": self.criterion, "round_to": self.round_to, "seed": self.seed}
+        if self.ignore:
+            opts["ignore"] = list(self.ignore)
+        opts.update(self.allocation)
+        return opts
+
+    def block_options(self) -> dict:
+        opts: dict = {"n": self.remove_blocks, "criterion": self.block_criterion}
+        if self.blocks:
+            opts["blocks"] = list(self.blocks)
+        return opts
+
+    def sparsity_line(self) -> str:
+        return "sparsify{" + ",".join(f"{k}={v}" for k, v in (self.sparsity or {}).items()) + "}"
+
+
+DEFAULTS = PruneOptions()

@@ -1,0 +1,264 @@
+"""run_prune: the one prune sequence.
+
+    load → plan (pipeline, calibration, plan to replay) → apply → oracle → repair →
+    sparsify → quality gate → write (model + plan as one result)
+
+`graphprune prune`, `graphprune compile` (its pruning step), `graphprune.prune`, the
+config dry runs and the Olive pass all call it. The verbs only print the outcome: what
+happens on the way is reported to a `Progress` (printing, logging, or nothing), so a
+verb can show the oracle's verdict before a failure ends the run.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from graphprune.errors import OracleMismatchError, QualityGateError, UsageError
+from graphprune.plan import Plan
+from graphprune.workflow import files, pipeline
+from graphprune.workflow.options import PruneOptions
+from graphprune.workflow.state import PipelineState
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What a run reports on the way (default: nothing); verbs print or log it."""
+
+    def oracle(self, res, shapes) -> None:
+        pass
+
+    def repair(self, report: dict) -> None:
+        pass
+
+    def sparsity(self, res: dict) -> None:
+        pass
+
+    def fidelity(self, fid: dict, max_drop: float) -> None:
+        pass
+
+
+@dataclass
+class PruneOutcome:
+    model: ir.Model
+    plan: Plan
+    state: PipelineState
+    source: Path | None = None
+    before: Any = None  # analysis.cost of the input model
+    after: Any = None  # ... and of the result
+    before_bytes: int | None = None  # input file (+ external data) size
+    before_nbytes: int = 0  # the input model's tensors, in bytes
+    changed: bool = False  # a pass changed the model
+    oracle: Any = None  # OracleResult, None when not run
+    shapes: Any = None  # the representative input shapes (InputShapes) the oracle used
+    repair: list[dict] = field(default_factory=list)
+    sparsity: dict | None = None
+    fidelity: dict | None = None
+    out: Path | None = None  # written model
+    plan_out: Path | None = None  # its plan
+    groups_before: Any = None  # dry run: the dependency graph before pruning
+    sparsify_passes: list = field(default_factory=list)  # dry run: what would run after the oracle
+
+    @property
+    def calibration(self):
+        return self.state.calibration
+
+
+def run_prune(source: str | Path | ir.Model, opts: PruneOptions | None = None, *, out: str | Path | None = None,
+              dry_run: bool = False, progress: Progress | None = None) -> PruneOutcome:
+    """Prune `source` (a path, never modified; or an ir.Model, pruned in place). With `out`,
+    write the model and its plan (`<out>.plan.json`) as one result; with `dry_run`, apply
+    the pruning in memory only and stop before the oracle."""
+    run = _Run(source, opts or PruneOptions(), Path(out) if out is not None else None, progress or Progress())
+    try:
+        return run.go(dry_run)
+    finally:
+        for t in run.temps:  # staged model files of this run: removed on any exit (SIGTERM included)
+            files.remove_model(t)
+
+
+class _Run:
+    def __init__(self, source, opts: PruneOptions, out: Path | None, progress: Progress):
+        self.opts, self.out, self.progress = opts, out, progress
+        self.src = None if isinstance(source, ir.Model) else Path(source)
+        self.model = source if isinstance(source, ir.Model) else None
+        self.state = PipelineState()
+        self.temps: list[Path] = []
+        self.staged: Path | None = None
+        self.big = False
+
+    def go(self, dry_run: bool) -> PruneOutcome:
+        outcome = self.load()
+        pm, repair_pm, sparsify_passes = self.plan_step()
+        if dry_run:
+            return self.dry(outcome, pm, sparsify_passes)
+        self.apply(outcome, pm)
+        self.stage_big()
+        self.check(outcome)
+        self.repair(outcome, repair_pm)
+        self.sparsify(outcome, sparsify_passes)
+        self.gate(outcome)
+        if self.out is not None:
+            self.write(outcome)
+        outcome.model = self.model
+        outcome.after = _cost(self.model)
+        return outcome
+
+    # ---- load -------------------------------------------------------------------------------
+    def load(self) -> PruneOutcome:
+        from graphprune import oracle
+        from graphprune.frontends.onnx import load_onnx
+        from graphprune.ir.serialize import BIG_MODEL_BYTES, model_nbytes
+
+        before_bytes = None
+        if self.src is not None:
+            self.model = load_onnx(self.src, input_shapes=self.opts.input_shapes)
+            if self.opts.check:  # fail early, and as the model's fault, if ORT cannot run the input
+                oracle.input_session(str(self.src))
+            before_bytes = files.model_size(self.src)
+        nbytes = model_nbytes(self.model)
+        self.big = self.src is not None and nbytes > BIG_MODEL_BYTES
+        return PruneOutcome(model=self.model, plan=Plan(tensors=[], groups=[]), state=self.state, source=self.src,
+                            before=_cost(self.model), before_bytes=before_bytes, before_nbytes=nbytes)
+
+    # ---- plan: what to run, on which data, replaying what -------------------------------------
+    def plan_step(self):
+        from graphprune.calibration import load_calibration
+
+        self.state.plan_in = self._plan_in()
+        self.state.selection = self.opts.selection
+        o = self.opts
+        self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
+                                                  batch_size=o.calib_batch, limit=o.calib_samples)
+        return pipeline.build(o, self.state.plan_in)
+
+    def _plan_in(self) -> Plan | None:
+        from graphprune import outputs
+        from graphprune.plan import file_sha256
+
+        plan_in = self.opts.plan
+        if plan_in is None or isinstance(plan_in, Plan):
+            return plan_in
+        name = str(plan_in)
+        plan_in = Plan.load(plan_in)
+        if self.src is not None:
+            outputs.refuse_replay_on_own_product(self.model, plan_in, model_name=str(self.src), plan_name=name)
+            digest = plan_in.model.get("sha256")
+            if digest and digest != file_sha256(self.src):
+                log.warning("plan %s was made for a different file (sha256 differs); applying it if it fits", name)
+        return plan_in
+
+    def dry(self, outcome: PruneOutcome, pm, sparsify_passes) -> PruneOutcome:
+        from graphprune.analysis.dependency import DependencyGraph
+
+        outcome.groups_before = DependencyGraph(self.model, ignore=self.opts.ignore or None)
+        pm.run(self.model, self.state.ctx)
+        outcome.plan = self.state.plan or outcome.plan
+        outcome.after = _cost(self.model)
+        outcome.sparsify_passes = sparsify_passes
+        return outcome
+
+    # ---- apply ------------------------------------------------------------------------------
+    def apply(self, outcome: PruneOutcome, pm) -> None:
+        from graphprune.plan import file_sha256
+
+        if pm.passes:
+            pm.run(self.model, self.state.ctx)
+            outcome.changed = any(t[2] for t in pm.timings)
+        plan = self.state.plan or Plan(tensors=[], groups=[])
+        if self.src is not None:
+            plan.model = {"path": str(self.src), "sha256": file_sha256(self.src)}
+        outcome.plan = self.state.plan = plan
+        self.state.ctx.analyses.clear()  # analyses pin the pre-pruning tensors; large models need them gone
+
+    def stage_big(self) -> None:
+        """A large model is written first (external data) and its in-memory tensors dropped;
+        the oracle then works from files, one ORT session at a time."""
+        if not (self.big and self.out is not None):
+            return
+        import gc
+
+        from graphprune.frontends.onnx import load_onnx, save_onnx
+
+        self.staged = files.staging_path(self.out, "staging")
+        self.temps.append(self.staged)
+        save_onnx(self.model, self.staged, external_data=True)
+        self.model = load_onnx(self.staged)  # lazily backed by the file: the sliced arrays can go
+        gc.collect()  # the old IR graph is cyclic (nodes <-> values): free it now, not later
+
+    # ---- the oracle ---------------------------------------------------------------------------
+    def check(self, outcome: PruneOutcome) -> None:
+        from graphprune import oracle
+        from graphprune.frontends.onnx import load_onnx
+
+        plan = outcome.plan
+        if not self.opts.check or self.src is None or not (plan.tensors or self.opts.check_unchanged):
+            return
+        calib = self.state.calibration  # the random inputs take its shapes
+        outcome.shapes = oracle.representative_shapes(oracle.input_session(str(self.src)),
+                                                      user=self.opts.input_shapes,
+                                                      calib=calib.first() if calib is not None else None)
+        if self.staged is not None:
+            res = oracle.check_files(str(self.src), str(self.staged), plan, inputs=self.opts.inputs,
+                                     shapes=outcome.shapes)
+        else:
+            res = oracle.check(load_onnx(self.src, fold=False), self.model, plan, inputs=self.opts.inputs,
+                               shapes=outcome.shapes)
+        outcome.oracle = res
+        self.progress.oracle(res, outcome.shapes)
+        if not res.ok:  # a FAIL (or nothing compared) writes nothing
+            raise OracleMismatchError(
+                f"nothing was compared: {res.refused}" if res.refused else
+                "pruned model differs from the masked original: " +
+                ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
+                hint="nothing was written; please report this model")
+
+    # ---- after the oracle: repair, sparsity, the quality gate ----------------------------------
+    def repair(self, outcome: PruneOutcome, repair_pm) -> None:
+        from graphprune.passes.reconstruction.repair import run_repair
+
+        outcome.repair = run_repair(self.model, self.state.ctx, self.opts.repair, repair_pm)
+        for r in outcome.repair:
+            self.progress.repair(r)
+
+    def sparsify(self, outcome: PruneOutcome, sparsify_passes: list) -> None:
+        if not sparsify_passes:  # zeros beyond the plan's slices: after the oracle and repair
+            return
+        from graphprune.passes import PassManager
+
+        PassManager(sparsify_passes).run(self.model, self.state.ctx)
+        outcome.sparsity = self.state.sparsity
+        self.progress.sparsity(outcome.sparsity)
+
+    def gate(self, outcome: PruneOutcome) -> None:
+        max_drop = self.opts.max_drop
+        if max_drop is None:
+            return
+        from graphprune import oracle
+
+        calib = self.state.calibration
+        if calib is None:
+            raise UsageError("--max-drop needs calibration data (--calib)")
+        dense = str(self.src) if self.src is not None else self.state.dense_model
+        outcome.fidelity = fid = oracle.output_fidelity(dense, self.model, calib.batches())
+        self.progress.fidelity(fid, max_drop)
+        if fid["drop"] > max_drop:
+            raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {max_drop:g}",
+                                   hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
+
+    # ---- write --------------------------------------------------------------------------------
+    def write(self, outcome: PruneOutcome) -> None:
+        rewritten = bool(outcome.repair and any(not r["reverted"] for r in outcome.repair)) or bool(outcome.sparsity)
+        outcome.plan_out = files.write_pair(self.model, outcome.plan, self.out, staged=self.staged,
+                                            rewritten=rewritten, temps=self.temps)
+        outcome.out = self.out
+
+
+def _cost(model):
+    from graphprune.analysis.cost import model_cost
+
+    return model_cost(model)

@@ -1,0 +1,128 @@
+"""One prune sequence (graphprune.workflow.run_prune) behind every caller: the CLI, the
+Python API, compile, and the Olive pass produce the same plan for the same options.
+The Olive pass is exercised through its real class, built on a stand-in `olive` package
+(the few names the adapter imports) when olive-ai is not installed."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import onnx
+import pytest
+
+import graphprune as gp
+from graphprune.cli.main import main
+from graphprune.outputs import PLAN_KEY, plan_digest
+from graphprune.plan import Plan
+
+
+def _cli_plan(src: Path, out: Path, *flags) -> Plan:
+    assert main(["prune", str(src), "-o", str(out), "--no-bench", *flags]) == 0
+    return Plan.load(out.with_name(out.name.removesuffix(".onnx") + ".plan.json"))
+
+
+def _fake_olive(monkeypatch) -> None:
+    """The names graphprune.integrations.olive imports from olive-ai, and no more."""
+
+    class Pass:
+        pass
+
+    class ONNXModelHandler:
+        def __init__(self, model_path, model_attributes=None):
+            self.model_path, self.model_attributes = str(model_path), model_attributes
+
+    class PassConfigParam:
+        def __init__(self, type_, default_value=None, description=""):
+            self.type_, self.default_value, self.description = type_, default_value, description
+
+    def resolve_onnx_path(path, name):
+        p = Path(path)
+        return str(p if p.suffix == ".onnx" else p / name)
+
+    def model_proto_to_olive_model(proto, out, config):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(proto, str(out))
+        return ONNXModelHandler(out)
+
+    names = {"olive": {}, "olive.passes": {"Pass": Pass}, "olive.model": {"ONNXModelHandler": ONNXModelHandler},
+             "olive.model.utils": {"resolve_onnx_path": resolve_onnx_path},
+             "olive.passes.onnx": {},
+             "olive.passes.onnx.common": {"get_external_data_config": dict,
+                                          "model_proto_to_olive_model": model_proto_to_olive_model},
+             "olive.passes.pass_config": {"PassConfigParam": PassConfigParam}}
+    for name, attrs in names.items():
+        mod = types.ModuleType(name)
+        mod.__path__ = []  # a package: submodules resolve from sys.modules
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+def _olive_pass_class(monkeypatch):
+    import graphprune.integrations.olive as adapter
+
+    try:
+        import olive.passes  # noqa: F401
+    except ImportError:
+        _fake_olive(monkeypatch)
+    monkeypatch.setattr(adapter, "_CLASS", None)
+    return adapter.GraphprunePrune
+
+
+def _run_olive_pass(cls, src: Path, out_dir: Path, **config):
+    from olive.model import ONNXModelHandler
+
+    defaults = {k: v.default_value for k, v in cls._default_config(None).items()}
+    cfg = types.SimpleNamespace(**{**defaults, **config})
+    handler = cls._run_for_config(cls.__new__(cls), ONNXModelHandler(str(src)), cfg, str(out_dir))
+    return Path(handler.model_path), out_dir / handler.model_attributes["graphprune_plan"]
+
+
+@pytest.mark.parametrize("flags,config", [
+    ([], {}),
+    (["--ratio", "0.5", "--round-to", "2", "--criterion", "l1"], {"ratio": 0.5, "round_to": 2, "criterion": "l1"}),
+    (["--pipeline", "prune-channels{ratio=0.4},dce"], {"pipeline": "prune-channels{ratio=0.4},dce"}),
+], ids=["defaults", "options", "pipeline"])
+def test_olive_pass_and_cli_make_the_same_plan(samples_dir, tmp_path, monkeypatch, flags, config):
+    src = samples_dir / "tiny_resnet.onnx"
+    cli_plan = _cli_plan(src, tmp_path / "cli.onnx", *flags)
+    cls = _olive_pass_class(monkeypatch)
+    model_path, plan_path = _run_olive_pass(cls, src, tmp_path / "olive", **config)
+    olive_plan = Plan.load(plan_path)
+    assert olive_plan.groups and olive_plan.groups == cli_plan.groups
+    assert olive_plan.tensors == cli_plan.tensors and olive_plan.settings == cli_plan.settings
+    assert plan_digest(olive_plan) == plan_digest(cli_plan)
+    meta = {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}
+    assert meta[PLAN_KEY] == plan_digest(olive_plan)  # the model and its plan are one result
+    assert gp.check(src, model_path, plan_path).ok
+
+
+def test_api_compile_and_cli_make_the_same_plan(samples_dir, tmp_path):
+    from graphprune.compile import CompileOptions, compile_model
+
+    src = samples_dir / "tiny_resnet.onnx"
+    cli_plan = _cli_plan(src, tmp_path / "cli.onnx", "--ratio", "0.5", "--round-to", "4")
+    api_plan = gp.prune(src, 0.5, round_to=4).plan
+    assert api_plan.groups == cli_plan.groups and api_plan.tensors == cli_plan.tensors
+    compile_model(src, CompileOptions(target="arm", ratio=0.5, out=str(tmp_path / "c")), log_fn=lambda *a: None)
+    compiled = Plan.load(tmp_path / "c" / "plan.json")  # arm: round_to 4, the target's SIMD lanes
+    assert compiled.groups == cli_plan.groups and compiled.tensors == cli_plan.tensors
+
+
+def test_options_defaults_are_written_once():
+    import argparse
+
+    from graphprune.cli import compile_cmd, prune_cmd
+    from graphprune.workflow import PruneOptions
+
+    d = PruneOptions()
+    for mod in (prune_cmd, compile_cmd):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        ns = p.parse_args(["m.onnx"])
+        assert (ns.ratio, ns.criterion, ns.seed) == (d.ratio, d.criterion, d.seed)
+    import inspect
+
+    sig = inspect.signature(gp.prune)
+    assert sig.parameters["ratio"].default == d.ratio and sig.parameters["round_to"].default == d.round_to
