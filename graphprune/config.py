@@ -57,23 +57,7 @@ def load_config(path: str | Path) -> dict:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read config: {exc}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise UsageError(f"{path}: YAML configs need PyYAML", hint="pip install pyyaml, or use TOML") from None
-            data = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
-
-            data = tomllib.loads(text)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"{path}: cannot parse config: {exc}") from None
+    data = _parse(path, text)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a config is a table of sections ([prune], [compile])")
     version = data.get("version", CONFIG_VERSION)
@@ -83,6 +67,26 @@ def load_config(path: str | Path) -> dict:
     if unknown:
         raise UsageError(f"{path}: unknown section(s) {sorted(unknown)}", hint="sections: [prune], [compile]")
     return data
+
+
+def _parse(path: Path, text: str):
+    """The file's data by its suffix: YAML, JSON, else TOML."""
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise UsageError(f"{path}: YAML configs need PyYAML", hint="pip install pyyaml, or use TOML") from None
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+        import tomllib
+
+        return tomllib.loads(text)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot parse config: {exc}") from None
 
 
 def _toml_value(v) -> str:
