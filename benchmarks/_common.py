@@ -147,7 +147,7 @@ def table(rows: list[list], headers: list[str]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def fmt(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(cells[0]), sep] + [fmt(r) for r in cells[1:]])

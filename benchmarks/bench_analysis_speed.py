@@ -185,7 +185,7 @@ def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
         st = pstats.Stats(pr)
         total = st.total_tt
         rows = []
-        for (file, line, fn), (cc, nc, tt, ct, _callers) in st.stats.items():
+        for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():
             short = file
             for marker in ("site-packages/", "/work/main/"):
                 if marker in short:

@@ -83,7 +83,7 @@ class ResNet50(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         blocks, cin = [], 64
-        for i, (n, w) in enumerate(zip(layers, widths)):
+        for i, (n, w) in enumerate(zip(layers, widths, strict=True)):
             for j in range(n):
                 blocks.append(Bottleneck(cin, w, 2 if (j == 0 and i > 0) else 1))
                 cin = w * Bottleneck.expansion

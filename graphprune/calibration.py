@@ -359,7 +359,7 @@ class Runner:
     def __call__(self, feeds: Feeds, names: list[str] | None = None) -> dict[str, np.ndarray]:
         want = names if names is not None else self.names
         res = self.sess.run(want, {k: v for k, v in feeds.items() if k in self.inputs})
-        return dict(zip(want, res))
+        return dict(zip(want, res, strict=True))
 
 
 # ---- running statistics ------------------------------------------------------------------

@@ -196,7 +196,7 @@ class OracleResult:
 def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str],
                     rtol: float = 1e-4, atol: float = ATOL) -> list[OutputDiff]:
     diffs = []
-    for name, a, b in zip(names, ref, got):
+    for name, a, b in zip(names, ref, got, strict=True):
         a = np.asarray(a)
         b = np.asarray(b)
         if a.shape != b.shape:
@@ -245,7 +245,7 @@ class _Judge:
                                 "with --inputs")
         diffs = compare_outputs(ref[:n], got[:n], self.names, rtol=self.rtol, atol=self.atol)
         pre_names = list(self.logits.values())
-        pre = dict(zip(self.logits, compare_outputs(ref[n:], got[n:], pre_names, rtol=self.rtol, atol=self.atol)))
+        pre = dict(zip(self.logits, compare_outputs(ref[n:], got[n:], pre_names, rtol=self.rtol, atol=self.atol), strict=True))
         for k, d in enumerate(diffs):
             p = pre.get(d.name)
             if p is not None and (p.ok or d.ok):  # judged on the logits (a failing output keeps its own diff)
@@ -420,7 +420,7 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
     del s_ref
     gc.collect()
     s_new = _pruned_session(new_path)
-    for feeds, ref in zip(_feed_sets(inputs, n_random, seed, input_meta, judge.shapes), refs):
+    for feeds, ref in zip(_feed_sets(inputs, n_random, seed, input_meta, judge.shapes), refs, strict=True):
         judge.add(ref, s_new.run(None, feeds))
         if judge.failed:
             break
@@ -516,7 +516,7 @@ def output_fidelity(dense, pruned, batches) -> dict:
     cos = []
     for feeds in batches:
         a_all, b_all = s_dense.run(None, feeds), s_pruned.run(None, feeds)
-        for a, b in zip(a_all, b_all):
+        for a, b in zip(a_all, b_all, strict=True):
             a = np.asarray(a, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:

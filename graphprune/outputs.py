@@ -163,25 +163,41 @@ def check_paths(inputs: list[tuple[str, str | os.PathLike]], files: list[tuple[s
     inputs = [(w, Path(p)) for w, p in inputs if p]
     files = [(w, Path(p)) for w, p in files if p]
     folders = [(w, Path(p)) for w, p in folders if p]
-    hint = "choose another path: graphprune never writes over its inputs"
     for what, out in files:
-        if out.is_dir():
-            raise UsageError(f"{what} {out} is a directory", hint="name a file to write")
-        for iwhat, inp in inputs:
-            if same_path(out, inp):
-                raise UsageError(f"{what} {out} would overwrite the {iwhat} {inp}", hint=hint)
-            if inp.is_dir() and (out.exists() or out.is_symlink()) and _inside(out, inp):
-                raise UsageError(f"{what} {out} would overwrite a file in the {iwhat} folder {inp}", hint=hint)
+        _check_output_file(what, out, inputs)
     for what, out in folders:
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"{what} {out} exists and is not a folder", hint="choose a new or empty folder")
-        for iwhat, inp in inputs:
-            if _inside(inp, out):
-                raise UsageError(f"{what} {out} holds the {iwhat} {inp}; graphprune never writes into a "
-                                 "folder that holds its inputs", hint="choose a new or empty folder")
-            if inp.is_dir() and _inside(out, inp):
-                raise UsageError(f"{what} {out} is inside the {iwhat} folder {inp}",
-                                 hint="choose a folder outside the inputs")
+        _check_output_folder(what, out, inputs)
+    _check_outputs_apart(files, folders)
+
+
+_HINT_NOT_OVER_INPUTS = "choose another path: graphprune never writes over its inputs"
+
+
+def _check_output_file(what: str, out: Path, inputs: list[tuple[str, Path]]) -> None:
+    if out.is_dir():
+        raise UsageError(f"{what} {out} is a directory", hint="name a file to write")
+    for iwhat, inp in inputs:
+        if same_path(out, inp):
+            raise UsageError(f"{what} {out} would overwrite the {iwhat} {inp}", hint=_HINT_NOT_OVER_INPUTS)
+        if inp.is_dir() and (out.exists() or out.is_symlink()) and _inside(out, inp):
+            raise UsageError(f"{what} {out} would overwrite a file in the {iwhat} folder {inp}",
+                             hint=_HINT_NOT_OVER_INPUTS)
+
+
+def _check_output_folder(what: str, out: Path, inputs: list[tuple[str, Path]]) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{what} {out} exists and is not a folder", hint="choose a new or empty folder")
+    for iwhat, inp in inputs:
+        if _inside(inp, out):
+            raise UsageError(f"{what} {out} holds the {iwhat} {inp}; graphprune never writes into a "
+                             "folder that holds its inputs", hint="choose a new or empty folder")
+        if inp.is_dir() and _inside(out, inp):
+            raise UsageError(f"{what} {out} is inside the {iwhat} folder {inp}",
+                             hint="choose a folder outside the inputs")
+
+
+def _check_outputs_apart(files: list[tuple[str, Path]], folders: list[tuple[str, Path]]) -> None:
+    """No two outputs on one path, and no output file inside an output folder."""
     outs = files + folders
     for i, (wa, a) in enumerate(outs):
         for wb, b in outs[i + 1:]:
@@ -197,7 +213,7 @@ def check_paths(inputs: list[tuple[str, str | os.PathLike]], files: list[tuple[s
 
 def _rel_files(root: Path) -> list[str]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for n in filenames:
             out.append((Path(dirpath) / n).relative_to(root).as_posix())
     return sorted(out)

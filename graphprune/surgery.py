@@ -39,18 +39,29 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
     def slot_removed(slot: Slot) -> np.ndarray:
         return removed.get(slot, empty)
 
-    touched_nodes = set()
+    touched_nodes = _touched_nodes(dg, removed)
+    for node, fn in dg.rewrites:
+        if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
+            fn(RewriteContext(node, slot_removed, new_const, unique_name))
+    _shrink_values(dg, removed)
+    remove_unused(model)
+
+
+def _touched_nodes(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> set[int]:
+    """ids of the nodes producing or consuming a value that loses indices."""
+    touched = set()
     for s in removed:
         v = dg.values.get(s.value)
         if v is None:
             continue
         if v.producer() is not None:
-            touched_nodes.add(id(v.producer()))
-        touched_nodes.update(id(u.node) for u in v.uses())
-    for node, fn in dg.rewrites:
-        if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
-            fn(RewriteContext(node, slot_removed, new_const, unique_name))
+            touched.add(id(v.producer()))
+        touched.update(id(u.node) for u in v.uses())
+    return touched
 
+
+def _shrink_values(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
+    """Delete the removed indices from constants and shrink the recorded shapes of the others."""
     per_value: dict[str, dict[int, np.ndarray]] = {}
     for s, idx in removed.items():
         if not s.virtual:
@@ -67,4 +78,3 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
             for ax, idx in axes.items():
                 dims[ax] = int(dims[ax]) - len(idx)
             v.shape = ir.Shape(dims)
-    remove_unused(model)

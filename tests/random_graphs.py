@@ -58,7 +58,7 @@ def _convt_out(n: int, k: int, s: int, p0: int, p1: int, op: int = 0, d: int = 1
 
 def _broadcastable_to(small: tuple, big: tuple) -> bool:
     """True if ``small`` broadcasts to exactly ``big`` (same rank)."""
-    return len(small) == len(big) and all(a == b or a == 1 for a, b in zip(small, big))
+    return len(small) == len(big) and all(a == b or a == 1 for a, b in zip(small, big, strict=True))
 
 
 class _Builder:
@@ -376,7 +376,7 @@ class _Builder:
         ma, mb = self.mag[a], self.mag[b]
         if op == "Mul" and ma * mb > _MAG_LIMIT:
             op = "Add"
-        out_shape = tuple(max(p, q) for p, q in zip(self.shape[a], self.shape[b]))
+        out_shape = tuple(max(p, q) for p, q in zip(self.shape[a], self.shape[b], strict=True))
         self.tag("binary/" + ("same-tensor" if a == b else "same-shape" if self.shape[a] == self.shape[b] else "broadcast"))
         mag = ma * mb if op == "Mul" else (ma + mb if op in ("Add", "Sub") else max(ma, mb))
         self.op(op, [a, b], out_shape, mag, True)
@@ -565,10 +565,10 @@ class _Builder:
             self.tag("Split/implicit-equal")
         else:
             cuts = sorted(self.rng.choice(np.arange(1, c), size=n - 1, replace=False).tolist())
-            sizes = [b - a for a, b in zip([0] + cuts, cuts + [c])]
+            sizes = [b - a for a, b in zip([0] + cuts, cuts + [c], strict=True)]
             outs = self.emit("Split", [x, self.i64(sizes, "split")], n, axis=axis)
             self.tag("Split/split-input")
-        for o, sz in zip(outs, sizes):
+        for o, sz in zip(outs, sizes, strict=True):
             self.register(o, (1, sz, h, w), self.mag[x], True)
         return True
 
@@ -727,7 +727,7 @@ class _Builder:
             return self.op(op, [a, b], sa, ma * mb if op == "Mul" else ma + mb, True)
         if sa[1] == sb[1] and (_broadcastable_to(sa, sb) or _broadcastable_to(sb, sa)):
             return self.op(self.choice(["Add", "Mul"]) if ma * mb <= _MAG_LIMIT else "Add", [a, b],
-                           tuple(max(p, q) for p, q in zip(sa, sb)), ma * mb + ma + mb, True)
+                           tuple(max(p, q) for p, q in zip(sa, sb, strict=True)), ma * mb + ma + mb, True)
         if sa[2:] == sb[2:] and sa[1] + sb[1] <= 2 * _MAX_C:
             return self.op("Concat", [a, b], (1, sa[1] + sb[1], sa[2], sa[3]), max(ma, mb), True, axis=1)
         # different spatial sizes: global-pool both, then concatenate channels
@@ -957,13 +957,13 @@ def _validate(n: int, opset: int | None, max_nodes: int = 12) -> int:
             n_uninferred.append(sum(name not in inferred for name in shapes if name != "x"))
             for name, s in shapes.items():
                 got = inferred.get(name)
-                if got is not None and (len(got) != len(s) or any(g not in (None, d) for g, d in zip(got, s))):
+                if got is not None and (len(got) != len(s) or any(g not in (None, d) for g, d in zip(got, s, strict=True))):
                     raise AssertionError(f"shape of {name}: tracked {s}, inferred {got}")
             t4 = time.perf_counter()
             sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
             res = sess.run(None, random_feeds(m, np.random.default_rng(seed + 12345)))
             t5 = time.perf_counter()
-            for o, r in zip(m.graph.output, res):
+            for o, r in zip(m.graph.output, res, strict=True):
                 want = tuple(d.dim_value for d in o.type.tensor_type.shape.dim)
                 assert r.shape == want, f"output {o.name}: ORT shape {r.shape}, declared {want}"
                 assert r.dtype == np.float32

@@ -64,7 +64,7 @@ def test_replay_is_exact(tmp_path):
     assert again.plan.tensors == res.plan.tensors
     a = onnx.load_from_string(gp_bytes(res.model))
     b = onnx.load_from_string(gp_bytes(again.model))
-    for ta, tb in zip(sorted(a.graph.initializer, key=lambda t: t.name), sorted(b.graph.initializer, key=lambda t: t.name)):
+    for ta, tb in zip(sorted(a.graph.initializer, key=lambda t: t.name), sorted(b.graph.initializer, key=lambda t: t.name), strict=True):
         assert ta.name == tb.name
         np.testing.assert_array_equal(numpy_helper.to_array(ta), numpy_helper.to_array(tb))
 

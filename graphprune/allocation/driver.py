@@ -174,39 +174,48 @@ class Allocator:
     # ---- modes ---------------------------------------------------------------------------
     def allocate(self, scores: dict[int, np.ndarray], target: float | None, cost) -> Selection:
         fixed = self._fixed_selection(scores)
-        hi_ratio = self.max_ratio if self.max_ratio is not None else 0.95
         if self.mode == "uniform":
-            if target is None:
-                return self._merge(fixed, self._uniform(self.ratio, scores))
-            make = lambda r: self._merge(fixed, self._uniform(r, scores))  # noqa: E731
-            sel, ok = self._search(make, cost, target, 0.0, hi_ratio)
-            self.info["reached"] = ok
-            return sel
+            return self._allocate_uniform(scores, target, cost, fixed)
         if self.mode == "global":
-            seq = removal_sequence(self.dg, scores, self.groups, normalize=self.opts.get("global_normalize", "mean"),
-                                   max_ratio=self.max_ratio)
-            make = lambda k: self._merge(fixed, prefix_selection(  # noqa: E731
-                self.dg, seq, int(round(k)), scores, self.round_to, self.max_ratio))
-            if target is None:
-                total = sum(g.num_atoms for g in self.groups)
-                return make(min(len(seq), int(round(self.ratio * total))))
-            lo, hi = 0, len(seq)
-            if cost.ratio(make(hi)) > target:
-                self.info["reached"] = False
-                return make(hi)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if cost.ratio(make(mid)) <= target:
-                    hi = mid
-                else:
-                    lo = mid
-            self.info["reached"] = True
-            return make(hi)
-        # sensitivity
-        from graphprune.allocation.sensitivity import DEFAULT_RATIOS, ratio_for_budget, sensitivity_curves
+            return self._allocate_global(scores, target, cost, fixed)
+        return self._allocate_sensitivity(scores, target, cost, fixed)
 
-        if self.calib is None:
-            raise UsageError("allocation=sensitivity needs calibration data", hint="give --calib")
+    def _allocate_uniform(self, scores: dict[int, np.ndarray], target: float | None, cost,
+                          fixed: Selection) -> Selection:
+        if target is None:
+            return self._merge(fixed, self._uniform(self.ratio, scores))
+        hi_ratio = self.max_ratio if self.max_ratio is not None else 0.95
+        make = lambda r: self._merge(fixed, self._uniform(r, scores))  # noqa: E731
+        sel, ok = self._search(make, cost, target, 0.0, hi_ratio)
+        self.info["reached"] = ok
+        return sel
+
+    def _allocate_global(self, scores: dict[int, np.ndarray], target: float | None, cost,
+                         fixed: Selection) -> Selection:
+        seq = removal_sequence(self.dg, scores, self.groups, normalize=self.opts.get("global_normalize", "mean"),
+                               max_ratio=self.max_ratio)
+        make = lambda k: self._merge(fixed, prefix_selection(  # noqa: E731
+            self.dg, seq, int(round(k)), scores, self.round_to, self.max_ratio))
+        if target is None:
+            total = sum(g.num_atoms for g in self.groups)
+            return make(min(len(seq), int(round(self.ratio * total))))
+        lo, hi = 0, len(seq)
+        if cost.ratio(make(hi)) > target:
+            self.info["reached"] = False
+            return make(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if cost.ratio(make(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid
+        self.info["reached"] = True
+        return make(hi)
+
+    def _sensitivity_curves(self, scores: dict[int, np.ndarray]) -> dict:
+        """Per group, the output error against its pruning ratio (computed once, cached on the calibration)."""
+        from graphprune.allocation.sensitivity import DEFAULT_RATIOS, sensitivity_curves
+
         if not hasattr(self, "_curves"):
             ratios = [float(r) for r in _as_list(self.opts.get("sens_ratios"))] or list(DEFAULT_RATIOS)
             if self.max_ratio is not None:
@@ -221,7 +230,15 @@ class Allocator:
             self._curves = cache[key]
             self.info["sensitivity"] = {c["name"]: {"atoms": c["atoms"], "ratios": c["ratios"], "error": c["error"]}
                                         for c in self._curves.values()}
-        curves = self._curves
+        return self._curves
+
+    def _allocate_sensitivity(self, scores: dict[int, np.ndarray], target: float | None, cost,
+                              fixed: Selection) -> Selection:
+        from graphprune.allocation.sensitivity import ratio_for_budget
+
+        if self.calib is None:
+            raise UsageError("allocation=sensitivity needs calibration data", hint="give --calib")
+        curves = self._sensitivity_curves(scores)
 
         def make(eps):
             sel = {}

@@ -30,8 +30,8 @@ def _float_outputs(outs: list[np.ndarray]) -> list[np.ndarray]:
 
 def relative_error(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
     num = den = 0.0
-    for r_b, g_b in zip(ref, got):
-        for r, g in zip(_float_outputs(r_b), _float_outputs(g_b)):
+    for r_b, g_b in zip(ref, got, strict=True):
+        for r, g in zip(_float_outputs(r_b), _float_outputs(g_b), strict=True):
             num += float(np.sum((r - g) ** 2))
             den += float(np.sum(r ** 2))
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))

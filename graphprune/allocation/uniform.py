@@ -60,6 +60,36 @@ def _lcm(a: int, b: int) -> int:
     return a * b // gcd(a, b)
 
 
+def _constrained_weights(group: Group, slots: list[Slot], round_to: int) -> list[int]:
+    """Indices (into `slots`) of the weights whose kept width must be a multiple of
+    `round_to`: every weight at least that wide, else the slot seeing the most atoms."""
+    weights = [i for i, s in enumerate(slots)
+               if group.roles.get(s) == "weight" and not s.virtual and group.sizes[s] >= round_to]
+    if not weights:
+        real = [i for i, s in enumerate(slots) if not s.virtual]
+        ref = min(real, key=lambda i: (-len(group.atoms_of(slots[i])), group.sizes[slots[i]])) if real else None
+        weights = [ref] if ref is not None and group.sizes[slots[ref]] >= round_to else []
+    return weights
+
+
+def _kept_count_options(per_atom: np.ndarray, weights: list[int], kept0: np.ndarray, total: np.ndarray,
+                        round_to: int) -> list[list[int]]:
+    """Per atom class: the kept counts that make its part of every constrained weight a multiple."""
+    options = []
+    for c in range(len(total)):
+        step = 1
+        for i in weights:
+            v = int(per_atom[c, i])
+            if v:
+                step = _lcm(step, round_to // gcd(round_to, v))
+        m0, nc = int(kept0[c]), int(total[c])
+        cand = {nc}  # keeping the part whole is always allowed
+        lo = (m0 // step) * step  # a step either side too, so the parts can even out the total
+        cand.update(m for m in (lo - step, lo, lo + step) if 1 <= m <= nc)
+        options.append(sorted(cand))
+    return options
+
+
 def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: int = 1,
                     limit: int | None = None) -> list[int]:
     """The lowest-scoring atoms to remove, about `n_remove` of them (at most `limit`), so
@@ -83,12 +113,7 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
     if round_to <= 1 or not base:
         return base
     slots, counts, cls = _atom_classes(group)
-    weights = [i for i, s in enumerate(slots)
-               if group.roles.get(s) == "weight" and not s.virtual and group.sizes[s] >= round_to]
-    if not weights:
-        real = [i for i, s in enumerate(slots) if not s.virtual]
-        ref = min(real, key=lambda i: (-len(group.atoms_of(slots[i])), group.sizes[slots[i]])) if real else None
-        weights = [ref] if ref is not None and group.sizes[slots[ref]] >= round_to else []
+    weights = _constrained_weights(group, slots, round_to)
     if not weights:
         return base
     ref = min(weights, key=lambda i: (-int(np.count_nonzero(counts[i])), group.sizes[slots[i]]))
@@ -98,19 +123,7 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
     removed[base] = True
     kept0 = total - np.bincount(cls[removed], minlength=k)
     per_atom = np.stack([counts[:, np.nonzero(cls == c)[0][0]] for c in range(k)])  # class × slot
-    # Per class: the kept counts that make its part of every constrained weight a multiple.
-    options = []
-    for c in range(k):
-        step = 1
-        for i in weights:
-            v = int(per_atom[c, i])
-            if v:
-                step = _lcm(step, round_to // gcd(round_to, v))
-        m0, nc = int(kept0[c]), int(total[c])
-        cand = {nc}  # keeping the part whole is always allowed
-        lo = (m0 // step) * step  # a step either side too, so the parts can even out the total
-        cand.update(m for m in (lo - step, lo, lo + step) if 1 <= m <= nc)
-        options.append(sorted(cand))
+    options = _kept_count_options(per_atom, weights, kept0, total, round_to)
 
     def multiple(m) -> int:  # constrained weights whose width is not a multiple
         widths = per_atom[:, weights].T @ np.asarray(m)
@@ -126,7 +139,7 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
         if n - sum(m) > limit:
             continue
         key = (multiple(m), abs(float(per_atom[:, ref] @ np.asarray(m)) - w0),
-               sum(abs(a - int(b)) for a, b in zip(m, kept0)), -sum(m))
+               sum(abs(a - int(b)) for a, b in zip(m, kept0, strict=True)), -sum(m))
         if best is None or key < best[0]:
             best = (key, m)
     if best is None:

@@ -60,16 +60,22 @@ def sparsity_data(model) -> dict:
     return {name: {**r, "measured": meas.get(name)} for name, r in rec.items()}
 
 
-def run(args) -> int:
-    import graphprune as gp
+def _sparsity_format(r: dict) -> str:
+    f = r.get("format", "?")
+    if f == "n:m":
+        return f"{r.get('n')}:{r.get('m')}"
+    if f == "block":
+        return "block {}x{}".format(*r.get("block", ["?", "?"]))
+    if f == "pattern":
+        return f"pattern k={r.get('pattern_k')} ({len(r.get('patterns', []))} shapes, " \
+               f"connectivity {r.get('connectivity', 0):g})"
+    return f
+
+
+def _print_overview(args, model, data: dict) -> None:
+    """Inputs, outputs, size, ops and the group table."""
     from graphprune.cli.common import human, table
 
-    model = gp.load(args.model)
-    dg = gp.analyze(model, ignore=args.ignore or None)
-    data = inspect_data(model, dg)
-    if args.json:
-        print(json.dumps(data, indent=1))
-        return 0
     fmt = lambda s: "x".join("?" if d is None else str(d) for d in s) if s is not None else "?"  # noqa: E731
     print(f"model {args.model}  opset {data['opset']}")
     for kind in ("inputs", "outputs"):
@@ -84,6 +90,9 @@ def run(args) -> int:
     print(table(rows, ["id", "group", "width", "tensors", "consts", ""]))
     if len(data["groups"]) > args.groups:
         print(f"... {len(data['groups']) - args.groups} more (--groups N)")
+
+
+def _print_untied_and_frozen(data: dict) -> None:
     if data["untied"]:
         print(f"\n{len(data['untied'])} shared all-zero constants untied (one copy per consumer, so they "
               "couple no layers; not listed in plans, zeroing them changes nothing):")
@@ -93,32 +102,43 @@ def run(args) -> int:
         print(f"\n{len(data['frozen'])} frozen groups (not pruned):")
         for f in data["frozen"]:
             print(f"  {f['name']}: " + "; ".join(f["reasons"][:3]) + (" ..." if len(f["reasons"]) > 3 else ""))
+
+
+def _print_sparsity(sp: dict) -> None:
+    from graphprune.cli.common import table
+
+    pct = lambda v: "missing" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    print(f"\n{len(sp)} sparse tensors (metadata graphprune.sparsity):")
+    print(table([[k, r.get("op", "?"), _sparsity_format(r), r.get("criterion", ""), pct(r.get("sparsity")),
+                  pct(r.get("measured"))] for k, r in sp.items()],
+                ["tensor", "op", "format", "criterion", "recorded", "measured zeros"]))
+
+
+def _print_blocks(model) -> None:
+    from graphprune.analysis.blocks import find_residual_blocks
+    from graphprune.cli.common import human, table
+
+    blocks = find_residual_blocks(model)
+    print(f"\n{len(blocks)} removable residual blocks (remove with --blocks ADD_NODE or --remove-blocks K):")
+    print(table([[b.add, b.skip, len(b.nodes), human(b.params)] for b in blocks],
+                ["add node", "residual stream", "nodes", "params"]))
+
+
+def run(args) -> int:
+    import graphprune as gp
+
+    model = gp.load(args.model)
+    dg = gp.analyze(model, ignore=args.ignore or None)
+    data = inspect_data(model, dg)
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    _print_overview(args, model, data)
+    _print_untied_and_frozen(data)
     if data["sparsity"]:
-        sp = data["sparsity"]
-
-        def fmt_of(r):
-            f = r.get("format", "?")
-            if f == "n:m":
-                return f"{r.get('n')}:{r.get('m')}"
-            if f == "block":
-                return "block {}x{}".format(*r.get("block", ["?", "?"]))
-            if f == "pattern":
-                return f"pattern k={r.get('pattern_k')} ({len(r.get('patterns', []))} shapes, " \
-                       f"connectivity {r.get('connectivity', 0):g})"
-            return f
-
-        pct = lambda v: "missing" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        print(f"\n{len(sp)} sparse tensors (metadata graphprune.sparsity):")
-        print(table([[k, r.get("op", "?"), fmt_of(r), r.get("criterion", ""), pct(r.get("sparsity")),
-                      pct(r.get("measured"))] for k, r in sp.items()],
-                    ["tensor", "op", "format", "criterion", "recorded", "measured zeros"]))
+        _print_sparsity(data["sparsity"])
     if args.blocks:
-        from graphprune.analysis.blocks import find_residual_blocks
-
-        blocks = find_residual_blocks(model)
-        print(f"\n{len(blocks)} removable residual blocks (remove with --blocks ADD_NODE or --remove-blocks K):")
-        print(table([[b.add, b.skip, len(b.nodes), human(b.params)] for b in blocks],
-                    ["add node", "residual stream", "nodes", "params"]))
+        _print_blocks(model)
     if args.graph:
         from graphprune.ir import format_graph
 

@@ -88,7 +88,7 @@ def _fix_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
         old = dims_of(v)
         if old is not None and len(old) != len(dims):
             raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
-        if old is not None and any(isinstance(o, int) and o != d for o, d in zip(old, dims)):
+        if old is not None and any(isinstance(o, int) and o != d for o, d in zip(old, dims, strict=True)):
             raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {old}")
         v.shape = ir.Shape([int(d) for d in dims])
     for node in model.graph:  # stale intermediate shapes would fight the new ones
@@ -295,12 +295,12 @@ def _eval_node(node: ir.Node, opset: int) -> list[np.ndarray] | None:
     graph = helper.make_graph(
         [proto_node], "fold",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(names, inputs) if a is not None],
+         for n, a in zip(names, inputs, strict=True) if a is not None],
         [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
-        res = ReferenceEvaluator(m).run(None, {n: a for n, a in zip(names, inputs) if a is not None})
+        res = ReferenceEvaluator(m).run(None, {n: a for n, a in zip(names, inputs, strict=True) if a is not None})
     except Exception as exc:  # an op the evaluator cannot run: leave it unfolded
         log.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
         return None
@@ -360,7 +360,7 @@ def fold_constants(model: ir.Model) -> bool:
             # Float constants stay as computed in the model: plans name tensors of the
             # input model, and rules see through Reshape/Transpose of a weight anyway.
             continue
-        for out, arr in zip(node.outputs, results):
+        for out, arr in zip(node.outputs, results, strict=True):
             _fold_value(model, node, out, arr)
         changed = True
     return changed

@@ -137,7 +137,7 @@ def prepare_activations(dg: DependencyGraph, groups: list[Group], calibration=No
     for g in groups:
         cons = consumers_of(layers, g)
         state.consumers[g.id] = cons
-        for lin, s in cons:
+        for _lin, s in cons:
             req.want_channel(s.value, s.axis)
             if gram and dg.sizes.get(s, 0) <= GRAM_MAX_CHANNELS:
                 req.want_gram(s.value, s.axis)

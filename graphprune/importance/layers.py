@@ -112,8 +112,8 @@ def _windows(x: np.ndarray, node: ir.Node, w_shape):
     nsp = x.ndim - 2
     begin, end, strides, dil = conv_geometry(node, x.shape, w_shape)
     kernel = list(w_shape[2:])
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, end)])
-    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, end, strict=True)])
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
     win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + nsp)))
     sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) + \
         tuple(slice(None, None, d) for d in dil)

@@ -47,7 +47,7 @@ class ShapeTarget:
                 c = const_array(cond.inputs[1])
                 if inner is not None and c is not None and c.size in (1, len(inner.entries)):
                     cs = np.broadcast_to(c.reshape(-1), (len(inner.entries),))
-                    entries = [DYN if e == int(k) else e for e, k in zip(inner.entries, cs)]
+                    entries = [DYN if e == int(k) else e for e, k in zip(inner.entries, cs, strict=True)]
                     t = cls(value, entries, None)
                     t.readonly = True
                     return t

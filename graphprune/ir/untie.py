@@ -110,7 +110,7 @@ def retied(model: ir.Model):
         for o in n.outputs:
             values.setdefault(o.name, o)
     families: dict[str, list[ir.Value]] = {}
-    for copy, orig in sorted(record.items()):
+    for _copy, orig in sorted(record.items()):
         families.setdefault(orig, [])
     for orig in families:
         members = [values[n] for n in [orig] + sorted(c for c, o in record.items() if o == orig) if n in values]

@@ -89,7 +89,7 @@ def test_unknown_ops_round_trip_unchanged(tmp_path):
     assert len(fancy) == 1 and fancy[0].domain == "vendor.x"
     assert helper.get_attribute_value(fancy[0].attribute[0]) == pytest.approx(0.5)
     assert [n.op_type for n in back.graph.node] == [n.op_type for n in m.graph.node]
-    for a, c in zip(sorted(m.graph.initializer, key=lambda t: t.name), sorted(back.graph.initializer, key=lambda t: t.name)):
+    for a, c in zip(sorted(m.graph.initializer, key=lambda t: t.name), sorted(back.graph.initializer, key=lambda t: t.name), strict=True):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(c))
 
 

@@ -80,7 +80,7 @@ def masked_original(proto, sparse_model) -> onnx.ModelProto:
 def assert_same_outputs(a, b, feeds):
     ya = oracle.session(a.SerializeToString()).run(None, feeds)
     yb = oracle.session(b.SerializeToString()).run(None, feeds)
-    for p, q in zip(ya, yb):
+    for p, q in zip(ya, yb, strict=True):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 
 

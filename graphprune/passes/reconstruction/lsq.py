@@ -163,7 +163,7 @@ class LsqReconstruct(Pass):
                 for feeds in progress(inp.calibration.batches(n_batches), inp.calibration.total(n_batches),
                                       "lsq-reconstruct"):
                     xs, ys = run_p(feeds), run_d(feeds)
-                    for lin, groups, bias, ne in setups:
+                    for lin, groups, _bias, ne in setups:
                         X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, rng)
                         y = ys[lin.y.name]
                         sel = kept(inp.removed, lin.y.name, lin.y_axis, y.shape[lin.y_axis])

@@ -112,11 +112,11 @@ def weight_only_masks(spec: SparsitySpec, targets: list[Target], scores: list[np
             return [~g for g in gone], extra
         return [M.unstructured_mask(s, spec.sparsity, per_row=per_row) for s in scores], extra
     if spec.kind == "n:m":
-        return [M.nm_mask(s, spec.n, spec.m, t.seg_len) for t, s in zip(targets, scores)], extra
+        return [M.nm_mask(s, spec.n, spec.m, t.seg_len) for t, s in zip(targets, scores, strict=True)], extra
     if spec.kind == "block":
         parts = []  # (target index, rows, tile ids, tile scores, sizes)
         layouts = [block_layout(t, spec.c) for t in targets]
-        for i, (t, s) in enumerate(zip(targets, scores)):
+        for i, (t, s) in enumerate(zip(targets, scores, strict=True)):
             order, width, seg = layouts[i]
             sv = s if order is None else s[:, order]
             for rows in group_rows(t, s.shape[0]):
@@ -131,11 +131,11 @@ def weight_only_masks(spec: SparsitySpec, targets: list[Target], scores: list[np
                 mine = [p for p in parts if p[0] == i]
                 gone += M.select_units([p[3] for p in mine], [p[4] for p in mine], spec.sparsity)
         keeps = [np.ones(s.shape, bool) for s in scores]
-        for (i, rows, ids, _, _), g in zip(parts, gone):
+        for (i, rows, ids, _, _), g in zip(parts, gone, strict=True):
             keeps[i][rows] = ~g[ids]
-        return [_unpermute(k, lay[0]) for k, lay in zip(keeps, layouts)], extra
+        return [_unpermute(k, lay[0]) for k, lay in zip(keeps, layouts, strict=True)], extra
     # pattern: one library for the whole model, from the most frequent top-k shapes
-    kern = [kernel_view(t, s) for t, s in zip(targets, scores)]
+    kern = [kernel_view(t, s) for t, s in zip(targets, scores, strict=True)]
     lib = M.pattern_library(np.concatenate(kern), spec.pattern_k, spec.patterns)
     norms = [np.sqrt((k ** 2).sum(1)) for k in kern]
     if scope == "global":
@@ -143,7 +143,7 @@ def weight_only_masks(spec: SparsitySpec, targets: list[Target], scores: list[np
     else:
         conn = [M.connectivity_keep(n, spec.connectivity) for n in norms]
     keeps = []
-    for t, k, c, s in zip(targets, kern, conn, scores):
+    for t, k, c, s in zip(targets, kern, conn, scores, strict=True):
         pm, _ = M.pattern_assign(k, lib)
         keeps.append(from_kernel_view(t, pm & c[:, None], s.shape[0]))
     extra["patterns"] = [np.flatnonzero(p).tolist() for p in lib]
@@ -300,15 +300,15 @@ class Sparsify(Pass):
         if not targets:
             return {}
         weights = [t.weight() for t in targets]
-        mats = [t.logical(w).astype(np.float64) for t, w in zip(targets, weights)]
+        mats = [t.logical(w).astype(np.float64) for t, w in zip(targets, weights, strict=True)]
         scores = [np.abs(m) for m in mats]
         if criterion == "wanda":
             st = collect(model, targets, calib, hessian=False, **self._calib_opts())
-            scores = [s * input_norms(t, st[stats_key(t)], s.shape[0]) for t, s in zip(targets, scores)]
+            scores = [s * input_norms(t, st[stats_key(t)], s.shape[0]) for t, s in zip(targets, scores, strict=True)]
         per_row = str(self.options.get("compare", "row" if criterion == "wanda" else "layer")) == "row"
         keeps, extra = weight_only_masks(spec, targets, scores, scope, per_row)
         records = {}
-        for t, w, m, k in zip(targets, weights, mats, keeps):
+        for t, w, m, k in zip(targets, weights, mats, keeps, strict=True):
             new = t.physical(np.where(k, m, 0.0), w).astype(w.dtype)
             records[t.name] = self._write(t, w, new, spec, criterion, extra)
         return records

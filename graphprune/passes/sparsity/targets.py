@@ -126,6 +126,28 @@ def _is_final_classifier(model: ir.Model, lin: Linear, linear_ids: set[int]) -> 
     return lin.y.name in outs or any(o.name in outs for n in below for o in n.outputs)
 
 
+def _skip_reason(model: ir.Model, lin: Linear, w: np.ndarray, linear_ids: set[int], *, ignore: list[str],
+                 skip_first: bool, skip_last: bool, min_params: int) -> str | None:
+    """Why find_targets leaves this layer dense, or None when it is eligible."""
+    if ignore and _name_matches(ignore, [lin.name, lin.w.name, lin.y.name]):
+        return "protected (ignore)"
+    if lin.kind == "convtranspose":
+        return "ConvTranspose is not sparsified"
+    if not np.issubdtype(w.dtype, np.floating):
+        return f"weight dtype {w.dtype} is not floating point"
+    if len(list(lin.w.uses())) > 1:
+        return f"weight shared by {len(list(lin.w.uses()))} nodes (e.g. tied embedding / LM head)"
+    if lin.kind == "conv" and lin.group > 1 and w.shape[1] == 1:
+        return "depthwise convolution"
+    if w.size < min_params:
+        return f"{w.size} weights < min_params {min_params}"
+    if skip_first and lin.kind == "conv" and not _upstream_has_linear(lin.node, linear_ids):
+        return "first convolution (skip_first)"
+    if skip_last and _is_final_classifier(model, lin, linear_ids):
+        return "final classifier (skip_last)"
+    return None
+
+
 def find_targets(model: ir.Model, *, ignore: list[str] | None = None, skip_first: bool = True,
                  skip_last: bool = True, min_params: int = 1024) -> tuple[list[Target], list[dict]]:
     """(eligible layers in graph order, skipped layers as {layer, weight, reason})."""
@@ -146,33 +168,11 @@ def find_targets(model: ir.Model, *, ignore: list[str] | None = None, skip_first
     linear_ids = {id(lin.node) for lin in lins}
     out: list[Target] = []
     for lin in lins:
-        def skip(reason: str) -> None:
-            skipped.append({"layer": lin.name, "weight": lin.w.name, "reason": reason})
-
         w = const_array(lin.w)
-        if ignore and _name_matches(ignore, [lin.name, lin.w.name, lin.y.name]):
-            skip("protected (ignore)")
-            continue
-        if lin.kind == "convtranspose":
-            skip("ConvTranspose is not sparsified")
-            continue
-        if not np.issubdtype(w.dtype, np.floating):
-            skip(f"weight dtype {w.dtype} is not floating point")
-            continue
-        if len(list(lin.w.uses())) > 1:
-            skip(f"weight shared by {len(list(lin.w.uses()))} nodes (e.g. tied embedding / LM head)")
-            continue
-        if lin.kind == "conv" and lin.group > 1 and w.shape[1] == 1:
-            skip("depthwise convolution")
-            continue
-        if w.size < min_params:
-            skip(f"{w.size} weights < min_params {min_params}")
-            continue
-        if skip_first and lin.kind == "conv" and not _upstream_has_linear(lin.node, linear_ids):
-            skip("first convolution (skip_first)")
-            continue
-        if skip_last and _is_final_classifier(model, lin, linear_ids):
-            skip("final classifier (skip_last)")
+        reason = _skip_reason(model, lin, w, linear_ids, ignore=ignore, skip_first=skip_first, skip_last=skip_last,
+                              min_params=min_params)
+        if reason is not None:
+            skipped.append({"layer": lin.name, "weight": lin.w.name, "reason": reason})
             continue
         if lin.kind == "conv":
             out.append(Target(lin, lin.op.family, 0, 1, int(w.shape[1]), int(np.prod(w.shape[2:], dtype=np.int64)),

@@ -384,7 +384,6 @@ def test_gather_constant_indices():
         idx = b.const(np.array([5, 0, 0, 2, -1], np.int64))
         return b.op("Gather", [x, idx], axis=1), 5, H
     m = sandwich(mid)
-    g = groups_of(m).prunable_groups
     check(m, seeds=range(4))
 
 

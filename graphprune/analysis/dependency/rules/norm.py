@@ -19,7 +19,7 @@ def batch_norm(node, ctx):
         ctx.freeze_all("BatchNormalization in training mode")
         return
     ctx.identity(x, y)
-    for v, role in zip(node.inputs[1:5], ("norm_scale", "norm_bias", "norm_mean", "norm_var")):
+    for v, role in zip(node.inputs[1:5], ("norm_scale", "norm_bias", "norm_mean", "norm_var"), strict=True):
         ctx.couple(x, 1, v, 0)
         ctx.param(v, 0, role)
 

@@ -99,7 +99,7 @@ def _align_symbolic(din: list, dout: list, i0: int, j0: int) -> list | None:
     so = [k for k, d in enumerate(dout) if not isinstance(d, int)]
     if not si and not so:
         return _align_numeric(din, dout, i0, j0)
-    if len(si) != len(so) or any(din[a] is None or dout[b] is None for a, b in zip(si, so)):
+    if len(si) != len(so) or any(din[a] is None or dout[b] is None for a, b in zip(si, so, strict=True)):
         # e.g. [batch, seq, 4, 8] -> [batch*seq, 32]: the known trailing (and leading) runs
         # align by themselves; the run-time dims in between regroup as one block
         ti = len(din) - (max(si) + 1 if si else 0)
@@ -115,7 +115,7 @@ def _align_symbolic(din: list, dout: list, i0: int, j0: int) -> list | None:
                                 list(range(j0 + ho, j0 + len(dout) - eo)))] + (tail or [])
     blocks: list = []
     pi = pj = 0
-    for a, b in list(zip(si, so)) + [(len(din), len(dout))]:
+    for a, b in list(zip(si, so, strict=True)) + [(len(din), len(dout))]:
         seg = _align_numeric(din[pi:a], dout[pj:b], i0 + pi, j0 + pj)
         if seg is None:
             return None
@@ -142,10 +142,7 @@ def couple_reshape(ctx, x, y, reason: str, dout: list | None = None) -> list[tup
     for ii, jj in blocks:
         known = all(isinstance(dx[a], int) for a in ii) and all(isinstance(dy[b], int) for b in jj)
         if ii and jj and not known and not (len(ii) == 1 and len(jj) == 1):
-            for a in ii:
-                ctx.freeze(x, a, f"{reason}: regroups run-time-sized axes")
-            for b in jj:
-                ctx.freeze(y, b, f"{reason}: regroups run-time-sized axes")
+            _freeze_block(ctx, x, y, ii, jj, f"{reason}: regroups run-time-sized axes")
             continue
         if not ii or not jj:
             for a in ii:
@@ -156,24 +153,36 @@ def couple_reshape(ctx, x, y, reason: str, dout: list | None = None) -> list[tup
         if len(ii) == 1 and len(jj) == 1:
             ctx.couple(x, ii[0], y, jj[0])
             pairs.append((ii[0], jj[0]))
-        else:
-            chosen = _choose_axes(ctx, x, y, dx, dy, ii, jj)
-            if chosen is None:
-                for a in ii:
-                    ctx.freeze(x, a, f"{reason}: axes regrouped")
-                for b in jj:
-                    ctx.freeze(y, b, f"{reason}: axes regrouped")
-                continue
-            a, b, a_idx, b_idx = chosen
-            ctx.couple(x, a, y, b, a_idx, b_idx)
-            pairs.append((a, b))
-            for k in ii:
-                if k != a:
-                    ctx.freeze(x, k, f"{reason}: merged into another axis")
-            for k in jj:
-                if k != b:
-                    ctx.freeze(y, k, f"{reason}: split off another axis")
+            continue
+        pair = _couple_regrouped_block(ctx, x, y, dx, dy, ii, jj, reason)
+        if pair is not None:
+            pairs.append(pair)
     return pairs
+
+
+def _freeze_block(ctx, x, y, ii: list[int], jj: list[int], why: str) -> None:
+    for a in ii:
+        ctx.freeze(x, a, why)
+    for b in jj:
+        ctx.freeze(y, b, why)
+
+
+def _couple_regrouped_block(ctx, x, y, dx, dy, ii: list[int], jj: list[int], reason: str) -> tuple[int, int] | None:
+    """A block of several axes on one side: couple the one axis pair that carries the
+    channels and freeze the rest; the (in_axis, out_axis) pair, or None if all froze."""
+    chosen = _choose_axes(ctx, x, y, dx, dy, ii, jj)
+    if chosen is None:
+        _freeze_block(ctx, x, y, ii, jj, f"{reason}: axes regrouped")
+        return None
+    a, b, a_idx, b_idx = chosen
+    ctx.couple(x, a, y, b, a_idx, b_idx)
+    for k in ii:
+        if k != a:
+            ctx.freeze(x, k, f"{reason}: merged into another axis")
+    for k in jj:
+        if k != b:
+            ctx.freeze(y, k, f"{reason}: split off another axis")
+    return a, b
 
 
 def _block_pairs(din: list[int], dout: list[int], a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +365,7 @@ def reshape(node, ctx):
 
     def rewrite(rc):
         changes = {}
-        for a, b in pairs:
+        for _a, b in pairs:
             r = len(rc.removed(y, b))
             t = target.entries[b]
             if r and isinstance(t, int) and t > 0:

@@ -71,7 +71,7 @@ def split(node, ctx):
     split_in = node.inputs[1] if len(node.inputs) > 1 else None
     ctx.structural(split_in)
     off = 0
-    for o, n in zip(node.outputs, sizes):
+    for o, n in zip(node.outputs, sizes, strict=True):
         for ax in range(len(dx)):
             if ax == axis:
                 ctx.couple(x, ax, o, ax, off + np.arange(n), np.arange(n))
@@ -81,7 +81,7 @@ def split(node, ctx):
     opset = ctx.opset
 
     def rewrite(rc):
-        new = np.array([n - len(rc.removed(o, axis)) for o, n in zip(node.outputs, sizes)], np.int64)
+        new = np.array([n - len(rc.removed(o, axis)) for o, n in zip(node.outputs, sizes, strict=True)], np.int64)
         if np.array_equal(new, sizes):
             return
         if opset >= 13:
@@ -93,6 +93,34 @@ def split(node, ctx):
             rc.set_attr_ints("split", new)
 
     ctx.on_prune(rewrite)
+
+
+def _slice_runtime_bounds(ctx, x, y, rank: int, axes) -> None:
+    """Bounds known only at run time: the sliced axes stay, the others map one to one."""
+    n_axes = len(axes) if axes is not None else rank
+    sliced = {int(a) + rank if a < 0 else int(a) for a in (axes if axes is not None else range(n_axes))}
+    for ax in range(rank):
+        if ax in sliced:
+            ctx.freeze(x, ax, "Slice with run-time bounds on this axis")
+            ctx.freeze(y, ax, "Slice with run-time bounds on this axis")
+        else:
+            ctx.couple(x, ax, y, ax)
+
+
+def _slice_ranges(dx: list, starts, ends, axes: list[int], steps: list[int]) -> dict[int, tuple[int, int, int]]:
+    """axis -> (index in the Slice's lists, clamped start, clamped end) for the unit-step
+    slices of known-size axes; the other sliced axes are unmapped, hence frozen."""
+    ranges = {}
+    for k, ax in enumerate(axes):
+        if steps[k] != 1 or not isinstance(dx[ax], int):
+            continue  # unmapped, hence frozen
+        n = dx[ax]
+        s, e = int(starts[k]), int(ends[k])
+        s = min(max(s + n if s < 0 else s, 0), n)
+        e = min(max(e + n if e < 0 else e, 0), n)
+        e = max(e, s)
+        ranges[ax] = (k, s, e)
+    return ranges
 
 
 @rule("Slice", since=10)
@@ -109,28 +137,11 @@ def slice_(node, ctx):
         return
     rank = len(dx)
     if starts is None or ends is None or (len(node.inputs) > 4 and node.inputs[4] is not None and steps is None):
-        # bounds known only at run time: the sliced axes stay, the others map one to one
-        n_axes = len(axes) if axes is not None else rank
-        sliced = {int(a) + rank if a < 0 else int(a) for a in (axes if axes is not None else range(n_axes))}
-        for ax in range(rank):
-            if ax in sliced:
-                ctx.freeze(x, ax, "Slice with run-time bounds on this axis")
-                ctx.freeze(y, ax, "Slice with run-time bounds on this axis")
-            else:
-                ctx.couple(x, ax, y, ax)
+        _slice_runtime_bounds(ctx, x, y, rank, axes)
         return
     axes = list(range(len(starts))) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
     steps = [1] * len(axes) if steps is None else [int(s) for s in steps]
-    ranges = {}
-    for k, ax in enumerate(axes):
-        if steps[k] != 1 or not isinstance(dx[ax], int):
-            continue  # unmapped, hence frozen
-        n = dx[ax]
-        s, e = int(starts[k]), int(ends[k])
-        s = min(max(s + n if s < 0 else s, 0), n)
-        e = min(max(e + n if e < 0 else e, 0), n)
-        e = max(e, s)
-        ranges[ax] = (k, s, e)
+    ranges = _slice_ranges(dx, starts, ends, axes, steps)
     for ax in range(rank):
         if ax in ranges:
             _, s, e = ranges[ax]

@@ -145,7 +145,7 @@ def unpack_bsr(b: BSR) -> np.ndarray:
     r, c = b.block
     dense = np.zeros((b.block_rows * r, b.block_cols * c), dtype=b.data.dtype)
     rows = np.repeat(np.arange(b.block_rows), np.diff(b.indptr))
-    for k, (i, j) in enumerate(zip(rows, b.indices)):
+    for k, (i, j) in enumerate(zip(rows, b.indices, strict=True)):
         dense[i * r:(i + 1) * r, j * c:(j + 1) * c] = b.data[k]
     return dense[:b.shape[0], :b.shape[1]]
 
