@@ -65,13 +65,6 @@ def calibration_options(args) -> dict:
             "calib_batch": getattr(args, "calib_batch", 8), "calib_samples": getattr(args, "calib_samples", None)}
 
 
-def load(args, model):
-    from graphprune.calibration import load_calibration
-
-    return load_calibration(getattr(args, "calib", None), model, preprocess=getattr(args, "calib_preprocess", None),
-                            batch_size=getattr(args, "calib_batch", 8), limit=getattr(args, "calib_samples", None))
-
-
 def write_extras(ctx, plan_path: Path) -> list[Path]:
     """Sensitivity curves: plot beside the plan (the curves are in the plan's settings)."""
     from graphprune.allocation.sensitivity import plot_curves

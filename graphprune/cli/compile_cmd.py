@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from graphprune.cli.common import parse_shapes  # noqa: F401  (importable from here too)
-
 
 def add_arguments(p):
     from graphprune.cli import argtypes as T
@@ -51,6 +49,13 @@ def add_arguments(p):
     from graphprune.cli import sparsity_flags as sparsity_cli
 
     sparsity_cli.add_arguments(p)
+
+
+def parse_shapes(items: list[str]) -> dict | None:
+    """--input-shape values (graphprune.cli.common.parse_shapes; importable from here too)."""
+    from graphprune.cli.common import parse_shapes as parse
+
+    return parse(items)
 
 
 def options(args):
