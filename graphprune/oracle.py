@@ -185,7 +185,9 @@ class OracleResult:
         if self.refused:
             return f"oracle FAIL (nothing compared): {self.refused}"
         if self.unpaired:
-            return f"oracle FAIL: {self.unpaired} (outputs: worst error {self.worst_relative:.2e} of output scale)"
+            agree = "differ too" if any(not d.ok for d in self.diffs) else "agree"
+            return (f"oracle FAIL: {self.unpaired}; the outputs {agree} (worst error {self.worst_relative:.2e} "
+                    "of output scale)")
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
         return (f"oracle {state}: {self.runs} input set(s), worst error "
