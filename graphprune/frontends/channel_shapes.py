@@ -67,7 +67,7 @@ def _merge(v: ir.Value, dims: list) -> bool:
         log.debug("shape completion: %s has rank %d, derived %d; left as it is", v.name, len(cur), len(dims))
         return False
     new = list(cur)
-    for ax, (c, d) in enumerate(zip(cur, dims)):
+    for ax, (c, d) in enumerate(zip(cur, dims, strict=True)):
         if isinstance(c, int):
             if isinstance(d, int) and d != c:
                 log.debug("shape completion: %s[%d] is %d, derived %d; left as it is", v.name, ax, c, d)
@@ -101,139 +101,184 @@ def _axes(node: ir.Node, model: ir.Model) -> list[int] | None:
 
 def _facts(node: ir.Node, model: ir.Model):
     """(value, dims) pairs this node's definition implies, from what is known now."""
-    op = node.op_type
     ins, outs = node.inputs, node.outputs
     if not outs or outs[0] is None:
         return
+    facts = _FACTS.get(node.op_type)
+    if facts is None:
+        return
     x = ins[0] if ins else None
-    dx, dy = dims_of(x), dims_of(outs[0])
-    if op in ("Conv", "ConvTranspose"):
-        dw = _weight_dims(ins[1] if len(ins) > 1 else None)
-        if dw is None:
-            return
-        group = int(_int_attr(node, "group", 1))
-        c_in, c_out = (dw[1] * group, dw[0]) if op == "Conv" else (dw[0], dw[1] * group)
-        rank = len(dw)
-        batch = dx[0] if dx is not None and len(dx) == rank else None
-        yield x, [batch, c_in] + [None] * (rank - 2)
-        yield outs[0], [batch, c_out] + [None] * (rank - 2)
+    yield from facts(node, model, x, dims_of(x), dims_of(outs[0]))
+
+
+def _conv_facts(node, model, x, dx, dy):
+    ins, outs = node.inputs, node.outputs
+    dw = _weight_dims(ins[1] if len(ins) > 1 else None)
+    if dw is None:
         return
-    if op in SAME_SHAPE:
-        if dx is not None:
-            yield outs[0], dx
-        elif dy is not None:
-            yield x, dy
+    group = int(_int_attr(node, "group", 1))
+    c_in, c_out = (dw[1] * group, dw[0]) if node.op_type == "Conv" else (dw[0], dw[1] * group)
+    rank = len(dw)
+    batch = dx[0] if dx is not None and len(dx) == rank else None
+    yield x, [batch, c_in] + [None] * (rank - 2)
+    yield outs[0], [batch, c_out] + [None] * (rank - 2)
+
+
+def _same_shape_facts(node, model, x, dx, dy):
+    if dx is not None:
+        yield node.outputs[0], dx
+    elif dy is not None:
+        yield x, dy
+
+
+def _pool_facts(node, model, x, dx, dy):
+    if dx is not None and len(dx) >= 3:
+        rest = [1] * (len(dx) - 2) if node.op_type in GLOBAL_POOL else [None] * (len(dx) - 2)
+        yield node.outputs[0], dx[:2] + rest
+
+
+def _broadcast_facts(node, model, x, dx, dy):
+    shapes = [dims_of(v) for v in node.inputs if v is not None]
+    if shapes and all(s is not None for s in shapes):
+        out = _broadcast(shapes)
+        if out is not None:
+            yield node.outputs[0], out
+
+
+def _concat_facts(node, model, x, dx, dy):
+    shapes = [dims_of(v) for v in node.inputs if v is not None]
+    if not shapes or any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
         return
-    if op in POOL or op in GLOBAL_POOL:
-        if dx is not None and len(dx) >= 3:
-            rest = [1] * (len(dx) - 2) if op in GLOBAL_POOL else [None] * (len(dx) - 2)
-            yield outs[0], dx[:2] + rest
-        return
-    if op in BROADCAST:
-        shapes = [dims_of(v) for v in ins if v is not None]
-        if shapes and all(s is not None for s in shapes):
-            out = _broadcast(shapes)
-            if out is not None:
-                yield outs[0], out
-        return
-    if op == "Concat":
-        shapes = [dims_of(v) for v in ins if v is not None]
-        if not shapes or any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
-            return
-        rank = len(shapes[0])
-        axis = int(_int_attr(node, "axis", 0))
-        axis += rank if axis < 0 else 0
-        out = []
-        for ax in range(rank):
-            col = [s[ax] for s in shapes]
-            if ax == axis:
-                out.append(sum(col) if all(isinstance(c, int) for c in col) else None)
-            else:
-                out.append(next((c for c in col if isinstance(c, int)), next((c for c in col if c is not None), None)))
-        yield outs[0], out
-        return
-    if op == "Transpose" and dx is not None:
-        perm = _int_attr(node, "perm", None)
-        perm = list(range(len(dx)))[::-1] if perm is None else [int(p) for p in perm]
-        if sorted(perm) == list(range(len(dx))):
-            yield outs[0], [dx[p] for p in perm]
-        return
-    if op == "MatMul" and dx is not None and len(ins) > 1:
-        dw = dims_of(ins[1])
-        if dw is not None and len(dx) >= 2 and len(dw) >= 2:
-            batch = _broadcast([dx[:-2], dw[:-2]]) if max(len(dx), len(dw)) > 2 else []
-            if batch is not None:
-                yield outs[0], batch + [dx[-2], dw[-1]]
-        return
-    if op == "Shape" and dx is not None:
-        start, end = int(_int_attr(node, "start", 0)), _int_attr(node, "end", None)
-        yield outs[0], [len(range(len(dx))[start:None if end is None else int(end)])]
-        return
-    if op == "Slice" and dx is not None:
-        args = [const_array(v) if v is not None else None for v in ins[1:5]]
-        if len(args) < 2 or args[0] is None or args[1] is None:
-            return
-        starts, ends = args[0].reshape(-1).tolist(), args[1].reshape(-1).tolist()
-        axes = args[2].reshape(-1).tolist() if len(args) > 2 and args[2] is not None else list(range(len(starts)))
-        if len(args) > 2 and ins[3] is not None and args[2] is None:
-            return
-        steps = args[3].reshape(-1).tolist() if len(args) > 3 and args[3] is not None else [1] * len(starts)
-        if len(args) > 3 and ins[4] is not None and args[3] is None:
-            return
-        out = list(dx)
-        for a, b, e, st in zip(axes, starts, ends, steps):
-            a = int(a) + (len(dx) if a < 0 else 0)
-            out[a] = len(range(dx[a])[slice(int(b), int(e), int(st))]) if isinstance(dx[a], int) and st else None
-        yield outs[0], out
-        return
-    if op == "Reshape" and len(ins) > 1:
-        ds = dims_of(ins[1])
-        if ds is None or len(ds) != 1 or not isinstance(ds[0], int):
-            return
-        entries = _shape_entries(ins[1])
-        if entries is None or len(entries) != ds[0]:
-            entries = [None] * ds[0]
-        allowzero = int(_int_attr(node, "allowzero", 0))
-        out = []
-        for j, t in enumerate(entries):
-            if isinstance(t, int) and t > 0 or isinstance(t, str):
-                out.append(t)  # a constant entry, or a dim of some tensor read at run time
-            elif t == 0 and not allowzero and dx is not None and j < len(dx):
-                out.append(dx[j])
-            else:
-                out.append(None)
-        yield outs[0], out
-        return
-    if op in REDUCE and dx is not None:
-        axes = _axes(node, model) if op != "ReduceSum" or "axes" in node.attributes or len(ins) > 1 else None
-        if axes is None and (len(ins) > 1 and ins[1] is not None or "axes" in node.attributes):
-            return  # axes computed at run time
-        if axes is None and int(_int_attr(node, "noop_with_empty_axes", 0)):
-            return
-        axes = set(range(len(dx))) if not axes else {a + len(dx) if a < 0 else a for a in axes}
-        if int(_int_attr(node, "keepdims", 1)):
-            yield outs[0], [1 if k in axes else d for k, d in enumerate(dx)]
+    rank = len(shapes[0])
+    axis = int(_int_attr(node, "axis", 0))
+    axis += rank if axis < 0 else 0
+    out = []
+    for ax in range(rank):
+        col = [s[ax] for s in shapes]
+        if ax == axis:
+            out.append(sum(col) if all(isinstance(c, int) for c in col) else None)
         else:
-            yield outs[0], [d for k, d in enumerate(dx) if k not in axes]
+            out.append(next((c for c in col if isinstance(c, int)), next((c for c in col if c is not None), None)))
+    yield node.outputs[0], out
+
+
+def _transpose_facts(node, model, x, dx, dy):
+    if dx is None:
         return
-    if op in ("Squeeze", "Unsqueeze") and dx is not None:
-        axes = _axes(node, model)
-        if axes is None:
-            return
-        if op == "Squeeze":
-            axes = sorted({a + len(dx) if a < 0 else a for a in axes})
-            if all(0 <= a < len(dx) for a in axes):
-                yield outs[0], [d for k, d in enumerate(dx) if k not in axes]
+    perm = _int_attr(node, "perm", None)
+    perm = list(range(len(dx)))[::-1] if perm is None else [int(p) for p in perm]
+    if sorted(perm) == list(range(len(dx))):
+        yield node.outputs[0], [dx[p] for p in perm]
+
+
+def _matmul_facts(node, model, x, dx, dy):
+    if dx is None or len(node.inputs) <= 1:
+        return
+    dw = dims_of(node.inputs[1])
+    if dw is not None and len(dx) >= 2 and len(dw) >= 2:
+        batch = _broadcast([dx[:-2], dw[:-2]]) if max(len(dx), len(dw)) > 2 else []
+        if batch is not None:
+            yield node.outputs[0], batch + [dx[-2], dw[-1]]
+
+
+def _shape_facts(node, model, x, dx, dy):
+    if dx is None:
+        return
+    start, end = int(_int_attr(node, "start", 0)), _int_attr(node, "end", None)
+    yield node.outputs[0], [len(range(len(dx))[start:None if end is None else int(end)])]
+
+
+def _slice_facts(node, model, x, dx, dy):
+    if dx is None:
+        return
+    ins = node.inputs
+    args = [const_array(v) if v is not None else None for v in ins[1:5]]
+    if len(args) < 2 or args[0] is None or args[1] is None:
+        return
+    starts, ends = args[0].reshape(-1).tolist(), args[1].reshape(-1).tolist()
+    axes = args[2].reshape(-1).tolist() if len(args) > 2 and args[2] is not None else list(range(len(starts)))
+    if len(args) > 2 and ins[3] is not None and args[2] is None:
+        return
+    steps = args[3].reshape(-1).tolist() if len(args) > 3 and args[3] is not None else [1] * len(starts)
+    if len(args) > 3 and ins[4] is not None and args[3] is None:
+        return
+    out = list(dx)
+    for a, b, e, st in zip(axes, starts, ends, steps, strict=True):
+        a = int(a) + (len(dx) if a < 0 else 0)
+        out[a] = len(range(dx[a])[slice(int(b), int(e), int(st))]) if isinstance(dx[a], int) and st else None
+    yield node.outputs[0], out
+
+
+def _reshape_facts(node, model, x, dx, dy):
+    ins = node.inputs
+    if len(ins) <= 1:
+        return
+    ds = dims_of(ins[1])
+    if ds is None or len(ds) != 1 or not isinstance(ds[0], int):
+        return
+    entries = _shape_entries(ins[1])
+    if entries is None or len(entries) != ds[0]:
+        entries = [None] * ds[0]
+    allowzero = int(_int_attr(node, "allowzero", 0))
+    out = []
+    for j, t in enumerate(entries):
+        if isinstance(t, int) and t > 0 or isinstance(t, str):
+            out.append(t)  # a constant entry, or a dim of some tensor read at run time
+        elif t == 0 and not allowzero and dx is not None and j < len(dx):
+            out.append(dx[j])
         else:
-            rank = len(dx) + len(axes)
-            axes = sorted({a + rank if a < 0 else a for a in axes})
-            if len(axes) == len(set(axes)) and all(0 <= a < rank for a in axes):
-                it = iter(dx)
-                yield outs[0], [1 if k in axes else next(it) for k in range(rank)]
+            out.append(None)
+    yield node.outputs[0], out
+
+
+def _reduce_facts(node, model, x, dx, dy):
+    if dx is None:
+        return
+    op, ins = node.op_type, node.inputs
+    axes = _axes(node, model) if op != "ReduceSum" or "axes" in node.attributes or len(ins) > 1 else None
+    if axes is None and (len(ins) > 1 and ins[1] is not None or "axes" in node.attributes):
+        return  # axes computed at run time
+    if axes is None and int(_int_attr(node, "noop_with_empty_axes", 0)):
+        return
+    axes = set(range(len(dx))) if not axes else {a + len(dx) if a < 0 else a for a in axes}
+    if int(_int_attr(node, "keepdims", 1)):
+        yield node.outputs[0], [1 if k in axes else d for k, d in enumerate(dx)]
+    else:
+        yield node.outputs[0], [d for k, d in enumerate(dx) if k not in axes]
+
+
+def _squeeze_facts(node, model, x, dx, dy):
+    if dx is None:
+        return
+    axes = _axes(node, model)
+    if axes is None:
+        return
+    if node.op_type == "Squeeze":
+        axes = sorted({a + len(dx) if a < 0 else a for a in axes})
+        if all(0 <= a < len(dx) for a in axes):
+            yield node.outputs[0], [d for k, d in enumerate(dx) if k not in axes]
+    else:
+        rank = len(dx) + len(axes)
+        axes = sorted({a + rank if a < 0 else a for a in axes})
+        if len(axes) == len(set(axes)) and all(0 <= a < rank for a in axes):
+            it = iter(dx)
+            yield node.outputs[0], [1 if k in axes else next(it) for k in range(rank)]
 
 
 REDUCE = frozenset("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
                    "ReduceLogSumExp ReduceSumSquare".split())
+
+# op type -> the facts of one node of it: fn(node, model, x (first input), dims of x, dims of output 0)
+_FACTS = {
+    "Conv": _conv_facts, "ConvTranspose": _conv_facts,
+    **{op: _same_shape_facts for op in SAME_SHAPE},
+    **{op: _pool_facts for op in POOL | GLOBAL_POOL},
+    **{op: _broadcast_facts for op in BROADCAST},
+    "Concat": _concat_facts, "Transpose": _transpose_facts, "MatMul": _matmul_facts, "Shape": _shape_facts,
+    "Slice": _slice_facts, "Reshape": _reshape_facts,
+    **{op: _reduce_facts for op in REDUCE},
+    "Squeeze": _squeeze_facts, "Unsqueeze": _squeeze_facts,
+}
 
 
 def _shape_entries(v: ir.Value | None, depth: int = 0) -> list | None:
@@ -262,7 +307,7 @@ def _shape_entries(v: ir.Value | None, depth: int = 0) -> list | None:
     if op == "Slice" and len(ins) >= 3:
         inner = _shape_entries(ins[0], depth + 1)
         args = [const_array(i) if i is not None else None for i in ins[1:5]]
-        if inner is None or any(a is None for a, i in zip(args, ins[1:5]) if i is not None):
+        if inner is None or any(a is None for a, i in zip(args, ins[1:5], strict=True) if i is not None):
             return None
         if len(args) > 2 and args[2] is not None and args[2].reshape(-1).tolist() not in ([0], [-1]):
             return None

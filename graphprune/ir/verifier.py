@@ -98,23 +98,8 @@ class _Checker:
                              f"({node_names[node.name].op_type} and {node.op_type})", node)
                 else:
                     node_names[node.name] = node
-            for i, inp in enumerate(node.inputs):
-                if inp is None or id(inp) in known:
-                    continue
-                prod = inp.producer()
-                if prod is not None and id(prod) in position:
-                    self.add("use-before-def", f"{_where(node)} uses {inp.name!r} (input {i}) before "
-                             f"node {_label(prod)!r} produces it: the nodes are not in topological order",
-                             node, inp)
-                else:
-                    self.add("dangling-input", f"{_where(node)} uses {inp.name!r} (input {i}), which no "
-                             "node, graph input or initializer in scope produces", node, inp)
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH:
-                    self.graph(attr.value, known, names)
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    for sub in attr.value:
-                        self.graph(sub, known, names)
+            self.node_inputs(node, known, position)
+            self.subgraphs(node, known, names)
             for out in node.outputs:
                 define(out, _where(node), node)
             if node.domain in ("", "ai.onnx"):
@@ -125,6 +110,29 @@ class _Checker:
             if id(out) not in known:
                 self.add("output-not-produced", f"graph output {out.name!r} of {graph.name or 'the graph'!r} "
                          "is produced by no node, graph input or initializer in scope", out.producer(), out)
+
+    def node_inputs(self, node: ir.Node, known: set[int], position: dict[int, int]) -> None:
+        """Every input is defined before the node: in scope, or produced by an earlier node."""
+        for i, inp in enumerate(node.inputs):
+            if inp is None or id(inp) in known:
+                continue
+            prod = inp.producer()
+            if prod is not None and id(prod) in position:
+                self.add("use-before-def", f"{_where(node)} uses {inp.name!r} (input {i}) before "
+                         f"node {_label(prod)!r} produces it: the nodes are not in topological order",
+                         node, inp)
+            else:
+                self.add("dangling-input", f"{_where(node)} uses {inp.name!r} (input {i}), which no "
+                         "node, graph input or initializer in scope produces", node, inp)
+
+    def subgraphs(self, node: ir.Node, known: set[int], names: dict[str, tuple[ir.Value, str]]) -> None:
+        """The node's graph attributes (If, Loop, Scan bodies), which see the enclosing scope."""
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                self.graph(attr.value, known, names)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    self.graph(sub, known, names)
 
     # -- constants --------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class _Checker:
     def const_matches(self, v: ir.Value, shape: list[int], dtype, what: str, node: ir.Node | None) -> None:
         dims = dims_of(v)
         if dims is not None and (len(dims) != len(shape)
-                                 or any(isinstance(d, int) and d != s for d, s in zip(dims, shape))):
+                                 or any(isinstance(d, int) and d != s for d, s in zip(dims, shape, strict=True))):
             self.add("const-mismatch", f"{what} holds data of shape {shape} but its value records "
                      f"shape {dims}", node, v)
         if v.dtype is not None and dtype is not None and v.dtype != dtype:
@@ -257,7 +265,8 @@ class _Checker:
         c = _static(dims_of(node.inputs[0] if node.inputs else None), 1)
         if c is None:
             return
-        for role, v in zip(("scale", "bias", "mean", "var"), list(node.inputs)[1:5]):
+        # a BatchNormalization short of inputs is the ONNX checker's to report: check those it has
+        for role, v in zip(("scale", "bias", "mean", "var"), list(node.inputs)[1:5], strict=False):
             n = _static(dims_of(v), 0)
             if n is not None and n != c:
                 self.mismatch(node, f"{role} {v.name!r} has {n} entries for {c} input channels")

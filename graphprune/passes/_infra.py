@@ -168,18 +168,7 @@ def _convert(value, tp):
         return [_convert(x, Any) for x in value] if isinstance(value, list) else value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        # pipeline lists go to the list member; anything else tries the members in order
-        if isinstance(value, list):
-            members = sorted(members, key=lambda a: typing.get_origin(a) not in (list, tuple))
-        for a in members:
-            try:
-                return _convert(value, a)
-            except ValueError:
-                pass
-        raise ValueError
+        return _convert_union(value, args)
     if origin in (list, tuple) or tp in (list, tuple):
         inner = args[0] if args else Any
         items = list(value) if isinstance(value, (list, tuple)) else [value]  # a single value is a list of one
@@ -188,40 +177,68 @@ def _convert(value, tp):
         if not isinstance(value, dict):
             raise ValueError
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            return int(value.strip())
-        raise ValueError
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, (int, float)) or isinstance(value, str):
-            f = float(value.strip() if isinstance(value, str) else value)
-            if not math.isfinite(f):
-                raise ValueError
-            return f
-        raise ValueError
-    if tp is str:
-        if isinstance(value, str):
-            return str(value)
-        raise ValueError
+    if isinstance(tp, type) and tp in _SCALARS:
+        return _SCALARS[tp](value)
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
         raise ValueError
     return value
+
+
+def _convert_union(value, args: tuple):
+    if value is None and type(None) in args:
+        return None
+    members = [a for a in args if a is not type(None)]
+    # pipeline lists go to the list member; anything else tries the members in order
+    if isinstance(value, list):
+        members = sorted(members, key=lambda a: typing.get_origin(a) not in (list, tuple))
+    for a in members:
+        try:
+            return _convert(value, a)
+        except ValueError:
+            pass
+    raise ValueError
+
+
+def _to_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError
+
+
+def _to_int(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    raise ValueError
+
+
+def _to_float(value) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, (int, float)) or isinstance(value, str):
+        f = float(value.strip() if isinstance(value, str) else value)
+        if not math.isfinite(f):
+            raise ValueError
+        return f
+    raise ValueError
+
+
+def _to_str(value) -> str:
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _show(value) -> str:

@@ -42,7 +42,7 @@ def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: li
     feeds_list = list(feeds_list or []) + [oracle.random_inputs(sess, seed=k) for k in range(n_random)]
     acc: dict[str, list[float]] = {b.id: [] for b in blocks}
     for feeds in feeds_list:
-        out = dict(zip(names, sess.run(None, feeds)))
+        out = dict(zip(names, sess.run(None, feeds), strict=True))
         for b in blocks:
             s, br = out[b.skip].astype(np.float64), out[b.branch].astype(np.float64)
             acc[b.id].append(float(np.linalg.norm(br) / max(np.linalg.norm(s + br), 1e-12)))
@@ -112,21 +112,34 @@ def branch_zeroing(block: ResidualBlock, model: ir.Model) -> list[dict] | None:
         if op == "Add" and len(ins) == 2:
             return all(zero_const(x, node) if is_constant(x) else make_zero(x) for x in ins)
         terminals.append(node)
-        if op in ("Conv", "ConvTranspose"):
-            return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
-        if op in ("Gemm", "MatMul", "Mul") and len(ins) >= 2:
-            const = [x for x in ins[:2] if is_constant(x)]
-            bias = ins[2] if op == "Gemm" and len(ins) > 2 else None
-            return len(const) >= 1 and zero_const(const[-1], node) and zero_const(bias, node)
-        if op == "BatchNormalization" and len(node.outputs) == 1 or op == "LayerNormalization":
-            return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
-        return False
+        return _zero_terminal(node, zero_const)
 
     branch = next((o for n in model.graph if n.name == block.add for o in n.inputs
                    if o is not None and o.name == block.branch), None)
     if branch is None or not make_zero(branch):
         return None
     # a terminal downstream of another could read a changed (e.g. divided-by-zero) input
+    if _terminal_feeds_another(terminals, inside):
+        return None
+    return sorted(entries.values(), key=lambda t: t["name"])
+
+
+def _zero_terminal(node: ir.Node, zero_const) -> bool:
+    """Whether zeroing the terminal's constants (through `zero_const`) zeroes its output."""
+    op, ins = node.op_type, list(node.inputs)
+    if op in ("Conv", "ConvTranspose"):
+        return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
+    if op in ("Gemm", "MatMul", "Mul") and len(ins) >= 2:
+        const = [x for x in ins[:2] if is_constant(x)]
+        bias = ins[2] if op == "Gemm" and len(ins) > 2 else None
+        return len(const) >= 1 and zero_const(const[-1], node) and zero_const(bias, node)
+    if op == "BatchNormalization" and len(node.outputs) == 1 or op == "LayerNormalization":
+        return len(ins) > 1 and zero_const(ins[1], node) and zero_const(ins[2] if len(ins) > 2 else None, node)
+    return False
+
+
+def _terminal_feeds_another(terminals: list[ir.Node], inside: set[int]) -> bool:
+    """Whether a terminal reaches another one inside the block."""
     term_ids = {id(t) for t in terminals}
     for t in terminals:
         stack, seen = list(t.outputs), set()
@@ -136,10 +149,10 @@ def branch_zeroing(block: ResidualBlock, model: ir.Model) -> list[dict] | None:
                 if id(n) in seen or id(n) not in inside:
                     continue
                 if id(n) in term_ids:
-                    return None
+                    return True
                 seen.add(id(n))
                 stack.extend(n.outputs)
-    return sorted(entries.values(), key=lambda t: t["name"])
+    return False
 
 
 def remove_blocks(model: ir.Model, blocks: list[ResidualBlock]) -> None:
@@ -193,7 +206,7 @@ class PruneBlocks(Pass):
                 raise PlanError(f"plan removes residual block {missing[0]['skip']} + {missing[0]['branch']}, "
                                 "which this model does not have", hint="was the plan made for another model?")
             wanted = [by_key[(e["skip"], e["branch"])].id for e in plan_in.blocks]
-            for e, w in zip(plan_in.blocks, wanted):
+            for e, w in zip(plan_in.blocks, wanted, strict=True):
                 if "tensors" in e and zeroing[w] is not None and \
                         sorted(map(repr, e["tensors"])) != sorted(map(repr, zeroing[w])):
                     raise PlanError(f"plan zeroes other slices for residual block {e['skip']} + {e['branch']} than "

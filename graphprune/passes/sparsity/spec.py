@@ -50,37 +50,56 @@ def parse_block(v) -> tuple[int, int]:
     return r, c
 
 
+def _fraction(v, what: str) -> float:
+    """`v` as a float in [0, 1), else UsageError naming `what`."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {v!r} is not a number") from None
+    if not 0.0 <= f < 1.0:
+        raise UsageError(f"{what} {f:g} must be in [0, 1)")
+    return f
+
+
+def _nm_spec(nn, mm, sparsity: float | None) -> SparsitySpec:
+    if nn is None or mm is None:
+        raise UsageError("format n:m needs n and m (e.g. format=2:4)")
+    nn, mm = _int(nn, "N"), _int(mm, "M")
+    if mm < 2 or nn < 1:
+        raise UsageError(f"N:M = {nn}:{mm}: need M >= 2 and N >= 1")
+    if nn >= mm:
+        raise UsageError(f"N:M = {nn}:{mm}: N must be smaller than M (N nonzeros kept in every M weights)")
+    implied = 1.0 - nn / mm
+    if sparsity is not None and abs(sparsity - implied) > 1e-6:
+        raise UsageError(f"{nn}:{mm} fixes the sparsity at {implied:g}; got sparsity {sparsity:g}",
+                         hint="leave the sparsity out with an N:M format, or give the matching value")
+    return SparsitySpec("n:m", implied, n=nn, m=mm)
+
+
+def _pattern_spec(k, patterns, connectivity: float, sparsity: float | None) -> SparsitySpec:
+    k = _int(k, "pattern_k")
+    if not 1 <= k <= 8:
+        raise UsageError(f"pattern_k={k}: a 3×3 pattern keeps 1..8 of the 9 taps")
+    p = _int(patterns, "patterns")
+    if p < 1:
+        raise UsageError("patterns must be >= 1")
+    implied = 1.0 - (k / 9.0) * (1.0 - connectivity)
+    if sparsity is not None and abs(sparsity - implied) > 1e-6:
+        raise UsageError(f"pattern:{k} with connectivity {connectivity:g} fixes the sparsity at {implied:.4f}; "
+                         f"got sparsity {sparsity:g}", hint="leave the sparsity out, or tune pattern_k / connectivity")
+    return SparsitySpec("pattern", implied, pattern_k=k, patterns=p, connectivity=connectivity)
+
+
 def parse_spec(format: str = "unstructured", sparsity=None, *, n=None, m=None, block=None, pattern_k=None,
                patterns=8, connectivity=0.0) -> SparsitySpec:
     fmt = str(format or "unstructured").strip().lower()
     if sparsity is not None:
-        try:
-            sparsity = float(sparsity)
-        except (TypeError, ValueError):
-            raise UsageError(f"sparsity {sparsity!r} is not a number") from None
-        if not 0.0 <= sparsity < 1.0:
-            raise UsageError(f"sparsity {sparsity:g} must be in [0, 1)")
-    try:
-        connectivity = float(connectivity or 0.0)
-    except (TypeError, ValueError):
-        raise UsageError(f"connectivity {connectivity!r} is not a number") from None
-    if not 0.0 <= connectivity < 1.0:
-        raise UsageError(f"connectivity {connectivity:g} must be in [0, 1)")
+        sparsity = _fraction(sparsity, "sparsity")
+    connectivity = _fraction(connectivity or 0.0, "connectivity")
     nm = re.fullmatch(r"(\d+)\s*:\s*(\d+)", fmt)
     if fmt in ("n:m", "nm") or nm:
         nn, mm = (nm.groups() if nm else (n, m))
-        if nn is None or mm is None:
-            raise UsageError("format n:m needs n and m (e.g. format=2:4)")
-        nn, mm = _int(nn, "N"), _int(mm, "M")
-        if mm < 2 or nn < 1:
-            raise UsageError(f"N:M = {nn}:{mm}: need M >= 2 and N >= 1")
-        if nn >= mm:
-            raise UsageError(f"N:M = {nn}:{mm}: N must be smaller than M (N nonzeros kept in every M weights)")
-        implied = 1.0 - nn / mm
-        if sparsity is not None and abs(sparsity - implied) > 1e-6:
-            raise UsageError(f"{nn}:{mm} fixes the sparsity at {implied:g}; got sparsity {sparsity:g}",
-                             hint="leave the sparsity out with an N:M format, or give the matching value")
-        return SparsitySpec("n:m", implied, n=nn, m=mm)
+        return _nm_spec(nn, mm, sparsity)
     if fmt.startswith("block"):
         rest = fmt[len("block"):].lstrip(":")
         r, c = parse_block(rest or block or "4x1")
@@ -89,17 +108,7 @@ def parse_spec(format: str = "unstructured", sparsity=None, *, n=None, m=None, b
         return SparsitySpec("block", sparsity, r=r, c=c)
     if fmt.startswith("pattern"):
         rest = fmt[len("pattern"):].lstrip(":")
-        k = _int(rest or pattern_k or 4, "pattern_k")
-        if not 1 <= k <= 8:
-            raise UsageError(f"pattern_k={k}: a 3×3 pattern keeps 1..8 of the 9 taps")
-        p = _int(patterns, "patterns")
-        if p < 1:
-            raise UsageError("patterns must be >= 1")
-        implied = 1.0 - (k / 9.0) * (1.0 - connectivity)
-        if sparsity is not None and abs(sparsity - implied) > 1e-6:
-            raise UsageError(f"pattern:{k} with connectivity {connectivity:g} fixes the sparsity at {implied:.4f}; "
-                             f"got sparsity {sparsity:g}", hint="leave the sparsity out, or tune pattern_k / connectivity")
-        return SparsitySpec("pattern", implied, pattern_k=k, patterns=p, connectivity=connectivity)
+        return _pattern_spec(rest or pattern_k or 4, patterns, connectivity, sparsity)
     if fmt == "unstructured":
         if sparsity is None:
             raise UsageError("unstructured sparsity needs a sparsity target (e.g. sparsity=0.5)")
