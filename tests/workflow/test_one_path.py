@@ -126,3 +126,34 @@ def test_options_defaults_are_written_once():
 
     sig = inspect.signature(gp.prune)
     assert sig.parameters["ratio"].default == d.ratio and sig.parameters["round_to"].default == d.round_to
+
+
+def test_pipeline_state_is_a_typed_view_of_the_pass_context():
+    from graphprune.workflow import PipelineState
+
+    st = PipelineState()
+    st.selection = {0: [1]}
+    assert st.ctx.results["selection"] == {0: [1]}
+    st.selection = None  # passes test `key in results`: None removes the key
+    assert "selection" not in st.ctx.results
+    assert set(st.fields()) == {"plan_in", "selection", "calibration", "dense_model", "plan", "allocation",
+                                "removed_blocks", "repair", "sparsity"}
+
+
+VERB_MODULES = ["graphprune/workflow", "graphprune/cli/prune_cmd.py", "graphprune/cli/compile_cmd.py",
+                "graphprune/cli/check_cmd.py", "graphprune/cli/dry_run.py", "graphprune/cli/config_file.py",
+                "graphprune/cli/report.py"]
+
+
+def test_the_verbs_and_the_workflow_stay_simple():
+    """Cyclomatic complexity <= 10 where the sequence and the verbs live (the package: <= 15)."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "C901", "--config",
+                           "lint.mccabe.max-complexity=10", "--output-format", "concise", *VERB_MODULES],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
