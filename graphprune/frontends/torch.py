@@ -85,7 +85,7 @@ def quiet():
         try:
             yield
         finally:
-            for lg, lvl in zip(loggers, old):
+            for lg, lvl in zip(loggers, old, strict=True):
                 lg.setLevel(lvl)
 
 

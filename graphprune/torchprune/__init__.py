@@ -91,7 +91,7 @@ def _onnx_outputs(sess, names: list[str], args) -> list[np.ndarray]:
     import torch
 
     feeds = {n: (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
-             for n, a in zip(names, [a for a in args if isinstance(a, torch.Tensor)])}
+             for n, a in zip(names, [a for a in args if isinstance(a, torch.Tensor)], strict=True)}
     return list(sess.run(None, feeds))
 
 

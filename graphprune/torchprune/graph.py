@@ -191,7 +191,7 @@ def first_mismatch(gm, program, removed: dict[Slot, np.ndarray], args) -> str | 
                 raise RuntimeError(f"node {n.name} ({n.target}) fails: {exc}".splitlines()[0]) from None
             want, shape = expected.get(n.name), getattr(out, "shape", None)
             if want is not None and shape is not None and (len(want) != len(shape) or any(
-                    w is not None and w != int(d) for w, d in zip(want, shape))):
+                    w is not None and w != int(d) for w, d in zip(want, shape, strict=True))):
                 raise RuntimeError(f"node {n.name} ({n.target}) has shape {tuple(shape)}, expected "
                                    f"{tuple(w if w is not None else '?' for w in want)}")
             return out

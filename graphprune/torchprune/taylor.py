@@ -78,7 +78,7 @@ def taylor_scores(module, dg: DependencyGraph, loss_fn, data, *, groups=None,
             loss = loss_fn(module(*inputs), target)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             per_slot = {}
-            for n, w, g in zip(names, tensors, grads):
+            for n, w, g in zip(names, tensors, grads, strict=True):
                 if g is None:
                     continue
                 wg = (w.detach() * g).double()

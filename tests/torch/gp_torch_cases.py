@@ -40,7 +40,7 @@ def flat(out) -> list[np.ndarray]:
 
 def assert_close(ref, got, rtol=1e-4, what=""):
     assert len(ref) == len(got), f"{what}: {len(got)} outputs, expected {len(ref)}"
-    for k, (a, b) in enumerate(zip(ref, got)):
+    for k, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert a.shape == b.shape, f"{what} output {k}: shape {b.shape} != {a.shape}"
         scale = float(np.abs(a).max()) if a.size else 0.0
         err = float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0
@@ -82,7 +82,7 @@ def check_result(module, args, result, *, min_removed_groups=1, rtol=1e-4, train
     for a in input_variants(args):
         got = run(pruned, a)
         assert_close(run(masked, a), got, rtol, "pruned module vs masked original")
-        assert_close(sess.run(None, {n: x.numpy() for n, x in zip(names, a)}), got, rtol,
+        assert_close(sess.run(None, {n: x.numpy() for n, x in zip(names, a, strict=True)}), got, rtol,
                      "pruned module vs pruned ONNX")
     # the ONNX-side oracle, on the exported model the plan names
     original = ir.serde.deserialize_model(onnx.load_from_string(result.original_onnx))

@@ -592,7 +592,7 @@ def _quiet_exporter():
         try:
             yield
         finally:
-            for lg, lvl in zip(loggers, old):
+            for lg, lvl in zip(loggers, old, strict=True):
                 lg.setLevel(lvl)
 
 
