@@ -84,6 +84,30 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
     return out
 
 
+def _measure(runners: list[Runner], args) -> None:
+    """Warm up, then time every runner in interleaved rounds, so drift hits every runner alike."""
+    for r in runners:
+        for _ in range(args.warmup if r.fn else 0):
+            r.fn()
+    per_round = max(1, args.repeats // max(1, args.rounds))
+    for _ in range(args.rounds):
+        for r in runners:
+            if r.fn is None:
+                res = r.remote()
+                r.times.append(float(res["median_ms"]))
+                continue
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                r.fn()
+                r.times.append((time.perf_counter() - t0) * 1000)
+
+
+def _summary(r: Runner) -> dict:
+    t = np.array(r.times)
+    return {"label": r.label, "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+            "min_ms": float(t.min()), "runs": len(t)}
+
+
 def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
     from graphprune.oracle import random_inputs, session
@@ -98,25 +122,8 @@ def run(args) -> int:
     runners: list[Runner] = []
     for p in args.paths:
         runners += _runners_for(Path(p), args, feeds_fn, args.backends)
-    for r in runners:
-        for _ in range(args.warmup if r.fn else 0):
-            r.fn()
-    per_round = max(1, args.repeats // max(1, args.rounds))
-    for _ in range(args.rounds):  # interleaved so drift hits every runner alike
-        for r in runners:
-            if r.fn is None:
-                res = r.remote()
-                r.times.append(float(res["median_ms"]))
-                continue
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                r.fn()
-                r.times.append((time.perf_counter() - t0) * 1000)
-    results = []
-    for r in runners:
-        t = np.array(r.times)
-        results.append({"label": r.label, "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-                        "min_ms": float(t.min()), "runs": len(t)})
+    _measure(runners, args)
+    results = [_summary(r) for r in runners]
     base = results[0]["median_ms"]
     rows = [[x["label"], f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['min_ms']:.3f}", x["runs"],
              f"{base / x['median_ms']:.2f}x"] for x in results]

@@ -68,6 +68,51 @@ def _setup_logging(verbose: int, quiet: bool, log_file: str | None) -> None:
         root.addHandler(fh)
 
 
+def _print_error(verb: str | None, exc) -> int:
+    """A GraphpruneError as the CLI shows it: one line, then the hint; its exit code."""
+    print(f"graphprune{' ' + verb if verb else ''}: error: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _guard_outputs(args) -> int | None:
+    """Before --log-file is opened or any work: no output may land on an input."""
+    from graphprune.cli.paths import check_cli_paths
+    from graphprune.errors import UsageError
+    from graphprune.outputs import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()  # SIGTERM unwinds, so temporary files are removed
+    try:
+        check_cli_paths(args)
+    except UsageError as exc:
+        return _print_error(args.verb, exc)
+    return None
+
+
+def _run_verb(args, verbose: int) -> int:
+    """The verb's own run; typed errors become their exit codes, anything else exit 1."""
+    from graphprune.errors import GraphpruneError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except GraphpruneError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        return _print_error(args.verb, exc)
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: one line unless -v
+        if verbose:
+            raise
+        print(f"graphprune {args.verb}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  hint: rerun with -v for the traceback, and please report it", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -76,19 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     verbose = args.verbose + getattr(args, "verbose_sub", 0)
-    if args.verb:  # before --log-file is opened or any work: no output may land on an input
-        from graphprune.errors import UsageError
-        from graphprune.cli.paths import check_cli_paths
-        from graphprune.outputs import exit_cleanly_on_sigterm
-
-        exit_cleanly_on_sigterm()  # SIGTERM unwinds, so temporary files are removed
-        try:
-            check_cli_paths(args)
-        except UsageError as exc:
-            print(f"graphprune {args.verb}: error: {exc}", file=sys.stderr)
-            if exc.hint:
-                print(f"  hint: {exc.hint}", file=sys.stderr)
-            return exc.exit_code
+    refused = _guard_outputs(args) if args.verb else None
+    if refused is not None:
+        return refused
     try:
         _setup_logging(verbose, args.quiet, args.log_file)
     except OSError as exc:
@@ -102,28 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 2
-    from graphprune.errors import GraphpruneError
-
-    try:
-        return int(importlib.import_module(args._module).run(args) or 0)
-    except GraphpruneError as exc:
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        print(f"graphprune {args.verb}: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("graphprune: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an internal error: one line unless -v
-        if verbose:
-            raise
-        print(f"graphprune {args.verb}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("  hint: rerun with -v for the traceback, and please report it", file=sys.stderr)
-        return 1
+    return _run_verb(args, verbose)
 
 
 if __name__ == "__main__":
