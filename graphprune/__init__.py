@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _API = {
     "load": "graphprune.api", "save": "graphprune.api", "analyze": "graphprune.api",
     "prune": "graphprune.api", "check": "graphprune.api", "PruneResult": "graphprune.api",
+    "compile": "graphprune.api",
     "sparsify": "graphprune.api", "SparsifyResult": "graphprune.api",
     "read_sparsity": "graphprune.sparsity_meta", "write_sparsity": "graphprune.sparsity_meta",
     "Plan": "graphprune.plan", "PassManager": "graphprune.passes", "Pass": "graphprune.passes",
