@@ -1,0 +1,1 @@
+"""The `graphprune` command line: verbs that parse options, call the workflow and print."""

@@ -1,0 +1,1 @@
+"""Cleanup passes run after rewrites (dead-code elimination)."""

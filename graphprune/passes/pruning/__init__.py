@@ -1,0 +1,1 @@
+"""Structural pruning passes: channels (prune-channels) and residual blocks (prune-blocks)."""
