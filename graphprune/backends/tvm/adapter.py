@@ -471,10 +471,13 @@ def shutdown_workers() -> None:
 @functools.lru_cache(maxsize=1)
 def _py_classes():
     """MetaSchedule Python subclasses (need TVM at class creation, hence built lazily)."""
+    return _schedule_only_runner_class(), _pooled_builder_class(), _progress_class()
+
+
+@functools.lru_cache(maxsize=1)
+def _schedule_only_runner_class():
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.builder import local_builder
     from tvm.ir.utils import derived_object
-    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     @derived_object
     class _FixedFuture(ms.runner.PyRunnerFuture):
@@ -490,6 +493,16 @@ def _py_classes():
 
         def run(self, runner_inputs):
             return [_FixedFuture() for _ in runner_inputs]
+
+    return ScheduleOnlyRunner
+
+
+@functools.lru_cache(maxsize=1)
+def _pooled_builder_class():
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.ir.utils import derived_object
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     @derived_object
     class PooledBuilder(ms.builder.PyBuilder):
@@ -541,6 +554,14 @@ def _py_classes():
                 self._pool.shutdown()
                 self._pool = None
 
+    return PooledBuilder
+
+
+@functools.lru_cache(maxsize=1)
+def _progress_class():
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.ir.utils import derived_object
+
     @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
         """Logs each measured batch through graphprune's log callable."""
@@ -562,7 +583,7 @@ def _py_classes():
                      + (f", {failed} failed" if failed else "")
                      + (f", best {min(ok) * 1e6:.1f} us" if ok else ""))
 
-    return ScheduleOnlyRunner, PooledBuilder, Progress
+    return Progress
 
 
 def schedule_only_runner():

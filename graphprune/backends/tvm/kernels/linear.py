@@ -98,6 +98,32 @@ def bsr_prim_func(M: int, K: int, N: int, r: int, c: int, nnzb: int, *, Mt: int,
     return bsr_linear
 
 
+def _csr_tile_macros(M: int, K: int, N: int, *, Kp: int, Mt: int, R: int, chunks: int, per: int, lo_clamp):
+    """The two ends of csr_prim_func's kernel, as TVMScript macros (expanded in place):
+    load_xt packs the task's Mt rows of x column-major into xt (zero padded to Kp), and
+    store_y writes a row tile's [R, Mt] results (+ bias, clamped) into y."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def load_xt(xt, x, task):
+        for k in range(Kp):
+            for mm in range(Mt):
+                xt[k * Mt + mm] = T.if_then_else(
+                    (task // chunks) * Mt + mm < M and k < K,
+                    x[T.min((task // chunks) * Mt + mm, M - 1), T.min(k, K - 1)],
+                    T.float32(0))
+
+    @T.macro
+    def store_y(y, yacc, bias, task, ib):
+        for mm in range(Mt):
+            for r in range(R):
+                if (task // chunks) * Mt + mm < M and ((task % chunks) * per + ib) * R + r < N:
+                    y[(task // chunks) * Mt + mm, ((task % chunks) * per + ib) * R + r] = T.max(
+                        yacc[r * Mt + mm] + bias[((task % chunks) * per + ib) * R + r], lo_clamp)
+
+    return load_xt, store_y
+
+
 def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, k_block: int,
                   chunks: int, unroll: int = _CSR_UNROLL, relu: bool = False, out_shape: tuple | None = None):
     """TIR for unstructured sparsity (structure.BlockedCSR). Constants: data[nnz],
@@ -123,6 +149,7 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
     per = -(-nrt // chunks)
     nnz = max(1, nnz)                      # an all-zero weight still gets a (dummy) entry
     lo_clamp = T.float32(0.0) if relu else T.float32(_NEG_INF)
+    load_xt, store_y = _csr_tile_macros(M, K, N, Kp=Kp, Mt=Mt, R=R, chunks=chunks, per=per, lo_clamp=lo_clamp)
 
     @T.prim_func
     def csr_linear(x: T.Buffer((M, K), "float32"), data: T.Buffer((nnz,), "float32"),
@@ -134,12 +161,7 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
             xt = T.alloc_buffer((Kp * Mt,), "float32")
             yacc = T.alloc_buffer((R * Mt,), "float32")
             acc = T.alloc_buffer((U * Mt,), "float32")
-            for k in range(Kp):
-                for mm in range(Mt):
-                    xt[k * Mt + mm] = T.if_then_else(
-                        (task // chunks) * Mt + mm < M and k < K,
-                        x[T.min((task // chunks) * Mt + mm, M - 1), T.min(k, K - 1)],
-                        T.float32(0))
+            load_xt(xt, x, task)
             for ib in range(per):
                 if (task % chunks) * per + ib < nrt:
                     for kt in range(nkt):
@@ -174,11 +196,7 @@ def csr_prim_func(M: int, K: int, N: int, nnz: int, *, Mt: int, row_block: int, 
                             for u in T.unroll(U - 1):
                                 yacc[T.Ramp(r * Mt, 1, Mt)] = yacc[T.Ramp(r * Mt, 1, Mt)] + acc[
                                     T.Ramp((u + 1) * Mt, 1, Mt)]
-                    for mm in range(Mt):
-                        for r in range(R):
-                            if (task // chunks) * Mt + mm < M and ((task % chunks) * per + ib) * R + r < N:
-                                y[(task // chunks) * Mt + mm, ((task % chunks) * per + ib) * R + r] = T.max(
-                                    yacc[r * Mt + mm] + bias[((task % chunks) * per + ib) * R + r], lo_clamp)
+                    store_y(y, yacc, bias, task, ib)
 
     return csr_linear
 

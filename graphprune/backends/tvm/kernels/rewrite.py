@@ -94,114 +94,157 @@ def _tvm_op_type():
     return tvm.ir.Op
 
 
-def _find_layers(func, min_sparsity: float, log) -> list[_Layer]:
-    from tvm import relax
+class _Dataflow:
+    """The var bindings of a Relax function's dataflow blocks: value of each var, binding
+    order, use counts, and the calls consuming each var."""
 
-    bindings, order, uses = {}, [], {}
+    def __init__(self, func):
+        from tvm import relax
 
-    def count_uses(expr):
+        self.bindings, self.order, self.uses = {}, [], {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.bindings[b.var] = b.value
+                    self.order.append(b.var)
+                    self._count_uses(b.value)
+        self._count_uses(func.body.body)
+        self.consumer = {}
+        for v in self.order:
+            val = self.bindings[v]
+            if isinstance(val, relax.Call):
+                for a in val.args:
+                    if isinstance(a, relax.Var):
+                        self.consumer.setdefault(a, []).append(v)
+
+    def _count_uses(self, expr):
+        from tvm import relax
+
         for v in relax.analysis.free_vars(expr) if not isinstance(expr, relax.Var) else [expr]:
-            uses[v] = uses.get(v, 0) + 1
+            self.uses[v] = self.uses.get(v, 0) + 1
 
-    for block in func.body.blocks:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding):
-                bindings[b.var] = b.value
-                order.append(b.var)
-                count_uses(b.value)
-    count_uses(func.body.body)
-    consumer = {}
-    for v in order:
-        val = bindings[v]
-        if isinstance(val, relax.Call):
-            for a in val.args:
-                if isinstance(a, relax.Var):
-                    consumer.setdefault(a, []).append(v)
-
-    def single_next(var, op_name):
-        users = consumer.get(var, [])
-        if uses.get(var, 0) == 1 and len(users) == 1 and _op_name(bindings[users[0]]) == op_name:
+    def single_next(self, var, op_name):
+        """The var's only consumer, when it is an `op_name` call."""
+        users = self.consumer.get(var, [])
+        if self.uses.get(var, 0) == 1 and len(users) == 1 and _op_name(self.bindings[users[0]]) == op_name:
             return users[0]
         return None
 
+
+def _matmul_weight(flow: _Dataflow, call, x_shape) -> tuple[np.ndarray, list] | None:
+    """(weight as [N, K], bindings it replaces) of a matmul by a constant (or by the
+    permute_dims of one), or None."""
+    from tvm import relax
+
+    w_expr = call.args[1]
+    dense_bindings = []
+    w = _const_value(w_expr, flow.bindings)
+    if w is not None:
+        if isinstance(w_expr, relax.Var):
+            return None          # constant bound to a var: keep simple, not matched
+        if w.ndim != 2:
+            return None
+        w_nk = np.ascontiguousarray(w.T)
+    else:
+        pd = flow.bindings.get(w_expr) if isinstance(w_expr, relax.Var) else None
+        if _op_name(pd) != "relax.permute_dims" or flow.uses.get(w_expr, 0) != 1:
+            return None
+        c = _const_value(pd.args[0], flow.bindings)
+        axes = pd.attrs.axes
+        if c is None or c.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
+            return None
+        w_nk = np.ascontiguousarray(c)
+        dense_bindings.append((w_expr, pd))
+    if len(x_shape) < 2 or x_shape[-1] != w_nk.shape[1]:
+        return None
+    return w_nk, dense_bindings
+
+
+def _conv2d_weight(flow: _Dataflow, call) -> np.ndarray | None:
+    """The OIHW constant weight of an NCHW conv2d, or None."""
+    from tvm import relax
+
+    w_expr = call.args[1]
+    w = _const_value(w_expr, flow.bindings)
+    a = call.attrs
+    if w is None or isinstance(w_expr, relax.Var) or str(a.data_layout) != "NCHW" \
+            or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
+        return None
+    return w
+
+
+def _fusable_bias(flow: _Dataflow, v, add, kind: str, n_out: int):
+    """(bias [n_out] float32, the bias var to drop or None) when the `add` after layer
+    output `v` adds a per-output-channel constant; None otherwise."""
+    from tvm import relax
+
+    other = [a for a in flow.bindings[add].args if not (isinstance(a, relax.Var) and a.same_as(v))]
+    b = _const_value(other[0], flow.bindings) if len(other) == 1 else None
+    ok = b is not None and b.size == n_out and (
+        (kind == "linear" and b.shape[-1:] == (n_out,)) or
+        (kind == "conv2d" and b.reshape(-1).size == n_out and b.ndim in (1, 3, 4)
+         and (b.ndim == 1 or b.shape[-2:] == (1, 1))))
+    bias_var = other[0] if len(other) == 1 and isinstance(other[0], relax.Var) else None
+    if bias_var is not None and (_op_name(flow.bindings.get(bias_var)) != "relax.reshape"
+                                 or flow.uses.get(bias_var, 0) != 1):
+        ok = False  # a bias var is only fused when it is the importer's reshape of a constant
+    if not ok:
+        return None
+    return b.reshape(n_out).astype(np.float32), bias_var
+
+
+def _conv2d_attrs(call) -> dict:
+    a = call.attrs
+    pad = [int(p) for p in a.padding]
+    pad = pad * 2 if len(pad) == 2 else pad
+    return {"strides": tuple(int(s) for s in a.strides), "padding": tuple(pad),
+            "dilation": tuple(int(d) for d in a.dilation), "groups": int(a.groups)}
+
+
+def _find_layers(func, min_sparsity: float, log) -> list[_Layer]:
+    flow = _Dataflow(func)
+    bindings = flow.bindings
     layers = []
-    for v in order:
+    for v in flow.order:
         call = bindings[v]
         op = _op_name(call)
         if op not in ("relax.matmul", "relax.nn.conv2d"):
             continue
         if str(call.ty.dtype) != "float32":
             continue
-        x, w_expr = call.args[0], call.args[1]
+        x = call.args[0]
         x_shape, out_shape = _shape(x), _shape(call)
         if x_shape is None or out_shape is None:
             continue
-        dense_bindings = []
         if op == "relax.matmul":
-            w = _const_value(w_expr, bindings)
-            if w is not None:
-                if isinstance(w_expr, relax.Var):
-                    continue          # constant bound to a var: keep simple, not matched
-                if w.ndim != 2:
-                    continue
-                w_nk = np.ascontiguousarray(w.T)
-            else:
-                pd = bindings.get(w_expr) if isinstance(w_expr, relax.Var) else None
-                if _op_name(pd) != "relax.permute_dims" or uses.get(w_expr, 0) != 1:
-                    continue
-                c = _const_value(pd.args[0], bindings)
-                axes = pd.attrs.axes
-                if c is None or c.ndim != 2 or (axes is not None and [int(a) for a in axes] != [1, 0]):
-                    continue
-                w_nk = np.ascontiguousarray(c)
-                dense_bindings.append((w_expr, pd))
-            if len(x_shape) < 2 or x_shape[-1] != w_nk.shape[1]:
+            found = _matmul_weight(flow, call, x_shape)
+            if found is None:
                 continue
-            weight, kind = w_nk, "linear"
+            (weight, dense_bindings), kind = found, "linear"
         else:
-            w = _const_value(w_expr, bindings)
-            a = call.attrs
-            if w is None or isinstance(w_expr, relax.Var) or str(a.data_layout) != "NCHW" \
-                    or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
+            weight, dense_bindings, kind = _conv2d_weight(flow, call), [], "conv2d"
+            if weight is None:
                 continue
-            weight, kind = w, "conv2d"
         sp = structure.sparsity(weight)
         if sp < min_sparsity:
             continue
         dense_bindings.append((v, call))
         last, drop, bias, relu = v, [], None, False
-        add = single_next(v, "relax.add")
-        if add is not None:
-            other = [a for a in bindings[add].args if not (isinstance(a, relax.Var) and a.same_as(v))]
-            b = _const_value(other[0], bindings) if len(other) == 1 else None
-            n_out = weight.shape[0]
-            ok = b is not None and b.size == n_out and (
-                (kind == "linear" and b.shape[-1:] == (n_out,)) or
-                (kind == "conv2d" and b.reshape(-1).size == n_out and b.ndim in (1, 3, 4)
-                 and (b.ndim == 1 or b.shape[-2:] == (1, 1))))
-            bias_var = other[0] if len(other) == 1 and isinstance(other[0], relax.Var) else None
-            if bias_var is not None and (_op_name(bindings.get(bias_var)) != "relax.reshape"
-                                         or uses.get(bias_var, 0) != 1):
-                ok = False  # a bias var is only fused when it is the importer's reshape of a constant
-            if ok:
-                bias, last = b.reshape(n_out).astype(np.float32), add
-                if bias_var is not None:
-                    drop.append(bias_var)
-                    dense_bindings.append((bias_var, bindings[bias_var]))
-                drop.append(add)
-                dense_bindings.append((add, bindings[add]))
-        rl = single_next(last, "relax.nn.relu")
+        add = flow.single_next(v, "relax.add")
+        fused = _fusable_bias(flow, v, add, kind, weight.shape[0]) if add is not None else None
+        if fused is not None:
+            (bias, bias_var), last = fused, add
+            if bias_var is not None:
+                drop.append(bias_var)
+                dense_bindings.append((bias_var, bindings[bias_var]))
+            drop.append(add)
+            dense_bindings.append((add, bindings[add]))
+        rl = flow.single_next(last, "relax.nn.relu")
         if rl is not None:
             relu, last = True, rl
             drop.append(rl)
             dense_bindings.append((rl, bindings[rl]))
-        conv_attrs = None
-        if kind == "conv2d":
-            a = call.attrs
-            pad = [int(p) for p in a.padding]
-            pad = pad * 2 if len(pad) == 2 else pad
-            conv_attrs = {"strides": tuple(int(s) for s in a.strides), "padding": tuple(pad),
-                          "dilation": tuple(int(d) for d in a.dilation), "groups": int(a.groups)}
+        conv_attrs = _conv2d_attrs(call) if kind == "conv2d" else None
         name = f"{kind}{len(layers)}:{v.name}"
         layers.append(_Layer(kind, name, v, last, drop, x, x_shape, _shape(bindings[last]) or out_shape,
                              weight, bias, relu, dense_bindings, conv_attrs))
@@ -379,7 +422,7 @@ def _apply(mod, chosen: dict):
 
     drop = set()
     by_last = {}
-    for op_var, (layer, cand) in chosen.items():
+    for layer, cand in chosen.values():
         drop.update(layer.drop)
         by_last[layer.last_var] = (layer, cand)
     counter = [0]
