@@ -55,6 +55,15 @@ class RuleContext:
     def dims(self, value: ir.Value | None) -> list | None:
         return dims_of(value)
 
+    def dims_or_freeze_all(self, value: ir.Value | None) -> list | None:
+        """`dims(value)` for a rule that maps `value` axis by axis. When its rank is unknown
+        no axis can be mapped: every slot of the node is frozen ("<op> of unknown rank")
+        and None is returned, so the rule stops there."""
+        d = self.dims(value)
+        if d is None:
+            self.freeze_all(f"{self.node.op_type} of unknown rank")
+        return d
+
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         return const_array(value)
 

@@ -29,28 +29,33 @@ def _set_group(ctx, x, new_groups_from_input: bool, group: int):
         ctx.on_prune(rewrite)
 
 
-@rule("Conv")
-def conv(node, ctx):
+def _grouped_conv(node, ctx, transposed: bool) -> None:
+    """Conv (weight [M, C/group, k...]) and ConvTranspose (weight [C, M/group, k...]) couple
+    alike with the weight's first two axes swapped: `rows` is the tensor whose channels
+    index the weight's axis 0 (y for Conv, x for ConvTranspose), `cols` the one whose
+    channels, one group's worth, index its axis 1."""
     x, w = node.inputs[0], node.inputs[1]
     b = node.inputs[2] if len(node.inputs) > 2 else None
     y = node.outputs[0]
     dx, dw = ctx.dims(x), ctx.dims(w)
-    if dx is None or dw is None or not isinstance(dx[1], int) or not isinstance(dw[0], int):
-        ctx.freeze_all("Conv with unknown channel counts")
+    dm, m_axis = (ctx.dims(y), 1) if transposed else (dw, 0)  # where the output channel count is read
+    if dx is None or dw is None or dm is None or not isinstance(dx[1], int) or not isinstance(dm[m_axis], int):
+        ctx.freeze_all(f"{node.op_type} with unknown channel counts")
         return
     group = int(ctx.attr("group", 1))
-    c_in, m = dx[1], dw[0]
+    c_in, m = dx[1], dm[m_axis]
     if group < 1 or c_in % group or m % group:
-        ctx.freeze_all(f"Conv group={group} does not divide channels {c_in}->{m}")
+        ctx.freeze_all(f"{node.op_type} group={group} does not divide channels {c_in}->{m}")
         return
+    rows, cols = (x, y) if transposed else (y, x)
     _spatial_unchanged(ctx, x, y, w)
-    ctx.couple(y, 1, w, 0)
+    ctx.couple(rows, 1, w, 0)
+    ctx.param(w, 0, "weight")
     if b is not None:
         ctx.couple(y, 1, b, 0)
         ctx.param(b, 0, "bias")
-    ctx.param(w, 0, "weight")
     if group == 1:
-        ctx.couple(x, 1, w, 1)
+        ctx.couple(cols, 1, w, 1)
         ctx.param(w, 1, "weight")
         return
     ig, og = c_in // group, m // group
@@ -59,42 +64,21 @@ def conv(node, ctx):
         ctx.couple(x, 1, y, 1, np.arange(m) // og, np.arange(m))
         ctx.unchanged(w, 1)
         _set_group(ctx, x, True, group)
+    elif transposed:
+        ctx.couple_virtual("in_pos", ig, x, 1, np.arange(c_in), np.arange(c_in) % ig)
+        ctx.couple(y, 1, w, 1, np.arange(m), np.arange(m) % og)
+        ctx.param(w, 1, "weight")
     else:
         ctx.couple(x, 1, w, 1, np.arange(c_in), np.arange(c_in) % ig)
         ctx.param(w, 1, "weight")
         ctx.couple_virtual("out_pos", og, y, 1, np.arange(m), np.arange(m) % og)
 
 
+@rule("Conv")
+def conv(node, ctx):
+    _grouped_conv(node, ctx, transposed=False)
+
+
 @rule("ConvTranspose")
 def conv_transpose(node, ctx):
-    x, w = node.inputs[0], node.inputs[1]
-    b = node.inputs[2] if len(node.inputs) > 2 else None
-    y = node.outputs[0]
-    dx, dw, dy = ctx.dims(x), ctx.dims(w), ctx.dims(y)
-    if dx is None or dw is None or dy is None or not isinstance(dx[1], int) or not isinstance(dy[1], int):
-        ctx.freeze_all("ConvTranspose with unknown channel counts")
-        return
-    group = int(ctx.attr("group", 1))
-    c_in, m = dx[1], dy[1]
-    if group < 1 or c_in % group or m % group:
-        ctx.freeze_all(f"ConvTranspose group={group} does not divide channels {c_in}->{m}")
-        return
-    _spatial_unchanged(ctx, x, y, w)
-    ctx.couple(x, 1, w, 0)
-    ctx.param(w, 0, "weight")
-    if b is not None:
-        ctx.couple(y, 1, b, 0)
-        ctx.param(b, 0, "bias")
-    if group == 1:
-        ctx.couple(y, 1, w, 1)
-        ctx.param(w, 1, "weight")
-        return
-    ig, og = c_in // group, m // group
-    if ig == 1:
-        ctx.couple(x, 1, y, 1, np.arange(m) // og, np.arange(m))
-        ctx.unchanged(w, 1)
-        _set_group(ctx, x, True, group)
-    else:
-        ctx.couple_virtual("in_pos", ig, x, 1, np.arange(c_in), np.arange(c_in) % ig)
-        ctx.couple(y, 1, w, 1, np.arange(m), np.arange(m) % og)
-        ctx.param(w, 1, "weight")
+    _grouped_conv(node, ctx, transposed=True)

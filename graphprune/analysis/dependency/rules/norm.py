@@ -70,9 +70,7 @@ def group_norm(node, ctx):
 @rule("LayerNormalization")
 def layer_norm(node, ctx):
     x, y = node.inputs[0], node.outputs[0]
-    dx = ctx.dims(x)
-    if dx is None:
-        ctx.freeze_all("LayerNormalization of unknown rank")
+    if (dx := ctx.dims_or_freeze_all(x)) is None:
         return
     axis = int(ctx.attr("axis", -1))
     axis = axis + len(dx) if axis < 0 else axis
@@ -91,9 +89,7 @@ def layer_norm(node, ctx):
 def _across_axis(kind: str, default_axis, since13_axis=None):
     def fn(node, ctx):
         x, y = node.inputs[0], node.outputs[0]
-        dx = ctx.dims(x)
-        if dx is None:
-            ctx.freeze_all(f"{node.op_type} of unknown rank")
+        if (dx := ctx.dims_or_freeze_all(x)) is None:
             return
         axis = ctx.attr("axis", default_axis if ctx.opset < 13 or since13_axis is None else since13_axis)
         axis = int(axis) + len(dx) if int(axis) < 0 else int(axis)

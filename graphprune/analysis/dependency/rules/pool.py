@@ -49,9 +49,7 @@ def _reduce_axes(node, ctx, rank):
 @rule(REDUCE)
 def reduce(node, ctx):
     x, y = node.inputs[0], node.outputs[0]
-    dx = ctx.dims(x)
-    if dx is None:
-        ctx.freeze_all(f"{node.op_type} of unknown rank")
+    if (dx := ctx.dims_or_freeze_all(x)) is None:
         return
     axes = _reduce_axes(node, ctx, len(dx))
     if isinstance(axes, str):

@@ -22,9 +22,7 @@ def _axis(ctx, v, default=0):
 @rule("Concat")
 def concat(node, ctx):
     y = node.outputs[0]
-    dy = ctx.dims(y)
-    if dy is None:
-        ctx.freeze_all("Concat of unknown rank")
+    if (dy := ctx.dims_or_freeze_all(y)) is None:
         return
     axis = _axis(ctx, y)
     if any(not isinstance((ctx.dims(v) or [None] * len(dy))[axis], int) for v in node.inputs):
@@ -58,17 +56,14 @@ def concat(node, ctx):
 
 @rule("Split")
 def split(node, ctx):
-    x = node.inputs[0]
-    dx = ctx.dims(x)
-    if dx is None:
-        ctx.freeze_all("Split of unknown rank")
+    x, split_in = node.inputs[0], ctx.input(1)
+    if (dx := ctx.dims_or_freeze_all(x)) is None:
         return
     axis = _axis(ctx, x)
     sizes = [(ctx.dims(o) or [None] * len(dx))[axis] for o in node.outputs]
     if not all(isinstance(s, int) for s in sizes):
         ctx.freeze_all("Split with unknown output sizes")
         return
-    split_in = node.inputs[1] if len(node.inputs) > 1 else None
     ctx.structural(split_in)
     off = 0
     for o, n in zip(node.outputs, sizes, strict=True):
@@ -175,13 +170,10 @@ def slice_(node, ctx):
 @rule("Transpose")
 def transpose(node, ctx):
     x, y = node.inputs[0], node.outputs[0]
-    dx = ctx.dims(x)
-    if dx is None:
-        ctx.freeze_all("Transpose of unknown rank")
-        return
-    perm = ctx.attr("perm") or list(reversed(range(len(dx))))
-    for out_ax, in_ax in enumerate(perm):
-        ctx.couple(x, int(in_ax), y, out_ax)
+    if (dx := ctx.dims_or_freeze_all(x)) is not None:
+        perm = ctx.attr("perm") or list(reversed(range(len(dx))))
+        for out_ax, in_ax in enumerate(perm):
+            ctx.couple(x, int(in_ax), y, out_ax)
 
 
 @rule("Gather")
@@ -234,39 +226,39 @@ def gather(node, ctx):
     ctx.on_prune(rewrite)
 
 
-@rule("DepthToSpace")
-def depth_to_space(node, ctx):
+def _couple_blocks(node, ctx, space, mode: str) -> None:
+    """DepthToSpace (`space` = its output) and SpaceToDepth (`space` = its input), one the
+    inverse of the other: channel c of the space side goes with the r*r channels of the
+    depth side that hold its blocks, k*C + c in DCR mode, c*r*r + k in CRD mode."""
     x, y = node.inputs[0], node.outputs[0]
     r = int(ctx.attr("blocksize"))
-    mode = ctx.attr("mode", "DCR")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    c = (ctx.dims(y) or [None, None])[1]
+    c = (ctx.dims(space) or [None, None])[1]
     if not isinstance(c, int):
-        ctx.freeze_all("DepthToSpace with unknown channels")
+        ctx.freeze_all(f"{node.op_type} with unknown channels")
         return
-    out_c = np.arange(c)
+    space_c = np.arange(c)
     k = np.arange(r * r)
     if mode == "CRD":
-        in_idx = (out_c[:, None] * r * r + k[None, :]).reshape(-1)
+        depth_idx = (space_c[:, None] * r * r + k[None, :]).reshape(-1)
     else:
-        in_idx = (k[None, :] * c + out_c[:, None]).reshape(-1)
+        depth_idx = (k[None, :] * c + space_c[:, None]).reshape(-1)
+    space_idx = np.repeat(space_c, r * r)
     ctx.couple(x, 0, y, 0)
-    ctx.couple(x, 1, y, 1, in_idx, np.repeat(out_c, r * r))
+    if space is y:
+        ctx.couple(x, 1, y, 1, depth_idx, space_idx)
+    else:
+        ctx.couple(x, 1, y, 1, space_idx, depth_idx)
+
+
+@rule("DepthToSpace")
+def depth_to_space(node, ctx):
+    mode = ctx.attr("mode", "DCR")
+    _couple_blocks(node, ctx, node.outputs[0], mode.decode() if isinstance(mode, bytes) else mode)
 
 
 @rule("SpaceToDepth")
 def space_to_depth(node, ctx):
-    x, y = node.inputs[0], node.outputs[0]
-    r = int(ctx.attr("blocksize"))
-    c = (ctx.dims(x) or [None, None])[1]
-    if not isinstance(c, int):
-        ctx.freeze_all("SpaceToDepth with unknown channels")
-        return
-    in_c = np.arange(c)
-    k = np.arange(r * r)
-    out_idx = (k[None, :] * c + in_c[:, None]).reshape(-1)
-    ctx.couple(x, 0, y, 0)
-    ctx.couple(x, 1, y, 1, np.repeat(in_c, r * r), out_idx)
+    _couple_blocks(node, ctx, node.inputs[0], "DCR")
 
 
 @rule("Tile")
