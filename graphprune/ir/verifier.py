@@ -59,6 +59,20 @@ def _static(dims, i: int) -> int | None:
     return d if isinstance(d, int) else None
 
 
+def _conv_weight(wd, group: int) -> tuple[int | None, str, int | None]:
+    """Conv weight (M, C/group, k...): the input channels it expects, as a message spells
+    them, and the output channels it gives (None where its dims are not static)."""
+    cw = _static(wd, 1)
+    c = None if cw is None else cw * group
+    return c, f"{cw} x group {group} = {c}", _static(wd, 0)
+
+
+def _conv_transpose_weight(wd, group: int) -> tuple[int | None, str, int | None]:
+    """ConvTranspose weight (C, M/group, k...): as `_conv_weight`."""
+    c, mg = _static(wd, 0), _static(wd, 1)
+    return c, f"{c}", None if mg is None else mg * group
+
+
 class _Checker:
     def __init__(self) -> None:
         self.found: list[Violation] = []
@@ -203,33 +217,25 @@ class _Checker:
         if nb is not None and m is not None and nb != m:
             self.mismatch(node, f"bias {b.name!r} has {nb} entries for {m} output channels")
 
-    def conv(self, node: ir.Node) -> None:
-        """Conv: weight (M, C/group, k...), bias (M)."""
+    def conv(self, node: ir.Node, weight_layout=_conv_weight) -> None:
+        """Conv, and ConvTranspose with its `weight_layout`: the input's channels against
+        those the weight expects, `group` dividing the input and output channels, the bias
+        (M) and the recorded output against the output channels the weight gives."""
         ops = self._conv_operands(node)
         if ops is None:
             return
         x, w, b, group, c, wd = ops
-        m, cw = _static(wd, 0), _static(wd, 1)
-        if c is not None and cw is not None and c != cw * group:
-            self.mismatch(node, f"input {x.name!r} has {c} channels, weight {w.name!r} expects "
-                          f"{cw} x group {group} = {cw * group}")
-        self._group_divides(node, group, c, "input channels")
+        cw, cw_spelled, m = weight_layout(wd, group)
+        if c is not None and cw is not None and c != cw:
+            self.mismatch(node, f"input {x.name!r} has {c} channels, weight {w.name!r} expects {cw_spelled}")
+        self._group_divides(node, group, c if c is not None else cw, "input channels")
         self._group_divides(node, group, m, "output channels")
         self._bias(node, b, m)
         self._produces(node, 1, m)
 
     def conv_transpose(self, node: ir.Node) -> None:
         """ConvTranspose: weight (C, M/group, k...), bias (M)."""
-        ops = self._conv_operands(node)
-        if ops is None:
-            return
-        x, w, b, group, c, wd = ops
-        cw, mg = _static(wd, 0), _static(wd, 1)
-        if c is not None and cw is not None and c != cw:
-            self.mismatch(node, f"input {x.name!r} has {c} channels, weight {w.name!r} expects {cw}")
-        self._group_divides(node, group, c if c is not None else cw, "input channels")
-        self._bias(node, b, None if mg is None else mg * group)
-        self._produces(node, 1, None if mg is None else mg * group)
+        self.conv(node, _conv_transpose_weight)
 
     def gemm(self, node: ir.Node) -> None:
         a, bw, c = (list(node.inputs) + [None, None, None])[:3]
