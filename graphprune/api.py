@@ -9,9 +9,9 @@ import onnx_ir as ir
 from graphprune.analysis.dependency import DependencyGraph
 from graphprune.errors import ArgumentTypeError, UsageError
 from graphprune.frontends.onnx import load_onnx, save_onnx
-from graphprune.oracle import OracleResult
 from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
+from graphprune.runtime.oracle import OracleResult
 from graphprune.workflow.options import DEFAULTS as _DEFAULTS
 
 
@@ -95,9 +95,9 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     plan with another digest is never a PASS: the oracle still runs (its figures tell how far
     apart they are) and the result is a FAIL whose `unpaired` says "plan X does not belong
     to model Y"."""
-    from graphprune import oracle
     from graphprune.errors import PlanError
     from graphprune.outputs import verify_pair
+    from graphprune.runtime import oracle
 
     pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
     plan_name = "the plan" if isinstance(plan, Plan) else str(plan)
@@ -139,8 +139,8 @@ def sparsify(model: ir.Model | str | os.PathLike, sparsity: float | None = None,
     `criterion`: magnitude, wanda or sparsegpt (the last two need `calib`: a Calibration,
     an .npz path, a folder of images or module:function). More options: see the
     `sparsify` pass (skip_first, skip_last, min_params, damp, blocksize, ...)."""
-    from graphprune.calibration import load_calibration
     from graphprune.passes.sparsity.sparsify import Sparsify
+    from graphprune.runtime.calibration import load_calibration
 
     model = _model(model, "sparsify")
     opts = {"format": format, "criterion": criterion, "scope": scope, **options}

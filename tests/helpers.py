@@ -7,8 +7,8 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.allocation import select_lowest
+from graphprune.runtime import oracle
 
 
 def make_model(nodes, inputs, outputs, inits=(), opset=17, check=True) -> onnx.ModelProto:

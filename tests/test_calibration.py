@@ -8,10 +8,10 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from graphprune.calibration import (
-    Calibration, ChannelStats, GramStats, ImagePreprocess, StatsRequest, collect, concrete_shapes, load_calibration,
-    progress)
 from graphprune.errors import UsageError
+from graphprune.runtime.calibration import Calibration, ImagePreprocess, load_calibration, progress
+from graphprune.runtime.ort import concrete_shapes
+from graphprune.runtime.stats import ChannelStats, GramStats, StatsRequest, collect
 from helpers import make_model
 
 
@@ -114,7 +114,7 @@ def test_progress_logs_when_not_a_tty():
         def emit(self, record):
             records.append(record.getMessage())
 
-    logger = logging.getLogger("graphprune.calibration")
+    logger = logging.getLogger("graphprune.runtime.calibration")
     h, level = Keep(logging.DEBUG), logger.level
     logger.addHandler(h)
     logger.setLevel(logging.DEBUG)

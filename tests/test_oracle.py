@@ -6,8 +6,8 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.plan import Plan
+from graphprune.runtime import oracle, ort
 from helpers import make_model
 
 FEEDS = {"x": np.full((1, 8), 1000, np.float32)}
@@ -31,7 +31,7 @@ def _pair(rel_change: float):
 
 def test_rounding_sized_logit_change_passes_on_the_logits():
     ref, got = _pair(2e-7)   # one or two float32 ulps of the weights
-    probs = [oracle.session(m).run(None, FEEDS)[0] for m in (ref, got)]
+    probs = [ort.session(m).run(None, FEEDS)[0] for m in (ref, got)]
     assert not oracle.compare_outputs([probs[0]], [probs[1]], ["p"])[0].ok   # the probabilities moved
     res = oracle.check(ref, got, Plan([], []), inputs=[FEEDS], n_random=0)
     (d,) = res.diffs
@@ -97,7 +97,7 @@ def test_random_inputs_are_streamed(monkeypatch):
     """A failing pair with 10**8 random sets: one set is made, compared, and the verdict
     returned; the sets are never all built up front."""
     made = []
-    real = oracle.random_inputs
+    real = ort.random_inputs
 
     def counting(*args, **kwargs):
         made.append(1)
@@ -105,7 +105,7 @@ def test_random_inputs_are_streamed(monkeypatch):
             raise RuntimeError("built more random input sets than were compared")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(oracle, "random_inputs", counting)
+    monkeypatch.setattr(oracle, "random_inputs", counting)  # where the oracle looks it up
     a, b = _tiny_output_model(1.0), _tiny_output_model(2.0)
     res = oracle.check(a, b, Plan([], []), n_random=10**8)
     assert not res.ok and res.runs == 1
@@ -114,8 +114,8 @@ def test_random_inputs_are_streamed(monkeypatch):
 def test_default_shape_of_a_dynamic_image_input_is_realistic():
     """Not 32x32 for a net that divides by 32: the oracle's random image is 224x224."""
     w1 = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
-    sess = oracle.session(_conv_sigmoid(w1))
-    feeds = oracle.random_inputs(sess, 0)
+    sess = ort.session(_conv_sigmoid(w1))
+    feeds = ort.random_inputs(sess, 0)
     assert feeds["x"].shape == (1, 3, 224, 224)
 
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 import ocr_data as D
-from graphprune import oracle
-from graphprune.calibration import Calibration
+from graphprune.runtime import ort
+from graphprune.runtime.calibration import Calibration
 
 FILES = {"rec": D.REC, "det": D.DET, "cls": D.CLS}
 
@@ -51,7 +51,7 @@ class OcrTask:
                                         f"{len(cx)} rendered lines (half rotated)")
 
     def evaluate(self, model) -> float:
-        s = oracle.session(model, threads=2)
+        s = ort.session(model, threads=2)
         if self.name == "rec":
             p = np.concatenate([s.run(None, {"x": self.x[i:i + 16]})[0] for i in range(0, len(self.x), 16)])
             return D.exact_match(D.ctc_greedy(p, self.chars), self.truth)

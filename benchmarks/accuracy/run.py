@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import graphprune as gp  # noqa: E402
 import onnx_ir as ir  # noqa: E402
-from graphprune import oracle  # noqa: E402
+from graphprune.runtime import oracle, ort  # noqa: E402
 from graphprune.ir.serialize import clone  # noqa: E402
 from graphprune.passes import PASSES, PassContext, PassManager  # noqa: E402
 
@@ -184,7 +184,7 @@ def latency_check(quick: bool) -> dict:
     PassManager.parse("prune-channels{allocation=global,target_latency=0.5}").run(model, ctx)
     took = time.perf_counter() - t0
     info = ctx.results["plan"].settings["allocation_result"]
-    feeds = oracle.random_inputs(oracle.session(dense))
+    feeds = ort.random_inputs(ort.session(dense))
     ratio, dms, pms = measured_ratio(dense, to_proto(model).SerializeToString(), feeds, threads=1, rounds=9)
     return {"model": "ResNet-18-shaped CNN, 1x3x%dx%d" % ((64, 64) if quick else (112, 112)),
             "asked": 0.5, "measured_ratio": round(ratio, 4), "dense_ms": round(dms, 3), "pruned_ms": round(pms, 3),

@@ -56,7 +56,7 @@ class MiniLMTask:
         self.enc = enc(ev)
         self._enc, self._sents = enc, sents
         batches = [enc(cal[i:i + 8]) for i in range(0, len(cal), 8)]
-        from graphprune.calibration import Calibration
+        from graphprune.runtime.calibration import Calibration
 
         self.calib = Calibration.from_batches(batches, "32 sentences of pydoc_data.topics")
         self.oracle_inputs = [{k: v[:8] for k, v in self.enc.items()}]
@@ -73,7 +73,7 @@ class MiniLMTask:
         others exist), in batches of 16. `by_length`: batches of sentences of similar word
         count, so that fewer padding positions enter the importance scores and the
         least-squares rows."""
-        from graphprune.calibration import Calibration
+        from graphprune.runtime.calibration import Calibration
 
         s = self._sents
         cal = [x for k in (1, 2, 3, 4) for x in s[k::5]][:size]
@@ -84,10 +84,10 @@ class MiniLMTask:
                                         (", batched by length" if by_length else ""))
 
     def embeddings(self, model_or_path) -> np.ndarray:
-        from graphprune import oracle
+        from graphprune.runtime import ort
 
         sess = C.ort_session(model_or_path) if isinstance(model_or_path, (str, Path)) else \
-            oracle.session(model_or_path, threads=2)
+            ort.session(model_or_path, threads=2)
         return self._embed(sess, self.enc)
 
     def evaluate(self, model) -> float:
@@ -109,7 +109,7 @@ class SmolLMTask:
         tok = AutoTokenizer.from_pretrained(C.smollm_dir(), gguf_file=C.SMOL_GGUF)
         ev, cal = S.text_chunks(tok)
         self.ev = ev[:4] if quick else ev
-        from graphprune.calibration import Calibration
+        from graphprune.runtime.calibration import Calibration
 
         self.calib = Calibration.from_batches([{"input_ids": cal[i:i + 1]} for i in range(len(cal))],
                                               "4 chunks of 256 tokens of pydoc_data.topics")

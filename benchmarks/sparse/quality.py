@@ -89,7 +89,7 @@ def smollm_part(wd: Path, quick: bool) -> dict:
     import smollm as S
     from transformers import AutoTokenizer
 
-    from graphprune.calibration import Calibration
+    from graphprune.runtime.calibration import Calibration
 
     tok = AutoTokenizer.from_pretrained(C.smollm_dir(), gguf_file=C.SMOL_GGUF)
     ev, _ = S.text_chunks(tok)
@@ -133,7 +133,7 @@ def minilm_part(wd: Path, quick: bool) -> dict:
     import minilm as ML
     from transformers import AutoModel, AutoTokenizer
 
-    from graphprune.calibration import Calibration
+    from graphprune.runtime.calibration import Calibration
 
     d = wd / "sparse_quality"
     d.mkdir(exist_ok=True)

@@ -241,7 +241,7 @@ def calibration(batches: list[dict]):
     """graphprune calibration batches, or None if this graphprune has no calibration
     support (then the data-aware rows are skipped)."""
     try:
-        from graphprune.calibration import Calibration
+        from graphprune.runtime.calibration import Calibration
         from graphprune.importance import CRITERIA
     except ImportError:
         return None
@@ -314,7 +314,7 @@ def prune_blocks_default(path, k: int, ratio: float = 0.0):
 def probe_values(path_or_model, names: list[str]):
     """An ORT session of `model` with the given intermediate values as extra outputs."""
     import graphprune as gp
-    from graphprune import oracle
+    from graphprune.runtime import ort
     from graphprune.ir.serialize import clone
 
     model = path_or_model if not isinstance(path_or_model, (str, Path)) else gp.load(path_or_model, fold=False)
@@ -325,7 +325,7 @@ def probe_values(path_or_model, names: list[str]):
         if name not in known:
             probe.graph.outputs.append(values[name])
             known.add(name)
-    sess = oracle.session(probe, threads=2)
+    sess = ort.session(probe, threads=2)
     return sess
 
 

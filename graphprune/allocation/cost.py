@@ -134,7 +134,7 @@ def param_model(model: ir.Model, dg: DependencyGraph) -> CostModel:
 
 def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
     """Concrete shapes of the tensors the MAC terms read, from one ONNX Runtime run."""
-    from graphprune.calibration import concrete_shapes
+    from graphprune.runtime.ort import concrete_shapes
 
     names = []
     for node in model.graph:

@@ -66,7 +66,7 @@ def parse_layer_ratios(v) -> list[tuple[re.Pattern, float]]:
 def example_feeds(model: ir.Model, calibration=None) -> dict:
     if calibration is not None:
         return calibration.first()
-    from graphprune.oracle import random_inputs, session
+    from graphprune.runtime.ort import random_inputs, session
 
     return random_inputs(session(model))
 

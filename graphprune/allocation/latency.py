@@ -47,7 +47,7 @@ def time_session(sess, feeds: dict, *, min_repeats: int = 5, max_repeats: int = 
 
 
 def _session(proto_bytes: bytes, threads: int):
-    from graphprune.oracle import session
+    from graphprune.runtime.ort import session
 
     return session(proto_bytes, threads=threads)
 
@@ -141,7 +141,7 @@ class LatencyModel:
     """Predicted latency (ms) of a selection: table layers + scaled rest."""
 
     def __init__(self, model: ir.Model, dg: DependencyGraph, shapes: dict, feeds: dict, threads: int = 1):
-        from graphprune.oracle import session
+        from graphprune.runtime.ort import session
 
         t0 = time.perf_counter()
         self.threads = threads

@@ -82,10 +82,10 @@ def masked_constants(dg: DependencyGraph, tensors: list[dict]):
 def sensitivity_curves(model: ir.Model, dg: DependencyGraph, scores: dict[int, np.ndarray], calibration,
                        groups: list[Group], ratios=DEFAULT_RATIOS, max_batches: int = 2) -> dict[int, dict]:
     """{group id: {"name", "atoms", "ratios": [...], "error": [...]}} (ratio 0 → error 0)."""
-    from graphprune.calibration import progress
     from graphprune.ir.serialize import to_proto
-    from graphprune.oracle import session
     from graphprune.plan import build_plan
+    from graphprune.runtime.calibration import progress
+    from graphprune.runtime.ort import session
 
     batches = list(calibration.batches(max_batches))
     dense_sess = session(model)

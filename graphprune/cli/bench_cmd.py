@@ -110,7 +110,7 @@ def _summary(r: Runner) -> dict:
 
 def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
-    from graphprune.oracle import random_inputs, session
+    from graphprune.runtime.ort import random_inputs, session
 
     given = load_inputs(args.inputs)
 

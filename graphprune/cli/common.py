@@ -44,7 +44,7 @@ def load_inputs(path: str | None) -> list[dict] | None:
 def ort_latency_ms(model_path: str, repeats: int = 20, threads: int = 1, budget_s: float = 5.0) -> float:
     """Median ORT latency of a model file on random inputs (ms)."""
     from graphprune.backends.onnxruntime import measure
-    from graphprune.oracle import random_inputs, session
+    from graphprune.runtime.ort import random_inputs, session
 
     feeds = random_inputs(session(model_path, threads=threads))
     cfg = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",

@@ -126,7 +126,7 @@ def consumers_of(layers: list[Linear], group: Group) -> list[tuple[Linear, Slot]
 
 def prepare_activations(dg: DependencyGraph, groups: list[Group], calibration=None, gram: bool = False,
                         max_batches: int | None = None, **kw) -> ActivationState:
-    from graphprune.calibration import StatsRequest, collect
+    from graphprune.runtime.stats import StatsRequest, collect
 
     if calibration is None:
         raise UsageError("this criterion needs calibration data", hint="give --calib (an .npz, an image "

@@ -77,7 +77,7 @@ def _run(module, args) -> list[np.ndarray]:
 
 
 def _compare(ref: list[np.ndarray], got: list[np.ndarray], rtol: float) -> str | None:
-    from graphprune.oracle import compare_outputs
+    from graphprune.runtime.oracle import compare_outputs
 
     if len(ref) != len(got):
         return f"{len(got)} outputs instead of {len(ref)}"
@@ -198,8 +198,8 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     from graphprune.allocation import uniform
     from graphprune.analysis.dependency import DependencyGraph
     from graphprune.frontends.torch import as_tuple, capture
-    from graphprune.oracle import session
     from graphprune.plan import build_plan, removed_by_slot, selection_from_plan
+    from graphprune.runtime.ort import session
     from graphprune.torchprune.surgery import slice_state, update_attributes
 
     args = as_tuple(example_inputs)

@@ -100,7 +100,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rtol: float = 1e-3) -> dict:
-    from graphprune.oracle import compare_outputs
+    from graphprune.runtime.oracle import compare_outputs
 
     diffs = compare_outputs(ref, got, names, rtol=rtol, atol=1e-5)
     worst = max((d.max_abs_err / max(d.scale, 1e-12) for d in diffs), default=0.0)
@@ -223,15 +223,15 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
 
 def _feeds(c: _Compile, outcome) -> dict:
     """Random inputs at the run's one representative shape (the oracle's, when it ran)."""
-    from graphprune import oracle
+    from graphprune.runtime import ort
 
-    sess = oracle.input_session(str(c.src))
+    sess = ort.input_session(str(c.src))
     shapes = outcome.shapes
     if shapes is None:
         calib = outcome.calibration
-        shapes = oracle.representative_shapes(sess, user=c.opts.input_shapes,
-                                              calib=calib.first() if calib is not None else None)
-    return oracle.random_inputs(sess, seed=c.opts.seed, shapes=shapes)
+        shapes = ort.representative_shapes(sess, user=c.opts.input_shapes,
+                                           calib=calib.first() if calib is not None else None)
+    return ort.random_inputs(sess, seed=c.opts.seed, shapes=shapes)
 
 
 def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
@@ -272,10 +272,10 @@ def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict) -> None:
 
 def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
     """Numerics of each artifact against ONNX Runtime on the pruned model; latency runners."""
-    from graphprune import oracle
     from graphprune.backends.onnxruntime import OrtBackend, measure
+    from graphprune.runtime import ort
 
-    ref = oracle.session(model).run(None, feeds)
+    ref = ort.session(model).run(None, feeds)
     names = [o.name for o in model.graph.outputs]
     runners = {}
     if "onnxruntime" in c.results and c.target.host:

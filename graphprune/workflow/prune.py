@@ -110,15 +110,15 @@ class _Run:
 
     # ---- load -------------------------------------------------------------------------------
     def load(self) -> PruneOutcome:
-        from graphprune import oracle
         from graphprune.frontends.onnx import load_onnx
         from graphprune.ir.serialize import BIG_MODEL_BYTES, model_nbytes
+        from graphprune.runtime import ort
 
         before_bytes = None
         if self.src is not None:
             self.model = load_onnx(self.src, input_shapes=self.opts.input_shapes)
             if self.opts.check:  # fail early, and as the model's fault, if ORT cannot run the input
-                oracle.input_session(str(self.src))
+                ort.input_session(str(self.src))
             before_bytes = files.model_size(self.src)
         nbytes = model_nbytes(self.model)
         self.big = self.src is not None and nbytes > BIG_MODEL_BYTES
@@ -127,7 +127,7 @@ class _Run:
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def plan_step(self):
-        from graphprune.calibration import load_calibration
+        from graphprune.runtime.calibration import load_calibration
 
         self.state.plan_in = self._plan_in()
         self.state.selection = self.opts.selection
@@ -192,16 +192,16 @@ class _Run:
 
     # ---- the oracle ---------------------------------------------------------------------------
     def check(self, outcome: PruneOutcome) -> None:
-        from graphprune import oracle
         from graphprune.frontends.onnx import load_onnx
+        from graphprune.runtime import oracle, ort
 
         plan = outcome.plan
         if not self.opts.check or self.src is None or not (plan.tensors or self.opts.check_unchanged):
             return
         calib = self.state.calibration  # the random inputs take its shapes
-        outcome.shapes = oracle.representative_shapes(oracle.input_session(str(self.src)),
-                                                      user=self.opts.input_shapes,
-                                                      calib=calib.first() if calib is not None else None)
+        outcome.shapes = ort.representative_shapes(ort.input_session(str(self.src)),
+                                                   user=self.opts.input_shapes,
+                                                   calib=calib.first() if calib is not None else None)
         if self.staged is not None:
             res = oracle.check_files(str(self.src), str(self.staged), plan, inputs=self.opts.inputs,
                                      shapes=outcome.shapes)
@@ -238,7 +238,7 @@ class _Run:
         max_drop = self.opts.max_drop
         if max_drop is None:
             return
-        from graphprune import oracle
+        from graphprune.runtime import oracle
 
         calib = self.state.calibration
         if calib is None:

@@ -9,16 +9,16 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.allocation import select_lowest, uniform
 from graphprune.allocation.cost import mac_model, mac_shapes, param_model
 from graphprune.allocation.global_rank import normalize_group, removal_sequence
 from graphprune.allocation.latency import LayerTable
 from graphprune.allocation.sensitivity import ratio_for_budget
 from graphprune.analysis.cost import model_cost
-from graphprune.calibration import Calibration
 from graphprune.errors import UsageError
 from graphprune.passes import PassContext, PassManager
+from graphprune.runtime import oracle
+from graphprune.runtime.calibration import Calibration
 from helpers import make_model
 
 

@@ -10,10 +10,10 @@ import pytest
 from onnx import numpy_helper
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.analysis.blocks import find_residual_blocks
 from graphprune.errors import PlanError
 from graphprune.plan import Plan
+from graphprune.runtime import oracle
 from samples.make_samples import tiny_mobilenet, tiny_resnet
 
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from graphprune import oracle
 from graphprune.cli.main import main
+from graphprune.runtime import ort
 from graphprune.sparsity_meta import read_sparsity
 
 
@@ -53,8 +53,8 @@ def test_prune_sparsity_alone_matches_numpy_masked_original(samples_dir, tmp_pat
             assert np.array_equal(sp[t.name][sp[t.name] != 0], a[sp[t.name] != 0])
             t.CopyFrom(numpy_helper.from_array(np.where(sp[t.name] == 0, 0, a).astype(a.dtype), t.name))
     x = {"input": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
-    y0 = oracle.session(orig.SerializeToString()).run(None, x)
-    y1 = oracle.session(str(out)).run(None, x)
+    y0 = ort.session(orig.SerializeToString()).run(None, x)
+    y1 = ort.session(str(out)).run(None, x)
     np.testing.assert_allclose(y0[0], y1[0], rtol=1e-5, atol=1e-5)
 
 

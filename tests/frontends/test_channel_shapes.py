@@ -9,9 +9,9 @@ from helpers import w
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.frontends.channel_shapes import complete_channel_shapes
 from graphprune.ir.shapes import dims_of
+from graphprune.runtime import oracle
 
 
 def _after_ms_op() -> onnx.ModelProto:

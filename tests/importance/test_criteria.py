@@ -12,11 +12,11 @@ import pytest
 import graphprune as gp
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import Group
-from graphprune.calibration import Calibration
 from graphprune.errors import UsageError
 from graphprune.importance import CRITERIA, Criterion, group_scores, register_criterion
 from graphprune.importance.criteria import _fpgm_distances
 from graphprune.importance.reduce import lamp, reduce_group
+from graphprune.runtime.calibration import Calibration
 from helpers import make_model
 from onnx import helper
 

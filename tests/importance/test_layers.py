@@ -7,7 +7,7 @@ from onnx import helper
 
 import graphprune as gp
 from graphprune.importance.layers import conv_patches, im2col, linear_layers, num_positions
-from graphprune.oracle import session
+from graphprune.runtime.ort import session
 from helpers import make_model
 
 

@@ -10,12 +10,13 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from graphprune import oracle
-from graphprune.calibration import Calibration, Runner
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array
 from graphprune.passes import PassContext, PassManager
 from graphprune.passes.reconstruction._common import Undo, value_shapes
+from graphprune.runtime import oracle
+from graphprune.runtime.calibration import Calibration
+from graphprune.runtime.ort import Runner
 from helpers import make_model
 
 RNG = np.random.default_rng(0)

@@ -7,11 +7,11 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from graphprune.calibration import Calibration
 from graphprune.ir.constants import const_array
 from graphprune.passes import PassContext, PassManager
 from graphprune.passes.sparsity import masks as M
 from graphprune.passes.sparsity.sparsegpt import column_blocks, sparsegpt
+from graphprune.runtime.calibration import Calibration
 from helpers import make_model
 
 

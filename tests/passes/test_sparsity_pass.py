@@ -10,11 +10,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 import graphprune as gp
-from graphprune import oracle
-from graphprune.calibration import Calibration
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array
 from graphprune.passes import PassContext, PassManager
+from graphprune.runtime import ort
+from graphprune.runtime.calibration import Calibration
 from graphprune.sparsity_meta import read_sparsity, write_sparsity
 from helpers import make_model, w
 
@@ -78,8 +78,8 @@ def masked_original(proto, sparse_model) -> onnx.ModelProto:
 
 
 def assert_same_outputs(a, b, feeds):
-    ya = oracle.session(a.SerializeToString()).run(None, feeds)
-    yb = oracle.session(b.SerializeToString()).run(None, feeds)
+    ya = ort.session(a.SerializeToString()).run(None, feeds)
+    yb = ort.session(b.SerializeToString()).run(None, feeds)
     for p, q in zip(ya, yb, strict=True):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
 

@@ -11,8 +11,8 @@ import onnx_ir as ir
 import pytest
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.analysis.cost import model_cost
+from graphprune.runtime import oracle, ort
 
 pytestmark = pytest.mark.real
 
@@ -65,7 +65,7 @@ def test_ppocr_prunes_at_ratio_03(name, tmp_path):
     r = oracle.check(original, gp.load(out, fold=False), res.plan, inputs=feeds, n_random=1)
     assert r.ok, r.diffs
     # the text-like inputs make the outputs carry signal (not a saturated, trivially equal output)
-    y = oracle.session(ir.load(path)).run(None, feeds[0])[0]
+    y = ort.session(ir.load(path)).run(None, feeds[0])[0]
     assert float(np.std(y)) > 1e-3
 
 

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: list[dict] | None = None,
                     n_random: int = 2) -> dict[str, float]:
     """Mean ‖branch‖ / ‖skip + branch‖ per block, measured with ONNX Runtime."""
-    from graphprune import oracle
     from graphprune.ir.serialize import clone
+    from graphprune.runtime import ort
 
     probe = clone(model)
     known = {v.name for v in probe.graph.outputs}
@@ -37,9 +37,9 @@ def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: li
             if name not in known and name in values:
                 probe.graph.outputs.append(values[name])
                 known.add(name)
-    sess = oracle.session(probe)
+    sess = ort.session(probe)
     names = [o.name for o in sess.get_outputs()]
-    feeds_list = list(feeds_list or []) + [oracle.random_inputs(sess, seed=k) for k in range(n_random)]
+    feeds_list = list(feeds_list or []) + [ort.random_inputs(sess, seed=k) for k in range(n_random)]
     acc: dict[str, list[float]] = {b.id: [] for b in blocks}
     for feeds in feeds_list:
         out = dict(zip(names, sess.run(None, feeds), strict=True))

@@ -164,7 +164,7 @@ def output_error(model: ir.Model, dense: ir.Model, calibration, max_batches: int
                  dense_outputs: list | None = None) -> tuple[float, list]:
     """Relative L2 error of `model`'s float outputs against `dense`'s on calibration data."""
     from graphprune.allocation.sensitivity import relative_error
-    from graphprune.oracle import session
+    from graphprune.runtime.ort import session
 
     batches = list(calibration.batches(max_batches))
     s = session(model)

@@ -68,7 +68,8 @@ class BiasCompensate(Pass):
             raise UsageError(f"{self.name}: max_rows must be >= 1, got {max_rows}")
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.calibration import Runner, progress
+        from graphprune.runtime.calibration import progress
+        from graphprune.runtime.ort import Runner
 
         inp = repair_inputs(ctx, self.name)
         n_batches = self.options.get("batches")

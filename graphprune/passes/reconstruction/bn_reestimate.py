@@ -64,7 +64,8 @@ class BnReestimate(Pass):
         check_batches(self.name, batches)
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.calibration import StatsRequest, progress
+        from graphprune.runtime.calibration import progress
+        from graphprune.runtime.stats import StatsRequest
 
         inp = repair_inputs(ctx, self.name)
         opts = self.resolved_options()
@@ -91,7 +92,7 @@ class BnReestimate(Pass):
                         v, ax = n.inputs[0].name, 1
                     pr.want_channel(v, ax)
                     dr.want_channel(v, ax)
-                from graphprune.calibration import Runner
+                from graphprune.runtime.ort import Runner
 
                 rp, rd = Runner(model, pr.names), Runner(inp.dense, dr.names)
                 for feeds in progress(inp.calibration.batches(n_batches), inp.calibration.total(n_batches),

@@ -128,7 +128,8 @@ class LsqReconstruct(Pass):
             raise UsageError(f"{self.name}: damp must be >= 0 and max_rows >= 1")
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.calibration import Runner, progress
+        from graphprune.runtime.calibration import progress
+        from graphprune.runtime.ort import Runner
 
         inp = repair_inputs(ctx, self.name)
         opts = self.resolved_options()

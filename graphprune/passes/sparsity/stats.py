@@ -57,7 +57,8 @@ def input_rows(t: Target, x: np.ndarray, max_rows: int, rng) -> np.ndarray:
 def collect(model: ir.Model, targets: list[Target], calib, *, hessian: bool, max_rows: int = 8192,
             batches: int | None = None, seed: int = 0, desc: str = "sparsity calibration") -> dict[tuple, InputStats]:
     """Stream the calibration data through `model` and return the stats per `stats_key`."""
-    from graphprune.calibration import Runner, progress
+    from graphprune.runtime.calibration import progress
+    from graphprune.runtime.ort import Runner
 
     rng = np.random.default_rng(seed)
     by_key: dict[tuple, Target] = {}

@@ -7,8 +7,8 @@ import onnx
 from helpers import make_model, prune_and_check, random_selection, w
 
 import graphprune as gp
-from graphprune import oracle
 from graphprune.plan import Plan
+from graphprune.runtime import oracle
 
 
 def _two_ffns(bias: np.ndarray) -> onnx.ModelProto:

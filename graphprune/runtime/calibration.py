@@ -1,0 +1,311 @@
+"""Calibration data: re-iterable sources of feed batches, and a progress bar over them.
+
+A `Calibration` is a re-iterable source of feed batches (``{input name: array}``), made
+from one of three things (`load_calibration`):
+
+* an ``.npz`` of inputs: one array per model input, samples along the first axis;
+* a folder of images with a declared preprocessing (``size=48x320,mean=0.5,std=0.5,
+  layout=nchw,color=rgb``): resized with Pillow, scaled to [0, 1], normalised;
+* a Python callable ``module:function`` (or ``path/to/file.py:function``) returning an
+  iterable of feed dicts (or of arrays, for single-input models).
+
+`progress` draws a progress bar only when stderr is a terminal; otherwise progress goes
+to the log. Statistics of the activations these batches produce are
+`graphprune.runtime.stats`; running the model is `graphprune.runtime.ort`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import UsageError
+from graphprune.runtime.ort import Feeds
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# ---- sources ---------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Re-iterable calibration batches. `make` returns a fresh iterator of feed dicts."""
+
+    make: Callable[[], Iterable[Feeds]]
+    description: str = "calibration data"
+    num_batches: int | None = None  # when known (for the progress bar)
+    limit_batches: int | None = None
+    # results derived from this data that do not depend on the pruning target (e.g.
+    # sensitivity curves), reused when the same data prunes the same model again
+    cache: dict = field(default_factory=dict, repr=False)
+
+    def batches(self, limit: int | None = None) -> Iterator[Feeds]:
+        limit = min(x for x in (limit, self.limit_batches, 1 << 62) if x is not None)
+        for k, feeds in enumerate(self.make()):
+            if k >= limit:
+                return
+            yield feeds
+
+    def __iter__(self):
+        return self.batches()
+
+    def first(self) -> Feeds:
+        for feeds in self.batches(1):
+            return feeds
+        raise UsageError(f"{self.description}: no calibration samples")
+
+    def total(self, limit: int | None = None) -> int | None:
+        n = [x for x in (self.num_batches, self.limit_batches, limit) if x is not None]
+        return min(n) if n else None
+
+    @classmethod
+    def from_batches(cls, batches: list[Feeds], description: str = "in-memory batches") -> "Calibration":
+        batches = list(batches)
+        return cls(lambda: iter(batches), description, len(batches))
+
+
+@dataclass
+class ImagePreprocess:
+    """How a folder of images becomes a model input (declared, never guessed)."""
+
+    size: tuple[int, int] | None = None  # (height, width); None keeps the image size
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 1.0 / 255.0
+    layout: str = "nchw"  # or nhwc
+    color: str = "rgb"  # rgb | bgr | gray
+    input: str | None = None  # model input name (default: the first)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "ImagePreprocess":
+        """``size=48x320,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,color=rgb,scale=0.00392``"""
+        p = cls()
+        if not text:
+            return p
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise UsageError(f"calibration preprocessing {item!r}: expected key=value")
+            k, v = (s.strip() for s in item.split("=", 1))
+            try:
+                if k == "size":
+                    h, _, w = v.lower().partition("x")
+                    p.size = (int(h), int(w or h))
+                elif k in ("mean", "std"):
+                    setattr(p, k, tuple(float(x) for x in v.replace(":", "/").split("/")))
+                elif k == "scale":
+                    p.scale = float(v)
+                elif k == "layout" and v.lower() in ("nchw", "nhwc"):
+                    p.layout = v.lower()
+                elif k == "color" and v.lower() in ("rgb", "bgr", "gray"):
+                    p.color = v.lower()
+                elif k == "input":
+                    p.input = v
+                else:
+                    raise ValueError(v)
+            except ValueError:
+                raise UsageError(f"calibration preprocessing: bad value for {k!r}: {v!r}",
+                                 hint="keys: size=HxW, mean=a/b/c, std=a/b/c, scale, layout=nchw|nhwc, "
+                                      "color=rgb|bgr|gray, input=NAME") from None
+        return p
+
+    def apply(self, path: Path) -> np.ndarray:
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise UsageError("reading calibration images needs Pillow", hint="pip install pillow") from None
+        with Image.open(path) as im:
+            im = im.convert("L" if self.color == "gray" else "RGB")
+            if self.size is not None:
+                im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if self.color == "bgr":
+            a = a[:, :, ::-1]
+        a = a * self.scale
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        a = (a - mean) / std
+        if self.layout == "nchw":
+            a = a.transpose(2, 0, 1)
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _input_info(model: ir.Model) -> list[tuple[str, list]]:
+    return [(v.name, list(v.shape) if v.shape is not None else None) for v in model.graph.inputs]
+
+
+def _fixed_batch(shape) -> int | None:
+    if shape and isinstance(shape[0], int) and shape[0] > 0:
+        return int(shape[0])
+    return None
+
+
+def _batched_samples(samples: Callable[[], Iterable[Feeds]], batch_size: int, model: ir.Model) -> Callable:
+    """Stack per-sample feeds (each with a leading axis of 1) into batches of `batch_size`
+    (or of the model's fixed batch size)."""
+    fixed = {name: _fixed_batch(shape) for name, shape in _input_info(model)}
+    bs = next((b for b in fixed.values() if b), None) or max(1, int(batch_size))
+
+    def make():
+        buf: list[Feeds] = []
+        for s in samples():
+            buf.append(s)
+            if len(buf) == bs:
+                yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+                buf = []
+        if buf and not any(fixed.values()):
+            yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+
+    return make, bs
+
+
+def from_npz(path: str | Path, model: ir.Model, batch_size: int = 8, limit: int | None = None) -> Calibration:
+    path = Path(path)
+    try:
+        z = np.load(path)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot read calibration inputs as .npz ({exc})") from None
+    inputs = _input_info(model)
+    names = [n for n, _ in inputs]
+    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UsageError(f"{path}: no array for model input(s) {missing}", hint=f"arrays found: {sorted(arrays)}")
+    ranks = {n: len(s) if s is not None else None for n, s in inputs}
+    per_sample = {}
+    for n in names:
+        a = arrays[n]
+        # one more axis than the input: a list of samples, each a whole feed of batch 1..k
+        if ranks[n] is not None and a.ndim == ranks[n] + 1:
+            per_sample[n] = [a[i] for i in range(a.shape[0])]
+        else:
+            per_sample[n] = [a[i:i + 1] for i in range(a.shape[0])]
+    count = min(len(v) for v in per_sample.values())
+    if limit:
+        count = min(count, int(limit))
+
+    def samples():
+        for i in range(count):
+            yield {n: per_sample[n][i] for n in names}
+
+    make, bs = _batched_samples(samples, batch_size, model)
+    return Calibration(make, f"{path.name} ({count} samples)", -(-count // bs))
+
+
+def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess, batch_size: int = 8,
+                limit: int | None = None) -> Calibration:
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if limit:
+        files = files[: int(limit)]
+    names = [n for n, _ in _input_info(model)]
+    name = preprocess.input or names[0]
+    if name not in names:
+        raise UsageError(f"calibration preprocessing names input {name!r}; the model has {names}")
+    if len(names) > 1:
+        raise UsageError("a folder of images can only feed a single-input model",
+                         hint="give an .npz or a module:function for several inputs")
+    if preprocess.size is None and len(files) > 1:
+        log.info("calibration images are not resized (no size=HxW): they must all have the same size")
+
+    def samples():
+        for f in files:
+            yield {name: preprocess.apply(f)[None]}
+
+    make, bs = _batched_samples(samples, batch_size, model)
+    return Calibration(make, f"{folder} ({len(files)} images)", -(-len(files) // bs))
+
+
+def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | None = None) -> Calibration:
+    mod_name, _, fn_name = spec.rpartition(":")
+    if not mod_name or not fn_name:
+        raise UsageError(f"--calib {spec!r}: expected module:function")
+    try:
+        if mod_name.endswith(".py") or "/" in mod_name:
+            s = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
+            if s is None or s.loader is None:
+                raise ImportError(mod_name)
+            mod = importlib.util.module_from_spec(s)
+            s.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(mod_name)
+        fn = getattr(mod, fn_name)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise UsageError(f"--calib {spec!r}: cannot import ({exc})") from None
+    names = [n for n, _ in _input_info(model)]
+
+    def make():
+        for k, item in enumerate(fn()):
+            if limit and k >= int(limit):
+                return
+            if isinstance(item, dict):
+                yield {n: np.asarray(v) for n, v in item.items()}
+            elif len(names) == 1:
+                yield {names[0]: np.asarray(item)}
+            else:
+                raise UsageError(f"{spec} yielded a {type(item).__name__}; a model with several inputs "
+                                 "needs dicts {input name: array}")
+
+    return Calibration(make, spec)
+
+
+def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preprocess: str | None = None,
+                     batch_size: int = 8, limit: int | None = None) -> Calibration | None:
+    """`spec`: an .npz file, a folder of images (with `preprocess`), or module:function."""
+    if spec is None or isinstance(spec, Calibration):
+        return spec
+    p = Path(spec)
+    if p.is_dir():
+        return from_images(p, model, ImagePreprocess.parse(preprocess), batch_size, limit)
+    if p.suffix == ".npz":
+        if not p.exists():
+            raise UsageError(f"{p}: no such calibration file")
+        return from_npz(p, model, batch_size, limit)
+    if ":" in str(spec):
+        return from_callable(str(spec), model, batch_size, limit)
+    raise UsageError(f"--calib {spec!r}: not an .npz file, a folder of images or module:function")
+
+
+# ---- progress --------------------------------------------------------------------------
+def progress(items: Iterable, total: int | None, desc: str) -> Iterator:
+    """A progress bar on a terminal (stderr), log lines otherwise."""
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty() and \
+        logging.getLogger("graphprune").isEnabledFor(logging.INFO)
+    t0 = time.perf_counter()
+    last_log = t0
+    k = 0
+    for k, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if tty:
+            if total:
+                filled = int(30 * k / total)
+                bar = "#" * filled + "." * (30 - filled)
+                sys.stderr.write(f"\r{desc} [{bar}] {k}/{total} {now - t0:.1f}s")
+            else:
+                sys.stderr.write(f"\r{desc} {k} batches {now - t0:.1f}s")
+            sys.stderr.flush()
+        elif now - last_log > 10.0:
+            last_log = now
+            log.info("%s: %d%s batches (%.0fs)", desc, k, f"/{total}" if total else "", now - t0)
+    if tty:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+    log.debug("%s: %d batches in %.2fs", desc, k, time.perf_counter() - t0)
+
