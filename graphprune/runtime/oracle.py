@@ -1,0 +1,455 @@
+"""The oracle: the pruned model must equal the input model with the plan's slices zeroed.
+
+`masked_original` zeroes every slice the plan lists in the *input* model (as read from
+disk, before any normalisation); `check` runs both in ONNX Runtime on random and/or
+given inputs and compares outputs with a tolerance relative to each output's scale.
+
+An output made by a saturating op (Softmax, Sigmoid, Tanh, HardSigmoid) is also judged on
+that op's input: a model pruned hard (before repair) can have logits of 1e4 and more, where
+float32 rounding alone (summation order) moves near-tied probabilities by 1e-3 — the
+input model run at two ONNX Runtime optimisation levels differs that much from itself. If
+the logits agree within the tolerance of their own scale, the output passes (and says so).
+
+The ONNX Runtime sessions and feeds it uses are `graphprune.runtime.ort`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import FrontendError, PlanError, VerificationError
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.plan import Plan, check_slice
+from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
+
+log = logging.getLogger(__name__)
+
+
+def _zero_slices(model: ir.Model, entries: list[dict]) -> None:
+    """Zero each plan entry's slice (`{"name", "axis", "removed"}`) of a constant of `model`."""
+    values = {v.name: v for v in model.graph.initializers.values()}
+    for node in model.graph:
+        for o in node.outputs:
+            values.setdefault(o.name, o)
+    for t in entries:
+        v = values.get(t["name"])
+        if v is None or not is_constant(v):
+            raise PlanError(f"plan lists tensor {t['name']!r}, which is not a constant of this model")
+        arr = const_array(v).copy()
+        check_slice(t, arr.shape)
+        idx = [slice(None)] * arr.ndim
+        idx[t["axis"]] = np.asarray(t["removed"], dtype=np.int64)
+        arr[tuple(idx)] = 0
+        set_const_array(v, arr)
+
+
+def _zero_branches(model: ir.Model, plan: Plan, zero_slices: bool = True) -> None:
+    """Depth pruning: the removed blocks' branch outputs become zero. A block records the
+    slices whose zeroing does that (its part of the JSON `tensors`); a plan written before
+    blocks were listed in `tensors` has none, and its branches are multiplied by 0.
+    `zero_slices=False`: the caller zeroed the blocks' slices itself (on disk)."""
+    for b in plan.blocks:
+        adds = [n for n in model.graph if n.op_type == "Add" and
+                {v.name for v in n.inputs if v is not None} == {b["skip"], b["branch"]}]
+        if len(adds) != 1:
+            raise PlanError(f"plan removes a residual block {b['skip']} + {b['branch']} this model does not have")
+        if "tensors" in b:
+            if zero_slices:
+                _zero_slices(model, b["tensors"])
+            continue
+        add = adds[0]
+        k = [i for i, v in enumerate(add.inputs) if v.name == b["branch"]][0]
+        branch = add.inputs[k]
+        zero = ir.Value(name=f"{branch.name}__zero_scale", const_value=ir.tensor(np.zeros((), dtype=
+                        branch.dtype.numpy() if branch.dtype is not None else np.float32)))
+        model.graph.register_initializer(zero)
+        mul = ir.Node("", "Mul", [branch, zero], name=f"{add.name}__zero_branch")
+        model.graph.insert_before(add, mul)
+        add.replace_input_with(k, mul.outputs[0])
+
+
+def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
+    """Zero the plan's slices (and removed blocks' branches) in `model`, in place."""
+    plan.validate()
+    _zero_branches(model, plan)
+    _zero_slices(model, plan.tensors)
+    return model
+
+
+ATOL = 1e-6  # absolute floor of the comparison: outputs below it compare nothing
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs_err: float
+    scale: float
+    ok: bool
+    judged_on: str | None = None   # the saturating op's input, when the output was judged there
+
+
+@dataclass
+class OracleResult:
+    ok: bool
+    diffs: list[OutputDiff] = field(default_factory=list)
+    runs: int = 0
+    refused: str | None = None  # why nothing was really compared (no input sets, outputs below the floor)
+    shapes: object = None  # InputShapes of the random input sets (None: given inputs only)
+    unpaired: str | None = None  # the pruned model records another plan's digest: never a PASS
+
+    @property
+    def worst_relative(self) -> float:
+        return max((d.max_abs_err / max(d.scale, 1e-12) for d in self.diffs), default=0.0)
+
+    def summary(self) -> str:
+        if self.refused:
+            return f"oracle FAIL (nothing compared): {self.refused}"
+        if self.unpaired:
+            agree = "differ too" if any(not d.ok for d in self.diffs) else "agree"
+            return (f"oracle FAIL: {self.unpaired}; the outputs {agree} (worst error {self.worst_relative:.2e} "
+                    "of output scale)")
+        state = "PASS" if self.ok else "FAIL"
+        judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
+        return (f"oracle {state}: {self.runs} input set(s), worst error "
+                f"{self.worst_relative:.2e} of output scale"
+                + (f" (saturating outputs judged on their inputs: {', '.join(judged)})" if judged else ""))
+
+
+def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str],
+                    rtol: float = 1e-4, atol: float = ATOL) -> list[OutputDiff]:
+    diffs = []
+    for name, a, b in zip(names, ref, got, strict=True):
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            diffs.append(OutputDiff(name, float("inf"), 0.0, False))
+            continue
+        if a.dtype.kind in "fc":
+            scale = float(np.max(np.abs(a))) if a.size else 0.0
+            err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+            ok = bool(np.isfinite(err) and err <= rtol * scale + atol) and \
+                bool(np.array_equal(np.isnan(a), np.isnan(b)))
+        else:
+            scale, err = 1.0, float(np.sum(a != b))
+            ok = err == 0
+        diffs.append(OutputDiff(name, err, scale, ok))
+    return diffs
+
+
+class _Judge:
+    """The one comparison core of every oracle path (`check`, `_check_big`, `check_files`).
+
+    `add` takes one input set's outputs of the masked original and of the pruned model:
+    the graph outputs first, then the pre-activations of saturating outputs (`logits`:
+    output name -> its saturating op's input, both models exposing it). A saturating output
+    is judged on its pre-activation, relative to that value's own scale: rounding that the
+    op amplifies on near-tied huge logits passes, and a real difference that the op squashes
+    under the absolute floor (a Sigmoid at 1e-8) fails. A comparison in which every float
+    reference (pre-activation where judged there) stays below the floor compares nothing and
+    is refused, as is one with no input sets."""
+
+    def __init__(self, names: list[str], logits: dict[str, str], rtol: float, atol: float = ATOL):
+        self.names, self.logits, self.rtol, self.atol = names, logits, rtol, atol
+        self.worst: dict[str, OutputDiff] = {}
+        self.runs = 0
+        self.signal = False  # some compared value was above the floor, or exact (non-float)
+        self.shapes = None   # InputShapes of the random sets, for the refusal message
+
+    @property
+    def failed(self) -> bool:
+        return any(not d.ok for d in self.worst.values())
+
+    def add(self, ref: list, got: list) -> None:
+        n = len(self.names)
+        if not all(np.all(np.isfinite(r)) for r in ref[:n] if np.asarray(r).dtype.kind == "f"):
+            raise FrontendError("the input model gives NaN/Inf outputs on these inputs, so the oracle cannot "
+                                "compare anything", hint="check the model's weights, or give real inputs "
+                                "with --inputs")
+        diffs = compare_outputs(ref[:n], got[:n], self.names, rtol=self.rtol, atol=self.atol)
+        pre_names = list(self.logits.values())
+        pre = dict(zip(self.logits, compare_outputs(ref[n:], got[n:], pre_names, rtol=self.rtol, atol=self.atol), strict=True))
+        for k, d in enumerate(diffs):
+            p = pre.get(d.name)
+            if p is not None and (p.ok or d.ok):  # judged on the logits (a failing output keeps its own diff)
+                diffs[k] = OutputDiff(d.name, p.max_abs_err, p.scale, p.ok, judged_on=p.name)
+            judged = diffs[k]
+            if judged.scale > self.atol or np.asarray(ref[k]).dtype.kind not in "fc":
+                self.signal = True
+        for d in diffs:
+            w = self.worst.get(d.name)
+            if w is None or (w.ok and (not d.ok or d.max_abs_err / max(d.scale, 1e-12) >
+                                       w.max_abs_err / max(w.scale, 1e-12))):
+                self.worst[d.name] = d
+        self.runs += 1
+
+    def result(self) -> OracleResult:
+        diffs = list(self.worst.values())
+        res = OracleResult(ok=all(d.ok for d in diffs), diffs=diffs, runs=self.runs, shapes=self.shapes)
+        where = f" at inputs {self.shapes.short()}" if self.shapes is not None else ""
+        if self.runs == 0:
+            res.ok, res.refused = False, "no input sets (give --inputs, or --random N with N >= 1)"
+        elif res.ok and not self.signal and diffs:
+            res.ok = False
+            res.refused = (f"reference outputs are all below {self.atol:g}{where} (so any model would match); "
+                           "pass --inputs with real data or --input-shape with a realistic size")
+        return res
+
+
+def _feed_sets(inputs, n_random: int, seed: int, sess, shapes):
+    """The given input sets, then `n_random` random ones made one at a time (streamed)."""
+    yield from (inputs or [])
+    for k in range(max(n_random, 0)):
+        yield random_inputs(sess, seed + k, shapes=shapes)
+
+
+def _run_ref(sess, feeds) -> list:
+    try:
+        return sess.run(None, feeds)
+    except Exception as exc:
+        raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
+                            hint="check the inputs (--inputs, --input-shape) or the model itself") from None
+
+
+def _pruned_session(model):
+    try:
+        return session(model)
+    except Exception as exc:
+        raise VerificationError(f"ONNX Runtime cannot load the pruned model: {_first_line(exc)}") from exc
+
+
+def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
+          n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
+          dims: dict | None = None, shapes=None, calib: dict | None = None) -> OracleResult:
+    """Run the oracle. `original` is the input model as read (it is not modified). Random
+    input sets are made at the representative shapes (`graphprune.input_shapes`): `shapes`
+    (an InputShapes, or {input: shape} from --input-shape), else `calib` ({input: array},
+    one calibration batch), else static dims, else a default the model runs; they are
+    streamed (one set made, run, compared, dropped), and the first failing set ends it."""
+    from graphprune.ir.serialize import BIG_MODEL_BYTES, clone, model_nbytes
+
+    if model_nbytes(original) > BIG_MODEL_BYTES:
+        return _check_big(original, pruned, plan, inputs=inputs, n_random=n_random, seed=seed, rtol=rtol,
+                          dim_value=dim_value, dims=dims, shapes=shapes, calib=calib)
+    masked = clone(original)
+    masked_original(masked, plan)
+    names = [o.name for o in masked.graph.outputs]
+    logits = _saturated_outputs(masked, pruned)
+    if logits:  # judged on the logits (module docstring): both models expose them
+        masked = _with_outputs(masked, logits.values())
+        pruned = _with_outputs(clone(pruned), logits.values())
+    s_ref = input_session(masked, what="the input model (with the plan's slices zeroed)")
+    s_new = _pruned_session(pruned)
+    judge = _Judge(names, logits, rtol)
+    if n_random > 0:
+        judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+    for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes):
+        judge.add(_run_ref(s_ref, feeds), s_new.run(None, feeds))
+        if judge.failed:
+            break
+    return judge.result()
+
+
+def _oracle_shapes(sess, shapes, calib, dims, dim_value):
+    from graphprune.input_shapes import InputShapes
+
+    if isinstance(shapes, InputShapes):
+        return shapes
+    return representative_shapes(sess, user=shapes, calib=calib, dims=dims, dim_value=dim_value)
+
+
+_SATURATING = ("Softmax", "Sigmoid", "Tanh", "HardSigmoid")
+_PASS_THROUGH = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _saturated_outputs(ref: ir.Model, pruned: ir.Model) -> dict[str, str]:
+    """Graph output -> input value of the saturating op that makes it (through ops that only
+    move elements), for the outputs where both models have that value by name."""
+    have = {v.name for n in pruned.graph for v in n.outputs if v is not None}
+    outputs = {v.name for v in ref.graph.outputs}
+    found = {}
+    for out in ref.graph.outputs:
+        node = out.producer()
+        while node is not None and node.op_type in _PASS_THROUGH and node.domain in ("", "ai.onnx"):
+            node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+        if node is None or node.op_type not in _SATURATING or node.domain not in ("", "ai.onnx"):
+            continue
+        pre = node.inputs[0]
+        if pre is not None and pre.name in have and pre.name not in outputs and pre.producer() is not None:
+            found[out.name] = pre.name
+    return found
+
+
+def _with_outputs(model: ir.Model, names) -> ir.Model:
+    """`model` (modified) with the named values as extra graph outputs."""
+    values = {v.name: v for n in model.graph for v in n.outputs if v is not None}
+    for name in names:
+        model.graph.outputs.append(values[name])
+    return model
+
+
+def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_random, seed, rtol, dim_value,
+               dims, shapes=None, calib=None) -> OracleResult:
+    """Models over ~1.5 GB: masked original and pruned model go through files with external
+    data, and their ORT sessions live one after the other, so peak memory stays near one
+    model's size. `original` is modified (slices zeroed) and should be a lazily loaded copy."""
+    import tempfile
+    from pathlib import Path
+
+    from graphprune.frontends.onnx import save_onnx
+
+    masked_original(original, plan)
+    logits = _saturated_outputs(original, pruned)
+    names = [o.name for o in original.graph.outputs]
+    if logits:
+        _with_outputs(original, logits.values())
+        _with_outputs(pruned, logits.values())
+    try:
+        with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
+            ref_path, new_path = Path(tmp) / "masked.onnx", Path(tmp) / "pruned.onnx"
+            save_onnx(original, ref_path, external_data=True)
+            save_onnx(pruned, new_path, external_data=True)
+            return _check_one_session_at_a_time(str(ref_path), str(new_path), names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes,
+                                                calib=calib, dims=dims, dim_value=dim_value)
+    finally:
+        if logits:  # the callers' models get their outputs back
+            for m in (original, pruned):
+                del m.graph.outputs[len(names):]
+
+
+class _InputsOf:
+    def __init__(self, sess):
+        self._inputs = sess.get_inputs()
+
+    def get_inputs(self):
+        return self._inputs
+
+
+def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str], logits: dict, *, inputs,
+                                 n_random, seed, rtol, shapes=None, calib=None, dims=None,
+                                 dim_value=None) -> OracleResult:
+    """The large-model loop: the masked original's outputs for every input set first (the
+    sets are streamed, and made again from their seeds for the pruned model, so only the
+    reference outputs are kept), then the pruned model's session."""
+    import gc
+
+    s_ref = input_session(ref_path, what="the input model (with the plan's slices zeroed)")
+    judge = _Judge(names, logits, rtol)
+    if n_random > 0:
+        judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+    refs = [_run_ref(s_ref, feeds) for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes)]
+    input_meta = _InputsOf(s_ref)  # random_inputs needs only the input list, not the session
+    del s_ref
+    gc.collect()
+    s_new = _pruned_session(new_path)
+    for feeds, ref in zip(_feed_sets(inputs, n_random, seed, input_meta, judge.shapes), refs, strict=True):
+        judge.add(ref, s_new.run(None, feeds))
+        if judge.failed:
+            break
+    del s_new
+    return judge.result()
+
+
+def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
+    """The masked original of a large model, built on disk: its external data files are
+    copied and the plan's slices zeroed through memory maps, so memory stays small."""
+    import os
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    plan.validate()
+    proto = onnx.load(src, load_external_data=False)
+    base = os.path.dirname(os.path.abspath(src))
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    for loc in locations:
+        os.makedirs(os.path.dirname(os.path.join(dst_dir, loc)) or dst_dir, exist_ok=True)
+        shutil.copyfile(os.path.join(base, loc), os.path.join(dst_dir, loc))
+    by_name = {t.name: t for t in proto.graph.initializer}
+    for entry in plan.tensors + plan.block_tensors():
+        t = by_name.get(entry["name"])
+        if t is None:
+            raise PlanError(f"plan lists tensor {entry['name']!r}, which is not an initializer of this model")
+        check_slice(entry, t.dims)
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        index = [slice(None)] * len(t.dims)
+        index[entry["axis"]] = np.asarray(entry["removed"], dtype=np.int64)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            arr = np.memmap(os.path.join(dst_dir, info["location"]), dtype=dtype, mode="r+",
+                            offset=int(info.get("offset", 0)), shape=tuple(t.dims))
+            arr[tuple(index)] = 0
+            arr.flush()
+            del arr
+        else:
+            arr = numpy_helper.to_array(t).copy()
+            arr[tuple(index)] = 0
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    out = os.path.join(dst_dir, "masked.onnx")
+    if plan.blocks:
+        model = ir.serde.deserialize_model(proto)
+        _zero_branches(model, plan, zero_slices=False)  # the blocks' slices: zeroed above, on disk
+        proto = ir.serde.serialize_model(model)
+    onnx.save(proto, out)
+    return out
+
+
+def check_files(src: str, pruned_path: str, plan: Plan, *, inputs: list[dict] | None = None, n_random: int = 2,
+                seed: int = 0, rtol: float = 1e-4, shapes=None, calib: dict | None = None) -> OracleResult:
+    """The oracle for models on disk (large ones): masked original built on disk, the two
+    ORT sessions one after the other (`_check_one_session_at_a_time`)."""
+    import os
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
+        ref_path = masked_copy_on_disk(src, plan, tmp)
+        ref_proto = onnx.load(ref_path, load_external_data=False)
+        new_proto = onnx.load(pruned_path, load_external_data=False)
+        names = [o.name for o in ref_proto.graph.output]
+        logits = _saturated_outputs(ir.serde.deserialize_model(ref_proto), ir.serde.deserialize_model(new_proto))
+        if not logits:
+            return _check_one_session_at_a_time(ref_path, pruned_path, names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
+        for proto in (ref_proto, new_proto):
+            for name in logits.values():
+                proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        onnx.save(ref_proto, ref_path)
+        # the pruned model with the logits as outputs: beside it, so its external data
+        # resolves (ONNX Runtime refuses data outside the model's folder); removed after
+        fd, new_path = tempfile.mkstemp(prefix=f".{os.path.basename(pruned_path)}.oracle-", suffix=".onnx",
+                                        dir=os.path.dirname(os.path.abspath(pruned_path)))
+        os.close(fd)
+        try:
+            onnx.save(new_proto, new_path)
+            return _check_one_session_at_a_time(ref_path, new_path, names, logits, inputs=inputs,
+                                                n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
+        finally:
+            os.unlink(new_path)
+
+
+def output_fidelity(dense, pruned, batches) -> dict:
+    """How close the pruned model's outputs stay to the dense model's on real inputs:
+    per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine."""
+    s_dense, s_pruned = session(dense), session(pruned)
+    names = [o.name for o in s_dense.get_outputs()]
+    cos = []
+    for feeds in batches:
+        a_all, b_all = s_dense.run(None, feeds), s_pruned.run(None, feeds)
+        for a, b in zip(a_all, b_all, strict=True):
+            a = np.asarray(a, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
+            if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:
+                continue
+            a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+            num = (a2 * b2).sum(1)
+            den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+            cos.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0).tolist())
+    mean = float(np.mean(cos)) if cos else 1.0
+    return {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
+            "samples": len(cos), "outputs": names}
