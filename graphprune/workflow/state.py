@@ -14,8 +14,8 @@ from graphprune.passes import PassContext
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-    from graphprune.calibration import Calibration
     from graphprune.plan import Plan
+    from graphprune.runtime.calibration import Calibration
 
 T = TypeVar("T")
 
