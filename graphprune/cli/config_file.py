@@ -19,6 +19,20 @@ log = logging.getLogger(__name__)
 NOT_CONFIG = {"model", "output", "config", "save_config", "dry_run", "force", "verbose_sub", "help", "_module"}
 
 
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """The options the pipeline verbs (prune, compile) share, after their own: a config
+    file (--config, --save-config), --dry-run, and the allocation and sparsity flags."""
+    from graphprune.cli import allocation_flags, sparsity_flags
+
+    p.add_argument("--config", metavar="FILE",
+                   help="pipeline config (TOML/YAML/JSON); options given here win. A config can run code "
+                        "(calib = \"module:function\" imports and calls it): use only configs you trust")
+    p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
+    p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
+    allocation_flags.add_arguments(p)
+    sparsity_flags.add_arguments(p)
+
+
 def _verb_parser(verb: str) -> argparse.ArgumentParser:
     import importlib
 

@@ -44,17 +44,9 @@ def add_arguments(p):
     p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3, nothing written) when 1 - mean cosine of "
                         "pruned vs dense outputs on the calibration data exceeds D")
-    p.add_argument("--config", metavar="FILE",
-                   help="pipeline config (TOML/YAML/JSON); options given here win. A config can run code "
-                        "(calib = \"module:function\" imports and calls it): use only configs you trust")
-    p.add_argument("--save-config", metavar="FILE", help="write this run's resolved options as a config")
-    p.add_argument("--dry-run", action="store_true", help="show the plan (groups, channels removed); write nothing")
-    from graphprune.cli import allocation_flags as alloc_cli
+    from graphprune.cli.config_file import add_pipeline_arguments
 
-    alloc_cli.add_arguments(p)
-    from graphprune.cli import sparsity_flags as sparsity_cli
-
-    sparsity_cli.add_arguments(p)
+    add_pipeline_arguments(p)
 
 
 def options(args):
