@@ -126,33 +126,36 @@ class WeightedOp:
 
 
 @dataclass(frozen=True)
-class ConvOp(WeightedOp):
-    """Weight [O, I/group, k...]; MACs = output volume × weights per output channel."""
-    family: ClassVar[str] = "Conv"
+class _GroupedConvOp(WeightedOp):
+    """Conv and ConvTranspose: weight [rows, cols/group, k...] whose rows are the channels of
+    one side (y; x when `transposed`) and whose cols are one group's channels of the other.
+    MACs = the rows side's volume × weights per row."""
+    transposed: ClassVar[bool] = False
 
     def axes(self, attrs, x_rank=None, w_rank=None, y_rank=None):
-        return Axes(1, 1, 0, 1, int(attrs.get("group", 1)), in_per_group=True)
+        w_in, w_out = (0, 1) if self.transposed else (1, 0)
+        return Axes(1, w_in, w_out, 1, int(attrs.get("group", 1)),
+                    in_per_group=not self.transposed, out_per_group=self.transposed)
 
     def mac_factors(self, attrs, x, w, y):
-        return None if w is None or y is None else (y, w[1:])
+        rows = x if self.transposed else y
+        return None if w is None or rows is None else (rows, w[1:])
 
     def mac_slots(self, attrs, x_rank, y_rank):
-        return [("y", 1), ("w", 1)]
+        return [("x" if self.transposed else "y", 1), ("w", 1)]
 
 
 @dataclass(frozen=True)
-class ConvTransposeOp(WeightedOp):
+class ConvOp(_GroupedConvOp):
+    """Weight [O, I/group, k...]; MACs = output volume × weights per output channel."""
+    family: ClassVar[str] = "Conv"
+
+
+@dataclass(frozen=True)
+class ConvTransposeOp(_GroupedConvOp):
     """Weight [I, O/group, k...]; MACs = input volume × weights per input channel."""
     family: ClassVar[str] = "ConvTranspose"
-
-    def axes(self, attrs, x_rank=None, w_rank=None, y_rank=None):
-        return Axes(1, 0, 1, 1, int(attrs.get("group", 1)), out_per_group=True)
-
-    def mac_factors(self, attrs, x, w, y):
-        return None if x is None or w is None else (x, w[1:])
-
-    def mac_slots(self, attrs, x_rank, y_rank):
-        return [("x", 1), ("w", 1)]
+    transposed: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
