@@ -33,6 +33,10 @@ class PlanError(GraphpruneError):
     exit_code = 2
 
 
+class StaleAnalysisError(PlanError):
+    """An analysis (e.g. a DependencyGraph) is used on a model that changed since it ran."""
+
+
 class PassError(GraphpruneError):
     """A pass failed or left an invalid IR. Names the pass, the pipeline it ran in and the
     passes that ran before it; `violations` lists what the verifier found, if anything."""

@@ -153,6 +153,7 @@ def check_slice(entry: dict, shape) -> None:
 
 
 def removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.ndarray]:
+    dg.check_current()  # a plan from a stale analysis would name the wrong slices
     out: dict[Slot, np.ndarray] = {}
     by_id = {g.id: g for g in dg.groups}
     for gid, atoms in selection.items():

@@ -12,11 +12,14 @@ import onnx_ir as ir
 
 from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
 from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.mutation import mark_mutated
 from graphprune.ir.unused import remove_unused
 
 
 def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
-    """Rewrite `model` (the one `dg` was computed on) so the given slot indices are gone."""
+    """Rewrite `model` (the one `dg` was computed on, unchanged since) so the given slot
+    indices are gone; `dg` and every other analysis of `model` are stale afterwards."""
+    dg.check_current(model)
     empty = np.zeros(0, dtype=np.int64)
     names = set(model.graph.initializers) | {v.name for n in model.graph for v in n.outputs}
     counter = itertools.count()
@@ -40,9 +43,11 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
         return removed.get(slot, empty)
 
     touched_nodes = _touched_nodes(dg, removed)
-    for node, fn in dg.rewrites:
-        if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed):
-            fn(RewriteContext(node, slot_removed, new_const, unique_name))
+    rewrites = [(node, fn) for node, fn in dg.rewrites
+                if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed)]
+    mark_mutated(model)  # before the rewrites: a failure half way must not look unchanged
+    for node, fn in rewrites:
+        fn(RewriteContext(node, slot_removed, new_const, unique_name))
     _shrink_values(dg, removed)
     remove_unused(model)
 

@@ -151,8 +151,8 @@ def _graph(unit, skip=lambda src, dst: False) -> nx.DiGraph:
 def test_the_walk_sees_function_level_imports():
     # the check is only as good as the walk: deferred imports must be in the graph
     assert len(MODULES) > 50
-    assert ("graphprune.passes.pruning.prune_channels", "graphprune.allocation.driver") in \
-        {(s, d) for s, d, _ in IMPORTS}  # imported inside PruneChannels.run
+    assert ("graphprune.passes.pruning.plan_channels", "graphprune.allocation.driver") in \
+        {(s, d) for s, d, _ in IMPORTS}  # imported inside plan_channels.plan
 
 
 def test_no_import_circle_between_packages():

@@ -22,22 +22,49 @@ from typing import Any, Callable, ClassVar
 import onnx_ir as ir
 
 from graphprune.errors import PassError, UsageError, VerificationError
+from graphprune.ir.mutation import mark_mutated, stamp
 from graphprune.ir.verifier import verify_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PassContext:
-    """State shared along a pipeline: analyses cache and results passes leave behind."""
+class _Cached:
+    model: ir.Model  # held, so that the id in the key cannot be reused by another model
+    stamp: tuple
+    value: Any
 
-    analyses: dict[str, Any] = field(default_factory=dict)
+
+@dataclass
+class PassContext:
+    """State shared along a pipeline: analyses cache and results passes leave behind.
+
+    `analyses` maps (analysis name, id(model)) to the cached value with the model's
+    stamp (graphprune.ir.mutation) when it was computed: an analysis is returned only
+    for the same model object, unchanged since; the PassManager also drops the analyses
+    a changing pass does not preserve."""
+
+    analyses: dict[tuple[str, int], _Cached] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
     def analysis(self, name: str, model: ir.Model, compute: Callable[[], Any]) -> Any:
-        if name not in self.analyses:
-            self.analyses[name] = compute()
-        return self.analyses[name]
+        key = (name, id(model))
+        hit = self.analyses.get(key)
+        if hit is None or hit.model is not model or hit.stamp != stamp(model):
+            hit = self.analyses[key] = _Cached(model, stamp(model), compute())
+        return hit.value
+
+    def model_changed(self, model: ir.Model, preserves: tuple[str, ...] = ()) -> None:
+        """`model` changed: count the mutation and drop its analyses, except `preserves`
+        (still valid by the changing pass's word: restamped)."""
+        mark_mutated(model)
+        for key, hit in list(self.analyses.items()):
+            if hit.model is not model:
+                continue
+            if key[0] in preserves:
+                hit.stamp = stamp(model)
+            else:
+                del self.analyses[key]
 
 
 @dataclass(frozen=True)
@@ -89,8 +116,8 @@ class Pass:
         @functools.wraps(init)
         def checked_init(self, *args, **options):
             if args:
-                raise UsageError(f"pass {cls.name or cls.__name__}: options are keyword arguments")
-            given = bind_options(cls, options)
+                raise UsageError(f"pass {type(self).name or type(self).__name__}: options are keyword arguments")
+            given = bind_options(type(self), options)  # a subclass checks under its own name
             init(self, **given)
             self.options = given
 
@@ -376,7 +403,7 @@ class PassManager:
                                 **self._blame(p, ran)) from exc
             self.timings.append((p.name, time.perf_counter() - t0, changed))
             if changed:
-                ctx.analyses = {k: v for k, v in ctx.analyses.items() if k in p.preserves}
+                ctx.model_changed(model, p.preserves)
             if self.verify:  # also after "no change": a pass that mutates but says it did not is caught
                 self._verify(model, p, ran)
             ran.append(p.name)

@@ -1,12 +1,13 @@
 """The pass pipelines of one prune run: pruning (checked by the oracle), then repair and
 sparsity (they change weights beyond the plan's slices, so they run after it).
 
-Who decides what to prune: the workflow builds the pipeline from PruneOptions; the
-decision itself (`allocation.driver.select`) is made inside `prune-channels` only when the
-state holds neither a plan (`--plan`) nor a selection (api `selection=`), because a
-pipeline string may name `prune-channels{ratio=..}` with its own options, which only the
-pass sees. The pass records the scores and the allocation report in the plan, which a
-selection made outside it could not carry without changing the plan format.
+Who decides what to prune: the workflow's plan step. From PruneOptions it builds
+`plan-channels, apply-plan` (prune-blocks first when blocks go): plan-channels only decides
+(criterion scores + `allocation.driver.select`, never touching the model) and leaves the
+selection, scores, allocation report and its options in the state; apply-plan only
+applies them (or the replayed `--plan`, or the api's `selection=`) and never decides.
+A `--pipeline` string may still say `prune-channels{ratio=..}`: that composite pass runs
+the same two steps with its own options, and writes the same plan.
 """
 from __future__ import annotations
 
@@ -36,12 +37,13 @@ def from_text(pipeline: str):
 
 def from_options(opts, plan_in):
     """The pruning pipeline the options ask for (prune-blocks first when blocks go)."""
+    from graphprune.passes.pruning.apply_plan import ApplyPlan
+    from graphprune.passes.pruning.plan_channels import PlanChannels
     from graphprune.passes.pruning.prune_blocks import PruneBlocks
-    from graphprune.passes.pruning.prune_channels import PruneChannels
 
     if not opts.prune and plan_in is None:
         return PassManager([])
-    passes = [PruneChannels(**opts.channel_options())]
+    passes = [PlanChannels(**opts.channel_options()), ApplyPlan()]
     if opts.remove_blocks or opts.blocks or (plan_in is not None and plan_in.blocks):
         passes.insert(0, PruneBlocks(**opts.block_options()))
     return PassManager(passes)

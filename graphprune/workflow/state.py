@@ -14,6 +14,7 @@ from graphprune.passes import PassContext
 if TYPE_CHECKING:
     import onnx_ir as ir
 
+    from graphprune.analysis.dependency import DependencyGraph
     from graphprune.plan import Plan
     from graphprune.runtime.calibration import Calibration
 
@@ -43,7 +44,10 @@ class PipelineState:
     """Typed fields of one run; `ctx` is the PassContext the passes see."""
 
     plan_in: _Slot[Plan] = _Slot()            # a plan to replay (--plan)
-    selection: _Slot[dict] = _Slot()          # group id -> atom ids to remove (api: selection=)
+    selection: _Slot[dict] = _Slot()          # group id -> atom ids to remove (api: selection=; plan-channels)
+    scores: _Slot[dict] = _Slot()             # group id -> per-atom scores plan-channels decided with
+    planned_options: _Slot[dict] = _Slot()    # the options plan-channels planned with (the plan's settings)
+    planned_graph: _Slot[DependencyGraph] = _Slot()  # the analysis the planned group ids refer to
     calibration: _Slot[Calibration] = _Slot()  # data for data-aware criteria, repair, the gate
     dense_model: _Slot[ir.Model] = _Slot()    # the model before slicing (repair compares against it)
     plan: _Slot[Plan] = _Slot()               # what was removed

@@ -136,7 +136,8 @@ def test_pipeline_state_is_a_typed_view_of_the_pass_context():
     assert st.ctx.results["selection"] == {0: [1]}
     st.selection = None  # passes test `key in results`: None removes the key
     assert "selection" not in st.ctx.results
-    assert set(st.fields()) == {"plan_in", "selection", "calibration", "dense_model", "plan", "allocation",
+    assert set(st.fields()) == {"plan_in", "selection", "scores", "planned_options", "planned_graph",
+                                "calibration", "dense_model", "plan", "allocation",
                                 "removed_blocks", "repair", "sparsity"}
 
 

@@ -21,7 +21,9 @@ import onnx_ir as ir
 
 from graphprune.analysis.dependency.context import RewriteFn, RuleContext, Slot, virtual_slot
 from graphprune.analysis.dependency.registry import RULES, RuleRegistry
+from graphprune.errors import StaleAnalysisError
 from graphprune.ir.constants import is_constant
+from graphprune.ir.mutation import stamp
 from graphprune.ir.shapes import dims_of
 from graphprune.ir.untie import untied_copies
 
@@ -350,6 +352,7 @@ class DependencyGraph:
         b = DependencyBuilder(model, registry or RULES)
         b.run()
         self.model = model
+        self.stamp = stamp(model)  # what the model was when analysed: see check_current
         self.values = b.values
         self.sizes = b.sizes
         self.roles = b.roles
@@ -360,6 +363,20 @@ class DependencyGraph:
         self.frozen_groups: list[FrozenGroup] = []
         self._build_groups(b, ignore_patterns)
         self.slot_group: dict[Slot, Group] = {s: g for g in self.groups for s in g.slots}
+
+    def check_current(self, model: ir.Model | None = None) -> None:
+        """Raise StaleAnalysisError unless the analysed model (and `model`, when given,
+        is that model) has not changed since the analysis: groups, slots and rewrites of
+        an older model would slice the wrong tensors."""
+        if model is not None and model is not self.model:
+            raise StaleAnalysisError("dependency graph was computed on another model",
+                                     hint="analyse the model the plan is for")
+        now = stamp(self.model)
+        if now != self.stamp:
+            raise StaleAnalysisError(
+                f"dependency graph is stale: the model changed since it was analysed "
+                f"(mutation {self.stamp[0]} -> {now[0]}, nodes {self.stamp[1]} -> {now[1]})",
+                hint="analyse the model again (PassContext.analysis recomputes after a changing pass)")
 
     def _build_groups(self, b: DependencyBuilder, ignore: list[re.Pattern]) -> None:
         uf = _UnionFind()
