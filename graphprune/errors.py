@@ -73,3 +73,10 @@ class QualityGateError(GraphpruneError):
 
 class BackendUnavailableError(GraphpruneError):
     exit_code = 4
+
+
+class SlowerThanAskedError(GraphpruneError):
+    """`compile --min-speedup F`: the deployed pruned model is less than F times faster than
+    the input model in ONNX Runtime, measured side by side at the representative shape."""
+
+    exit_code = 5

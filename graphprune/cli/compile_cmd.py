@@ -37,6 +37,10 @@ def add_arguments(p):
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
     p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D")
+    p.add_argument("--min-speedup", type=T.POSITIVE, metavar="F",
+                   help="fail (exit 5, nothing written) unless the deployed pruned model is at least F times "
+                        "faster than the input model in ONNX Runtime, measured side by side on this machine "
+                        "(1.0: unless it is faster at all)")
     p.add_argument("--seed", type=T.SEED, default=DEFAULTS.seed)
     from graphprune.cli.config_file import add_pipeline_arguments
 
@@ -64,7 +68,8 @@ def options(args):
                           rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), repair=args.repair, max_drop=args.max_drop,
-                          sparsity=sparsity_opts, force=args.force, **alloc_cli.calibration_options(args))
+                          sparsity=sparsity_opts, force=args.force, min_speedup=args.min_speedup,
+                          **alloc_cli.calibration_options(args))
 
 
 def run(args) -> int:
@@ -95,6 +100,16 @@ def _rows(rep: dict) -> list[list]:
     return rows
 
 
+def latency_lines(rep: dict) -> list[str]:
+    """The measured numbers (dense input in ORT, pruned in ORT, pruned in TVM), then the verdict."""
+    lat = rep.get("latency") or {}
+    nums = [f"{k} {v:.3f} ms" for k, v in (lat.get("measured_ms") or {}).items() if v is not None]
+    lines = [f"latency at the representative shape: {', '.join(nums)}"] if nums and "speedup" in lat else []
+    if lat.get("line"):
+        lines.append(lat["line"] if lat["line"].startswith("latency: ") else f"latency: {lat['line']}")
+    return lines
+
+
 def print_report(rep: dict) -> None:
     from graphprune.cli import sparsity_flags as sparsity_cli
     from graphprune.cli.common import table
@@ -102,13 +117,15 @@ def print_report(rep: dict) -> None:
     print(f"target:  {rep['target']['name']} → {rep['target']['tvm']}")
     print(f"backend: {rep['backend']['chosen']} ({rep['backend']['reason']})")
     print(table(_rows(rep), ["", "before", "after", "ratio"]))
-    if rep["after"].get("latency_note"):
-        print(f"latency: {rep['after']['latency_note']}")
+    for line in latency_lines(rep):
+        print(line)
     for name, c in rep["checks"].items():
         print(f"{name}: {'PASS' if c['ok'] else 'FAIL'} ({c['summary']})")
     for line in sparsity_cli.summary_lines(rep["sparsity_summary"], max_rows=20) if rep.get("sparsity_summary") else []:
         print(line)
     for n in rep["notes"]:
         print(f"note: {n}")
+    if rep.get("accuracy"):
+        print(rep["accuracy"])
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
           f"{rep['backend']['chosen']}/)")

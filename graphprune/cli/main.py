@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="graphprune", description="A pruning compiler for neural networks.",
                 epilog="exit codes: 0 ok, 1 internal error, 2 usage or plan error, 3 oracle or quality gate "
-                       "failed, 4 unreadable or unsupported model")
+                       "failed, 4 unreadable or unsupported model, 5 slower than --min-speedup (compile: the "
+                       "deployed pruned model is not that much faster than the input in ONNX Runtime; nothing "
+                       "written)")
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")

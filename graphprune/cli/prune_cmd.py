@@ -95,4 +95,15 @@ def run(args) -> int:
         return dry_run.show_prune(args.model, opts)
     outcome = run_prune(args.model, opts, out=out, progress=Printer())
     print_prune_summary(outcome, bench=not args.no_bench)
+    _print_accuracy(outcome)
     return 0
+
+
+def _print_accuracy(outcome) -> None:
+    """Without calibration data nothing measured accuracy: say so (the oracle is not accuracy)."""
+    from graphprune.workflow.verdicts import accuracy_line
+
+    plan = outcome.plan
+    line = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or plan.blocks or outcome.sparsity))
+    if line:
+        print(line)

@@ -83,6 +83,13 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
+def _verdicts(report: dict) -> list[str]:
+    lat = report.get("latency") or {}
+    line = lat.get("line")
+    lines = [line if line.startswith("latency: ") else "latency: " + line] if line else []
+    return lines + ([report["accuracy"]] if report.get("accuracy") else [])
+
+
 def render_html(report: dict) -> str:
     b, a = report.get("before", {}), report.get("after", {})
     rows = []
@@ -113,6 +120,7 @@ td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;mar
 <h1>{html.escape(title)}</h1>
 <p>backend: <b>{html.escape(str(backend.get('chosen', '')))}</b> — {html.escape(str(backend.get('reason', '')))}</p>
 <h2>Before / after</h2>{_table(rows, ['', 'before', 'after', 'ratio'])}
+{''.join(f"<p><b>{html.escape(line)}</b></p>" for line in _verdicts(report))}
 <h2>Checks</h2>{_table(checks, ['check', 'result', 'detail'])}
 <h2>Figures</h2>{fig_html}
 {'<h2>Backend per layer</h2>' + _table([[k, v] for k, v in per_layer_backend.items()], ['layer', 'kernel']) if per_layer_backend else ''}

@@ -62,8 +62,7 @@ def markdown(report: dict) -> str:
         bv, av = b.get(key), a.get(key)
         ratio = f"{av / bv:.3f}" if isinstance(bv, (int, float)) and isinstance(av, (int, float)) and bv else ""
         lines.append(f"| {label} | {_fmt(bv)} | {_fmt(av)} | {ratio} |")
-    if a.get("latency_note"):
-        lines += ["", f"Latency: {a['latency_note']}"]
+    lines += _verdict_lines(report)
     checks = report.get("checks", {})
     if checks:
         lines += ["", "## Checks", ""]
@@ -77,6 +76,22 @@ def markdown(report: dict) -> str:
     lines += ["", "## Files", ""] + [f"- `{f['path']}` ({f['bytes']} B, sha256 {f['sha256'][:12]}…)"
                                      for f in report.get("outputs", [])]
     return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(report: dict) -> list[str]:
+    """Latency against the input in ONNX Runtime (or why it was not measured) and accuracy, one line each."""
+    lat = report.get("latency") or {}
+    lines = []
+    nums = [f"{k} {v:.4g} ms" for k, v in (lat.get("measured_ms") or {}).items() if v is not None]
+    if nums and "speedup" in lat:
+        lines.append(f"- measured side by side: {', '.join(nums)}")
+    line = lat.get("line") or ("latency: " + report["after"]["latency_note"]
+                               if (report.get("after") or {}).get("latency_note") else None)
+    if line:
+        lines.append(f"- {line if line.startswith('latency: ') else 'latency: ' + line}")
+    if report.get("accuracy"):
+        lines.append(f"- {report['accuracy']}")
+    return [""] + lines if lines else []
 
 
 def _sparsity_sections(report: dict) -> list[str]:
@@ -94,7 +109,11 @@ def _sparsity_sections(report: dict) -> list[str]:
     tvm = ((report.get("backend") or {}).get("results") or {}).get("tvm") or {}
     kernels = tvm.get("sparse_kernels") or []
     if kernels:
+        end_to_end = (report.get("latency") or {}).get("line") or "not measured"
         lines += ["", "## Sparse kernels (TVM): dense vs each candidate, per layer", "",
+                  "Per-layer speed-ups are against TVM's own dense kernel for that layer (possibly untuned), "
+                  "not against ONNX Runtime's dense kernel, which is what the input model would otherwise run "
+                  f"on. End to end against the input model in ONNX Runtime: {end_to_end}.", "",
                   "| layer | shape | zeros | dense ms | candidates (ms) | chosen | speed-up | how chosen |",
                   "|---|---|---|---|---|---|---|---|"]
         for k in kernels:

@@ -56,6 +56,7 @@ class CompileOptions:
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
     sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
     force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
+    min_speedup: float | None = None  # fail (exit 5, nothing written) below this speed-up vs the input in ORT
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -133,6 +134,7 @@ class _Compile:
     checks: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     results: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)  # workflow.verdicts.latency_verdict, and the three numbers
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
 
@@ -150,6 +152,9 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     if target.device != "cpu" and backend_req != "tvm":
         log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
+    if opts.min_speedup is not None and not target.host:
+        raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
+                         hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
     # the folder holds no input, and is new, empty or graphprune's own
     inputs = [("input model", f) for f in model_files(src)] + [
@@ -238,6 +243,7 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     from graphprune import outputs
     from graphprune.frontends.onnx import save_onnx
     from graphprune.report import write_report
+    from graphprune.workflow.verdicts import require_speedup
 
     feeds = _feeds(c, outcome)
     model, plan = outcome.model, outcome.plan
@@ -251,6 +257,8 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     for name, chk in c.checks.items():
         if (name.startswith("numerics") or name.startswith("artifact")) and not chk["ok"]:
             raise OracleMismatchError(f"{name}: compiled artifact differs from ONNX Runtime ({chk['summary']})")
+    if "speedup" in c.latency:
+        require_speedup(c.latency, c.opts.min_speedup)  # before anything is written
     report = _report(c, outcome, chosen, reason, argv)
     write_report(stage, report)
     return report
@@ -288,6 +296,8 @@ def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
     dense_cfg = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
                  "graph_optimization_level": "ORT_ENABLE_ALL"}
     runners["dense"] = lambda: measure(str(c.src), dense_cfg, feeds, repeats=10)
+    if not c.target.host:  # a host estimate, labelled as such: a cross target's latency line is never blank
+        runners["pruned_host"] = lambda: measure(str(stage / "model.pruned.onnx"), dense_cfg, feeds, repeats=10)
     return runners
 
 
@@ -314,23 +324,34 @@ def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names
             c.notes.append(f"tvm: qemu run skipped ({type(exc).__name__}: {exc})")
 
 
-def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
-    # side by side: interleaved rounds, median per runner
+def _latencies(runners: dict) -> dict[str, float]:
+    """Side by side: interleaved rounds, median per runner (ms)."""
     rounds: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(3):
         for k, fn in runners.items():
             rounds[k].append(fn())
-    lat = {k: round(float(np.median(v)), 4) for k, v in rounds.items()}
+    return {k: round(float(np.median(v)), 4) for k, v in rounds.items()}
+
+
+def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
+    from graphprune.workflow.verdicts import latency_verdict, not_measured_note
+
+    lat = _latencies(runners)
     c.before["latency_ms"] = lat["dense"]
     for k in ("onnxruntime", "tvm"):
         if k in lat:
             c.results[k]["latency_ms"] = lat[k]
     chosen, reason = _choose(c.backend_req, c.target, c.results, c.opts, c.notes)
-    if c.target.host:
-        c.after["latency_ms"] = c.results[chosen].get("latency_ms")
+    deployed = c.results[chosen].get("latency_ms")
+    if c.target.host and deployed:
+        c.after["latency_ms"] = deployed
+        c.latency = latency_verdict(lat["dense"], deployed, chosen)
     else:
-        c.after["latency_note"] = (f"not measured: {c.target.name} is not this machine"
-                                   + (" (use graphprune bench --rpc)" if chosen == "tvm" else ""))
+        c.after["latency_note"] = not_measured_note(c.target.name, c.opts.rpc, lat["dense"], lat.get("pruned_host"))
+        c.latency = {"dense_ort_ms": lat["dense"], "host_estimate_ms": lat.get("pruned_host"),
+                     "line": "latency: " + c.after["latency_note"]}
+    c.latency["measured_ms"] = {"dense input (ONNX Runtime)": lat["dense"],
+                                "pruned (ONNX Runtime)": lat.get("onnxruntime"), "pruned (TVM)": lat.get("tvm")}
     return chosen, reason
 
 
@@ -339,6 +360,7 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
     from graphprune.plan import file_sha256
     from graphprune.report import environment
     from graphprune.report.layers import compare_layers
+    from graphprune.workflow.verdicts import accuracy_line
 
     plan = outcome.plan
     report = {
@@ -353,6 +375,8 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model),
         "checks": c.checks,
         "notes": c.notes,
+        "latency": c.latency,
+        "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or outcome.sparsity)),
     }
     res = outcome.sparsity
     if res is not None:  # report.html plots report["sparsity"] (tensor -> fraction of zeros)
@@ -360,6 +384,8 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         report["sparsity_tensors"] = res["tensors"]
         report["sparsity_skipped"] = res["skipped"]
     return report
+
+
 def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,
                  notes: list, log_fn) -> dict:
     try:
@@ -375,13 +401,29 @@ def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOpti
         notes.append(f"TVM not used: {why}")
         return {"skipped": why}
     db_root = Path(opts.db) if opts.db else Path.home() / ".cache" / "graphprune" / "tvm-db"
-    if opts.tune_trials <= 0:
-        notes.append("TVM build is untuned (--tune-trials 0): expect it to be far slower than ONNX Runtime")
     log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
     res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
                       db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
                       log=log_fn)
+    res["tuning_summary"] = tvm_tuning(res, opts.tune_trials)
+    if res["tuning_summary"].startswith("UNTUNED"):
+        notes.append(f"TVM build is {res['tuning_summary']}")
     return res
+
+
+def tvm_tuning(tvm: dict, requested: int) -> str:
+    """The TVM build's tuning in words. "UNTUNED" only when no kernel has a tuned schedule
+    (and none went to graphprune's own sparse kernels); the requested and the measured trial
+    counts are both stated."""
+    cov = tvm.get("coverage") or {}
+    tasks, scheduled = cov.get("tasks", 0), cov.get("with_schedule", 0)
+    n_sparse = sum(1 for r in tvm.get("sparse_kernels") or [] if r.get("chosen") != "dense")
+    trials = f"--tune-trials {requested}, {tvm.get('trials', 0)} trials measured in this run"
+    if tvm.get("tuned"):
+        return f"tuned ({trials}; {scheduled} of {tasks} kernels have a tuned schedule)"
+    if scheduled == 0 and not n_sparse:
+        return f"UNTUNED ({trials}; none of {tasks} kernels has a tuned schedule): expect ~100x slower than ONNX Runtime"
+    return f"partly tuned ({trials}; {tasks - scheduled} of {tasks} kernels without a tuned schedule)"
 
 
 def _choose(backend_req: str, target: Target, results: dict, opts: CompileOptions, notes: list) -> tuple[str, str]:
@@ -389,23 +431,28 @@ def _choose(backend_req: str, target: Target, results: dict, opts: CompileOption
     if backend_req == "onnxruntime":
         return "onnxruntime", "requested with --backend onnxruntime"
     if backend_req == "tvm":
-        if not tvm.get("tuned"):
-            return "tvm", "requested with --backend tvm (UNTUNED: expect ~100x slower than ONNX Runtime)"
-        return "tvm", f"requested with --backend tvm, tuned with {tvm.get('trials')} trials"
+        return "tvm", f"requested with --backend tvm, {tvm.get('tuning_summary') or tvm_tuning(tvm, opts.tune_trials)}"
     if not tvm or "skipped" in tvm:
-        if opts.tune_trials <= 0:
-            return "onnxruntime", ("auto: no TVM tuning asked (--tune-trials 0), and untuned TVM code is ~100x "
-                                   "slower than ONNX Runtime")
-        if not target.host and not opts.rpc:
-            return "onnxruntime", (f"auto: {target.name} is not this machine and no --rpc device was given to tune "
-                                   "and measure TVM on, so ONNX Runtime is shipped")
-        return "onnxruntime", "auto: TVM unavailable (" + (tvm or {}).get("skipped", "not built") + ")"
+        return "onnxruntime", _why_no_tvm(tvm, target, opts)
+    return _auto(tvm, target, results)
+
+
+def _why_no_tvm(tvm: dict | None, target: Target, opts: CompileOptions) -> str:
+    if opts.tune_trials <= 0:
+        return "auto: no TVM tuning asked (--tune-trials 0), and untuned TVM code is ~100x slower than ONNX Runtime"
+    if not target.host and not opts.rpc:
+        return (f"auto: {target.name} is not this machine and no --rpc device was given to tune "
+                "and measure TVM on, so ONNX Runtime is shipped")
+    return "auto: TVM unavailable (" + (tvm or {}).get("skipped", "not built") + ")"
+
+
+def _auto(tvm: dict, target: Target, results: dict) -> tuple[str, str]:
     ort_ms = results.get("onnxruntime", {}).get("latency_ms")
     tvm_ms = tvm.get("latency_ms")
     if target.host and ort_ms and tvm_ms:
         if tvm_ms < ort_ms:
-            return "tvm", f"auto: tuned TVM measured faster here ({tvm_ms:.3f} ms vs ONNX Runtime {ort_ms:.3f} ms)"
-        return "onnxruntime", f"auto: ONNX Runtime measured faster here ({ort_ms:.3f} ms vs tuned TVM {tvm_ms:.3f} ms)"
+            return "tvm", f"auto: TVM measured faster here ({tvm_ms:.3f} ms vs ONNX Runtime {ort_ms:.3f} ms)"
+        return "onnxruntime", f"auto: ONNX Runtime measured faster here ({ort_ms:.3f} ms vs TVM {tvm_ms:.3f} ms)"
     if tvm.get("tuned"):
         return "tvm", "auto: TVM tuned on the remote device"
     return "onnxruntime", "auto: TVM could not be measured against ONNX Runtime"

@@ -1,0 +1,58 @@
+"""The lines that keep a summary honest (DESIGN invariant 6: a result that is slower or
+less accurate than asked is said so, never shipped silently).
+
+* accuracy: without calibration data nothing measured accuracy; the oracle only proves
+  the pruned model equals the masked one.
+* latency: the deployed pruned model against the input model in ONNX Runtime (what a user
+  would otherwise run), side by side at the representative shape; `--min-speedup F` turns
+  "not fast enough" into a failure (SlowerThanAskedError, exit 5, nothing written).
+"""
+from __future__ import annotations
+
+from graphprune.errors import SlowerThanAskedError
+
+NO_CALIB = "accuracy: not measured (no --calib); the oracle proves only equivalence to the masked model"
+NO_GATE = ("accuracy: not measured (--calib given without --max-drop); the oracle proves only equivalence to "
+           "the masked model")
+
+
+def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | None:
+    """One line when the model changed and nothing measured its accuracy; None otherwise."""
+    if not changed or fidelity is not None:
+        return None
+    return NO_CALIB if calibration is None else NO_GATE
+
+
+def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str) -> dict:
+    """The deployed model against the dense input in ONNX Runtime: speed-up and one line."""
+    speedup = dense_ms / deployed_ms if deployed_ms > 0 else float("inf")
+    faster = deployed_ms < dense_ms
+    line = (f"{speedup:.2f}x faster than the input model in ONNX Runtime ({deployed_ms:.3f} ms {chosen} vs "
+            f"{dense_ms:.3f} ms)" if faster else
+            f"NOT FASTER: the pruned model ({chosen}, {deployed_ms:.3f} ms) is {1 / speedup:.2f}x the latency of "
+            f"the input model in ONNX Runtime ({dense_ms:.3f} ms)")
+    return {"dense_ort_ms": dense_ms, "deployed_ms": deployed_ms, "speedup": round(speedup, 4),
+            "not_faster": not faster, "line": line}
+
+
+def require_speedup(verdict: dict, min_speedup: float | None) -> None:
+    """--min-speedup F: fail unless the speed-up is at least F (1.0: unless it is faster)."""
+    if min_speedup is None:
+        return
+    s = verdict["speedup"]
+    ok = s >= min_speedup and (min_speedup != 1.0 or not verdict["not_faster"])
+    if not ok:
+        raise SlowerThanAskedError(
+            f"speed-up {s:.2f}x is below --min-speedup {min_speedup:g}: {verdict['line']}",
+            hint="nothing was written; prune more, tune longer (--tune-trials), try --backend onnxruntime, "
+                 "or lower --min-speedup")
+
+
+def not_measured_note(target_name: str, rpc: str | None, dense_ms: float | None, pruned_ms: float | None) -> str:
+    """A cross target's latency line: never blank; the host figures, labelled as such."""
+    why = "no --rpc" if not rpc else "compile does not time on the --rpc device; use graphprune bench --rpc"
+    note = f"not measured on {target_name} ({why})"
+    if dense_ms and pruned_ms:
+        return (note + f"; host estimate (ONNX Runtime on this machine): pruned {pruned_ms:.3f} ms vs input "
+                f"{dense_ms:.3f} ms ({dense_ms / pruned_ms:.2f}x)")
+    return note + "; host estimate: not available"

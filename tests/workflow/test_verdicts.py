@@ -1,0 +1,165 @@
+"""Never a silent regression (issue 13 §3): the deployed pruned model is compared with the
+input model in ONNX Runtime, "not faster" is said in one line, `--min-speedup` fails
+(exit 5, nothing written), a cross target's latency line is never blank, "UNTUNED" only
+when no kernel has a schedule, and a run without --calib says accuracy was not measured.
+Timings are faked where they decide the outcome: tests check logic, never wall-clock."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import graphprune.workflow.compile as compile_mod
+from graphprune.backends.targets import resolve_target
+from graphprune.cli.main import main
+from graphprune.errors import SlowerThanAskedError
+from graphprune.workflow.compile import CompileOptions, _choose, tvm_tuning
+from graphprune.workflow.verdicts import NO_CALIB
+
+NOT_FASTER = "NOT FASTER"
+
+
+def _fake_latencies(monkeypatch, dense: float, pruned: float) -> None:
+    """The side-by-side measurement, faked: dense input in ORT vs the pruned artifacts."""
+
+    def fake(runners):
+        lat = {k: pruned for k in runners}
+        lat["dense"] = dense
+        return lat
+
+    monkeypatch.setattr(compile_mod, "_latencies", fake)
+
+
+def _compile(samples_dir, out, *flags) -> int:
+    return main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "x86", "-o", str(out), *flags])
+
+
+def test_not_faster_is_said_in_summary_and_report(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=1.0, pruned=2.0)
+    assert _compile(samples_dir, tmp_path / "slow") == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if NOT_FASTER in ln]
+    assert len(lines) == 1 and "2.000 ms" in lines[0] and "1.000 ms" in lines[0]
+    assert "dense input (ONNX Runtime) 1.000 ms" in text and "pruned (ONNX Runtime) 2.000 ms" in text
+    rep = json.loads((tmp_path / "slow" / "report.json").read_text())
+    assert rep["latency"]["not_faster"] and NOT_FASTER in rep["latency"]["line"]
+    assert rep["latency"]["speedup"] == pytest.approx(0.5)
+    assert NOT_FASTER in (tmp_path / "slow" / "report.md").read_text()
+    assert NOT_FASTER in (tmp_path / "slow" / "report.html").read_text()
+
+
+def test_faster_says_so_and_passes_min_speedup(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
+    assert _compile(samples_dir, tmp_path / "fast", "--min-speedup", "1.5") == 0
+    text = capsys.readouterr().out
+    assert NOT_FASTER not in text and "2.00x faster than the input model in ONNX Runtime" in text
+    rep = json.loads((tmp_path / "fast" / "report.json").read_text())
+    assert not rep["latency"]["not_faster"] and rep["config"]["min_speedup"] == 1.5
+
+
+@pytest.mark.parametrize("dense,pruned,floor", [(1.0, 2.0, "1.0"), (1.0, 1.0, "1.0"), (2.0, 1.0, "3")])
+def test_min_speedup_fails_with_its_exit_code_and_writes_nothing(samples_dir, tmp_path, monkeypatch, capsys,
+                                                                dense, pruned, floor):
+    _fake_latencies(monkeypatch, dense=dense, pruned=pruned)
+    out = tmp_path / "gate"
+    assert _compile(samples_dir, out, "--min-speedup", floor) == SlowerThanAskedError.exit_code == 5
+    err = capsys.readouterr().err
+    assert "--min-speedup" in err and "nothing was written" in err
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_min_speedup_is_documented_with_its_exit_code(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "5 slower than --min-speedup" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "--min-speedup" in capsys.readouterr().out
+
+
+def test_min_speedup_needs_a_measurement_on_the_target(samples_dir, tmp_path):
+    out = tmp_path / "arm"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "arm", "-o", str(out),
+                 "--min-speedup", "1.2"]) == 2
+    assert not out.exists()
+
+
+def test_cross_target_without_rpc_gives_a_host_estimate(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=3.0, pruned=1.5)
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "arm", "-o",
+                 str(tmp_path / "arm")]) == 0
+    text = capsys.readouterr().out
+    want = "latency: not measured on arm (no --rpc); host estimate"
+    assert want in text and "pruned 1.500 ms vs input 3.000 ms (2.00x)" in text
+    rep = json.loads((tmp_path / "arm" / "report.json").read_text())
+    assert rep["after"]["latency_note"].startswith("not measured on arm (no --rpc); host estimate")
+    assert rep["latency"]["host_estimate_ms"] == 1.5
+    assert want in (tmp_path / "arm" / "report.md").read_text()
+
+
+def test_compile_without_calib_says_accuracy_not_measured(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
+    assert _compile(samples_dir, tmp_path / "nc") == 0
+    assert NO_CALIB in capsys.readouterr().out
+    assert json.loads((tmp_path / "nc" / "report.json").read_text())["accuracy"] == NO_CALIB
+    assert NO_CALIB in (tmp_path / "nc" / "report.md").read_text()
+
+
+def _calib(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    return str(tmp_path / "calib.npz")
+
+
+def test_compile_with_calib_does_not_say_no_calib(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
+    assert _compile(samples_dir, tmp_path / "c", "--calib", _calib(tmp_path), "--calib-batch", "1",
+                    "--max-drop", "1") == 0
+    assert "no --calib" not in capsys.readouterr().out
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["accuracy"] is None and "no --calib" not in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_prune_says_accuracy_not_measured_without_calib(samples_dir, tmp_path, capsys):
+    src = str(samples_dir / "tiny_resnet.onnx")
+    assert main(["prune", src, "-o", str(tmp_path / "p.onnx"), "--no-bench"]) == 0
+    assert NO_CALIB in capsys.readouterr().out
+    assert main(["prune", src, "-o", str(tmp_path / "q.onnx"), "--no-bench", "--calib", _calib(tmp_path),
+                 "--calib-batch", "1", "--max-drop", "1"]) == 0
+    assert "no --calib" not in capsys.readouterr().out
+
+
+# ---- "UNTUNED" only when no kernel has a tuned schedule ----------------------------------------
+
+def _tvm_result(tuned: bool, tasks: int, scheduled: int, trials: int, sparse: int = 0) -> dict:
+    return {"tuned": tuned, "trials": trials,
+            "coverage": {"tasks": tasks, "with_schedule": scheduled,
+                         "missing": [f"k{i}" for i in range(tasks - scheduled)]},
+            "sparse_kernels": [{"chosen": "bsr_8x1"}] * sparse}
+
+
+@pytest.mark.parametrize("res,requested,untuned", [
+    (_tvm_result(False, 5, 0, 0), 0, True),        # no trials, empty database
+    (_tvm_result(True, 5, 5, 0), 0, False),        # --tune-trials 0, schedules reused from the database
+    (_tvm_result(False, 5, 3, 8), 8, False),       # partly tuned: not UNTUNED, says how many lack one
+    (_tvm_result(True, 5, 5, 40), 32, False),      # tuned (the sparse kernels' extra tuning: 40 measured)
+    (_tvm_result(False, 0, 0, 0, sparse=2), 0, False),  # all compute in graphprune's own sparse kernels
+])
+def test_untuned_only_without_any_schedule(res, requested, untuned):
+    opts = CompileOptions(backend="tvm", tune_trials=requested)
+    chosen, reason = _choose("tvm", resolve_target("x86"), {"tvm": res}, opts, [])
+    assert chosen == "tvm" and ("UNTUNED" in reason) == untuned
+    # the requested and the measured trial counts are both stated, never one for the other
+    assert f"--tune-trials {requested}, {res['trials']} trials measured in this run" in reason
+    text = tvm_tuning(res, requested)
+    if res["coverage"]["missing"] and res["coverage"]["with_schedule"]:
+        assert text.startswith("partly tuned") and f"{len(res['coverage']['missing'])} of 5 kernels" in text
+
+
+def test_slower_than_asked_error_has_its_own_exit_code():
+    from graphprune import errors
+
+    codes = {c.exit_code for n, c in vars(errors).items()
+             if isinstance(c, type) and issubclass(c, errors.GraphpruneError) and c is not SlowerThanAskedError}
+    assert SlowerThanAskedError.exit_code == 5 and 5 not in codes
