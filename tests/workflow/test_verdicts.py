@@ -163,3 +163,23 @@ def test_slower_than_asked_error_has_its_own_exit_code():
     codes = {c.exit_code for n, c in vars(errors).items()
              if isinstance(c, type) and issubclass(c, errors.GraphpruneError) and c is not SlowerThanAskedError}
     assert SlowerThanAskedError.exit_code == 5 and 5 not in codes
+
+
+def test_per_layer_kernel_speedups_are_labelled_and_next_to_end_to_end():
+    """The per-layer table compares with TVM's dense kernel: the report says so, and puts the
+    end-to-end figure against the input model in ONNX Runtime next to it."""
+    from graphprune.report.writer import markdown
+    from graphprune.workflow.verdicts import latency_verdict
+
+    verdict = latency_verdict(1.0, 1.6, "tvm")
+    report = {"input": {"path": "mlp.onnx"}, "target": {"name": "x86", "description": "this CPU"},
+              "command": ["graphprune", "compile"], "before": {"latency_ms": 1.0}, "after": {"latency_ms": 1.6},
+              "latency": verdict,
+              "backend": {"chosen": "tvm", "reason": "requested", "results": {"tvm": {"sparse_kernels": [
+                  {"layer": "fc1", "shape": [[1, 64], [256, 64]], "sparsity": 0.9, "dense_ms": 0.7,
+                   "candidates": {"bsr_8x1": 0.05}, "chosen": "bsr_8x1", "speedup": 14.0, "measured": True}]}}}}
+    md = markdown(report)
+    table = md.split("## Sparse kernels")[1]
+    assert "against TVM's own dense kernel" in table and "not against ONNX Runtime's dense kernel" in table
+    assert "End to end against the input model in ONNX Runtime: NOT FASTER" in table
+    assert md.count("NOT FASTER") == 2 and "1.60x the latency" in md
