@@ -61,7 +61,10 @@ def markdown(report: dict) -> str:
                        ("latency_ms", "latency (ms, median)")):
         bv, av = b.get(key), a.get(key)
         ratio = f"{av / bv:.3f}" if isinstance(bv, (int, float)) and isinstance(av, (int, float)) and bv else ""
-        lines.append(f"| {label} | {_fmt(bv)} | {_fmt(av)} | {ratio} |")
+        cells = [_fmt(bv), _fmt(av)]
+        if key == "latency_ms" and av is None and a.get("latency_note"):  # a cross target: never a blank
+            cells = [f"{_fmt(bv)} (this machine)" if bv is not None else "", "not measured on the target (below)"]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
     lines += _verdict_lines(report)
     checks = report.get("checks", {})
     if checks:

@@ -95,7 +95,8 @@ def test_cross_target_without_rpc_gives_a_host_estimate(samples_dir, tmp_path, m
     rep = json.loads((tmp_path / "arm" / "report.json").read_text())
     assert rep["after"]["latency_note"].startswith("not measured on arm (no --rpc); host estimate")
     assert rep["latency"]["host_estimate_ms"] == 1.5
-    assert want in (tmp_path / "arm" / "report.md").read_text()
+    md = (tmp_path / "arm" / "report.md").read_text()
+    assert want in md and "| 3 (this machine) | not measured on the target (below) |" in md
 
 
 def test_compile_without_calib_says_accuracy_not_measured(samples_dir, tmp_path, monkeypatch, capsys):
