@@ -253,6 +253,7 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     save_onnx(model, pruned_path)
     _lower(c, pruned_path, stage, feeds)
     runners = _verify(c, model, stage, feeds)
+    _drop_incorrect_tvm(c, runners, stage)
     chosen, reason = _measure_and_choose(c, runners)
     for name, chk in c.checks.items():
         if (name.startswith("numerics") or name.startswith("artifact")) and not chk["ok"]:
@@ -322,6 +323,19 @@ def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names
             c.checks["numerics_tvm_qemu"] = _numerics(ref, got, names)
         except Exception as exc:  # emulation is a bonus check: say why it did not run
             c.notes.append(f"tvm: qemu run skipped ({type(exc).__name__}: {exc})")
+
+
+def _drop_incorrect_tvm(c: _Compile, runners: dict, stage: Path) -> None:
+    """auto ships the fastest *correct* artifact: a TVM build whose outputs differ is not
+    measured, not shipped, and said so (a wrong artifact asked for by name still fails)."""
+    chk = c.checks.get("numerics_tvm")
+    if c.backend_req != "auto" or chk is None or chk["ok"] or not c.checks.get("numerics_onnxruntime", {}).get("ok"):
+        return
+    runners.pop("tvm", None)
+    shutil.rmtree(stage / "tvm", ignore_errors=True)
+    c.results["tvm"]["rejected"] = f"outputs differ from ONNX Runtime ({chk['summary']})"
+    c.checks["rejected_tvm"] = {**c.checks.pop("numerics_tvm"), "summary": "TVM build not shipped: " + chk["summary"]}
+    c.notes.append(f"tvm: not shipped, its outputs differ from ONNX Runtime ({chk['summary']})")
 
 
 def _latencies(runners: dict) -> dict[str, float]:
@@ -447,6 +461,8 @@ def _why_no_tvm(tvm: dict | None, target: Target, opts: CompileOptions) -> str:
 
 
 def _auto(tvm: dict, target: Target, results: dict) -> tuple[str, str]:
+    if tvm.get("rejected"):
+        return "onnxruntime", f"auto: the TVM build is not correct ({tvm['rejected']})"
     ort_ms = results.get("onnxruntime", {}).get("latency_ms")
     tvm_ms = tvm.get("latency_ms")
     if target.host and ort_ms and tvm_ms:

@@ -184,3 +184,27 @@ def test_per_layer_kernel_speedups_are_labelled_and_next_to_end_to_end():
     assert "against TVM's own dense kernel" in table and "not against ONNX Runtime's dense kernel" in table
     assert "End to end against the input model in ONNX Runtime: NOT FASTER" in table
     assert md.count("NOT FASTER") == 2 and "1.60x the latency" in md
+
+
+def test_auto_ships_the_fastest_correct_artifact(tmp_path):
+    """auto: a TVM build whose outputs differ is neither measured nor shipped, and it is said."""
+    from graphprune.workflow.compile import _Compile, _drop_incorrect_tvm
+
+    (tmp_path / "tvm").mkdir()
+    c = _Compile(tmp_path / "m.onnx", CompileOptions(tune_trials=8), resolve_target("x86"), "auto", tmp_path / "o",
+                 print)
+    c.results = {"onnxruntime": {"latency_ms": 2.0}, "tvm": {"tuned": True, "trials": 8}}
+    c.checks = {"numerics_onnxruntime": {"ok": True, "summary": "ok"},
+                "numerics_tvm": {"ok": False, "summary": "worst error 3e-01"}}
+    runners = {"onnxruntime": None, "tvm": None, "dense": None}
+    _drop_incorrect_tvm(c, runners, tmp_path)
+    assert "tvm" not in runners and not (tmp_path / "tvm").exists()
+    assert "numerics_tvm" not in c.checks and c.checks["rejected_tvm"]["ok"] is False
+    chosen, reason = _choose("auto", c.target, c.results, c.opts, c.notes)
+    assert chosen == "onnxruntime" and "not correct" in reason and any("not shipped" in n for n in c.notes)
+    # asked for by name, a wrong TVM build still fails the run (nothing is dropped here)
+    c2 = _Compile(tmp_path / "m.onnx", CompileOptions(), resolve_target("x86"), "tvm", tmp_path / "o", print)
+    c2.checks = {"numerics_tvm": {"ok": False, "summary": "bad"}}
+    runners = {"tvm": None}
+    _drop_incorrect_tvm(c2, runners, tmp_path)
+    assert "tvm" in runners and "numerics_tvm" in c2.checks
