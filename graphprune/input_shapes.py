@@ -54,6 +54,14 @@ class InputShapes:
         """'x: 1×3×224×224 (default for image inputs)' per input, comma-separated."""
         return ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({self.sources[n]})" for n, s in self.shapes.items())
 
+    def measured_at(self) -> str:
+        """'measured at x: 1×3×48×320 (from --calib)': the line summaries state their figures with."""
+        def src(s: str) -> str:
+            return {"--input-shape": "from --input-shape", "calibration data": "from --calib",
+                    "static dims": "the model's static dims"}.get(s, s)
+        return "measured at " + ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({src(self.sources[n])})"
+                                          for n, s in self.shapes.items())
+
     def short(self) -> str:
         """'x:1x3x224x224' per input (the form --input-shape takes, with x for commas)."""
         return " ".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in self.shapes.items())

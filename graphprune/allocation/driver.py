@@ -63,17 +63,21 @@ def parse_layer_ratios(v) -> list[tuple[re.Pattern, float]]:
     return out
 
 
-def example_feeds(model: ir.Model, calibration=None) -> dict:
-    if calibration is not None:
-        return calibration.first()
+def example_feeds(model: ir.Model, calibration=None, shapes=None) -> dict:
+    """Inputs the MAC and latency targets are measured on: random data at the run's
+    representative shapes (`shapes`, an InputShapes) when known, else one calibration
+    batch, else random data at the shapes resolved here."""
     from graphprune.runtime.ort import random_inputs, session
 
-    return random_inputs(session(model))
+    if shapes is None and calibration is not None:
+        return calibration.first()
+    return random_inputs(session(model), shapes=shapes)
 
 
 class Allocator:
-    def __init__(self, model: ir.Model, dg: DependencyGraph, opts: dict, calibration=None):
+    def __init__(self, model: ir.Model, dg: DependencyGraph, opts: dict, calibration=None, shapes=None):
         self.model, self.dg, self.opts, self.calib = model, dg, opts, calibration
+        self.shapes = shapes  # InputShapes: the run's representative shapes, which targets are taken at
         self.mode = opts.get("allocation", "uniform")
         if self.mode not in MODES:
             raise UsageError(f"unknown allocation {self.mode!r}", hint=f"choose one of {', '.join(MODES)}")
@@ -141,7 +145,7 @@ class Allocator:
 
         if kind == "target_params":
             return cost.param_model(self.model, self.dg)
-        feeds = example_feeds(self.model, self.calib)
+        feeds = example_feeds(self.model, self.calib, self.shapes)
         shapes = cost.mac_shapes(self.model, feeds)
         if kind == "target_latency":
             from graphprune.allocation.latency import LatencyModel
@@ -253,7 +257,7 @@ class Allocator:
             from graphprune.allocation import cost as cost_mod
 
             cost = cost or cost_mod.mac_model(self.model, self.dg, cost_mod.mac_shapes(
-                self.model, example_feeds(self.model, self.calib)))
+                self.model, example_feeds(self.model, self.calib, self.shapes)))
             target = cost.ratio(self._merge(fixed, self._uniform(self.ratio, scores)))
             self.info["implied_target_macs"] = round(target, 4)
         emax = max([max(c["error"]) for c in curves.values()] + [1e-9]) * 1.01
@@ -336,11 +340,13 @@ def build_pruned(model: ir.Model, dg: DependencyGraph, selection: Selection) -> 
     return to_proto(copy).SerializeToString()
 
 
-def select(model: ir.Model, dg: DependencyGraph, opts: dict, calibration=None) -> tuple[dict, Selection, dict]:
-    """(scores, selection, info) for the prune-channels pass."""
+def select(model: ir.Model, dg: DependencyGraph, opts: dict, calibration=None,
+           shapes=None) -> tuple[dict, Selection, dict]:
+    """(scores, selection, info) for the prune-channels pass; `shapes` (InputShapes): the
+    run's representative shapes, at which MAC and latency targets are taken."""
     from graphprune.importance import group_scores
 
-    alloc = Allocator(model, dg, opts, calibration)
+    alloc = Allocator(model, dg, opts, calibration, shapes)
     kw = {}
     for k in ("reduction", "normalize"):
         if opts.get(k):

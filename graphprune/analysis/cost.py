@@ -1,9 +1,16 @@
-"""Parameter and MAC counts per node (symbolic dims count as 1)."""
+"""Parameter and MAC counts per node.
+
+MACs depend on the input shapes. `model_cost(model, shapes)` counts them at one concrete
+shape per input (the run's representative shapes, `graphprune.input_shapes`): on a copy
+of the model whose dynamic input dims are made static and whose shapes are re-inferred
+(the model itself stays dynamic). Without `shapes`, symbolic dims count as 1."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import onnx_ir as ir
+
+from typing import Mapping, Sequence
 
 from graphprune.ir.constants import const_producer, is_constant
 from graphprune.ir.layers import layer_of
@@ -28,9 +35,44 @@ class Cost:
     params: int
     macs: int
     nodes: int
+    shapes: dict | None = None  # {input: shape} the MACs were counted at (None: symbolic dims as 1)
 
 
-def model_cost(model: ir.Model) -> Cost:
+def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
+    """A copy of `model` (tensors shared, not copied) whose symbolic input dims are set from
+    `shapes` ({input name: concrete shape}) and whose shapes are re-inferred and folded."""
+    from graphprune.frontends.onnx import normalize
+
+    copy = model.clone()
+    for v in copy.graph.inputs:
+        dims = shapes.get(v.name)
+        if dims is None or v.shape is None or len(v.shape) != len(dims):
+            continue
+        v.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else int(n) for d, n in zip(v.shape, dims, strict=True)])
+    for node in copy.graph:  # stale symbolic intermediate shapes would fight the new ones
+        for o in node.outputs:
+            o.shape = None if not o.is_graph_output() else o.shape
+    return normalize(copy, fold=True, warn=False)
+
+
+def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
+    """{node name: MACs} of the MAC-bearing nodes, at `shapes` (see `model_cost`)."""
+    counted = at_shapes(model, shapes) if shapes else model
+    macs = {n.name: node_macs(n) for n in counted.graph}
+    return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None}
+
+
+def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> Cost:
+    """Params, MACs and nodes of `model`; MACs at `shapes` ({input name: concrete shape},
+    e.g. `InputShapes.shapes`) when given, else with symbolic dims counted as 1."""
+    cost = _model_cost(model)
+    if shapes:
+        cost.macs = _model_cost(at_shapes(model, shapes)).macs
+        cost.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+    return cost
+
+
+def _model_cost(model: ir.Model) -> Cost:
     params = 0
     seen: set[str] = set()
     for v in model.graph.initializers.values():

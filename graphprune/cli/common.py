@@ -41,12 +41,14 @@ def load_inputs(path: str | None) -> list[dict] | None:
         raise UsageError(f"{path}: cannot read inputs as .npz ({exc})") from None
 
 
-def ort_latency_ms(model_path: str, repeats: int = 20, threads: int = 1, budget_s: float = 5.0) -> float:
-    """Median ORT latency of a model file on random inputs (ms)."""
+def ort_latency_ms(model_path: str, repeats: int = 20, threads: int = 1, budget_s: float = 5.0,
+                   shapes=None) -> float:
+    """Median ORT latency of a model file on random inputs (ms), at `shapes` (the run's
+    InputShapes) when given."""
     from graphprune.backends.onnxruntime import measure
     from graphprune.runtime.ort import random_inputs, session
 
-    feeds = random_inputs(session(model_path, threads=threads))
+    feeds = random_inputs(session(model_path, threads=threads), shapes=shapes)
     cfg = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
            "graph_optimization_level": "ORT_ENABLE_ALL"}
     return measure(model_path, cfg, feeds, repeats=repeats, budget_s=budget_s)

@@ -15,13 +15,39 @@ def add_arguments(p):
                    help="node/tensor names whose groups are never pruned (repeatable)")
     p.add_argument("--graph", action="store_true", help="also print the graph, one node a line")
     p.add_argument("--blocks", action="store_true", help="list residual blocks (depth pruning candidates)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="count MACs with this input at this shape (repeatable); default: the --calib data's "
+                        "shapes, else static dims, else a default the model runs")
+    p.add_argument("--calib", metavar="SPEC", help="calibration data (.npz, image folder, module:function) "
+                   "whose shapes the MACs are counted at")
+    p.add_argument("--layers", type=T.COUNT, default=30, metavar="N",
+                   help="show the MACs of at most N layers (default 30)")
 
 
-def inspect_data(model, dg) -> dict:
-    from graphprune.analysis.cost import model_cost
+def _shapes(args, model):
+    """The representative shapes inspect counts MACs at (None: the model cannot be run to
+    check a default, MACs then count symbolic dims as 1)."""
+    from graphprune.cli.common import parse_shapes
+    from graphprune.errors import FrontendError
+    from graphprune.runtime import ort
+    from graphprune.runtime.calibration import load_calibration
+
+    calib = load_calibration(args.calib, model) if args.calib else None
+    try:
+        return ort.resolve_shapes(model, args.model, user=parse_shapes(args.input_shape),
+                                  calib=calib.first() if calib is not None else None)
+    except (FrontendError, ImportError):
+        return None
+
+
+def inspect_data(model, dg, shapes=None) -> dict:
+    """What inspect shows; MACs at `shapes` (InputShapes) when given."""
+    from graphprune.analysis.cost import layer_macs, model_cost
     from graphprune.ir.shapes import dims_of
 
-    cost = model_cost(model)
+    at = shapes.shapes if shapes is not None else None
+    cost = model_cost(model, at)
+    by_name = {n.name: n.op_type for n in model.graph}
     ops = Counter((n.domain + "::" if n.domain else "") + n.op_type for n in model.graph)
     return {
         "inputs": [{"name": v.name, "shape": dims_of(v), "dtype": str(v.dtype)} for v in model.graph.inputs],
@@ -30,6 +56,9 @@ def inspect_data(model, dg) -> dict:
         "ops": dict(ops.most_common()),
         "params": cost.params,
         "macs": cost.macs,
+        "measured_at": None if shapes is None else {n: {"shape": list(s), "source": shapes.sources[n]}
+                                                    for n, s in shapes.shapes.items()},
+        "layers": [{"node": k, "op": by_name[k], "macs": v} for k, v in layer_macs(model, at).items()],
         "groups": [{"id": g.id, "name": g.name, "width": g.num_atoms, "tensors": len(g.slots),
                     "constants": len(g.const_slots), "ignored": g.ignored} for g in dg.groups],
         "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
@@ -82,6 +111,7 @@ def _print_overview(args, model, data: dict) -> None:
         for v in data[kind]:
             print(f"  {kind[:-1]:6} {v['name']}: {fmt(v['shape'])} {v['dtype']}")
     print(f"params {human(data['params'])}  MACs {human(data['macs'])}  nodes {len(model.graph)}")
+    print(args.shapes.measured_at() if args.shapes is not None else "MACs with symbolic dims counted as 1")
     print("ops: " + ", ".join(f"{k} {v}" for k, v in data["ops"].items()))
     prunable = [g for g in data["groups"] if g["width"] > 1 and not g["ignored"]]
     print(f"\n{len(prunable)} prunable groups ({len(data['groups'])} in all)")
@@ -90,6 +120,17 @@ def _print_overview(args, model, data: dict) -> None:
     print(table(rows, ["id", "group", "width", "tensors", "consts", ""]))
     if len(data["groups"]) > args.groups:
         print(f"... {len(data['groups']) - args.groups} more (--groups N)")
+    _print_layers(args, data["layers"])
+
+
+def _print_layers(args, layers: list[dict]) -> None:
+    from graphprune.cli.common import human, table
+
+    where = args.shapes.short() if args.shapes is not None else "symbolic dims as 1"
+    print(f"\nMACs per layer at {where}:")
+    print(table([[r["node"], r["op"], human(r["macs"])] for r in layers[: args.layers]], ["layer", "op", "MACs"]))
+    if len(layers) > args.layers:
+        print(f"... {len(layers) - args.layers} more (--layers N)")
 
 
 def _print_untied_and_frozen(data: dict) -> None:
@@ -129,7 +170,8 @@ def run(args) -> int:
 
     model = gp.load(args.model)
     dg = gp.analyze(model, ignore=args.ignore or None)
-    data = inspect_data(model, dg)
+    args.shapes = _shapes(args, model)
+    data = inspect_data(model, dg, args.shapes)
     if args.json:
         print(json.dumps(data, indent=1))
         return 0

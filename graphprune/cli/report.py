@@ -54,8 +54,8 @@ def summary_rows(outcome, bench: bool) -> list[list]:
         rows.append(_ratio_row("nonzero params", before.params, _nonzero(outcome.model)))
     rows.append(_ratio_row("file size", outcome.before_bytes, model_size(outcome.out), lambda n: human(n) + "B"))
     if bench:
-        t0 = ort_latency_ms(str(outcome.source))
-        t1 = ort_latency_ms(str(outcome.out))
+        t0 = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)  # the figures' shapes, the oracle's
+        t1 = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
         rows.append(["ORT latency (median, ms)", f"{t0:.3f}", f"{t1:.3f}", f"{t1 / max(t0, 1e-9):.3f}"])
     return rows
 
@@ -71,4 +71,6 @@ def print_prune_summary(outcome, *, bench: bool) -> None:
     print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
           + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
+    if outcome.shapes is not None:
+        print(outcome.shapes.measured_at())
     print(f"wrote {outcome.out} and {outcome.plan_out}")

@@ -146,8 +146,9 @@ def _default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
-def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
-    """Prepare a loaded model for analysis, in place; returns it for chaining."""
+def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Model:
+    """Prepare a loaded model for analysis, in place; returns it for chaining (`warn`:
+    report a strict shape inference failure; a copy being re-inferred does not)."""
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         raise FrontendError(
@@ -156,7 +157,7 @@ def normalize(model: ir.Model, *, fold: bool = True) -> ir.Model:
         )
     _drop_initializers_from_inputs(model)
     _name_unnamed(model)
-    infer_shapes(model)
+    infer_shapes(model, warn=warn)
     for _ in range(4):  # each round can make more shapes concrete, and more shape math static
         changed = fold and fold_constants(model)
         if changed:

@@ -60,6 +60,19 @@ def representative_shapes(sess, *, user: dict | None = None, calib: dict | None 
     return first
 
 
+def resolve_shapes(model: ir.Model, path=None, *, user: dict | None = None, calib: dict | None = None):
+    """The run's representative shapes for `model` (read from `path` when given): resolved
+    from the model's inputs, and only when a default is needed checked by running the model
+    (`representative_shapes`), so a user, calibration or static shape costs no session."""
+    from graphprune import input_shapes as shp
+
+    res = shp.resolve(shp.specs_of_model(model), user=user, calib=calib)
+    if not res.defaulted:
+        return res
+    sess = input_session(str(path)) if path is not None else session(model)
+    return representative_shapes(sess, user=user, calib=calib)
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:400]

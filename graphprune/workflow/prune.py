@@ -48,13 +48,13 @@ class PruneOutcome:
     plan: Plan
     state: PipelineState
     source: Path | None = None
-    before: Any = None  # analysis.cost of the input model
+    before: Any = None  # analysis.cost of the input model, at `shapes`
     after: Any = None  # ... and of the result
     before_bytes: int | None = None  # input file (+ external data) size
     before_nbytes: int = 0  # the input model's tensors, in bytes
     changed: bool = False  # a pass changed the model
     oracle: Any = None  # OracleResult, None when not run
-    shapes: Any = None  # the representative input shapes (InputShapes) the oracle used
+    shapes: Any = None  # the run's representative input shapes (InputShapes): costs, targets, oracle
     repair: list[dict] = field(default_factory=list)
     sparsity: dict | None = None
     fidelity: dict | None = None
@@ -94,6 +94,7 @@ class _Run:
     def go(self, dry_run: bool) -> PruneOutcome:
         outcome = self.load()
         pm, repair_pm, sparsify_passes = self.plan_step()
+        self.resolve_shapes(outcome)
         if dry_run:
             return self.dry(outcome, pm, sparsify_passes)
         self.apply(outcome, pm)
@@ -105,7 +106,7 @@ class _Run:
         if self.out is not None:
             self.write(outcome)
         outcome.model = self.model
-        outcome.after = _cost(self.model)
+        outcome.after = _cost(self.model, outcome.shapes)
         return outcome
 
     # ---- load -------------------------------------------------------------------------------
@@ -123,7 +124,16 @@ class _Run:
         nbytes = model_nbytes(self.model)
         self.big = self.src is not None and nbytes > BIG_MODEL_BYTES
         return PruneOutcome(model=self.model, plan=Plan(tensors=[], groups=[]), state=self.state, source=self.src,
-                            before=_cost(self.model), before_bytes=before_bytes, before_nbytes=nbytes)
+                            before_bytes=before_bytes, before_nbytes=nbytes)
+
+    def resolve_shapes(self, outcome: PruneOutcome) -> None:
+        """Once per run: the shapes every figure, target and oracle input is taken at."""
+        from graphprune.runtime import ort
+
+        calib = self.state.calibration
+        outcome.shapes = self.state.input_shapes = ort.resolve_shapes(
+            self.model, self.src, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
+        outcome.before = _cost(self.model, outcome.shapes)
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def plan_step(self):
@@ -158,7 +168,7 @@ class _Run:
         outcome.groups_before = DependencyGraph(self.model, ignore=self.opts.ignore or None)
         pm.run(self.model, self.state.ctx)
         outcome.plan = self.state.plan or outcome.plan
-        outcome.after = _cost(self.model)
+        outcome.after = _cost(self.model, outcome.shapes)
         outcome.sparsify_passes = sparsify_passes
         return outcome
 
@@ -193,15 +203,11 @@ class _Run:
     # ---- the oracle ---------------------------------------------------------------------------
     def check(self, outcome: PruneOutcome) -> None:
         from graphprune.frontends.onnx import load_onnx
-        from graphprune.runtime import oracle, ort
+        from graphprune.runtime import oracle
 
         plan = outcome.plan
         if not self.opts.check or self.src is None or not (plan.tensors or self.opts.check_unchanged):
             return
-        calib = self.state.calibration  # the random inputs take its shapes
-        outcome.shapes = ort.representative_shapes(ort.input_session(str(self.src)),
-                                                   user=self.opts.input_shapes,
-                                                   calib=calib.first() if calib is not None else None)
         if self.staged is not None:
             res = oracle.check_files(str(self.src), str(self.staged), plan, inputs=self.opts.inputs,
                                      shapes=outcome.shapes)
@@ -258,7 +264,7 @@ class _Run:
         outcome.out = self.out
 
 
-def _cost(model):
+def _cost(model, shapes=None):
     from graphprune.analysis.cost import model_cost
 
-    return model_cost(model)
+    return model_cost(model, shapes.shapes if shapes is not None else None)

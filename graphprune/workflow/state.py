@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from graphprune.analysis.dependency import DependencyGraph
+    from graphprune.input_shapes import InputShapes
     from graphprune.plan import Plan
     from graphprune.runtime.calibration import Calibration
 
@@ -49,6 +50,7 @@ class PipelineState:
     planned_options: _Slot[dict] = _Slot()    # the options plan-channels planned with (the plan's settings)
     planned_graph: _Slot[DependencyGraph] = _Slot()  # the analysis the planned group ids refer to
     calibration: _Slot[Calibration] = _Slot()  # data for data-aware criteria, repair, the gate
+    input_shapes: _Slot[InputShapes] = _Slot()  # the run's representative shapes: costs, targets, oracle
     dense_model: _Slot[ir.Model] = _Slot()    # the model before slicing (repair compares against it)
     plan: _Slot[Plan] = _Slot()               # what was removed
     allocation: _Slot[dict] = _Slot()         # the allocation driver's report (sensitivity curves ...)

@@ -137,7 +137,7 @@ def test_pipeline_state_is_a_typed_view_of_the_pass_context():
     st.selection = None  # passes test `key in results`: None removes the key
     assert "selection" not in st.ctx.results
     assert set(st.fields()) == {"plan_in", "selection", "scores", "planned_options", "planned_graph",
-                                "calibration", "dense_model", "plan", "allocation",
+                                "calibration", "input_shapes", "dense_model", "plan", "allocation",
                                 "removed_blocks", "repair", "sparsity"}
 
 

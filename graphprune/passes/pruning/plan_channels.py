@@ -96,7 +96,7 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
     dg = dependency_graph(model, ctx, ignore=ignore_patterns(opts))
     given = r.get("plan_in") is not None or ("selection" in r and "planned_options" not in r)
     if not given:  # decide (again, when an earlier plan was not applied)
-        scores, selection, info = select(model, dg, opts, r.get("calibration"))
+        scores, selection, info = select(model, dg, opts, r.get("calibration"), r.get("input_shapes"))
         r.update(selection=selection, scores=scores, allocation=info)
         log.debug("plan-channels: %d groups lose atoms", sum(1 for a in selection.values() if len(a)))
     r.update(planned_options=opts, planned_graph=dg)

@@ -1,0 +1,84 @@
+"""Issue 13 §1: one representative input shape per run, used for every figure. The shape is
+resolved once (--input-shape, else the calibration data's shapes, else static dims, else a
+per-kind default), the prune summary and inspect say which, and MACs are counted there —
+not with symbolic dims counted as 1."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from onnx import helper
+
+from graphprune.analysis.cost import layer_macs, model_cost
+from graphprune.cli.main import main
+from tests.helpers import make_model, w
+
+PER_PIXEL = 8 * 3 * 9 + 8 * 8 * 9  # two 3x3 convs (3->8, 8->8), same padding: MACs per output pixel
+
+
+def _two_convs(path, dims=("N", 3, "H", "W")):
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    out = [dims[0], 8, dims[2], dims[3]]
+    m = make_model(nodes, [("x", list(dims))], [("y", out)], {"w1": w(8, 3, 3, 3, seed=1), "w2": w(8, 8, 3, 3, seed=2)})
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def _calib(path, h, w_):
+    np.savez(path, x=np.random.default_rng(0).standard_normal((2, 3, h, w_)).astype(np.float32))
+    return path
+
+
+def _macs_row(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("MACs")).split()[1]
+
+
+def test_model_cost_counts_macs_at_the_given_shape_and_leaves_the_model_dynamic(tmp_path):
+    import graphprune as gp
+
+    model = gp.load(_two_convs(tmp_path / "m.onnx"))
+    cost = model_cost(model, {"x": (1, 3, 48, 320)})
+    assert cost.macs == PER_PIXEL * 48 * 320 and cost.shapes == {"x": (1, 3, 48, 320)}
+    assert sum(layer_macs(model, {"x": (1, 3, 48, 320)}).values()) == cost.macs
+    assert [str(d) for d in model.graph.inputs[0].shape] == ["N", "3", "H", "W"]  # the model stays dynamic
+
+
+def _prune(tmp_path, capsys, model, *extra):
+    assert main(["prune", str(model), "--ratio", "0.5", "--no-bench", "-o", str(tmp_path / "out.onnx"),
+                 *map(str, extra)]) == 0
+    return capsys.readouterr().out
+
+
+def test_prune_summary_states_the_shape_flag_over_calib_over_static_over_default(tmp_path, capsys):
+    model = _two_convs(tmp_path / "m.onnx")
+    calib = _calib(tmp_path / "calib.npz", 16, 24)
+    out = _prune(tmp_path, capsys, model, "--input-shape", "x:1,3,32,32", "--calib", calib)
+    assert "measured at x: 1×3×32×32 (from --input-shape)" in out
+    assert _macs_row(out) == "811K"  # 792 * 32 * 32
+    out = _prune(tmp_path, capsys, model, "--calib", calib)
+    assert "measured at x: 1×3×16×24 (from --calib)" in out
+    assert _macs_row(out) == "304K"  # 792 * 16 * 24
+    assert "oracle inputs: x: 1×3×16×24" in out  # the oracle's inputs are the figures' shapes
+    static = _two_convs(tmp_path / "static.onnx", dims=(1, 3, 20, 20))
+    out = _prune(tmp_path, capsys, static, "--calib", _calib(tmp_path / "c20.npz", 20, 20))
+    assert "measured at x: 1×3×20×20 (from --calib)" in out
+    out = _prune(tmp_path, capsys, static)
+    assert "measured at x: 1×3×20×20 (the model's static dims)" in out and _macs_row(out) == "317K"
+    out = _prune(tmp_path, capsys, model)
+    assert "measured at x: 1×3×224×224 (default for image inputs)" in out
+    assert _macs_row(out) == "39.7M"  # 792 * 224 * 224
+
+
+def test_inspect_counts_macs_per_layer_at_the_input_shape(tmp_path, capsys):
+    model = _two_convs(tmp_path / "m.onnx")
+    assert main(["inspect", str(model), "--input-shape", "x:1,3,32,32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["macs"] == PER_PIXEL * 32 * 32
+    assert data["measured_at"] == {"x": {"shape": [1, 3, 32, 32], "source": "--input-shape"}}
+    assert [r["macs"] for r in data["layers"]] == [8 * 27 * 1024, 8 * 72 * 1024]
+    assert main(["inspect", str(model), "--calib", str(_calib(tmp_path / "c.npz", 16, 24))]) == 0
+    out = capsys.readouterr().out
+    assert "measured at x: 1×3×16×24 (from --calib)" in out and "MACs 304K" in out
+    assert "MACs per layer at x:1x3x16x24" in out
