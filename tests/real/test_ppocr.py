@@ -96,3 +96,50 @@ def test_ppocr_rec_dynamic_width_keeps_conv_groups():
     feeds = [{"x": text_like(48, w, s)} for s, w in ((0, 97), (1, 320))]
     r = oracle.check(ir.load(path), res.model, res.plan, inputs=feeds, n_random=0)
     assert r.ok, r.diffs
+
+
+def _per_node_macs(path: str, shape: tuple[int, ...]) -> int:
+    """An independent count: ONNX Runtime runs the model at `shape` with every Conv / MatMul /
+    Gemm input and output fetched, and their MACs are summed by formula."""
+    proto = onnx.load(path)
+    nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    have = {o.name for o in proto.graph.output}
+    names = list(dict.fromkeys(t for n in nodes for t in (n.input[0], n.input[1], n.output[0])))
+    for t in names:
+        if t not in have:
+            proto.graph.output.append(onnx.ValueInfoProto(name=t))
+    vals = ort.session(proto.SerializeToString()).run(names, {"x": np.zeros(shape, np.float32)})
+    shp = {k: v.shape for k, v in zip(names, vals, strict=True)}
+    total = 0
+    for n in nodes:
+        y, a, b = shp[n.output[0]], shp[n.input[0]], shp[n.input[1]]
+        if n.op_type == "Conv":  # output volume × weights per output channel
+            total += int(np.prod(y)) * int(np.prod(b[1:]))
+        elif n.op_type == "MatMul":
+            total += int(np.prod(y)) * int(a[-1])
+        else:
+            trans_a = next((at.i for at in n.attribute if at.name == "transA"), 0)
+            total += int(np.prod(y)) * int(a[0] if trans_a else a[1])
+    return total
+
+
+def test_rec_macs_at_the_input_shape_match_a_per_node_count(tmp_path, capsys):
+    """Issue 13 §1 acceptance: the rec model's MACs at 1×3×48×320 (not with its dynamic H and
+    W counted as 1) within 2% of a per-node count at that shape, in inspect and prune."""
+    import json
+
+    from graphprune.cli.main import main
+
+    path = os.path.join(MODELS, "ch_PP-OCRv4_rec_infer.onnx")
+    ref = _per_node_macs(path, (1, 3, 48, 320))
+    assert ref > 5e8
+    assert main(["inspect", path, "--input-shape", "x:1,3,48,320", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert abs(data["macs"] - ref) <= 0.02 * ref and abs(sum(r["macs"] for r in data["layers"]) - ref) <= 0.02 * ref
+    out = tmp_path / "rec.onnx"
+    from graphprune.workflow import PruneOptions, run_prune
+
+    res = run_prune(path, PruneOptions(ratio=0.3, input_shapes={"x": [1, 3, 48, 320]}, check=False), out=out)
+    assert res.shapes.sources == {"x": "--input-shape"}
+    assert abs(res.before.macs - ref) <= 0.02 * ref
+    assert abs(res.after.macs - _per_node_macs(str(out), (1, 3, 48, 320))) <= 0.02 * res.after.macs
