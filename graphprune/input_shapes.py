@@ -54,6 +54,14 @@ class InputShapes:
         """'x: 1×3×224×224 (default for image inputs)' per input, comma-separated."""
         return ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({self.sources[n]})" for n, s in self.shapes.items())
 
+    def to_json(self) -> dict:
+        """{input: {"shape": [...], "source": "..."}} (report.json's "input_shapes")."""
+        return {n: {"shape": list(s), "source": self.sources[n]} for n, s in self.shapes.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> InputShapes:
+        return cls({n: tuple(v["shape"]) for n, v in d.items()}, {n: v["source"] for n, v in d.items()})
+
     def measured_at(self) -> str:
         """'measured at x: 1×3×48×320 (from --calib)': the line summaries state their figures with."""
         def src(s: str) -> str:

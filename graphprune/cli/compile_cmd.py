@@ -117,6 +117,10 @@ def print_report(rep: dict) -> None:
     print(f"target:  {rep['target']['name']} → {rep['target']['tvm']}")
     print(f"backend: {rep['backend']['chosen']} ({rep['backend']['reason']})")
     print(table(_rows(rep), ["", "before", "after", "ratio"]))
+    if rep.get("input_shapes"):
+        from graphprune.input_shapes import InputShapes
+
+        print(InputShapes.from_json(rep["input_shapes"]).measured_at())
     for line in latency_lines(rep):
         print(line)
     for name, c in rep["checks"].items():

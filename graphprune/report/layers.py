@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphprune.analysis.cost import node_macs
+from graphprune.analysis.cost import layer_macs
 from graphprune.ir.layers import attrs_of, weighted_op
 from graphprune.ir.shapes import dims_of
 
@@ -16,14 +16,17 @@ def _out_width(node: ir.Node) -> int | None:
     return d[axis] if isinstance(d[axis], int) else None
 
 
-def layer_table(model: ir.Model) -> dict[str, dict]:
-    return {n.name: {"op": n.op_type, "width": _out_width(n), "macs": node_macs(n)}
+def layer_table(model: ir.Model, shapes: dict | None = None) -> dict[str, dict]:
+    """Per weighted op: op, output width, MACs (at `shapes`, {input: shape}, when given)."""
+    macs = layer_macs(model, shapes)
+    return {n.name: {"op": n.op_type, "width": _out_width(n), "macs": macs.get(n.name, 0)}
             for n in model.graph if weighted_op(n) is not None}
 
 
-def compare_layers(before: ir.Model, after: ir.Model) -> list[dict]:
-    """One row per weighted op of the input model; removed ops (depth pruning) have None after."""
-    b, a = layer_table(before), layer_table(after)
+def compare_layers(before: ir.Model, after: ir.Model, shapes: dict | None = None) -> list[dict]:
+    """One row per weighted op of the input model; removed ops (depth pruning) have None after.
+    MACs at `shapes` ({input: shape}, the run's representative shapes) when given."""
+    b, a = layer_table(before, shapes), layer_table(after, shapes)
     rows = []
     for name, row in b.items():
         other = a.get(name)

@@ -69,7 +69,10 @@ def resolve_shapes(model: ir.Model, path=None, *, user: dict | None = None, cali
     res = shp.resolve(shp.specs_of_model(model), user=user, calib=calib)
     if not res.defaulted:
         return res
-    sess = input_session(str(path)) if path is not None else session(model)
+    try:
+        sess = input_session(str(path)) if path is not None else input_session(model)
+    except (FrontendError, ImportError):  # nothing can run it (e.g. --no-check on such a model): the default
+        return res
     return representative_shapes(sess, user=user, calib=calib)
 
 

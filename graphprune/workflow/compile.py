@@ -79,11 +79,12 @@ def default_out_dir(model_path: Path, target: Target) -> Path:
     return model_path.with_name(model_path.name.removesuffix(".onnx") + ".graphprune") / target.name
 
 
-def _cost(model) -> dict:
+def _cost(model, shapes=None) -> dict:
+    """Params, MACs at `shapes` (the run's InputShapes) and tensor bytes."""
     from graphprune.analysis.cost import model_cost
     from graphprune.ir.serialize import model_nbytes
 
-    c = model_cost(model)
+    c = model_cost(model, shapes.shapes if shapes is not None else None)
     return {"params": c.params, "macs": c.macs, "bytes": model_nbytes(model)}
 
 
@@ -181,7 +182,7 @@ def _prune(c: _Compile):
                                            + (" (undone: no improvement)" if r["reverted"] else "")}
     if outcome.sparsity is not None:
         _sparsity_check(c, outcome)
-    c.after = _cost(outcome.model)
+    c.after = _cost(outcome.model, outcome.shapes)  # at the shapes outcome.before was counted at
     if outcome.fidelity is not None:
         fid = outcome.fidelity
         c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
@@ -385,8 +386,10 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "input": {"path": str(c.src), "sha256": file_sha256(c.src)},
         "backend": {"chosen": chosen, "reason": reason, "results": c.results},
         "before": c.before, "after": c.after,
+        "input_shapes": outcome.shapes.to_json() if outcome.shapes is not None else None,  # what figures are at
         "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
-        "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model),
+        "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model,
+                                 outcome.shapes.shapes if outcome.shapes is not None else None),
         "checks": c.checks,
         "notes": c.notes,
         "latency": c.latency,

@@ -82,3 +82,17 @@ def test_inspect_counts_macs_per_layer_at_the_input_shape(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured at x: 1×3×16×24 (from --calib)" in out and "MACs 304K" in out
     assert "MACs per layer at x:1x3x16x24" in out
+
+
+def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, capsys):
+    model = _two_convs(tmp_path / "m.onnx")
+    calib = _calib(tmp_path / "calib.npz", 16, 24)
+    assert main(["compile", str(model), "--target", "x86-avx2", "--backend", "onnxruntime", "--ratio", "0.5",
+                 "--calib", str(calib), "-o", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "measured at x: 1×3×16×24 (from --calib)" in out
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["input_shapes"] == {"x": {"shape": [1, 3, 16, 24], "source": "calibration data"}}
+    assert rep["before"]["macs"] == PER_PIXEL * 16 * 24
+    assert sum(r["macs_before"] for r in rep["layers"]) == rep["before"]["macs"]
+    assert sum(r["macs_after"] for r in rep["layers"]) == rep["after"]["macs"]
