@@ -55,8 +55,12 @@ def markdown(report: dict) -> str:
     lines = [f"# graphprune report: {Path(report['input']['path']).name} → {report['target']['name']}", "",
              f"- command: `{' '.join(report['command'])}`",
              f"- backend: **{report['backend']['chosen']}** — {report['backend']['reason']}",
-             f"- target: {report['target']['name']} ({report['target']['description']})", ""]
-    lines += ["| | before | after | ratio |", "|---|---|---|---|"]
+             f"- target: {report['target']['name']} ({report['target']['description']})"]
+    if report.get("input_shapes"):  # every figure below is taken at this shape
+        from graphprune.input_shapes import InputShapes
+
+        lines.append(f"- {InputShapes.from_json(report['input_shapes']).measured_at()}")
+    lines += ["", "| | before | after | ratio |", "|---|---|---|---|"]
     for key, label in (("params", "params"), ("macs", "MACs"), ("bytes", "model bytes"),
                        ("latency_ms", "latency (ms, median)")):
         bv, av = b.get(key), a.get(key)

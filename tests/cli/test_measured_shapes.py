@@ -93,6 +93,7 @@ def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, ca
     assert "measured at x: 1×3×16×24 (from --calib)" in out
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     assert rep["input_shapes"] == {"x": {"shape": [1, 3, 16, 24], "source": "calibration data"}}
+    assert "- measured at x: 1×3×16×24 (from --calib)" in (tmp_path / "c" / "report.md").read_text()
     assert rep["before"]["macs"] == PER_PIXEL * 16 * 24
     assert sum(r["macs_before"] for r in rep["layers"]) == rep["before"]["macs"]
     assert sum(r["macs_after"] for r in rep["layers"]) == rep["after"]["macs"]
