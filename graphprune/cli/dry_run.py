@@ -30,6 +30,8 @@ def _show(outcome) -> int:
     before, after = outcome.before, outcome.after
     print(plan_table(outcome.groups_before, outcome.plan))
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
+    if outcome.shapes is not None:
+        print(outcome.shapes.measured_at())
     print("dry run: nothing written")
     return 0
 

@@ -66,6 +66,9 @@ def test_prune_summary_states_the_shape_flag_over_calib_over_static_over_default
     assert "measured at x: 1×3×20×20 (from --calib)" in out
     out = _prune(tmp_path, capsys, static)
     assert "measured at x: 1×3×20×20 (the model's static dims)" in out and _macs_row(out) == "317K"
+    assert main(["prune", str(model), "--dry-run", "--input-shape", "x:1,3,32,32"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs 811K -> " in out and "measured at x: 1×3×32×32 (from --input-shape)" in out
     out = _prune(tmp_path, capsys, model)
     assert "measured at x: 1×3×224×224 (default for image inputs)" in out
     assert _macs_row(out) == "39.7M"  # 792 * 224 * 224
