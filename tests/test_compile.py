@@ -119,3 +119,18 @@ def test_compile_arm_tvm_cross(samples_dir, tmp_path):
     assert rep["checks"]["artifact_tvm"]["ok"] and "AArch64" in rep["checks"]["artifact_tvm"]["summary"]
     if "numerics_tvm_qemu" in rep["checks"]:
         assert rep["checks"]["numerics_tvm_qemu"]["ok"]
+
+
+def test_compile_checks_a_depth_only_plan(samples_dir, tmp_path):
+    """A replayed plan that removes residual blocks and no channels is still checked by the
+    oracle (compile skipped the oracle when the plan sliced no channels)."""
+    src = samples_dir / "tiny_resnet.onnx"
+    assert main(["prune", str(src), "--remove-blocks", "2", "--ratio", "0", "-o", str(tmp_path / "d.onnx"),
+                 "--no-bench"]) == 0
+    plan = json.loads((tmp_path / "d.plan.json").read_text())
+    assert plan["blocks"] and all("block" in t for t in plan["tensors"])
+    out = tmp_path / "c"
+    assert main(["compile", str(src), "--target", "x86", "--backend", "onnxruntime", "--plan",
+                 str(tmp_path / "d.plan.json"), "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["checks"]["oracle"]["ok"] is True

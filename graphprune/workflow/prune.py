@@ -206,7 +206,7 @@ class _Run:
         from graphprune.runtime import oracle
 
         plan = outcome.plan
-        if not self.opts.check or self.src is None or not (plan.tensors or self.opts.check_unchanged):
+        if not self.opts.check or self.src is None or not (plan.tensors or plan.blocks or self.opts.check_unchanged):
             return
         if self.staged is not None:
             res = oracle.check_files(str(self.src), str(self.staged), plan, inputs=self.opts.inputs,
