@@ -28,7 +28,6 @@ import ast
 import pathlib
 
 import networkx as nx
-import pytest
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / "graphprune"
 SPLIT = {"backends"}  # first-level packages whose subpackages are units of their own
