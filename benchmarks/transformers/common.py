@@ -289,6 +289,24 @@ def reverse_graph_order(model, adds: list[str]) -> list[str]:
     return sorted(adds, key=lambda a: -order[a])
 
 
+def prune_by_config(path, make):
+    """One benchmark config: load the dense model, build its prune keywords
+    (`make(model)`), and prune (blocks through `prune_blocks_default`). Returns
+    (result, keywords, graphprune error text or None, prune seconds)."""
+    import graphprune as gp
+
+    m = gp.load(path)
+    kw = make(m)
+    if kw.get("blocks"):
+        kw["blocks"] = reverse_graph_order(m, kw["blocks"])  # see reverse_graph_order
+    t = time.time()
+    if "remove_blocks" in kw:
+        res, err = prune_blocks_default(path, kw["remove_blocks"], kw.get("ratio", 0.0))
+    else:
+        res, err = gp.prune(m, **kw), None
+    return res, kw, err, time.time() - t
+
+
 def prune_blocks_default(path, k: int, ratio: float = 0.0):
     """`gp.prune(ratio, remove_blocks=k)` (graphprune's default block criterion:
     influence on random inputs). If graphprune fails, the failure is recorded and the

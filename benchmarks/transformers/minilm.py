@@ -224,17 +224,7 @@ def main(argv=None) -> int:
              "mac128_reduction_pct": 0.0, "params_reduction_pct": 0.0, "cos_mean": 1.0, "cos_min": 1.0, "nn_agreement": 1.0,
              "oracle": "-", "prune_s": 0.0}]
     for name, what, make in configs:
-        m = gp.load(dense_path)
-        kw = make(m)
-        if kw.get("blocks"):
-            kw["blocks"] = C.reverse_graph_order(m, kw["blocks"])  # see common.reverse_graph_order
-        t = time.time()
-        gp_error = None
-        if "remove_blocks" in kw:
-            res, gp_error = C.prune_blocks_default(dense_path, kw["remove_blocks"], kw.get("ratio", 0.0))
-        else:
-            res = gp.prune(m, **kw)
-        t_prune = time.time() - t
+        res, _, gp_error, t_prune = C.prune_by_config(dense_path, make)
         out = wd / f"{name.replace(' ', '_').replace('%', '').replace('+', 'p').replace('(', '').replace(')', '').replace('=', '')}.onnx"
         gp.save(res.model, out)
         res.plan.save(str(out.with_suffix(".plan.json")))

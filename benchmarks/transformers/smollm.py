@@ -230,24 +230,14 @@ def run_config(name: str, what: str, make, *, dense_path, out_dir, ds: dict, qkv
     import graphprune as gp
 
     t0 = time.time()
-    m = gp.load(dense_path)
-    kw = make(m)
-    if kw.get("blocks"):
-        kw["blocks"] = C.reverse_graph_order(m, kw["blocks"])  # see common.reverse_graph_order
-    t = time.time()
-    gp_error = None
-    if "remove_blocks" in kw:
-        res, gp_error = C.prune_blocks_default(dense_path, kw["remove_blocks"], kw.get("ratio", 0.0))
-    else:
-        res = gp.prune(m, **kw)
-    t_prune = time.time() - t
+    res, kw, gp_error, t_prune = C.prune_by_config(dense_path, make)
     slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
     out = out_dir / f"{slug}.onnx"
     gp.save(res.model, out)
     res.plan.save(str(out.with_suffix(".plan.json")))
     c = C.cost(res.model)
     gqa = gqa_check(res.model, qkv, 3, 64) if kw.get("selection") is not None or kw.get("ratio") else None
-    del res, m
+    del res
     c["macs_tok_seq256"] = C.macs_per_token_at(out, CHUNK)
     t = time.time()
     try:
