@@ -39,11 +39,16 @@ def _maybe_cycle(m, node, nodes, rng):
     return "maybe cycle"
 
 
+def _random_initializer(m, rng):
+    """One initializer of `m` drawn by `rng`, or None when it has none."""
+    inits = m.graph.initializer
+    return inits[int(rng.integers(0, len(inits)))] if inits else None
+
+
 def _shrink_weight(m, node, nodes, rng):
-    g = m.graph
-    if not g.initializer:
+    t = _random_initializer(m, rng)
+    if t is None:
         return None
-    t = g.initializer[int(rng.integers(0, len(g.initializer)))]
     arr = numpy_helper.to_array(t)
     if arr.ndim:
         arr = arr[: max(0, arr.shape[0] - int(rng.integers(1, 3)))]
@@ -73,10 +78,9 @@ def _odd_opset(m, node, nodes, rng):
 
 
 def _integer_weights(m, node, nodes, rng):
-    g = m.graph
-    if not g.initializer:
+    t = _random_initializer(m, rng)
+    if t is None:
         return None
-    t = g.initializer[int(rng.integers(0, len(g.initializer)))]
     arr = numpy_helper.to_array(t)
     t.CopyFrom(numpy_helper.from_array((arr * 10).astype(np.int32), t.name))
     return "integer weights"
