@@ -68,7 +68,7 @@ def test_bench_side_by_side(samples_dir, tmp_path, capsys):
     compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="x86", out=str(tmp_path / "c")),
                   log_fn=lambda *a: None)
     assert main(["bench", str(tmp_path / "c"), str(samples_dir / "tiny_resnet.onnx"), "--repeats", "6",
-                 "--warmup", "1", "--json", str(tmp_path / "b.json")]) == 0
+                 "--warmup", "1", "--json-out", str(tmp_path / "b.json")]) == 0
     res = json.loads((tmp_path / "b.json").read_text())["results"]
     assert len(res) == 2 and all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in res)
 

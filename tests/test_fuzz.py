@@ -210,8 +210,8 @@ PATH_OPTION_CASES = [
     ["compile", "{in}", "--target", "x86", "-o", "{in}"],
     ["compile", "{in}", "--target", "x86", "-o", "{d}/c", "--save-config", "{in}"],
     ["--log-file", "{in}", "compile", "{in}", "--target", "x86", "-o", "{d}/c"],
-    ["bench", "{in}", "--json", "{in}"],
-    ["bench", "{in}", "{hard}", "--json", "{link}"],
+    ["bench", "{in}", "--json-out", "{in}"],
+    ["bench", "{in}", "{hard}", "--json-out", "{link}"],
 ]
 
 

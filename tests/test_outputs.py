@@ -224,7 +224,7 @@ def test_outputs_inside_input_folders_or_the_compile_folder(model, tmp_path):
     before = tree(d)
     cases = [["compile", model, "-o", d / "imgs" / "out", "--calib", d / "imgs"],
              ["--log-file", d / "new" / "log.txt", "compile", model, "-o", d / "new"],
-             ["bench", d / "c", "--json", d / "c" / "report.json"]]
+             ["bench", d / "c", "--json-out", d / "c" / "report.json"]]
     for argv in cases:
         rc, err = run(*argv)
         assert rc == 2 and "Traceback" not in err, (argv, err)

@@ -5,8 +5,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def add_arguments(p):
     from graphprune.cli import argtypes as T
@@ -22,7 +20,8 @@ def add_arguments(p):
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker: run TVM artifacts on a device")
     p.add_argument("--rpc-key", help="device key at the tracker")
-    p.add_argument("--json", dest="json_out", help="write results as JSON to this file")
+    p.add_argument("--json-out", metavar="FILE", help="also write the results as JSON to this file "
+                   "(--json prints them on stdout)")
 
 
 class Runner:
@@ -103,6 +102,8 @@ def _measure(runners: list[Runner], args) -> None:
 
 
 def _summary(r: Runner) -> dict:
+    import numpy as np
+
     t = np.array(r.times)
     return {"label": r.label, "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
             "min_ms": float(t.min()), "runs": len(t)}
@@ -128,9 +129,12 @@ def run(args) -> int:
     rows = [[x["label"], f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['min_ms']:.3f}", x["runs"],
              f"{base / x['median_ms']:.2f}x"] for x in results]
     print(table(rows, ["artifact", "median ms", "p90 ms", "min ms", "runs", "speed vs first"]))
+    from graphprune.cli.results import emit, schema
+
+    data = {"schema": schema("bench"), "results": results, "threads": args.threads, "repeats": args.repeats,
+            "warmup": args.warmup}
     if args.json_out:
         from graphprune.outputs import write_text_atomic
 
-        write_text_atomic(args.json_out, json.dumps({"results": results, "threads": args.threads,
-                                                     "repeats": args.repeats, "warmup": args.warmup}, indent=1))
-    return 0
+        write_text_atomic(args.json_out, json.dumps(data, indent=1))
+    return emit(args, data) if args.json else 0

@@ -20,11 +20,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     import graphprune as gp
-    from graphprune.cli.common import load_inputs, table
-    from graphprune.errors import OracleMismatchError
-
-    from graphprune.cli.common import parse_shapes
-    from graphprune.errors import UsageError
+    from graphprune.cli.common import load_inputs, parse_shapes, table
+    from graphprune.errors import OracleMismatchError, UsageError
 
     if args.random < 0 or (args.random == 0 and not args.inputs):
         raise UsageError(f"--random {args.random}: the oracle needs at least one input set",
@@ -32,6 +29,10 @@ def run(args) -> int:
     shapes = parse_shapes(args.input_shape)
     res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
                    n_random=args.random, rtol=args.rtol, seed=args.seed, shapes=shapes)
+    if args.json:
+        from graphprune.cli.results import check_result, emit
+
+        emit(args, check_result(args, res))  # printed also when the verdict below is a failure
     if res.shapes is not None:
         print(f"random inputs at {res.shapes.describe()}")
     rows = [[d.name, f"{d.max_abs_err:.3e}", f"{d.scale:.3e}", "ok" if d.ok else "MISMATCH"] for d in res.diffs]

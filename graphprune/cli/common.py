@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from graphprune.errors import UsageError
 
 
@@ -32,6 +30,8 @@ def load_inputs(path: str | None) -> list[dict] | None:
     """An .npz of named inputs (arrays with a leading batch of samples allowed per name)."""
     if not path:
         return None
+    import numpy as np
+
     if not Path(path).exists():
         raise UsageError(f"{path}: no such inputs file")
     try:

@@ -1,7 +1,6 @@
 """graphprune inspect model.onnx"""
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 
@@ -9,7 +8,6 @@ def add_arguments(p):
     from graphprune.cli import argtypes as T
 
     p.add_argument("model", help="ONNX model")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--groups", type=T.COUNT, default=30, help="show at most N groups (default 30)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="node/tensor names whose groups are never pruned (repeatable)")
@@ -173,8 +171,9 @@ def run(args) -> int:
     args.shapes = _shapes(args, model)
     data = inspect_data(model, dg, args.shapes)
     if args.json:
-        print(json.dumps(data, indent=1))
-        return 0
+        from graphprune.cli.results import emit, schema
+
+        return emit(args, {"schema": schema("inspect"), **data})
     _print_overview(args, model, data)
     _print_untied_and_frozen(data)
     if data["sparsity"]:

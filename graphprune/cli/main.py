@@ -30,24 +30,43 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(f"{self.prog}: error: {message}\n  hint: see `{self.prog} --help`")
 
 
+def _add_global_options(p: argparse.ArgumentParser, suffix: str = "") -> None:
+    """-v, -q, --log-file and --json: on the main parser, and again (dests ending in `suffix`,
+    merged by _merge_global_options) on every verb, so they work before or after the verb."""
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="verbose" + suffix,
+                   help="more logging; tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", dest="quiet" + suffix,
+                   help="print only errors (nothing at all on success; with --json: only the JSON)")
+    p.add_argument("--log-file", dest="log_file" + suffix, metavar="FILE",
+                   help="also write a detailed (debug) log to this file")
+    p.add_argument("--json", action="store_true", dest="json" + suffix,
+                   help="print the verb's result as one JSON document on stdout (with a \"schema\" key); "
+                        "nothing else goes to stdout (progress and tables go to stderr)")
+
+
+def _merge_global_options(args) -> None:
+    args.verbose += args.__dict__.pop("verbose_sub", 0)
+    args.quiet = args.quiet or args.__dict__.pop("quiet_sub", False)
+    args.log_file = args.__dict__.pop("log_file_sub", None) or args.log_file
+    args.json = args.json or args.__dict__.pop("json_sub", False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from graphprune import __version__
 
     p = _Parser(prog="graphprune", description="A pruning compiler for neural networks.",
-                epilog="exit codes: 0 ok, 1 internal error, 2 usage or plan error, 3 oracle or quality gate "
+                epilog="global options (-v, -q, --log-file, --json) go before or after the verb. "
+                       "exit codes: 0 ok, 1 internal error, 2 usage or plan error, 3 oracle or quality gate "
                        "failed, 4 unreadable or unsupported model, 5 slower than --min-speedup (compile: the "
                        "deployed pruned model is not that much faster than the input in ONNX Runtime; nothing "
                        "written)")
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks on errors")
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
-    p.add_argument("--log-file", help="also write a detailed (debug) log to this file")
+    _add_global_options(p)
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb, (mod, help_) in VERBS.items():
         sp = sub.add_parser(verb, help=help_, description=help_)
         sp.set_defaults(_module=mod)
-        sp.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_sub",
-                        help=argparse.SUPPRESS)
+        _add_global_options(sp.add_argument_group("global options"), "_sub")
         importlib.import_module(mod).add_arguments(sp)
     return p
 
@@ -93,7 +112,8 @@ def _guard_outputs(args) -> int | None:
 
 
 def _run_verb(args, verbose: int) -> int:
-    """The verb's own run; typed errors become their exit codes, anything else exit 1."""
+    """The verb's own run; typed errors become their exit codes, anything else exit 1
+    (what went wrong is kept in args.error for --json)."""
     from graphprune.errors import GraphpruneError
 
     try:
@@ -103,16 +123,46 @@ def _run_verb(args, verbose: int) -> int:
             import traceback
 
             traceback.print_exc()
+        args.error = {"error": str(exc), "hint": exc.hint}
         return _print_error(args.verb, exc)
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
+        args.error = {"error": "interrupted", "hint": None}
         return 130
     except Exception as exc:  # an internal error: one line unless -v
         if verbose:
             raise
         print(f"graphprune {args.verb}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("  hint: rerun with -v for the traceback, and please report it", file=sys.stderr)
+        args.error = {"error": f"internal error: {type(exc).__name__}: {exc}",
+                      "hint": "rerun with -v for the traceback, and please report it"}
         return 1
+
+
+def _run_quiet_or_json(args, verbose: int) -> int:
+    """-q: the verb's stdout goes nowhere (and Python warnings are not shown); --json: its
+    stdout goes to stderr, and its result (graphprune.cli.results) is the only thing on stdout,
+    also after an error."""
+    import contextlib
+    import os
+    import warnings
+
+    stdout = sys.stdout
+    if not (args.quiet or args.json):
+        return _run_verb(args, verbose)
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(os.devnull, "w")) if args.quiet else sys.stderr
+        stack.enter_context(contextlib.redirect_stdout(sink))
+        if args.quiet:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+        code = _run_verb(args, verbose)
+    if args.json:
+        from graphprune.cli.results import dump
+
+        stdout.write(dump(args, code))
+        stdout.flush()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except _ArgumentError as exc:
         print(exc, file=sys.stderr)
         return 2
-    verbose = args.verbose + getattr(args, "verbose_sub", 0)
+    _merge_global_options(args)
     refused = _guard_outputs(args) if args.verb else None
     if refused is not None:
         return refused
     try:
-        _setup_logging(verbose, args.quiet, args.log_file)
+        _setup_logging(args.verbose, args.quiet, args.log_file)
     except OSError as exc:
         print(f"graphprune: error: cannot write the log file {args.log_file}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -139,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 2
-    return _run_verb(args, verbose)
+    return _run_quiet_or_json(args, args.verbose)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,27 @@ def _default(v) -> str:
     return "none" if v is None else str(v)
 
 
+def _emit_json(args) -> int:
+    from graphprune.cli.results import emit, schema
+    from graphprune.passes import PASSES
+
+    data = {"schema": schema("passes"),
+            "passes": [{"name": n, "description": PASSES[n].description, "options": options_line(PASSES[n])}
+                       for n in sorted(PASSES)]}
+    if args.rules:
+        from graphprune.analysis.dependency import RULES
+
+        data["rules"] = [{"family": e.family, "domain": e.domain or "ai.onnx", "op": e.op_type, "since": e.since,
+                          "until": e.until} for e in RULES.entries()]
+    return emit(args, data)
+
+
 def run(args) -> int:
     from graphprune.cli.common import table
     from graphprune.passes import PASSES
 
+    if args.json:
+        return _emit_json(args)
     print(table([[n, PASSES[n].description] for n in sorted(PASSES)], ["pass", "what it does"]))
     print()
     print("options (pipeline syntax: name{key=value,list=[a,b]}; unknown keys and wrong types are errors):")

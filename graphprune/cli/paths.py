@@ -9,7 +9,7 @@ from pathlib import Path
 INPUT_OPTIONS = {"model": "input model", "original": "input model", "pruned": "pruned model", "plan": "plan",
                  "inputs": "--inputs file", "calib": "--calib data", "config": "--config file",
                  "paths": "input"}
-OUTPUT_FILE_OPTIONS = {"save_config": "--save-config", "json_out": "--json file", "log_file": "--log-file"}
+OUTPUT_FILE_OPTIONS = {"save_config": "--save-config", "json_out": "--json-out", "log_file": "--log-file"}
 
 
 def prune_output_path(args) -> Path:

@@ -94,6 +94,10 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run.show_prune(args.model, opts)
     outcome = run_prune(args.model, opts, out=out, progress=Printer())
+    if args.json:  # the summary as JSON (graphprune.cli.results), not the table
+        from graphprune.cli.results import emit, prune_result
+
+        return emit(args, prune_result(outcome, bench=not args.no_bench))
     print_prune_summary(outcome, bench=not args.no_bench)
     _print_accuracy(outcome)
     return 0

@@ -5,7 +5,7 @@ import json
 
 
 def add_arguments(p):
-    p.add_argument("--json", action="store_true")
+    pass  # --json is a global option
 
 
 def run(args) -> int:
@@ -14,8 +14,9 @@ def run(args) -> int:
 
     ts = all_targets()
     if args.json:
-        print(json.dumps([t.to_json() for t in ts], indent=1))
-        return 0
+        from graphprune.cli.results import emit, schema
+
+        return emit(args, {"schema": schema("targets"), "targets": [t.to_json() for t in ts]})
     rows = [[t.name, "yes" if t.host else "no", t.simd_lanes, t.cross_compiler or "", ",".join(t.ort_providers),
              json.dumps(t.tvm)] for t in ts]
     print(table(rows, ["target", "runs here", "round_to", "cross-compiler", "ORT providers", "TVM target"]))
