@@ -28,7 +28,8 @@ def add_arguments(p):
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
     p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
     p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")
-    p.add_argument("--db", help="TVM tuning database root (default ~/.cache/graphprune/tvm-db)")
+    p.add_argument("--db", help="TVM tuning database root (default $XDG_CACHE_HOME/graphprune/tvm-db, "
+                                        "else ~/.cache/graphprune/tvm-db)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker of the target devices")
     p.add_argument("--rpc-key", help="device key at the tracker")
     p.add_argument("--ort-format", action="store_true", help="also write model.ort (ORT mobile format)")
@@ -54,6 +55,12 @@ def parse_shapes(items: list[str]) -> dict | None:
     return parse(items)
 
 
+def _default_db() -> str:
+    from graphprune.cache import tvm_db_root
+
+    return str(tvm_db_root())
+
+
 def options(args):
     """CompileOptions from the parsed flags (sparsity flags validated now, before any work)."""
     from graphprune.cli import allocation_flags as alloc_cli
@@ -64,8 +71,8 @@ def options(args):
     sparsity_cli.require_calibration(sparsity_opts, args.calib)
     return CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
-                          tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db, rpc=args.rpc,
-                          rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
+                          tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db or _default_db(),
+                          rpc=args.rpc, rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), repair=args.repair, max_drop=args.max_drop,
                           sparsity=sparsity_opts, force=args.force, min_speedup=args.min_speedup,
@@ -83,7 +90,11 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run.show_compile(args.model, opts)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
-    print_report(rep)
+    print_report(rep)  # on stderr with --json, which prints report.json (graphprune.cli.results)
+    if args.json:
+        from graphprune.cli.results import compile_result, emit
+
+        return emit(args, compile_result(rep))
     return 0
 
 

@@ -158,8 +158,9 @@ def _cache_root() -> Path:
     if env:
         return Path(env)
     tvm_v, ffi_v = _versions()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "graphprune" / "tvm-aarch64-runtime" / f"tvm-{tvm_v}_ffi-{ffi_v}"
+    from graphprune.cache import cache_dir
+
+    return cache_dir("tvm-aarch64-runtime", f"tvm-{tvm_v}_ffi-{ffi_v}")
 
 
 def _has_runtime(root: Path) -> bool:
