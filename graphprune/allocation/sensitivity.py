@@ -97,7 +97,7 @@ def sensitivity_curves(model: ir.Model, dg: DependencyGraph, scores: dict[int, n
     ref = run(dense_sess)
     curves: dict[int, dict] = {}
     t0 = time.perf_counter()
-    for g in progress(groups, len(groups), "sensitivity sweep"):
+    for g in progress(groups, len(groups), "sensitivity sweep", unit="groups"):
         errs, used = [], []
         last_atoms = None
         for r in ratios:

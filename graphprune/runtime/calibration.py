@@ -123,7 +123,7 @@ class ImagePreprocess:
         try:
             from PIL import Image
         except ImportError:  # pragma: no cover - depends on the environment
-            raise UsageError("reading calibration images needs Pillow", hint="pip install pillow") from None
+            raise UsageError("reading calibration images needs Pillow", hint="pip install 'graphprune[images]'") from None
         with Image.open(path) as im:
             im = im.convert("L" if self.color == "gray" else "RGB")
             if self.size is not None:
@@ -283,29 +283,37 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
 
 
 # ---- progress --------------------------------------------------------------------------
-def progress(items: Iterable, total: int | None, desc: str) -> Iterator:
-    """A progress bar on a terminal (stderr), log lines otherwise."""
+def progress(items: Iterable, total: int | None, desc: str, unit: str = "batches") -> Iterator:
+    """A progress bar with an ETA on a terminal (stderr; not with -q), log lines every 10 s
+    otherwise. `unit` names what `items` are ("batches", "groups", ...)."""
     tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty() and \
         logging.getLogger("graphprune").isEnabledFor(logging.INFO)
     t0 = time.perf_counter()
     last_log = t0
-    k = 0
+    k = width = 0
     for k, item in enumerate(items, 1):
         yield item
         now = time.perf_counter()
         if tty:
-            if total:
-                filled = int(30 * k / total)
-                bar = "#" * filled + "." * (30 - filled)
-                sys.stderr.write(f"\r{desc} [{bar}] {k}/{total} {now - t0:.1f}s")
-            else:
-                sys.stderr.write(f"\r{desc} {k} batches {now - t0:.1f}s")
+            line = progress_line(desc, k, total, unit, now - t0)
+            sys.stderr.write("\r" + line.ljust(width))  # a shorter line overwrites all of the last one
             sys.stderr.flush()
+            width = len(line)
         elif now - last_log > 10.0:
             last_log = now
-            log.info("%s: %d%s batches (%.0fs)", desc, k, f"/{total}" if total else "", now - t0)
+            log.info("%s", progress_line(desc, k, total, unit, now - t0, bar=False))
     if tty:
         sys.stderr.write("\n")
         sys.stderr.flush()
-    log.debug("%s: %d batches in %.2fs", desc, k, time.perf_counter() - t0)
+    log.debug("%s: %d %s in %.2fs", desc, k, unit, time.perf_counter() - t0)
 
+
+def progress_line(desc: str, done: int, total: int | None, unit: str, elapsed: float, bar: bool = True) -> str:
+    """'sensitivity sweep [#####.....] 3/17 groups 4.2s, ETA 19.6s' (no bar, no ETA when the
+    total is unknown)."""
+    if not total:
+        return f"{desc}: {done} {unit} {elapsed:.1f}s"
+    filled = int(30 * min(done, total) / total)
+    eta = elapsed / done * max(total - done, 0) if done else 0.0
+    drawn = f" [{'#' * filled}{'.' * (30 - filled)}]" if bar else ":"
+    return f"{desc}{drawn} {done}/{total} {unit} {elapsed:.1f}s, ETA {eta:.1f}s"
