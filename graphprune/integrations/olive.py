@@ -39,8 +39,18 @@ def _olive():
     try:
         import olive.passes  # noqa: F401
     except ImportError as exc:
-        raise BackendUnavailableError(f"the Olive adapter needs olive-ai ({exc})",
-                                      hint="pip install olive-ai") from None
+        message, hint = _import_failure(exc)
+        raise BackendUnavailableError(message, hint=hint) from None
+
+
+def _import_failure(exc: ImportError) -> tuple[str, str]:
+    """Message and hint for a failed `import olive...`: the module that actually failed
+    (`exc.name`), which is olive-ai itself only when the top-level `olive` is missing."""
+    missing = (exc.name or "").split(".")[0]
+    if missing in ("", "olive"):
+        return f"the Olive adapter needs olive-ai ({exc})", "pip install olive-ai"
+    return (f"olive-ai is installed but its dependency {missing!r} failed to import ({exc})",
+            f"pip install {missing} (or reinstall olive-ai: pip install --force-reinstall olive-ai)")
 
 
 def _build_class():
@@ -57,24 +67,8 @@ def _build_class():
 
         @classmethod
         def _default_config(cls, accelerator_spec):
-            from graphprune.workflow.options import DEFAULTS
-
-            config = {
-                "ratio": PassConfigParam(type_=float, default_value=DEFAULTS.ratio,
-                                         description="fraction of each group's channels to remove"),
-                "criterion": PassConfigParam(type_=str, default_value=DEFAULTS.criterion,
-                                             description="importance criterion"),
-                "round_to": PassConfigParam(type_=int, default_value=DEFAULTS.round_to,
-                                            description="keep widths multiples of N"),
-                "ignore": PassConfigParam(type_=list, default_value=None,
-                                          description="regexes of nodes/tensors whose groups are kept"),
-                "seed": PassConfigParam(type_=int, default_value=DEFAULTS.seed, description="seed for random criteria"),
-                "pipeline": PassConfigParam(type_=str, default_value=None,
-                                            description="graphprune pass pipeline (overrides the options above)"),
-                "plan": PassConfigParam(type_=str, default_value=None, description="replay this plan.json"),
-                "check": PassConfigParam(type_=bool, default_value=True,
-                                         description="run the oracle before writing (recommended)"),
-            }
+            config = {name: PassConfigParam(type_=t, default_value=d, description=h)
+                      for name, (t, d, h) in option_specs().items()}
             config.update(get_external_data_config())
             return config
 
@@ -99,13 +93,137 @@ def _build_class():
     return GraphprunePrune
 
 
-def options(config):
-    """The pass's Olive config as PruneOptions (the same options `graphprune prune` builds)."""
-    from graphprune.workflow import PruneOptions
+# PruneOptions fields that are not Olive options, and why (tests/torch/test_olive_adapter.py
+# checks every other field is one).
+EXCLUDED = {
+    "selection": "group ids of the in-memory analysis (Python API); a config replays a plan.json with `plan`",
+    "inputs": "numpy feed dicts (Python API); a config gives data with `calib`",
+}
+# PruneOptions.allocation is a dict of allocation.driver options: each key is an Olive option
+# (`allocation` itself is the mode), given to the driver only when set, as the CLI does.
+EXPANDED = {"allocation"}
+_HELP = {
+    "ratio": "fraction of each group's channels to remove",
+    "criterion": "importance criterion (graphprune passes: l1, l2, taylor, wanda, ...)",
+    "round_to": "keep widths multiples of N",
+    "ignore": "regexes of nodes/tensors whose groups are kept",
+    "seed": "seed for random criteria",
+    "plan": "replay this plan.json exactly",
+    "pipeline": "graphprune pass pipeline (overrides the options above)",
+    "remove_blocks": "number of residual blocks to remove (depth pruning)",
+    "block_criterion": "how blocks are ranked for removal",
+    "blocks": "regexes of the blocks that may be removed",
+    "calib": "calibration data: inputs.npz, a folder of images (with calib_preprocess), or module:function",
+    "calib_preprocess": "for image folders: size=HxW,mean=a/b/c,std=a/b/c,layout=nchw|nhwc,color=rgb|bgr|gray",
+    "calib_batch": "calibration batch size",
+    "calib_samples": "use at most N calibration samples",
+    "input_shapes": "{input: dims}: the shapes dynamic inputs take (oracle, MACs and latency targets)",
+    "check": "run the oracle before writing (recommended)",
+    "repair": "after the oracle, repair without retraining: comma list of bias, bn, lsq, or all (needs calib)",
+    "sparsity": "options of the `sparsify` pass, e.g. {\"sparsity\": 0.5, \"pattern\": \"1x4\"}; null: none",
+    "max_drop": "quality gate: max 1 - mean output cosine on calibration data (needs calib)",
+    "allocation": "how channels are spread over groups: uniform, global or sensitivity",
+    "target_macs": "keep this fraction of the MACs (e.g. 0.7)",
+    "target_params": "keep this fraction of the parameters",
+    "target_latency": "keep this fraction of the ONNX Runtime latency measured on this machine",
+    "max_ratio": "no group loses more than this fraction",
+    "protect": "regexes: groups touching matching layers/tensors keep all their channels",
+    "layer_ratios": "{regex: ratio} or [\"regex=ratio\"]: fixed ratios for the groups they match",
+}
 
-    return PruneOptions(ratio=config.ratio, criterion=config.criterion, round_to=config.round_to,
-                        ignore=list(config.ignore or []), seed=config.seed, pipeline=config.pipeline,
-                        plan=config.plan, check=config.check)
+
+def _hints(cls) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # a name only importable for type checkers: Any for every field
+        return {}
+
+
+def _json_type(t):
+    """A type Olive's pydantic config accepts from JSON (Any for what it cannot describe)."""
+    import typing
+
+    try:
+        from pydantic import TypeAdapter
+
+        TypeAdapter(t)
+        return t
+    except Exception:
+        return typing.Any
+
+
+def _allocation_specs() -> dict:
+    """Allocation keys (graphprune.allocation.driver.OPTIONS) typed from plan-channels'
+    signature; default None: a key reaches the driver only when given."""
+    import inspect
+    import typing
+
+    from graphprune.allocation.driver import OPTIONS
+    from graphprune.passes.pruning.plan_channels import PlanChannels
+
+    params = inspect.signature(PlanChannels.__init__).parameters
+    hints = _hints(PlanChannels.__init__)
+    out = {}
+    for key in sorted(OPTIONS):
+        p = params.get(key)
+        default = None if p is None or p.default is inspect.Parameter.empty else p.default
+        help_ = _HELP.get(key, f"allocation option {key}")
+        if default is not None:
+            help_ += f" (default {default})"
+        out[key] = (typing.Optional[_json_type(hints.get(key, typing.Any))], None, help_)
+    return out
+
+
+def option_specs() -> dict:
+    """{Olive option: (type, default, description)}, generated from PruneOptions' fields
+    (dataclasses.fields) so that a new workflow option is a new pass option."""
+    import copy
+    import dataclasses
+    import typing
+
+    from graphprune.workflow.options import DEFAULTS, PruneOptions
+
+    hints = _hints(PruneOptions)
+    out = {}
+    for f in dataclasses.fields(PruneOptions):
+        if f.name in EXCLUDED:
+            continue
+        if f.name in EXPANDED:
+            for key, spec in _allocation_specs().items():
+                if key in out:
+                    raise RuntimeError(f"{PASS_NAME}: allocation option {key!r} collides with an option")
+                out[key] = spec
+            continue
+        if f.name in out:
+            raise RuntimeError(f"{PASS_NAME}: option {f.name!r} collides with an allocation option")
+        help_ = f.metadata.get("help") or _HELP.get(f.name) or f"PruneOptions.{f.name} (see graphprune prune --help)"
+        out[f.name] = (_json_type(hints.get(f.name, typing.Any)), copy.deepcopy(getattr(DEFAULTS, f.name)), help_)
+    return out
+
+
+def options(config):
+    """The pass's Olive config as PruneOptions (the same options `graphprune prune` builds):
+    every field from the option of its name, allocation from the allocation keys given."""
+    import copy
+    import dataclasses
+
+    from graphprune.workflow.options import DEFAULTS, PruneOptions
+
+    kwargs = {}
+    for f in dataclasses.fields(PruneOptions):
+        if f.name in EXCLUDED:
+            continue
+        if f.name in EXPANDED:
+            kwargs[f.name] = {k: v for k in sorted(_allocation_specs())
+                              if (v := getattr(config, k, None)) is not None}
+            continue
+        v = getattr(config, f.name, None)
+        if v is None and f.default_factory is not dataclasses.MISSING:
+            v = copy.deepcopy(getattr(DEFAULTS, f.name))  # an option set to null: the field's empty value
+        kwargs[f.name] = v
+    return PruneOptions(**kwargs)
 
 
 def prune_file(src, opts=None, **kwargs):
@@ -128,17 +246,20 @@ def prune_file(src, opts=None, **kwargs):
     return to_proto(outcome.model), outcome.plan
 
 
+def pass_entry() -> dict:
+    """This pass's entry in an Olive package config (`"passes": {PASS_NAME: ...}`)."""
+    return {"module_path": f"graphprune.integrations.olive.{PASS_NAME}",  # also when run as __main__
+            "supported_providers": ["*"], "supported_accelerators": ["*"], "supported_precisions": ["*"],
+            "extra_dependencies": []}
+
+
 def package_config() -> dict:
     """Olive's default package config with this pass added."""
     _olive()
     from olive.package_config import OlivePackageConfig
 
     data = json.loads(Path(OlivePackageConfig.get_default_config_path()).read_text())
-    data["passes"][PASS_NAME] = {
-        "module_path": f"{__name__}.{PASS_NAME}",
-        "supported_providers": ["*"], "supported_accelerators": ["*"], "supported_precisions": ["*"],
-        "extra_dependencies": [],
-    }
+    data["passes"][PASS_NAME] = pass_entry()
     return data
 
 
@@ -158,6 +279,24 @@ def run_workflow(config, **kwargs):
     return run(config, package_config=package_config(), **kwargs)
 
 
+def main(argv=None) -> int:
+    """`python -m graphprune.integrations.olive FILE`: write Olive's package config with this
+    pass added, for `olive run --config CONFIG --package-config FILE` workflows that also use
+    Olive's own passes (examples/olive/packages.json lists this pass only)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m graphprune.integrations.olive PACKAGE_CONFIG.json", file=sys.stderr)
+        return 2
+    try:
+        print(write_package_config(args[0]))
+    except BackendUnavailableError as exc:
+        print(f"error: {exc} (hint: {exc.hint})", file=sys.stderr)
+        return 2
+    return 0
+
+
 def __getattr__(name: str):
     global _CLASS
     if name == PASS_NAME:
@@ -165,3 +304,7 @@ def __getattr__(name: str):
             _CLASS = _build_class()
         return _CLASS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
