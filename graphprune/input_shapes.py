@@ -182,3 +182,119 @@ def specs_of_model(model) -> list[InputSpec]:
         floating = v.dtype is not None and v.dtype.is_floating_point()
         out.append(InputSpec(v.name, shape, floating))
     return out
+
+
+# ---- a second size of every dynamic dim (the oracle) -------------------------------------------
+#
+# A model with dynamic dims is written with them (`analyse_at`), so the oracle proves it at
+# two sizes of each: the representative shapes, and one set in which every dynamic dim has
+# another size. Batch (axis 0 of a rank >= 2 input) -> 2 (1 when it was 2); an image's
+# spatial dim s -> half of it rounded up to a multiple of 32 (at least 32; 320 -> 160,
+# 224 -> 128), else s + 32; any other dim s -> s // 2 (at least 1), else 2·s. Dims that
+# share a symbolic name change together (input_ids and attention_mask keep one length).
+# When the input model cannot run at a candidate the next is tried: both candidates with
+# every dim changed, then the batch alone, then the other dims alone.
+
+
+def _dynamic(d) -> bool:
+    return not _static(d)
+
+
+def _other_size(size: int, attempt: int, *, batch: bool, spatial: bool) -> int:
+    if batch:
+        return 1 if size == 2 else 2
+    if spatial:
+        half = max(32, _round_up(size // 2, 32))
+        options = [half if half != size else size + 32, size + 32]
+    else:
+        options = [max(1, size // 2) if size > 1 else 2, 2 * size]
+    return options[min(attempt, 1)]
+
+
+OTHER_SIZE_ATTEMPTS = (("all", 0), ("all", 1), ("batch", 0), ("rest", 0))
+
+
+def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, attempt: int = 0) -> InputShapes | None:
+    """`shapes` with every dynamic dim of `specs` at another size (see above); `attempt`
+    indexes OTHER_SIZE_ATTEMPTS. None when no dim is dynamic, the attempts are used up, or
+    this attempt changes nothing."""
+    if attempt >= len(OTHER_SIZE_ATTEMPTS):
+        return None
+    which, k = OTHER_SIZE_ATTEMPTS[attempt]
+    out = InputShapes()
+    chosen: dict = {}  # symbolic dim name -> its new size (shared names change together)
+    changed = False
+    for spec in specs:
+        base = shapes.shapes.get(spec.name)
+        if base is None:
+            continue
+        new = list(base)
+        layout = _image_layout(spec)
+        spatial_axes = set(layout[1:]) if layout else set()
+        for ax, d in enumerate(spec.shape or []):
+            if ax >= len(new) or not _dynamic(d) or (layout and ax == layout[0]):
+                continue
+            batch = ax == 0 and len(new) >= 2
+            if (which == "batch" and not batch) or (which == "rest" and batch):
+                continue
+            named = isinstance(d, str) and d not in ("", "?")
+            key = (d, new[ax]) if named else None
+            if key is not None and key in chosen:
+                new[ax] = chosen[key]
+            else:
+                size = _other_size(int(new[ax]), k, batch=batch, spatial=ax in spatial_axes)
+                if key is not None:
+                    chosen[key] = size
+                new[ax] = size
+            changed |= new[ax] != base[ax]
+        out.shapes[spec.name] = tuple(new)
+        out.sources[spec.name] = "other size of the dynamic dims" if tuple(new) != tuple(base) else \
+            shapes.sources.get(spec.name, "")
+    return out if changed else None
+
+
+def dynamic_dims(specs: Iterable[InputSpec]) -> list[str]:
+    """'x[0]', 'x[3]', ... for every dynamic dim of `specs` (empty: a static model)."""
+    return [f"{s.name}[{ax}]" for s in specs for ax, d in enumerate(s.shape or []) if _dynamic(d)]
+
+
+# ---- analysis at the representative shape, model kept dynamic ----------------------------------
+
+def analyse_at(model, shapes: Mapping) -> int:
+    """Give `model`'s intermediate values the shapes they have at `shapes` ({input name:
+    concrete shape}, or an InputShapes) where they are symbolic or unknown, so that slots
+    frozen only for want of a size are analysed at the representative shape; returns how
+    many values gained dims. Graph inputs and outputs keep the dims the model declares, and
+    nothing is folded: the model stays dynamic. These shapes are analysis aids —
+    `frontends.onnx.save_onnx` writes no intermediate shapes — and a pruned model is proven
+    at another size of every dynamic dim by the oracle (`other_sizes`)."""
+    import onnx_ir as ir
+
+    from graphprune.analysis.cost import at_shapes
+
+    if isinstance(shapes, InputShapes):
+        shapes = shapes.shapes
+    if not shapes:
+        return 0
+    copy = at_shapes(model, shapes)
+    known = {v.name: v for v in copy.graph.initializers.values()}
+    known.update({v.name: v for n in copy.graph for v in n.outputs if v is not None})
+    outer = {id(v) for v in list(model.graph.inputs) + list(model.graph.outputs)}
+    gained = 0
+    for node in model.graph:
+        for v in node.outputs:
+            if v is None or id(v) in outer:
+                continue
+            other = known.get(v.name)
+            if other is None or other.shape is None:
+                continue
+            new = list(other.shape)
+            cur = list(v.shape) if v.shape is not None else None
+            if cur is not None and (len(cur) != len(new) or any(
+                    _static(c) and (not _static(n) or c != n) for c, n in zip(cur, new, strict=True))):
+                continue  # a contradiction (or fewer known dims): the model's own shape stays
+            merged = [n if not _static(c) else c for c, n in zip(cur, new, strict=True)] if cur is not None else new
+            if cur is None or merged != cur:
+                v.shape = ir.Shape(merged)
+                gained += 1
+    return gained

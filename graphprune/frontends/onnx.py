@@ -35,9 +35,9 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
               input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
     """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis.
 
-    `input_shapes` fixes the named inputs' shapes (e.g. {"x": [1, 3, 48, 320]}): dynamic
-    dims become static, so shape math folds and MACs are exact; the output model keeps
-    those fixed shapes."""
+    `input_shapes` (e.g. {"x": [1, 3, 48, 320]}) is the shape the model is analysed at: the
+    intermediate values get their dims at it (`input_shapes.analyse_at`), while the inputs,
+    outputs and shape math stay dynamic, so a model written from it runs at other sizes."""
     import onnx
 
     try:
@@ -67,8 +67,12 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     _check_external_data(model)
     _check_supported(model)
     if input_shapes:
-        _fix_input_shapes(model, input_shapes)
+        _check_input_shapes(model, input_shapes)
     normalize(model, fold=fold)
+    if input_shapes:
+        from graphprune.input_shapes import analyse_at
+
+        analyse_at(model, input_shapes)
     if fold:  # analysed, not as-read (the oracle's original): see graphprune.ir.untie
         from graphprune.ir.untie import untie_shared_zeros
 
@@ -76,7 +80,7 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     return model
 
 
-def _fix_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
+def _check_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
     from graphprune.errors import UsageError
 
     inputs = {v.name: v for v in model.graph.inputs}
@@ -90,11 +94,6 @@ def _fix_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
             raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
         if old is not None and any(isinstance(o, int) and o != d for o, d in zip(old, dims, strict=True)):
             raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {old}")
-        v.shape = ir.Shape([int(d) for d in dims])
-    for node in model.graph:  # stale intermediate shapes would fight the new ones
-        for o in node.outputs:
-            if not o.is_graph_output():
-                o.shape = None
 
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
