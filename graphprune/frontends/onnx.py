@@ -240,7 +240,7 @@ def infer_shapes(model: ir.Model, *, warn: bool = True) -> None:
     import onnx
 
     try:
-        proto = ir.serde.serialize_model(model)
+        proto = weightless_proto(model)
     except Exception as exc:
         raise FrontendError(f"model cannot be serialised: {str(exc).strip().splitlines()[0][:300]}") from None
     try:
@@ -254,6 +254,56 @@ def infer_shapes(model: ir.Model, *, warn: bool = True) -> None:
         except Exception as exc:
             raise FrontendError(f"shape inference failed: {str(exc).strip().splitlines()[0][:300]}") from None
     _merge_shapes(model, inferred)
+
+
+# Initializers shape inference only needs the type and dims of: float tensors of more
+# elements than any float a shape computation reads (Resize/Upsample scales, Range bounds),
+# other tensors larger than any shape (Reshape targets, Slice starts ... stay, for data
+# propagation). Every other tensor is left out of the proto inference works on.
+_SHAPE_ONLY_FLOAT = 16
+_SHAPE_ONLY_OTHER = 1024
+
+
+def _shape_only(t) -> bool:
+    if t is None or isinstance(t, ir.ExternalTensor) or t.dtype is None or t.dtype == ir.DataType.STRING:
+        return False  # external data is not read by serialisation anyway
+    limit = _SHAPE_ONLY_FLOAT if t.dtype.is_floating_point() else _SHAPE_ONLY_OTHER
+    return t.size > limit
+
+
+def weightless_proto(model: ir.Model):
+    """The ModelProto onnx's shape inference runs on, without the weights' data: large
+    initializers become typed graph inputs (same dims and dtype), so nothing is copied
+    but the graph (serialising a 100 MB model copies it twice more, and inference parses
+    it twice again). The model itself is left as it was."""
+    import onnx
+
+    graph = model.graph
+    swapped = {}
+    for name, v in graph.initializers.items():
+        if _shape_only(v.const_value):
+            swapped[name] = v.const_value
+            # a placeholder that serialises as a reference, never as bytes
+            v.const_value = ir.ExternalTensor("", None, None, v.const_value.dtype,
+                                              shape=v.const_value.shape, name=name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, t in swapped.items():
+            graph.initializers[name].const_value = t
+    if swapped:
+        g = proto.graph
+        keep = [t for t in g.initializer if t.name not in swapped]
+        moved = [t for t in g.initializer if t.name in swapped]
+        infos = [vi for vi in g.value_info if vi.name not in swapped]
+        inputs = {vi.name for vi in g.input}
+        g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                       for t in moved if t.name not in inputs)
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        del g.value_info[:]
+        g.value_info.extend(infos)
+    return proto
 
 
 def _merge_shapes(model: ir.Model, inferred) -> None:
