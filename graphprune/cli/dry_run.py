@@ -3,32 +3,28 @@ shown as a table of the groups that change. Nothing is written."""
 from __future__ import annotations
 
 
-def plan_table(dg, plan) -> str:
-    """Groups the plan changes: channels of the group's activation, removed, kept."""
+def plan_table(dg, plan, round_to: int = 1) -> str:
+    """Groups the plan changes: channels of the group's widest axis, removed, kept, per part
+    (graphprune.report.widths: the widths inspect and the reports show too)."""
     from graphprune.cli.common import table
+    from graphprune.report.widths import plan_widths
 
-    by_name = {g.name: g for g in dg.groups}
-    rows, lost, total = [], 0, 0
-    for entry in plan.groups:
-        g = by_name.get(entry.get("name"))
-        if g is None:
-            rows.append([entry.get("name", "?"), "?", len(entry.get("removed_atoms", ())), "?"])
-            continue
-        ref = next((s for s in g.slots if not s.virtual and s not in g.roles), g.slots[0])
-        n = g.sizes[ref]
-        r = len(g.removed_indices(ref, entry.get("removed_atoms", ())))
-        rows.append([g.name, n, r, n - r])
-        lost, total = lost + r, total + n
-    text = table(rows, ["group", "channels", "removed", "kept"]) if rows else "(no group changes)"
+    widths = plan_widths(dg, plan)
+    rows = [[w.name, w.channels, w.removed, w.kept, w.parts_text(), w.why_not_multiple(round_to)] for w in widths]
+    known = {w.name for w in widths}
+    rows += [[e.get("name", "?"), "?", "?", "?", "not in this model's analysis", ""]
+             for e in plan.groups if e.get("name") not in known]
+    lost, total = sum(w.removed for w in widths), sum(w.channels for w in widths)
+    text = table(rows, ["group", "channels", "removed", "kept", "parts", "note"]) if rows else "(no group changes)"
     return text + f"\n{len(plan.groups)} of {len(dg.prunable_groups)} prunable groups change: {lost} of {total} " \
                   f"channels removed, {len(plan.tensors)} tensors sliced"
 
 
-def _show(outcome) -> int:
+def _show(outcome, round_to: int = 1) -> int:
     from graphprune.cli.common import human
 
     before, after = outcome.before, outcome.after
-    print(plan_table(outcome.groups_before, outcome.plan))
+    print(plan_table(outcome.groups_before, outcome.plan, round_to))
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
@@ -44,7 +40,7 @@ def show_prune(model_path, opts) -> int:
     from_pipeline = outcome.sparsify_passes[:-1] if opts.sparsity else outcome.sparsify_passes
     if from_pipeline or opts.sparsity:
         print("then sparsity: " + (", ".join(repr(p) for p in from_pipeline) or opts.sparsity_line()))
-    return _show(outcome)
+    return _show(outcome, opts.round_to)
 
 
 def show_compile(model_path, opts) -> int:
@@ -65,4 +61,4 @@ def show_compile(model_path, opts) -> int:
     outcome = run_prune(model_path, popts, dry_run=True)
     if opts.sparsity:
         print(f"then sparsity: {popts.sparsity_line()}")
-    return _show(outcome)
+    return _show(outcome, popts.round_to)

@@ -42,6 +42,7 @@ def inspect_data(model, dg, shapes=None) -> dict:
     """What inspect shows; MACs at `shapes` (InputShapes) when given."""
     from graphprune.analysis.cost import layer_macs, model_cost
     from graphprune.ir.shapes import dims_of
+    from graphprune.report.widths import group_width
 
     at = shapes.shapes if shapes is not None else None
     cost = model_cost(model, at)
@@ -57,7 +58,8 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "measured_at": None if shapes is None else {n: {"shape": list(s), "source": shapes.sources[n]}
                                                     for n, s in shapes.shapes.items()},
         "layers": [{"node": k, "op": by_name[k], "macs": v} for k, v in layer_macs(model, at).items()],
-        "groups": [{"id": g.id, "name": g.name, "width": g.num_atoms, "tensors": len(g.slots),
+        "groups": [{"id": g.id, "name": g.name, "width": group_width(g).channels, "atoms": g.num_atoms,  # report.widths
+                    "tensors": len(g.slots),
                     "constants": len(g.const_slots), "ignored": g.ignored} for g in dg.groups],
         "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
         "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
@@ -111,7 +113,7 @@ def _print_overview(args, model, data: dict) -> None:
     print(f"params {human(data['params'])}  MACs {human(data['macs'])}  nodes {len(model.graph)}")
     print(args.shapes.measured_at() if args.shapes is not None else "MACs with symbolic dims counted as 1")
     print("ops: " + ", ".join(f"{k} {v}" for k, v in data["ops"].items()))
-    prunable = [g for g in data["groups"] if g["width"] > 1 and not g["ignored"]]
+    prunable = [g for g in data["groups"] if g["atoms"] > 1 and not g["ignored"]]
     print(f"\n{len(prunable)} prunable groups ({len(data['groups'])} in all)")
     rows = [[g["id"], g["name"], g["width"], g["tensors"], g["constants"], "ignored" if g["ignored"] else ""]
             for g in data["groups"][: args.groups]]

@@ -85,7 +85,7 @@ def run(args) -> int:
     from graphprune.cli import dry_run
     from graphprune.cli.config_file import apply_config
     from graphprune.cli.paths import check_cli_paths
-    from graphprune.cli.report import Printer, print_prune_summary
+    from graphprune.cli.report import Printer, measure_latency, print_prune_summary, write_prune_report
     from graphprune.workflow import run_prune
 
     apply_config(args, "prune", check_paths=check_cli_paths)  # no output on an input, before any write
@@ -93,14 +93,26 @@ def run(args) -> int:
     out = _checked_output(args)
     if args.dry_run:
         return dry_run.show_prune(args.model, opts)
+    _check_report_paths(args, out)
     outcome = run_prune(args.model, opts, out=out, progress=Printer())
-    if args.json:  # the summary as JSON (graphprune.cli.results), not the table
-        from graphprune.cli.results import emit, prune_result
+    latency = measure_latency(outcome, not args.no_bench)
+    html = write_prune_report(args, opts, outcome, latency)  # <out>.report.{json,md,html}
+    if args.json:  # the report as JSON (schema graphprune.report/1), not the table
+        from graphprune.cli.results import emit
 
-        return emit(args, prune_result(outcome, bench=not args.no_bench))
-    print_prune_summary(outcome, bench=not args.no_bench)
+        return emit(args, {**args.prune_report, "wrote": [str(outcome.out), str(outcome.plan_out)], "report": str(html)})
+    print_prune_summary(outcome, latency=latency)
     _print_accuracy(outcome)
+    print(f"report: {html}")
     return 0
+
+
+def _check_report_paths(args, out: Path) -> None:
+    """The report beside the model lands on no input and on no file graphprune did not write."""
+    from graphprune.cli.paths import cli_paths
+    from graphprune.report.writer import check_report_paths
+
+    check_report_paths(out, cli_paths(args)[0])
 
 
 def _print_accuracy(outcome) -> None:

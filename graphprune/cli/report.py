@@ -3,6 +3,9 @@ at the end (what graphprune.workflow.run_prune returned; nothing is computed her
 the figures of the written files)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from graphprune.workflow.prune import Progress
 
 
@@ -44,8 +47,21 @@ def _ratio_row(name: str, b, a, fmt=None) -> list:
     return [name, fmt(b), fmt(a), f"{a / max(b, 1):.3f}"]
 
 
-def summary_rows(outcome, bench: bool) -> list[list]:
-    from graphprune.cli.common import human, ort_latency_ms
+def measure_latency(outcome, bench: bool) -> dict:
+    """The input and the written model in ONNX Runtime at the run's shapes (the figures' and
+    the oracle's), as workflow.verdicts.latency_verdict; {} without --bench."""
+    if not bench or outcome.out is None or outcome.source is None:
+        return {}
+    from graphprune.cli.common import ort_latency_ms
+    from graphprune.workflow.verdicts import latency_verdict
+
+    t0 = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)
+    t1 = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
+    return latency_verdict(t0, t1, "pruned")
+
+
+def summary_rows(outcome, latency: dict) -> list[list]:
+    from graphprune.cli.common import human
     from graphprune.workflow.files import model_size
 
     before, after = outcome.before, outcome.after
@@ -53,20 +69,34 @@ def summary_rows(outcome, bench: bool) -> list[list]:
     if outcome.sparsity:
         rows.append(_ratio_row("nonzero params", before.params, _nonzero(outcome.model)))
     rows.append(_ratio_row("file size", outcome.before_bytes, model_size(outcome.out), lambda n: human(n) + "B"))
-    if bench:
-        t0 = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)  # the figures' shapes, the oracle's
-        t1 = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
+    if latency:
+        t0, t1 = latency["dense_ort_ms"], latency["deployed_ms"]
         rows.append(["ORT latency (median, ms)", f"{t0:.3f}", f"{t1:.3f}", f"{t1 / max(t0, 1e-9):.3f}"])
     return rows
 
 
-def print_prune_summary(outcome, *, bench: bool) -> None:
+def write_prune_report(args, opts, outcome, latency: dict) -> Path:
+    """<out>.report.{json,md,html} beside the model (paths checked before the run by
+    graphprune.report.writer.check_report_paths); returns the .html path."""
+    from graphprune.report.build import prune_report
+    from graphprune.report.writer import write_beside
+    from graphprune.workflow.verdicts import accuracy_line
+
+    plan = outcome.plan
+    accuracy = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or plan.blocks or outcome.sparsity))
+    rep = prune_report(outcome, argv=["graphprune"] + sys.argv[1:], latency=latency, accuracy=accuracy,
+                       round_to=opts.round_to, max_drop=opts.max_drop, input_shapes=opts.input_shapes)
+    args.prune_report = rep
+    return write_beside(outcome.out, rep)
+
+
+def print_prune_summary(outcome, *, latency: dict) -> None:
     from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.cli.common import table
 
     for extra in alloc_cli.write_extras(outcome.state.ctx, outcome.plan_out):
         print(f"wrote {extra}")
-    rows = summary_rows(outcome, bench)
+    rows = summary_rows(outcome, latency)
     plan = outcome.plan
     print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
           + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else ""))

@@ -40,20 +40,9 @@ def _figures(report: dict) -> list[tuple[str, str]]:
             ax.legend(loc="lower right")
             out.append((title, _fig_png(fig)))
             plt.close(fig)
-    sens = report.get("sensitivity") or {}
-    if sens:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, curve in list(sens.items())[:30]:
-            ratios = [p[0] for p in curve]
-            vals = [p[1] for p in curve]
-            ax.plot(ratios, vals, marker=".", linewidth=1, label=name[-20:])
-        ax.set_xlabel("ratio removed")
-        ax.set_ylabel("output fidelity")
-        ax.set_title("sensitivity per group")
-        if len(sens) <= 12:
-            ax.legend(fontsize=6)
-        out.append(("sensitivity curves", _fig_png(fig)))
-        plt.close(fig)
+    out += _latency_figure(plt, layers)
+    out += _sensitivity_figure(plt, report.get("sensitivity") or {})
+    out += _candidates_figure(plt, report.get("search") or {})
     sparsity = report.get("sparsity") or {}
     if sparsity:
         fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(sparsity) + 1)))
@@ -65,6 +54,60 @@ def _figures(report: dict) -> list[tuple[str, str]]:
         out.append(("sparsity per layer", _fig_png(fig)))
         plt.close(fig)
     return out
+
+
+def _latency_figure(plt, layers: list[dict]) -> list[tuple[str, str]]:
+    rows = [r for r in layers if r.get("latency_ms_before") is not None]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(rows) + 1)))
+    y = list(range(len(rows)))
+    ax.barh(y, [r["latency_ms_before"] for r in rows], color="#e6cfc8", label="before")
+    ax.barh(y, [r.get("latency_ms_after") or 0 for r in rows], color="#a7452f", label="after")
+    ax.set_yticks(y, [r["name"][-28:] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms (ONNX Runtime profiler, median)")
+    ax.set_title("latency per layer")
+    ax.legend(loc="lower right")
+    src = _fig_png(fig)
+    plt.close(fig)
+    return [("latency per layer", src)]
+
+
+def _sensitivity_figure(plt, sens: dict) -> list[tuple[str, str]]:
+    if not sens:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in list(sens.items())[:30]:
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], marker=".", linewidth=1, label=name[-20:])
+    ax.set_xlabel("fraction of the group removed")
+    ax.set_ylabel("output error on calibration data")
+    ax.set_title("sensitivity per group")
+    if len(sens) <= 12:
+        ax.legend(fontsize=6)
+    src = _fig_png(fig)
+    plt.close(fig)
+    return [("sensitivity curves", src)]
+
+
+def _candidates_figure(plt, search: dict) -> list[tuple[str, str]]:
+    """Score against latency of each candidate (score against MACs, or alone, without latency)."""
+    cands = [c for c in search.get("candidates") or [] if isinstance(c.get("score"), (int, float))]
+    if not cands:
+        return []
+    xkey = next((k for k in ("latency_ms", "macs") if all(isinstance(c.get(k), (int, float)) for c in cands)), None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [c[xkey] if xkey else i for i, c in enumerate(cands)]
+    chosen = [c.get("name") == search.get("chosen") for c in cands]
+    ax.scatter(xs, [c["score"] for c in cands], c=["#a7452f" if ch else "#2f5fa7" for ch in chosen])
+    for x, c in zip(xs, cands, strict=True):
+        ax.annotate(str(c.get("name"))[:24], (x, c["score"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel({"latency_ms": "latency (ms)", "macs": "MACs"}.get(xkey, "candidate"))
+    ax.set_ylabel("score")
+    ax.set_title("candidates: score vs " + ({"latency_ms": "latency", "macs": "MACs"}.get(xkey) or "order"))
+    src = _fig_png(fig)
+    plt.close(fig)
+    return [("candidate trade-off", src)]
 
 
 def _cell(c) -> str:
@@ -87,10 +130,18 @@ def _verdicts(report: dict) -> list[str]:
     lat = report.get("latency") or {}
     line = lat.get("line")
     lines = [line if line.startswith("latency: ") else "latency: " + line] if line else []
-    return lines + ([report["accuracy"]] if report.get("accuracy") else [])
+    q = report.get("quality") or report.get("accuracy")
+    return lines + ([q] if q else [])
 
 
-def render_html(report: dict) -> str:
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#1d2430}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccd;padding:3px 8px;font-size:13px;text-align:right}
+td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:1em;vertical-align:top}
+img{max-width:520px}.note{color:#666}h1{font-size:1.4em}.red{color:#b00020;font-weight:bold}
+.meta{color:#444;font-size:13px}"""
+
+
+def _before_after(report: dict) -> str:
     b, a = report.get("before", {}), report.get("after", {})
     rows = []
     for key, label in (("params", "params"), ("macs", "MACs"), ("bytes", "model bytes"),
@@ -100,31 +151,91 @@ def render_html(report: dict) -> str:
             continue
         ratio = f"{av / bv:.3f}" if isinstance(bv, (int, float)) and isinstance(av, (int, float)) and bv else ""
         rows.append([label, bv if bv is not None else "", av if av is not None else a.get(f"{key}_note", ""), ratio])
-    backend = report.get("backend", {})
-    checks = [[k, "PASS" if v.get("ok") else "FAIL" if v.get("ok") is False else "skipped", v.get("summary", "")]
-              for k, v in report.get("checks", {}).items()]
-    per_layer_backend = backend.get("per_layer") or {}
+    return _table(rows, ["", "before", "after", "ratio"])
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{html.escape(title)}</h2>{body}" if body else ""
+
+
+def _checks(report: dict) -> str:
+    rows = [[k, "PASS" if v.get("ok") else "FAIL" if v.get("ok") is False else "skipped",
+             v.get("summary", "") + (f" — inputs: {v['inputs']}" if v.get("inputs") else "")]
+            for k, v in (report.get("checks") or {}).items()]
+    return _table(rows, ["check", "result", "detail"]) if rows else ""
+
+
+def _groups(report: dict) -> str:
+    rows = [[g["name"], g["channels"], g["removed"], g["kept"],
+             " + ".join(f"{p['before']}→{p['after']}" for p in g["parts"]) if len(g.get("parts", [])) > 1 else "",
+             g.get("not_multiple", "")] for g in report.get("groups") or []]
+    return _table(rows, ["group", "channels", "removed", "kept", "parts", "note"]) if rows else ""
+
+
+def _candidates(report: dict) -> str:
+    search = report.get("search") or {}
+    rows = [[c.get("name", ""), c.get("score", ""), c.get("latency_ms", ""),
+             ", ".join(f"{k}={v}" for k, v in (c.get("options") or {}).items()),
+             "chosen" if c.get("name") == search.get("chosen") else ""] for c in search.get("candidates") or []]
+    return _table(rows, ["candidate", "score", "latency (ms)", "options", ""]) if rows else ""
+
+
+def _layers(report: dict) -> str:
+    rows = [[r["name"], r["op"], r["width_before"], "removed" if r.get("removed") else r["width_after"],
+             r["macs_before"], r["macs_after"], _opt(r.get("latency_ms_before")), _opt(r.get("latency_ms_after"))]
+            for r in report.get("layers") or []]
+    return _table(rows, ["layer", "op", "width before", "width after", "MACs before", "MACs after",
+                         "ms before", "ms after"]) if rows else ""
+
+
+def _opt(v):
+    return "" if v is None else v
+
+
+def _meta(report: dict) -> str:
+    from graphprune.input_shapes import InputShapes
+
+    env = report.get("environment") or {}
+    pk = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
+    items = [f"command: <code>{html.escape(' '.join(report.get('command') or []))}</code>"]
+    if report.get("input_shapes"):
+        items.append(html.escape(InputShapes.from_json(report["input_shapes"]).measured_at()))
+    backend = report.get("backend")
+    if backend:
+        items.append(f"backend: <b>{html.escape(str(backend.get('chosen', '')))}</b> — "
+                     f"{html.escape(str(backend.get('reason', '')))}")
+    items.append(html.escape(f"versions: graphprune {env.get('graphprune')}, python {env.get('python')}, {pk}; "
+                             f"schema {report.get('schema', '')}"))
+    return "".join(f"<p class='meta'>{i}</p>" for i in items)
+
+
+def render_html(report: dict) -> str:
     figs = _figures(report)
     fig_html = "".join(f"<figure><img alt='{html.escape(t)}' src='{src}'><figcaption>{html.escape(t)}</figcaption>"
                        "</figure>" for t, src in figs) or \
-        "<p class='note'>Figures need matplotlib (pip install matplotlib).</p>"
-    layer_rows = [[r["name"], r["op"], r["width_before"], "removed" if r.get("removed") else r["width_after"],
-                   r["macs_before"], r["macs_after"]] for r in report.get("layers", [])]
-    title = f"graphprune report — {report.get('input', {}).get('path', '')} → {report.get('target', {}).get('name', '')}"
+        "<p class='note'>Figures need matplotlib (pip install 'graphprune[report]').</p>"
+    per_layer_backend = (report.get("backend") or {}).get("per_layer") or {}
+    name = (report.get("input") or {}).get("path", "")
+    target = (report.get("target") or {}).get("name")
+    title = f"graphprune {report.get('verb', 'compile')} report — {name}" + (f" → {target}" if target else "")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#1d2430}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccd;padding:3px 8px;font-size:13px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}figure{{display:inline-block;margin:1em}}img{{max-width:520px}}
-.note{{color:#666}}h1{{font-size:1.4em}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>backend: <b>{html.escape(str(backend.get('chosen', '')))}</b> — {html.escape(str(backend.get('reason', '')))}</p>
-<h2>Before / after</h2>{_table(rows, ['', 'before', 'after', 'ratio'])}
+    red = "".join(f"<p class='red'>{html.escape(r)}</p>" for r in report.get("red") or [])
+    raw = {k: v for k, v in report.items() if k != "layers"}
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="generator" content="{html.escape(str(report.get('schema', 'graphprune.report/')))}">
+<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>{_meta(report)}{red}
+<h2>Before / after</h2>{_before_after(report)}
 {''.join(f"<p><b>{html.escape(line)}</b></p>" for line in _verdicts(report))}
-<h2>Checks</h2>{_table(checks, ['check', 'result', 'detail'])}
+{_section('Checks', _checks(report))}
+{_section('Groups the plan changes', _groups(report))}
+{_section('Candidates', _candidates(report))}
 <h2>Figures</h2>{fig_html}
-{'<h2>Backend per layer</h2>' + _table([[k, v] for k, v in per_layer_backend.items()], ['layer', 'kernel']) if per_layer_backend else ''}
-<h2>Layers</h2>{_table(layer_rows, ['layer', 'op', 'width before', 'width after', 'MACs before', 'MACs after'])}
+{_section('Ops', _table([[r['op'], r['before'], r['after']] for r in report.get('ops') or []], ['op', 'before', 'after'])
+              if report.get('ops') else '')}
+{_section('Backend per layer', _table([[k, v] for k, v in per_layer_backend.items()], ['layer', 'kernel'])
+          if per_layer_backend else '')}
+{_section('Layers', _layers(report))}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
-<details><summary>report.json</summary><pre>{html.escape(json.dumps({k: v for k, v in report.items() if k != 'layers'}, indent=1, default=str))}</pre></details>
+<details><summary>report.json</summary><pre>{html.escape(json.dumps(raw, indent=1, default=str))}</pre></details>
 </body></html>"""

@@ -50,39 +50,116 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def markdown(report: dict) -> str:
-    b, a = report.get("before", {}), report.get("after", {})
-    lines = [f"# graphprune report: {Path(report['input']['path']).name} → {report['target']['name']}", "",
-             f"- command: `{' '.join(report['command'])}`",
-             f"- backend: **{report['backend']['chosen']}** — {report['backend']['reason']}",
-             f"- target: {report['target']['name']} ({report['target']['description']})"]
+def _title(report: dict) -> str:
+    name = Path((report.get("input") or {}).get("path", "")).name
+    target = (report.get("target") or {}).get("name")
+    return f"graphprune {report.get('verb', 'compile')} report: {name}" + (f" → {target}" if target else "")
+
+
+def _head_lines(report: dict) -> list[str]:
+    lines = [f"- schema: {report.get('schema', REPORT_SCHEMA)}", f"- command: `{' '.join(report.get('command') or [])}`"]
+    backend = report.get("backend")
+    if backend:
+        lines.append(f"- backend: **{backend['chosen']}** — {backend['reason']}")
+    target = report.get("target")
+    if target:
+        lines.append(f"- target: {target['name']} ({target['description']})")
     if report.get("input_shapes"):  # every figure below is taken at this shape
         from graphprune.input_shapes import InputShapes
 
         lines.append(f"- {InputShapes.from_json(report['input_shapes']).measured_at()}")
+    env = report.get("environment") or {}
+    if env:
+        pk = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
+        lines.append(f"- versions: graphprune {env.get('graphprune')}, python {env.get('python')}, {pk}")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    b, a = report.get("before", {}), report.get("after", {})
+    lines = [f"# {_title(report)}", ""] + _head_lines(report)
+    lines += [f"- **{r}**" for r in report.get("red") or []]
     lines += ["", "| | before | after | ratio |", "|---|---|---|---|"]
     for key, label in (("params", "params"), ("macs", "MACs"), ("bytes", "model bytes"),
-                       ("latency_ms", "latency (ms, median)")):
+                       ("latency_ms", "latency (ms, median)"), ("fidelity", "output fidelity")):
         bv, av = b.get(key), a.get(key)
+        if key == "fidelity" and bv is None and av is None:
+            continue
         ratio = f"{av / bv:.3f}" if isinstance(bv, (int, float)) and isinstance(av, (int, float)) and bv else ""
         cells = [_fmt(bv), _fmt(av)]
         if key == "latency_ms" and av is None and a.get("latency_note"):  # a cross target: never a blank
             cells = [f"{_fmt(bv)} (this machine)" if bv is not None else "", "not measured on the target (below)"]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
     lines += _verdict_lines(report)
-    checks = report.get("checks", {})
-    if checks:
-        lines += ["", "## Checks", ""]
-        for name, c in checks.items():
-            lines.append(f"- {name}: {'PASS' if c.get('ok') else 'FAIL' if c.get('ok') is False else 'skipped'}"
-                         f" — {c.get('summary', '')}")
-    lines += _sparsity_sections(report)
+    lines += _check_lines(report) + _group_lines(report) + _search_lines(report) + _op_lines(report)
+    lines += _sparsity_sections(report) + _layer_lines(report)
     notes = report.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "## Files", ""] + [f"- `{f['path']}` ({f['bytes']} B, sha256 {f['sha256'][:12]}…)"
-                                     for f in report.get("outputs", [])]
+    files = report.get("outputs") or []
+    if files:
+        lines += ["", "## Files", ""] + [f"- `{f['path']}` ({f['bytes']} B, sha256 {f['sha256'][:12]}…)"
+                                         for f in files]
     return "\n".join(lines) + "\n"
+
+
+def _check_lines(report: dict) -> list[str]:
+    checks = dict(report.get("checks") or {})
+    if not checks:
+        return []
+    lines = ["", "## Checks", ""]
+    for name, c in checks.items():
+        lines.append(f"- {name}: {'PASS' if c.get('ok') else 'FAIL' if c.get('ok') is False else 'skipped'}"
+                     f" — {c.get('summary', '')}" + (f" (inputs: {c['inputs']})" if c.get("inputs") else ""))
+    return lines
+
+
+def _group_lines(report: dict) -> list[str]:
+    groups = report.get("groups") or []
+    if not groups:
+        return []
+    lines = ["", "## Groups the plan changes (channels of each group's widest tensor axis)", "",
+             "| group | channels | removed | kept | parts (before→after) | note |", "|---|---|---|---|---|---|"]
+    for g in groups:
+        parts = " + ".join(f"{p['before']}→{p['after']}" for p in g.get("parts", [])) if len(g.get("parts", [])) > 1 \
+            else ""
+        lines.append(f"| {g['name']} | {g['channels']} | {g['removed']} | {g['kept']} | {parts} | "
+                     f"{g.get('not_multiple', '')} |")
+    return lines
+
+
+def _search_lines(report: dict) -> list[str]:
+    search = report.get("search")
+    if not search or not search.get("candidates"):
+        return []
+    lines = ["", "## Candidates (search)", "", "| candidate | score | latency (ms) | options | |", "|---|---|---|---|---|"]
+    for c in search["candidates"]:
+        opts = ", ".join(f"{k}={v}" for k, v in (c.get("options") or {}).items())
+        lines.append(f"| {c.get('name')} | {_fmt(c.get('score'))} | {_fmt(c.get('latency_ms'))} | {opts} | "
+                     f"{'chosen' if c.get('name') == search.get('chosen') else ''} |")
+    return lines
+
+
+def _op_lines(report: dict) -> list[str]:
+    ops = report.get("ops") or []
+    if not ops:
+        return []
+    return ["", "## Ops", "", "| op | before | after |", "|---|---|---|"] + \
+        [f"| {r['op']} | {r['before']} | {r['after']} |" for r in ops]
+
+
+def _layer_lines(report: dict) -> list[str]:
+    layers = report.get("layers") or []
+    if not layers:
+        return []
+    lines = ["", "## Layers", "", "| layer | op | width | MACs | latency (ms) |", "|---|---|---|---|---|"]
+    for r in layers:
+        after = "removed" if r.get("removed") else r.get("width_after")
+        lat = f"{_fmt(r.get('latency_ms_before'))} → {_fmt(r.get('latency_ms_after'))}" \
+            if r.get("latency_ms_before") is not None else ""
+        lines.append(f"| {r['name']} | {r['op']} | {r.get('width_before')} → {after} | "
+                     f"{r.get('macs_before')} → {r.get('macs_after')} | {lat} |")
+    return lines
 
 
 def _verdict_lines(report: dict) -> list[str]:
@@ -96,8 +173,8 @@ def _verdict_lines(report: dict) -> list[str]:
                                if (report.get("after") or {}).get("latency_note") else None)
     if line:
         lines.append(f"- {line if line.startswith('latency: ') else 'latency: ' + line}")
-    if report.get("accuracy"):
-        lines.append(f"- {report['accuracy']}")
+    if report.get("quality") or report.get("accuracy"):
+        lines.append(f"- {report.get('quality') or report['accuracy']}")
     return [""] + lines if lines else []
 
 
@@ -137,16 +214,64 @@ def _how_chosen(row: dict) -> str:
     return "measured" if row.get("measured") else "heuristic (no device to measure on)"
 
 
-def write_report(out_dir: Path, report: dict) -> None:
-    report = {"schema": REPORT_SCHEMA, **report}
-    out_dir = Path(out_dir)
-    files = []
-    for p in sorted(out_dir.rglob("*")):
-        if p.is_file() and p.name not in ("report.json", "report.md", "report.html") and not p.name.startswith("."):
-            files.append({"path": str(p.relative_to(out_dir)), "bytes": p.stat().st_size, "sha256": sha256_of(p)})
-    report["outputs"] = files
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_text_atomic(out_dir / "report.md", markdown(report))
+def _listing(folder: Path, names: list[str]) -> list[dict]:
+    return [{"path": n, "bytes": (folder / n).stat().st_size, "sha256": sha256_of(folder / n)}
+            for n in names if (folder / n).is_file()]
+
+
+def _write_three(paths: dict[str, Path], report: dict) -> None:
     from graphprune.report.html import render_html
 
-    write_text_atomic(out_dir / "report.html", render_html(report))
+    write_text_atomic(paths["json"], json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomic(paths["md"], markdown(report))
+    write_text_atomic(paths["html"], render_html(report))
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    """compile: report.json / .md / .html in its output folder, listing the folder's files."""
+    report = {"schema": REPORT_SCHEMA, **report}
+    out_dir = Path(out_dir)
+    names = [str(p.relative_to(out_dir)) for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.name not in ("report.json", "report.md", "report.html") and not p.name.startswith(".")]
+    report["outputs"] = _listing(out_dir, names)
+    _write_three({k: out_dir / f"report.{k}" for k in ("json", "md", "html")}, report)
+
+
+# ---- a report beside a model (prune, check, inspect --report) --------------------------------
+
+MARK = "graphprune.report/"  # in every report file: a file without it is the user's, never replaced
+
+
+def report_paths(model_out: Path) -> dict[str, Path]:
+    """small.onnx -> small.report.json / .md / .html"""
+    model_out = Path(model_out)
+    stem = model_out.name.removesuffix(".onnx")
+    return {k: model_out.with_name(f"{stem}.report.{k}") for k in ("json", "md", "html")}
+
+
+def check_report_paths(model_out: Path, inputs: list[tuple[str, str]]) -> dict[str, Path]:
+    """Before any work: the report files land on no input (graphprune.outputs.check_paths)
+    and replace no file that graphprune did not write (an existing file must carry the
+    report schema's mark)."""
+    from graphprune import outputs
+    from graphprune.errors import UsageError
+
+    paths = report_paths(model_out)
+    outputs.check_paths(inputs, files=[(f"report ({k})", p) for k, p in paths.items()])
+    for p in paths.values():
+        if p.exists() and MARK not in p.read_text(errors="replace")[:4096]:
+            raise UsageError(f"{p} exists and was not written by graphprune; it is never replaced",
+                             hint="move it away, or choose another -o")
+    return paths
+
+
+def write_beside(model_out: Path, report: dict) -> Path:
+    """Write `<model>.report.{json,md,html}` beside `model_out`; returns the .html path.
+    The model and plan written by the run are listed with their digests."""
+    report = {"schema": REPORT_SCHEMA, **report}
+    paths = report_paths(model_out)
+    folder = Path(model_out).parent
+    names = [Path(p).name for p in (report.get("output") or {}).values() if p]
+    report["outputs"] = _listing(folder, names)
+    _write_three(paths, report)
+    return paths["html"]

@@ -1,0 +1,169 @@
+"""The content of a report (schema graphprune.report/1, docs/report-schema.md), built from
+what a run already has: the prune outcome (shapes, costs, plan, oracle, allocation,
+fidelity, search), the input model, and the verb's own figures. Nothing here decides or
+measures anything the run did not, except ORT's per-node profile (graphprune.report.profile).
+
+Sections shared by every verb are built by `sections`; `prune_report`, `check_report` and
+`inspect_report` add their verb's own; compile adds its own in graphprune.workflow.compile.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+
+def op_counts(model) -> dict[str, int]:
+    return dict(Counter((n.domain + "::" if n.domain else "") + n.op_type for n in model.graph).most_common())
+
+
+def op_table(before, after) -> list[dict]:
+    """One row per op type of either model: count before and after."""
+    b, a = op_counts(before), op_counts(after) if after is not None else {}
+    return [{"op": op, "before": b.get(op, 0), "after": a.get(op, 0)} for op in list(b) + [k for k in a if k not in b]]
+
+
+def sensitivity(allocation: dict | None) -> dict[str, list[list[float]]]:
+    """Per group: [[ratio removed, output error], ...] (allocation driver's sweeps), or {}."""
+    curves = (allocation or {}).get("sensitivity") or {}
+    return {name: [[float(r), float(e)] for r, e in zip(c.get("ratios", []), c.get("error", []), strict=False)]
+            for name, c in curves.items()}
+
+
+def search_section(search) -> dict | None:
+    """The candidate search (outcome.search, when one ran): candidates and the chosen one."""
+    if not search:
+        return None
+    if not isinstance(search, dict):
+        search = getattr(search, "__dict__", {"candidates": []})
+    cands = []
+    for c in search.get("candidates") or []:
+        c = dict(c) if isinstance(c, dict) else dict(getattr(c, "__dict__", {}))
+        cands.append(c)
+    chosen = search.get("chosen")
+    if isinstance(chosen, dict):
+        chosen = chosen.get("name")
+    return {**{k: v for k, v in search.items() if k not in ("candidates", "chosen")},
+            "candidates": cands, "chosen": chosen}
+
+
+def add_layer_latency(layers: list[dict], profile: dict) -> list[dict]:
+    """The per-node profile on the layer rows (latency_ms_before / _after, None when the
+    node has no kernel of its own)."""
+    b, a = profile.get("before") or {}, profile.get("after") or {}
+    for r in layers:
+        r["latency_ms_before"] = b.get(r["name"])
+        r["latency_ms_after"] = a.get(r["name"]) if not r.get("removed") else None
+    return layers
+
+
+def group_rows(dg, plan, round_to: int) -> list[dict]:
+    """Groups the plan changes, widths from graphprune.report.widths (what dry-run and
+    inspect show), with why a width is not a multiple of round_to."""
+    from graphprune.report.widths import plan_widths
+
+    rows = []
+    for w in plan_widths(dg, plan):
+        row = w.to_json()
+        why = w.why_not_multiple(round_to)
+        if why:
+            row["not_multiple"] = why
+        rows.append(row)
+    return rows
+
+
+def oracle_section(res, shapes) -> dict | None:
+    if res is None:
+        return None
+    return {"ok": bool(res.ok), "summary": res.summary(), "inputs": shapes.describe() if shapes is not None else None,
+            "runs": getattr(res, "runs", None)}
+
+
+def quality_line(fidelity: dict | None, max_drop, accuracy: str | None) -> str | None:
+    if fidelity:
+        return (f"quality: mean output cosine {fidelity['mean_cosine']:.4f} on calibration data (drop "
+                f"{fidelity['drop']:.4f}" + (f", max {max_drop:g}" if max_drop is not None else "") + ")")
+    return accuracy
+
+
+def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, max_drop=None) -> dict:
+    """What every verb's report shows of a prune outcome: shapes, op counts, per-layer
+    widths and MACs, group widths, sensitivity curves, search, oracle, quality.
+    `accuracy`: workflow.verdicts.accuracy_line of the run (the caller's: the report
+    package does not import the workflow, which imports it)."""
+    from graphprune.report.layers import compare_layers
+
+    shapes = outcome.shapes
+    at = shapes.shapes if shapes is not None else None
+    plan = outcome.plan
+    out = {
+        "input_shapes": shapes.to_json() if shapes is not None else None,
+        "ops": op_table(before_model, outcome.model),
+        "layers": compare_layers(before_model, outcome.model, at),
+        "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
+        "groups": group_rows(_analysis(before_model), plan, round_to),
+        "sensitivity": sensitivity(outcome.state.allocation),
+        "search": search_section(getattr(outcome, "search", None)),
+        "oracle": oracle_section(outcome.oracle, shapes),
+        "fidelity": outcome.fidelity,
+        "accuracy": accuracy,
+        "quality": quality_line(outcome.fidelity, max_drop, accuracy),
+    }
+    return out
+
+
+def _analysis(model):
+    from graphprune.analysis.dependency import DependencyGraph
+
+    return DependencyGraph(model)
+
+
+def red_lines(report: dict, max_drop=None) -> list[str]:
+    """Lines in red: the result is slower or worse than asked."""
+    red = []
+    lat = report.get("latency") or {}
+    if lat.get("not_faster"):
+        red.append(lat["line"])
+    fid = report.get("fidelity")
+    if fid and max_drop is not None and fid.get("drop", 0) > max_drop:
+        red.append(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {max_drop:g}")
+    return red
+
+
+def prune_report(outcome, *, argv: list[str], latency: dict, accuracy: str | None, profile: bool = True,
+                 round_to: int = 1, max_drop=None, input_shapes: dict | None = None) -> dict:
+    """The report of `graphprune prune` (written beside the model by writer.write_beside).
+    `latency`: workflow.verdicts.latency_verdict of the input and the written model in
+    ONNX Runtime at the run's shapes ({} when not measured)."""
+    from graphprune.frontends.onnx import load_onnx
+    from graphprune.plan import file_sha256
+    from graphprune.report.profile import profile_pair
+    from graphprune.report.writer import REPORT_SCHEMA, environment
+
+    src = Path(outcome.source)
+    before_model = load_onnx(src, input_shapes=input_shapes)  # as the run loaded it
+    rep = {"schema": REPORT_SCHEMA, "verb": "prune", "command": argv, "environment": environment(),
+           "input": {"path": str(src), "sha256": file_sha256(src)},
+           "output": {"model": str(outcome.out), "plan": str(outcome.plan_out)}}
+    rep.update(sections(before_model, outcome, accuracy=accuracy, round_to=round_to, max_drop=max_drop))
+    lat = latency
+    rep["before"] = {"params": outcome.before.params, "macs": outcome.before.macs, "bytes": int(outcome.before_nbytes),
+                     "latency_ms": lat.get("dense_ort_ms")}
+    rep["after"] = {"params": outcome.after.params, "macs": outcome.after.macs, "bytes": _nbytes(outcome.model),
+                    "latency_ms": lat.get("deployed_ms")}
+    if outcome.fidelity:
+        rep["before"]["fidelity"], rep["after"]["fidelity"] = 1.0, outcome.fidelity["mean_cosine"]
+    rep["latency"] = lat
+    if profile and outcome.out is not None:
+        rep["profile"] = profile_pair(src, outcome.out, outcome.shapes)
+        add_layer_latency(rep["layers"], rep["profile"])
+    if outcome.sparsity:
+        rep["sparsity"] = {k: round(r["sparsity"], 6) for k, r in outcome.sparsity["tensors"].items()}
+    rep["checks"] = {"oracle": rep["oracle"]} if rep.get("oracle") else {}
+    rep["red"] = red_lines(rep, max_drop)
+    return rep
+
+
+def _nbytes(model) -> int:
+    from graphprune.ir.serialize import model_nbytes
+
+    return model_nbytes(model)
