@@ -78,7 +78,9 @@ def _build_class():
             src = Path(model.model_path)
             proto, plan = prune_file(src, options(config))
             out = Path(resolve_onnx_path(output_model_path, src.name))
-            handler = model_proto_to_olive_model(proto, out, config)
+            # Olive wants its external-data keys as a dict (its docstring): those, not the whole config
+            external = {k: getattr(config, k) for k in get_external_data_config() if hasattr(config, k)}
+            handler = model_proto_to_olive_model(proto, out, external)
             plan_path = out.with_name(out.name.removesuffix(".onnx") + ".plan.json")
             plan.save(plan_path)
             # additional_files travel with the model through later passes into the output folder
