@@ -190,17 +190,33 @@ def specs_of_model(model) -> list[InputSpec]:
 # two sizes of each: the representative shapes, and one set in which every dynamic dim has
 # another size. Batch (axis 0 of a rank >= 2 input) -> 2 (1 when it was 2); an image's
 # spatial dim s -> half of it rounded up to a multiple of 32 (at least 32; 320 -> 160,
-# 224 -> 128), else s + 32; any other dim s -> s // 2 (at least 1), else 2·s. Dims that
-# share a symbolic name change together (input_ids and attention_mask keep one length).
-# When the input model cannot run at a candidate the next is tried: both candidates with
-# every dim changed, then the batch alone, then the other dims alone.
+# 224 -> 128), else s + 32 (room to downsample); any other dim s -> s // 2 (at least 1),
+# else 2·s. Dims that share a symbolic name are one dim (input_ids and attention_mask keep
+# one length). The oracle tries every dim at its first, then its second candidate, then
+# dim by dim, keeping the changes the input model runs with.
 
 
 def _dynamic(d) -> bool:
     return not _static(d)
 
 
-def _other_size(size: int, attempt: int, *, batch: bool, spatial: bool) -> int:
+def _dim_key(spec: InputSpec, axis: int) -> str:
+    d = spec.shape[axis]
+    return d if isinstance(d, str) and d not in ("", "?") else f"{spec.name}[{axis}]"
+
+
+def dynamic_dims(specs: Iterable[InputSpec]) -> list[str]:
+    """The dynamic dims of `specs`, once each: a symbolic name, or 'x[2]' for an unnamed dim
+    (empty: a static model)."""
+    keys: dict[str, None] = {}
+    for s in specs:
+        for ax, d in enumerate(s.shape or []):
+            if _dynamic(d):
+                keys[_dim_key(s, ax)] = None
+    return list(keys)
+
+
+def _other_size(size: int, candidate: int, *, batch: bool, spatial: bool) -> int:
     if batch:
         return 1 if size == 2 else 2
     if spatial:
@@ -208,21 +224,16 @@ def _other_size(size: int, attempt: int, *, batch: bool, spatial: bool) -> int:
         options = [half if half != size else size + 32, size + 32]
     else:
         options = [max(1, size // 2) if size > 1 else 2, 2 * size]
-    return options[min(attempt, 1)]
+    return options[min(candidate, 1)]
 
 
-OTHER_SIZE_ATTEMPTS = (("all", 0), ("all", 1), ("batch", 0), ("rest", 0))
-
-
-def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, attempt: int = 0) -> InputShapes | None:
-    """`shapes` with every dynamic dim of `specs` at another size (see above); `attempt`
-    indexes OTHER_SIZE_ATTEMPTS. None when no dim is dynamic, the attempts are used up, or
-    this attempt changes nothing."""
-    if attempt >= len(OTHER_SIZE_ATTEMPTS):
-        return None
-    which, k = OTHER_SIZE_ATTEMPTS[attempt]
+def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, choice: Mapping[str, int] | int = 0
+                ) -> InputShapes | None:
+    """`shapes` with dynamic dims of `specs` at another size (see above). `choice`: which
+    candidate (0 or 1) for every dynamic dim, or {dim (as `dynamic_dims` names it):
+    candidate} for some of them. None when that changes nothing."""
     out = InputShapes()
-    chosen: dict = {}  # symbolic dim name -> its new size (shared names change together)
+    chosen: dict[str, int] = {}  # dim -> its new size: a shared name changes everywhere alike
     changed = False
     for spec in specs:
         base = shapes.shapes.get(spec.name)
@@ -230,32 +241,22 @@ def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, attempt: int = 
             continue
         new = list(base)
         layout = _image_layout(spec)
-        spatial_axes = set(layout[1:]) if layout else set()
         for ax, d in enumerate(spec.shape or []):
             if ax >= len(new) or not _dynamic(d) or (layout and ax == layout[0]):
                 continue
-            batch = ax == 0 and len(new) >= 2
-            if (which == "batch" and not batch) or (which == "rest" and batch):
+            key = _dim_key(spec, ax)
+            candidate = choice if isinstance(choice, int) else choice.get(key)
+            if candidate is None:
                 continue
-            named = isinstance(d, str) and d not in ("", "?")
-            key = (d, new[ax]) if named else None
-            if key is not None and key in chosen:
-                new[ax] = chosen[key]
-            else:
-                size = _other_size(int(new[ax]), k, batch=batch, spatial=ax in spatial_axes)
-                if key is not None:
-                    chosen[key] = size
-                new[ax] = size
+            if key not in chosen:
+                chosen[key] = _other_size(int(new[ax]), candidate, batch=ax == 0 and len(new) >= 2,
+                                          spatial=layout is not None and ax in layout[1:])
+            new[ax] = chosen[key]
             changed |= new[ax] != base[ax]
         out.shapes[spec.name] = tuple(new)
-        out.sources[spec.name] = "other size of the dynamic dims" if tuple(new) != tuple(base) else \
+        out.sources[spec.name] = "another size of the dynamic dims" if tuple(new) != tuple(base) else \
             shapes.sources.get(spec.name, "")
     return out if changed else None
-
-
-def dynamic_dims(specs: Iterable[InputSpec]) -> list[str]:
-    """'x[0]', 'x[3]', ... for every dynamic dim of `specs` (empty: a static model)."""
-    return [f"{s.name}[{ax}]" for s in specs for ax, d in enumerate(s.shape or []) if _dynamic(d)]
 
 
 # ---- analysis at the representative shape, model kept dynamic ----------------------------------

@@ -140,7 +140,12 @@ def test_default_falls_back_to_a_size_the_model_runs():
     m = gp.load(make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", ["N", 3, "W", 8])],
                            {"w": np.ones((64, 8), np.float32)}, check=False).SerializeToString(), fold=False)
     res = oracle.check(m, m, Plan([], []), n_random=1)
-    assert res.ok and res.runs == 1
+    # and at another size of each dynamic dim it runs at: N and W change, H stays 64 (32 and
+    # 96 do not run in the input model either: a note, not a failure)
+    assert res.ok and res.runs == 2
+    assert [s.shapes["x"] for s in res.sizes] == [(1, 3, 64, 256), (2, 3, 64, 128)]
+    assert res.shapes.note.startswith("H checked at one size only")
+    assert "1×3×64×256 (default for image inputs), 2×3×64×128" in res.shapes.describe()
 
 
 def _save(model, path):
@@ -191,3 +196,102 @@ def test_large_model_paths_share_the_judgement(path, tmp_path, monkeypatch):
     refused = run(_tiny_output_model(1e-9), _tiny_output_model(3e-9))
     assert not refused.ok and refused.refused
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if path == "big" else ["a.onnx", "b.onnx"])
+
+
+# ---- issue 13 §1: two sizes of every dynamic dim ----------------------------------------------
+
+def _conv_then(extra_nodes, extra_inits=None, out="y"):
+    """x:[N,3,H,W] (dynamic) -> 3x3 Conv (3->4) -> `extra_nodes` (reading "c", making `out`)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]), *extra_nodes]
+    inits = {"w1": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
+             **(extra_inits or {})}
+    return gp.load(make_model(nodes, [("x", ["N", 3, "H", "W"])], [(out, ["N", 4, "H", "W"])], inits,
+                              check=False).SerializeToString(), fold=False)
+
+
+def _right_only_at_width(width: int):
+    """Equal to `_conv_then([Identity])` at W == `width` only: past column `width` the output
+    is zeroed (the Slice from `width` on is empty at that width)."""
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    return _conv_then([helper.make_node("Slice", ["c", "z", "wd", "ax"], ["left"]),
+                       helper.make_node("Slice", ["c", "wd", "big", "ax"], ["right"]),
+                       helper.make_node("Mul", ["right", "zero"], ["gone"]),
+                       helper.make_node("Concat", ["left", "gone"], ["y"], axis=3)],
+                      {"z": i64(0), "wd": i64(width), "big": i64(1 << 30), "ax": i64(3),
+                       "zero": np.zeros((), np.float32)})
+
+
+@pytest.mark.parametrize("path", ["check", "big", "files"])
+def test_a_model_right_at_one_width_only_fails(path, tmp_path, monkeypatch):
+    """The written model keeps its dynamic dims, so the oracle runs at a second size of each:
+    a pruned model that is right only at the representative width FAILs (all three paths)."""
+    import graphprune.ir.serialize as serialize
+
+    ref = _conv_then([helper.make_node("Identity", ["c"], ["y"])])
+    bad = _right_only_at_width(24)
+
+    def run(a, b):
+        if path == "check":
+            return oracle.check(a, b, Plan([], []), n_random=2, shapes={"x": [1, 3, 16, 24]})
+        if path == "big":
+            monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+            return oracle.check(a, b, Plan([], []), n_random=2, shapes={"x": [1, 3, 16, 24]})
+        pa, pb = _save(a, tmp_path / "a.onnx"), _save(b, tmp_path / "b.onnx")
+        return oracle.check_files(pa, pb, Plan([], []), n_random=2, shapes={"x": [1, 3, 16, 24]})
+
+    res = run(ref, bad)
+    assert not res.ok and res.runs == 3, res.summary()  # the two sets at 1x3x16x24 pass; the third fails
+    assert [s.shapes["x"] for s in res.sizes] == [(1, 3, 16, 24), (2, 3, 32, 32)]
+    assert "1×3×16×24 (--input-shape), 2×3×32×32 (another size of the dynamic dims)" in res.shapes.describe()
+    good = run(ref, _conv_then([helper.make_node("Identity", ["c"], ["y"])]))
+    assert good.ok and good.runs == 3 and good.sizes[1].shapes["x"] == (2, 3, 32, 32)
+
+
+def test_at_the_representative_width_alone_the_same_model_passes():
+    """What the second size adds: the one-width model is indistinguishable at that width."""
+    ref = _conv_then([helper.make_node("Identity", ["c"], ["y"])])
+    res = oracle.check(ref, _right_only_at_width(24), Plan([], []), n_random=2,
+                       inputs=[{"x": np.random.default_rng(5).standard_normal((1, 3, 16, 24)).astype(np.float32)}])
+    assert not res.ok  # inputs given and random sets: the random sets add the second size
+    res = oracle.check(ref, _right_only_at_width(24), Plan([], []), n_random=0,
+                       inputs=[{"x": np.random.default_rng(5).standard_normal((1, 3, 16, 24)).astype(np.float32)}])
+    assert res.ok and res.sizes == []
+
+
+def test_a_pruned_model_that_cannot_run_at_the_other_size_fails():
+    """A constant that broadcasts at one width only: the input model runs at 2x3x32x32, the
+    'pruned' one does not — a FAIL that says where, not a crash."""
+    ref = _conv_then([helper.make_node("Identity", ["c"], ["y"])])
+    bad = _conv_then([helper.make_node("Add", ["c", "row"], ["y"])], {"row": np.zeros((1, 1, 1, 24), np.float32)})
+    res = oracle.check(ref, bad, Plan([], []), n_random=1, shapes={"x": [1, 3, 16, 24]})
+    assert not res.ok and "does not run at x:2x3x32x32" in res.summary(), res.summary()
+    assert any(not d.ok for d in res.diffs)
+
+
+def test_an_input_model_that_runs_at_one_width_only_is_a_note_not_a_failure():
+    """The input model itself needs W == 24 (the same constant): checked at the sizes it runs
+    at (batch 2, another H), W at one size only, and said so."""
+    m = _conv_then([helper.make_node("Add", ["c", "row"], ["y"])], {"row": np.ones((1, 1, 1, 24), np.float32)})
+    res = oracle.check(m, m, Plan([], []), n_random=1, shapes={"x": [1, 3, 16, 24]})
+    assert res.ok and res.runs == 2
+    assert res.sizes[1].shapes["x"] == (2, 3, 32, 24)
+    assert res.shapes.note.startswith("W checked at one size only")
+
+
+def test_a_static_model_is_checked_at_its_one_size():
+    res = oracle.check(_tiny_output_model(1.0), _tiny_output_model(1.0), Plan([], []), n_random=2)
+    assert res.ok and res.runs == 2 and len(res.sizes) == 1 and res.shapes.note is None
+
+
+def test_other_sizes_change_every_dynamic_dim_and_shared_names_together():
+    from graphprune.input_shapes import InputSpec, dynamic_dims, other_sizes, resolve
+
+    specs = [InputSpec("ids", ["B", "T"], floating=False), InputSpec("mask", ["B", "T"], floating=False),
+             InputSpec("img", ["N", 3, 48, "W"]), InputSpec("fixed", [2, 5])]
+    rep = resolve(specs, user={"img": [1, 3, 48, 320]})
+    assert dynamic_dims(specs) == ["B", "T", "N", "W"]
+    other = other_sizes(specs, rep)
+    assert other.shapes == {"ids": (2, 16), "mask": (2, 16), "img": (2, 3, 48, 160), "fixed": (2, 5)}
+    assert other_sizes(specs, rep, 1).shapes["img"] == (2, 3, 48, 352)
+    assert other_sizes(specs, rep, {"T": 0}).shapes == {**rep.shapes, "ids": (1, 16), "mask": (1, 16)}
+    assert other_sizes([InputSpec("fixed", [2, 5])], resolve([InputSpec("fixed", [2, 5])])) is None

@@ -2,7 +2,12 @@
 
 `masked_original` zeroes every slice the plan lists in the *input* model (as read from
 disk, before any normalisation); `check` runs both in ONNX Runtime on random and/or
-given inputs and compares outputs with a tolerance relative to each output's scale.
+given inputs and compares outputs with a tolerance relative to each output's scale. A model with dynamic
+dims is checked at two sizes of each: the representative shapes, and one more input set in
+which every dynamic dim has another size (`input_shapes.other_sizes`: batch 2, half the
+width ...), since the pruned model is written with those dims dynamic. When the input model
+itself cannot run at another size, that is recorded as a note (checked at one size only),
+not a failure; when the pruned model cannot run where the input model does, that FAILs.
 
 An output made by a saturating op (Softmax, Sigmoid, Tanh, HardSigmoid) is also judged on
 that op's input: a model pruned hard (before repair) can have logits of 1e4 and more, where
@@ -21,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import FrontendError, PlanError, VerificationError
+from graphprune.input_shapes import InputShapes
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.plan import Plan, check_slice
 from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
@@ -92,13 +98,46 @@ class OutputDiff:
 
 
 @dataclass
+class OracleShapes(InputShapes):
+    """The shapes the oracle's random sets were made at: the representative ones (this
+    InputShapes), `other`: another size of every dynamic dim when one was run, `note`: why
+    not when the input model runs at no other size."""
+
+    other: InputShapes | None = None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """'x: 1×3×48×320 (--input-shape), 2×3×48×160 (another size of the dynamic dims)'."""
+        def dims(s) -> str:
+            return "×".join(str(d) for d in s)
+
+        parts = []
+        for n, s in self.shapes.items():
+            text = f"{n}: {dims(s)} ({self.sources[n]})"
+            if self.other is not None and tuple(self.other.shapes.get(n, s)) != tuple(s):
+                text += f", {dims(self.other.shapes[n])} (another size of the dynamic dims)"
+            parts.append(text)
+        text = ("; " if self.other is not None and len(parts) > 1 else ", ").join(parts)
+        return text + (f" [{self.note}]" if self.note else "")
+
+
+@dataclass
 class OracleResult:
     ok: bool
     diffs: list[OutputDiff] = field(default_factory=list)
     runs: int = 0
     refused: str | None = None  # why nothing was really compared (no input sets, outputs below the floor)
-    shapes: object = None  # InputShapes of the random input sets (None: given inputs only)
+    shapes: object = None  # OracleShapes of the random input sets (None: given inputs only)
     unpaired: str | None = None  # the pruned model records another plan's digest: never a PASS
+    error: str | None = None  # the pruned model failed to run where the input model runs
+
+    @property
+    def sizes(self) -> list:
+        """The InputShapes the random sets were made at: the representative ones, then the
+        other size of the dynamic dims when one was run."""
+        if self.shapes is None:
+            return []
+        return [self.shapes] + ([self.shapes.other] if getattr(self.shapes, "other", None) is not None else [])
 
     @property
     def worst_relative(self) -> float:
@@ -107,6 +146,8 @@ class OracleResult:
     def summary(self) -> str:
         if self.refused:
             return f"oracle FAIL (nothing compared): {self.refused}"
+        if self.error:
+            return f"oracle FAIL: {self.error}"
         if self.unpaired:
             agree = "differ too" if any(not d.ok for d in self.diffs) else "agree"
             return (f"oracle FAIL: {self.unpaired}; the outputs {agree} (worst error {self.worst_relative:.2e} "
@@ -156,7 +197,8 @@ class _Judge:
         self.worst: dict[str, OutputDiff] = {}
         self.runs = 0
         self.signal = False  # some compared value was above the floor, or exact (non-float)
-        self.shapes = None   # InputShapes of the random sets, for the refusal message
+        self.shapes = None   # OracleShapes of the random sets, for the refusal message
+        self.error: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -185,9 +227,16 @@ class _Judge:
                 self.worst[d.name] = d
         self.runs += 1
 
+    def crashed(self, message: str) -> None:
+        """The pruned model could not be run on an input set the input model ran: a FAIL."""
+        self.error = message
+        for name in self.names:
+            self.worst[name] = OutputDiff(name, float("inf"), 0.0, False)
+
     def result(self) -> OracleResult:
         diffs = list(self.worst.values())
-        res = OracleResult(ok=all(d.ok for d in diffs), diffs=diffs, runs=self.runs, shapes=self.shapes)
+        res = OracleResult(ok=all(d.ok for d in diffs) and self.error is None, diffs=diffs, runs=self.runs,
+                           shapes=self.shapes, error=self.error)
         where = f" at inputs {self.shapes.short()}" if self.shapes is not None else ""
         if self.runs == 0:
             res.ok, res.refused = False, "no input sets (give --inputs, or --random N with N >= 1)"
@@ -249,15 +298,81 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
         judge.add(_run_ref(s_ref, feeds), s_new.run(None, feeds))
         if judge.failed:
             break
+    if n_random > 0 and not judge.failed:
+        other_ref = _pick_other_size(s_ref, judge.shapes, seed + n_random)
+        if other_ref is not None:
+            _judge_other_size(judge, s_new, random_inputs(s_ref, seed + n_random, shapes=judge.shapes.other),
+                              other_ref)
     return judge.result()
 
 
-def _oracle_shapes(sess, shapes, calib, dims, dim_value):
-    from graphprune.input_shapes import InputShapes
+def _pick_other_size(s_ref, shapes, seed: int):
+    """Find another size of every dynamic dim that the input model (`s_ref`, masked) runs
+    at (`input_shapes.other_sizes`): all dims at their first, then their second candidate,
+    else dim by dim, keeping what runs. Record it on `shapes` (an OracleShapes: `other`,
+    and `note` for dims checked at one size only) and return the input model's outputs
+    there, or None (a static model, or nothing ran)."""
+    from graphprune.input_shapes import dynamic_dims, other_sizes, specs_of_session
 
-    if isinstance(shapes, InputShapes):
-        return shapes
-    return representative_shapes(sess, user=shapes, calib=calib, dims=dims, dim_value=dim_value)
+    specs = specs_of_session(s_ref)
+    dims = dynamic_dims(specs)
+    if not dims:
+        return None
+    tried: dict = {}  # InputShapes.short() -> outputs, or the reason it did not run
+
+    def run(choice):
+        other = other_sizes(specs, shapes, choice)
+        if other is None:
+            return None, None
+        key = other.short()
+        if key not in tried:
+            try:
+                ref = s_ref.run(None, random_inputs(s_ref, seed, shapes=other))
+                ok = all(np.all(np.isfinite(r)) for r in ref if np.asarray(r).dtype.kind == "f")
+                tried[key] = ref if ok else "NaN/Inf outputs"
+            except Exception as exc:  # the input model's own limit at that size, not a pruning failure
+                tried[key] = _first_line(exc)
+        got = tried[key]
+        return (other, got) if not isinstance(got, str) else (None, None)
+
+    for candidate in (0, 1):
+        other, ref = run(candidate)
+        if other is not None:
+            shapes.other = other
+            return ref
+    accepted: dict = {}
+    best = (None, None)
+    for dim in dims:  # dim by dim: keep each change the input model runs with
+        for candidate in (0, 1):
+            other, ref = run({**accepted, dim: candidate})
+            if other is not None:
+                accepted[dim] = candidate
+                best = (other, ref)
+                break
+    fixed = [d for d in dims if d not in accepted]
+    why = next((v for v in reversed(tried.values()) if isinstance(v, str)), "")[:200]
+    if fixed:
+        shapes.note = (f"{', '.join(fixed)} checked at one size only: the input model does not run at other sizes "
+                       f"of {'it' if len(fixed) == 1 else 'them'} either ({why})")
+        log.info("oracle: %s", shapes.note)
+    shapes.other = best[0]
+    return best[1]
+
+
+def _judge_other_size(judge: _Judge, s_new, feeds: dict, ref: list) -> None:
+    try:
+        got = s_new.run(None, feeds)
+    except Exception as exc:
+        judge.crashed(f"the pruned model does not run at {judge.shapes.other.short()}, where the input model "
+                      f"does: {_first_line(exc)}")
+        return
+    judge.add(ref, got)
+
+
+def _oracle_shapes(sess, shapes, calib, dims, dim_value):
+    if not isinstance(shapes, InputShapes):
+        shapes = representative_shapes(sess, user=shapes, calib=calib, dims=dims, dim_value=dim_value)
+    return OracleShapes(dict(shapes.shapes), dict(shapes.sources))
 
 
 _SATURATING = ("Softmax", "Sigmoid", "Tanh", "HardSigmoid")
@@ -341,6 +456,7 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
     refs = [_run_ref(s_ref, feeds) for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes)]
+    other_ref = _pick_other_size(s_ref, judge.shapes, seed + n_random) if n_random > 0 else None
     input_meta = _InputsOf(s_ref)  # random_inputs needs only the input list, not the session
     del s_ref
     gc.collect()
@@ -349,6 +465,9 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
         judge.add(ref, s_new.run(None, feeds))
         if judge.failed:
             break
+    if other_ref is not None and not judge.failed:
+        _judge_other_size(judge, s_new, random_inputs(input_meta, seed + n_random, shapes=judge.shapes.other),
+                          other_ref)
     del s_new
     return judge.result()
 
