@@ -4,7 +4,8 @@
 # pull gigabytes of CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -c constraints.txt -e ".[test,torch,tvm,report,lint]"
+# olive: ~1 min, pulls pandas/optuna/SQLAlchemy/opentelemetry, no other torch (tests/torch/test_olive_adapter.py)
+python -m pip install -q -c constraints.txt -e ".[test,torch,tvm,report,lint,olive]"
 # Pretrained PP-OCR ONNX models ship inside this package; its own deps (OpenCV ...) are not needed.
 python -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
 # Cross compiler and emulator for the ARM backend tests (Debian packages), when we can install them.
