@@ -287,10 +287,10 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
     names = [o.name for o in masked.graph.outputs]
     logits = _saturated_outputs(masked, pruned)
     if logits:  # judged on the logits (module docstring): both models expose them
-        masked = _with_outputs(masked, logits.values())
-        pruned = _with_outputs(clone(pruned), logits.values())
-    s_ref = input_session(masked, what="the input model (with the plan's slices zeroed)")
-    s_new = _pruned_session(pruned)
+        masked = _with_outputs(masked, logits.values(), [])
+        pruned = _with_outputs(clone(pruned), logits.values(), [])
+    s_ref = input_session(_as_written(masked), what="the input model (with the plan's slices zeroed)")
+    s_new = _pruned_session(_as_written(pruned))
     judge = _Judge(names, logits, rtol)
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
@@ -397,12 +397,30 @@ def _saturated_outputs(ref: ir.Model, pruned: ir.Model) -> dict[str, str]:
     return found
 
 
-def _with_outputs(model: ir.Model, names) -> ir.Model:
-    """`model` (modified) with the named values as extra graph outputs."""
+def _with_outputs(model: ir.Model, names, saved: list | None = None) -> ir.Model:
+    """`model` (modified) with the named values as extra graph outputs, their shapes
+    cleared (appended to `saved` as (value, shape) for the caller to restore): a declared
+    output shape at the representative size is folded by ONNX Runtime into Shape ops,
+    which would make the model wrong at the oracle's other size."""
     values = {v.name: v for n in model.graph for v in n.outputs if v is not None}
     for name in names:
-        model.graph.outputs.append(values[name])
+        v = values[name]
+        if saved is not None:
+            saved.append((v, v.shape))
+        v.shape = None
+        model.graph.outputs.append(v)
     return model
+
+
+def _as_written(model: ir.Model) -> bytes:
+    """`model` serialised without its intermediate shapes, as `save_onnx` writes it: a model
+    analysed at the representative shape carries that shape's dims on them (analysis aids),
+    and ONNX Runtime folds static dims into constants — the oracle must run what is written."""
+    from graphprune.ir.serialize import to_proto
+
+    proto = to_proto(model)
+    del proto.graph.value_info[:]
+    return proto.SerializeToString()
 
 
 def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_random, seed, rtol, dim_value,
@@ -418,9 +436,10 @@ def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_ra
     masked_original(original, plan)
     logits = _saturated_outputs(original, pruned)
     names = [o.name for o in original.graph.outputs]
+    saved: list = []
     if logits:
-        _with_outputs(original, logits.values())
-        _with_outputs(pruned, logits.values())
+        _with_outputs(original, logits.values(), saved)
+        _with_outputs(pruned, logits.values(), saved)
     try:
         with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
             ref_path, new_path = Path(tmp) / "masked.onnx", Path(tmp) / "pruned.onnx"
@@ -430,9 +449,11 @@ def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_ra
                                                 n_random=n_random, seed=seed, rtol=rtol, shapes=shapes,
                                                 calib=calib, dims=dims, dim_value=dim_value)
     finally:
-        if logits:  # the callers' models get their outputs back
+        if logits:  # the callers' models get their outputs (and those values their shapes) back
             for m in (original, pruned):
                 del m.graph.outputs[len(names):]
+            for v, shape in saved:
+                v.shape = shape
 
 
 class _InputsOf:
