@@ -41,6 +41,22 @@ def _olive():
     except ImportError as exc:
         message, hint = _import_failure(exc)
         raise BackendUnavailableError(message, hint=hint) from None
+    except Exception as exc:  # noqa: BLE001 - a dependency that is installed but breaks on import
+        culprit = _importing_module(exc)
+        raise BackendUnavailableError(
+            f"olive-ai is installed but does not import: {culprit} failed ({type(exc).__name__}: {exc})",
+            hint=f"reinstall or remove {culprit}: pip install --force-reinstall {culprit}") from None
+
+
+def _importing_module(exc: BaseException) -> str:
+    """The top-level package whose module body was running when `exc` was raised (the
+    deepest module-level frame of the traceback): the dependency that broke."""
+    tb, name = exc.__traceback__, "olive"
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "<module>":
+            name = tb.tb_frame.f_globals.get("__name__") or name
+        tb = tb.tb_next
+    return name.split(".")[0]
 
 
 def _import_failure(exc: ImportError) -> tuple[str, str]:

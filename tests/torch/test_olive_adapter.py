@@ -71,6 +71,25 @@ def test_missing_dependency_of_olive_is_named(monkeypatch):
     assert "pip install olive-ai" not in info.value.hint.split("(")[0]
 
 
+def test_dependency_that_breaks_on_import_is_named(monkeypatch):
+    """Not an ImportError (a torchvision wheel built for another torch raises RuntimeError
+    while torchmetrics imports it): the error names the package whose module body failed."""
+    import graphprune.integrations.olive as adapter
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name.split(".")[0] == "olive":
+            code = compile("raise RuntimeError('operator brokendep::nms does not exist')", "brokendep/ops.py", "exec")
+            exec(code, {"__name__": "brokendep.ops"})
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(BackendUnavailableError) as info:
+        adapter.package_config()
+    assert "brokendep failed (RuntimeError" in str(info.value) and "brokendep" in info.value.hint
+
+
 def test_missing_olive_itself_says_olive_ai(monkeypatch):
     import graphprune.integrations.olive as adapter
 
