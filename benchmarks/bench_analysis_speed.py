@@ -30,6 +30,16 @@ and graphprune microseconds per ONNX node plus a log-log scaling exponent
 
 The pruned ONNX model of every depth is verified once with the oracle (gp.check).
 Results go to benchmarks/results/bench_analysis_speed.json.
+
+    python benchmarks/bench_analysis_speed.py --real [--models resnet50,llama8] [--repeats 3]
+
+measures real architectures instead (random weights: nothing is downloaded): torchvision
+resnet50 and mobilenet_v3_large (TorchScript export, weights inside the .onnx) and HF LLaMA
+(LlamaConfig hidden 64, 2/8/30 layers). Each repeat runs in a fresh subprocess:
+gp.load + gp.prune(ratio 0.3) + gp.save, end to end (load included), with peak RSS
+(VmHWM, or ru_maxrss off Linux, minus that of the same interpreter after its imports) divided by the model
+file's size; resnet50 is also timed against Torch-Pruning MagnitudePruner init+step on
+the torch module (in this process, interleaved). Results: results/bench_analysis_speed_real.json.
 """
 from __future__ import annotations
 
@@ -238,6 +248,159 @@ def _speedups(g: dict, t: dict) -> dict:
             "end_to_end_excl_load": t["init+step"] / g["prune"]}
 
 
+# ---------------------------------------------------------------------------
+# --real: torchvision and HF LLaMA models, end to end in a subprocess, peak RSS
+# ---------------------------------------------------------------------------
+
+REAL_MODELS = ("resnet50", "mobilenet_v3_large", "llama2", "llama8", "llama30")
+
+_CHILD = r"""
+import resource, sys, time
+import graphprune as gp, onnx, onnxruntime, onnx_ir, numpy  # noqa: F401  (imports out of the figure)
+import graphprune.analysis.dependency, graphprune.passes, graphprune.workflow  # noqa: F401
+def peak_kb():
+    # VmHWM: this process's own high-water mark. ru_maxrss keeps the parent's peak across
+    # fork+exec, so a child of a big benchmark process would report the parent's figure.
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kb()
+t0, c0 = time.perf_counter(), time.process_time()
+model = gp.load(sys.argv[1])
+t1 = time.perf_counter()
+rss_load = peak_kb()
+res = gp.prune(model, ratio=float(sys.argv[3]))
+gp.save(res.model, sys.argv[2])
+t2, c2 = time.perf_counter(), time.process_time()
+peak = peak_kb()
+print(base, rss_load, peak, t1 - t0, t2 - t0, c2 - c0, len(model.graph))
+"""
+
+
+def _torchvision_importable() -> None:
+    import types
+
+    # the CPU torch wheel lacks the ops torchvision's meta registrations refer to
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+
+
+def _torchvision():
+    _torchvision_importable()
+    import torchvision
+
+    return torchvision
+
+
+def export_real(name: str, root: Path):
+    """(path of the .onnx, torch module and example input for Torch-Pruning or None)."""
+    from tests.zoo.torch_models import export_onnx, randomize_batchnorm
+
+    path = root / f"{name}.onnx"
+    if name.startswith("llama"):
+        import tests.zoo.hf_models as hf
+        from transformers import LlamaConfig, LlamaModel
+
+        def make():
+            torch.manual_seed(0)
+            cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=int(name[len("llama"):]), num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=64, attn_implementation="eager")
+            return LlamaModel(cfg).eval(), "text"
+
+        hf.HF_ZOO["_bench_llama"] = make
+        try:
+            hf.export_hf("_bench_llama", str(path), dynamo=False)
+        finally:
+            hf.HF_ZOO.pop("_bench_llama", None)
+        return path, None, None
+    tv = _torchvision()
+    torch.manual_seed(0)
+    module = getattr(tv.models, name)(weights=None).eval()
+    randomize_batchnorm(module, torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    export_onnx(module, x, path, dynamo=False)
+    return path, module, x
+
+
+def measure_subprocess(path: Path, out: Path, ratio: float) -> dict:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(out), str(ratio)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode:
+        raise RuntimeError(f"child failed on {path}: {r.stderr[-2000:]}")
+    base, rss_load, peak, load_s, e2e_s, cpu_s, nodes = r.stdout.split()[-7:]
+    size = sum(f.stat().st_size for f in [path, *path.parent.glob(path.name + "*.data")])
+    kb = 1024 / size
+    return {"load_s": float(load_s), "e2e_s": float(e2e_s), "e2e_cpu_s": float(cpu_s), "nodes": int(nodes),
+            "file_bytes": size, "rss_load_x": (int(rss_load) - int(base)) * kb,
+            "rss_peak_x": (int(peak) - int(base)) * kb}
+
+
+def run_real(args) -> int:
+    _torchvision_importable()  # transformers imports torchvision when it is installed
+    names = [n for n in args.models.split(",") if n] if args.models else list(REAL_MODELS)
+    bad = [n for n in names if n not in REAL_MODELS]
+    if bad:
+        raise SystemExit(f"unknown model(s) {bad}; choose from {', '.join(REAL_MODELS)}")
+    try:
+        import torch_pruning  # noqa: F401
+        have_tp = True
+    except ImportError:
+        have_tp = False
+    tmp = tempfile.TemporaryDirectory(prefix="gp_bench_real_") if args.out is None else None
+    root = Path(args.out or tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
+    repeats = max(1, args.repeats)
+    rows = {}
+    for name in names:
+        print(f"[{name}] exporting ...", flush=True)
+        path, module, x = export_real(name, root)
+        gp_runs, tp_runs = [], []
+        for r in range(repeats):
+            gp_runs.append(measure_subprocess(path, root / f"{name}.small.onnx", args.ratio))
+            if have_tp and module is not None:
+                tp_runs.append(run_torch_pruning_module(module, x, args.ratio))
+            print(f"  repeat {r + 1}/{repeats}: load+prune+save {gp_runs[-1]['e2e_s']:.3f}s, "
+                  f"peak RSS {gp_runs[-1]['rss_peak_x']:.2f}x file"
+                  + (f", TP init+step {tp_runs[-1]:.3f}s" if tp_runs else ""), flush=True)
+        row = {k: median([g[k] for g in gp_runs]) for k in gp_runs[0]}
+        row["raw"] = gp_runs
+        if tp_runs:
+            row["tp_init_step_s"] = median(tp_runs)
+            row["tp_ratio"] = row["tp_init_step_s"] / row["e2e_s"]  # > 1: graphprune faster
+        rows[name] = row
+    print()
+    print(f"median of {repeats} fresh processes, ratio {args.ratio}; e2e = gp.load + gp.prune + gp.save")
+    print(table([[n, r["nodes"], f"{r['file_bytes'] / 1e6:.1f}", f"{r['load_s']:.3f}", f"{r['e2e_s']:.3f}",
+                  f"{r['rss_load_x']:.2f}", f"{r['rss_peak_x']:.2f}",
+                  f"{r['tp_ratio']:.2f}" if "tp_ratio" in r else "n/a"] for n, r in rows.items()],
+                ["model", "nodes", "file MB", "load s", "e2e s", "RSS load / file", "RSS peak / file",
+                 "TP init+step / gp e2e"]))
+    out = write_results(NAME + "_real" + (f"_{args.tag}" if args.tag else ""),
+                        {"config": {"models": names, "ratio": args.ratio, "repeats": repeats}, "models": rows})
+    print(f"\nwrote {out}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def run_torch_pruning_module(template: nn.Module, x: torch.Tensor, ratio: float) -> float:
+    """Torch-Pruning MagnitudePruner init + step on a fresh copy (the copy is not timed)."""
+    import torch_pruning as tp
+
+    m = copy.deepcopy(template)
+    head = [mod for mod in m.modules() if isinstance(mod, nn.Linear)][-1:]
+    gc.collect()
+    t = time.perf_counter()
+    pruner = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=ratio, ignored_layers=head)
+    pruner.step()
+    return time.perf_counter() - t
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", default="2,8,32", help="basic blocks per stage for 1x,4x,16x... (default 2,8,32)")
@@ -250,9 +413,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile of graphprune at the largest depth")
     ap.add_argument("--tag", default="", help="write results/<name>_<tag>.json instead of results/<name>.json")
     ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
+    ap.add_argument("--real", action="store_true", help="torchvision / HF LLaMA models end to end with peak RSS")
+    ap.add_argument("--models", default="", help=f"with --real: some of {','.join(REAL_MODELS)} (default all)")
     args = ap.parse_args(argv)
     _common.quiet_warnings()
     torch.set_num_threads(args.torch_threads)
+    if args.real:
+        return run_real(args)
 
     import graphprune as gp
     import torch_pruning as tp  # noqa: F401  (import cost out of the timings)
