@@ -183,6 +183,7 @@ def test_heuristic_without_a_device(tmp_path):
     path, _ = make_model(tmp_path / "m.onnx", "gemm", (16, 32), 32, 32, sparsity=0.9, block=(4, 4))
     new, table, notes = rewrite.rewrite_sparse(adapter.import_onnx(path), measure=None)
     assert table[0]["measured"] is False and table[0]["chosen"].startswith("bsr")
+    assert "ort_dense_ms" not in table[0]  # nothing measured on a device: no comparison either
     assert any("without measuring" in n for n in notes)
 
 
@@ -194,6 +195,9 @@ def test_measured_choice_on_this_machine(tmp_path):
     row = table[0]
     assert row["dense_ms"] > 0 and row["candidates"] and all(v > 0 for v in row["candidates"].values())
     assert row["chosen"] in ("dense", *row["candidates"])
+    # and against ONNX Runtime's dense kernel for the same layer, on this host (issue 13 §3)
+    chosen_ms = row["candidates"].get(row["chosen"], row["dense_ms"])
+    assert row["ort_dense_ms"] > 0 and row["speedup_vs_ort"] == pytest.approx(row["ort_dense_ms"] / chosen_ms, rel=0.02)
     x = np.random.default_rng(4).standard_normal((32, 64)).astype(np.float32)
     assert close(run_host(mod, x), ort_out(path, x))
 

@@ -1128,6 +1128,7 @@ def sparse_rewrite(mod, target, *, db_dir: str | Path | None = None, min_sparsit
     canon = canonical_target(target)
     cores = int(canon.get("num-cores") or 0) or (
         host_target()["num-cores"] if is_host_runnable(target) else DEFAULT_DEVICE_CORES)
+    ort_dense = None
     if measure == "auto":
         if rpc is not None:
             measure = _layer_timer(target, db_dir, repeats, rpc=rpc, cross_compiler=cross_compiler)
@@ -1135,5 +1136,10 @@ def sparse_rewrite(mod, target, *, db_dir: str | Path | None = None, min_sparsit
             measure = _layer_timer(target, db_dir, repeats)
         else:
             measure = None
+    if measure is not None and rpc is None and is_host_runnable(target):  # ORT's dense kernel, on the same host
+        from .kernels.ort_dense import ort_dense_ms
+
+        def ort_dense(layer):
+            return ort_dense_ms(layer, threads=cores)
     return rewrite.rewrite_sparse(mod, measure=measure, min_sparsity=min_sparsity, cores=cores,
-                                  log=log)
+                                  log=log, ort_dense=ort_dense)

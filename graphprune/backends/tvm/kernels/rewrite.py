@@ -353,9 +353,23 @@ def heuristic_choice(layer: _Layer, cands: list):
     return None
 
 
+def _against_ort(row: dict, layer: _Layer, best_ms: float, ort_dense, notes: list) -> None:
+    """The chosen kernel against ONNX Runtime's dense kernel for the layer (see rewrite_sparse)."""
+    try:
+        ort_ms = float(ort_dense(layer))
+    except Exception as e:  # noqa: BLE001 - the comparison is missing, the kernel choice stands
+        notes.append(f"{layer.name}: ONNX Runtime dense timing failed ({type(e).__name__}: {e})")
+        return
+    row["ort_dense_ms"] = round(ort_ms, 4)
+    row["speedup_vs_ort"] = round(ort_ms / best_ms, 3)
+
+
 def rewrite_sparse(mod, *, measure: Measure | None, min_sparsity: float = 0.5, cores: int = 4,
-                   log: Callable[[str], Any] = lambda s: None):
-    """-> (rewritten module, choice table, notes). See the module docstring."""
+                   log: Callable[[str], Any] = lambda s: None, ort_dense: Callable[[Any], float] | None = None):
+    """-> (rewritten module, choice table, notes). See the module docstring. `ort_dense`:
+    layer -> ONNX Runtime's dense latency of it in ms (`ort_dense.ort_dense_ms`, when the
+    layers are measured on this host): each measured row then also has `ort_dense_ms` and
+    `speedup_vs_ort` (ORT dense ms / the chosen kernel's ms) beside `speedup` (vs TVM dense)."""
 
     func = mod["main"]
     layers = _find_layers(func, min_sparsity, log)
@@ -406,11 +420,14 @@ def rewrite_sparse(mod, *, measure: Measure | None, min_sparsity: float = 0.5, c
             if best is not None:
                 row["chosen"] = best.name
                 row["speedup"] = round(dense_ms / best_ms, 3)
+            if ort_dense is not None:
+                _against_ort(row, layer, best_ms, ort_dense, notes)
         if best is not None:
             row["info"] = {k: v for k, v in best.info.items() if k != "sparsity"}
             chosen[layer.op_var] = (layer, best)
         log(f"tvm: sparse {layer.name} ({row['sparsity']:.0%} zeros): {row['chosen']}"
-            + (f" ({row['speedup']}x vs dense)" if row.get("speedup") not in (None, 1.0) else ""))
+            + (f" ({row['speedup']}x vs dense)" if row.get("speedup") not in (None, 1.0) else "")
+            + (f" ({row['speedup_vs_ort']}x vs ONNX Runtime dense)" if row.get("speedup_vs_ort") else ""))
         table.append(row)
     if not chosen:
         return mod, table, notes
