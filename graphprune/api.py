@@ -46,7 +46,11 @@ def save(model: ir.Model, path: str | os.PathLike) -> None:
 def analyze(model: ir.Model | str | os.PathLike, *, ignore: list[str] | None = None) -> DependencyGraph:
     """Dependency analysis: pruning groups, frozen groups and diagnostics. `model`: an
     ir.Model or a path to load."""
-    return DependencyGraph(_model(model, "analyze"), ignore=ignore)
+    from graphprune.analysis.dependency.graph import offer
+
+    dg = DependencyGraph(_model(model, "analyze"), ignore=ignore)
+    offer(dg)  # a prune of the unchanged model reuses it instead of analysing again
+    return dg
 
 
 @dataclass
@@ -74,6 +78,9 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
                         plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
                         blocks=list(blocks or []), check=False)
     outcome = run_prune(model, opts)
+    from graphprune.analysis.dependency.graph import withdraw
+
+    withdraw(model)  # an analysis from before the pruning would pin the old tensors
     model.metadata_props.pop(PLAN_KEY, None)  # an input's record of its own plan says nothing about this one
     return PruneResult(model=model, plan=outcome.plan, changed=outcome.changed)
 

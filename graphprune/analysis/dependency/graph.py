@@ -343,12 +343,44 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
+# model.meta key of an analysis offered for reuse (meta is never serialised)
+_OFFERED = "graphprune.dependency.offered"
+
+
+def _ignore_key(ignore) -> str:
+    if not ignore:
+        return "[]"
+    return repr([ignore] if isinstance(ignore, str) else list(ignore))
+
+
+def offer(dg: DependencyGraph) -> None:
+    """Let the next `DependencyGraph(dg.model, ignore=<same>)` return `dg` itself while the
+    model is unchanged (same mutation stamp): `graphprune.analyze` then `graphprune.prune`
+    analyse once. The graph is read-only after construction, so sharing it is safe."""
+    dg.model.meta[_OFFERED] = dg
+
+
+def withdraw(model: ir.Model) -> None:
+    """Drop an offered analysis (it pins the tensors of the model it was built on)."""
+    model.meta.pop(_OFFERED, None)
+
+
 class DependencyGraph:
     """Result of the dependency analysis of one model (valid until the model changes)."""
 
+    def __new__(cls, model: ir.Model | None = None, *, registry: RuleRegistry | None = None, ignore=None):
+        hit = model.meta.get(_OFFERED) if registry is None and isinstance(model, ir.Model) else None
+        if (hit is not None and type(hit) is cls and hit.model is model and hit.ignore_key == _ignore_key(ignore)
+                and hit.stamp == stamp(model)):
+            return hit  # __init__ sees it is built and returns at once
+        return super().__new__(cls)
+
     def __init__(self, model: ir.Model, *, registry: RuleRegistry | None = None,
                  ignore: list[str] | None = None):
+        if "stamp" in self.__dict__:
+            return  # an offered analysis, reused (see __new__)
         ignore_patterns = compile_patterns(ignore, "ignore")  # a bad regex fails before the analysis
+        self.ignore_key = _ignore_key(ignore)
         b = DependencyBuilder(model, registry or RULES)
         b.run()
         self.model = model
