@@ -17,3 +17,13 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || ! command -v qemu-aarch
     echo "note: no aarch64 cross compiler; ARM tests will skip"
   fi
 fi
+# Headless Chromium renders report.html in tests/report/test_browser.py (Debian package, ~1.5 min;
+# the test is skipped without it, except in CI).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+      >/dev/null 2>&1 || echo "note: could not install chromium; the report rendering test will skip"
+  else
+    echo "note: no chromium; the report rendering test will skip"
+  fi
+fi

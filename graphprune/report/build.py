@@ -166,4 +166,4 @@ def prune_report(outcome, *, argv: list[str], latency: dict, accuracy: str | Non
 def _nbytes(model) -> int:
     from graphprune.ir.serialize import model_nbytes
 
-    return model_nbytes(model)
+    return int(model_nbytes(model))

@@ -217,7 +217,7 @@ def render_html(report: dict) -> str:
     per_layer_backend = (report.get("backend") or {}).get("per_layer") or {}
     name = (report.get("input") or {}).get("path", "")
     target = (report.get("target") or {}).get("name")
-    title = f"graphprune {report.get('verb', 'compile')} report — {name}" + (f" → {target}" if target else "")
+    title = f"graphprune report — {name}" + (f" → {target}" if target else "") + f" ({report.get('verb', 'compile')})"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("notes", []))
     red = "".join(f"<p class='red'>{html.escape(r)}</p>" for r in report.get("red") or [])
     raw = {k: v for k, v in report.items() if k != "layers"}

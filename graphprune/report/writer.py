@@ -53,7 +53,7 @@ def _fmt(v) -> str:
 def _title(report: dict) -> str:
     name = Path((report.get("input") or {}).get("path", "")).name
     target = (report.get("target") or {}).get("name")
-    return f"graphprune {report.get('verb', 'compile')} report: {name}" + (f" → {target}" if target else "")
+    return f"graphprune report: {name}" + (f" → {target}" if target else "") + f" ({report.get('verb', 'compile')})"
 
 
 def _head_lines(report: dict) -> list[str]:
