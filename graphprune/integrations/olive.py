@@ -11,7 +11,12 @@
 Olive finds a pass type through its package config (module path per pass name), so the
 pass is usable in a workflow run with `package_config()` (Olive's own table plus this
 pass) — which `run_workflow` passes for you — or from the `olive run` CLI with
-``--package-config`` pointing at `write_package_config()`'s file.
+``--package-config`` pointing at `write_package_config()`'s file (``python -m
+graphprune.integrations.olive FILE``), or at examples/olive/packages.json (this pass only).
+
+The pass's options are generated from `graphprune.workflow.options.PruneOptions` (one per
+field; the `allocation` dict becomes one option per allocation.driver key), so the pass takes
+what `graphprune prune` takes; see `option_specs()` and examples/olive/config.json.
 
 The pass prunes the ONNX model Olive hands it exactly like `graphprune prune` does
 (same pass pipeline, same plan), checks the oracle before writing, and writes the plan

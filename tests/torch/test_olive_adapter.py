@@ -222,3 +222,13 @@ def test_example_config_runs_with_olive_run(samples_dir, tmp_path):
     assert model_cost(gp.load(out / "model.onnx")).macs <= 0.62 * model_cost(gp.load(samples_dir / "tiny_resnet.onnx")).macs
     settings = json.loads((out / "tiny_resnet.plan.json").read_text())["settings"]
     assert settings["target_macs"] == 0.6 and settings["repair"]
+
+
+def test_package_config_command(tmp_path, capsys):
+    from graphprune.integrations.olive import PASS_NAME, main, pass_entry
+
+    assert main([]) == 2 and "usage" in capsys.readouterr().err
+    _need_olive()
+    assert main([str(tmp_path / "pkg.json")]) == 0
+    passes = json.loads((tmp_path / "pkg.json").read_text())["passes"]
+    assert passes[PASS_NAME] == pass_entry() and "OnnxPeepholeOptimizer" in passes
