@@ -143,4 +143,4 @@ def print_report(rep: dict) -> None:
     if rep.get("accuracy"):
         print(rep["accuracy"])
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
-          f"{rep['backend']['chosen']}/)")
+          f"{rep['backend']['chosen']}/)\nreport: {rep['out_dir']}/report.html")

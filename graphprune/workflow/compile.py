@@ -262,6 +262,7 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     if "speedup" in c.latency:
         require_speedup(c.latency, c.opts.min_speedup)  # before anything is written
     report = _report(c, outcome, chosen, reason, argv)
+    _report_sections(report, c, outcome, stage)
     write_report(stage, report)
     return report
 
@@ -390,7 +391,7 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
         "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model,
                                  outcome.shapes.shapes if outcome.shapes is not None else None),
-        "checks": c.checks,
+        "checks": c.checks, "verb": "compile",
         "notes": c.notes,
         "latency": c.latency,
         "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or outcome.sparsity)),
@@ -401,6 +402,22 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         report["sparsity_tensors"] = res["tensors"]
         report["sparsity_skipped"] = res["skipped"]
     return report
+
+
+def _report_sections(report: dict, c: _Compile, outcome, stage: Path) -> None:
+    """What every verb's report shows (graphprune.report.build): op counts, group widths,
+    ORT per-layer latency, sensitivity curves, search, oracle, quality, red lines."""
+    from graphprune.frontends.onnx import load_onnx
+    from graphprune.report import build
+    from graphprune.report.profile import profile_pair
+
+    before_model = load_onnx(c.src, input_shapes=c.opts.input_shapes)
+    common = build.sections(before_model, outcome, accuracy=report["accuracy"],
+                            round_to=prune_options(c.opts, c.target).round_to, max_drop=c.opts.max_drop)
+    report.update({k: v for k, v in common.items() if k not in ("layers", "plan", "input_shapes")})
+    report["profile"] = profile_pair(c.src, stage / "model.pruned.onnx", outcome.shapes)
+    build.add_layer_latency(report["layers"], report["profile"])
+    report["red"] = build.red_lines(report, c.opts.max_drop)
 
 
 def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,
