@@ -6,9 +6,15 @@
 * detector: pages of text lines, probability map → boxes (threshold, connected
   components, DB-style unclip) → recall of the ground-truth line boxes at IoU ≥ 0.5;
 * classifier: text lines at 48×192, half of them rotated by 180° → accuracy.
+
+Held-out style for the recognizer (``shifted_set``): the same kind of random strings
+rendered in the DejaVu TrueType fonts (ExtraLight skipped: hair-thin strokes), with a
+random contrast / brightness change and Gaussian pixel noise — a style the calibration
+lines (Pillow's embedded font, clean) never show.
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 
@@ -20,6 +26,7 @@ MODELS = os.path.join(os.path.dirname(importlib.util.find_spec("rapidocr_onnxrun
 REC = "ch_PP-OCRv4_rec_infer.onnx"
 DET = "ch_PP-OCRv4_det_infer.onnx"
 CLS = "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+FONT_DIR = "/usr/share/fonts/truetype/dejavu"
 
 
 def _font(size: int):
@@ -32,10 +39,16 @@ def random_text(rng, lo=5, hi=12) -> str:
     return "".join(rng.choice(list(ALPHABET), int(rng.integers(lo, hi + 1))))
 
 
-def render_line(text: str, size: int):
+def shifted_fonts() -> list[str]:
+    """The TrueType fonts of the shifted set (fonts-dejavu-core / -extra), ExtraLight skipped."""
+    return sorted(f for f in glob.glob(os.path.join(FONT_DIR, "*.ttf")) if "ExtraLight" not in f)
+
+
+def render_line(text: str, size: int, font=None):
     from PIL import Image, ImageDraw
 
-    font = _font(size)
+    font = font or _font(size)
+    size = int(getattr(font, "size", size))
     probe = ImageDraw.Draw(Image.new("L", (8, 8)))
     x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font)
     pad = max(2, size // 6)
@@ -61,6 +74,26 @@ def rec_set(n: int, seed: int):
     texts = [random_text(rng) for _ in range(n)]
     x = np.stack([line_tensor(render_line(t, int(rng.integers(26, 40)))) for t in texts])
     return x, texts
+
+
+def shifted_set(n: int, seed: int):
+    """`n` lines in another style than `rec_set`: a random DejaVu font (24-39 px), contrast
+    ×0.6-1.0 and brightness ±30 grey levels around mid-grey, Gaussian noise σ = 8 grey levels."""
+    from PIL import Image, ImageFont
+
+    fonts = shifted_fonts()
+    if not fonts:
+        raise SystemExit(f"no DejaVu fonts in {FONT_DIR} (apt-get install fonts-dejavu-core fonts-dejavu-extra)")
+    rng = np.random.default_rng(seed)
+    texts = [random_text(rng) for _ in range(n)]
+    xs = []
+    for t in texts:
+        font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], int(rng.integers(24, 40)))
+        a = np.asarray(render_line(t, font.size, font), np.float32)
+        contrast, brightness = rng.uniform(0.6, 1.0), rng.uniform(-30, 30)
+        a = (a - 128.0) * contrast + 128.0 + brightness + rng.normal(0.0, 8.0, a.shape)
+        xs.append(line_tensor(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))))
+    return np.stack(xs), texts
 
 
 def characters(model_path: str) -> list[str]:

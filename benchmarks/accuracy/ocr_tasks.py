@@ -1,5 +1,9 @@
 """The three PP-OCR tasks of the accuracy table (data and metrics in ocr_data.py):
-evaluation data, calibration data (disjoint: other seeds) and the metric of a model."""
+evaluation data, calibration data (disjoint: other seeds) and the metric of a model.
+
+The defaults rows (issue 13) use `goal_calibration` and `goal_metrics`: for the recognizer,
+64 calibration lines of the default font at 3×48×320 and two held-out sets of 200 lines,
+in-domain (the calibration style) and shifted (other fonts, contrast, noise)."""
 from __future__ import annotations
 
 import os
@@ -51,12 +55,47 @@ class OcrTask:
                                         f"{len(cx)} rendered lines (half rotated)")
 
     def evaluate(self, model) -> float:
-        s = ort.session(model, threads=2)
+        return self._score(ort.session(model, threads=2), self.x, self.truth)
+
+    def _score(self, s, x, truth) -> float:
         if self.name == "rec":
-            p = np.concatenate([s.run(None, {"x": self.x[i:i + 16]})[0] for i in range(0, len(self.x), 16)])
-            return D.exact_match(D.ctc_greedy(p, self.chars), self.truth)
+            p = np.concatenate([s.run(None, {"x": x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+            return D.exact_match(D.ctc_greedy(p, self.chars), truth)
         if self.name == "det":
-            preds = [D.boxes_from_map(s.run(None, {"x": a})[0]) for a in self.x]
-            return D.det_recall(preds, self.truth)[0]
-        o = np.concatenate([s.run(None, {"x": self.x[i:i + 64]})[0] for i in range(0, len(self.x), 64)])
-        return float((o.argmax(1) == self.truth).mean())
+            preds = [D.boxes_from_map(s.run(None, {"x": a})[0]) for a in x]
+            return D.det_recall(preds, truth)[0]
+        o = np.concatenate([s.run(None, {"x": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+        return float((o.argmax(1) == truth).mean())
+
+    # ---- the defaults rows (issue 13) -------------------------------------------------------
+    GOAL_CALIB_LINES = 64  # rec: the issue's setup, 64 rendered lines at 3x48x320
+    HELDOUT_LINES = 200
+
+    def goal_calibration(self) -> Calibration:
+        """rec: 64 rendered lines of the default font (seed 100) at 3×48×320, batches of 8 (as
+        `--calib calib.npz` with the default --calib-batch 8 would give); det/cls: the grid's
+        data. A new object per call: nothing cached by one run reaches the next."""
+        if self.name != "rec":
+            return self.calibration(None, len(self.x) < 96)
+        cal = self.calibration(self.GOAL_CALIB_LINES)
+        cal.description = f"{self.GOAL_CALIB_LINES} rendered lines of the default font, 3x48x320"
+        return cal
+
+    def goal_sets(self) -> dict:
+        """name -> (inputs, truth). rec: 200 in-domain lines (seed 1) and 200 shifted lines
+        (DejaVu fonts, contrast/brightness, noise; seed 7); det/cls: the grid's evaluation set."""
+        if getattr(self, "_goal_sets", None) is None:
+            if self.name == "rec":
+                n = 16 if len(self.x) < 96 else self.HELDOUT_LINES  # --quick
+                self._goal_sets = {"in-domain": D.rec_set(n, seed=1), "shifted": D.shifted_set(n, seed=7)}
+            else:
+                self._goal_sets = {self.metric_name: (self.x, self.truth)}
+        return self._goal_sets
+
+    def goal_metrics(self, model) -> dict:
+        s = ort.session(model, threads=2)
+        return {k: self._score(s, x, t) for k, (x, t) in self.goal_sets().items()}
+
+    def goal_description(self) -> str:
+        return ", ".join(f"{k}: {len(t)} {'pages' if self.name == 'det' else 'lines'}"
+                         for k, (_, t) in self.goal_sets().items())

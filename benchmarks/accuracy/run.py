@@ -4,6 +4,8 @@
     python benchmarks/accuracy/run.py --models rec,cls --out /tmp/a   # a part ...
     python benchmarks/accuracy/run.py --merge /tmp/a /tmp/b          # ... and merge parts
     python benchmarks/accuracy/run.py --quick               # tiny sets, checks the script
+    python benchmarks/accuracy/run.py --rows defaults --models rec,minilm   # defaults rows only,
+                                                            # merged into results.json/md here
 
 Models: PP-OCRv4 recognizer (exact match), detector (line recall), orientation
 classifier (accuracy) on text rendered with Pillow (ocr_tasks.py); all-MiniLM-L6-v2
@@ -14,6 +16,14 @@ evaluated, repaired on calibration data disjoint from the evaluation data, and e
 again. Then one "best configuration" row per model at 30% (BEST below), and the
 ``target_latency=0.5`` check on a ResNet-18-shaped model. Writes results.json/results.md
 beside this file (torch_pruning_compare.py adds its own section to both).
+
+Defaults rows (issue 13, ``--rows defaults``): what ``graphprune prune model.onnx
+--target-macs T --calib calib.npz`` gives with no other flag — ``run_prune`` with
+``PruneOptions(allocation={"target_macs": T}, calib=...)`` and nothing else, so whatever
+defaults graphprune has when the row runs are measured (its git revision is recorded) —
+evaluated on held-out data (rec: in-domain and shifted lines; minilm: cosine and R@1).
+``--rows flags`` runs the best configuration (BEST_FLAGS) the same way, on the same data.
+Without ``--out`` these rows are merged into the results here (other rows kept).
 """
 from __future__ import annotations
 
@@ -55,6 +65,11 @@ BEST = {
     "smollm": {"criterion": "wanda", "allocation": "uniform", "options": {"protect": ["self_attn"]}, "repair": ""},
 }
 ORACLE_RTOL = 1e-4  # on logits (see oracle_on_logits)
+# the defaults rows: MAC targets per model (issue 13's goals: rec at 70% and 50%, the others at 70%)
+DEFAULTS_TARGETS = {"rec": (0.7, 0.5)}
+DEFAULTS_TARGET = (0.7,)
+# the best configuration as prune flags (run_prune options), for the "flags" rows
+BEST_FLAGS = {"rec": {"criterion": "wanda", "allocation": "uniform", "repair": "bias,lsq"}}
 
 
 def logits_view(model: ir.Model) -> ir.Model:
@@ -110,6 +125,84 @@ def prune_one(task, base: ir.Model, target: float, cfg: dict, calib=None) -> dic
     return row
 
 
+def _revision() -> str:
+    import subprocess
+
+    repo = str(HERE.parents[1])
+    try:
+        rev = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h %s"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        rev = rev if len(rev) <= 60 else rev[:57] + "..."
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "graphprune"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + (" (+ uncommitted changes in graphprune/)" if dirty else "")
+
+
+def _cli_difference(path, target: float, opts) -> dict:
+    """Fields in which `graphprune prune PATH --target-macs T --calib calib.npz` (parsed by
+    graphprune's own CLI) would differ from `opts` ({} = the row is the CLI's run)."""
+    from dataclasses import fields
+
+    from graphprune.cli import prune_cmd
+    from graphprune.cli.main import build_parser
+
+    args = build_parser().parse_args(["prune", str(path), "--target-macs", str(target), "--calib", "calib.npz"])
+    cli = prune_cmd.options(args)
+    return {f.name: [repr(getattr(cli, f.name)), repr(getattr(opts, f.name))] for f in fields(opts)
+            if f.name != "calib" and getattr(cli, f.name) != getattr(opts, f.name)}
+
+
+def run_defaults(task, target: float, kind: str = "defaults") -> dict:
+    """One run_prune as a user runs it: `kind` "defaults" = --target-macs and --calib only;
+    "flags" = with BEST_FLAGS. Evaluated with task.goal_metrics (held-out data)."""
+    from graphprune.errors import GraphpruneError
+    from graphprune.workflow import PruneOptions, run_prune
+
+    calib = task.goal_calibration()
+    if kind == "defaults":
+        opts = PruneOptions(allocation={"target_macs": target}, calib=calib)
+    else:
+        f = BEST_FLAGS[task.name]
+        opts = PruneOptions(criterion=f["criterion"], allocation={"allocation": f["allocation"], "target_macs": target},
+                            repair=f["repair"], calib=calib)
+    row = {"model": task.name, "kind": kind, kind: True, "target_macs": target, "graphprune": _revision(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "calibration": calib.description,
+           "evaluation": task.goal_description(),
+           "flags": "--target-macs %g --calib calib.npz" % target + ("" if kind == "defaults" else
+                    " --criterion {criterion} --allocation {allocation} --repair {repair}".format(**BEST_FLAGS[task.name]))}
+    if kind == "defaults":
+        try:
+            row["cli_difference"] = _cli_difference(task.path, target, opts)
+        except Exception as e:  # noqa: BLE001  (recorded, not fatal: the row is still run_prune's)
+            row["cli_difference"] = {"error": f"{type(e).__name__}: {e}"}
+    t0 = time.perf_counter()
+    try:
+        out = run_prune(str(task.path), opts)
+    except GraphpruneError as e:  # e.g. a quality gate: nothing written, which is what the user gets
+        row.update(seconds=round(time.perf_counter() - t0, 1), refused=f"{type(e).__name__}: {e}", metrics=None)
+        return row
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    plan = out.plan
+    st = plan.settings or {}
+    info = st.get("allocation_result", {})
+    row.update(criterion=st.get("criterion"), method=st.get("allocation") or info.get("allocation"),
+               macs_kept=round(out.after.macs / max(out.before.macs, 1), 4), macs_before=out.before.macs,
+               macs_after=out.after.macs, shapes=str(getattr(out.shapes, "shapes", out.shapes)),
+               target_reached=info.get("reached"), groups_pruned=len(plan.groups),
+               oracle=None if out.oracle is None else bool(out.oracle.ok),
+               repair=[{k: r.get(k) for k in ("pass", "error_before", "error_after", "reverted")} for r in out.repair],
+               fidelity=out.fidelity,
+               settings={k: v for k, v in st.items() if k not in ("allocation_result", "repair")})
+    row["metrics"] = task.goal_metrics(out.model)
+    return row
+
+
+def dense_goal_metrics(task) -> dict:
+    return task.goal_metrics(task.path if task.name in ("minilm", "smollm") else gp.load(task.path))
+
+
 def make_task(name: str, args):
     if name in ("rec", "det", "cls"):
         from ocr_tasks import OcrTask
@@ -136,6 +229,24 @@ def run_model(name: str, args, res: dict, out: Path, t_all: float) -> None:
          "eval_size": task.eval_size, "calibration": task.calib.description, "repair": REPAIR[name], "rows": []}
     res["models"][name] = d
     log(f"{name}: dense {task.metric_name} = {dense:.4f}")
+    kinds = [k for k in ("defaults", "flags") if k in args.rows and (k == "defaults" or name in BEST_FLAGS)]
+    if kinds:
+        d["dense_goal"] = dense_goal_metrics(task)
+        d["goal_evaluation"] = task.goal_description()
+        log(f"{name}: dense on the held-out sets {d['dense_goal']} ({d['goal_evaluation']})")
+        targets = [float(t) for t in args.targets.split(",")] if args.targets_given else \
+            DEFAULTS_TARGETS.get(name, DEFAULTS_TARGET)
+        for kind in kinds:
+            for target in targets:
+                row = run_defaults(task, target, kind)
+                d["rows"].append(row)
+                log(f"  {name} {kind} keep {target:g}: {row.get('refused') or row['metrics']} "
+                    f"({row.get('criterion')}/{row.get('method')}, repair "
+                    f"{[r['pass'] for r in row.get('repair', []) if not r['reverted']]}, "
+                    f"macs kept {row.get('macs_kept')}, {row['seconds']}s)")
+                if row.get("cli_difference"):
+                    log(f"  NOTE: the CLI would differ from this run in {row['cli_difference']}")
+                finish(res, out, t_all)
     targets = (0.7,) if args.quick else [float(t) for t in args.targets.split(",")]
     for target in targets if "grid" in args.rows else ():
         for method in args.methods.split(","):
@@ -196,19 +307,32 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny data sets and the 30%% target only")
     ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma list of " + ", ".join(ALL_MODELS))
-    ap.add_argument("--rows", default="grid,best", help="grid (the 3x3 table), best (the best-configuration row)")
-    ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="MAC fractions kept, e.g. 0.7,0.5")
+    ap.add_argument("--rows", default="grid,best", help="grid (the 3x3 table), best (the best-configuration row), "
+                    "defaults (graphprune's defaults: --target-macs and --calib only, held-out evaluation), "
+                    "flags (BEST_FLAGS run the same way)")
+    ap.add_argument("--targets", help="MAC fractions kept, e.g. 0.7,0.5 (default: grid 0.8,0.7,0.5; "
+                    "defaults: 0.7, rec 0.7,0.5)")
     ap.add_argument("--methods", default=",".join(METHODS), help="allocations of the grid")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--workdir", help="where transformer models go (outside the repo); default $TMPDIR/graphprune-accuracy")
-    ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--out", help="directory for results.json/md (default: here; rows of --rows defaults/flags "
+                    "alone are then merged into the results here, the other rows kept)")
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="merge results.json of partial runs into --out")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    args.targets_given = args.targets is not None
+    args.targets = args.targets or ",".join(map(str, TARGETS))
+    only_defaults = not ({"grid", "best"} & set(args.rows.split(",")))
+    merge_here = args.out is None and only_defaults and not args.merge
+    if merge_here:
+        import tempfile
+
+        args.out, args.no_latency = tempfile.mkdtemp(prefix="accuracy-defaults-"), True
+    out = Path(args.out or HERE)
     if args.merge:
         return merge(args.merge, out)
-    res = {"date": DATE, "machine": MACHINE, "command": "python benchmarks/accuracy/run.py" +
-           (" --quick" if args.quick else ""), "models": {}}
+    res = {"date": DATE, "machine": MACHINE, "command": " ".join(["python benchmarks/accuracy/run.py",
+                                                                   *(sys.argv[1:] if argv is None else argv)]),
+           "models": {}}
     t_all = time.perf_counter()
     for name in filter(None, args.models.split(",")):
         run_model(name, args, res, out, t_all)
@@ -216,6 +340,11 @@ def main(argv=None) -> int:
         res["latency"] = latency_check(args.quick)
         log(f"latency: {res['latency']}")
     finish(res, out, t_all)
+    if merge_here:
+        merge([str(HERE), str(out)], HERE)
+        log(f"merged into {HERE / 'results.md'} (this run: {out})")
+    for line in report.goal13(json.loads((HERE if merge_here else out).joinpath("results.json").read_text())):
+        print(line)
     return 0
 
 
@@ -230,7 +359,7 @@ def merge(dirs, out: Path) -> int:
         else:
             for name, d in part["models"].items():
                 if name in res["models"]:  # the same model run in parts (e.g. --rows grid / --rows best)
-                    res["models"][name]["rows"] += d["rows"]
+                    _merge_model(res["models"][name], d)
                 else:
                     res["models"][name] = d
             if part.get("latency"):
@@ -239,7 +368,12 @@ def merge(dirs, out: Path) -> int:
                 tp = res.setdefault("torch_pruning", part["torch_pruning"])
                 if tp is not part["torch_pruning"]:
                     tp["rows"] += part["torch_pruning"]["rows"]
-            if part.get("models"):
+            rows = [r for m in part.get("models", {}).values() for r in m["rows"]]
+            if rows and all(r.get("kind") for r in rows):  # a --rows defaults/flags part: its own run
+                res.setdefault("defaults_runs", []).append(
+                    {"command": part.get("command"), "minutes": round(part.get("seconds", 0) / 60, 1),
+                     "models": list(part["models"]), "graphprune": sorted({r["graphprune"] for r in rows})})
+            elif part.get("models"):
                 res["part_seconds"].append(part.get("seconds", 0))
     if res.get("torch_pruning"):
         from torch_pruning_compare import verdict
@@ -251,6 +385,16 @@ def merge(dirs, out: Path) -> int:
                    f"minutes per process: {', '.join(f'{s / 60:.1f}' for s in res['part_seconds'])}")
     finish(res, out, None)
     return 0
+
+
+def _merge_model(base: dict, part: dict) -> None:
+    """Append `part`'s rows; a defaults/flags row replaces the one of the same kind and target
+    (a rerun after graphprune's defaults changed), grid and best rows are only appended."""
+    new = {(r["kind"], r["target_macs"]) for r in part["rows"] if r.get("kind")}
+    base["rows"] = [r for r in base["rows"] if (r.get("kind"), r["target_macs"]) not in new] + part["rows"]
+    for k in ("dense_goal", "goal_evaluation"):
+        if k in part:
+            base[k] = part[k]
 
 
 def finish(res: dict, out: Path, t_all) -> None:

@@ -3,7 +3,11 @@ benchmarks/transformers (export, text data, embeddings, perplexity) — imported
 
 * ``minilm``: all-MiniLM-L6-v2 exported to ONNX; metric = mean cosine between each of 200
   sentences' pruned and dense embeddings (mean-pooled, L2-normalised); calibration =
-  32 other sentences of pydoc_data.topics in 4 batches of 8.
+  32 other sentences of pydoc_data.topics in 4 batches of 8. The defaults rows add
+  retrieval R@1 (`r_at_1`): the 200 evaluation sentences are queries, the corpus is the
+  other sentences of pydoc_data.topics (duplicates of a query removed), query and corpus
+  both embedded by the model under test; R@1 = fraction of queries whose nearest corpus
+  sentence (cosine) is the same one the dense model retrieves (dense: 1 by definition).
 * ``smollm``: SmolLM2-135M-Instruct (GGUF → float32) exported to ONNX (cached in the work
   directory); metric = perplexity on 16×256 tokens of pydoc_data.topics (lower is
   better); calibration = 4 other 256-token chunks, one per batch.
@@ -24,6 +28,24 @@ if str(TF) not in sys.path:
     sys.path.insert(0, str(TF))
 
 import common as C  # noqa: E402  (benchmarks/transformers/common.py)
+
+
+def _without_broken_torchvision() -> None:
+    """transformers imports torchvision when it is installed; a torchvision built for another
+    torch fails on import (``operator torchvision::nms does not exist``) and takes every
+    model class with it. These tasks need no torchvision: tell transformers it is absent."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001  (a RuntimeError from its C extension, or ImportError)
+        for k in [k for k in sys.modules if k.split(".")[0] == "torchvision"]:
+            del sys.modules[k]
+        import transformers.utils as tu
+        import transformers.utils.import_utils as iu
+
+        iu.is_torchvision_available = tu.is_torchvision_available = lambda: False
+
+
+_without_broken_torchvision()
 
 WORKDIR = Path(tempfile.gettempdir()) / "graphprune-accuracy"
 
@@ -94,6 +116,47 @@ class MiniLMTask:
         e = self.embeddings(model)
         return float((e * self.dense_emb).sum(1).mean())
 
+    # ---- the defaults rows (issue 13) -------------------------------------------------------
+    def goal_calibration(self):
+        """The grid's 32 calibration sentences, as a new object (nothing cached carries over)."""
+        from graphprune.runtime.calibration import Calibration
+
+        return Calibration(self.calib.make, self.calib.description, self.calib.num_batches)
+
+    def _corpus(self) -> dict:
+        if getattr(self, "_corpus_enc", None) is None:
+            ev = set(self._sents[::5])
+            seen, corpus = set(), []
+            for x in (x for k in (1, 2, 3, 4) for x in self._sents[k::5]):
+                if x not in ev and x not in seen:
+                    seen.add(x)
+                    corpus.append(x)
+            self.corpus_size = len(corpus)
+            self._corpus_enc = self._enc(corpus)
+            self._dense_top1 = self._top1(self.dense_emb, self.path)
+        return self._corpus_enc
+
+    def _top1(self, queries: np.ndarray, model) -> np.ndarray:
+        from graphprune.runtime import ort
+
+        sess = C.ort_session(model) if isinstance(model, (str, Path)) else ort.session(model, threads=2)
+        corpus = self._embed(sess, self._corpus())
+        return (queries @ corpus.T).argmax(1)
+
+    def r_at_1(self, model, emb: np.ndarray | None = None) -> float:
+        self._corpus()
+        e = self.embeddings(model) if emb is None else emb
+        return float((self._top1(e, model) == self._dense_top1).mean())
+
+    def goal_metrics(self, model) -> dict:
+        e = self.embeddings(model)
+        return {"cosine": float((e * self.dense_emb).sum(1).mean()), "R@1": self.r_at_1(model, e)}
+
+    def goal_description(self) -> str:
+        self._corpus()
+        return f"cosine: {len(self.dense_emb)} sentences; R@1: {len(self.dense_emb)} queries, corpus of " \
+               f"{self.corpus_size} other sentences"
+
 
 class SmolLMTask:
     name, metric_name, higher_better = "smollm", "perplexity (lower is better)", False
@@ -118,6 +181,17 @@ class SmolLMTask:
         self.eval_size = f"{len(self.ev)}x{self.ev.shape[1]} tokens"
         self._tmp = wd / "smollm_eval"
         self._tmp.mkdir(exist_ok=True)
+
+    def goal_calibration(self):
+        from graphprune.runtime.calibration import Calibration
+
+        return Calibration(self.calib.make, self.calib.description, self.calib.num_batches)
+
+    def goal_metrics(self, model) -> dict:
+        return {"perplexity": self.evaluate(model)}
+
+    def goal_description(self) -> str:
+        return f"perplexity: {self.eval_size}"
 
     def evaluate(self, model) -> float:
         import graphprune as gp
