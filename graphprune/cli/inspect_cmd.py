@@ -20,6 +20,7 @@ def add_arguments(p):
                    "whose shapes the MACs are counted at")
     p.add_argument("--layers", type=T.COUNT, default=30, metavar="N",
                    help="show the MACs of at most N layers (default 30)")
+    p.add_argument("--report", metavar="PATH", help="also write PATH.report.{json,md,html} (graphprune.report/1)")
 
 
 def _shapes(args, model):
@@ -167,11 +168,14 @@ def _print_blocks(model) -> None:
 
 def run(args) -> int:
     import graphprune as gp
+    from graphprune.cli.report import check_inspect_report, write_inspect_report
 
+    check_inspect_report(args)  # before any work
     model = gp.load(args.model)
     dg = gp.analyze(model, ignore=args.ignore or None)
     args.shapes = _shapes(args, model)
     data = inspect_data(model, dg, args.shapes)
+    write_inspect_report(args, model, dg)
     if args.json:
         from graphprune.cli.results import emit, schema
 

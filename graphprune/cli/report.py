@@ -104,3 +104,23 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
     print(f"wrote {outcome.out} and {outcome.plan_out}")
+
+
+def check_inspect_report(args) -> None:
+    """inspect --report PATH: PATH.report.{json,md,html} land on no input and on no file
+    graphprune did not write (checked before any work)."""
+    if getattr(args, "report", None):
+        from graphprune.cli.paths import cli_paths
+        from graphprune.report.writer import check_report_paths
+
+        check_report_paths(Path(args.report), cli_paths(args)[0])
+
+
+def write_inspect_report(args, model, dg) -> None:
+    if not getattr(args, "report", None):
+        return
+    from graphprune.report.build import inspect_report
+    from graphprune.report.writer import write_beside
+
+    rep = inspect_report(model, dg, args.shapes, path=args.model, argv=["graphprune"] + sys.argv[1:])
+    print(f"report: {write_beside(Path(args.report), rep)}", file=sys.stderr if getattr(args, "json", False) else None)

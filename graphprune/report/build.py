@@ -167,3 +167,26 @@ def _nbytes(model) -> int:
     from graphprune.ir.serialize import model_nbytes
 
     return int(model_nbytes(model))
+
+
+def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
+    """`graphprune inspect --report`: the model as it is (after = before), its groups'
+    widths (the figure inspect prints), frozen groups and MACs per layer at `shapes`."""
+    from graphprune.analysis.cost import model_cost
+    from graphprune.plan import file_sha256
+    from graphprune.report.layers import compare_layers
+    from graphprune.report.widths import group_width
+    from graphprune.report.writer import REPORT_SCHEMA, environment
+
+    at = shapes.shapes if shapes is not None else None
+    cost = model_cost(model, at)
+    figures = {"params": cost.params, "macs": cost.macs, "bytes": _nbytes(model), "latency_ms": None}
+    return {"schema": REPORT_SCHEMA, "verb": "inspect", "command": argv, "environment": environment(),
+            "input": {"path": path, "sha256": file_sha256(path)},
+            "input_shapes": shapes.to_json() if shapes is not None else None,
+            "before": figures, "after": dict(figures), "latency": {}, "ops": op_table(model, model),
+            "layers": compare_layers(model, model, at), "profile": {}, "plan": {"groups": 0, "tensors": 0, "blocks": 0},
+            "groups": [{**group_width(g).to_json(), "prunable": not g.ignored} for g in dg.groups],
+            "frozen": [{"name": f.name, "reasons": f.reasons} for f in dg.frozen_groups],
+            "sensitivity": {}, "search": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
+            "accuracy": None, "red": []}

@@ -243,9 +243,9 @@ MARK = "graphprune.report/"  # in every report file: a file without it is the us
 
 
 def report_paths(model_out: Path) -> dict[str, Path]:
-    """small.onnx -> small.report.json / .md / .html"""
+    """small.onnx (or small) -> small.report.json / .md / .html"""
     model_out = Path(model_out)
-    stem = model_out.name.removesuffix(".onnx")
+    stem = model_out.name.removesuffix(".onnx").removesuffix(".html").removesuffix(".report")
     return {k: model_out.with_name(f"{stem}.report.{k}") for k in ("json", "md", "html")}
 
 

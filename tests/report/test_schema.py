@@ -83,3 +83,17 @@ def test_search_candidates_and_red_lines_are_rendered():
 def test_no_search_no_candidate_section():
     page, md = render_html(_report()), markdown(_report())
     assert "candidate" not in page.lower() and "Candidates" not in md
+
+
+def test_inspect_report_matches_the_schema_and_shows_inspect_widths(samples_dir, tmp_path, capsys):
+    src = samples_dir / "tiny_resnet.onnx"
+    assert main(["inspect", str(src), "--report", str(tmp_path / "i")]) == 0
+    shown = capsys.readouterr().out
+    assert f"report: {tmp_path / 'i.report.html'}" in shown
+    rep = json.loads((tmp_path / "i.report.json").read_text())
+    check_report(rep)
+    assert rep["verb"] == "inspect" and rep["before"]["macs"] == rep["after"]["macs"] > 0
+    for g in rep["groups"]:  # the width column inspect printed
+        assert any(line.split()[1:3] == [g["name"], str(g["channels"])] for line in shown.splitlines()
+                   if len(line.split()) > 2), g["name"]
+    assert main(["inspect", str(src), "--report", str(tmp_path / "i"), "--input-shape", "input:1,3,16,16"]) == 0
