@@ -16,6 +16,7 @@ def add_arguments(p):
                    "else 1x3x224x224 for images, 32 per dynamic dim otherwise")
     p.add_argument("--rtol", type=NONNEG, default=1e-4, help="tolerance relative to each output's max |value|")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="PATH", help="also write PATH.report.{json,md,html} (graphprune.report/1)")
 
 
 def run(args) -> int:
@@ -27,8 +28,12 @@ def run(args) -> int:
         raise UsageError(f"--random {args.random}: the oracle needs at least one input set",
                          hint="give --random N with N >= 1, or --inputs feeds.npz")
     shapes = parse_shapes(args.input_shape)
+    from graphprune.cli.report import check_report_option, write_check_report
+
+    check_report_option(args)  # before any work
     res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
                    n_random=args.random, rtol=args.rtol, seed=args.seed, shapes=shapes)
+    write_check_report(args, res)
     if args.json:
         from graphprune.cli.results import check_result, emit
 

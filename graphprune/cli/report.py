@@ -124,3 +124,22 @@ def write_inspect_report(args, model, dg) -> None:
 
     rep = inspect_report(model, dg, args.shapes, path=args.model, argv=["graphprune"] + sys.argv[1:])
     print(f"report: {write_beside(Path(args.report), rep)}", file=sys.stderr if getattr(args, "json", False) else None)
+
+
+def check_report_option(args) -> None:
+    """--report PATH (inspect, check): PATH.report.{json,md,html} land on no input and on no
+    file graphprune did not write (checked before any work)."""
+    check_inspect_report(args)
+
+
+def write_check_report(args, res) -> None:
+    """check --report PATH: the verdict (also a failing one) as a report."""
+    if not getattr(args, "report", None):
+        return
+    from graphprune.cli.common import parse_shapes
+    from graphprune.report.build import check_report
+    from graphprune.report.writer import write_beside
+
+    rep = check_report(args.original, args.pruned, args.plan, res, argv=["graphprune"] + sys.argv[1:],
+                       input_shapes=parse_shapes(args.input_shape))
+    print(f"report: {write_beside(Path(args.report), rep)}", file=sys.stderr if getattr(args, "json", False) else None)

@@ -190,3 +190,33 @@ def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
             "frozen": [{"name": f.name, "reasons": f.reasons} for f in dg.frozen_groups],
             "sensitivity": {}, "search": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
             "accuracy": None, "red": []}
+
+
+def check_report(original: str, pruned: str, plan_path: str, res, *, argv: list[str], input_shapes=None) -> dict:
+    """`graphprune check --report`: the oracle's verdict on a pair, with the inputs it used,
+    the pair's figures at those shapes, op counts, per-layer widths and the plan's groups."""
+    from graphprune.analysis.cost import model_cost
+    from graphprune.frontends.onnx import load_onnx
+    from graphprune.plan import Plan, file_sha256
+    from graphprune.report.layers import compare_layers
+    from graphprune.report.writer import REPORT_SCHEMA, environment
+
+    shapes = res.shapes
+    at = shapes.shapes if shapes is not None else None
+    before, after = load_onnx(original, input_shapes=input_shapes), load_onnx(pruned, input_shapes=input_shapes)
+    cb, ca = model_cost(before, at), model_cost(after, at)
+    ok = bool(res.ok) and not res.refused and not res.unpaired
+    oracle = {"ok": ok, "summary": res.summary(), "inputs": shapes.describe() if shapes is not None else None,
+              "runs": getattr(res, "runs", None)}
+    plan = Plan.load(plan_path)
+    return {"schema": REPORT_SCHEMA, "verb": "check", "command": argv, "environment": environment(),
+            "input": {"path": str(original), "sha256": file_sha256(original)},
+            "output": {"model": str(pruned), "plan": str(plan_path)},
+            "input_shapes": shapes.to_json() if shapes is not None else None,
+            "before": {"params": cb.params, "macs": cb.macs, "bytes": _nbytes(before), "latency_ms": None},
+            "after": {"params": ca.params, "macs": ca.macs, "bytes": _nbytes(after), "latency_ms": None},
+            "latency": {}, "ops": op_table(before, after), "layers": compare_layers(before, after, at), "profile": {},
+            "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
+            "groups": group_rows(_analysis(before), plan, 1), "sensitivity": {}, "search": None,
+            "oracle": oracle, "checks": {"oracle": oracle}, "fidelity": None, "quality": None, "accuracy": None,
+            "red": [] if ok else ["oracle FAIL: " + res.summary()]}

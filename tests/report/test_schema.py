@@ -97,3 +97,16 @@ def test_inspect_report_matches_the_schema_and_shows_inspect_widths(samples_dir,
         assert any(line.split()[1:3] == [g["name"], str(g["channels"])] for line in shown.splitlines()
                    if len(line.split()) > 2), g["name"]
     assert main(["inspect", str(src), "--report", str(tmp_path / "i"), "--input-shape", "input:1,3,16,16"]) == 0
+
+
+def test_check_report_matches_the_schema_with_the_oracle_inputs(samples_dir, tmp_path, capsys):
+    src, out = samples_dir / "tiny_resnet.onnx", tmp_path / "p.onnx"
+    assert main(["prune", str(src), "-o", str(out), "--no-bench", "--round-to", "16"]) == 0
+    pruned = json.loads((tmp_path / "p.report.json").read_text())
+    assert main(["check", str(src), str(out), "--plan", str(tmp_path / "p.plan.json"),
+                 "--report", str(tmp_path / "c")]) == 0
+    assert f"report: {tmp_path / 'c.report.html'}" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "c.report.json").read_text())
+    check_report(rep)
+    assert rep["verb"] == "check" and rep["oracle"]["ok"] and "1×3×16×16" in rep["oracle"]["inputs"]
+    assert rep["groups"] == pruned["groups"] and rep["after"]["macs"] == pruned["after"]["macs"]
