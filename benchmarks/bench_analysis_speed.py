@@ -367,6 +367,7 @@ def run_real(args) -> int:
                   f"peak RSS {gp_runs[-1]['rss_peak_x']:.2f}x file"
                   + (f", TP init+step {tp_runs[-1]:.3f}s" if tp_runs else ""), flush=True)
         row = {k: median([g[k] for g in gp_runs]) for k in gp_runs[0]}
+        row["nodes"], row["file_bytes"] = gp_runs[0]["nodes"], gp_runs[0]["file_bytes"]
         row["raw"] = gp_runs
         if tp_runs:
             row["tp_init_step_s"] = median(tp_runs)
