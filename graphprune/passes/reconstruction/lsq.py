@@ -11,6 +11,16 @@ dense model (at the kept output channels), on calibration data. The ridge term p
 towards the current weights (λ = damp × mean diag), so with few samples nothing drifts,
 and the objective at the solution is at most the error at W_now: the layer's
 reconstruction error never goes up, and goes down strictly unless W_now was optimal.
+
+The ridge strength is chosen per layer on held-out rows (``damp=auto``, the default): a
+quarter of the calibration batches (or of the sampled rows, with fewer than four batches)
+is kept out of the fit, each strength of DAMP_GRID is fitted on the rest and scored on
+them, and the best is refitted on all rows. A least-squares fit that only matches the
+calibration samples (few or uniform samples for the layer's size) is what makes a
+repaired model fail on inputs of another style; choosing the strength on rows the fit did
+not see is the cheap guard against it, and a layer whose held-out error stays far above
+its fit error is reported (``overfit``), so the verbs can warn that the calibration set is
+too small or too uniform for the layers being fitted.
 Grouped/depthwise convolutions are solved per group. Statistics are streamed: per layer
 only the normal equations (A = X̃ᵀX̃, B = X̃ᵀY, Σ||Y||²) are kept, with at most
 ``max_rows`` sampled positions per batch.
@@ -34,21 +44,21 @@ from graphprune.errors import UsageError
 log = logging.getLogger(__name__)
 
 MAX_UNKNOWNS = 4096  # per group: (in-per-group × taps + 1); larger layers are skipped
+DAMP_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths tried with damp=auto (× mean diag of XᵀX)
+OVERFIT = 2.0  # held-out error above this × the fit error (at the chosen strength): flagged
 
 
-class _Normal:
-    """Normal equations of one layer, per group."""
+class _Equations:
+    """Σ XᵀX, Σ XᵀY, Σ ||Y||² of some rows of one layer, per group."""
 
-    def __init__(self, lin: Linear, groups: int, bias: bool):
-        self.lin, self.groups, self.bias = lin, groups, bias
+    def __init__(self, groups: int):
         self.A = self.B = None
         self.C = np.zeros(groups)
         self.rows = 0
 
     def update(self, X: np.ndarray, Y: np.ndarray) -> None:
-        """X: (rows, groups, D), Y: (rows, groups, out per group)."""
-        if self.bias:
-            X = np.concatenate([X, np.ones(X.shape[:2] + (1,), X.dtype)], axis=2)
+        if not len(X):
+            return
         A = np.einsum("rgi,rgj->gij", X, X, optimize=True)
         B = np.einsum("rgi,rgo->gio", X, Y, optimize=True)
         if self.A is None:
@@ -59,10 +69,64 @@ class _Normal:
         self.C += np.einsum("rgo,rgo->g", Y, Y)
         self.rows += X.shape[0]
 
+    def __add__(self, other: "_Equations") -> "_Equations":
+        if other.A is None:
+            return self
+        if self.A is None:
+            return other
+        out = _Equations(len(self.C))
+        out.A, out.B, out.C, out.rows = self.A + other.A, self.B + other.B, self.C + other.C, self.rows + other.rows
+        return out
+
     def error(self, W: np.ndarray) -> float:
         """Σ_g ||X W_g - Y_g||² from the normal equations."""
         t = np.einsum("gio,gij,gjo->", W, self.A, W) - 2 * np.einsum("gio,gio->", W, self.B) + self.C.sum()
         return float(max(t, 0.0))
+
+    def solve(self, W0: np.ndarray, damp: float) -> np.ndarray:
+        lam = damp * max(float(np.mean(np.einsum("gii->gi", self.A))), 1e-12)
+        return np.linalg.solve(self.A + lam * np.eye(self.A.shape[1])[None], self.B + lam * W0)
+
+
+class _Normal:
+    """Normal equations of one layer, per group: rows fitted on, and rows held out to
+    choose the ridge strength on."""
+
+    def __init__(self, lin: Linear, groups: int, bias: bool):
+        self.lin, self.groups, self.bias = lin, groups, bias
+        self.fit, self.held = _Equations(groups), _Equations(groups)
+
+    @property
+    def rows(self) -> int:
+        return self.fit.rows + self.held.rows
+
+    def update(self, X: np.ndarray, Y: np.ndarray, held: np.ndarray | bool) -> None:
+        """X: (rows, groups, D), Y: (rows, groups, out per group); `held`: which rows are
+        held out (a mask, or one flag for the whole batch)."""
+        if self.bias:
+            X = np.concatenate([X, np.ones(X.shape[:2] + (1,), X.dtype)], axis=2)
+        mask = np.broadcast_to(np.asarray(held, bool), (X.shape[0],))
+        self.fit.update(X[~mask], Y[~mask])
+        self.held.update(X[mask], Y[mask])
+
+    def error(self, W: np.ndarray) -> float:
+        return (self.fit + self.held).error(W)
+
+    def solve(self, W0: np.ndarray, damp: float | str) -> tuple[np.ndarray, dict]:
+        """The ridge solution on all rows, its strength fixed or (auto) chosen on the held-out rows."""
+        everything = self.fit + self.held
+        if damp != "auto":
+            return everything.solve(W0, float(damp)), {"damp": float(damp)}
+        if self.held.A is None or self.fit.A is None:  # nothing to hold out: the most cautious strength
+            return everything.solve(W0, DAMP_GRID[-1]), {"damp": DAMP_GRID[-1], "held_out_rows": 0}
+        trials = []
+        for d in DAMP_GRID:
+            W = self.fit.solve(W0, d)
+            trials.append((self.held.error(W), d, self.fit.error(W)))
+        held_err, best, fit_err = min(trials)
+        info = {"damp": best, "held_out_rows": self.held.rows,
+                "overfit": bool(held_err / max(self.held.rows, 1) > OVERFIT * fit_err / max(self.fit.rows, 1))}
+        return everything.solve(W0, best), info
 
 
 def _current(lin: Linear, groups: int, bias: bool) -> np.ndarray:
@@ -110,22 +174,41 @@ def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng) -> tuple[
     return (f if pick is None else f[pick])[:, None, :], pick
 
 
+def _solve_and_write(model: ir.Model, ne: _Normal, damp, undo) -> dict | None:
+    """Solve one layer's ridge problem and write it when it lowers the layer's error on
+    all calibration rows; its report entry (None: left as it was)."""
+    lin, groups, bias = ne.lin, ne.groups, ne.bias
+    W0 = _current(lin, groups, bias)
+    try:
+        W, info = ne.solve(W0, damp)
+    except np.linalg.LinAlgError:
+        log.info("lsq-reconstruct: %s singular, skipped", lin.name)
+        return None
+    e0, e1 = ne.error(W0), ne.error(W)
+    if not e1 < e0:
+        return None
+    _write(model, lin, W, groups, bias, undo)
+    rows = max(ne.rows, 1)
+    return {"layer": lin.name, "rows": ne.rows, "error_before": e0 / rows, "error_after": e1 / rows, **info}
+
+
 @register_pass
 class LsqReconstruct(Pass):
-    """Options: layers (consumers|all), damp (ridge, default 1e-3), max_rows (sampled
-    positions per batch and layer, default 4096), batches (calibration batches, default
-    all), guard (undo if the output error does not drop, default true)."""
+    """Options: layers (consumers|all), damp (ridge strength, or auto (default): chosen
+    per layer on held-out calibration rows), max_rows (sampled positions per batch and
+    layer, default 4096), batches (calibration batches, default all), guard (undo if the
+    output error does not drop, default true)."""
 
     name = "lsq-reconstruct"
     description = "least-squares reconstruction of the pruned layers' weights on calibration data"
 
-    def __init__(self, *, layers: str = "consumers", damp: float = 1e-3, max_rows: int = 4096,
+    def __init__(self, *, layers: str = "consumers", damp: float | str = "auto", max_rows: int = 4096,
                  batches: int | None = None, guard: bool = True, seed: int = 0):
         super().__init__()
         check_choice(self.name, "layers", layers, ("consumers", "all"))
         check_batches(self.name, batches)
-        if damp < 0 or max_rows < 1:
-            raise UsageError(f"{self.name}: damp must be >= 0 and max_rows >= 1")
+        if (damp != "auto" and not (isinstance(damp, (int, float)) and damp >= 0)) or max_rows < 1:
+            raise UsageError(f"{self.name}: damp must be auto or a number >= 0, and max_rows >= 1")
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.runtime.calibration import progress
@@ -133,7 +216,8 @@ class LsqReconstruct(Pass):
 
         inp = repair_inputs(ctx, self.name)
         opts = self.resolved_options()
-        damp = float(opts.get("damp", 1e-3))
+        damp = opts.get("damp", "auto")
+        damp = damp if damp == "auto" else float(damp)
         max_rows = int(opts.get("max_rows", 4096))
         n_batches = opts.get("batches")
         n_batches = int(n_batches) if n_batches not in (None, "") else None
@@ -161,8 +245,9 @@ class LsqReconstruct(Pass):
                     continue
                 run_p = Runner(model, [lin.x.name for lin, *_ in setups])
                 run_d = Runner(inp.dense, [lin.y.name for lin, *_ in setups])
-                for feeds in progress(inp.calibration.batches(n_batches), inp.calibration.total(n_batches),
-                                      "lsq-reconstruct"):
+                total = inp.calibration.total(n_batches)
+                by_batch = total is not None and total >= 4  # hold out whole batches (other samples)
+                for k, feeds in enumerate(progress(inp.calibration.batches(n_batches), total, "lsq-reconstruct")):
                     xs, ys = run_p(feeds), run_d(feeds)
                     for lin, groups, _bias, ne in setups:
                         X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, rng)
@@ -170,22 +255,18 @@ class LsqReconstruct(Pass):
                         sel = kept(inp.removed, lin.y.name, lin.y_axis, y.shape[lin.y_axis])
                         Y = rows_of_output(lin, np.take(y, sel, axis=lin.y_axis))
                         Y = (Y if pick is None else Y[pick]).reshape(len(X), groups, -1)
-                        ne.update(X.astype(np.float64), Y.astype(np.float64))
-                for lin, groups, bias, ne in setups:
-                    W0 = _current(lin, groups, bias)
-                    lam = damp * max(float(np.mean(np.einsum("gii->gi", ne.A))), 1e-12)
-                    eye = np.eye(ne.A.shape[1])[None]
-                    try:
-                        W = np.linalg.solve(ne.A + lam * eye, ne.B + lam * W0)
-                    except np.linalg.LinAlgError:
-                        log.info("lsq-reconstruct: %s singular, skipped", lin.name)
-                        continue
-                    e0, e1 = ne.error(W0), ne.error(W)
-                    if not e1 < e0:
-                        continue
-                    _write(model, lin, W, groups, bias, undo)
-                    per_layer.append({"layer": lin.name, "rows": ne.rows, "error_before": e0 / max(ne.rows, 1),
-                                      "error_after": e1 / max(ne.rows, 1)})
-            return {"layers": per_layer}
+                        held = (k % 4 == 3) if by_batch else rng.random(len(X)) < 0.25
+                        ne.update(X.astype(np.float64), Y.astype(np.float64), held)
+                for *_, ne in setups:
+                    entry = _solve_and_write(model, ne, damp, undo)
+                    if entry is not None:
+                        per_layer.append(entry)
+            overfit = [e["layer"] for e in per_layer if e.get("overfit")]
+            if overfit:
+                log.warning("lsq-reconstruct: %d of %d layers fit the calibration rows much better than held-out "
+                            "rows (%s%s): the calibration set is small or uniform for layers this size; more "
+                            "varied --calib data repairs better", len(overfit), len(per_layer),
+                            ", ".join(overfit[:3]), ", ..." if len(overfit) > 3 else "")
+            return {"layers": per_layer, "overfit_layers": len(overfit)}
 
         return guarded(self.name, model, inp, apply, guard=bool(opts.get("guard", True)), ctx=ctx)

@@ -1,0 +1,52 @@
+"""lsq-reconstruct's ridge strength chosen on held-out rows (damp=auto)."""
+import numpy as np
+
+from graphprune.passes.reconstruction.lsq import DAMP_GRID, _Normal
+
+
+class _Lin:
+    name = "layer"
+
+
+def _fill(ne, X, Y, held_every=4):
+    for k in range(0, len(X), 8):
+        ne.update(X[k:k + 8, None, :], Y[k:k + 8, None, :], held=(k // 8) % held_every == held_every - 1)
+
+
+def _problem(rows, d, noise, seed=0):
+    rng = np.random.default_rng(seed)
+    W_true = rng.normal(size=(d, 3))
+    X = rng.normal(size=(rows, d))
+    Y = X @ W_true + noise * rng.normal(size=(rows, 3))
+    return X, Y, W_true
+
+
+def test_plenty_of_rows_choose_the_weakest_ridge():
+    X, Y, W_true = _problem(4000, 16, 0.01)
+    ne = _Normal(_Lin(), 1, False)
+    _fill(ne, X, Y)
+    W, info = ne.solve(np.zeros((1, 16, 3)), "auto")
+    assert info["damp"] == DAMP_GRID[0] and info["held_out_rows"] == 1000
+    assert np.abs(W[0] - W_true).max() < 0.05 and not info["overfit"]
+
+
+def test_few_noisy_rows_choose_a_stronger_ridge():
+    # 32 rows for 24 unknowns, mostly noise: the exact fit of the fit rows is wrong elsewhere
+    X, Y, _ = _problem(32, 24, 5.0)
+    W0 = np.zeros((1, 24, 3))
+    ne = _Normal(_Lin(), 1, False)
+    _fill(ne, X, Y)
+    _, info = ne.solve(W0, "auto")
+    assert info["damp"] > DAMP_GRID[0]
+    # the held-out error at the chosen strength is the lowest of the grid's
+    errs = {d: ne.held.error(ne.fit.solve(W0, d)) for d in DAMP_GRID}
+    assert errs[info["damp"]] == min(errs.values())
+
+
+def test_fixed_damp_is_used_as_given():
+    X, Y, _ = _problem(64, 4, 0.1)
+    ne = _Normal(_Lin(), 1, True)
+    _fill(ne, X, Y)
+    W, info = ne.solve(np.zeros((1, 5, 3)), 0.5)
+    assert info == {"damp": 0.5}
+    assert W.shape == (1, 5, 3)
