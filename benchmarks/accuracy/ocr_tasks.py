@@ -22,7 +22,7 @@ class OcrTask:
     sens_ratios = [0.2, 0.4, 0.6, 0.8]
 
     def __init__(self, name: str, quick: bool = False, calib_size: int | None = None):
-        self.name, self.file = name, FILES[name]
+        self.name, self.file, self.quick = name, FILES[name], quick
         self.path = os.path.join(D.MODELS, self.file)
         n = 16 if quick else None
         if name == "rec":
@@ -76,7 +76,7 @@ class OcrTask:
         `--calib calib.npz` with the default --calib-batch 8 would give); det/cls: the grid's
         data. A new object per call: nothing cached by one run reaches the next."""
         if self.name != "rec":
-            return self.calibration(None, len(self.x) < 96)
+            return self.calibration(None, self.quick)
         cal = self.calibration(self.GOAL_CALIB_LINES)
         cal.description = f"{self.GOAL_CALIB_LINES} rendered lines of the default font, 3x48x320"
         return cal
@@ -86,7 +86,7 @@ class OcrTask:
         (DejaVu fonts, contrast/brightness, noise; seed 7); det/cls: the grid's evaluation set."""
         if getattr(self, "_goal_sets", None) is None:
             if self.name == "rec":
-                n = 16 if len(self.x) < 96 else self.HELDOUT_LINES  # --quick
+                n = 16 if self.quick else self.HELDOUT_LINES
                 self._goal_sets = {"in-domain": D.rec_set(n, seed=1), "shifted": D.shifted_set(n, seed=7)}
             else:
                 self._goal_sets = {self.metric_name: (self.x, self.truth)}

@@ -323,10 +323,11 @@ def main(argv=None) -> int:
     args.targets = args.targets or ",".join(map(str, TARGETS))
     only_defaults = not ({"grid", "best"} & set(args.rows.split(",")))
     merge_here = args.out is None and only_defaults and not args.merge
+    args.no_latency = args.no_latency or only_defaults  # defaults rows only: no latency check
     if merge_here:
         import tempfile
 
-        args.out, args.no_latency = tempfile.mkdtemp(prefix="accuracy-defaults-"), True
+        args.out = tempfile.mkdtemp(prefix="accuracy-defaults-")
     out = Path(args.out or HERE)
     if args.merge:
         return merge(args.merge, out)
