@@ -34,15 +34,23 @@ def add_arguments(p, *, criterion: bool = False) -> None:
     g.add_argument("--reduction", choices=("sum", "mean", "max"), help="how a group's tensors' scores combine")
     g.add_argument("--normalize", choices=("mean", "max", "sum", "none", "lamp"),
                    help="per-tensor score normalisation before the reduction")
-    g.add_argument("--repair", metavar="LIST",
-                   help="after the oracle, repair without retraining: comma list of bias, bn, lsq, or all "
-                        "(needs --calib)")
+    g.add_argument("--repair", metavar="LIST", default="auto",
+                   help="after the oracle, repair without retraining: comma list of bias, bn, lsq, all, or none "
+                        "(needs --calib; default auto: chosen by the search with --calib, none without)")
+    g.add_argument("--search-budget", type=T.POSITIVE_INT, default=3, metavar="N",
+                   help="with --calib and no --criterion/--allocation/--repair: try up to N candidate "
+                        "configurations on part of the calibration data, score each on the held-back rest, keep "
+                        "the best (default 3; 1: take the first, wanda/uniform + bias,lsq, unscored)")
+    g.add_argument("--score", metavar="MODULE:FUNCTION",
+                   help="score candidates with FUNCTION(onnxruntime.InferenceSession) -> float, higher is better "
+                        "(default: output cosine vs the dense model on held-back and perturbed calibration samples)")
 
 
 def criterion_help() -> str:
     from graphprune.importance import CRITERIA
 
-    return "importance: " + ", ".join(sorted(CRITERIA)) + " (default l2; data-aware ones need --calib)"
+    return ("importance: " + ", ".join(sorted(CRITERIA)) + " (default auto: searched with --calib, l2 without; "
+            "data-aware ones need --calib)")
 
 
 def pass_options(args) -> dict:
@@ -60,9 +68,16 @@ def pass_options(args) -> dict:
 
 
 def calibration_options(args) -> dict:
-    """PruneOptions / CompileOptions calibration fields from the parsed flags."""
-    return {"calib": getattr(args, "calib", None), "calib_preprocess": getattr(args, "calib_preprocess", None),
-            "calib_batch": getattr(args, "calib_batch", 8), "calib_samples": getattr(args, "calib_samples", None)}
+    """PruneOptions / CompileOptions calibration fields from the parsed flags, the search's
+    budget and score, and the quality gate: with --calib and no --max-drop, the documented
+    default (workflow.search.DEFAULT_MAX_DROP), so a destroyed model is never written silently."""
+    from graphprune.workflow.search import DEFAULT_MAX_DROP
+
+    calib, max_drop = getattr(args, "calib", None), getattr(args, "max_drop", None)
+    return {"calib": calib, "calib_preprocess": getattr(args, "calib_preprocess", None),
+            "calib_batch": getattr(args, "calib_batch", 8), "calib_samples": getattr(args, "calib_samples", None),
+            "search_budget": getattr(args, "search_budget", 3), "score": getattr(args, "score", None),
+            "max_drop": DEFAULT_MAX_DROP if calib is not None and max_drop is None else max_drop}
 
 
 def write_extras(ctx, plan_path: Path) -> list[Path]:

@@ -37,7 +37,8 @@ def add_arguments(p):
                    help="concrete shape for a model input (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the oracle")
     p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
-                   help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D")
+                   help="quality gate with --calib: fail (exit 3) when 1 - mean output cosine exceeds D "
+                        "(default with --calib: 0.1; 2 turns it off)")
     p.add_argument("--min-speedup", type=T.POSITIVE, metavar="F",
                    help="fail (exit 5, nothing written) unless the deployed pruned model is at least F times "
                         "faster than the input model in ONNX Runtime, measured side by side on this machine "
@@ -74,7 +75,7 @@ def options(args):
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db or _default_db(),
                           rpc=args.rpc, rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
-                          prune_options=alloc_cli.pass_options(args), repair=args.repair, max_drop=args.max_drop,
+                          prune_options=alloc_cli.pass_options(args), repair=args.repair,
                           sparsity=sparsity_opts, force=args.force, min_speedup=args.min_speedup,
                           **alloc_cli.calibration_options(args))
 

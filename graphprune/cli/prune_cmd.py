@@ -22,8 +22,9 @@ def add_arguments(p):
     p.add_argument("-o", "--output", help="output .onnx (default: <model>.pruned.onnx); the plan goes to <output>.plan.json")
     p.add_argument("--ratio", type=T.RATIO, default=DEFAULTS.ratio,
                    help=f"fraction of each group's channels to remove (default {DEFAULTS.ratio:g})")
-    p.add_argument("--criterion", default=DEFAULTS.criterion, help="importance: l1, l2 (default), random, bn_scale, "
-                   "fpgm, lamp, activation, apoz, wanda, obs (data-aware ones need --calib)")
+    p.add_argument("--criterion", default=DEFAULTS.criterion, help="importance: auto (default: searched with --calib, "
+                   "l2 without), l1, l2, random, bn_scale, fpgm, lamp, activation, apoz, wanda, obs (data-aware "
+                   "ones need --calib)")
     p.add_argument("--round-to", type=T.POSITIVE_INT, default=DEFAULTS.round_to, metavar="N",
                    help="keep widths multiples of N")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex,
@@ -43,7 +44,8 @@ def add_arguments(p):
                    help="make a dynamic input static (repeatable)")
     p.add_argument("--max-drop", type=T.NONNEG, metavar="D",
                    help="quality gate with --calib: fail (exit 3, nothing written) when 1 - mean cosine of "
-                        "pruned vs dense outputs on the calibration data exceeds D")
+                        "pruned vs dense outputs on the calibration data exceeds D (default with --calib: 0.1; "
+                        "2 turns it off)")
     from graphprune.cli.config_file import add_pipeline_arguments
 
     add_pipeline_arguments(p)
@@ -64,7 +66,7 @@ def options(args):
         remove_blocks=args.remove_blocks, block_criterion=args.block_criterion, blocks=list(args.blocks),
         input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
         inputs=None if args.no_check else load_inputs(args.inputs), repair=args.repair, sparsity=sparsity,
-        max_drop=args.max_drop, **alloc_cli.calibration_options(args))
+        **alloc_cli.calibration_options(args))
 
 
 def _checked_output(args) -> Path:
@@ -102,6 +104,7 @@ def run(args) -> int:
 
         return emit(args, {**args.prune_report, "wrote": [str(outcome.out), str(outcome.plan_out)], "report": str(html)})
     print_prune_summary(outcome, latency=latency)
+    _print_search(outcome)
     _print_accuracy(outcome)
     print(f"report: {html}")
     return 0
@@ -113,6 +116,13 @@ def _check_report_paths(args, out: Path) -> None:
     from graphprune.report.writer import check_report_paths
 
     check_report_paths(out, cli_paths(args)[0])
+
+
+def _print_search(outcome) -> None:
+    from graphprune.workflow.search import table
+
+    for line in table(outcome.search or {}):
+        print(line)
 
 
 def _print_accuracy(outcome) -> None:

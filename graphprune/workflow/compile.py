@@ -52,7 +52,9 @@ class CompileOptions:
     calib_preprocess: str | None = None
     calib_batch: int = DEFAULTS.calib_batch
     calib_samples: int | None = None
-    repair: str | None = None  # comma list of bias, bn, lsq, or all
+    repair: str | None = DEFAULTS.repair  # comma list of bias, bn, lsq, all, none; auto: searched with calib
+    search_budget: int = DEFAULTS.search_budget
+    score: str | None = None  # module:function scoring the search's candidates
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
     sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
     force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
@@ -72,7 +74,7 @@ def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
         allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, calib=opts.calib,
         calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,
         input_shapes=opts.input_shapes, check=opts.check, check_unchanged=False, repair=opts.repair,
-        sparsity=opts.sparsity, max_drop=opts.max_drop)
+        sparsity=opts.sparsity, max_drop=opts.max_drop, search_budget=opts.search_budget, score=opts.score)
 
 
 def default_out_dir(model_path: Path, target: Target) -> Path:

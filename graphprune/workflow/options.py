@@ -11,7 +11,7 @@ from typing import Any
 class PruneOptions:
     # choosing channels (prune-channels; allocation.driver)
     ratio: float = 0.3
-    criterion: str = "l2"
+    criterion: str = "auto"  # auto: searched with calibration data (workflow.search), l2 without
     round_to: int = 1
     ignore: list[str] = field(default_factory=list)
     seed: int = 0
@@ -35,7 +35,9 @@ class PruneOptions:
     check_unchanged: bool = True  # also run the oracle when the plan slices nothing
     inputs: list[dict] | None = None  # feed dicts used by the oracle besides random ones
     # after the oracle
-    repair: str | None = None  # comma list of bias, bn, lsq, or all
+    repair: str | None = "auto"  # comma list of bias, bn, lsq, all, none; auto: searched with calibration data
+    search_budget: int = 3  # candidates the search may evaluate (1: take the first, no evaluation)
+    score: str | None = None  # module:function(session) -> float scoring candidates (default: output cosine)
     sparsity: dict | None = None  # `sparsify` pass options; None: no sparsity
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
 

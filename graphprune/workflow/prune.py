@@ -41,6 +41,9 @@ class Progress:
     def fidelity(self, fid: dict, max_drop: float) -> None:
         pass
 
+    def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
+        pass
+
 
 @dataclass
 class PruneOutcome:
@@ -62,6 +65,7 @@ class PruneOutcome:
     plan_out: Path | None = None  # its plan
     groups_before: Any = None  # dry run: the dependency graph before pruning
     sparsify_passes: list = field(default_factory=list)  # dry run: what would run after the oracle
+    search: dict | None = None  # the candidate search (workflow.search): candidates, scores, the chosen one
 
     @property
     def calibration(self):
@@ -93,6 +97,8 @@ class _Run:
 
     def go(self, dry_run: bool) -> PruneOutcome:
         outcome = self.load()
+        self.load_calibration()
+        self.choose(outcome, dry_run)
         pm, repair_pm, sparsify_passes = self.plan_step()
         self.resolve_shapes(outcome)
         if dry_run:
@@ -136,15 +142,26 @@ class _Run:
         outcome.before = _cost(self.model, outcome.shapes)
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
-    def plan_step(self):
+    def load_calibration(self) -> None:
         from graphprune.runtime.calibration import load_calibration
 
-        self.state.plan_in = self._plan_in()
-        self.state.selection = self.opts.selection
         o = self.opts
         self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
                                                   batch_size=o.calib_batch, limit=o.calib_samples)
-        return pipeline.build(o, self.state.plan_in)
+
+    def choose(self, outcome: PruneOutcome, dry_run: bool) -> None:
+        """Criterion, allocation and repair the user left to graphprune: searched with
+        calibration data (not in a dry run: it would prune the model several times)."""
+        from graphprune.workflow import search
+
+        if search.wants_search(self.opts) and not dry_run:
+            self.opts, outcome.search = search.search(self.model, self.opts, self.state.calibration, self.progress)
+        self.opts = search.resolve_without_search(self.opts)
+
+    def plan_step(self):
+        self.state.plan_in = self._plan_in()
+        self.state.selection = self.opts.selection
+        return pipeline.build(self.opts, self.state.plan_in)
 
     def _plan_in(self) -> Plan | None:
         from graphprune import outputs

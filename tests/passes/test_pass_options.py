@@ -14,7 +14,7 @@ from graphprune.passes import PASSES, Pass, PassManager, register_pass
     ("sparsify{sparsity=0.5,skip_frist=false}", "skip_frist", "skip_first (bool)"),
     ("prune-channels{ratio=0.5,rato=0.2}", "rato", "ratio (float)"),
     ("prune-blocks{k=2}", "k", "n (int)"),
-    ("lsq-reconstruct{dmp=0.1}", "dmp", "damp (float)"),
+    ("lsq-reconstruct{dmp=0.1}", "dmp", "damp (float | str)"),
 ])
 def test_unknown_option_fails_at_parse_with_valid_options_listed(pipeline, unknown, listed):
     with pytest.raises(UsageError, match=f"unknown option {unknown}") as e:

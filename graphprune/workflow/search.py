@@ -1,0 +1,263 @@
+"""Choosing criterion, allocation and repair when the user did not: a candidate search.
+
+With calibration data and no explicit `--criterion`, `--allocation` or `--repair`, the
+run does not fall back to L2 magnitude (which, measured on PP-OCRv4 rec at 70% MACs,
+reads 0% of text lines). It tries the configurations the accuracy benchmarks found best
+(benchmarks/accuracy/results.md), in that order, each pruned and repaired on most of the
+calibration samples and scored on the rest — the held-back samples, clean and perturbed
+(noise, contrast, offset at a strength the dense model is stable under), so a repair that
+only fits the calibration style loses. The best configuration is then run as usual on all
+the data, oracle included; the table of candidates lands in the outcome and the reports.
+
+Without calibration data: L2 magnitude and no repair (there is nothing to measure with),
+and the verbs say that accuracy was not measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphprune.errors import UsageError
+from graphprune.workflow.options import PruneOptions
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+DEFAULT_MAX_DROP = 0.1  # the CLI's --max-drop when --calib is given: 1 - mean output cosine
+STABLE_COSINE = 0.98  # a perturbation is used only when the dense model's outputs stay this close
+
+
+@dataclass(frozen=True)
+class Candidate:
+    criterion: str
+    allocation: str
+    repair: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.criterion}/{self.allocation}" + (f" + {self.repair}" if self.repair else "")
+
+
+# Best first (benchmarks/accuracy/results.md, 30% of MACs removed: wanda with bias+lsq repair
+# wins on rec, cls, det and MiniLM; uniform vs global depends on the model).
+CANDIDATES = (
+    Candidate("wanda", "uniform", "bias,lsq"),
+    Candidate("wanda", "global", "bias,lsq"),
+    Candidate("activation", "uniform", "bias,lsq"),
+    Candidate("l2", "uniform", "bias,lsq"),
+)
+FALLBACK = Candidate("l2", "uniform", None)  # no calibration data
+
+
+def chooses_channels(opts: PruneOptions) -> bool:
+    """graphprune decides what to remove (not a replayed plan, a selection or a pipeline)."""
+    return bool(opts.prune) and opts.pipeline is None and opts.plan is None and opts.selection is None
+
+
+def wants_search(opts: PruneOptions) -> bool:
+    """Calibration data, channels to choose, and something left for the search to choose."""
+    open_choice = opts.criterion == AUTO or opts.repair == AUTO or "allocation" not in opts.allocation
+    return opts.calib is not None and chooses_channels(opts) and open_choice
+
+
+def candidates(opts: PruneOptions) -> list[Candidate]:
+    """The candidates consistent with what the user fixed, best first, without repeats."""
+    out: list[Candidate] = []
+    for c in CANDIDATES:
+        c = Candidate(c.criterion if opts.criterion == AUTO else opts.criterion,
+                      opts.allocation.get("allocation", c.allocation),
+                      c.repair if opts.repair == AUTO else opts.repair)
+        if c not in out:
+            out.append(c)
+    return out[:max(1, opts.search_budget)]
+
+
+def with_candidate(opts: PruneOptions, c: Candidate) -> PruneOptions:
+    alloc = dict(opts.allocation)
+    alloc["allocation"] = c.allocation
+    return dataclasses.replace(opts, criterion=c.criterion, allocation=alloc, repair=c.repair)
+
+
+def resolve_without_search(opts: PruneOptions) -> PruneOptions:
+    """`auto` choices with no search: the first candidate with data, magnitude and no
+    repair without (or when the channels come from a plan, a selection or a pipeline)."""
+    first = candidates(opts)[0] if opts.calib is not None and chooses_channels(opts) else FALLBACK
+    return dataclasses.replace(opts, criterion=first.criterion if opts.criterion == AUTO else opts.criterion,
+                               repair=first.repair if opts.repair == AUTO else opts.repair)
+
+
+# ---- the data: fit on some samples, score on the others ------------------------------------
+def split(batches: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """(fit batches, held-back batches, how): every fourth batch when there are four or
+    more, else the last quarter of each batch's samples."""
+    if len(batches) >= 4:
+        return ([b for k, b in enumerate(batches) if k % 4 != 3], [b for k, b in enumerate(batches) if k % 4 == 3],
+                "every 4th batch held back")
+    sizes = {np.shape(v)[0] if np.ndim(v) else 0 for b in batches for v in b.values()}
+    n = min(sizes) if sizes else 0
+    if len(sizes) != 1 or n < 2:
+        return batches, batches, "too few samples to hold any back: candidates scored on the data they were fit on"
+    k = max(1, n // 4)
+    return ([{key: v[:n - k] for key, v in b.items()} for b in batches],
+            [{key: v[n - k:] for key, v in b.items()} for b in batches], f"last {k} of every {n} samples held back")
+
+
+def perturb(feeds: dict, rng, strength: float) -> dict:
+    """A cheap augmentation of the float inputs: contrast, offset and noise, scaled by the
+    input's own spread. Integer inputs (token ids, masks) are left as they are."""
+    out = {}
+    for k, v in feeds.items():
+        a = np.asarray(v)
+        if a.dtype.kind != "f" or a.ndim < 2:
+            out[k] = a
+            continue
+        std = float(a.std()) or 1.0
+        shape = (a.shape[0],) + (1,) * (a.ndim - 1)
+        c = 1.0 - strength * rng.uniform(0.0, 0.3, shape)
+        b = strength * std * rng.uniform(-0.2, 0.2, shape)
+        out[k] = (a * c + b + strength * 0.1 * std * rng.normal(size=a.shape)).astype(a.dtype)
+    return out
+
+
+def stable_perturbations(dense, held: list[dict], seed: int) -> tuple[list[dict], float]:
+    """Perturbed copies of the held-back batches at the largest strength (1, 1/2, 1/4) under
+    which the dense model's outputs keep a mean cosine ≥ STABLE_COSINE; none when none is."""
+    for strength in (1.0, 0.5, 0.25):
+        rng = np.random.default_rng(seed)
+        pert = [perturb(b, rng, strength) for b in held]
+        if all(p[k] is b[k] for p, b in zip(pert, held, strict=True) for k in b):
+            return [], 0.0  # no float input to perturb
+        pairs = [(b, p) for b, p in zip(held, pert, strict=True)]
+        cos = _cosine_between(dense, pairs)
+        if cos >= STABLE_COSINE:
+            return pert, strength
+    return [], 0.0
+
+
+def _cosine_between(model, pairs) -> float:
+    """Mean cosine of the model's outputs on each clean batch and its perturbed copy."""
+    from graphprune.runtime.ort import session
+
+    s = session(model)
+    cos = []
+    for clean, pert in pairs:
+        for a, b in zip(s.run(None, clean), s.run(None, pert), strict=True):
+            a2 = np.asarray(a, np.float64).reshape(len(a), -1) if np.ndim(a) else None
+            b2 = np.asarray(b, np.float64).reshape(len(b), -1) if np.ndim(b) else None
+            if a2 is None or a2.dtype.kind != "f" or a2.shape != b2.shape:
+                continue
+            den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+            cos.extend(np.where(den > 0, (a2 * b2).sum(1) / np.maximum(den, 1e-30), 1.0).tolist())
+    return float(np.mean(cos)) if cos else 1.0
+
+
+# ---- scoring ---------------------------------------------------------------------------------
+def user_score(spec: str):
+    """`--score module:function` (or path/to/file.py:function): function(session) -> float,
+    higher is better; the session is an onnxruntime.InferenceSession of the candidate."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    mod_name, sep, fn_name = spec.rpartition(":")
+    if not sep or not mod_name or not fn_name:
+        raise UsageError(f"--score {spec!r}: expected module:function or file.py:function")
+    try:
+        if mod_name.endswith(".py"):
+            s = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
+            mod = importlib.util.module_from_spec(s)
+            s.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(mod_name)
+        fn = getattr(mod, fn_name)
+    except (ImportError, AttributeError, OSError) as exc:
+        raise UsageError(f"--score {spec!r}: cannot import ({exc})") from None
+    return fn
+
+
+class Scorer:
+    """Scores a candidate model: the user's function, or the mean output cosine against the
+    dense model on the held-back samples and their perturbed copies."""
+
+    def __init__(self, dense, held: list[dict], perturbed: list[dict], score_spec: str | None):
+        self.dense, self.held, self.perturbed = dense, held, perturbed
+        self.fn = user_score(score_spec) if score_spec else None
+        self.name = f"user score {score_spec}" if score_spec else "output cosine on held-back samples"
+
+    def __call__(self, model) -> dict:
+        from graphprune.runtime.oracle import output_fidelity
+        from graphprune.runtime.ort import session
+
+        if self.fn is not None:
+            return {"score": float(self.fn(session(model)))}
+        clean = output_fidelity(self.dense, model, self.held)["mean_cosine"]
+        row = {"cosine_held_back": round(clean, 5)}
+        score = clean
+        if self.perturbed:
+            pert = output_fidelity(self.dense, model, self.perturbed)["mean_cosine"]
+            row["cosine_perturbed"] = round(pert, 5)
+            score = (clean + pert) / 2
+        return {"score": round(score, 5), **row}
+
+
+# ---- the search --------------------------------------------------------------------------------
+def search(model, opts: PruneOptions, calibration, progress) -> tuple[PruneOptions, dict]:
+    """Evaluate the candidates on copies of `model`; the options of the best and the table."""
+    from graphprune.ir.serialize import clone
+    from graphprune.runtime.calibration import Calibration
+    from graphprune.workflow.prune import run_prune
+
+    cands = candidates(opts)
+    info = {"candidates": [], "budget": opts.search_budget}
+    if len(cands) == 1:
+        info.update(chosen=cands[0].name, note="one candidate: nothing to compare")
+        return with_candidate(opts, cands[0]), info
+    batches = list(calibration.batches())
+    fit, held, how = split(batches)
+    perturbed, strength = stable_perturbations(model, held, opts.seed)
+    scorer = Scorer(model, held, perturbed, opts.score)
+    info.update(split=how, score=scorer.name, perturbation_strength=strength)
+    fit_calib = Calibration.from_batches(fit, f"{calibration.description} (search: fit part)")
+    t0 = time.time()
+    same_cost = opts
+    for i, c in enumerate(cands):
+        t = time.time()
+        trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
+                                    max_drop=None, sparsity=None, inputs=None, search_budget=1)
+        out = run_prune(clone(model), trial)
+        kept = out.after.macs / max(out.before.macs, 1)
+        if i == 0 and not any(k.startswith("target_") for k in opts.allocation):
+            # a ratio removes different MACs under different allocations: compare at the first one's cost
+            same_cost = dataclasses.replace(opts, allocation={**opts.allocation, "target_macs": round(kept, 4)})
+            info["same_cost"] = f"candidates after the first meet its kept MACs ({kept:.3f})"
+        row = {"name": c.name, "criterion": c.criterion, "allocation": c.allocation, "repair": c.repair,
+               **scorer(out.model), "kept_macs": round(kept, 4), "seconds": round(time.time() - t, 1)}
+        info["candidates"].append(row)
+        eta = (time.time() - t0) / (i + 1) * (len(cands) - i - 1)
+        progress.candidate(i + 1, len(cands), row, eta)
+    k = max(range(len(cands)), key=lambda j: info["candidates"][j]["score"])
+    info["chosen"] = cands[k].name
+    return with_candidate(opts if k == 0 else same_cost, cands[k]), info
+
+
+def table(info: dict) -> list[str]:
+    """The candidate table as text lines (for the terminal summary)."""
+    rows = info.get("candidates") or []
+    if not rows:
+        return [f"search: {info.get('chosen')} ({info.get('note', '')})"] if info.get("chosen") else []
+    extra = [k for k in ("cosine_held_back", "cosine_perturbed") if k in rows[0]]
+    lines = [f"search: {len(rows)} candidates scored by {info['score']} ({info['split']}"
+             + (f"; perturbed copies at strength {info['perturbation_strength']:g}" if extra[1:] else "") + ")",
+             "  " + "  ".join(["candidate".ljust(34), "score".rjust(8), *[k.rjust(16) for k in extra],
+                               "kept MACs".rjust(9), "s".rjust(6)])]
+    for r in rows:
+        mark = "*" if r["name"] == info.get("chosen") else " "
+        lines.append(mark + " " + "  ".join([r["name"].ljust(34), f"{r['score']:8.4f}",
+                                             *[f"{r[k]:16.4f}" for k in extra], f"{r['kept_macs']:9.3f}",
+                                             f"{r['seconds']:6.0f}"]))
+    lines.append(f"chosen: {info.get('chosen')}")
+    return lines
