@@ -95,16 +95,18 @@ def _candidates_figure(plt, search: dict) -> list[tuple[str, str]]:
     cands = [c for c in search.get("candidates") or [] if isinstance(c.get("score"), (int, float))]
     if not cands:
         return []
-    xkey = next((k for k in ("latency_ms", "macs") if all(isinstance(c.get(k), (int, float)) for c in cands)), None)
+    xkey = next((k for k in ("latency_ms", "macs", "kept_macs") if all(isinstance(c.get(k), (int, float)) for c in cands)), None)
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [c[xkey] if xkey else i for i, c in enumerate(cands)]
     chosen = [c.get("name") == search.get("chosen") for c in cands]
     ax.scatter(xs, [c["score"] for c in cands], c=["#a7452f" if ch else "#2f5fa7" for ch in chosen])
     for x, c in zip(xs, cands, strict=True):
         ax.annotate(str(c.get("name"))[:24], (x, c["score"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel({"latency_ms": "latency (ms)", "macs": "MACs"}.get(xkey, "candidate"))
+    ax.set_xlabel({"latency_ms": "latency (ms)", "macs": "MACs", "kept_macs": "kept MACs (fraction)"}.get(
+        xkey, "candidate"))
     ax.set_ylabel("score")
-    ax.set_title("candidates: score vs " + ({"latency_ms": "latency", "macs": "MACs"}.get(xkey) or "order"))
+    ax.set_title("candidates: score vs " + ({"latency_ms": "latency", "macs": "MACs", "kept_macs": "kept MACs"}.get(
+        xkey) or "order"))
     src = _fig_png(fig)
     plt.close(fig)
     return [("candidate trade-off", src)]

@@ -46,8 +46,10 @@ def test_model_cost_counts_macs_at_the_given_shape_and_leaves_the_model_dynamic(
 
 
 def _prune(tmp_path, capsys, model, *extra):
+    # about shapes, on a random-weight model: one search candidate, and the quality gate off
+    quick = ["--search-budget", "1", "--max-drop", "2"] if "--calib" in extra else []
     assert main(["prune", str(model), "--ratio", "0.5", "--no-bench", "-o", str(tmp_path / "out.onnx"),
-                 *map(str, extra)]) == 0
+                 *map(str, extra), *quick]) == 0
     return capsys.readouterr().out
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from graphprune.cli.main import main
 
-FIGURES = {"output width per layer", "MACs per layer", "latency per layer", "sensitivity curves"}
+# --calib without --criterion/--repair: a search ran, so its candidate plot is there too
+FIGURES = {"output width per layer", "MACs per layer", "latency per layer", "sensitivity curves", "candidate trade-off"}
 
 
 def _chromium() -> str:
@@ -49,7 +50,7 @@ def test_report_html_renders_every_figure_in_chromium(samples_dir, tmp_path):
     page = _sample_report(samples_dir, tmp_path)
     html = page.read_text()
     alts = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'>", html)
-    assert {a for a, _ in alts} == FIGURES  # no search ran: no candidate plot
+    assert {a for a, _ in alts} == FIGURES
     from matplotlib.image import imread
 
     for alt, data in alts:  # each figure has ink: not one flat colour
