@@ -259,43 +259,4 @@ def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, choice: Mapping
     return out if changed else None
 
 
-# ---- analysis at the representative shape, model kept dynamic ----------------------------------
-
-def analyse_at(model, shapes: Mapping) -> int:
-    """Give `model`'s intermediate values the shapes they have at `shapes` ({input name:
-    concrete shape}, or an InputShapes) where they are symbolic or unknown, so that slots
-    frozen only for want of a size are analysed at the representative shape; returns how
-    many values gained dims. Graph inputs and outputs keep the dims the model declares, and
-    nothing is folded: the model stays dynamic. These shapes are analysis aids —
-    `frontends.onnx.save_onnx` writes no intermediate shapes — and a pruned model is proven
-    at another size of every dynamic dim by the oracle (`other_sizes`)."""
-    import onnx_ir as ir
-
-    from graphprune.analysis.cost import at_shapes
-
-    if isinstance(shapes, InputShapes):
-        shapes = shapes.shapes
-    if not shapes:
-        return 0
-    copy = at_shapes(model, shapes)
-    known = {v.name: v for v in copy.graph.initializers.values()}
-    known.update({v.name: v for n in copy.graph for v in n.outputs if v is not None})
-    outer = {id(v) for v in list(model.graph.inputs) + list(model.graph.outputs)}
-    gained = 0
-    for node in model.graph:
-        for v in node.outputs:
-            if v is None or id(v) in outer:
-                continue
-            other = known.get(v.name)
-            if other is None or other.shape is None:
-                continue
-            new = list(other.shape)
-            cur = list(v.shape) if v.shape is not None else None
-            if cur is not None and (len(cur) != len(new) or any(
-                    _static(c) and (not _static(n) or c != n) for c, n in zip(cur, new, strict=True))):
-                continue  # a contradiction (or fewer known dims): the model's own shape stays
-            merged = [n if not _static(c) else c for c, n in zip(cur, new, strict=True)] if cur is not None else new
-            if cur is None or merged != cur:
-                v.shape = ir.Shape(merged)
-                gained += 1
-    return gained
+from graphprune.frontends.onnx import analyse_at  # noqa: E402,F401  (importable from here too)

@@ -38,21 +38,7 @@ class Cost:
     shapes: dict | None = None  # {input: shape} the MACs were counted at (None: symbolic dims as 1)
 
 
-def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
-    """A copy of `model` (tensors shared, not copied) whose symbolic input dims are set from
-    `shapes` ({input name: concrete shape}) and whose shapes are re-inferred and folded."""
-    from graphprune.frontends.onnx import normalize
-
-    copy = model.clone()
-    for v in copy.graph.inputs:
-        dims = shapes.get(v.name)
-        if dims is None or v.shape is None or len(v.shape) != len(dims):
-            continue
-        v.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else int(n) for d, n in zip(v.shape, dims, strict=True)])
-    for node in copy.graph:  # stale symbolic intermediate shapes would fight the new ones
-        for o in node.outputs:
-            o.shape = None if not o.is_graph_output() else o.shape
-    return normalize(copy, fold=True, warn=False)
+from graphprune.frontends.onnx import at_shapes  # noqa: E402  (importable from here too)
 
 
 def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -70,8 +71,6 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
         _check_input_shapes(model, input_shapes)
     normalize(model, fold=fold)
     if input_shapes:
-        from graphprune.input_shapes import analyse_at
-
         analyse_at(model, input_shapes)
     if fold:  # analysed, not as-read (the oracle's original): see graphprune.ir.untie
         from graphprune.ir.untie import untie_shared_zeros
@@ -538,3 +537,61 @@ def _rewrite_external_location(onnx_path: str, old: str, new: str) -> None:
             if entry.key == "location" and entry.value == old:
                 entry.value = new
     onnx.save(proto, onnx_path)
+
+
+# ---- the model at representative input shapes ---------------------------------------------------
+# A folded copy at concrete shapes (`at_shapes`, for MAC counts), and the dynamic model's
+# intermediate values annotated with the shapes they have there (`analyse_at`, for analysis).
+
+def _static_dim(d) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and d >= 0
+
+
+def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
+    """A copy of `model` (tensors shared, not copied) whose symbolic input dims are set from
+    `shapes` ({input name: concrete shape}) and whose shapes are re-inferred and folded."""
+    copy = model.clone()
+    for v in copy.graph.inputs:
+        dims = shapes.get(v.name)
+        if dims is None or v.shape is None or len(v.shape) != len(dims):
+            continue
+        v.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else int(n) for d, n in zip(v.shape, dims, strict=True)])
+    for node in copy.graph:  # stale symbolic intermediate shapes would fight the new ones
+        for o in node.outputs:
+            o.shape = None if not o.is_graph_output() else o.shape
+    return normalize(copy, fold=True, warn=False)
+
+
+def analyse_at(model, shapes: Mapping) -> int:
+    """Give `model`'s intermediate values the shapes they have at `shapes` ({input name:
+    concrete shape}, or an InputShapes) where they are symbolic or unknown, so that slots
+    frozen only for want of a size are analysed at the representative shape; returns how
+    many values gained dims. Graph inputs and outputs keep the dims the model declares, and
+    nothing is folded: the model stays dynamic. These shapes are analysis aids —
+    `frontends.onnx.save_onnx` writes no intermediate shapes — and a pruned model is proven
+    at another size of every dynamic dim by the oracle (`other_sizes`)."""
+    shapes = getattr(shapes, "shapes", shapes)  # an InputShapes, or {input: shape}
+    if not shapes:
+        return 0
+    copy = at_shapes(model, shapes)
+    known = {v.name: v for v in copy.graph.initializers.values()}
+    known.update({v.name: v for n in copy.graph for v in n.outputs if v is not None})
+    outer = {id(v) for v in list(model.graph.inputs) + list(model.graph.outputs)}
+    gained = 0
+    for node in model.graph:
+        for v in node.outputs:
+            if v is None or id(v) in outer:
+                continue
+            other = known.get(v.name)
+            if other is None or other.shape is None:
+                continue
+            new = list(other.shape)
+            cur = list(v.shape) if v.shape is not None else None
+            if cur is not None and (len(cur) != len(new) or any(
+                    _static_dim(c) and (not _static_dim(n) or c != n) for c, n in zip(cur, new, strict=True))):
+                continue  # a contradiction (or fewer known dims): the model's own shape stays
+            merged = [n if not _static_dim(c) else c for c, n in zip(cur, new, strict=True)] if cur is not None else new
+            if cur is None or merged != cur:
+                v.shape = ir.Shape(merged)
+                gained += 1
+    return gained

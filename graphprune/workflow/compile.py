@@ -119,7 +119,7 @@ class _Logged(Progress):
         self.log_fn = log_fn
 
     def oracle(self, res, shapes) -> None:
-        self.log_fn(f"oracle inputs: {shapes.describe()}")
+        self.log_fn(f"oracle inputs: {(res.shapes or shapes).describe()}")  # both sizes of dynamic dims
         self.log_fn(res.summary())
 
 
@@ -436,7 +436,9 @@ def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOpti
                                           hint='pip install "graphprune[tvm]" (apache-tvm 0.27)')
         notes.append(f"TVM not used: {why}")
         return {"skipped": why}
-    db_root = Path(opts.db) if opts.db else Path.home() / ".cache" / "graphprune" / "tvm-db"
+    from graphprune.cache import tvm_db_root
+
+    db_root = Path(opts.db) if opts.db else Path(tvm_db_root())  # $XDG_CACHE_HOME/graphprune/tvm-db
     log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
     res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
                       db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,

@@ -155,7 +155,8 @@ class _Run:
         from graphprune.workflow import search
 
         if search.wants_search(self.opts) and not dry_run:
-            self.opts, outcome.search = search.search(self.model, self.opts, self.state.calibration, self.progress)
+            self.opts, outcome.search = search.search(self.model, self.opts, self.state.calibration, self.progress,
+                                                      run_prune)
         self.opts = search.resolve_without_search(self.opts)
 
     def plan_step(self):
@@ -236,6 +237,7 @@ class _Run:
         if not res.ok:  # a FAIL (or nothing compared) writes nothing
             raise OracleMismatchError(
                 f"nothing was compared: {res.refused}" if res.refused else
+                f"pruned model differs from the masked original: {res.error}" if getattr(res, "error", None) else
                 "pruned model differs from the masked original: " +
                 ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
                 hint="nothing was written; please report this model")

@@ -205,11 +205,11 @@ class Scorer:
 
 
 # ---- the search --------------------------------------------------------------------------------
-def search(model, opts: PruneOptions, calibration, progress) -> tuple[PruneOptions, dict]:
-    """Evaluate the candidates on copies of `model`; the options of the best and the table."""
+def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple[PruneOptions, dict]:
+    """Evaluate the candidates on copies of `model` with `run_prune` (the workflow's own, passed
+    in: the search is a step of it); the options of the best and the table."""
     from graphprune.ir.serialize import clone
     from graphprune.runtime.calibration import Calibration
-    from graphprune.workflow.prune import run_prune
 
     cands = candidates(opts)
     info = {"candidates": [], "budget": opts.search_budget}
