@@ -250,8 +250,10 @@ def table(info: dict) -> list[str]:
     if not rows:
         return [f"search: {info.get('chosen')} ({info.get('note', '')})"] if info.get("chosen") else []
     extra = [k for k in ("cosine_held_back", "cosine_perturbed") if k in rows[0]]
-    lines = [f"search: {len(rows)} candidates scored by {info['score']} ({info['split']}"
-             + (f"; perturbed copies at strength {info['perturbation_strength']:g}" if extra[1:] else "") + ")",
+    pert = (f"; perturbed copies at strength {info['perturbation_strength']:g}" if extra[1:] else
+            "; no perturbed copies (no float input, or the dense model's outputs moved below cosine "
+            f"{STABLE_COSINE:g} under the weakest perturbation)" if extra else "")
+    lines = [f"search: {len(rows)} candidates scored by {info['score']} ({info['split']}{pert})",
              "  " + "  ".join(["candidate".ljust(34), "score".rjust(8), *[k.rjust(16) for k in extra],
                                "kept MACs".rjust(9), "s".rjust(6)])]
     for r in rows:
