@@ -232,10 +232,12 @@ def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess
     return Calibration(make, f"{folder} ({len(files)} images)", -(-len(files) // bs))
 
 
-def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | None = None) -> Calibration:
+def load_callable(spec: str, flag: str):
+    """The function named by `module:function` or `path/to/file.py:function` (the form of
+    --calib and --score); a usage error naming `flag` when it cannot be imported."""
     mod_name, _, fn_name = spec.rpartition(":")
     if not mod_name or not fn_name:
-        raise UsageError(f"--calib {spec!r}: expected module:function")
+        raise UsageError(f"{flag} {spec!r}: expected module:function")
     try:
         if mod_name.endswith(".py") or "/" in mod_name:
             s = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
@@ -245,9 +247,13 @@ def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | 
             s.loader.exec_module(mod)
         else:
             mod = importlib.import_module(mod_name)
-        fn = getattr(mod, fn_name)
-    except (ImportError, AttributeError, FileNotFoundError) as exc:
-        raise UsageError(f"--calib {spec!r}: cannot import ({exc})") from None
+        return getattr(mod, fn_name)
+    except (ImportError, AttributeError, OSError) as exc:
+        raise UsageError(f"{flag} {spec!r}: cannot import ({exc})") from None
+
+
+def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | None = None) -> Calibration:
+    fn = load_callable(spec, "--calib")
     names = [n for n, _ in _input_info(model)]
 
     def make():

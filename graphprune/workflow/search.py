@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphprune.errors import UsageError
 from graphprune.workflow.options import PruneOptions
 
 log = logging.getLogger(__name__)
@@ -159,24 +158,9 @@ def _cosine_between(model, pairs) -> float:
 def user_score(spec: str):
     """`--score module:function` (or path/to/file.py:function): function(session) -> float,
     higher is better; the session is an onnxruntime.InferenceSession of the candidate."""
-    import importlib
-    import importlib.util
-    from pathlib import Path
+    from graphprune.runtime.calibration import load_callable
 
-    mod_name, sep, fn_name = spec.rpartition(":")
-    if not sep or not mod_name or not fn_name:
-        raise UsageError(f"--score {spec!r}: expected module:function or file.py:function")
-    try:
-        if mod_name.endswith(".py"):
-            s = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
-            mod = importlib.util.module_from_spec(s)
-            s.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(mod_name)
-        fn = getattr(mod, fn_name)
-    except (ImportError, AttributeError, OSError) as exc:
-        raise UsageError(f"--score {spec!r}: cannot import ({exc})") from None
-    return fn
+    return load_callable(spec, "--score")
 
 
 class Scorer:
