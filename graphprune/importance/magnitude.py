@@ -13,6 +13,7 @@ import numpy as np
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
+from graphprune.ir.quant import dequantized_const
 
 WEIGHT_ROLES = {"weight", "embedding"}
 
@@ -29,7 +30,10 @@ def weight_slots(group: Group):
 def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> list[Contribution]:
     out = []
     for s in weight_slots(group):
-        arr = const_array(dg.values[s.value])
+        v = dg.values[s.value]
+        arr = const_array(v)
+        if arr is None:  # a QDQ weight: scored on what the op multiplies with
+            arr = dequantized_const(v)
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
         out.append((s, _slice_norms(arr, s.axis, p)))

@@ -25,13 +25,17 @@ _NP_OF_ONNX = {
 }
 
 
-def session(model: ir.Model | bytes | str, threads: int = 1):
+def session(model: ir.Model | bytes | str, threads: int = 1, *, reference: bool = False):
+    """`reference`: no graph optimisation, each op as the ONNX spec defines it (the oracle
+    on QDQ models: ORT's fused int8 kernels are not exact, see runtime.oracle)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # errors reach the user through our exceptions
+    if reference:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, ir.Model):
         from graphprune.ir.serialize import to_proto
 
@@ -81,10 +85,10 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:400]
 
 
-def input_session(model, what: str = "the input model"):
+def input_session(model, what: str = "the input model", *, reference: bool = False):
     """An ORT session for a model the user gave us: failure is the model's, not ours."""
     try:
-        return session(model)
+        return session(model, reference=reference)
     except Exception as exc:
         raise FrontendError(f"ONNX Runtime cannot load {what}: {_first_line(exc)}",
                             hint="graphprune needs models that ONNX Runtime can run") from None

@@ -5,6 +5,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     linear,
     norm,
     pool,
+    quant,
     reshape,
     shape_ops,
 )

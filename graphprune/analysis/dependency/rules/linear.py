@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.ir.quant import is_quantized_const
 
 
 def _weight_roles(ctx, *vals_axes):
     for v, ax in vals_axes:
-        if ctx.const(v) is not None:
+        if ctx.const(v) is not None or is_quantized_const(v):  # a QDQ weight: DequantizeLinear(int constant)
             ctx.param(v, ax, "weight")
 
 
