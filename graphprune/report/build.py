@@ -117,6 +117,15 @@ def _analysis(model):
     return DependencyGraph(model)
 
 
+def kernel_wins(results: dict) -> dict | None:
+    """compile with TVM sparse kernels: how many chosen kernels beat ONNX Runtime's dense kernel
+    and TVM's own, with the report's summary line (graphprune.report.kernels); None without them."""
+    from graphprune.report.kernels import kernel_wins as wins
+
+    rows = ((results or {}).get("tvm") or {}).get("sparse_kernels") or []
+    return wins(rows) if rows else None
+
+
 def red_lines(report: dict, max_drop=None) -> list[str]:
     """Lines in red: the result is slower or worse than asked."""
     red = []
