@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from graphprune.errors import FrontendError
 from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.mapped import load_mapped, save_streamed
 from graphprune.ir.shapes import dims_of
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
                 raise FrontendError(f"{path}: is a directory, expected an .onnx file")
             if path.stat().st_size == 0:
                 raise FrontendError(f"{path}: empty file (0 bytes), not an ONNX model")
-            model = ir.load(path)
+            # weights inside the file stay there, memory-mapped (graphprune.ir.mapped)
+            model = load_mapped(path) or ir.load(path)
     except FrontendError:
         raise
     except Exception as exc:  # protobuf / onnx raise many types for damaged files
@@ -461,6 +463,7 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
         external_data = total > 1_800_000_000
     from graphprune.outputs import mkstemp_beside
 
+    _detach_from(model, [path, path.with_name(path.name + ".data")])
     fd, tmp = mkstemp_beside(path)  # named so a killed run's leftover is recognised and removed
     os.close(fd)
     # Intermediate shapes are analysis aids (some resolved by us); ORT infers its own.
@@ -480,9 +483,8 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
             # The .onnx refers to the data file by name: give it its final name first.
             os.replace(tmp_data, path.with_name(data_name))
             _rewrite_external_location(tmp, tmp_data.name, data_name)
-        else:
-            _materialize_external(model)
-            ir.save(model, tmp)
+        else:  # tensor by tensor, from memory or memory maps: no serialised copy of the model
+            save_streamed(model, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -524,11 +526,15 @@ def external_data_files(path: str | os.PathLike, max_bytes: int = 64 << 20) -> l
     return sorted(found)
 
 
-def _materialize_external(model: ir.Model) -> None:
-    """Pull external tensors into memory so a self-contained file can be written."""
+def _detach_from(model: ir.Model, files: list[Path]) -> None:
+    """Read into memory the tensors mapped from `files` (about to be replaced: a memory
+    map of the old file would read the new one at the old offsets)."""
+    targets = {str(f.resolve()) for f in files if f.exists()}
     for v in model.graph.initializers.values():
-        if isinstance(v.const_value, ir.ExternalTensor):
-            v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor) and str(Path(t.path).resolve()) in targets:
+            v.const_value = ir.tensor(np.array(t.numpy()), name=t.name, doc_string=t.doc_string)
+            t.release()
 
 
 def _rewrite_external_location(onnx_path: str, old: str, new: str) -> None:
