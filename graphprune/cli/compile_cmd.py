@@ -43,6 +43,11 @@ def add_arguments(p):
                    help="fail (exit 5, nothing written) unless the deployed pruned model is at least F times "
                         "faster than the input model in ONNX Runtime, measured side by side on this machine "
                         "(1.0: unless it is faster at all)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: after pruning and repair, ONNX Runtime static quantization of the ONNX Runtime "
+                        "deployment (QDQ, per-channel int8 weights, int8 activations) calibrated on the --calib "
+                        "data (required); reported with its own output cosine vs the dense float input (gated "
+                        "by --max-drop) and latency. Not with --backend tvm")
     p.add_argument("--seed", type=T.SEED, default=DEFAULTS.seed)
     from graphprune.cli.config_file import add_pipeline_arguments
 
@@ -77,6 +82,7 @@ def options(args):
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
                           prune_options=alloc_cli.pass_options(args), repair=args.repair,
                           sparsity=sparsity_opts, force=args.force, min_speedup=args.min_speedup,
+                          quantize=args.quantize,
                           **alloc_cli.calibration_options(args))
 
 
@@ -143,5 +149,7 @@ def print_report(rep: dict) -> None:
         print(f"note: {n}")
     if rep.get("accuracy"):
         print(rep["accuracy"])
+    if rep.get("quantization"):
+        print(rep["quantization"]["line"])
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
           f"{rep['backend']['chosen']}/)\nreport: {rep['out_dir']}/report.html")

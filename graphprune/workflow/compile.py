@@ -59,6 +59,7 @@ class CompileOptions:
     sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
     force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
     min_speedup: float | None = None  # fail (exit 5, nothing written) below this speed-up vs the input in ORT
+    quantize: str = "none"  # none | int8: ORT static int8 (QDQ) of the ONNX Runtime deployment, needs calib
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -140,6 +141,8 @@ class _Compile:
     latency: dict = field(default_factory=dict)  # workflow.verdicts.latency_verdict, and the three numbers
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
+    quant: object = None  # --quantize int8: backends.onnxruntime.quantize.QuantizeResult
+    measured: dict = field(default_factory=dict)  # runner -> median ms (_latencies)
 
 
 def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
@@ -152,6 +155,9 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     if opts.backend not in ("auto", "onnxruntime", "ort", "tvm"):
         raise UsageError(f"unknown backend {opts.backend!r}", hint="choose auto, onnxruntime or tvm")
     backend_req = "onnxruntime" if opts.backend == "ort" else opts.backend
+    from graphprune.workflow.quantized import check_options
+
+    check_options(opts.quantize, opts.calib, backend_req)  # int8 without --calib or with TVM: refused
     if target.device != "cpu" and backend_req != "tvm":
         log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
@@ -254,13 +260,15 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     plan.save(stage / "plan.json")
     model.metadata_props[outputs.PLAN_KEY] = outputs.plan_digest(plan)  # one result with plan.json
     save_onnx(model, pruned_path)
-    _lower(c, pruned_path, stage, feeds)
+    _lower(c, pruned_path, stage, feeds, outcome.calibration)
     runners = _verify(c, model, stage, feeds)
     _drop_incorrect_tvm(c, runners, stage)
     chosen, reason = _measure_and_choose(c, runners)
     for name, chk in c.checks.items():
         if (name.startswith("numerics") or name.startswith("artifact")) and not chk["ok"]:
             raise OracleMismatchError(f"{name}: compiled artifact differs from ONNX Runtime ({chk['summary']})")
+    if c.quant is not None:
+        _quant_quality(c, outcome, stage)  # its own quality line and latency; --max-drop gates it too
     if "speedup" in c.latency:
         require_speedup(c.latency, c.opts.min_speedup)  # before anything is written
     report = _report(c, outcome, chosen, reason, argv)
@@ -269,18 +277,35 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     return report
 
 
-def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict) -> None:
+def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict, calibration=None) -> None:
     from graphprune.backends.onnxruntime import OrtBackend
 
     if c.backend_req in ("auto", "onnxruntime"):
+        ort_src = pruned_path
+        if c.opts.quantize == "int8":  # the deployment is the int8 model (after pruning and repair)
+            from graphprune.workflow import quantized
+
+            c.quant = quantized.quantize(pruned_path, calibration, stage / "onnxruntime", c.log_fn)
+            ort_src = c.quant.path
         c.log_fn("onnxruntime: offline optimisation and session settings ...")
-        c.results["onnxruntime"] = OrtBackend().compile(pruned_path, c.target, stage / "onnxruntime",
+        c.results["onnxruntime"] = OrtBackend().compile(ort_src, c.target, stage / "onnxruntime",
                                                         ort_format=c.opts.ort_format, feeds=feeds, log_fn=c.log_fn)
-    want_tvm = c.backend_req == "tvm" or (c.backend_req == "auto" and c.opts.tune_trials > 0
-                                          and (c.target.host or c.opts.rpc))
-    if want_tvm:
+        if c.quant is not None:
+            c.results["onnxruntime"]["artifacts"].append(c.quant.path.name)
+    if _want_tvm(c):
         c.results["tvm"] = _compile_tvm(pruned_path, c.target, stage / "tvm", c.opts, c.backend_req, c.notes,
                                         c.log_fn)
+
+
+def _want_tvm(c: _Compile) -> bool:
+    if c.backend_req == "tvm":
+        return True
+    wanted = c.backend_req == "auto" and c.opts.tune_trials > 0 and (c.target.host or c.opts.rpc)
+    if wanted and c.opts.quantize != "none":
+        c.notes.append("TVM not built: --quantize int8 ships the int8 ONNX Runtime deployment (graphprune's TVM "
+                       "backend compiles float models only)")
+        return False
+    return bool(wanted)
 
 
 def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
@@ -291,8 +316,9 @@ def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
     ref = ort.session(model).run(None, feeds)
     names = [o.name for o in model.graph.outputs]
     runners = {}
-    if "onnxruntime" in c.results and c.target.host:
-        c.checks["numerics_onnxruntime"] = _numerics(ref, OrtBackend().run(stage / "onnxruntime", feeds), names)
+    if "onnxruntime" in c.results and c.target.host:  # int8: against the QDQ model in ORT, before offline opt.
+        ort_ref = ort.session(str(c.quant.path)).run(None, feeds) if c.quant is not None else ref
+        c.checks["numerics_onnxruntime"] = _numerics(ort_ref, OrtBackend().run(stage / "onnxruntime", feeds), names)
         runners["onnxruntime"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"),
                                                  c.results["onnxruntime"]["session"], feeds, repeats=10)
     tvm_res = c.results.get("tvm") or {}
@@ -303,7 +329,21 @@ def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
     runners["dense"] = lambda: measure(str(c.src), dense_cfg, feeds, repeats=10)
     if not c.target.host:  # a host estimate, labelled as such: a cross target's latency line is never blank
         runners["pruned_host"] = lambda: measure(str(stage / "model.pruned.onnx"), dense_cfg, feeds, repeats=10)
+    if c.quant is not None:
+        _quant_runners(c, stage, feeds, dense_cfg, runners)
     return runners
+
+
+def _quant_runners(c: _Compile, stage: Path, feeds: dict, dense_cfg: dict, runners: dict) -> None:
+    """--quantize int8: the pruned float model too (int8 against float at equal widths) and,
+    on a cross target, the int8 deployment on this machine (a host estimate)."""
+    from graphprune.backends.onnxruntime import measure
+
+    if c.target.host:
+        runners["pruned_float"] = lambda: measure(str(stage / "model.pruned.onnx"), dense_cfg, feeds, repeats=10)
+    else:
+        runners["int8_host"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"), dense_cfg, feeds,
+                                               repeats=10)
 
 
 def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names, runners: dict) -> None:
@@ -354,7 +394,7 @@ def _latencies(runners: dict) -> dict[str, float]:
 def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
     from graphprune.workflow.verdicts import latency_verdict, not_measured_note
 
-    lat = _latencies(runners)
+    lat = c.measured = _latencies(runners)
     c.before["latency_ms"] = lat["dense"]
     for k in ("onnxruntime", "tvm"):
         if k in lat:
@@ -363,14 +403,42 @@ def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
     deployed = c.results[chosen].get("latency_ms")
     if c.target.host and deployed:
         c.after["latency_ms"] = deployed
-        c.latency = latency_verdict(lat["dense"], deployed, chosen)
+        c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""))
     else:
         c.after["latency_note"] = not_measured_note(c.target.name, c.opts.rpc, lat["dense"], lat.get("pruned_host"))
         c.latency = {"dense_ort_ms": lat["dense"], "host_estimate_ms": lat.get("pruned_host"),
                      "line": "latency: " + c.after["latency_note"]}
     c.latency["measured_ms"] = {"dense input (ONNX Runtime)": lat["dense"],
                                 "pruned (ONNX Runtime)": lat.get("onnxruntime"), "pruned (TVM)": lat.get("tvm")}
+    if c.quant is not None:  # the deployment is int8; the float pruned model measured beside it
+        c.latency["measured_ms"] = {"dense input (ONNX Runtime)": lat["dense"],
+                                    "pruned int8 (ONNX Runtime)": lat.get("onnxruntime"),
+                                    "pruned float (ONNX Runtime)": lat.get("pruned_float")}
     return chosen, reason
+
+
+def _quant_quality(c: _Compile, outcome, stage: Path) -> None:
+    """The int8 deployment against the dense float input: output cosine on the calibration
+    data (the --max-drop gate, as for the float model: nothing written when it fails) and
+    ORT latency at the representative shape."""
+    from graphprune.workflow import quantized
+    from graphprune.workflow.verdicts import require_fidelity
+
+    deployed = stage / "onnxruntime" / "model.onnx"
+    c.log_fn("onnxruntime: int8 deployment against the dense float input on the calibration data ...")
+    fid = quantized.fidelity(c.src, deployed, outcome.calibration)
+    lat = {"dense_float": c.measured.get("dense"), "pruned_float": c.measured.get("pruned_float"),
+           "int8": c.measured.get("onnxruntime") if c.target.host else c.measured.get("int8_host")}
+    sec = quantized.section(c.quant, fid, deployed, lat, max_drop=c.opts.max_drop, host=c.target.host)
+    c.notes.extend(f"quantization: {n}" for n in sec["notes"])
+    ok = c.opts.max_drop is None or fid["drop"] <= c.opts.max_drop
+    c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, c.opts.max_drop)}
+    c.results["onnxruntime"]["quantization"] = sec
+    require_fidelity(fid, c.opts.max_drop, "int8 output fidelity")
+    if not sec["runs_int8"]:
+        raise BackendUnavailableError("--quantize int8: the ONNX Runtime deployment holds no int8 op (ONNX "
+                                      "Runtime found nothing to quantize in this model)",
+                                      hint="nothing was written; compile without --quantize")
 
 
 def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
@@ -396,6 +464,7 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "checks": c.checks, "verb": "compile",
         "notes": c.notes,
         "latency": c.latency,
+        "quantization": (c.results.get("onnxruntime") or {}).get("quantization"),  # None without --quantize
         "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or outcome.sparsity)),
     }
     res = outcome.sparsity

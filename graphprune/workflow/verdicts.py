@@ -9,7 +9,7 @@ less accurate than asked is said so, never shipped silently).
 """
 from __future__ import annotations
 
-from graphprune.errors import SlowerThanAskedError
+from graphprune.errors import QualityGateError, SlowerThanAskedError
 
 NO_CALIB = "accuracy: not measured (no --calib); the oracle proves only equivalence to the masked model"
 NO_GATE = ("accuracy: not measured (--calib given without --max-drop); the oracle proves only equivalence to "
@@ -21,6 +21,14 @@ def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | No
     if not changed or fidelity is not None:
         return None
     return NO_CALIB if calibration is None else NO_GATE
+
+
+def require_fidelity(fid: dict, max_drop: float | None, what: str = "output fidelity") -> None:
+    """The quality gate (--max-drop D): fail when 1 - mean output cosine on the calibration
+    data exceeds D; the same gate for the pruned float model and for its int8 deployment."""
+    if max_drop is not None and fid["drop"] > max_drop:
+        raise QualityGateError(f"{what} drop {fid['drop']:.4f} exceeds --max-drop {max_drop:g}",
+                               hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
 
 
 def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str) -> dict:

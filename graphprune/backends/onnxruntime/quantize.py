@@ -1,0 +1,145 @@
+"""int8 static quantization of the ONNX Runtime deployment (`compile --quantize int8`).
+
+Every ONNX Runtime quantization call of graphprune is here. The float model compile
+pruned (and repaired) is quantized by ONNX Runtime's `quantize_static`:
+
+* format QDQ (QuantizeLinear/DequantizeLinear around float ops): a standard ONNX graph
+  that ONNX Runtime fuses into integer kernels at load, on x86 and on ARM alike, and that
+  graphprune itself can read again;
+* weights QInt8, symmetric, per channel (one scale per output channel: pruning leaves
+  channels of very different ranges, one per-tensor scale would crush the small ones);
+* activations QInt8 (S8S8), asymmetric, ranges by MinMax over the calibration data.
+  S8S8 in QDQ is the combination ONNX Runtime's quantization guide gives as the default
+  first choice; U8 activations with S8 weights can saturate in the x86 AVX2 kernels.
+
+Calibration is the run's own `--calib` data (graphprune.runtime.calibration batches, fed
+through `CalibrationReader`); there is no data-free fallback: static quantization on
+random inputs would set activation ranges that real inputs never see.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+log = logging.getLogger(__name__)
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ops ONNX Runtime may fuse a QDQ group into (the optimised deployment holds these)
+QLINEAR_OPS = ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+               "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QGemm", "MatMulInteger",
+               "ConvInteger", "DynamicQuantizeLinear")
+SETTINGS = {"format": "QDQ", "weights": "per-channel symmetric QInt8", "activations": "asymmetric QInt8",
+            "calibration_method": "MinMax"}
+STRIDE = 1  # calibration batches whose activations are held at once (ranges merged stride by stride)
+
+
+class CalibrationReader(CalibrationDataReader):
+    """ONNX Runtime's CalibrationDataReader over graphprune calibration batches: feeds
+    restricted to the model's inputs, as contiguous numpy arrays. `batches` is a callable
+    returning a fresh iterator (Calibration.batches), so the data can be read again:
+    `set_range` restricts it to batches [start, end) (ORT's strided calibration, which
+    takes the ranges of each stride and merges them, so only one stride is held in memory)."""
+
+    def __init__(self, batches, input_names: Iterable[str]):
+        self._make = batches
+        self._names = list(input_names)
+        self._n: int | None = None
+        self.count = 0  # batches read (all strides)
+        self.rewind()
+
+    def __len__(self) -> int:
+        if self._n is None:
+            self._n = sum(1 for _ in self._make())
+        return self._n
+
+    def get_next(self) -> dict | None:
+        feeds = next(self._it, None)
+        if feeds is None:
+            return None
+        missing = [n for n in self._names if n not in feeds]
+        if missing:
+            from graphprune.errors import UsageError
+
+            raise UsageError(f"calibration batch lacks the model input(s) {', '.join(missing)}")
+        self.count += 1
+        return {n: np.ascontiguousarray(feeds[n]) for n in self._names}
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = itertools.islice(iter(self._make()), start_index, end_index)
+
+    def rewind(self) -> None:
+        self._it = iter(self._make())
+
+
+@dataclass
+class QuantizeResult:
+    path: Path  # the QDQ model
+    batches: int  # calibration batches the ranges were taken from
+    ops: dict  # op type -> count in the QDQ model
+    settings: dict = field(default_factory=lambda: dict(SETTINGS))
+    notes: list = field(default_factory=list)
+
+    @property
+    def quantized_nodes(self) -> int:
+        return self.ops.get("QuantizeLinear", 0) + self.ops.get("DequantizeLinear", 0)
+
+
+def op_counts(path: str | Path) -> dict:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(n.op_type for n in proto.graph.node))
+
+
+def is_quantized(ops: dict) -> bool:
+    """A graph ONNX Runtime runs in int8: QDQ pairs, or the integer ops they fuse into."""
+    return any(ops.get(k) for k in QDQ_OPS + QLINEAR_OPS)
+
+
+def _preprocess(src: Path, tmp: Path, notes: list) -> Path:
+    """ORT's quantization pre-processing (shape inference, Conv+BN folding and other basic
+    fusions), so each fused op gets one scale; the model as it is when it cannot run."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = tmp / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+        return out
+    except Exception as exc:  # noqa: BLE001 - the pre-processing is an optimisation only
+        notes.append(f"quantization pre-processing skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        return src
+
+
+def quantize_int8(model_path: str | Path, batches, out_path: str | Path) -> QuantizeResult:
+    """Quantize the float ONNX model at `model_path` to a QDQ int8 model at `out_path`,
+    activation ranges from `batches` (a callable returning an iterator of feed dicts)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src, out = Path(model_path), Path(out_path)
+    names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
+    notes: list = []
+    with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
+        pre = _preprocess(src, Path(tmp), notes)
+        reader = CalibrationReader(batches, names)
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                       "CalibStridedMinMax": STRIDE})
+    if reader.count == 0:
+        from graphprune.errors import UsageError
+
+        raise UsageError("--quantize int8: the calibration data gave no batch")
+    ops = op_counts(out)
+    if not ops.get("QuantizeLinear"):
+        notes.append("ONNX Runtime found nothing to quantize in this model (no QuantizeLinear inserted)")
+    return QuantizeResult(path=out, batches=reader.count, ops=ops, notes=notes)
