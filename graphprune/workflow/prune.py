@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from graphprune.errors import OracleMismatchError, QualityGateError, UsageError
+from graphprune.errors import OracleMismatchError, UsageError
 from graphprune.plan import Plan
 from graphprune.workflow import files, pipeline
 from graphprune.workflow.options import PruneOptions
@@ -271,9 +271,9 @@ class _Run:
         dense = str(self.src) if self.src is not None else self.state.dense_model
         outcome.fidelity = fid = oracle.output_fidelity(dense, self.model, calib.batches())
         self.progress.fidelity(fid, max_drop)
-        if fid["drop"] > max_drop:
-            raise QualityGateError(f"output fidelity drop {fid['drop']:.4f} exceeds --max-drop {max_drop:g}",
-                                   hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
+        from graphprune.workflow.verdicts import require_fidelity
+
+        require_fidelity(fid, max_drop)
 
     # ---- write --------------------------------------------------------------------------------
     def write(self, outcome: PruneOutcome) -> None:
