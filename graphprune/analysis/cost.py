@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from graphprune.ir.constants import const_producer, is_constant
 from graphprune.ir.layers import layer_of
 from graphprune.ir.layers import volume as _prod  # symbolic dims count as 1
+from graphprune.ir.quant import is_quantized_weight
 
 
 def node_macs(node: ir.Node) -> int:
@@ -58,11 +59,16 @@ def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
     return cost
 
 
+def _is_param(v: ir.Value) -> bool:
+    """Float constants, and the integer data of QDQ weights (read by DequantizeLinear)."""
+    return v.dtype is not None and v.shape is not None and (v.dtype.is_floating_point() or is_quantized_weight(v))
+
+
 def _model_cost(model: ir.Model) -> Cost:
     params = 0
     seen: set[str] = set()
     for v in model.graph.initializers.values():
-        if v.dtype is not None and v.dtype.is_floating_point() and v.shape is not None:
+        if _is_param(v):
             params += _prod(list(v.shape))
             seen.add(v.name)
     macs = 0
@@ -72,7 +78,6 @@ def _model_cost(model: ir.Model) -> Cost:
         macs += node_macs(node)
         if const_producer(node.outputs[0]) is not None if node.outputs else False:
             v = node.outputs[0]
-            if v.name not in seen and is_constant(v) and v.dtype is not None and \
-                    v.dtype.is_floating_point() and v.shape is not None:
+            if v.name not in seen and is_constant(v) and _is_param(v):
                 params += _prod(list(v.shape))
     return Cost(params=params, macs=macs, nodes=n)

@@ -31,7 +31,7 @@ from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.errors import UsageError
 from graphprune.importance.layers import Linear, linear_layers
-from graphprune.importance.magnitude import magnitude_contributions, weight_slots
+from graphprune.importance.magnitude import magnitude_contributions, weight_array, weight_slots
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
 
@@ -73,7 +73,7 @@ def _fpgm_distances(flat: np.ndarray, max_ref: int = 2048, seed: int = 0) -> np.
 def fpgm_contributions(dg: DependencyGraph, group: Group, **kw) -> list[Contribution]:
     out = []
     for s in weight_slots(group):
-        arr = const_array(dg.values[s.value])
+        arr = weight_array(dg.values[s.value])
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
         flat = np.moveaxis(arr.astype(np.float64), s.axis, 0).reshape(arr.shape[s.axis], -1)

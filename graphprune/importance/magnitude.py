@@ -27,13 +27,17 @@ def weight_slots(group: Group):
     return [s for s, r in group.roles.items() if r in WEIGHT_ROLES] or list(group.roles)
 
 
+def weight_array(v) -> np.ndarray | None:
+    """A weight slot's array: the constant, or for a QDQ weight (DequantizeLinear of an
+    integer constant) the float weight the op multiplies with."""
+    arr = const_array(v)
+    return dequantized_const(v) if arr is None else arr
+
+
 def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> list[Contribution]:
     out = []
     for s in weight_slots(group):
-        v = dg.values[s.value]
-        arr = const_array(v)
-        if arr is None:  # a QDQ weight: scored on what the op multiplies with
-            arr = dequantized_const(v)
+        arr = weight_array(dg.values[s.value])
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
         out.append((s, _slice_norms(arr, s.axis, p)))

@@ -109,3 +109,9 @@ def is_quantized_const(value: ir.Value | None) -> bool:
     from graphprune.ir.constants import is_constant
 
     return is_dequantize(node) and is_constant(_input(node, 0)) and not _block_size(node)
+
+
+def is_quantized_weight(value: ir.Value) -> bool:
+    """Whether a constant is the integer data of a QDQ weight (read by DequantizeLinear):
+    a parameter of the model, as a float weight is."""
+    return any(is_dequantize(u.node) and u.idx == 0 for u in value.uses())

@@ -1,0 +1,85 @@
+"""Tiny float models and their ORT-quantized (QDQ) versions, for the quantized-input tests
+(not collected by pytest)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _w(rng, *shape, scale=0.5):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _model(nodes, x, y, inits, opset=17) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info(*x)], [helper.make_tensor_value_info(*y)],
+                          [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def float_cnn(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,8,8] -> conv 3->8 -> relu -> conv 8->8 -> relu -> global pool -> gemm 8->4."""
+    rng = np.random.default_rng(seed)
+    inits = {"c1.w": _w(rng, 8, 3, 3, 3), "c1.b": _w(rng, 8), "c2.w": _w(rng, 8, 8, 3, 3, scale=0.2),
+             "c2.b": _w(rng, 8), "fc.w": _w(rng, 4, 8), "fc.b": _w(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Conv", ["r1", "c2.w", "c2.b"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1)]
+    return _model(nodes, ("x", TensorProto.FLOAT, [1, 3, 8, 8]), ("y", TensorProto.FLOAT, [1, 4]), inits)
+
+
+def float_mlp(seed: int = 0) -> onnx.ModelProto:
+    """A transformer-ish FFN block: x[2,6,16] -> LayerNorm -> MatMul 16->32 + b -> Relu ->
+    MatMul 32->16 + b -> + x (residual)."""
+    rng = np.random.default_rng(seed)
+    inits = {"ln.g": (1 + 0.1 * rng.standard_normal(16)).astype(np.float32), "ln.b": _w(rng, 16, scale=0.1),
+             "w1": _w(rng, 16, 32, scale=0.3), "b1": _w(rng, 32, scale=0.1),
+             "w2": _w(rng, 32, 16, scale=0.3), "b2": _w(rng, 16, scale=0.1)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "ln.g", "ln.b"], ["h"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["h", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Relu", ["a1"], ["r"], name="act"),
+             helper.make_node("MatMul", ["r", "w2"], ["m2"], name="fc2"),
+             helper.make_node("Add", ["m2", "b2"], ["a2"], name="fc2_bias"),
+             helper.make_node("Add", ["a2", "x"], ["y"], name="residual")]
+    return _model(nodes, ("x", TensorProto.FLOAT, [2, 6, 16]), ("y", TensorProto.FLOAT, [2, 6, 16]), inits)
+
+
+FLOAT_MODELS = {"cnn": float_cnn, "mlp": float_mlp}
+
+
+def quantized(float_model: onnx.ModelProto, path, *, per_channel: bool, weight_type: str = "QInt8",
+              fmt: str = "QDQ", seed: int = 0) -> str:
+    """Write `float_model` quantized by onnxruntime.quantization.quantize_static (activations
+    uint8, weights `weight_type`, calibrated on random data) to `path`; returns the path."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    inp = float_model.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src = str(path) + ".float.onnx"
+    onnx.save(float_model, src)
+    quantize_static(src, str(path), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
+                    weight_type=getattr(QuantType, weight_type), activation_type=QuantType.QUInt8)
+    return str(path)
+
+
+def initializers(path) -> dict[str, np.ndarray]:
+    m = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
