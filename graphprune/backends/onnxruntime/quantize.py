@@ -127,18 +127,18 @@ def quantize_int8(model_path: str | Path, batches, out_path: str | Path) -> Quan
     src, out = Path(model_path), Path(out_path)
     names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
     notes: list = []
+    reader = CalibrationReader(batches, names)
+    if len(reader) == 0:
+        from graphprune.errors import UsageError
+
+        raise UsageError("--quantize int8: the calibration data gave no batch")
     with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
         pre = _preprocess(src, Path(tmp), notes)
-        reader = CalibrationReader(batches, names)
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        "CalibStridedMinMax": STRIDE})
-    if reader.count == 0:
-        from graphprune.errors import UsageError
-
-        raise UsageError("--quantize int8: the calibration data gave no batch")
     ops = op_counts(out)
     if not ops.get("QuantizeLinear"):
         notes.append("ONNX Runtime found nothing to quantize in this model (no QuantizeLinear inserted)")

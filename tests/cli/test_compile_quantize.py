@@ -1,0 +1,85 @@
+"""`graphprune compile --quantize int8` (graphprune.workflow.quantized): the ONNX Runtime
+deployment is the int8 QDQ model of the pruned and repaired one, calibrated on --calib,
+reported with its own quality line and latency, gated by --max-drop; refused without
+calibration data and with the TVM backend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphprune
+from graphprune.backends.onnxruntime.quantize import QDQ_OPS, QLINEAR_OPS
+from graphprune.cli.main import main
+from graphprune.errors import UsageError
+
+
+@pytest.fixture
+def calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    rng = np.random.default_rng(3)
+    np.savez(path, input=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    return path
+
+
+FAST = ["--criterion", "l2", "--repair", "bias", "--ratio", "0.3"]  # no candidate search: one pruning
+
+
+def _cosine(a, b) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_compile_quantize_int8(samples_dir, calib, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "x86", "--calib", str(calib),
+                 "--quantize", "int8", "-o", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "int8 (QDQ" in text and "quantized_int8: PASS" in text and "numerics_onnxruntime: PASS" in text
+    rep = json.loads((out / "report.json").read_text())
+    q = rep["quantization"]
+    assert q["mode"] == "int8" and q["format"] == "QDQ" and q["runs_int8"] and q["calibration_batches"] == 16
+    assert q["qdq_ops"]["QuantizeLinear"] > 0 and q["qdq_ops"]["DequantizeLinear"] > 0
+    # against the dense float input: the pruning's loss (the float fidelity) plus a little, within --max-drop 0.1
+    assert rep["fidelity"]["mean_cosine"] - 0.01 <= q["fidelity"]["mean_cosine"] and q["fidelity"]["drop"] <= 0.1
+    assert q["latency_ms"]["int8"] > 0 and q["latency_ms"]["dense_float"] > 0 and q["latency_ms"]["pruned_float"] > 0
+    assert q["line"] in (out / "report.md").read_text()
+    assert "model.qdq.onnx" in rep["backend"]["results"]["onnxruntime"]["artifacts"]
+    # the deployment holds int8 ops, runs in ORT, and stays close to the float pruned model on new inputs
+    deployed = out / "onnxruntime" / "model.onnx"
+    ops = {n.op_type for n in onnx.load(str(deployed)).graph.node}
+    assert ops & set(QDQ_OPS + QLINEAR_OPS)
+    s_int8, s_float = ort.InferenceSession(str(deployed)), ort.InferenceSession(str(out / "model.pruned.onnx"))
+    rng = np.random.default_rng(11)
+    cos = [_cosine(s_int8.run(None, x)[0], s_float.run(None, x)[0])
+           for x in ({"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8))]
+    assert np.mean(cos) >= 0.99
+
+
+def test_quantize_needs_calibration_data(samples_dir, tmp_path, capsys):
+    out = tmp_path / "nocalib"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--quantize", "int8", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--quantize int8 needs calibration data (--calib)" in err and not out.exists()
+    with pytest.raises(UsageError, match="needs calibration data"):
+        graphprune.compile(samples_dir / "tiny_resnet.onnx", out=tmp_path / "api", quantize="int8")
+    assert not (tmp_path / "api").exists()
+
+
+def test_quantize_refused_with_tvm(samples_dir, calib, tmp_path, capsys):
+    out = tmp_path / "tvm"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--backend", "tvm", "--calib", str(calib),
+                 "--quantize", "int8", "-o", str(out)]) == 2
+    assert "TVM backend compiles float models only" in capsys.readouterr().err and not out.exists()
+
+
+def test_max_drop_gates_the_int8_deployment(samples_dir, calib, tmp_path, capsys):
+    """Not pruned, the float model passes any gate (drop 0); its int8 deployment cannot pass
+    a gate of 1e-9, and then nothing is written (exit 3, as the float gate)."""
+    out = tmp_path / "gate"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--no-prune", "--calib", str(calib),
+                 "--quantize", "int8", "--max-drop", "1e-9", "-o", str(out)]) == 3
+    assert "int8 output fidelity drop" in capsys.readouterr().err and not out.exists()
