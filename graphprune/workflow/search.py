@@ -193,6 +193,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     """Evaluate the candidates on copies of `model` with `run_prune` (the workflow's own, passed
     in: the search is a step of it); the options of the best and the table."""
     from graphprune.ir.serialize import clone
+    from graphprune.passes.reconstruction.lsq import DENSE_ROWS, DenseRows
     from graphprune.runtime.calibration import Calibration
 
     cands = candidates(opts)
@@ -206,6 +207,9 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     scorer = Scorer(model, held, perturbed, opts.score)
     info.update(split=how, score=scorer.name, perturbation_strength=strength)
     fit_calib = Calibration.from_batches(fit, f"{calibration.description} (search: fit part)")
+    # every candidate is a copy of `model` fit on these batches: the dense model's layer
+    # outputs that lsq-reconstruct fits to are computed once, for all of them
+    fit_calib.cache[DENSE_ROWS] = DenseRows()
     t0 = time.time()
     same_cost = opts
     for i, c in enumerate(cands):
@@ -223,6 +227,8 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         info["candidates"].append(row)
         eta = (time.time() - t0) / (i + 1) * (len(cands) - i - 1)
         progress.candidate(i + 1, len(cands), row, eta)
+    cached = fit_calib.cache[DENSE_ROWS]
+    info["dense_rows_cached"] = {"reads": cached.hits, "megabytes": round(cached.nbytes / 2**20, 1)}
     k = max(range(len(cands)), key=lambda j: info["candidates"][j]["score"])
     info["chosen"] = cands[k].name
     return with_candidate(opts if k == 0 else same_cost, cands[k]), info

@@ -28,6 +28,7 @@ only the normal equations (A = X̃ᵀX̃, B = X̃ᵀY, Σ||Y||²) are kept, with
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 import onnx_ir as ir
@@ -161,6 +162,47 @@ def _write(model: ir.Model, lin: Linear, W: np.ndarray, groups: int, bias: bool,
         set_bias(model, lin, b, undo)
 
 
+DENSE_ROWS = "lsq-reconstruct dense rows"
+
+
+class DenseRows:
+    """Rows of the dense model's layer outputs (sampled positions, all channels) per
+    calibration batch, kept between runs that share the dense model and the batches.
+
+    The candidate search sets one on the calibration it fits every candidate on (each
+    candidate is a copy of the same input model, pruned and repaired on the same batches),
+    in ``calibration.cache[DENSE_ROWS]``; then only the first candidate runs the dense model for a
+    layer, the others read its rows. Rows are sampled with a generator seeded by (seed,
+    batch, layer), so a layer's sample is the same in every run. Up to `limit` bytes are
+    kept; beyond that, rows are recomputed as without a cache."""
+
+    def __init__(self, limit: int = 1 << 30):
+        self.rows: dict[tuple, tuple[np.ndarray | None, np.ndarray]] = {}
+        self.nbytes = 0
+        self.limit = limit
+        self.hits = 0
+
+    def get(self, key: tuple, pick: np.ndarray | None) -> np.ndarray | None:
+        got = self.rows.get(key)
+        if got is None:
+            return None
+        p, rows = got
+        if (p is None) != (pick is None) or (p is not None and not np.array_equal(p, pick)):
+            return None  # another sample (another input shape): recompute
+        self.hits += 1
+        return rows
+
+    def put(self, key: tuple, pick: np.ndarray | None, rows: np.ndarray) -> None:
+        if key not in self.rows and self.nbytes + rows.nbytes <= self.limit:
+            self.rows[key] = (pick, rows)
+            self.nbytes += rows.nbytes
+
+
+def _layer_rng(seed: int, batch: int, name: str):
+    """The generator that samples a layer's rows on one batch: the same in every run."""
+    return np.random.default_rng([seed, batch, zlib.crc32(name.encode())])
+
+
 def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng) -> tuple[np.ndarray, np.ndarray | None]:
     """Input rows (positions, groups, D) — at most `max_rows` sampled positions — and
     which positions were taken (None: all)."""
@@ -222,7 +264,8 @@ class LsqReconstruct(Pass):
         n_batches = opts.get("batches")
         n_batches = int(n_batches) if n_batches not in (None, "") else None
         layers = opts.get("layers", "consumers")
-        rng = np.random.default_rng(int(opts.get("seed", 0)))
+        seed = int(opts.get("seed", 0))
+        cache = getattr(inp.calibration, "cache", {}).get(DENSE_ROWS)  # set by the candidate search
 
         def apply(undo):
             lins = pruned_consumers(model, inp.removed) if layers == "consumers" else \
@@ -244,18 +287,31 @@ class LsqReconstruct(Pass):
                 if not setups:
                     continue
                 run_p = Runner(model, [lin.x.name for lin, *_ in setups])
-                run_d = Runner(inp.dense, [lin.y.name for lin, *_ in setups])
+                run_d = None  # the dense model runs only for rows the cache does not have
                 total = inp.calibration.total(n_batches)
                 by_batch = total is not None and total >= 4  # hold out whole batches (other samples)
                 for k, feeds in enumerate(progress(inp.calibration.batches(n_batches), total, "lsq-reconstruct")):
-                    xs, ys = run_p(feeds), run_d(feeds)
+                    xs = run_p(feeds)
+                    todo = []
                     for lin, groups, _bias, ne in setups:
-                        X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, rng)
-                        y = ys[lin.y.name]
-                        sel = kept(inp.removed, lin.y.name, lin.y_axis, y.shape[lin.y_axis])
-                        Y = rows_of_output(lin, np.take(y, sel, axis=lin.y_axis))
-                        Y = (Y if pick is None else Y[pick]).reshape(len(X), groups, -1)
-                        held = (k % 4 == 3) if by_batch else rng.random(len(X)) < 0.25
+                        lrng = _layer_rng(seed, k, lin.y.name)
+                        X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, lrng)
+                        key = (lin.y.name, k, max_rows, seed)
+                        rows = cache.get(key, pick) if cache is not None else None
+                        todo.append((lin, groups, ne, X, pick, key, rows, lrng))
+                    missing = [t[0].y.name for t in todo if t[6] is None]
+                    if missing:
+                        run_d = run_d or Runner(inp.dense, [lin.y.name for lin, *_ in setups])
+                        ys = run_d(feeds, missing)
+                    for lin, groups, ne, X, pick, key, rows, lrng in todo:
+                        if rows is None:
+                            rows = rows_of_output(lin, ys[lin.y.name])
+                            rows = rows if pick is None else rows[pick]
+                            if cache is not None:
+                                cache.put(key, pick, rows)
+                        sel = kept(inp.removed, lin.y.name, lin.y_axis, rows.shape[1])
+                        Y = rows[:, sel].reshape(len(X), groups, -1)
+                        held = (k % 4 == 3) if by_batch else lrng.random(len(X)) < 0.25
                         ne.update(X.astype(np.float64), Y.astype(np.float64), held)
                 for *_, ne in setups:
                     entry = _solve_and_write(model, ne, damp, undo)
