@@ -49,10 +49,15 @@ def show_compile(model_path, opts) -> int:
     from graphprune.workflow.compile import prune_options
     from graphprune.workflow import run_prune
 
+    from graphprune.workflow.quantized import check_options
+
     target = resolve_target(opts.target)
     popts = prune_options(opts, target)
+    check_options(opts.quantize, opts.calib, "onnxruntime" if opts.backend == "ort" else opts.backend)
     print(f"target:  {target.name} ({target.description}); round_to {popts.round_to}")
-    print(f"backend: {opts.backend} (requested; chosen when compiling)")
+    print(f"backend: {opts.backend} (requested; chosen when compiling)"
+          + ("; then int8 quantization of the ONNX Runtime deployment (--quantize int8)" if opts.quantize == "int8"
+             else ""))
     if not (opts.prune or opts.plan):
         if opts.sparsity:
             print(f"sparsity only: {popts.sparsity_line()}")

@@ -64,6 +64,7 @@ def test_quantize_needs_calibration_data(samples_dir, tmp_path, capsys):
     assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--quantize", "int8", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--quantize int8 needs calibration data (--calib)" in err and not out.exists()
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--quantize", "int8", "--dry-run"]) == 2
     with pytest.raises(UsageError, match="needs calibration data"):
         graphprune.compile(samples_dir / "tiny_resnet.onnx", out=tmp_path / "api", quantize="int8")
     assert not (tmp_path / "api").exists()
