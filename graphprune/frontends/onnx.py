@@ -459,7 +459,7 @@ def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool |
     if external_data is None:
         total = sum(int(np.prod(v.shape.numpy())) * v.dtype.itemsize
                     for v in model.graph.initializers.values()
-                    if v.shape is not None and v.shape.is_static() and v.dtype is not None)
+                    if v.shape is not None and v.shape.is_static() and v.dtype not in (None, ir.DataType.STRING))
         external_data = total > 1_800_000_000
     from graphprune.outputs import mkstemp_beside
 
