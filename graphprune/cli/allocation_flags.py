@@ -36,7 +36,8 @@ def add_arguments(p, *, criterion: bool = False) -> None:
                    help="per-tensor score normalisation before the reduction")
     g.add_argument("--repair", metavar="LIST", default="auto",
                    help="after the oracle, repair without retraining: comma list of bias, bn, lsq, all, or none "
-                        "(needs --calib; default auto: chosen by the search with --calib, none without)")
+                        "(needs --calib), or bn-fold (no data: removed channels' means from BatchNorm statistics "
+                        "folded into biases); default auto: chosen by the search with --calib, none without")
     g.add_argument("--search-budget", type=T.POSITIVE_INT, default=3, metavar="N",
                    help="with --calib and no --criterion/--allocation/--repair: try up to N candidate "
                         "configurations on part of the calibration data, score each on the held-back rest, keep "

@@ -18,8 +18,9 @@ class Printer(Progress):
         print(res.summary())
 
     def repair(self, r: dict) -> None:
-        print(f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
-              f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else ""))
+        from graphprune.workflow.verdicts import repair_line
+
+        print(repair_line(r))
 
     def sparsity(self, res: dict) -> None:
         from graphprune.cli.sparsity_flags import summary_lines

@@ -176,6 +176,7 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
 def _prune(c: _Compile):
     """The prune sequence (workflow.run_prune), its checks in the report's terms."""
     from graphprune.workflow.prune import run_prune
+    from graphprune.workflow.verdicts import repair_line
 
     popts = prune_options(c.opts, c.target)
     c.log_fn(f"target {c.target.name}: {c.target.description}; TVM {c.target.tvm}; round_to {popts.round_to}")
@@ -185,9 +186,7 @@ def _prune(c: _Compile):
         res = outcome.oracle
         c.checks["oracle"] = {"ok": res.ok, "summary": res.summary(), "inputs": outcome.shapes.describe()}
     for r in outcome.repair:
-        c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": f"output error on calibration data "
-                                           f"{r['error_before']:.4g} -> {r['error_after']:.4g}"
-                                           + (" (undone: no improvement)" if r["reverted"] else "")}
+        c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": repair_line(r).split(": ", 1)[1]}
     if outcome.sparsity is not None:
         _sparsity_check(c, outcome)
     c.after = _cost(outcome.model, outcome.shapes)  # at the shapes outcome.before was counted at

@@ -96,6 +96,8 @@ class _Run:
         self.big = False
 
     def go(self, dry_run: bool) -> PruneOutcome:
+        from graphprune.passes.reconstruction.repair import keep_dense
+
         outcome = self.load()
         self.load_calibration()
         self.choose(outcome, dry_run)
@@ -103,6 +105,7 @@ class _Run:
         self.resolve_shapes(outcome)
         if dry_run:
             return self.dry(outcome, pm, sparsify_passes)
+        keep_dense(self.state.ctx, self.opts.repair, repair_pm)  # a repair reads the dense weights
         self.apply(outcome, pm)
         self.stage_big()
         self.check(outcome)

@@ -3,6 +3,8 @@ less accurate than asked is said so, never shipped silently).
 
 * accuracy: without calibration data nothing measured accuracy; the oracle only proves
   the pruned model equals the masked one.
+* repair: each repair pass in one line (a data-free one, run without data, says what it
+  folded and that nothing measured it).
 * latency: the deployed pruned model against the input model in ONNX Runtime (what a user
   would otherwise run), side by side at the representative shape; `--min-speedup F` turns
   "not fast enough" into a failure (SlowerThanAskedError, exit 5, nothing written).
@@ -14,6 +16,16 @@ from graphprune.errors import QualityGateError, SlowerThanAskedError
 NO_CALIB = "accuracy: not measured (no --calib); the oracle proves only equivalence to the masked model"
 NO_GATE = ("accuracy: not measured (--calib given without --max-drop); the oracle proves only equivalence to "
            "the masked model")
+
+
+def repair_line(r: dict) -> str:
+    """One repair pass's report as a summary line: the error on calibration data before and
+    after, or (a data-free repair run without data) what it did."""
+    if r.get("error_before") is None:
+        return f"repair {r['pass']}: {r.get('line') or 'done'} (not measured: no calibration data)"
+    return (f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
+            f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else "")
+            + (f"; {r['line']}" if r.get("line") else ""))
 
 
 def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | None:

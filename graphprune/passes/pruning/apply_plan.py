@@ -67,7 +67,7 @@ def apply(model: ir.Model, ctx: PassContext) -> bool:
     removed = removed_by_slot(dg, selection)
     if not removed:
         return False
-    if r.get("calibration") is not None and "dense_model" not in r:
+    if (r.get("calibration") is not None or r.get("keep_dense")) and "dense_model" not in r:
         from graphprune.ir.serialize import clone
 
         r["dense_model"] = clone(model)  # repair passes compare against it

@@ -2,8 +2,12 @@
 
 ``bn-reestimate``, ``bias-compensate``, ``lsq-reconstruct``. They need calibration data
 (``results['calibration']``) and the dense model (``results['dense_model']``, which
-prune-channels keeps when calibration data is present) and run after the oracle.
+prune-channels keeps when calibration data is present, or when ``results['keep_dense']``
+is set) and run after the oracle. ``bn-fold-compensate`` needs no data: it reads the
+removed channels' means from BatchNorm statistics (the default repair without --calib).
 """
-from graphprune.passes.reconstruction import bias_compensation, bn_reestimate, lsq  # noqa: F401
+from graphprune.passes.reconstruction import bias_compensation, bn_fold, bn_reestimate, lsq  # noqa: F401
 
-REPAIR_PASSES = {"bn": "bn-reestimate", "bias": "bias-compensate", "lsq": "lsq-reconstruct"}
+REPAIR_PASSES = {"bn": "bn-reestimate", "bias": "bias-compensate", "lsq": "lsq-reconstruct",
+                 "bn-fold": "bn-fold-compensate"}
+DATA_FREE = frozenset({"bn-fold-compensate"})  # repair passes that run without calibration data

@@ -1,5 +1,5 @@
 """Choosing and running the repair passes (after the oracle), for the verbs, the compile
-workflow and config runs: ``--repair bias,bn,lsq|all`` and pipelines that contain repair
+workflow and config runs: ``--repair bias,bn,lsq,bn-fold|all`` and pipelines that contain repair
 passes."""
 from __future__ import annotations
 
@@ -21,9 +21,16 @@ def repair_passes(spec: str | list | None) -> list[str]:
     for it in items:
         name = REPAIR_PASSES.get(it, it)
         if name not in REPAIR_PASSES.values():
-            raise UsageError(f"unknown repair {it!r}", hint="choose from bias, bn, lsq, all")
+            raise UsageError(f"unknown repair {it!r}", hint="choose from bias, bn, lsq, bn-fold, all, none")
         out.append(name)
     return out
+
+
+def keep_dense(ctx, spec, pm=None) -> None:
+    """Before the pruning: a repair will run, so apply-plan keeps the dense model (with
+    calibration data it always does; data-free repairs need it too)."""
+    if repair_passes(spec) or pm is not None:
+        ctx.results["keep_dense"] = True
 
 
 def split_repair(pm):
@@ -41,12 +48,14 @@ def run_repair(model, ctx, spec, pm=None) -> list[dict]:
     """Run the repair passes (after the oracle); their reports land in the plan settings."""
     from graphprune.errors import UsageError
     from graphprune.passes import PASSES, PassManager
+    from graphprune.passes.reconstruction import DATA_FREE
 
     names = repair_passes(spec)
     if not names and pm is None:
         return []
-    if ctx.results.get("calibration") is None:
-        raise UsageError("--repair needs calibration data", hint="give --calib")
+    wanted = names if pm is None else [p.name for p in pm.passes]
+    if ctx.results.get("calibration") is None and not set(wanted) <= DATA_FREE:
+        raise UsageError("--repair needs calibration data", hint="give --calib (or --repair bn-fold, which needs none)")
     if "dense_model" not in ctx.results:
         return []  # nothing was pruned
     pm = pm or PassManager([PASSES[n]() for n in names])
