@@ -49,7 +49,9 @@ CANDIDATES = (
     Candidate("activation", "uniform", "bias,lsq"),
     Candidate("l2", "uniform", "bias,lsq"),
 )
-FALLBACK = Candidate("l2", "uniform", None)  # no calibration data
+# No calibration data: no repair. The data-free `bn-fold` repair is opt-in: measured, it does not help on
+# average (benchmarks/accuracy/bn_fold.py; README "Without --calib").
+FALLBACK = Candidate("l2", "uniform", None)
 
 
 def chooses_channels(opts: PruneOptions) -> bool:
