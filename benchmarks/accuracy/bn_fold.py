@@ -4,6 +4,37 @@ text lines against the dense model: mean output cosine and the task metric.
 
     PYTHONPATH=. python benchmarks/accuracy/bn_fold.py [--ratios 0.3] [--lines 64] [--tasks cls,rec]
         [--repairs none,bn-fold,bn-fold-linear]
+
+`--tasks tiny_resnet,tiny_mobilenet`: the bundled samples with their BatchNorm statistics
+set from their own activations (the case the fold assumes), N(0,1) inputs, metric = top-1
+agreement with the dense model. Measured here (2026-12-05, mean output cosine vs dense;
+cls 128 lines, rec 64 lines, samples 256 inputs; bn-fold-linear also folds channels read
+without a nonlinearity after their BN):
+
+| model | ratio | none | bn-fold | bn-fold-linear |
+|---|---|---|---|---|
+| PP-OCR cls | 0.05 | 0.9898 | 0.9944 | 0.9944 |
+| PP-OCR cls | 0.1 | 0.7727 | 0.7301 | 0.7453 |
+| PP-OCR cls | 0.2 | 0.5544 | 0.5739 | 0.6281 |
+| PP-OCR cls | 0.3 | 0.5354 | 0.5366 | 0.5461 |
+| PP-OCRv4 rec | 0.02 | 0.7934 | 0.7939 | 0.7939 |
+| PP-OCRv4 rec | 0.05 | 0.7019 | 0.7060 | 0.7060 |
+| PP-OCRv4 rec | 0.1 | 0.5076 | 0.5295 | |
+| PP-OCRv4 rec | 0.2 | 0.2251 | 0.3206 | |
+| PP-OCRv4 rec | 0.3 | 0.1526 | 0.1537 | |
+| tiny_resnet (BN stats set) | 0.1 | 0.6919 | 0.6986 | 0.6986 |
+| tiny_resnet (BN stats set) | 0.2 | 0.0836 | 0.1764 | 0.1764 |
+| tiny_resnet (BN stats set) | 0.3 | 0.1151 | 0.1865 | 0.1865 |
+| tiny_mobilenet (BN stats set) | 0.1 | 0.9396 | 0.9626 | 0.9697 |
+| tiny_mobilenet (BN stats set) | 0.2 | 0.9252 | 0.8622 | 0.8446 |
+| tiny_mobilenet (BN stats set) | 0.3 | 0.8619 | 0.6082 | 0.4930 |
+
+Task metrics: cls accuracy 0.984/0.992 at 0.05, 0.703/0.609 at 0.1, 0.500 (chance) at 0.2
+and 0.3 either way; rec exact-match 0.000 at every ratio either way (dense 0.984). Mean
+change of cosine over the 15 rows: -0.001; at ratio 0.3: -0.045. So the fold is opt-in
+(`--repair bn-fold`), not the default. It does move each folded layer's output means
+towards the dense ones (tiny_mobilenet at 0.3: mean |error| 0.11 -> 0.002 at the first
+folded layer, 0.24 -> 0.18 at the last), but matching means is not matching outputs.
 """
 from __future__ import annotations
 

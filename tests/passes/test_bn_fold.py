@@ -171,3 +171,18 @@ def test_default_without_calibration_is_no_repair(samples_dir):
     res = gp.prune(str(samples_dir / "tiny_mobilenet.onnx"))
     assert res.changed
     assert "repair" not in res.plan.settings
+
+
+def test_with_calibration_data_the_fold_is_guarded_and_measured(tmp_path):
+    from graphprune.runtime.calibration import Calibration
+
+    proto = bn_model("relu")
+    src = tmp_path / "m.onnx"
+    onnx.save(proto, src)
+    x = stat_inputs(proto, n=64)
+    calib = Calibration.from_batches([{"x": x[i:i + 16]} for i in range(0, 64, 16)], "stat inputs")
+    out = run_prune(src, PruneOptions(ratio=0.5, criterion="l2", repair="bn-fold", calib=calib),
+                    out=tmp_path / "p.onnx")
+    (rep,) = out.repair
+    assert rep["pass"] == "bn-fold-compensate" and rep["channels"] == C // 2
+    assert not rep["reverted"] and rep["error_after"] < rep["error_before"]
