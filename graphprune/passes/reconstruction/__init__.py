@@ -4,7 +4,8 @@
 (``results['calibration']``) and the dense model (``results['dense_model']``, which
 prune-channels keeps when calibration data is present, or when ``results['keep_dense']``
 is set) and run after the oracle. ``bn-fold-compensate`` needs no data: it reads the
-removed channels' means from BatchNorm statistics (the default repair without --calib).
+removed channels' means from BatchNorm statistics (opt-in,
+``--repair bn-fold``: measured, it does not help on average; benchmarks/accuracy/bn_fold.py).
 """
 from graphprune.passes.reconstruction import bias_compensation, bn_fold, bn_reestimate, lsq  # noqa: F401
 
