@@ -46,10 +46,14 @@ def test_int8_qdq_per_channel_runs_and_stays_close(samples_dir, tmp_path):
     res = quantize_int8(src, lambda: iter(calib), tmp_path / "q.onnx")
     assert res.batches == 8 and res.ops["QuantizeLinear"] > 0 and res.ops["DequantizeLinear"] > 0
     assert is_quantized(op_counts(res.path)) and not is_quantized(op_counts(src))
-    # every conv weight is int8 with one scale per output channel (axis 0)
+    # the first and the last weighted layer stay float; every other conv weight is int8 with
+    # one scale per output channel (axis 0)
     proto = onnx.load(str(res.path))
+    kept = res.settings["float_layers"]
+    assert len(kept) == 2 and all(n.name in kept for n in proto.graph.node if n.op_type in ("Conv", "Gemm")
+                                  and n.input[1] in {t.name for t in proto.graph.initializer})
     inits = {t.name: t for t in proto.graph.initializer}
-    conv_w = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    conv_w = {n.input[1] for n in proto.graph.node if n.op_type == "Conv" and n.name not in kept}
     dq_w = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_w]
     assert len(dq_w) == len(conv_w) > 0
     for n in dq_w:
@@ -72,3 +76,33 @@ def test_the_cosine_bound_catches_wrong_ranges(samples_dir, tmp_path):
 def test_no_batch_is_refused(samples_dir, tmp_path):
     with pytest.raises(UsageError, match="no batch"):
         quantize_int8(samples_dir / "tiny_resnet.onnx", lambda: iter([]), tmp_path / "none.onnx")
+
+
+def _opset12_convs(path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes, inits, prev = [], [], "input"
+    for k, (cin, cout) in enumerate([(3, 8), (8, 8), (8, 8), (8, 4)]):
+        inits += [numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.3, f"w{k}"),
+                  numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1, f"b{k}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{k}", f"b{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        prev = f"r{k}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)], ir_version=8), str(path))
+
+
+def test_opset_below_13_is_converted_for_per_channel_scales(tmp_path):
+    """Per-channel DequantizeLinear (`axis`) needs opset 13: an opset-12 model (PP-OCRv4 rec is
+    one) is converted first, so the QDQ model is valid and still per channel."""
+    src = tmp_path / "o12.onnx"
+    _opset12_convs(src)
+    res = quantize_int8(src, lambda: iter(_feeds(4, seed=0)), tmp_path / "o12q.onnx")
+    assert any("opset 12 to 13" in n for n in res.notes) and res.settings["weights"].startswith("per-channel")
+    onnx.checker.check_model(str(res.path))
+    proto = onnx.load(str(res.path))
+    axes = [a.i for n in proto.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes and res.settings["float_layers"] == ["conv0", "conv3"]
+    assert _mean_cosine(src, res.path, _feeds(4, seed=1)) >= 0.99
