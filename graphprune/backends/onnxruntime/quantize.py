@@ -8,6 +8,7 @@ pruned (and repaired) is quantized by ONNX Runtime's `quantize_static`:
   graphprune itself can read again;
 * weights QInt8, symmetric, per channel (one scale per output channel: pruning leaves
   channels of very different ranges, one per-tensor scale would crush the small ones);
+* only the weighted ops (OP_TYPES), the first and the last weighted layer kept float;
 * activations QInt8 (S8S8), asymmetric, ranges by MinMax over the calibration data.
   S8S8 in QDQ is the combination ONNX Runtime's quantization guide gives as the default
   first choice; U8 activations with S8 weights can saturate in the x86 AVX2 kernels.
