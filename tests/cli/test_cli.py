@@ -139,11 +139,12 @@ def test_max_drop_gate_with_calibration(samples_dir, tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", input=x)
     src = samples_dir / "tiny_resnet.onnx"
     # a mild prune passes a loose gate ...
+    # (one search candidate: the gate is the subject here, not the search)
     assert run("prune", src, "--ratio", "0.1", "--calib", tmp_path / "calib.npz", "--max-drop", "0.5",
-               "-o", tmp_path / "ok.onnx", "--no-bench") == 0
+               "-o", tmp_path / "ok.onnx", "--no-bench", "--search-budget", "1") == 0
     assert "fidelity on calibration data" in capsys.readouterr().out
     # ... a heavy prune fails a strict one: exit 3 and nothing written
     assert run("prune", src, "--ratio", "0.9", "--calib", tmp_path / "calib.npz", "--max-drop", "0.0001",
-               "-o", tmp_path / "bad.onnx", "--no-bench") == 3
+               "-o", tmp_path / "bad.onnx", "--no-bench", "--search-budget", "1") == 3
     assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.plan.json").exists()
     assert run("prune", src, "--max-drop", "0.1", "-o", tmp_path / "x.onnx", "--no-bench") == 2

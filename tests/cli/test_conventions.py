@@ -229,7 +229,8 @@ def test_sensitivity_sweep_counts_groups(samples_dir, tmp_path, monkeypatch, cap
     monkeypatch.setattr(calibration, "progress", recording)
     np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32))
     assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(tmp_path / "s.onnx"), "--no-bench",
-                 "--allocation", "sensitivity", "--calib", str(tmp_path / "calib.npz"), "-q"]) == 0
+                 "--allocation", "sensitivity", "--calib", str(tmp_path / "calib.npz"), "-q",
+                 "--search-budget", "1"]) == 0  # one sweep (not one per search candidate)
     assert ("sensitivity sweep", "groups") in seen
 
 

@@ -93,7 +93,7 @@ def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, ca
     model = _two_convs(tmp_path / "m.onnx")
     calib = _calib(tmp_path / "calib.npz", 16, 24)
     assert main(["compile", str(model), "--target", "x86-avx2", "--backend", "onnxruntime", "--ratio", "0.5",
-                 "--calib", str(calib), "-o", str(tmp_path / "c")]) == 0
+                 "--calib", str(calib), "-o", str(tmp_path / "c"), "--search-budget", "1", "--max-drop", "2"]) == 0
     out = capsys.readouterr().out
     assert "measured at x: 1×3×16×24 (from --calib)" in out
     rep = json.loads((tmp_path / "c" / "report.json").read_text())

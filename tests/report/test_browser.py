@@ -17,7 +17,8 @@ import pytest
 
 from graphprune.cli.main import main
 
-# --calib without --criterion/--repair: a search ran, so its candidate plot is there too
+# --calib without --criterion/--repair: a search ran, so its candidate plot is there too (two
+# candidates are enough for the plot; each one runs its own sensitivity sweep)
 FIGURES = {"output width per layer", "MACs per layer", "latency per layer", "sensitivity curves", "candidate trade-off"}
 
 
@@ -41,7 +42,7 @@ def _sample_report(samples_dir, tmp_path):
     np.savez(calib, input=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
     out = tmp_path / "small.onnx"
     assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(out), "--allocation", "sensitivity",
-                 "--calib", str(calib), "--max-drop", "0.9", "--round-to", "8"]) == 0
+                 "--calib", str(calib), "--max-drop", "0.9", "--round-to", "8", "--search-budget", "2"]) == 0
     return tmp_path / "small.report.html"
 
 

@@ -191,7 +191,8 @@ def test_olive_workflow_with_calibration_and_repair(samples_dir, tmp_path, monke
     run_workflow({
         "input_model": {"type": "ONNXModel", "model_path": str(src)},
         "passes": {"prune": {"type": PASS_NAME, "target_macs": 0.6, "calib": str(tmp_path / "calib.npz"),
-                             "calib_batch": 1, "repair": "bias", "max_drop": 0.9}},
+                             "calib_batch": 1, "repair": "bias", "max_drop": 0.9,
+                             "search_budget": 1}},  # not about the search: one candidate, no comparison
         "output_dir": str(out), "cache_dir": str(tmp_path / "cache"), "log_severity_level": 3,
         "evaluate_input_model": False,
     })

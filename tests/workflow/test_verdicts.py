@@ -116,7 +116,7 @@ def _calib(tmp_path):
 def test_compile_with_calib_does_not_say_no_calib(samples_dir, tmp_path, monkeypatch, capsys):
     _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
     assert _compile(samples_dir, tmp_path / "c", "--calib", _calib(tmp_path), "--calib-batch", "1",
-                    "--max-drop", "1") == 0
+                    "--max-drop", "1", "--search-budget", "1") == 0  # not about the search: one candidate
     assert "no --calib" not in capsys.readouterr().out
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     assert rep["accuracy"] is None and "no --calib" not in (tmp_path / "c" / "report.md").read_text()
@@ -127,7 +127,7 @@ def test_prune_says_accuracy_not_measured_without_calib(samples_dir, tmp_path, c
     assert main(["prune", src, "-o", str(tmp_path / "p.onnx"), "--no-bench"]) == 0
     assert NO_CALIB in capsys.readouterr().out
     assert main(["prune", src, "-o", str(tmp_path / "q.onnx"), "--no-bench", "--calib", _calib(tmp_path),
-                 "--calib-batch", "1", "--max-drop", "1"]) == 0
+                 "--calib-batch", "1", "--max-drop", "1", "--search-budget", "1"]) == 0
     assert "no --calib" not in capsys.readouterr().out
 
 
