@@ -163,3 +163,18 @@ def test_qoperator_and_dynamic_models_are_refused(tmp_path, capsys):
     quantize_dynamic(str(fsrc), str(dyn))
     with pytest.raises(FrontendError, match="DynamicQuantizeLinear|MatMulInteger"):
         gp.load(str(dyn))
+
+
+def test_large_model_oracle_masks_zero_points_on_disk(qmodels, tmp_path, monkeypatch):
+    """`check_files` (the oracle of models too large for memory) builds the masked original
+    on disk, external data included: the same zero-point masking as in memory."""
+    src = qmodels[("mlp", False, "QUInt8")]
+    ext = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(src), ext, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    res = gp.prune(str(ext), 0.5)
+    out = tmp_path / "pruned.onnx"
+    gp.save(res.model, out)
+    assert oracle.check_files(str(ext), str(out), res.plan).ok
+    monkeypatch.setattr(oracle, "_disk_fills", lambda *a: {})
+    assert oracle.check_files(str(ext), str(out), res.plan).ok is False

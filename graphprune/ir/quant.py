@@ -84,22 +84,28 @@ def masking_fill(value: ir.Value) -> np.ndarray | None:
     no single value of a slice is "removed" for all of its readers."""
     uses = list(value.uses())
     dqs = [u.node for u in uses if is_dequantize(u.node) and u.idx == 0]
-    if not dqs:
-        return None
-    if len(dqs) != len(uses):
-        raise ValueError(f"{value.name!r} is read by DequantizeLinear and by other ops")
-    arr_shape = const_array(value).shape
-    fills = []
+    readers = []
     for node in dqs:
         zp_v = _input(node, 2)
         zp = const_array(zp_v) if zp_v is not None else None
         if zp_v is not None and zp is None:
             raise ValueError(f"{value.name!r}: its DequantizeLinear's zero point is not a constant")
-        fills.append(zero_point_fill(arr_shape, zp, dq_axis(node, len(arr_shape))))
+        readers.append((zp, dq_axis(node, len(const_array(value).shape))))
+    return combined_fill(value.name, const_array(value).shape if dqs else (), readers, len(uses) - len(dqs))
+
+
+def combined_fill(name: str, shape, readers: list, other_uses: int) -> np.ndarray | None:
+    """The masking fill of a constant read by DequantizeLinears `readers` ([(zero point or
+    None, axis)]) and `other_uses` other ops (see `masking_fill`)."""
+    if not readers:
+        return None
+    if other_uses:
+        raise ValueError(f"{name!r} is read by DequantizeLinear and by other ops")
+    fills = [zero_point_fill(shape, zp, axis) for zp, axis in readers]
     first = fills[0]
     for f in fills[1:]:
         if (f is None) != (first is None) or (f is not None and not np.array_equal(f, first)):
-            raise ValueError(f"{value.name!r} is dequantized with different zero points")
+            raise ValueError(f"{name!r} is dequantized with different zero points")
     return first
 
 

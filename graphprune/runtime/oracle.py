@@ -74,6 +74,36 @@ def _graph_of_file(path: str):
     return onnx.load(path, load_external_data=False).graph.node
 
 
+def _disk_fills(proto, by_name: dict, base: str, names: set[str]) -> dict:
+    """`_quantized_fill` on a ModelProto loaded without its external data (`base`: its folder)."""
+    from onnx import numpy_helper
+
+    from graphprune.ir.quant import combined_fill
+
+    readers: dict[str, list] = {n: [] for n in names}
+    others = dict.fromkeys(names, 0)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in readers:
+                continue
+            if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or i != 0:
+                others[name] += 1
+                continue
+            zp = None
+            if len(node.input) > 2 and node.input[2]:
+                if node.input[2] not in by_name:
+                    raise PlanError(f"cannot mask a slice of the quantized constant {name!r}: "
+                                    "its zero point is not an initializer")
+                zp = numpy_helper.to_array(by_name[node.input[2]], base_dir=base)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            rank = len(by_name[name].dims)
+            readers[name].append((zp, axis + rank if axis < 0 else axis))
+    try:
+        return {n: combined_fill(n, tuple(by_name[n].dims), readers[n], others[n]) for n in names}
+    except ValueError as exc:
+        raise PlanError(f"cannot mask a slice of a quantized constant: {exc}") from None
+
+
 def _quantized_fill(v: ir.Value) -> np.ndarray | None:
     from graphprune.ir.quant import masking_fill
 
@@ -544,24 +574,28 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
         os.makedirs(os.path.dirname(os.path.join(dst_dir, loc)) or dst_dir, exist_ok=True)
         shutil.copyfile(os.path.join(base, loc), os.path.join(dst_dir, loc))
     by_name = {t.name: t for t in proto.graph.initializer}
-    for entry in plan.tensors + plan.block_tensors():
-        t = by_name.get(entry["name"])
-        if t is None:
+    entries = plan.tensors + plan.block_tensors()
+    for entry in entries:
+        if entry["name"] not in by_name:
             raise PlanError(f"plan lists tensor {entry['name']!r}, which is not an initializer of this model")
-        check_slice(entry, t.dims)
+        check_slice(entry, by_name[entry["name"]].dims)
+    fills = _disk_fills(proto, by_name, base, {e["name"] for e in entries})  # read from src: before any zeroing
+    for entry in entries:
+        t = by_name[entry["name"]]
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         index = [slice(None)] * len(t.dims)
         index[entry["axis"]] = np.asarray(entry["removed"], dtype=np.int64)
+        fill = fills.get(t.name)
         if t.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in t.external_data}
             arr = np.memmap(os.path.join(dst_dir, info["location"]), dtype=dtype, mode="r+",
                             offset=int(info.get("offset", 0)), shape=tuple(t.dims))
-            arr[tuple(index)] = 0
+            arr[tuple(index)] = 0 if fill is None else fill[tuple(index)]
             arr.flush()
             del arr
         else:
             arr = numpy_helper.to_array(t).copy()
-            arr[tuple(index)] = 0
+            arr[tuple(index)] = 0 if fill is None else fill[tuple(index)]
             t.CopyFrom(numpy_helper.from_array(arr, t.name))
     out = os.path.join(dst_dir, "masked.onnx")
     if plan.blocks:
