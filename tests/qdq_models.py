@@ -55,16 +55,37 @@ def float_mlp(seed: int = 0) -> onnx.ModelProto:
 FLOAT_MODELS = {"cnn": float_cnn, "mlp": float_mlp}
 
 
-def quantized(float_model: onnx.ModelProto, path, *, per_channel: bool, weight_type: str = "QInt8",
-              fmt: str = "QDQ", seed: int = 0) -> str:
-    """Write `float_model` quantized by onnxruntime.quantization.quantize_static (activations
-    uint8, weights `weight_type`, calibrated on random data) to `path`; returns the path."""
+def calibration_feeds(path, n: int = 4, seed: int = 0) -> list[dict]:
+    """Random feeds for every input of the model at `path`: dynamic dims 1 (first) or 8,
+    integer inputs (token ids, masks) in [0, 50)."""
+    import onnxruntime as ort
+
+    inputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        d = {}
+        for i in inputs:
+            shape = [x if isinstance(x, int) else (1 if j == 0 else 8) for j, x in enumerate(i.shape)]
+            d[i.name] = (rng.integers(0, 50, shape).astype(np.int64) if "int" in i.type
+                         else rng.standard_normal(shape).astype(np.float32))
+        feeds.append(d)
+    return feeds
+
+
+def quantized(float_model, path, *, per_channel: bool, weight_type: str = "QInt8", fmt: str = "QDQ",
+              seed: int = 0) -> str:
+    """Write `float_model` (a ModelProto or a path) quantized by
+    onnxruntime.quantization.quantize_static (activations uint8, weights `weight_type`,
+    calibrated on random data) to `path`; returns the path."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    inp = float_model.graph.input[0]
-    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(seed)
-    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    src = str(path) + ".float.onnx"
+    if isinstance(float_model, onnx.ModelProto):
+        onnx.save(float_model, src)
+    else:
+        src = str(float_model)
+    feeds = calibration_feeds(src, seed=seed)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -73,8 +94,6 @@ def quantized(float_model: onnx.ModelProto, path, *, per_channel: bool, weight_t
         def get_next(self):
             return next(self.it, None)
 
-    src = str(path) + ".float.onnx"
-    onnx.save(float_model, src)
     quantize_static(src, str(path), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
                     weight_type=getattr(QuantType, weight_type), activation_type=QuantType.QUInt8)
     return str(path)

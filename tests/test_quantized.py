@@ -178,3 +178,25 @@ def test_large_model_oracle_masks_zero_points_on_disk(qmodels, tmp_path, monkeyp
     assert oracle.check_files(str(ext), str(out), res.plan).ok
     monkeypatch.setattr(oracle, "_disk_fills", lambda *a: {})
     assert oracle.check_files(str(ext), str(out), res.plan).ok is False
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_qdq_transformer_prunes_heads_and_ffn_like_the_float_one(name, tmp_path):
+    """Attention heads (LLaMA: GQA KV groups) and FFN channels are found through the Q/DQ
+    pairs exactly as in the float model, and prune under the oracle."""
+    pytest.importorskip("transformers")
+    from zoo.hf_models import export_hf
+
+    src = export_hf(name, str(tmp_path / f"{name}.onnx"), False)
+    q = quantized(src, tmp_path / f"{name}_qdq.onnx", per_channel=True)
+    float_atoms = sorted(g.num_atoms for g in gp.analyze(src).prunable_groups)
+    assert sorted(g.num_atoms for g in gp.analyze(q).prunable_groups) == float_atoms
+    res = gp.prune(q, 0.5)
+    assert len(res.plan.groups) == len(float_atoms) and all(g["removed_atoms"] for g in res.plan.groups)
+    result = gp.check(gp.load(q, fold=False), res.model, res.plan)
+    assert result.ok and not result.refused, result.summary()
+    before, after = initializers(q), {v.name: v.const_value.numpy() for v in res.model.graph.initializers.values()}
+    shrunk = [n for n in before if before[n].dtype == np.int8 and after.get(n) is not None
+              and after[n].size < before[n].size]
+    assert shrunk
