@@ -40,6 +40,12 @@ gp.load + gp.prune(ratio 0.3) + gp.save, end to end (load included), with peak R
 (VmHWM, or ru_maxrss off Linux, minus that of the same interpreter after its imports) divided by the model
 file's size; resnet50 is also timed against Torch-Pruning MagnitudePruner init+step on
 the torch module (in this process, interleaved). Results: results/bench_analysis_speed_real.json.
+resnet50_ext is the same resnet50 file saved with its weights in resnet50_ext.onnx.data.
+Without torchvision, resnet50 is bench_ort_speedup's torchvision-free ResNet-50 (the same
+architecture; mobilenet_v3_large then needs torchvision). With --oracle, every repeat also
+runs a fresh process of run_prune with the oracle and the write (what `graphprune prune`
+does: two ONNX Runtime sessions, the masked original's and the pruned model's) and reports
+its peak RSS separately: the oracle's sessions hold their own copies of the weights.
 """
 from __future__ import annotations
 
@@ -252,7 +258,7 @@ def _speedups(g: dict, t: dict) -> dict:
 # --real: torchvision and HF LLaMA models, end to end in a subprocess, peak RSS
 # ---------------------------------------------------------------------------
 
-REAL_MODELS = ("resnet50", "mobilenet_v3_large", "llama2", "llama8", "llama30")
+REAL_MODELS = ("resnet50", "resnet50_ext", "mobilenet_v3_large", "llama2", "llama8", "llama30")
 
 _CHILD = r"""
 import resource, sys, time
@@ -268,11 +274,17 @@ def peak_kb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 base = peak_kb()
 t0, c0 = time.perf_counter(), time.process_time()
-model = gp.load(sys.argv[1])
-t1 = time.perf_counter()
-rss_load = peak_kb()
-res = gp.prune(model, ratio=float(sys.argv[3]))
-gp.save(res.model, sys.argv[2])
+if sys.argv[4] == "oracle":  # what `graphprune prune` does: load, prune, the oracle (2 ORT sessions), write
+    from graphprune.workflow import PruneOptions, run_prune
+    res = run_prune(sys.argv[1], PruneOptions(ratio=float(sys.argv[3]), check=True), out=sys.argv[2])
+    assert res.oracle is not None and res.oracle.ok, res.oracle
+    t1, rss_load, model = float("nan"), -1, res.model
+else:
+    model = gp.load(sys.argv[1])
+    t1 = time.perf_counter()
+    rss_load = peak_kb()
+    res = gp.prune(model, ratio=float(sys.argv[3]))
+    gp.save(res.model, sys.argv[2])
 t2, c2 = time.perf_counter(), time.process_time()
 peak = peak_kb()
 print(base, rss_load, peak, t1 - t0, t2 - t0, c2 - c0, len(model.graph))
@@ -298,6 +310,13 @@ def export_real(name: str, root: Path):
     from tests.zoo.torch_models import export_onnx, randomize_batchnorm
 
     path = root / f"{name}.onnx"
+    if name == "resnet50_ext":  # the same model, its weights in resnet50_ext.onnx.data
+        import onnx
+
+        src, module, x = export_real("resnet50", root)
+        onnx.save_model(onnx.load(str(src)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        return path, None, None
     if name.startswith("llama"):
         import tests.zoo.hf_models as hf
         from transformers import LlamaConfig, LlamaModel
@@ -315,19 +334,39 @@ def export_real(name: str, root: Path):
         finally:
             hf.HF_ZOO.pop("_bench_llama", None)
         return path, None, None
-    tv = _torchvision()
+    if path.exists() and name in _exported:  # exported once per run (resnet50_ext reuses it)
+        return path, *_exported[name]
+    try:
+        tv = _torchvision()
+    except ImportError:
+        tv = None
     torch.manual_seed(0)
-    module = getattr(tv.models, name)(weights=None).eval()
+    if tv is None and name == "resnet50":
+        # torchvision not installed: the same architecture (torchvision's ResNet-50 v1.5,
+        # 25.6 M parameters) as bench_ort_speedup defines it, without torchvision
+        from bench_ort_speedup import ResNet50
+
+        module = ResNet50().eval()
+    elif tv is None:
+        raise SystemExit(f"{name} needs torchvision (see benchmarks/README.md)")
+    else:
+        module = getattr(tv.models, name)(weights=None).eval()
     randomize_batchnorm(module, torch.Generator().manual_seed(0))
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     export_onnx(module, x, path, dynamo=False)
+    _exported[name] = (module, x)
     return path, module, x
 
 
-def measure_subprocess(path: Path, out: Path, ratio: float) -> dict:
+_exported: dict = {}
+
+
+def measure_subprocess(path: Path, out: Path, ratio: float, mode: str = "api") -> dict:
+    """One fresh process: mode "api" = gp.load + gp.prune + gp.save; "oracle" = run_prune
+    with the oracle and the write (what `graphprune prune` does)."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(out), str(ratio)],
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(out), str(ratio), mode],
                        capture_output=True, text=True, check=False)
     if r.returncode:
         raise RuntimeError(f"child failed on {path}: {r.stderr[-2000:]}")
@@ -359,29 +398,41 @@ def run_real(args) -> int:
         print(f"[{name}] exporting ...", flush=True)
         path, module, x = export_real(name, root)
         gp_runs, tp_runs = [], []
+        or_runs = []
         for r in range(repeats):
             gp_runs.append(measure_subprocess(path, root / f"{name}.small.onnx", args.ratio))
+            if args.oracle:
+                or_runs.append(measure_subprocess(path, root / f"{name}.checked.onnx", args.ratio, "oracle"))
             if have_tp and module is not None:
                 tp_runs.append(run_torch_pruning_module(module, x, args.ratio))
             print(f"  repeat {r + 1}/{repeats}: load+prune+save {gp_runs[-1]['e2e_s']:.3f}s, "
                   f"peak RSS {gp_runs[-1]['rss_peak_x']:.2f}x file"
+                  + (f"; with the oracle {or_runs[-1]['e2e_s']:.3f}s, peak RSS {or_runs[-1]['rss_peak_x']:.2f}x"
+                     if or_runs else "")
                   + (f", TP init+step {tp_runs[-1]:.3f}s" if tp_runs else ""), flush=True)
         row = {k: median([g[k] for g in gp_runs]) for k in gp_runs[0]}
         row["nodes"], row["file_bytes"] = gp_runs[0]["nodes"], gp_runs[0]["file_bytes"]
         row["raw"] = gp_runs
+        if or_runs:  # load + prune + oracle + write in one run_prune (`graphprune prune`)
+            row["oracle_e2e_s"] = median([g["e2e_s"] for g in or_runs])
+            row["oracle_rss_peak_x"] = median([g["rss_peak_x"] for g in or_runs])
+            row["oracle_raw"] = or_runs
         if tp_runs:
             row["tp_init_step_s"] = median(tp_runs)
             row["tp_ratio"] = row["tp_init_step_s"] / row["e2e_s"]  # > 1: graphprune faster
         rows[name] = row
     print()
-    print(f"median of {repeats} fresh processes, ratio {args.ratio}; e2e = gp.load + gp.prune + gp.save")
+    print(f"median of {repeats} fresh processes, ratio {args.ratio}; e2e = gp.load + gp.prune + gp.save"
+          + ("; 'oracle' = run_prune with the oracle and the write (graphprune prune)" if args.oracle else ""))
     print(table([[n, r["nodes"], f"{r['file_bytes'] / 1e6:.1f}", f"{r['load_s']:.3f}", f"{r['e2e_s']:.3f}",
                   f"{r['rss_load_x']:.2f}", f"{r['rss_peak_x']:.2f}",
+                  f"{r['oracle_rss_peak_x']:.2f}" if "oracle_rss_peak_x" in r else "n/a",
                   f"{r['tp_ratio']:.2f}" if "tp_ratio" in r else "n/a"] for n, r in rows.items()],
                 ["model", "nodes", "file MB", "load s", "e2e s", "RSS load / file", "RSS peak / file",
-                 "TP init+step / gp e2e"]))
+                 "oracle RSS peak / file", "TP init+step / gp e2e"]))
     out = write_results(NAME + "_real" + (f"_{args.tag}" if args.tag else ""),
-                        {"config": {"models": names, "ratio": args.ratio, "repeats": repeats}, "models": rows})
+                        {"config": {"models": names, "ratio": args.ratio, "repeats": repeats, "oracle": args.oracle},
+                         "models": rows})
     print(f"\nwrote {out}")
     if tmp is not None:
         tmp.cleanup()
@@ -415,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="write results/<name>_<tag>.json instead of results/<name>.json")
     ap.add_argument("--out", default=None, help="where to keep the ONNX files (default: a temp dir)")
     ap.add_argument("--real", action="store_true", help="torchvision / HF LLaMA models end to end with peak RSS")
+    ap.add_argument("--oracle", action="store_true",
+                    help="with --real: also measure load + prune + the oracle + write (run_prune, as `graphprune prune`)")
     ap.add_argument("--models", default="", help=f"with --real: some of {','.join(REAL_MODELS)} (default all)")
     args = ap.parse_args(argv)
     _common.quiet_warnings()
