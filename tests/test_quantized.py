@@ -190,8 +190,10 @@ def test_qdq_transformer_prunes_heads_and_ffn_like_the_float_one(name, tmp_path)
 
     src = export_hf(name, str(tmp_path / f"{name}.onnx"), False)
     q = quantized(src, tmp_path / f"{name}_qdq.onnx", per_channel=True)
-    float_atoms = sorted(g.num_atoms for g in gp.analyze(src).prunable_groups)
-    assert sorted(g.num_atoms for g in gp.analyze(q).prunable_groups) == float_atoms
+    fg, qg = gp.analyze(src).prunable_groups, gp.analyze(q).prunable_groups
+    float_atoms = sorted(g.num_atoms for g in fg)
+    assert sorted(g.num_atoms for g in qg) == float_atoms
+    assert [g.name for g in qg] == [g.name for g in fg]  # named by their layers, not by a weight's DequantizeLinear
     res = gp.prune(q, 0.5)
     assert len(res.plan.groups) == len(float_atoms) and all(g["removed_atoms"] for g in res.plan.groups)
     result = gp.check(gp.load(q, fold=False), res.model, res.plan)

@@ -24,6 +24,7 @@ from graphprune.analysis.dependency.registry import RULES, RuleRegistry
 from graphprune.errors import StaleAnalysisError
 from graphprune.ir.constants import is_constant
 from graphprune.ir.mutation import stamp
+from graphprune.ir.quant import is_quantized_const
 from graphprune.ir.shapes import dims_of
 from graphprune.ir.untie import untied_copies
 
@@ -447,7 +448,9 @@ class DependencyGraph:
     def _group_name(self, slots: list[Slot]) -> str:
         for s in slots:
             v = self.values.get(s.value)
-            if v is not None and not s.virtual and v.producer() is not None and not is_constant(v):
+            # a QDQ weight (DequantizeLinear of a constant) is a weight: the group is named by a layer
+            if v is not None and not s.virtual and v.producer() is not None and not is_constant(v) \
+                    and not is_quantized_const(v):
                 return f"{v.producer().name}:{s.axis}"
         return str(slots[0])
 
