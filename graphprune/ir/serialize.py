@@ -1,6 +1,7 @@
 """Serialising an IR model to a self-contained proto (external data pulled in)."""
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 
@@ -24,7 +25,33 @@ def to_proto(model: ir.Model):
 
 
 def clone(model: ir.Model) -> ir.Model:
-    return ir.serde.deserialize_model(to_proto(model))
+    """An independent copy of `model`: nodes and values are new objects; tensors that cannot
+    change (read-only: memory-mapped, parsed from a proto, or a read-only array) are shared
+    instead of copied, every other tensor is copied (through a proto, as before)."""
+    copy = model.clone()
+    for graph in copy.graphs():
+        for v in graph.initializers.values():
+            if v.const_value is not None and not _immutable(v.const_value):
+                v.const_value = _copied(v.const_value)
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and not _immutable(attr.value):
+                    node.attributes[name] = ir.AttrTensor(name, _copied(attr.value), doc_string=attr.doc_string)
+                elif attr.type == ir.AttributeType.TENSORS and not all(_immutable(t) for t in attr.value):
+                    node.attributes[name] = ir.AttrTensors(name, [_copied(t) for t in attr.value],
+                                                           doc_string=attr.doc_string)
+    return copy
+
+
+def _immutable(t) -> bool:
+    if isinstance(t, (ir.ExternalTensor, ir.serde.TensorProtoTensor)):
+        return True
+    raw = getattr(t, "raw", None)
+    return type(t) is ir.Tensor and isinstance(raw, np.ndarray) and not raw.flags.writeable
+
+
+def _copied(t):
+    return ir.serde.deserialize_tensor(ir.serde.serialize_tensor(t))
 
 
 def model_nbytes(model: ir.Model) -> int:
