@@ -23,7 +23,7 @@ _API = {
     "rule": "graphprune.analysis.dependency", "RULES": "graphprune.analysis.dependency",
     "DependencyGraph": "graphprune.analysis.dependency",
     "prune_module": "graphprune.torchprune", "masked_module": "graphprune.torchprune",
-    "finetune": "graphprune.finetune", "load_plugins": "graphprune.plugins",
+    "finetune": "graphprune.finetuning", "load_plugins": "graphprune.plugins",
 }
 
 __all__ = sorted(_API) + ["__version__"]

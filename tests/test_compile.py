@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from graphprune.cli.main import main
-from graphprune.compile import CompileOptions, compile_model
+from graphprune.workflow.compile import CompileOptions, compile_model
 
 
 def test_compile_host_ort(samples_dir, tmp_path, capsys):

@@ -33,3 +33,22 @@ def test_dir_lists_the_public_api():
 def test_every_public_name_resolves():
     for name in graphprune.__all__:  # torch-only helpers import torch when called, not here
         assert getattr(graphprune, name) is not None, name
+
+
+def test_no_submodule_shadows_a_public_name():
+    # importing a submodule binds it on the package under its own name, so a module
+    # graphprune/compile.py would replace graphprune.compile (the function) as soon as
+    # anything imported it, and gp.compile(...) would fail depending on import order
+    import importlib
+    import pkgutil
+    import types
+
+    modules = [m.name.rsplit(".", 1)[-1] for m in pkgutil.iter_modules(graphprune.__path__)]
+    assert not set(modules) & set(graphprune.__all__), set(modules) & set(graphprune.__all__)
+    for info in pkgutil.iter_modules(graphprune.__path__, "graphprune."):
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # optional dependency missing: that module is not under test here
+            continue
+    for name in graphprune.__all__:
+        assert not isinstance(getattr(graphprune, name), types.ModuleType), name

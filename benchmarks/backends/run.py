@@ -38,7 +38,7 @@ def models(out: Path) -> dict[str, tuple[Path, dict | None]]:
 
 
 def main() -> None:
-    from graphprune.compile import CompileOptions, compile_model
+    from graphprune.workflow.compile import CompileOptions, compile_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=64)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from graphprune.compile import CompileOptions, compile_model
+from graphprune.workflow.compile import CompileOptions, compile_model
 
 
 def main() -> None:

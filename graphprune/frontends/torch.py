@@ -9,7 +9,7 @@ lets literal sizes in the captured FX graph (``view(x, [-1, 256])``) be matched 
 ONNX values whose new shapes the analysis knows. The optimiser is off because it folds
 BatchNorm into Conv and transposes weights into fresh constants, which would break both.
 
-Only this module (and torchprune/, finetune.py) imports torch; it is imported lazily.
+Only this module (and torchprune/, finetuning.py) imports torch; it is imported lazily.
 """
 from __future__ import annotations
 

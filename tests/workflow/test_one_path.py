@@ -99,7 +99,7 @@ def test_olive_pass_and_cli_make_the_same_plan(samples_dir, tmp_path, monkeypatc
 
 
 def test_api_compile_and_cli_make_the_same_plan(samples_dir, tmp_path):
-    from graphprune.compile import CompileOptions, compile_model
+    from graphprune.workflow.compile import CompileOptions, compile_model
 
     src = samples_dir / "tiny_resnet.onnx"
     cli_plan = _cli_plan(src, tmp_path / "cli.onnx", "--ratio", "0.5", "--round-to", "4")
