@@ -6,6 +6,7 @@ tool does not know are kept as they are and round-trip unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -33,6 +34,20 @@ FOLDABLE = frozenset(
 MAX_FOLD_ELEMENTS = 1 << 20
 
 
+@contextlib.contextmanager
+def _quiet_reader():
+    """Silence onnx_ir's reader warnings while a model is read. A dangling input is logged
+    there as free text on stderr; graphprune's own IR check names the same violation in its
+    error (one message, with a hint), so the reader's copy is only noise before it."""
+    reader = logging.getLogger("onnx_ir.serde")
+    level = reader.level
+    reader.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        reader.setLevel(level)
+
+
 def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
               input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
     """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis.
@@ -43,18 +58,19 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     import onnx
 
     try:
-        if isinstance(source, (bytes, bytearray)):
-            model = ir.serde.deserialize_model(onnx.load_from_string(bytes(source)))
-        else:
-            path = Path(source)
-            if not path.exists():
-                raise FrontendError(f"{path}: no such file")
-            if path.is_dir():
-                raise FrontendError(f"{path}: is a directory, expected an .onnx file")
-            if path.stat().st_size == 0:
-                raise FrontendError(f"{path}: empty file (0 bytes), not an ONNX model")
-            # weights inside the file stay there, memory-mapped (graphprune.ir.mapped)
-            model = load_mapped(path) or ir.load(path)
+        with _quiet_reader():
+            if isinstance(source, (bytes, bytearray)):
+                model = ir.serde.deserialize_model(onnx.load_from_string(bytes(source)))
+            else:
+                path = Path(source)
+                if not path.exists():
+                    raise FrontendError(f"{path}: no such file")
+                if path.is_dir():
+                    raise FrontendError(f"{path}: is a directory, expected an .onnx file")
+                if path.stat().st_size == 0:
+                    raise FrontendError(f"{path}: empty file (0 bytes), not an ONNX model")
+                # weights inside the file stay there, memory-mapped (graphprune.ir.mapped)
+                model = load_mapped(path) or ir.load(path)
     except FrontendError:
         raise
     except Exception as exc:  # protobuf / onnx raise many types for damaged files
