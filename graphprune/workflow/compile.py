@@ -284,7 +284,8 @@ def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict, calibration
         if c.opts.quantize == "int8":  # the deployment is the int8 model (after pruning and repair)
             from graphprune.workflow import quantized
 
-            c.quant = quantized.quantize(pruned_path, calibration, stage / "onnxruntime", c.log_fn)
+            c.quant = quantized.quantize(pruned_path, calibration, stage / "onnxruntime", c.log_fn, src=c.src,
+                                         score=c.opts.score)
             ort_src = c.quant.path
         c.log_fn("onnxruntime: offline optimisation and session settings ...")
         c.results["onnxruntime"] = OrtBackend().compile(ort_src, c.target, stage / "onnxruntime",

@@ -36,14 +36,35 @@ def check_options(quantize: str, calib, backend: str) -> None:
                          "float models only", hint="use --backend onnxruntime (or auto), or drop --quantize")
 
 
-def quantize(pruned_path: Path, calibration, out_dir: Path, log_fn):
-    """The pruned (and repaired) float model as a QDQ int8 model in `out_dir`."""
-    from graphprune.backends.onnxruntime.quantize import quantize_int8
+def quantize(pruned_path: Path, calibration, out_dir: Path, log_fn, *, src: Path, score: str | None = None):
+    """The pruned (and repaired) float model as a QDQ int8 model in `out_dir`: one per range
+    method, the one kept scored best by `--score` when given, else by output cosine against
+    the dense float input `src` on the calibration data."""
+    from graphprune.backends.onnxruntime.quantize import RANGE_METHODS, quantize_int8
 
-    log_fn("onnxruntime: int8 static quantization (QDQ, per-channel QInt8 weights, QInt8 activations, "
-           "MinMax ranges on the --calib data) ...")
+    scorer, name = range_scorer(src, calibration, score)
+    log_fn("onnxruntime: int8 static quantization (QDQ, per-channel QInt8 weights, QInt8 activations; "
+           f"ranges by {' and by '.join(RANGE_METHODS)} on the --calib data, the one kept scored by {name}) ...")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return quantize_int8(pruned_path, calibration.batches, out_dir / QDQ_NAME)
+    res = quantize_int8(pruned_path, calibration.batches, out_dir / QDQ_NAME, score=scorer, log_fn=log_fn)
+    res.settings["ranges_scored_by"] = name
+    return res
+
+
+def range_scorer(src: Path, calibration, score: str | None):
+    """(path -> float, its name): the user's --score function on a session of the model, or
+    the mean output cosine against the dense float input on the calibration batches."""
+    from graphprune.runtime.oracle import output_fidelity
+    from graphprune.runtime.ort import session
+
+    if score:
+        from graphprune.workflow.search import user_score
+
+        fn = user_score(score)
+        return (lambda path: float(fn(session(path)))), f"user score {score}"
+    batches = list(calibration.batches())
+    return (lambda path: output_fidelity(str(src), str(path), batches)["mean_cosine"]), \
+        "output cosine vs the dense float input on the calibration data"
 
 
 def fidelity(src: Path, deployed: Path, calibration) -> dict:
@@ -73,11 +94,14 @@ def section(res, fid: dict, deployed: Path, lat: dict, *, max_drop: float | None
 
     ops = op_counts(deployed)
     gate = f", max {max_drop:g}" if max_drop is not None else ""
+    scores = ", ".join(f"{r['ranges']} {r['score']:.4f}" for r in res.candidates if "score" in r)
+    chosen = (f"{res.settings['ranges']} ranges from {res.batches} calibration batches"
+              + (f", chosen by {res.settings.get('ranges_scored_by')} ({scores})" if scores else ""))
     line = (f"int8 (QDQ; weights {res.settings['weights']}, activations {res.settings['activations']}, "
-            f"ranges from {res.batches} calibration batches): mean output cosine {fid['mean_cosine']:.4f} vs the dense float "
+            f"{chosen}): mean output cosine {fid['mean_cosine']:.4f} vs the dense float "
             f"input on the calibration data (drop {fid['drop']:.4f}{gate}, min {fid['min_cosine']:.4f}); "
             + _latency_text(lat, host))
-    return {"mode": "int8", **res.settings, "calibration_batches": res.batches, "qdq_model": QDQ_NAME,
+    return {"mode": "int8", **res.settings, "calibration_batches": res.batches, "range_candidates": res.candidates, "qdq_model": QDQ_NAME,
             "qdq_bytes": model_size(res.path), "qdq_ops": {k: res.ops.get(k, 0) for k in ("QuantizeLinear",
                                                                                       "DequantizeLinear")},
             "deployed_ops": ops, "runs_int8": is_quantized(ops), "fidelity": fid,

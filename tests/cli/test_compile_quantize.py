@@ -43,6 +43,10 @@ def test_compile_quantize_int8(samples_dir, calib, tmp_path, capsys):
     q = rep["quantization"]
     assert q["mode"] == "int8" and q["format"] == "QDQ" and q["runs_int8"] and q["calibration_batches"] == 16
     assert q["qdq_ops"]["QuantizeLinear"] > 0 and q["qdq_ops"]["DequantizeLinear"] > 0
+    # one model per range method, scored by output cosine against the dense input; the best kept
+    cands = {r["ranges"]: r["score"] for r in q["range_candidates"]}
+    assert set(cands) == {"minmax", "percentile"} and cands[q["ranges"]] == max(cands.values())
+    assert "chosen by output cosine vs the dense float input" in q["line"] and f"{q['ranges']} ranges" in q["line"]
     # against the dense float input: the pruning's loss (the float fidelity) plus a little, within --max-drop 0.1
     assert rep["fidelity"]["mean_cosine"] - 0.01 <= q["fidelity"]["mean_cosine"] and q["fidelity"]["drop"] <= 0.1
     assert q["latency_ms"]["int8"] > 0 and q["latency_ms"]["dense_float"] > 0 and q["latency_ms"]["pruned_float"] > 0
@@ -84,3 +88,20 @@ def test_max_drop_gates_the_int8_deployment(samples_dir, calib, tmp_path, capsys
     assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--no-prune", "--calib", str(calib),
                  "--quantize", "int8", "--max-drop", "1e-9", "-o", str(out)]) == 3
     assert "int8 output fidelity drop" in capsys.readouterr().err and not out.exists()
+
+
+def test_quantize_ranges_scored_by_the_user_score(samples_dir, calib, tmp_path, capsys):
+    score = tmp_path / "myscore.py"
+    score.write_text("import numpy as np\n"
+                     "def score(session):\n"
+                     "    x = np.ones((1, 3, 16, 16), np.float32)\n"
+                     "    return -float(np.abs(session.run(None, {'input': x})[0]).sum())\n")
+    out = tmp_path / "q"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "x86", "--calib", str(calib),
+                 "--quantize", "int8", "--score", f"{score}:score", "-o", str(out), *FAST]) == 0
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert f"chosen by user score {score}:score" in q["line"]
+    # the score ran on each candidate (the deployment is the better of the two by it)
+    cands = {r["ranges"]: r["score"] for r in q["range_candidates"]}
+    assert set(cands) == {"minmax", "percentile"} and all(v < 0 for v in cands.values())
+    assert cands[q["ranges"]] == max(cands.values())

@@ -106,3 +106,41 @@ def test_opset_below_13_is_converted_for_per_channel_scales(tmp_path):
     axes = [a.i for n in proto.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
     assert axes and res.settings["float_layers"] == ["conv0", "conv3"]
     assert _mean_cosine(src, res.path, _feeds(4, seed=1)) >= 0.99
+
+
+def _with_outlier(n: int, amplitude: float) -> list[dict]:
+    feeds = _feeds(n, seed=0)
+    feeds[3]["input"][0, 0, 5, 5] = amplitude  # one input pixel far outside every other value
+    return feeds
+
+
+def test_range_method_is_chosen_by_the_score(samples_dir, tmp_path):
+    """One outlier in the calibration data stretches MinMax ranges for every real input;
+    Percentile ranges clip it. Both models are built and scored, the better one is kept,
+    and the choice follows the score, not a fixed preference."""
+    src = samples_dir / "tiny_resnet.onnx"
+    calib = _with_outlier(16, 100.0)
+    normal = _feeds(8, seed=1)
+    res = quantize_int8(src, lambda: iter(calib), tmp_path / "p.onnx", score=lambda p: _mean_cosine(src, p, normal))
+    scores = {r["ranges"]: r["score"] for r in res.candidates}
+    assert set(scores) == {"minmax", "percentile"} and res.batches == 16
+    assert res.settings["ranges"] == "percentile" and scores["percentile"] > scores["minmax"] + 0.005
+    assert res.candidates[0]["ranges"] == "percentile"
+    # the kept file is the scored one: its cosine on the same data is the percentile score
+    assert abs(_mean_cosine(src, res.path, normal) - scores["percentile"]) < 1e-6
+    # scored on the outlier batch itself, the range that covers it wins
+    res2 = quantize_int8(src, lambda: iter(calib), tmp_path / "m.onnx",
+                         score=lambda p: _mean_cosine(src, p, [calib[3]]))
+    scores2 = {r["ranges"]: r["score"] for r in res2.candidates}
+    assert res2.settings["ranges"] == "minmax" and scores2["minmax"] > scores2["percentile"], scores2
+
+
+def test_without_a_score_one_model_is_built(samples_dir, tmp_path, capsys):
+    res = quantize_int8(samples_dir / "tiny_resnet.onnx", lambda: iter(_feeds(4, seed=0)), tmp_path / "q.onnx")
+    assert [r["ranges"] for r in res.candidates] == ["minmax"] and "score" not in res.candidates[0]
+    with pytest.raises(ValueError, match="range methods"):
+        quantize_int8(samples_dir / "tiny_resnet.onnx", lambda: iter(_feeds(4, seed=0)), tmp_path / "x.onnx",
+                      methods=("median",))
+    quantize_int8(samples_dir / "tiny_resnet.onnx", lambda: iter(_feeds(4, seed=0)), tmp_path / "h.onnx",
+                  score=lambda p: 1.0)
+    assert capsys.readouterr().out == ""  # ORT's histogram progress prints do not reach graphprune's stdout
