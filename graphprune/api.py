@@ -126,7 +126,27 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     result = oracle.check(original, pruned, plan, **kwargs)
     if unpaired:
         result.unpaired, result.ok = unpaired, False
+    result.repaired = changed_after_pruning(plan, pruned)
     return result
+
+
+def changed_after_pruning(plan: Plan, pruned: ir.Model) -> str | None:
+    """What changed the weights after the pruning on purpose (the plan's repair passes that were
+    kept, sparsity zeros recorded in the model), so that the model is not the masked original;
+    None when nothing did."""
+    from graphprune.sparsity_meta import read_sparsity
+
+    kept = [r.get("pass", "?") for r in plan.settings.get("repair") or []
+            if isinstance(r, dict) and not r.get("reverted")]
+    try:
+        sparse = len(read_sparsity(pruned)["tensors"])
+    except ValueError:  # an unreadable record: not graphprune's sparsity, nothing to say about it
+        sparse = 0
+    what = ([f"repair passes changed weights after pruning ({', '.join(kept)})"] if kept else []) + \
+        ([f"{sparse} tensors were sparsified after pruning"] if sparse else [])
+    if not what:
+        return None
+    return " and ".join(what) + ", so the pruned model is not the masked original by design"
 
 
 @dataclass

@@ -47,6 +47,11 @@ def run(args) -> int:
         raise OracleMismatchError(f"nothing was compared: {res.refused}")
     if res.unpaired:
         raise OracleMismatchError(res.unpaired, hint="use the .plan.json written together with the model")
+    if not res.ok and res.repaired:
+        raise OracleMismatchError(f"cannot check this model against the masked original: {res.repaired}",
+                                  hint="prune verified the model before its repair and sparsity (the oracle line "
+                                       "of its summary); to check the pruning alone here, prune with --repair "
+                                       "none and without --sparsity")
     if not res.ok:
         raise OracleMismatchError("pruned model differs from the masked original")
     return 0

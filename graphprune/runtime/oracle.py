@@ -191,6 +191,9 @@ class OracleResult:
     shapes: object = None  # OracleShapes of the random input sets (None: given inputs only)
     unpaired: str | None = None  # the pruned model records another plan's digest: never a PASS
     error: str | None = None  # the pruned model failed to run where the input model runs
+    # the plan records repair passes that changed weights after pruning: the model is then not
+    # the masked original by design, and a mismatch says nothing about the pruning itself
+    repaired: str | None = None
 
     @property
     def sizes(self) -> list:
@@ -213,6 +216,9 @@ class OracleResult:
             agree = "differ too" if any(not d.ok for d in self.diffs) else "agree"
             return (f"oracle FAIL: {self.unpaired}; the outputs {agree} (worst error {self.worst_relative:.2e} "
                     "of output scale)")
+        if self.repaired and not self.ok:
+            return (f"oracle not applicable: {self.repaired}; the outputs differ from the masked original by "
+                    f"{self.worst_relative:.2e} of output scale, as those changes make them")
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
         return (f"oracle {state}: {self.runs} input set(s), worst error "

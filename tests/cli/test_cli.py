@@ -86,6 +86,32 @@ def test_check_detects_a_wrong_pairing(samples_dir, tmp_path, capsys):
     assert run("check", src, tmp_path / "b_old.onnx", "--plan", tmp_path / "a.plan.json") == 3
 
 
+def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tmp_path, capsys):
+    """A repaired or sparsified model is not the masked original by design: check still
+    exits 3 (it proves nothing about such a model), but says why instead of "differs"."""
+    import numpy as np
+
+    src = samples_dir / "tiny_resnet.onnx"
+    calib = tmp_path / "c.npz"
+    np.savez(calib, input=np.random.default_rng(3).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    assert run("prune", src, "--ratio", "0.3", "--calib", calib, "--criterion", "l2", "--allocation", "uniform",
+               "--repair", "bias", "-o", tmp_path / "r.onnx", "--no-bench") == 0
+    assert "oracle PASS" in capsys.readouterr().out  # verified before the repair
+    assert run("check", src, tmp_path / "r.onnx", "--plan", tmp_path / "r.plan.json") == 3
+    cap = capsys.readouterr()
+    assert "oracle not applicable: repair passes changed weights after pruning (bias-compensate)" in cap.out
+    assert "cannot check this model against the masked original" in cap.err and "--repair none" in cap.err
+    assert run("prune", src, "--ratio", "0.3", "--sparsity", "0.5", "-o", tmp_path / "s.onnx", "--no-bench") == 0
+    capsys.readouterr()
+    assert run("check", src, tmp_path / "s.onnx", "--plan", tmp_path / "s.plan.json") == 3
+    assert "tensors were sparsified after pruning" in capsys.readouterr().out
+    # the same pruning without repair or sparsity passes: the message is not a blanket excuse
+    assert run("prune", src, "--ratio", "0.3", "--calib", calib, "--criterion", "l2", "--allocation", "uniform",
+               "--repair", "none", "--max-drop", "1", "-o", tmp_path / "n.onnx", "--no-bench") == 0
+    assert run("check", src, tmp_path / "n.onnx", "--plan", tmp_path / "n.plan.json") == 0
+    assert "oracle PASS" in capsys.readouterr().out
+
+
 def test_refuses_to_overwrite_input(samples_dir, tmp_path, capsys):
     src = tmp_path / "m.onnx"
     shutil.copy(samples_dir / "tiny_resnet.onnx", src)
