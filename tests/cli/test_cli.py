@@ -110,6 +110,11 @@ def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tm
                "--repair", "none", "--max-drop", "1", "-o", tmp_path / "n.onnx", "--no-bench") == 0
     assert run("check", src, tmp_path / "n.onnx", "--plan", tmp_path / "n.plan.json") == 0
     assert "oracle PASS" in capsys.readouterr().out
+    # a replay of the repaired run's plan without repair records no repair of its own, and checks
+    assert json.loads((tmp_path / "r.plan.json").read_text())["settings"]["repair"]
+    assert run("prune", src, "--plan", tmp_path / "r.plan.json", "-o", tmp_path / "p.onnx", "--no-bench") == 0
+    assert "repair" not in json.loads((tmp_path / "p.plan.json").read_text())["settings"]
+    assert run("check", src, tmp_path / "p.onnx", "--plan", tmp_path / "p.plan.json") == 0
 
 
 def test_refuses_to_overwrite_input(samples_dir, tmp_path, capsys):

@@ -58,8 +58,8 @@ def apply(model: ir.Model, ctx: PassContext) -> bool:
     plan = build_plan(dg, selection, scores=r.get("scores") if planned else None, settings=_settings(opts))
     if planned and r.get("allocation"):
         plan.settings["allocation_result"] = r["allocation"]
-    if plan_in is not None:
-        plan.settings = plan_in.settings
+    if plan_in is not None:  # the replayed run's settings; its repair records are this run's to write
+        plan.settings = {k: v for k, v in plan_in.settings.items() if k != "repair"}
     plan.blocks = r.get("removed_blocks", [])
     r["plan"] = plan
     for k in PLANNED:  # applied: a later plan-channels decides on the pruned model
