@@ -126,7 +126,7 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     result = oracle.check(original, pruned, plan, **kwargs)
     if unpaired:
         result.unpaired, result.ok = unpaired, False
-    result.repaired = changed_after_pruning(plan, pruned)
+    result.changed_after_pruning = changed_after_pruning(plan, pruned)
     return result
 
 

@@ -47,8 +47,8 @@ def run(args) -> int:
         raise OracleMismatchError(f"nothing was compared: {res.refused}")
     if res.unpaired:
         raise OracleMismatchError(res.unpaired, hint="use the .plan.json written together with the model")
-    if not res.ok and res.repaired:
-        raise OracleMismatchError(f"cannot check this model against the masked original: {res.repaired}",
+    if not res.ok and res.changed_after_pruning:
+        raise OracleMismatchError(f"cannot check this model against the masked original: {res.changed_after_pruning}",
                                   hint="prune verified the model before its repair and sparsity (the oracle line "
                                        "of its summary); to check the pruning alone here, prune with --repair "
                                        "none and without --sparsity")

@@ -191,9 +191,9 @@ class OracleResult:
     shapes: object = None  # OracleShapes of the random input sets (None: given inputs only)
     unpaired: str | None = None  # the pruned model records another plan's digest: never a PASS
     error: str | None = None  # the pruned model failed to run where the input model runs
-    # the plan records repair passes that changed weights after pruning: the model is then not
+    # repair passes or sparsity changed the weights after pruning (api.changed_after_pruning): not
     # the masked original by design, and a mismatch says nothing about the pruning itself
-    repaired: str | None = None
+    changed_after_pruning: str | None = None
 
     @property
     def sizes(self) -> list:
@@ -216,8 +216,8 @@ class OracleResult:
             agree = "differ too" if any(not d.ok for d in self.diffs) else "agree"
             return (f"oracle FAIL: {self.unpaired}; the outputs {agree} (worst error {self.worst_relative:.2e} "
                     "of output scale)")
-        if self.repaired and not self.ok:
-            return (f"oracle not applicable: {self.repaired}; the outputs differ from the masked original by "
+        if self.changed_after_pruning and not self.ok:
+            return (f"oracle not applicable: {self.changed_after_pruning}; the outputs differ from the masked original by "
                     f"{self.worst_relative:.2e} of output scale, as those changes make them")
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]

@@ -52,19 +52,13 @@ def quantize(pruned_path: Path, calibration, out_dir: Path, log_fn, *, src: Path
 
 
 def range_scorer(src: Path, calibration, score: str | None):
-    """(path -> float, its name): the user's --score function on a session of the model, or
-    the mean output cosine against the dense float input on the calibration batches."""
-    from graphprune.runtime.oracle import output_fidelity
-    from graphprune.runtime.ort import session
+    """(path -> float, its name): the search's Scorer (the user's --score function, or the mean
+    output cosine against the dense float input), here on the calibration batches."""
+    from graphprune.workflow.search import Scorer
 
-    if score:
-        from graphprune.workflow.search import user_score
-
-        fn = user_score(score)
-        return (lambda path: float(fn(session(path)))), f"user score {score}"
-    batches = list(calibration.batches())
-    return (lambda path: output_fidelity(str(src), str(path), batches)["mean_cosine"]), \
-        "output cosine vs the dense float input on the calibration data"
+    scorer = Scorer(str(src), list(calibration.batches()), [], score,
+                    cosine_name="output cosine vs the dense float input on the calibration data")
+    return (lambda path: scorer(str(path))["score"]), scorer.name
 
 
 def fidelity(src: Path, deployed: Path, calibration) -> dict:

@@ -169,10 +169,11 @@ class Scorer:
     """Scores a candidate model: the user's function, or the mean output cosine against the
     dense model on the held-back samples and their perturbed copies."""
 
-    def __init__(self, dense, held: list[dict], perturbed: list[dict], score_spec: str | None):
+    def __init__(self, dense, held: list[dict], perturbed: list[dict], score_spec: str | None,
+                 cosine_name: str = "output cosine on held-back samples"):
         self.dense, self.held, self.perturbed = dense, held, perturbed
         self.fn = user_score(score_spec) if score_spec else None
-        self.name = f"user score {score_spec}" if score_spec else "output cosine on held-back samples"
+        self.name = f"user score {score_spec}" if score_spec else cosine_name
 
     def __call__(self, model) -> dict:
         from graphprune.runtime.oracle import output_fidelity

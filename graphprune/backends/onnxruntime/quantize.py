@@ -50,6 +50,8 @@ SETTINGS = {"format": "QDQ", "weights": "per-channel symmetric QInt8", "activati
 # sets of 200 lines, one of 200 lines in other fonts); det line recall MinMax 0.979 vs
 # Percentile 0.929 (float 0.95, 30 pages); cls accuracy 0.9975 vs 1.0. So both are built and
 # scored. Percentile at 99.999 or 99.9 was worse than 99.99 on rec (0.91, 0.90 on 100 lines).
+# MinMax holds the activations of one calibration batch at a time (CalibStridedMinMax: ranges
+# merged batch by batch); Percentile builds its histograms from all the batches' activations.
 RANGE_METHODS = {"minmax": ("MinMax", {"CalibStridedMinMax": 1}), "percentile": ("Percentile", {"CalibPercentile": 99.99})}
 # Only the weighted ops are quantized (MatMul only with a constant weight): elementwise ops,
 # normalisations, softmax and activation-by-activation products stay float. On PP-OCRv4 rec
@@ -58,8 +60,6 @@ OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # The first and the last weighted layer stay float (the raw input and the logits); on PP-OCRv4
 # rec the first conv alone in int8 took exact-match from 0.97 to 0.66.
 KEEP_FLOAT_ENDS = 3  # ... when the model has at least this many weighted layers
-# MinMax holds the activations of one calibration batch at a time (ranges merged batch by batch);
-# Percentile builds its histograms from all the batches' activations at once.
 
 
 class CalibrationReader(CalibrationDataReader):
