@@ -285,14 +285,23 @@ def test_arm_tuned_kernels_use_neon(work, model):
         pytest.skip("no aarch64 objdump (apt-get install binutils-aarch64-linux-gnu)")
     mod = adapter.import_onnx(model)
     untuned = adapter.export(adapter.build(mod, ARM, None), work / "arm_untuned" / "m.so", CROSS)[0]
-    db = work / "db_schedule_only" / adapter.target_key(ARM)
-    stats = adapter.tune(mod, ARM, db, trials=2, runner="schedule-only", only=["conv2d"], seed=0)
-    assert stats.valid_new_records == 2 and stats.tasks_tuned == 2
-    tuned = adapter.export(adapter.build(mod, ARM, db), work / "arm_tuned" / "m.so", CROSS)[0]
-    assert adapter.elf_machine(tuned) == "AArch64"
-    before, after = adapter.neon_stats(untuned), adapter.neon_stats(tuned)
-    print("NEON fmla untuned/tuned:", before["fmla"], after["fmla"])
-    assert adapter.has_neon(tuned) and after["fmla"] > 2 * before["fmla"]
+    before = adapter.neon_stats(untuned)
+    # Schedule-only records all cost the same, so the one kept is one random sample, and
+    # MetaSchedule's sampling varies between runs even with a seed (measured here: 288 and 352
+    # fmla; once in CI a sample with none more than the untuned build). Each attempt is a fresh
+    # database; one vectorised build proves the database's schedules reach the build.
+    counts = []
+    for attempt in range(3):
+        db = work / f"db_schedule_only_{attempt}" / adapter.target_key(ARM)
+        stats = adapter.tune(mod, ARM, db, trials=2, runner="schedule-only", only=["conv2d"], seed=attempt)
+        assert stats.valid_new_records == 2 and stats.tasks_tuned == 2
+        tuned = adapter.export(adapter.build(mod, ARM, db), work / f"arm_tuned_{attempt}" / "m.so", CROSS)[0]
+        assert adapter.elf_machine(tuned) == "AArch64"
+        counts.append(adapter.neon_stats(tuned)["fmla"])
+        if adapter.has_neon(tuned) and counts[-1] > 2 * before["fmla"]:
+            break
+    print("NEON fmla untuned/tuned:", before["fmla"], counts)
+    assert counts[-1] > 2 * before["fmla"], (before["fmla"], counts)
 
 
 # ----------------------------------------------------------------------------- 4. RPC
