@@ -57,6 +57,7 @@ class PipelineState:
     removed_blocks: _Slot[list] = _Slot()     # residual blocks removed by prune-blocks
     repair: _Slot[list] = _Slot()             # repair passes' reports
     sparsity: _Slot[dict] = _Slot()           # the sparsify pass's summary
+    hidden: _Slot[dict] = _Slot()             # slice-hidden: rotation, rotated reference, hidden-axis slices
 
     def __init__(self, ctx: PassContext | None = None):
         self.ctx = ctx if ctx is not None else PassContext()

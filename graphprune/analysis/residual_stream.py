@@ -1,0 +1,312 @@
+"""The residual stream of a pre-norm transformer, for rotating and slicing its hidden size.
+
+Channel pruning never removes the hidden size: every RMSNorm reduces over it, which
+freezes the axis (removing an element changes every other one). What *does* commute with
+an RMSNorm is an orthogonal rotation of the whole stream (``||xQ|| == ||x||``), so the
+stream can be expressed in another basis and the trailing directions of that basis
+dropped (SliceGPT's idea). That needs the complete list of everything that writes,
+reads or normalises the stream; `find_stream` builds it and refuses, naming the node,
+whenever the model has anything else touching the stream (fail closed).
+
+Recognised, in both torch exporters' forms:
+* writers: the token embedding (`Gather` of a constant table ``[V, d]``), and linear
+  layers whose output is added to the stream (``MatMul(h, W[m, d])``, optionally ``+ b[d]``);
+* the stream: those `Add`s, and float-to-float `Cast`s between them (and `Shape`s of them:
+  a model that uses the hidden size from a `Shape` fails the oracle after slicing);
+* RMSNorms: ``x * 1/sqrt(ReduceMean(x^2, last axis) + eps)`` (``Reciprocal`` or
+  ``Div(1, .)``, optional `Cast`), then optionally ``* gamma[d]``;
+* readers of a norm's output: ``MatMul(norm, W[d, n])`` (a constant, or a `Transpose` of
+  one, e.g. a tied output head), `Shape`, and the model's output (the last norm of a
+  model that returns hidden states).
+
+LayerNorm (mean subtraction) and post-norm models are refused for now.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.errors import UsageError
+from graphprune.ir.constants import const_array, is_constant
+
+
+class NotAStream(UsageError):
+    """The model's hidden size cannot be rotated: says which node is in the way."""
+
+
+@dataclass
+class Linear:
+    """A MatMul reading (`role="reader"`) or writing (`"writer"`) the stream; `weight_input`
+    is the index of its constant weight input (1), `bias` the Add holding its bias."""
+
+    node: ir.Node
+    role: str
+    bias: ir.Node | None = None
+    bias_input: int | None = None
+
+
+@dataclass
+class RMSNorm:
+    x: ir.Value  # the stream value it normalises (the input of its Pow and Mul)
+    reduce: ir.Node  # ReduceMean over the hidden axis
+    eps_add: ir.Node  # Add(mean, eps)
+    eps_input: int  # which input of eps_add is eps
+    normed: ir.Value  # x / rms (before gamma; after the optional Cast)
+    gamma_mul: ir.Node | None  # Mul(normed, gamma), None when the norm has no weight
+    gamma_input: int | None
+    readers: list[Linear] = field(default_factory=list)
+    shape_readers: list[ir.Node] = field(default_factory=list)
+    is_output: bool = False  # its (gamma) output is a graph output
+
+    @property
+    def out(self) -> ir.Value:
+        return self.gamma_mul.outputs[0] if self.gamma_mul is not None else self.normed
+
+    def gamma(self, d: int) -> np.ndarray:
+        if self.gamma_mul is None:
+            return np.ones(d, dtype=np.float32)
+        return np.asarray(const_array(self.gamma_mul.inputs[self.gamma_input]), dtype=np.float32).reshape(d)
+
+
+@dataclass
+class Stream:
+    hidden: int
+    values: list[ir.Value]  # stream tensors (Adds, Casts, embedding outputs)
+    embeddings: list[ir.Node]  # Gather(table[V, d], ids)
+    writers: list[Linear]
+    norms: list[RMSNorm]
+
+    @property
+    def readers(self) -> list[Linear]:
+        return [r for n in self.norms for r in n.readers]
+
+
+def _const_scalar(v: ir.Value | None) -> float | None:
+    a = const_array(v) if v is not None and is_constant(v) else None
+    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+
+def _only_consumer(v: ir.Value) -> ir.Node | None:
+    uses = list(v.uses())
+    if len(uses) != 1 or v.is_graph_output():
+        return None
+    return uses[0][0]
+
+
+def _is_float_cast(node: ir.Node) -> bool:
+    to = node.attributes.get("to")
+    return node.op_type == "Cast" and to is not None and to.value == ir.DataType.FLOAT.value
+
+
+def _last_axis_only(node: ir.Node, rank: int | None) -> bool:
+    if int(node.attributes["keepdims"].value if "keepdims" in node.attributes else 1) != 1:
+        return False
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1]) if is_constant(node.inputs[1]) else None
+    else:
+        a = node.attributes.get("axes")
+        axes = np.asarray(a.value) if a is not None else None
+    if axes is None or axes.size != 1:
+        return False
+    ax = int(axes.reshape(-1)[0])
+    return ax == -1 or (rank is not None and ax == rank - 1)
+
+
+def _match_norm(reduce: ir.Node) -> RMSNorm | None:
+    """The RMSNorm around a ReduceMean, or None when it is not one."""
+    pw = reduce.inputs[0].producer() if reduce.inputs[0] is not None else None
+    if pw is None or pw.op_type != "Pow" or _const_scalar(pw.inputs[1]) != 2.0:
+        return None
+    x = pw.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    if not _last_axis_only(reduce, rank) or _only_consumer(pw.outputs[0]) is not reduce:
+        return None
+    add = _only_consumer(reduce.outputs[0])
+    if add is None or add.op_type != "Add":
+        return None
+    eps_input = 1 if add.inputs[0] is reduce.outputs[0] else 0
+    if _const_scalar(add.inputs[eps_input]) is None:
+        return None
+    sq = _only_consumer(add.outputs[0])
+    if sq is None or sq.op_type != "Sqrt":
+        return None
+    inv = _only_consumer(sq.outputs[0])
+    if inv is None or not (inv.op_type == "Reciprocal" or
+                           (inv.op_type == "Div" and inv.inputs[1] is sq.outputs[0]
+                            and _const_scalar(inv.inputs[0]) == 1.0)):
+        return None
+    mul = _only_consumer(inv.outputs[0])
+    if mul is None or mul.op_type != "Mul" or x not in (mul.inputs[0], mul.inputs[1]):
+        return None
+    normed = mul.outputs[0]
+    nxt = _only_consumer(normed)
+    if nxt is not None and _is_float_cast(nxt):
+        normed = nxt.outputs[0]
+        nxt = _only_consumer(normed)
+    gamma_mul, gamma_input = None, None
+    if nxt is not None and nxt.op_type == "Mul":
+        gi = 0 if nxt.inputs[1] is normed else 1
+        g = nxt.inputs[gi]
+        if is_constant(g) and g.shape is not None and len(g.shape) == 1:
+            gamma_mul, gamma_input = nxt, gi
+    return RMSNorm(x=x, reduce=reduce, eps_add=add, eps_input=eps_input, normed=normed,
+                   gamma_mul=gamma_mul, gamma_input=gamma_input)
+
+
+def _norm_nodes(norm: RMSNorm) -> set[int]:
+    pw = norm.reduce.inputs[0].producer()
+    mul = next(n for n, _ in norm.x.uses() if n.op_type == "Mul" and n.outputs[0] is not None
+               and _reaches(n.outputs[0], norm.normed))
+    return {id(pw), id(mul)}
+
+
+def _reaches(a: ir.Value, b: ir.Value) -> bool:
+    if a is b:
+        return True
+    c = _only_consumer(a)
+    return c is not None and _is_float_cast(c) and c.outputs[0] is b
+
+
+def _weight_of(node: ir.Node, index: int) -> np.ndarray | None:
+    """A MatMul's constant weight input (a constant, or a Transpose of a 2-D one)."""
+    v = node.inputs[index]
+    if v is None:
+        return None
+    if is_constant(v):
+        return const_array(v)
+    p = v.producer()
+    if p is not None and p.op_type == "Transpose" and is_constant(p.inputs[0]):
+        a = const_array(p.inputs[0])
+        perm = p.attributes.get("perm")
+        if a is not None and a.ndim == 2 and (perm is None or list(perm.value) == [1, 0]):
+            return a.T
+    return None
+
+
+def _writer(v: ir.Value, d: int | None) -> Linear | None:
+    """`v` as the output of a linear layer writing the stream, or None."""
+    p = v.producer()
+    bias, bias_input = None, None
+    if p is not None and p.op_type == "Add":
+        for i in (0, 1):
+            q = p.inputs[1 - i].producer() if p.inputs[1 - i] is not None else None
+            b = p.inputs[i]
+            if q is not None and q.op_type == "MatMul" and is_constant(b) and b.shape is not None \
+                    and len(b.shape) == 1 and _only_consumer(q.outputs[0]) is p:
+                bias, bias_input, p = p, i, q
+                break
+    if p is None or p.op_type != "MatMul":
+        return None
+    w = _weight_of(p, 1)
+    if w is None or w.ndim != 2 or (d is not None and w.shape[1] != d):
+        return None
+    return Linear(p, "writer", bias, bias_input)
+
+
+def _embedding(v: ir.Value) -> ir.Node | None:
+    p = v.producer()
+    if p is None or p.op_type != "Gather" or int(p.attributes["axis"].value if "axis" in p.attributes else 0) != 0:
+        return None
+    table = p.inputs[0]
+    if not is_constant(table) or table.shape is None or len(table.shape) != 2:
+        return None
+    return p
+
+
+def find_stream(model: ir.Model) -> Stream:
+    """The residual stream of `model`, or NotAStream naming what does not fit."""
+    graph = model.graph
+    norms = []
+    for node in graph:
+        if node.op_type == "ReduceMean":
+            n = _match_norm(node)
+            if n is not None:
+                norms.append(n)
+    if not norms:
+        if any(n.op_type == "LayerNormalization" for n in graph) or any(n.op_type == "ReduceMean" for n in graph):
+            raise NotAStream("no RMSNorm found: LayerNorm (with mean subtraction) is not supported by "
+                             "slice-hidden yet", hint="slice-hidden handles pre-norm RMSNorm transformers "
+                             "(LLaMA, Qwen2, Mistral, SmolLM2)")
+        raise NotAStream("no RMSNorm found: the model has no residual stream slice-hidden can rotate")
+    by_x = {id(n.x): n for n in norms}
+    norm_node_ids = set()
+    for n in norms:
+        norm_node_ids |= _norm_nodes(n)
+
+    stream: dict[int, ir.Value] = {}
+    embeddings: dict[int, ir.Node] = {}
+    writers: dict[int, Linear] = {}
+    todo = [n.x for n in norms]
+    while todo:
+        v = todo.pop()
+        if id(v) in stream:
+            continue
+        stream[id(v)] = v
+        if v.is_graph_output():
+            raise NotAStream(f"the residual stream value {v.name!r} is a graph output")
+        if v.is_graph_input() or v.producer() is None:
+            raise NotAStream(f"the residual stream value {v.name!r} is a graph input")
+        p = v.producer()
+        if _is_float_cast(p):
+            todo.append(p.inputs[0])
+        elif p.op_type == "Add":
+            kinds = []
+            for a in p.inputs:
+                if (e := _embedding(a)) is not None:
+                    embeddings[id(e)] = e
+                    kinds.append("embedding")
+                elif (w := _writer(a, None)) is not None:
+                    writers[id(w.node)] = w
+                    kinds.append("writer")
+                else:
+                    todo.append(a)
+                    kinds.append("stream")
+            if kinds.count("writer") == 2:
+                raise NotAStream(f"Add {p.name!r} adds two linear outputs and no residual stream")
+        elif _embedding(v) is not None:
+            e = _embedding(v)
+            embeddings[id(e)] = e
+        else:
+            raise NotAStream(f"the residual stream value {v.name!r} is made by {p.op_type} {p.name!r}, "
+                             "which slice-hidden cannot rotate")
+        for node, _ in v.uses():
+            if id(node) in norm_node_ids and id(v) in by_x:
+                continue
+            if _is_float_cast(node) or node.op_type == "Add":
+                todo.append(node.outputs[0])
+                continue
+            if node.op_type == "Shape":  # reads sizes only; a use of the hidden size is the oracle's to catch
+                continue
+            raise NotAStream(f"{node.op_type} {node.name!r} reads the residual stream ({v.name!r}); "
+                             "slice-hidden cannot rotate through it")
+
+    dims = {int(e.inputs[0].shape[1]) for e in embeddings.values()}
+    if len(dims) != 1:
+        raise NotAStream("the residual stream has no token embedding (Gather of a [vocab, hidden] table)"
+                         if not dims else f"embeddings of different widths {sorted(dims)}")
+    d = dims.pop()
+    for w in writers.values():
+        wa = _weight_of(w.node, 1)
+        if wa.shape[1] != d:
+            raise NotAStream(f"{w.node.name!r} writes {wa.shape[1]} channels to a stream of {d}")
+    for n in norms:
+        if n.gamma_mul is not None and n.gamma(d).size != d:
+            raise NotAStream(f"the norm weight of {n.gamma_mul.name!r} is not of the hidden size {d}")
+        out = n.out
+        if out.is_graph_output():
+            n.is_output = True
+        for node, idx in out.uses():
+            if node.op_type == "Shape":
+                n.shape_readers.append(node)
+                continue
+            w = _weight_of(node, 1) if node.op_type == "MatMul" and idx == 0 else None
+            if w is None or w.ndim != 2 or w.shape[0] != d:
+                raise NotAStream(f"{node.op_type} {node.name!r} reads the output of the RMSNorm of "
+                                 f"{n.x.name!r}; slice-hidden handles only linear layers (MatMul) there")
+            n.readers.append(Linear(node, "reader"))
+        if n.is_output and n.readers:
+            raise NotAStream(f"the RMSNorm output {out.name!r} is both a graph output and read by layers")
+    return Stream(hidden=d, values=list(stream.values()), embeddings=list(embeddings.values()),
+                  writers=list(writers.values()), norms=norms)

@@ -1,0 +1,317 @@
+"""slice-hidden: prune the hidden size of a pre-norm RMSNorm transformer by rotation.
+
+The residual stream is expressed in the basis of its principal directions (eigenvectors
+of the calibration activations' second moment, each token normalised as the RMSNorms
+do), and the trailing directions are dropped. One orthogonal ``Q`` for the whole stream:
+
+* writers (embedding tables, the linear layers whose outputs are added to the stream, their
+  biases) are multiplied by ``Q`` on the hidden axis;
+* each RMSNorm's weight is folded into the linear layers reading it (an elementwise scale
+  does not commute with a rotation; the norm itself does), and those readers are
+  multiplied by ``Q^T`` on the hidden axis;
+* a norm whose output is a graph output gets a ``MatMul`` back to the original basis,
+  with its weight folded in, so the model's outputs keep their meaning and shape.
+
+Two models come out, and the oracle checks both steps (`workflow.prune`):
+
+* **the rotated reference** (all ``d`` directions): equal to the input model up to float
+  rounding. Its norms sum instead of average (``ReduceSum * 1/d``), so that dropping
+  directions that are zero leaves them unchanged;
+* **the sliced model** (``k`` directions): equal to the reference with the dropped
+  directions zeroed — exactly the plan's slices, so `oracle.check(reference, sliced,
+  plan)` is the usual masking oracle. The sliced norms keep ``ReduceMean`` (which ONNX
+  Runtime fuses) with ``eps * d/k``, and the readers carry ``sqrt(d/k)``: the same function.
+
+The plan records the rotation (`Plan.hidden`, the matrix in a file beside the plan).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.residual_stream import Linear, RMSNorm, Stream, find_stream
+from graphprune.errors import UsageError
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.passes._infra import Pass, PassContext, register_pass
+
+log = logging.getLogger(__name__)
+
+
+def kept_width(d: int, ratio: float, round_to: int) -> int:
+    """Hidden width left when `ratio` of `d` goes, rounded to a multiple of `round_to`
+    (the nearest one, at least one multiple, at most `d`)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"slice-hidden: ratio must be in [0, 1), got {ratio}")
+    if round_to < 1:
+        raise UsageError(f"slice-hidden: round_to must be >= 1, got {round_to}")
+    if ratio == 0.0:
+        return d
+    k = d * (1.0 - ratio)
+    k = int(round(k / round_to)) * round_to
+    return max(min(k, d), min(round_to, d))
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+def stream_moment(model: ir.Model, stream: Stream, calibration, batches: int | None = None) -> tuple[np.ndarray, int]:
+    """(sum over calibration tokens and norms of x x^T, tokens), x = a norm's input scaled to
+    unit RMS: the directions the readers see, each norm weighted alike."""
+    from graphprune.runtime.calibration import progress
+    from graphprune.runtime.ort import Runner
+
+    names = [n.x.name for n in stream.norms]
+    run = Runner(model, names)
+    d = stream.hidden
+    acc = np.zeros((d, d), dtype=np.float64)
+    tokens = 0
+    for feeds in progress(calibration.batches(batches), calibration.total(batches), "slice-hidden statistics"):
+        out = run(feeds)
+        for name in names:
+            x = np.asarray(out[name], dtype=np.float64).reshape(-1, d)
+            x /= np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-12)
+            acc += x.T @ x
+        tokens += out[names[0]].size // d
+    if tokens == 0:
+        raise UsageError("slice-hidden: the calibration data produced no tokens")
+    return acc, tokens
+
+
+def principal_basis(moment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues descending, orthogonal Q whose columns are the eigenvectors), float64."""
+    w, v = np.linalg.eigh((moment + moment.T) / 2)
+    order = np.argsort(w)[::-1]
+    return np.maximum(w[order], 0.0), v[:, order]
+
+
+# ---- rewriting ---------------------------------------------------------------------------------
+
+class _Writer:
+    """Sets node inputs to new constant data: in place when the constant is this input's
+    alone (its name is kept, so the plan can name it), else as a new initializer with a
+    derived, deterministic name (a shared or tied weight is untied, never changed for
+    its other readers)."""
+
+    def __init__(self, model: ir.Model):
+        self.graph = model.graph
+        self.names = {v.name for v in self.graph.initializers.values()}
+        for node in self.graph:
+            self.names.update(o.name for o in node.outputs)
+            self.names.update(i.name for i in node.inputs if i is not None)
+
+    def _fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def new(self, base: str, array: np.ndarray) -> ir.Value:
+        name = self._fresh(base)
+        v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(np.require(array, requirements="C"), name=name))
+        self.graph.register_initializer(v)
+        return v
+
+    def set_input(self, node: ir.Node, index: int, array: np.ndarray, base: str) -> str:
+        v = node.inputs[index]
+        own = v is not None and is_constant(v) and len(list(v.uses())) == 1 and not v.is_graph_output()
+        if own:
+            set_const_array(v, array)
+            return v.name
+        nv = self.new(base, array)
+        node.replace_input_with(index, nv)
+        return nv.name
+
+
+def _f32(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
+    """Rewrite `model` in place into the stream basis `Q` (d x d): the rotated reference
+    (`keep` None) or the model sliced to the first `keep` directions. Returns the hidden-axis
+    slices the plan lists: {name, axis, removed} for every tensor carrying the stream,
+    named as in the reference (the same names in both: the rewrite is deterministic)."""
+    stream = find_stream(model)
+    d = stream.hidden
+    if Q.shape != (d, d):
+        raise UsageError(f"slice-hidden: rotation of shape {Q.shape} for a hidden size of {d}")
+    k = d if keep is None else keep
+    Qk = Q[:, :k]
+    scale = 1.0 if keep is None else math.sqrt(d / k)
+    out = _Writer(model)
+    removed = list(range(k, d)) if keep is not None else []
+    slices: list[dict] = []
+
+    def record(name: str, axis: int) -> None:
+        slices.append({"name": name, "axis": axis, "removed": removed})
+
+    carriers = _stream_carriers(stream)
+    for e in stream.embeddings:
+        table = const_array(e.inputs[0]).astype(np.float64)
+        record(out.set_input(e, 0, _f32(table @ Qk), f"{e.inputs[0].name}.rotated"), 1)
+    for w in stream.writers:
+        _rotate_writer(out, w, Qk, record)
+    for n in stream.norms:
+        _rotate_norm(model, out, n, Qk, d, scale, keep, record)
+    for v in carriers:  # the recorded shapes follow the new width
+        if v.shape is not None and len(v.shape) >= 1:
+            v.shape = ir.Shape([*list(v.shape)[:-1], k])
+    return slices
+
+
+def _stream_carriers(stream: Stream) -> list[ir.Value]:
+    """Every activation whose last axis is the hidden size: the stream, what writes it, and
+    each norm's intermediates up to its (weight-free) output."""
+    vals: dict[int, ir.Value] = {id(v): v for v in stream.values}
+    for e in stream.embeddings:
+        vals[id(e.outputs[0])] = e.outputs[0]
+    for w in stream.writers:
+        for node in (w.node, w.bias):
+            if node is not None:
+                vals[id(node.outputs[0])] = node.outputs[0]
+    for n in stream.norms:
+        pw = n.reduce.inputs[0]
+        vals[id(pw)] = pw
+        v = n.normed
+        while v is not None and v is not n.x:
+            vals[id(v)] = v
+            p = v.producer()
+            v = p.inputs[0] if p is not None and p.op_type == "Cast" else \
+                next((i for i in p.inputs if i is not n.x and i is not None), None) if p is not None and \
+                p.op_type == "Mul" and n.x in p.inputs else None
+            if v is not None and v.producer() is not None and v.producer().op_type not in ("Cast", "Mul"):
+                break
+    return list(vals.values())
+
+
+def _rotate_writer(out: _Writer, w: Linear, Qk: np.ndarray, record) -> None:
+    from graphprune.analysis.residual_stream import _weight_of
+
+    W = _weight_of(w.node, 1).astype(np.float64)
+    record(out.set_input(w.node, 1, _f32(W @ Qk), f"{w.node.name or w.node.outputs[0].name}.rotated_weight"), 1)
+    if w.bias is not None:
+        b = const_array(w.bias.inputs[w.bias_input]).astype(np.float64).reshape(-1)
+        record(out.set_input(w.bias, w.bias_input, _f32(b @ Qk), f"{w.bias.name or w.bias.outputs[0].name}.rotated_bias"),
+               0)
+
+
+def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: int, scale: float,
+                 keep: int | None, record) -> None:
+    from graphprune.analysis.residual_stream import _weight_of
+
+    k = Qk.shape[1]
+    gamma = n.gamma(d).astype(np.float64)
+    into = scale * (Qk.T * gamma[None, :])  # k x d: stream basis -> gamma-scaled original basis
+    for r in n.readers:
+        W = _weight_of(r.node, 1).astype(np.float64)
+        record(out.set_input(r.node, 1, _f32(into @ W), f"{r.node.name or r.node.outputs[0].name}.rotated_weight"), 0)
+    if n.is_output:
+        # back to the original basis for the model's output, the norm weight folded in
+        proj = out.new(f"{n.out.name}.unrotate", _f32(into))
+        record(proj.name, 0)
+        mm = ir.node("MatMul", [n.normed, proj], name=f"{n.out.name}.unrotate")
+        anchor = n.gamma_mul
+        model.graph.insert_after(anchor if anchor is not None else n.normed.producer(), [mm])
+        replaced = n.out
+        for node, idx in list(replaced.uses()):
+            if node is not mm:
+                node.replace_input_with(idx, mm.outputs[0])
+        _take_output(model, replaced, mm.outputs[0])
+        if anchor is not None:
+            model.graph.remove(anchor, safe=True)
+    elif n.gamma_mul is not None:
+        g = n.gamma_mul
+        ir.convenience.replace_all_uses_with(g.outputs[0], n.normed)
+        model.graph.remove(g, safe=True)
+    if keep is None:
+        _sum_norm(model, out, n, d)
+    elif k != d:
+        eps = float(const_array(n.eps_add.inputs[n.eps_input]).reshape(-1)[0])
+        old = n.eps_add.inputs[n.eps_input]
+        arr = np.array(eps * d / k, dtype=const_array(old).dtype).reshape(const_array(old).shape)
+        out.set_input(n.eps_add, n.eps_input, arr, f"{n.eps_add.name or 'rmsnorm'}.eps_sliced")
+
+
+def _take_output(model: ir.Model, old: ir.Value, new: ir.Value) -> None:
+    """`new` takes `old`'s place and name among the graph outputs."""
+    outs = model.graph.outputs
+    for i, v in enumerate(outs):
+        if v is old:
+            name = old.name
+            outs[i] = new
+            old.name = f"{name}.replaced"
+            new.name = name
+            new.shape, new.type = old.shape, old.type
+
+
+def _sum_norm(model: ir.Model, out: _Writer, n: RMSNorm, d: int) -> None:
+    """ReduceMean(x^2) -> ReduceSum(x^2) * (1/d): zeros appended to x leave it unchanged."""
+    rm = n.reduce
+    opset = model.opset_imports.get("", 13)
+    dtype = n.x.dtype.numpy() if n.x.dtype is not None else np.float32
+    if opset >= 13:
+        axes = out.new(f"{rm.name or 'rmsnorm'}.axes", np.array([-1], dtype=np.int64))
+        rs = ir.node("ReduceSum", [rm.inputs[0], axes], {"keepdims": 1}, name=f"{rm.name}.sum")
+    else:
+        rs = ir.node("ReduceSum", [rm.inputs[0]], {"keepdims": 1, "axes": [-1]}, name=f"{rm.name}.sum")
+    inv = out.new(f"{rm.name or 'rmsnorm'}.inv_width", np.array(1.0 / d, dtype=dtype))
+    mul = ir.node("Mul", [rs.outputs[0], inv], name=f"{rm.name}.mean")
+    model.graph.insert_before(rm, [rs, mul])
+    ir.convenience.replace_all_uses_with(rm.outputs[0], mul.outputs[0])
+    model.graph.remove(rm, safe=True)
+
+
+# ---- the pass ----------------------------------------------------------------------------------
+
+@register_pass
+class SliceHidden(Pass):
+    name = "slice-hidden"
+    description = ("prune the hidden size of a pre-norm RMSNorm transformer: rotate the residual stream to its "
+                   "principal directions (calibration data) and drop the trailing ones")
+
+    def __init__(self, *, ratio: float = 0.25, round_to: int = 8, batches: int | None = None):
+        kept_width(64, ratio, round_to)  # option errors at construction, not mid-pipeline
+        if batches is not None and batches < 1:
+            raise UsageError(f"slice-hidden: batches must be >= 1, got {batches}")
+        self.ratio, self.round_to, self.batches = ratio, round_to, batches
+
+    def run(self, model: ir.Model, ctx: PassContext) -> bool:
+        from graphprune.ir.serialize import clone
+        from graphprune.passes.cleanup.dce import eliminate_dead_code
+        from graphprune.workflow.state import PipelineState
+
+        state = PipelineState(ctx)
+        if state.hidden is not None:
+            raise UsageError("slice-hidden runs once per pipeline")
+        calib = state.calibration
+        if calib is None:
+            raise UsageError("slice-hidden needs calibration data to find the stream's principal directions",
+                             hint="give --calib")
+        stream = find_stream(model)
+        d = stream.hidden
+        k = kept_width(d, self.ratio, self.round_to)
+        if k == d:
+            log.info("slice-hidden: ratio %s keeps all %d directions", self.ratio, d)
+            return False
+        moment, tokens = stream_moment(model, stream, calib, self.batches)
+        eig, Q = principal_basis(moment)
+        reference = clone(model)
+        rotate(reference, Q, None)
+        slices = rotate(model, Q, k)
+        eliminate_dead_code(reference)  # a tied table's Transpose, the removed norm weights
+        eliminate_dead_code(model)
+        if state.dense_model is not None:  # later repairs compare against the sliced model, not the input
+            state.dense_model = clone(model)
+        kept_energy = float(eig[:k].sum() / max(eig.sum(), 1e-30))
+        state.hidden = {"width": [d, k], "rotation": Q.astype(np.float32), "reference": reference,
+                        "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
+                        "readers": len(stream.readers), "tokens": tokens, "kept_energy": kept_energy,
+                        "options": dict(self.resolved_options())}
+        log.info("slice-hidden: hidden %d -> %d (%.4f of the normalised stream's energy kept, %d tokens)",
+                 d, k, kept_energy, tokens)
+        return True
