@@ -121,7 +121,13 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
         import logging
 
         logging.getLogger(__name__).info(note)
-    if not isinstance(original, ir.Model):
+    if plan.hidden:  # slice-hidden: the slices are of the rotated input, rebuilt from the plan
+        from graphprune.ir.serialize import clone
+        from graphprune.passes.pruning.slice_hidden import rotated_reference
+
+        original = rotated_reference(load_onnx(original) if not isinstance(original, ir.Model) else clone(original),
+                                     plan.hidden)
+    elif not isinstance(original, ir.Model):
         original = load_onnx(original, fold=False)
     result = oracle.check(original, pruned, plan, **kwargs)
     if unpaired:

@@ -33,6 +33,10 @@ class Plan:
     # removed residual blocks (depth pruning); each block's "tensors" are the slices whose
     # zeroing makes its branch zero — written into the JSON `tensors` list, tagged "block"
     blocks: list[dict] = field(default_factory=list)
+    # slice-hidden: the residual stream's rotation (graphprune.passes.pruning.slice_hidden).
+    # When present, the masked original is the *rotated* input (rebuilt from this record),
+    # not the input itself; `tensors` then also lists the hidden-axis slices.
+    hidden: dict = field(default_factory=dict)
 
     def block_tensors(self) -> list[dict]:
         """The removed blocks' zeroed slices as `tensors` entries tagged with their branch."""
@@ -44,7 +48,8 @@ class Plan:
         # they still read (their blocks have no "tensors": the oracle zeroes the branch).
         return {"version": self.version, "model": self.model, "settings": self.settings,
                 "tensors": self.tensors + self.block_tensors(), "groups": self.groups,
-                "blocks": [{k: v for k, v in b.items() if k != "tensors"} for b in self.blocks]}
+                "blocks": [{k: v for k, v in b.items() if k != "tensors"} for b in self.blocks],
+                **({"hidden": self.hidden} if self.hidden else {})}
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -70,7 +75,7 @@ class Plan:
                 raise PlanError(f"plan tensors entry for {t['name']!r} belongs to block {_short(t['block'])}, "
                                 "which the plan's 'blocks' list does not have")
         return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
-                   settings=data.get("settings", {}), blocks=blocks)
+                   settings=data.get("settings", {}), blocks=blocks, hidden=data.get("hidden", {}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -131,7 +136,7 @@ def validate_plan(data) -> None:
         if bad:
             raise PlanError(f"plan removes index {_short(bad[0])} from {t['name']!r} axis {t['axis']}: "
                             "out of range")
-    for key, kind in (("groups", list), ("model", dict), ("settings", dict)):
+    for key, kind in (("groups", list), ("model", dict), ("settings", dict), ("hidden", dict)):
         if key in data and not isinstance(data[key], kind):
             raise PlanError(f"plan field {key!r} should be a JSON {'list' if kind is list else 'object'}")
     blocks = data.get("blocks", [])

@@ -37,6 +37,9 @@ def add_arguments(p):
     p.add_argument("--block-criterion", default=DEFAULTS.block_criterion, help="influence (default) or magnitude")
     p.add_argument("--blocks", action="append", default=[], metavar="ADD_NODE",
                    help="remove this residual block (its Add node, see inspect --blocks; repeatable)")
+    p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
+                   help="pre-norm RMSNorm transformers (LLaMA, Qwen2, Mistral): rotate the residual stream to its "
+                        "principal directions (needs --calib) and remove the fraction R of the hidden size first")
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
     p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
@@ -64,7 +67,7 @@ def options(args):
         ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, ignore=list(args.ignore),
         seed=args.seed, allocation=alloc_cli.pass_options(args), plan=args.plan, pipeline=args.pipeline,
         remove_blocks=args.remove_blocks, block_criterion=args.block_criterion, blocks=list(args.blocks),
-        input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
+        slice_hidden=args.slice_hidden, input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
         inputs=None if args.no_check else load_inputs(args.inputs), repair=args.repair, sparsity=sparsity,
         **alloc_cli.calibration_options(args))
 

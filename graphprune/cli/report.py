@@ -17,6 +17,9 @@ class Printer(Progress):
             print(f"oracle inputs: {res.shapes.describe()}")
         print(res.summary())
 
+    def rotation(self, res) -> None:
+        print(f"rotation (slice-hidden): {res.summary().replace('oracle ', 'rotated input vs input: ', 1)}")
+
     def repair(self, r: dict) -> None:
         from graphprune.workflow.verdicts import repair_line
 

@@ -24,6 +24,8 @@ class PruneOptions:
     remove_blocks: int = 0
     block_criterion: str = "influence"
     blocks: list[str] = field(default_factory=list)
+    # hidden size (slice-hidden: rotate the residual stream, drop this fraction of its directions)
+    slice_hidden: float | None = None
     # calibration data (criteria, repair, sparsity, the quality gate)
     calib: Any = None  # .npz, image folder, module:function, or a Calibration
     calib_preprocess: str | None = None

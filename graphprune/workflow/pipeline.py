@@ -1,6 +1,9 @@
 """The pass pipelines of one prune run: pruning (checked by the oracle), then repair and
 sparsity (they change weights beyond the plan's slices, so they run after it).
 
+`--slice-hidden R` puts slice-hidden first: the hidden size is rotated and sliced before
+channels are chosen, and a MAC target stays a fraction of the *input* model's MACs.
+
 Who decides what to prune: the workflow's plan step. From PruneOptions it builds
 `plan-channels, apply-plan` (prune-blocks first when blocks go): plan-channels only decides
 (criterion scores + `allocation.driver.select`, never touching the model) and leaves the
@@ -41,12 +44,15 @@ def from_options(opts, plan_in):
     from graphprune.passes.pruning.plan_channels import PlanChannels
     from graphprune.passes.pruning.prune_blocks import PruneBlocks
 
+    from graphprune.passes.pruning.slice_hidden import SliceHidden
+
+    hidden = [SliceHidden(ratio=opts.slice_hidden)] if opts.slice_hidden else []
     if not opts.prune and plan_in is None:
-        return PassManager([])
+        return PassManager(hidden)
     passes = [PlanChannels(**opts.channel_options()), ApplyPlan()]
     if opts.remove_blocks or opts.blocks or (plan_in is not None and plan_in.blocks):
         passes.insert(0, PruneBlocks(**opts.block_options()))
-    return PassManager(passes)
+    return PassManager(hidden + passes)
 
 
 def build(opts, plan_in):

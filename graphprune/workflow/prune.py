@@ -35,6 +35,9 @@ class Progress:
     def repair(self, report: dict) -> None:
         pass
 
+    def rotation(self, res) -> None:  # slice-hidden: the rotated input checked against the input
+        pass
+
     def sparsity(self, res: dict) -> None:
         pass
 
@@ -57,6 +60,7 @@ class PruneOutcome:
     before_nbytes: int = 0  # the input model's tensors, in bytes
     changed: bool = False  # a pass changed the model
     oracle: Any = None  # OracleResult, None when not run
+    rotation_oracle: Any = None  # slice-hidden: the rotated input vs the input (OracleResult)
     shapes: Any = None  # the run's representative input shapes (InputShapes): costs, targets, oracle
     repair: list[dict] = field(default_factory=list)
     sparsity: dict | None = None
@@ -176,6 +180,9 @@ class _Run:
             return plan_in
         name = str(plan_in)
         plan_in = Plan.load(plan_in)
+        if plan_in.hidden:
+            raise UsageError(f"plan {name} rotates and slices the hidden size (slice-hidden): replaying such a "
+                             "plan is not supported yet", hint="run the same pipeline again on the input model")
         if self.src is not None:
             outputs.refuse_replay_on_own_product(self.model, plan_in, model_name=str(self.src), plan_name=name)
             digest = plan_in.model.get("sha256")
@@ -201,6 +208,12 @@ class _Run:
             pm.run(self.model, self.state.ctx)
             outcome.changed = any(t[2] for t in pm.timings)
         plan = self.state.plan or Plan(tensors=[], groups=[])
+        hidden = self.state.hidden
+        if hidden is not None:  # slice-hidden ran: its slices are of the rotated reference, like the rest
+            from graphprune.passes.pruning.slice_hidden import plan_record
+
+            plan.tensors = hidden["tensors"] + plan.tensors
+            plan.hidden = plan_record(hidden)
         if self.src is not None:
             plan.model = {"path": str(self.src), "sha256": file_sha256(self.src)}
         outcome.plan = self.state.plan = plan
@@ -229,21 +242,41 @@ class _Run:
         plan = outcome.plan
         if not self.opts.check or self.src is None or not (plan.tensors or plan.blocks or self.opts.check_unchanged):
             return
+        original = self._reference(outcome)
         if self.staged is not None:
-            res = oracle.check_files(str(self.src), str(self.staged), plan, inputs=self.opts.inputs,
+            res = oracle.check_files(original, str(self.staged), plan, inputs=self.opts.inputs,
                                      shapes=outcome.shapes)
         else:
-            res = oracle.check(load_onnx(self.src, fold=False), self.model, plan, inputs=self.opts.inputs,
-                               shapes=outcome.shapes)
+            res = oracle.check(original if isinstance(original, ir.Model) else load_onnx(original, fold=False),
+                               self.model, plan, inputs=self.opts.inputs, shapes=outcome.shapes)
         outcome.oracle = res
         self.progress.oracle(res, outcome.shapes)
-        if not res.ok:  # a FAIL (or nothing compared) writes nothing
-            raise OracleMismatchError(
-                f"nothing was compared: {res.refused}" if res.refused else
-                f"pruned model differs from the masked original: {res.error}" if getattr(res, "error", None) else
-                "pruned model differs from the masked original: " +
-                ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})" for d in res.diffs if not d.ok),
-                hint="nothing was written; please report this model")
+        _require_pass(res, "pruned model differs from the masked original")
+
+    def _reference(self, outcome: PruneOutcome):
+        """What the plan's slices are masked in: the input file, or after slice-hidden the
+        rotated input — checked first against the input (equal up to float rounding)."""
+        from graphprune.frontends.onnx import load_onnx, save_onnx
+        from graphprune.runtime import oracle
+
+        hidden = self.state.hidden
+        if hidden is None:
+            return str(self.src)
+        reference = hidden["reference"]
+        if self.staged is not None:  # a large model: the oracle works from files
+            path = files.staging_path(self.out, "rotated")
+            self.temps.append(path)
+            save_onnx(reference, path, external_data=True)
+            res = oracle.check_files(str(self.src), str(path), Plan(tensors=[], groups=[]), inputs=self.opts.inputs,
+                                     shapes=outcome.shapes)
+            reference = str(path)
+        else:
+            res = oracle.check(load_onnx(self.src, fold=False), reference, Plan(tensors=[], groups=[]),
+                               inputs=self.opts.inputs, shapes=outcome.shapes)
+        outcome.rotation_oracle = res
+        self.progress.rotation(res)
+        _require_pass(res, "the rotated model differs from the input")
+        return reference
 
     # ---- after the oracle: repair, sparsity, the quality gate ----------------------------------
     def repair(self, outcome: PruneOutcome, repair_pm) -> None:
@@ -284,6 +317,16 @@ class _Run:
         outcome.plan_out = files.write_pair(self.model, outcome.plan, self.out, staged=self.staged,
                                             rewritten=rewritten, temps=self.temps)
         outcome.out = self.out
+
+
+def _require_pass(res, what: str) -> None:
+    if not res.ok:  # a FAIL (or nothing compared) writes nothing
+        raise OracleMismatchError(
+            f"nothing was compared: {res.refused}" if res.refused else
+            f"{what}: {res.error}" if getattr(res, "error", None) else
+            f"{what}: " + ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})"
+                                     for d in res.diffs if not d.ok),
+            hint="nothing was written; please report this model")
 
 
 def _cost(model, shapes=None):

@@ -95,6 +95,11 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
     r = ctx.results
     dg = dependency_graph(model, ctx, ignore=ignore_patterns(opts))
     given = r.get("plan_in") is not None or ("selection" in r and "planned_options" not in r)
+    hidden = r.get("hidden")
+    if hidden is not None and opts.get("target_macs") not in (None, ""):
+        # after slice-hidden the target stays a fraction of the input's MACs, not of the sliced model's
+        before, after = hidden["macs"]
+        opts = {**opts, "target_macs": min(1.0, float(opts["target_macs"]) * before / max(after, 1))}
     if not given:  # decide (again, when an earlier plan was not applied)
         scores, selection, info = select(model, dg, opts, r.get("calibration"), r.get("input_shapes"))
         r.update(selection=selection, scores=scores, allocation=info)

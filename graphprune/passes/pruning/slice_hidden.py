@@ -266,6 +266,51 @@ def _sum_norm(model: ir.Model, out: _Writer, n: RMSNorm, d: int) -> None:
     model.graph.remove(rm, safe=True)
 
 
+def _macs(model: ir.Model, shapes) -> int:
+    from graphprune.analysis.cost import model_cost
+
+    return int(model_cost(model, shapes.shapes if shapes is not None else None).macs)
+
+
+# ---- the plan's record ----------------------------------------------------------------------
+
+def plan_record(hidden: dict) -> dict:
+    """The JSON record of a slice-hidden run (`Plan.hidden`): widths, the rotation as
+    base64 float32 (the exact matrix the run used), and what was measured."""
+    import base64
+
+    Q = np.ascontiguousarray(hidden["rotation"], dtype="<f4")
+    return {"pass": "slice-hidden", "width": list(hidden["width"]),
+            "rotation": {"dtype": "float32", "shape": list(Q.shape), "base64": base64.b64encode(Q.tobytes()).decode()},
+            "kept_energy": round(hidden["kept_energy"], 6), "tokens": hidden["tokens"], "norms": hidden["norms"],
+            "writers": hidden["writers"], "readers": hidden["readers"], "options": hidden["options"]}
+
+
+def rotation_of(record: dict) -> np.ndarray:
+    """The rotation matrix of a plan's `hidden` record."""
+    import base64
+
+    from graphprune.errors import PlanError
+
+    try:
+        r = record["rotation"]
+        shape = tuple(int(x) for x in r["shape"])
+        Q = np.frombuffer(base64.b64decode(r["base64"]), dtype="<f4").reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanError(f"malformed 'hidden' rotation record in the plan ({exc})") from None
+    return Q.astype(np.float64)
+
+
+def rotated_reference(model: ir.Model, record: dict) -> ir.Model:
+    """`model` (the input, changed in place) rotated as a plan's `hidden` record says: the
+    model whose slices the plan's `tensors` zero (what `check` compares against)."""
+    from graphprune.passes.cleanup.dce import eliminate_dead_code
+
+    rotate(model, rotation_of(record), None)
+    eliminate_dead_code(model)
+    return model
+
+
 # ---- the pass ----------------------------------------------------------------------------------
 
 @register_pass
@@ -300,6 +345,9 @@ class SliceHidden(Pass):
             return False
         moment, tokens = stream_moment(model, stream, calib, self.batches)
         eig, Q = principal_basis(moment)
+        Q = Q.astype(np.float32).astype(np.float64)  # the matrix the plan stores, exactly
+        shapes = state.input_shapes
+        macs_before = _macs(model, shapes)
         reference = clone(model)
         rotate(reference, Q, None)
         slices = rotate(model, Q, k)
@@ -311,7 +359,7 @@ class SliceHidden(Pass):
         state.hidden = {"width": [d, k], "rotation": Q.astype(np.float32), "reference": reference,
                         "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
                         "readers": len(stream.readers), "tokens": tokens, "kept_energy": kept_energy,
-                        "options": dict(self.resolved_options())}
+                        "options": dict(self.resolved_options()), "macs": [macs_before, _macs(model, shapes)]}
         log.info("slice-hidden: hidden %d -> %d (%.4f of the normalised stream's energy kept, %d tokens)",
                  d, k, kept_energy, tokens)
         return True
