@@ -46,7 +46,8 @@ def from_options(opts, plan_in):
 
     from graphprune.passes.pruning.slice_hidden import SliceHidden
 
-    hidden = [SliceHidden(ratio=opts.slice_hidden)] if opts.slice_hidden else []
+    replays_hidden = plan_in is not None and bool(plan_in.hidden)  # the plan's rotation, rebuilt first
+    hidden = [SliceHidden(ratio=opts.slice_hidden or 0.25)] if opts.slice_hidden or replays_hidden else []
     if not opts.prune and plan_in is None:
         return PassManager(hidden)
     passes = [PlanChannels(**opts.channel_options()), ApplyPlan()]

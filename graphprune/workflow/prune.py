@@ -180,9 +180,6 @@ class _Run:
             return plan_in
         name = str(plan_in)
         plan_in = Plan.load(plan_in)
-        if plan_in.hidden:
-            raise UsageError(f"plan {name} rotates and slices the hidden size (slice-hidden): replaying such a "
-                             "plan is not supported yet", hint="run the same pipeline again on the input model")
         if self.src is not None:
             outputs.refuse_replay_on_own_product(self.model, plan_in, model_name=str(self.src), plan_name=name)
             digest = plan_in.model.get("sha256")

@@ -179,7 +179,7 @@ def test_plan_record_round_trip_rebuilds_the_reference(exported, tmp_path):
 def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys):
     """`prune --slice-hidden` with a MAC target: hidden size and heads/FFN in one run, the
     target a fraction of the input's MACs, both oracle lines printed, and `check` on the
-    written pair PASSes (it rebuilds the rotated input from the plan)."""
+    written pair PASSes (it rebuilds the rotated input from the plan), and `--plan` replays it."""
     from graphprune.cli.main import main
 
     def run(*args):
@@ -208,5 +208,12 @@ def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys):
     rc = run("check", path, out, "--plan", tmp_path / "out.plan.json")
     printed = capsys.readouterr()
     assert rc == 0 and "oracle PASS" in printed.out, printed.out + printed.err
-    rc = run("prune", path, "--plan", tmp_path / "out.plan.json", "-o", tmp_path / "replay.onnx")
-    assert rc != 0 and "not supported yet" in capsys.readouterr().err
+    # the plan replays exactly: same slices, same function (no calibration data needed)
+    rc = run("prune", path, "--plan", tmp_path / "out.plan.json", "--no-bench", "-o", tmp_path / "replay.onnx")
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    assert "rotated input vs input: PASS" in printed.out and "oracle PASS" in printed.out
+    again = json.loads((tmp_path / "replay.plan.json").read_text())
+    assert sorted(map(json.dumps, again["tensors"])) == sorted(map(json.dumps, plan["tensors"]))
+    assert again["hidden"]["rotation"] == plan["hidden"]["rotation"]
+    assert oracle.check(load_onnx(str(out)), load_onnx(str(tmp_path / "replay.onnx")), EMPTY).ok

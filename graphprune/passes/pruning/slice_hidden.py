@@ -282,7 +282,7 @@ def plan_record(hidden: dict) -> dict:
     Q = np.ascontiguousarray(hidden["rotation"], dtype="<f4")
     return {"pass": "slice-hidden", "width": list(hidden["width"]),
             "rotation": {"dtype": "float32", "shape": list(Q.shape), "base64": base64.b64encode(Q.tobytes()).decode()},
-            "kept_energy": round(hidden["kept_energy"], 6), "tokens": hidden["tokens"], "norms": hidden["norms"],
+            "kept_energy": None if hidden.get("kept_energy") is None else round(hidden["kept_energy"], 6), "tokens": hidden["tokens"], "norms": hidden["norms"],
             "writers": hidden["writers"], "readers": hidden["readers"], "options": hidden["options"]}
 
 
@@ -326,13 +326,13 @@ class SliceHidden(Pass):
         self.ratio, self.round_to, self.batches = ratio, round_to, batches
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.ir.serialize import clone
-        from graphprune.passes.cleanup.dce import eliminate_dead_code
         from graphprune.workflow.state import PipelineState
 
         state = PipelineState(ctx)
         if state.hidden is not None:
             raise UsageError("slice-hidden runs once per pipeline")
+        if state.plan_in is not None and state.plan_in.hidden:
+            return self._replay(model, state)
         calib = state.calibration
         if calib is None:
             raise UsageError("slice-hidden needs calibration data to find the stream's principal directions",
@@ -346,20 +346,60 @@ class SliceHidden(Pass):
         moment, tokens = stream_moment(model, stream, calib, self.batches)
         eig, Q = principal_basis(moment)
         Q = Q.astype(np.float32).astype(np.float64)  # the matrix the plan stores, exactly
-        shapes = state.input_shapes
-        macs_before = _macs(model, shapes)
-        reference = clone(model)
-        rotate(reference, Q, None)
-        slices = rotate(model, Q, k)
-        eliminate_dead_code(reference)  # a tied table's Transpose, the removed norm weights
-        eliminate_dead_code(model)
-        if state.dense_model is not None:  # later repairs compare against the sliced model, not the input
-            state.dense_model = clone(model)
         kept_energy = float(eig[:k].sum() / max(eig.sum(), 1e-30))
-        state.hidden = {"width": [d, k], "rotation": Q.astype(np.float32), "reference": reference,
-                        "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
-                        "readers": len(stream.readers), "tokens": tokens, "kept_energy": kept_energy,
-                        "options": dict(self.resolved_options()), "macs": [macs_before, _macs(model, shapes)]}
+        _apply(model, state, stream, Q, k, {"tokens": tokens, "kept_energy": kept_energy,
+                                            "options": dict(self.resolved_options())})
         log.info("slice-hidden: hidden %d -> %d (%.4f of the normalised stream's energy kept, %d tokens)",
                  d, k, kept_energy, tokens)
         return True
+
+    def _replay(self, model: ir.Model, state) -> bool:
+        """`--plan` of a run that sliced the hidden size: the plan's rotation and width, no
+        statistics; the plan's hidden slices must be exactly the ones this rebuild makes,
+        and the rest of the plan (channels) replays on the sliced model."""
+        from graphprune.errors import PlanError
+        from graphprune.plan import Plan
+
+        plan_in = state.plan_in
+        rec = plan_in.hidden
+        stream = find_stream(model)
+        Q = rotation_of(rec)
+        try:
+            d, k = (int(x) for x in rec["width"])
+        except (KeyError, TypeError, ValueError):
+            raise PlanError("malformed 'hidden' record in the plan: no width [d, k]") from None
+        if Q.shape != (stream.hidden, stream.hidden) or d != stream.hidden or not 0 < k <= d:
+            raise PlanError(f"the plan slices a hidden size of {d} to {k} with a {Q.shape} rotation; "
+                            f"this model's hidden size is {stream.hidden}")
+        slices = _apply(model, state, stream, Q, k, {k2: rec.get(k2) for k2 in ("tokens", "kept_energy", "options")})
+        keys = {(t["name"], t["axis"]) for t in slices}
+        listed = {(t["name"], t["axis"]): sorted(t["removed"]) for t in plan_in.tensors
+                  if (t["name"], t["axis"]) in keys}
+        if listed != {(t["name"], t["axis"]): t["removed"] for t in slices}:
+            raise PlanError("the plan's hidden-size slices are not the ones its rotation gives on this model",
+                            hint="was the plan made for another model?")
+        state.plan_in = Plan(tensors=[t for t in plan_in.tensors if (t["name"], t["axis"]) not in keys],
+                             groups=plan_in.groups, model=plan_in.model, settings=plan_in.settings,
+                             blocks=plan_in.blocks)
+        return True
+
+
+def _apply(model: ir.Model, state, stream: Stream, Q: np.ndarray, k: int, info: dict) -> list[dict]:
+    """Rotate `model` into `Q`, slice it to `k` and leave the record in `state.hidden` (the
+    reference the oracle masks, the plan's slices, the MACs before and after)."""
+    from graphprune.ir.serialize import clone
+    from graphprune.passes.cleanup.dce import eliminate_dead_code
+
+    shapes = state.input_shapes
+    macs_before = _macs(model, shapes)
+    reference = clone(model)
+    rotate(reference, Q, None)
+    slices = rotate(model, Q, k)
+    eliminate_dead_code(reference)  # a tied table's Transpose, the removed norm weights
+    eliminate_dead_code(model)
+    if state.dense_model is not None:  # later repairs compare against the sliced model, not the input
+        state.dense_model = clone(model)
+    state.hidden = {"width": [stream.hidden, k], "rotation": Q.astype(np.float32), "reference": reference,
+                    "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
+                    "readers": len(stream.readers), **info, "macs": [macs_before, _macs(model, shapes)]}
+    return slices
