@@ -194,6 +194,7 @@ class OracleResult:
     # repair passes or sparsity changed the weights after pruning (api.changed_after_pruning): not
     # the masked original by design, and a mismatch says nothing about the pruning itself
     changed_after_pruning: str | None = None
+    tolerance_note: str | None = None  # a tolerance other than the default, and why (check_rewrite)
 
     @property
     def sizes(self) -> list:
@@ -223,7 +224,8 @@ class OracleResult:
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
         return (f"oracle {state}: {self.runs} input set(s), worst error "
                 f"{self.worst_relative:.2e} of output scale"
-                + (f" (saturating outputs judged on their inputs: {', '.join(judged)})" if judged else ""))
+                + (f" (saturating outputs judged on their inputs: {', '.join(judged)})" if judged else "")
+                + (f" ({self.tolerance_note})" if self.tolerance_note else ""))
 
 
 def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], names: list[str],
@@ -373,6 +375,42 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
             _judge_other_size(judge, s_new, random_inputs(s_ref, seed + n_random, shapes=judge.shapes.other),
                               other_ref)
     return judge.result()
+
+
+ROUNDING_FACTOR = 10  # a rewrite may round up to this many times worse than one ulp on every weight
+
+
+def rounding_floor(original: ir.Model, *, inputs: list[dict] | None = None, shapes=None, seed: int = 0) -> float:
+    """How far `original`'s outputs move (worst relative error, on the oracle's input sets)
+    when every float weight moves by one ulp (random sign, seeded): what float32 rounding
+    alone does to this model on these inputs. Real LLMs on the oracle's degenerate random
+    tokens amplify it to ~1e-4 of the output scale (SmolLM2-135M: 1.4e-4)."""
+    from graphprune.ir.serialize import clone
+
+    noisy = clone(original)
+    rng = np.random.default_rng(seed)
+    for v in noisy.graph.initializers.values():
+        a = const_array(v)
+        if a is not None and a.dtype == np.float32 and a.size > 1:
+            set_const_array(v, (a * (1 + rng.choice(np.float32([-1, 1]), a.shape) * np.float32(2.0 ** -23)))
+                            .astype(np.float32))
+    res = check(original, noisy, Plan(tensors=[], groups=[]), inputs=inputs, shapes=shapes, seed=seed, rtol=1e9)
+    return res.worst_relative
+
+
+def check_rewrite(original: ir.Model, rewritten: ir.Model, *, inputs: list[dict] | None = None, shapes=None,
+                  rtol: float = 1e-4) -> OracleResult:
+    """A function-preserving rewrite (nothing sliced, e.g. slice-hidden's rotation) against
+    its input: equal up to float rounding. The tolerance is `rtol`, or ROUNDING_FACTOR times
+    the input's own rounding floor (`rounding_floor`) when that is larger; a wrong rewrite is
+    off by whole units of the output scale, far above either."""
+    floor = rounding_floor(original, inputs=inputs, shapes=shapes)
+    tol = max(rtol, ROUNDING_FACTOR * floor)
+    res = check(original, rewritten, Plan(tensors=[], groups=[]), inputs=inputs, shapes=shapes, rtol=tol)
+    if tol > rtol:
+        res.tolerance_note = (f"tolerance {tol:.2e}: {ROUNDING_FACTOR}x the {floor:.2e} that one-ulp weight "
+                              "changes make on these inputs")
+    return res
 
 
 def _pick_other_size(s_ref, shapes, seed: int):

@@ -264,12 +264,9 @@ class _Run:
             path = files.staging_path(self.out, "rotated")
             self.temps.append(path)
             save_onnx(reference, path, external_data=True)
-            res = oracle.check_files(str(self.src), str(path), Plan(tensors=[], groups=[]), inputs=self.opts.inputs,
-                                     shapes=outcome.shapes)
             reference = str(path)
-        else:
-            res = oracle.check(load_onnx(self.src, fold=False), reference, Plan(tensors=[], groups=[]),
-                               inputs=self.opts.inputs, shapes=outcome.shapes)
+        res = oracle.check_rewrite(load_onnx(self.src, fold=False), hidden["reference"], inputs=self.opts.inputs,
+                                   shapes=outcome.shapes)
         outcome.rotation_oracle = res
         self.progress.rotation(res)
         _require_pass(res, "the rotated model differs from the input")
