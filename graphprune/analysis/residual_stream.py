@@ -14,7 +14,8 @@ Recognised, in both torch exporters' forms:
 * the stream: those `Add`s, and float-to-float `Cast`s between them (and `Shape`s of them:
   a model that uses the hidden size from a `Shape` fails the oracle after slicing);
 * RMSNorms: ``x * 1/sqrt(ReduceMean(x^2, last axis) + eps)`` (``Reciprocal`` or
-  ``Div(1, .)``, optional `Cast`), then optionally ``* gamma[d]``;
+  ``Div(1, .)``, optional `Cast`), then optionally ``* gamma[d]``; also in the form
+  slice-hidden writes, ``ReduceSum(x^2) * (1/d)``;
 * readers of a norm's output: ``MatMul(norm, W[d, n])`` (a constant, or a `Transpose` of
   one, e.g. a tied output head), `Shape`, and the model's output (the last norm of a
   model that returns hidden states).
@@ -50,7 +51,7 @@ class Linear:
 @dataclass
 class RMSNorm:
     x: ir.Value  # the stream value it normalises (the input of its Pow and Mul)
-    reduce: ir.Node  # ReduceMean over the hidden axis
+    reduce: ir.Node  # ReduceMean over the hidden axis (or ReduceSum, then `summed` is its Mul by 1/d)
     eps_add: ir.Node  # Add(mean, eps)
     eps_input: int  # which input of eps_add is eps
     normed: ir.Value  # x / rms (before gamma; after the optional Cast)
@@ -59,6 +60,7 @@ class RMSNorm:
     readers: list[Linear] = field(default_factory=list)
     shape_readers: list[ir.Node] = field(default_factory=list)
     is_output: bool = False  # its (gamma) output is a graph output
+    summed: ir.Node | None = None  # slice-hidden's form: ReduceSum(x^2) * (1/d), d the width before slicing
 
     @property
     def out(self) -> ir.Value:
@@ -123,10 +125,17 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
     rank = len(x.shape) if x.shape is not None else None
     if not _last_axis_only(reduce, rank) or _only_consumer(pw.outputs[0]) is not reduce:
         return None
-    add = _only_consumer(reduce.outputs[0])
+    mean, summed = reduce.outputs[0], None
+    if reduce.op_type == "ReduceSum":  # a norm slice-hidden already rewrote: the sum times 1/d
+        summed = _only_consumer(mean)
+        if summed is None or summed.op_type != "Mul" or summed.inputs[0] is not mean or \
+                _const_scalar(summed.inputs[1]) is None:
+            return None
+        mean = summed.outputs[0]
+    add = _only_consumer(mean)
     if add is None or add.op_type != "Add":
         return None
-    eps_input = 1 if add.inputs[0] is reduce.outputs[0] else 0
+    eps_input = 1 if add.inputs[0] is mean else 0
     if _const_scalar(add.inputs[eps_input]) is None:
         return None
     sq = _only_consumer(add.outputs[0])
@@ -152,7 +161,7 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
         if is_constant(g) and g.shape is not None and len(g.shape) == 1:
             gamma_mul, gamma_input = nxt, gi
     return RMSNorm(x=x, reduce=reduce, eps_add=add, eps_input=eps_input, normed=normed,
-                   gamma_mul=gamma_mul, gamma_input=gamma_input)
+                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed)
 
 
 def _norm_nodes(norm: RMSNorm) -> set[int]:
@@ -220,7 +229,7 @@ def find_stream(model: ir.Model) -> Stream:
     graph = model.graph
     norms = []
     for node in graph:
-        if node.op_type == "ReduceMean":
+        if node.op_type in ("ReduceMean", "ReduceSum"):
             n = _match_norm(node)
             if n is not None:
                 norms.append(n)

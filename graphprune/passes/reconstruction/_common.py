@@ -39,7 +39,11 @@ def repair_inputs(ctx, pass_name: str) -> RepairInputs:
     if dense is None or plan is None:
         raise UsageError(f"{pass_name} needs the dense model and the plan: run it after prune-channels with "
                          "calibration data in the context")
-    return RepairInputs(dense, calib, plan, removed_map(plan))
+    removed = removed_map(plan)
+    hidden = ctx.results.get("hidden")  # slice-hidden: the stream's activations lost these indices too
+    if hidden is not None:
+        removed.update({key: np.asarray(idx, dtype=np.int64) for key, idx in hidden["activations"].items()})
+    return RepairInputs(dense, calib, plan, removed)
 
 
 def check_choice(pass_name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
