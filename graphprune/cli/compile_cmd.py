@@ -26,6 +26,9 @@ def add_arguments(p):
     p.add_argument("--round-to", type=T.POSITIVE_INT, help="width multiple (default: the target's SIMD lanes)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex)
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
+    p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
+                   help="pre-norm RMSNorm transformers: rotate the residual stream (needs --calib) and remove the "
+                        "fraction R of the hidden size first")
     p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
     p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")
     p.add_argument("--db", help="TVM tuning database root (default $XDG_CACHE_HOME/graphprune/tvm-db, "
@@ -77,6 +80,7 @@ def options(args):
     sparsity_cli.require_calibration(sparsity_opts, args.calib)
     return CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
+                          slice_hidden=args.slice_hidden,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db or _default_db(),
                           rpc=args.rpc, rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),

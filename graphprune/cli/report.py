@@ -107,7 +107,9 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
     rows = summary_rows(outcome, latency)
     plan = outcome.plan
     print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
-          + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else ""))
+          + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else "")
+          + (f", hidden size {plan.hidden['width'][0]} -> {plan.hidden['width'][1]} (slice-hidden)"
+             if plan.hidden else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())

@@ -85,6 +85,14 @@ def quality_line(fidelity: dict | None, max_drop, accuracy: str | None) -> str |
     return accuracy
 
 
+def hidden_section(plan, rotation_oracle) -> dict:
+    """{"hidden": ...} when slice-hidden rotated and sliced the hidden size, else {}."""
+    if not plan.hidden:
+        return {}
+    return {"hidden": {"width": plan.hidden.get("width"), "kept_energy": plan.hidden.get("kept_energy"),
+                       "rotation_oracle": rotation_oracle.summary() if rotation_oracle is not None else None}}
+
+
 def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, max_drop=None) -> dict:
     """What every verb's report shows of a prune outcome: shapes, op counts, per-layer
     widths and MACs, group widths, sensitivity curves, search, oracle, quality.
@@ -99,7 +107,8 @@ def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, 
         "input_shapes": shapes.to_json() if shapes is not None else None,
         "ops": op_table(before_model, outcome.model),
         "layers": compare_layers(before_model, outcome.model, at),
-        "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
+        "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks),
+                 **hidden_section(plan, getattr(outcome, "rotation_oracle", None))},
         "groups": group_rows(_analysis(before_model), plan, round_to),
         "sensitivity": sensitivity(outcome.state.allocation),
         "search": search_section(getattr(outcome, "search", None)),

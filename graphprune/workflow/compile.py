@@ -36,6 +36,7 @@ class CompileOptions:
     round_to: int | None = None  # default: the target's SIMD lanes
     ignore: list[str] = field(default_factory=list)
     plan: str | None = None
+    slice_hidden: float | None = None  # slice-hidden ratio (rotate the residual stream first)
     tune_trials: int = 0
     tune_time: float | None = None
     db: str | None = None
@@ -72,7 +73,8 @@ def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
     return PruneOptions(
         ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
         round_to=opts.round_to if opts.round_to is not None else target.simd_lanes,
-        allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, calib=opts.calib,
+        allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, slice_hidden=opts.slice_hidden,
+        calib=opts.calib,
         calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,
         input_shapes=opts.input_shapes, check=opts.check, check_unchanged=False, repair=opts.repair,
         sparsity=opts.sparsity, max_drop=opts.max_drop, search_budget=opts.search_budget, score=opts.score)
@@ -122,6 +124,9 @@ class _Logged(Progress):
     def oracle(self, res, shapes) -> None:
         self.log_fn(f"oracle inputs: {(res.shapes or shapes).describe()}")  # both sizes of dynamic dims
         self.log_fn(res.summary())
+
+    def rotation(self, res) -> None:
+        self.log_fn(f"rotation (slice-hidden): {res.summary().replace('oracle ', 'rotated input vs input: ', 1)}")
 
 
 # ---- the run ----------------------------------------------------------------------------------
