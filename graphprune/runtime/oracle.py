@@ -194,7 +194,7 @@ class OracleResult:
     # repair passes or sparsity changed the weights after pruning (api.changed_after_pruning): not
     # the masked original by design, and a mismatch says nothing about the pruning itself
     changed_after_pruning: str | None = None
-    tolerance_note: str | None = None  # a tolerance other than the default, and why (check_rewrite)
+    tolerance_note: str | None = None  # a tolerance above the default, and why (check: measured rounding floor)
 
     @property
     def sizes(self) -> list:
@@ -341,7 +341,38 @@ def _pruned_session(model, reference: bool = False):
 def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
           n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
           dims: dict | None = None, shapes=None, calib: dict | None = None) -> OracleResult:
-    """Run the oracle. `original` is the input model as read (it is not modified). Random
+    """Run the oracle (`_check`). A mismatch below ROUNDING_CAP of the output scale is
+    judged once more against what float32 rounding alone does to this model on these inputs
+    (`rounding_floor` of the masked original): within ROUNDING_FACTOR times that, it is
+    rounding, and the result PASSes saying so (`tolerance_note`). Most models' floor is
+    ~1e-7, so their tolerance stays `rtol`; an LLM on the oracle's random tokens (0 and 1,
+    degenerate attention) moves ~1.5e-4 of its output scale under one-ulp weight noise
+    (SmolLM2-135M), above the 1e-4 default, so removing zero terms from its sums can exceed
+    it. A wrong pruning is off by far more than either."""
+    kw = dict(inputs=inputs, n_random=n_random, seed=seed, dim_value=dim_value, dims=dims, shapes=shapes, calib=calib)
+    res = _check(original, pruned, plan, rtol=rtol, **kw)
+    if res.ok or res.error or res.refused or not res.diffs or res.worst_relative > ROUNDING_CAP:
+        return res
+    from graphprune.ir.serialize import BIG_MODEL_BYTES, clone, model_nbytes
+
+    if model_nbytes(original) > BIG_MODEL_BYTES:
+        return res
+    masked = clone(original)
+    masked_original(masked, plan)
+    floor = rounding_floor(masked, inputs=inputs, shapes=shapes, seed=seed)
+    tol = ROUNDING_FACTOR * floor
+    if tol <= rtol:
+        return res
+    again = _check(original, pruned, plan, rtol=min(tol, ROUNDING_CAP), **kw)
+    again.tolerance_note = (f"tolerance {min(tol, ROUNDING_CAP):.2e}: {ROUNDING_FACTOR}x the {floor:.2e} of the "
+                            "output scale that one-ulp weight changes make on these inputs")
+    return again
+
+
+def _check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict] | None = None,
+           n_random: int = 2, seed: int = 0, rtol: float = 1e-4, dim_value: int | None = None,
+           dims: dict | None = None, shapes=None, calib: dict | None = None) -> OracleResult:
+    """Run the oracle once at `rtol`. `original` is the input model as read (it is not modified). Random
     input sets are made at the representative shapes (`graphprune.input_shapes`): `shapes`
     (an InputShapes, or {input: shape} from --input-shape), else `calib` ({input: array},
     one calibration batch), else static dims, else a default the model runs; they are
@@ -378,6 +409,7 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
 
 
 ROUNDING_FACTOR = 10  # a rewrite may round up to this many times worse than one ulp on every weight
+ROUNDING_CAP = 1e-2  # never a tolerance above this share of the output scale, whatever the floor
 
 
 def rounding_floor(original: ir.Model, *, inputs: list[dict] | None = None, shapes=None, seed: int = 0) -> float:
@@ -394,23 +426,8 @@ def rounding_floor(original: ir.Model, *, inputs: list[dict] | None = None, shap
         if a is not None and a.dtype == np.float32 and a.size > 1:
             set_const_array(v, (a * (1 + rng.choice(np.float32([-1, 1]), a.shape) * np.float32(2.0 ** -23)))
                             .astype(np.float32))
-    res = check(original, noisy, Plan(tensors=[], groups=[]), inputs=inputs, shapes=shapes, seed=seed, rtol=1e9)
+    res = _check(original, noisy, Plan(tensors=[], groups=[]), inputs=inputs, shapes=shapes, seed=seed, rtol=1e9)
     return res.worst_relative
-
-
-def check_rewrite(original: ir.Model, rewritten: ir.Model, *, inputs: list[dict] | None = None, shapes=None,
-                  rtol: float = 1e-4) -> OracleResult:
-    """A function-preserving rewrite (nothing sliced, e.g. slice-hidden's rotation) against
-    its input: equal up to float rounding. The tolerance is `rtol`, or ROUNDING_FACTOR times
-    the input's own rounding floor (`rounding_floor`) when that is larger; a wrong rewrite is
-    off by whole units of the output scale, far above either."""
-    floor = rounding_floor(original, inputs=inputs, shapes=shapes)
-    tol = max(rtol, ROUNDING_FACTOR * floor)
-    res = check(original, rewritten, Plan(tensors=[], groups=[]), inputs=inputs, shapes=shapes, rtol=tol)
-    if tol > rtol:
-        res.tolerance_note = (f"tolerance {tol:.2e}: {ROUNDING_FACTOR}x the {floor:.2e} that one-ulp weight "
-                              "changes make on these inputs")
-    return res
 
 
 def _pick_other_size(s_ref, shapes, seed: int):
