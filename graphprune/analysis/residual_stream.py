@@ -226,96 +226,115 @@ def _embedding(v: ir.Value) -> ir.Node | None:
 
 def find_stream(model: ir.Model) -> Stream:
     """The residual stream of `model`, or NotAStream naming what does not fit."""
-    graph = model.graph
-    norms = []
-    for node in graph:
-        if node.op_type in ("ReduceMean", "ReduceSum"):
-            n = _match_norm(node)
-            if n is not None:
-                norms.append(n)
-    if not norms:
-        if any(n.op_type == "LayerNormalization" for n in graph) or any(n.op_type == "ReduceMean" for n in graph):
-            raise NotAStream("no RMSNorm found: LayerNorm (with mean subtraction) is not supported by "
-                             "slice-hidden yet", hint="slice-hidden handles pre-norm RMSNorm transformers "
-                             "(LLaMA, Qwen2, Mistral, SmolLM2)")
-        raise NotAStream("no RMSNorm found: the model has no residual stream slice-hidden can rotate")
-    by_x = {id(n.x): n for n in norms}
-    norm_node_ids = set()
+    norms = _find_norms(model.graph)
+    walk = _Walk(norms)
+    walk.run()
+    d = _hidden_size(walk)
     for n in norms:
-        norm_node_ids |= _norm_nodes(n)
+        _find_readers(n, d)
+    return Stream(hidden=d, values=list(walk.stream.values()), embeddings=list(walk.embeddings.values()),
+                  writers=list(walk.writers.values()), norms=norms)
 
-    stream: dict[int, ir.Value] = {}
-    embeddings: dict[int, ir.Node] = {}
-    writers: dict[int, Linear] = {}
-    todo = [n.x for n in norms]
-    while todo:
-        v = todo.pop()
-        if id(v) in stream:
-            continue
-        stream[id(v)] = v
-        if v.is_graph_output():
-            raise NotAStream(f"the residual stream value {v.name!r} is a graph output")
-        if v.is_graph_input() or v.producer() is None:
-            raise NotAStream(f"the residual stream value {v.name!r} is a graph input")
+
+def _find_norms(graph) -> list[RMSNorm]:
+    norms = [n for n in (_match_norm(node) for node in graph if node.op_type in ("ReduceMean", "ReduceSum"))
+             if n is not None]
+    if norms:
+        return norms
+    if any(n.op_type in ("LayerNormalization", "ReduceMean") for n in graph):
+        raise NotAStream("no RMSNorm found: LayerNorm (with mean subtraction) is not supported by "
+                         "slice-hidden yet", hint="slice-hidden handles pre-norm RMSNorm transformers "
+                         "(LLaMA, Qwen2, Mistral, SmolLM2)")
+    raise NotAStream("no RMSNorm found: the model has no residual stream slice-hidden can rotate")
+
+
+class _Walk:
+    """From the norms' inputs along the stream (producers and consumers) to its closure,
+    collecting the embeddings and the linear layers that write it."""
+
+    def __init__(self, norms: list[RMSNorm]):
+        self.norms = norms
+        self.by_x = {id(n.x) for n in norms}
+        self.norm_nodes: set[int] = set()
+        for n in norms:
+            self.norm_nodes |= _norm_nodes(n)
+        self.stream: dict[int, ir.Value] = {}
+        self.embeddings: dict[int, ir.Node] = {}
+        self.writers: dict[int, Linear] = {}
+        self.todo = [n.x for n in norms]
+
+    def run(self) -> None:
+        while self.todo:
+            v = self.todo.pop()
+            if id(v) in self.stream:
+                continue
+            self.stream[id(v)] = v
+            if v.is_graph_output():
+                raise NotAStream(f"the residual stream value {v.name!r} is a graph output")
+            if v.is_graph_input() or v.producer() is None:
+                raise NotAStream(f"the residual stream value {v.name!r} is a graph input")
+            self._producer(v)
+            self._consumers(v)
+
+    def _producer(self, v: ir.Value) -> None:
         p = v.producer()
         if _is_float_cast(p):
-            todo.append(p.inputs[0])
+            self.todo.append(p.inputs[0])
         elif p.op_type == "Add":
-            kinds = []
+            writers = 0
             for a in p.inputs:
                 if (e := _embedding(a)) is not None:
-                    embeddings[id(e)] = e
-                    kinds.append("embedding")
+                    self.embeddings[id(e)] = e
                 elif (w := _writer(a, None)) is not None:
-                    writers[id(w.node)] = w
-                    kinds.append("writer")
+                    self.writers[id(w.node)] = w
+                    writers += 1
                 else:
-                    todo.append(a)
-                    kinds.append("stream")
-            if kinds.count("writer") == 2:
+                    self.todo.append(a)
+            if writers == 2:
                 raise NotAStream(f"Add {p.name!r} adds two linear outputs and no residual stream")
-        elif _embedding(v) is not None:
-            e = _embedding(v)
-            embeddings[id(e)] = e
+        elif (e := _embedding(v)) is not None:
+            self.embeddings[id(e)] = e
         else:
             raise NotAStream(f"the residual stream value {v.name!r} is made by {p.op_type} {p.name!r}, "
                              "which slice-hidden cannot rotate")
+
+    def _consumers(self, v: ir.Value) -> None:
         for node, _ in v.uses():
-            if id(node) in norm_node_ids and id(v) in by_x:
+            if id(node) in self.norm_nodes and id(v) in self.by_x:
                 continue
             if _is_float_cast(node) or node.op_type == "Add":
-                todo.append(node.outputs[0])
-                continue
-            if node.op_type == "Shape":  # reads sizes only; a use of the hidden size is the oracle's to catch
-                continue
-            raise NotAStream(f"{node.op_type} {node.name!r} reads the residual stream ({v.name!r}); "
-                             "slice-hidden cannot rotate through it")
+                self.todo.append(node.outputs[0])
+            elif node.op_type != "Shape":  # a Shape reads sizes only; a use of the hidden size fails the oracle
+                raise NotAStream(f"{node.op_type} {node.name!r} reads the residual stream ({v.name!r}); "
+                                 "slice-hidden cannot rotate through it")
 
-    dims = {int(e.inputs[0].shape[1]) for e in embeddings.values()}
+
+def _hidden_size(walk: _Walk) -> int:
+    dims = {int(e.inputs[0].shape[1]) for e in walk.embeddings.values()}
     if len(dims) != 1:
         raise NotAStream("the residual stream has no token embedding (Gather of a [vocab, hidden] table)"
                          if not dims else f"embeddings of different widths {sorted(dims)}")
     d = dims.pop()
-    for w in writers.values():
+    for w in walk.writers.values():
         wa = _weight_of(w.node, 1)
         if wa.shape[1] != d:
             raise NotAStream(f"{w.node.name!r} writes {wa.shape[1]} channels to a stream of {d}")
-    for n in norms:
-        if n.gamma_mul is not None and n.gamma(d).size != d:
-            raise NotAStream(f"the norm weight of {n.gamma_mul.name!r} is not of the hidden size {d}")
-        out = n.out
-        if out.is_graph_output():
-            n.is_output = True
-        for node, idx in out.uses():
-            if node.op_type == "Shape":
-                n.shape_readers.append(node)
-                continue
-            w = _weight_of(node, 1) if node.op_type == "MatMul" and idx == 0 else None
-            if w is None or w.ndim != 2 or w.shape[0] != d:
-                raise NotAStream(f"{node.op_type} {node.name!r} reads the output of the RMSNorm of "
-                                 f"{n.x.name!r}; slice-hidden handles only linear layers (MatMul) there")
-            n.readers.append(Linear(node, "reader"))
-        if n.is_output and n.readers:
-            raise NotAStream(f"the RMSNorm output {out.name!r} is both a graph output and read by layers")
-    return Stream(hidden=d, values=list(stream.values()), embeddings=list(embeddings.values()),
-                  writers=list(writers.values()), norms=norms)
+    return d
+
+
+def _find_readers(n: RMSNorm, d: int) -> None:
+    if n.gamma_mul is not None and n.gamma(d).size != d:
+        raise NotAStream(f"the norm weight of {n.gamma_mul.name!r} is not of the hidden size {d}")
+    out = n.out
+    n.is_output = out.is_graph_output()
+    for node, idx in out.uses():
+        if node.op_type == "Shape":
+            n.shape_readers.append(node)
+            continue
+        w = _weight_of(node, 1) if node.op_type == "MatMul" and idx == 0 else None
+        if w is None or w.ndim != 2 or w.shape[0] != d:
+            raise NotAStream(f"{node.op_type} {node.name!r} reads the output of the RMSNorm of "
+                             f"{n.x.name!r}; slice-hidden handles only linear layers (MatMul) there")
+        n.readers.append(Linear(node, "reader"))
+    if n.is_output and n.readers:
+        raise NotAStream(f"the RMSNorm output {out.name!r} is both a graph output and read by layers")

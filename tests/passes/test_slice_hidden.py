@@ -14,7 +14,6 @@ pytest.importorskip("transformers")
 
 from graphprune.analysis.residual_stream import NotAStream, find_stream  # noqa: E402
 from graphprune.frontends.onnx import load_onnx  # noqa: E402
-from graphprune.ir.serialize import clone  # noqa: E402
 from graphprune.passes import PassContext, PassManager  # noqa: E402
 from graphprune.passes.pruning.slice_hidden import (  # noqa: E402
     kept_width, plan_record, rotate, rotation_of, rotated_reference)

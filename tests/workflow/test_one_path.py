@@ -138,7 +138,7 @@ def test_pipeline_state_is_a_typed_view_of_the_pass_context():
     assert "selection" not in st.ctx.results
     assert set(st.fields()) == {"plan_in", "selection", "scores", "planned_options", "planned_graph",
                                 "calibration", "input_shapes", "dense_model", "plan", "allocation",
-                                "removed_blocks", "repair", "sparsity"}
+                                "removed_blocks", "repair", "sparsity", "hidden"}
 
 
 VERB_MODULES = ["graphprune/workflow", "graphprune/cli", "graphprune/api.py"]

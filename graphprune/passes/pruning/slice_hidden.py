@@ -317,9 +317,9 @@ class SliceHidden(Pass):
         self.ratio, self.round_to, self.batches = ratio, round_to, batches
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
-        from graphprune.workflow.state import PipelineState
-
-        state = PipelineState(ctx)
+        # the pipeline state's fields by their keys (graphprune.workflow.state names them;
+        # passes do not import the workflow)
+        state = _State(ctx.results)
         if state.hidden is not None:
             raise UsageError("slice-hidden runs once per pipeline")
         if state.plan_in is not None and state.plan_in.hidden:
@@ -344,7 +344,7 @@ class SliceHidden(Pass):
                  d, k, kept_energy, tokens)
         return True
 
-    def _replay(self, model: ir.Model, state) -> bool:
+    def _replay(self, model: ir.Model, state: _State) -> bool:
         """`--plan` of a run that sliced the hidden size: the plan's rotation and width, no
         statistics; the plan's hidden slices must be exactly the ones this rebuild makes,
         and the rest of the plan (channels) replays on the sliced model."""
@@ -375,7 +375,26 @@ class SliceHidden(Pass):
         return True
 
 
-def _apply(model: ir.Model, state, stream: Stream, Q: np.ndarray, k: int, info: dict) -> list[dict]:
+class _State:
+    """The `results` keys this pass reads and writes, as attributes (None when absent)."""
+
+    KEYS = ("hidden", "plan_in", "calibration", "input_shapes", "dense_model")
+
+    def __init__(self, results: dict):
+        object.__setattr__(self, "_r", results)
+
+    def __getattr__(self, key):
+        if key not in self.KEYS:
+            raise AttributeError(key)
+        return self._r.get(key)
+
+    def __setattr__(self, key, value):
+        if key not in self.KEYS:
+            raise AttributeError(key)
+        self._r[key] = value
+
+
+def _apply(model: ir.Model, state: _State, stream: Stream, Q: np.ndarray, k: int, info: dict) -> list[dict]:
     """Rotate `model` into `Q`, slice it to `k` and leave the record in `state.hidden` (the
     reference the oracle masks, the plan's slices, the MACs before and after)."""
     from graphprune.ir.serialize import clone
@@ -394,7 +413,8 @@ def _apply(model: ir.Model, state, stream: Stream, Q: np.ndarray, k: int, info: 
     removed = list(range(k, stream.hidden))
     activations = {(v.name, len(v.shape) - 1): removed for v in _stream_carriers(find_stream(model))
                    if v.shape is not None and v.name}
-    state.hidden = {"activations": activations, "width": [stream.hidden, k], "rotation": Q.astype(np.float32), "reference": reference,
+    state.hidden = {"activations": activations, "width": [stream.hidden, k], "rotation": Q.astype(np.float32),
+                    "reference": reference,
                     "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
                     "readers": len(stream.readers), **info, "macs": [macs_before, _macs(model, shapes)]}
     return slices
