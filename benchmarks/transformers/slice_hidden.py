@@ -39,7 +39,7 @@ def parse_row(text: str) -> dict:
     raise SystemExit(f"bad row {text!r}: hidden:R, width:T or mixed:R:T")
 
 
-def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path) -> dict:
+def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path, latency: int = 0) -> dict:
     from graphprune.workflow import PruneOptions
     from graphprune.workflow.prune import run_prune
 
@@ -54,11 +54,17 @@ def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path) -> dict:
     res = run_prune(path, opts, out=out)
     secs = time.time() - t
     ppl = S.perplexity(out, ev)
+    lat = None
+    if latency:  # dense and pruned side by side, interleaved, 1 thread, 1x256 tokens
+        sessions = {"dense": C.ort_session(path, threads=1), "pruned": C.ort_session(out, threads=1)}
+        lat = C.interleaved_latency(sessions, {"input_ids": ev[:1]}, repeats=latency)
+        lat["speedup"] = lat["median_ms"]["dense"] / lat["median_ms"]["pruned"]
+        del sessions
     for f in tmp.glob("pruned*"):
         f.unlink()
     hidden = res.plan.hidden
     return {**row, "kept_macs": res.after.macs / res.before.macs, "params": [res.before.params, res.after.params],
-            "perplexity": ppl, "seconds": round(secs, 1),
+            "perplexity": ppl, "seconds": round(secs, 1), "latency": lat,
             "hidden_width": hidden.get("width"), "kept_energy": hidden.get("kept_energy"),
             "rotation_oracle": res.rotation_oracle.summary() if res.rotation_oracle else None,
             "oracle": res.oracle.summary() if res.oracle else None,
@@ -75,6 +81,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "graphprune_bench"))
     ap.add_argument("--rows", default=DEFAULT_ROWS)
     ap.add_argument("--repair", default="", help="repair passes for every row (default: none)")
+    ap.add_argument("--latency", type=int, default=0, metavar="N",
+                    help="also time dense vs pruned in ONNX Runtime (N interleaved rounds, 1 thread, 1x256 tokens)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "slice_hidden.json"))
     args = ap.parse_args()
     wd = Path(args.workdir)
@@ -95,18 +103,19 @@ def main() -> None:
                "rows": []}
     with tempfile.TemporaryDirectory(dir=wd) as tmp:
         for row in rows:
-            r = run_row(path, row, calib, args.repair, ev, Path(tmp))
+            r = run_row(path, row, calib, args.repair, ev, Path(tmp), args.latency)
             r["x_dense"] = r["perplexity"] / dense
             results["rows"].append(r)
             C.log(f"{row['kind']} slice={row['slice']} target={row['target']}: kept MACs {r['kept_macs']:.3f}, "
                   f"perplexity {r['perplexity']:.2f} ({r['x_dense']:.2f}x dense), {r['seconds']:.0f} s")
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    print("| rows | slice | MAC target | kept MACs | hidden | perplexity | × dense |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rows | slice | MAC target | kept MACs | hidden | perplexity | × dense | ORT speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         w = r["hidden_width"]
+        sp = f"{r['latency']['speedup']:.2f}×" if r.get("latency") else "-"
         print(f"| {r['kind']} | {r['slice'] or '-'} | {r['target'] or '-'} | {r['kept_macs']:.3f} | "
-              f"{f'{w[0]}→{w[1]}' if w else '-'} | {r['perplexity']:.2f} | {r['x_dense']:.2f} |")
+              f"{f'{w[0]}→{w[1]}' if w else '-'} | {r['perplexity']:.2f} | {r['x_dense']:.2f} | {sp} |")
 
 
 if __name__ == "__main__":
