@@ -78,15 +78,14 @@ def main() -> None:
     from graphprune.runtime.calibration import Calibration
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "graphprune_bench"))
+    ap.add_argument("--workdir", help="model files (outside the repository; default as run.py's)")
     ap.add_argument("--rows", default=DEFAULT_ROWS)
     ap.add_argument("--repair", default="", help="repair passes for every row (default: none)")
     ap.add_argument("--latency", type=int, default=0, metavar="N",
                     help="also time dense vs pruned in ONNX Runtime (N interleaved rounds, 1 thread, 1x256 tokens)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "slice_hidden.json"))
     args = ap.parse_args()
-    wd = Path(args.workdir)
-    wd.mkdir(parents=True, exist_ok=True)
+    wd = C.workdir(args.workdir)
     rows = [parse_row(r) for r in args.rows.split(",") if r]
 
     path, info = S.get_onnx(wd)

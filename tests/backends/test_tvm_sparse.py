@@ -197,7 +197,10 @@ def test_measured_choice_on_this_machine(tmp_path):
     assert row["chosen"] in ("dense", *row["candidates"])
     # and against ONNX Runtime's dense kernel for the same layer, on this host (issue 13 §3)
     chosen_ms = row["candidates"].get(row["chosen"], row["dense_ms"])
-    assert row["ort_dense_ms"] > 0 and row["speedup_vs_ort"] == pytest.approx(row["ort_dense_ms"] / chosen_ms, rel=0.02)
+    # the table rounds times to 4 decimals (ms) and ratios to 3: on a fast host a 0.007 ms
+    # layer is ±0.7% from rounding alone, so the ratio is checked within what rounding allows
+    o, c, h = row["ort_dense_ms"], chosen_ms, 5e-5
+    assert o > 0 and (o - h) / (c + h) - 5e-4 <= row["speedup_vs_ort"] <= (o + h) / max(c - h, 1e-9) + 5e-4
     x = np.random.default_rng(4).standard_normal((32, 64)).astype(np.float32)
     assert close(run_host(mod, x), ort_out(path, x))
 
