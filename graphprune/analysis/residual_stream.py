@@ -215,13 +215,20 @@ def _writer(v: ir.Value, d: int | None) -> Linear | None:
 
 
 def _embedding(v: ir.Value) -> ir.Node | None:
+    """The node making `v` from a token table: Gather(table[V, d], ids), or — in a model
+    slice-hidden rotated while keeping a shared table whole — MatMul(Gather(...), Q[d, k])."""
     p = v.producer()
+    if p is not None and p.op_type == "MatMul" and p.inputs[0] is not None and is_constant(p.inputs[1]) \
+            and _gather_of_table(p.inputs[0].producer()):
+        return p
+    return p if _gather_of_table(p) else None
+
+
+def _gather_of_table(p: ir.Node | None) -> bool:
     if p is None or p.op_type != "Gather" or int(p.attributes["axis"].value if "axis" in p.attributes else 0) != 0:
-        return None
+        return False
     table = p.inputs[0]
-    if not is_constant(table) or table.shape is None or len(table.shape) != 2:
-        return None
-    return p
+    return is_constant(table) and table.shape is not None and len(table.shape) == 2
 
 
 def find_stream(model: ir.Model) -> Stream:
@@ -310,7 +317,8 @@ class _Walk:
 
 
 def _hidden_size(walk: _Walk) -> int:
-    dims = {int(e.inputs[0].shape[1]) for e in walk.embeddings.values()}
+    dims = {int(e.inputs[1].shape[1] if e.op_type == "MatMul" else e.inputs[0].shape[1])
+            for e in walk.embeddings.values()}
     if len(dims) != 1:
         raise NotAStream("the residual stream has no token embedding (Gather of a [vocab, hidden] table)"
                          if not dims else f"embeddings of different widths {sorted(dims)}")

@@ -216,3 +216,62 @@ def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys):
     assert sorted(map(json.dumps, again["tensors"])) == sorted(map(json.dumps, plan["tensors"]))
     assert again["hidden"]["rotation"] == plan["hidden"]["rotation"]
     assert oracle.check(load_onnx(str(out)), load_onnx(str(tmp_path / "replay.onnx")), EMPTY).ok
+
+
+def _tied_lm(path, dynamo):
+    """A tiny LLaMA with an output head tied to its embedding (logits = h · E^T, as
+    LlamaForCausalLM with tie_word_embeddings computes them), input ids -> logits."""
+    import warnings
+
+    import torch
+
+    from zoo.hf_models import llama, randomize
+
+    base, _ = llama()
+    randomize(base)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            h = self.m(input_ids=x).last_hidden_state
+            return torch.nn.functional.linear(h, self.m.embed_tokens.weight)
+
+    lm = base
+    x = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            from torch.export import Dim
+            torch.onnx.export(Logits(lm), (x,), path, dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["y"], external_data=False,
+                              dynamic_shapes={"x": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=32)}})
+        else:
+            torch.onnx.export(Logits(lm), (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    return path
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dynamo):
+    """The embedding table shared with the output head is kept whole (not stored twice): a
+    MatMul after the Gather rotates into the stream basis and one before the head rotates
+    back. Both checks PASS and the parameters go down."""
+    from graphprune.analysis.cost import model_cost
+
+    path = _tied_lm(str(tmp_path / "lm.onnx"), dynamo)
+    dense = load_onnx(path)
+    def tables(model, width):  # token tables: [97, w] or their transposed copies
+        return [v for v in model.graph.initializers.values()
+                if v.shape is not None and tuple(v.shape) in ((97, width), (width, 97))]
+
+    sliced, hidden = _slice(path)
+    assert oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY).ok
+    assert oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[])).ok
+    if len(tables(dense, 32)) == 1:  # one table for both in the file (dynamo): still one, whole
+        assert len(tables(sliced, 32)) == 1 and not tables(sliced, 24)
+    else:  # the exporter wrote a transposed copy for the head (TorchScript): both narrower
+        assert len(tables(sliced, 24)) == 2 and not tables(sliced, 32)
+    assert model_cost(sliced).params < model_cost(dense).params

@@ -150,10 +150,24 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
     def record(name: str, axis: int) -> None:
         slices.append({"name": name, "axis": axis, "removed": removed})
 
+    if any(e.op_type != "Gather" for e in stream.embeddings):
+        raise UsageError("slice-hidden: the model's hidden size was already rotated (its embedding is projected)")
     carriers = _stream_carriers(stream)
     for e in stream.embeddings:
-        table = const_array(e.inputs[0]).astype(np.float64)
-        record(out.set_input(e, 0, _f32(table @ Qk), f"{e.inputs[0].name}.rotated"), 1)
+        table = e.inputs[0]
+        if _shared(table):  # e.g. tied with the output head: kept whole, the rotation beside it
+            proj = out.new(f"{e.outputs[0].name}.rotate", _f32(Qk))
+            record(proj.name, 1)
+            mm = ir.node("MatMul", [e.outputs[0], proj], name=f"{e.outputs[0].name}.rotate")
+            model.graph.insert_after(e, [mm])
+            for node, idx in list(e.outputs[0].uses()):
+                if node is not mm:
+                    node.replace_input_with(idx, mm.outputs[0])
+            carriers = [v for v in carriers if v is not e.outputs[0]] + [mm.outputs[0]]
+            mm.outputs[0].shape, mm.outputs[0].type = e.outputs[0].shape, e.outputs[0].type
+        else:
+            arr = const_array(table).astype(np.float64)
+            record(out.set_input(e, 0, _f32(arr @ Qk), f"{table.name}.rotated"), 1)
     for w in stream.writers:
         _rotate_writer(out, w, Qk, record)
     for n in stream.norms:
@@ -162,6 +176,18 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
         if v.shape is not None and len(v.shape) >= 1:
             v.shape = ir.Shape([*list(v.shape)[:-1], k])
     return slices
+
+
+def _shared(table: ir.Value) -> bool:
+    """A weight with more than one reader, possibly through a Transpose (a tied embedding
+    and output head): rotating it in place would change its other readers, and a rotated
+    copy per reader would store it twice (SmolLM2's 49152 x 576 table: +23 M parameters at
+    hidden 520). Such a weight stays whole; a small MatMul beside each reader rotates."""
+    if table.is_graph_output() or len(list(table.uses())) > 1:
+        return True
+    p = table.producer()
+    return p is not None and p.op_type == "Transpose" and is_constant(p.inputs[0]) and \
+        len(list(p.inputs[0].uses())) > 1
 
 
 def _stream_carriers(stream: Stream) -> list[ir.Value]:
@@ -204,8 +230,18 @@ def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: i
     gamma = n.gamma(d).astype(np.float64)
     into = Qk.T * gamma[None, :]  # k x d: stream basis -> gamma-scaled original basis
     for r in n.readers:
+        name = r.node.name or r.node.outputs[0].name
+        if _shared(r.node.inputs[1]):  # a tied output head: back to the original basis first
+            proj = out.new(f"{name}.unrotate", _f32(into))
+            record(proj.name, 0)
+            x = r.node.inputs[0]
+            mm = ir.node("MatMul", [x, proj], name=f"{name}.unrotate")
+            model.graph.insert_before(r.node, [mm])
+            r.node.replace_input_with(0, mm.outputs[0])
+            mm.outputs[0].shape, mm.outputs[0].type = x.shape, x.type  # d wide, as the reader read before
+            continue
         W = _weight_of(r.node, 1).astype(np.float64)
-        record(out.set_input(r.node, 1, _f32(into @ W), f"{r.node.name or r.node.outputs[0].name}.rotated_weight"), 0)
+        record(out.set_input(r.node, 1, _f32(into @ W), f"{name}.rotated_weight"), 0)
     if n.is_output:
         # back to the original basis for the model's output, the norm weight folded in
         proj = out.new(f"{n.out.name}.unrotate", _f32(into))
