@@ -102,7 +102,7 @@ class _Writer:
             self.names.update(o.name for o in node.outputs)
             self.names.update(i.name for i in node.inputs if i is not None)
 
-    def _fresh(self, base: str) -> str:
+    def fresh(self, base: str) -> str:
         name, k = base, 1
         while name in self.names:
             k += 1
@@ -111,7 +111,7 @@ class _Writer:
         return name
 
     def new(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self._fresh(base)
+        name = self.fresh(base)
         v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                      const_value=ir.tensor(np.require(array, requirements="C"), name=name))
         self.graph.register_initializer(v)
@@ -158,7 +158,8 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
         if _shared(table):  # e.g. tied with the output head: kept whole, the rotation beside it
             proj = out.new(f"{e.outputs[0].name}.rotate", _f32(Qk))
             record(proj.name, 1)
-            mm = ir.node("MatMul", [e.outputs[0], proj], name=f"{e.outputs[0].name}.rotate")
+            mm = ir.node("MatMul", [e.outputs[0], proj], name=f"{e.outputs[0].name}.rotate",
+                         outputs=[ir.Value(name=out.fresh(f"{e.outputs[0].name}.rotated"))])
             model.graph.insert_after(e, [mm])
             for node, idx in list(e.outputs[0].uses()):
                 if node is not mm:
@@ -235,7 +236,8 @@ def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: i
             proj = out.new(f"{name}.unrotate", _f32(into))
             record(proj.name, 0)
             x = r.node.inputs[0]
-            mm = ir.node("MatMul", [x, proj], name=f"{name}.unrotate")
+            mm = ir.node("MatMul", [x, proj], name=f"{name}.unrotate",
+                         outputs=[ir.Value(name=out.fresh(f"{name}.unrotated_input"))])
             model.graph.insert_before(r.node, [mm])
             r.node.replace_input_with(0, mm.outputs[0])
             mm.outputs[0].shape, mm.outputs[0].type = x.shape, x.type  # d wide, as the reader read before
@@ -246,7 +248,8 @@ def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: i
         # back to the original basis for the model's output, the norm weight folded in
         proj = out.new(f"{n.out.name}.unrotate", _f32(into))
         record(proj.name, 0)
-        mm = ir.node("MatMul", [n.normed, proj], name=f"{n.out.name}.unrotate")
+        mm = ir.node("MatMul", [n.normed, proj], name=f"{n.out.name}.unrotate",
+                     outputs=[ir.Value(name=out.fresh(f"{n.out.name}.unrotated"))])
         anchor = n.gamma_mul
         model.graph.insert_after(anchor if anchor is not None else n.normed.producer(), [mm])
         replaced = n.out
@@ -283,11 +286,14 @@ def _sum_norm(model: ir.Model, out: _Writer, n: RMSNorm, d: int) -> None:
     dtype = n.x.dtype.numpy() if n.x.dtype is not None else np.float32
     if opset >= 13:
         axes = out.new(f"{rm.name or 'rmsnorm'}.axes", np.array([-1], dtype=np.int64))
-        rs = ir.node("ReduceSum", [rm.inputs[0], axes], {"keepdims": 1}, name=f"{rm.name}.sum")
+        rs = ir.node("ReduceSum", [rm.inputs[0], axes], {"keepdims": 1}, name=f"{rm.name}.sum",
+                     outputs=[ir.Value(name=out.fresh(f"{rm.name}.sum"))])
     else:
-        rs = ir.node("ReduceSum", [rm.inputs[0]], {"keepdims": 1, "axes": [-1]}, name=f"{rm.name}.sum")
+        rs = ir.node("ReduceSum", [rm.inputs[0]], {"keepdims": 1, "axes": [-1]}, name=f"{rm.name}.sum",
+                     outputs=[ir.Value(name=out.fresh(f"{rm.name}.sum"))])
     inv = out.new(f"{rm.name or 'rmsnorm'}.inv_width", np.array(1.0 / d, dtype=dtype))
-    mul = ir.node("Mul", [rs.outputs[0], inv], name=f"{rm.name}.mean")
+    mul = ir.node("Mul", [rs.outputs[0], inv], name=f"{rm.name}.mean",
+                  outputs=[ir.Value(name=out.fresh(f"{rm.name}.mean"))])
     model.graph.insert_before(rm, [rs, mul])
     ir.convenience.replace_all_uses_with(rm.outputs[0], mul.outputs[0])
     model.graph.remove(rm, safe=True)
