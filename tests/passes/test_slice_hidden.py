@@ -251,16 +251,32 @@ def _tied_lm(path, dynamo):
         else:
             torch.onnx.export(Logits(lm), (x,), path, dynamo=False, opset_version=17, input_names=["x"],
                               output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    # Both exporters store the head as a transposed *copy* of the small table; a real model's
+    # (SmolLM2) reads the one table through a Transpose. Make the file do that.
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(path)
+    inits = {i.name: i for i in m.graph.initializer}
+    table = next(n for n, i in inits.items() if tuple(i.dims) == (97, 32))
+    copy = next(n for n, i in inits.items() if tuple(i.dims) == (32, 97))
+    assert np.array_equal(numpy_helper.to_array(inits[copy]), numpy_helper.to_array(inits[table]).T)
+    m.graph.initializer.remove(inits[copy])
+    m.graph.node.insert(0, helper.make_node("Transpose", [table], [copy], perm=[1, 0], name="tied_head_transpose"))
+    onnx.save(m, path)
     return path
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
-def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dynamo):
+def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dynamo, monkeypatch):
     """The embedding table shared with the output head is kept whole (not stored twice): a
     MatMul after the Gather rotates into the stream basis and one before the head rotates
     back. Both checks PASS and the parameters go down."""
     from graphprune.analysis.cost import model_cost
 
+    # the loader folds a Transpose of a small table into a second constant (untying it); a real
+    # model's table is above this limit (SmolLM2: 28 M elements), so make the tiny one count as large
+    monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)
     path = _tied_lm(str(tmp_path / "lm.onnx"), dynamo)
     dense = load_onnx(path)
     def tables(model, width):  # token tables: [97, w] or their transposed copies
@@ -275,3 +291,25 @@ def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dyna
     else:  # the exporter wrote a transposed copy for the head (TorchScript): both narrower
         assert len(tables(sliced, 24)) == 2 and not tables(sliced, 32)
     assert model_cost(sliced).params < model_cost(dense).params
+
+
+def test_channel_pruning_after_slicing_leaves_a_kept_whole_table_alone(tmp_path, capsys, monkeypatch):
+    """After slice-hidden keeps a tied table whole, the group through its projections is the
+    table's hidden axis: channel pruning must not narrow the table there (it did, and SmolLM2
+    at 80% MACs went from perplexity 29 to 380)."""
+    from graphprune.cli.main import main
+
+    monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)  # as in the test above
+    path = _tied_lm(str(tmp_path / "lm.onnx"), True)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 97, (16, 8)).astype(np.int64))
+    out = tmp_path / "out.onnx"
+    rc = main(["prune", path, "--slice-hidden", "0.25", "--ratio", "0.5", "--criterion", "l2", "--allocation",
+               "uniform", "--calib", str(tmp_path / "calib.npz"), "--repair", "none", "--max-drop", "2", "--no-bench",
+               "-o", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    plan = json.loads((tmp_path / "out.plan.json").read_text())
+    tables = [v.name for v in load_onnx(path).graph.initializers.values() if tuple(v.shape) == (97, 32)]
+    assert len(tables) == 1 and not [t for t in plan["tensors"] if t["name"] == tables[0]]
+    assert "hidden size 32 -> 24" in printed.out
+    assert len(plan["groups"]) >= 2  # heads / FFN channels were still pruned

@@ -93,9 +93,15 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
     from graphprune.allocation.driver import select
 
     r = ctx.results
+    hidden = r.get("hidden")
+    if hidden is not None and hidden.get("protect"):
+        # slice-hidden's projections beside a kept-whole shared token table (a tied head): the
+        # group through them is the table's hidden axis, never channels to prune
+        import re
+
+        opts = {**opts, "ignore": (ignore_patterns(opts) or []) + [f"^{re.escape(n)}$" for n in hidden["protect"]]}
     dg = dependency_graph(model, ctx, ignore=ignore_patterns(opts))
     given = r.get("plan_in") is not None or ("selection" in r and "planned_options" not in r)
-    hidden = r.get("hidden")
     if hidden is not None and opts.get("target_macs") not in (None, ""):
         # after slice-hidden the target stays a fraction of the input's MACs, not of the sliced model's
         before, after = hidden["macs"]

@@ -132,11 +132,12 @@ def _f32(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
+def rotate(model: ir.Model, Q: np.ndarray, keep: int | None, inserted: list[str] | None = None) -> list[dict]:
     """Rewrite `model` in place into the stream basis `Q` (d x d): the rotated reference
     (`keep` None) or the model sliced to the first `keep` directions. Returns the hidden-axis
     slices the plan lists: {name, axis, removed} for every tensor carrying the stream,
-    named as in the reference (the same names in both: the rewrite is deterministic)."""
+    named as in the reference (the same names in both: the rewrite is deterministic).
+    `inserted` collects the names of the projection weights it adds beside a shared table."""
     stream = find_stream(model)
     d = stream.hidden
     if Q.shape != (d, d):
@@ -158,6 +159,8 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
         if _shared(table):  # e.g. tied with the output head: kept whole, the rotation beside it
             proj = out.new(f"{e.outputs[0].name}.rotate", _f32(Qk))
             record(proj.name, 1)
+            if inserted is not None:
+                inserted.append(proj.name)
             mm = ir.node("MatMul", [e.outputs[0], proj], name=f"{e.outputs[0].name}.rotate",
                          outputs=[ir.Value(name=out.fresh(f"{e.outputs[0].name}.rotated"))])
             model.graph.insert_after(e, [mm])
@@ -172,7 +175,7 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None) -> list[dict]:
     for w in stream.writers:
         _rotate_writer(out, w, Qk, record)
     for n in stream.norms:
-        _rotate_norm(model, out, n, Qk, d, record)
+        _rotate_norm(model, out, n, Qk, d, record, inserted)
     for v in carriers:  # the recorded shapes follow the new width
         if v.shape is not None and len(v.shape) >= 1:
             v.shape = ir.Shape([*list(v.shape)[:-1], k])
@@ -225,7 +228,8 @@ def _rotate_writer(out: _Writer, w: Linear, Qk: np.ndarray, record) -> None:
                0)
 
 
-def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: int, record) -> None:
+def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: int, record,
+                 inserted: list[str] | None = None) -> None:
     from graphprune.analysis.residual_stream import _weight_of
 
     gamma = n.gamma(d).astype(np.float64)
@@ -235,6 +239,8 @@ def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: i
         if _shared(r.node.inputs[1]):  # a tied output head: back to the original basis first
             proj = out.new(f"{name}.unrotate", _f32(into))
             record(proj.name, 0)
+            if inserted is not None:
+                inserted.append(proj.name)
             x = r.node.inputs[0]
             mm = ir.node("MatMul", [x, proj], name=f"{name}.unrotate",
                          outputs=[ir.Value(name=out.fresh(f"{name}.unrotated_input"))])
@@ -446,7 +452,8 @@ def _apply(model: ir.Model, state: _State, stream: Stream, Q: np.ndarray, k: int
     macs_before = _macs(model, shapes)
     reference = clone(model)
     rotate(reference, Q, None)
-    slices = rotate(model, Q, k)
+    inserted: list[str] = []
+    slices = rotate(model, Q, k, inserted)
     eliminate_dead_code(reference)  # a tied table's Transpose, the removed norm weights
     eliminate_dead_code(model)
     # Repairs compare against the rotated reference: the same function as the input, in the
@@ -455,7 +462,9 @@ def _apply(model: ir.Model, state: _State, stream: Stream, Q: np.ndarray, k: int
     removed = list(range(k, stream.hidden))
     activations = {(v.name, len(v.shape) - 1): removed for v in _stream_carriers(find_stream(model))
                    if v.shape is not None and v.name}
-    state.hidden = {"activations": activations, "width": [stream.hidden, k], "rotation": Q.astype(np.float32),
+    # the projections beside a kept-whole shared table carry the hidden size between the table and
+    # the stream: channel pruning must not narrow the table through them (plan_channels ignores them)
+    state.hidden = {"protect": inserted, "activations": activations, "width": [stream.hidden, k], "rotation": Q.astype(np.float32),
                     "reference": reference,
                     "tensors": slices, "norms": len(stream.norms), "writers": len(stream.writers),
                     "readers": len(stream.readers), **info, "macs": [macs_before, _macs(model, shapes)]}
