@@ -22,6 +22,23 @@ def samples_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def hf_exported(tmp_path_factory):
+    """get(name, dynamo) -> path of the tiny `transformers` model `name` (tests/zoo/hf_models)
+    exported once per session by that exporter; tests only read the files."""
+    from zoo.hf_models import export_hf
+
+    cache = {}
+
+    def get(name, dynamo):
+        if (name, dynamo) not in cache:
+            p = tmp_path_factory.mktemp("hf") / f"{name}_{dynamo}.onnx"
+            cache[(name, dynamo)] = export_hf(name, str(p), dynamo)
+        return cache[(name, dynamo)]
+
+    return get
+
+
 # --- the IR is verified after every pass a test runs (DESIGN: "Verify after every pass") ---
 
 def pytest_configure(config):

@@ -26,16 +26,8 @@ HEADS = {"bert": 4, "gpt2": 4, "llama": 2, "qwen2": 2, "mistral": 4, "vit": 4}  
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    cache = {}
-
-    def get(name, dynamo):
-        if (name, dynamo) not in cache:
-            p = tmp_path_factory.mktemp("hf") / f"{name}_{dynamo}.onnx"
-            cache[(name, dynamo)] = export_hf(name, str(p), dynamo)
-        return cache[(name, dynamo)]
-
-    return get
+def exported(hf_exported):
+    return hf_exported  # conftest: one export per model and exporter per session
 
 
 def _kinds(dg):

@@ -21,7 +21,6 @@ from graphprune.plan import Plan  # noqa: E402
 from graphprune.runtime import oracle  # noqa: E402
 from graphprune.runtime.calibration import Calibration  # noqa: E402
 from graphprune.workflow.state import PipelineState  # noqa: E402
-from zoo.hf_models import export_hf  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -30,16 +29,8 @@ EMPTY = Plan(tensors=[], groups=[])
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    cache = {}
-
-    def get(name, dynamo):
-        if (name, dynamo) not in cache:
-            p = tmp_path_factory.mktemp("hf") / f"{name}_{dynamo}.onnx"
-            cache[(name, dynamo)] = export_hf(name, str(p), dynamo)
-        return cache[(name, dynamo)]
-
-    return get
+def exported(hf_exported):
+    return hf_exported  # conftest: one export per model and exporter per session
 
 
 def _calibration(n=4, seed=0):
