@@ -335,3 +335,52 @@ def test_a_real_difference_on_an_ill_conditioned_model_still_fails():
     a, b = _cancelling_pair(change)
     res = oracle.check(a, b, Plan(tensors=[], groups=[]))
     assert not res.ok, res.summary()
+
+
+def _check_on(path: str, a, b, tmp_path, monkeypatch):
+    """`check` in memory, `check` of a large model (floor measured on disk), or `check_files`
+    (both models saved with external data: the noisy copy is made through memory maps)."""
+    import graphprune.ir.serialize as serialize
+    from graphprune.frontends.onnx import save_onnx
+
+    if path == "memory":
+        return oracle.check(a, b, Plan(tensors=[], groups=[]))
+    if path == "big":
+        monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+        return oracle.check(a, b, Plan(tensors=[], groups=[]))
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir(parents=True)
+    save_onnx(a, tmp_path / "a" / "m.onnx", external_data=True)
+    save_onnx(b, tmp_path / "b" / "m.onnx", external_data=True)
+    return oracle.check_files(str(tmp_path / "a" / "m.onnx"), str(tmp_path / "b" / "m.onnx"), Plan(tensors=[], groups=[]))
+
+
+@pytest.mark.parametrize("path", ["memory", "big", "files"])
+def test_every_oracle_path_judges_rounding_against_the_measured_floor(path, tmp_path, monkeypatch):
+    """The rounding floor reaches the large-model paths too (an exact rewrite of a model
+    above BIG_MODEL_BYTES, e.g. slice-hidden's rotation of an LLM, must not FAIL on rounding
+    there while passing in memory), and a real difference still FAILs on each path."""
+    def changed_column(w):
+        w = w.copy()
+        w[:, 3] *= np.float32(1 + 1e-5)
+        return w
+
+    a, b = _cancelling_pair(lambda w: (w * np.float32(1 + 3 * 2.0 ** -23)).astype(np.float32))
+    res = _check_on(path, a, b, tmp_path / "rounding", monkeypatch)
+    assert res.ok and res.tolerance_note and "one-ulp" in res.summary(), res.summary()
+    a, b = _cancelling_pair(changed_column)
+    res = _check_on(path, a, b, tmp_path / "real", monkeypatch)
+    assert not res.ok, res.summary()
+
+
+def test_rounding_floor_on_disk_matches_the_in_memory_one(tmp_path):
+    """The file-based floor adds the same one-ulp noise (same seed, same order) as the
+    in-memory one, so the two measure the same thing."""
+    from graphprune.frontends.onnx import save_onnx
+
+    a, _ = _cancelling_pair(lambda w: w)
+    save_onnx(a, tmp_path / "m.onnx", external_data=True)
+    assert (tmp_path / "m.onnx.data").exists()
+    on_disk = oracle.rounding_floor_files(str(tmp_path / "m.onnx"))
+    in_memory = oracle.rounding_floor(a)
+    assert on_disk > 1e-5 and on_disk == pytest.approx(in_memory, rel=1e-3)
