@@ -18,9 +18,12 @@ Recognised, in both torch exporters' forms:
   slice-hidden writes, ``ReduceSum(x^2) * (1/d)``;
 * readers of a norm's output: ``MatMul(norm, W[d, n])`` (a constant, or a `Transpose` of
   one, e.g. a tied output head), `Shape`, and the model's output (the last norm of a
-  model that returns hidden states).
+  model that returns hidden states; also through a final `Reshape` keeping the width, and
+  with ``+ beta`` after gamma: a LayerNorm's bias).
 
-LayerNorm (mean subtraction) and post-norm models are refused for now.
+Pre-norm LayerNorm models are first rewritten into this form by
+`passes.pruning.layernorm_stream` (centred writers, LayerNorm as RMSNorm); a
+LayerNormalization left in the graph, and post-norm models, are refused.
 """
 from __future__ import annotations
 
@@ -59,11 +62,14 @@ class RMSNorm:
     gamma_input: int | None
     readers: list[Linear] = field(default_factory=list)
     shape_readers: list[ir.Node] = field(default_factory=list)
-    is_output: bool = False  # its (gamma) output is a graph output
+    is_output: bool = False  # its output is a graph output (directly or through a Reshape)
     summed: ir.Node | None = None  # slice-hidden's form: ReduceSum(x^2) * (1/d), d the width before slicing
+    beta_add: ir.Node | None = None  # + beta after gamma: a LayerNorm's bias, on a norm that is the output
 
     @property
     def out(self) -> ir.Value:
+        if self.beta_add is not None:
+            return self.beta_add.outputs[0]
         return self.gamma_mul.outputs[0] if self.gamma_mul is not None else self.normed
 
     def gamma(self, d: int) -> np.ndarray:
@@ -160,8 +166,31 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
         g = nxt.inputs[gi]
         if is_constant(g) and g.shape is not None and len(g.shape) == 1:
             gamma_mul, gamma_input = nxt, gi
+    beta_add = None
+    if gamma_mul is not None:  # + beta: only where the norm's output is the model's output
+        nb = _only_consumer(gamma_mul.outputs[0])
+        if nb is not None and nb.op_type == "Add":
+            b = nb.inputs[1] if nb.inputs[0] is gamma_mul.outputs[0] else nb.inputs[0]
+            if is_constant(b) and b.shape is not None and len(b.shape) == 1 and _output_end(nb.outputs[0]):
+                beta_add = nb
     return RMSNorm(x=x, reduce=reduce, eps_add=add, eps_input=eps_input, normed=normed,
-                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed)
+                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed, beta_add=beta_add)
+
+
+def _output_reshape(v: ir.Value) -> ir.Node | None:
+    """The Reshape that is `v`'s only reader and makes a graph output with the same last
+    (static) dim as `v` — an exporter's final view — or None."""
+    c = _only_consumer(v)
+    if c is None or c.op_type != "Reshape" or not c.outputs[0].is_graph_output():
+        return None
+    a, b = v.shape, c.outputs[0].shape
+    if a is None or b is None or not len(a) or not len(b) or not isinstance(a[-1], int) or a[-1] != b[-1]:
+        return None
+    return c
+
+
+def _output_end(v: ir.Value) -> bool:
+    return v.is_graph_output() or _output_reshape(v) is not None
 
 
 def _norm_nodes(norm: RMSNorm) -> set[int]:
@@ -249,9 +278,9 @@ def _find_norms(graph) -> list[RMSNorm]:
     if norms:
         return norms
     if any(n.op_type in ("LayerNormalization", "ReduceMean") for n in graph):
-        raise NotAStream("no RMSNorm found: LayerNorm (with mean subtraction) is not supported by "
-                         "slice-hidden yet", hint="slice-hidden handles pre-norm RMSNorm transformers "
-                         "(LLaMA, Qwen2, Mistral, SmolLM2)")
+        raise NotAStream("no RMSNorm found: the model has LayerNorms (with mean subtraction), which "
+                         "passes.pruning.layernorm_stream rewrites first (slice-hidden does)",
+                         hint="slice-hidden handles pre-norm transformers (LLaMA, Qwen2, Mistral, SmolLM2, GPT-2)")
     raise NotAStream("no RMSNorm found: the model has no residual stream slice-hidden can rotate")
 
 
@@ -278,6 +307,9 @@ class _Walk:
             self.stream[id(v)] = v
             if v.is_graph_output():
                 raise NotAStream(f"the residual stream value {v.name!r} is a graph output")
+            if is_constant(v):
+                raise NotAStream(f"a constant ({v.name!r}) is added to the residual stream whole (e.g. a "
+                                 "position table); slice-hidden rotates embeddings read by Gather only")
             if v.is_graph_input() or v.producer() is None:
                 raise NotAStream(f"the residual stream value {v.name!r} is a graph input")
             self._producer(v)
@@ -334,8 +366,11 @@ def _find_readers(n: RMSNorm, d: int) -> None:
     if n.gamma_mul is not None and n.gamma(d).size != d:
         raise NotAStream(f"the norm weight of {n.gamma_mul.name!r} is not of the hidden size {d}")
     out = n.out
-    n.is_output = out.is_graph_output()
+    n.is_output = _output_end(out)
+    final_view = _output_reshape(out)
     for node, idx in out.uses():
+        if node is final_view:
+            continue
         if node.op_type == "Shape":
             n.shape_readers.append(node)
             continue

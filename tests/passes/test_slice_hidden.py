@@ -1,5 +1,5 @@
-"""slice-hidden: the residual stream of tiny pre-norm RMSNorm transformers (LLaMA, Qwen2,
-Mistral; both torch exporters) rotated to its principal directions and sliced. Both
+"""slice-hidden: the residual stream of tiny pre-norm transformers (RMSNorm: LLaMA, Qwen2,
+Mistral; LayerNorm: GPT-2; both torch exporters) rotated to its principal directions and sliced. Both
 oracle checks must pass — the rotated input equals the input, the sliced model equals the
 rotated input with the dropped directions zeroed — and each check must be able to fail."""
 from __future__ import annotations
@@ -110,10 +110,58 @@ def test_principal_directions_beat_a_random_rotation(exported):
     assert err(sliced) < 0.8 * err(rand)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_layernorm_models_are_refused_with_the_reason(exported, name):
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_pre_norm_layernorm_gpt2_rotated_and_sliced(exported, dynamo):
+    """GPT-2 (LayerNorm with bias, Conv1D exported as Reshape -> Gemm -> Reshape): the
+    LayerNorms become RMSNorms over a centred stream, the Gemms MatMuls, and then both
+    checks hold as for the RMSNorm models; the masking check is not vacuous."""
+    path = exported("gpt2", dynamo)
+    sliced, hidden = _slice(path)
+    assert hidden["width"] == [32, 24]
+    # 2 layers x (attention in, FFN in) readers, 2 x (attention out, FFN out) writers, 5 norms
+    assert (hidden["norms"], hidden["writers"], hidden["readers"]) == (5, 4, 4)
+    rot = oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY)
+    assert rot.ok, rot.summary()
+    res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
+    assert res.ok, res.summary()
+    assert not oracle.check(hidden["reference"], sliced, EMPTY).ok
+    assert find_stream(sliced).hidden == 24
+    assert not any(n.op_type in ("LayerNormalization", "Gemm") for n in sliced.graph)
+    assert int(list(sliced.graph.outputs)[0].shape[-1]) == 32
+
+
+def test_layernorm_rewrite_alone_is_the_same_function(exported):
+    """The LayerNorm -> centred RMSNorm rewrite on its own (no rotation) keeps the outputs;
+    without centring the writers it would not (the stream has a mean)."""
+    from graphprune.passes.cleanup.dce import eliminate_dead_code
+    from graphprune.passes.pruning import layernorm_stream as L
+
+    path = exported("gpt2", False)
+    model = load_onnx(path)
+    assert L.layernorm_models_as_rms(model)
+    assert oracle.check(load_onnx(path, fold=False), model, EMPTY).ok
+    uncentred = load_onnx(path)
+    for node in [n for n in uncentred.graph if n.op_type == "Gemm"]:
+        L._unflatten_gemm(uncentred, node)
+    eliminate_dead_code(uncentred)
+    for ln in L._layernorms(uncentred):
+        L._as_rms(uncentred, ln)
+    assert not oracle.check(load_onnx(path, fold=False), uncentred, EMPTY).ok
+
+
+@pytest.mark.parametrize("name,dynamo,reason", [
+    ("bert", False, "post-norm"), ("bert", True, "post-norm"),
+    ("vit", False, "constant .* added to the residual stream"), ("vit", True, "constant .* added")])
+def test_layernorm_models_it_cannot_rotate_are_refused_unchanged(exported, name, dynamo, reason):
+    from graphprune.passes.pruning.layernorm_stream import layernorm_models_as_rms
+
+    model = load_onnx(exported(name, dynamo))
+    before = [(n.op_type, n.name) for n in model.graph]
+    with pytest.raises(NotAStream, match=reason):
+        layernorm_models_as_rms(model)
+    assert [(n.op_type, n.name) for n in model.graph] == before
     with pytest.raises(NotAStream, match="LayerNorm"):
-        find_stream(load_onnx(exported(name, False)))
+        find_stream(model)
 
 
 def test_a_stream_read_elsewhere_is_refused_naming_it(exported):
@@ -166,16 +214,19 @@ def test_plan_record_round_trip_rebuilds_the_reference(exported, tmp_path):
     assert oracle.check(hidden["reference"], rebuilt, EMPTY).ok
 
 
-def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys):
+@pytest.mark.parametrize("name,dynamo", [("llama", False), ("gpt2", True)])
+def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys, name, dynamo):
     """`prune --slice-hidden` with a MAC target: hidden size and heads/FFN in one run, the
     target a fraction of the input's MACs, both oracle lines printed, and `check` on the
-    written pair PASSes (it rebuilds the rotated input from the plan), and `--plan` replays it."""
+    written pair PASSes (it rebuilds the rotated input from the plan), and `--plan` replays it.
+    GPT-2: its LayerNorms become RMSNorms over a centred stream first, in the run and in the
+    rebuilds alike."""
     from graphprune.cli.main import main
 
     def run(*args):
         return main([str(a) for a in args])
 
-    path = exported("llama", False)
+    path = exported(name, dynamo)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", x=rng.integers(0, 97, (16, 8)).astype(np.int64))
     out = tmp_path / "out.onnx"

@@ -34,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.residual_stream import Linear, RMSNorm, Stream, find_stream
+from graphprune.passes.pruning.layernorm_stream import layernorm_models_as_rms
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
@@ -258,7 +259,8 @@ def _rotate_norm(model: ir.Model, out: _Writer, n: RMSNorm, Qk: np.ndarray, d: i
                      outputs=[ir.Value(name=out.fresh(f"{n.out.name}.unrotated"))])
         anchor = n.gamma_mul
         model.graph.insert_after(anchor if anchor is not None else n.normed.producer(), [mm])
-        replaced = n.out
+        # with a LayerNorm's + beta after it, the MatMul takes gamma's place before the Add
+        replaced = anchor.outputs[0] if n.beta_add is not None else n.out
         for node, idx in list(replaced.uses()):
             if node is not mm:
                 node.replace_input_with(idx, mm.outputs[0])
@@ -345,6 +347,7 @@ def rotated_reference(model: ir.Model, record: dict) -> ir.Model:
     model whose slices the plan's `tensors` zero (what `check` compares against)."""
     from graphprune.passes.cleanup.dce import eliminate_dead_code
 
+    layernorm_models_as_rms(model)
     rotate(model, rotation_of(record), None)
     eliminate_dead_code(model)
     return model
@@ -376,6 +379,8 @@ class SliceHidden(Pass):
         if calib is None:
             raise UsageError("slice-hidden needs calibration data to find the stream's principal directions",
                              hint="give --calib")
+        if layernorm_models_as_rms(model):
+            log.info("slice-hidden: LayerNorm written as RMSNorm over a centred stream (the same function)")
         stream = find_stream(model)
         d = stream.hidden
         k = kept_width(d, self.ratio, self.round_to)
@@ -401,6 +406,7 @@ class SliceHidden(Pass):
 
         plan_in = state.plan_in
         rec = plan_in.hidden
+        layernorm_models_as_rms(model)
         stream = find_stream(model)
         Q = rotation_of(rec)
         try:

@@ -1,0 +1,262 @@
+"""A pre-norm LayerNorm transformer (GPT-2 style) rewritten into the RMSNorm form that
+slice-hidden rotates, without changing what it computes.
+
+LayerNorm subtracts the mean over the hidden axis, which no rotation commutes with. But if
+every tensor written to the residual stream has zero mean over that axis, the stream is
+mean-free everywhere and LayerNorm(x) == RMSNorm(x) * gamma + beta exactly (the variance
+of a mean-free x is its mean square). So, as SliceGPT does:
+
+* every writer is centred: the embedding tables' rows, and each linear layer that adds to
+  the stream (its weight's columns over the hidden axis, and its bias);
+* each LayerNormalization becomes ``x * 1/sqrt(ReduceMean(x^2) + eps) * gamma``, and its
+  ``beta`` moves into the bias of every linear layer reading it (``b += beta @ W``); a norm
+  whose output is the model's output keeps ``+ beta`` after it.
+
+Before that, the exporters' ``Reshape(x, [-1, d]) -> Gemm -> Reshape(back)`` (torch's
+addmm on a flattened batch, GPT-2's Conv1D) becomes ``MatMul(x, W) + b`` on the unflattened
+tensor, the form `analysis.residual_stream` recognises; the reshapes around it carried the
+hidden size as a constant that slicing would otherwise have to find and change.
+
+The rewrite is applied to a copy first and the model is touched only if the copy's stream
+is one slice-hidden can rotate (`find_stream`), so a refused model is left as it was. The
+first oracle check of slice-hidden (rotated model == input) covers this rewrite too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphprune.analysis.residual_stream import NotAStream, find_stream
+from graphprune.ir.constants import const_array, is_constant, set_const_array
+
+STD_DOMAINS = ("", "ai.onnx")
+
+
+def layernorm_models_as_rms(model: ir.Model) -> bool:
+    """Rewrite `model` in place when it has LayerNormalization nodes (see the module doc);
+    False when it has none. Raises NotAStream (model unchanged) when the result would not
+    be a stream slice-hidden can rotate."""
+    if not _layernorms(model):
+        return False
+    from graphprune.ir.serialize import clone
+
+    _rewrite(clone(model))  # raises before the model is touched
+    _rewrite(model)
+    return True
+
+
+def _layernorms(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == "LayerNormalization" and n.domain in STD_DOMAINS]
+
+
+def _rewrite(model: ir.Model) -> None:
+    from graphprune.passes.cleanup.dce import eliminate_dead_code
+
+    for node in [n for n in model.graph if n.op_type == "Gemm" and n.domain in STD_DOMAINS]:
+        _unflatten_gemm(model, node)
+    eliminate_dead_code(model)
+    for ln in _layernorms(model):
+        _as_rms(model, ln)
+    eliminate_dead_code(model)
+    stream = find_stream(model)
+    for e in stream.embeddings:
+        table = e.inputs[0]
+        if len(list(table.uses())) > 1 or table.is_graph_output():
+            raise NotAStream(f"the token table {table.name!r} is shared (e.g. tied with an output head): "
+                             "centring it for LayerNorm would change its other readers",
+                             hint="slice-hidden keeps shared tables whole only in RMSNorm models so far")
+        a = const_array(table).astype(np.float64)
+        set_const_array(table, (a - a.mean(axis=1, keepdims=True)).astype(np.float32))
+    from graphprune.analysis.residual_stream import _weight_of
+
+    for w in stream.writers:
+        wv = w.node.inputs[1]
+        if not is_constant(wv) or len(list(wv.uses())) > 1:
+            raise NotAStream(f"the weight of {w.node.name!r} is shared or computed: centring it would change "
+                             "its other readers")
+        a = _weight_of(w.node, 1).astype(np.float64)
+        set_const_array(wv, (a - a.mean(axis=1, keepdims=True)).astype(np.float32))
+        if w.bias is not None:
+            bv = w.bias.inputs[w.bias_input]
+            b = const_array(bv).astype(np.float64)
+            set_const_array(bv, (b - b.mean()).astype(np.float32))
+
+
+def _same_dims(a, b) -> bool:
+    return a == b if isinstance(a, int) and isinstance(b, int) else \
+        (not isinstance(a, int) and not isinstance(b, int) and a.value is not None and a.value == b.value)
+
+
+def _unflatten_gemm(model: ir.Model, gemm: ir.Node) -> None:
+    """Reshape(x[..., d], [-1, d]) -> Gemm(., W, b) -> Reshape(to [..., n]) becomes
+    MatMul(x, W) + b when the last Reshape restores x's leading dims (compared on the
+    inferred shapes); anything else is left alone."""
+    attrs = {k: a.value for k, a in gemm.attributes.items()}
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+        return
+    flat = gemm.inputs[0].producer()
+    uses = list(gemm.outputs[0].uses())
+    if flat is None or flat.op_type != "Reshape" or len(uses) != 1 or uses[0][0].op_type != "Reshape" \
+            or len(list(gemm.inputs[0].uses())) != 1 or gemm.outputs[0].is_graph_output():
+        return
+    back = uses[0][0]
+    x, y = flat.inputs[0], back.outputs[0]
+    W = const_array(gemm.inputs[1]) if is_constant(gemm.inputs[1]) else None
+    b = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    if W is None or W.ndim != 2 or (b is not None and not (is_constant(b) and const_array(b).ndim == 1)):
+        return
+    if attrs.get("transB", 0):
+        W = W.T
+    if x.shape is None or y.shape is None or len(x.shape) < len(y.shape) or len(y.shape) < 2:
+        return
+    xs, ys = list(x.shape), list(y.shape)
+    lead = len(ys) - 1
+    merged = xs[lead:]  # x's trailing dims the flattening merged into W's rows (heads x head size)
+    if not all(isinstance(v, int) for v in merged) or int(np.prod(merged)) != W.shape[0] or ys[-1] != W.shape[1] \
+            or not all(_same_dims(p, q) for p, q in zip(xs[:lead], ys[:lead])):
+        return
+    name = gemm.name or gemm.outputs[0].name
+    pre = []
+    if len(merged) > 1:  # merge them with a width-free target ([0, .., 0, -1]): no constant to keep in step
+        target = ir.Value(name=f"{name}.merge_shape", shape=ir.Shape([lead + 1]), type=ir.TensorType(ir.DataType.INT64),
+                          const_value=ir.tensor(np.array([0] * lead + [-1], np.int64), name=f"{name}.merge_shape"))
+        model.graph.register_initializer(target)
+        rs = ir.node("Reshape", [x, target], name=f"{name}.merge", outputs=[ir.Value(name=f"{name}.merged")])
+        rs.outputs[0].shape, rs.outputs[0].type = ir.Shape([*xs[:lead], W.shape[0]]), x.type
+        pre.append(rs)
+        x = rs.outputs[0]
+    wv = ir.Value(name=f"{name}.weight", shape=ir.Shape(W.shape), type=ir.TensorType(ir.DataType.FLOAT),
+                  const_value=ir.tensor(np.ascontiguousarray(W, dtype=np.float32), name=f"{name}.weight"))
+    model.graph.register_initializer(wv)
+    mm = ir.node("MatMul", [x, wv], name=f"{name}.matmul", outputs=[ir.Value(name=f"{name}.matmul_out")])
+    nodes = [mm]
+    out = mm.outputs[0]
+    if b is not None:
+        add = ir.node("Add", [out, b], name=f"{name}.bias", outputs=[ir.Value(name=f"{name}.bias_out")])
+        nodes.append(add)
+        out = add.outputs[0]
+    for v in (mm.outputs[0], out):
+        v.shape, v.type = y.shape, y.type
+    model.graph.insert_before(flat, pre + nodes)
+    ir.convenience.replace_all_uses_with(y, out)
+
+
+def _attr(node: ir.Node, key: str, default):
+    a = node.attributes.get(key)
+    return default if a is None else a.value
+
+
+def _as_rms(model: ir.Model, ln: ir.Node) -> None:
+    """One LayerNormalization as RMSNorm * gamma, its beta folded into its readers."""
+    x = ln.inputs[0]
+    rank = len(x.shape) if x.shape is not None else None
+    axis = _attr(ln, "axis", -1)
+    if not (axis == -1 or (rank is not None and axis == rank - 1)):
+        raise NotAStream(f"LayerNormalization {ln.name!r} normalises axis {axis}, not the last one")
+    if any(o is not None and len(list(o.uses())) for o in ln.outputs[1:]):
+        raise NotAStream(f"LayerNormalization {ln.name!r}: its mean / inverse deviation outputs are used")
+    d = x.shape[-1] if x.shape is not None else None
+    if not isinstance(d, int):
+        raise NotAStream(f"LayerNormalization {ln.name!r}: the normalised width is not static")
+    gamma = const_array(ln.inputs[1]) if len(ln.inputs) > 1 and is_constant(ln.inputs[1]) else None
+    beta = None
+    if len(ln.inputs) > 2 and ln.inputs[2] is not None:
+        if not is_constant(ln.inputs[2]):
+            raise NotAStream(f"LayerNormalization {ln.name!r}: computed bias")
+        beta = const_array(ln.inputs[2]).astype(np.float64).reshape(-1)
+    if gamma is None or gamma.size != d:
+        raise NotAStream(f"LayerNormalization {ln.name!r}: its scale is not a constant of width {d}")
+    y = ln.outputs[0]
+    readers = [(n, i) for n, i in y.uses()]
+    as_output = y.is_graph_output() or (len(readers) == 1 and readers[0][0].op_type == "Reshape"
+                                        and readers[0][0].outputs[0].is_graph_output())
+    folded = []
+    if beta is not None and np.any(beta) and not as_output:
+        from graphprune.analysis.residual_stream import _weight_of
+
+        for n, i in readers:
+            if n.op_type == "Shape":  # reads sizes only
+                continue
+            if n.op_type == "Add":
+                raise NotAStream(f"the output of LayerNorm {ln.name!r} is added to the residual stream "
+                                 f"(Add {n.name!r}): a post-norm model (BERT style); slice-hidden rotates "
+                                 "pre-norm models only", hint="post-norm models need a rotation per layer")
+            W = _weight_of(n, 1) if n.op_type == "MatMul" and i == 0 else None
+            if W is None or W.ndim != 2 or W.shape[0] != d:
+                raise NotAStream(f"{n.op_type} {n.name!r} reads LayerNorm {ln.name!r}, whose bias can only be "
+                                 "folded into linear layers (MatMul)")
+            folded.append((n, beta @ W.astype(np.float64)))
+    opset = model.opset_imports.get("", 13)
+    eps = float(_attr(ln, "epsilon", 1e-5))
+    base = ln.name or y.name
+    f32 = ir.DataType.FLOAT
+
+    def const(suffix, array):
+        v = ir.Value(name=f"{base}.{suffix}", shape=ir.Shape(np.shape(array)), type=ir.TensorType(f32)
+                     if np.asarray(array).dtype == np.float32 else ir.TensorType(ir.DataType.INT64),
+                     const_value=ir.tensor(np.asarray(array), name=f"{base}.{suffix}"))
+        model.graph.register_initializer(v)
+        return v
+
+    def node(op, inputs, attrs=None, suffix=""):
+        return ir.node(op, inputs, attrs or {}, name=f"{base}.{suffix or op.lower()}",
+                       outputs=[ir.Value(name=f"{base}.{suffix or op.lower()}_out")])
+
+    sq = node("Pow", [x, const("two", np.array(2.0, np.float32))])
+    if opset >= 18:
+        mean = node("ReduceMean", [sq.outputs[0], const("axes", np.array([-1], np.int64))], {"keepdims": 1})
+    else:
+        mean = node("ReduceMean", [sq.outputs[0]], {"keepdims": 1, "axes": [-1]})
+    add = node("Add", [mean.outputs[0], const("eps", np.array(eps, np.float32))])
+    sqrt = node("Sqrt", [add.outputs[0]])
+    inv = node("Reciprocal", [sqrt.outputs[0]])
+    normed = node("Mul", [x, inv.outputs[0]], suffix="normed")
+    scaled = node("Mul", [normed.outputs[0], const("gamma", np.asarray(gamma, np.float32).reshape(d))],
+                  suffix="scaled")
+    nodes = [sq, mean, add, sqrt, inv, normed, scaled]
+    out = scaled.outputs[0]
+    if beta is not None and np.any(beta) and as_output:
+        shifted = node("Add", [out, const("beta", beta.astype(np.float32))], suffix="shifted")
+        nodes.append(shifted)
+        out = shifted.outputs[0]
+    per_token = {id(n.outputs[0]) for n in (mean, add, sqrt, inv)}  # [..., 1]: left to shape inference
+    for v in [n.outputs[0] for n in nodes]:
+        v.type = x.type
+        v.shape = None if id(v) in per_token else x.shape
+    model.graph.insert_before(ln, nodes)
+    if y.is_graph_output():
+        outs = model.graph.outputs
+        k = next(i for i, v in enumerate(outs) if v is y)
+        name = y.name
+        y.name = f"{name}.layernorm"
+        out.name = name
+        outs[k] = out
+    ir.convenience.replace_all_uses_with(y, out)
+    model.graph.remove(ln, safe=True)
+    for reader, shift in folded:
+        _add_bias(model, reader, shift.astype(np.float32))
+
+
+def _add_bias(model: ir.Model, mm: ir.Node, shift: np.ndarray) -> None:
+    """Add `shift` to the bias of MatMul `mm` (its only consumer, an Add of a constant
+    vector), or insert that Add."""
+    uses = list(mm.outputs[0].uses())
+    if len(uses) == 1 and uses[0][0].op_type == "Add" and not mm.outputs[0].is_graph_output():
+        add = uses[0][0]
+        bi = 1 - uses[0][1]
+        bv = add.inputs[bi]
+        if is_constant(bv) and len(list(bv.uses())) == 1 and const_array(bv).ndim == 1:
+            set_const_array(bv, (const_array(bv).astype(np.float64) + shift).astype(np.float32))
+            return
+    name = mm.name or mm.outputs[0].name
+    if mm.outputs[0].is_graph_output():
+        raise NotAStream(f"{name!r} reads a LayerNorm with a bias and is a model output")
+    bv = ir.Value(name=f"{name}.layernorm_bias", shape=ir.Shape(shift.shape), type=ir.TensorType(ir.DataType.FLOAT),
+                  const_value=ir.tensor(shift, name=f"{name}.layernorm_bias"))
+    model.graph.register_initializer(bv)
+    add = ir.node("Add", [mm.outputs[0], bv], name=f"{name}.layernorm_bias",
+                  outputs=[ir.Value(name=f"{name}.layernorm_bias_out")])
+    add.outputs[0].shape, add.outputs[0].type = mm.outputs[0].shape, mm.outputs[0].type
+    for n, i in list(mm.outputs[0].uses()):
+        n.replace_input_with(i, add.outputs[0])
+    model.graph.insert_after(mm, [add])
