@@ -166,15 +166,21 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
         g = nxt.inputs[gi]
         if is_constant(g) and g.shape is not None and len(g.shape) == 1:
             gamma_mul, gamma_input = nxt, gi
-    beta_add = None
-    if gamma_mul is not None:  # + beta: only where the norm's output is the model's output
-        nb = _only_consumer(gamma_mul.outputs[0])
-        if nb is not None and nb.op_type == "Add":
-            b = nb.inputs[1] if nb.inputs[0] is gamma_mul.outputs[0] else nb.inputs[0]
-            if is_constant(b) and b.shape is not None and len(b.shape) == 1 and _output_end(nb.outputs[0]):
-                beta_add = nb
     return RMSNorm(x=x, reduce=reduce, eps_add=add, eps_input=eps_input, normed=normed,
-                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed, beta_add=beta_add)
+                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed, beta_add=_beta_after(gamma_mul))
+
+
+def _beta_after(gamma_mul: ir.Node | None) -> ir.Node | None:
+    """The ``+ beta`` (a LayerNorm's bias, constant vector) after a norm's gamma, accepted
+    only where the sum is the model's output (elsewhere the rewrite folds beta into readers)."""
+    if gamma_mul is None:
+        return None
+    nb = _only_consumer(gamma_mul.outputs[0])
+    if nb is None or nb.op_type != "Add":
+        return None
+    b = nb.inputs[1] if nb.inputs[0] is gamma_mul.outputs[0] else nb.inputs[0]
+    ok = is_constant(b) and b.shape is not None and len(b.shape) == 1 and _output_end(nb.outputs[0])
+    return nb if ok else None
 
 
 def _output_reshape(v: ir.Value) -> ir.Node | None:

@@ -27,7 +27,7 @@ def add_arguments(p):
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex)
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
     p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
-                   help="pre-norm RMSNorm transformers: rotate the residual stream (needs --calib) and remove the "
+                   help="pre-norm transformers (RMSNorm or LayerNorm): rotate the residual stream (needs --calib) and remove the "
                         "fraction R of the hidden size first")
     p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
     p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")

@@ -38,7 +38,7 @@ def add_arguments(p):
     p.add_argument("--blocks", action="append", default=[], metavar="ADD_NODE",
                    help="remove this residual block (its Add node, see inspect --blocks; repeatable)")
     p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
-                   help="pre-norm RMSNorm transformers (LLaMA, Qwen2, Mistral): rotate the residual stream to its "
+                   help="pre-norm transformers (LLaMA, Qwen2, Mistral, GPT-2): rotate the residual stream to its "
                         "principal directions (needs --calib) and remove the fraction R of the hidden size first")
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
     p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")

@@ -136,7 +136,7 @@ _HELP = {
     "remove_blocks": "number of residual blocks to remove (depth pruning)",
     "block_criterion": "how blocks are ranked for removal",
     "blocks": "regexes of the blocks that may be removed",
-    "slice_hidden": "pre-norm RMSNorm transformers: rotate the residual stream (needs calib) and remove this "
+    "slice_hidden": "pre-norm transformers (RMSNorm or LayerNorm): rotate the residual stream (needs calib) and remove this "
                     "fraction of the hidden size",
     "calib": "calibration data: inputs.npz, a folder of images (with calib_preprocess), or module:function",
     "calib_preprocess": "for image folders: size=HxW,mean=a/b/c,std=a/b/c,layout=nchw|nhwc,color=rgb|bgr|gray",

@@ -453,7 +453,6 @@ def rounding_floor_files(ref_path: str, *, inputs: list[dict] | None = None, sha
     float32 weight is written beside it in a temporary folder (the weights through memory
     maps, so memory stays small; the disk holds one more copy while it runs), and both are
     run one session at a time."""
-    import os
     import tempfile
 
     import onnx

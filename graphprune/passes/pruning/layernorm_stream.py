@@ -113,7 +113,7 @@ def _unflatten_gemm(model: ir.Model, gemm: ir.Node) -> None:
     lead = len(ys) - 1
     merged = xs[lead:]  # x's trailing dims the flattening merged into W's rows (heads x head size)
     if not all(isinstance(v, int) for v in merged) or int(np.prod(merged)) != W.shape[0] or ys[-1] != W.shape[1] \
-            or not all(_same_dims(p, q) for p, q in zip(xs[:lead], ys[:lead])):
+            or not all(_same_dims(p, q) for p, q in zip(xs[:lead], ys[:lead], strict=True)):
         return
     name = gemm.name or gemm.outputs[0].name
     pre = []
@@ -146,8 +146,8 @@ def _attr(node: ir.Node, key: str, default):
     return default if a is None else a.value
 
 
-def _as_rms(model: ir.Model, ln: ir.Node) -> None:
-    """One LayerNormalization as RMSNorm * gamma, its beta folded into its readers."""
+def _ln_params(ln: ir.Node) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(width, gamma, beta or None) of a LayerNormalization slice-hidden can rewrite."""
     x = ln.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
     axis = _attr(ln, "axis", -1)
@@ -159,33 +159,45 @@ def _as_rms(model: ir.Model, ln: ir.Node) -> None:
     if not isinstance(d, int):
         raise NotAStream(f"LayerNormalization {ln.name!r}: the normalised width is not static")
     gamma = const_array(ln.inputs[1]) if len(ln.inputs) > 1 and is_constant(ln.inputs[1]) else None
+    if gamma is None or gamma.size != d:
+        raise NotAStream(f"LayerNormalization {ln.name!r}: its scale is not a constant of width {d}")
     beta = None
     if len(ln.inputs) > 2 and ln.inputs[2] is not None:
         if not is_constant(ln.inputs[2]):
             raise NotAStream(f"LayerNormalization {ln.name!r}: computed bias")
         beta = const_array(ln.inputs[2]).astype(np.float64).reshape(-1)
-    if gamma is None or gamma.size != d:
-        raise NotAStream(f"LayerNormalization {ln.name!r}: its scale is not a constant of width {d}")
-    y = ln.outputs[0]
-    readers = [(n, i) for n, i in y.uses()]
+    return d, gamma, beta if beta is not None and np.any(beta) else None
+
+
+def _beta_folds(ln: ir.Node, beta: np.ndarray, d: int) -> list[tuple[ir.Node, np.ndarray]]:
+    """[(reader MatMul, beta @ W)] for every layer reading the norm: what moves into its bias."""
+    from graphprune.analysis.residual_stream import _weight_of
+
+    folded = []
+    for n, i in ln.outputs[0].uses():
+        if n.op_type == "Shape":  # reads sizes only
+            continue
+        if n.op_type == "Add":
+            raise NotAStream(f"the output of LayerNorm {ln.name!r} is added to the residual stream "
+                             f"(Add {n.name!r}): a post-norm model (BERT style); slice-hidden rotates "
+                             "pre-norm models only", hint="post-norm models need a rotation per layer")
+        W = _weight_of(n, 1) if n.op_type == "MatMul" and i == 0 else None
+        if W is None or W.ndim != 2 or W.shape[0] != d:
+            raise NotAStream(f"{n.op_type} {n.name!r} reads LayerNorm {ln.name!r}, whose bias can only be "
+                             "folded into linear layers (MatMul)")
+        folded.append((n, beta @ W.astype(np.float64)))
+    return folded
+
+
+def _as_rms(model: ir.Model, ln: ir.Node) -> None:
+    """One LayerNormalization as RMSNorm * gamma, its beta folded into its readers (or kept
+    as + beta when the norm is the model's output, directly or through a final Reshape)."""
+    x, y = ln.inputs[0], ln.outputs[0]
+    d, gamma, beta = _ln_params(ln)
+    readers = list(y.uses())
     as_output = y.is_graph_output() or (len(readers) == 1 and readers[0][0].op_type == "Reshape"
                                         and readers[0][0].outputs[0].is_graph_output())
-    folded = []
-    if beta is not None and np.any(beta) and not as_output:
-        from graphprune.analysis.residual_stream import _weight_of
-
-        for n, i in readers:
-            if n.op_type == "Shape":  # reads sizes only
-                continue
-            if n.op_type == "Add":
-                raise NotAStream(f"the output of LayerNorm {ln.name!r} is added to the residual stream "
-                                 f"(Add {n.name!r}): a post-norm model (BERT style); slice-hidden rotates "
-                                 "pre-norm models only", hint="post-norm models need a rotation per layer")
-            W = _weight_of(n, 1) if n.op_type == "MatMul" and i == 0 else None
-            if W is None or W.ndim != 2 or W.shape[0] != d:
-                raise NotAStream(f"{n.op_type} {n.name!r} reads LayerNorm {ln.name!r}, whose bias can only be "
-                                 "folded into linear layers (MatMul)")
-            folded.append((n, beta @ W.astype(np.float64)))
+    folded = _beta_folds(ln, beta, d) if beta is not None and not as_output else []
     opset = model.opset_imports.get("", 13)
     eps = float(_attr(ln, "epsilon", 1e-5))
     base = ln.name or y.name
@@ -215,7 +227,7 @@ def _as_rms(model: ir.Model, ln: ir.Node) -> None:
                   suffix="scaled")
     nodes = [sq, mean, add, sqrt, inv, normed, scaled]
     out = scaled.outputs[0]
-    if beta is not None and np.any(beta) and as_output:
+    if beta is not None and as_output:
         shifted = node("Add", [out, const("beta", beta.astype(np.float32))], suffix="shifted")
         nodes.append(shifted)
         out = shifted.outputs[0]

@@ -1,4 +1,7 @@
-"""slice-hidden: prune the hidden size of a pre-norm RMSNorm transformer by rotation.
+"""slice-hidden: prune the hidden size of a pre-norm transformer by rotation.
+
+RMSNorm models are rotated as they are; LayerNorm models are first rewritten into that form
+without changing their function (`layernorm_stream`: centred writers, LayerNorm as RMSNorm).
 
 The residual stream is expressed in the basis of its principal directions (eigenvectors
 of the calibration activations' second moment, each token normalised as the RMSNorms
@@ -358,7 +361,7 @@ def rotated_reference(model: ir.Model, record: dict) -> ir.Model:
 @register_pass
 class SliceHidden(Pass):
     name = "slice-hidden"
-    description = ("prune the hidden size of a pre-norm RMSNorm transformer: rotate the residual stream to its "
+    description = ("prune the hidden size of a pre-norm transformer (RMSNorm or LayerNorm): rotate the residual stream to its "
                    "principal directions (calibration data) and drop the trailing ones")
 
     def __init__(self, *, ratio: float = 0.25, round_to: int = 8, batches: int | None = None):
