@@ -355,3 +355,33 @@ def test_channel_pruning_after_slicing_leaves_a_kept_whole_table_alone(tmp_path,
     assert len(tables) == 1 and not [t for t in plan["tensors"] if t["name"] == tables[0]]
     assert "hidden size 32 -> 24" in printed.out
     assert len(plan["groups"]) >= 2  # heads / FFN channels were still pruned
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_flattened_gemm_becomes_matmul_with_the_same_outputs(trans_b):
+    """Reshape([B, S, 2, 4] -> [-1, 8]) -> Gemm -> Reshape([B, S, 6]) (heads merged on the way
+    in, as GPT-2's attention output) becomes Reshape([0, 0, -1]) -> MatMul + bias: no width
+    constant left on the output side, same outputs; a transposed weight is transposed once."""
+    from helpers import make_model
+    from onnx import helper
+
+    import graphprune as gp
+    from graphprune.passes.cleanup.dce import eliminate_dead_code
+    from graphprune.passes.pruning.layernorm_stream import _unflatten_gemm
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 8) if trans_b else (8, 6)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["g"], transB=trans_b),
+             helper.make_node("Reshape", ["g", "back"], ["y"])]
+    proto = make_model(nodes, [("x", [2, 3, 2, 4])], [("y", [2, 3, 6])],
+                       {"w": w, "b": rng.standard_normal(6).astype(np.float32),
+                        "flat": np.array([-1, 8], np.int64), "back": np.array([2, 3, 6], np.int64)})
+    original = gp.load(proto.SerializeToString())
+    model = gp.load(proto.SerializeToString())
+    _unflatten_gemm(model, next(n for n in model.graph if n.op_type == "Gemm"))
+    eliminate_dead_code(model)
+    assert [n.op_type for n in model.graph] == ["Reshape", "MatMul", "Add"]
+    assert list(model.graph.initializers["w" if not trans_b else "w.transposed"].const_value.numpy().shape) == [8, 6]
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    assert oracle.check(original, model, EMPTY).ok

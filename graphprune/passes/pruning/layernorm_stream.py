@@ -78,6 +78,8 @@ def _rewrite(model: ir.Model) -> None:
         set_const_array(wv, (a - a.mean(axis=1, keepdims=True)).astype(np.float32))
         if w.bias is not None:
             bv = w.bias.inputs[w.bias_input]
+            if len(list(bv.uses())) > 1:
+                raise NotAStream(f"the bias of {w.node.name!r} is shared: centring it would change its other readers")
             b = const_array(bv).astype(np.float64)
             set_const_array(bv, (b - b.mean()).astype(np.float32))
 
@@ -125,9 +127,12 @@ def _unflatten_gemm(model: ir.Model, gemm: ir.Node) -> None:
         rs.outputs[0].shape, rs.outputs[0].type = ir.Shape([*xs[:lead], W.shape[0]]), x.type
         pre.append(rs)
         x = rs.outputs[0]
-    wv = ir.Value(name=f"{name}.weight", shape=ir.Shape(W.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                  const_value=ir.tensor(np.ascontiguousarray(W, dtype=np.float32), name=f"{name}.weight"))
-    model.graph.register_initializer(wv)
+    wv = gemm.inputs[1]  # the same initializer (and name) when it needs no transposing
+    if attrs.get("transB", 0):
+        wname = _fresh(model, f"{wv.name}.transposed")
+        wv = ir.Value(name=wname, shape=ir.Shape(W.shape), type=ir.TensorType(ir.DataType.from_numpy(W.dtype)),
+                      const_value=ir.tensor(np.ascontiguousarray(W), name=wname))
+        model.graph.register_initializer(wv)
     mm = ir.node("MatMul", [x, wv], name=f"{name}.matmul", outputs=[ir.Value(name=f"{name}.matmul_out")])
     nodes = [mm]
     out = mm.outputs[0]
@@ -138,7 +143,28 @@ def _unflatten_gemm(model: ir.Model, gemm: ir.Node) -> None:
     for v in (mm.outputs[0], out):
         v.shape, v.type = y.shape, y.type
     model.graph.insert_before(flat, pre + nodes)
-    ir.convenience.replace_all_uses_with(y, out)
+    _replace(model, y, out)
+
+
+def _replace(model: ir.Model, old: ir.Value, new: ir.Value) -> None:
+    """Every use of `old` reads `new`; a graph output keeps its name (now `new`'s)."""
+    outs = model.graph.outputs
+    for k, v in enumerate(outs):
+        if v is old:
+            name = old.name
+            old.name = _fresh(model, f"{name}.replaced")
+            new.name = name
+            outs[k] = new
+    ir.convenience.replace_all_uses_with(old, new)
+
+
+def _fresh(model: ir.Model, base: str) -> str:
+    """`base`, or `base_2`, ... : a name no initializer has yet."""
+    name, k = base, 1
+    while name in model.graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    return name
 
 
 def _attr(node: ir.Node, key: str, default):
@@ -204,9 +230,10 @@ def _as_rms(model: ir.Model, ln: ir.Node) -> None:
     f32 = ir.DataType.FLOAT
 
     def const(suffix, array):
-        v = ir.Value(name=f"{base}.{suffix}", shape=ir.Shape(np.shape(array)), type=ir.TensorType(f32)
+        name = _fresh(model, f"{base}.{suffix}")
+        v = ir.Value(name=name, shape=ir.Shape(np.shape(array)), type=ir.TensorType(f32)
                      if np.asarray(array).dtype == np.float32 else ir.TensorType(ir.DataType.INT64),
-                     const_value=ir.tensor(np.asarray(array), name=f"{base}.{suffix}"))
+                     const_value=ir.tensor(np.asarray(array), name=name))
         model.graph.register_initializer(v)
         return v
 
@@ -236,14 +263,7 @@ def _as_rms(model: ir.Model, ln: ir.Node) -> None:
         v.type = x.type
         v.shape = None if id(v) in per_token else x.shape
     model.graph.insert_before(ln, nodes)
-    if y.is_graph_output():
-        outs = model.graph.outputs
-        k = next(i for i, v in enumerate(outs) if v is y)
-        name = y.name
-        y.name = f"{name}.layernorm"
-        out.name = name
-        outs[k] = out
-    ir.convenience.replace_all_uses_with(y, out)
+    _replace(model, y, out)
     model.graph.remove(ln, safe=True)
     for reader, shift in folded:
         _add_bias(model, reader, shift.astype(np.float32))
