@@ -184,10 +184,12 @@ def _beta_after(gamma_mul: ir.Node | None) -> ir.Node | None:
 
 
 def _output_reshape(v: ir.Value) -> ir.Node | None:
-    """The Reshape that is `v`'s only reader and makes a graph output with the same last
-    (static) dim as `v` — an exporter's final view — or None."""
+    """The Reshape that is `v`'s only reader and keeps its (static) last dim — an exporter's
+    view after the last norm, e.g. GPT-2's before the model output or a tied head — or None.
+    The norm's output leaves the stream there: slice-hidden rotates back to the original
+    basis before it, so the Reshape's target (which may spell the width) still holds."""
     c = _only_consumer(v)
-    if c is None or c.op_type != "Reshape" or not c.outputs[0].is_graph_output():
+    if c is None or c.op_type != "Reshape":
         return None
     a, b = v.shape, c.outputs[0].shape
     if a is None or b is None or not len(a) or not len(b) or not isinstance(a[-1], int) or a[-1] != b[-1]:

@@ -260,17 +260,18 @@ def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys, na
     assert oracle.check(load_onnx(str(out)), load_onnx(str(tmp_path / "replay.onnx")), EMPTY).ok
 
 
-def _tied_lm(path, dynamo):
-    """A tiny LLaMA with an output head tied to its embedding (logits = h · E^T, as
-    LlamaForCausalLM with tie_word_embeddings computes them), input ids -> logits."""
+def _tied_lm(path, dynamo, name="llama"):
+    """A tiny LLaMA (or GPT-2) with an output head tied to its embedding (logits = h · E^T, as
+    LlamaForCausalLM / GPT2LMHeadModel with tied embeddings compute them), input ids -> logits."""
     import warnings
 
     import torch
 
-    from zoo.hf_models import llama, randomize
+    from zoo.hf_models import HF_ZOO, randomize
 
-    base, _ = llama()
+    base, _ = HF_ZOO[name]()
     randomize(base)
+    table = base.embed_tokens.weight if name == "llama" else base.wte.weight
 
     class Logits(torch.nn.Module):
         def __init__(self, m):
@@ -279,7 +280,7 @@ def _tied_lm(path, dynamo):
 
         def forward(self, x):
             h = self.m(input_ids=x).last_hidden_state
-            return torch.nn.functional.linear(h, self.m.embed_tokens.weight)
+            return torch.nn.functional.linear(h, table)
 
     lm = base
     x = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
@@ -385,3 +386,28 @@ def test_flattened_gemm_becomes_matmul_with_the_same_outputs(trans_b):
     assert list(model.graph.initializers["w" if not trans_b else "w.transposed"].const_value.numpy().shape) == [8, 6]
     assert [v.name for v in model.graph.outputs] == ["y"]
     assert oracle.check(original, model, EMPTY).ok
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_tied_gpt2_head_keeps_its_table_whole(tmp_path, dynamo, monkeypatch):
+    """GPT-2 with its LM head tied to the token table (read through a Transpose, as real
+    checkpoints are): the table cannot be centred in place without changing the head, so a
+    centring MatMul goes after the Gather, the rotation folds into it, and the head gets its
+    un-rotation and beta's share as a bias. Both checks PASS, the table stays one and whole."""
+    from graphprune.analysis.cost import model_cost
+
+    monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)  # keep the Transpose
+    path = _tied_lm(str(tmp_path / "gpt2.onnx"), dynamo, name="gpt2")
+    dense = load_onnx(path)
+    sliced, hidden = _slice(path)
+    rot = oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY)
+    assert rot.ok, rot.summary()
+    res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
+    assert res.ok, res.summary()
+    assert not oracle.check(hidden["reference"], sliced, EMPTY).ok
+    tables = [v for v in sliced.graph.initializers.values() if v.shape is not None and tuple(v.shape) == (97, 32)]
+    assert len(tables) == 1
+    # the centring projection (d x k after slicing) is protected from channel pruning like `.rotate`
+    centre = [n for n in hidden["protect"] if ".centre" in n]
+    assert len(centre) == 1 and tuple(sliced.graph.initializers[centre[0]].shape) == (32, 24)
+    assert model_cost(sliced).params < model_cost(dense).params

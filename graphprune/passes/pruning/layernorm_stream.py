@@ -6,8 +6,9 @@ every tensor written to the residual stream has zero mean over that axis, the st
 mean-free everywhere and LayerNorm(x) == RMSNorm(x) * gamma + beta exactly (the variance
 of a mean-free x is its mean square). So, as SliceGPT does:
 
-* every writer is centred: the embedding tables' rows, and each linear layer that adds to
-  the stream (its weight's columns over the hidden axis, and its bias);
+* every writer is centred: the embedding tables' rows (a table shared with a tied head is
+  kept as it is, and a centring MatMul goes after its Gather), and each linear layer that
+  adds to the stream (its weight's columns over the hidden axis, and its bias);
 * each LayerNormalization becomes ``x * 1/sqrt(ReduceMean(x^2) + eps) * gamma``, and its
   ``beta`` moves into the bias of every linear layer reading it (``b += beta @ W``); a norm
   whose output is the model's output keeps ``+ beta`` after it.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.analysis.residual_stream import NotAStream, find_stream
+from graphprune.analysis.residual_stream import NotAStream, _output_end, find_stream
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 
 STD_DOMAINS = ("", "ai.onnx")
@@ -61,10 +62,11 @@ def _rewrite(model: ir.Model) -> None:
     stream = find_stream(model)
     for e in stream.embeddings:
         table = e.inputs[0]
-        if len(list(table.uses())) > 1 or table.is_graph_output():
-            raise NotAStream(f"the token table {table.name!r} is shared (e.g. tied with an output head): "
-                             "centring it for LayerNorm would change its other readers",
-                             hint="slice-hidden keeps shared tables whole only in RMSNorm models so far")
+        if e.op_type != "Gather":
+            raise NotAStream(f"the embedding {e.name!r} is already projected")
+        if _shared_table(table):  # e.g. tied with the output head: centred beside it, kept whole
+            _centre_after(model, e, stream.hidden)
+            continue
         a = const_array(table).astype(np.float64)
         set_const_array(table, (a - a.mean(axis=1, keepdims=True)).astype(np.float32))
     from graphprune.analysis.residual_stream import _weight_of
@@ -82,6 +84,31 @@ def _rewrite(model: ir.Model) -> None:
                 raise NotAStream(f"the bias of {w.node.name!r} is shared: centring it would change its other readers")
             b = const_array(bv).astype(np.float64)
             set_const_array(bv, (b - b.mean()).astype(np.float32))
+
+
+def _shared_table(table: ir.Value) -> bool:
+    if table.is_graph_output() or len(list(table.uses())) > 1:
+        return True
+    p = table.producer()
+    return p is not None and p.op_type == "Transpose" and len(list(p.inputs[0].uses())) > 1
+
+
+def _centre_after(model: ir.Model, gather: ir.Node, d: int) -> None:
+    """A shared table's rows centred by a MatMul after its Gather (I - 11^T/d, symmetric),
+    so its other readers (a tied head) still see the table as it was. slice-hidden folds
+    its rotation into this matrix, so the sliced model keeps one small projection there."""
+    name = _fresh(model, f"{gather.inputs[0].name}.centre")
+    c = (np.eye(d) - np.full((d, d), 1.0 / d)).astype(np.float32)
+    cv = ir.Value(name=name, shape=ir.Shape([d, d]), type=ir.TensorType(ir.DataType.FLOAT),
+                  const_value=ir.tensor(c, name=name))
+    model.graph.register_initializer(cv)
+    out = gather.outputs[0]
+    mm = ir.node("MatMul", [out, cv], name=name, outputs=[ir.Value(name=f"{name}.out")])
+    mm.outputs[0].shape, mm.outputs[0].type = out.shape, out.type
+    for node, idx in list(out.uses()):
+        if node is not mm:
+            node.replace_input_with(idx, mm.outputs[0])
+    model.graph.insert_after(gather, [mm])
 
 
 def _same_dims(a, b) -> bool:
@@ -220,9 +247,7 @@ def _as_rms(model: ir.Model, ln: ir.Node) -> None:
     as + beta when the norm is the model's output, directly or through a final Reshape)."""
     x, y = ln.inputs[0], ln.outputs[0]
     d, gamma, beta = _ln_params(ln)
-    readers = list(y.uses())
-    as_output = y.is_graph_output() or (len(readers) == 1 and readers[0][0].op_type == "Reshape"
-                                        and readers[0][0].outputs[0].is_graph_output())
+    as_output = _output_end(y)  # the same test the stream matcher applies to accept + beta
     folded = _beta_folds(ln, beta, d) if beta is not None and not as_output else []
     opset = model.opset_imports.get("", 13)
     eps = float(_attr(ln, "epsilon", 1e-5))

@@ -155,10 +155,18 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None, inserted: list[str]
     def record(name: str, axis: int) -> None:
         slices.append({"name": name, "axis": axis, "removed": removed})
 
-    if any(e.op_type != "Gather" for e in stream.embeddings):
+    if any(e.op_type != "Gather" and _projection_width(e) != d for e in stream.embeddings):
         raise UsageError("slice-hidden: the model's hidden size was already rotated (its embedding is projected)")
     carriers = _stream_carriers(stream)
     for e in stream.embeddings:
+        if e.op_type == "MatMul":  # a full-width projection after a kept-whole table (layernorm_stream's
+            # centring): the rotation folds into it, and it stays beside the table like `.rotate`
+            P = const_array(e.inputs[1]).astype(np.float64)
+            name = out.set_input(e, 1, _f32(P @ Qk), f"{e.inputs[1].name}.rotated")
+            record(name, 1)
+            if inserted is not None:
+                inserted.append(name)
+            continue
         table = e.inputs[0]
         if _shared(table):  # e.g. tied with the output head: kept whole, the rotation beside it
             proj = out.new(f"{e.outputs[0].name}.rotate", _f32(Qk))
@@ -184,6 +192,12 @@ def rotate(model: ir.Model, Q: np.ndarray, keep: int | None, inserted: list[str]
         if v.shape is not None and len(v.shape) >= 1:
             v.shape = ir.Shape([*list(v.shape)[:-1], k])
     return slices
+
+
+def _projection_width(e: ir.Node) -> int | None:
+    """The output width of an embedding's projection MatMul (Gather -> MatMul(., P[d, w]))."""
+    shape = e.inputs[1].shape
+    return int(shape[1]) if shape is not None and len(shape) == 2 and isinstance(shape[1], int) else None
 
 
 def _shared(table: ir.Value) -> bool:
