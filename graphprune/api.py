@@ -129,11 +129,28 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
                                      plan.hidden)
     elif not isinstance(original, ir.Model):
         original = load_onnx(original, fold=False)
+    if plan.vocab:  # slice-vocab: the masked original with its ids mapped and its logits gathered
+        original, kwargs = _vocab_reference(original, plan.vocab, kwargs)
     result = oracle.check(original, pruned, plan, **kwargs)
     if unpaired:
         result.unpaired, result.ok = unpaired, False
     result.changed_after_pruning = changed_after_pruning(plan, pruned)
     return result
+
+
+def _vocab_reference(original: ir.Model, record: dict, kwargs: dict) -> tuple[ir.Model, dict]:
+    """The oracle's reference and options for a plan with a vocabulary record: random token
+    ids over all kept tokens, at the shapes the caller gave (or the resolved ones)."""
+    from graphprune.input_shapes import InputShapes
+    from graphprune.ir.serialize import clone
+    from graphprune.passes.pruning.slice_vocab import vocab_reference, with_token_range
+    from graphprune.runtime.ort import resolve_shapes
+
+    ref = vocab_reference(clone(original), record)
+    shapes = kwargs.get("shapes")
+    if not isinstance(shapes, InputShapes):
+        shapes = resolve_shapes(ref, user=shapes)
+    return ref, {**kwargs, "shapes": with_token_range(shapes, record)}
 
 
 def changed_after_pruning(plan: Plan, pruned: ir.Model) -> str | None:

@@ -45,6 +45,9 @@ class InputShapes:
 
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # random integer inputs are drawn from [0, int_high[name]) (default [0, 2): safe for any
+    # index); a vocabulary-sliced model's token ids cover all kept ids (slice_vocab)
+    int_high: dict[str, int] = field(default_factory=dict)
 
     @property
     def defaulted(self) -> bool:
@@ -232,7 +235,7 @@ def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, choice: Mapping
     """`shapes` with dynamic dims of `specs` at another size (see above). `choice`: which
     candidate (0 or 1) for every dynamic dim, or {dim (as `dynamic_dims` names it):
     candidate} for some of them. None when that changes nothing."""
-    out = InputShapes()
+    out = InputShapes(int_high=dict(shapes.int_high))
     chosen: dict[str, int] = {}  # dim -> its new size: a shared name changes everywhere alike
     changed = False
     for spec in specs:

@@ -37,6 +37,11 @@ class Plan:
     # When present, the masked original is the *rotated* input (rebuilt from this record),
     # not the input itself; `tensors` then also lists the hidden-axis slices.
     hidden: dict = field(default_factory=dict)
+    # slice-vocab: the kept token ids ({"input", "vocab_size", "kept", "outputs", ...};
+    # graphprune.passes.pruning.slice_vocab). Applied after everything `tensors` lists: the
+    # result equals the masked original with its ids mapped (new id i = kept[i]) and its
+    # logits gathered at `kept`. The vocabulary slices are not in `tensors`.
+    vocab: dict = field(default_factory=dict)
 
     def block_tensors(self) -> list[dict]:
         """The removed blocks' zeroed slices as `tensors` entries tagged with their branch."""
@@ -49,7 +54,8 @@ class Plan:
         return {"version": self.version, "model": self.model, "settings": self.settings,
                 "tensors": self.tensors + self.block_tensors(), "groups": self.groups,
                 "blocks": [{k: v for k, v in b.items() if k != "tensors"} for b in self.blocks],
-                **({"hidden": self.hidden} if self.hidden else {})}
+                **({"hidden": self.hidden} if self.hidden else {}),
+                **({"vocab": self.vocab} if self.vocab else {})}
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -75,7 +81,8 @@ class Plan:
                 raise PlanError(f"plan tensors entry for {t['name']!r} belongs to block {_short(t['block'])}, "
                                 "which the plan's 'blocks' list does not have")
         return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
-                   settings=data.get("settings", {}), blocks=blocks, hidden=data.get("hidden", {}))
+                   settings=data.get("settings", {}), blocks=blocks, hidden=data.get("hidden", {}),
+                   vocab=data.get("vocab", {}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -136,9 +143,15 @@ def validate_plan(data) -> None:
         if bad:
             raise PlanError(f"plan removes index {_short(bad[0])} from {t['name']!r} axis {t['axis']}: "
                             "out of range")
-    for key, kind in (("groups", list), ("model", dict), ("settings", dict), ("hidden", dict)):
+    for key, kind in (("groups", list), ("model", dict), ("settings", dict), ("hidden", dict), ("vocab", dict)):
         if key in data and not isinstance(data[key], kind):
             raise PlanError(f"plan field {key!r} should be a JSON {'list' if kind is list else 'object'}")
+    vocab = data.get("vocab")
+    if vocab and not (isinstance(vocab.get("input"), str) and isinstance(vocab.get("kept"), list) and vocab["kept"]
+                      and all(_is_int(i) and 0 <= i < MAX_INDEX for i in vocab["kept"])
+                      and isinstance(vocab.get("outputs", []), list)):
+        raise PlanError("malformed plan 'vocab' record (needs the token input's name and a non-empty list of kept "
+                        "token ids)")
     blocks = data.get("blocks", [])
     if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("skip"), str)
                                                and isinstance(b.get("branch"), str) for b in blocks):

@@ -8,7 +8,7 @@ from pathlib import Path
 # parsed arguments; a --config file may set some of them).
 INPUT_OPTIONS = {"model": "input model", "original": "input model", "pruned": "pruned model", "plan": "plan",
                  "inputs": "--inputs file", "calib": "--calib data", "config": "--config file",
-                 "paths": "input"}
+                 "paths": "input", "keep_tokens": "--keep-tokens file"}
 OUTPUT_FILE_OPTIONS = {"save_config": "--save-config", "json_out": "--json-out", "log_file": "--log-file"}
 
 
@@ -47,6 +47,10 @@ def cli_paths(args) -> tuple[list, list, list]:
         out = prune_output_path(args)
         files += [("-o", out), ("-o (external data)", out.with_name(out.name + ".data")),
                   ("plan", plan_path_for(out))]
+        if getattr(args, "keep_tokens", None) or getattr(args, "plan", None):  # a plan may keep tokens too
+            from graphprune.passes.pruning.slice_vocab import vocab_path_for
+
+            files.append(("token id map", vocab_path_for(out)))
     elif verb == "compile" and getattr(args, "output", None) and not getattr(args, "dry_run", False):
         folders.append(("output folder", args.output))
     return inputs, files, folders

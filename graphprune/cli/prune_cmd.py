@@ -40,6 +40,7 @@ def add_arguments(p):
     p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
                    help="pre-norm transformers (LLaMA, Qwen2, Mistral, GPT-2): rotate the residual stream to its "
                         "principal directions (needs --calib) and remove the fraction R of the hidden size first")
+    add_vocab_arguments(p)
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
     p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
@@ -52,6 +53,17 @@ def add_arguments(p):
     from graphprune.cli.config_file import add_pipeline_arguments
 
     add_pipeline_arguments(p)
+
+
+def add_vocab_arguments(p) -> None:
+    """--keep-tokens / --token-input (prune and compile)."""
+    p.add_argument("--keep-tokens", metavar="FILE",
+                   help="language models: keep only these token ids (a JSON list, .npy, or integers separated by "
+                        "spaces, commas or lines): token-table rows and output-head columns of the others are "
+                        "removed; the model then reads new ids (new id i = the i-th smallest kept id), written "
+                        "as <output>.vocab.json")
+    p.add_argument("--token-input", metavar="NAME",
+                   help="the input of token ids for --keep-tokens (default: the one indexing the largest table)")
 
 
 def options(args):
@@ -67,7 +79,8 @@ def options(args):
         ratio=args.ratio, criterion=args.criterion, round_to=args.round_to, ignore=list(args.ignore),
         seed=args.seed, allocation=alloc_cli.pass_options(args), plan=args.plan, pipeline=args.pipeline,
         remove_blocks=args.remove_blocks, block_criterion=args.block_criterion, blocks=list(args.blocks),
-        slice_hidden=args.slice_hidden, input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
+        slice_hidden=args.slice_hidden, keep_tokens=args.keep_tokens, token_input=args.token_input,
+        input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
         inputs=None if args.no_check else load_inputs(args.inputs), repair=args.repair, sparsity=sparsity,
         **alloc_cli.calibration_options(args))
 

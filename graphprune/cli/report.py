@@ -20,6 +20,11 @@ class Printer(Progress):
     def rotation(self, res) -> None:
         print(f"rotation (slice-hidden): {res.summary().replace('oracle ', 'rotated input vs input: ', 1)}")
 
+    def vocabulary(self, record: dict, res) -> None:
+        print(f"vocabulary (--keep-tokens): {record['vocab_size']} -> {len(record['kept'])} tokens of input "
+              f"{record['input']!r}; "
+              + (res.summary().replace("oracle ", "sliced vs ids mapped: ", 1) if res is not None else "not checked"))
+
     def repair(self, r: dict) -> None:
         from graphprune.workflow.verdicts import repair_line
 
@@ -109,11 +114,13 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
     print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
           + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else "")
           + (f", hidden size {plan.hidden['width'][0]} -> {plan.hidden['width'][1]} (slice-hidden)"
-             if plan.hidden else ""))
+             if plan.hidden else "")
+          + (f", vocabulary {plan.vocab['vocab_size']} -> {len(plan.vocab['kept'])} tokens" if plan.vocab else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
-    print(f"wrote {outcome.out} and {outcome.plan_out}")
+    print(f"wrote {outcome.out} and {outcome.plan_out}"
+          + (f", and the token id map {outcome.vocab_out} (the model reads new ids)" if outcome.vocab_out else ""))
 
 
 def check_inspect_report(args) -> None:

@@ -93,6 +93,15 @@ def hidden_section(plan, rotation_oracle) -> dict:
                        "rotation_oracle": rotation_oracle.summary() if rotation_oracle is not None else None}}
 
 
+def vocab_section(plan, vocab_oracle) -> dict:
+    """{"vocab": ...} when slice-vocab kept a list of token ids, else {}."""
+    if not plan.vocab:
+        return {}
+    return {"vocab": {"input": plan.vocab["input"], "vocab_size": plan.vocab.get("vocab_size"),
+                      "kept": len(plan.vocab["kept"]),
+                      "oracle": vocab_oracle.summary() if vocab_oracle is not None else None}}
+
+
 def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, max_drop=None) -> dict:
     """What every verb's report shows of a prune outcome: shapes, op counts, per-layer
     widths and MACs, group widths, sensitivity curves, search, oracle, quality.
@@ -108,7 +117,8 @@ def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, 
         "ops": op_table(before_model, outcome.model),
         "layers": compare_layers(before_model, outcome.model, at),
         "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks),
-                 **hidden_section(plan, getattr(outcome, "rotation_oracle", None))},
+                 **hidden_section(plan, getattr(outcome, "rotation_oracle", None)),
+                 **vocab_section(plan, getattr(outcome, "vocab_oracle", None))},
         "groups": group_rows(_analysis(before_model), plan, round_to),
         "sensitivity": sensitivity(outcome.state.allocation),
         "search": search_section(getattr(outcome, "search", None)),

@@ -588,7 +588,7 @@ def _judge_other_size(judge: _Judge, s_new, feeds: dict, ref: list) -> None:
 def _oracle_shapes(sess, shapes, calib, dims, dim_value):
     if not isinstance(shapes, InputShapes):
         shapes = representative_shapes(sess, user=shapes, calib=calib, dims=dims, dim_value=dim_value)
-    return OracleShapes(dict(shapes.shapes), dict(shapes.sources))
+    return OracleShapes(dict(shapes.shapes), dict(shapes.sources), dict(shapes.int_high))
 
 
 _SATURATING = ("Softmax", "Sigmoid", "Tanh", "HardSigmoid")

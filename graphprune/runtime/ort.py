@@ -115,7 +115,7 @@ def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: i
         elif dtype is np.bool_:
             feeds[inp.name] = rng.random(shape) < 0.5
         else:
-            feeds[inp.name] = rng.integers(0, int_high, size=shape).astype(dtype)
+            feeds[inp.name] = rng.integers(0, shapes.int_high.get(inp.name, int_high), size=shape).astype(dtype)
     return feeds
 
 

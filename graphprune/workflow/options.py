@@ -26,6 +26,9 @@ class PruneOptions:
     blocks: list[str] = field(default_factory=list)
     # hidden size (slice-hidden: rotate the residual stream, drop this fraction of its directions)
     slice_hidden: float | None = None
+    # vocabulary (slice-vocab; applied last, after repair and sparsity): the token ids to keep
+    keep_tokens: Any = None  # a list of ids, or a file of them (slice_vocab.read_token_list)
+    token_input: str | None = None  # the input of token ids (default: the one indexing the largest table)
     # calibration data (criteria, repair, sparsity, the quality gate)
     calib: Any = None  # .npz, image folder, module:function, or a Calibration
     calib_preprocess: str | None = None

@@ -38,6 +38,9 @@ class Progress:
     def rotation(self, res) -> None:  # slice-hidden: the rotated input checked against the input
         pass
 
+    def vocabulary(self, record: dict, res) -> None:  # slice-vocab: the record, its oracle (None: not run)
+        pass
+
     def sparsity(self, res: dict) -> None:
         pass
 
@@ -61,6 +64,8 @@ class PruneOutcome:
     changed: bool = False  # a pass changed the model
     oracle: Any = None  # OracleResult, None when not run
     rotation_oracle: Any = None  # slice-hidden: the rotated input vs the input (OracleResult)
+    vocab_oracle: Any = None  # slice-vocab: the result vs the model before it, ids mapped (OracleResult)
+    vocab_out: Path | None = None  # the written id map (<out>.vocab.json)
     shapes: Any = None  # the run's representative input shapes (InputShapes): costs, targets, oracle
     repair: list[dict] = field(default_factory=list)
     sparsity: dict | None = None
@@ -106,6 +111,7 @@ class _Run:
         self.load_calibration()
         self.choose(outcome, dry_run)
         pm, repair_pm, sparsify_passes = self.plan_step()
+        self.check_tokens()
         self.resolve_shapes(outcome)
         if dry_run:
             return self.dry(outcome, pm, sparsify_passes)
@@ -116,6 +122,7 @@ class _Run:
         self.repair(outcome, repair_pm)
         self.sparsify(outcome, sparsify_passes)
         self.gate(outcome)
+        self.vocabulary(outcome)
         if self.out is not None:
             self.write(outcome)
         outcome.model = self.model
@@ -193,6 +200,11 @@ class _Run:
         outcome.groups_before = DependencyGraph(self.model, ignore=self.opts.ignore or None)
         pm.run(self.model, self.state.ctx)
         outcome.plan = self.state.plan or outcome.plan
+        keep, name = self._tokens()
+        if keep is not None:
+            from graphprune.passes.pruning.slice_vocab import slice_vocab
+
+            outcome.plan.vocab = slice_vocab(self.model, keep, input=name)
         outcome.after = _cost(self.model, outcome.shapes)
         outcome.sparsify_passes = sparsify_passes
         return outcome
@@ -305,12 +317,64 @@ class _Run:
 
         require_fidelity(fid, max_drop)
 
+    # ---- the vocabulary: last, so that everything before it sees the input's token ids ----------
+    def _tokens(self) -> tuple:
+        """(token ids to keep, their input) from the options or the plan being replayed."""
+        keep, name = self.opts.keep_tokens, self.opts.token_input
+        replayed = (self.state.plan_in.vocab if self.state.plan_in is not None else None) or {}
+        if replayed:
+            from graphprune.passes.pruning.slice_vocab import read_token_list
+
+            if keep is not None and sorted(set(read_token_list(keep))) != replayed["kept"]:
+                raise UsageError("--keep-tokens differs from the token list of the plan being replayed",
+                                 hint="give one of them: the plan's list is replayed by --plan alone")
+            keep, name = replayed["kept"], replayed["input"]
+        return keep, name
+
+    def check_tokens(self) -> None:
+        """A bad token list (ids outside the vocabulary) or a model slice-vocab cannot keep
+        exact fails before any work, not after the pruning."""
+        keep, name = self._tokens()
+        if keep is None:
+            return
+        from graphprune.passes.pruning.slice_vocab import find_vocab, kept_ids
+
+        kept_ids(keep, find_vocab(self.model, name).vocab)
+
+    def vocabulary(self, outcome: PruneOutcome) -> None:
+        """slice-vocab, then its own oracle: the result equals the model before it with the ids
+        mapped and the logits gathered (graphprune.passes.pruning.slice_vocab)."""
+        keep, name = self._tokens()
+        if keep is None:
+            return
+        from graphprune.ir.serialize import clone
+        from graphprune.passes.pruning.slice_vocab import slice_vocab, vocab_reference, with_token_range
+        from graphprune.runtime import oracle
+
+        before = clone(self.model) if self.opts.check else None
+        outcome.plan.vocab = record = slice_vocab(self.model, keep, input=name)
+        outcome.changed = True
+        res = None
+        if before is not None:
+            res = oracle.check(vocab_reference(before, record), self.model, Plan(tensors=[], groups=[]),
+                               shapes=with_token_range(outcome.shapes, record))
+            outcome.vocab_oracle = res
+        self.progress.vocabulary(record, res)
+        if res is not None:
+            _require_pass(res, "the vocabulary-sliced model differs from the model with its ids mapped")
+
     # ---- write --------------------------------------------------------------------------------
     def write(self, outcome: PruneOutcome) -> None:
-        rewritten = bool(outcome.repair and any(not r["reverted"] for r in outcome.repair)) or bool(outcome.sparsity)
+        rewritten = bool(outcome.repair and any(not r["reverted"] for r in outcome.repair)) or \
+            bool(outcome.sparsity) or bool(outcome.plan.vocab)
         outcome.plan_out = files.write_pair(self.model, outcome.plan, self.out, staged=self.staged,
                                             rewritten=rewritten, temps=self.temps)
         outcome.out = self.out
+        if outcome.plan.vocab:  # the id map a tokenizer needs, beside the model
+            from graphprune.passes.pruning.slice_vocab import vocab_path_for, write_id_map
+
+            outcome.vocab_out = vocab_path_for(self.out)
+            write_id_map(outcome.plan.vocab, outcome.vocab_out)
 
 
 def _require_pass(res, what: str) -> None:

@@ -64,7 +64,26 @@ def vit():
     return ViTModel(cfg, add_pooling_layer=False).eval(), "image"
 
 
-HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit}
+def llama_lm():
+    """A causal LM with its own (untied) output head: input ids -> logits over the vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    _seed()
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                      attn_implementation="eager", tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval(), "text"
+
+
+def gpt2_lm():
+    """GPT-2 with its output head tied to the token table (the default): ids -> logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    _seed()
+    cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
+    return GPT2LMHeadModel(cfg).eval(), "text"
+
+
+HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit,
+          "llama_lm": llama_lm, "gpt2_lm": gpt2_lm}
 
 
 class _Wrap(torch.nn.Module):
@@ -75,7 +94,7 @@ class _Wrap(torch.nn.Module):
     def forward(self, x):
         out = self.m(x) if not hasattr(self.m.config, "vocab_size") else self.m(input_ids=x, use_cache=False) \
             if "use_cache" in self.m.forward.__code__.co_varnames else self.m(input_ids=x)
-        return out.last_hidden_state
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
 def example(kind: str, batch=BATCH, seq=SEQ):
