@@ -29,6 +29,9 @@ def add_arguments(p):
     p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",
                    help="pre-norm transformers (RMSNorm or LayerNorm): rotate the residual stream (needs --calib) and remove the "
                         "fraction R of the hidden size first")
+    from graphprune.cli.prune_cmd import add_vocab_arguments
+
+    add_vocab_arguments(p)
     p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
     p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")
     p.add_argument("--db", help="TVM tuning database root (default $XDG_CACHE_HOME/graphprune/tvm-db, "
@@ -80,7 +83,8 @@ def options(args):
     sparsity_cli.require_calibration(sparsity_opts, args.calib)
     return CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
-                          slice_hidden=args.slice_hidden,
+                          slice_hidden=args.slice_hidden, keep_tokens=args.keep_tokens,
+                          token_input=args.token_input,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db or _default_db(),
                           rpc=args.rpc, rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),
@@ -155,5 +159,6 @@ def print_report(rep: dict) -> None:
         print(rep["accuracy"])
     if rep.get("quantization"):
         print(rep["quantization"]["line"])
+    vocab = ", vocab.json: the token id map, the model reads new ids" if "vocab" in rep.get("checks", {}) else ""
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
-          f"{rep['backend']['chosen']}/)\nreport: {rep['out_dir']}/report.html")
+          f"{rep['backend']['chosen']}/{vocab})\nreport: {rep['out_dir']}/report.html")

@@ -106,7 +106,13 @@ def _build_class():
             plan.save(plan_path)
             # additional_files travel with the model through later passes into the output folder
             attrs = dict(model.model_attributes or {})
-            attrs["additional_files"] = sorted(set(attrs.get("additional_files") or []) | {str(plan_path)})
+            extra = {str(plan_path)}
+            if plan.vocab:  # slice-vocab: the id map a tokenizer needs travels with the model
+                from graphprune.passes.pruning.slice_vocab import vocab_path_for, write_id_map
+
+                write_id_map(plan.vocab, vocab_path_for(out))
+                extra.add(str(vocab_path_for(out)))
+            attrs["additional_files"] = sorted(set(attrs.get("additional_files") or []) | extra)
             attrs["graphprune_plan"] = plan_path.name
             handler.model_attributes = attrs
             return handler
@@ -138,6 +144,9 @@ _HELP = {
     "blocks": "regexes of the blocks that may be removed",
     "slice_hidden": "pre-norm transformers (RMSNorm or LayerNorm): rotate the residual stream (needs calib) and remove this "
                     "fraction of the hidden size",
+    "keep_tokens": "language models: keep only these token ids (a list, or a file of them); the model then reads new "
+                   "ids, mapped by <model>.vocab.json",
+    "token_input": "the input of token ids for keep_tokens (default: the one indexing the largest table)",
     "calib": "calibration data: inputs.npz, a folder of images (with calib_preprocess), or module:function",
     "calib_preprocess": "for image folders: size=HxW,mean=a/b/c,std=a/b/c,layout=nchw|nhwc,color=rgb|bgr|gray",
     "calib_batch": "calibration batch size",

@@ -2,7 +2,7 @@
 deployable folder.
 
     <model>.graphprune/<target>/
-        model.pruned.onnx  plan.json  report.json  report.md
+        model.pruned.onnx  plan.json  report.json  report.md  [vocab.json: --keep-tokens' id map]
         onnxruntime/  (model.onnx [+ model.ort], session.json, run_model.py)
         tvm/          (when the TVM backend ran: compiled library + loader)
 
@@ -15,6 +15,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,8 @@ class CompileOptions:
     ignore: list[str] = field(default_factory=list)
     plan: str | None = None
     slice_hidden: float | None = None  # slice-hidden ratio (rotate the residual stream first)
+    keep_tokens: Any = None  # slice-vocab: token ids to keep (a list, or a file of them)
+    token_input: str | None = None  # ... read from this input (default: the one indexing the largest table)
     tune_trials: int = 0
     tune_time: float | None = None
     db: str | None = None
@@ -74,7 +77,7 @@ def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
         ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
         round_to=opts.round_to if opts.round_to is not None else target.simd_lanes,
         allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, slice_hidden=opts.slice_hidden,
-        calib=opts.calib,
+        keep_tokens=opts.keep_tokens, token_input=opts.token_input, calib=opts.calib,
         calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,
         input_shapes=opts.input_shapes, check=opts.check, check_unchanged=False, repair=opts.repair,
         sparsity=opts.sparsity, max_drop=opts.max_drop, search_budget=opts.search_budget, score=opts.score)
@@ -163,6 +166,11 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     from graphprune.workflow.quantized import check_options
 
     check_options(opts.quantize, opts.calib, backend_req)  # int8 without --calib or with TVM: refused
+    if opts.quantize != "none" and (opts.keep_tokens is not None):
+        # its calibration and quality line feed the calibration's token ids (the input's) to the
+        # deployment, which reads new ids after slice-vocab
+        raise UsageError("--keep-tokens with --quantize int8 is not supported yet",
+                         hint="compile with one of them, or quantize the written model.pruned.onnx yourself")
     if target.device != "cpu" and backend_req != "tvm":
         log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
@@ -190,6 +198,11 @@ def _prune(c: _Compile):
     if outcome.oracle is not None:
         res = outcome.oracle
         c.checks["oracle"] = {"ok": res.ok, "summary": res.summary(), "inputs": outcome.shapes.describe()}
+    if outcome.vocab_oracle is not None:  # slice-vocab: the result vs the model before it, ids mapped
+        v = outcome.plan.vocab
+        c.checks["vocab"] = {"ok": outcome.vocab_oracle.ok,
+                             "summary": f"vocabulary {v['vocab_size']} -> {len(v['kept'])} tokens (vocab.json maps the "
+                                        f"new ids); {outcome.vocab_oracle.summary()}"}
     for r in outcome.repair:
         c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": repair_line(r).split(": ", 1)[1]}
     if outcome.sparsity is not None:
@@ -262,6 +275,10 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     model, plan = outcome.model, outcome.plan
     pruned_path = stage / "model.pruned.onnx"
     plan.save(stage / "plan.json")
+    if plan.vocab:  # the id map a tokenizer needs: the deployment reads new ids
+        from graphprune.passes.pruning.slice_vocab import write_id_map
+
+        write_id_map(plan.vocab, stage / "vocab.json")
     model.metadata_props[outputs.PLAN_KEY] = outputs.plan_digest(plan)  # one result with plan.json
     save_onnx(model, pruned_path)
     _lower(c, pruned_path, stage, feeds, outcome.calibration)

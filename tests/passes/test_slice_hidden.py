@@ -21,6 +21,7 @@ from graphprune.plan import Plan  # noqa: E402
 from graphprune.runtime import oracle  # noqa: E402
 from graphprune.runtime.calibration import Calibration  # noqa: E402
 from graphprune.workflow.state import PipelineState  # noqa: E402
+from zoo.hf_models import export_tied_lm  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -260,56 +261,6 @@ def test_cli_prune_with_slice_hidden_and_channels(exported, tmp_path, capsys, na
     assert oracle.check(load_onnx(str(out)), load_onnx(str(tmp_path / "replay.onnx")), EMPTY).ok
 
 
-def _tied_lm(path, dynamo, name="llama"):
-    """A tiny LLaMA (or GPT-2) with an output head tied to its embedding (logits = h · E^T, as
-    LlamaForCausalLM / GPT2LMHeadModel with tied embeddings compute them), input ids -> logits."""
-    import warnings
-
-    import torch
-
-    from zoo.hf_models import HF_ZOO, randomize
-
-    base, _ = HF_ZOO[name]()
-    randomize(base)
-    table = base.embed_tokens.weight if name == "llama" else base.wte.weight
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            h = self.m(input_ids=x).last_hidden_state
-            return torch.nn.functional.linear(h, table)
-
-    lm = base
-    x = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            from torch.export import Dim
-            torch.onnx.export(Logits(lm), (x,), path, dynamo=True, opset_version=18, input_names=["x"],
-                              output_names=["y"], external_data=False,
-                              dynamic_shapes={"x": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=32)}})
-        else:
-            torch.onnx.export(Logits(lm), (x,), path, dynamo=False, opset_version=17, input_names=["x"],
-                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
-    # Both exporters store the head as a transposed *copy* of the small table; a real model's
-    # (SmolLM2) reads the one table through a Transpose. Make the file do that.
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.load(path)
-    inits = {i.name: i for i in m.graph.initializer}
-    table = next(n for n, i in inits.items() if tuple(i.dims) == (97, 32))
-    copy = next(n for n, i in inits.items() if tuple(i.dims) == (32, 97))
-    assert np.array_equal(numpy_helper.to_array(inits[copy]), numpy_helper.to_array(inits[table]).T)
-    m.graph.initializer.remove(inits[copy])
-    m.graph.node.insert(0, helper.make_node("Transpose", [table], [copy], perm=[1, 0], name="tied_head_transpose"))
-    onnx.save(m, path)
-    return path
-
-
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dynamo, monkeypatch):
     """The embedding table shared with the output head is kept whole (not stored twice): a
@@ -320,7 +271,7 @@ def test_a_tied_output_head_stays_tied_and_the_model_gets_smaller(tmp_path, dyna
     # the loader folds a Transpose of a small table into a second constant (untying it); a real
     # model's table is above this limit (SmolLM2: 28 M elements), so make the tiny one count as large
     monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)
-    path = _tied_lm(str(tmp_path / "lm.onnx"), dynamo)
+    path = export_tied_lm(str(tmp_path / "lm.onnx"), dynamo)
     dense = load_onnx(path)
     def tables(model, width):  # token tables: [97, w] or their transposed copies
         return [v for v in model.graph.initializers.values()
@@ -343,7 +294,7 @@ def test_channel_pruning_after_slicing_leaves_a_kept_whole_table_alone(tmp_path,
     from graphprune.cli.main import main
 
     monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)  # as in the test above
-    path = _tied_lm(str(tmp_path / "lm.onnx"), True)
+    path = export_tied_lm(str(tmp_path / "lm.onnx"), True)
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 97, (16, 8)).astype(np.int64))
     out = tmp_path / "out.onnx"
     rc = main(["prune", path, "--slice-hidden", "0.25", "--ratio", "0.5", "--criterion", "l2", "--allocation",
@@ -397,7 +348,7 @@ def test_a_tied_gpt2_head_keeps_its_table_whole(tmp_path, dynamo, monkeypatch):
     from graphprune.analysis.cost import model_cost
 
     monkeypatch.setattr("graphprune.frontends.onnx.MAX_FOLD_ELEMENTS", 1000)  # keep the Transpose
-    path = _tied_lm(str(tmp_path / "gpt2.onnx"), dynamo, name="gpt2")
+    path = export_tied_lm(str(tmp_path / "gpt2.onnx"), dynamo, name="gpt2")
     dense = load_onnx(path)
     sliced, hidden = _slice(path)
     rot = oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY)

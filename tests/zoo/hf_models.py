@@ -145,3 +145,48 @@ def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True) -> st
         if os.path.exists(extra):
             os.remove(extra)
     return path
+
+
+def export_tied_lm(path, dynamo, name="llama"):
+    """A tiny LLaMA (or GPT-2) with an output head tied to its embedding (logits = h · E^T, as
+    LlamaForCausalLM / GPT2LMHeadModel with tied embeddings compute them), input ids -> logits."""
+    base, _ = HF_ZOO[name]()
+    randomize(base)
+    table = base.embed_tokens.weight if name == "llama" else base.wte.weight
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            h = self.m(input_ids=x).last_hidden_state
+            return torch.nn.functional.linear(h, table)
+
+    lm = base
+    x = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            from torch.export import Dim
+            torch.onnx.export(Logits(lm), (x,), path, dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["y"], external_data=False,
+                              dynamic_shapes={"x": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=32)}})
+        else:
+            torch.onnx.export(Logits(lm), (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    # Both exporters store the head as a transposed *copy* of the small table; a real model's
+    # (SmolLM2) reads the one table through a Transpose. Make the file do that.
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(path)
+    inits = {i.name: i for i in m.graph.initializer}
+    table = next(n for n, i in inits.items() if tuple(i.dims) == (97, 32))
+    copy = next(n for n, i in inits.items() if tuple(i.dims) == (32, 97))
+    assert np.array_equal(numpy_helper.to_array(inits[copy]), numpy_helper.to_array(inits[table]).T)
+    m.graph.initializer.remove(inits[copy])
+    m.graph.node.insert(0, helper.make_node("Transpose", [table], [copy], perm=[1, 0], name="tied_head_transpose"))
+    onnx.save(m, path)
+    return path

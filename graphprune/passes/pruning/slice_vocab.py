@@ -195,29 +195,35 @@ def _follow_logits(head: Head, V: int) -> None:
         raise NotAVocabulary(f"the head {head.node.name!r} makes no model output")
 
 
-def _heads(model: ir.Model, tables: list[ir.Value], V: int) -> tuple[list[Head], list[ir.Node]]:
-    table_ids = {id(t) for t in tables}
+def _tied_heads(tables: list[ir.Value]) -> tuple[list[Head], list[ir.Node]]:
+    """Heads whose weight is a token table itself (through a Transpose, or Gemm transB)."""
     heads, transposes = [], []
-    for t in tables:  # tied: the table itself is the head's weight (through a Transpose or transB)
+    for t in tables:
         for node, idx in t.uses():
             if node.op_type == "Gather" and idx == 0:
                 continue
             if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
+                if node.outputs[0].is_graph_output():
+                    raise NotAVocabulary("the transposed token table is a model output")
                 transposes.append(node)
                 for reader, j in node.outputs[0].uses():
                     if j != 1 or _weight_axis(reader, node.outputs[0]) != 1:
                         raise NotAVocabulary(f"the transposed token table is read by {_where(reader)}, not as a "
                                              "head's weight")
                     heads.append(Head(reader, t, 0))
-                if node.outputs[0].is_graph_output():
-                    raise NotAVocabulary("the transposed token table is a model output")
             elif node.op_type == "Gemm" and idx == 1 and _weight_axis(node, t) == 0:
                 heads.append(Head(node, t, 0))
             else:
                 raise NotAVocabulary(f"the token table {t.name!r} is also read by {_where(node)}")
-    tied = {id(h.node) for h in heads}
+    return heads, transposes
+
+
+def _own_heads(model: ir.Model, tables: list[ir.Value], tied: list[Head], V: int) -> list[Head]:
+    """Heads with a constant weight of their own that has V output columns."""
+    table_ids, tied_ids = {id(t) for t in tables}, {id(h.node) for h in tied}
+    heads = []
     for node in model.graph:
-        if node.op_type not in ("MatMul", "Gemm") or id(node) in tied or len(node.inputs) < 2:
+        if node.op_type not in ("MatMul", "Gemm") or id(node) in tied_ids or len(node.inputs) < 2:
             continue
         w = node.inputs[1]
         axis = _weight_axis(node, w)
@@ -225,6 +231,12 @@ def _heads(model: ir.Model, tables: list[ir.Value], V: int) -> tuple[list[Head],
                 w.shape[axis] != V:
             continue
         heads.append(Head(node, w, axis))
+    return heads
+
+
+def _heads(model: ir.Model, tables: list[ir.Value], V: int) -> tuple[list[Head], list[ir.Node]]:
+    tied, transposes = _tied_heads(tables)
+    heads = tied + _own_heads(model, tables, tied, V)
     for h in heads:
         if h.node.op_type == "Gemm" and len(h.node.inputs) > 2 and h.node.inputs[2] is not None:
             c = h.node.inputs[2]
