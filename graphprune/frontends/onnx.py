@@ -113,10 +113,11 @@ def _check_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
             raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {old}")
 
 
-# Integer-op quantized formats (QOperator, dynamic quantization): refused. QDQ models
-# (QuantizeLinear/DequantizeLinear around float ops) load, see analysis/dependency/rules/quant.py.
-QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
-                           "QLinearAdd", "QLinearMul"})
+# Dynamically quantized models (scales computed at run time, integer accumulators out):
+# refused. QDQ models (QuantizeLinear/DequantizeLinear around float ops) and static integer-op
+# models (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...) load: analysis/dependency/rules/
+# quant.py and qlinear.py.
+QUANTIZED_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
 
 
 def _check_supported(model: ir.Model) -> None:
@@ -134,9 +135,9 @@ def _check_supported(model: ir.Model) -> None:
                             hint="export the model with its outputs")
     quant = sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
     if quant:
-        raise FrontendError(f"integer-op quantized model (contains {', '.join(quant)}): graphprune prunes "
-                            "float models and QDQ models (QuantizeLinear/DequantizeLinear around float ops)",
-                            hint="quantize with QuantFormat.QDQ, or prune the float model, then quantize the pruned one")
+        raise FrontendError(f"dynamically quantized model (contains {', '.join(quant)}): graphprune prunes "
+                            "float models, QDQ models and statically quantized integer-op models (QLinearConv ...)",
+                            hint="prune the float model, then quantize the pruned one (or quantize statically)")
 
 
 def _check_external_data(model: ir.Model) -> None:
@@ -176,12 +177,15 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
         )
     _drop_initializers_from_inputs(model)
     _name_unnamed(model)
+    from graphprune.frontends.quantized_shapes import fill_quantized_outputs
+
     infer_shapes(model, warn=warn)
     for _ in range(4):  # each round can make more shapes concrete, and more shape math static
         changed = fold and fold_constants(model)
         if changed:
             remove_unused(model)
-        changed = _fill_same_shape_outputs(model) | _resolve_reshape_outputs(model) | bool(changed)
+        changed = _fill_same_shape_outputs(model) | fill_quantized_outputs(model) | _resolve_reshape_outputs(model) \
+            | bool(changed)
         if not changed:
             break
         infer_shapes(model, warn=False)  # a strict failure was already reported once

@@ -13,7 +13,7 @@ import numpy as np
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
-from graphprune.ir.quant import dequantized_const
+from graphprune.ir.quant import dequantized_const, dequantized_weight
 
 WEIGHT_ROLES = {"weight", "embedding"}
 
@@ -29,9 +29,14 @@ def weight_slots(group: Group):
 
 def weight_array(v) -> np.ndarray | None:
     """A weight slot's array: the constant, or for a QDQ weight (DequantizeLinear of an
-    integer constant) the float weight the op multiplies with."""
+    integer constant) or an integer-op layer's integer weight (QLinearConv ...) the float
+    weight the op multiplies with (per-channel scales make raw integers incomparable)."""
     arr = const_array(v)
-    return dequantized_const(v) if arr is None else arr
+    if arr is None:
+        return dequantized_const(v)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return dequantized_weight(v)
+    return arr
 
 
 def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> list[Contribution]:

@@ -305,6 +305,36 @@ def layer_of(node: ir.Node) -> Layer | None:
     return Layer(node, op, x, w, b, y, axes)
 
 
-for _op in (ConvOp("Conv"), ConvTransposeOp("ConvTranspose"), GemmOp("Gemm"), MatMulOp("MatMul")):
+_INTEGER_LAYER = "integer (QLinear) weights: never rewritten in float"
+
+
+@dataclass(frozen=True)
+class QLinearConvOp(ConvOp):
+    """QLinearConv: weight input 3, int32 bias 8. Counted and reported like Conv; not a
+    plain layer (repairs and sparsity would write float values into integer weights)."""
+
+    def _form_problem(self, node):
+        return _INTEGER_LAYER
+
+
+@dataclass(frozen=True)
+class QLinearMatMulOp(MatMulOp):
+    """QLinearMatMul: weight input 3 (see QLinearConvOp)."""
+
+    def _form_problem(self, node):
+        return _INTEGER_LAYER
+
+
+@dataclass(frozen=True)
+class QGemmOp(GemmOp):
+    """com.microsoft QGemm: weight input 3, int32 bias 6 (see QLinearConvOp)."""
+
+    def _form_problem(self, node):
+        return _INTEGER_LAYER
+
+
+for _op in (ConvOp("Conv"), ConvTransposeOp("ConvTranspose"), GemmOp("Gemm"), MatMulOp("MatMul"),
+            QLinearConvOp("QLinearConv", weight=3, bias=8), QLinearMatMulOp("QLinearMatMul", weight=3),
+            QGemmOp("QGemm", domain="com.microsoft", weight=3, bias=6)):
     register(_op)
 del _op

@@ -1,10 +1,14 @@
-"""QDQ quantization (QuantizeLinear / DequantizeLinear) as the pruning code sees it.
+"""Quantized models as the pruning code sees them: QDQ (QuantizeLinear / DequantizeLinear)
+and the integer-op format (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...).
 
 A QDQ model keeps its float ops and stores each weight as an integer constant read by a
 DequantizeLinear: w = (q - zero_point) * scale, with per-tensor or per-axis (per-channel)
-scale and zero point. Two things depend on that arithmetic:
+scale and zero point. An integer-op model reads the integer constant directly, with its
+scale and zero point as inputs of the same op (`QUANTIZED_INPUTS` says which). Two things
+depend on that arithmetic:
 
-* importance reads the float weight a Conv/MatMul sees: `dequantized_const`;
+* importance reads the float weight a Conv/MatMul sees: `dequantized_const` (QDQ),
+  `dequantized_weight` (integer ops);
 * the oracle's masking. Zeroing an integer weight slice is *not* a zero weight when the
   zero point is not 0 ((0 - zp) * scale). The masked original therefore sets a removed
   slice of a quantized weight to its zero point (`zero_point_fill`), which dequantizes to
@@ -30,6 +34,50 @@ def dq_axis(node: ir.Node, rank: int) -> int:
     a = node.attributes.get("axis")
     axis = 1 if a is None else int(a.value)
     return axis + rank if axis < 0 else axis
+
+
+def _attr_axis(attrs, rank: int) -> int:
+    axis = int(attrs.get("axis", 1))
+    return axis + rank if axis < 0 else axis
+
+
+def _first_axis(attrs, rank: int) -> int:
+    return 0
+
+
+def _last_axis(attrs, rank: int) -> int:
+    return rank - 1
+
+
+def _gemm_b_axis(attrs, rank: int) -> int:
+    return 0 if int(attrs.get("transB", 0)) else 1
+
+
+# Op inputs that hold a quantized tensor, (domain, op, input) -> (scale input, zero-point
+# input, the axis a per-axis scale runs along, from the node's attributes and the tensor's
+# rank): DequantizeLinear (QDQ), and the integer-op (QOperator) formats ONNX Runtime's
+# quantize_static writes. The int32 biases of QLinearConv and QGemm are quantized with an
+# implied zero point of 0 (no scale input of their own).
+QUANTIZED_INPUTS = {
+    ("", "DequantizeLinear", 0): (1, 2, _attr_axis),
+    ("", "QLinearConv", 0): (1, 2, _first_axis), ("", "QLinearConv", 3): (4, 5, _first_axis),
+    ("", "QLinearConv", 8): (None, None, _first_axis),
+    ("", "QLinearMatMul", 0): (1, 2, _last_axis), ("", "QLinearMatMul", 3): (4, 5, _last_axis),
+    ("com.microsoft", "QGemm", 0): (1, 2, _first_axis), ("com.microsoft", "QGemm", 3): (4, 5, _gemm_b_axis),
+    ("com.microsoft", "QGemm", 6): (None, None, _first_axis),
+    **{("com.microsoft", op, i): (i + 1, i + 2, _first_axis) for op in ("QLinearAdd", "QLinearMul") for i in (0, 3)},
+}
+
+
+def quantized_input_of(domain: str, op_type: str, idx: int) -> tuple | None:
+    """(scale input, zero-point input, axis function(attrs, rank)) when input `idx` of such
+    an op holds a quantized tensor (QUANTIZED_INPUTS), else None."""
+    return QUANTIZED_INPUTS.get(("" if domain in STD_DOMAINS else domain, op_type, idx))
+
+
+def quantized_input(node: ir.Node, idx: int) -> tuple | None:
+    """`quantized_input_of` for an IR node."""
+    return quantized_input_of(node.domain, node.op_type, idx)
 
 
 def _block_size(node: ir.Node) -> int:
@@ -80,18 +128,20 @@ def zero_point_fill(shape, zero_point: np.ndarray | None, axis: int) -> np.ndarr
 def masking_fill(value: ir.Value) -> np.ndarray | None:
     """For a constant of the input model: the zero-point array a masked slice of it must
     take (None: plain zero). Raises ValueError when the constant is read both as a
-    quantized weight and otherwise, or by DequantizeLinears with different zero points:
-    no single value of a slice is "removed" for all of its readers."""
+    quantized tensor and otherwise, or with different zero points: no single value of a
+    slice is "removed" for all of its readers."""
     uses = list(value.uses())
-    dqs = [u.node for u in uses if is_dequantize(u.node) and u.idx == 0]
+    quant = [(u.node, quantized_input(u.node, u.idx)) for u in uses]
+    quant = [(node, q) for node, q in quant if q is not None]
     readers = []
-    for node in dqs:
-        zp_v = _input(node, 2)
+    rank = len(const_array(value).shape) if quant else 0
+    for node, (_, zp_i, axis) in quant:
+        zp_v = _input(node, zp_i) if zp_i is not None else None
         zp = const_array(zp_v) if zp_v is not None else None
         if zp_v is not None and zp is None:
-            raise ValueError(f"{value.name!r}: its DequantizeLinear's zero point is not a constant")
-        readers.append((zp, dq_axis(node, len(const_array(value).shape))))
-    return combined_fill(value.name, const_array(value).shape if dqs else (), readers, len(uses) - len(dqs))
+            raise ValueError(f"{value.name!r}: the zero point {node.op_type} reads it with is not a constant")
+        readers.append((zp, axis({k: a.value for k, a in node.attributes.items()}, rank)))
+    return combined_fill(value.name, const_array(value).shape if quant else (), readers, len(uses) - len(quant))
 
 
 def combined_fill(name: str, shape, readers: list, other_uses: int) -> np.ndarray | None:
@@ -100,7 +150,7 @@ def combined_fill(name: str, shape, readers: list, other_uses: int) -> np.ndarra
     if not readers:
         return None
     if other_uses:
-        raise ValueError(f"{name!r} is read by DequantizeLinear and by other ops")
+        raise ValueError(f"{name!r} is read both as a quantized tensor and by other ops")
     fills = [zero_point_fill(shape, zp, axis) for zp, axis in readers]
     first = fills[0]
     for f in fills[1:]:
@@ -118,6 +168,35 @@ def is_quantized_const(value: ir.Value | None) -> bool:
 
 
 def is_quantized_weight(value: ir.Value) -> bool:
-    """Whether a constant is the integer data of a QDQ weight (read by DequantizeLinear):
-    a parameter of the model, as a float weight is."""
-    return any(is_dequantize(u.node) and u.idx == 0 for u in value.uses())
+    """Whether a constant is the integer data of a quantized weight (read by DequantizeLinear,
+    or as a QLinearConv / QLinearMatMul / QGemm weight or bias): a parameter of the model,
+    as a float weight is."""
+    return any(quantized_input(u.node, u.idx) is not None for u in value.uses())
+
+
+def is_integer_op_weight(value: ir.Value) -> bool:
+    """Whether a constant is read as a quantized input of an integer op (QLinearConv's
+    weight or bias, QLinearAdd's constant operand ...), not through a DequantizeLinear."""
+    return any(quantized_input(u.node, u.idx) is not None and not is_dequantize(u.node) for u in value.uses())
+
+
+def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
+    """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm) multiplies
+    with, for its constant integer weight `value`: (q - zero_point) * scale along the
+    layer's per-axis scale; None when `value` is not one (or its scale is computed)."""
+    if value is None:
+        return None
+    for u in value.uses():
+        q = quantized_input(u.node, u.idx)
+        if q is None or q[0] is None or is_dequantize(u.node) or u.idx != 3:
+            continue
+        arr, scale = const_array(value), const_array(_input(u.node, q[0]))
+        zp_v = _input(u.node, q[1])
+        zp = const_array(zp_v) if zp_v is not None else np.zeros((), dtype=np.int64)
+        if arr is None or scale is None or zp is None:
+            return None
+        axis = q[2]({k: a.value for k, a in u.node.attributes.items()}, arr.ndim)
+        s = _per_axis_shape(scale.astype(np.float64), arr.ndim, axis)
+        z = _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
+        return ((arr.astype(np.float64) - z) * s).astype(scale.dtype)
+    return None

@@ -76,9 +76,9 @@ def _graph_of_file(path: str):
 
 def _disk_fills(proto, by_name: dict, base: str, names: set[str]) -> dict:
     """`_quantized_fill` on a ModelProto loaded without its external data (`base`: its folder)."""
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
-    from graphprune.ir.quant import combined_fill
+    from graphprune.ir.quant import combined_fill, quantized_input_of
 
     readers: dict[str, list] = {n: [] for n in names}
     others = dict.fromkeys(names, 0)
@@ -86,18 +86,19 @@ def _disk_fills(proto, by_name: dict, base: str, names: set[str]) -> dict:
         for i, name in enumerate(node.input):
             if name not in readers:
                 continue
-            if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or i != 0:
+            q = quantized_input_of(node.domain, node.op_type, i)
+            if q is None:
                 others[name] += 1
                 continue
             zp = None
-            if len(node.input) > 2 and node.input[2]:
-                if node.input[2] not in by_name:
+            zp_i = q[1]
+            if zp_i is not None and len(node.input) > zp_i and node.input[zp_i]:
+                if node.input[zp_i] not in by_name:
                     raise PlanError(f"cannot mask a slice of the quantized constant {name!r}: "
                                     "its zero point is not an initializer")
-                zp = numpy_helper.to_array(by_name[node.input[2]], base_dir=base)
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            rank = len(by_name[name].dims)
-            readers[name].append((zp, axis + rank if axis < 0 else axis))
+                zp = numpy_helper.to_array(by_name[node.input[zp_i]], base_dir=base)
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            readers[name].append((zp, q[2](attrs, len(by_name[name].dims))))
     try:
         return {n: combined_fill(n, tuple(by_name[n].dims), readers[n], others[n]) for n in names}
     except ValueError as exc:

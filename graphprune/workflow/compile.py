@@ -165,7 +165,7 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     backend_req = "onnxruntime" if opts.backend == "ort" else opts.backend
     from graphprune.workflow.quantized import check_options
 
-    check_options(opts.quantize, opts.calib, backend_req)  # int8 without --calib or with TVM: refused
+    check_options(opts.quantize, opts.calib, backend_req, src)  # int8 without --calib, with TVM, twice: refused
     if opts.quantize != "none" and (opts.keep_tokens is not None):
         # its calibration and quality line feed the calibration's token ids (the input's) to the
         # deployment, which reads new ids after slice-vocab

@@ -20,12 +20,17 @@ MODES = ("none", "int8")
 QDQ_NAME = "model.qdq.onnx"
 
 
-def check_options(quantize: str, calib, backend: str) -> None:
-    """Before any work: an unknown mode, int8 without calibration data, int8 with TVM."""
+def check_options(quantize: str, calib, backend: str, src: Path | None = None) -> None:
+    """Before any work: an unknown mode, int8 without calibration data, int8 with TVM, int8
+    of a model that is quantized already (`src`)."""
     if quantize not in MODES:
         raise UsageError(f"unknown --quantize {quantize!r}", hint="choose none or int8")
     if quantize == "none":
         return
+    done = already_quantized(src) if src is not None and src.is_file() else []
+    if done:
+        raise UsageError(f"--quantize int8: the input model is quantized already (it contains {', '.join(done)})",
+                         hint="drop --quantize: the pruned model stays in the input's integer format")
     if calib is None:
         raise UsageError("--quantize int8 needs calibration data (--calib): static quantization takes each "
                          "activation's int8 range from real inputs, and ranges taken from random data would "
@@ -112,3 +117,18 @@ def check_summary(sec: dict, max_drop: float | None) -> str:
     gate = f" (max {max_drop:g})" if max_drop is not None else ""
     return (f"deployment runs int8 ops: {int8 or 'none'}; output cosine drop vs dense float "
             f"{sec['fidelity']['drop']:.4f}{gate}")
+
+
+def already_quantized(path: Path) -> list[str]:
+    """The quantization ops in the model file at `path` (its graph only, no weights read)."""
+    import onnx
+
+    from graphprune.ir.quant import QUANTIZED_INPUTS
+
+    ops = {op for _, op, _ in QUANTIZED_INPUTS} | {"QuantizeLinear", "ConvInteger", "MatMulInteger",
+                                                   "DynamicQuantizeLinear"}
+    try:
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+    except Exception:  # noqa: BLE001 - not readable here: the frontend says why, with its own message
+        return []
+    return sorted({n.op_type for n in nodes if n.op_type in ops})

@@ -322,3 +322,42 @@ def test_a_gemm_head_with_biases_and_a_reshape(tmp_path):
     c = model.graph.initializers["c"]
     set_const_array(c, const_array(c)[::-1].copy())
     assert not _check(path, model, rec).ok
+
+
+def test_an_output_over_the_vocabulary_without_a_head_is_refused(tmp_path):
+    """Logits made by an op slice_vocab does not follow (a Gemm with transA) would keep the
+    old vocabulary while the ids are renumbered: refused, naming the output."""
+    import onnx
+    from onnx import helper
+
+    path = _gemm_lm(tmp_path / "g.onnx")
+    m = onnx.load(path)
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    t = helper.make_node("Transpose", ["h"], ["hT"], perm=[1, 0])
+    gemm.input[0] = "hT"
+    gemm.attribute.append(helper.make_attribute("transA", 1))
+    m.graph.node.insert(1, t)
+    onnx.save(m, str(tmp_path / "t.onnx"))
+    with pytest.raises(NotAVocabulary, match="output 'logits' has the vocabulary size 11"):
+        find_vocab(load_onnx(str(tmp_path / "t.onnx")))
+
+
+def test_a_large_model_through_files(hf_exported, tmp_path, capsys, monkeypatch):
+    """Above BIG_MODEL_BYTES the pruned model is staged on disk and the oracle works from
+    files: the vocabulary step and its oracle work there too, and the pair checks."""
+    from graphprune.cli.main import main
+    from graphprune.ir import serialize
+
+    monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+    path = hf_exported("llama_lm", True)
+    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
+    out = tmp_path / "out.onnx"
+    rc = main(["prune", path, "--keep-tokens", str(tmp_path / "ids.json"), "--ratio", "0.3", "--no-bench",
+               "-o", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    assert "oracle PASS" in printed.out and "sliced vs ids mapped: PASS" in printed.out
+    assert load_onnx(str(out)).graph.outputs[0].shape[-1] == 24
+    rc = main(["check", path, str(out), "--plan", str(tmp_path / "out.plan.json")])
+    printed = capsys.readouterr()
+    assert rc == 0 and "oracle PASS" in printed.out, printed.out + printed.err

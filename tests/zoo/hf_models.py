@@ -82,8 +82,10 @@ def gpt2_lm():
     return GPT2LMHeadModel(cfg).eval(), "text"
 
 
-HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit,
-          "llama_lm": llama_lm, "gpt2_lm": gpt2_lm}
+HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit}
+# causal LMs (ids -> logits over the vocabulary): exported like the rest, not in the
+# architecture sweeps over HF_ZOO
+HF_LMS = {"llama_lm": llama_lm, "gpt2_lm": gpt2_lm}
 
 
 class _Wrap(torch.nn.Module):
@@ -119,7 +121,7 @@ def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True) -> st
     """`randomized=False` keeps transformers' default init (zero biases, unit norms)."""
     import onnx
 
-    model, kind = HF_ZOO[name]()
+    model, kind = {**HF_ZOO, **HF_LMS}[name]()
     if randomized:
         randomize(model)
     wrapped = _Wrap(model).eval()

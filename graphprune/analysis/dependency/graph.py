@@ -24,7 +24,7 @@ from graphprune.analysis.dependency.registry import RULES, RuleRegistry
 from graphprune.errors import StaleAnalysisError
 from graphprune.ir.constants import is_constant
 from graphprune.ir.mutation import stamp
-from graphprune.ir.quant import is_quantized_const
+from graphprune.ir.quant import is_integer_op_weight, is_quantized_const
 from graphprune.ir.shapes import dims_of
 from graphprune.ir.untie import untied_copies
 
@@ -258,7 +258,11 @@ def _subgraphs(node: ir.Node) -> list:
 
 
 def _is_float(v: ir.Value | None) -> bool:
-    return v is not None and v.dtype is not None and v.dtype.is_floating_point()
+    """A weight-like value: floating point, or an integer-op layer's integer constant
+    (QLinearConv's weight ...). Not the integer data behind a QDQ weight's DequantizeLinear:
+    the float output is the weight there, and its integer input's axes couple to every axis
+    of it, kernel taps included, which must never form a group of their own."""
+    return v is not None and v.dtype is not None and (v.dtype.is_floating_point() or is_integer_op_weight(v))
 
 
 class _BadEdge(ValueError):

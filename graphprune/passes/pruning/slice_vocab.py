@@ -27,7 +27,8 @@ What is recognised, fail closed (`find_vocab` raises NotAVocabulary naming the n
   and an optional bias of V, whose result reaches graph outputs only through Add of a
   constant over the vocabulary, Cast, Identity, and Reshapes whose constant target ends in
   V (rewritten) or 0. Every projection onto V columns must be such a head: one read by
-  Softmax, ArgMax, TopK ... is refused, since that over fewer tokens is not the original's.
+  Softmax, ArgMax, TopK ... is refused, since that over fewer tokens is not the original's;
+  so is a model output of last dim V that no such head makes (it would keep the old ids).
 """
 from __future__ import annotations
 
@@ -258,6 +259,11 @@ def find_vocab(model: ir.Model, input: str | None = None) -> VocabSites:
                              "one vocabulary size is needed")
     V = rows[0]
     heads, transposes = _heads(model, tables, V)
+    made = {id(o) for h in heads for o in h.outputs}
+    for o in model.graph.outputs:  # logits over V that no recognised head makes would stay over the old ids
+        if id(o) not in made and o.shape is not None and len(o.shape) and o.shape[-1] == V:
+            raise NotAVocabulary(f"output {o.name!r} has the vocabulary size {V} as its last dim but no head "
+                                 "slice_vocab recognises makes it (MatMul/Gemm of a constant weight, module docstring)")
     for h in heads:  # a weight shared with something that is not a head would be sliced under it
         users = {id(n) for n, _ in h.weight.uses()} - {id(x.node) for x in heads} - {id(g) for g in gathers} - \
             {id(t) for t in transposes}

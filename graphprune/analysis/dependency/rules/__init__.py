@@ -5,6 +5,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     linear,
     norm,
     pool,
+    qlinear,
     quant,
     reshape,
     shape_ops,

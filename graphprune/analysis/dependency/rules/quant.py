@@ -15,9 +15,10 @@ pass is the scale / zero point:
   and a quantized constant that is also read by another op (its masking would be ambiguous;
   see graphprune.ir.quant).
 
-The integer-op formats (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, ...) have
-no rule: the ONNX frontend refuses them, and any other quantized op (com.microsoft
-MatMulNBits ...) freezes what it touches.
+The static integer-op formats (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...) have
+their rules in qlinear.py. Dynamic quantization (ConvInteger, MatMulInteger,
+DynamicQuantizeLinear) is refused by the ONNX frontend, and any other quantized op
+(com.microsoft MatMulNBits ...) freezes what it touches.
 """
 from __future__ import annotations
 

@@ -1,0 +1,80 @@
+"""Output shapes of ONNX Runtime's com.microsoft integer ops (QLinearAdd, QGemm, ...),
+which onnx's shape inference does not know: without them every slot behind such an op
+freezes as "unknown size". Only what follows from the input shapes and attributes alone is
+filled; an output that already has a shape is left as it is.
+"""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+MS = "com.microsoft"
+
+
+def _broadcast(a: list, b: list) -> list | None:
+    n = max(len(a), len(b))
+    out = []
+    for x, y in zip([1] * (n - len(a)) + a, [1] * (n - len(b)) + b, strict=True):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None  # a symbolic dim against another size: not known from the shapes alone
+    return out
+
+
+def _attr(node: ir.Node, key: str, default):
+    a = node.attributes.get(key)
+    return default if a is None else a.value
+
+
+def _dims(v: ir.Value | None) -> list | None:
+    return list(v.shape) if v is not None and v.shape is not None else None
+
+
+def _output_dims(node: ir.Node) -> list | None:
+    x = _dims(node.inputs[0]) if node.inputs else None
+    if x is None:
+        return None
+    op = node.op_type
+    if op in ("QLinearAdd", "QLinearMul"):
+        b = _dims(node.inputs[3]) if len(node.inputs) > 3 else None
+        return None if b is None else _broadcast(x, b)
+    if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
+        return x
+    if op == "QLinearGlobalAveragePool" and len(x) >= 3:
+        return [x[0]] + [1] * (len(x) - 2) + [x[-1]] if _attr(node, "channels_last", 0) else x[:2] + [1] * (len(x) - 2)
+    if op == "QGemm" and len(x) == 2:
+        w = _dims(node.inputs[3]) if len(node.inputs) > 3 else None
+        if w is None or len(w) != 2:
+            return None
+        m = x[1] if _attr(node, "transA", 0) else x[0]
+        n = w[0] if _attr(node, "transB", 0) else w[1]
+        return [m, n]
+    return None
+
+
+def _output_dtype(node: ir.Node) -> ir.DataType | None:
+    """The output's element type: its zero point's (the last input), or float for a QGemm
+    without an output scale."""
+    if node.op_type == "QGemm" and (len(node.inputs) < 8 or node.inputs[7] is None):
+        return ir.DataType.FLOAT
+    zp = node.inputs[-1] if node.inputs else None
+    return zp.dtype if zp is not None else node.inputs[0].dtype
+
+
+def fill_quantized_outputs(model: ir.Model) -> bool:
+    """Give com.microsoft integer ops' outputs their shapes (and types); True when any changed."""
+    changed = False
+    for node in model.graph:
+        if node.domain != MS or not node.outputs or node.outputs[0].shape is not None:
+            continue
+        dims = _output_dims(node)
+        if dims is None:
+            continue
+        y = node.outputs[0]
+        y.shape = ir.Shape(dims)
+        if y.dtype is None:
+            y.dtype = _output_dtype(node)
+        changed = True
+    return changed
