@@ -52,6 +52,28 @@ def float_mlp(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, ("x", TensorProto.FLOAT, [2, 6, 16]), ("y", TensorProto.FLOAT, [2, 6, 16]), inits)
 
 
+def float_branches(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,16,16] -> conv 3->8 -> relu -> avgpool 2x2/2 -> (conv 8->6, conv 8->4) -> concat ->
+    conv 10->8 -> sigmoid -> global pool -> gemm 8->4: quantized, the pooling, concat and
+    sigmoid become QLinearAveragePool, QLinearConcat and QLinearSigmoid."""
+    rng = np.random.default_rng(seed)
+    inits = {"c1.w": _w(rng, 8, 3, 3, 3), "c1.b": _w(rng, 8), "a.w": _w(rng, 6, 8, 1, 1), "a.b": _w(rng, 6),
+             "b.w": _w(rng, 4, 8, 3, 3, scale=0.2), "b.b": _w(rng, 4), "c3.w": _w(rng, 8, 10, 1, 1), "c3.b": _w(rng, 8),
+             "fc.w": _w(rng, 4, 8), "fc.b": _w(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("AveragePool", ["r1"], ["p1"], name="p1", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "a.w", "a.b"], ["ca"], name="ca"),
+             helper.make_node("Conv", ["p1", "b.w", "b.b"], ["cb"], name="cb", pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["ca", "cb"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "c3.w", "c3.b"], ["c3"], name="c3"),
+             helper.make_node("Sigmoid", ["c3"], ["s3"], name="s3"),
+             helper.make_node("GlobalAveragePool", ["s3"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1)]
+    return _model(nodes, ("x", TensorProto.FLOAT, [1, 3, 16, 16]), ("y", TensorProto.FLOAT, [1, 4]), inits)
+
+
 FLOAT_MODELS = {"cnn": float_cnn, "mlp": float_mlp}
 
 

@@ -15,7 +15,7 @@ import pytest
 import graphprune as gp
 from graphprune.cli.main import main
 from graphprune.runtime import oracle
-from qdq_models import FLOAT_MODELS, initializers, quantized
+from qdq_models import FLOAT_MODELS, float_branches, initializers, quantized
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -176,3 +176,24 @@ def test_quantized_shapes_of_microsoft_ops(qop):
     m = gp.load(qop[("cnn", False, "QInt8")])
     shapes = {n.op_type: list(n.outputs[0].shape) for n in m.graph if n.domain == "com.microsoft"}
     assert shapes == {"QLinearGlobalAveragePool": [1, 8, 1, 1], "QGemm": [1, 4]}
+
+
+def test_pooling_concat_and_sigmoid_in_integer_ops(tmp_path):
+    """QLinearAveragePool (its output shape computed from kernel and strides), QLinearConcat
+    (two branches' channels in one tensor) and QLinearSigmoid pass channels: the branches
+    and the conv after the concat lose channels, exactly."""
+    src = quantized(float_branches(), tmp_path / "br.onnx", per_channel=True, weight_type="QInt8", fmt="QOperator")
+    ops = {n.op_type for n in onnx.load(src).graph.node}
+    assert {"QLinearAveragePool", "QLinearConcat", "QLinearSigmoid"} <= ops
+    m = gp.load(src)
+    pool = next(n for n in m.graph if n.op_type == "QLinearAveragePool")
+    assert list(pool.outputs[0].shape) == [1, 8, 8, 8]
+    cat = next(n for n in m.graph if n.op_type == "QLinearConcat")
+    assert list(cat.outputs[0].shape) == [1, 10, 8, 8]
+    res = gp.prune(src, 0.5)
+    sliced = {t["name"] for t in res.plan.tensors}
+    assert {"a.w_quantized", "b.w_quantized", "c3.w_quantized"} <= sliced
+    after = {v.name: v.const_value.numpy() for v in res.model.graph.initializers.values()}
+    assert after["c3.w_quantized"].shape[1] == after["a.w_quantized"].shape[0] + after["b.w_quantized"].shape[0] < 10
+    result = gp.check(gp.load(src, fold=False), res.model, res.plan)
+    assert result.ok and result.worst_relative == 0.0, result.summary()

@@ -180,7 +180,10 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
     from graphprune.frontends.quantized_shapes import fill_quantized_outputs
 
     infer_shapes(model, warn=warn)
-    for _ in range(4):  # each round can make more shapes concrete, and more shape math static
+    # each round can make more shapes concrete, and more shape math static; a com.microsoft
+    # integer op (whose shapes onnx does not infer) between standard ops costs a round each
+    rounds = 1000 if any(n.domain == "com.microsoft" for n in model.graph) else 4
+    for _ in range(rounds):
         changed = fold and fold_constants(model)
         if changed:
             remove_unused(model)

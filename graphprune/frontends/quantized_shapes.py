@@ -44,6 +44,12 @@ def _output_dims(node: ir.Node) -> list | None:
         return x
     if op == "QLinearGlobalAveragePool" and len(x) >= 3:
         return [x[0]] + [1] * (len(x) - 2) + [x[-1]] if _attr(node, "channels_last", 0) else x[:2] + [1] * (len(x) - 2)
+    if op == "QLinearSoftmax":
+        return x
+    if op == "QLinearAveragePool":
+        return _pooled(node, x)
+    if op == "QLinearConcat":
+        return _concatenated(node)
     if op == "QGemm" and len(x) == 2:
         w = _dims(node.inputs[3]) if len(node.inputs) > 3 else None
         if w is None or len(w) != 2:
@@ -52,6 +58,37 @@ def _output_dims(node: ir.Node) -> list | None:
         n = w[0] if _attr(node, "transB", 0) else w[1]
         return [m, n]
     return None
+
+
+def _pooled(node: ir.Node, x: list) -> list | None:
+    """QLinearAveragePool's output: (in + pads - kernel) / stride + 1 per spatial axis."""
+    k = list(_attr(node, "kernel_shape", []))
+    last = bool(_attr(node, "channels_last", 0))
+    spatial = x[1:-1] if last else x[2:]
+    if not k or len(k) != len(spatial) or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") \
+            or not all(isinstance(d, int) for d in spatial):
+        return None
+    strides = list(_attr(node, "strides", [1] * len(k)))
+    pads = list(_attr(node, "pads", [0] * 2 * len(k)))
+    ceil = bool(_attr(node, "ceil_mode", 0))
+    out = []
+    for i, d in enumerate(spatial):
+        span = d + pads[i] + pads[i + len(k)] - k[i]
+        out.append((-(-span // strides[i]) if ceil else span // strides[i]) + 1)
+    return [x[0], *out, x[-1]] if last else [*x[:2], *out]
+
+
+def _concatenated(node: ir.Node) -> list | None:
+    """QLinearConcat(y_scale, y_zp, (x, x_scale, x_zp)...): the xs concatenated on `axis`."""
+    xs = [_dims(node.inputs[i]) for i in range(2, len(node.inputs), 3)]
+    if not xs or any(d is None for d in xs) or len({len(d) for d in xs}) != 1:
+        return None
+    axis = int(_attr(node, "axis", 0))
+    axis = axis + len(xs[0]) if axis < 0 else axis
+    sizes = [d[axis] for d in xs]
+    if not all(isinstance(n, int) for n in sizes):
+        return None
+    return [*xs[0][:axis], sum(sizes), *xs[0][axis + 1:]]
 
 
 def _output_dtype(node: ir.Node) -> ir.DataType | None:

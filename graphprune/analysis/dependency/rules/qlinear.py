@@ -1,6 +1,6 @@
 """Integer-op (QOperator) quantization: QLinearConv, QLinearMatMul, and ONNX Runtime's
 com.microsoft QGemm, QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearAveragePool,
-QLinearSigmoid, QLinearLeakyRelu — what `onnxruntime.quantization.quantize_static` writes
+QLinearConcat, QLinearSigmoid, QLinearLeakyRelu — what `onnxruntime.quantization.quantize_static` writes
 with QuantFormat.QOperator.
 
 Each couples channels exactly as its float op does, on the same data inputs at other
@@ -28,6 +28,7 @@ from graphprune.analysis.dependency.registry import rule
 from graphprune.analysis.dependency.rules.conv import _grouped_conv
 from graphprune.analysis.dependency.rules.elementwise import binary
 from graphprune.analysis.dependency.rules.linear import gemm, matmul
+from graphprune.analysis.dependency.rules.shape_ops import concat
 
 MS = "com.microsoft"
 
@@ -150,3 +151,11 @@ def qlinear_unary(node, ctx):
     if not _per_tensor(ctx, node, 1, 2, 3, 4):
         return
     ctx.identity(node.inputs[0], node.outputs[0])
+
+
+@rule("QLinearConcat", domain=MS)
+def qlinear_concat(node, ctx):
+    """y scale 0, 1; then (x, x scale, x zero point) per input: Concat of the xs."""
+    if not _per_tensor(ctx, node, 0, 1, *[i for k in range(2, len(node.inputs), 3) for i in (k + 1, k + 2)]):
+        return
+    concat(_View([node.inputs[i] for i in range(2, len(node.inputs), 3)], list(node.outputs), node.op_type), ctx)
