@@ -197,3 +197,24 @@ def test_pooling_concat_and_sigmoid_in_integer_ops(tmp_path):
     assert after["c3.w_quantized"].shape[1] == after["a.w_quantized"].shape[0] + after["b.w_quantized"].shape[0] < 10
     result = gp.check(gp.load(src, fold=False), res.model, res.plan)
     assert result.ok and result.worst_relative == 0.0, result.summary()
+
+
+def test_dynamic_integer_model_analysed_at_a_shape_keeps_types(tmp_path):
+    """A model with dynamic dims analysed at --input-shape: the com.microsoft outputs that
+    only get dims there get their element types too (a value with dims and no type is not
+    serialised, which broke every session made from the analysed model)."""
+    from graphprune.frontends.onnx import load_onnx
+
+    m = float_branches()
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_param = "n"
+    for k in (2, 3):
+        m.graph.input[0].type.tensor_type.shape.dim[k].dim_param = f"s{k}"
+    src = quantized(m, tmp_path / "dyn.onnx", per_channel=True, fmt="QOperator")
+    model = load_onnx(src, input_shapes={"x": [1, 3, 16, 16]})
+    ms = [n for n in model.graph if n.domain == "com.microsoft"]
+    assert ms and all(n.outputs[0].shape is not None for n in ms)
+    untyped = [v.name for n in model.graph for v in n.outputs if v.shape is not None and v.dtype is None]
+    assert not untyped
+    res = gp.prune(src, 0.5)
+    assert gp.check(gp.load(src, fold=False), res.model, res.plan).ok

@@ -2,6 +2,7 @@
 real quantized model, how exact is it, and what does it keep?
 
     python benchmarks/accuracy/qoperator_rec.py [--calib-lines 64] [--eval-lines 100] [--target-macs 0.7]
+                                                [--max-drop D]
 
 The dense float recognizer is quantized by onnxruntime.quantization.quantize_static
 (QuantFormat.QOperator, per-channel int8 weights, uint8 activations) on rendered lines of the
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-lines", type=int, default=64)
     ap.add_argument("--eval-lines", type=int, default=100)
     ap.add_argument("--target-macs", default="0.7")
+    ap.add_argument("--max-drop", help="passed to prune (2 turns the quality gate off, to measure what it refuses)")
     args = ap.parse_args(argv)
     if D.MODELS is None:
         raise SystemExit("pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PP-OCR ONNX models)")
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
         print(f"quantized (QOperator) in {time.time() - t0:.0f} s", flush=True)
         out = os.path.join(tmp, "rec_qop_pruned.onnx")
         cmd = [sys.executable, "-m", "graphprune.cli.main", "prune", qop, "--target-macs", args.target_macs,
-               "--calib", os.path.join(tmp, "calib.npz"), "-o", out]
+               "--calib", os.path.join(tmp, "calib.npz"), "--no-bench", "-o", out] \
+            + (["--max-drop", args.max_drop] if args.max_drop else [])
         print("$ graphprune " + " ".join(cmd[3:]), flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -626,4 +626,6 @@ def analyse_at(model, shapes: Mapping) -> int:
             if cur is None or merged != cur:
                 v.shape = ir.Shape(merged)
                 gained += 1
+            if v.dtype is None and other.dtype is not None:  # a shape without a type is not serialised
+                v.dtype = other.dtype
     return gained
