@@ -218,3 +218,14 @@ def test_dynamic_integer_model_analysed_at_a_shape_keeps_types(tmp_path):
     assert not untyped
     res = gp.prune(src, 0.5)
     assert gp.check(gp.load(src, fold=False), res.model, res.plan).ok
+
+
+def test_repairs_say_once_that_integer_layers_keep_their_error(qop, tmp_path, capsys):
+    src = qop[("cnn", True, "QUInt8")]
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    rc = main(["prune", src, "--calib", str(tmp_path / "calib.npz"), "--max-drop", "2", "--no-bench",
+               "-o", str(tmp_path / "out.onnx")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("note: repairs do not rewrite integer-op layers (QGemm, QLinearConv)") == 1, out
+    assert initializers(tmp_path / "out.onnx")["c2.w_quantized"].dtype == np.int8

@@ -17,6 +17,9 @@ class Printer(Progress):
             print(f"oracle inputs: {res.shapes.describe()}")
         print(res.summary())
 
+    def note(self, text: str) -> None:
+        print(f"note: {text}")
+
     def rotation(self, res) -> None:
         print(f"rotation (slice-hidden): {res.summary().replace('oracle ', 'rotated input vs input: ', 1)}")
 

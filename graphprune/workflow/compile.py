@@ -121,8 +121,11 @@ def _numerics(ref: list[np.ndarray], got: list[np.ndarray], names: list[str], rt
 class _Logged(Progress):
     """compile's progress: to the log function; the checks go to the report."""
 
-    def __init__(self, log_fn):
-        self.log_fn = log_fn
+    def __init__(self, log_fn, notes: list | None = None):
+        self.log_fn, self.notes = log_fn, notes if notes is not None else []
+
+    def note(self, text: str) -> None:  # printed at the end and kept in the report's notes
+        self.notes.append(text)
 
     def oracle(self, res, shapes) -> None:
         self.log_fn(f"oracle inputs: {(res.shapes or shapes).describe()}")  # both sizes of dynamic dims
@@ -193,7 +196,7 @@ def _prune(c: _Compile):
 
     popts = prune_options(c.opts, c.target)
     c.log_fn(f"target {c.target.name}: {c.target.description}; TVM {c.target.tvm}; round_to {popts.round_to}")
-    outcome = run_prune(c.src, popts, progress=_Logged(c.log_fn))
+    outcome = run_prune(c.src, popts, progress=_Logged(c.log_fn, c.notes))
     c.before = {"params": outcome.before.params, "macs": outcome.before.macs, "bytes": outcome.before_nbytes}
     if outcome.oracle is not None:
         res = outcome.oracle

@@ -50,6 +50,9 @@ class Progress:
     def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
         pass
 
+    def note(self, text: str) -> None:  # something the user should know about the result
+        log.info("%s", text)
+
 
 @dataclass
 class PruneOutcome:
@@ -291,6 +294,11 @@ class _Run:
         outcome.repair = run_repair(self.model, self.state.ctx, self.opts.repair, repair_pm)
         for r in outcome.repair:
             self.progress.repair(r)
+        integer = sorted({n.op_type for n in self.model.graph if n.op_type in _INTEGER_LAYERS})
+        if outcome.repair and integer and outcome.plan.tensors:
+            self.progress.note(f"repairs do not rewrite integer-op layers ({', '.join(integer)}): they keep the "
+                               "error the pruning made; for accuracy, prune and repair the float model, then quantize "
+                               "it (compile --quantize int8)")
 
     def sparsify(self, outcome: PruneOutcome, sparsify_passes: list) -> None:
         if not sparsify_passes:  # zeros beyond the plan's slices: after the oracle and repair
@@ -375,6 +383,9 @@ class _Run:
 
             outcome.vocab_out = vocab_path_for(self.out)
             write_id_map(outcome.plan.vocab, outcome.vocab_out)
+
+
+_INTEGER_LAYERS = ("QLinearConv", "QLinearMatMul", "QGemm")  # ir.layers: never rewritten in float
 
 
 def _require_pass(res, what: str) -> None:
