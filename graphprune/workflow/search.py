@@ -217,8 +217,9 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     same_cost = opts
     for i, c in enumerate(cands):
         t = time.time()
+        # a candidate is scored against the dense model on the input's token ids: no vocabulary slicing
         trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
-                                    max_drop=None, sparsity=None, inputs=None, search_budget=1)
+                                    max_drop=None, sparsity=None, inputs=None, search_budget=1, keep_tokens=None)
         out = run_prune(clone(model), trial)
         kept = out.after.macs / max(out.before.macs, 1)
         if i == 0 and not any(k.startswith("target_") for k in opts.allocation):

@@ -361,3 +361,20 @@ def test_a_large_model_through_files(hf_exported, tmp_path, capsys, monkeypatch)
     rc = main(["check", path, str(out), "--plan", str(tmp_path / "out.plan.json")])
     printed = capsys.readouterr()
     assert rc == 0 and "oracle PASS" in printed.out, printed.out + printed.err
+
+
+def test_with_calibration_the_search_scores_candidates_before_the_vocabulary(hf_exported, tmp_path, capsys):
+    """--calib makes the defaults search candidates; each is scored against the dense model
+    on the input's ids, so none is vocabulary-sliced; the chosen one is, once, at the end."""
+    from graphprune.cli.main import main
+
+    path = hf_exported("llama_lm", False)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 97, (16, 8)).astype(np.int64))
+    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
+    rc = main(["prune", path, "--keep-tokens", str(tmp_path / "ids.json"), "--calib", str(tmp_path / "calib.npz"),
+               "--max-drop", "2", "--no-bench", "-o", str(tmp_path / "out.onnx")])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    assert "search: 3 candidates" in printed.out
+    assert printed.out.count("sliced vs ids mapped: PASS") == 1
+    assert load_onnx(str(tmp_path / "out.onnx")).graph.outputs[0].shape[-1] == 24
