@@ -345,6 +345,12 @@ class _Run:
         keep, name = self._tokens()
         if keep is None:
             return
+        if self.opts.sparsity:
+            # the sparsity record and its block formats describe the weights before the columns
+            # of the dropped tokens go; its data-aware criteria read the input's ids
+            raise UsageError("--keep-tokens with sparsity is not supported yet",
+                             hint="sparsify the vocabulary-sliced model in a second run: graphprune prune SLICED.onnx "
+                                  "--ratio 0 --sparsity F (or gp.sparsify)")
         from graphprune.passes.pruning.slice_vocab import find_vocab, kept_ids
 
         kept_ids(keep, find_vocab(self.model, name).vocab)

@@ -378,3 +378,16 @@ def test_with_calibration_the_search_scores_candidates_before_the_vocabulary(hf_
     assert "search: 3 candidates" in printed.out
     assert printed.out.count("sliced vs ids mapped: PASS") == 1
     assert load_onnx(str(tmp_path / "out.onnx")).graph.outputs[0].shape[-1] == 24
+
+
+def test_with_sparsity_refused_before_any_work(hf_exported, tmp_path, capsys):
+    """The sparsity record (and its block formats) would describe the weights before the
+    dropped tokens' columns go: refused, with the two-run way in the hint."""
+    from graphprune.cli.main import main
+
+    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
+    rc = main(["prune", hf_exported("llama_lm", False), "--keep-tokens", str(tmp_path / "ids.json"), "--sparsity",
+               "0.5", "--no-bench", "-o", str(tmp_path / "out.onnx")])
+    printed = capsys.readouterr()
+    assert rc == 2 and "--keep-tokens with sparsity is not supported yet" in printed.err
+    assert "--ratio 0 --sparsity" in printed.err and not list(tmp_path.glob("out*"))
