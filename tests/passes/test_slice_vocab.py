@@ -391,3 +391,27 @@ def test_with_sparsity_refused_before_any_work(hf_exported, tmp_path, capsys):
     printed = capsys.readouterr()
     assert rc == 2 and "--keep-tokens with sparsity is not supported yet" in printed.err
     assert "--ratio 0 --sparsity" in printed.err and not list(tmp_path.glob("out*"))
+
+
+def test_a_block_quantized_int4_head_loses_whole_rows(hf_exported, tmp_path):
+    """An int4 LLM as ONNX Runtime's MatMulNBits quantizer writes it (every linear layer a
+    MatMulNBits: weight [N, blocks, bytes], scales and packed zero points one row per
+    output): the head keeps the kept tokens' rows and N follows; exact, and rows of scales
+    taken in another order FAIL."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(hf_exported("llama_lm", False)),
+                             algo_config=DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False))
+    q.process()
+    path = str(tmp_path / "int4.onnx")
+    q.model.save_model_to_file(path, use_external_data_format=False)
+    model, rec = _sliced(path)
+    head = next(n for n in model.graph if n.name == rec["heads"][0])
+    assert head.op_type == "MatMulNBits" and head.attributes["N"].value == 24
+    assert [tuple(v.shape)[0] for v in head.inputs[1:4]] == [24, 24, 24]
+    res = _check(path, model, rec)
+    assert res.ok and res.worst_relative == 0.0, res.summary()
+    scales = head.inputs[2]
+    set_const_array(scales, np.roll(const_array(scales), 1, axis=0))
+    assert not _check(path, model, rec).ok

@@ -23,8 +23,9 @@ What is recognised, fail closed (`find_vocab` raises NotAVocabulary naming the n
   (BERT's token types, position ids) the one with the largest tables is taken, or `input`;
 * other readers of a table: a ``Transpose`` to ``[d, V]`` read as a head's weight (a tied
   output head), or a ``Gemm`` reading it with ``transB=1``;
-* heads: ``MatMul(x, W[d, V])`` and ``Gemm`` with a ``[V, d]`` (transB) or ``[d, V]`` weight
-  and an optional bias of V, whose result reaches graph outputs only through Add of a
+* heads: ``MatMul(x, W[d, V])``, ``Gemm`` with a ``[V, d]`` (transB) or ``[d, V]`` weight
+  and an optional bias of V, and ONNX Runtime's block-quantized ``MatMulNBits`` with N = V
+  (int4 LLM heads: weight, scales and zero points lose whole rows, N is rewritten), whose result reaches graph outputs only through Add of a
   constant over the vocabulary, Cast, Identity, and Reshapes whose constant target ends in
   V (rewritten) or 0. Every projection onto V columns must be such a head: one read by
   Softmax, ArgMax, TopK ... is refused, since that over fewer tokens is not the original's;
@@ -57,10 +58,11 @@ class NotAVocabulary(UsageError):
 
 @dataclass
 class Head:
-    node: ir.Node  # the MatMul / Gemm making logits over the vocabulary
+    node: ir.Node  # the MatMul / Gemm / MatMulNBits making logits over the vocabulary
     weight: ir.Value  # the constant sliced: its own weight, or the token table (tied)
     axis: int  # the weight's vocabulary axis
     biases: list[ir.Value] = field(default_factory=list)  # constants over V added to the logits
+    rows: list[ir.Value] = field(default_factory=list)  # MatMulNBits: scales, zero points with a row per token
     targets: list[ir.Node] = field(default_factory=list)  # Reshapes whose target ends in V
     values: list[ir.Value] = field(default_factory=list)  # from the head to the outputs (last dim V)
     outputs: list[ir.Value] = field(default_factory=list)  # the graph outputs it makes
@@ -219,11 +221,37 @@ def _tied_heads(tables: list[ir.Value]) -> tuple[list[Head], list[ir.Node]]:
     return heads, transposes
 
 
+def _nbits_head(node: ir.Node, V: int) -> Head | None:
+    """ONNX Runtime's MatMulNBits (block-quantized int4/int8 weight [N, blocks, bytes], its
+    scales and zero points one row per output) with N = V: whole rows go."""
+    ins = list(node.inputs) + [None] * 6
+    w, scales, zp, g_idx, bias = ins[1], ins[2], ins[3], ins[4], ins[5]
+    if _attr(node, "N", None) != V or not is_constant(w) or w.shape is None or w.shape[0] != V:
+        return None
+    head = Head(node, w, 0)
+    for v in (scales, zp):
+        if v is None:
+            continue
+        if not is_constant(v) or v.shape is None or len(v.shape) != 2 or v.shape[0] != V:
+            raise NotAVocabulary(f"{_where(node)}: scales / zero points {v.name!r} are not one row per output "
+                                 "(an older flattened layout): its rows cannot be sliced")
+        head.rows.append(v)
+    if bias is not None:
+        head.biases.append(bias)
+    del g_idx  # indexes the input (K) side: unchanged
+    return head
+
+
 def _own_heads(model: ir.Model, tables: list[ir.Value], tied: list[Head], V: int) -> list[Head]:
     """Heads with a constant weight of their own that has V output columns."""
     table_ids, tied_ids = {id(t) for t in tables}, {id(h.node) for h in tied}
     heads = []
     for node in model.graph:
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            head = _nbits_head(node, V)
+            if head is not None:
+                heads.append(head)
+            continue
         if node.op_type not in ("MatMul", "Gemm") or id(node) in tied_ids or len(node.inputs) < 2:
             continue
         w = node.inputs[1]
@@ -341,6 +369,10 @@ def slice_vocab(model: ir.Model, tokens, *, input: str | None = None) -> dict:
         take(h.weight, h.axis)
         for b in h.biases:
             take(b, const_array(b).ndim - 1)
+        for r in h.rows:
+            take(r, 0)
+        if h.node.op_type == "MatMulNBits":
+            h.node.attributes["N"] = ir.AttrInt64("N", K)
         for node in h.targets:  # a Reshape target ending in V: a fresh copy ending in K
             target = const_array(node.inputs[1]).copy()
             target.reshape(-1)[-1] = K
