@@ -66,7 +66,24 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
         "sparsity": sparsity_data(model),
         "untied": untied_data(model),
+        "vocab": vocab_data(model),
     }
+
+
+def vocab_data(model) -> dict:
+    """The token vocabulary --keep-tokens would slice: {"input", "size", "tables", "heads"},
+    or {"refused": why} for a model with integer inputs that slice_vocab cannot keep exact,
+    or {} for a model without integer inputs."""
+    from graphprune.passes.pruning.slice_vocab import NotAVocabulary, find_vocab
+
+    if not any(v.dtype is not None and not v.dtype.is_floating_point() for v in model.graph.inputs):
+        return {}
+    try:
+        sites = find_vocab(model)
+    except NotAVocabulary as exc:
+        return {"refused": str(exc)}
+    return {"input": sites.ids.name, "size": sites.vocab, "tables": [t.name for t in sites.tables],
+            "heads": [h.node.name for h in sites.heads]}
 
 
 def untied_data(model) -> dict:
@@ -156,6 +173,14 @@ def _print_sparsity(sp: dict) -> None:
                 ["tensor", "op", "format", "criterion", "recorded", "measured zeros"]))
 
 
+def _print_vocab(v: dict) -> None:
+    if v.get("size"):
+        print(f"\nvocabulary: {v['size']} tokens of input {v['input']!r} (tables {', '.join(v['tables'])}; "
+              + (f"heads {', '.join(v['heads'])}" if v["heads"] else "no output head") + "): --keep-tokens can slice it")
+    elif v.get("refused"):
+        print(f"\nvocabulary: --keep-tokens would be refused: {v['refused']}")
+
+
 def _print_blocks(model) -> None:
     from graphprune.analysis.blocks import find_residual_blocks
     from graphprune.cli.common import human, table
@@ -184,6 +209,7 @@ def run(args) -> int:
     _print_untied_and_frozen(data)
     if data["sparsity"]:
         _print_sparsity(data["sparsity"])
+    _print_vocab(data["vocab"])
     if args.blocks:
         _print_blocks(model)
     if args.graph:

@@ -415,3 +415,23 @@ def test_a_block_quantized_int4_head_loses_whole_rows(hf_exported, tmp_path):
     scales = head.inputs[2]
     set_const_array(scales, np.roll(const_array(scales), 1, axis=0))
     assert not _check(path, model, rec).ok
+
+
+def test_inspect_shows_the_vocabulary(hf_exported, tmp_path, capsys):
+    """inspect says what --keep-tokens would slice, or why it would be refused."""
+    from onnx import TensorProto, helper
+
+    from graphprune.cli.main import main
+
+    assert main(["inspect", hf_exported("gpt2_lm", True)]) == 0
+    assert "vocabulary: 97 tokens of input 'x'" in capsys.readouterr().out
+
+    def pad_mask(m):
+        m.graph.initializer.append(helper.make_tensor("pad", TensorProto.INT64, [], [0]))
+        m.graph.node.append(helper.make_node("Equal", ["x", "pad"], ["is_pad"], name="pad_mask"))
+        m.graph.output.append(helper.make_tensor_value_info("is_pad", TensorProto.BOOL, None))
+
+    path = _edit(hf_exported("llama_lm", False), tmp_path / "p.onnx", pad_mask)
+    assert main(["--json", "inspect", path]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "pad_mask" in data["vocab"]["refused"]

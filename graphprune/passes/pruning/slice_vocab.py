@@ -139,12 +139,12 @@ def _pick_ids(model: ir.Model, name: str | None) -> tuple[ir.Value, list[ir.Node
         return v, gathers
     cands = _candidates(model)
     if not cands:
-        ints = [i.name for i in model.graph.inputs if i.dtype in _INT_TYPES]
+        ints = [i for i in model.graph.inputs if i.dtype in _INT_TYPES]
         if not ints:
             raise NotAVocabulary("the model has no integer input of token ids")
         _ids_gathers(ints[0])  # raises with the reason the first integer input was not taken
-        raise NotAVocabulary(f"no integer input ({', '.join(ints)}) indexes a token table (Gather of a constant "
-                             "[V, d])")
+        raise NotAVocabulary(f"no integer input ({', '.join(i.name for i in ints)}) indexes a token table (Gather "
+                             "of a constant [V, d])")
     v, gathers, _ = max(cands.values(), key=lambda c: c[2])
     return v, gathers
 
