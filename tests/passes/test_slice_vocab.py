@@ -435,3 +435,19 @@ def test_inspect_shows_the_vocabulary(hf_exported, tmp_path, capsys):
     assert main(["--json", "inspect", path]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "pad_mask" in data["vocab"]["refused"]
+
+
+def test_a_table_row_read_by_a_fixed_index_is_refused(tmp_path):
+    """A Gather of the token table at a constant row (a fixed token's embedding) would read
+    another token once the rows are renumbered: refused, naming it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = _gemm_lm(tmp_path / "g.onnx")
+    m = onnx.load(path)
+    m.graph.initializer.append(helper.make_tensor("row", TensorProto.INT64, [1], [5]))
+    m.graph.node.append(helper.make_node("Gather", ["table", "row"], ["bos"], axis=0, name="bos_row"))
+    m.graph.output.append(helper.make_tensor_value_info("bos", TensorProto.FLOAT, None))
+    onnx.save(m, tmp_path / "bos.onnx")
+    with pytest.raises(NotAVocabulary, match="bos_row"):
+        find_vocab(load_onnx(str(tmp_path / "bos.onnx")))

@@ -198,13 +198,14 @@ def _follow_logits(head: Head, V: int) -> None:
         raise NotAVocabulary(f"the head {head.node.name!r} makes no model output")
 
 
-def _tied_heads(tables: list[ir.Value]) -> tuple[list[Head], list[ir.Node]]:
+def _tied_heads(tables: list[ir.Value], gathers: list[ir.Node]) -> tuple[list[Head], list[ir.Node]]:
     """Heads whose weight is a token table itself (through a Transpose, or Gemm transB)."""
     heads, transposes = [], []
+    by_ids = {id(g) for g in gathers}
     for t in tables:
         for node, idx in t.uses():
-            if node.op_type == "Gather" and idx == 0:
-                continue
+            if id(node) in by_ids:
+                continue  # a Gather of the token ids: renumbered with the rows
             if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
                 if node.outputs[0].is_graph_output():
                     raise NotAVocabulary("the transposed token table is a model output")
@@ -263,8 +264,9 @@ def _own_heads(model: ir.Model, tables: list[ir.Value], tied: list[Head], V: int
     return heads
 
 
-def _heads(model: ir.Model, tables: list[ir.Value], V: int) -> tuple[list[Head], list[ir.Node]]:
-    tied, transposes = _tied_heads(tables)
+def _heads(model: ir.Model, tables: list[ir.Value], gathers: list[ir.Node], V: int) \
+        -> tuple[list[Head], list[ir.Node]]:
+    tied, transposes = _tied_heads(tables, gathers)
     heads = tied + _own_heads(model, tables, tied, V)
     for h in heads:
         if h.node.op_type == "Gemm" and len(h.node.inputs) > 2 and h.node.inputs[2] is not None:
@@ -286,7 +288,7 @@ def find_vocab(model: ir.Model, input: str | None = None) -> VocabSites:
         raise NotAVocabulary(f"the token ids {ids.name!r} index tables of {' and '.join(map(str, rows))} rows: "
                              "one vocabulary size is needed")
     V = rows[0]
-    heads, transposes = _heads(model, tables, V)
+    heads, transposes = _heads(model, tables, gathers, V)
     made = {id(o) for h in heads for o in h.outputs}
     for o in model.graph.outputs:  # logits over V that no recognised head makes would stay over the old ids
         if id(o) not in made and o.shape is not None and len(o.shape) and o.shape[-1] == V:
