@@ -42,7 +42,7 @@ def add_arguments(p):
                         "principal directions (needs --calib) and remove the fraction R of the hidden size first")
     add_vocab_arguments(p)
     p.add_argument("--no-check", action="store_true", help="skip the oracle (on by default)")
-    p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurement")
+    p.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime latency measurements (the summary's and the report's per-layer profile)")
     p.add_argument("--inputs", help=".npz with model inputs for the oracle (random inputs are used too)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
                    help="make a dynamic input static (repeatable)")

@@ -101,7 +101,8 @@ def write_prune_report(args, opts, outcome, latency: dict) -> Path:
     plan = outcome.plan
     accuracy = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or plan.blocks or outcome.sparsity))
     rep = prune_report(outcome, argv=["graphprune"] + sys.argv[1:], latency=latency, accuracy=accuracy,
-                       round_to=opts.round_to, max_drop=opts.max_drop, input_shapes=opts.input_shapes)
+                       round_to=opts.round_to, max_drop=opts.max_drop, input_shapes=opts.input_shapes,
+                       profile=not getattr(args, "no_bench", False))  # --no-bench: no timing at all
     args.prune_report = rep
     return write_beside(outcome.out, rep)
 

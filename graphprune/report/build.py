@@ -181,6 +181,7 @@ def prune_report(outcome, *, argv: list[str], latency: dict, accuracy: str | Non
     if outcome.fidelity:
         rep["before"]["fidelity"], rep["after"]["fidelity"] = 1.0, outcome.fidelity["mean_cosine"]
     rep["latency"] = lat
+    rep["profile"] = {}  # not measured: --no-bench, or nothing written
     if profile and outcome.out is not None:
         rep["profile"] = profile_pair(src, outcome.out, outcome.shapes)
         add_layer_latency(rep["layers"], rep["profile"])

@@ -16,6 +16,18 @@ def _fig_png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+FIGURE_ROWS = 60  # bars per per-layer figure: more are unreadable, and cost seconds to draw (LLMs: 200+ layers)
+
+
+def _largest(rows: list[dict], key: str) -> tuple[list[dict], str]:
+    """At most FIGURE_ROWS rows, the largest by `key`, in their own order; and the title's
+    note when some were left out (the tables list every layer)."""
+    if len(rows) <= FIGURE_ROWS:
+        return rows, ""
+    keep = set(sorted(range(len(rows)), key=lambda i: -(rows[i].get(key) or 0))[:FIGURE_ROWS])
+    return [r for i, r in enumerate(rows) if i in keep], f" ({FIGURE_ROWS} largest of {len(rows)}; all in the tables)"
+
+
 def _figures(report: dict) -> list[tuple[str, str]]:
     try:
         import matplotlib
@@ -25,25 +37,26 @@ def _figures(report: dict) -> list[tuple[str, str]]:
     except ImportError:
         return []
     out = []
-    layers = report.get("layers") or []
-    if layers:
-        names = [r["name"][-28:] for r in layers]
-        h = max(3.0, 0.22 * len(layers) + 1)
+    all_layers = report.get("layers") or []
+    if all_layers:
         for key, title in (("width", "output width per layer"), ("macs", "MACs per layer")):
-            fig, ax = plt.subplots(figsize=(8, h))
+            layers, note = _largest(all_layers, "macs_before")
+            fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(layers) + 1)))
             y = range(len(layers))
             ax.barh(list(y), [r[f"{key}_before"] or 0 for r in layers], color="#c8d3e6", label="before")
             ax.barh(list(y), [r[f"{key}_after"] or 0 for r in layers], color="#2f5fa7", label="after")
-            ax.set_yticks(list(y), names, fontsize=7)
+            ax.set_yticks(list(y), [r["name"][-28:] for r in layers], fontsize=7)
             ax.invert_yaxis()
-            ax.set_title(title)
+            ax.set_title(title + note)
             ax.legend(loc="lower right")
             out.append((title, _fig_png(fig)))
             plt.close(fig)
-    out += _latency_figure(plt, layers)
+    out += _latency_figure(plt, all_layers)
     out += _sensitivity_figure(plt, report.get("sensitivity") or {})
     out += _candidates_figure(plt, report.get("search") or {})
     sparsity = report.get("sparsity") or {}
+    if len(sparsity) > FIGURE_ROWS:  # the most sparse ones: the table has them all
+        sparsity = dict(sorted(sparsity.items(), key=lambda kv: -kv[1])[:FIGURE_ROWS])
     if sparsity:
         fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(sparsity) + 1)))
         ax.barh(list(range(len(sparsity))), list(sparsity.values()), color="#2f5fa7")
@@ -60,6 +73,7 @@ def _latency_figure(plt, layers: list[dict]) -> list[tuple[str, str]]:
     rows = [r for r in layers if r.get("latency_ms_before") is not None]
     if not rows:
         return []
+    rows, note = _largest(rows, "latency_ms_before")
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(rows) + 1)))
     y = list(range(len(rows)))
     ax.barh(y, [r["latency_ms_before"] for r in rows], color="#e6cfc8", label="before")
@@ -67,7 +81,7 @@ def _latency_figure(plt, layers: list[dict]) -> list[tuple[str, str]]:
     ax.set_yticks(y, [r["name"][-28:] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ms (ONNX Runtime profiler, median)")
-    ax.set_title("latency per layer")
+    ax.set_title("latency per layer" + note)
     ax.legend(loc="lower right")
     src = _fig_png(fig)
     plt.close(fig)

@@ -55,6 +55,34 @@ def test_prune_report_matches_the_schema(samples_dir, tmp_path, capsys):
     assert (tmp_path / "p.report.md").read_text().startswith("# graphprune report: tiny_resnet.onnx (prune)")
 
 
+def test_no_bench_measures_nothing_and_keeps_the_schema(samples_dir, tmp_path, capsys):
+    """--no-bench: no latency in the summary and no per-layer profile in the report."""
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(out), "--no-bench"]) == 0
+    capsys.readouterr()
+    rep = json.loads((tmp_path / "p.report.json").read_text())
+    check_report(rep)
+    assert rep["profile"] == {} and all(r.get("latency_ms_before") is None for r in rep["layers"])
+
+
+def test_figures_of_many_layers_show_the_largest(tmp_path):
+    """A report of an LLM has hundreds of layers: each per-layer figure draws the 60 with the
+    most MACs and says so (drawing them all took seconds per figure); the tables keep all."""
+    pytest.importorskip("matplotlib")
+    from graphprune.report.html import FIGURE_ROWS, _figures
+
+    layers = [{"name": f"layer{i}", "op": "MatMul", "width_before": 8, "width_after": 4, "macs_before": i,
+               "macs_after": i // 2, "removed": False, "latency_ms_before": None, "latency_ms_after": None}
+              for i in range(200)]
+    figs = _figures({"layers": layers})
+    assert [t for t, _ in figs] == ["output width per layer", "MACs per layer"]
+    from graphprune.report.html import _largest
+
+    kept, note = _largest(layers, "macs_before")
+    assert len(kept) == FIGURE_ROWS and kept[0]["name"] == f"layer{200 - FIGURE_ROWS}"
+    assert note == f" ({FIGURE_ROWS} largest of 200; all in the tables)"
+
+
 def test_a_user_file_where_the_report_goes_is_never_replaced(samples_dir, tmp_path, capsys):
     mine = tmp_path / "p.report.md"
     mine.write_text("my notes\n")
