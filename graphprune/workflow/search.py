@@ -165,15 +165,58 @@ def user_score(spec: str):
     return load_callable(spec, "--score")
 
 
+def decision_outputs(model) -> list[int]:
+    """Indices of the graph outputs made by Softmax / LogSoftmax over their last axis (class
+    or token scores): a user's metric reads their argmax (accuracy, exact-match), not how
+    close the probabilities are."""
+    out = []
+    for k, v in enumerate(model.graph.outputs):
+        p = v.producer()
+        while p is not None and p.op_type in ("Identity", "Cast"):
+            p = p.inputs[0].producer() if p.inputs and p.inputs[0] is not None else None
+        if p is None or p.op_type not in ("Softmax", "LogSoftmax"):
+            continue
+        a = p.attributes.get("axis")
+        axis = -1 if a is None else int(a.value)
+        rank = len(v.shape) if v.shape is not None else None
+        if axis == -1 or (rank is not None and axis == rank - 1):
+            out.append(k)
+    return out
+
+
+def decision_agreement(dense, model, batches, outputs: list[int]) -> float:
+    """Share of samples whose every decision (argmax over the last axis of each listed
+    output: a class, or each position of a sequence) is the dense model's."""
+    from graphprune.runtime.ort import session
+
+    s_dense, s_model = session(dense), session(model)
+    same: list[bool] = []
+    for feeds in batches:
+        a, b = s_dense.run(None, feeds), s_model.run(None, feeds)
+        n = len(a[outputs[0]])
+        ok = np.ones(n, dtype=bool)
+        for i in outputs:
+            ok &= (np.argmax(a[i], -1) == np.argmax(b[i], -1)).reshape(n, -1).all(axis=1)
+        same.extend(ok.tolist())
+    return float(np.mean(same)) if same else 1.0
+
+
 class Scorer:
-    """Scores a candidate model: the user's function, or the mean output cosine against the
-    dense model on the held-back samples and their perturbed copies."""
+    """Scores a candidate model: the user's function; or, against the dense model on the
+    held-back samples and their perturbed copies, the mean output cosine — and first, for
+    a model whose outputs are softmax scores, the share of samples whose decisions are all
+    unchanged (cosine then breaks ties: 0.01 x cosine is added). Measured on PP-OCRv4 rec at
+    50% MACs: candidates' held-back cosines were within 0.002 of each other and ranked them
+    unlike exact-match, while unchanged decisions ranked them as exact-match did."""
 
     def __init__(self, dense, held: list[dict], perturbed: list[dict], score_spec: str | None,
                  cosine_name: str = "output cosine on held-back samples"):
         self.dense, self.held, self.perturbed = dense, held, perturbed
         self.fn = user_score(score_spec) if score_spec else None
-        self.name = f"user score {score_spec}" if score_spec else cosine_name
+        self.decisions = decision_outputs(dense) if self.fn is None and hasattr(dense, "graph") else []
+        self.name = f"user score {score_spec}" if score_spec else \
+            ("unchanged decisions (argmax of the softmax outputs), then output cosine, on held-back samples"
+             if self.decisions else cosine_name)
 
     def __call__(self, model) -> dict:
         from graphprune.runtime.oracle import output_fidelity
@@ -181,13 +224,17 @@ class Scorer:
 
         if self.fn is not None:
             return {"score": float(self.fn(session(model)))}
-        clean = output_fidelity(self.dense, model, self.held)["mean_cosine"]
-        row = {"cosine_held_back": round(clean, 5)}
-        score = clean
-        if self.perturbed:
-            pert = output_fidelity(self.dense, model, self.perturbed)["mean_cosine"]
-            row["cosine_perturbed"] = round(pert, 5)
-            score = (clean + pert) / 2
+        sets = [("held_back", self.held)] + ([("perturbed", self.perturbed)] if self.perturbed else [])
+        row, cos, dec = {}, [], []
+        for name, batches in sets:
+            if self.decisions:
+                dec.append(decision_agreement(self.dense, model, batches, self.decisions))
+                row[f"decisions_{name}"] = round(dec[-1], 5)
+            cos.append(output_fidelity(self.dense, model, batches)["mean_cosine"])
+            row[f"cosine_{name}"] = round(cos[-1], 5)
+        score = float(np.mean(cos))
+        if dec:
+            score = float(np.mean(dec)) + 0.01 * score
         return {"score": round(score, 5), **row}
 
 
@@ -243,8 +290,9 @@ def table(info: dict) -> list[str]:
     rows = info.get("candidates") or []
     if not rows:
         return [f"search: {info.get('chosen')} ({info.get('note', '')})"] if info.get("chosen") else []
-    extra = [k for k in ("cosine_held_back", "cosine_perturbed") if k in rows[0]]
-    pert = (f"; perturbed copies at strength {info['perturbation_strength']:g}" if extra[1:] else
+    extra = [k for k in ("decisions_held_back", "decisions_perturbed", "cosine_held_back", "cosine_perturbed")
+             if k in rows[0]]
+    pert = (f"; perturbed copies at strength {info['perturbation_strength']:g}" if "cosine_perturbed" in extra else
             "; no perturbed copies (no float input, or the dense model's outputs moved below cosine "
             f"{STABLE_COSINE:g} under the weakest perturbation)" if extra else "")
     lines = [f"search: {len(rows)} candidates scored by {info['score']} ({info['split']}{pert})",

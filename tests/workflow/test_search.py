@@ -121,3 +121,39 @@ def test_a_user_score_decides(samples_dir, tmp_path, monkeypatch):
     assert len(my_score.seen) == 2 and all(hasattr(s, "run") for s in my_score.seen)
     assert out.search["chosen"] == "wanda/uniform + bias,lsq"
     assert [r["score"] for r in out.search["candidates"]] == [-1.0, -2.0]
+
+
+def _softmax_model(w: np.ndarray, out_op: str = "Softmax"):
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = helper.make_node(out_op, ["z"], ["y"], axis=-1) if out_op == "Softmax" else helper.make_node(out_op, ["z"], ["y"])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"]), out],
+                          "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+                          [numpy_helper.from_array(w.astype(np.float32), "w")])
+    return ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+
+
+def test_softmax_outputs_are_scored_by_unchanged_decisions_first():
+    """Candidate A keeps the probabilities closest (cosine) but flips near-tied decisions;
+    candidate B is sharper (lower cosine) with every decision unchanged: B scores higher.
+    An output that is not softmax scores is still judged by cosine alone."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    x[:8, 1] = x[:8, 0] - 0.005  # near ties between classes 0 and 1
+    x[:8, 0] = np.abs(x[:8, 0]) + 3.0
+    x[:8, 1] = x[:8, 0] - 0.005
+    held = [{"x": x}]
+    dense = _softmax_model(np.eye(4))
+    flips = np.eye(4)
+    flips[1, 1] = 1.01  # class 1 overtakes class 0 on the near ties
+    sharp = 1.5 * np.eye(4)
+    scorer = search.Scorer(dense, held, [], None)
+    assert search.decision_outputs(dense) == [0] and "unchanged decisions" in scorer.name
+    a, b = scorer(_softmax_model(flips)), scorer(_softmax_model(sharp))
+    assert a["cosine_held_back"] > b["cosine_held_back"]
+    assert a["decisions_held_back"] < 1.0 == b["decisions_held_back"]
+    assert b["score"] > a["score"]
+    plain = search.Scorer(_softmax_model(np.eye(4), "Relu"), held, [], None)
+    assert search.decision_outputs(plain.dense) == [] and "decisions" not in plain(_softmax_model(sharp, "Relu"))
