@@ -152,8 +152,18 @@ def test_softmax_outputs_are_scored_by_unchanged_decisions_first():
     scorer = search.Scorer(dense, held, [], None)
     assert search.decision_outputs(dense) == [0] and "unchanged decisions" in scorer.name
     a, b = scorer(_softmax_model(flips)), scorer(_softmax_model(sharp))
-    assert a["cosine_held_back"] > b["cosine_held_back"]
-    assert a["decisions_held_back"] < 1.0 == b["decisions_held_back"]
-    assert b["score"] > a["score"]
+    assert a["cosine_held_back"] > b["cosine_held_back"] and a["score"] > b["score"]
+    assert a["decisions_held_back"] < 1.0 == b["decisions_held_back"] and a["decision_samples"] == 32
+    assert search.best([a, b]) == 1  # 8 of 32 decisions flipped: more than one sample apart
     plain = search.Scorer(_softmax_model(np.eye(4), "Relu"), held, [], None)
     assert search.decision_outputs(plain.dense) == [] and "decisions" not in plain(_softmax_model(sharp, "Relu"))
+
+
+def test_decisions_within_one_sample_leave_the_choice_to_cosine():
+    rows = [{"score": 0.95, "decisions": 0.875, "decision_samples": 8},
+            {"score": 0.99, "decisions": 0.75, "decision_samples": 8},
+            {"score": 0.97, "decisions": 0.5, "decision_samples": 8}]
+    assert search.best(rows) == 1  # 7 vs 6 of 8: noise; the higher cosine wins
+    rows[1]["decisions"] = 0.625  # 7 vs 5 of 8: the decisions decide
+    assert search.best(rows) == 0
+    assert search.best([{"score": 0.2}, {"score": 0.3}]) == 1  # a user score (or no softmax outputs)
