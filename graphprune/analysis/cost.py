@@ -37,6 +37,7 @@ class Cost:
     macs: int
     nodes: int
     shapes: dict | None = None  # {input: shape} the MACs were counted at (None: symbolic dims as 1)
+    layers: dict | None = None  # {node name: MACs} of the weighted ops, at `shapes` (reports reuse it)
 
 
 from graphprune.frontends.onnx import at_shapes  # noqa: E402  (importable from here too)
@@ -44,18 +45,26 @@ from graphprune.frontends.onnx import at_shapes  # noqa: E402  (importable from 
 
 def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, int]:
     """{node name: MACs} of the MAC-bearing nodes, at `shapes` (see `model_cost`)."""
-    counted = at_shapes(model, shapes) if shapes else model
+    return _layers_of(model, at_shapes(model, shapes) if shapes else model)
+
+
+def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
     macs = {n.name: node_macs(n) for n in counted.graph}
     return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None}
 
 
 def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> Cost:
     """Params, MACs and nodes of `model`; MACs at `shapes` ({input name: concrete shape},
-    e.g. `InputShapes.shapes`) when given, else with symbolic dims counted as 1."""
+    e.g. `InputShapes.shapes`) when given, else with symbolic dims counted as 1; per layer
+    too (`layers`), counted on the same re-inferred copy (one shape inference, not two)."""
     cost = _model_cost(model)
     if shapes:
-        cost.macs = _model_cost(at_shapes(model, shapes)).macs
+        counted = at_shapes(model, shapes)
+        cost.macs = _model_cost(counted).macs
         cost.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+        cost.layers = _layers_of(model, counted)
+    else:
+        cost.layers = _layers_of(model, model)
     return cost
 
 

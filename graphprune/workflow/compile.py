@@ -87,15 +87,6 @@ def default_out_dir(model_path: Path, target: Target) -> Path:
     return model_path.with_name(model_path.name.removesuffix(".onnx") + ".graphprune") / target.name
 
 
-def _cost(model, shapes=None) -> dict:
-    """Params, MACs at `shapes` (the run's InputShapes) and tensor bytes."""
-    from graphprune.analysis.cost import model_cost
-    from graphprune.ir.serialize import model_nbytes
-
-    c = model_cost(model, shapes.shapes if shapes is not None else None)
-    return {"params": c.params, "macs": c.macs, "bytes": model_nbytes(model)}
-
-
 def _timed(fn, repeats: int) -> float:
     """Median wall time of `fn` in ms, measured the same way for every backend."""
     import time
@@ -210,7 +201,10 @@ def _prune(c: _Compile):
         c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": repair_line(r).split(": ", 1)[1]}
     if outcome.sparsity is not None:
         _sparsity_check(c, outcome)
-    c.after = _cost(outcome.model, outcome.shapes)  # at the shapes outcome.before was counted at
+    from graphprune.ir.serialize import model_nbytes
+
+    c.after = {"params": outcome.after.params, "macs": outcome.after.macs,  # the run's count, at its shapes
+               "bytes": model_nbytes(outcome.model)}
     if outcome.fidelity is not None:
         fid = outcome.fidelity
         c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
@@ -485,7 +479,8 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "input_shapes": outcome.shapes.to_json() if outcome.shapes is not None else None,  # what figures are at
         "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
         "layers": compare_layers(load_onnx(c.src, input_shapes=c.opts.input_shapes), outcome.model,
-                                 outcome.shapes.shapes if outcome.shapes is not None else None),
+                                 outcome.shapes.shapes if outcome.shapes is not None else None,
+                                 costs=(outcome.before, outcome.after)),
         "checks": c.checks, "verb": "compile",
         "notes": c.notes,
         "latency": c.latency,
