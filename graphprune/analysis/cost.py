@@ -53,13 +53,31 @@ def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
     return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None}
 
 
-def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> Cost:
+def _at_its_own_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Every input of `model` is static, at exactly `shapes`."""
+    for v in model.graph.inputs:
+        dims = list(v.shape) if v.shape is not None else None
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return False
+        if v.name in shapes and [int(d) for d in shapes[v.name]] != dims:
+            return False
+    return True
+
+
+def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None, *,
+               inferred: bool = False) -> Cost:
     """Params, MACs and nodes of `model`; MACs at `shapes` ({input name: concrete shape},
     e.g. `InputShapes.shapes`) when given, else with symbolic dims counted as 1; per layer
-    too (`layers`), counted on the same re-inferred copy (one shape inference, not two)."""
+    too (`layers`), counted on the same re-inferred copy (one shape inference, not two).
+    `inferred`: the model's shapes were just inferred (a model as loaded; also known from its
+    mutation stamp, `ir.mutation.shapes_current`) — a static model at its own shapes is then
+    counted as it is, without a re-inferred copy."""
+    from graphprune.ir.mutation import shapes_current
+
     cost = _model_cost(model)
     if shapes:
-        counted = at_shapes(model, shapes)
+        fresh = (inferred or shapes_current(model)) and _at_its_own_shapes(model, shapes)
+        counted = model if fresh else at_shapes(model, shapes)
         cost.macs = _model_cost(counted).macs
         cost.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
         cost.layers = _layers_of(model, counted)

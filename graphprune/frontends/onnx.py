@@ -195,6 +195,9 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
     from graphprune.frontends.channel_shapes import complete_channel_shapes
 
     complete_channel_shapes(model)  # what Conv weights fix where inference gave up
+    from graphprune.ir.mutation import SHAPES_KEY, stamp
+
+    model.meta[SHAPES_KEY] = stamp(model)  # the shapes are current until the model changes
     return model
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 KEY = "graphprune.mutations"
+SHAPES_KEY = "graphprune.shapes_inferred_at"  # the stamp at which shape inference last ran (frontends.onnx)
 
 
 def mutation_count(model: ir.Model) -> int:
@@ -33,3 +34,8 @@ def mark_mutated(model: ir.Model) -> int:
 def stamp(model: ir.Model) -> tuple[int, int, int]:
     """(mutation count, nodes, initializers): equal stamps mean no recorded change."""
     return mutation_count(model), len(model.graph), len(model.graph.initializers)
+
+
+def shapes_current(model: ir.Model) -> bool:
+    """Shape inference ran on `model` and nothing was recorded to change it since."""
+    return model.meta.get(SHAPES_KEY) == stamp(model)

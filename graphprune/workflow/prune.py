@@ -156,7 +156,8 @@ class _Run:
         calib = self.state.calibration
         outcome.shapes = self.state.input_shapes = ort.resolve_shapes(
             self.model, self.src, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
-        outcome.before = _cost(self.model, outcome.shapes)
+        # a model this run loaded has just had its shapes inferred (a model handed in may not)
+        outcome.before = _cost(self.model, outcome.shapes, inferred=self.src is not None)
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def load_calibration(self) -> None:
@@ -404,7 +405,7 @@ def _require_pass(res, what: str) -> None:
             hint="nothing was written; please report this model")
 
 
-def _cost(model, shapes=None):
+def _cost(model, shapes=None, inferred: bool = False):
     from graphprune.analysis.cost import model_cost
 
-    return model_cost(model, shapes.shapes if shapes is not None else None)
+    return model_cost(model, shapes.shapes if shapes is not None else None, inferred=inferred)

@@ -32,3 +32,20 @@ def test_the_layer_table_reuses_a_run_s_costs_only_at_their_shapes(samples_dir, 
     other = {"input": [1, 3, 64, 64]}
     compare_layers(before, after, other, costs=costs)
     assert len(calls) == 2
+
+
+def test_a_static_model_as_loaded_is_counted_without_a_copy(samples_dir, monkeypatch):
+    """`inferred=True` on a static model at its own shapes counts it as it is (same figures);
+    at other shapes, or with dynamic inputs, a re-inferred copy is still made."""
+    import graphprune.analysis.cost as cost_mod
+
+    model = gp.load(str(samples_dir / "tiny_resnet.onnx"))
+    own = {v.name: list(v.shape) for v in model.graph.inputs}
+    expected = model_cost(model, own)
+    copies = []
+    real = cost_mod.at_shapes
+    monkeypatch.setattr(cost_mod, "at_shapes", lambda m, s: copies.append(s) or real(m, s))
+    got = model_cost(model, own, inferred=True)
+    assert (got.macs, got.layers, got.params) == (expected.macs, expected.layers, expected.params) and not copies
+    model_cost(model, {k: [2, *v[1:]] for k, v in own.items()}, inferred=True)
+    assert len(copies) == 1
