@@ -28,6 +28,18 @@ def _kept_target(group: Group, ratio: float) -> int:
 
 def select_lowest(group: Group, scores: np.ndarray, n_remove: int) -> list[int]:
     """Remove up to `n_remove` lowest-scoring atoms, never emptying any slot."""
+    n = group.num_atoms
+    if all(np.bincount(group.labels[s], minlength=n).all() for s in group.slots):
+        # every slot holds every atom (a plain conv/linear group): any n - 1 of them can go,
+        # which is what the general walk below picks, without its per-atom Python loop
+        order = np.argsort(scores, kind="stable")[:max(0, min(n_remove, n - 1))]
+        return sorted(int(a) for a in order)
+    return _select_lowest_walk(group, scores, n_remove)
+
+
+def _select_lowest_walk(group: Group, scores: np.ndarray, n_remove: int) -> list[int]:
+    """`select_lowest` for any group: atoms in score order, each removed unless that would
+    empty one of its slots."""
     slot_atoms = [set(group.atoms_of(s).tolist()) for s in group.slots]
     kept_count = [len(a) for a in slot_atoms]
     atom_slots: dict[int, list[int]] = {}

@@ -74,6 +74,26 @@ def test_select_lowest_and_uniform_still_work(samples_dir):
     assert all(len(a) == g.num_atoms // 2 for gid, a in sel.items() for g in dg.groups if g.id == gid)
 
 
+def test_select_lowest_fast_path_equals_the_general_walk(samples_dir, hf_exported):
+    """Groups whose every slot holds every atom take a vectorised path: it removes exactly
+    what the per-atom walk removes, for any scores and count (concat, head and plain groups
+    of a CNN and a transformer; the walk is what the others still take)."""
+    from graphprune.allocation.uniform import _select_lowest_walk
+
+    rng = np.random.default_rng(0)
+    seen_fast = seen_walk = 0
+    for path in (str(samples_dir / "tiny_resnet.onnx"), str(samples_dir / "tiny_mobilenet.onnx"),
+                 hf_exported("llama", False)):
+        for g in gp.analyze(gp.load(path)).prunable_groups:
+            every = all(np.bincount(g.labels[s], minlength=g.num_atoms).all() for s in g.slots)
+            seen_fast, seen_walk = seen_fast + every, seen_walk + (not every)
+            for n in (0, 1, g.num_atoms // 2, g.num_atoms - 1, g.num_atoms, g.num_atoms + 3):
+                scores = rng.random(g.num_atoms)
+                scores[: g.num_atoms // 3] = 0.5  # ties: the order must be the stable one in both
+                assert select_lowest(g, scores, n) == _select_lowest_walk(g, scores, n), (g.name, n)
+    assert seen_fast and seen_walk
+
+
 @pytest.mark.parametrize("mode", ["uniform", "global"])
 def test_target_macs_is_met(samples_dir, mode):
     path = samples_dir / "tiny_resnet.onnx"
