@@ -171,7 +171,19 @@ def check_slice(entry: dict, shape) -> None:
 
 
 def removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.ndarray]:
+    """{slot: removed indices} of `selection` on `dg`. The last answer is kept on `dg`: the
+    plan and its application ask the same analysis the same question."""
     dg.check_current()  # a plan from a stale analysis would name the wrong slices
+    key = tuple(sorted((int(g), tuple(sorted(int(a) for a in atoms))) for g, atoms in selection.items()))
+    cached = getattr(dg, "_removed_by_slot", None)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    out = _removed_by_slot(dg, selection)
+    dg._removed_by_slot = (key, out)
+    return dict(out)
+
+
+def _removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np.ndarray]:
     out: dict[Slot, np.ndarray] = {}
     by_id = {g.id: g for g in dg.groups}
     for gid, atoms in selection.items():
