@@ -65,6 +65,20 @@ def _touched_nodes(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> set[
     return touched
 
 
+def _kept_part(v: ir.Value, axes: dict[int, np.ndarray]) -> np.ndarray:
+    """A constant without its removed indices, copied once per sliced axis straight from its
+    storage (a memory map of the .onnx for large weights: no full copy first)."""
+    t = v.const_value if v.const_value is not None and not v.is_graph_input() else None
+    arr = t.numpy() if t is not None else const_array(v)
+    for ax, idx in axes.items():
+        keep = np.ones(arr.shape[ax], dtype=bool)
+        keep[idx] = False
+        arr = np.compress(keep, arr, axis=ax)
+    if isinstance(t, ir.ExternalTensor):
+        t.release()  # the kept part is an owned copy: the map can go
+    return arr
+
+
 def _shrink_values(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
     """Delete the removed indices from constants and shrink the recorded shapes of the others."""
     per_value: dict[str, dict[int, np.ndarray]] = {}
@@ -74,10 +88,7 @@ def _shrink_values(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None
     for name, axes in per_value.items():
         v = dg.values[name]
         if is_constant(v):
-            arr = const_array(v)
-            for ax, idx in axes.items():
-                arr = np.delete(arr, idx, axis=ax)
-            set_const_array(v, arr)
+            set_const_array(v, _kept_part(v, axes))
         elif v.shape is not None:
             dims = list(v.shape)
             for ax, idx in axes.items():
