@@ -25,6 +25,10 @@ def _show(outcome, round_to: int = 1) -> int:
 
     before, after = outcome.before, outcome.after
     print(plan_table(outcome.groups_before, outcome.plan, round_to))
+    vocab = outcome.plan.vocab
+    if vocab:
+        print(f"vocabulary (--keep-tokens): {vocab['vocab_size']} -> {len(vocab['kept'])} tokens of input "
+              f"{vocab['input']!r}; the model would read new ids")
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())

@@ -451,3 +451,14 @@ def test_a_table_row_read_by_a_fixed_index_is_refused(tmp_path):
     onnx.save(m, tmp_path / "bos.onnx")
     with pytest.raises(NotAVocabulary, match="bos_row"):
         find_vocab(load_onnx(str(tmp_path / "bos.onnx")))
+
+
+def test_dry_run_shows_the_vocabulary_and_writes_nothing(hf_exported, tmp_path, capsys):
+    from graphprune.cli.main import main
+
+    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
+    rc = main(["prune", hf_exported("llama_lm", False), "--keep-tokens", str(tmp_path / "ids.json"), "--dry-run",
+               "-o", str(tmp_path / "out.onnx")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "vocabulary (--keep-tokens): 97 -> 24 tokens" in out and "dry run: nothing written" in out
+    assert not list(tmp_path.glob("out*"))
