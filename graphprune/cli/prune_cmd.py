@@ -118,7 +118,8 @@ def run(args) -> int:
     if args.json:  # the report as JSON (schema graphprune.report/1), not the table
         from graphprune.cli.results import emit
 
-        return emit(args, {**args.prune_report, "wrote": [str(outcome.out), str(outcome.plan_out)], "report": str(html)})
+        wrote = [str(outcome.out), str(outcome.plan_out)] + ([str(outcome.vocab_out)] if outcome.vocab_out else [])
+        return emit(args, {**args.prune_report, "wrote": wrote, "report": str(html)})
     print_prune_summary(outcome, latency=latency)
     _print_search(outcome)
     _print_accuracy(outcome)

@@ -172,7 +172,8 @@ def prune_report(outcome, *, argv: list[str], latency: dict, accuracy: str | Non
     before_model = load_onnx(src, input_shapes=input_shapes)  # as the run loaded it
     rep = {"schema": REPORT_SCHEMA, "verb": "prune", "command": argv, "environment": environment(),
            "input": {"path": str(src), "sha256": file_sha256(src)},
-           "output": {"model": str(outcome.out), "plan": str(outcome.plan_out)}}
+           "output": {"model": str(outcome.out), "plan": str(outcome.plan_out),
+                      **({"vocab": str(outcome.vocab_out)} if getattr(outcome, "vocab_out", None) else {})}}
     rep.update(sections(before_model, outcome, accuracy=accuracy, round_to=round_to, max_drop=max_drop))
     lat = latency
     rep["before"] = {"params": outcome.before.params, "macs": outcome.before.macs, "bytes": int(outcome.before_nbytes),

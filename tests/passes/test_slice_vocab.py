@@ -198,6 +198,9 @@ def test_cli_prune_writes_the_id_map_checks_and_replays(hf_exported, tmp_path, c
     assert "vocabulary 97 -> 24 tokens" in printed.out
     idmap = json.loads((tmp_path / "out.vocab.json").read_text())
     assert idmap["kept"] == KEEP and idmap["input"] == "x"
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert [o["path"] for o in report["outputs"]] == ["out.onnx", "out.plan.json", "out.vocab.json"]
+    assert report["plan"]["vocab"]["kept"] == 24 and "PASS" in report["plan"]["vocab"]["oracle"]
     plan = json.loads((tmp_path / "out.plan.json").read_text())
     assert plan["vocab"]["kept"] == KEEP and plan["tensors"]
     assert onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim[-1].dim_value == 24
