@@ -104,18 +104,52 @@ def _output_dtype(node: ir.Node) -> ir.DataType | None:
     return zp.dtype if zp is not None else node.inputs[0].dtype
 
 
+_SCALAR_OPS = ("Add", "Sub", "Mul", "Div", "Pow")
+
+
+def _standard_dims(node: ir.Node) -> tuple[list, ir.DataType | None] | None:
+    """Between integer ops a graph is mostly (De)QuantizeLinear and elementwise ops by a
+    one-element constant (hardswish's /6): same shape as the first input. Filled here too,
+    so a chain of them costs no extra onnx inference round (each round is a serialisation
+    of the whole graph)."""
+    from graphprune.ir.constants import const_array
+
+    x = _dims(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    if x is None:
+        return None
+    if node.op_type == "DequantizeLinear" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        return x, node.inputs[1].dtype
+    if node.op_type == "QuantizeLinear":
+        zp = node.inputs[2] if len(node.inputs) > 2 else None
+        return x, zp.dtype if zp is not None else ir.DataType.UINT8
+    if node.op_type in _SCALAR_OPS and len(node.inputs) == 2:
+        c = const_array(node.inputs[1])
+        if c is not None and c.size == 1 and c.ndim <= len(x):
+            return x, node.inputs[0].dtype
+    return None
+
+
 def fill_quantized_outputs(model: ir.Model) -> bool:
-    """Give com.microsoft integer ops' outputs their shapes (and types); True when any changed."""
+    """Give com.microsoft quantized ops' outputs their shapes (and types), and the plain ops
+    between them (`_standard_dims`); True when any changed."""
+    if not any(n.domain == MS for n in model.graph):
+        return False
     changed = False
     for node in model.graph:
-        if node.domain != MS or not node.outputs or node.outputs[0].shape is not None:
+        if not node.outputs or node.outputs[0] is None or node.outputs[0].shape is not None:
             continue
-        dims = _output_dims(node)
+        if node.domain == MS:
+            dims, dtype = _output_dims(node), None
+        elif node.domain in ("", "ai.onnx"):
+            got = _standard_dims(node)
+            dims, dtype = got if got is not None else (None, None)
+        else:
+            continue
         if dims is None:
             continue
         y = node.outputs[0]
         y.shape = ir.Shape(dims)
         if y.dtype is None:
-            y.dtype = _output_dtype(node)
+            y.dtype = dtype if dtype is not None else _output_dtype(node)
         changed = True
     return changed
