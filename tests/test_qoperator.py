@@ -229,3 +229,22 @@ def test_repairs_say_once_that_integer_layers_keep_their_error(qop, tmp_path, ca
     assert rc == 0
     assert out.count("note: repairs do not rewrite integer-op layers (QGemm, QLinearConv)") == 1, out
     assert initializers(tmp_path / "out.onnx")["c2.w_quantized"].dtype == np.int8
+
+
+def test_activation_criteria_do_not_read_integer_codes(qop, tmp_path):
+    """A group of an integer-op model has no float activation to measure (its tensors are
+    uint8 codes around a zero point): activation and apoz rank it by weight magnitude, as
+    wanda already did, instead of by the codes' mean."""
+    from graphprune.analysis.dependency import DependencyGraph
+    from graphprune.importance.registry import group_scores
+    from graphprune.runtime.calibration import Calibration
+
+    src = qop[("cnn", True, "QUInt8")]
+    model = gp.load(src)
+    dg = DependencyGraph(model)
+    x = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    calib = Calibration.from_batches([{"x": x[i:i + 4]} for i in (0, 4)], "test")
+    l1 = group_scores(dg, "l1")
+    for criterion in ("activation", "apoz"):
+        got = group_scores(dg, criterion, calibration=calib)
+        assert all(np.allclose(got[g], l1[g]) for g in l1), criterion

@@ -141,8 +141,8 @@ def prepare_activations(dg: DependencyGraph, groups: list[Group], calibration=No
             req.want_channel(s.value, s.axis)
             if gram and dg.sizes.get(s, 0) <= GRAM_MAX_CHANNELS:
                 req.want_gram(s.value, s.axis)
-        if not cons:
-            fb = [s for s in g.slots if not s.virtual and s not in g.roles]
+        if not cons:  # activations of the group itself; integer (quantized) ones are codes, not magnitudes
+            fb = [s for s in g.slots if not s.virtual and s not in g.roles and _is_float(dg.values.get(s.value))]
             state.fallback[g.id] = fb
             for s in fb:
                 req.want_channel(s.value, s.axis)
@@ -158,11 +158,17 @@ def _activation_slots(state: ActivationState, group: Group):
 
 
 def activation_contributions(dg, group, state: ActivationState = None, **kw) -> list[Contribution]:
-    return [(s, state.channel[(s.value, s.axis)].mean_abs) for s in _activation_slots(state, group)]
+    out = [(s, state.channel[(s.value, s.axis)].mean_abs) for s in _activation_slots(state, group)]
+    return out or magnitude_contributions(dg, group, p=1)  # no float activation to measure: as wanda does
 
 
 def apoz_contributions(dg, group, state: ActivationState = None, **kw) -> list[Contribution]:
-    return [(s, 1.0 - state.channel[(s.value, s.axis)].apoz) for s in _activation_slots(state, group)]
+    out = [(s, 1.0 - state.channel[(s.value, s.axis)].apoz) for s in _activation_slots(state, group)]
+    return out or magnitude_contributions(dg, group, p=1)
+
+
+def _is_float(v) -> bool:
+    return v is not None and v.dtype is not None and v.dtype.is_floating_point()
 
 
 def wanda_contributions(dg, group, state: ActivationState = None, **kw) -> list[Contribution]:
