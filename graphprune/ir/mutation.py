@@ -39,3 +39,9 @@ def stamp(model: ir.Model) -> tuple[int, int, int]:
 def shapes_current(model: ir.Model) -> bool:
     """Shape inference ran on `model` and nothing was recorded to change it since."""
     return model.meta.get(SHAPES_KEY) == stamp(model)
+
+
+def restamp_shapes(model: ir.Model) -> None:
+    """`model`'s shapes are current at its present stamp: said by a change that keeps every
+    value's shape right itself (the surgery shrinks the shapes of what it slices)."""
+    model.meta[SHAPES_KEY] = stamp(model)

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar
 import onnx_ir as ir
 
 from graphprune.errors import PassError, UsageError, VerificationError
-from graphprune.ir.mutation import mark_mutated, stamp
+from graphprune.ir.mutation import mark_mutated, restamp_shapes, shapes_current, stamp
 from graphprune.ir.verifier import verify_model
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,12 @@ class PassContext:
 
     def model_changed(self, model: ir.Model, preserves: tuple[str, ...] = ()) -> None:
         """`model` changed: count the mutation and drop its analyses, except `preserves`
-        (still valid by the changing pass's word: restamped)."""
+        (still valid by the changing pass's word: restamped; "shapes": the value shapes
+        shape inference gave, see ir.mutation.shapes_current)."""
+        shapes = "shapes" in preserves and shapes_current(model)
         mark_mutated(model)
+        if shapes:
+            restamp_shapes(model)
         for key, hit in list(self.analyses.items()):
             if hit.model is not model:
                 continue

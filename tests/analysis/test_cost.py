@@ -49,3 +49,30 @@ def test_a_static_model_as_loaded_is_counted_without_a_copy(samples_dir, monkeyp
     assert (got.macs, got.layers, got.params) == (expected.macs, expected.layers, expected.params) and not copies
     model_cost(model, {k: [2, *v[1:]] for k, v in own.items()}, inferred=True)
     assert len(copies) == 1
+
+
+def test_after_pruning_the_surgery_s_shapes_give_the_re_inferred_figures():
+    """A pruned static model keeps current shapes (the surgery shrinks what it slices), so
+    its cost is counted without re-inferring them: on random graphs the figures, per layer
+    too, equal those of a re-inferred copy."""
+    import numpy as np
+
+    from graphprune.analysis.cost import _layers_of, _model_cost
+    from graphprune.frontends.onnx import at_shapes
+    from graphprune.ir.mutation import shapes_current
+    from random_graphs import build_random_model
+
+    checked = 0
+    for seed in range(120):
+        proto = build_random_model(np.random.default_rng(seed), max_nodes=14, opset=(17, 13, 18, 21)[seed % 4])
+        res = gp.prune(gp.load(proto.SerializeToString()), ratio=0.4, seed=seed)
+        if not res.plan.tensors:
+            continue
+        m = res.model
+        assert shapes_current(m), seed
+        shapes = {v.name: list(v.shape) for v in m.graph.inputs}
+        again = at_shapes(m, shapes)
+        cost = model_cost(m, shapes)
+        assert (cost.macs, cost.layers) == (_model_cost(again).macs, _layers_of(m, again)), seed
+        checked += 1
+    assert checked >= 30

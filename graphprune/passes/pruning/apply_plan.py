@@ -28,6 +28,7 @@ class ApplyPlan(Pass):
 
     name = "apply-plan"
     description = "remove the channels planned by plan-channels (or a replayed plan)"
+    preserves = ("shapes",)  # the surgery shrinks the shapes of what it slices
 
     def __init__(self):
         super().__init__()
