@@ -64,19 +64,17 @@ def _at_its_own_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> 
     return True
 
 
-def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None, *,
-               inferred: bool = False) -> Cost:
+def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> Cost:
     """Params, MACs and nodes of `model`; MACs at `shapes` ({input name: concrete shape},
     e.g. `InputShapes.shapes`) when given, else with symbolic dims counted as 1; per layer
     too (`layers`), counted on the same re-inferred copy (one shape inference, not two).
-    `inferred`: the model's shapes were just inferred (a model as loaded; also known from its
-    mutation stamp, `ir.mutation.shapes_current`) — a static model at its own shapes is then
-    counted as it is, without a re-inferred copy."""
+    A static model at its own shapes whose shapes are current (`ir.mutation.shapes_current`:
+    inferred at load, kept by the surgery) is counted as it is, without a re-inferred copy."""
     from graphprune.ir.mutation import shapes_current
 
     cost = _model_cost(model)
     if shapes:
-        fresh = (inferred or shapes_current(model)) and _at_its_own_shapes(model, shapes)
+        fresh = shapes_current(model) and _at_its_own_shapes(model, shapes)
         counted = model if fresh else at_shapes(model, shapes)
         cost.macs = _model_cost(counted).macs
         cost.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}

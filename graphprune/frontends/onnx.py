@@ -91,9 +91,13 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     if input_shapes:
         analyse_at(model, input_shapes)
     if fold:  # analysed, not as-read (the oracle's original): see graphprune.ir.untie
+        from graphprune.ir.mutation import restamp_shapes, shapes_current
         from graphprune.ir.untie import untie_shared_zeros
 
+        current = shapes_current(model)
         untie_shared_zeros(model)
+        if current:  # copies of constants, each with the shape of its original
+            restamp_shapes(model)
     return model
 
 

@@ -333,6 +333,12 @@ class QGemmOp(GemmOp):
         return _INTEGER_LAYER
 
 
+def is_integer_layer(node: ir.Node) -> bool:
+    """`node` is an integer-op layer (QLinearConv, QLinearMatMul, QGemm): counted like its
+    float family, never rewritten in float."""
+    return isinstance(weighted_op(node), (QLinearConvOp, QLinearMatMulOp, QGemmOp))
+
+
 for _op in (ConvOp("Conv"), ConvTransposeOp("ConvTranspose"), GemmOp("Gemm"), MatMulOp("MatMul"),
             QLinearConvOp("QLinearConv", weight=3, bias=8), QLinearMatMulOp("QLinearMatMul", weight=3),
             QGemmOp("QGemm", domain="com.microsoft", weight=3, bias=6)):

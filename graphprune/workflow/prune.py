@@ -156,8 +156,7 @@ class _Run:
         calib = self.state.calibration
         outcome.shapes = self.state.input_shapes = ort.resolve_shapes(
             self.model, self.src, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
-        # a model this run loaded has just had its shapes inferred (a model handed in may not)
-        outcome.before = _cost(self.model, outcome.shapes, inferred=self.src is not None)
+        outcome.before = _cost(self.model, outcome.shapes)
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def load_calibration(self) -> None:
@@ -295,7 +294,9 @@ class _Run:
         outcome.repair = run_repair(self.model, self.state.ctx, self.opts.repair, repair_pm)
         for r in outcome.repair:
             self.progress.repair(r)
-        integer = sorted({n.op_type for n in self.model.graph if n.op_type in _INTEGER_LAYERS})
+        from graphprune.ir.layers import is_integer_layer
+
+        integer = sorted({n.op_type for n in self.model.graph if is_integer_layer(n)})
         if outcome.repair and integer and outcome.plan.tensors:
             self.progress.note(f"repairs do not rewrite integer-op layers ({', '.join(integer)}): they keep the "
                                "error the pruning made; for accuracy, prune and repair the float model, then quantize "
@@ -392,9 +393,6 @@ class _Run:
             write_id_map(outcome.plan.vocab, outcome.vocab_out)
 
 
-_INTEGER_LAYERS = ("QLinearConv", "QLinearMatMul", "QGemm")  # ir.layers: never rewritten in float
-
-
 def _require_pass(res, what: str) -> None:
     if not res.ok:  # a FAIL (or nothing compared) writes nothing
         raise OracleMismatchError(
@@ -405,7 +403,7 @@ def _require_pass(res, what: str) -> None:
             hint="nothing was written; please report this model")
 
 
-def _cost(model, shapes=None, inferred: bool = False):
+def _cost(model, shapes=None):
     from graphprune.analysis.cost import model_cost
 
-    return model_cost(model, shapes.shapes if shapes is not None else None, inferred=inferred)
+    return model_cost(model, shapes.shapes if shapes is not None else None)

@@ -35,19 +35,22 @@ def test_the_layer_table_reuses_a_run_s_costs_only_at_their_shapes(samples_dir, 
 
 
 def test_a_static_model_as_loaded_is_counted_without_a_copy(samples_dir, monkeypatch):
-    """`inferred=True` on a static model at its own shapes counts it as it is (same figures);
-    at other shapes, or with dynamic inputs, a re-inferred copy is still made."""
+    """A static model as loaded (shapes current) at its own shapes is counted as it is (same
+    figures as a re-inferred copy); at other shapes a re-inferred copy is still made."""
     import graphprune.analysis.cost as cost_mod
 
     model = gp.load(str(samples_dir / "tiny_resnet.onnx"))
     own = {v.name: list(v.shape) for v in model.graph.inputs}
-    expected = model_cost(model, own)
+    from graphprune.analysis.cost import _layers_of, _model_cost
+    from graphprune.frontends.onnx import at_shapes
+
+    again = at_shapes(model, own)
     copies = []
     real = cost_mod.at_shapes
     monkeypatch.setattr(cost_mod, "at_shapes", lambda m, s: copies.append(s) or real(m, s))
-    got = model_cost(model, own, inferred=True)
-    assert (got.macs, got.layers, got.params) == (expected.macs, expected.layers, expected.params) and not copies
-    model_cost(model, {k: [2, *v[1:]] for k, v in own.items()}, inferred=True)
+    got = model_cost(model, own)
+    assert (got.macs, got.layers) == (_model_cost(again).macs, _layers_of(model, again)) and not copies
+    model_cost(model, {k: [2, *v[1:]] for k, v in own.items()})
     assert len(copies) == 1
 
 
