@@ -124,3 +124,21 @@ def quantized(float_model, path, *, per_channel: bool, weight_type: str = "QInt8
 def initializers(path) -> dict[str, np.ndarray]:
     m = onnx.load(str(path))
     return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def check_files_needs_zero_points(src, tmp_path, monkeypatch) -> None:
+    """Pruned with its weights as external data, the model passes `check_files` (the oracle
+    of models too large for memory, masked original built on disk), and fails it when the
+    on-disk masking ignores zero points: what both quantized formats' tests assert."""
+    import graphprune as gp
+    from graphprune.runtime import oracle
+
+    ext = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(src), ext, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    res = gp.prune(str(ext), 0.5)
+    out = tmp_path / "pruned.onnx"
+    gp.save(res.model, out)
+    assert oracle.check_files(str(ext), str(out), res.plan).ok
+    monkeypatch.setattr(oracle, "_disk_fills", lambda *a: {})
+    assert oracle.check_files(str(ext), str(out), res.plan).ok is False

@@ -15,7 +15,7 @@ import pytest
 import graphprune as gp
 from graphprune.cli.main import main
 from graphprune.runtime import oracle
-from qdq_models import FLOAT_MODELS, float_branches, initializers, quantized
+from qdq_models import FLOAT_MODELS, check_files_needs_zero_points, float_branches, initializers, quantized
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -139,16 +139,7 @@ def test_cli_prunes_checks_and_compiles(qop, tmp_path, capsys):
 def test_large_model_oracle_masks_zero_points_on_disk(qop, tmp_path, monkeypatch):
     """`check_files` (the oracle of models too large for memory) finds the zero points of
     integer-op weights in the proto too."""
-    src = qop[("mlp", False, "QUInt8")]
-    ext = tmp_path / "ext.onnx"
-    onnx.save(onnx.load(src), ext, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.onnx.data", size_threshold=0)
-    res = gp.prune(str(ext), 0.5)
-    out = tmp_path / "pruned.onnx"
-    gp.save(res.model, out)
-    assert oracle.check_files(str(ext), str(out), res.plan).ok
-    monkeypatch.setattr(oracle, "_disk_fills", lambda *a: {})
-    assert oracle.check_files(str(ext), str(out), res.plan).ok is False
+    check_files_needs_zero_points(qop[("mlp", False, "QUInt8")], tmp_path, monkeypatch)
 
 
 def test_activation_scales_that_are_not_per_tensor_freeze(qop, tmp_path):

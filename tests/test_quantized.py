@@ -14,7 +14,7 @@ import pytest
 import graphprune as gp
 from graphprune.cli.main import main
 from graphprune.runtime import oracle
-from qdq_models import FLOAT_MODELS, initializers, quantized
+from qdq_models import FLOAT_MODELS, check_files_needs_zero_points, initializers, quantized
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -164,16 +164,7 @@ def test_dynamically_quantized_models_are_refused(tmp_path, capsys):
 def test_large_model_oracle_masks_zero_points_on_disk(qmodels, tmp_path, monkeypatch):
     """`check_files` (the oracle of models too large for memory) builds the masked original
     on disk, external data included: the same zero-point masking as in memory."""
-    src = qmodels[("mlp", False, "QUInt8")]
-    ext = tmp_path / "ext.onnx"
-    onnx.save(onnx.load(src), ext, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.onnx.data", size_threshold=0)
-    res = gp.prune(str(ext), 0.5)
-    out = tmp_path / "pruned.onnx"
-    gp.save(res.model, out)
-    assert oracle.check_files(str(ext), str(out), res.plan).ok
-    monkeypatch.setattr(oracle, "_disk_fills", lambda *a: {})
-    assert oracle.check_files(str(ext), str(out), res.plan).ok is False
+    check_files_needs_zero_points(qmodels[("mlp", False, "QUInt8")], tmp_path, monkeypatch)
 
 
 @pytest.mark.torch

@@ -96,6 +96,14 @@ def shifted_set(n: int, seed: int):
     return np.stack(xs), texts
 
 
+def rec_model() -> tuple[str, list[str]]:
+    """(path of the PP-OCRv4 recognizer, its characters), or exit saying what to install."""
+    if MODELS is None:
+        raise SystemExit("pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PP-OCR ONNX models)")
+    src = os.path.join(MODELS, REC)
+    return src, characters(src)
+
+
 def characters(model_path: str) -> list[str]:
     import onnx
 

@@ -99,10 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-macs", default="0.7")
     ap.add_argument("--max-drop", help="passed to prune (2 turns the quality gate off, to measure what it refuses)")
     args = ap.parse_args(argv)
-    if D.MODELS is None:
-        raise SystemExit("pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PP-OCR ONNX models)")
-    src = os.path.join(D.MODELS, D.REC)
-    chars = D.characters(src)
+    src, chars = D.rec_model()
     with tempfile.TemporaryDirectory(prefix="graphprune-qop-rec-") as tmp:
         dense = os.path.join(tmp, "rec.onnx")
         initializers_for_constants(src, dense)

@@ -69,10 +69,7 @@ def main(argv=None) -> int:
                     help="give compile --score: exact-match on this many other rendered lines (seed 200)")
     ap.add_argument("--keep", help="copy the compile's output folder here")
     args = ap.parse_args(argv)
-    if D.MODELS is None:
-        raise SystemExit("pip install --no-deps rapidocr-onnxruntime==1.4.4 (the PP-OCR ONNX models)")
-    src = os.path.join(D.MODELS, D.REC)
-    chars = D.characters(src)
+    src, chars = D.rec_model()
     with tempfile.TemporaryDirectory(prefix="graphprune-qrec-") as tmp:
         model = os.path.join(tmp, "rec.onnx")
         shutil.copy(src, model)

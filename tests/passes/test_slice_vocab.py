@@ -38,6 +38,19 @@ def _sliced(path, keep=KEEP, **kw):
     return model, slice_vocab(model, keep, **kw)
 
 
+def _prune_cli(capsys, path, tmp_path, *flags, ids="ids.json", keep=KEEP):
+    """`graphprune prune PATH --keep-tokens <tmp>/IDS FLAGS -o <tmp>/out.onnx` with the token
+    list written first (a JSON list, or space-separated for a .txt name): (exit code,
+    stdout, stderr)."""
+    from graphprune.cli.main import main
+
+    (tmp_path / ids).write_text(" ".join(map(str, keep)) if ids.endswith(".txt") else json.dumps(keep))
+    rc = main(["prune", str(path), "--keep-tokens", str(tmp_path / ids), *map(str, flags),
+               "-o", str(tmp_path / "out.onnx")])
+    printed = capsys.readouterr()
+    return rc, printed.out, printed.err
+
+
 @pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("name", ["llama_lm", "gpt2_lm"])
 def test_kept_tokens_are_exact_and_a_wrong_map_fails(hf_exported, name, dynamo):
@@ -188,14 +201,11 @@ def test_cli_prune_writes_the_id_map_checks_and_replays(hf_exported, tmp_path, c
     from graphprune.cli.main import main
 
     path = hf_exported("gpt2_lm", True)
-    (tmp_path / "ids.txt").write_text(" ".join(map(str, KEEP)))
     out = tmp_path / "out.onnx"
-    rc = main(["prune", path, "--keep-tokens", str(tmp_path / "ids.txt"), "--ratio", "0.3", "--no-bench",
-               "-o", str(out)])
-    printed = capsys.readouterr()
-    assert rc == 0, printed.out + printed.err
-    assert "oracle PASS" in printed.out and "sliced vs ids mapped: PASS" in printed.out
-    assert "vocabulary 97 -> 24 tokens" in printed.out
+    rc, stdout, stderr = _prune_cli(capsys, path, tmp_path, "--ratio", "0.3", "--no-bench", ids="ids.txt")
+    assert rc == 0, stdout + stderr
+    assert "oracle PASS" in stdout and "sliced vs ids mapped: PASS" in stdout
+    assert "vocabulary 97 -> 24 tokens" in stdout
     idmap = json.loads((tmp_path / "out.vocab.json").read_text())
     assert idmap["kept"] == KEEP and idmap["input"] == "x"
     report = json.loads((tmp_path / "out.report.json").read_text())
@@ -216,14 +226,9 @@ def test_cli_prune_writes_the_id_map_checks_and_replays(hf_exported, tmp_path, c
 
 
 def test_cli_bad_ids_fail_before_any_work(hf_exported, tmp_path, capsys):
-    from graphprune.cli.main import main
-
-    (tmp_path / "ids.json").write_text("[1, 2, 500]")
-    rc = main(["prune", hf_exported("llama_lm", False), "--keep-tokens", str(tmp_path / "ids.json"), "--no-bench",
-               "-o", str(tmp_path / "out.onnx")])
-    printed = capsys.readouterr()
-    assert rc == 2 and "id 500 is outside the vocabulary of 97" in printed.err
-    assert "oracle" not in printed.out  # refused before the pruning
+    rc, stdout, stderr = _prune_cli(capsys, hf_exported("llama_lm", False), tmp_path, "--no-bench", keep=[1, 2, 500])
+    assert rc == 2 and "id 500 is outside the vocabulary of 97" in stderr
+    assert "oracle" not in stdout  # refused before the pruning
     assert not list(tmp_path.glob("out*"))
 
 
@@ -353,13 +358,10 @@ def test_a_large_model_through_files(hf_exported, tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
     path = hf_exported("llama_lm", True)
-    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
     out = tmp_path / "out.onnx"
-    rc = main(["prune", path, "--keep-tokens", str(tmp_path / "ids.json"), "--ratio", "0.3", "--no-bench",
-               "-o", str(out)])
-    printed = capsys.readouterr()
-    assert rc == 0, printed.out + printed.err
-    assert "oracle PASS" in printed.out and "sliced vs ids mapped: PASS" in printed.out
+    rc, stdout, stderr = _prune_cli(capsys, path, tmp_path, "--ratio", "0.3", "--no-bench")
+    assert rc == 0, stdout + stderr
+    assert "oracle PASS" in stdout and "sliced vs ids mapped: PASS" in stdout
     assert load_onnx(str(out)).graph.outputs[0].shape[-1] == 24
     rc = main(["check", path, str(out), "--plan", str(tmp_path / "out.plan.json")])
     printed = capsys.readouterr()
@@ -369,31 +371,21 @@ def test_a_large_model_through_files(hf_exported, tmp_path, capsys, monkeypatch)
 def test_with_calibration_the_search_scores_candidates_before_the_vocabulary(hf_exported, tmp_path, capsys):
     """--calib makes the defaults search candidates; each is scored against the dense model
     on the input's ids, so none is vocabulary-sliced; the chosen one is, once, at the end."""
-    from graphprune.cli.main import main
-
-    path = hf_exported("llama_lm", False)
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 97, (16, 8)).astype(np.int64))
-    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
-    rc = main(["prune", path, "--keep-tokens", str(tmp_path / "ids.json"), "--calib", str(tmp_path / "calib.npz"),
-               "--max-drop", "2", "--no-bench", "-o", str(tmp_path / "out.onnx")])
-    printed = capsys.readouterr()
-    assert rc == 0, printed.out + printed.err
-    assert "search: 3 candidates" in printed.out
-    assert printed.out.count("sliced vs ids mapped: PASS") == 1
+    rc, stdout, stderr = _prune_cli(capsys, hf_exported("llama_lm", False), tmp_path, "--calib",
+                                    tmp_path / "calib.npz", "--max-drop", "2", "--no-bench")
+    assert rc == 0, stdout + stderr
+    assert "search: 3 candidates" in stdout
+    assert stdout.count("sliced vs ids mapped: PASS") == 1
     assert load_onnx(str(tmp_path / "out.onnx")).graph.outputs[0].shape[-1] == 24
 
 
 def test_with_sparsity_refused_before_any_work(hf_exported, tmp_path, capsys):
     """The sparsity record (and its block formats) would describe the weights before the
     dropped tokens' columns go: refused, with the two-run way in the hint."""
-    from graphprune.cli.main import main
-
-    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
-    rc = main(["prune", hf_exported("llama_lm", False), "--keep-tokens", str(tmp_path / "ids.json"), "--sparsity",
-               "0.5", "--no-bench", "-o", str(tmp_path / "out.onnx")])
-    printed = capsys.readouterr()
-    assert rc == 2 and "--keep-tokens with sparsity is not supported yet" in printed.err
-    assert "--ratio 0 --sparsity" in printed.err and not list(tmp_path.glob("out*"))
+    rc, _, stderr = _prune_cli(capsys, hf_exported("llama_lm", False), tmp_path, "--sparsity", "0.5", "--no-bench")
+    assert rc == 2 and "--keep-tokens with sparsity is not supported yet" in stderr
+    assert "--ratio 0 --sparsity" in stderr and not list(tmp_path.glob("out*"))
 
 
 def test_a_block_quantized_int4_head_loses_whole_rows(hf_exported, tmp_path):
@@ -457,11 +449,6 @@ def test_a_table_row_read_by_a_fixed_index_is_refused(tmp_path):
 
 
 def test_dry_run_shows_the_vocabulary_and_writes_nothing(hf_exported, tmp_path, capsys):
-    from graphprune.cli.main import main
-
-    (tmp_path / "ids.json").write_text(json.dumps(KEEP))
-    rc = main(["prune", hf_exported("llama_lm", False), "--keep-tokens", str(tmp_path / "ids.json"), "--dry-run",
-               "-o", str(tmp_path / "out.onnx")])
-    out = capsys.readouterr().out
+    rc, out, _ = _prune_cli(capsys, hf_exported("llama_lm", False), tmp_path, "--dry-run")
     assert rc == 0 and "vocabulary (--keep-tokens): 97 -> 24 tokens" in out and "dry run: nothing written" in out
     assert not list(tmp_path.glob("out*"))

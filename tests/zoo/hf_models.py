@@ -22,20 +22,28 @@ def bert():
     return BertModel(cfg).eval(), "text"
 
 
+def _gpt2_config():
+    from transformers import GPT2Config
+    return GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
+
+
 def gpt2():
-    from transformers import GPT2Config, GPT2Model
+    from transformers import GPT2Model
     _seed()
-    cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
-    return GPT2Model(cfg).eval(), "text"
+    return GPT2Model(_gpt2_config()).eval(), "text"
+
+
+def _llama_config(**kw):
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                       attn_implementation="eager", **kw)
 
 
 def llama():
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
     _seed()
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                      attn_implementation="eager")
-    return LlamaModel(cfg).eval(), "text"
+    return LlamaModel(_llama_config()).eval(), "text"
 
 
 def qwen2():
@@ -65,21 +73,17 @@ def vit():
 
 
 def llama_lm():
-    """A causal LM with its own (untied) output head: input ids -> logits over the vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """`llama` as a causal LM with its own (untied) output head: input ids -> logits."""
+    from transformers import LlamaForCausalLM
     _seed()
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                      attn_implementation="eager", tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval(), "text"
+    return LlamaForCausalLM(_llama_config(tie_word_embeddings=False)).eval(), "text"
 
 
 def gpt2_lm():
-    """GPT-2 with its output head tied to the token table (the default): ids -> logits."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """`gpt2` with its output head tied to the token table (the default): ids -> logits."""
+    from transformers import GPT2LMHeadModel
     _seed()
-    cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
-    return GPT2LMHeadModel(cfg).eval(), "text"
+    return GPT2LMHeadModel(_gpt2_config()).eval(), "text"
 
 
 HF_ZOO = {"bert": bert, "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "vit": vit}
