@@ -813,14 +813,23 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
             os.unlink(path)
 
 
-def output_fidelity(dense, pruned, batches) -> dict:
+def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) -> dict:
     """How close the pruned model's outputs stay to the dense model's on real inputs:
-    per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine."""
+    per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine.
+    `decisions` (indices of outputs whose last axis is class or token scores): also
+    `decisions`, the share of samples whose every argmax there is the dense model's, from
+    the same runs."""
     s_dense, s_pruned = session(dense), session(pruned)
     names = [o.name for o in s_dense.get_outputs()]
-    cos = []
+    cos, same = [], []
     for feeds in batches:
         a_all, b_all = s_dense.run(None, feeds), s_pruned.run(None, feeds)
+        if decisions:
+            n = len(a_all[decisions[0]])
+            ok = np.ones(n, dtype=bool)
+            for i in decisions:
+                ok &= (np.argmax(a_all[i], -1) == np.argmax(b_all[i], -1)).reshape(n, -1).all(axis=1)
+            same.extend(ok.tolist())
         for a, b in zip(a_all, b_all, strict=True):
             a = np.asarray(a, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
@@ -831,5 +840,8 @@ def output_fidelity(dense, pruned, batches) -> dict:
             den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
             cos.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0).tolist())
     mean = float(np.mean(cos)) if cos else 1.0
-    return {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
-            "samples": len(cos), "outputs": names}
+    out = {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
+           "samples": len(cos), "outputs": names}
+    if decisions:
+        out["decisions"], out["decision_samples"] = (float(np.mean(same)) if same else 1.0), len(same)
+    return out

@@ -184,23 +184,6 @@ def decision_outputs(model) -> list[int]:
     return out
 
 
-def decision_agreement(dense, model, batches, outputs: list[int]) -> float:
-    """Share of samples whose every decision (argmax over the last axis of each listed
-    output: a class, or each position of a sequence) is the dense model's."""
-    from graphprune.runtime.ort import session
-
-    s_dense, s_model = session(dense), session(model)
-    same: list[bool] = []
-    for feeds in batches:
-        a, b = s_dense.run(None, feeds), s_model.run(None, feeds)
-        n = len(a[outputs[0]])
-        ok = np.ones(n, dtype=bool)
-        for i in outputs:
-            ok &= (np.argmax(a[i], -1) == np.argmax(b[i], -1)).reshape(n, -1).all(axis=1)
-        same.extend(ok.tolist())
-    return float(np.mean(same)) if same else 1.0
-
-
 class Scorer:
     """Scores a candidate model: the user's function; or, against the dense model on the
     held-back samples and their perturbed copies, the mean output cosine (`score`) and, for
@@ -223,16 +206,17 @@ class Scorer:
         if self.fn is not None:
             return {"score": float(self.fn(session(model)))}
         sets = [("held_back", self.held)] + ([("perturbed", self.perturbed)] if self.perturbed else [])
-        row, cos, dec = {}, [], []
+        row, cos, dec, n = {}, [], [], 0
         for name, batches in sets:
+            fid = output_fidelity(self.dense, model, batches, self.decisions)  # one run: cosine and decisions
             if self.decisions:
-                dec.append(decision_agreement(self.dense, model, batches, self.decisions))
+                dec.append(fid["decisions"])
+                n += fid["decision_samples"]
                 row[f"decisions_{name}"] = round(dec[-1], 5)
-            cos.append(output_fidelity(self.dense, model, batches)["mean_cosine"])
+            cos.append(fid["mean_cosine"])
             row[f"cosine_{name}"] = round(cos[-1], 5)
         score = {"score": round(float(np.mean(cos)), 5)}
         if dec:
-            n = sum(len(next(iter(b.values()))) for _, batches in sets for b in batches)
             score.update(decisions=round(float(np.mean(dec)), 5), decision_samples=n)
         return {**score, **row}
 
