@@ -13,6 +13,7 @@ from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
 from graphprune.runtime.oracle import OracleResult
 from graphprune.workflow.options import DEFAULTS as _DEFAULTS
+from graphprune.workflow.options import ROUND_TO_DEFAULT
 
 
 def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:
@@ -61,7 +62,7 @@ class PruneResult:
 
 
 def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *, criterion: str = _DEFAULTS.criterion,
-          round_to: int = _DEFAULTS.round_to, ignore: list[str] | None = None, plan: Plan | None = None,
+          round_to: int | str = ROUND_TO_DEFAULT, ignore: list[str] | None = None, plan: Plan | None = None,
           seed: int = _DEFAULTS.seed, selection: dict[int, list[int]] | None = None,
           remove_blocks: int = _DEFAULTS.remove_blocks, block_criterion: str = _DEFAULTS.block_criterion,
           blocks: list[str] | None = None, keep_tokens=None, token_input: str | None = None) -> PruneResult:
@@ -70,7 +71,8 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
     (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning).
     `keep_tokens` (token ids, or a file of them) keeps only those rows of the token table and
     columns of the output head, last: the model then reads new ids (new id i = the i-th
-    smallest kept id; the result's `plan.vocab["kept"]` is the map).
+    smallest kept id; the result's `plan.vocab["kept"]` is the map). `round_to="auto"` keeps
+    widths multiples of this CPU's float32 SIMD lanes (what ONNX Runtime runs fastest).
     A path is loaded first (the file is never changed): the result's model is the pruned one.
     The sequence is graphprune.workflow.run_prune, without the oracle (see `check`)."""
     from graphprune.outputs import PLAN_KEY

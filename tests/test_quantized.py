@@ -181,7 +181,7 @@ def test_qdq_transformer_prunes_heads_and_ffn_like_the_float_one(name, tmp_path)
     float_atoms = sorted(g.num_atoms for g in fg)
     assert sorted(g.num_atoms for g in qg) == float_atoms
     assert [g.name for g in qg] == [g.name for g in fg]  # named by their layers, not by a weight's DequantizeLinear
-    res = gp.prune(q, 0.5)
+    res = gp.prune(q, 0.5, round_to=1)  # tiny widths: no multiple of the host's lanes
     assert len(res.plan.groups) == len(float_atoms) and all(g["removed_atoms"] for g in res.plan.groups)
     result = gp.check(gp.load(q, fold=False), res.model, res.plan)
     assert result.ok and not result.refused, result.summary()

@@ -70,8 +70,8 @@ def test_bert_default_init_prunes_heads_with_round_to(tmp_path):
     dg = gp.analyze(gp.load(src))
     heads = {g.name for g in dg.prunable_groups if g.num_atoms == HEADS["bert"]}
     assert len(heads) == 2, [(g.name, g.num_atoms) for g in dg.prunable_groups]
-    for extra in ([], ["--round-to", "4"]):
-        out = tmp_path / f"p{len(extra)}.onnx"
+    for extra in (["--round-to", "1"], ["--round-to", "4"]):
+        out = tmp_path / f"p{extra[-1]}.onnx"
         assert main(["prune", src, "-o", str(out), "--ratio", "0.3", "--no-bench", *extra]) == 0
         plan = json.loads(out.with_suffix(".plan.json").read_text())
         pruned_heads = {g["name"]: len(g["removed_atoms"]) for g in plan["groups"] if g["name"] in heads}

@@ -98,6 +98,25 @@ TABLE: dict[str, Target] = {
 }
 
 
+def host_target() -> Target:
+    """The target describing this machine's CPU (its lanes are `round_to="auto"` for prune)."""
+    if platform.machine() == "aarch64":
+        return TABLE["arm"]
+    return _host_x86()
+
+
+def resolve_round_to(value, target: Target | None = None) -> int:
+    """A width multiple: an integer >= 1, or "auto": the float32 SIMD lanes of `target`
+    (default: this machine). Measured (benchmarks/bench_widths.py): ONNX Runtime's blocked
+    conv kernels run widths that are multiples of the lanes at the dense model's throughput,
+    and other widths up to 3x slower per MAC."""
+    if value == "auto":
+        return (target or host_target()).simd_lanes
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"round_to must be an integer >= 1 or 'auto', not {value!r}")
+    return value
+
+
 def all_targets() -> list[Target]:
     return [_host_x86()] + list(TABLE.values())
 

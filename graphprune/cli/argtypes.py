@@ -83,3 +83,8 @@ POSITIVE = float_in(0.0, lo_open=True)  # finite, > 0
 COUNT = int_at_least(0)
 POSITIVE_INT = int_at_least(1)
 SEED = int_at_least(0)  # numpy's generators take non-negative seeds
+
+
+def round_to(value):
+    """--round-to: an integer >= 1, or auto (the target's float32 SIMD lanes)."""
+    return "auto" if str(value).strip().lower() == "auto" else POSITIVE_INT(value)

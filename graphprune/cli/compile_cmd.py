@@ -23,7 +23,7 @@ def add_arguments(p):
                    help=f"channel pruning ratio (default {DEFAULTS.ratio:g})")
     p.add_argument("--no-prune", action="store_true", help="compile the model as it is")
     p.add_argument("--criterion", default=DEFAULTS.criterion)
-    p.add_argument("--round-to", type=T.POSITIVE_INT, help="width multiple (default: the target's SIMD lanes)")
+    p.add_argument("--round-to", type=T.round_to, help="width multiple, or auto (default: the target's SIMD lanes)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex)
     p.add_argument("--plan", help="replay a plan.json instead of choosing channels")
     p.add_argument("--slice-hidden", type=T.RATIO, metavar="R",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from graphprune.cli.paths import plan_path_for  # noqa: F401  (importable from here too)
 from graphprune.cli.paths import prune_output_path as output_path
-from graphprune.workflow.options import DEFAULTS
+from graphprune.workflow.options import DEFAULTS, ROUND_TO_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,9 @@ def add_arguments(p):
     p.add_argument("--criterion", default=DEFAULTS.criterion, help="importance: auto (default: searched with --calib, "
                    "l2 without), l1, l2, random, bn_scale, fpgm, lamp, activation, apoz, wanda, obs (data-aware "
                    "ones need --calib)")
-    p.add_argument("--round-to", type=T.POSITIVE_INT, default=DEFAULTS.round_to, metavar="N",
-                   help="keep widths multiples of N")
+    p.add_argument("--round-to", type=T.round_to, default=ROUND_TO_DEFAULT, metavar="N",
+                   help="keep widths multiples of N; auto (default): this CPU's float32 SIMD lanes (16 with "
+                        "AVX-512, 8 with AVX2, 4 on ARM), the widths ONNX Runtime's kernels run fastest; 1: any width")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="never prune groups touching nodes/tensors matching REGEX (repeatable)")
     p.add_argument("--plan", help="replay this plan.json exactly instead of choosing channels")
@@ -113,7 +114,7 @@ def run(args) -> int:
         return dry_run.show_prune(args.model, opts)
     _check_report_paths(args, out)
     outcome = run_prune(args.model, opts, out=out, progress=Printer())
-    latency = measure_latency(outcome, not args.no_bench)
+    latency = measure_latency(outcome, not args.no_bench, opts.round_to)
     html = write_prune_report(args, opts, outcome, latency)  # <out>.report.{json,md,html}
     if args.json:  # the report as JSON (schema graphprune.report/1), not the table
         from graphprune.cli.results import emit

@@ -63,17 +63,25 @@ def _ratio_row(name: str, b, a, fmt=None) -> list:
     return [name, fmt(b), fmt(a), f"{a / max(b, 1):.3f}"]
 
 
-def measure_latency(outcome, bench: bool) -> dict:
+def measure_latency(outcome, bench: bool, round_to: int = 1) -> dict:
     """The input and the written model in ONNX Runtime at the run's shapes (the figures' and
-    the oracle's), as workflow.verdicts.latency_verdict; {} without --bench."""
+    the oracle's), as workflow.verdicts.latency_verdict, with the widths hint
+    (verdicts.widths_line) when it applies; {} without --bench."""
     if not bench or outcome.out is None or outcome.source is None:
         return {}
+    from graphprune.backends.targets import host_target
     from graphprune.cli.common import ort_latency_ms
-    from graphprune.workflow.verdicts import latency_verdict
+    from graphprune.workflow.verdicts import latency_verdict, widths_line
 
     t0 = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)
     t1 = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
-    return latency_verdict(t0, t1, "pruned")
+    verdict = latency_verdict(t0, t1, "pruned")
+    if outcome.after is not None and outcome.after.macs:
+        hint = widths_line(verdict["speedup"], outcome.before.macs / outcome.after.macs, round_to,
+                           host_target().simd_lanes)
+        if hint:
+            verdict["widths_line"] = hint
+    return verdict
 
 
 def summary_rows(outcome, latency: dict) -> list[list]:
@@ -123,6 +131,9 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
     print(table(rows, ["", "before", "after", "ratio"]))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
+    for line in (latency.get("line"), latency.get("widths_line")):
+        if line:
+            print(line if line.startswith("latency: ") or line.startswith("widths: ") else "latency: " + line)
     print(f"wrote {outcome.out} and {outcome.plan_out}"
           + (f", and the token id map {outcome.vocab_out} (the model reads new ids)" if outcome.vocab_out else ""))
 

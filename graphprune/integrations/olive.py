@@ -134,7 +134,7 @@ EXPANDED = {"allocation"}
 _HELP = {
     "ratio": "fraction of each group's channels to remove",
     "criterion": "importance criterion (graphprune passes: l1, l2, taylor, wanda, ...)",
-    "round_to": "keep widths multiples of N",
+    "round_to": "keep widths multiples of N; \"auto\": this CPU's float32 SIMD lanes",
     "ignore": "regexes of nodes/tensors whose groups are kept",
     "seed": "seed for random criteria",
     "plan": "replay this plan.json exactly",

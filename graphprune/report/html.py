@@ -146,6 +146,8 @@ def _verdicts(report: dict) -> list[str]:
     lat = report.get("latency") or {}
     line = lat.get("line")
     lines = [line if line.startswith("latency: ") else "latency: " + line] if line else []
+    if lat.get("widths_line"):
+        lines.append(lat["widths_line"])
     q = report.get("quality") or report.get("accuracy")
     return lines + ([q] if q else [])
 

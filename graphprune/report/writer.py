@@ -173,6 +173,8 @@ def _verdict_lines(report: dict) -> list[str]:
                                if (report.get("after") or {}).get("latency_note") else None)
     if line:
         lines.append(f"- {line if line.startswith('latency: ') else 'latency: ' + line}")
+    if lat.get("widths_line"):
+        lines.append(f"- {lat['widths_line']}")
     if report.get("quality") or report.get("accuracy"):
         lines.append(f"- {report.get('quality') or report['accuracy']}")
     if (report.get("quantization") or {}).get("line"):  # compile --quantize int8: the deployment's own line

@@ -177,14 +177,16 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
     return group_scores(dg, importance, seed=seed)
 
 
-def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str = "l2", round_to: int = 1,
+def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str = "l2", round_to: int | str = 1,
                  ignore: list[str] | None = None, plan: Plan | str | os.PathLike | None = None,
                  importance=None, loss_fn=None, data=None, max_batches: int | None = None,
                  selection: dict[int, list[int]] | None = None, seed: int = 0, check: bool = True,
                  rtol: float = 1e-4, onnx_translations: dict | None = None) -> TorchPruneResult:
     """Prune `module` (not modified) and return a physically smaller copy with its plan.
 
-    ratio/criterion/round_to/ignore/seed mean what they mean for `graphprune.prune`;
+    ratio/criterion/round_to/ignore/seed mean what they mean for `graphprune.prune`, but
+    round_to defaults to 1 (any width): the result is a torch module, often trained further
+    and deployed anywhere, not an ONNX file for this CPU (`round_to="auto"`: this CPU's lanes);
     `plan` replays a plan (made by either path); `selection` removes exactly the given
     atoms of `graphprune.analyze` groups. `importance` overrides `criterion`: a CRITERIA
     name, ``"taylor"`` (group first-order Taylor, |Σ w·dL/dw| over each atom, from
@@ -202,6 +204,9 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     from graphprune.runtime.ort import session
     from graphprune.torchprune.surgery import slice_state, update_attributes
 
+    from graphprune.backends.targets import resolve_round_to
+
+    round_to = resolve_round_to(round_to)
     args = as_tuple(example_inputs)
     cap = capture(module, args, onnx_translations=onnx_translations)
     dg = DependencyGraph(cap.model, ignore=ignore)

@@ -34,7 +34,7 @@ class CompileOptions:
     ratio: float = DEFAULTS.ratio
     prune: bool = True
     criterion: str = DEFAULTS.criterion
-    round_to: int | None = None  # default: the target's SIMD lanes
+    round_to: int | str | None = None  # default (None or "auto"): the target's SIMD lanes
     ignore: list[str] = field(default_factory=list)
     plan: str | None = None
     slice_hidden: float | None = None  # slice-hidden ratio (rotate the residual stream first)
@@ -67,15 +67,21 @@ class CompileOptions:
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
-        d["round_to"] = self.round_to if self.round_to is not None else target.simd_lanes
+        d["round_to"] = _round_to(self.round_to, target)
         return d
+
+
+def _round_to(value, target: Target) -> int:
+    from graphprune.backends.targets import resolve_round_to
+
+    return resolve_round_to("auto" if value is None else value, target)
 
 
 def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
     """compile's pruning step as PruneOptions (round_to defaults to the target's SIMD lanes)."""
     return PruneOptions(
         ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
-        round_to=opts.round_to if opts.round_to is not None else target.simd_lanes,
+        round_to=_round_to(opts.round_to, target),
         allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, slice_hidden=opts.slice_hidden,
         keep_tokens=opts.keep_tokens, token_input=opts.token_input, calib=opts.calib,
         calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,

@@ -3,7 +3,7 @@ CLI builds it from argparse, the API from keyword arguments, compile from Compil
 the Olive pass from its config, so the four cannot drift."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -12,7 +12,9 @@ class PruneOptions:
     # choosing channels (prune-channels; allocation.driver)
     ratio: float = 0.3
     criterion: str = "auto"  # auto: searched with calibration data (workflow.search), l2 without
-    round_to: int = 1
+    # a width multiple; "auto" (resolved at construction): this machine's float32 SIMD lanes,
+    # the widths ONNX Runtime runs at the dense model's speed (benchmarks/bench_widths.py)
+    round_to: int | str = "auto"
     ignore: list[str] = field(default_factory=list)
     seed: int = 0
     allocation: dict = field(default_factory=dict)  # allocation.driver options given: allocation, target_*, ...
@@ -46,6 +48,11 @@ class PruneOptions:
     sparsity: dict | None = None  # `sparsify` pass options; None: no sparsity
     max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
 
+    def __post_init__(self):
+        from graphprune.backends.targets import resolve_round_to
+
+        self.round_to = resolve_round_to(self.round_to)
+
     def channel_options(self) -> dict:
         """prune-channels options (only those that differ from nothing: the plan records them)."""
         opts = {"ratio": self.ratio, "criterion": self.criterion, "round_to": self.round_to, "seed": self.seed}
@@ -65,3 +72,5 @@ class PruneOptions:
 
 
 DEFAULTS = PruneOptions()
+# DEFAULTS.round_to is this machine's lanes; the default as written, for the CLI, the API and configs:
+ROUND_TO_DEFAULT = next(f.default for f in fields(PruneOptions) if f.name == "round_to")

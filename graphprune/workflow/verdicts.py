@@ -8,6 +8,8 @@ less accurate than asked is said so, never shipped silently).
 * latency: the deployed pruned model against the input model in ONNX Runtime (what a user
   would otherwise run), side by side at the representative shape; `--min-speedup F` turns
   "not fast enough" into a failure (SlowerThanAskedError, exit 5, nothing written).
+* widths: when the speed-up falls well short of the MAC reduction and the widths were not
+  kept multiples of the CPU's float lanes, the one option that fixes it.
 """
 from __future__ import annotations
 
@@ -53,6 +55,21 @@ def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str) -> dict:
             f"the input model in ONNX Runtime ({dense_ms:.3f} ms)")
     return {"dense_ort_ms": dense_ms, "deployed_ms": deployed_ms, "speedup": round(speedup, 4),
             "not_faster": not faster, "line": line}
+
+
+# Measured (benchmarks/bench_widths.py, 3 torchvision CNNs): widths that are multiples of the
+# lanes run at 0.90-0.99 of the dense model's MACs per second; other widths at 0.3-0.8.
+SLOW_WIDTHS_EFFICIENCY = 0.8
+
+
+def widths_line(speedup: float, mac_reduction: float, round_to: int, lanes: int) -> str | None:
+    """A hint when the pruned model runs fewer MACs per second than the dense one because its
+    widths are not multiples of the CPU's float32 lanes (ONNX Runtime's blocked conv
+    kernels fall back to slower paths for them); None when that cannot be the reason."""
+    if round_to % lanes == 0 or mac_reduction < 1.05 or speedup >= SLOW_WIDTHS_EFFICIENCY * mac_reduction:
+        return None
+    return (f"widths: {mac_reduction:.2f}x fewer MACs gave only {speedup:.2f}x; widths were kept multiples of "
+            f"{round_to}, not of this CPU's {lanes} float lanes, which ONNX Runtime runs fastest: try --round-to auto")
 
 
 def require_speedup(verdict: dict, min_speedup: float | None) -> None:

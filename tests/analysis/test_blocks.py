@@ -89,7 +89,8 @@ def test_transformer_sub_blocks(name, tmp_path):
     blocks = find_residual_blocks(gp.load(path))
     assert len(blocks) == 4  # attention + MLP sub-block per layer, 2 layers
     proto = onnx.load(path)
-    model, plan = _check(proto, ratio=0.5, remove_blocks=2)
+    # round_to=1: the tiny layers (FFN 48) keep no multiple of the host's lanes at ratio 0.5
+    model, plan = _check(proto, ratio=0.5, remove_blocks=2, round_to=1)
     assert len(plan.blocks) == 2 and plan.tensors
 
 

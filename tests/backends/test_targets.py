@@ -41,3 +41,18 @@ def test_raw_json_target():
 def test_bad_targets(bad):
     with pytest.raises(UsageError):
         resolve_target(bad)
+
+
+def test_round_to_auto_is_the_targets_lanes():
+    from graphprune.backends.targets import host_target, resolve_round_to
+    from graphprune.workflow.options import PruneOptions
+
+    assert resolve_round_to("auto", resolve_target("x86-avx512")) == 16
+    assert resolve_round_to("auto", resolve_target("x86-avx2")) == 8
+    assert resolve_round_to("auto", resolve_target("arm")) == 4
+    assert resolve_round_to(3) == 3
+    # prune has no target: "auto" is this machine's CPU, resolved once when the options are made
+    assert PruneOptions(round_to="auto").round_to == host_target().simd_lanes
+    for bad in (0, -8, "8", 2.5, True):
+        with pytest.raises(UsageError):
+            resolve_round_to(bad)

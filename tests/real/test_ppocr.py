@@ -91,7 +91,7 @@ def test_ppocr_rec_dynamic_width_keeps_conv_groups():
     model = gp.load(path)
     dynamic = gp.analyze(model)
     assert len(dynamic.prunable_groups) == len(static.prunable_groups) == 24
-    res = gp.prune(model, 0.3)
+    res = gp.prune(model, 0.3, round_to=1)  # every group pruned, whatever the host's lanes
     assert len(res.plan.groups) == 24
     feeds = [{"x": text_like(48, w, s)} for s, w in ((0, 97), (1, 320))]
     r = oracle.check(ir.load(path), res.model, res.plan, inputs=feeds, n_random=0)

@@ -122,10 +122,15 @@ def test_options_defaults_are_written_once():
         mod.add_arguments(p)
         ns = p.parse_args(["m.onnx"])
         assert (ns.ratio, ns.criterion, ns.seed) == (d.ratio, d.criterion, d.seed)
+    from graphprune.workflow.options import ROUND_TO_DEFAULT
+
+    p = argparse.ArgumentParser()
+    prune_cmd.add_arguments(p)
+    assert p.parse_args(["m.onnx"]).round_to == ROUND_TO_DEFAULT == "auto"  # resolved per machine, not frozen
     import inspect
 
     sig = inspect.signature(gp.prune)
-    assert sig.parameters["ratio"].default == d.ratio and sig.parameters["round_to"].default == d.round_to
+    assert sig.parameters["ratio"].default == d.ratio and sig.parameters["round_to"].default == ROUND_TO_DEFAULT
 
 
 def test_pipeline_state_is_a_typed_view_of_the_pass_context():

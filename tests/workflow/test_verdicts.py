@@ -208,3 +208,38 @@ def test_auto_ships_the_fastest_correct_artifact(tmp_path):
     runners = {"tvm": None}
     _drop_incorrect_tvm(c2, runners, tmp_path)
     assert "tvm" in runners and "numerics_tvm" in c2.checks
+
+
+def _fake_prune_latency(monkeypatch, dense: float, pruned: float) -> None:
+    """prune's side-by-side ORT measurement, faked: the input model vs the written one."""
+    import graphprune.cli.common as common
+
+    monkeypatch.setattr(common, "ort_latency_ms", lambda path, shapes=None: pruned if ".pruned" in str(path) else dense)
+
+
+@pytest.mark.parametrize("round_to,dense,pruned,hint", [
+    ("1", 1.0, 0.95, True),  # far fewer MACs, almost no speed-up, odd widths allowed: the hint
+    ("auto", 1.0, 0.95, False),  # widths already multiples of the lanes: something else is slow
+    ("1", 3.5, 1.0, False),  # speed-up close to the MAC reduction (3.6x): nothing to say
+])
+def test_prune_names_the_width_multiple_when_odd_widths_cost_the_speedup(samples_dir, tmp_path, monkeypatch, capsys,
+                                                                         round_to, dense, pruned, hint):
+    from graphprune.backends.targets import host_target
+
+    _fake_prune_latency(monkeypatch, dense, pruned)
+    out = tmp_path / "m.pruned.onnx"
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--ratio", "0.5", "--round-to", round_to,
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads(out.with_name("m.pruned.report.json").read_text())
+    plan = json.loads(out.with_name("m.pruned.plan.json").read_text())
+    lanes = host_target().simd_lanes
+    assert plan["settings"]["round_to"] == (lanes if round_to == "auto" else 1)
+    assert 3.0 < rep["before"]["macs"] / rep["after"]["macs"] < 4.3  # what the fake speed-ups are set against
+    lines = [ln for ln in text.splitlines() if ln.startswith("widths: ")]
+    if hint:
+        assert len(lines) == 1 and f"not of this CPU's {lanes} float lanes" in lines[0]
+        assert "--round-to auto" in lines[0] and rep["latency"]["widths_line"] == lines[0]
+        assert lines[0] in out.with_name("m.pruned.report.md").read_text()
+    else:
+        assert not lines and "widths_line" not in rep["latency"]
