@@ -1,4 +1,5 @@
-"""Output shapes of ONNX Runtime's com.microsoft quantized ops (QLinearAdd, QGemm, MatMulNBits ...),
+"""Output shapes of ONNX Runtime's com.microsoft quantized ops (QLinearAdd, QGemm, MatMulNBits ...)
+and of its mixture-of-experts op (MoE: the input's shape),
 which onnx's shape inference does not know: without them every slot behind such an op
 freezes as "unknown size". Only what follows from the input shapes and attributes alone is
 filled; an output that already has a shape is left as it is.
@@ -46,7 +47,7 @@ def _output_dims(node: ir.Node) -> list | None:
         return [x[0]] + [1] * (len(x) - 2) + [x[-1]] if _attr(node, "channels_last", 0) else x[:2] + [1] * (len(x) - 2)
     if op == "MatMulNBits" and len(x) >= 1 and isinstance(_attr(node, "N", None), int):
         return [*x[:-1], int(_attr(node, "N", 0))]
-    if op == "QLinearSoftmax":
+    if op in ("QLinearSoftmax", "MoE"):
         return x
     if op == "QLinearAveragePool":
         return _pooled(node, x)
@@ -98,7 +99,7 @@ def _output_dtype(node: ir.Node) -> ir.DataType | None:
     without an output scale."""
     if node.op_type == "QGemm" and (len(node.inputs) < 8 or node.inputs[7] is None):
         return ir.DataType.FLOAT
-    if node.op_type == "MatMulNBits":  # float activations in and out, block-quantized weights
+    if node.op_type in ("MatMulNBits", "MoE"):  # float activations in and out
         return node.inputs[0].dtype
     zp = node.inputs[-1] if node.inputs else None
     return zp.dtype if zp is not None else node.inputs[0].dtype

@@ -3,6 +3,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     conv,
     elementwise,
     linear,
+    moe,
     norm,
     pool,
     qlinear,
