@@ -65,10 +65,12 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
           round_to: int | str = ROUND_TO_DEFAULT, ignore: list[str] | None = None, plan: Plan | None = None,
           seed: int = _DEFAULTS.seed, selection: dict[int, list[int]] | None = None,
           remove_blocks: int = _DEFAULTS.remove_blocks, block_criterion: str = _DEFAULTS.block_criterion,
-          blocks: list[str] | None = None, keep_tokens=None, token_input: str | None = None) -> PruneResult:
+          blocks: list[str] | None = None, keep_tokens=None, token_input: str | None = None,
+          keep_experts: int = _DEFAULTS.keep_experts) -> PruneResult:
     """Prune `model` in place. With `plan`, replay it exactly; with `selection`
     (group id → atom ids from `analyze`), remove exactly those atoms. `remove_blocks=k`
     (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning).
+    `keep_experts=n` keeps the n most routed-to experts of each com.microsoft MoE layer (first).
     `keep_tokens` (token ids, or a file of them) keeps only those rows of the token table and
     columns of the output head, last: the model then reads new ids (new id i = the i-th
     smallest kept id; the result's `plan.vocab["kept"]` is the map). `round_to="auto"` keeps
@@ -81,7 +83,8 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
     model = _model(model, "prune")
     opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=list(ignore or []), seed=seed,
                         plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
-                        blocks=list(blocks or []), keep_tokens=keep_tokens, token_input=token_input, check=False)
+                        blocks=list(blocks or []), keep_tokens=keep_tokens, token_input=token_input,
+                        keep_experts=keep_experts, check=False)
     outcome = run_prune(model, opts)
     from graphprune.analysis.dependency.graph import withdraw
 

@@ -42,6 +42,11 @@ class Plan:
     # result equals the masked original with its ids mapped (new id i = kept[i]) and its
     # logits gathered at `kept`. The vocabulary slices are not in `tensors`.
     vocab: dict = field(default_factory=dict)
+    # prune-experts: per MoE layer {"moe", "logits", "experts", "k", "removed", "tensors", ...}
+    # (graphprune.passes.pruning.prune_experts). The masked original routes nothing to a
+    # removed expert (its router logit at -inf); zeroing its weights alone would not remove
+    # it. Its slices are in the record, not in `tensors`.
+    experts: list = field(default_factory=list)
 
     def block_tensors(self) -> list[dict]:
         """The removed blocks' zeroed slices as `tensors` entries tagged with their branch."""
@@ -55,7 +60,8 @@ class Plan:
                 "tensors": self.tensors + self.block_tensors(), "groups": self.groups,
                 "blocks": [{k: v for k, v in b.items() if k != "tensors"} for b in self.blocks],
                 **({"hidden": self.hidden} if self.hidden else {}),
-                **({"vocab": self.vocab} if self.vocab else {})}
+                **({"vocab": self.vocab} if self.vocab else {}),
+                **({"experts": self.experts} if self.experts else {})}
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
@@ -82,7 +88,7 @@ class Plan:
                                 "which the plan's 'blocks' list does not have")
         return cls(tensors=tensors, groups=data.get("groups", []), model=data.get("model", {}),
                    settings=data.get("settings", {}), blocks=blocks, hidden=data.get("hidden", {}),
-                   vocab=data.get("vocab", {}))
+                   vocab=data.get("vocab", {}), experts=data.get("experts", []))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -143,7 +149,8 @@ def validate_plan(data) -> None:
         if bad:
             raise PlanError(f"plan removes index {_short(bad[0])} from {t['name']!r} axis {t['axis']}: "
                             "out of range")
-    for key, kind in (("groups", list), ("model", dict), ("settings", dict), ("hidden", dict), ("vocab", dict)):
+    for key, kind in (("groups", list), ("model", dict), ("settings", dict), ("hidden", dict), ("vocab", dict),
+                      ("experts", list)):
         if key in data and not isinstance(data[key], kind):
             raise PlanError(f"plan field {key!r} should be a JSON {'list' if kind is list else 'object'}")
     vocab = data.get("vocab")
@@ -152,10 +159,28 @@ def validate_plan(data) -> None:
                       and isinstance(vocab.get("outputs", []), list)):
         raise PlanError("malformed plan 'vocab' record (needs the token input's name and a non-empty list of kept "
                         "token ids)")
+    for e in data.get("experts", []):
+        _validate_experts_record(e)
     blocks = data.get("blocks", [])
     if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("skip"), str)
                                                and isinstance(b.get("branch"), str) for b in blocks):
         raise PlanError("malformed 'blocks' list (each needs 'skip' and 'branch' value names)")
+
+
+def _validate_experts_record(e) -> None:
+    """One `experts` entry (prune-experts): names, an expert count, removed experts within it
+    (not all of them), and tensor slices that remove exactly those experts."""
+    n = e.get("experts") if isinstance(e, dict) else None
+    if not (isinstance(e, dict) and isinstance(e.get("moe"), str) and isinstance(e.get("logits"), str)
+            and _is_int(n) and 0 < n < MAX_INDEX and isinstance(e.get("removed"), list) and e["removed"]
+            and all(_is_int(i) and 0 <= i < n for i in e["removed"]) and len(set(e["removed"])) < n
+            and isinstance(e.get("tensors"), list)):
+        raise PlanError("malformed plan 'experts' record (each needs the MoE layer's name, its router logits, "
+                        "its expert count, the removed experts within it, and their tensor slices)")
+    for t in e["tensors"]:
+        if not (isinstance(t, dict) and isinstance(t.get("name"), str) and _is_int(t.get("axis"))
+                and t["axis"] >= 0 and t.get("removed") == e["removed"]):
+            raise PlanError(f"malformed tensor slice in the 'experts' record of {e['moe']!r}")
 
 
 def check_slice(entry: dict, shape) -> None:

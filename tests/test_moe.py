@@ -1,7 +1,8 @@
 """Mixture-of-experts layers in ONNX Runtime's form (com.microsoft MoE, issue 16 §3): the
 expert-FFN channels are pruned in every expert at once, the hidden size through the experts'
-input and output weights, under the oracle; whole experts, interleaved SwiGLU and layouts
-the rule does not know stay frozen (fail closed)."""
+input and output weights, under the oracle; interleaved SwiGLU and layouts the rule does not
+know stay frozen (fail closed). Whole experts go by `keep_experts` (prune-experts): the most
+routed-to are kept, and the oracle's reference routes nothing to the removed ones."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,8 @@ E, H, INTER, K, TOKENS = 4, 16, 24, 2, 6
 
 
 def moe_model(*, gated: bool = False, activation: str = "relu", swiglu_fusion: int = 0, normalize: int = 0,
-              fc1_layout: str = "EIH", fc1_input: bool = False) -> onnx.ModelProto:
+              fc1_layout: str = "EIH", fc1_input: bool = False, router_bias=None,
+              logits_output: bool = False) -> onnx.ModelProto:
     """x [T, H] -> MatMul -> h; router logits = h @ Wr; h + MoE(h) -> MatMul -> y [T, 8].
     No norm on the residual, so the hidden size is a prunable group too."""
     rows = 2 * INTER if swiglu_fusion else INTER
@@ -32,15 +34,21 @@ def moe_model(*, gated: bool = False, activation: str = "relu", swiglu_fusion: i
     if gated:
         inits["fc3"] = w(E, INTER, H, seed=7, scale=0.3)
         moe_inputs.append("fc3")
+    if router_bias is not None:  # a Gemm router with a bias
+        inits["b_r"] = np.asarray(router_bias, np.float32)
+        router = helper.make_node("Gemm", ["h", "w_r", "b_r"], ["logits"])
+    else:
+        router = helper.make_node("MatMul", ["h", "w_r"], ["logits"])
     nodes = [helper.make_node("MatMul", ["x", "w_in"], ["h"]),
-             helper.make_node("MatMul", ["h", "w_r"], ["logits"]),
+             router,
              helper.make_node("MoE", moe_inputs, ["m"], domain="com.microsoft", k=K, activation_type=activation,
                               normalize_routing_weights=normalize, **({"swiglu_fusion": swiglu_fusion}
                                                                       if swiglu_fusion else {})),
              helper.make_node("Add", ["h", "m"], ["z"]),
              helper.make_node("MatMul", ["z", "w_out"], ["y"])]
     inputs = [("x", ["T", H])] + ([("fc1", list(fc1.shape))] if fc1_input else [])
-    m = make_model(nodes, inputs, [("y", ["T", 8])], inits, check=False)
+    outputs = [("y", ["T", 8])] + ([("logits", ["T", E])] if logits_output else [])
+    m = make_model(nodes, inputs, outputs, inits, check=False)
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return m
 
@@ -148,3 +156,114 @@ def test_cli_prunes_a_moe_model_with_the_oracle(tmp_path, capsys):
     assert "oracle PASS" in capsys.readouterr().out
     fc1 = {t.name: t for t in onnx.load(out).graph.initializer}["fc1"]
     assert list(fc1.dims) == [E, INTER // 2, H // 2]
+
+
+# ---- whole experts (prune-experts) ---------------------------------------------------------------
+
+
+def _shapes(model) -> dict[str, list]:
+    return {v.name: list(v.shape) for v in model.graph.initializers.values()}
+
+
+def _check(proto, res) -> oracle.OracleResult:
+    return oracle.check(ir.serde.deserialize_model(proto), res.model, res.plan, n_random=3)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+def test_keep_experts_removes_the_least_routed_and_equals_the_rerouted_original(ratio):
+    # a router bias that sends (almost) everything to experts 1 and 3
+    proto = moe_model(router_bias=[-20.0, 0.0, -20.0, 0.0])
+    res = gp.prune(gp.load(proto.SerializeToString()), ratio, round_to=1, keep_experts=2)
+    (rec,) = res.plan.experts
+    assert rec["removed"] == [0, 2] and rec["experts"] == E and rec["k"] == K
+    shapes = _shapes(res.model)
+    assert shapes["fc1"][0] == shapes["fc2"][0] == shapes["fc1_b"][0] == shapes["fc2_b"][0] == 2
+    assert shapes["w_r"] == [shapes["w_in"][1], 2] and shapes["b_r"] == [2]
+    r = _check(proto, res)
+    assert r.ok, r.diffs
+    if ratio:
+        assert shapes["fc1"][1] < INTER and res.plan.tensors  # channels pruned too, after the experts
+
+
+def test_the_oracle_fails_when_the_record_names_other_experts_than_were_removed():
+    proto = moe_model(router_bias=[-20.0, 0.0, -20.0, 0.0])
+    res = gp.prune(gp.load(proto.SerializeToString()), 0.0, keep_experts=2)
+    assert _check(proto, res).ok
+    res.plan.experts[0]["removed"] = [1, 3]  # the kept ones: the reference now routes elsewhere
+    for t in res.plan.experts[0]["tensors"]:
+        t["removed"] = [1, 3]
+    assert not _check(proto, res).ok
+
+
+def test_an_expert_plan_replays_and_checks_from_files(tmp_path):
+    from graphprune.plan import Plan
+
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(), src)
+    res = gp.prune(src, 0.3, round_to=1, keep_experts=3)
+    gp.save(res.model, tmp_path / "p.onnx")
+    res.plan.save(tmp_path / "p.plan.json")
+    plan = Plan.load(tmp_path / "p.plan.json")
+    assert plan.experts == res.plan.experts and len(plan.experts[0]["removed"]) == 1
+    assert gp.check(src, tmp_path / "p.onnx", tmp_path / "p.plan.json").ok
+    replay = gp.prune(src, plan=plan)
+    assert replay.plan.experts == res.plan.experts and replay.plan.tensors == res.plan.tensors
+    assert _shapes(replay.model) == _shapes(res.model)
+
+
+@pytest.mark.parametrize("variant,keep,message", [
+    ({}, 1, "at least its top-k"),
+    ({}, E, "fewer than its"),
+    ({"logits_output": True}, 2, "read by other nodes"),
+])
+def test_keep_experts_refuses_what_it_cannot_remove_exactly(variant, keep, message):
+    from graphprune.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        gp.prune(gp.load(moe_model(**variant).SerializeToString()), 0.0, keep_experts=keep)
+
+
+def test_keep_experts_on_a_model_without_moe_is_a_usage_error():
+    from graphprune.errors import UsageError
+    from samples.make_samples import tiny_resnet
+
+    with pytest.raises(UsageError, match="no com.microsoft MoE layer"):
+        gp.prune(gp.load(tiny_resnet().SerializeToString()), 0.0, keep_experts=2)
+
+
+@pytest.mark.parametrize("bad", [
+    {"moe": "m", "logits": "l", "experts": 4, "removed": [4], "tensors": []},  # out of range
+    {"moe": "m", "logits": "l", "experts": 4, "removed": [0, 1, 2, 3], "tensors": []},  # every expert
+    {"moe": "m", "experts": 4, "removed": [0], "tensors": []},  # no logits
+    {"moe": "m", "logits": "l", "experts": 4, "removed": [0], "tensors": [{"name": "fc1", "axis": 0,
+                                                                           "removed": [1]}]},
+])
+def test_malformed_expert_records_are_plan_errors(bad):
+    from graphprune.errors import PlanError
+    from graphprune.plan import validate_plan
+
+    with pytest.raises(PlanError):
+        validate_plan({"version": 1, "tensors": [], "groups": [], "experts": [bad]})
+
+
+def test_cli_keep_experts(tmp_path, capsys):
+    from graphprune.cli.main import main
+
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(), src)
+    out = tmp_path / "moe.pruned.onnx"
+    assert main(["prune", str(src), "--ratio", "0", "--keep-experts", "2", "--no-bench", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "experts 4 -> 2 in 1 MoE layer(s)" in text and "oracle PASS" in text
+    assert main(["check", str(src), str(out), "--plan", str(tmp_path / "moe.pruned.plan.json")]) == 0
+
+
+def test_moe_macs_count_the_active_experts():
+    from graphprune.analysis.cost import model_cost
+
+    model = gp.load(moe_model().SerializeToString())
+    cost = model_cost(model, {"x": [TOKENS, H]})
+    dense_layers = TOKENS * (H * H + H * E + H * 8)  # w_in, router, w_out
+    assert cost.macs == dense_layers + TOKENS * K * (INTER * H + H * INTER)
+    pruned = gp.prune(model, 0.0, keep_experts=2).model  # fewer experts, same k: the same active MACs
+    assert model_cost(pruned, {"x": [TOKENS, H]}).macs == cost.macs - TOKENS * H * 2

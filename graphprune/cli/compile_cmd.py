@@ -84,7 +84,7 @@ def options(args):
     return CompileOptions(target=args.target, backend=args.backend, ratio=args.ratio, prune=not args.no_prune,
                           criterion=args.criterion, round_to=args.round_to, ignore=args.ignore, plan=args.plan,
                           slice_hidden=args.slice_hidden, keep_tokens=args.keep_tokens,
-                          token_input=args.token_input,
+                          token_input=args.token_input, keep_experts=args.keep_experts,
                           tune_trials=args.tune_trials, tune_time=args.tune_time, db=args.db or _default_db(),
                           rpc=args.rpc, rpc_key=args.rpc_key, ort_format=args.ort_format, check=not args.no_check,
                           out=args.output, seed=args.seed, input_shapes=parse_shapes(args.input_shape),

@@ -57,7 +57,9 @@ def add_arguments(p):
 
 
 def add_vocab_arguments(p) -> None:
-    """--keep-tokens / --token-input (prune and compile)."""
+    """--keep-tokens / --token-input, and --keep-experts (prune and compile)."""
+    from graphprune.cli import argtypes as T
+
     p.add_argument("--keep-tokens", metavar="FILE",
                    help="language models: keep only these token ids (a JSON list, .npy, or integers separated by "
                         "spaces, commas or lines): token-table rows and output-head columns of the others are "
@@ -65,6 +67,9 @@ def add_vocab_arguments(p) -> None:
                         "as <output>.vocab.json")
     p.add_argument("--token-input", metavar="NAME",
                    help="the input of token ids for --keep-tokens (default: the one indexing the largest table)")
+    p.add_argument("--keep-experts", type=T.COUNT, default=DEFAULTS.keep_experts, metavar="N",
+                   help="mixture-of-experts models (ONNX Runtime's com.microsoft MoE): keep the N experts of each "
+                        "MoE layer the router sends the most weight to on --calib data, remove the others first")
 
 
 def options(args):
@@ -81,7 +86,7 @@ def options(args):
         seed=args.seed, allocation=alloc_cli.pass_options(args), plan=args.plan, pipeline=args.pipeline,
         remove_blocks=args.remove_blocks, block_criterion=args.block_criterion, blocks=list(args.blocks),
         slice_hidden=args.slice_hidden, keep_tokens=args.keep_tokens, token_input=args.token_input,
-        input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
+        keep_experts=args.keep_experts, input_shapes=parse_shapes(args.input_shape), check=not args.no_check,
         inputs=None if args.no_check else load_inputs(args.inputs), repair=args.repair, sparsity=sparsity,
         **alloc_cli.calibration_options(args))
 

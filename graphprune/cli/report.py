@@ -115,6 +115,12 @@ def write_prune_report(args, opts, outcome, latency: dict) -> Path:
     return write_beside(outcome.out, rep)
 
 
+def _experts_text(records: list[dict]) -> str:
+    """'8 -> 6 in 2 MoE layer(s)' (prune-experts)."""
+    counts = sorted({f"{r['experts']} -> {r['experts'] - len(r['removed'])}" for r in records})
+    return f"{', '.join(counts)} in {len(records)} MoE layer(s)"
+
+
 def print_prune_summary(outcome, *, latency: dict) -> None:
     from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.cli.common import table
@@ -127,7 +133,8 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
           + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else "")
           + (f", hidden size {plan.hidden['width'][0]} -> {plan.hidden['width'][1]} (slice-hidden)"
              if plan.hidden else "")
-          + (f", vocabulary {plan.vocab['vocab_size']} -> {len(plan.vocab['kept'])} tokens" if plan.vocab else ""))
+          + (f", vocabulary {plan.vocab['vocab_size']} -> {len(plan.vocab['kept'])} tokens" if plan.vocab else "")
+          + (f", experts {_experts_text(plan.experts)}" if plan.experts else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())

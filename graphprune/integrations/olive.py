@@ -140,6 +140,7 @@ _HELP = {
     "plan": "replay this plan.json exactly",
     "pipeline": "graphprune pass pipeline (overrides the options above)",
     "remove_blocks": "number of residual blocks to remove (depth pruning)",
+    "keep_experts": "experts kept per com.microsoft MoE layer, the most routed-to on calib (0: all)",
     "block_criterion": "how blocks are ranked for removal",
     "blocks": "regexes of the blocks that may be removed",
     "slice_hidden": "pre-norm transformers (RMSNorm or LayerNorm): rotate the residual stream (needs calib) and remove this "

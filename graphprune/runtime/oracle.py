@@ -140,10 +140,16 @@ def _zero_branches(model: ir.Model, plan: Plan, zero_slices: bool = True) -> Non
 
 
 def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
-    """Zero the plan's slices (and removed blocks' branches) in `model`, in place."""
+    """Zero the plan's slices (and removed blocks' branches) in `model`, in place; removed
+    experts of MoE layers get their router logits at -inf (zeroing does not unroute them)."""
     plan.validate()
     _zero_branches(model, plan)
     _zero_slices(model, plan.tensors)
+    if plan.experts:
+        from graphprune.passes.pruning.prune_experts import route_around
+
+        _zero_slices(model, [t for e in plan.experts for t in e["tensors"]])
+        route_around(model, plan.experts)
     return model
 
 

@@ -40,6 +40,7 @@ class CompileOptions:
     slice_hidden: float | None = None  # slice-hidden ratio (rotate the residual stream first)
     keep_tokens: Any = None  # slice-vocab: token ids to keep (a list, or a file of them)
     token_input: str | None = None  # ... read from this input (default: the one indexing the largest table)
+    keep_experts: int = 0  # prune-experts: experts kept per MoE layer (0: all)
     tune_trials: int = 0
     tune_time: float | None = None
     db: str | None = None
@@ -83,7 +84,8 @@ def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
         ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
         round_to=_round_to(opts.round_to, target),
         allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, slice_hidden=opts.slice_hidden,
-        keep_tokens=opts.keep_tokens, token_input=opts.token_input, calib=opts.calib,
+        keep_tokens=opts.keep_tokens, token_input=opts.token_input, keep_experts=opts.keep_experts,
+        calib=opts.calib,
         calib_preprocess=opts.calib_preprocess, calib_batch=opts.calib_batch, calib_samples=opts.calib_samples,
         input_shapes=opts.input_shapes, check=opts.check, check_unchanged=False, repair=opts.repair,
         sparsity=opts.sparsity, max_drop=opts.max_drop, search_budget=opts.search_budget, score=opts.score)

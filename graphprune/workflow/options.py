@@ -26,6 +26,8 @@ class PruneOptions:
     remove_blocks: int = 0
     block_criterion: str = "influence"
     blocks: list[str] = field(default_factory=list)
+    # mixture-of-experts layers (prune-experts, first): experts kept per com.microsoft MoE layer (0: all)
+    keep_experts: int = 0
     # hidden size (slice-hidden: rotate the residual stream, drop this fraction of its directions)
     slice_hidden: float | None = None
     # vocabulary (slice-vocab; applied last, after repair and sparsity): the token ids to keep

@@ -48,6 +48,10 @@ def from_options(opts, plan_in):
 
     replays_hidden = plan_in is not None and bool(plan_in.hidden)  # the plan's rotation, rebuilt first
     hidden = [SliceHidden(ratio=opts.slice_hidden or 0.25)] if opts.slice_hidden or replays_hidden else []
+    if opts.keep_experts or (plan_in is not None and plan_in.experts):  # whole experts go first
+        from graphprune.passes.pruning.prune_experts import PruneExperts
+
+        hidden = [PruneExperts(keep=opts.keep_experts)] + hidden
     if not opts.prune and plan_in is None:
         return PassManager(hidden)
     passes = [PlanChannels(**opts.channel_options()), ApplyPlan()]

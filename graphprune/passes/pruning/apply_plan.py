@@ -62,6 +62,7 @@ def apply(model: ir.Model, ctx: PassContext) -> bool:
     if plan_in is not None:  # the replayed run's settings; its repair records are this run's to write
         plan.settings = {k: v for k, v in plan_in.settings.items() if k != "repair"}
     plan.blocks = r.get("removed_blocks", [])
+    plan.experts = r.get("removed_experts", [])
     r["plan"] = plan
     for k in PLANNED:  # applied: a later plan-channels decides on the pruned model
         r.pop(k, None)
