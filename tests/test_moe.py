@@ -267,3 +267,34 @@ def test_moe_macs_count_the_active_experts():
     assert cost.macs == dense_layers + TOKENS * K * (INTER * H + H * INTER)
     pruned = gp.prune(model, 0.0, keep_experts=2).model  # fewer experts, same k: the same active MACs
     assert model_cost(pruned, {"x": [TOKENS, H]}).macs == cost.macs - TOKENS * H * 2
+
+
+def test_target_macs_sees_the_experts_macs():
+    """The allocation's cost model counts the MoE layer's active MACs, so a MAC target is met
+    on the pruned model as measured (not only on the dense layers around it)."""
+    from graphprune.analysis.cost import model_cost
+
+    model = gp.load(moe_model().SerializeToString())
+    before = model_cost(model, {"x": [TOKENS, H]}).macs
+    from graphprune.workflow import PruneOptions, run_prune
+
+    out = run_prune(model, PruneOptions(round_to=1, check=False, input_shapes={"x": [TOKENS, H]},
+                                        allocation={"target_macs": 0.6}))
+    after = model_cost(out.model, {"x": [TOKENS, H]}).macs
+    assert 0.5 < after / before <= 0.6 + 1e-9
+    assert out.plan.settings["allocation_result"]["reached"]
+
+
+def test_target_active_params_counts_experts_at_k_over_e():
+    from graphprune.allocation.cost import param_terms
+
+    model = gp.load(moe_model().SerializeToString())
+    active = dict((n, p) for n, p, _ in param_terms(model, active=True))
+    total = dict((n, p) for n, p, _ in param_terms(model))
+    assert active["fc1"] == total["fc1"] * K / E and active["fc2_b"] == total["fc2_b"] * K / E
+    assert active["w_in"] == total["w_in"] and active["w_r"] == total["w_r"]
+    from graphprune.workflow import PruneOptions, run_prune
+
+    out = run_prune(model, PruneOptions(round_to=1, check=False, allocation={"target_active_params": 0.7}))
+    kept = dict((n, p) for n, p, _ in param_terms(out.model, active=True))
+    assert 0.6 < sum(kept.values()) / sum(active.values()) <= 0.7 + 1e-9

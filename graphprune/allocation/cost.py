@@ -38,6 +38,11 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
         return None
 
     for node in model.graph:
+        if _is_moe(node):
+            term = _moe_mac_term(node, shp)
+            if term is not None:
+                out.append(term)
+            continue
         layer = layer_of(node)
         if layer is None:
             continue
@@ -57,7 +62,42 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
     return out
 
 
-def param_terms(model: ir.Model) -> list[tuple[str, float, list[Slot]]]:
+def _is_moe(node: ir.Node) -> bool:
+    return node.op_type == "MoE" and node.domain == "com.microsoft"
+
+
+def _moe_mac_term(node: ir.Node, shp) -> tuple[ir.Node, float, list[Slot]] | None:
+    """ONNX Runtime's MoE: tokens x k x (fc1 + fc2 (+ fc3) of one expert), multiplicative in
+    the expert-FFN channels (fc1 axis 1) and the hidden size (fc1 axis 2)."""
+    x, fc1 = shp(node.inputs[0]), shp(node.inputs[2]) if len(node.inputs) > 2 else None
+    if x is None or fc1 is None or len(fc1) != 3:
+        log.debug("no concrete shapes for %s; its MACs are not counted", node.name)
+        return None
+    k = node.attributes.get("k")
+    gated = len(node.inputs) > 6 and node.inputs[6] is not None
+    macs = float(np.prod(x[:-1])) * (k.value if k is not None else 1) * fc1[1] * fc1[2] * (3 if gated else 2)
+    return node, macs, [Slot(node.inputs[2].name, 1), Slot(node.inputs[2].name, 2)]
+
+
+def _expert_share(model: ir.Model) -> dict[str, float]:
+    """{expert tensor: k / E}: the share of an MoE layer's expert weights one token reads."""
+    share = {}
+    for node in model.graph:
+        if _is_moe(node) and len(node.inputs) > 2 and node.inputs[2] is not None:
+            a = const_array(node.inputs[2])
+            k = node.attributes.get("k")
+            if a is None or a.ndim != 3:
+                continue
+            for i in (2, 3, 4, 5, 6, 7):
+                if i < len(node.inputs) and node.inputs[i] is not None:
+                    share[node.inputs[i].name] = min(1.0, (k.value if k is not None else 1) / a.shape[0])
+    return share
+
+
+def param_terms(model: ir.Model, active: bool = False) -> list[tuple[str, float, list[Slot]]]:
+    """(tensor, parameters, its slots) per float constant; `active`: an MoE layer's expert
+    tensors count k/E of their size (the parameters one token reads)."""
+    share = _expert_share(model) if active else {}
     out = []
     seen = set()
     values = list(model.graph.initializers.values()) + [o for n in model.graph for o in n.outputs]
@@ -68,7 +108,7 @@ def param_terms(model: ir.Model) -> list[tuple[str, float, list[Slot]]]:
         a = const_array(v)
         if a is None or not np.issubdtype(a.dtype, np.floating):
             continue
-        out.append((v.name, float(a.size), [Slot(v.name, i) for i in range(a.ndim)]))
+        out.append((v.name, float(a.size) * share.get(v.name, 1.0), [Slot(v.name, i) for i in range(a.ndim)]))
     return out
 
 
@@ -128,8 +168,8 @@ def mac_model(model: ir.Model, dg: DependencyGraph, shapes: dict[str, tuple]) ->
     return CostModel(dg, mac_terms(model, shapes))
 
 
-def param_model(model: ir.Model, dg: DependencyGraph) -> CostModel:
-    return CostModel(dg, param_terms(model))
+def param_model(model: ir.Model, dg: DependencyGraph, active: bool = False) -> CostModel:
+    return CostModel(dg, param_terms(model, active))
 
 
 def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
@@ -138,6 +178,8 @@ def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
 
     names = []
     for node in model.graph:
+        if _is_moe(node) and node.inputs[0] is not None and not is_constant(node.inputs[0]):
+            names.append(node.inputs[0].name)
         layer = layer_of(node)
         if layer is not None:
             for v in (layer.x, layer.y):

@@ -7,7 +7,8 @@ Modes (``allocation=``):
 * ``sensitivity``  per-group sweeps of ratio vs output error on calibration data; a common
                    error budget is searched so the target is met.
 Targets (at most one, fraction of the dense model to *keep*): ``target_macs``,
-``target_params``, ``target_latency`` (ONNX Runtime on this machine, NetAdapt-style).
+``target_params``, ``target_active_params`` (an MoE layer's experts count k/E: the parameters
+one token reads), ``target_latency`` (ONNX Runtime on this machine, NetAdapt-style).
 Without a target, ``ratio`` is the fraction of channels to remove (uniform, global), or
 the MACs that uniform pruning at ``ratio`` would keep (sensitivity).
 Constraints in every mode: ``max_ratio`` per group, ``protect`` (regexes of layers/
@@ -30,7 +31,7 @@ from graphprune.errors import UsageError
 log = logging.getLogger(__name__)
 
 OPTIONS = frozenset({
-    "allocation", "target_macs", "target_params", "target_latency", "max_ratio", "protect", "layer_ratios",
+    "allocation", "target_macs", "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratios",
     "reduction", "normalize", "global_normalize", "sens_ratios", "sens_batches", "calib_batches",
     "latency_threads", "latency_rounds",
 })
@@ -87,7 +88,7 @@ class Allocator:
         mr = opts.get("max_ratio")
         self.max_ratio = float(mr) if mr not in (None, "") else None
         self.round_to = int(opts.get("round_to", 1))
-        targets = {k: float(opts[k]) for k in ("target_macs", "target_params", "target_latency")
+        targets = {k: float(opts[k]) for k in ("target_macs", "target_params", "target_active_params", "target_latency")
                    if opts.get(k) not in (None, "")}
         if len(targets) > 1:
             raise UsageError(f"give at most one target, got {sorted(targets)}")
@@ -143,8 +144,8 @@ class Allocator:
         kind, _ = self.target if self.target else ("target_macs", None)
         from graphprune.allocation import cost
 
-        if kind == "target_params":
-            return cost.param_model(self.model, self.dg)
+        if kind in ("target_params", "target_active_params"):
+            return cost.param_model(self.model, self.dg, active=kind == "target_active_params")
         feeds = example_feeds(self.model, self.calib, self.shapes)
         shapes = cost.mac_shapes(self.model, feeds)
         if kind == "target_latency":

@@ -24,6 +24,9 @@ def add_arguments(p, *, criterion: bool = False) -> None:
                    help="how channels are spread over groups (default uniform)")
     g.add_argument("--target-macs", type=T.KEEP_FRACTION, metavar="F", help="keep this fraction of the MACs (e.g. 0.7)")
     g.add_argument("--target-params", type=T.KEEP_FRACTION, metavar="F", help="keep this fraction of the parameters")
+    g.add_argument("--target-active-params", type=T.KEEP_FRACTION, metavar="F",
+                   help="keep this fraction of the active parameters (mixture-of-experts: each MoE layer's expert "
+                        "weights count k/E, what one token reads)")
     g.add_argument("--target-latency", type=T.KEEP_FRACTION, metavar="F",
                    help="keep this fraction of the ONNX Runtime latency measured on this machine")
     g.add_argument("--max-ratio", type=T.FRACTION, metavar="F", help="no group loses more than this fraction")
@@ -57,7 +60,8 @@ def criterion_help() -> str:
 def pass_options(args) -> dict:
     """prune-channels options from the parsed flags (only those given)."""
     out = {}
-    for k in ("allocation", "target_macs", "target_params", "target_latency", "max_ratio", "reduction", "normalize"):
+    for k in ("allocation", "target_macs", "target_params", "target_active_params", "target_latency", "max_ratio",
+              "reduction", "normalize"):
         v = getattr(args, k, None)
         if v is not None:
             out[k] = v

@@ -160,6 +160,7 @@ _HELP = {
     "allocation": "how channels are spread over groups: uniform, global or sensitivity",
     "target_macs": "keep this fraction of the MACs (e.g. 0.7)",
     "target_params": "keep this fraction of the parameters",
+    "target_active_params": "keep this fraction of the active parameters (MoE experts count k/E)",
     "target_latency": "keep this fraction of the ONNX Runtime latency measured on this machine",
     "max_ratio": "no group loses more than this fraction",
     "protect": "regexes: groups touching matching layers/tensors keep all their channels",

@@ -55,7 +55,7 @@ class PlanChannels(Pass):
     def __init__(self, *, ratio: float = 0.3, criterion: str = "l2", round_to: int = 1,
                  ignore: str | list[str] | None = None, seed: int = 0, allocation: str = "uniform",
                  target_macs: float | None = None, target_params: float | None = None,
-                 target_latency: float | None = None, max_ratio: float | None = None,
+                 target_active_params: float | None = None, target_latency: float | None = None, max_ratio: float | None = None,
                  protect: str | list[str] | None = None, layer_ratios: list[str] | dict | None = None,
                  reduction: str | None = None, normalize: str | None = None, global_normalize: str = "mean",
                  sens_ratios: list[float] | None = None, sens_batches: int = 2, calib_batches: int | None = None,
@@ -73,7 +73,7 @@ class PlanChannels(Pass):
         if allocation not in MODES:
             raise UsageError(f"unknown allocation {allocation!r}", hint=f"choose one of {', '.join(MODES)}")
         for k, t in (("target_macs", target_macs), ("target_params", target_params),
-                     ("target_latency", target_latency)):
+                     ("target_active_params", target_active_params), ("target_latency", target_latency)):
             if t is not None and not 0.0 < t <= 1.0:
                 raise UsageError(f"{self.name}: {k} is the fraction to keep, in (0, 1]; got {t:g}")
         for k, v in (("sens_batches", sens_batches), ("latency_threads", latency_threads),
