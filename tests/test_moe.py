@@ -298,3 +298,28 @@ def test_target_active_params_counts_experts_at_k_over_e():
     out = run_prune(model, PruneOptions(round_to=1, check=False, allocation={"target_active_params": 0.7}))
     kept = dict((n, p) for n, p, _ in param_terms(out.model, active=True))
     assert 0.6 < sum(kept.values()) / sum(active.values()) <= 0.7 + 1e-9
+
+
+@pytest.mark.parametrize("variant,expect", [({}, "1 MoE layer(s) (4 experts, top 2): --keep-experts N"),
+                                            ({"logits_output": True}, "--keep-experts would be refused")])
+def test_inspect_shows_the_moe_layers(tmp_path, capsys, variant, expect):
+    from graphprune.cli.main import main
+
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(**variant), src)
+    assert main(["inspect", str(src)]) == 0
+    assert expect in capsys.readouterr().out
+
+
+def test_prune_report_lists_the_removed_experts(tmp_path):
+    import json
+
+    from graphprune.cli.main import main
+
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(router_bias=[-20.0, 0.0, -20.0, 0.0]), src)
+    out = tmp_path / "m.onnx"
+    assert main(["prune", str(src), "--ratio", "0", "--keep-experts", "2", "--no-bench", "-o", str(out)]) == 0
+    rep = json.loads((tmp_path / "m.report.json").read_text())
+    assert rep["plan"]["experts"] == [{"moe": rep["plan"]["experts"][0]["moe"], "experts": 4, "kept": 2,
+                                       "removed": [0, 2]}]

@@ -67,7 +67,24 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "sparsity": sparsity_data(model),
         "untied": untied_data(model),
         "vocab": vocab_data(model),
+        "experts": experts_data(model),
     }
+
+
+def experts_data(model) -> dict:
+    """The MoE layers --keep-experts would prune: {"layers": [{"moe", "experts", "k", "router"}]},
+    or {"refused": why} when one has a router prune-experts cannot slice, or {} without MoE."""
+    from graphprune.errors import UsageError
+    from graphprune.passes.pruning.prune_experts import MS, find_moe_layers
+
+    if not any(n.op_type == "MoE" and n.domain == MS for n in model.graph):
+        return {}
+    try:
+        layers = find_moe_layers(model)
+    except UsageError as exc:
+        return {"refused": str(exc)}
+    return {"layers": [{"moe": la.name, "experts": la.experts, "k": la.k, "router": la.router_weight.name}
+                       for la in layers]}
 
 
 def vocab_data(model) -> dict:
@@ -181,6 +198,15 @@ def _print_vocab(v: dict) -> None:
         print(f"\nvocabulary: --keep-tokens would be refused: {v['refused']}")
 
 
+def _print_experts(e: dict) -> None:
+    if e.get("layers"):
+        sizes = sorted({f"{la['experts']} experts, top {la['k']}" for la in e["layers"]})
+        print(f"\nmixture of experts: {len(e['layers'])} MoE layer(s) ({'; '.join(sizes)}): --keep-experts N can "
+              "remove the least routed-to experts")
+    elif e.get("refused"):
+        print(f"\nmixture of experts: --keep-experts would be refused: {e['refused']}")
+
+
 def _print_blocks(model) -> None:
     from graphprune.analysis.blocks import find_residual_blocks
     from graphprune.cli.common import human, table
@@ -210,6 +236,7 @@ def run(args) -> int:
     if data["sparsity"]:
         _print_sparsity(data["sparsity"])
     _print_vocab(data["vocab"])
+    _print_experts(data["experts"])
     if args.blocks:
         _print_blocks(model)
     if args.graph:

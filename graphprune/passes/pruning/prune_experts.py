@@ -213,7 +213,7 @@ class PruneExperts(Pass):
 
         ctx.results.setdefault("plan", Plan(tensors=[], groups=[])).experts = records
         if records:
-            log.info("prune-experts: %s", "; ".join(f"{r['moe']}: {r['experts']} -> {r['experts'] - len(r['removed'])}"
+            log.debug("prune-experts: %s", "; ".join(f"{r['moe']}: {r['experts']} -> {r['experts'] - len(r['removed'])}"
                                                     for r in records))
         return bool(records)
 
