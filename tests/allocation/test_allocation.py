@@ -352,3 +352,35 @@ def test_masked_constants_restores_a_twice_listed_constant_node():
         assert (inside[1] == 0).all() and (inside[:, 2] == 0).all() and inside[0, 0] == 1
     assert const_producer(v).attributes["value"] is attr
     np.testing.assert_array_equal(const_array(v), w)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_a_cost_target_stays_a_fraction_of_the_input_after_removed_blocks(target, caplog):
+    """`--remove-blocks 1 --target-macs T` keeps T of the *input's* MACs in all (the block's
+    share counted), not T of what the block removal left."""
+    from graphprune.workflow import PruneOptions, run_prune
+    from samples.make_samples import tiny_resnet
+
+    proto = tiny_resnet()
+    shapes = {"input": [1, 3, 16, 16]}
+    dense = model_cost(gp.load(proto.SerializeToString()), shapes).macs
+    blocks_only = run_prune(gp.load(proto.SerializeToString()), PruneOptions(ratio=0.0, remove_blocks=1, check=False,
+                                                                             round_to=1))
+    left = model_cost(blocks_only.model, shapes).macs / dense
+    assert left > target  # channels have work left to do
+    out = run_prune(gp.load(proto.SerializeToString()),
+                    PruneOptions(remove_blocks=1, round_to=1, check=False, allocation={"target_macs": target}))
+    kept = model_cost(out.model, shapes).macs / dense
+    assert target - 0.06 < kept <= target + 1e-9 and out.plan.blocks and out.plan.groups
+    assert out.plan.settings["target_macs"] == target  # the plan records what was asked
+
+
+def test_a_target_the_removed_blocks_already_met_prunes_no_channels(caplog):
+    from graphprune.workflow import PruneOptions, run_prune
+    from samples.make_samples import tiny_resnet
+
+    proto = tiny_resnet()
+    out = run_prune(gp.load(proto.SerializeToString()),
+                    PruneOptions(remove_blocks=1, round_to=1, check=False, allocation={"target_macs": 0.95}))
+    assert out.plan.blocks and not out.plan.groups
+    assert "already keep" in caplog.text

@@ -27,6 +27,45 @@ from graphprune.passes._infra import Pass, PassContext, register_pass
 
 log = logging.getLogger(__name__)
 
+COST_TARGETS = ("target_macs", "target_params", "target_active_params")
+
+
+def _costs(model: ir.Model, shapes) -> dict[str, float]:
+    """The measures of the cost targets: MACs at the run's shapes, parameters, active ones."""
+    from graphprune.allocation.cost import param_terms
+    from graphprune.analysis.cost import model_cost
+
+    return {"target_macs": float(model_cost(model, shapes.shapes if shapes is not None else None).macs),
+            "target_params": sum(p for _, p, _ in param_terms(model)),
+            "target_active_params": sum(p for _, p, _ in param_terms(model, active=True))}
+
+
+def note_input_cost(model: ir.Model, results: dict) -> None:
+    """Called by a pass that changes the model before channels are chosen (prune-experts,
+    prune-blocks, slice-hidden), before it does: the input's costs, once per pipeline, so
+    that a cost target stays a fraction of the *input* model (`_input_relative`)."""
+    if "input_cost" not in results:
+        results["input_cost"] = _costs(model, results.get("input_shapes"))
+
+
+def _input_relative(model: ir.Model, opts: dict, results: dict) -> dict:
+    """Cost targets rescaled to the model as it is now: `--remove-blocks 2 --target-macs 0.7`
+    keeps 0.7 of the input's MACs in all, the blocks' share included (not 0.7 of what the
+    blocks left). A target the earlier passes already met asks channels for nothing more."""
+    given = [k for k in COST_TARGETS if opts.get(k) not in (None, "")]
+    if not given or "input_cost" not in results:
+        return opts
+    now = _costs(model, results.get("input_shapes"))
+    out = dict(opts)
+    for k in given:
+        out[k] = min(1.0, float(opts[k]) * results["input_cost"][k] / max(now[k], 1.0))
+        left = now[k] / max(results["input_cost"][k], 1.0)
+        if left <= float(opts[k]):
+            log.warning("%s %.3g: the passes before channel pruning (blocks, experts, hidden size) already keep %.3f of "
+                        "the input; no channels are removed for it", k.replace("_", "-"), float(opts[k]), left)
+        log.debug("plan-channels: %s %.4g of the input is %.4g of the model as it is now", k, float(opts[k]), out[k])
+    return out
+
 # what the planner leaves for apply-plan, in PassContext.results (PipelineState's fields)
 PLANNED = ("selection", "scores", "planned_options", "planned_graph")
 
@@ -102,12 +141,9 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
         opts = {**opts, "ignore": (ignore_patterns(opts) or []) + [f"^{re.escape(n)}$" for n in hidden["protect"]]}
     dg = dependency_graph(model, ctx, ignore=ignore_patterns(opts))
     given = r.get("plan_in") is not None or ("selection" in r and "planned_options" not in r)
-    if hidden is not None and opts.get("target_macs") not in (None, ""):
-        # after slice-hidden the target stays a fraction of the input's MACs, not of the sliced model's
-        before, after = hidden["macs"]
-        opts = {**opts, "target_macs": min(1.0, float(opts["target_macs"]) * before / max(after, 1))}
     if not given:  # decide (again, when an earlier plan was not applied)
-        scores, selection, info = select(model, dg, opts, r.get("calibration"), r.get("input_shapes"))
+        scores, selection, info = select(model, dg, _input_relative(model, opts, r), r.get("calibration"),
+                                         r.get("input_shapes"))
         r.update(selection=selection, scores=scores, allocation=info)
         log.debug("plan-channels: %d groups lose atoms", sum(1 for a in selection.values() if len(a)))
     r.update(planned_options=opts, planned_graph=dg)

@@ -250,6 +250,9 @@ class PruneBlocks(Pass):
         plan.blocks = ctx.results["removed_blocks"]
         if not chosen:
             return False
+        from graphprune.passes.pruning.plan_channels import note_input_cost
+
+        note_input_cost(model, ctx.results)  # cost targets stay fractions of the input
         remove_blocks(model, chosen)
         log.info("prune-blocks: removed %d residual blocks", len(chosen))
         return True

@@ -203,6 +203,10 @@ class PruneExperts(Pass):
                 order = np.argsort(scores[la.name], kind="stable")
                 chosen[la.name] = sorted(int(i) for i in order[:la.experts - keep])
         records = []
+        if any(chosen.values()):
+            from graphprune.passes.pruning.plan_channels import note_input_cost
+
+            note_input_cost(model, ctx.results)  # cost targets stay fractions of the input
         for la in layers:
             removed = chosen.get(la.name, [])
             if removed:

@@ -471,7 +471,10 @@ def _apply(model: ir.Model, state: _State, stream: Stream, Q: np.ndarray, k: int
     from graphprune.ir.serialize import clone
     from graphprune.passes.cleanup.dce import eliminate_dead_code
 
+    from graphprune.passes.pruning.plan_channels import note_input_cost
+
     shapes = state.input_shapes
+    note_input_cost(model, state._r)  # cost targets stay fractions of the input
     macs_before = _macs(model, shapes)
     reference = clone(model)
     rotate(reference, Q, None)
