@@ -35,10 +35,12 @@ class Candidate:
     criterion: str
     allocation: str
     repair: str | None
+    blocks: int = 0  # residual blocks removed first (depth), the rest of the MAC target by width
 
     @property
     def name(self) -> str:
-        return f"{self.criterion}/{self.allocation}" + (f" + {self.repair}" if self.repair else "")
+        return (f"{self.criterion}/{self.allocation}" + (f" + {self.repair}" if self.repair else "")
+                + (f" + {self.blocks} blocks" if self.blocks else ""))
 
 
 # Best first (benchmarks/accuracy/results.md, 30% of MACs removed: wanda with bias+lsq repair
@@ -80,7 +82,41 @@ def candidates(opts: PruneOptions) -> list[Candidate]:
 def with_candidate(opts: PruneOptions, c: Candidate) -> PruneOptions:
     alloc = dict(opts.allocation)
     alloc["allocation"] = c.allocation
-    return dataclasses.replace(opts, criterion=c.criterion, allocation=alloc, repair=c.repair)
+    depth = {"remove_blocks": c.blocks, "block_criterion": "influence"} if c.blocks else {}
+    return dataclasses.replace(opts, criterion=c.criterion, allocation=alloc, repair=c.repair, **depth)
+
+
+DEPTH_SHARE = 0.5  # a depth candidate removes blocks worth at most this share of the MACs to remove
+
+
+def wants_depth(opts: PruneOptions) -> bool:
+    """A depth + width candidate is worth trying: the user fixed no blocks, and the search
+    may evaluate more candidates than the width ones (`--search-budget`)."""
+    return not (opts.remove_blocks or opts.blocks) and opts.search_budget > len(candidates(opts))
+
+
+def depth_candidate(model, opts: PruneOptions, first: Candidate, calibration, kept_macs: float) -> Candidate | None:
+    """The first candidate with the least influential residual blocks removed first (block
+    influence on the calibration data, ShortGPT-style), as many as fit in DEPTH_SHARE of the
+    MACs the target removes; width pruning then meets the same target. None when no block fits."""
+    from graphprune.analysis.blocks import find_residual_blocks
+    from graphprune.analysis.cost import layer_macs
+    from graphprune.passes.pruning.prune_blocks import block_influence, branch_zeroing
+
+    blocks = [b for b in find_residual_blocks(model) if branch_zeroing(b, model) is not None]
+    if not blocks:
+        return None
+    macs = layer_macs(model)
+    dense = max(sum(macs.values()), 1)
+    influence = block_influence(model, blocks, list(calibration.batches()) if calibration is not None else None)
+    budget, n = DEPTH_SHARE * (1.0 - kept_macs) * dense, 0
+    for b in sorted(blocks, key=lambda b: influence[b.id]):
+        cost = sum(macs.get(name, 0) for name in b.nodes)
+        if cost > budget:
+            break
+        budget -= cost
+        n += 1
+    return dataclasses.replace(first, blocks=n) if n else None
 
 
 def resolve_without_search(opts: PruneOptions) -> PruneOptions:
@@ -254,7 +290,10 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     fit_calib.cache[DENSE_ROWS] = DenseRows()
     t0 = time.time()
     same_cost = opts
-    for i, c in enumerate(cands):
+    depth = wants_depth(opts)
+    i = 0
+    while i < len(cands):
+        c = cands[i]
         t = time.time()
         # a candidate is scored against the dense model on the input's token ids: no vocabulary slicing
         trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
@@ -266,10 +305,18 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
             same_cost = dataclasses.replace(opts, allocation={**opts.allocation, "target_macs": round(kept, 4)})
             info["same_cost"] = f"candidates after the first meet its kept MACs ({kept:.3f})"
         row = {"name": c.name, "criterion": c.criterion, "allocation": c.allocation, "repair": c.repair,
+               **({"blocks": c.blocks} if c.blocks else {}),
                **scorer(out.model), "kept_macs": round(kept, 4), "seconds": round(time.time() - t, 1)}
         info["candidates"].append(row)
+        if i == 0 and depth:  # the depth + width mix, at the first candidate's cost
+            target = float(same_cost.allocation.get("target_macs", kept))
+            d = depth_candidate(model, opts, c, fit_calib, target)
+            info["depth"] = d.name if d is not None else "no residual block fits in the MACs to remove"
+            if d is not None:
+                cands.append(d)
         eta = (time.time() - t0) / (i + 1) * (len(cands) - i - 1)
         progress.candidate(i + 1, len(cands), row, eta)
+        i += 1
     cached = fit_calib.cache[DENSE_ROWS]
     info["dense_rows_cached"] = {"reads": cached.hits, "megabytes": round(cached.nbytes / 2**20, 1)}
     k = best(info["candidates"])

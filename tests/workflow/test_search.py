@@ -157,3 +157,24 @@ def test_unchanged_decisions_of_softmax_outputs_are_measured_beside_the_cosine()
     assert search.best([a, b]) == 0  # the score is the cosine: decisions are shown, not used
     plain = search.Scorer(_softmax_model(np.eye(4), "Relu"), held, [], None)
     assert search.decision_outputs(plain.dense) == [] and "decisions" not in plain(_softmax_model(sharp, "Relu"))
+
+
+def test_with_budget_left_the_search_tries_depth_and_width_at_the_same_macs(samples_dir):
+    """Depth combined with width (issue 16 §2): once the width candidates fit in the budget,
+    the first one is tried again with the least influential residual blocks removed first;
+    it is scored like the others, at the same kept MACs of the input, under the oracle when chosen."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    calib = Calibration.from_batches(_batches(12, 1, seed=1))
+    # (at 0.25 of the MACs, a third of the sample's MACs in one residual block fits in half the cut)
+    opts = PruneOptions(calib=calib, search_budget=6, round_to=1, allocation={"target_macs": 0.25})
+    out = run_prune(src, opts)
+    rows = out.search["candidates"]
+    depth = [r for r in rows if r.get("blocks")]
+    assert len(depth) == 1 and depth[0]["name"].startswith(rows[0]["name"] + " + ")
+    assert abs(depth[0]["kept_macs"] - rows[0]["kept_macs"]) < 0.06  # the same target, met by depth + width
+    assert out.oracle is not None and out.oracle.ok
+    chosen = next(r for r in rows if r["name"] == out.search["chosen"])
+    assert bool(out.plan.blocks) == bool(chosen.get("blocks"))
+    # the default budget evaluates the width candidates only
+    assert not any(r.get("blocks") for r in run_prune(src, PruneOptions(
+        calib=calib, round_to=1, allocation={"target_macs": 0.25})).search["candidates"])
