@@ -146,11 +146,31 @@ def masked_original(model: ir.Model, plan: Plan) -> ir.Model:
     _zero_branches(model, plan)
     _zero_slices(model, plan.tensors)
     if plan.experts:
-        from graphprune.passes.pruning.prune_experts import route_around
-
         _zero_slices(model, [t for e in plan.experts for t in e["tensors"]])
-        route_around(model, plan.experts)
+        _route_around(model, plan.experts)
     return model
+
+
+def _route_around(model: ir.Model, experts: list[dict]) -> None:
+    """The oracle's masked original for removed experts: their router logits at -inf (in
+    place; a removed expert receives no weight and is never in the top k). The expert slices
+    themselves are zeroed with the rest of the plan's slices."""
+    values = {o.name: o for n in model.graph for o in n.outputs}
+    for e in experts:
+        logits = values.get(e["logits"])
+        moe = next((u.node for u in logits.uses() if u.node.op_type == "MoE"), None) if logits is not None else None
+        if moe is None:
+            raise PlanError(f"plan removes experts routed by {e['logits']!r}, which feeds no MoE layer of this model")
+        mask = np.zeros(e["experts"], np.float32)
+        mask[e["removed"]] = -np.inf
+        const = ir.Value(name=f"{e['logits']}__removed_experts", const_value=ir.tensor(mask))
+        const.shape, const.dtype = ir.Shape([e["experts"]]), ir.DataType.FLOAT
+        model.graph.register_initializer(const)
+        out = ir.Value(name=f"{e['logits']}__routed", shape=logits.shape, type=logits.type)
+        add = ir.Node("", "Add", [logits, const], outputs=[out], name=f"{moe.name}__route_around")
+        model.graph.insert_before(moe, add)
+        moe.replace_input_with(1, out)
+
 
 
 ATOL = 1e-6  # absolute floor of the comparison: outputs below it compare nothing

@@ -11,7 +11,7 @@ router still picks it and its zero output takes a top-k slot. Removing it equals
 nothing to it, i.e. its router logit at -inf (softmax weight 0, never in the top k while
 N >= k experts remain). So the plan records each layer's removed experts (`plan.experts`),
 and the oracle's masked original zeroes their slices *and* adds -inf to their router
-logits (graphprune.runtime.oracle.masked_original); `check` and `--plan` rebuild both from
+logits (graphprune.runtime.oracle.masked_original, _route_around); `check` and `--plan` rebuild both from
 the input model and the plan alone.
 
 Refused, naming the node: a router that is not a MatMul/Gemm with a constant weight read
@@ -220,24 +220,3 @@ class PruneExperts(Pass):
             log.debug("prune-experts: %s", "; ".join(f"{r['moe']}: {r['experts']} -> {r['experts'] - len(r['removed'])}"
                                                     for r in records))
         return bool(records)
-
-
-def route_around(model: ir.Model, experts: list[dict]) -> None:
-    """The oracle's masked original for removed experts: their router logits at -inf (in
-    place; a removed expert receives no weight and is never in the top k). The expert slices
-    themselves are zeroed with the rest of the plan's slices."""
-    values = {o.name: o for n in model.graph for o in n.outputs}
-    for e in experts:
-        logits = values.get(e["logits"])
-        moe = next((u.node for u in logits.uses() if u.node.op_type == "MoE"), None) if logits is not None else None
-        if moe is None:
-            raise PlanError(f"plan removes experts routed by {e['logits']!r}, which feeds no MoE layer of this model")
-        mask = np.zeros(e["experts"], np.float32)
-        mask[e["removed"]] = -np.inf
-        const = ir.Value(name=f"{e['logits']}__removed_experts", const_value=ir.tensor(mask))
-        const.shape, const.dtype = ir.Shape([e["experts"]]), ir.DataType.FLOAT
-        model.graph.register_initializer(const)
-        out = ir.Value(name=f"{e['logits']}__routed", shape=logits.shape, type=logits.type)
-        add = ir.Node("", "Add", [logits, const], outputs=[out], name=f"{moe.name}__route_around")
-        model.graph.insert_before(moe, add)
-        moe.replace_input_with(1, out)
