@@ -44,7 +44,8 @@ def add_arguments(p, *, criterion: bool = False) -> None:
     g.add_argument("--search-budget", type=T.POSITIVE_INT, default=3, metavar="N",
                    help="with --calib and no --criterion/--allocation/--repair: try up to N candidate "
                         "configurations on part of the calibration data, score each on the held-back rest, keep "
-                        "the best (default 3; 1: take the first, wanda/uniform + bias,lsq, unscored)")
+                        "the best (default 3; 1: take the first, wanda/uniform + bias,lsq, unscored; 5 and more: "
+                        "also the first with the least influential residual blocks removed, at the same MACs)")
     g.add_argument("--score", metavar="MODULE:FUNCTION",
                    help="score candidates with FUNCTION(onnxruntime.InferenceSession) -> float, higher is better "
                         "(default: output cosine vs the dense model on held-back and perturbed calibration samples)")
