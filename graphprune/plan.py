@@ -48,6 +48,11 @@ class Plan:
     # it. Its slices are in the record, not in `tensors`.
     experts: list = field(default_factory=list)
 
+    @property
+    def removes(self) -> bool:
+        """The plan removes something: channels (hidden-size slices included), blocks or experts."""
+        return bool(self.tensors or self.blocks or self.experts)
+
     def block_tensors(self) -> list[dict]:
         """The removed blocks' zeroed slices as `tensors` entries tagged with their branch."""
         return [{**t, "block": b["branch"]} for b in self.blocks for t in b.get("tensors", ())]

@@ -323,3 +323,20 @@ def test_prune_report_lists_the_removed_experts(tmp_path):
     rep = json.loads((tmp_path / "m.report.json").read_text())
     assert rep["plan"]["experts"] == [{"moe": rep["plan"]["experts"][0]["moe"], "experts": 4, "kept": 2,
                                        "removed": [0, 2]}]
+
+
+def test_dry_run_and_compile_take_keep_experts(tmp_path, capsys):
+    import json
+
+    from graphprune.cli.main import main
+
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(), src)
+    assert main(["prune", str(src), "--ratio", "0", "--keep-experts", "2", "--dry-run"]) == 0
+    assert "experts (--keep-experts): 4 -> 2 in 1 MoE layer(s)" in capsys.readouterr().out
+    assert not list(tmp_path.glob("moe.pruned*"))
+    out = tmp_path / "c"
+    assert main(["compile", str(src), "--target", "x86", "--ratio", "0", "--keep-experts", "3", "-o", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert [len(e["removed"]) for e in plan["experts"]] == [1]
+    assert "oracle: PASS" in capsys.readouterr().out

@@ -29,6 +29,10 @@ def _show(outcome, round_to: int = 1) -> int:
     if vocab:
         print(f"vocabulary (--keep-tokens): {vocab['vocab_size']} -> {len(vocab['kept'])} tokens of input "
               f"{vocab['input']!r}; the model would read new ids")
+    if outcome.plan.experts:
+        from graphprune.cli.report import _experts_text
+
+        print(f"experts (--keep-experts): {_experts_text(outcome.plan.experts)}")
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())

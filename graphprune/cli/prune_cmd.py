@@ -153,6 +153,6 @@ def _print_accuracy(outcome) -> None:
     from graphprune.workflow.verdicts import accuracy_line
 
     plan = outcome.plan
-    line = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or plan.blocks or outcome.sparsity))
+    line = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.removes or outcome.sparsity))
     if line:
         print(line)

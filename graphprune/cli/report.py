@@ -107,7 +107,7 @@ def write_prune_report(args, opts, outcome, latency: dict) -> Path:
     from graphprune.workflow.verdicts import accuracy_line
 
     plan = outcome.plan
-    accuracy = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or plan.blocks or outcome.sparsity))
+    accuracy = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.removes or outcome.sparsity))
     rep = prune_report(outcome, argv=["graphprune"] + sys.argv[1:], latency=latency, accuracy=accuracy,
                        round_to=opts.round_to, max_drop=opts.max_drop, input_shapes=opts.input_shapes,
                        profile=not getattr(args, "no_bench", False))  # --no-bench: no timing at all

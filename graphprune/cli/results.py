@@ -76,7 +76,7 @@ def prune_result(outcome, *, bench: bool) -> dict:
         before["latency_ms"] = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)
         after["latency_ms"] = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
     extras = write_extras(outcome.state.ctx, outcome.plan_out)
-    pruned = bool(plan.tensors or plan.blocks or outcome.sparsity)
+    pruned = bool(plan.removes or outcome.sparsity)
     return {"schema": schema("prune"), "verb": "prune", "model": str(outcome.source),
             "input_shapes": outcome.shapes.to_json() if outcome.shapes is not None else None,
             "before": before, "after": after,

@@ -493,7 +493,7 @@ def _report(c: _Compile, outcome, chosen: str, reason: str, argv) -> dict:
         "notes": c.notes,
         "latency": c.latency,
         "quantization": (c.results.get("onnxruntime") or {}).get("quantization"),  # None without --quantize
-        "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.tensors or outcome.sparsity)),
+        "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.removes or outcome.sparsity)),
     }
     res = outcome.sparsity
     if res is not None:  # report.html plots report["sparsity"] (tensor -> fraction of zeros)

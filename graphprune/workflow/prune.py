@@ -252,7 +252,7 @@ class _Run:
         from graphprune.runtime import oracle
 
         plan = outcome.plan
-        if not self.opts.check or self.src is None or not (plan.tensors or plan.blocks or self.opts.check_unchanged):
+        if not self.opts.check or self.src is None or not (plan.removes or self.opts.check_unchanged):
             return
         original = self._reference(outcome)
         if self.staged is not None:
