@@ -95,7 +95,7 @@ def wants_depth(opts: PruneOptions) -> bool:
     return not (opts.remove_blocks or opts.blocks) and opts.search_budget > len(candidates(opts))
 
 
-def depth_candidate(model, opts: PruneOptions, first: Candidate, calibration, kept_macs: float) -> Candidate | None:
+def depth_candidate(model, first: Candidate, calibration, kept_macs: float) -> Candidate | None:
     """The first candidate with the least influential residual blocks removed first (block
     influence on the calibration data, ShortGPT-style), as many as fit in DEPTH_SHARE of the
     MACs the target removes; width pruning then meets the same target. None when no block fits."""
@@ -310,7 +310,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         info["candidates"].append(row)
         if i == 0 and depth:  # the depth + width mix, at the first candidate's cost
             target = float(same_cost.allocation.get("target_macs", kept))
-            d = depth_candidate(model, opts, c, fit_calib, target)
+            d = depth_candidate(model, c, fit_calib, target)
             info["depth"] = d.name if d is not None else "no residual block fits in the MACs to remove"
             if d is not None:
                 cands.append(d)

@@ -112,12 +112,13 @@ def find_moe_layers(model: ir.Model) -> list[MoeLayer]:
 
 def routing_mass(model: ir.Model, layers: list[MoeLayer], feeds_list=None, n_random: int = 2) -> dict[str, np.ndarray]:
     """Per layer: the router weight each expert receives, summed over the tokens of the
-    feeds (softmax over all experts, the top k kept, renormalised when the layer is)."""
+    feeds (softmax over all experts, the top k kept, renormalised when the layer is); random
+    inputs only without feeds (random token ids say little about a language model's routing)."""
     from graphprune.runtime import ort
 
     sess = ort.session_with_outputs(model, [la.logits.name for la in layers])
     names = [o.name for o in sess.get_outputs()]
-    feeds_list = list(feeds_list or []) + [ort.random_inputs(sess, seed=s) for s in range(n_random)]
+    feeds_list = list(feeds_list or []) or [ort.random_inputs(sess, seed=s) for s in range(n_random)]
     mass = {la.name: np.zeros(la.experts) for la in layers}
     for feeds in feeds_list:
         out = dict(zip(names, sess.run(None, feeds), strict=True))
