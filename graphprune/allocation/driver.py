@@ -119,7 +119,9 @@ class Allocator:
     def _group_ratio_selection(self, g: Group, ratio: float, scores) -> list[int]:
         ratio = min(ratio, self.max_ratio) if self.max_ratio is not None else ratio
         n_remove = g.num_atoms - _kept_target(g, min(max(ratio, 0.0), 0.999999))
-        return rounded_removal(g, scores[g.id], n_remove, self.round_to, max_removable(g, self.max_ratio))
+        # a plain ratio (no target to make up the difference elsewhere) never removes more than asked
+        return rounded_removal(g, scores[g.id], n_remove, self.round_to, max_removable(g, self.max_ratio),
+                               at_most=self.target is None and self.mode == "uniform")
 
     def _fixed_selection(self, scores) -> Selection:
         by_id = {g.id: g for g in self.dg.groups}

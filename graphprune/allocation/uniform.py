@@ -103,7 +103,7 @@ def _kept_count_options(per_atom: np.ndarray, weights: list[int], kept0: np.ndar
 
 
 def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: int = 1,
-                    limit: int | None = None) -> list[int]:
+                    limit: int | None = None, at_most: bool = False) -> list[int]:
     """The lowest-scoring atoms to remove, about `n_remove` of them (at most `limit`), so
     that the kept *channel* width of every weight tensor of the group is a multiple of
     `round_to` where that is achievable.
@@ -115,7 +115,10 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
     reference weight (the one seeing the most atoms) is nearest the unrounded selection's
     wins; ties keep more. A weight narrower than `round_to` is left unconstrained; a part
     that cannot reach a multiple is kept whole rather than cut to another odd width.
-    Without any removal asked (`n_remove` 0) the group is left alone."""
+    `at_most`: never remove more than asked (the nearest admissible width at or above the
+    unrounded one): what a plain `--ratio` promises per group, where no target is there to
+    take the difference elsewhere. Without any removal asked (`n_remove` 0) the group is
+    left alone."""
     n = group.num_atoms
     limit = n - 1 if limit is None else min(limit, n - 1)
     n_remove = min(n_remove, limit)
@@ -150,7 +153,8 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
     for m in combos:
         if n - sum(m) > limit:
             continue
-        key = (multiple(m), abs(float(per_atom[:, ref] @ np.asarray(m)) - w0),
+        width = float(per_atom[:, ref] @ np.asarray(m))
+        key = (multiple(m), at_most and width < w0 - 1e-9, abs(width - w0),
                sum(abs(a - int(b)) for a, b in zip(m, kept0, strict=True)), -sum(m))
         if best is None or key < best[0]:
             best = (key, m)

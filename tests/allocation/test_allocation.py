@@ -384,3 +384,22 @@ def test_a_target_the_removed_blocks_already_met_prunes_no_channels(caplog):
                     PruneOptions(remove_blocks=1, round_to=1, check=False, allocation={"target_macs": 0.95}))
     assert out.plan.blocks and not out.plan.groups
     assert "already keep" in caplog.text
+
+
+def test_a_plain_ratio_never_removes_more_than_asked_from_a_group_under_round_to():
+    """`--ratio 0.3 --round-to 16`: a 32-wide group keeps 32 (16 would remove half), a 64-wide
+    one keeps 48: widths are rounded up, never past what the ratio asks."""
+    from graphprune.report.widths import plan_widths
+    from samples.make_samples import tiny_resnet
+
+    proto = tiny_resnet()
+    model = gp.load(proto.SerializeToString())
+    dg = gp.analyze(model)
+    res = gp.prune(model, 0.3, round_to=16)
+    widths = plan_widths(dg, res.plan)
+    assert widths and all(w.removed <= 0.3 * w.channels + 1e-9 for w in widths), \
+        [(w.name, w.channels, w.removed) for w in widths]
+    assert all(w.kept % 16 == 0 for w in widths)
+    assert any(w.channels == 64 and w.kept == 48 for w in widths)
+    r = oracle.check(gp.load(proto.SerializeToString(), fold=False), res.model, res.plan)
+    assert r.ok, r.diffs
