@@ -340,3 +340,20 @@ def test_dry_run_and_compile_take_keep_experts(tmp_path, capsys):
     plan = json.loads((out / "plan.json").read_text())
     assert [len(e["removed"]) for e in plan["experts"]] == [1]
     assert "oracle: PASS" in capsys.readouterr().out
+
+
+def test_a_large_moe_model_is_checked_through_files(tmp_path, capsys, monkeypatch):
+    """Above BIG_MODEL_BYTES the oracle builds the masked original on disk: removed experts
+    are rerouted there too (else a correct pruning would FAIL)."""
+    from graphprune.cli.main import main
+    from graphprune.ir import serialize
+
+    monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+    src = tmp_path / "moe.onnx"
+    onnx.save(moe_model(), src)  # every expert routed to: a removed one changes the outputs unless rerouted
+    out = tmp_path / "m.onnx"
+    assert main(["prune", str(src), "--ratio", "0.3", "--round-to", "1", "--keep-experts", "3", "--no-bench",
+                 "-o", str(out)]) == 0
+    assert "oracle PASS" in capsys.readouterr().out
+    assert main(["check", str(src), str(out), "--plan", str(tmp_path / "m.plan.json")]) == 0
+    assert "oracle PASS" in capsys.readouterr().out

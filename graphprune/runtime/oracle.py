@@ -774,9 +774,12 @@ def masked_copy_on_disk(src: str, plan: Plan, dst_dir: str) -> str:
             arr[tuple(index)] = 0 if fill is None else fill[tuple(index)]
             t.CopyFrom(numpy_helper.from_array(arr, t.name))
     out = os.path.join(dst_dir, "masked.onnx")
-    if plan.blocks:
+    if plan.blocks or plan.experts:
         model = ir.serde.deserialize_model(proto)
-        _zero_branches(model, plan, zero_slices=False)  # the blocks' slices: zeroed above, on disk
+        if plan.blocks:
+            _zero_branches(model, plan, zero_slices=False)  # the blocks' slices: zeroed above, on disk
+        if plan.experts:  # removed experts routed to by nothing (their weights then never count)
+            _route_around(model, plan.experts)
         proto = ir.serde.serialize_model(model)
     onnx.save(proto, out)
     return out
