@@ -133,6 +133,8 @@ def latency_lines(rep: dict) -> list[str]:
     lines = [f"latency at the representative shape: {', '.join(nums)}"] if nums and "speedup" in lat else []
     if lat.get("line"):
         lines.append(lat["line"] if lat["line"].startswith("latency: ") else f"latency: {lat['line']}")
+    if lat.get("widths_line"):
+        lines.append(lat["widths_line"])
     return lines
 
 

@@ -136,6 +136,14 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
           + (f", vocabulary {plan.vocab['vocab_size']} -> {len(plan.vocab['kept'])} tokens" if plan.vocab else "")
           + (f", experts {_experts_text(plan.experts)}" if plan.experts else ""))
     print(table(rows, ["", "before", "after", "ratio"]))
+    round_to = int((plan.settings or {}).get("round_to") or 1)
+    if round_to > 1 and plan.groups:
+        from graphprune.backends.targets import host_target
+
+        lanes = host_target().simd_lanes
+        print(f"round-to: widths kept multiples of {round_to}"
+              + (f" (auto: this CPU's {lanes} float32 lanes; --round-to 1 allows any width)" if round_to == lanes
+                 else ""))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
     for line in (latency.get("line"), latency.get("widths_line")):

@@ -419,7 +419,7 @@ def _latencies(runners: dict) -> dict[str, float]:
 
 
 def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
-    from graphprune.workflow.verdicts import latency_verdict, not_measured_note
+    from graphprune.workflow.verdicts import latency_verdict, not_measured_note, widths_line
 
     lat = c.measured = _latencies(runners)
     c.before["latency_ms"] = lat["dense"]
@@ -431,6 +431,12 @@ def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
     if c.target.host and deployed:
         c.after["latency_ms"] = deployed
         c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""))
+        if chosen == "onnxruntime" and c.after.get("macs"):  # odd widths (--round-to off the lanes) in ORT
+            hint = widths_line(c.latency["speedup"], c.before["macs"] / c.after["macs"],
+                               prune_options(c.opts, c.target).round_to, c.target.simd_lanes,
+                               f"the {c.target.name} target's")
+            if hint:
+                c.latency["widths_line"] = hint
     else:
         c.after["latency_note"] = not_measured_note(c.target.name, c.opts.rpc, lat["dense"], lat.get("pruned_host"))
         c.latency = {"dense_ort_ms": lat["dense"], "host_estimate_ms": lat.get("pruned_host"),

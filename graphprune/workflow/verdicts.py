@@ -62,14 +62,15 @@ def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str) -> dict:
 SLOW_WIDTHS_EFFICIENCY = 0.8
 
 
-def widths_line(speedup: float, mac_reduction: float, round_to: int, lanes: int) -> str | None:
+def widths_line(speedup: float, mac_reduction: float, round_to: int, lanes: int,
+                whose: str = "this CPU's") -> str | None:
     """A hint when the pruned model runs fewer MACs per second than the dense one because its
     widths are not multiples of the CPU's float32 lanes (ONNX Runtime's blocked conv
     kernels fall back to slower paths for them); None when that cannot be the reason."""
     if round_to % lanes == 0 or mac_reduction < 1.05 or speedup >= SLOW_WIDTHS_EFFICIENCY * mac_reduction:
         return None
     return (f"widths: {mac_reduction:.2f}x fewer MACs gave only {speedup:.2f}x; widths were kept multiples of "
-            f"{round_to}, not of this CPU's {lanes} float lanes, which ONNX Runtime runs fastest: try --round-to auto")
+            f"{round_to}, not of {whose} {lanes} float lanes, which ONNX Runtime runs fastest: try --round-to auto")
 
 
 def require_speedup(verdict: dict, min_speedup: float | None) -> None:

@@ -235,11 +235,32 @@ def test_prune_names_the_width_multiple_when_odd_widths_cost_the_speedup(samples
     plan = json.loads(out.with_name("m.pruned.plan.json").read_text())
     lanes = host_target().simd_lanes
     assert plan["settings"]["round_to"] == (lanes if round_to == "auto" else 1)
+    # the summary says which multiple the widths were kept to, and why (auto: the lanes)
+    assert (f"round-to: widths kept multiples of {lanes} (auto: this CPU's {lanes} float32 lanes" in text) \
+        == (round_to == "auto")
     assert 3.0 < rep["before"]["macs"] / rep["after"]["macs"] < 4.3  # what the fake speed-ups are set against
     lines = [ln for ln in text.splitlines() if ln.startswith("widths: ")]
     if hint:
         assert len(lines) == 1 and f"not of this CPU's {lanes} float lanes" in lines[0]
         assert "--round-to auto" in lines[0] and rep["latency"]["widths_line"] == lines[0]
         assert lines[0] in out.with_name("m.pruned.report.md").read_text()
+    else:
+        assert not lines and "widths_line" not in rep["latency"]
+
+
+@pytest.mark.parametrize("round_to,hint", [("1", True), ("auto", False)])
+def test_compile_names_the_width_multiple_when_odd_widths_cost_the_speedup(samples_dir, tmp_path, monkeypatch,
+                                                                           capsys, round_to, hint):
+    _fake_latencies(monkeypatch, dense=1.0, pruned=0.95)  # far fewer MACs, almost no speed-up
+    assert _compile(samples_dir, tmp_path / "c", "--ratio", "0.5", "--backend", "onnxruntime",
+                    "--round-to", round_to) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith("widths: ")]
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    if hint:
+        lanes = resolve_target("x86").simd_lanes
+        assert len(lines) == 1 and f"not of the x86 target's {lanes} float lanes" in lines[0]
+        assert rep["latency"]["widths_line"] == lines[0]
+        assert lines[0] in (tmp_path / "c" / "report.md").read_text()
     else:
         assert not lines and "widths_line" not in rep["latency"]
