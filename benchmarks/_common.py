@@ -141,6 +141,20 @@ def environment() -> dict:
     return env
 
 
+def make_session(path, threads: int):
+    """The benchmarks' ONNX Runtime session: CPU, `threads` intra-op threads, one inter-op
+    thread, sequential, ORT_ENABLE_ALL (what a user gets by default), warnings off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def table(rows: list[list], headers: list[str]) -> str:
     """Plain text table, first column left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (puts the repo root on sys.path)
-from _common import CpuMonitor, Timer, median, table, write_results  # noqa: E402
+from _common import CpuMonitor, Timer, make_session, median, table, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -116,18 +116,6 @@ def build_model(seed: int = 0):
 # ---------------------------------------------------------------------------
 # latency
 # ---------------------------------------------------------------------------
-
-
-def make_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def measure_pair(paths: dict[str, Path], threads: int, feeds: dict, warmup: int, rounds: int,

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (puts the repo root on sys.path)
-from _common import CpuMonitor, median, table, write_results  # noqa: E402
+from _common import CpuMonitor, make_session, median, table, write_results  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -121,22 +121,10 @@ def tp_at_macs(name: str, macs_goal: float, root: Path, cost_of, round_to: int |
     return path, best[0], best[1]
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def measure(paths: dict[str, Path], threads: int, feeds: dict, warmup: int, rounds: int, runs: int,
             settle: float = 0.1) -> dict[str, dict]:
     """Median and per-round latencies (ms) of every model, interleaved with a rotating order."""
-    sessions = {k: session(p, threads) for k, p in paths.items()}
+    sessions = {k: make_session(p, threads) for k, p in paths.items()}
     for _ in range(warmup):
         for s in sessions.values():
             s.run(None, feeds)
