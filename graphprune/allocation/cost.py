@@ -19,6 +19,7 @@ from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import attrs_of, layer_of
+from graphprune.ir.moe import active_macs, expert_values, is_moe, top_k
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
         return None
 
     for node in model.graph:
-        if _is_moe(node):
+        if is_moe(node):
             term = _moe_mac_term(node, shp)
             if term is not None:
                 out.append(term)
@@ -62,35 +63,27 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
     return out
 
 
-def _is_moe(node: ir.Node) -> bool:
-    return node.op_type == "MoE" and node.domain == "com.microsoft"
-
-
 def _moe_mac_term(node: ir.Node, shp) -> tuple[ir.Node, float, list[Slot]] | None:
-    """ONNX Runtime's MoE: tokens x k x (fc1 + fc2 (+ fc3) of one expert), multiplicative in
-    the expert-FFN channels (fc1 axis 1) and the hidden size (fc1 axis 2)."""
-    x, fc1 = shp(node.inputs[0]), shp(node.inputs[2]) if len(node.inputs) > 2 else None
-    if x is None or fc1 is None or len(fc1) != 3:
+    """ONNX Runtime's MoE: its active MACs (ir.moe.active_macs), multiplicative in the
+    expert-FFN channels (fc1 axis 1) and the hidden size (fc1 axis 2)."""
+    x, fc1, fc2 = (shp(node.inputs[i]) if len(node.inputs) > i else None for i in (0, 2, 4))
+    if x is None or fc1 is None or fc2 is None or len(fc1) != 3:
         log.debug("no concrete shapes for %s; its MACs are not counted", node.name)
         return None
-    k = node.attributes.get("k")
-    gated = len(node.inputs) > 6 and node.inputs[6] is not None
-    macs = float(np.prod(x[:-1])) * (k.value if k is not None else 1) * fc1[1] * fc1[2] * (3 if gated else 2)
-    return node, macs, [Slot(node.inputs[2].name, 1), Slot(node.inputs[2].name, 2)]
+    fc3 = shp(node.inputs[6]) if len(node.inputs) > 6 else None
+    return node, active_macs(x, fc1, fc2, fc3, top_k(node)), [Slot(node.inputs[2].name, 1),
+                                                                Slot(node.inputs[2].name, 2)]
 
 
 def _expert_share(model: ir.Model) -> dict[str, float]:
     """{expert tensor: k / E}: the share of an MoE layer's expert weights one token reads."""
     share = {}
     for node in model.graph:
-        if _is_moe(node) and len(node.inputs) > 2 and node.inputs[2] is not None:
-            a = const_array(node.inputs[2])
-            k = node.attributes.get("k")
-            if a is None or a.ndim != 3:
-                continue
-            for i in (2, 3, 4, 5, 6, 7):
-                if i < len(node.inputs) and node.inputs[i] is not None:
-                    share[node.inputs[i].name] = min(1.0, (k.value if k is not None else 1) / a.shape[0])
+        a = const_array(node.inputs[2]) if is_moe(node) and len(node.inputs) > 2 else None
+        if a is None or a.ndim != 3:
+            continue
+        for v in expert_values(node):
+            share[v.name] = min(1.0, top_k(node) / a.shape[0])
     return share
 
 
@@ -178,7 +171,7 @@ def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
 
     names = []
     for node in model.graph:
-        if _is_moe(node) and node.inputs[0] is not None and not is_constant(node.inputs[0]):
+        if is_moe(node) and node.inputs[0] is not None and not is_constant(node.inputs[0]):
             names.append(node.inputs[0].name)
         layer = layer_of(node)
         if layer is not None:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from graphprune.ir.constants import const_producer, is_constant
 from graphprune.ir.layers import layer_of
 from graphprune.ir.layers import volume as _prod  # symbolic dims count as 1
+from graphprune.ir.moe import active_macs, is_moe, top_k
 from graphprune.ir.quant import is_quantized_weight
 
 
@@ -27,25 +28,16 @@ def node_macs(node: ir.Node) -> int:
 
 
 def _node_macs(node: ir.Node) -> int:
-    if node.op_type == "MoE" and node.domain == "com.microsoft":
-        return _moe_macs(node)
+    if is_moe(node):  # the active MACs, not all experts'
+        dims = [list(v.shape) if v is not None and v.shape is not None else None
+                for v in (node.inputs[0], node.inputs[2], node.inputs[4])]
+        if None in dims:
+            return 0
+        fc3 = node.inputs[6] if len(node.inputs) > 6 else None
+        return int(active_macs(*dims, list(fc3.shape) if fc3 is not None and fc3.shape is not None else None,
+                               top_k(node)))
     layer = layer_of(node)
     return 0 if layer is None else layer.macs()
-
-
-def _moe_macs(node: ir.Node) -> int:
-    """ONNX Runtime's MoE: each token runs k experts, each fc1 (and fc3) [I', H] and fc2
-    [H, I] once — the active MACs, not all experts' (symbolic token counts count as 1)."""
-    x, fc1, fc2 = node.inputs[0], node.inputs[2], node.inputs[4]
-    if x is None or fc1 is None or fc2 is None or x.shape is None or fc1.shape is None or fc2.shape is None:
-        return 0
-    k = node.attributes.get("k")
-    tokens = _prod(list(x.shape)[:-1])
-    per_expert = _prod(list(fc1.shape)[1:]) + _prod(list(fc2.shape)[1:])
-    fc3 = node.inputs[6] if len(node.inputs) > 6 else None
-    if fc3 is not None and fc3.shape is not None:
-        per_expert += _prod(list(fc3.shape)[1:])
-    return tokens * (k.value if k is not None else 1) * per_expert
 
 
 @dataclass

@@ -75,9 +75,10 @@ def experts_data(model) -> dict:
     """The MoE layers --keep-experts would prune: {"layers": [{"moe", "experts", "k", "router"}]},
     or {"refused": why} when one has a router prune-experts cannot slice, or {} without MoE."""
     from graphprune.errors import UsageError
-    from graphprune.passes.pruning.prune_experts import MS, find_moe_layers
+    from graphprune.ir.moe import is_moe
+    from graphprune.passes.pruning.prune_experts import find_moe_layers
 
-    if not any(n.op_type == "MoE" and n.domain == MS for n in model.graph):
+    if not any(is_moe(n) for n in model.graph):
         return {}
     try:
         layers = find_moe_layers(model)

@@ -28,6 +28,7 @@ import onnx_ir as ir
 from graphprune.errors import FrontendError, PlanError, VerificationError
 from graphprune.input_shapes import InputShapes
 from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.moe import is_moe
 from graphprune.plan import Plan, check_slice
 from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
 
@@ -158,7 +159,7 @@ def _route_around(model: ir.Model, experts: list[dict]) -> None:
     values = {o.name: o for n in model.graph for o in n.outputs}
     for e in experts:
         logits = values.get(e["logits"])
-        moe = next((u.node for u in logits.uses() if u.node.op_type == "MoE"), None) if logits is not None else None
+        moe = next((u.node for u in logits.uses() if is_moe(u.node)), None) if logits is not None else None
         if moe is None:
             raise PlanError(f"plan removes experts routed by {e['logits']!r}, which feeds no MoE layer of this model")
         mask = np.zeros(e["experts"], np.float32)

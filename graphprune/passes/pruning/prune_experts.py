@@ -27,12 +27,11 @@ import onnx_ir as ir
 
 from graphprune.errors import PlanError, UsageError
 from graphprune.ir.constants import const_array, set_const_array
+from graphprune.ir.moe import expert_values, is_moe, top_k
 from graphprune.passes._infra import Pass, PassContext, register_pass
 
 log = logging.getLogger(__name__)
 
-MS = "com.microsoft"
-EXPERT_INPUTS = (2, 3, 4, 5, 6, 7)  # fc1, fc1 bias, fc2, fc2 bias, fc3, fc3 bias: experts on axis 0
 
 
 @dataclass
@@ -50,7 +49,7 @@ class MoeLayer:
         return self.node.name or self.logits.name
 
     def expert_tensors(self) -> list[ir.Value]:
-        return [v for i in EXPERT_INPUTS if i < len(self.node.inputs) and (v := self.node.inputs[i]) is not None]
+        return expert_values(self.node)
 
 
 def _attr(node: ir.Node, key: str, default):
@@ -93,20 +92,20 @@ def find_moe_layers(model: ir.Model) -> list[MoeLayer]:
     """Every com.microsoft MoE node with the router this pass can slice (else UsageError)."""
     layers = []
     for node in model.graph:
-        if node.op_type != "MoE" or node.domain != MS:
+        if not is_moe(node):
             continue
         fc1 = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if fc1 is None or fc1.ndim != 3:
             raise _refuse(node, "its expert weights are not 3-D constants")
         experts = fc1.shape[0]
-        for v in (node.inputs[i] for i in EXPERT_INPUTS if i < len(node.inputs)):
-            a = const_array(v) if v is not None else None
-            if v is not None and (a is None or a.shape[0] != experts or len(v.uses()) != 1):
+        for v in expert_values(node):
+            a = const_array(v)
+            if a is None or a.shape[0] != experts or len(v.uses()) != 1:
                 raise _refuse(node, f"expert tensor {v.name!r} is not a constant of {experts} experts read by "
                                     "the layer alone")
         logits = node.inputs[1]
         w, axis, bias = _router(node, logits, experts)
-        layers.append(MoeLayer(node, logits, w, axis, bias, experts, int(_attr(node, "k", 1))))
+        layers.append(MoeLayer(node, logits, w, axis, bias, experts, top_k(node)))
     return layers
 
 

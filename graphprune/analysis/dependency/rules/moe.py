@@ -21,8 +21,7 @@ act(fc1 x) * fc3 x) and fc3_experts_bias [E, I].
 from __future__ import annotations
 
 from graphprune.analysis.dependency.registry import rule
-
-MS = "com.microsoft"
+from graphprune.ir.moe import MS
 _PLAIN_ACTIVATIONS = {"relu", "gelu", "silu", "identity"}
 
 
