@@ -20,6 +20,8 @@ from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import attrs_of, layer_of
 from graphprune.ir.moe import active_macs, expert_values, is_moe, top_k
+from graphprune.ir.nbits import logical_params
+from graphprune.ir.quant import is_quantized_weight
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ def _expert_share(model: ir.Model) -> dict[str, float]:
 
 
 def param_terms(model: ir.Model, active: bool = False) -> list[tuple[str, float, list[Slot]]]:
-    """(tensor, parameters, its slots) per float constant; `active`: an MoE layer's expert
+    """(tensor, parameters, its slots) per float constant and quantized weight (as
+    analysis.cost counts parameters); `active`: an MoE layer's expert
     tensors count k/E of their size (the parameters one token reads)."""
     share = _expert_share(model) if active else {}
     out = []
@@ -99,9 +102,10 @@ def param_terms(model: ir.Model, active: bool = False) -> list[tuple[str, float,
             continue
         seen.add(v.name)
         a = const_array(v)
-        if a is None or not np.issubdtype(a.dtype, np.floating):
+        if a is None or not (np.issubdtype(a.dtype, np.floating) or is_quantized_weight(v)):
             continue
-        out.append((v.name, float(a.size) * share.get(v.name, 1.0), [Slot(v.name, i) for i in range(a.ndim)]))
+        size = logical_params(v) or a.size  # a MatMulNBits weight: its codes, not its bytes
+        out.append((v.name, float(size) * share.get(v.name, 1.0), [Slot(v.name, i) for i in range(a.ndim)]))
     return out
 
 

@@ -16,6 +16,7 @@ from graphprune.ir.constants import const_producer, is_constant
 from graphprune.ir.layers import layer_of
 from graphprune.ir.layers import volume as _prod  # symbolic dims count as 1
 from graphprune.ir.moe import active_macs, is_moe, top_k
+from graphprune.ir.nbits import logical_params
 from graphprune.ir.quant import is_quantized_weight
 
 
@@ -98,12 +99,18 @@ def _is_param(v: ir.Value) -> bool:
     return v.dtype is not None and v.shape is not None and (v.dtype.is_floating_point() or is_quantized_weight(v))
 
 
+def _param_count(v: ir.Value) -> int:
+    """Weights a parameter holds: its elements, or the codes packed in a MatMulNBits' bytes."""
+    packed = logical_params(v)
+    return _prod(list(v.shape)) if packed is None else packed
+
+
 def _model_cost(model: ir.Model) -> Cost:
     params = 0
     seen: set[str] = set()
     for v in model.graph.initializers.values():
         if _is_param(v):
-            params += _prod(list(v.shape))
+            params += _param_count(v)
             seen.add(v.name)
     macs = 0
     n = 0
@@ -113,5 +120,5 @@ def _model_cost(model: ir.Model) -> Cost:
         if const_producer(node.outputs[0]) is not None if node.outputs else False:
             v = node.outputs[0]
             if v.name not in seen and is_constant(v) and _is_param(v):
-                params += _prod(list(v.shape))
+                params += _param_count(v)
     return Cost(params=params, macs=macs, nodes=n)

@@ -13,6 +13,7 @@ import numpy as np
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
+from graphprune.ir.nbits import is_nbits_weight
 from graphprune.ir.quant import dequantized_const, dequantized_weight
 
 WEIGHT_ROLES = {"weight", "embedding"}
@@ -43,13 +44,29 @@ def weight_array(v) -> np.ndarray | None:
     return arr
 
 
+def _per_input_channel(dg: DependencyGraph, group: Group, s, arr: np.ndarray):
+    """A MatMulNBits weight's block axis (one index per block of input channels) as one score
+    per input channel: (the input's channel slot, the weight [N, K] and its axis 1), or None.
+    Scored per block, a block would count once where each of its channels' other tensors
+    count block_size times."""
+    v = dg.values[s.value]
+    if s.axis != 1 or not is_nbits_weight(v):
+        return None
+    node = next(u.node for u in v.uses() if u.idx == 1)
+    x = node.inputs[0]
+    k = int(node.attributes["K"].value)
+    x_slot = next((t for t in group.slots if t.value == x.name and t.axis == len(x.shape) - 1), None)
+    return None if x_slot is None else (x_slot, arr.reshape(arr.shape[0], -1)[:, :k], 1)
+
+
 def magnitude_contributions(dg: DependencyGraph, group: Group, p: int = 2) -> list[Contribution]:
     out = []
     for s in weight_slots(group):
         arr = weight_array(dg.values[s.value])
         if arr is None or not np.issubdtype(arr.dtype, np.floating):
             continue
-        out.append((s, _slice_norms(arr, s.axis, p)))
+        slot, arr, axis = _per_input_channel(dg, group, s, arr) or (s, arr, s.axis)
+        out.append((slot, _slice_norms(arr, axis, p)))
     return out
 
 

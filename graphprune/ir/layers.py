@@ -305,7 +305,7 @@ def layer_of(node: ir.Node) -> Layer | None:
     return Layer(node, op, x, w, b, y, axes)
 
 
-_INTEGER_LAYER = "integer (QLinear) weights: never rewritten in float"
+_INTEGER_LAYER = "integer (quantized) weights: never rewritten in float"
 
 
 @dataclass(frozen=True)
@@ -333,14 +333,32 @@ class QGemmOp(GemmOp):
         return _INTEGER_LAYER
 
 
+@dataclass(frozen=True)
+class MatMulNBitsOp(MatMulOp):
+    """com.microsoft MatMulNBits (graphprune/ir/nbits.py): A [..., K] times a block-quantized
+    weight [N, k_blocks, bytes] (rows are outputs, axis 1 the blocks of K), bias input 5.
+    Counted like MatMul; not a plain layer (see QLinearConvOp)."""
+    bias: int | None = 5
+
+    def axes(self, attrs, x_rank=None, w_rank=None, y_rank=None):
+        return Axes((x_rank or 2) - 1, 1, 0, (y_rank or 2) - 1)
+
+    def matrix_problem(self, attrs, w_rank):
+        return "block-quantized weight [N, k_blocks, bytes]"
+
+    def _form_problem(self, node):
+        return _INTEGER_LAYER
+
+
 def is_integer_layer(node: ir.Node) -> bool:
-    """`node` is an integer-op layer (QLinearConv, QLinearMatMul, QGemm): counted like its
-    float family, never rewritten in float."""
-    return isinstance(weighted_op(node), (QLinearConvOp, QLinearMatMulOp, QGemmOp))
+    """`node` is an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits):
+    counted like its float family, never rewritten in float."""
+    return isinstance(weighted_op(node), (QLinearConvOp, QLinearMatMulOp, QGemmOp, MatMulNBitsOp))
 
 
 for _op in (ConvOp("Conv"), ConvTransposeOp("ConvTranspose"), GemmOp("Gemm"), MatMulOp("MatMul"),
             QLinearConvOp("QLinearConv", weight=3, bias=8), QLinearMatMulOp("QLinearMatMul", weight=3),
-            QGemmOp("QGemm", domain="com.microsoft", weight=3, bias=6)):
+            QGemmOp("QGemm", domain="com.microsoft", weight=3, bias=6),
+            MatMulNBitsOp("MatMulNBits", domain="com.microsoft", weight=1, bias=5)):
     register(_op)
 del _op

@@ -22,6 +22,8 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.ir.constants import const_array
+from graphprune.ir.nbits import dequantized_weight as nbits_dequantized
+from graphprune.ir.nbits import is_nbits_weight
 
 STD_DOMAINS = ("", "ai.onnx")
 
@@ -169,23 +171,28 @@ def is_quantized_const(value: ir.Value | None) -> bool:
 
 def is_quantized_weight(value: ir.Value) -> bool:
     """Whether a constant is the integer data of a quantized weight (read by DequantizeLinear,
-    or as a QLinearConv / QLinearMatMul / QGemm weight or bias): a parameter of the model,
-    as a float weight is."""
-    return any(quantized_input(u.node, u.idx) is not None for u in value.uses())
+    as a QLinearConv / QLinearMatMul / QGemm weight or bias, or as a MatMulNBits' packed
+    weight): a parameter of the model, as a float weight is."""
+    return any(quantized_input(u.node, u.idx) is not None for u in value.uses()) or is_nbits_weight(value)
 
 
 def is_integer_op_weight(value: ir.Value) -> bool:
     """Whether a constant is read as a quantized input of an integer op (QLinearConv's
-    weight or bias, QLinearAdd's constant operand ...), not through a DequantizeLinear."""
-    return any(quantized_input(u.node, u.idx) is not None and not is_dequantize(u.node) for u in value.uses())
+    weight or bias, QLinearAdd's constant operand, MatMulNBits' packed weight ...), not
+    through a DequantizeLinear."""
+    return any(quantized_input(u.node, u.idx) is not None and not is_dequantize(u.node) for u in value.uses()) \
+        or is_nbits_weight(value)
 
 
 def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
-    """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm) multiplies
-    with, for its constant integer weight `value`: (q - zero_point) * scale along the
-    layer's per-axis scale; None when `value` is not one (or its scale is computed)."""
+    """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits)
+    multiplies with, for its constant integer weight `value`: (q - zero_point) * scale along
+    the layer's per-axis (per-block) scale; None when `value` is not one (or its scale is
+    computed)."""
     if value is None:
         return None
+    if is_nbits_weight(value):  # [N, k_blocks, block_size]: rows on axis 0, blocks on axis 1
+        return nbits_dequantized(value)
     for u in value.uses():
         q = quantized_input(u.node, u.idx)
         if q is None or q[0] is None or is_dequantize(u.node) or u.idx != 3:

@@ -144,23 +144,3 @@ def test_quantize_of_a_constant_and_shared_quantized_weights_are_frozen():
     m.graph.node.append(helper.make_node("ReduceSum", ["w1_again"], ["w1_sum"], name="sum", keepdims=0))
     m.graph.output.append(helper.make_tensor_value_info("w1_sum", onnx.TensorProto.FLOAT, []))
     _frozen_between_convs(m, "is also read elsewhere")
-
-
-def test_matmul_nbits_is_frozen_not_guessed():
-    """ORT's MatMulNBits (blockwise int4) has no channel rule: what it touches is frozen."""
-    k, n, block = 16, 8, 16
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMulNBits", ["r", "qw", "qs"], ["y"], name="nbits", domain="com.microsoft",
-                              K=k, N=n, bits=4, block_size=block)]
-    inits = {"w0": RNG.standard_normal((8, k)).astype(np.float32),
-             "qw": RNG.integers(0, 255, (n, 1, block // 2)).astype(np.uint8),
-             "qs": np.full(n, 0.1, np.float32)}
-    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, n])],
-                          [onnx.numpy_helper.from_array(a, nm) for nm, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    m.ir_version = 9
-    dg = _analyze(m)
-    assert not dg.prunable_groups
-    assert "no channel rule for com.microsoft::MatMulNBits" in _frozen_reasons(dg)

@@ -4,6 +4,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     elementwise,
     linear,
     moe,
+    nbits,
     norm,
     pool,
     qlinear,

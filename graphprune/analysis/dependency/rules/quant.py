@@ -16,9 +16,9 @@ pass is the scale / zero point:
   see graphprune.ir.quant).
 
 The static integer-op formats (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...) have
-their rules in qlinear.py. Dynamic quantization (ConvInteger, MatMulInteger,
-DynamicQuantizeLinear) is refused by the ONNX frontend, and any other quantized op
-(com.microsoft MatMulNBits ...) freezes what it touches.
+their rules in qlinear.py, ONNX Runtime's block-quantized MatMulNBits in nbits.py. Dynamic
+quantization (ConvInteger, MatMulInteger, DynamicQuantizeLinear) is refused by the ONNX
+frontend, and any other quantized op freezes what it touches.
 """
 from __future__ import annotations
 
