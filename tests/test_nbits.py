@@ -214,3 +214,24 @@ def test_prune_cli_on_an_int4_model(tmp_path, capsys):
     assert [a.i for n in pruned.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "N"][0] < I
     assert main(["inspect", str(src)]) == 0
     assert "MatMulNBits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "obs"])
+def test_data_aware_criteria_read_the_down_projection(criterion):
+    """wanda and obs score the hidden channels by the int4 down projection's dequantized
+    weight and its input statistics, as they score the float model's (to quantization
+    error), rather than falling back to weight magnitude."""
+    from graphprune.importance import group_scores
+    from graphprune.runtime.calibration import Calibration
+
+    fm = float_mlp()
+    proto = int4(onnx.ModelProto.FromString(fm.SerializeToString()))
+    feeds = {"x": np.random.default_rng(7).standard_normal((16, 8, H)).astype(np.float32)}
+
+    def scores(p):
+        dg = gp.analyze(gp.load(p.SerializeToString()))
+        return group_scores(dg, criterion, calibration=Calibration.from_batches([feeds]), normalize="none")[
+            dg.prunable_groups[0].id]
+
+    float_blocks = np.bincount(np.arange(I) // BLOCK, weights=scores(fm))
+    np.testing.assert_allclose(scores(proto), float_blocks, rtol=0.1)

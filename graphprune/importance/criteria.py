@@ -30,7 +30,7 @@ import numpy as np
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.errors import UsageError
-from graphprune.importance.layers import Linear, linear_layers
+from graphprune.importance.layers import Linear, scored_layers
 from graphprune.importance.magnitude import magnitude_contributions, weight_array, weight_slots
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
@@ -132,7 +132,7 @@ def prepare_activations(dg: DependencyGraph, groups: list[Group], calibration=No
         raise UsageError("this criterion needs calibration data", hint="give --calib (an .npz, an image "
                          "folder with --calib-preprocess, or module:function)")
     state = ActivationState()
-    layers = linear_layers(dg.model)
+    layers = scored_layers(dg.model)
     req = StatsRequest()
     for g in groups:
         cons = consumers_of(layers, g)

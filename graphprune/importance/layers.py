@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.ir import nbits
 from graphprune.ir.constants import const_array
 from graphprune.ir.layers import WeightedOp, layer_of
 
@@ -78,6 +79,32 @@ def linear_layers(model: ir.Model) -> list[Linear]:
         lin = linear_of(node)
         if lin is not None:
             out.append(lin)
+    return out
+
+
+@dataclass
+class BlockQuantizedLinear(Linear):
+    """A MatMulNBits (graphprune/ir/nbits.py) as the data-aware criteria read it: the
+    weight is its dequantized [K, N] matrix. Only criteria see one (`scored_layers`);
+    repairs and sparsity, which write weights, never do."""
+
+    def weight(self) -> np.ndarray:
+        w = nbits.dequantized(self.node)
+        return w.reshape(w.shape[0], -1)[:, :int(self.node.attributes["K"].value)].T
+
+
+def scored_layers(model: ir.Model) -> list[Linear]:
+    """The layers whose weights data-aware criteria read: `linear_layers`, and the
+    block-quantized MatMulNBits whose layout is readable."""
+    out = linear_layers(model)
+    for node in model.graph:
+        if nbits.is_nbits(node) and nbits.layout(node)[0] is not None:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is None or x.shape is None or y is None or y.shape is None:
+                continue
+            b = node.inputs[nbits.BIAS] if len(node.inputs) > nbits.BIAS else None
+            out.append(BlockQuantizedLinear(node, "matmul", x, len(x.shape) - 1, node.inputs[nbits.WEIGHT], 0, 1, y,
+                                            len(y.shape) - 1, b))
     return out
 
 
