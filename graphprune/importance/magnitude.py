@@ -13,7 +13,7 @@ import numpy as np
 from graphprune.analysis.dependency.graph import DependencyGraph, Group
 from graphprune.importance.reduce import Contribution
 from graphprune.ir.constants import const_array
-from graphprune.ir.nbits import is_nbits_weight
+from graphprune.ir import nbits
 from graphprune.ir.quant import dequantized_const, dequantized_weight
 
 WEIGHT_ROLES = {"weight", "embedding"}
@@ -50,9 +50,9 @@ def _per_input_channel(dg: DependencyGraph, group: Group, s, arr: np.ndarray):
     Scored per block, a block would count once where each of its channels' other tensors
     count block_size times."""
     v = dg.values[s.value]
-    if s.axis != 1 or not is_nbits_weight(v):
+    if s.axis != 1 or not nbits.is_nbits_weight(v):
         return None
-    node = next(u.node for u in v.uses() if u.idx == 1)
+    node = next(u.node for u in v.uses() if u.idx == nbits.WEIGHT and nbits.is_nbits(u.node))
     x = node.inputs[0]
     k = int(node.attributes["K"].value)
     x_slot = next((t for t in group.slots if t.value == x.name and t.axis == len(x.shape) - 1), None)

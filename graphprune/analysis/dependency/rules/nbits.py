@@ -2,9 +2,9 @@
 graphprune/ir/nbits.py): output rows, and input channels in whole quantization blocks.
 
 * Output channels (N): row n of the packed weight, of the scales (and float zero points) and
-  the bias go with output channel n. Packed zero points hold several rows' codes only in
-  the flat layout, so they are rewritten by the rule at prune time, as are the N and K
-  attributes.
+  the bias go with output channel n. Packed zero points hold several blocks' codes per byte
+  (and, flattened, several rows' bytes per axis), so the rule rewrites them at prune time,
+  as it does the N and K attributes.
 * Input channels (K) go in whole blocks: channel k is coupled with block k // block_size of
   the weight and scales, so an atom of this group is a block (or a union of them). A block
   has one scale per row: removing part of one would leave codes whose dequantization no
