@@ -148,6 +148,8 @@ def main(argv=None) -> int:
             C.log(f"{x['config']}: ppl {x['ppl']:.3f} MACs {x['macs']:,} {x.get('oracle', '')}")
         paths.update({rows[-3]["config"]: p_int4, rows[-1]["config"]: p_fq})
     lat = latencies(paths, 3 if args.quick else 15)
+    for f in d.glob("*pruned*"):
+        f.unlink()  # pruned models are not kept (hundreds of MB each); the int4 dense model is rebuilt in 1 s
     for r in rows:
         r["ms"] = lat["ms"].get(r["config"])
     data = {"model": "SmolLM2-135M-Instruct (smollm.py's export), int4 by onnxruntime MatMulNBitsQuantizer "
