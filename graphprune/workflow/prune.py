@@ -311,7 +311,10 @@ class _Run:
             self.progress.repair(r)
         from graphprune.ir.layers import is_integer_layer
 
-        integer = sorted({n.op_type for n in self.model.graph if is_integer_layer(n)})
+        from graphprune.ir.nbits import is_nbits
+
+        # MatMulNBits: the block-quantized note (apply) already says it, with the int4 advice
+        integer = sorted({n.op_type for n in self.model.graph if is_integer_layer(n) and not is_nbits(n)})
         if outcome.repair and integer and outcome.plan.tensors:
             self.progress.note(f"repairs do not rewrite integer-op layers ({', '.join(integer)}): they keep the "
                                "error the pruning made; for accuracy, prune and repair the float model, then quantize "
