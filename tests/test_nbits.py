@@ -237,3 +237,24 @@ def test_data_aware_criteria_read_the_down_projection(criterion):
 
     float_blocks = np.bincount(np.arange(I) // BLOCK, weights=scores(fm))
     np.testing.assert_allclose(scores(proto), float_blocks, rtol=0.1)
+
+
+def test_a_large_int4_model_is_checked_through_files(tmp_path, capsys, monkeypatch):
+    """Above BIG_MODEL_BYTES the oracle masks the original on disk: zeroed codes with zeroed
+    scales are exact there too, and `check` replays the plan (N, K and the zero points
+    rewritten as in memory)."""
+    from graphprune.cli.main import main
+    from graphprune.ir import serialize
+
+    monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+    src = tmp_path / "int4.onnx"
+    onnx.save(int4(float_mlp()), src)
+    out = tmp_path / "m.onnx"
+    assert main(["prune", str(src), "--ratio", "0.5", "--round-to", "1", "--no-bench", "-o", str(out)]) == 0
+    assert "oracle PASS" in capsys.readouterr().out
+    assert main(["check", str(src), str(out), "--plan", str(tmp_path / "m.plan.json")]) == 0
+    assert "oracle PASS" in capsys.readouterr().out
+    zp = next(t for t in onnx.load(out).graph.initializer if t.name.startswith("W2") and "zero_points" in t.name)
+    blocks_before = -(-I // BLOCK)  # 7
+    bytes_before = -(-blocks_before // 2)  # two codes per byte: 4
+    assert zp.dims[1] < bytes_before

@@ -404,6 +404,12 @@ class _Run:
         outcome.plan_out = files.write_pair(self.model, outcome.plan, self.out, staged=self.staged,
                                             rewritten=rewritten, temps=self.temps)
         outcome.out = self.out
+        if self.staged is not None:
+            from graphprune.frontends.onnx import load_onnx
+
+            # the large model's tensors were read from the staged file, which is now `out` (or
+            # gone): the returned model, and what is counted on it, read the written file
+            self.model = load_onnx(self.out)
         if outcome.plan.vocab:  # the id map a tokenizer needs, beside the model
             from graphprune.passes.pruning.slice_vocab import vocab_path_for, write_id_map
 

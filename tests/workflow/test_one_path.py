@@ -161,3 +161,30 @@ def test_the_verbs_and_the_workflow_stay_simple():
                            "lint.mccabe.max-complexity=10", "--output-format", "concise", *VERB_MODULES],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("repair", ["none", "bias"])
+def test_a_large_model_written_by_run_prune_stays_readable(samples_dir, tmp_path, monkeypatch, repair):
+    """Above BIG_MODEL_BYTES the result is staged to disk and moved to `out`: the returned
+    model reads its tensors from the written file (it read them from the staging file,
+    gone once moved), with or without a repair rewriting it after the stage."""
+    import numpy as np
+
+    from graphprune.ir import serialize
+    from graphprune.ir.constants import const_array
+    from graphprune.workflow import PruneOptions, run_prune
+
+    monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+    src = samples_dir / "tiny_resnet.onnx"
+    x = onnx.load(src).graph.input[0]
+    shape = [d.dim_value or 2 for d in x.type.tensor_type.shape.dim]
+    calib = tmp_path / "c.npz"
+    np.savez(calib, **{x.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
+    out = tmp_path / "m.onnx"
+    res = run_prune(src, PruneOptions(ratio=0.3, round_to=1, repair=repair, calib=str(calib),
+                                                           criterion="l2", allocation={"allocation": "uniform"}),
+                    out=out)
+    assert out.exists() and not list(tmp_path.glob(".graphprune-tmp*"))
+    arrays = [const_array(v) for v in res.model.graph.initializers.values()]
+    assert arrays and all(a is not None for a in arrays)
+    assert res.after.params < res.before.params
