@@ -7,7 +7,10 @@ benchmarks/transformers (export, text data, embeddings, perplexity) — imported
   retrieval R@1 (`r_at_1`): the 200 evaluation sentences are queries, the corpus is the
   other sentences of pydoc_data.topics (duplicates of a query removed), query and corpus
   both embedded by the model under test; R@1 = fraction of queries whose nearest corpus
-  sentence (cosine) is the same one the dense model retrieves (dense: 1 by definition).
+  sentence (cosine) is the same one the dense model retrieves (dense: 1 by definition);
+  and a retrieval with known answers (`R@1 labeled`): the first half of the words of each
+  evaluation sentence of 8 words or more is a query whose answer is its whole sentence, in
+  a corpus of the evaluation sentences and the other sentences (dense: below 1).
 * ``smollm``: SmolLM2-135M-Instruct (GGUF → float32) exported to ONNX (cached in the work
   directory); metric = perplexity on 16×256 tokens of pydoc_data.topics (lower is
   better); calibration = 4 other 256-token chunks, one per batch.
@@ -76,7 +79,7 @@ class MiniLMTask:
             return {k: e[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
 
         self.enc = enc(ev)
-        self._enc, self._sents = enc, sents
+        self._enc, self._sents, self._ev = enc, sents, ev
         batches = [enc(cal[i:i + 8]) for i in range(0, len(cal), 8)]
         from graphprune.runtime.calibration import Calibration
 
@@ -148,14 +151,35 @@ class MiniLMTask:
         e = self.embeddings(model) if emb is None else emb
         return float((self._top1(e, model) == self._dense_top1).mean())
 
+    def _halves(self) -> dict:
+        """Queries with a known answer: the first half of the words of each evaluation sentence
+        of at least 8 words. Its answer is the whole sentence, among all evaluation sentences
+        and the corpus of other sentences."""
+        if getattr(self, "_halves_enc", None) is None:
+            idx = [i for i, x in enumerate(self._ev) if len(x.split()) >= 8]
+            self._half_idx = np.array(idx)
+            self._halves_enc = self._enc([" ".join(self._ev[i].split()[:len(self._ev[i].split()) // 2]) for i in idx])
+        return self._halves_enc
+
     def goal_metrics(self, model) -> dict:
-        e = self.embeddings(model)
-        return {"cosine": float((e * self.dense_emb).sum(1).mean()), "R@1": self.r_at_1(model, e)}
+        """cosine vs dense; R@1 = nearest-neighbour agreement with dense (dense: 1); R@1
+        labeled = half a sentence retrieves its whole sentence (dense: below 1)."""
+        from graphprune.runtime import ort
+
+        corpus_enc, halves_enc = self._corpus(), self._halves()
+        sess = C.ort_session(model) if isinstance(model, (str, Path)) else ort.session(model, threads=2)
+        e, corpus, halves = (self._embed(sess, x) for x in (self.enc, corpus_enc, halves_enc))
+        labeled = (halves @ np.concatenate([e, corpus]).T).argmax(1)  # evaluation sentences first
+        return {"cosine": float((e * self.dense_emb).sum(1).mean()),
+                "R@1": float(((e @ corpus.T).argmax(1) == self._dense_top1).mean()),
+                "R@1 labeled": float((labeled == self._half_idx).mean())}
 
     def goal_description(self) -> str:
         self._corpus()
+        self._halves()
         return f"cosine: {len(self.dense_emb)} sentences; R@1: {len(self.dense_emb)} queries, corpus of " \
-               f"{self.corpus_size} other sentences"
+               f"{self.corpus_size} other sentences; R@1 labeled: {len(self._half_idx)} half-sentence queries, " \
+               f"answer = the whole sentence among {len(self.dense_emb) + self.corpus_size}"
 
 
 class SmolLMTask:
