@@ -50,3 +50,25 @@ def test_fixed_damp_is_used_as_given():
     W, info = ne.solve(np.zeros((1, 5, 3)), 0.5)
     assert info == {"damp": 0.5}
     assert W.shape == (1, 5, 3)
+
+
+def test_weights_no_fit_improves_on_held_out_rows_are_left_alone():
+    """The fit rows follow another relation than the held-out ones (a calibration set that
+    does not represent the inputs): every ridge strength moves W away from the weights that
+    are right for the held-out rows, so the current weights are kept."""
+    rng = np.random.default_rng(1)
+    W0 = rng.normal(size=(1, 8, 3))
+    X = rng.normal(size=(64, 8))
+    Y = X @ W0[0]
+    fit = np.arange(64) // 8 % 4 != 3  # _fill's held-out batches
+    Y[fit] += X[fit] @ rng.normal(size=(8, 3))  # a different relation on the fit rows only
+    ne = _Normal(_Lin(), 1, False)
+    _fill(ne, X, Y)
+    W, info = ne.solve(W0, "auto")
+    assert info["kept"] and info["damp"] is None and W is W0
+    # and with the held-out rows following the fit rows' relation, a fit is taken
+    ne2 = _Normal(_Lin(), 1, False)
+    Y2 = X @ (W0[0] + 0.5)
+    _fill(ne2, X, Y2)
+    W2, info2 = ne2.solve(W0, "auto")
+    assert not info2.get("kept") and info2["damp"] in DAMP_GRID and not np.allclose(W2, W0)

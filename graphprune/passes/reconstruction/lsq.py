@@ -20,7 +20,8 @@ calibration samples (few or uniform samples for the layer's size) is what makes 
 repaired model fail on inputs of another style; choosing the strength on rows the fit did
 not see is the cheap guard against it, and a layer whose held-out error stays far above
 its fit error is reported (``overfit``), so the verbs can warn that the calibration set is
-too small or too uniform for the layers being fitted.
+too small or too uniform for the layers being fitted. The current weights are one of the
+candidates (an infinite ridge): a layer no fit improves on held-out rows is left alone.
 Grouped/depthwise convolutions are solved per group. Statistics are streamed: per layer
 only the normal equations (A = X̃ᵀX̃, B = X̃ᵀY, Σ||Y||²) are kept, with at most
 ``max_rows`` sampled positions per batch.
@@ -120,13 +121,18 @@ class _Normal:
             return everything.solve(W0, float(damp)), {"damp": float(damp)}
         if self.held.A is None or self.fit.A is None:  # nothing to hold out: the most cautious strength
             return everything.solve(W0, DAMP_GRID[-1]), {"damp": DAMP_GRID[-1], "held_out_rows": 0}
-        trials = []
+        # the current weights are a candidate too (an infinite ridge): when no fit does better on
+        # the held-out rows than leaving the layer alone, it is left alone
+        trials = [(self.held.error(W0), float("inf"), self.fit.error(W0))]
         for d in DAMP_GRID:
             W = self.fit.solve(W0, d)
             trials.append((self.held.error(W), d, self.fit.error(W)))
-        held_err, best, fit_err = min(trials)
+        held_err, best, fit_err = min(trials, key=lambda t: t[0])
         info = {"damp": best, "held_out_rows": self.held.rows,
                 "overfit": bool(held_err / max(self.held.rows, 1) > OVERFIT * fit_err / max(self.fit.rows, 1))}
+        if best == float("inf"):
+            info.update(damp=None, kept=True)
+            return W0, info
         return everything.solve(W0, best), info
 
 
@@ -226,12 +232,31 @@ def _solve_and_write(model: ir.Model, ne: _Normal, damp, undo) -> dict | None:
     except np.linalg.LinAlgError:
         log.info("lsq-reconstruct: %s singular, skipped", lin.name)
         return None
+    if info.get("kept"):
+        return {"layer": lin.name, "kept": True}
     e0, e1 = ne.error(W0), ne.error(W)
     if not e1 < e0:
         return None
     _write(model, lin, W, groups, bias, undo)
     rows = max(ne.rows, 1)
     return {"layer": lin.name, "rows": ne.rows, "error_before": e0 / rows, "error_after": e1 / rows, **info}
+
+
+def _report(entries: list[dict]) -> dict:
+    """The pass's result from its per-layer entries; says which layers were left alone and
+    which fit the calibration rows much better than the held-out ones."""
+    left = [e["layer"] for e in entries if e.get("kept")]
+    per_layer = [e for e in entries if not e.get("kept")]
+    if left:
+        log.info("lsq-reconstruct: %d layers left as they were (%s%s): no refit did better than their current "
+                 "weights on held-out calibration rows", len(left), ", ".join(left[:3]), ", ..." if len(left) > 3 else "")
+    overfit = [e["layer"] for e in per_layer if e.get("overfit")]
+    if overfit:
+        log.warning("lsq-reconstruct: %d of %d layers fit the calibration rows much better than held-out "
+                    "rows (%s%s): the calibration set is small or uniform for layers this size; more "
+                    "varied --calib data repairs better", len(overfit), len(per_layer),
+                    ", ".join(overfit[:3]), ", ..." if len(overfit) > 3 else "")
+    return {"layers": per_layer, "overfit_layers": len(overfit), "kept_layers": len(left)}
 
 
 @register_pass
@@ -313,16 +338,8 @@ class LsqReconstruct(Pass):
                         Y = rows[:, sel].reshape(len(X), groups, -1)
                         held = (k % 4 == 3) if by_batch else lrng.random(len(X)) < 0.25
                         ne.update(X.astype(np.float64), Y.astype(np.float64), held)
-                for *_, ne in setups:
-                    entry = _solve_and_write(model, ne, damp, undo)
-                    if entry is not None:
-                        per_layer.append(entry)
-            overfit = [e["layer"] for e in per_layer if e.get("overfit")]
-            if overfit:
-                log.warning("lsq-reconstruct: %d of %d layers fit the calibration rows much better than held-out "
-                            "rows (%s%s): the calibration set is small or uniform for layers this size; more "
-                            "varied --calib data repairs better", len(overfit), len(per_layer),
-                            ", ".join(overfit[:3]), ", ..." if len(overfit) > 3 else "")
-            return {"layers": per_layer, "overfit_layers": len(overfit)}
+                per_layer += [e for e in (_solve_and_write(model, ne, damp, undo) for *_, ne in setups)
+                              if e is not None]
+            return _report(per_layer)
 
         return guarded(self.name, model, inp, apply, guard=bool(opts.get("guard", True)), ctx=ctx)
