@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from graphprune.workflow.prune import Progress
+from graphprune.workflow.progress import Progress
 
 
 class Printer(Progress):

@@ -7,6 +7,7 @@ its outcome; nothing else.
     state.py     PipelineState: typed fields over the passes' context
     pipeline.py  which passes run: pruning, then (after the oracle) repair and sparsity
     prune.py     run_prune → PruneOutcome: the sequence itself (dry run too)
+    progress.py  Progress: what a run reports on the way (verbs print it)
     files.py     writing the model + plan pair
     compile.py   compile_model: run_prune, backend phases, choice, report
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 _NAMES = {"PruneOptions": "options", "PipelineState": "state", "PruneOutcome": "prune", "run_prune": "prune",
-          "Progress": "prune", "CompileOptions": "compile", "compile_model": "compile"}
+          "Progress": "progress", "CompileOptions": "compile", "compile_model": "compile"}
 __all__ = sorted(_NAMES)
 
 

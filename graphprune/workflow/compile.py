@@ -22,7 +22,7 @@ import numpy as np
 from graphprune.backends.targets import Target, resolve_target
 from graphprune.errors import BackendUnavailableError, OracleMismatchError, UsageError
 from graphprune.workflow.options import DEFAULTS, PruneOptions
-from graphprune.workflow.prune import Progress
+from graphprune.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
 

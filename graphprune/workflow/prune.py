@@ -21,37 +21,10 @@ from graphprune.errors import OracleMismatchError, UsageError
 from graphprune.plan import Plan
 from graphprune.workflow import files, pipeline
 from graphprune.workflow.options import PruneOptions
+from graphprune.workflow.progress import Progress
 from graphprune.workflow.state import PipelineState
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """What a run reports on the way (default: nothing); verbs print or log it."""
-
-    def oracle(self, res, shapes) -> None:
-        pass
-
-    def repair(self, report: dict) -> None:
-        pass
-
-    def rotation(self, res) -> None:  # slice-hidden: the rotated input checked against the input
-        pass
-
-    def vocabulary(self, record: dict, res) -> None:  # slice-vocab: the record, its oracle (None: not run)
-        pass
-
-    def sparsity(self, res: dict) -> None:
-        pass
-
-    def fidelity(self, fid: dict, max_drop: float) -> None:
-        pass
-
-    def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
-        pass
-
-    def note(self, text: str) -> None:  # something the user should know about the result
-        log.info("%s", text)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphprune.workflow.options import PruneOptions
+from graphprune.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         # a candidate is scored against the dense model on the input's token ids: no vocabulary slicing
         trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
                                     max_drop=None, sparsity=None, inputs=None, search_budget=1, keep_tokens=None)
-        out = run_prune(clone(model), trial, progress=_trial_progress())
+        out = run_prune(clone(model), trial, progress=_TrialProgress())
         kept = out.after.macs / max(out.before.macs, 1)
         if i == 0 and not any(k.startswith("target_") for k in opts.allocation):
             # a ratio removes different MACs under different allocations: compare at the first one's cost
@@ -324,16 +325,12 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     return with_candidate(opts if k == 0 else same_cost, cands[k]), info
 
 
-def _trial_progress():
+class _TrialProgress(Progress):
     """A candidate's run keeps its notes in the debug log: the chosen configuration's own run
     says them once, where the summary and the report show them."""
-    from graphprune.workflow.prune import Progress
 
-    class Trial(Progress):
-        def note(self, text: str) -> None:
-            log.debug("candidate run: %s", text)
-
-    return Trial()
+    def note(self, text: str) -> None:
+        log.debug("candidate run: %s", text)
 
 
 def table(info: dict) -> list[str]:

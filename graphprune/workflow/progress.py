@@ -1,0 +1,36 @@
+"""Progress: what a run reports on the way. The verbs print it, the API and the candidate
+search's trial runs log it; its own module so that the search (which run_prune calls) and
+run_prune both use it without importing each other."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """What a run reports on the way (default: nothing); verbs print or log it."""
+
+    def oracle(self, res, shapes) -> None:
+        pass
+
+    def repair(self, report: dict) -> None:
+        pass
+
+    def rotation(self, res) -> None:  # slice-hidden: the rotated input checked against the input
+        pass
+
+    def vocabulary(self, record: dict, res) -> None:  # slice-vocab: the record, its oracle (None: not run)
+        pass
+
+    def sparsity(self, res: dict) -> None:
+        pass
+
+    def fidelity(self, fid: dict, max_drop: float) -> None:
+        pass
+
+    def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
+        pass
+
+    def note(self, text: str) -> None:  # something the user should know about the result
+        log.info("%s", text)
