@@ -258,3 +258,23 @@ def test_a_large_int4_model_is_checked_through_files(tmp_path, capsys, monkeypat
     blocks_before = -(-I // BLOCK)  # 7
     bytes_before = -(-blocks_before // 2)  # two codes per byte: 4
     assert zp.dims[1] < bytes_before
+
+
+def test_repairs_on_an_int4_model_say_they_changed_nothing(tmp_path):
+    """No repair rewrites a MatMulNBits layer: the outcome, the candidate table and the repair
+    lines say so instead of naming a repair that did nothing."""
+    from graphprune.runtime.calibration import Calibration
+    from graphprune.workflow import PruneOptions, run_prune
+    from graphprune.workflow.search import table
+    from graphprune.workflow.verdicts import repair_line
+
+    src = tmp_path / "int4.onnx"
+    onnx.save(int4(float_mlp()), src)
+    x = np.random.default_rng(0).standard_normal((16, 8, H)).astype(np.float32)
+    calib = Calibration.from_batches([{"x": x[k:k + 2]} for k in range(0, 16, 2)])
+    out = run_prune(str(src), PruneOptions(allocation={"target_macs": 0.7}, calib=calib, round_to=1, search_budget=2))
+    assert out.oracle.ok and out.plan.tensors
+    assert out.repair and all(r["changed"] is False for r in out.repair)
+    assert all("changed no layer" in repair_line(r) for r in out.repair)
+    assert [r["repair_changed"] for r in out.search["candidates"]] == [False, False]
+    assert any("the repair changed no layer in any candidate" in line for line in table(out.search))

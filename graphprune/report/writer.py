@@ -135,8 +135,11 @@ def _search_lines(report: dict) -> list[str]:
     lines = ["", "## Candidates (search)", "", "| candidate | score | latency (ms) | options | |", "|---|---|---|---|---|"]
     for c in search["candidates"]:
         opts = ", ".join(f"{k}={v}" for k, v in (c.get("options") or {}).items())
+        notes = ["chosen"] if c.get("name") == search.get("chosen") else []
+        if c.get("repair_changed") is False:
+            notes.append("the repair changed no layer")
         lines.append(f"| {c.get('name')} | {_fmt(c.get('score'))} | {_fmt(c.get('latency_ms'))} | {opts} | "
-                     f"{'chosen' if c.get('name') == search.get('chosen') else ''} |")
+                     f"{'; '.join(notes)} |")
     return lines
 
 

@@ -14,8 +14,10 @@ class Progress:
     def oracle(self, res, shapes) -> None:
         pass
 
-    def repair(self, report: dict) -> None:
-        pass
+    def repair(self, report: dict) -> None:  # one repair pass's error before/after (logged, the verbs print it)
+        from graphprune.workflow.verdicts import repair_line
+
+        log.info("%s", repair_line(report))
 
     def rotation(self, res) -> None:  # slice-hidden: the rotated input checked against the input
         pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -299,7 +300,8 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         # a candidate is scored against the dense model on the input's token ids: no vocabulary slicing
         trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
                                     max_drop=None, sparsity=None, inputs=None, search_budget=1, keep_tokens=None)
-        out = run_prune(clone(model), trial, progress=_TrialProgress())
+        with _trial_logging():
+            out = run_prune(clone(model), trial, progress=_TrialProgress())
         kept = out.after.macs / max(out.before.macs, 1)
         if i == 0 and not any(k.startswith("target_") for k in opts.allocation):
             # a ratio removes different MACs under different allocations: compare at the first one's cost
@@ -307,6 +309,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
             info["same_cost"] = f"candidates after the first meet its kept MACs ({kept:.3f})"
         row = {"name": c.name, "criterion": c.criterion, "allocation": c.allocation, "repair": c.repair,
                **({"blocks": c.blocks} if c.blocks else {}),
+               **({"repair_changed": any(r.get("changed", True) for r in out.repair or [])} if c.repair else {}),
                **scorer(out.model), "kept_macs": round(kept, 4), "seconds": round(time.time() - t, 1)}
         info["candidates"].append(row)
         if i == 0 and depth:  # the depth + width mix, at the first candidate's cost
@@ -326,11 +329,49 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
 
 
 class _TrialProgress(Progress):
-    """A candidate's run keeps its notes in the debug log: the chosen configuration's own run
-    says them once, where the summary and the report show them."""
+    """A candidate's run keeps its notes and repair lines in the debug log: the chosen
+    configuration's own run says them once, where the summary and the report show them."""
 
     def note(self, text: str) -> None:
         log.debug("candidate run: %s", text)
+
+    def repair(self, report: dict) -> None:
+        from graphprune.workflow.verdicts import repair_line
+
+        log.debug("candidate run: %s", repair_line(report))
+
+
+class _DebugHandlersOnly(logging.Filter):
+    """Passes a record to its handler only when that handler shows debug records."""
+
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.threshold <= logging.DEBUG
+
+
+@contextmanager
+def _trial_logging():
+    """What the passes log during a candidate's trial run (repair errors, lsq's warnings, ...)
+    reaches only handlers that show debug records (`--log-file`, `-v`), not the terminal: the
+    chosen configuration's run logs the same things once, and the candidate table sums up
+    the trials. Filters on the handlers, not a logger level, so the debug log keeps them."""
+    attached = []
+    lg: logging.Logger | None = logging.getLogger("graphprune")
+    while lg is not None:
+        for h in lg.handlers:
+            # a handler without a level shows what its logger lets through (basicConfig: root's level)
+            f = _DebugHandlersOnly(h.level or lg.level or logging.WARNING)
+            h.addFilter(f)
+            attached.append((h, f))
+        lg = lg.parent if lg.propagate else None
+    try:
+        yield
+    finally:
+        for h, f in attached:
+            h.removeFilter(f)
 
 
 def table(info: dict) -> list[str]:
@@ -351,5 +392,9 @@ def table(info: dict) -> list[str]:
         lines.append(mark + " " + "  ".join([r["name"].ljust(34), f"{r['score']:8.4f}",
                                              *[f"{r[k]:16.4f}" for k in extra], f"{r['kept_macs']:9.3f}",
                                              f"{r['seconds']:6.0f}"]))
+    idle = [r["name"] for r in rows if r.get("repair_changed") is False]
+    if idle:
+        which = "any candidate" if len(idle) == len(rows) else ", ".join(idle)
+        lines.append(f"  (the repair changed no layer in {which}: those scores are the pruning's alone)")
     lines.append(f"chosen: {info.get('chosen')}")
     return lines

@@ -25,6 +25,9 @@ def repair_line(r: dict) -> str:
     after, or (a data-free repair run without data) what it did."""
     if r.get("error_before") is None:
         return f"repair {r['pass']}: {r.get('line') or 'done'} (not measured: no calibration data)"
+    if r.get("changed") is False:  # no layer it rewrites was next to a pruned one, or none it can rewrite
+        return (f"repair {r['pass']}: changed no layer (output error on calibration data {r['error_before']:.4g})"
+                + (f"; {r['line']}" if r.get("line") else ""))
     return (f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
             f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else "")
             + (f"; {r['line']}" if r.get("line") else ""))

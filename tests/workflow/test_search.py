@@ -178,3 +178,39 @@ def test_with_budget_left_the_search_tries_depth_and_width_at_the_same_macs(samp
     # the default budget evaluates the width candidates only
     assert not any(r.get("blocks") for r in run_prune(src, PruneOptions(
         calib=calib, round_to=1, allocation={"target_macs": 0.25})).search["candidates"])
+
+
+def test_each_repair_line_is_said_once_and_trial_runs_stay_in_the_debug_log(samples_dir, tmp_path, capsys):
+    """The chosen run's repair lines reach the terminal once (before: the pass logged its line
+    and the verb printed it again), and what the candidates' trial runs log goes only to
+    handlers that show debug records (here --log-file)."""
+    from graphprune.cli.main import main
+
+    calib = tmp_path / "c.npz"
+    np.savez(calib, input=np.random.default_rng(3).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    log_file = tmp_path / "run.log"
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--ratio", "0.4", "--round-to", "1", "--calib",
+                 str(calib), "--search-budget", "2", "--max-drop", "1", "--no-bench", "-o", str(tmp_path / "o.onnx"),
+                 "--log-file", str(log_file)]) == 0
+    cap = capsys.readouterr()
+    terminal = (cap.out + cap.err).splitlines()
+    for name in ("bias-compensate", "lsq-reconstruct"):
+        said = [line for line in terminal if line.startswith(f"repair {name}:")]
+        assert len(said) == 1, said
+        assert not [line for line in terminal if line.startswith(f"{name}:") and "output error" in line]
+    assert "search 2/2" in cap.out
+    logged = log_file.read_text()
+    assert logged.count("candidate run: repair lsq-reconstruct:") == 2  # one per candidate, debug only
+
+
+def test_a_repair_that_changed_no_layer_says_so(samples_dir):
+    """A repair that found nothing to rewrite is reported as such, not as 'error x -> x'."""
+    from graphprune.workflow.verdicts import repair_line
+
+    row = {"pass": "lsq-reconstruct", "error_before": 0.5, "error_after": 0.5, "reverted": False, "changed": False}
+    assert repair_line(row) == "repair lsq-reconstruct: changed no layer (output error on calibration data 0.5)"
+    assert "-> 0.25" in repair_line({**row, "error_after": 0.25, "changed": True})
+    info = {"candidates": [{"name": "a + bias,lsq", "score": 0.9, "kept_macs": 0.7, "seconds": 1, "repair_changed": False},
+                           {"name": "b + bias,lsq", "score": 0.8, "kept_macs": 0.7, "seconds": 1, "repair_changed": True}],
+            "chosen": "a + bias,lsq", "score": "output cosine", "split": "every 4th batch held back"}
+    assert "  (the repair changed no layer in a + bias,lsq: those scores are the pruning's alone)" in search.table(info)

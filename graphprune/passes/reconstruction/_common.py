@@ -226,10 +226,10 @@ def guarded(pass_name: str, model: ir.Model, inp: RepairInputs, apply, *, guard:
         reverted = True
         log.warning("%s: undone (output error %.4g -> %.4g%s)", pass_name, before, after,
                     f", shapes changed: {bad_shapes[:3]}" if bad_shapes else "")
-    else:
-        log.info("%s: output error on calibration data %.4g -> %.4g", pass_name, before, after)
+    else:  # the run's Progress says it (the verbs print it once)
+        log.debug("%s: output error on calibration data %.4g -> %.4g", pass_name, before, after)
     entry = {"pass": pass_name, "error_before": round(before, 6), "error_after": round(after, 6),
-             "reverted": reverted, **report}
+             "reverted": reverted, "changed": changed, **report}
     if ctx is not None:
         ctx.results.setdefault("repair", []).append(entry)
     return changed and not reverted
