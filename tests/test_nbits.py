@@ -278,3 +278,14 @@ def test_repairs_on_an_int4_model_say_they_changed_nothing(tmp_path):
     assert all("changed no layer" in repair_line(r) for r in out.repair)
     assert [r["repair_changed"] for r in out.search["candidates"]] == [False, False]
     assert any("the repair changed no layer in any candidate" in line for line in table(out.search))
+
+
+def test_compile_quantize_refuses_an_int4_model_before_any_work(tmp_path, capsys):
+    from graphprune.cli.main import main
+
+    src = tmp_path / "int4.onnx"
+    onnx.save(int4(float_mlp()), src)
+    np.savez(tmp_path / "c.npz", x=RNG.standard_normal((8, 8, H)).astype(np.float32))
+    out = tmp_path / "q"
+    assert main(["compile", str(src), "--calib", str(tmp_path / "c.npz"), "--quantize", "int8", "-o", str(out)]) == 2
+    assert "quantized already (it contains MatMulNBits)" in capsys.readouterr().err and not out.exists()

@@ -356,7 +356,8 @@ def _run_ref(sess, feeds) -> list:
         return sess.run(None, feeds)
     except Exception as exc:
         raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
-                            hint="check the inputs (--inputs, --input-shape) or the model itself") from None
+                            hint="check the inputs (--inputs, --input-shape; --calib and --calib-batch for "
+                                 "calibration data) or the model itself") from None
 
 
 def _pruned_session(model, reference: bool = False):
@@ -853,7 +854,8 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
     names = [o.name for o in s_dense.get_outputs()]
     cos, same = [], []
     for feeds in batches:
-        a_all, b_all = s_dense.run(None, feeds), s_pruned.run(None, feeds)
+        a_all = _run_ref(s_dense, feeds)  # calibration batches that do not fit the input: said in words
+        b_all = s_pruned.run(None, feeds)
         if decisions:
             n = len(a_all[decisions[0]])
             ok = np.ones(n, dtype=bool)

@@ -126,7 +126,7 @@ def already_quantized(path: Path) -> list[str]:
     from graphprune.ir.quant import QUANTIZED_INPUTS
 
     ops = {op for _, op, _ in QUANTIZED_INPUTS} | {"QuantizeLinear", "ConvInteger", "MatMulInteger",
-                                                   "DynamicQuantizeLinear"}
+                                                   "DynamicQuantizeLinear", "MatMulNBits"}
     try:
         nodes = onnx.load(str(path), load_external_data=False).graph.node
     except Exception:  # noqa: BLE001 - not readable here: the frontend says why, with its own message

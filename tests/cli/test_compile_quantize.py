@@ -81,6 +81,24 @@ def test_quantize_refused_with_tvm(samples_dir, calib, tmp_path, capsys):
     assert "TVM backend compiles float models only" in capsys.readouterr().err and not out.exists()
 
 
+def test_quantize_refuses_a_model_with_no_layer_to_quantize(tmp_path, capsys):
+    """No float Conv/Gemm/MatMul with a constant weight: refused in words, nothing written
+    (ORT's percentile calibration failed with 'Histogram has not been collected')."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    out = tmp_path / "q"
+    assert main(["compile", str(src), "--calib", str(tmp_path / "c.npz"), "--calib-batch", "4", "--quantize", "int8",
+                 "-o", str(out)]) == 2
+    assert "no float Conv, ConvTranspose, Gemm or MatMul with a constant weight" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_max_drop_gates_the_int8_deployment(samples_dir, calib, tmp_path, capsys):
     """Not pruned, the float model passes any gate (drop 0); its int8 deployment cannot pass
     a gate of 1e-9, and then nothing is written (exit 3, as the float gate)."""

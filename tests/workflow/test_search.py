@@ -214,3 +214,33 @@ def test_a_repair_that_changed_no_layer_says_so(samples_dir):
                            {"name": "b + bias,lsq", "score": 0.8, "kept_macs": 0.7, "seconds": 1, "repair_changed": True}],
             "chosen": "a + bias,lsq", "score": "output cosine", "split": "every 4th batch held back"}
     assert "  (the repair changed no layer in a + bias,lsq: those scores are the pruning's alone)" in search.table(info)
+
+
+def test_nothing_prunable_with_calibration_data_is_no_error(tmp_path):
+    """A model with nothing to prune (no MACs): the search stops after its first candidate;
+    before, comparing candidates at the first one's kept MACs (0 of 0) asked for target_macs 0."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    out = run_prune(str(src), PruneOptions(ratio=0.3, calib=Calibration.from_batches([{"x": x[k:k + 4]}
+                                                                                       for k in range(0, 16, 4)])))
+    assert not out.plan.groups and out.search["note"] == "the first candidate removes nothing: nothing to compare"
+
+
+def test_calibration_that_does_not_fit_the_input_is_said_in_words(samples_dir):
+    """Calibration batches the input model cannot run (a wrong fixed batch size) end with the
+    frontend's error naming --calib, not ONNX Runtime's exception as an internal error."""
+    from graphprune.errors import FrontendError
+
+    wrong = Calibration.from_batches(_batches(4, 2))  # the sample's batch is fixed at 1
+    with pytest.raises(FrontendError, match="fails to run the input model") as exc:
+        run_prune(str(samples_dir / "tiny_resnet.onnx"), PruneOptions(ratio=0.3, calib=wrong, criterion="l2",
+                                                                        repair="none", max_drop=0.5,
+                                                                        allocation={"allocation": "uniform"}))
+    assert "--calib" in exc.value.hint

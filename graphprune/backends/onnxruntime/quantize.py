@@ -157,15 +157,30 @@ def _per_axis_ready(src: Path, tmp: Path, notes: list) -> tuple[Path, bool]:
     return out, True
 
 
-def float_layers(path: Path) -> list[str]:
-    """The first and last weighted layer (OP_TYPES with a constant weight), kept float."""
+def weighted_layers(path: Path) -> list[str]:
+    """The float layers ORT's static quantization can make int8: OP_TYPES with a constant weight."""
     import onnx
 
-    g = onnx.load(str(path)).graph
+    g = onnx.load(str(path), load_external_data=False).graph
     consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     weighted = [n.name for n in g.node
                 if n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in consts and n.name]
+    return weighted
+
+
+def float_layers(weighted: list[str]) -> list[str]:
+    """The first and last weighted layer, kept float."""
     return [weighted[0], weighted[-1]] if len(weighted) >= KEEP_FLOAT_ENDS else []
+
+
+def _require_layers(weighted: list[str], keep_float: list[str]) -> None:
+    """A model with no float layer left to quantize is refused in words (ORT's histogram
+    calibration otherwise fails with 'Histogram has not been collected')."""
+    from graphprune.errors import UsageError
+
+    if not [n for n in weighted if n not in keep_float]:
+        raise UsageError("--quantize int8: the model has no float Conv, ConvTranspose, Gemm or MatMul with a "
+                         "constant weight to quantize", hint="nothing was written; compile it without --quantize")
 
 
 def _preprocess(src: Path, tmp: Path, notes: list) -> Path:
@@ -225,7 +240,9 @@ def quantize_int8(model_path: str | Path, batches, out_path: str | Path, *, scor
     with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
         ready, per_channel = _per_axis_ready(src, Path(tmp), notes)
         pre = _preprocess(ready, Path(tmp), notes)
-        keep_float = float_layers(pre)
+        weighted = weighted_layers(pre)
+        keep_float = float_layers(weighted)
+        _require_layers(weighted, keep_float)
         for k, method in enumerate(methods):
             if log_fn and len(methods) > 1:
                 log_fn(f"  int8 with {method} ranges ({k + 1}/{len(methods)}) ...")
