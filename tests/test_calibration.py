@@ -124,3 +124,27 @@ def test_progress_logs_when_not_a_tty():
         logger.removeHandler(h)
         logger.setLevel(level)
     assert any("demo: 3 batches" in m for m in records)
+
+
+def test_whole_feeds_of_a_fixed_batch_are_batches_as_they_are(tmp_path):
+    """An .npz of whole feeds ([N, 4, 8] for an input fixed at [4, 8]) gives N batches of 4
+    rows; before, four feeds were stacked into one batch of 16 the model cannot run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from graphprune.frontends.onnx import load_onnx
+    from graphprune.runtime.calibration import from_npz
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    feeds = np.random.default_rng(0).standard_normal((6, 4, 8)).astype(np.float32)
+    np.savez(tmp_path / "whole.npz", x=feeds)
+    cal = from_npz(tmp_path / "whole.npz", load_onnx(str(src)))
+    batches = list(cal.batches())
+    assert [b["x"].shape for b in batches] == [(4, 8)] * 6 and cal.num_batches == 6
+    assert np.array_equal(batches[5]["x"], feeds[5])
+    np.savez(tmp_path / "rows.npz", x=feeds.reshape(24, 8))  # one row per sample: stacked 4 at a time
+    assert [b["x"].shape for b in from_npz(tmp_path / "rows.npz", load_onnx(str(src))).batches()] == [(4, 8)] * 6

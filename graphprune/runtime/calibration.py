@@ -152,19 +152,27 @@ def _fixed_batch(shape) -> int | None:
     return None
 
 
+def _rows(feeds: Feeds) -> int:
+    first = next(iter(feeds.values()))
+    return int(np.shape(first)[0]) if np.ndim(first) else 1
+
+
 def _batched_samples(samples: Callable[[], Iterable[Feeds]], batch_size: int, model: ir.Model) -> Callable:
-    """Stack per-sample feeds (each with a leading axis of 1) into batches of `batch_size`
-    (or of the model's fixed batch size)."""
+    """Stack feeds (per-sample ones with a leading axis of 1, or whole feeds) into batches of
+    `batch_size` rows, or of the model's fixed batch size: a whole feed that already has
+    that many rows is a batch as it is (stacking four feeds of a fixed batch 4 made 16)."""
     fixed = {name: _fixed_batch(shape) for name, shape in _input_info(model)}
     bs = next((b for b in fixed.values() if b), None) or max(1, int(batch_size))
 
     def make():
         buf: list[Feeds] = []
+        rows = 0
         for s in samples():
             buf.append(s)
-            if len(buf) == bs:
+            rows += _rows(s)
+            if rows >= bs:
                 yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-                buf = []
+                buf, rows = [], 0
         if buf and not any(fixed.values()):
             yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
 
@@ -203,7 +211,8 @@ def from_npz(path: str | Path, model: ir.Model, batch_size: int = 8, limit: int 
             yield {n: per_sample[n][i] for n in names}
 
     make, bs = _batched_samples(samples, batch_size, model)
-    return Calibration(make, f"{path.name} ({count} samples)", -(-count // bs))
+    rows = count * (_rows({n: per_sample[n][0] for n in names}) if count else 1)
+    return Calibration(make, f"{path.name} ({count} samples)", -(-rows // bs))
 
 
 def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess, batch_size: int = 8,
