@@ -303,9 +303,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         with _trial_logging():
             out = run_prune(clone(model), trial, progress=_TrialProgress())
         kept = out.after.macs / max(out.before.macs, 1)
-        if i == 0 and not out.plan.groups:  # every candidate would remove nothing as well
-            info.update(chosen=c.name, note="the first candidate removes nothing: nothing to compare")
-            return with_candidate(opts, c), info
+        # (a model without MACs has no kept fraction to compare at: the candidates keep the ratio)
         if i == 0 and out.before.macs > 0 and not any(k.startswith("target_") for k in opts.allocation):
             # a ratio removes different MACs under different allocations: compare at the first one's cost
             same_cost = dataclasses.replace(opts, allocation={**opts.allocation, "target_macs": round(kept, 4)})
