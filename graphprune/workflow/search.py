@@ -343,14 +343,14 @@ class _TrialProgress(Progress):
 
 
 class _DebugHandlersOnly(logging.Filter):
-    """Passes a record to its handler only when that handler shows debug records."""
+    """Passes a record to its handler only when that handler shows debug records (errors always)."""
 
     def __init__(self, threshold: int):
         super().__init__()
         self.threshold = threshold
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.threshold <= logging.DEBUG
+        return self.threshold <= logging.DEBUG or record.levelno >= logging.ERROR
 
 
 @contextmanager
