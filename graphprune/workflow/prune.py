@@ -79,6 +79,7 @@ class _Run:
         self.temps: list[Path] = []
         self.staged: Path | None = None
         self.big = False
+        self.reference: ir.Model | None = None  # an in-memory input as it came: the oracle's reference
 
     def go(self, dry_run: bool) -> PruneOutcome:
         from graphprune.passes.reconstruction.repair import keep_dense
@@ -117,6 +118,10 @@ class _Run:
             if self.opts.check:  # fail early, and as the model's fault, if ORT cannot run the input
                 ort.input_session(str(self.src))
             before_bytes = files.model_size(self.src)
+        elif self.opts.check:  # an in-memory model is pruned in place: keep the input to check against
+            from graphprune.ir.serialize import clone
+
+            self.reference = clone(self.model)
         nbytes = model_nbytes(self.model)
         self.big = self.src is not None and nbytes > BIG_MODEL_BYTES
         return PruneOutcome(model=self.model, plan=Plan(tensors=[], groups=[]), state=self.state, source=self.src,
@@ -240,7 +245,7 @@ class _Run:
         from graphprune.runtime import oracle
 
         plan = outcome.plan
-        if not self.opts.check or self.src is None or not (plan.removes or self.opts.check_unchanged):
+        if not self.opts.check or not (plan.removes or self.opts.check_unchanged):
             return
         original = self._reference(outcome)
         if self.staged is not None:
@@ -261,14 +266,15 @@ class _Run:
 
         hidden = self.state.hidden
         if hidden is None:
-            return str(self.src)
+            return str(self.src) if self.src is not None else self.reference
         reference = hidden["reference"]
         if self.staged is not None:  # a large model: the oracle works from files
             path = files.staging_path(self.out, "rotated")
             self.temps.append(path)
             save_onnx(reference, path, external_data=True)
             reference = str(path)
-        res = oracle.check(load_onnx(self.src, fold=False), hidden["reference"], Plan(tensors=[], groups=[]),
+        original = load_onnx(self.src, fold=False) if self.src is not None else self.reference
+        res = oracle.check(original, hidden["reference"], Plan(tensors=[], groups=[]),
                            inputs=self.opts.inputs, shapes=outcome.shapes)
         outcome.rotation_oracle = res
         self.progress.rotation(res)

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import pytest
 
 import graphprune as gp
@@ -188,3 +189,32 @@ def test_a_large_model_written_by_run_prune_stays_readable(samples_dir, tmp_path
     arrays = [const_array(v) for v in res.model.graph.initializers.values()]
     assert arrays and all(a is not None for a in arrays)
     assert res.after.params < res.before.params
+
+
+def test_an_in_memory_model_is_checked_against_itself_before_pruning(samples_dir, monkeypatch):
+    """run_prune on an ir.Model with check=True runs the oracle (it was skipped in silence
+    for anything but a path): against a copy of the input taken before the pruning, so a
+    wrong weight written by the pruning is caught."""
+    import numpy as np
+
+    from graphprune.errors import OracleMismatchError
+    from graphprune.ir.constants import const_array
+    from graphprune.workflow import PruneOptions, run_prune
+    from graphprune.workflow import prune as prune_module
+
+    src = samples_dir / "tiny_resnet.onnx"
+    opts = PruneOptions(ratio=0.3, round_to=1, criterion="l2")
+    res = run_prune(gp.load(src), opts)
+    assert res.oracle is not None and res.oracle.ok and res.plan.removes
+
+    apply = prune_module._Run.apply
+
+    def wrong_apply(self, outcome, pm):  # the pruning, then one weight made wrong
+        apply(self, outcome, pm)
+        conv = next(n for n in self.model.graph if n.op_type == "Conv")
+        w = conv.inputs[1]
+        w.const_value = ir.tensor(const_array(w) + np.float32(1.0), name=w.name)
+
+    monkeypatch.setattr(prune_module._Run, "apply", wrong_apply)
+    with pytest.raises(OracleMismatchError):
+        run_prune(gp.load(src), opts)
