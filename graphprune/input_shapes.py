@@ -127,12 +127,36 @@ def candidates(specs: Iterable[InputSpec]) -> int:
     return len(IMAGE_SIZES) if any(_image_layout(s) for s in specs) else 1
 
 
+def check_user(specs: Iterable[InputSpec], user: Mapping) -> None:
+    """The user's shapes (--input-shape) fit the model, or a UsageError says which does not:
+    every verb refuses the same shapes (inspect counted MACs at a shape the model cannot
+    take, and said it had)."""
+    from graphprune.errors import UsageError
+
+    by_name = {s.name: s for s in specs}
+    for name, dims in user.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise UsageError(f"--input-shape: the model has no input {name!r}", hint=f"inputs: {', '.join(by_name)}")
+        dims = [int(d) for d in dims]
+        if any(d < 0 for d in dims):
+            raise UsageError(f"--input-shape {name}: {dims} has a negative size")
+        old = spec.shape
+        if old and len(old) != len(dims):
+            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
+        if old and any(_static(o) and o != d for o, d in zip(old, dims, strict=True)):
+            raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {list(old)}")
+
+
 def resolve(specs: Iterable[InputSpec], *, user: Mapping | None = None, calib: Mapping | None = None,
             dims: Mapping | None = None, dim_value: int | None = None, attempt: int = 0) -> InputShapes:
     """Concrete shapes for `specs`. `user`: {input name: shape} (from --input-shape);
     `calib`: {input name: array or shape} (one calibration batch); `dims`: {symbolic dim
     name: size}; `dim_value`: one size for every symbolic dim (tests); `attempt`: which
     image default to use (0 = 224×224, see `candidates`)."""
+    specs = list(specs)
+    if user:
+        check_user(specs, user)
     res = InputShapes()
     for spec in specs:
         name = spec.name

@@ -102,19 +102,9 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
 
 
 def _check_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
-    from graphprune.errors import UsageError
+    from graphprune.input_shapes import check_user, specs_of_model
 
-    inputs = {v.name: v for v in model.graph.inputs}
-    for name, dims in shapes.items():
-        v = inputs.get(name)
-        if v is None:
-            raise UsageError(f"--input-shape: the model has no input {name!r}",
-                             hint=f"inputs: {', '.join(inputs)}")
-        old = dims_of(v)
-        if old is not None and len(old) != len(dims):
-            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
-        if old is not None and any(isinstance(o, int) and o != d for o, d in zip(old, dims, strict=True)):
-            raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {old}")
+    check_user(specs_of_model(model), shapes)
 
 
 # Dynamically quantized models (scales computed at run time, integer accumulators out):

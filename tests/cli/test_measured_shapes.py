@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from onnx import helper
 
 from graphprune.analysis.cost import layer_macs, model_cost
@@ -87,6 +88,30 @@ def test_inspect_counts_macs_per_layer_at_the_input_shape(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured at x: 1×3×16×24 (from --calib)" in out and "MACs 304K" in out
     assert "MACs per layer at x:1x3x16x24" in out
+
+
+@pytest.mark.parametrize("verb", ["inspect", "prune"])
+@pytest.mark.parametrize("shape,says", [
+    ("x:1,3,64,64", "contradicts the model's static shape [1, 3, 16, 16]"),
+    ("x:1,3,-1,16", "has a negative size"),
+    ("x:1,3,16", "rank 3 given, the input has rank 4"),
+    ("y:1,3,16,16", "the model has no input 'y'"),
+])
+def test_every_verb_refuses_an_input_shape_the_model_cannot_take(tmp_path, capsys, verb, shape, says):
+    """inspect counted a static 16x16 model's MACs at 16x16 and printed 'measured at
+    1x3x64x64' (and took -1 and 0 sizes); it now refuses what prune refuses, in the same words."""
+    model = _two_convs(tmp_path / "m.onnx", dims=(1, 3, 16, 16))
+    extra = ["-o", str(tmp_path / "p.onnx")] if verb == "prune" else []
+    assert main([verb, str(model), "--input-shape", shape, *extra]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_a_dynamic_input_takes_any_size_of_its_symbolic_dims(tmp_path, capsys):
+    model = _two_convs(tmp_path / "m.onnx")
+    for h, w_ in ((16, 24), (40, 8)):
+        assert main(["inspect", str(model), "--input-shape", f"x:1,3,{h},{w_}", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["macs"] == PER_PIXEL * h * w_
 
 
 def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, capsys):
