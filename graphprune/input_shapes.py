@@ -285,5 +285,3 @@ def other_sizes(specs: Iterable[InputSpec], shapes: InputShapes, choice: Mapping
             shapes.sources.get(spec.name, "")
     return out if changed else None
 
-
-from graphprune.frontends.onnx import analyse_at  # noqa: E402,F401  (importable from here too)

@@ -338,6 +338,42 @@ def verify_pair(model, plan, *, model_name: str = "the pruned model", plan_name:
     return ""
 
 
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The plan digest a model file records (PLAN_KEY), read without its weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
+
+
+def plan_beside(pruned: str | os.PathLike) -> Path:
+    """The plan written together with a pruned model file: `<name>.plan.json` beside it
+    (prune), `plan.json` in its folder or, for a deployment inside a compile folder, in the
+    folder above. Only a plan whose digest the model records is taken; otherwise a
+    UsageError asks for --plan."""
+    pruned = Path(pruned)
+    stem = pruned.name[:-5] if pruned.name.endswith(".onnx") else pruned.name
+    looked = [pruned.parent / f"{stem}.plan.json", pruned.parent / "plan.json"]
+    if (pruned.parent.parent / MARKER).exists():
+        looked.append(pruned.parent.parent / "plan.json")
+    if not pruned.is_file():
+        from graphprune.errors import FrontendError
+
+        raise FrontendError(f"{pruned}: no such file")
+    recorded = recorded_digest(pruned)
+    if recorded is None:
+        raise UsageError(f"{pruned} records no plan digest (not written by graphprune prune/compile): give --plan",
+                         hint="check needs the plan.json the pruned model was made with")
+    for cand in looked:
+        try:  # the digest is of the plan's JSON, so the file is compared as written
+            if cand.is_file() and plan_digest(json.loads(cand.read_text())) == recorded:
+                return cand
+        except (OSError, ValueError):  # unreadable or not JSON: not the plan
+            continue
+    raise UsageError(f"no plan of {pruned} beside it (looked for {', '.join(str(c) for c in looked)}): give --plan",
+                     hint="check needs the plan.json written together with the pruned model")
+
+
 def refuse_replay_on_own_product(model, plan, *, model_name: str, plan_name: str) -> None:
     """`--plan P` on the model P produced would prune it twice."""
     if model.metadata_props.get(PLAN_KEY) == plan_digest(plan):

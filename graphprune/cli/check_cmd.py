@@ -1,4 +1,4 @@
-"""graphprune check model.onnx small.onnx --plan small.plan.json"""
+"""graphprune check model.onnx small.onnx [--plan small.plan.json]"""
 from __future__ import annotations
 
 
@@ -7,7 +7,8 @@ def add_arguments(p):
 
     p.add_argument("original", help="the input model the plan was made for")
     p.add_argument("pruned", help="the pruned model")
-    p.add_argument("--plan", required=True, help="plan.json written by prune")
+    p.add_argument("--plan", help="plan.json written by prune (default: the one written together with the "
+                   "pruned model, found beside it: <name>.plan.json, or plan.json of its compile folder)")
     p.add_argument("--inputs", help=".npz of named inputs to use in addition to random ones")
     p.add_argument("--random", type=int, default=3, help="number of random input sets (default 3; 0 only "
                    "with --inputs), made one at a time at the representative input shapes")
@@ -31,6 +32,11 @@ def run(args) -> int:
     from graphprune.cli.report import check_report_option, write_check_report
 
     check_report_option(args)  # before any work
+    if args.plan is None:
+        from graphprune.outputs import plan_beside
+
+        args.plan = str(plan_beside(args.pruned))
+        print(f"plan: {args.plan} (written together with {args.pruned})")
     res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
                    n_random=args.random, rtol=args.rtol, seed=args.seed, shapes=shapes)
     write_check_report(args, res)

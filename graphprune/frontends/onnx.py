@@ -53,7 +53,7 @@ def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
     """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis.
 
     `input_shapes` (e.g. {"x": [1, 3, 48, 320]}) is the shape the model is analysed at: the
-    intermediate values get their dims at it (`input_shapes.analyse_at`), while the inputs,
+    intermediate values get their dims at it (`analyse_at`), while the inputs,
     outputs and shape math stay dynamic, so a model written from it runs at other sizes."""
     import onnx
 

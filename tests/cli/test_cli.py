@@ -86,6 +86,32 @@ def test_check_detects_a_wrong_pairing(samples_dir, tmp_path, capsys):
     assert run("check", src, tmp_path / "b_old.onnx", "--plan", tmp_path / "a.plan.json") == 3
 
 
+def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_path, capsys):
+    """Without --plan, check takes the plan written together with the pruned model (prune's
+    <name>.plan.json, a compile folder's plan.json) and only one whose digest the model
+    records; otherwise it asks for --plan (exit 2), nothing compared."""
+    src = samples_dir / "tiny_resnet.onnx"
+    assert run("prune", src, "--ratio", "0.3", "-o", tmp_path / "a.onnx", "--no-bench") == 0
+    capsys.readouterr()
+    assert run("check", src, tmp_path / "a.onnx") == 0
+    out = capsys.readouterr().out
+    assert f"plan: {tmp_path / 'a.plan.json'}" in out and "oracle PASS" in out
+    folder = tmp_path / "c"
+    assert run("compile", src, "--target", "x86", "-o", folder) == 0
+    capsys.readouterr()
+    assert run("check", src, folder / "onnxruntime" / "model.onnx") == 0
+    assert f"plan: {folder / 'plan.json'}" in capsys.readouterr().out
+    # a plan beside the model that is not its own is not taken
+    assert run("prune", src, "--ratio", "0.5", "-o", tmp_path / "b.onnx", "--no-bench") == 0
+    shutil.copy(tmp_path / "a.plan.json", tmp_path / "b.plan.json")
+    capsys.readouterr()
+    assert run("check", src, tmp_path / "b.onnx") == 2
+    assert "no plan of" in capsys.readouterr().err
+    # a model that records no plan (another tool) needs --plan
+    assert run("check", src, src) == 2
+    assert "records no plan digest" in capsys.readouterr().err
+
+
 def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tmp_path, capsys):
     """A repaired or sparsified model is not the masked original by design: check still
     exits 3 (it proves nothing about such a model), but says why instead of "differs"."""
