@@ -50,6 +50,7 @@ def analyze(model: ir.Model | str | os.PathLike, *, ignore: list[str] | None = N
     from graphprune.analysis.dependency.graph import offer
 
     dg = DependencyGraph(_model(model, "analyze"), ignore=ignore)
+    dg.require_matches(ignore)
     offer(dg)  # a prune of the unchanged model reuses it instead of analysing again
     return dg
 
@@ -103,9 +104,21 @@ def compile(model_path: str | os.PathLike, *, target: str = "x86", out: str | os
     return compile_model(model_path, CompileOptions(target=target, out=None if out is None else str(out), **options))
 
 
-def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike, plan: Plan | str,
-          **kwargs) -> OracleResult:
+def _plan_of(pruned) -> os.PathLike:
+    """The plan written together with a pruned model file (check without a plan)."""
+    if isinstance(pruned, ir.Model):
+        raise UsageError("check of an in-memory pruned model needs its plan",
+                         hint="pass the Plan that prune returned (PruneResult.plan)")
+    from graphprune.outputs import plan_beside
+
+    return plan_beside(pruned)
+
+
+def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike,
+          plan: Plan | str | os.PathLike | None = None, **kwargs) -> OracleResult:
     """The oracle: pruned == original with the plan's slices zeroed (see oracle.check).
+    Without `plan`, a pruned model file is checked against the plan written together with
+    it (`outputs.plan_beside`).
     A pruned model that records its plan's digest (graphprune writes it) checked against a
     plan with another digest is never a PASS: the oracle still runs (its figures tell how far
     apart they are) and the result is a FAIL whose `unpaired` says "plan X does not belong
@@ -114,6 +127,7 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     from graphprune.outputs import verify_pair
     from graphprune.runtime import oracle
 
+    plan = _plan_of(pruned) if plan is None else plan
     pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
     plan_name = "the plan" if isinstance(plan, Plan) else str(plan)
     if not isinstance(pruned, ir.Model):

@@ -121,6 +121,22 @@ def test_ignore_list_protects_groups(samples_dir):
     assert all(g["name"] not in {i.name for i in ignored} for g in res.plan.groups)
 
 
+def test_an_ignore_pattern_that_matches_nothing_is_refused(samples_dir, tmp_path, capsys):
+    """A typo in --ignore pruned the layer it was meant to keep, in silence."""
+    from graphprune.cli.main import main
+    from graphprune.errors import UsageError
+
+    src = samples_dir / "tiny_resnet.onnx"
+    with pytest.raises(UsageError, match="'Gmm.*' matches no tensor or node"):
+        gp.analyze(gp.load(src), ignore=["Gemm.*", "Gmm.*"])
+    with pytest.raises(UsageError, match="matches no tensor or node"):
+        gp.prune(gp.load(src), 0.5, ignore=["Gmm.*"])
+    assert main(["prune", str(src), "--ignore", "Gmm", "-o", str(tmp_path / "p.onnx")]) == 2
+    assert "matches no tensor or node" in capsys.readouterr().err and not (tmp_path / "p.onnx").exists()
+    # a pattern that finds only a frozen group (the graph input's) keeps nothing new, but is no typo
+    assert gp.analyze(gp.load(src), ignore=["^input$"]).groups
+
+
 def test_never_prunes_a_group_to_zero(samples_dir):
     model = gp.load(samples_dir / "tiny_resnet.onnx")
     res = gp.prune(model, 0.99)

@@ -96,6 +96,9 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     assert run("check", src, tmp_path / "a.onnx") == 0
     out = capsys.readouterr().out
     assert f"plan: {tmp_path / 'a.plan.json'}" in out and "oracle PASS" in out
+    import graphprune as gp
+
+    assert gp.check(src, tmp_path / "a.onnx").ok  # the API finds it the same way
     folder = tmp_path / "c"
     assert run("compile", src, "--target", "x86", "-o", folder) == 0
     capsys.readouterr()

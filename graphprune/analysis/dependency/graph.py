@@ -401,6 +401,19 @@ class DependencyGraph:
         self._build_groups(b, ignore_patterns)
         self.slot_group: dict[Slot, Group] = {s: g for g in self.groups for s in g.slots}
 
+    def require_matches(self, patterns, what: str = "ignore") -> None:
+        """A user's pattern (--ignore, ...) that finds no group, prunable or frozen, is refused:
+        a typo in it would prune the layer the user meant to keep, in silence."""
+        from graphprune.errors import UsageError
+
+        slot_lists = [g.slots for g in self.groups] + [f.slots for f in self.frozen_groups]
+        for p in compile_patterns(patterns, what):
+            if not any(slots_match(self.values, slots, [p]) for slots in slot_lists):
+                raise UsageError(f"{what} pattern {p.pattern!r} matches no tensor or node of the model's "
+                                 "channel groups: it would keep nothing",
+                                 hint="patterns are regular expressions searched in tensor and node names; "
+                                      "`graphprune inspect` lists the groups")
+
     def check_current(self, model: ir.Model | None = None) -> None:
         """Raise StaleAnalysisError unless the analysed model (and `model`, when given,
         is that model) has not changed since the analysis: groups, slots and rewrites of

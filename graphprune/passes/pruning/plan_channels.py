@@ -132,6 +132,7 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
     from graphprune.allocation.driver import select
 
     r = ctx.results
+    user_ignore = ignore_patterns(opts)
     hidden = r.get("hidden")
     if hidden is not None and hidden.get("protect"):
         # slice-hidden's projections beside a kept-whole shared token table (a tied head): the
@@ -140,6 +141,7 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
 
         opts = {**opts, "ignore": (ignore_patterns(opts) or []) + [f"^{re.escape(n)}$" for n in hidden["protect"]]}
     dg = dependency_graph(model, ctx, ignore=ignore_patterns(opts))
+    dg.require_matches(user_ignore)
     given = r.get("plan_in") is not None or ("selection" in r and "planned_options" not in r)
     if not given:  # decide (again, when an earlier plan was not applied)
         scores, selection, info = select(model, dg, _input_relative(model, opts, r), r.get("calibration"),
