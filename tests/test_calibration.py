@@ -61,7 +61,7 @@ def test_image_folder_with_declared_preprocessing(tmp_path):
 
 
 def test_callable_source(tmp_path):
-    mod = tmp_path / "feeds.py"
+    mod = tmp_path / "feeds.py"  # its third batch is broken: found when it is read
     mod.write_text("import numpy as np\n"
                    "def data():\n"
                    "    for k in range(3):\n"
@@ -148,3 +148,46 @@ def test_whole_feeds_of_a_fixed_batch_are_batches_as_they_are(tmp_path):
     assert np.array_equal(batches[5]["x"], feeds[5])
     np.savez(tmp_path / "rows.npz", x=feeds.reshape(24, 8))  # one row per sample: stacked 4 at a time
     assert [b["x"].shape for b in from_npz(tmp_path / "rows.npz", load_onnx(str(src))).batches()] == [(4, 8)] * 6
+
+
+@pytest.mark.parametrize("array,says", [
+    (np.zeros((2, 3, 4, 4), np.int64), "input 'x' is int64, the model takes float32"),
+    (np.full((2, 3, 4, 4), np.nan, np.float32), "holds NaN or infinite values"),
+    (np.full((2, 3, 4, 4), np.inf, np.float32), "holds NaN or infinite values"),
+    (np.zeros((2, 3, 8, 8), np.float32), "has shape [2, 3, 8, 8]; the model takes [?, 3, 4, 4]"),
+    (np.zeros((2, 3, 4), np.float32), "has shape [2, 3, 4]"),
+])
+def test_a_batch_the_model_cannot_take_is_refused_before_any_work(tmp_path, array, says):
+    """Such data ended in ONNX Runtime's 'Got invalid dimensions' as an internal error after
+    the search had started, or (NaN) pruned by NaN scores and reported a repair."""
+    np.savez(tmp_path / "c.npz", x=array)
+    with pytest.raises(UsageError) as e:
+        load_calibration(str(tmp_path / "c.npz"), conv_model())
+    assert says in str(e.value)
+
+
+def test_batches_are_checked_and_cast_to_the_model_s_float_type(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 3, 4, 4))  # float64, numpy's default
+    np.savez(tmp_path / "c.npz", x=x)
+    cal = load_calibration(str(tmp_path / "c.npz"), conv_model())
+    got = cal.first()["x"]
+    assert got.dtype == np.float32 and np.array_equal(got, x.astype(np.float32))
+
+    mod = tmp_path / "feeds.py"  # its third batch is broken: found when it is read
+    mod.write_text("import numpy as np\n"
+                   "def gen():\n"
+                   "    for k in range(3):\n"
+                   "        yield {'x': np.full((1, 3, 4, 4), np.nan if k == 2 else 1.0, np.float32)}\n"
+                   "def other():\n"
+                   "    yield {'y': np.ones((1, 3, 4, 4), np.float32)}\n")
+    cal = load_calibration(f"{mod}:gen", conv_model())
+    with pytest.raises(UsageError, match="NaN"):
+        list(cal.batches())
+    with pytest.raises(UsageError, match="array 'y' is not an input of the model"):
+        load_calibration(f"{mod}:other", conv_model())
+    # a Calibration object is checked, not rewritten: another dtype is refused with a hint
+    obj = Calibration.from_batches([{"x": x[:1]}], "my batches")
+    with pytest.raises(UsageError, match="my batches: batch dtypes differ"):
+        load_calibration(obj, conv_model())
+    ok = Calibration.from_batches([{"x": x[:1].astype(np.float32)}])
+    assert load_calibration(ok, conv_model()) is ok

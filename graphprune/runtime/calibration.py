@@ -282,9 +282,26 @@ def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | 
 
 def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preprocess: str | None = None,
                      batch_size: int = 8, limit: int | None = None) -> Calibration | None:
-    """`spec`: an .npz file, a folder of images (with `preprocess`), or module:function."""
-    if spec is None or isinstance(spec, Calibration):
+    """`spec`: an .npz file, a folder of images (with `preprocess`), or module:function;
+    every batch checked against the model's inputs (`check_feeds`), the first before any
+    work. A `Calibration` object is returned as it is, its first batch checked."""
+    if spec is None:
+        return None
+    if isinstance(spec, Calibration):
+        first = spec.first()
+        fitted = check_feeds(first, model, spec.description)
+        if any(fitted[k] is not first[k] for k in first):  # an object's batches are not rewritten
+            raise UsageError(f"{spec.description}: batch dtypes differ from the model's inputs",
+                             hint=", ".join(f"{k}: {np.asarray(first[k]).dtype} -> {fitted[k].dtype}" for k in first))
         return spec
+    calib = _calibration_source(spec, model, preprocess, batch_size, limit)
+    calib.make = _checked(calib.make, model, calib.description)
+    calib.first()  # a batch the model cannot take fails here, before any work
+    return calib
+
+
+def _calibration_source(spec: str, model: ir.Model, preprocess: str | None, batch_size: int,
+                        limit: int | None) -> Calibration:
     p = Path(spec)
     if p.is_dir():
         return from_images(p, model, ImagePreprocess.parse(preprocess), batch_size, limit)
@@ -295,6 +312,63 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
     if ":" in str(spec):
         return from_callable(str(spec), model, batch_size, limit)
     raise UsageError(f"--calib {spec!r}: not an .npz file, a folder of images or module:function")
+
+
+# ---- checking batches against the model ---------------------------------------------------
+def _model_inputs(model: ir.Model) -> dict[str, ir.Value]:
+    inits = set(model.graph.initializers)
+    return {v.name: v for v in model.graph.inputs if v.name not in inits}
+
+
+def _show(shape) -> str:
+    """[N, 3, 48, ?]: static sizes, symbolic names, ? for unnamed dims."""
+    names = [d if isinstance(d, int) else getattr(d, "value", d) for d in shape]
+    return "[" + ", ".join("?" if d is None else str(d) for d in names) + "]"
+
+
+def _fit_dtype(a: np.ndarray, want, name: str, source: str) -> np.ndarray:
+    """`a` as the model's element type: float to float, integer to integer (values in range)."""
+    if want is None or a.dtype == want:
+        return a
+    same_kind = (np.issubdtype(a.dtype, np.floating) and np.issubdtype(want, np.floating)) or \
+        (np.issubdtype(a.dtype, np.integer) and np.issubdtype(want, np.integer)
+         and (a.size == 0 or (np.iinfo(want).min <= a.min() and a.max() <= np.iinfo(want).max)))
+    if not same_kind:
+        raise UsageError(f"{source}: input {name!r} is {a.dtype}, the model takes {np.dtype(want).name}")
+    return a.astype(want)
+
+
+def check_feeds(feeds: Feeds, model: ir.Model, source: str) -> Feeds:
+    """One calibration batch made fit for `model`, or a UsageError naming what does not fit:
+    an input the model lacks, a rank or static size it cannot take, NaN or infinite values,
+    an integer array for a float input (or the reverse). Float arrays of another precision
+    (numpy's float64) are cast to the model's float type, integers to its integer type."""
+    inputs = _model_inputs(model)
+    out = {}
+    for name, value in feeds.items():
+        v = inputs.get(name)
+        if v is None:
+            raise UsageError(f"{source}: array {name!r} is not an input of the model",
+                             hint=f"inputs: {', '.join(inputs)}")
+        a = _fit_dtype(np.asarray(value), v.dtype.numpy() if v.dtype is not None else None, name, source)
+        if v.shape is not None:
+            dims = list(v.shape)
+            static = [d if isinstance(d, int) else None for d in dims]
+            if a.ndim != len(dims) or any(s is not None and s != n for s, n in zip(static, a.shape, strict=True)):
+                raise UsageError(f"{source}: input {name!r} has shape {list(a.shape)}; the model takes "
+                                 f"{_show(dims)}")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise UsageError(f"{source}: input {name!r} holds NaN or infinite values")
+        out[name] = a
+    return out
+
+
+def _checked(make: Callable[[], Iterable[Feeds]], model: ir.Model, source: str) -> Callable:
+    def checked():
+        for feeds in make():
+            yield check_feeds(feeds, model, source)
+
+    return checked
 
 
 # ---- progress --------------------------------------------------------------------------
