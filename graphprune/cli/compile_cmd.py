@@ -149,6 +149,8 @@ def print_report(rep: dict) -> None:
         from graphprune.input_shapes import InputShapes
 
         print(InputShapes.from_json(rep["input_shapes"]).measured_at())
+    if rep.get("budget"):
+        print(rep["budget"]["line"])
     for line in latency_lines(rep):
         print(line)
     for name, c in rep["checks"].items():

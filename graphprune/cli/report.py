@@ -146,6 +146,8 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
                  else ""))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
+    if outcome.budget:
+        print(outcome.budget["line"])
     for line in (latency.get("line"), latency.get("widths_line")):
         if line:
             print(line if line.startswith("latency: ") or line.startswith("widths: ") else "latency: " + line)

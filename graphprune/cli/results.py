@@ -83,6 +83,7 @@ def prune_result(outcome, *, bench: bool) -> dict:
             "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
             "oracle": oracle_result(outcome.oracle), "repair": outcome.repair, "sparsity": outcome.sparsity,
             "fidelity": outcome.fidelity, "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, pruned),
+            "budget": outcome.budget,
             "wrote": [str(outcome.out), str(outcome.plan_out)] + [str(p) for p in extras]}
 
 

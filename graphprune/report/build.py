@@ -125,6 +125,7 @@ def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, 
         "groups": group_rows(_analysis(before_model), plan, round_to),
         "sensitivity": sensitivity(outcome.state.allocation),
         "search": search_section(getattr(outcome, "search", None)),
+        "budget": getattr(outcome, "budget", None),
         "oracle": oracle_section(outcome.oracle, shapes),
         "fidelity": outcome.fidelity,
         "accuracy": accuracy,
@@ -151,6 +152,9 @@ def kernel_wins(results: dict) -> dict | None:
 def red_lines(report: dict, max_drop=None) -> list[str]:
     """Lines in red: the result is slower or worse than asked."""
     red = []
+    budget = report.get("budget")
+    if budget and not budget["met"]:
+        red.append(budget["line"])
     lat = report.get("latency") or {}
     if lat.get("not_faster"):
         red.append(lat["line"])
@@ -221,7 +225,7 @@ def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
             "layers": compare_layers(model, model, at), "profile": {}, "plan": {"groups": 0, "tensors": 0, "blocks": 0},
             "groups": [{**group_width(g).to_json(), "prunable": not g.ignored} for g in dg.groups],
             "frozen": [{"name": f.name, "reasons": f.reasons} for f in dg.frozen_groups],
-            "sensitivity": {}, "search": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
+            "sensitivity": {}, "search": None, "budget": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
             "accuracy": None, "red": []}
 
 
@@ -250,6 +254,6 @@ def check_report(original: str, pruned: str, plan_path: str, res, *, argv: list[
             "after": {"params": ca.params, "macs": ca.macs, "bytes": _nbytes(after), "latency_ms": None},
             "latency": {}, "ops": op_table(before, after), "layers": compare_layers(before, after, at), "profile": {},
             "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
-            "groups": group_rows(_analysis(before), plan, 1), "sensitivity": {}, "search": None,
+            "groups": group_rows(_analysis(before), plan, 1), "sensitivity": {}, "search": None, "budget": None,
             "oracle": oracle, "checks": {"oracle": oracle}, "fidelity": None, "quality": None, "accuracy": None,
             "red": [] if ok else ["oracle FAIL: " + res.summary()]}

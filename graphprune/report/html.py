@@ -218,6 +218,9 @@ def _meta(report: dict) -> str:
     items = [f"command: <code>{html.escape(' '.join(report.get('command') or []))}</code>"]
     if report.get("input_shapes"):
         items.append(html.escape(InputShapes.from_json(report["input_shapes"]).measured_at()))
+    budget = report.get("budget")
+    if budget and budget["met"]:  # one not met is a red line
+        items.append(html.escape(budget["line"]))
     backend = report.get("backend")
     if backend:
         items.append(f"backend: <b>{html.escape(str(backend.get('chosen', '')))}</b> — "

@@ -68,6 +68,9 @@ def _head_lines(report: dict) -> list[str]:
         from graphprune.input_shapes import InputShapes
 
         lines.append(f"- {InputShapes.from_json(report['input_shapes']).measured_at()}")
+    budget = report.get("budget")
+    if budget and budget["met"]:  # one not met is a red line
+        lines.append(f"- {budget['line']}")
     env = report.get("environment") or {}
     if env:
         pk = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)

@@ -51,6 +51,7 @@ class PruneOutcome:
     groups_before: Any = None  # dry run: the dependency graph before pruning
     sparsify_passes: list = field(default_factory=list)  # dry run: what would run after the oracle
     search: dict | None = None  # the candidate search (workflow.search): candidates, scores, the chosen one
+    budget: dict | None = None  # a target (--target-macs ...) against what the result keeps (verdicts.budget_result)
 
     @property
     def calibration(self):
@@ -104,6 +105,10 @@ class _Run:
             self.write(outcome)
         outcome.model = self.model
         outcome.after = _cost(self.model, outcome.shapes)
+        from graphprune.workflow.verdicts import budget_result
+
+        outcome.budget = budget_result(self.state.allocation, outcome.before, outcome.after,
+                                       int((outcome.plan.settings or {}).get("round_to") or 1))
         return outcome
 
     # ---- load -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ less accurate than asked is said so, never shipped silently).
   "not fast enough" into a failure (SlowerThanAskedError, exit 5, nothing written).
 * widths: when the speed-up falls well short of the MAC reduction and the widths were not
   kept multiples of the CPU's float lanes, the one option that fixes it.
+* budget: a target (--target-macs ...) against what the result keeps; a target that could
+  not be met is said so (it was silent: --target-macs 0.05 kept 0.21 and exited 0).
 """
 from __future__ import annotations
 
@@ -97,3 +99,42 @@ def not_measured_note(target_name: str, rpc: str | None, dense_ms: float | None,
         return (note + f"; host estimate (ONNX Runtime on this machine): pruned {pruned_ms:.3f} ms vs input "
                 f"{dense_ms:.3f} ms ({dense_ms / pruned_ms:.2f}x)")
     return note + "; host estimate: not available"
+
+
+# The allocation targets (fractions of the dense model to keep) and how the result is told.
+_TARGET_FLAGS = {"target_macs": "--target-macs", "target_params": "--target-params",
+                 "target_active_params": "--target-active-params", "target_latency": "--target-latency"}
+
+
+def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> dict | None:
+    """The run's target (--target-macs ...) against what it kept, with its summary line; None
+    without a target. MACs and params are the result's own, at the run's shapes; latency is
+    what the allocation measured in ONNX Runtime; active params are the allocation's count.
+    A target is a ceiling: not met when the result keeps more (the most that could be
+    removed without emptying a group, within --max-ratio / --protect / round-to)."""
+    target = (allocation or {}).get("target")
+    if not target:
+        return None
+    (kind, asked), = target.items()
+    measure = {"target_macs": "macs", "target_params": "params"}.get(kind)
+    if measure is not None and getattr(before, measure, 0):
+        kept, how = getattr(after, measure) / getattr(before, measure), ""
+    elif kind == "target_latency" and allocation.get("measured_ratio") is not None:
+        kept, how = allocation["measured_ratio"], " (measured in ONNX Runtime while allocating)"
+    elif allocation.get("predicted_ratio") is not None:
+        kept, how = allocation["predicted_ratio"], " (as the allocation counts it)"
+    else:
+        return None
+    met = kept <= asked * 1.04 if kind == "target_latency" else kept <= asked + 1e-3  # latency: its 4% band
+    flag = _TARGET_FLAGS.get(kind, kind)
+    what = {"target_macs": "MACs", "target_params": "params", "target_active_params": "active params",
+            "target_latency": "latency"}.get(kind, kind)
+    steps = f", widths multiples of {round_to}" if round_to > 1 else ""
+    if not met:
+        line = (f"{flag} {asked:g}: NOT met, the result keeps {kept:.3f} of the input's {what}{how}: "
+                f"the most this run could remove (no group emptied{steps}, within --max-ratio/--protect)")
+    else:
+        line = f"{flag} {asked:g}: met, the result keeps {kept:.3f} of the input's {what}{how}"
+        if asked - kept > 0.05 and round_to > 1:
+            line += f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
+    return {"flag": flag, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}

@@ -15,7 +15,7 @@ OPT_NUM = (int, float, type(None))
 SCHEMA = {"schema": str, "verb": str, "command": list, "environment": dict, "input": dict,
           "input_shapes": (dict, type(None)), "before": dict, "after": dict, "latency": dict, "ops": list,
           "layers": list, "profile": dict, "plan": dict, "groups": list, "sensitivity": dict,
-          "search": (dict, type(None)), "oracle": (dict, type(None)), "checks": dict, "fidelity": (dict, type(None)),
+          "search": (dict, type(None)), "budget": (dict, type(None)), "oracle": (dict, type(None)), "checks": dict, "fidelity": (dict, type(None)),
           "quality": (str, type(None)), "accuracy": (str, type(None)), "red": list, "outputs": list}
 ROWS = {"ops": {"op": str, "before": int, "after": int},
         "layers": {"name": str, "op": str, "width_before": OPT_NUM, "width_after": OPT_NUM, "macs_before": NUM,

@@ -264,3 +264,43 @@ def test_compile_names_the_width_multiple_when_odd_widths_cost_the_speedup(sampl
         assert lines[0] in (tmp_path / "c" / "report.md").read_text()
     else:
         assert not lines and "widths_line" not in rep["latency"]
+
+
+# ---- a target that could not be met is said so -------------------------------------------------
+
+def test_a_target_the_result_misses_is_a_red_line_and_one_it_meets_says_by_how_much(samples_dir, tmp_path,
+                                                                                   capsys):
+    """--target-macs 0.05 kept 0.21 of the MACs and exited 0 without a word (the allocation's
+    'reached' flag was read by nothing). The result's own MACs are compared with the ask."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    assert main(["prune", src, "--target-macs", "0.05", "-o", str(tmp_path / "a.onnx"), "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("--target-macs 0.05: NOT met"))
+    rep = json.loads((tmp_path / "a.report.json").read_text())
+    budget = rep["budget"]
+    assert budget["met"] is False and budget["asked"] == 0.05 and line in rep["red"]
+    assert budget["kept"] == pytest.approx(rep["after"]["macs"] / rep["before"]["macs"], abs=1e-4)
+    assert budget["kept"] > 0.05
+    assert f"**{line}**" in (tmp_path / "a.report.md").read_text()
+
+    assert main(["prune", src, "--target-macs", "0.7", "--round-to", "1", "-o", str(tmp_path / "b.onnx"),
+                 "--no-bench"]) == 0
+    assert "--target-macs 0.7: met, the result keeps 0." in capsys.readouterr().out
+    rep = json.loads((tmp_path / "b.report.json").read_text())
+    assert rep["budget"]["met"] and rep["budget"]["kept"] <= 0.7 and not rep["red"]
+    # a coarse width step that lands far under the ask names it
+    assert main(["prune", src, "--target-macs", "0.8", "--round-to", "16", "-o", str(tmp_path / "c.onnx"),
+                 "--no-bench"]) == 0
+    assert "widths stay multiples of 16 (--round-to 1 allows finer steps)" in capsys.readouterr().out
+    # no target, no line
+    assert main(["prune", src, "--ratio", "0.3", "-o", str(tmp_path / "d.onnx"), "--no-bench"]) == 0
+    assert ": met, the result keeps" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "d.report.json").read_text())["budget"] is None
+
+
+def test_compile_says_a_missed_target_too(samples_dir, tmp_path, monkeypatch, capsys):
+    _fake_latencies(monkeypatch, dense=1.0, pruned=0.5)
+    assert _compile(samples_dir, tmp_path / "c", "--target-macs", "0.05") == 0
+    assert "--target-macs 0.05: NOT met" in capsys.readouterr().out
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["budget"]["met"] is False and rep["budget"]["line"] in rep["red"]
