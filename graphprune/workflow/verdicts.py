@@ -12,6 +12,8 @@ less accurate than asked is said so, never shipped silently).
   kept multiples of the CPU's float lanes, the one option that fixes it.
 * budget: a target (--target-macs ...) against what the result keeps; a target that could
   not be met is said so (it was silent: --target-macs 0.05 kept 0.21 and exited 0).
+* nothing pruned: a run that removed nothing says why, and its latency is not compared
+  (an identical copy was reported "1.34x faster": timing noise).
 """
 from __future__ import annotations
 
@@ -138,3 +140,18 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> 
         if asked - kept > 0.05 and round_to > 1:
             line += f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
     return {"flag": flag, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
+
+
+def nothing_pruned_line(outcome) -> str | None:
+    """One line when the run removed nothing (the written model is the input's function,
+    unchanged in size): why, so that an identical copy is not read as a result; None otherwise."""
+    plan = outcome.plan
+    if plan.removes or plan.vocab or outcome.sparsity:
+        return None
+    from graphprune.analysis.dependency import DependencyGraph
+
+    dg = DependencyGraph(outcome.model)  # the model as written: the input's groups (rare: nothing was removed)
+    if not dg.prunable_groups:
+        return (f"nothing pruned: no channel group of this model can be pruned ({len(dg.frozen_groups)} frozen); "
+                "`graphprune inspect` says why")
+    return "nothing pruned: the options removed no channel (a ratio of 0, or every group protected or too narrow)"

@@ -304,3 +304,42 @@ def test_compile_says_a_missed_target_too(samples_dir, tmp_path, monkeypatch, ca
     assert "--target-macs 0.05: NOT met" in capsys.readouterr().out
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     assert rep["budget"]["met"] is False and rep["budget"]["line"] in rep["red"]
+
+
+# ---- a run that removed nothing says why, and claims no speed-up ------------------------------
+
+def _single_matmul(path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    import onnx
+
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_nothing_pruned_is_said_and_no_speedup_is_claimed(samples_dir, tmp_path, monkeypatch, capsys):
+    """A model with no prunable group was written unchanged and reported '1.34x faster than
+    the input' (two timings of the same model)."""
+    import graphprune.cli.common as common
+
+    times = iter([1.0, 0.5] * 4)  # the "pruned" copy timed 2x faster: noise, not a result
+    monkeypatch.setattr(common, "ort_latency_ms", lambda *a, **k: next(times))
+    src = _single_matmul(tmp_path / "single.onnx")
+    assert main(["prune", src, "-o", str(tmp_path / "p.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing pruned: no channel group of this model can be pruned (2 frozen)" in out
+    assert "not compared: nothing was pruned" in out and "faster than the input" not in out
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--ratio", "0", "-o", str(tmp_path / "q.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing pruned: the options removed no channel" in out and "faster than the input" not in out
+    # something pruned: no such line, and the speed-up is reported
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(tmp_path / "r.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing pruned" not in out and "2.00x faster than the input" in out
+    _fake_latencies(monkeypatch, dense=1.0, pruned=1.0)
+    assert main(["compile", src, "--target", "x86", "-o", str(tmp_path / "c")]) == 0
+    assert "note: nothing pruned: no channel group" in capsys.readouterr().out
