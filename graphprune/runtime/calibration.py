@@ -290,7 +290,7 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
     if isinstance(spec, Calibration):
         first = spec.first()
         fitted = check_feeds(first, model, spec.description)
-        if any(fitted[k] is not first[k] for k in first):  # an object's batches are not rewritten
+        if any(np.asarray(first[k]).dtype != fitted[k].dtype for k in first):  # an object's batches are not rewritten
             raise UsageError(f"{spec.description}: batch dtypes differ from the model's inputs",
                              hint=", ".join(f"{k}: {np.asarray(first[k]).dtype} -> {fitted[k].dtype}" for k in first))
         return spec
