@@ -71,12 +71,12 @@ def measure_latency(outcome, bench: bool, round_to: int = 1) -> dict:
         return {}
     from graphprune.backends.targets import host_target
     from graphprune.cli.common import ort_latency_ms
-    from graphprune.workflow.verdicts import latency_verdict, nothing_pruned_line, widths_line
+    from graphprune.workflow.verdicts import latency_verdict, widths_line
 
     t0 = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)
     t1 = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
     verdict = latency_verdict(t0, t1, "pruned")
-    if nothing_pruned_line(outcome):  # the same model twice: any difference is noise
+    if outcome.nothing_pruned:  # the same model twice: any difference is noise
         return {**verdict, "not_faster": False,
                 "line": "not compared: nothing was pruned (the two timings are of the same model)"}
     if outcome.after is not None and outcome.after.macs:
@@ -151,10 +151,8 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
         print(outcome.shapes.measured_at())
     if outcome.budget:
         print(outcome.budget["line"])
-    from graphprune.workflow.verdicts import nothing_pruned_line
-
-    if nothing_pruned_line(outcome):
-        print(nothing_pruned_line(outcome))
+    if outcome.nothing_pruned:
+        print(outcome.nothing_pruned)
     for line in (latency.get("line"), latency.get("widths_line")):
         if line:
             print(line if line.startswith("latency: ") or line.startswith("widths: ") else "latency: " + line)

@@ -191,7 +191,7 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
 def _prune(c: _Compile):
     """The prune sequence (workflow.run_prune), its checks in the report's terms."""
     from graphprune.workflow.prune import run_prune
-    from graphprune.workflow.verdicts import nothing_pruned_line, repair_line
+    from graphprune.workflow.verdicts import repair_line
 
     popts = prune_options(c.opts, c.target)
     c.log_fn(f"target {c.target.name}: {c.target.description}; TVM {c.target.tvm}; round_to {popts.round_to}")
@@ -207,8 +207,8 @@ def _prune(c: _Compile):
                                         f"new ids); {outcome.vocab_oracle.summary()}"}
     for r in outcome.repair:
         c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": repair_line(r).split(": ", 1)[1]}
-    if nothing_pruned_line(outcome):  # the deployment is the input model's: say why
-        c.notes.append(nothing_pruned_line(outcome))
+    if outcome.nothing_pruned:  # the deployment is the input model's: say why
+        c.notes.append(outcome.nothing_pruned)
     if outcome.sparsity is not None:
         _sparsity_check(c, outcome)
     from graphprune.ir.serialize import model_nbytes

@@ -52,6 +52,7 @@ class PruneOutcome:
     sparsify_passes: list = field(default_factory=list)  # dry run: what would run after the oracle
     search: dict | None = None  # the candidate search (workflow.search): candidates, scores, the chosen one
     budget: dict | None = None  # a target (--target-macs ...) against what the result keeps (verdicts.budget_result)
+    nothing_pruned: str | None = None  # why the run removed nothing (verdicts.nothing_pruned_line), else None
 
     @property
     def calibration(self):
@@ -105,10 +106,11 @@ class _Run:
             self.write(outcome)
         outcome.model = self.model
         outcome.after = _cost(self.model, outcome.shapes)
-        from graphprune.workflow.verdicts import budget_result
+        from graphprune.workflow.verdicts import budget_result, nothing_pruned_line
 
         outcome.budget = budget_result(self.state.allocation, outcome.before, outcome.after,
                                        int((outcome.plan.settings or {}).get("round_to") or 1))
+        outcome.nothing_pruned = nothing_pruned_line(outcome)
         return outcome
 
     # ---- load -------------------------------------------------------------------------------

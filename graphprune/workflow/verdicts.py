@@ -104,8 +104,9 @@ def not_measured_note(target_name: str, rpc: str | None, dense_ms: float | None,
 
 
 # The allocation targets (fractions of the dense model to keep) and how the result is told.
-_TARGET_FLAGS = {"target_macs": "--target-macs", "target_params": "--target-params",
-                 "target_active_params": "--target-active-params", "target_latency": "--target-latency"}
+_TARGETS = {"target_macs": ("--target-macs", "MACs"), "target_params": ("--target-params", "params"),
+            "target_active_params": ("--target-active-params", "active params"),
+            "target_latency": ("--target-latency", "latency")}  # option -> (flag, what it counts)
 
 
 def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> dict | None:
@@ -128,9 +129,7 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> 
     else:
         return None
     met = kept <= asked * 1.04 if kind == "target_latency" else kept <= asked + 1e-3  # latency: its 4% band
-    flag = _TARGET_FLAGS.get(kind, kind)
-    what = {"target_macs": "MACs", "target_params": "params", "target_active_params": "active params",
-            "target_latency": "latency"}.get(kind, kind)
+    flag, what = _TARGETS.get(kind, (kind, kind))
     steps = f", widths multiples of {round_to}" if round_to > 1 else ""
     if not met:
         line = (f"{flag} {asked:g}: NOT met, the result keeps {kept:.3f} of the input's {what}{how}: "
