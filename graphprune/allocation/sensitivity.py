@@ -86,13 +86,17 @@ def sensitivity_curves(model: ir.Model, dg: DependencyGraph, scores: dict[int, n
     from graphprune.plan import build_plan
     from graphprune.runtime.calibration import progress
     from graphprune.runtime.ort import session
+    from graphprune.runtime.positions import padding_mask, zero_padding
 
     batches = list(calibration.batches(max_batches))
     dense_sess = session(model)
     in_names = [i.name for i in dense_sess.get_inputs()]
 
+    masks = [padding_mask(b) for b in batches]  # a text batch's padded positions: not in the error
+
     def run(sess):
-        return [sess.run(None, {k: v for k, v in b.items() if k in in_names}) for b in batches]
+        return [[zero_padding(o, m) for o in sess.run(None, {k: v for k, v in b.items() if k in in_names})]
+                for b, m in zip(batches, masks, strict=True)]
 
     ref = run(dense_sess)
     curves: dict[int, dict] = {}

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from graphprune.ir import nbits
 from graphprune.ir.constants import const_array
 from graphprune.ir.layers import WeightedOp, layer_of
+from graphprune.runtime.positions import real_rows
 
 
 @dataclass
@@ -174,13 +175,17 @@ def conv_patches(x: np.ndarray, node: ir.Node, w_shape, group: int = 1, rows: np
     return p.reshape(-1, group, (c // group) * taps)
 
 
-def features(lin: Linear, x: np.ndarray) -> np.ndarray:
-    """Rows of inputs a Gemm/MatMul contracts: (rows, K)."""
-    x = np.moveaxis(np.asarray(x), lin.x_axis, -1)
+def features(lin: Linear, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Rows of inputs a Gemm/MatMul contracts: (rows, K); `mask`: a text batch's real
+    (batch, position) pairs, the padded ones left out (runtime/positions.py)."""
+    x, axis = real_rows(np.asarray(x), lin.x_axis, mask)
+    x = np.moveaxis(x, axis, -1)
     return x.reshape(-1, x.shape[-1])
 
 
-def rows_of_output(lin: Linear, y: np.ndarray) -> np.ndarray:
-    """Output as (positions, out channels), matching `conv_patches`/`features` rows."""
-    y = np.moveaxis(np.asarray(y), lin.y_axis, -1)
+def rows_of_output(lin: Linear, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Output as (positions, out channels), matching `conv_patches`/`features` rows (with the
+    same `mask`)."""
+    y, axis = real_rows(np.asarray(y), lin.y_axis, mask)
+    y = np.moveaxis(y, axis, -1)
     return y.reshape(-1, y.shape[-1])

@@ -5,6 +5,8 @@
 * `calibration`: calibration data sources (.npz, image folders, module:function) and a
   progress bar over their batches.
 * `stats`: streaming per-channel and Gram statistics of activations.
+* `positions`: which positions of a text batch are real tokens (padding is left out of
+  every statistic).
 * `oracle`: the masked original (in memory and on disk) and the comparison of outputs.
 
 The modules are imported by name (`from graphprune.runtime.ort import session`); this

@@ -31,6 +31,7 @@ from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.ir.moe import is_moe
 from graphprune.plan import Plan, check_slice
 from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
+from graphprune.runtime.positions import padding_mask, zero_padding
 
 log = logging.getLogger(__name__)
 
@@ -849,24 +850,29 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
     per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine.
     `decisions` (indices of outputs whose last axis is class or token scores): also
     `decisions`, the share of samples whose every argmax there is the dense model's, from
-    the same runs."""
+    the same runs. A text batch's padded positions (runtime/positions.py) count in neither."""
     s_dense, s_pruned = session(dense), session(pruned)
     names = [o.name for o in s_dense.get_outputs()]
     cos, same = [], []
     for feeds in batches:
         a_all = _run_ref(s_dense, feeds)  # calibration batches that do not fit the input: said in words
         b_all = s_pruned.run(None, feeds)
+        mask = padding_mask(feeds)
         if decisions:
             n = len(a_all[decisions[0]])
             ok = np.ones(n, dtype=bool)
             for i in decisions:
-                ok &= (np.argmax(a_all[i], -1) == np.argmax(b_all[i], -1)).reshape(n, -1).all(axis=1)
+                eq = np.argmax(a_all[i], -1) == np.argmax(b_all[i], -1)
+                if mask is not None and np.ndim(a_all[i]) >= 3 and eq.shape[:2] == mask.shape:
+                    eq = eq | ~mask.reshape(mask.shape + (1,) * (eq.ndim - 2))
+                ok &= eq.reshape(n, -1).all(axis=1)
             same.extend(ok.tolist())
         for a, b in zip(a_all, b_all, strict=True):
             a = np.asarray(a, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:
                 continue
+            a, b = zero_padding(a, mask), zero_padding(b, mask)
             a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
             num = (a2 * b2).sum(1)
             den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)

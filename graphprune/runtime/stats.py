@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from graphprune.runtime.calibration import Calibration, progress
 from graphprune.runtime.ort import Runner
+from graphprune.runtime.positions import padding_mask, real_rows
 
 
 def channels_first(a: np.ndarray, axis: int) -> np.ndarray:
@@ -32,8 +33,9 @@ class ChannelStats:
     sum_sq: np.ndarray | None = None
     zeros: np.ndarray | None = None
 
-    def update(self, a: np.ndarray) -> None:
-        x = channels_first(a, self.axis)
+    def update(self, a: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add a batch's tensor; `mask`: its real (batch, position) pairs (positions.py)."""
+        x = channels_first(*real_rows(a, self.axis, mask))
         if self.sum is None:
             c = x.shape[0]
             self.sum, self.sum_abs, self.sum_sq, self.zeros = (np.zeros(c) for _ in range(4))
@@ -80,8 +82,8 @@ class GramStats:
     count: int = 0
     gram: np.ndarray | None = None
 
-    def update(self, a: np.ndarray) -> None:
-        x = channels_first(a, self.axis)
+    def update(self, a: np.ndarray, mask: np.ndarray | None = None) -> None:
+        x = channels_first(*real_rows(a, self.axis, mask))
         g = x @ x.T
         self.gram = g if self.gram is None else self.gram + g
         self.count += x.shape[1]
@@ -109,15 +111,17 @@ class StatsRequest:
 
 def collect(model: ir.Model, request: StatsRequest, calib: Calibration, *, max_batches: int | None = None,
             desc: str = "calibration") -> StatsRequest:
-    """Stream the calibration batches through `model`, updating every requested statistic."""
+    """Stream the calibration batches through `model`, updating every requested statistic
+    (padded positions of text batches left out)."""
     if not request.names:
         return request
     run = Runner(model, request.names)
     for feeds in progress(calib.batches(max_batches), calib.total(max_batches), desc):
         out = run(feeds)
+        mask = padding_mask(feeds)
         for (name, _), st in request.channel.items():
-            st.update(out[name])
+            st.update(out[name], mask)
         for (name, _), st in request.gram.items():
-            st.update(out[name])
+            st.update(out[name], mask)
         del out
     return request

@@ -28,6 +28,7 @@ def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: li
     """Mean ‖branch‖ / ‖skip + branch‖ per block, measured with ONNX Runtime."""
     from graphprune.ir.serialize import clone
     from graphprune.runtime import ort
+    from graphprune.runtime.positions import padding_mask, zero_padding
 
     probe = clone(model)
     known = {v.name for v in probe.graph.outputs}
@@ -43,8 +44,9 @@ def block_influence(model: ir.Model, blocks: list[ResidualBlock], feeds_list: li
     acc: dict[str, list[float]] = {b.id: [] for b in blocks}
     for feeds in feeds_list:
         out = dict(zip(names, sess.run(None, feeds), strict=True))
+        mask = padding_mask(feeds)  # a text batch's padded positions: not part of any norm
         for b in blocks:
-            s, br = out[b.skip].astype(np.float64), out[b.branch].astype(np.float64)
+            s, br = (zero_padding(out[n].astype(np.float64), mask) for n in (b.skip, b.branch))
             acc[b.id].append(float(np.linalg.norm(br) / max(np.linalg.norm(s + br), 1e-12)))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 

@@ -66,6 +66,7 @@ def stream_moment(model: ir.Model, stream: Stream, calibration, batches: int | N
     unit RMS: the directions the readers see, each norm weighted alike."""
     from graphprune.runtime.calibration import progress
     from graphprune.runtime.ort import Runner
+    from graphprune.runtime.positions import padding_mask, real_rows
 
     names = [n.x.name for n in stream.norms]
     run = Runner(model, names)
@@ -74,11 +75,13 @@ def stream_moment(model: ir.Model, stream: Stream, calibration, batches: int | N
     tokens = 0
     for feeds in progress(calibration.batches(batches), calibration.total(batches), "slice-hidden statistics"):
         out = run(feeds)
-        for name in names:
-            x = np.asarray(out[name], dtype=np.float64).reshape(-1, d)
+        mask = padding_mask(feeds)  # padded positions of a text batch are not tokens
+        for i, name in enumerate(names):
+            a = np.asarray(out[name], dtype=np.float64)
+            x = real_rows(a, a.ndim - 1, mask)[0].reshape(-1, d)
             x /= np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-12)
             acc += x.T @ x
-        tokens += out[names[0]].size // d
+            tokens += len(x) if i == 0 else 0
     if tokens == 0:
         raise UsageError("slice-hidden: the calibration data produced no tokens")
     return acc, tokens

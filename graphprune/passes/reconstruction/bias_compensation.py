@@ -70,6 +70,7 @@ class BiasCompensate(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.runtime.calibration import progress
         from graphprune.runtime.ort import Runner
+        from graphprune.runtime.positions import padding_mask
 
         inp = repair_inputs(ctx, self.name)
         n_batches = self.options.get("batches")
@@ -94,6 +95,7 @@ class BiasCompensate(Pass):
             for feeds in progress(inp.calibration.batches(n_batches), inp.calibration.total(n_batches),
                                   "bias-compensate"):
                 xs = run(feeds)
+                mask = padding_mask(feeds)  # a text batch's padded positions: not in the means
                 for _, d, acc in todo:
                     x = xs[d.x.name]
                     if d.kind == "conv":
@@ -102,7 +104,7 @@ class BiasCompensate(Pass):
                         pick = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else None
                         rows = conv_patches(x, d.node, w_shape, 1, pick)[:, 0, :]
                     else:
-                        rows = features(d, x)
+                        rows = features(d, x, mask)
                     acc.update(rows)
             done = []
             for lin, d, acc in todo:

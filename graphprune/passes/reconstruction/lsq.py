@@ -24,7 +24,8 @@ too small or too uniform for the layers being fitted. The current weights are on
 candidates (an infinite ridge): a layer no fit improves on held-out rows is left alone.
 Grouped/depthwise convolutions are solved per group. Statistics are streamed: per layer
 only the normal equations (A = X̃ᵀX̃, B = X̃ᵀY, Σ||Y||²) are kept, with at most
-``max_rows`` sampled positions per batch.
+``max_rows`` sampled positions per batch; a text batch's padded positions are not rows
+(runtime/positions.py).
 """
 from __future__ import annotations
 
@@ -209,15 +210,16 @@ def _layer_rng(seed: int, batch: int, name: str):
     return np.random.default_rng([seed, batch, zlib.crc32(name.encode())])
 
 
-def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng) -> tuple[np.ndarray, np.ndarray | None]:
-    """Input rows (positions, groups, D) — at most `max_rows` sampled positions — and
-    which positions were taken (None: all)."""
+def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng,
+          mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Input rows (positions, groups, D) — at most `max_rows` sampled positions, none of
+    them padding (`mask`) — and which positions were taken (None: all)."""
     if lin.kind == "conv":
         w_shape = const_array(lin.w).shape
         total = num_positions(x.shape, lin.node, w_shape)
         pick = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else None
         return conv_patches(x, lin.node, w_shape, groups, pick), pick
-    f = features(lin, x)
+    f = features(lin, x, mask)
     pick = np.sort(rng.choice(f.shape[0], max_rows, replace=False)) if f.shape[0] > max_rows else None
     return (f if pick is None else f[pick])[:, None, :], pick
 
@@ -280,6 +282,7 @@ class LsqReconstruct(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         from graphprune.runtime.calibration import progress
         from graphprune.runtime.ort import Runner
+        from graphprune.runtime.positions import padding_mask
 
         inp = repair_inputs(ctx, self.name)
         opts = self.resolved_options()
@@ -317,10 +320,11 @@ class LsqReconstruct(Pass):
                 by_batch = total is not None and total >= 4  # hold out whole batches (other samples)
                 for k, feeds in enumerate(progress(inp.calibration.batches(n_batches), total, "lsq-reconstruct")):
                     xs = run_p(feeds)
+                    mask = padding_mask(feeds)
                     todo = []
                     for lin, groups, _bias, ne in setups:
                         lrng = _layer_rng(seed, k, lin.y.name)
-                        X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, lrng)
+                        X, pick = _rows(lin, xs[lin.x.name], groups, max_rows, lrng, mask)
                         key = (lin.y.name, k, max_rows, seed)
                         rows = cache.get(key, pick) if cache is not None else None
                         todo.append((lin, groups, ne, X, pick, key, rows, lrng))
@@ -330,7 +334,7 @@ class LsqReconstruct(Pass):
                         ys = run_d(feeds, missing)
                     for lin, groups, ne, X, pick, key, rows, lrng in todo:
                         if rows is None:
-                            rows = rows_of_output(lin, ys[lin.y.name])
+                            rows = rows_of_output(lin, ys[lin.y.name], mask)
                             rows = rows if pick is None else rows[pick]
                             if cache is not None:
                                 cache.put(key, pick, rows)

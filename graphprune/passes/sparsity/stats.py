@@ -42,13 +42,15 @@ def stats_key(t: Target) -> tuple:
     return ("features", t.lin.x.name, t.lin.x_axis) if t.op != "Conv" else ("conv", t.node_name)
 
 
-def input_rows(t: Target, x: np.ndarray, max_rows: int, rng) -> np.ndarray:
+def input_rows(t: Target, x: np.ndarray, max_rows: int, rng, mask: np.ndarray | None = None) -> np.ndarray:
+    """At most `max_rows` sampled input rows (rows, groups, D), none of them a text batch's
+    padded position (`mask`, runtime/positions.py)."""
     if t.op == "Conv":
         w_shape = t.weight().shape
         total = num_positions(x.shape, t.lin.node, w_shape)
         pick = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else None
         return conv_patches(x, t.lin.node, w_shape, t.group, pick)
-    f = features(t.lin, x)
+    f = features(t.lin, x, mask)
     if f.shape[0] > max_rows:
         f = f[np.sort(rng.choice(f.shape[0], max_rows, replace=False))]
     return f[:, None, :]
@@ -59,6 +61,7 @@ def collect(model: ir.Model, targets: list[Target], calib, *, hessian: bool, max
     """Stream the calibration data through `model` and return the stats per `stats_key`."""
     from graphprune.runtime.calibration import progress
     from graphprune.runtime.ort import Runner
+    from graphprune.runtime.positions import padding_mask
 
     rng = np.random.default_rng(seed)
     by_key: dict[tuple, Target] = {}
@@ -68,8 +71,9 @@ def collect(model: ir.Model, targets: list[Target], calib, *, hessian: bool, max
     run = Runner(model, [t.lin.x.name for t in by_key.values()])
     for feeds in progress(calib.batches(batches), calib.total(batches), desc):
         xs = run(feeds)
+        mask = padding_mask(feeds)
         for k, t in by_key.items():
-            stats[k].update(input_rows(t, xs[t.lin.x.name], max_rows, rng), hessian)
+            stats[k].update(input_rows(t, xs[t.lin.x.name], max_rows, rng, mask), hessian)
         del xs
     return stats
 
