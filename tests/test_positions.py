@@ -137,3 +137,31 @@ def test_one_command_prunes_the_channel_only_padding_uses_and_keeps_real_outputs
     dense = ort.session(_mlp()).run(None, b)[0]
     pruned = ort.session(res.model).run(None, b)[0]
     np.testing.assert_allclose(pruned, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_of_token_sequences_are_compared_token_by_token():
+    """One token of large norm kept exactly and every other token's output turned to another
+    direction: the flattened sentence vector still has cosine ~1, the token-by-token mean
+    says what happened (only 1 of 5 tokens right). Outputs without positions (a pooled
+    (batch, features) output) are compared per sample as before."""
+    def model(scale: float) -> ir.Model:
+        # out = x * s where s = 1 on token 0 and `scale` (negative: the opposite direction) elsewhere
+        s = np.full((1, 5, 1), scale, np.float32)
+        s[0, 0, 0] = 1.0
+        nodes = [helper.make_node("Mul", ["x", "s"], ["out"]),
+                 helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[1], keepdims=0),
+                 helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                 helper.make_node("ReduceSum", ["m"], ["n"], keepdims=0)]
+        return gp.load(make_model(
+            nodes, _inputs(), [("out", ["b", 5, 4]), ("pooled", ["b", 4]), ("n", [])],
+            {"s": s}).SerializeToString())
+
+    x = np.ones((2, 5, 4), np.float32)
+    x[:, 0] = 1000.0  # a "massive activation" token
+    b = {"x": x, "attention_mask": np.ones((2, 5), np.int64)}
+    fid = output_fidelity(model(1.0), model(-1.0), [b])
+    # per sample: `out` token by token (1 right, 4 opposite: (1 - 4) / 5), `pooled` flattened (~1)
+    assert fid["samples"] == 4
+    assert abs(fid["min_cosine"] + 0.6) < 1e-9 and abs(fid["mean_cosine"] - (1 - 0.6) / 2) < 1e-9
+    flat = (x[0] * (x[0] * np.where(np.arange(5) == 0, 1, -1)[:, None])).sum() / (np.linalg.norm(x[0]) ** 2)
+    assert flat > 0.99  # what the flattened comparison said

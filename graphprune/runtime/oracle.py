@@ -31,7 +31,7 @@ from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.ir.moe import is_moe
 from graphprune.plan import Plan, check_slice
 from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
-from graphprune.runtime.positions import padding_mask, zero_padding
+from graphprune.runtime.positions import per_token, token_mask
 
 log = logging.getLogger(__name__)
 
@@ -845,26 +845,35 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
             os.unlink(path)
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `a` with the same row of `b` (1 where both are zero)."""
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+
+
 def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) -> dict:
     """How close the pruned model's outputs stay to the dense model's on real inputs:
-    per sample and output, the cosine of the flattened outputs; `drop` = 1 - mean cosine.
-    `decisions` (indices of outputs whose last axis is class or token scores): also
-    `decisions`, the share of samples whose every argmax there is the dense model's, from
-    the same runs. A text batch's padded positions (runtime/positions.py) count in neither."""
+    per sample and output, the cosine of the flattened outputs — for the outputs of a
+    token sequence (runtime/positions.py), the mean over the sample's real tokens of the
+    cosine at each token; `drop` = 1 - mean cosine. `decisions` (indices of outputs whose
+    last axis is class or token scores): also `decisions`, the share of samples whose
+    every argmax there is the dense model's, from the same runs. A text batch's padded
+    positions count in neither."""
     s_dense, s_pruned = session(dense), session(pruned)
     names = [o.name for o in s_dense.get_outputs()]
     cos, same = [], []
     for feeds in batches:
         a_all = _run_ref(s_dense, feeds)  # calibration batches that do not fit the input: said in words
         b_all = s_pruned.run(None, feeds)
-        mask = padding_mask(feeds)
+        tokens = token_mask(feeds)
         if decisions:
             n = len(a_all[decisions[0]])
             ok = np.ones(n, dtype=bool)
             for i in decisions:
                 eq = np.argmax(a_all[i], -1) == np.argmax(b_all[i], -1)
-                if mask is not None and np.ndim(a_all[i]) >= 3 and eq.shape[:2] == mask.shape:
-                    eq = eq | ~mask.reshape(mask.shape + (1,) * (eq.ndim - 2))
+                if per_token(np.asarray(a_all[i]), tokens):
+                    eq = eq | ~tokens.reshape(tokens.shape + (1,) * (eq.ndim - 2))
                 ok &= eq.reshape(n, -1).all(axis=1)
             same.extend(ok.tolist())
         for a, b in zip(a_all, b_all, strict=True):
@@ -872,11 +881,12 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
             b = np.asarray(b, dtype=np.float64)
             if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:
                 continue
-            a, b = zero_padding(a, mask), zero_padding(b, mask)
-            a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-            num = (a2 * b2).sum(1)
-            den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-            cos.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0).tolist())
+            if per_token(a, tokens):
+                c = _cosines(a.reshape(a.shape[:2] + (-1,)), b.reshape(b.shape[:2] + (-1,)))  # (batch, positions)
+                real = tokens.sum(1)
+                cos.extend(np.where(real > 0, (c * tokens).sum(1) / np.maximum(real, 1), 1.0).tolist())
+                continue
+            cos.extend(_cosines(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)).tolist())
     mean = float(np.mean(cos)) if cos else 1.0
     out = {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
            "samples": len(cos), "outputs": names}

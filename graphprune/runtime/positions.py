@@ -7,7 +7,14 @@ information about the model's behaviour: in the statistics they are noise. On Mi
 32-sentence calibration set in batches of 8, 38% of the positions are padding, and the
 least-squares repair fitted to them too. Every statistic taken over activation rows
 (importance, least-squares and bias rows, the residual stream's principal directions,
-sparsity's Hessians) and the output cosine that scores candidates leave them out.
+sparsity's Hessians) leaves them out.
+
+Outputs of a token sequence are compared token by token: the output cosine that scores
+candidates and the quality gate is, per sample, the mean over its real tokens of the
+cosine at each token (`output_fidelity`). Flattening a sentence's outputs into one vector
+let a few tokens of large norm decide its cosine (transformers have such tokens): two
+MiniLM candidates 0.015 apart in held-out embedding cosine scored 0.9177336 and 0.9177303
+that way, and 0.9196 and 0.9222 (in the held-out order) token by token.
 
 The mask is the batch's ``attention_mask`` input (the name both Hugging Face exporters
 use): integer or boolean, (batch, positions), only 0 and 1. A tensor is filtered when its
@@ -22,9 +29,9 @@ import numpy as np
 MASK_INPUTS = ("attention_mask",)
 
 
-def padding_mask(feeds: dict) -> np.ndarray | None:
+def token_mask(feeds: dict) -> np.ndarray | None:
     """(batch, positions) bool, True at real tokens, from the batch's attention mask; None
-    when the batch has no such input or no padded position."""
+    when the batch has no such input (not a batch of token sequences)."""
     for name in MASK_INPUTS:
         m = feeds.get(name)
         if m is None:
@@ -32,9 +39,19 @@ def padding_mask(feeds: dict) -> np.ndarray | None:
         m = np.asarray(m)
         if m.ndim != 2 or m.dtype.kind not in "biu" or not np.isin(m, (0, 1)).all():
             return None
-        keep = m.astype(bool)
-        return None if keep.all() else keep
+        return m.astype(bool)
     return None
+
+
+def padding_mask(feeds: dict) -> np.ndarray | None:
+    """`token_mask`, or None when no position is padded (then no statistic changes)."""
+    keep = token_mask(feeds)
+    return None if keep is None or keep.all() else keep
+
+
+def per_token(a: np.ndarray, mask: np.ndarray | None) -> bool:
+    """`a` is an output laid out (batch, positions, ...) for the token `mask`."""
+    return mask is not None and a.ndim >= 3 and tuple(a.shape[:2]) == mask.shape
 
 
 def _applies(shape: tuple, axis: int, mask: np.ndarray | None) -> bool:
@@ -53,6 +70,6 @@ def real_rows(a: np.ndarray, axis: int, mask: np.ndarray | None) -> tuple[np.nda
 def zero_padding(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """`a` with its padded positions set to 0 (an output compared per sample: padded
     positions then add nothing to either side of a cosine)."""
-    if mask is None or a.ndim < 3 or tuple(a.shape[:2]) != mask.shape:
+    if not per_token(a, mask):
         return a
     return a * mask.reshape(mask.shape + (1,) * (a.ndim - 2))

@@ -180,11 +180,14 @@ def stable_perturbations(dense, held: list[dict], seed: int) -> tuple[list[dict]
 def _cosine_between(model, pairs) -> float:
     """Mean cosine of the model's outputs on each clean batch and its perturbed copy."""
     from graphprune.runtime.ort import session
+    from graphprune.runtime.positions import padding_mask, zero_padding
 
     s = session(model)
     cos = []
     for clean, pert in pairs:
+        mask = padding_mask(clean)  # a text batch's padded positions: not compared
         for a, b in zip(s.run(None, clean), s.run(None, pert), strict=True):
+            a, b = zero_padding(a, mask), zero_padding(b, mask)
             a2 = np.asarray(a, np.float64).reshape(len(a), -1) if np.ndim(a) else None
             b2 = np.asarray(b, np.float64).reshape(len(b), -1) if np.ndim(b) else None
             if a2 is None or a2.dtype.kind != "f" or a2.shape != b2.shape:
