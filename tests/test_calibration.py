@@ -60,6 +60,22 @@ def test_image_folder_with_declared_preprocessing(tmp_path):
         ImagePreprocess.parse("size=big")
 
 
+def test_images_of_another_size_are_refused_with_the_resize_option_named(tmp_path):
+    """A folder of 6x8 images for a model that takes 4x4, without size=HxW: refused before
+    any work, and the error says how to resize them (it said only the shapes)."""
+    Image = pytest.importorskip("PIL.Image")
+    for k in range(2):
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / f"im{k}.png")
+    with pytest.raises(UsageError, match=r"has shape \[2, 3, 6, 8\]") as e:
+        load_calibration(str(tmp_path), conv_model(), preprocess="mean=0.5")
+    assert "--calib-preprocess size=4x4" in (e.value.hint or "")
+    # an .npz of the wrong size is refused without that hint (it is not an image folder)
+    np.savez(tmp_path / "c.npz", x=np.zeros((2, 3, 6, 8), np.float32))
+    with pytest.raises(UsageError) as e:
+        load_calibration(str(tmp_path / "c.npz"), conv_model())
+    assert "calib-preprocess" not in (e.value.hint or "")
+
+
 def test_callable_source(tmp_path):
     mod = tmp_path / "feeds.py"  # its third batch is broken: found when it is read
     mod.write_text("import numpy as np\n"

@@ -295,9 +295,20 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
                              hint=", ".join(f"{k}: {np.asarray(first[k]).dtype} -> {fitted[k].dtype}" for k in first))
         return spec
     calib = _calibration_source(spec, model, preprocess, batch_size, limit)
-    calib.make = _checked(calib.make, model, calib.description)
+    hint = _resize_hint(model, preprocess) if Path(spec).is_dir() else None
+    calib.make = _checked(calib.make, model, calib.description, hint)
     calib.first()  # a batch the model cannot take fails here, before any work
     return calib
+
+
+def _resize_hint(model: ir.Model, preprocess: str | None) -> str:
+    """What to add to --calib-preprocess so that a folder's images take the model's size."""
+    pre = ImagePreprocess.parse(preprocess)
+    dims = list(_input_info(model)[0][1] or [])
+    hw = dims[1:3] if pre.layout == "nhwc" else dims[2:4]
+    size = f"{hw[0]}x{hw[1]}" if len(hw) == 2 and all(isinstance(d, int) for d in hw) else "HxW"
+    rest = ",".join(item for item in (preprocess or "").split(",") if item and not item.startswith("size="))
+    return f"resize the images to the model's input: --calib-preprocess size={size}" + (f",{rest}" if rest else "")
 
 
 def _calibration_source(spec: str, model: ir.Model, preprocess: str | None, batch_size: int,
@@ -338,7 +349,7 @@ def _fit_dtype(a: np.ndarray, want, name: str, source: str) -> np.ndarray:
     return a.astype(want)
 
 
-def check_feeds(feeds: Feeds, model: ir.Model, source: str) -> Feeds:
+def check_feeds(feeds: Feeds, model: ir.Model, source: str, shape_hint: str | None = None) -> Feeds:
     """One calibration batch made fit for `model`, or a UsageError naming what does not fit:
     an input the model lacks, a rank or static size it cannot take, NaN or infinite values,
     an integer array for a float input (or the reverse). Float arrays of another precision
@@ -356,17 +367,18 @@ def check_feeds(feeds: Feeds, model: ir.Model, source: str) -> Feeds:
             static = [d if isinstance(d, int) else None for d in dims]
             if a.ndim != len(dims) or any(s is not None and s != n for s, n in zip(static, a.shape, strict=True)):
                 raise UsageError(f"{source}: input {name!r} has shape {list(a.shape)}; the model takes "
-                                 f"{_show(dims)}")
+                                 f"{_show(dims)}", hint=shape_hint)
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             raise UsageError(f"{source}: input {name!r} holds NaN or infinite values")
         out[name] = a
     return out
 
 
-def _checked(make: Callable[[], Iterable[Feeds]], model: ir.Model, source: str) -> Callable:
+def _checked(make: Callable[[], Iterable[Feeds]], model: ir.Model, source: str,
+             shape_hint: str | None = None) -> Callable:
     def checked():
         for feeds in make():
-            yield check_feeds(feeds, model, source)
+            yield check_feeds(feeds, model, source, shape_hint)
 
     return checked
 
