@@ -36,6 +36,9 @@ OPTIONS = frozenset({
     "latency_threads", "latency_rounds",
 })
 MODES = ("uniform", "global", "sensitivity")
+# round_to auto: a MAC/params target left more than this far under (kept fraction) by widths in
+# multiples of the lanes is met with a finer multiple (Allocator._finer_steps)
+FINER_TOLERANCE = 0.05
 Selection = dict[int, list[int]]
 
 
@@ -88,6 +91,7 @@ class Allocator:
         mr = opts.get("max_ratio")
         self.max_ratio = float(mr) if mr not in (None, "") else None
         self.round_to = int(opts.get("round_to", 1))
+        self.round_to_auto = bool(opts.get("round_to_auto", False))  # the lanes of "auto": may step finer
         targets = {k: float(opts[k]) for k in ("target_macs", "target_params", "target_active_params", "target_latency")
                    if opts.get(k) not in (None, "")}
         if len(targets) > 1:
@@ -274,12 +278,41 @@ class Allocator:
             sel = self.allocate(scores, None, cost)
         elif self.target[0] != "target_latency":
             sel = self.allocate(scores, self.target[1], cost)
+            if self.round_to_auto and self.round_to > 1:
+                sel = self._finer_steps(scores, sel, cost)
         else:
             sel = self._latency_loop(scores, cost)
         if cost is not None:
             self.info["predicted_ratio"] = round(cost.ratio(sel), 4)
             if self.target:
                 self.info["target"] = {self.target[0]: self.target[1]}
+        return sel
+
+    def _finer_steps(self, scores: dict[int, np.ndarray], sel: Selection, cost) -> Selection:
+        """round_to auto (the lanes): when widths in multiples of the lanes keep far less than
+        the target (more than FINER_TOLERANCE under it: a small model whose 32 channels can
+        keep 16 or 32), the coarsest finer multiple (lanes/2, /4, ..., 1) that lands within
+        the tolerance, else the one closest under the target. Recorded in info["round_to"]."""
+        target, lanes = self.target[1], self.round_to
+        first = cost.ratio(sel)
+        if target - first <= FINER_TOLERANCE:
+            return sel
+        best = (first, lanes, sel, self.info.get("reached"))
+        step = lanes // 2
+        while step >= 1:
+            self.round_to = step
+            s = self.allocate(scores, target, cost)
+            kept = cost.ratio(s)
+            if kept <= target + 1e-3 and kept > best[0]:  # meets the target, and keeps more of the model
+                best = (kept, step, s, self.info.get("reached"))
+                if target - kept <= FINER_TOLERANCE:
+                    break
+            step //= 2
+        kept, step, sel, reached = best
+        self.round_to = step
+        self.info["reached"] = reached
+        if step != lanes:
+            self.info["round_to"] = {"lanes": lanes, "used": step, "lanes_kept": round(first, 4)}
         return sel
 
     def _latency_loop(self, scores, lat) -> Selection:

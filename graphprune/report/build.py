@@ -106,9 +106,11 @@ def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, 
     """What every verb's report shows of a prune outcome: shapes, op counts, per-layer
     widths and MACs, group widths, sensitivity curves, search, oracle, quality.
     `accuracy`: workflow.verdicts.accuracy_line of the run (the caller's: the report
-    package does not import the workflow, which imports it)."""
+    package does not import the workflow, which imports it). The width multiple is the
+    one the plan records (round_to auto may have stepped finer), else `round_to`."""
     from graphprune.report.layers import compare_layers
 
+    round_to = int((outcome.plan.settings or {}).get("round_to") or round_to)
     shapes = outcome.shapes
     at = shapes.shapes if shapes is not None else None
     plan = outcome.plan

@@ -82,7 +82,7 @@ def prune_options(opts: CompileOptions, target: Target) -> PruneOptions:
     """compile's pruning step as PruneOptions (round_to defaults to the target's SIMD lanes)."""
     return PruneOptions(
         ratio=opts.ratio, criterion=opts.criterion, ignore=list(opts.ignore), seed=opts.seed,
-        round_to=_round_to(opts.round_to, target),
+        round_to=_round_to(opts.round_to, target), round_to_auto=opts.round_to in (None, "auto"),
         allocation=dict(opts.prune_options), prune=opts.prune, plan=opts.plan, slice_hidden=opts.slice_hidden,
         keep_tokens=opts.keep_tokens, token_input=opts.token_input, keep_experts=opts.keep_experts,
         calib=opts.calib,

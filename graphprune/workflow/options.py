@@ -15,6 +15,10 @@ class PruneOptions:
     # a width multiple; "auto" (resolved at construction): this machine's float32 SIMD lanes,
     # the widths ONNX Runtime runs at the dense model's speed (benchmarks/bench_widths.py)
     round_to: int | str = "auto"
+    # round_to was "auto": when the lanes' steps leave a MAC/params target far under (a small
+    # model whose 32 channels can keep 16 or 32), the allocation uses the coarsest finer
+    # multiple that meets it (allocation.driver, FINER_TOLERANCE) and the summary says so
+    round_to_auto: bool = False
     ignore: list[str] = field(default_factory=list)
     seed: int = 0
     allocation: dict = field(default_factory=dict)  # allocation.driver options given: allocation, target_*, ...
@@ -53,6 +57,8 @@ class PruneOptions:
     def __post_init__(self):
         from graphprune.backends.targets import resolve_round_to
 
+        if self.round_to == "auto":
+            self.round_to_auto = True
         self.round_to = resolve_round_to(self.round_to)
 
     def channel_options(self) -> dict:
@@ -60,6 +66,8 @@ class PruneOptions:
         opts = {"ratio": self.ratio, "criterion": self.criterion, "round_to": self.round_to, "seed": self.seed}
         if self.ignore:
             opts["ignore"] = list(self.ignore)
+        if self.round_to_auto and self.round_to > 1:
+            opts["round_to_auto"] = True
         opts.update(self.allocation)
         return opts
 

@@ -136,7 +136,11 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> 
                 f"the most this run could remove (no group emptied{steps}, within --max-ratio/--protect)")
     else:
         line = f"{flag} {asked:g}: met, the result keeps {kept:.3f} of the input's {what}{how}"
-        if asked - kept > 0.05 and round_to > 1:
+        stepped = allocation.get("round_to")
+        if stepped:  # round_to auto: the lanes' steps left the target far under
+            line += (f"; widths in multiples of {stepped['used']}, not of the {stepped['lanes']} SIMD lanes: those "
+                     f"kept only {stepped['lanes_kept']:.3f} (--round-to {stepped['lanes']} keeps the lanes)")
+        elif asked - kept > 0.05 and round_to > 1:
             line += f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
     return {"flag": flag, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
 

@@ -406,3 +406,35 @@ def test_a_plain_ratio_never_removes_more_than_asked_from_a_group_under_round_to
     assert any(w.channels == 64 and w.kept == 48 for w in widths)
     r = oracle.check(gp.load(proto.SerializeToString(), fold=False), res.model, res.plan)
     assert r.ok, r.diffs
+
+
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+def test_round_to_auto_steps_finer_when_the_lanes_overshoot_a_target(samples_dir, mode):
+    """tiny_resnet in multiples of 16 can keep 1.0 or about 0.33 of its MACs: --target-macs
+    0.8 kept 0.325. With round_to auto (the lanes) the allocation takes the coarsest finer
+    multiple that lands within FINER_TOLERANCE of the target, records it, and the plan says
+    which multiple its widths are; a round_to the user chose is kept as given."""
+    from graphprune.allocation.driver import FINER_TOLERANCE
+
+    path = samples_dir / "tiny_resnet.onnx"
+    before = model_cost(gp.load(path)).macs
+
+    def run(opts):
+        model = gp.load(path)
+        ctx = PassContext()
+        PassManager.parse(f"prune-channels{{allocation={mode},target_macs=0.8,round_to=16{opts}}}").run(model, ctx)
+        return model, ctx.results["plan"], model_cost(model).macs / before
+
+    _, _, fixed = run("")
+    assert fixed < 0.8 - FINER_TOLERANCE  # the overshoot this is about
+    model, plan, kept = run(",round_to_auto=true")
+    assert 0.8 - FINER_TOLERANCE <= kept <= 0.8 + 1e-3, kept
+    info = plan.settings["allocation_result"]
+    step = info["round_to"]["used"]
+    assert info["reached"] and info["round_to"]["lanes"] == 16 and step in (8, 4, 2, 1)
+    assert info["round_to"]["lanes_kept"] == pytest.approx(fixed, abs=1e-3)
+    assert plan.settings["round_to"] == step
+    dg = gp.analyze(gp.load(path))
+    widths = _kept_weight_widths(dg, {g["id"]: g["removed_atoms"] for g in plan.groups})
+    assert all(k % step == 0 for k in widths.values())
+    assert oracle.check(ir.load(path), model, plan).ok

@@ -343,3 +343,21 @@ def test_nothing_pruned_is_said_and_no_speedup_is_claimed(samples_dir, tmp_path,
     _fake_latencies(monkeypatch, dense=1.0, pruned=1.0)
     assert main(["compile", src, "--target", "x86", "-o", str(tmp_path / "c")]) == 0
     assert "note: nothing pruned: no channel group" in capsys.readouterr().out
+
+
+def test_round_to_auto_meets_a_target_the_lanes_overshoot_and_says_so(samples_dir, tmp_path, capsys, monkeypatch):
+    """The default (round_to auto = 16 lanes) made --target-macs 0.8 keep 0.325 of the sample's
+    MACs. Now a finer multiple meets it, and the line says which and what the lanes kept."""
+    import dataclasses
+
+    from graphprune.backends import targets
+
+    monkeypatch.setattr(targets, "host_target", lambda: dataclasses.replace(targets._host_x86(), simd_lanes=16))
+    src = str(samples_dir / "tiny_resnet.onnx")
+    assert main(["prune", src, "--target-macs", "0.8", "-o", str(tmp_path / "a.onnx"), "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "a.report.json").read_text())
+    assert rep["budget"]["met"] and 0.75 <= rep["budget"]["kept"] <= 0.8
+    assert "not of the 16 SIMD lanes: those kept only 0.3" in rep["budget"]["line"] and rep["budget"]["line"] in out
+    step = json.loads((tmp_path / "a.plan.json").read_text())["settings"]["round_to"]
+    assert step < 16 and f"round-to: widths kept multiples of {step}" in out

@@ -82,7 +82,8 @@ def ignore_patterns(opts: dict) -> list[str] | None:
 
 @register_pass
 class PlanChannels(Pass):
-    """Options: ratio, criterion (see graphprune.importance.CRITERIA), round_to, ignore
+    """Options: ratio, criterion (see graphprune.importance.CRITERIA), round_to (and
+    round_to_auto: it was the lanes of "auto", a finer multiple may meet a target), ignore
     (list of regex), seed, and the allocation options of graphprune.allocation.driver
     (allocation, target_macs/params/latency, max_ratio, protect, layer_ratios ...).
     Calibration data for data-aware criteria is ``results['calibration']``."""
@@ -91,7 +92,7 @@ class PlanChannels(Pass):
     description = "choose the least important channels of every coupled group (no change to the model)"
 
     # The defaults are those of graphprune.allocation.driver, which reads the options given.
-    def __init__(self, *, ratio: float = 0.3, criterion: str = "l2", round_to: int = 1,
+    def __init__(self, *, ratio: float = 0.3, criterion: str = "l2", round_to: int = 1, round_to_auto: bool = False,
                  ignore: str | list[str] | None = None, seed: int = 0, allocation: str = "uniform",
                  target_macs: float | None = None, target_params: float | None = None,
                  target_active_params: float | None = None, target_latency: float | None = None, max_ratio: float | None = None,
@@ -147,5 +148,7 @@ def plan(model: ir.Model, ctx: PassContext, opts: dict) -> None:
         scores, selection, info = select(model, dg, _input_relative(model, opts, r), r.get("calibration"),
                                          r.get("input_shapes"))
         r.update(selection=selection, scores=scores, allocation=info)
+        if "round_to" in info:  # round_to auto stepped to a finer multiple: the plan records the one used
+            opts = {**opts, "round_to": info["round_to"]["used"]}
         log.debug("plan-channels: %d groups lose atoms", sum(1 for a in selection.values() if len(a)))
     r.update(planned_options=opts, planned_graph=dg)
