@@ -105,6 +105,9 @@ def _default_shape(spec: InputSpec, attempt: int, dims: Mapping | None) -> tuple
         elif dims and isinstance(d, str) and d in dims:
             out[k] = int(dims[d])
     layout = _image_layout(spec)
+    # what was defaulted names the label: only the batch of an otherwise static input is no
+    # "sequence" (a [N, 64] feature vector read "default for sequence inputs")
+    only_batch = not layout and [k for k, d in enumerate(out) if d is None] == [0]
     kind = "image" if layout else ("sequence" if not spec.floating or len(shape) <= 3 else "tensor")
     if layout:
         c, h, w = layout
@@ -119,7 +122,7 @@ def _default_shape(spec: InputSpec, attempt: int, dims: Mapping | None) -> tuple
     for k in range(len(out)):
         if out[k] is None:
             out[k] = BATCH if k == 0 else SEQUENCE
-    return [int(d) for d in out], f"default for {kind} inputs"
+    return [int(d) for d in out], ("default batch" if only_batch else f"default for {kind} inputs")
 
 
 def candidates(specs: Iterable[InputSpec]) -> int:
