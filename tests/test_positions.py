@@ -62,6 +62,10 @@ def test_real_rows_only_for_tensors_laid_out_batch_positions_channels():
     img = np.zeros((2, 5, 6, 6))  # (N, C, H, W) whose N, C happen to match: channel axis 1
     assert real_rows(img, 1, mask)[0] is img
     assert real_rows(a, 2, None)[0] is a
+    flat = a.reshape(10, 3)  # tokens flattened before a Gemm (GPT-2's TorchScript export)
+    rows, axis = real_rows(flat, 1, mask)
+    assert axis == 1 and np.array_equal(rows, a[mask])
+    assert real_rows(flat.T.copy(), 1, mask)[0].shape == (3, 10)  # 10 columns are not tokens
     z = zero_padding(a.astype(float), mask)
     assert (z[1, 2:] == 0).all() and np.array_equal(z[0], a[0])
 

@@ -19,8 +19,9 @@ token by token.
 
 The mask is the batch's ``attention_mask`` input (the name both Hugging Face exporters
 use): integer or boolean, (batch, positions), only 0 and 1. A tensor is filtered when its
-first two dims are that (batch, positions) and its channel axis is a later one; anything
-else (image tensors, attention scores, a batch without padding) is used as it is. Only
+first two dims are that (batch, positions) and its channel axis is a later one, or when it
+is 2-D with batch × positions rows (tokens flattened before a Gemm); anything else (image
+tensors, attention scores, a batch without padding) is used as it is. Only
 statistics change: the pruned model is still checked by the oracle on whole batches.
 """
 from __future__ import annotations
@@ -55,17 +56,29 @@ def per_token(a: np.ndarray, mask: np.ndarray | None) -> bool:
     return mask is not None and a.ndim >= 3 and tuple(a.shape[:2]) == mask.shape
 
 
-def _applies(shape: tuple, axis: int, mask: np.ndarray | None) -> bool:
-    axis = axis % len(shape) if shape else axis
-    return mask is not None and len(shape) >= 3 and tuple(shape[:2]) == mask.shape and axis >= 2
+def _layout(shape: tuple, axis: int, mask: np.ndarray | None) -> str | None:
+    """How a tensor holds the batch's tokens: "bs" (batch, positions, ..., channels), "flat"
+    (batch × positions, channels: exporters that flatten tokens before a Gemm, as GPT-2's
+    TorchScript export does), or None (not token-major, or no mask)."""
+    if mask is None or not shape:
+        return None
+    axis = axis % len(shape)
+    if len(shape) >= 3 and tuple(shape[:2]) == mask.shape and axis >= 2:
+        return "bs"
+    if len(shape) == 2 and shape[0] == mask.size and axis == 1 and mask.shape[1] > 1:
+        return "flat"
+    return None
 
 
 def real_rows(a: np.ndarray, axis: int, mask: np.ndarray | None) -> tuple[np.ndarray, int]:
     """`a` with the padded (batch, position) pairs removed, and where its channel `axis` is
     then; `a` and `axis` as they are when the mask does not apply to this tensor."""
-    if not _applies(a.shape, axis, mask):
-        return a, axis
-    return np.asarray(a)[mask], (axis % a.ndim) - 1
+    layout = _layout(a.shape, axis, mask)
+    if layout == "bs":
+        return np.asarray(a)[mask], (axis % a.ndim) - 1
+    if layout == "flat":
+        return np.asarray(a)[mask.reshape(-1)], 1
+    return a, axis
 
 
 def zero_padding(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
