@@ -241,7 +241,8 @@ def _solve_and_write(model: ir.Model, ne: _Normal, damp, undo) -> dict | None:
         return None
     _write(model, lin, W, groups, bias, undo)
     rows = max(ne.rows, 1)
-    return {"layer": lin.name, "rows": ne.rows, "error_before": e0 / rows, "error_after": e1 / rows, **info}
+    return {"layer": lin.name, "rows": ne.rows, "unknowns": int(W0.shape[1]), "error_before": e0 / rows,
+            "error_after": e1 / rows, **info}
 
 
 def _report(entries: list[dict]) -> dict:
@@ -252,12 +253,16 @@ def _report(entries: list[dict]) -> dict:
     if left:
         log.info("lsq-reconstruct: %d layers left as they were (%s%s): no refit did better than their current "
                  "weights on held-out calibration rows", len(left), ", ".join(left[:3]), ", ..." if len(left) > 3 else "")
-    overfit = [e["layer"] for e in per_layer if e.get("overfit")]
+    over = [e for e in per_layer if e.get("overfit")]
+    overfit = [e["layer"] for e in over]
     if overfit:
+        # the scarcest layer: calibration rows (positions; tokens for text) per unknown of one output
+        tight = min(over, key=lambda e: e["rows"] / max(e["unknowns"], 1))
         log.warning("lsq-reconstruct: %d of %d layers fit the calibration rows much better than held-out "
-                    "rows (%s%s): the calibration set is small or uniform for layers this size; more "
-                    "varied --calib data repairs better", len(overfit), len(per_layer),
-                    ", ".join(overfit[:3]), ", ..." if len(overfit) > 3 else "")
+                    "rows (%s%s): the calibration set is small or uniform for layers this size (%s: %d rows "
+                    "for %d unknowns per output); more varied --calib data repairs better", len(overfit),
+                    len(per_layer), ", ".join(overfit[:3]), ", ..." if len(overfit) > 3 else "", tight["layer"],
+                    tight["rows"], tight["unknowns"])
     return {"layers": per_layer, "overfit_layers": len(overfit), "kept_layers": len(left)}
 
 
