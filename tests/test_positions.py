@@ -1,5 +1,7 @@
 """A text batch's padded positions (attention_mask == 0) are left out of calibration
 statistics and of the output cosine (graphprune/runtime/positions.py)."""
+import logging
+
 import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper
@@ -9,7 +11,7 @@ from graphprune.importance.layers import features, linear_layers, rows_of_output
 from graphprune.importance.registry import group_scores
 from graphprune.runtime.calibration import Calibration
 from graphprune.runtime.oracle import output_fidelity
-from graphprune.runtime.positions import padding_mask, real_rows, zero_padding
+from graphprune.runtime.positions import padding_mask, padding_note, real_rows, zero_padding
 from graphprune.runtime.stats import ChannelStats
 from tests.helpers import make_model
 
@@ -122,7 +124,7 @@ def test_output_cosine_ignores_what_padded_positions_read():
     assert cos < 0.5
 
 
-def test_one_command_prunes_the_channel_only_padding_uses_and_keeps_real_outputs():
+def test_one_command_prunes_the_channel_only_padding_uses_and_keeps_real_outputs(caplog):
     """End to end (run_prune, wanda, lsq-reconstruct): the channel that is active only at
     padded positions is the one removed, and the outputs at real positions are unchanged
     (with padding counted, wanda removed a used channel and the least-squares fit chased
@@ -131,8 +133,13 @@ def test_one_command_prunes_the_channel_only_padding_uses_and_keeps_real_outputs
     from graphprune.workflow import PruneOptions, run_prune
 
     calib = Calibration.from_batches([_batch(), _batch()])
-    res = run_prune(_mlp(), PruneOptions(ratio=1 / 3, round_to=1, criterion="wanda", repair="lsq",
-                                         allocation={"allocation": "uniform"}, calib=calib))
+    with caplog.at_level(logging.INFO, logger="graphprune"):
+        res = run_prune(_mlp(), PruneOptions(ratio=1 / 3, round_to=1, criterion="wanda", repair="lsq",
+                                             allocation={"allocation": "uniform"}, calib=calib))
+    # the run says what it leaves out (3 of the first batch's 10 positions)
+    assert any("calibration: 30% of the first batch's positions are padding" in r.getMessage()
+               for r in caplog.records)
+    assert padding_note({"x": _batch()["x"], "attention_mask": np.ones((2, 5), np.int64)}) is None
     assert res.oracle is not None and res.oracle.ok
     w1 = [t for t in res.plan.tensors if t["name"] == "W1"]
     assert len(w1) == 1 and w1[0]["removed"] == [0], res.plan.tensors

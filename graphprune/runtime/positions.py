@@ -51,6 +51,15 @@ def padding_mask(feeds: dict) -> np.ndarray | None:
     return None if keep is None or keep.all() else keep
 
 
+def padding_note(feeds: dict) -> str | None:
+    """One line for the run's log when a calibration batch is padded: what is left out."""
+    keep = padding_mask(feeds)
+    if keep is None:
+        return None
+    return (f"calibration: {1 - keep.mean():.0%} of the first batch's positions are padding (attention_mask 0): "
+            f"left out of activation statistics, repair rows and the output cosine")
+
+
 def per_token(a: np.ndarray, mask: np.ndarray | None) -> bool:
     """`a` is an output laid out (batch, positions, ...) for the token `mask`."""
     return mask is not None and a.ndim >= 3 and tuple(a.shape[:2]) == mask.shape
