@@ -293,12 +293,21 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
         if any(np.asarray(first[k]).dtype != fitted[k].dtype for k in first):  # an object's batches are not rewritten
             raise UsageError(f"{spec.description}: batch dtypes differ from the model's inputs",
                              hint=", ".join(f"{k}: {np.asarray(first[k]).dtype} -> {fitted[k].dtype}" for k in first))
+        _say_padding(fitted)
         return spec
     calib = _calibration_source(spec, model, preprocess, batch_size, limit)
     hint = _resize_hint(model, preprocess) if Path(spec).is_dir() else None
     calib.make = _checked(calib.make, model, calib.description, hint)
-    calib.first()  # a batch the model cannot take fails here, before any work
+    _say_padding(calib.first())  # a batch the model cannot take fails here, before any work
     return calib
+
+
+def _say_padding(first: Feeds) -> None:
+    from graphprune.runtime.positions import padding_note
+
+    note = padding_note(first)
+    if note:
+        log.info("%s", note)
 
 
 def _resize_hint(model: ir.Model, preprocess: str | None) -> str:

@@ -852,11 +852,25 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
 
 
+def sample_cosines(a, b, tokens: np.ndarray | None) -> list[float]:
+    """Per sample, how close output `b` is to output `a`: the cosine of the flattened
+    sample, or for the output of a token sequence (runtime/positions.py: `tokens` is the
+    batch's token mask) the mean over the sample's real tokens of the cosine at each
+    token. [] when the two cannot be compared (other shapes, a scalar)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim == 0:
+        return []
+    if per_token(a, tokens):
+        c = _cosines(a.reshape(a.shape[:2] + (-1,)), b.reshape(b.shape[:2] + (-1,)))  # (batch, positions)
+        real = tokens.sum(1)
+        return np.where(real > 0, (c * tokens).sum(1) / np.maximum(real, 1), 1.0).tolist()
+    return _cosines(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)).tolist()
+
+
 def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) -> dict:
     """How close the pruned model's outputs stay to the dense model's on real inputs:
-    per sample and output, the cosine of the flattened outputs — for the outputs of a
-    token sequence (runtime/positions.py), the mean over the sample's real tokens of the
-    cosine at each token; `drop` = 1 - mean cosine. `decisions` (indices of outputs whose
+    per sample and output, `sample_cosines`; `drop` = 1 - mean cosine. `decisions` (indices of outputs whose
     last axis is class or token scores): also `decisions`, the share of samples whose
     every argmax there is the dense model's, from the same runs. A text batch's padded
     positions count in neither."""
@@ -877,16 +891,7 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
                 ok &= eq.reshape(n, -1).all(axis=1)
             same.extend(ok.tolist())
         for a, b in zip(a_all, b_all, strict=True):
-            a = np.asarray(a, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
-            if a.dtype.kind != "f" or a.shape != b.shape or a.ndim == 0:
-                continue
-            if per_token(a, tokens):
-                c = _cosines(a.reshape(a.shape[:2] + (-1,)), b.reshape(b.shape[:2] + (-1,)))  # (batch, positions)
-                real = tokens.sum(1)
-                cos.extend(np.where(real > 0, (c * tokens).sum(1) / np.maximum(real, 1), 1.0).tolist())
-                continue
-            cos.extend(_cosines(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)).tolist())
+            cos.extend(sample_cosines(a, b, tokens))
     mean = float(np.mean(cos)) if cos else 1.0
     out = {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
            "samples": len(cos), "outputs": names}

@@ -62,7 +62,7 @@ def padding_note(feeds: dict) -> str | None:
 
 def per_token(a: np.ndarray, mask: np.ndarray | None) -> bool:
     """`a` is an output laid out (batch, positions, ...) for the token `mask`."""
-    return mask is not None and a.ndim >= 3 and tuple(a.shape[:2]) == mask.shape
+    return _layout(a.shape, -1, mask) == "bs"
 
 
 def _layout(shape: tuple, axis: int, mask: np.ndarray | None) -> str | None:

@@ -150,12 +150,6 @@ class _Run:
         o = self.opts
         self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
                                                   batch_size=o.calib_batch, limit=o.calib_samples)
-        if self.state.calibration is not None:
-            from graphprune.runtime.positions import padding_note
-
-            note = padding_note(self.state.calibration.first())
-            if note:
-                log.info("%s", note)
 
     def choose(self, outcome: PruneOutcome, dry_run: bool) -> None:
         """Criterion, allocation and repair the user left to graphprune: searched with

@@ -178,22 +178,18 @@ def stable_perturbations(dense, held: list[dict], seed: int) -> tuple[list[dict]
 
 
 def _cosine_between(model, pairs) -> float:
-    """Mean cosine of the model's outputs on each clean batch and its perturbed copy."""
+    """Mean cosine of the model's outputs on each clean batch and its perturbed copy, per
+    sample as the scorer measures it (runtime.oracle.sample_cosines)."""
+    from graphprune.runtime.oracle import sample_cosines
     from graphprune.runtime.ort import session
-    from graphprune.runtime.positions import padding_mask, zero_padding
+    from graphprune.runtime.positions import token_mask
 
     s = session(model)
     cos = []
     for clean, pert in pairs:
-        mask = padding_mask(clean)  # a text batch's padded positions: not compared
+        tokens = token_mask(clean)
         for a, b in zip(s.run(None, clean), s.run(None, pert), strict=True):
-            a, b = zero_padding(a, mask), zero_padding(b, mask)
-            a2 = np.asarray(a, np.float64).reshape(len(a), -1) if np.ndim(a) else None
-            b2 = np.asarray(b, np.float64).reshape(len(b), -1) if np.ndim(b) else None
-            if a2 is None or a2.dtype.kind != "f" or a2.shape != b2.shape:
-                continue
-            den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-            cos.extend(np.where(den > 0, (a2 * b2).sum(1) / np.maximum(den, 1e-30), 1.0).tolist())
+            cos.extend(sample_cosines(a, b, tokens))
     return float(np.mean(cos)) if cos else 1.0
 
 

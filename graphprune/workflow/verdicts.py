@@ -17,6 +17,7 @@ less accurate than asked is said so, never shipped silently).
 """
 from __future__ import annotations
 
+from graphprune.allocation.driver import FINER_TOLERANCE  # "far under a target": the same as the allocation's
 from graphprune.errors import QualityGateError, SlowerThanAskedError
 
 NO_CALIB = "accuracy: not measured (no --calib); the oracle proves only equivalence to the masked model"
@@ -140,7 +141,7 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> 
         if stepped:  # round_to auto: the lanes' steps left the target far under
             line += (f"; widths in multiples of {stepped['used']}, not of the {stepped['lanes']} SIMD lanes: those "
                      f"kept only {stepped['lanes_kept']:.3f} (--round-to {stepped['lanes']} keeps the lanes)")
-        elif asked - kept > 0.05 and round_to > 1:
+        elif asked - kept > FINER_TOLERANCE and round_to > 1:
             line += f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
     return {"flag": flag, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
 
