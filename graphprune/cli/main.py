@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -71,22 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: int, quiet: bool, log_file: str | None) -> None:
+def _log_handlers(verbose: int, quiet: bool, log_file: str | None) -> list[logging.Handler]:
     """Library code logs; the CLI shows graphprune's INFO progress on stderr (-q: errors
-    only, -v: debug with module names) and writes everything to --log-file."""
-    root = logging.getLogger("graphprune")
-    root.handlers.clear()
-    root.setLevel(logging.DEBUG)
-    root.propagate = False
+    only, -v: debug with module names) and writes everything to --log-file (OSError if it
+    cannot be opened)."""
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
-    root.addHandler(console)
-    if log_file:
-        fh = logging.FileHandler(log_file)
-        fh.setLevel(logging.DEBUG)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(fh)
+    if not log_file:
+        return [console]
+    fh = logging.FileHandler(log_file)
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return [console, fh]
+
+
+@contextlib.contextmanager
+def _logging_to(handlers: list[logging.Handler]):
+    """The 'graphprune' logger writes only to these handlers while the verb runs; afterwards
+    it is as it was, so main() called in-process (a toolchain step, a test) leaves neither a
+    handler on a stream that may since have closed nor propagate=False behind it."""
+    root = logging.getLogger("graphprune")
+    saved = (list(root.handlers), root.level, root.propagate)
+    root.handlers[:] = handlers
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
 
 
 def _print_error(verb: str | None, exc) -> int:
@@ -177,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     if refused is not None:
         return refused
     try:
-        _setup_logging(args.verbose, args.quiet, args.log_file)
+        handlers = _log_handlers(args.verbose, args.quiet, args.log_file)
     except OSError as exc:
         print(f"graphprune: error: cannot write the log file {args.log_file}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
+    with _logging_to(handlers):
+        return _run_logged(parser, args, argv)
+
+
+def _run_logged(parser, args, argv: list[str] | None) -> int:
     args._argv = list(sys.argv[1:] if argv is None else argv)  # lets --config tell given options from defaults
     from graphprune.plugins import load_plugins
 

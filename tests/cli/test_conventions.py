@@ -118,6 +118,23 @@ def test_global_options_after_the_verb(work, tmp_path, capfd):
     assert "--log-file" in capfd.readouterr().err
 
 
+def test_main_in_process_leaves_the_graphprune_logger_as_it_was(work, tmp_path, caplog):
+    """main() called in-process (a toolchain step, a test) once left the 'graphprune' logger
+    with propagate=False and a handler on its (since closed) stderr: later records reached
+    neither the caller's handlers nor pytest's caplog, and each one printed 'Logging error'."""
+    import logging
+
+    lg = logging.getLogger("graphprune")
+    before = (list(lg.handlers), lg.level, lg.propagate)
+    log = tmp_path / "run.log"
+    assert main(["prune", work["src"], "-o", str(tmp_path / "v.onnx"), "--no-bench", "--log-file", str(log)]) == 0
+    assert (list(lg.handlers), lg.level, lg.propagate) == before
+    with caplog.at_level(logging.WARNING, logger="graphprune"):
+        logging.getLogger("graphprune.passes").warning("after main")
+    assert "after main" in caplog.text
+    assert "DEBUG graphprune.passes" in log.read_text()
+
+
 def test_env_lists_each_optional_feature(capfd):
     assert main(["env", "--json"]) == 0
     data = json.loads(capfd.readouterr().out)
