@@ -14,8 +14,16 @@ def external_base_dir(model: ir.Model) -> str | None:
 
 
 def to_proto(model: ir.Model):
-    """A ModelProto with every tensor's data inline (safe to hand to ORT or to copy)."""
+    """A ModelProto with every tensor's data inline, as `save_onnx` writes the model: the
+    intermediate values keep their types but not their shapes. Those shapes are analysis
+    aids (`frontends.onnx.analyse_at` gives them the dims of the representative shape), and
+    ONNX Runtime folds static dims it is told into its fused kernels (a MatMul + Add becomes
+    a Gemm behind a Reshape to the told size), so a session built with them fails on a batch
+    of any other size: calibration batches, the oracle's other sizes, a user's inputs."""
     proto = ir.serde.serialize_model(model)
+    for vi in proto.graph.value_info:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
     base = external_base_dir(model)
     if base is not None:
         from onnx.external_data_helper import load_external_data_for_model

@@ -659,14 +659,11 @@ def _with_outputs(model: ir.Model, names, saved: list | None = None) -> ir.Model
 
 
 def _as_written(model: ir.Model) -> bytes:
-    """`model` serialised without its intermediate shapes, as `save_onnx` writes it: a model
-    analysed at the representative shape carries that shape's dims on them (analysis aids),
-    and ONNX Runtime folds static dims into constants — the oracle must run what is written."""
+    """`model` serialised as `save_onnx` writes it, without its intermediate shapes
+    (`to_proto`): the oracle must run what is written."""
     from graphprune.ir.serialize import to_proto
 
-    proto = to_proto(model)
-    del proto.graph.value_info[:]
-    return proto.SerializeToString()
+    return to_proto(model).SerializeToString()
 
 
 def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_random, seed, rtol, dim_value,

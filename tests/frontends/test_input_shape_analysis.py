@@ -61,3 +61,40 @@ def test_prune_at_an_input_shape_writes_the_dynamic_model(tmp_path):
     assert not [vi.name for vi in proto.graph.value_info if vi.name not in inits and vi.type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal((3, 3, 20, 40)).astype(np.float32)
     assert ort.session(str(out)).run(None, {"x": x})[0].shape == (3, 8, 800)
+
+
+def _mlp_over_positions(path):
+    """x:[N, 40, 120] -> MatMul + Add -> Relu -> MatMul + Add: with static dims ONNX Runtime
+    turns each MatMul + Add into a Gemm behind a Reshape to (N·40, 120) at that N."""
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["h0"]), n("Add", ["h0", "b1"], ["h1"]), n("Relu", ["h1"], ["h2"]),
+             n("MatMul", ["h2", "w2"], ["h3"]), n("Add", ["h3", "b2"], ["y"])]
+    inits = {"w1": w(120, 64, seed=1), "b1": w(64, seed=2), "w2": w(64, 120, seed=3), "b2": w(120, seed=4)}
+    m = make_model(nodes, [("x", ["N", 40, 120])], [("y", ["N", 40, 120])], inits)
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_calibration_batches_of_another_size_than_the_input_shape(tmp_path):
+    """`--input-shape x:1,40,120` with calibration batches of 8 and 4: the statistics, the
+    repair and the quality gate run the model on those batches. The sessions they built
+    carried the analysis shapes (batch 1), and ONNX Runtime failed inside its fused Gemm
+    ('gemm_input_reshape ... cannot be reshaped')."""
+    from graphprune.ir.serialize import to_proto
+    from graphprune.runtime.calibration import Calibration
+
+    path = _mlp_over_positions(tmp_path / "m.onnx")
+    at = gp.load(path, input_shapes={"x": [1, 40, 120]})
+    assert dims_of({v.name: v for n in at.graph for v in n.outputs}["h0"]) == [1, 40, 64]  # analysed at batch 1
+    # what ORT is handed has the types of the intermediate values but none of those shapes
+    infos = {vi.name: vi for vi in to_proto(at).graph.value_info}
+    assert infos["h0"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert not infos["h0"].type.tensor_type.HasField("shape")
+    rng = np.random.default_rng(0)
+    calib = Calibration.from_batches([{"x": rng.standard_normal((b, 40, 120)).astype(np.float32)} for b in (8, 4)])
+    res = run_prune(path, PruneOptions(ratio=0.25, round_to=1, criterion="wanda", repair="lsq", calib=calib,
+                                       max_drop=0.5, input_shapes={"x": [1, 40, 120]}))
+    assert res.shapes.sources == {"x": "--input-shape"} and res.oracle.ok, res.oracle.summary()
+    assert res.after.macs < 0.8 * res.before.macs
+    assert [r["pass"] for r in res.repair] == ["lsq-reconstruct"]
+    assert ort.session(res.model).run(None, {"x": calib.first()["x"]})[0].shape == (8, 40, 120)
