@@ -150,6 +150,48 @@ def test_lsq_matches_least_squares_and_reduces_error():
     assert rep["error_after"] < rep["error_before"]
 
 
+def mlp_matmul_proto():
+    """mlp_proto as the PyTorch exporters write nn.Linear on [N, T, features]: MatMul, then
+    an Add of the bias (channel 2 of h is x0 + 5 again)."""
+    inits = {"w1": np.array([[1, 0, 1], [0, 1, 0]], np.float32), "b1": np.array([0, 0, 5], np.float32),
+             "w2": np.array([[1, 0], [0, 1], [0.5, -1]], np.float32), "b2": np.array([0.1, 0.2], np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+             helper.make_node("Add", ["h0", "b1"], ["h"], name="fc1_bias"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y0"], name="fc2"),
+             helper.make_node("Add", ["y0", "b2"], ["y"], name="fc2_bias")]
+    return make_model(nodes, [("x", [None, 3, 2])], [("y", [None, 3, 2])], inits)
+
+
+def test_a_matmuls_bias_add_is_its_bias_for_both_repairs():
+    """bias-compensate skipped MatMul layers (no bias input) and lsq-reconstruct fitted them
+    without an intercept, so a removed channel's mean stayed lost in every transformer
+    export; the Add after the MatMul is now the layer's bias: the hand-computed shift, and
+    the closed-form least squares with an intercept."""
+    calib = calib_for((8, 3, 2), n=3, seed=1)
+    model, ctx, shapes = prune_then(mlp_matmul_proto(), calib, first_group([2]), "bias-compensate")
+    assert_shapes_kept(model, shapes)
+    r2 = np.concatenate([np.maximum(b["x"][..., 0] + 5, 0).ravel() for b in calib])
+    bias = next(n for n in model.graph if n.name == "fc2_bias")
+    np.testing.assert_allclose(const_array(bias.inputs[1]), np.array([0.1, 0.2]) + np.array([0.5, -1]) * r2.mean(),
+                               rtol=1e-5)
+    assert ctx.results["repair"][0]["layers"][0]["layer"] == "fc2"
+
+    calib = calib_for((16, 3, 2), n=3, seed=3)
+    model, ctx, shapes = prune_then(mlp_matmul_proto(), calib, first_group([2]), "lsq-reconstruct{damp=1e-9}")
+    assert_shapes_kept(model, shapes)
+    X = np.concatenate([b["x"].reshape(-1, 2) for b in calib]).astype(np.float64)
+    r = np.maximum(X @ np.array([[1, 0, 1], [0, 1, 0]]) + [0, 0, 5], 0)
+    y = r @ np.array([[1, 0], [0, 1], [0.5, -1]]) + [0.1, 0.2]
+    sol, *_ = np.linalg.lstsq(np.concatenate([r[:, :2], np.ones((len(r), 1))], axis=1), y, rcond=None)
+    fc2 = next(n for n in model.graph if n.name == "fc2")
+    bias = next(n for n in model.graph if n.name == "fc2_bias")
+    np.testing.assert_allclose(const_array(fc2.inputs[1]), sol[:2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(const_array(bias.inputs[1]), sol[2], rtol=1e-4, atol=1e-5)
+    rep = ctx.results["repair"][0]
+    assert rep["layers"][0]["unknowns"] == 3 and rep["error_after"] < rep["error_before"]
+
+
 @pytest.mark.parametrize("layers", ["consumers", "all"])
 def test_lsq_on_convs_keeps_shapes_and_strictly_reduces_error(layers):
     calib = calib_for((2, 4, 6, 6), n=4, seed=4)

@@ -9,7 +9,7 @@ down — otherwise it undoes itself (``guard=true``, the default) and says so.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_ir as ir
@@ -77,6 +77,28 @@ def pruned_consumers(model: ir.Model, removed: dict) -> list[Linear]:
     """Linear layers whose contracted input channels lost indices."""
     return [lin for lin in linear_layers(model) if (lin.w.name, lin.w_in_axis) in removed
             and len(removed[(lin.w.name, lin.w_in_axis)])]
+
+
+def with_add_bias(lin: Linear | None) -> Linear | None:
+    """A MatMul followed by its bias — its output's only use an Add of a 1-D constant with one
+    value per output channel, as both PyTorch exporters write nn.Linear — as one layer with
+    that constant for bias; any other layer as it is. MatMul has no bias input, so without
+    this the repairs could not move a MatMul layer's offset: bias-compensate skipped it and
+    lsq-reconstruct fitted it without an intercept."""
+    if lin is None or lin.kind != "matmul" or lin.b is not None:
+        return lin
+    uses = list(lin.y.uses())
+    if lin.y.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Add" or uses[0].node.domain not in ("", "ai.onnx"):
+        return lin
+    add = uses[0].node
+    other = add.inputs[1 - uses[0].idx]
+    b = const_array(other)
+    if b is None or b.ndim != 1 or lin.y.shape is None or lin.y_axis != len(lin.y.shape) - 1:
+        return lin
+    n_out = const_array(lin.w).shape[lin.w_out_axis]
+    if b.shape[0] != n_out or not np.issubdtype(b.dtype, np.floating):
+        return lin
+    return replace(lin, b=other)
 
 
 def affected_nodes(model: ir.Model, removed: dict) -> set[int]:

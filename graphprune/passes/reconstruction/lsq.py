@@ -7,7 +7,8 @@ already repaired upstream, solve
     min_W  ||[X', 1] W - Y_dense||^2 + λ ||W - W_now||^2
 
 where X' are the layer's input patches in the *pruned* model and Y_dense its output in the
-dense model (at the kept output channels), on calibration data. The ridge term pulls
+dense model (at the kept output channels; a MatMul's with the bias of the Add after it,
+which is its intercept: `with_add_bias`), on calibration data. The ridge term pulls
 towards the current weights (λ = damp × mean diag), so with few samples nothing drifts,
 and the objective at the solution is at most the error at W_now: the layer's
 reconstruction error never goes up, and goes down strictly unless W_now was optimal.
@@ -41,7 +42,7 @@ from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
     check_batches, check_choice, current_bias, downstream_layers, guarded, kept, pruned_consumers, repair_inputs,
-    set_bias, shared, waves)
+    set_bias, shared, waves, with_add_bias)
 from graphprune.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ class _Normal:
     """Normal equations of one layer, per group: rows fitted on, and rows held out to
     choose the ridge strength on."""
 
-    def __init__(self, lin: Linear, groups: int, bias: bool):
+    def __init__(self, lin: Linear, groups: int, bias: bool, dense_bias: np.ndarray | None = None):
         self.lin, self.groups, self.bias = lin, groups, bias
+        # a MatMul's output excludes the bias its Add adds: the dense layer's bias joins the target
+        self.dense_bias = dense_bias
         self.fit, self.held = _Equations(groups), _Equations(groups)
 
     @property
@@ -224,6 +227,15 @@ def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng,
     return (f if pick is None else f[pick])[:, None, :], pick
 
 
+def _dense_add_bias(lin: Linear, dense_nodes: dict) -> np.ndarray:
+    """The bias the dense model's Add gives this MatMul layer (all its output channels)."""
+    dn = dense_nodes.get(lin.node.name)
+    dlin = with_add_bias(linear_of(dn)) if dn is not None else None
+    if dlin is None or dlin.b is None:
+        raise RuntimeError(f"lsq-reconstruct: {lin.name} has a bias Add that the dense model has not")
+    return const_array(dlin.b).astype(np.float64)
+
+
 def _solve_and_write(model: ir.Model, ne: _Normal, damp, undo) -> dict | None:
     """Solve one layer's ridge problem and write it when it lowers the layer's error on
     all calibration rows; its report entry (None: left as it was)."""
@@ -299,6 +311,7 @@ class LsqReconstruct(Pass):
         layers = opts.get("layers", "consumers")
         seed = int(opts.get("seed", 0))
         cache = getattr(inp.calibration, "cache", {}).get(DENSE_ROWS)  # set by the candidate search
+        dense_nodes = {n.name: n for n in inp.dense.graph}
 
         def apply(undo):
             lins = pruned_consumers(model, inp.removed) if layers == "consumers" else \
@@ -306,17 +319,19 @@ class LsqReconstruct(Pass):
             lins = [lin for lin in lins if lin.kind in ("conv", "gemm", "matmul") and not shared(lin.w)]
             per_layer = []
             for wave in waves(model, [lin.node for lin in lins]):
-                wl = [linear_of(n) for n in wave]
+                wl = [with_add_bias(linear_of(n)) for n in wave]
                 setups = []
                 for lin in wl:
                     groups = lin.group if lin.kind == "conv" else 1
                     w = const_array(lin.w)
                     d = (w.size // w.shape[0]) if lin.kind == "conv" else w.shape[lin.w_in_axis]
-                    bias = lin.kind != "matmul" and (lin.b is None or not shared(lin.b))
+                    # an intercept: the op's bias input, or the Add after a MatMul (with_add_bias)
+                    bias = (lin.kind != "matmul" or lin.b is not None) and (lin.b is None or not shared(lin.b))
                     if d + int(bias) > MAX_UNKNOWNS:
                         log.info("lsq-reconstruct: %s has %d unknowns per output, skipped", lin.name, d)
                         continue
-                    setups.append((lin, groups, bias, _Normal(lin, groups, bias)))
+                    dense_bias = _dense_add_bias(lin, dense_nodes) if lin.kind == "matmul" and bias else None
+                    setups.append((lin, groups, bias, _Normal(lin, groups, bias, dense_bias)))
                 if not setups:
                     continue
                 run_p = Runner(model, [lin.x.name for lin, *_ in setups])
@@ -343,6 +358,8 @@ class LsqReconstruct(Pass):
                             rows = rows if pick is None else rows[pick]
                             if cache is not None:
                                 cache.put(key, pick, rows)
+                        if ne.dense_bias is not None:
+                            rows = rows + ne.dense_bias
                         sel = kept(inp.removed, lin.y.name, lin.y_axis, rows.shape[1])
                         Y = rows[:, sel].reshape(len(X), groups, -1)
                         held = (k % 4 == 3) if by_batch else lrng.random(len(X)) < 0.25
