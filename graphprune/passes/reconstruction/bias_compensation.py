@@ -4,7 +4,8 @@ A layer that loses input channels R loses, on average, Σ_{c∈R} W[:, c] · E[x
 output. With E over the *dense* model's input patches on calibration data (so zero
 padding at borders is accounted for exactly), that amount is added to the bias of the
 kept output channels (a bias input is created when the layer has none; a MatMul's bias is
-the constant of the Add after it (`with_add_bias`), and a MatMul without one is skipped). The weights removed are read from the dense model.
+the constant of the Add after it, `with_add_bias`, and a MatMul without one is skipped).
+The weights removed are read from the dense model.
 """
 from __future__ import annotations
 
