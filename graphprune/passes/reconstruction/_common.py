@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import UsageError
-from graphprune.importance.layers import Linear, linear_layers
+from graphprune.importance.layers import Linear, linear_layers, linear_of
 from graphprune.ir.constants import const_array, set_const_array
 from graphprune.plan import Plan
 
@@ -74,9 +74,22 @@ def kept(removed: dict, name: str, axis: int, dense_size: int) -> np.ndarray:
 
 
 def pruned_consumers(model: ir.Model, removed: dict) -> list[Linear]:
-    """Linear layers whose contracted input channels lost indices."""
-    return [lin for lin in linear_layers(model) if (lin.w.name, lin.w_in_axis) in removed
+    """Linear layers whose contracted input channels lost indices, as the repairs see them
+    (`repair_layer`)."""
+    return [with_add_bias(lin) for lin in linear_layers(model) if (lin.w.name, lin.w_in_axis) in removed
             and len(removed[(lin.w.name, lin.w_in_axis)])]
+
+
+def repair_layer(node: ir.Node | None) -> Linear | None:
+    """`node` as the repairs see a layer: `linear_of`, a MatMul with the Add of its bias."""
+    return with_add_bias(linear_of(node)) if node is not None else None
+
+
+def writable_bias(lin: Linear) -> bool:
+    """The layer's bias can be set: its own (not shared with another layer), or a bias input
+    the op can be given (not MatMul's: it has none, and a MatMul without an Add after it
+    has nowhere to take one)."""
+    return not shared(lin.b) if lin.b is not None else lin.kind != "matmul"
 
 
 def with_add_bias(lin: Linear | None) -> Linear | None:
@@ -115,7 +128,7 @@ def affected_nodes(model: ir.Model, removed: dict) -> set[int]:
 def downstream_layers(model: ir.Model, removed: dict) -> list[Linear]:
     """Linear layers whose inputs or sums change because of the removal."""
     dirty = affected_nodes(model, removed)
-    return [lin for lin in linear_layers(model) if id(lin.node) in dirty]
+    return [with_add_bias(lin) for lin in linear_layers(model) if id(lin.node) in dirty]
 
 
 def waves(model: ir.Model, targets: list[ir.Node]) -> list[list[ir.Node]]:

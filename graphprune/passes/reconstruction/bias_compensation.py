@@ -4,7 +4,7 @@ A layer that loses input channels R loses, on average, Σ_{c∈R} W[:, c] · E[x
 output. With E over the *dense* model's input patches on calibration data (so zero
 padding at borders is accounted for exactly), that amount is added to the bias of the
 kept output channels (a bias input is created when the layer has none; a MatMul's bias is
-the constant of the Add after it, `with_add_bias`, and a MatMul without one is skipped).
+the constant of the Add after it, `repair_layer`, and a MatMul without one is skipped).
 The weights removed are read from the dense model.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from graphprune.importance.layers import Linear, conv_patches, features, linear_
 from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
-    check_batches, current_bias, guarded, kept, pruned_consumers, repair_inputs, set_bias, shared, with_add_bias)
+    check_batches, current_bias, guarded, kept, pruned_consumers, repair_inputs, set_bias, writable_bias)
 from graphprune.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,8 @@ class BiasCompensate(Pass):
 
         def apply(undo):
             todo = []
-            for lin in map(with_add_bias, pruned_consumers(model, inp.removed)):
-                if (lin.kind == "matmul" and lin.b is None) or lin.kind == "convtranspose" or \
-                        (lin.b is not None and shared(lin.b)):
+            for lin in pruned_consumers(model, inp.removed):
+                if lin.kind == "convtranspose" or not writable_bias(lin):
                     continue
                 dn = dense_nodes.get(lin.node.name)
                 dlin = linear_of(dn) if dn is not None else None

@@ -8,7 +8,7 @@ already repaired upstream, solve
 
 where X' are the layer's input patches in the *pruned* model and Y_dense its output in the
 dense model (at the kept output channels; a MatMul's with the bias of the Add after it,
-which is its intercept: `with_add_bias`), on calibration data. The ridge term pulls
+which is its intercept: `repair_layer`), on calibration data. The ridge term pulls
 towards the current weights (λ = damp × mean diag), so with few samples nothing drifts,
 and the objective at the solution is at most the error at W_now: the layer's
 reconstruction error never goes up, and goes down strictly unless W_now was optimal.
@@ -37,12 +37,12 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.importance.layers import (
-    Linear, conv_patches, features, linear_of, num_positions, rows_of_output)
+    Linear, conv_patches, features, num_positions, rows_of_output)
 from graphprune.ir.constants import const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
 from graphprune.passes.reconstruction._common import (
     check_batches, check_choice, current_bias, downstream_layers, guarded, kept, pruned_consumers, repair_inputs,
-    set_bias, shared, waves, with_add_bias)
+    repair_layer, set_bias, shared, waves, writable_bias)
 from graphprune.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,7 @@ def _rows(lin: Linear, x: np.ndarray, groups: int, max_rows: int, rng,
 
 def _dense_add_bias(lin: Linear, dense_nodes: dict) -> np.ndarray:
     """The bias the dense model's Add gives this MatMul layer (all its output channels)."""
-    dn = dense_nodes.get(lin.node.name)
-    dlin = with_add_bias(linear_of(dn)) if dn is not None else None
+    dlin = repair_layer(dense_nodes.get(lin.node.name))
     if dlin is None or dlin.b is None:
         raise RuntimeError(f"lsq-reconstruct: {lin.name} has a bias Add that the dense model has not")
     return const_array(dlin.b).astype(np.float64)
@@ -319,14 +318,13 @@ class LsqReconstruct(Pass):
             lins = [lin for lin in lins if lin.kind in ("conv", "gemm", "matmul") and not shared(lin.w)]
             per_layer = []
             for wave in waves(model, [lin.node for lin in lins]):
-                wl = [with_add_bias(linear_of(n)) for n in wave]
+                wl = [repair_layer(n) for n in wave]
                 setups = []
                 for lin in wl:
                     groups = lin.group if lin.kind == "conv" else 1
                     w = const_array(lin.w)
                     d = (w.size // w.shape[0]) if lin.kind == "conv" else w.shape[lin.w_in_axis]
-                    # an intercept: the op's bias input, or the Add after a MatMul (with_add_bias)
-                    bias = (lin.kind != "matmul" or lin.b is not None) and (lin.b is None or not shared(lin.b))
+                    bias = writable_bias(lin)  # an intercept: the op's bias input, or the Add after a MatMul
                     if d + int(bias) > MAX_UNKNOWNS:
                         log.info("lsq-reconstruct: %s has %d unknowns per output, skipped", lin.name, d)
                         continue
