@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 DEFAULT_MAX_DROP = 0.1  # the CLI's --max-drop when --calib is given: 1 - mean output cosine
 STABLE_COSINE = 0.98  # a perturbation is used only when the dense model's outputs stay this close
+PERTURBATION_STRENGTHS = (1.0, 0.5, 0.25)  # tried strongest first
 
 
 @dataclass(frozen=True)
@@ -162,19 +163,23 @@ def perturb(feeds: dict, rng, strength: float) -> dict:
     return out
 
 
-def stable_perturbations(dense, held: list[dict], seed: int) -> tuple[list[dict], float]:
+def stable_perturbations(dense, held: list[dict], seed: int) -> tuple[list[dict], float, str]:
     """Perturbed copies of the held-back batches at the largest strength (1, 1/2, 1/4) under
-    which the dense model's outputs keep a mean cosine ≥ STABLE_COSINE; none when none is."""
-    for strength in (1.0, 0.5, 0.25):
+    which the dense model's outputs keep a mean cosine ≥ STABLE_COSINE; none when none is.
+    Also says why there are none (the table prints it: the two reasons ask different things
+    of the user)."""
+    cos = 1.0
+    for strength in PERTURBATION_STRENGTHS:
         rng = np.random.default_rng(seed)
         pert = [perturb(b, rng, strength) for b in held]
         if all(p[k] is b[k] for p, b in zip(pert, held, strict=True) for k in b):
-            return [], 0.0  # no float input to perturb
+            return [], 0.0, "no float input to perturb"
         pairs = [(b, p) for b, p in zip(held, pert, strict=True)]
         cos = _cosine_between(dense, pairs)
         if cos >= STABLE_COSINE:
-            return pert, strength
-    return [], 0.0
+            return pert, strength, ""
+    return [], 0.0, (f"the dense model's outputs moved to cosine {cos:.3f} under the weakest perturbation "
+                     f"(strength {PERTURBATION_STRENGTHS[-1]:g}; {STABLE_COSINE:g} needed)")
 
 
 def _cosine_between(model, pairs) -> float:
@@ -282,9 +287,11 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
         return with_candidate(opts, cands[0]), info
     batches = list(calibration.batches())
     fit, held, how = split(batches)
-    perturbed, strength = stable_perturbations(model, held, opts.seed)
+    perturbed, strength, why_none = stable_perturbations(model, held, opts.seed)
     scorer = Scorer(model, held, perturbed, opts.score)
     info.update(split=how, score=scorer.name, perturbation_strength=strength)
+    if why_none:
+        info["no_perturbed_copies"] = why_none
     fit_calib = Calibration.from_batches(fit, f"{calibration.description} (search: fit part)")
     # every candidate is a copy of `model` fit on these batches: the dense model's layer
     # outputs that lsq-reconstruct fits to are computed once, for all of them
@@ -382,8 +389,7 @@ def table(info: dict) -> list[str]:
     extra = [k for k in ("decisions_held_back", "decisions_perturbed", "cosine_held_back", "cosine_perturbed")
              if k in rows[0]]
     pert = (f"; perturbed copies at strength {info['perturbation_strength']:g}" if "cosine_perturbed" in extra else
-            "; no perturbed copies (no float input, or the dense model's outputs moved below cosine "
-            f"{STABLE_COSINE:g} under the weakest perturbation)" if extra else "")
+            f"; no perturbed copies: {info.get('no_perturbed_copies', 'none made')}" if extra else "")
     lines = [f"search: {len(rows)} candidates scored by {info['score']} ({info['split']}{pert})",
              "  " + "  ".join(["candidate".ljust(34), "score".rjust(8), *[k.rjust(16) for k in extra],
                                "kept MACs".rjust(9), "s".rjust(6)])]

@@ -44,6 +44,47 @@ def test_perturb_changes_float_inputs_only():
     assert out["x"].dtype == np.float32 and not np.allclose(out["x"], feeds["x"])
 
 
+def _one_op_model(op: str, dtype: int, *, scale: float = 1.0):
+    """y = op(x * scale) on x: [2, 16] of `dtype` (a Cast to float for integer inputs)."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT) if dtype != TensorProto.FLOAT
+             else helper.make_node("Identity", ["x"], ["xf"]),
+             helper.make_node("Mul", ["xf", "s"], ["xs"]), helper.make_node(op, ["xs"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [2, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])],
+                          [helper.make_tensor("s", TensorProto.FLOAT, [], [scale])])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def test_perturbed_copies_say_why_there_are_none():
+    """The two reasons differ for the user (nothing to perturb vs a model too sensitive for
+    the perturbations): the search table names the one that applied, with the cosine."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    floats = [{"x": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(2)]
+    stable, strength, why = search.stable_perturbations(_one_op_model("Identity", TensorProto.FLOAT), floats, 0)
+    assert len(stable) == 2 and strength > 0 and why == ""
+    # sin(1000 x): any perturbation scrambles the outputs
+    none, strength, why = search.stable_perturbations(_one_op_model("Sin", TensorProto.FLOAT, scale=1000.0),
+                                                      floats, 0)
+    assert none == [] and strength == 0.0
+    cos = float(why.split("cosine ")[1].split(" ")[0])
+    assert cos < search.STABLE_COSINE and "weakest perturbation (strength 0.25" in why
+    ints = [{"x": rng.integers(0, 9, (2, 16))} for _ in range(2)]
+    none, _, why = search.stable_perturbations(_one_op_model("Identity", TensorProto.INT64), ints, 0)
+    assert none == [] and why == "no float input to perturb"
+    info = {"candidates": [{"name": "a", "score": 1.0, "cosine_held_back": 1.0, "kept_macs": 0.7, "seconds": 1}],
+            "score": "output cosine", "split": "every 4th batch held back", "chosen": "a",
+            "perturbation_strength": 0.0, "no_perturbed_copies": why}
+    assert "no perturbed copies: no float input to perturb" in search.table(info)[0]
+
+
 def test_candidates_respect_what_the_user_fixed_and_the_budget():
     names = [c.name for c in search.candidates(PruneOptions(calib="c.npz"))]
     assert names == ["wanda/uniform + bias,lsq", "wanda/global + bias,lsq", "activation/uniform + bias,lsq"]
