@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.linalg import cho_solve
 
 
 def inverse_cholesky(H: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
     """(upper Cholesky factor of (H + λI)⁻¹, dead columns). Columns that never saw a
     nonzero input get H_jj = 1 (their weights are irrelevant to the output)."""
+    from scipy.linalg import cho_solve  # here, not at import: scipy.linalg is a fifth of `import graphprune.api`
+
     H = np.array(H, dtype=np.float64)
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
