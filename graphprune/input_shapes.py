@@ -78,7 +78,8 @@ class InputShapes:
         return " ".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in self.shapes.items())
 
 
-def _static(d) -> bool:
+def static_dim(d) -> bool:
+    """A concrete size: an int >= 0 (exporters write -1 for a dynamic size; it is not one)."""
     return isinstance(d, int) and not isinstance(d, bool) and d >= 0
 
 
@@ -91,7 +92,7 @@ def _image_layout(spec: InputSpec) -> tuple[int, int, int] | None:
     s = spec.shape
     if not spec.floating or len(s) != 4:
         return None
-    if _static(s[3]) and s[3] in (1, 3, 4) and not _static(s[1]):
+    if static_dim(s[3]) and s[3] in (1, 3, 4) and not static_dim(s[1]):
         return 3, 1, 2  # NHWC
     return 1, 2, 3
 
@@ -100,7 +101,7 @@ def _default_shape(spec: InputSpec, attempt: int, dims: Mapping | None) -> tuple
     shape = list(spec.shape)
     out: list[int | None] = [None] * len(shape)
     for k, d in enumerate(shape):
-        if _static(d):
+        if static_dim(d):
             out[k] = int(d)
         elif dims and isinstance(d, str) and d in dims:
             out[k] = int(dims[d])
@@ -147,7 +148,7 @@ def check_user(specs: Iterable[InputSpec], user: Mapping) -> None:
         old = spec.shape
         if old and len(old) != len(dims):
             raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")
-        if old and any(_static(o) and o != d for o, d in zip(old, dims, strict=True)):
+        if old and any(static_dim(o) and o != d for o, d in zip(old, dims, strict=True)):
             raise UsageError(f"--input-shape {name}: {dims} contradicts the model's static shape {list(old)}")
 
 
@@ -170,22 +171,22 @@ def resolve(specs: Iterable[InputSpec], *, user: Mapping | None = None, calib: M
         if calib and name in calib:
             got = getattr(calib[name], "shape", calib[name])
             got = [int(d) for d in got]
-            if got and spec.shape and not _static(spec.shape[0]):
+            if got and spec.shape and not static_dim(spec.shape[0]):
                 got[0] = BATCH
             res.shapes[name] = tuple(got)
             res.sources[name] = "calibration data"
             continue
-        if spec.shape is not None and all(_static(d) for d in spec.shape):
+        if spec.shape is not None and all(static_dim(d) for d in spec.shape):
             res.shapes[name] = tuple(int(d) for d in spec.shape)
             res.sources[name] = "static dims"
             continue
-        if spec.shape is not None and dims and all(_static(d) or (isinstance(d, str) and d in dims)
+        if spec.shape is not None and dims and all(static_dim(d) or (isinstance(d, str) and d in dims)
                                                    for d in spec.shape):
-            res.shapes[name] = tuple(int(d) if _static(d) else int(dims[d]) for d in spec.shape)
+            res.shapes[name] = tuple(int(d) if static_dim(d) else int(dims[d]) for d in spec.shape)
             res.sources[name] = "given dims"
             continue
         if dim_value is not None:
-            res.shapes[name] = tuple(int(d) if _static(d) else int(dim_value) for d in (spec.shape or []))
+            res.shapes[name] = tuple(int(d) if static_dim(d) else int(dim_value) for d in (spec.shape or []))
             res.sources[name] = "given dims"
             continue
         shape, source = _default_shape(InputSpec(name, list(spec.shape or []), spec.floating), attempt, dims)
@@ -227,7 +228,7 @@ def specs_of_model(model) -> list[InputSpec]:
 
 
 def _dynamic(d) -> bool:
-    return not _static(d)
+    return not static_dim(d)
 
 
 def _dim_key(spec: InputSpec, axis: int) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import FrontendError
+from graphprune.input_shapes import static_dim
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.mapped import load_mapped, save_streamed
 from graphprune.ir.shapes import dims_of
@@ -170,6 +171,7 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
             hint="convert it first: onnx.version_converter.convert_version(model, 13)",
         )
     _drop_initializers_from_inputs(model)
+    _negative_dims_unknown(model)
     _name_unnamed(model)
     from graphprune.frontends.quantized_shapes import fill_quantized_outputs
 
@@ -246,6 +248,16 @@ def _name_unnamed(model: ir.Model) -> None:
     from onnx_ir.passes.common import NameFixPass
 
     NameFixPass()(model)
+
+
+def _negative_dims_unknown(model: ir.Model) -> None:
+    """Some exporters (Paddle2ONNX) declare a dynamic size as dim_value -1, which the ONNX
+    spec does not define and ONNX Runtime reads as unknown. Read it the same way, once, here:
+    as an unnamed dynamic dim. Otherwise -1 passes for a static size, and calibration data
+    of batch 8 is refused because "the model takes [-1, 3, ?, ?]"."""
+    for v in [*model.graph.inputs, *model.graph.outputs]:
+        if v.shape is not None and any(isinstance(d, int) and not static_dim(d) for d in v.shape):
+            v.shape = ir.Shape([None if isinstance(d, int) and not static_dim(d) else d for d in v.shape])
 
 
 def _drop_initializers_from_inputs(model: ir.Model) -> None:
@@ -572,10 +584,6 @@ def _rewrite_external_location(onnx_path: str, old: str, new: str) -> None:
 # A folded copy at concrete shapes (`at_shapes`, for MAC counts), and the dynamic model's
 # intermediate values annotated with the shapes they have there (`analyse_at`, for analysis).
 
-def _static_dim(d) -> bool:
-    return isinstance(d, int) and not isinstance(d, bool) and d >= 0
-
-
 def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
     """A copy of `model` (tensors shared, not copied) whose symbolic input dims are set from
     `shapes` ({input name: concrete shape}) and whose shapes are re-inferred and folded."""
@@ -584,7 +592,7 @@ def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
         dims = shapes.get(v.name)
         if dims is None or v.shape is None or len(v.shape) != len(dims):
             continue
-        v.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else int(n) for d, n in zip(v.shape, dims, strict=True)])
+        v.shape = ir.Shape([d if static_dim(d) else int(n) for d, n in zip(v.shape, dims, strict=True)])
     for node in copy.graph:  # stale symbolic intermediate shapes would fight the new ones
         for o in node.outputs:
             o.shape = None if not o.is_graph_output() else o.shape
@@ -617,9 +625,9 @@ def analyse_at(model, shapes: Mapping) -> int:
             new = list(other.shape)
             cur = list(v.shape) if v.shape is not None else None
             if cur is not None and (len(cur) != len(new) or any(
-                    _static_dim(c) and (not _static_dim(n) or c != n) for c, n in zip(cur, new, strict=True))):
+                    static_dim(c) and (not static_dim(n) or c != n) for c, n in zip(cur, new, strict=True))):
                 continue  # a contradiction (or fewer known dims): the model's own shape stays
-            merged = [n if not _static_dim(c) else c for c, n in zip(cur, new, strict=True)] if cur is not None else new
+            merged = [n if not static_dim(c) else c for c, n in zip(cur, new, strict=True)] if cur is not None else new
             if cur is None or merged != cur:
                 v.shape = ir.Shape(merged)
                 gained += 1

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import UsageError
+from graphprune.input_shapes import static_dim
 from graphprune.runtime.ort import Feeds
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ def _model_inputs(model: ir.Model) -> dict[str, ir.Value]:
 
 def _show(shape) -> str:
     """[N, 3, 48, ?]: static sizes, symbolic names, ? for unnamed dims."""
-    names = [d if isinstance(d, int) else getattr(d, "value", d) for d in shape]
+    names = [d if static_dim(d) else None if isinstance(d, int) else getattr(d, "value", d) for d in shape]
     return "[" + ", ".join("?" if d is None else str(d) for d in names) + "]"
 
 
@@ -373,7 +374,7 @@ def check_feeds(feeds: Feeds, model: ir.Model, source: str, shape_hint: str | No
         a = _fit_dtype(np.asarray(value), v.dtype.numpy() if v.dtype is not None else None, name, source)
         if v.shape is not None:
             dims = list(v.shape)
-            static = [d if isinstance(d, int) else None for d in dims]
+            static = [d if static_dim(d) else None for d in dims]
             if a.ndim != len(dims) or any(s is not None and s != n for s, n in zip(static, a.shape, strict=True)):
                 raise UsageError(f"{source}: input {name!r} has shape {list(a.shape)}; the model takes "
                                  f"{_show(dims)}", hint=shape_hint)

@@ -126,3 +126,37 @@ def test_dynamic_batch_is_preserved_and_gathers_of_static_dims_fold():
     assert model.graph.inputs[0].shape[0] == ir.SymbolicDim("N") or str(model.graph.inputs[0].shape[0]) == "N"
     # the channel dim was folded, the batch dim still comes from Shape at run time
     assert sum(nd.op_type == "Shape" for nd in model.graph) == 1
+
+
+def test_a_size_declared_as_minus_one_is_dynamic(tmp_path):
+    """Paddle2ONNX writes a dynamic batch as dim_value -1 (PP-OCR's classifier: [-1, 3, ?, ?]).
+    It is read as a dynamic size: calibration data of batch 4 is accepted (it was refused as
+    'the model takes [-1, 3, ...]'), and the written model still takes any batch."""
+    import onnxruntime as ort
+
+    from graphprune.workflow import PruneOptions, run_prune
+
+    b = Builder(7)
+    out = b.op("GlobalAveragePool", [b.op("Relu", [b.conv(b.op("Relu", [b.conv("input", 3, 8)]), 8, 8)])])
+    g = helper.make_graph(b.nodes, "neg", [helper.make_tensor_value_info("input", 1, [-1, 3, "?", "?"])],
+                          [helper.make_tensor_value_info(out, 1, [-1, 8, 1, 1])], b.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    src = tmp_path / "neg.onnx"
+    onnx.save_model(m, src)
+    model = gp.load(src)
+    assert model.graph.inputs[0].shape[0] is None or not isinstance(model.graph.inputs[0].shape[0], int)
+    assert model.graph.outputs[0].shape[1] == 8
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, 3, 12, 12)).astype(np.float32))
+    res = run_prune(str(src), PruneOptions(ratio=0.25, calib=str(tmp_path / "calib.npz"), criterion="l2",
+                                           repair="none", allocation={"allocation": "uniform"}, round_to=1),
+                    out=tmp_path / "small.onnx")
+    assert res.oracle is not None and res.oracle.ok and res.plan.tensors
+    written = onnx.load(tmp_path / "small.onnx")
+    dim0 = written.graph.input[0].type.tensor_type.shape.dim[0]
+    assert not dim0.HasField("dim_value")  # still dynamic
+    sess = ort.InferenceSession(str(tmp_path / "small.onnx"))
+    for batch in (1, 5):
+        (y,) = sess.run(None, {"input": rng.standard_normal((batch, 3, 12, 12)).astype(np.float32)})
+        assert y.shape == (batch, 8, 1, 1)
