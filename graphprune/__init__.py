@@ -6,6 +6,10 @@
     result = gp.prune(model, ratio=0.3)
     gp.save(result.model, "small.onnx"); result.plan.save("small.plan.json")
 
+    # what `graphprune prune` runs: search with calibration data, repair, oracle, quality gate
+    out = gp.run_prune("model.onnx", gp.PruneOptions(calib="calib.npz", allocation={"target_macs": 0.7}),
+                       out="small.onnx")
+
 Heavy modules load on first use so `graphprune --help` stays fast.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ _API = {
     "load": "graphprune.api", "save": "graphprune.api", "analyze": "graphprune.api",
     "prune": "graphprune.api", "check": "graphprune.api", "PruneResult": "graphprune.api",
     "compile": "graphprune.api",
+    "run_prune": "graphprune.workflow", "PruneOptions": "graphprune.workflow",
     "sparsify": "graphprune.api", "SparsifyResult": "graphprune.api",
     "read_sparsity": "graphprune.sparsity_meta", "write_sparsity": "graphprune.sparsity_meta",
     "Plan": "graphprune.plan", "PassManager": "graphprune.passes", "Pass": "graphprune.passes",

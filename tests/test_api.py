@@ -102,6 +102,27 @@ def test_prune_api_roundtrip(samples_dir, tmp_path):
     assert gp.check(samples_dir / "tiny_mobilenet.onnx", tmp_path / "s.onnx", tmp_path / "s.plan.json").ok
 
 
+def test_run_prune_is_the_prune_verb_from_python(samples_dir, tmp_path):
+    """The README's gp.run_prune example: calibration data, a MAC target, the search, the
+    oracle and the quality gate, and the model + plan written; and the hint a data-aware
+    criterion gives a gp.prune caller points there."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((8, 3, 16, 16)).astype(np.float32))
+    src = samples_dir / "tiny_resnet.onnx"
+    with pytest.raises(UsageError) as err:
+        gp.prune(gp.load(src), 0.3, criterion="wanda")
+    assert "gp.run_prune" in (err.value.hint or "")
+    out = gp.run_prune(src, gp.PruneOptions(calib=str(tmp_path / "calib.npz"), calib_batch=1, search_budget=2,
+                                            allocation={"target_macs": 0.7}), out=tmp_path / "small.onnx")
+    assert out.search["chosen"] in [c["name"] for c in out.search["candidates"]]
+    assert out.oracle.ok and out.fidelity["mean_cosine"] > 0.9
+    assert out.after.macs <= 0.7 * out.before.macs * 1.02
+    assert (tmp_path / "small.plan.json").exists()
+    # the oracle ran before the repair; the repaired file is not the masked original, and says why
+    later = gp.check(src, tmp_path / "small.onnx")
+    assert not later.ok and "repair" in later.changed_after_pruning
+
+
 def test_round_to_keeps_multiples(samples_dir):
     model = gp.load(samples_dir / "tiny_resnet.onnx")
     dg = gp.analyze(model)

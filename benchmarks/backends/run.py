@@ -6,6 +6,12 @@ For a ResNet-shaped CNN and a BERT-shaped encoder (random weights): compile with
 `--backend auto --tune-trials N` (graphprune measures ORT and tuned TVM in one run,
 interleaved), then compile again with the same database (reuse: no new tuning).
 Reports TVM/ORT latency, tuning wall time, and pruned-and-compiled vs dense-ORT speedup.
+
+`--trials` is the budget of one model, shared by its kernels (ceil(trials / kernels) each),
+as `graphprune compile --tune-trials` takes it; the tables give the kernels and the trials
+run per kernel.
+Every run is appended to results.json (date, graphprune revision, machine, load) and
+results.md shows them all, newest first.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # benchmarks/_common.py
 
 
 def models(out: Path) -> dict[str, tuple[Path, dict | None]]:
@@ -58,7 +65,7 @@ def main() -> None:
             tvm = rep["backend"]["results"].get("tvm", {})
             ort = rep["backend"]["results"].get("onnxruntime", {})
             row = {"model": name, "run": run, "trials_asked": args.trials, "trials_run": tvm.get("trials"),
-                   "new_records": tvm.get("new_records"), "tuning_s": tvm.get("tuning_seconds"),
+                   "new_records": tvm.get("new_records"), "kernels": (tvm.get("coverage") or {}).get("tasks"), "tuning_s": tvm.get("tuning_seconds"),
                    "compile_wall_s": round(wall, 1), "ort_ms": ort.get("latency_ms"), "tvm_ms": tvm.get("latency_ms"),
                    "tvm_over_ort": round(tvm["latency_ms"] / ort["latency_ms"], 3)
                    if tvm.get("latency_ms") and ort.get("latency_ms") else None,
@@ -69,14 +76,40 @@ def main() -> None:
                    "chosen": rep["backend"]["chosen"], "checks": {k: v["ok"] for k, v in rep["checks"].items()}}
             rows.append(row)
             print(json.dumps(row))
-    res = {"date": "2026-11-22", "machine": "2 vCPU (shared, noisy)", "rows": rows}
-    (HERE / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    lines = ["| model | run | trials run | tuning s | ORT ms | tuned TVM ms | TVM/ORT | pruned+compiled vs dense ORT |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['run']} | {r['trials_run']} | {r['tuning_s']} | {r['ort_ms']} | "
-                     f"{r['tvm_ms']} | {r['tvm_over_ort']} | {r['speedup_vs_dense']}x |")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    from _common import environment
+
+    env = environment()
+    run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trials_asked": args.trials,
+           "graphprune": env.get("git_commit"), "uncommitted_files": env.get("graphprune_uncommitted_files"),
+           "machine": f"{env.get('cpu_count')} vCPU (shared, noisy)", "loadavg_at_end": env.get("loadavg_at_end"),
+           "rows": rows}
+    write(HERE, run)
+
+
+def write(folder: Path, run: dict) -> None:
+    """Append `run` to results.json (a file of one earlier run becomes the first of the
+    list) and rewrite results.md from all runs, newest first."""
+    path = folder / "results.json"
+    old = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    runs = old["runs"] if "runs" in old else [old]
+    runs.append(run)
+    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    lines = []
+    for r in reversed(runs):
+        lines += [f"### {r['date']}: --trials {r['rows'][0]['trials_asked']} per model"
+                  + (f", graphprune {r['graphprune']}" if r.get("graphprune") else "")
+                  + (f", load at the end {r['loadavg_at_end'][0]:.1f}" if r.get("loadavg_at_end") else ""), "",
+                  "| model | run | kernels | trials run | per kernel | tuning s | ORT ms | tuned TVM ms | TVM/ORT | "
+                  "pruned+compiled vs dense ORT |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            k = row.get("kernels")
+            per = f"{row['trials_run'] / k:.0f}" if k and row["trials_run"] is not None else ""
+            lines.append(f"| {row['model']} | {row['run']} | {k or ''} | {row['trials_run']} | {per} | "
+                         f"{row['tuning_s']} | {row['ort_ms']} | {row['tvm_ms']} | {row['tvm_over_ort']} | "
+                         f"{row['speedup_vs_dense']}x |")
+        lines.append("")
+    (folder / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

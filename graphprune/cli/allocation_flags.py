@@ -75,15 +75,13 @@ def pass_options(args) -> dict:
 
 def calibration_options(args) -> dict:
     """PruneOptions / CompileOptions calibration fields from the parsed flags, the search's
-    budget and score, and the quality gate: with --calib and no --max-drop, the documented
-    default (workflow.search.DEFAULT_MAX_DROP), so a destroyed model is never written silently."""
-    from graphprune.workflow.search import DEFAULT_MAX_DROP
-
-    calib, max_drop = getattr(args, "calib", None), getattr(args, "max_drop", None)
-    return {"calib": calib, "calib_preprocess": getattr(args, "calib_preprocess", None),
+    budget and score, and the quality gate: no --max-drop is the workflow's "auto"
+    (workflow.options.max_drop_of: DEFAULT_MAX_DROP with --calib, no gate without)."""
+    max_drop = getattr(args, "max_drop", None)
+    return {"calib": getattr(args, "calib", None), "calib_preprocess": getattr(args, "calib_preprocess", None),
             "calib_batch": getattr(args, "calib_batch", 8), "calib_samples": getattr(args, "calib_samples", None),
             "search_budget": getattr(args, "search_budget", 3), "score": getattr(args, "score", None),
-            "max_drop": DEFAULT_MAX_DROP if calib is not None and max_drop is None else max_drop}
+            "max_drop": "auto" if max_drop is None else max_drop}
 
 
 def write_extras(ctx, plan_path: Path) -> list[Path]:

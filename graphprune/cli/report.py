@@ -107,12 +107,13 @@ def write_prune_report(args, opts, outcome, latency: dict) -> Path:
     graphprune.report.writer.check_report_paths); returns the .html path."""
     from graphprune.report.build import prune_report
     from graphprune.report.writer import write_beside
+    from graphprune.workflow.options import max_drop_of
     from graphprune.workflow.verdicts import accuracy_line
 
     plan = outcome.plan
     accuracy = accuracy_line(outcome.calibration, outcome.fidelity, bool(plan.removes or outcome.sparsity))
     rep = prune_report(outcome, argv=["graphprune"] + sys.argv[1:], latency=latency, accuracy=accuracy,
-                       round_to=opts.round_to, max_drop=opts.max_drop, input_shapes=opts.input_shapes,
+                       round_to=opts.round_to, max_drop=max_drop_of(opts), input_shapes=opts.input_shapes,
                        profile=not getattr(args, "no_bench", False))  # --no-bench: no timing at all
     args.prune_report = rep
     return write_beside(outcome.out, rep)

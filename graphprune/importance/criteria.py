@@ -130,7 +130,8 @@ def prepare_activations(dg: DependencyGraph, groups: list[Group], calibration=No
 
     if calibration is None:
         raise UsageError("this criterion needs calibration data", hint="give --calib (an .npz, an image "
-                         "folder with --calib-preprocess, or module:function)")
+                         "folder with --calib-preprocess, or module:function); from Python, "
+                         "gp.run_prune(path, gp.PruneOptions(calib=...))")
     state = ActivationState()
     layers = scored_layers(dg.model)
     req = StatsRequest()

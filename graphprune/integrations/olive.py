@@ -156,7 +156,8 @@ _HELP = {
     "check": "run the oracle before writing (recommended)",
     "repair": "after the oracle, repair without retraining: comma list of bias, bn, lsq, or all (needs calib)",
     "sparsity": "options of the `sparsify` pass, e.g. {\"sparsity\": 0.5, \"pattern\": \"1x4\"}; null: none",
-    "max_drop": "quality gate: max 1 - mean output cosine on calibration data (needs calib)",
+    "max_drop": "quality gate: max 1 - mean output cosine on calibration data; auto (default): 0.1 with "
+                "calib, none without; null: no gate",
     "allocation": "how channels are spread over groups: uniform, global or sensitivity",
     "target_macs": "keep this fraction of the MACs (e.g. 0.7)",
     "target_params": "keep this fraction of the parameters",

@@ -21,7 +21,7 @@ import numpy as np
 
 from graphprune.backends.targets import Target, resolve_target
 from graphprune.errors import BackendUnavailableError, OracleMismatchError, UsageError
-from graphprune.workflow.options import DEFAULTS, PruneOptions
+from graphprune.workflow.options import DEFAULTS, PruneOptions, max_drop_of
 from graphprune.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class CompileOptions:
     repair: str | None = DEFAULTS.repair  # comma list of bias, bn, lsq, all, none; auto: searched with calib
     search_budget: int = DEFAULTS.search_budget
     score: str | None = None  # module:function scoring the search's candidates
-    max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
+    max_drop: float | str | None = DEFAULTS.max_drop  # quality gate (options.max_drop_of): auto = 0.1 with calib
     sparsity: dict | None = None  # `sparsify` pass options (after pruning and repair); None: no sparsity
     force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
     min_speedup: float | None = None  # fail (exit 5, nothing written) below this speed-up vs the input in ORT
@@ -218,7 +218,7 @@ def _prune(c: _Compile):
     if outcome.fidelity is not None:
         fid = outcome.fidelity
         c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
-                                                       f"(drop {fid['drop']:.4f}, max {c.opts.max_drop:g})"}
+                                                       f"(drop {fid['drop']:.4f}, max {max_drop_of(c.opts):g})"}
         c.before["fidelity"], c.after["fidelity"] = 1.0, fid["mean_cosine"]
     return outcome
 
@@ -464,12 +464,12 @@ def _quant_quality(c: _Compile, outcome, stage: Path) -> None:
     fid = quantized.fidelity(c.src, deployed, outcome.calibration)
     lat = {"dense_float": c.measured.get("dense"), "pruned_float": c.measured.get("pruned_float"),
            "int8": c.measured.get("onnxruntime") if c.target.host else c.measured.get("int8_host")}
-    sec = quantized.section(c.quant, fid, deployed, lat, max_drop=c.opts.max_drop, host=c.target.host)
+    sec = quantized.section(c.quant, fid, deployed, lat, max_drop=max_drop_of(c.opts), host=c.target.host)
     c.notes.extend(f"quantization: {n}" for n in sec["notes"])
-    ok = c.opts.max_drop is None or fid["drop"] <= c.opts.max_drop
-    c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, c.opts.max_drop)}
+    ok = max_drop_of(c.opts) is None or fid["drop"] <= max_drop_of(c.opts)
+    c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, max_drop_of(c.opts))}
     c.results["onnxruntime"]["quantization"] = sec
-    require_fidelity(fid, c.opts.max_drop, "int8 output fidelity")
+    require_fidelity(fid, max_drop_of(c.opts), "int8 output fidelity")
     if not sec["runs_int8"]:
         raise BackendUnavailableError("--quantize int8: the ONNX Runtime deployment holds no int8 op (ONNX "
                                       "Runtime found nothing to quantize in this model)",
@@ -520,12 +520,12 @@ def _report_sections(report: dict, c: _Compile, outcome, stage: Path) -> None:
 
     before_model = load_onnx(c.src, input_shapes=c.opts.input_shapes)
     common = build.sections(before_model, outcome, accuracy=report["accuracy"],
-                            round_to=prune_options(c.opts, c.target).round_to, max_drop=c.opts.max_drop)
+                            round_to=prune_options(c.opts, c.target).round_to, max_drop=max_drop_of(c.opts))
     report.update({k: v for k, v in common.items() if k not in ("layers", "plan", "input_shapes")})
     report["profile"] = profile_pair(c.src, stage / "model.pruned.onnx", outcome.shapes)
     build.add_layer_latency(report["layers"], report["profile"])
     report["kernel_wins"] = build.kernel_wins(c.results)
-    report["red"] = build.red_lines(report, c.opts.max_drop)
+    report["red"] = build.red_lines(report, max_drop_of(c.opts))
 
 
 def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,

@@ -7,6 +7,28 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+# The quality gate with calibration data, whichever way the workflow is called (CLI, Python,
+# configs, the Olive pass, compile), so a destroyed model is never written silently:
+# 1 - mean output cosine of pruned vs dense on the calibration data.
+DEFAULT_MAX_DROP = 0.1
+
+
+def check_max_drop(value) -> None:
+    from graphprune.errors import UsageError
+
+    if not (value is None or value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                 and value >= 0)):
+        raise UsageError(f"max_drop must be a number >= 0, 'auto' or None, not {value!r}")
+
+
+def max_drop_of(opts) -> float | None:
+    """The gate's threshold for options with `max_drop` and `calib` (PruneOptions,
+    CompileOptions): as given, or for "auto" DEFAULT_MAX_DROP when there is calibration data."""
+    if opts.max_drop == "auto":
+        return DEFAULT_MAX_DROP if opts.calib is not None else None
+    return opts.max_drop
+
+
 @dataclass
 class PruneOptions:
     # choosing channels (prune-channels; allocation.driver)
@@ -52,11 +74,14 @@ class PruneOptions:
     search_budget: int = 3  # candidates the search may evaluate (1: take the first, no evaluation)
     score: str | None = None  # module:function(session) -> float scoring candidates (default: output cosine)
     sparsity: dict | None = None  # `sparsify` pass options; None: no sparsity
-    max_drop: float | None = None  # quality gate: max 1 - mean output cosine on calibration data
+    # quality gate: max 1 - mean output cosine on calibration data; "auto": DEFAULT_MAX_DROP with
+    # calibration data, none without (max_drop_of); None: no gate
+    max_drop: float | str | None = "auto"
 
     def __post_init__(self):
         from graphprune.backends.targets import resolve_round_to
 
+        check_max_drop(self.max_drop)
         if self.round_to == "auto":
             self.round_to_auto = True
         self.round_to = resolve_round_to(self.round_to)

@@ -316,7 +316,9 @@ class _Run:
         self.progress.sparsity(outcome.sparsity)
 
     def gate(self, outcome: PruneOutcome) -> None:
-        max_drop = self.opts.max_drop
+        from graphprune.workflow.options import max_drop_of
+
+        max_drop = max_drop_of(self.opts)
         if max_drop is None:
             return
         from graphprune.runtime import oracle

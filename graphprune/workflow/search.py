@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphprune.workflow.options import PruneOptions
+from graphprune.workflow.options import DEFAULT_MAX_DROP, PruneOptions  # noqa: F401  (DEFAULT_MAX_DROP: re-exported)
 from graphprune.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-DEFAULT_MAX_DROP = 0.1  # the CLI's --max-drop when --calib is given: 1 - mean output cosine
 STABLE_COSINE = 0.98  # a perturbation is used only when the dense model's outputs stay this close
 PERTURBATION_STRENGTHS = (1.0, 0.5, 0.25)  # tried strongest first
 
