@@ -21,7 +21,7 @@ import numpy as np
 
 from graphprune.backends.targets import Target, resolve_target
 from graphprune.errors import BackendUnavailableError, OracleMismatchError, UsageError
-from graphprune.workflow.options import DEFAULTS, PruneOptions, max_drop_of
+from graphprune.workflow.options import DEFAULTS, PruneOptions, check_max_drop, max_drop_of
 from graphprune.workflow.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class CompileOptions:
     force: bool = False  # out folder without graphprune's marker: replace only the files graphprune writes
     min_speedup: float | None = None  # fail (exit 5, nothing written) below this speed-up vs the input in ORT
     quantize: str = "none"  # none | int8: ORT static int8 (QDQ) of the ONNX Runtime deployment, needs calib
+
+    def __post_init__(self):
+        check_max_drop(self.max_drop)
 
     def resolved(self, target: Target) -> dict:
         d = dict(self.__dict__)
@@ -464,12 +467,13 @@ def _quant_quality(c: _Compile, outcome, stage: Path) -> None:
     fid = quantized.fidelity(c.src, deployed, outcome.calibration)
     lat = {"dense_float": c.measured.get("dense"), "pruned_float": c.measured.get("pruned_float"),
            "int8": c.measured.get("onnxruntime") if c.target.host else c.measured.get("int8_host")}
-    sec = quantized.section(c.quant, fid, deployed, lat, max_drop=max_drop_of(c.opts), host=c.target.host)
+    max_drop = max_drop_of(c.opts)
+    sec = quantized.section(c.quant, fid, deployed, lat, max_drop=max_drop, host=c.target.host)
     c.notes.extend(f"quantization: {n}" for n in sec["notes"])
-    ok = max_drop_of(c.opts) is None or fid["drop"] <= max_drop_of(c.opts)
-    c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, max_drop_of(c.opts))}
+    ok = max_drop is None or fid["drop"] <= max_drop
+    c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, max_drop)}
     c.results["onnxruntime"]["quantization"] = sec
-    require_fidelity(fid, max_drop_of(c.opts), "int8 output fidelity")
+    require_fidelity(fid, max_drop, "int8 output fidelity")
     if not sec["runs_int8"]:
         raise BackendUnavailableError("--quantize int8: the ONNX Runtime deployment holds no int8 op (ONNX "
                                       "Runtime found nothing to quantize in this model)",

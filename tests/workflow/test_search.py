@@ -117,8 +117,9 @@ def test_quality_gate_has_a_default_only_with_calibration_in_every_entry_point()
     assert max_drop_of(PruneOptions(calib="c.npz")) == search.DEFAULT_MAX_DROP
     assert max_drop_of(CompileOptions(calib="c.npz")) == search.DEFAULT_MAX_DROP
     assert max_drop_of(CompileOptions()) is None and max_drop_of(PruneOptions(calib="c.npz", max_drop=None)) is None
-    with pytest.raises(UsageError, match="max_drop"):
-        PruneOptions(max_drop="high")
+    for options in (PruneOptions, CompileOptions):
+        with pytest.raises(UsageError, match="max_drop"):
+            options(max_drop="high")
 
 
 def test_score_spec_errors_are_usage_errors():
