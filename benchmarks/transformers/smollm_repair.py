@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     if args.chunks % S.N_CHUNKS:
         raise SystemExit(f"--chunks must be a multiple of {S.N_CHUNKS}")
     import graphprune as gp
+    from graphprune.errors import QualityGateError
     from graphprune.workflow import PruneOptions, run_prune
     from transformers import AutoTokenizer
 
@@ -76,7 +77,16 @@ def main(argv=None) -> int:
                                  C.atom_scores(dg, "wanda", calib))
         del dg
         opts = PruneOptions(selection=sel, repair=args.repair, calib=calib, check=not args.no_check, round_to=1)
-    out = run_prune(model, opts)
+    res = HERE / "smollm_repair.json"
+    try:
+        out = run_prune(model, opts)
+    except QualityGateError as e:  # what `graphprune prune` with these options gives too: nothing written
+        row = {"ffn_removed": args.ffn, "defaults": args.defaults, "chunks": args.chunks, "refused": str(e),
+               "seconds": time.time() - t0, "versions": C.versions()}
+        print(json.dumps(row, default=C._jsonable), flush=True)
+        rows = json.loads(res.read_text()) if res.exists() else []
+        res.write_text(json.dumps(rows + [row], indent=1, default=C._jsonable) + "\n")
+        return 0
     path = wd / "smollm" / "repair_row.onnx"
     gp.save(out.model, path)
     per_token = C.cost(out.model)["macs"]
@@ -91,7 +101,6 @@ def main(argv=None) -> int:
     for f in path.parent.glob(path.name + "*"):
         f.unlink()
     print(json.dumps(row, default=C._jsonable), flush=True)
-    res = HERE / "smollm_repair.json"
     rows = json.loads(res.read_text()) if res.exists() else []
     res.write_text(json.dumps(rows + [row], indent=1, default=C._jsonable) + "\n")
     return 0
