@@ -34,6 +34,7 @@ import onnx_ir as ir
 
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.layers import bias_add
 
 
 class NotAStream(UsageError):
@@ -238,9 +239,7 @@ def _writer(v: ir.Value, d: int | None) -> Linear | None:
     if p is not None and p.op_type == "Add":
         for i in (0, 1):
             q = p.inputs[1 - i].producer() if p.inputs[1 - i] is not None else None
-            b = p.inputs[i]
-            if q is not None and q.op_type == "MatMul" and is_constant(b) and b.shape is not None \
-                    and len(b.shape) == 1 and _only_consumer(q.outputs[0]) is p:
+            if q is not None and q.op_type == "MatMul" and bias_add(q) == (p, i):
                 bias, bias_input, p = p, i, q
                 break
     if p is None or p.op_type != "MatMul":

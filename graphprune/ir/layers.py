@@ -286,6 +286,25 @@ class Layer:
         return self.op.macs(self.attrs, dims_of(self.x), dims_of(self.w), dims_of(self.y))
 
 
+def bias_add(node: ir.Node) -> tuple[ir.Node, int] | None:
+    """The Add after `node` that adds it a bias, the way both PyTorch exporters write
+    nn.Linear (a MatMul, then an Add of a 1-D constant): (that Add, the index of its constant
+    input), when the Add is the only use of `node`'s output and that output is not a graph
+    output; else None. The repairs (a MatMul layer's bias) and the residual stream (a
+    writer's bias) read a layer's bias through this one rule."""
+    y = node.outputs[0] if node.outputs else None
+    uses = list(y.uses()) if y is not None else []
+    if y is None or y.is_graph_output() or len(uses) != 1:
+        return None
+    add, idx = uses[0].node, uses[0].idx
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None
+    b = add.inputs[1 - idx]
+    if b is None or not is_constant(b) or b.shape is None or len(b.shape) != 1:
+        return None
+    return add, 1 - idx
+
+
 def _rank(v: ir.Value | None) -> int | None:
     return len(v.shape) if v is not None and v.shape is not None else None
 

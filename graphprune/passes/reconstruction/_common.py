@@ -17,6 +17,7 @@ import onnx_ir as ir
 from graphprune.errors import UsageError
 from graphprune.importance.layers import Linear, linear_layers, linear_of
 from graphprune.ir.constants import const_array, set_const_array
+from graphprune.ir.layers import bias_add
 from graphprune.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,11 @@ def with_add_bias(lin: Linear | None) -> Linear | None:
     lsq-reconstruct fitted it without an intercept."""
     if lin is None or lin.kind != "matmul" or lin.b is not None:
         return lin
-    uses = list(lin.y.uses())
-    if lin.y.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Add" or uses[0].node.domain not in ("", "ai.onnx"):
+    found = bias_add(lin.node)
+    if found is None:
         return lin
-    add = uses[0].node
-    other = add.inputs[1 - uses[0].idx]
+    add, at = found
+    other = add.inputs[at]
     b = const_array(other)
     if b is None or b.ndim != 1 or lin.y.shape is None or lin.y_axis != len(lin.y.shape) - 1:
         return lin
