@@ -108,8 +108,11 @@ class _Run:
         outcome.after = _cost(self.model, outcome.shapes)
         from graphprune.workflow.verdicts import budget_result, nothing_pruned_line
 
+        # with no target of the user's, the search's common cost is told as what it is
+        by_search = f"--ratio {self.opts.ratio:g}" if (outcome.search or {}).get("same_cost") else None
         outcome.budget = budget_result(self.state.allocation, outcome.before, outcome.after,
-                                       int((outcome.plan.settings or {}).get("round_to") or 1))
+                                       int((outcome.plan.settings or {}).get("round_to") or 1),
+                                       set_by_search=by_search)
         outcome.nothing_pruned = nothing_pruned_line(outcome)
         return outcome
 

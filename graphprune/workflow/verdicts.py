@@ -110,12 +110,16 @@ _TARGETS = {"target_macs": ("--target-macs", "MACs"), "target_params": ("--targe
             "target_latency": ("--target-latency", "latency")}  # option -> (flag, what it counts)
 
 
-def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> dict | None:
+def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
+                  set_by_search: str | None = None) -> dict | None:
     """The run's target (--target-macs ...) against what it kept, with its summary line; None
     without a target. MACs and params are the result's own, at the run's shapes; latency is
     what the allocation measured in ONNX Runtime; active params are the allocation's count.
     A target is a ceiling: not met when the result keeps more (the most that could be
-    removed without emptying a group, within --max-ratio / --protect / round-to)."""
+    removed without emptying a group, within --max-ratio / --protect / round-to).
+    `set_by_search`: the user gave no target, only this (e.g. "--ratio 0.3"), and the
+    candidate search compared its candidates at the first one's MACs: the line names what
+    the user asked for, not a --target-macs flag they never gave."""
     target = (allocation or {}).get("target")
     if not target:
         return None
@@ -131,6 +135,14 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1) -> 
         return None
     met = kept <= asked * 1.04 if kind == "target_latency" else kept <= asked + 1e-3  # latency: its 4% band
     flag, what = _TARGETS.get(kind, (kind, kind))
+    if set_by_search:
+        flag = f"{set_by_search} (the candidates compared at the first one's cost: {what}"
+        if not met:
+            line = (f"{flag} {asked:g}): NOT met, the chosen one keeps {kept:.3f} of the input's {what}: "
+                    f"the most it could remove (no group emptied, within --max-ratio/--protect)")
+        else:
+            line = f"{flag} {asked:g}): the result keeps {kept:.3f} of the input's {what}"
+        return {"flag": flag + ")", "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
     steps = f", widths multiples of {round_to}" if round_to > 1 else ""
     if not met:
         line = (f"{flag} {asked:g}: NOT met, the result keeps {kept:.3f} of the input's {what}{how}: "

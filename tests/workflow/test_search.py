@@ -233,6 +233,25 @@ def test_with_budget_left_the_search_tries_depth_and_width_at_the_same_macs(samp
         calib=calib, round_to=1, allocation={"target_macs": 0.25})).search["candidates"])
 
 
+def test_a_ratio_compared_at_equal_cost_is_not_told_as_a_target_the_user_gave(samples_dir, monkeypatch):
+    """With a ratio (no target), the candidates after the first meet the first one's kept
+    MACs; when one of them is chosen, the summary's budget line names the user's --ratio and
+    what the search did, never a `--target-macs` flag the user did not give."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    calib = Calibration.from_batches(_batches(12, 1, seed=1))
+    monkeypatch.setattr(search, "best", lambda rows: 1)  # the second candidate, run at the first one's cost
+    out = run_prune(src, PruneOptions(ratio=0.4, calib=calib, search_budget=2, max_drop=None))
+    first = out.search["candidates"][0]["kept_macs"]
+    line = out.budget["line"]
+    assert "same_cost" in out.search and out.search["chosen"] == out.search["candidates"][1]["name"]
+    assert line.startswith("--ratio 0.4 (the candidates compared at the first one's cost") and "--target-macs" not in line
+    assert out.budget["asked"] == pytest.approx(first) and out.budget["met"]
+    assert out.budget["kept"] == pytest.approx(out.after.macs / out.before.macs, abs=1e-4)
+    # a target the user gave is told with its flag
+    given = run_prune(src, PruneOptions(calib=calib, search_budget=2, max_drop=None, allocation={"target_macs": 0.6}))
+    assert given.budget["line"].startswith("--target-macs 0.6: met")
+
+
 def test_each_repair_line_is_said_once_and_trial_runs_stay_in_the_debug_log(samples_dir, tmp_path, capsys):
     """The chosen run's repair lines reach the terminal once (before: the pass logged its line
     and the verb printed it again), and what the candidates' trial runs log goes only to
