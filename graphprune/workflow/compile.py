@@ -12,6 +12,7 @@ tuned; `--backend auto` measures both on host targets and keeps the faster, and 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,11 +360,28 @@ def _verify(c: _Compile, model, stage: Path, feeds: dict) -> dict:
     dense_cfg = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
                  "graph_optimization_level": "ORT_ENABLE_ALL"}
     runners["dense"] = lambda: measure(str(c.src), dense_cfg, feeds, repeats=10)
+    session = (c.results.get("onnxruntime") or {}).get("session")
+    if "onnxruntime" in runners and session and _other_settings(session, dense_cfg):
+        # the input under the deployment's tuned settings: the speed-up split into model and settings
+        runners["dense_same_settings"] = lambda: measure(str(c.src), session, feeds, repeats=10)
     if not c.target.host:  # a host estimate, labelled as such: a cross target's latency line is never blank
         runners["pruned_host"] = lambda: measure(str(stage / "model.pruned.onnx"), dense_cfg, feeds, repeats=10)
     if c.quant is not None:
         _quant_runners(c, stage, feeds, dense_cfg, runners)
     return runners
+
+
+def _other_settings(session: dict, default: dict) -> bool:
+    """Whether a tuned session runs differently from ONNX Runtime's defaults: threads (0 is
+    one per core), execution mode, optimisation level (inter-op threads only count in
+    parallel mode)."""
+    cores = os.cpu_count() or 1
+
+    def key(cfg: dict) -> tuple:
+        parallel = cfg.get("execution_mode") == "ORT_PARALLEL"
+        return (cfg.get("intra_op_num_threads") or cores, cfg.get("execution_mode"), cfg.get("graph_optimization_level"),
+                (cfg.get("inter_op_num_threads") or cores) if parallel else None)
+    return key(session) != key(default)
 
 
 def _quant_runners(c: _Compile, stage: Path, feeds: dict, dense_cfg: dict, runners: dict) -> None:
@@ -435,7 +453,8 @@ def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
     deployed = c.results[chosen].get("latency_ms")
     if c.target.host and deployed:
         c.after["latency_ms"] = deployed
-        c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""))
+        c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""),
+                                    lat.get("dense_same_settings") if chosen == "onnxruntime" else None)
         if chosen == "onnxruntime" and c.after.get("macs"):  # odd widths (--round-to off the lanes) in ORT
             hint = widths_line(c.latency["speedup"], c.before["macs"] / c.after["macs"],
                                prune_options(c.opts, c.target).round_to, c.target.simd_lanes,

@@ -53,16 +53,25 @@ def require_fidelity(fid: dict, max_drop: float | None, what: str = "output fide
                                hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
 
 
-def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str) -> dict:
-    """The deployed model against the dense input in ONNX Runtime: speed-up and one line."""
+def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str, same_settings_ms: float | None = None) -> dict:
+    """The deployed model against the dense input in ONNX Runtime: speed-up and one line.
+    `same_settings_ms`: the input under the deployment's own tuned session settings, when
+    they differ from ONNX Runtime's defaults; the line then says how much of the speed-up
+    the model itself gives and how much the settings (which the input could have had too)."""
     speedup = dense_ms / deployed_ms if deployed_ms > 0 else float("inf")
     faster = deployed_ms < dense_ms
     line = (f"{speedup:.2f}x faster than the input model in ONNX Runtime ({deployed_ms:.3f} ms {chosen} vs "
             f"{dense_ms:.3f} ms)" if faster else
             f"NOT FASTER: the pruned model ({chosen}, {deployed_ms:.3f} ms) is {1 / speedup:.2f}x the latency of "
             f"the input model in ONNX Runtime ({dense_ms:.3f} ms)")
-    return {"dense_ort_ms": dense_ms, "deployed_ms": deployed_ms, "speedup": round(speedup, 4),
-            "not_faster": not faster, "line": line}
+    out = {"dense_ort_ms": dense_ms, "deployed_ms": deployed_ms, "speedup": round(speedup, 4),
+           "not_faster": not faster}
+    if same_settings_ms and deployed_ms > 0:
+        model_x, settings_x = same_settings_ms / deployed_ms, dense_ms / same_settings_ms
+        line += (f"; the input under the deployment's session settings runs {same_settings_ms:.3f} ms: "
+                 f"{model_x:.2f}x from the model, {settings_x:.2f}x from the settings")
+        out.update(dense_same_settings_ms=same_settings_ms, model_speedup=round(model_x, 4))
+    return {**out, "line": line}
 
 
 # Measured (benchmarks/bench_widths.py, 3 torchvision CNNs): widths that are multiples of the

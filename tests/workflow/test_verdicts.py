@@ -58,6 +58,49 @@ def test_faster_says_so_and_passes_min_speedup(samples_dir, tmp_path, monkeypatc
     assert not rep["latency"]["not_faster"] and rep["config"]["min_speedup"] == 1.5
 
 
+@pytest.mark.parametrize("tuned_threads,split", [(1, True), (0, False)])
+def test_speedup_from_tuned_session_settings_is_told_apart(samples_dir, tmp_path, monkeypatch, capsys,
+                                                           tuned_threads, split):
+    """The input runs with ONNX Runtime's default settings, the deployment with its tuned
+    ones: when they differ, the input is measured under the deployment's settings too, and
+    the line says how much of the speed-up the model gives and how much the settings."""
+    from graphprune.backends.onnxruntime import OrtBackend
+
+    def tuned(self, model_path, base, feeds, log_fn):
+        return {**base, "intra_op_num_threads": tuned_threads, "inter_op_num_threads": 1 if tuned_threads else 0}
+
+    seen = {}
+
+    def fake(runners):
+        seen.update(runners)
+        return {k: {"dense": 3.0, "dense_same_settings": 2.0}.get(k, 1.0) for k in runners}
+
+    monkeypatch.setattr(OrtBackend, "_tune_session", tuned)
+    monkeypatch.setattr(compile_mod, "_latencies", fake)
+    assert _compile(samples_dir, tmp_path / "o") == 0
+    line = json.loads((tmp_path / "o" / "report.json").read_text())["latency"]["line"]
+    assert line.startswith("3.00x faster than the input model in ONNX Runtime")
+    assert ("dense_same_settings" in seen) == split
+    if split:
+        assert "runs 2.000 ms: 2.00x from the model, 1.50x from the settings" in line
+        assert line in capsys.readouterr().out
+    else:
+        assert "settings" not in line
+
+
+def test_session_settings_compare_what_the_session_runs_with():
+    from graphprune.workflow.compile import _other_settings
+
+    cores = __import__("os").cpu_count() or 1
+    default = {"intra_op_num_threads": 0, "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
+               "graph_optimization_level": "ORT_ENABLE_ALL"}
+    same = {**default, "intra_op_num_threads": cores, "inter_op_num_threads": 1, "model": "model.onnx"}
+    assert not _other_settings(same, default)  # 0 is one thread per core; inter-op is unused when sequential
+    assert _other_settings({**default, "execution_mode": "ORT_PARALLEL", "inter_op_num_threads": cores}, default)
+    if cores > 1:
+        assert _other_settings({**default, "intra_op_num_threads": 1}, default)
+
+
 @pytest.mark.parametrize("dense,pruned,floor", [(1.0, 2.0, "1.0"), (1.0, 1.0, "1.0"), (2.0, 1.0, "3")])
 def test_min_speedup_fails_with_its_exit_code_and_writes_nothing(samples_dir, tmp_path, monkeypatch, capsys,
                                                                 dense, pruned, floor):
