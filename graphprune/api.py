@@ -99,8 +99,18 @@ def compile(model_path: str | os.PathLike, *, target: str = "x86", out: str | os
     """Prune for `target`, lower with a backend, check, and write a deployable folder (the
     `graphprune compile` verb; `options` are graphprune.compile.CompileOptions fields).
     Returns the report."""
+    import dataclasses
+    import difflib
+
     from graphprune.workflow.compile import CompileOptions, compile_model
 
+    fields = [f.name for f in dataclasses.fields(CompileOptions)]
+    unknown = [k for k in options if k not in fields]
+    if unknown:  # a misspelt option is named, with the closest field, not a bare dataclass TypeError
+        close = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
+        raise ArgumentTypeError(f"gp.compile: unknown option(s) {', '.join(map(repr, unknown))}",
+                                hint="; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+                                or "options are the fields of graphprune.workflow.compile.CompileOptions")
     return compile_model(model_path, CompileOptions(target=target, out=None if out is None else str(out), **options))
 
 

@@ -215,3 +215,14 @@ def test_api_model_arguments_say_what_is_wrong(samples_dir, tmp_path):
     with pytest.raises(UsageError, match="is a directory"):
         gp.save(res.model, tmp_path / "folder")
     assert list((tmp_path / "folder").iterdir()) == [] and not list(tmp_path.glob(".*"))
+
+
+def test_compile_names_a_misspelt_option_and_writes_nothing(samples_dir, tmp_path):
+    """gp.compile forwards **options to CompileOptions: a misspelt one is a UsageError (and a
+    TypeError) naming it and the closest option, raised before anything runs or is written."""
+    from graphprune.errors import ArgumentTypeError
+
+    with pytest.raises(ArgumentTypeError, match="unknown option\\(s\\) 'calibb'") as err:
+        gp.compile(samples_dir / "tiny_resnet.onnx", target="x86", out=tmp_path / "o", calibb="x.npz")
+    assert err.value.hint == "'calibb': did you mean 'calib'?"
+    assert isinstance(err.value, TypeError) and not list(tmp_path.iterdir())
