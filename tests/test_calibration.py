@@ -76,6 +76,24 @@ def test_images_of_another_size_are_refused_with_the_resize_option_named(tmp_pat
     assert "calib-preprocess" not in (e.value.hint or "")
 
 
+def test_images_of_several_sizes_fill_batches_by_size_for_a_dynamic_model(tmp_path):
+    """Text lines of several widths for a model whose width is dynamic (an OCR recogniser):
+    each size fills its own batches (stacking them crashed with numpy's ValueError), every
+    image is used once, and a model with a static size still refuses the odd ones."""
+    Image = pytest.importorskip("PIL.Image")
+    widths = [8, 12, 8, 16, 12, 8]
+    for k, w in enumerate(widths):
+        Image.fromarray(np.full((4, w, 3), 10 * k, np.uint8)).save(tmp_path / f"im{k}.png")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="c", kernel_shape=[1, 1])]
+    dynamic = gp.load(make_model(nodes, [("x", ["n", 3, 4, "w"])], [("y", ["n", 3, 4, "w"])],
+                                 {"w": np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)}).SerializeToString())
+    batches = list(load_calibration(str(tmp_path), dynamic, batch_size=2))
+    assert [b["x"].shape for b in batches] == [(2, 3, 4, 8), (2, 3, 4, 12), (1, 3, 4, 8), (1, 3, 4, 16)]
+    assert sorted(round(float(v) * 255 / 10) for b in batches for v in b["x"][:, 0, 0, 0]) == list(range(6))
+    with pytest.raises(UsageError, match="has shape"):  # a static 4x4 model: the resize hint, as before
+        list(load_calibration(str(tmp_path), conv_model(), batch_size=2))
+
+
 def test_callable_source(tmp_path):
     mod = tmp_path / "feeds.py"  # its third batch is broken: found when it is read
     mod.write_text("import numpy as np\n"

@@ -166,16 +166,22 @@ def _batched_samples(samples: Callable[[], Iterable[Feeds]], batch_size: int, mo
     bs = next((b for b in fixed.values() if b), None) or max(1, int(batch_size))
 
     def make():
-        buf: list[Feeds] = []
-        rows = 0
+        # samples of different sizes (images of several widths for a model with a dynamic
+        # width) cannot be stacked: each size fills its own batches, in order of first sight
+        bins: dict[tuple, tuple[list[Feeds], int]] = {}
         for s in samples():
+            key = tuple((k, np.shape(v)[1:]) for k, v in s.items())
+            buf, rows = bins.get(key, ([], 0))
             buf.append(s)
             rows += _rows(s)
             if rows >= bs:
                 yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
                 buf, rows = [], 0
-        if buf and not any(fixed.values()):
-            yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+            bins[key] = (buf, rows)
+        if not any(fixed.values()):
+            for buf, _ in bins.values():
+                if buf:
+                    yield {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
 
     return make, bs
 
@@ -232,7 +238,8 @@ def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess
         raise UsageError("a folder of images can only feed a single-input model",
                          hint="give an .npz or a module:function for several inputs")
     if preprocess.size is None and len(files) > 1:
-        log.info("calibration images are not resized (no size=HxW): they must all have the same size")
+        log.info("calibration images are not resized (no size=HxW): images of one size are batched together, "
+                 "and each size must fit the model's input")
 
     def samples():
         for f in files:
