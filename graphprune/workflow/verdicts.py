@@ -145,13 +145,11 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
     met = kept <= asked * 1.04 if kind == "target_latency" else kept <= asked + 1e-3  # latency: its 4% band
     flag, what = _TARGETS.get(kind, (kind, kind))
     if set_by_search:
-        flag = f"{set_by_search} (the candidates compared at the first one's cost: {what}"
-        if not met:
-            line = (f"{flag} {asked:g}): NOT met, the chosen one keeps {kept:.3f} of the input's {what}: "
-                    f"the most it could remove (no group emptied, within --max-ratio/--protect)")
-        else:
-            line = f"{flag} {asked:g}): the result keeps {kept:.3f} of the input's {what}"
-        return {"flag": flag + ")", "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
+        head = f"{set_by_search} (the candidates compared at the first one's cost: {what} {asked:g})"
+        line = (f"{head}: NOT met, the chosen one keeps {kept:.3f} of the input's {what}: the most it could "
+                "remove (no group emptied, within --max-ratio/--protect)" if not met else
+                f"{head}: the result keeps {kept:.3f} of the input's {what}")
+        return {"flag": set_by_search, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
     steps = f", widths multiples of {round_to}" if round_to > 1 else ""
     if not met:
         line = (f"{flag} {asked:g}: NOT met, the result keeps {kept:.3f} of the input's {what}{how}: "
