@@ -197,6 +197,24 @@ def _preprocess(src: Path, tmp: Path, notes: list) -> Path:
         return src
 
 
+def _histogram_reader(batches, names: list[str]) -> tuple[CalibrationReader | None, str]:
+    """A reader for ORT's histogram (Percentile) calibration, which stacks the activations of
+    all the batches it reads into one array: the batches as they are when they all have one
+    shape; else one sample per feed when only their batch sizes differ (a last, partial
+    batch); None, and why, when the samples themselves differ in size (images of several
+    widths), which no feeding can stack."""
+    shapes = {tuple((n, np.shape(b[n])) for n in names if n in b) for b in batches()}
+    if len(shapes) <= 1:
+        return CalibrationReader(batches, names), ""
+    if len({tuple((n, shp[1:]) for n, shp in key) for key in shapes}) == 1:
+        def rows():
+            for b in batches():
+                for i in range(len(next(iter(b.values())))):
+                    yield {n: v[i:i + 1] for n, v in b.items()}
+        return CalibrationReader(rows, names), ""
+    return None, "the calibration samples differ in size, and ORT's histogram calibration stacks them"
+
+
 def _quantize(pre: Path, out: Path, reader: CalibrationReader, method: str, per_channel: bool,
               keep_float: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -236,6 +254,11 @@ def quantize_int8(model_path: str | Path, batches, out_path: str | Path, *, scor
     if unknown or not methods:
         raise ValueError(f"range methods {unknown or methods}: choose from {', '.join(RANGE_METHODS)}")
     methods = methods if score is not None else methods[:1]
+    if "percentile" in methods:
+        hist_reader, why = _histogram_reader(batches, names)
+        if hist_reader is None:  # ORT stacks every batch's activations for the histograms
+            methods = tuple(m for m in methods if m != "percentile") or ("minmax",)
+            notes.append(f"percentile ranges not built: {why}; ranges by {', '.join(methods)} only")
     candidates = []
     with tempfile.TemporaryDirectory(prefix="graphprune-quant-") as tmp:
         ready, per_channel = _per_axis_ready(src, Path(tmp), notes)
@@ -246,9 +269,10 @@ def quantize_int8(model_path: str | Path, batches, out_path: str | Path, *, scor
         for k, method in enumerate(methods):
             if log_fn and len(methods) > 1:
                 log_fn(f"  int8 with {method} ranges ({k + 1}/{len(methods)}) ...")
-            path, before = Path(tmp) / f"{method}.onnx", reader.count
-            _quantize(pre, path, reader, method, per_channel, keep_float)
-            row = {"ranges": method, "path": path, "batches": reader.count - before}
+            used = hist_reader if method == "percentile" else reader
+            path, before = Path(tmp) / f"{method}.onnx", used.count
+            _quantize(pre, path, used, method, per_channel, keep_float)
+            row = {"ranges": method, "path": path, "batches": used.count - before}
             if score is not None:
                 row["score"] = round(float(score(path)), 6)
             candidates.append(row)

@@ -144,3 +144,41 @@ def test_without_a_score_one_model_is_built(samples_dir, tmp_path, capsys):
     quantize_int8(samples_dir / "tiny_resnet.onnx", lambda: iter(_feeds(4, seed=0)), tmp_path / "h.onnx",
                   score=lambda p: 1.0)
     assert capsys.readouterr().out == ""  # ORT's histogram progress prints do not reach graphprune's stdout
+
+
+def _dynamic_convs(path):
+    """Three 3x3 convs (so one is quantized between the float first and last) on an input
+    whose batch, height and width are all dynamic."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for k in range(3):
+        inits.append(numpy_helper.from_array((0.3 * rng.standard_normal((4, 4 if k else 3, 3, 3))).astype(np.float32),
+                                             f"w{k}"))
+        nodes += [helper.make_node("Conv", [x, f"w{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        x = f"r{k}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", 4, "h", "w"])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_percentile_ranges_take_uneven_batches_and_say_when_sizes_differ(tmp_path):
+    """ORT's histogram calibration stacks every batch's activations into one array: a last,
+    partial batch (10 samples in batches of 4) crashed it with numpy's 'inhomogeneous shape'
+    ValueError, and so did images of several sizes. Uneven batches are now fed sample by
+    sample (both range methods built and scored); samples of several sizes get MinMax
+    ranges only, and the result says why."""
+    src = _dynamic_convs(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    uneven = [{"x": rng.standard_normal((b, 3, 8, 8)).astype(np.float32)} for b in (4, 4, 2)]
+    res = quantize_int8(src, lambda: iter(uneven), tmp_path / "u.onnx", score=lambda p: _mean_cosine(src, p, [
+        {"x": u["x"][:1]} for u in uneven]))
+    assert {r["ranges"] for r in res.candidates} == {"minmax", "percentile"} and not res.notes
+    assert is_quantized(op_counts(res.path))
+    sizes = [{"x": rng.standard_normal((2, 3, 8, w)).astype(np.float32)} for w in (8, 12, 8)]
+    res = quantize_int8(src, lambda: iter(sizes), tmp_path / "s.onnx", score=lambda p: 1.0)
+    assert [r["ranges"] for r in res.candidates] == ["minmax"] and res.batches == 3
+    assert any("percentile ranges not built: the calibration samples differ in size" in n for n in res.notes)
