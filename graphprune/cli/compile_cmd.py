@@ -159,6 +159,10 @@ def print_report(rep: dict) -> None:
         print(line)
     for n in rep["notes"]:
         print(f"note: {n}")
+    from graphprune.workflow.search import table as search_table
+
+    for line in search_table(rep.get("search") or {}):  # the candidates and their scores, as prune prints them
+        print(line)
     if rep.get("accuracy"):
         print(rep["accuracy"])
     if rep.get("quantization"):

@@ -40,8 +40,7 @@ class Printer(Progress):
             print(line)
 
     def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
-        print(f"search {k}/{n}: {row['name']}: score {row['score']:.4f}, kept MACs {row['kept_macs']:.3f} "
-              f"({row['seconds']:.0f} s" + (f", ETA {eta:.0f} s)" if k < n else ")"), flush=True)
+        print(self.candidate_line(k, n, row, eta), flush=True)
 
     def fidelity(self, fid: dict, max_drop: float) -> None:
         print(f"fidelity on calibration data: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "

@@ -130,6 +130,9 @@ class _Logged(Progress):
     def note(self, text: str) -> None:  # printed at the end and kept in the report's notes
         self.notes.append(text)
 
+    def candidate(self, k: int, n: int, row: dict, eta: float) -> None:  # the search takes minutes: say each step
+        self.log_fn(self.candidate_line(k, n, row, eta))
+
     def oracle(self, res, shapes) -> None:
         self.log_fn(f"oracle inputs: {(res.shapes or shapes).describe()}")  # both sizes of dynamic dims
         self.log_fn(res.summary())

@@ -34,5 +34,11 @@ class Progress:
     def candidate(self, k: int, n: int, row: dict, eta: float) -> None:
         pass
 
+    @staticmethod
+    def candidate_line(k: int, n: int, row: dict, eta: float) -> str:
+        """One line per candidate the search has scored, as the verbs show it."""
+        return (f"search {k}/{n}: {row['name']}: score {row['score']:.4f}, kept MACs {row['kept_macs']:.3f} "
+                f"({row['seconds']:.0f} s" + (f", ETA {eta:.0f} s)" if k < n else ")"))
+
     def note(self, text: str) -> None:  # something the user should know about the result
         log.info("%s", text)

@@ -165,6 +165,23 @@ def test_compile_with_calib_does_not_say_no_calib(samples_dir, tmp_path, monkeyp
     assert rep["accuracy"] is None and "no --calib" not in (tmp_path / "c" / "report.md").read_text()
 
 
+def test_compile_shows_the_search_as_it_runs_and_its_table_at_the_end(samples_dir, tmp_path, monkeypatch, capsys):
+    """The candidate search takes minutes on a real model: compile says each scored
+    candidate as it finishes (it said nothing until the oracle) and prints the table of
+    candidates and scores with the summary, as prune does."""
+    _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
+    assert _compile(samples_dir, tmp_path / "c", "--calib", _calib(tmp_path), "--calib-batch", "1",
+                    "--max-drop", "1", "--search-budget", "2") == 0
+    cap = capsys.readouterr()
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    names = [r["name"] for r in rep["search"]["candidates"]]
+    assert len(names) == 2
+    # progress goes where compile's other progress goes (the log, on stderr), the summary to stdout
+    assert cap.err.index(f"search 1/2: {names[0]}: score") < cap.err.index(f"search 2/2: {names[1]}: score") \
+        < cap.err.index("oracle inputs:")
+    assert "search: 2 candidates scored by" in cap.out and f"chosen: {rep['search']['chosen']}" in cap.out
+
+
 def test_prune_says_accuracy_not_measured_without_calib(samples_dir, tmp_path, capsys):
     src = str(samples_dir / "tiny_resnet.onnx")
     assert main(["prune", src, "-o", str(tmp_path / "p.onnx"), "--no-bench"]) == 0
