@@ -388,12 +388,14 @@ def _other_settings(session: dict, default: dict) -> bool:
 
 
 def _quant_runners(c: _Compile, stage: Path, feeds: dict, dense_cfg: dict, runners: dict) -> None:
-    """--quantize int8: the pruned float model too (int8 against float at equal widths) and,
-    on a cross target, the int8 deployment on this machine (a host estimate)."""
+    """--quantize int8: the pruned float model too (int8 against float at equal widths, and
+    under the int8 deployment's own session settings, so that the ratio is the quantization's
+    alone) and, on a cross target, the int8 deployment on this machine (a host estimate)."""
     from graphprune.backends.onnxruntime import measure
 
     if c.target.host:
-        runners["pruned_float"] = lambda: measure(str(stage / "model.pruned.onnx"), dense_cfg, feeds, repeats=10)
+        session = (c.results.get("onnxruntime") or {}).get("session") or dense_cfg
+        runners["pruned_float"] = lambda: measure(str(stage / "model.pruned.onnx"), session, feeds, repeats=10)
     else:
         runners["int8_host"] = lambda: measure(str(stage / "onnxruntime" / "model.onnx"), dense_cfg, feeds,
                                                repeats=10)

@@ -123,3 +123,31 @@ def test_quantize_ranges_scored_by_the_user_score(samples_dir, calib, tmp_path, 
     cands = {r["ranges"]: r["score"] for r in q["range_candidates"]}
     assert set(cands) == {"minmax", "percentile"} and all(v < 0 for v in cands.values())
     assert cands[q["ranges"]] == max(cands.values())
+
+
+def test_int8_and_float_are_timed_under_the_same_session_settings(samples_dir, calib, tmp_path, monkeypatch):
+    """"vs pruned float" is the quantization's gain: the pruned float model is timed under the
+    int8 deployment's tuned session settings (it was timed under ORT's defaults, so a tuned
+    thread count counted as int8 speed), while the dense input keeps ORT's defaults."""
+    import graphprune.backends.onnxruntime as ortb
+
+    def tuned(self, model_path, base, feeds, log_fn):
+        return {**base, "intra_op_num_threads": 1, "inter_op_num_threads": 1}
+
+    seen = []
+
+    def measure(path, cfg, feeds, repeats=15, budget_s=3.0):
+        seen.append((str(path), cfg["intra_op_num_threads"]))
+        return 1.0
+
+    monkeypatch.setattr(ortb.OrtBackend, "_tune_session", tuned)
+    monkeypatch.setattr(ortb, "measure", measure)
+    out = tmp_path / "q"
+    src = samples_dir / "tiny_resnet.onnx"
+    assert main(["compile", str(src), "--target", "x86", "--calib", str(calib), "--quantize", "int8",
+                 "-o", str(out), *FAST]) == 0
+    threads = {p: t for p, t in seen}
+    pruned = next(p for p in threads if p.endswith("model.pruned.onnx"))
+    deployed = next(p for p in threads if p.endswith("model.onnx") and "onnxruntime" in p)
+    assert threads[pruned] == threads[deployed] == 1 and threads[str(src)] in (0, 1)
+    assert (str(src), 0) in seen  # the dense input under ORT's defaults, as a user would run it
