@@ -73,6 +73,45 @@ def test_bench_side_by_side(samples_dir, tmp_path, capsys):
     assert len(res) == 2 and all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in res)
 
 
+def test_bench_times_every_artifact_at_one_shape_and_says_which(samples_dir, tmp_path, capsys, monkeypatch):
+    """A model with dynamic sizes: bench used to resolve a default shape per artifact, so a
+    compile folder and its input model could be timed at different sizes. Now every artifact
+    runs at the shapes the compile folder was measured at (or --input-shape), and the
+    summary says which."""
+    import onnx
+
+    import graphprune.runtime.ort as gort
+
+    proto = onnx.load(str(samples_dir / "tiny_resnet.onnx"))
+    for v in proto.graph.input:
+        for k, name in ((0, "n"), (2, "h"), (3, "w")):
+            v.type.tensor_type.shape.dim[k].dim_param = name
+    for v in proto.graph.output:
+        v.type.tensor_type.shape.dim[0].dim_param = "n"
+    src = tmp_path / "dyn.onnx"
+    onnx.save(proto, str(src))
+    # (the sample flattens into a Gemm: it runs at 16x16 only, at any batch)
+    compile_model(src, CompileOptions(target="x86", out=str(tmp_path / "c"), input_shapes={"input": [2, 3, 16, 16]}),
+                  log_fn=lambda *a: None)
+    seen = []
+    real = gort.random_inputs
+
+    def recorded(sess, *a, **k):
+        feeds = real(sess, *a, **k)
+        seen.append(tuple(feeds["input"].shape))
+        return feeds
+
+    monkeypatch.setattr(gort, "random_inputs", recorded)
+    argv = ["bench", str(tmp_path / "c"), str(src), "--repeats", "2", "--warmup", "1", "--rounds", "1", "--json-out"]
+    assert main([*argv, str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr()
+    assert seen == [(2, 3, 16, 16)] * 2 and "measured at input: 2×3×16×16 (from --input-shape)" in out.out
+    assert json.loads((tmp_path / "b.json").read_text())["input_shapes"]["input"]["shape"] == [2, 3, 16, 16]
+    seen.clear()
+    assert main([*argv, str(tmp_path / "b2.json"), "--input-shape", "input:3,3,16,16"]) == 0
+    assert seen == [(3, 3, 16, 16)] * 2 and "input: 3×3×16×16 (from --input-shape)" in capsys.readouterr().out
+
+
 def test_report_html_is_self_contained(samples_dir, tmp_path):
     pytest.importorskip("matplotlib")
     compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="x86", out=str(tmp_path / "r")),

@@ -18,6 +18,9 @@ def add_arguments(p):
     p.add_argument("--rounds", type=T.POSITIVE_INT, default=3, help="interleaved rounds for side-by-side runs")
     p.add_argument("--threads", type=T.COUNT, default=0, help="ORT intra-op threads (0: the deployment's / ORT default)")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="shape of the random inputs for this input (repeatable); default: the shapes the compile "
+                        "folder was measured at (its report), else the first model's representative shapes")
     p.add_argument("--rpc", metavar="HOST:PORT", help="TVM RPC tracker: run TVM artifacts on a device")
     p.add_argument("--rpc-key", help="device key at the tracker")
     p.add_argument("--json-out", metavar="FILE", help="also write the results as JSON to this file "
@@ -42,13 +45,20 @@ def _ort_runner(label: str, model: Path, cfg: dict, feeds_fn):
     return Runner(label, lambda: sess.run(None, feeds))
 
 
+def _threads(cfg: dict) -> str:
+    """The session's thread setting, in the label: a tuned deployment and a model under ORT's
+    defaults may run with different thread counts, and the speed ratio includes that."""
+    n = cfg.get("intra_op_num_threads") or 0
+    return f"{n} thread{'s' if n > 1 else ''}" if n else "threads: ORT default"
+
+
 def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]:
     from graphprune.errors import UsageError
 
     default_cfg = {"intra_op_num_threads": args.threads, "inter_op_num_threads": 0,
                    "execution_mode": "ORT_SEQUENTIAL", "graph_optimization_level": "ORT_ENABLE_ALL"}
     if path.is_file():
-        return [_ort_runner(f"{path.name} (onnxruntime)", path, default_cfg, feeds_fn)]
+        return [_ort_runner(f"{path.name} (onnxruntime, {_threads(default_cfg)})", path, default_cfg, feeds_fn)]
     report_path = path / "report.json"
     if not report_path.exists():
         raise UsageError(f"{path}: neither an .onnx file nor a compile folder with report.json")
@@ -61,7 +71,8 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
             cfg = json.loads((path / "onnxruntime" / "session.json").read_text())
             if args.threads:
                 cfg["intra_op_num_threads"] = args.threads
-            out.append(_ort_runner(f"{path.name}/onnxruntime", path / "onnxruntime" / cfg["model"], cfg, feeds_fn))
+            out.append(_ort_runner(f"{path.name}/onnxruntime ({_threads(cfg)})", path / "onnxruntime" / cfg["model"],
+                                   cfg, feeds_fn))
         else:
             from graphprune.backends.tvm import adapter
 
@@ -109,30 +120,67 @@ def _summary(r: Runner) -> dict:
             "min_ms": float(t.min()), "runs": len(t)}
 
 
+def _model_of(path: Path) -> Path:
+    """The ONNX model a path stands for: the file, or a compile folder's pruned model."""
+    return path if path.is_file() else path / "model.pruned.onnx"
+
+
+def _shapes(args, paths: list[Path]):
+    """One set of input shapes for every artifact, so that they are compared on the same
+    work: --input-shape, else the shapes the first compile folder was measured at (its
+    report.json), else the first model's representative shapes. (Each artifact used to
+    resolve its own default, and a compiled model could be timed at another size than its
+    input model.)"""
+    from graphprune.cli.common import parse_shapes
+    from graphprune.input_shapes import InputShapes
+    from graphprune.runtime.ort import input_session, representative_shapes
+
+    user = parse_shapes(args.input_shape)
+    if user is None:
+        for p in paths:
+            rep = p / "report.json"
+            if p.is_dir() and rep.exists():
+                recorded = json.loads(rep.read_text()).get("input_shapes")
+                if recorded:
+                    return InputShapes.from_json(recorded)
+    first = _model_of(paths[0])
+    return representative_shapes(input_session(str(first), f"{first}"), user=user)
+
+
 def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
     from graphprune.runtime.ort import random_inputs, session
 
     given = load_inputs(args.inputs)
+    paths = [Path(p) for p in args.paths]
+    shapes = None if given else _shapes(args, paths)
 
     def feeds_fn(sess, model_path=None):
         if given:
             return given[0]
-        return random_inputs(sess if sess is not None else session(str(model_path)), seed=0)
+        sess = sess if sess is not None else session(str(model_path))
+        names = {i.name for i in sess.get_inputs()}
+        if not names <= set(shapes.shapes):
+            from graphprune.errors import UsageError
+
+            raise UsageError(f"the artifacts do not take the same inputs ({sorted(names)} vs {sorted(shapes.shapes)})",
+                             hint="compare models of one input signature, or give --inputs")
+        return random_inputs(sess, seed=0, shapes=shapes)
 
     runners: list[Runner] = []
-    for p in args.paths:
-        runners += _runners_for(Path(p), args, feeds_fn, args.backends)
+    for p in paths:
+        runners += _runners_for(p, args, feeds_fn, args.backends)
     _measure(runners, args)
     results = [_summary(r) for r in runners]
     base = results[0]["median_ms"]
     rows = [[x["label"], f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['min_ms']:.3f}", x["runs"],
              f"{base / x['median_ms']:.2f}x"] for x in results]
     print(table(rows, ["artifact", "median ms", "p90 ms", "min ms", "runs", "speed vs first"]))
+    print(shapes.measured_at() if shapes is not None else f"measured on the first input set of {args.inputs}")
     from graphprune.cli.results import emit, schema
 
     data = {"schema": schema("bench"), "results": results, "threads": args.threads, "repeats": args.repeats,
-            "warmup": args.warmup}
+            "warmup": args.warmup, "input_shapes": shapes.to_json() if shapes is not None else None}
     if args.json_out:
         from graphprune.outputs import write_text_atomic
 

@@ -54,10 +54,14 @@ def representative_shapes(sess, *, user: dict | None = None, calib: dict | None 
     first = shp.resolve(specs, user=user, calib=calib, dims=dims, dim_value=dim_value)
     if not first.defaulted:
         return first
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a size the model cannot run is expected here: not an error for the user's terminal
     for attempt in range(shp.candidates(specs)):
         res = first if attempt == 0 else shp.resolve(specs, user=user, calib=calib, dims=dims, attempt=attempt)
         try:
-            sess.run(None, random_inputs(sess, 0, shapes=res))
+            sess.run(None, random_inputs(sess, 0, shapes=res), quiet)
             return res
         except Exception:  # noqa: BLE001 - the model cannot run at this size: try the next
             continue

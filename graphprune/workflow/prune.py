@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import OracleMismatchError, UsageError
@@ -88,6 +89,7 @@ class _Run:
 
         outcome = self.load()
         self.load_calibration()
+        self.check_runs_at_given_shapes()
         self.choose(outcome, dry_run)
         pm, repair_pm, sparsify_passes = self.plan_step()
         self.check_tokens()
@@ -153,6 +155,35 @@ class _Run:
         o = self.opts
         self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
                                                   batch_size=o.calib_batch, limit=o.calib_samples)
+
+    def check_runs_at_given_shapes(self) -> None:
+        """A model with dynamic sizes is analysed at the user's --input-shape or the
+        calibration data's shapes: that it runs there is checked once, before any work, so
+        a size it cannot take (a Flatten into a Gemm fixes the spatial size) is the user's
+        error in words, not an IR violation or ONNX Runtime's message from deep inside."""
+        from graphprune import input_shapes as shp
+        from graphprune.runtime import ort
+
+        calib = self.state.calibration
+        if not self.opts.input_shapes and calib is None:
+            return
+        specs = shp.specs_of_model(self.model)
+        if not shp.dynamic_dims(specs):  # static sizes: the calibration check compared them already
+            return
+        shapes = shp.resolve(specs, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
+        feeds = calib.first() if calib is not None and not self.opts.input_shapes else None
+        try:
+            sess = ort.session(str(self.src) if self.src is not None else (self.reference or self.model))
+        except Exception:  # noqa: BLE001 - ORT cannot load the model at all (--no-check): nothing to check here
+            return
+        where = (", ".join(f"{k}: {'×'.join(str(d) for d in np.shape(v))}" for k, v in feeds.items())
+                 + " (the calibration data's first batch)") if feeds is not None else shapes.describe()
+        try:
+            sess.run(None, feeds if feeds is not None else ort.random_inputs(sess, 0, shapes=shapes))
+        except Exception as exc:  # noqa: BLE001 - the model loads: a failure to run is the shapes'
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"the model does not run at {where}: {text[:300]}",
+                             hint="give --input-shape / calibration data at a size the model takes") from None
 
     def choose(self, outcome: PruneOutcome, dry_run: bool) -> None:
         """Criterion, allocation and repair the user left to graphprune: searched with

@@ -114,6 +114,37 @@ def test_a_dynamic_input_takes_any_size_of_its_symbolic_dims(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["macs"] == PER_PIXEL * h * w_
 
 
+def _flatten_into_gemm(path):
+    """A conv flattened into a Gemm whose weight fixes the spatial size at 4x4, declared
+    with dynamic H and W: it runs at 4x4 only (at any batch)."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    m = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", ["N", 5])],
+                   {"w1": w(8, 3, 3, 3, seed=1), "w2": w(5, 8 * 4 * 4, seed=2)})
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("how", ["--input-shape", "--calib"])
+def test_a_size_a_dynamic_model_cannot_run_at_is_the_user_s_error_in_words(tmp_path, capsys, how):
+    """Dynamic H and W, but a Flatten into a Gemm fixes them: analysed at 6x6 (from
+    --input-shape or the calibration data) prune failed with an IR violation of the
+    pipeline's input or an 'internal error' from ONNX Runtime; it is now a usage error
+    before any work, naming the size, and nothing is written. At 4x4 it prunes."""
+    model = _flatten_into_gemm(tmp_path / "m.onnx")
+    out = tmp_path / "p.onnx"
+    flag = ["--input-shape", "x:2,3,6,6"] if how == "--input-shape" else ["--calib", str(_calib(tmp_path / "c.npz", 6, 6))]
+    assert main(["prune", str(model), *flag, "-o", str(out), "--criterion", "l2", "--repair", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "the model does not run at x: 2×3×6×6" in err and "Gemm" in err and "internal error" not in err
+    assert not out.exists()
+    good = ["--input-shape", "x:2,3,4,4"] if how == "--input-shape" else ["--calib", str(_calib(tmp_path / "c.npz", 4, 4))]
+    assert main(["prune", str(model), *good, "-o", str(out), "--criterion", "l2", "--repair", "none"]) == 0
+    assert "oracle PASS" in capsys.readouterr().out
+
+
 def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, capsys):
     model = _two_convs(tmp_path / "m.onnx")
     calib = _calib(tmp_path / "calib.npz", 16, 24)
