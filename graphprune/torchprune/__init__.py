@@ -233,7 +233,7 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     names = [i.name for i in sess.get_inputs()]
     pruned = copy.deepcopy(module)
     slice_state(pruned, new_plan)
-    inexpressible = update_attributes(pruned, cap.model)
+    inexpressible = update_attributes(pruned, cap.model, new_plan)
     kind, notes = "module", []
     if inexpressible:
         why = f"{', '.join(inexpressible)} cannot be expressed by its own class after pruning"

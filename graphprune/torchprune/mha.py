@@ -1,12 +1,19 @@
 """nn.MultiheadAttention after head pruning.
 
 The class ties the width of q/k/v (heads × head_dim) to the embedding width: its forward
-computes ``head_dim = embed_dim // num_heads`` from the query. Pruning heads narrows q/k/v
-while the embedding (behind a LayerNorm, a residual) usually keeps its width, which the
-class cannot express. ``PrunedMultiheadAttention`` is the same module (a subclass: same
-parameters, same state_dict keys, isinstance still holds) whose forward works with
-``inner_dim = num_heads * head_dim`` ≠ ``embed_dim``. prune_module checks it against the
-pruned ONNX and the masked original like any other result.
+computes ``head_dim = embed_dim // num_heads`` from the query, and scales the scores by
+``1/sqrt(head_dim)``. Pruning narrows q/k/v in two ways the class cannot express while the
+embedding (behind a LayerNorm, a residual) usually keeps its width:
+
+* whole heads (fewer heads of the same size);
+* the same positions of every head (an ONNX export reshapes q/k/v to (…, heads, head_dim),
+  which couples position i of every head: pruning it leaves each head narrower, and the
+  scores keep the original ``1/sqrt(head_dim)``, a constant in the exported graph).
+
+``PrunedMultiheadAttention`` is the same module (a subclass: same parameters, same
+state_dict keys, isinstance still holds) whose forward works with ``num_heads`` heads of
+``qk_dim`` query/key and ``v_dim`` value channels and the original scale. prune_module
+checks it against the pruned ONNX and the masked original like any other result.
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ from torch import nn
 class PrunedMultiheadAttention(nn.MultiheadAttention):
     """Set by :func:`adopt` on an existing module; never constructed directly."""
 
-    inner_dim: int
+    qk_dim: int  # query/key channels per head
+    v_dim: int  # value channels per head
+    scale: float  # the scores' factor: 1/sqrt(head_dim) of the module before pruning
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -32,33 +41,32 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         tgt_len, bsz, _ = query.shape
         src_len = key.shape[0]
-        heads, head_dim = self.num_heads, self.head_dim
+        heads, qk_dim, v_dim = self.num_heads, self.qk_dim, self.v_dim
         if self.in_proj_weight is not None:
-            wq, wk, wv = self.in_proj_weight.chunk(3)
+            wq, wk, wv = self.in_proj_weight.split([heads * qk_dim, heads * qk_dim, heads * v_dim])
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         bq = bk = bv = None
         if self.in_proj_bias is not None:
-            bq, bk, bv = self.in_proj_bias.chunk(3)
-        q = F.linear(query, wq, bq).reshape(tgt_len, bsz * heads, head_dim).transpose(0, 1)
-        k = F.linear(key, wk, bk).reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
-        v = F.linear(value, wv, bv).reshape(src_len, bsz * heads, head_dim).transpose(0, 1)
-        q, k, v = (t.reshape(bsz, heads, -1, head_dim) for t in (q, k, v))
+            bq, bk, bv = self.in_proj_bias.split([heads * qk_dim, heads * qk_dim, heads * v_dim])
+        q = F.linear(query, wq, bq).reshape(tgt_len, bsz, heads, qk_dim).permute(1, 2, 0, 3)
+        k = F.linear(key, wk, bk).reshape(src_len, bsz, heads, qk_dim).permute(1, 2, 0, 3)
+        v = F.linear(value, wv, bv).reshape(src_len, bsz, heads, v_dim).permute(1, 2, 0, 3)
 
         mask = _additive_mask(attn_mask, key_padding_mask, bsz, heads, tgt_len, src_len, q.dtype)
         if is_causal and mask is None:
             mask = torch.full((tgt_len, src_len), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+            scores = (q @ k.transpose(-2, -1)) * self.scale
             if mask is not None:
                 scores = scores + mask
             weights = F.dropout(scores.softmax(-1), dropout)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
             weights = None
-        out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, heads * head_dim)
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, heads * v_dim)
         out = self.out_proj(out).view(tgt_len, bsz, -1)
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)
@@ -88,32 +96,67 @@ def _additive_mask(attn_mask, key_padding_mask, bsz, heads, tgt_len, src_len, dt
     return mask
 
 
-def adopt(m: nn.MultiheadAttention) -> bool:
-    """Make a head-pruned nn.MultiheadAttention run at its new widths: update num_heads
-    (head_dim is what pruning whole heads keeps) and, if q/k/v are now narrower than the
-    embedding, switch its class to PrunedMultiheadAttention. False when the tensors do not
-    describe whole heads or use features this forward does not implement."""
+def head_layout(head_dim: int, heads: int, removed: dict | None) -> tuple[int, int, int] | None:
+    """(heads kept, query/key channels per head, value channels per head) after pruning the
+    q, k and v rows in `removed` ({"q"|"k"|"v": removed row indices, before pruning}), or None
+    when that is not a layout of equal heads: heads of different widths, query and key
+    narrowed at different positions, or a head that keeps its query/key but not its value
+    (or the reverse). Without `removed`, nothing is known but widths: whole heads."""
+    def kept(part: str):
+        gone = set(int(i) for i in (removed or {}).get(part, ()))
+        return [[i for i in range(h * head_dim, (h + 1) * head_dim) if i not in gone] for h in range(heads)]
+
+    q, k, v = kept("q"), kept("k"), kept("v")
+    if [[i % head_dim for i in h] for h in q] != [[i % head_dim for i in h] for h in k]:
+        return None  # a score sums q_i k_i: both keep the same positions of a head
+    alive = [h for h in range(heads) if q[h]]
+    if alive != [h for h in range(heads) if v[h]] or not alive:
+        return None
+    qk, vd = {len(q[h]) for h in alive}, {len(v[h]) for h in alive}
+    if len(qk) != 1 or len(vd) != 1:
+        return None
+    return len(alive), qk.pop(), vd.pop()
+
+
+def adopt(m: nn.MultiheadAttention, removed: dict | None = None) -> bool:
+    """Make a pruned nn.MultiheadAttention run at its new widths. `removed`: the q, k, v
+    rows the plan removed ({"q"|"k"|"v": indices before pruning}; None: whole heads, as
+    far as the widths tell). Whole heads with q/k/v and the embedding narrowed together stay
+    the class itself (num_heads updated); anything else the class cannot express becomes
+    PrunedMultiheadAttention. False when the tensors do not describe equal heads or use
+    features this forward does not implement."""
+    head_dim, heads = m.head_dim, m.num_heads
     if m.in_proj_weight is not None:
-        inner, embed = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
-        if m.in_proj_weight.shape[0] % 3:
-            return False
+        rows, embed = m.in_proj_weight.shape
     else:
-        inner, embed = m.q_proj_weight.shape[0], m.q_proj_weight.shape[1]
-        if m.k_proj_weight.shape[0] != inner or m.v_proj_weight.shape[0] != inner:
+        rows, embed = sum(w.shape[0] for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)), \
+            m.q_proj_weight.shape[1]
+    if removed is None:
+        if rows % 3 or (rows // 3) % head_dim:
             return False
-    if m.out_proj.weight.shape[1] != inner or inner % m.head_dim:
+        layout = (rows // 3 // head_dim, head_dim, head_dim)
+    else:
+        layout = head_layout(head_dim, heads, removed)
+    if layout is None:
         return False
-    if inner == m.embed_dim == embed == m.out_proj.weight.shape[0]:
+    kept, qk, vd = layout
+    if rows != kept * (2 * qk + vd) or m.out_proj.weight.shape[1] != kept * vd:
+        return False  # the tensors are not what the plan says
+    out_rows = m.out_proj.weight.shape[0]
+    if (kept, qk, vd) == (heads, head_dim, head_dim) and embed == m.embed_dim == out_rows:
+        return True  # nothing of the attention was pruned
+    if qk == vd == head_dim and kept * head_dim == embed == out_rows:
+        m.num_heads = kept  # whole heads, everything narrowed together: the class itself expresses it
+        m.embed_dim = m.kdim = m.vdim = embed
         return True
     if m.bias_k is not None or m.add_zero_attn:
         return False
-    m.num_heads = inner // m.head_dim
-    if inner == embed == m.out_proj.weight.shape[0]:
-        # everything narrowed together: the class itself expresses it
-        m.embed_dim = m.kdim = m.vdim = inner
-        return True
+    if m.in_proj_weight is None and not (m.q_proj_weight.shape[0] == m.k_proj_weight.shape[0] == kept * qk
+                                         and m.v_proj_weight.shape[0] == kept * vd):
+        return False
+    m.scale = 1.0 / math.sqrt(head_dim)  # before num_heads changes: the exported graph's constant
+    m.num_heads, m.qk_dim, m.v_dim = kept, qk, vd
     m.embed_dim = embed
-    m.inner_dim = inner
     # False keeps callers such as nn.TransformerEncoderLayer off their fused fast path,
     # which assumes q/k/v as wide as the embedding; this class's forward does not read it.
     m._qkv_same_embed_dim = False

@@ -114,15 +114,28 @@ def _onnx_consumer(pruned: ir.Model | None, tensor_name: str, op_types: tuple[st
     return None
 
 
-def update_attributes(module, pruned: ir.Model | None = None) -> list[str]:
+def _attention_rows(name: str, m, rem: dict) -> dict | None:
+    """The q, k and v rows a plan removed from attention `m` (indices before pruning), from
+    its packed in_proj_weight or its separate q/k/v weights; None without a plan."""
+    prefix = f"{name}." if name else ""
+    if m.in_proj_weight is not None:
+        rows = rem.get(f"{prefix}in_proj_weight", {}).get(0, np.zeros(0, np.int64))
+        e = m.embed_dim  # before adopt: q, k and v had embed_dim rows each
+        return {p: rows[(rows >= k * e) & (rows < (k + 1) * e)] - k * e for k, p in enumerate("qkv")}
+    return {p: rem.get(f"{prefix}{p}_proj_weight", {}).get(0, np.zeros(0, np.int64)) for p in "qkv"}
+
+
+def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None = None) -> list[str]:
     """Make each standard layer's size attributes agree with its (sliced) tensors, so the
     module's own forward and its repr see the new widths. `pruned` (the pruned ONNX,
-    initializers still named by FQN) gives what the tensors cannot: a conv's new `groups`.
-    Returns the names of layers that cannot be expressed with their own class after
-    pruning (the caller then falls back to a graph module)."""
+    initializers still named by FQN) gives what the tensors cannot: a conv's new `groups`;
+    `plan` which rows of an attention's q/k/v went (whole heads, or the same positions of
+    every head). Returns the names of layers that cannot be expressed with their own class
+    after pruning (the caller then falls back to a graph module)."""
     import torch
     from torch import nn
 
+    rem = removals(plan) if plan is not None else None
     inexpressible = []
     for name, m in module.named_modules():
         w = getattr(m, "weight", None)
@@ -152,6 +165,6 @@ def update_attributes(module, pruned: ir.Model | None = None) -> list[str]:
         elif isinstance(m, nn.MultiheadAttention):
             from graphprune.torchprune.mha import adopt
 
-            if not adopt(m):
+            if not adopt(m, _attention_rows(name, m, rem) if rem is not None else None):
                 inexpressible.append(name or type(m).__name__)
     return inexpressible

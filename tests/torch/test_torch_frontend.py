@@ -268,6 +268,50 @@ def test_attention_heads_pruned_while_the_embedding_keeps_its_width():
                                        rtol=1e-4, atol=1e-5, err_msg=str(kw))
 
 
+def test_attention_narrowed_at_the_same_positions_of_every_head(tmp_path):
+    """At d_model 64 with 4 heads, ratio 0.5 removes 8 of the 16 positions of every head
+    (the export reshapes q/k/v to (..., heads, head_dim), coupling position i of all heads),
+    not whole heads. The module took that for 2 whole heads of 16 and failed ('differs from
+    the pruned ONNX'); it is now 4 heads of 8 with the original 1/sqrt(16) scale, equal to the
+    masked original at other sizes, with masks, with and without attention weights."""
+    from graphprune.torchprune.mha import PrunedMultiheadAttention
+
+    torch.manual_seed(0)
+    module = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    x = torch.randn(2, 10, 64)
+    result = gp.prune_module(module, x, ratio=0.5)
+    check_result(module, (x,), result)
+    attn = result.module.self_attn
+    assert result.kind == "module" and isinstance(attn, PrunedMultiheadAttention)
+    assert (attn.num_heads, attn.qk_dim, attn.v_dim, attn.scale) == (4, 8, 8, 0.25)
+    masked = masked_by_hand(module, result.plan)
+    xb = torch.randn(3, 7, 64)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    with torch.no_grad():
+        for kw in ({}, {"src_key_padding_mask": pad}):
+            np.testing.assert_allclose(result.module(xb, **kw).numpy(), masked(xb, **kw).numpy(),
+                                       rtol=1e-4, atol=1e-5, err_msg=str(kw))
+        got, w = attn(xb, xb, xb, need_weights=True)
+        want, w0 = masked.self_attn(xb, xb, xb, need_weights=True)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(w.numpy(), w0.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_head_layout_accepts_equal_heads_only():
+    from graphprune.torchprune.mha import head_layout
+
+    whole = {p: [4, 5, 6, 7] for p in "qkv"}  # head 1 of 3 heads of 4
+    assert head_layout(4, 3, whole) == (2, 4, 4)
+    same = {p: [0, 4, 8] for p in "qkv"}  # position 0 of every head
+    assert head_layout(4, 3, same) == (3, 3, 3)
+    assert head_layout(4, 3, {"q": [0, 4, 8], "k": [0, 4, 8], "v": [1, 5, 9, 2, 6, 10]}) == (3, 3, 2)
+    assert head_layout(4, 3, {"q": [0, 4, 8], "k": [1, 5, 9], "v": []}) is None  # q and k at other positions
+    assert head_layout(4, 3, {p: [0] for p in "qkv"}) is None  # heads of different widths
+    assert head_layout(4, 3, {"q": [4, 5, 6, 7], "k": [4, 5, 6, 7], "v": []}) is None  # a value with no query
+    assert head_layout(4, 3, None) == (3, 4, 4)
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_pruned_multihead_attention_matches_masked_heads(batch_first):
     """PrunedMultiheadAttention on its own: slicing whole heads out of q/k/v and out_proj's
