@@ -165,8 +165,8 @@ class _Run:
         from graphprune.runtime import ort
 
         calib = self.state.calibration
-        if not self.opts.input_shapes and calib is None:
-            return
+        if not self.opts.check or (not self.opts.input_shapes and calib is None):
+            return  # (the search's trial runs have check off: the run that started them checked once)
         specs = shp.specs_of_model(self.model)
         if not shp.dynamic_dims(specs):  # static sizes: the calibration check compared them already
             return
