@@ -7,7 +7,8 @@
 * A folder is written only when it is new, empty, or carries graphprune's marker
   (`.graphprune-output`, a small JSON listing the files graphprune put there). Replacing a
   marked folder removes only the files the marker lists; every other file stays. `force`
-  lets an unmarked folder be used, replacing only files with the names graphprune writes.
+  lets an unmarked folder be used, replacing only the files this run writes again (and
+  compile's top-level files); nothing else in it is removed.
 * Files are written atomically through temporary files named `.graphprune-tmp.<pid>.*`,
   removed on any exception (and on SIGTERM, which the CLI turns into an exception); the
   ones a killed run leaves behind are recognisable, and the next run in that folder
@@ -247,10 +248,14 @@ def _marker_text(files) -> str:
                                "writes to this folder again", "files": sorted(files)}, indent=1) + "\n"
 
 
-def _owned(folder: Path, force: bool) -> set[str] | None:
+def _owned(folder: Path, force: bool, new: set[str] | None = None) -> set[str] | None:
+    """The files of `folder` graphprune may replace or remove: those its marker lists; in an
+    unmarked folder with `force`, only the top-level files of the names compile writes and
+    the files this run writes again (`new`), never anything else under those names (a
+    user's file in `onnxruntime/` was removed as if graphprune had written it)."""
     own = read_marker(folder)
     if own is None and force:
-        own = {rel for rel in _rel_files(folder) if rel.split("/", 1)[0] in COMPILE_NAMES}
+        own = {rel for rel in _rel_files(folder) if rel in COMPILE_NAMES or (new is not None and rel in new)}
     return own
 
 
@@ -287,7 +292,7 @@ def install_output_dir(stage: Path, folder: Path, *, force: bool = False) -> Non
         os.replace(stage, folder)  # rename(2) replaces an empty folder
         return
     check_output_dir(folder, force=force)  # the folder may have changed during the run
-    own = _owned(folder, force) or set()
+    own = _owned(folder, force, set(new)) or set()
     clash = []
     for rel in new:
         dst = folder / rel

@@ -94,6 +94,24 @@ def test_compile_force_and_marker_keep_every_foreign_file(model, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_force_on_an_unmarked_folder_keeps_a_user_file_inside_onnxruntime(model, tmp_path):
+    """--force on a folder graphprune never marked: its files of compile's names are replaced,
+    but a user's file inside a folder that happens to be called onnxruntime/ is not
+    graphprune's (it was removed, as if it were)."""
+    out = tmp_path / "out"
+    (out / "onnxruntime").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "onnxruntime" / "mine.txt").write_text("also mine")
+    (out / "report.md").write_text("an old report")
+    assert run("compile", model, "--target", "arm", "-o", out)[0] == 2  # refused without --force
+    assert run("compile", model, "--target", "arm", "-o", out, "--force", "--no-check")[0] == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "onnxruntime" / "mine.txt").read_text() == "also mine"
+    assert (out / "report.md").read_text() != "an old report"  # compile's own name: replaced, as --force says
+    marker = json.loads((out / ".graphprune-output").read_text())["files"]
+    assert "onnxruntime/mine.txt" not in marker and "onnxruntime/model.onnx" in marker
+
+
 def test_a_marker_cannot_name_files_outside_its_folder(tmp_path):
     from graphprune.outputs import MARKER, install_output_dir
 
