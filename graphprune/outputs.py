@@ -320,6 +320,58 @@ def install_output_dir(stage: Path, folder: Path, *, force: bool = False) -> Non
     shutil.rmtree(stage, ignore_errors=True)
 
 
+# ---- files a run writes beside the one the user named ----------------------------------------
+
+def _json_of(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(1 << 26))
+    except (OSError, ValueError):
+        return None
+
+
+def is_graphprune_plan(path: Path) -> bool:
+    d = _json_of(path)
+    return isinstance(d, dict) and {"version", "tensors", "groups"} <= set(d)
+
+
+def is_graphprune_id_map(path: Path) -> bool:
+    d = _json_of(path)
+    return isinstance(d, dict) and str(d.get("format", "")).startswith("graphprune.vocab/")
+
+
+def is_graphprune_model(path: Path) -> bool:
+    """An ONNX model graphprune wrote: it records its plan's digest (PLAN_KEY)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable model: not graphprune's
+        return False
+    return any(p.key == PLAN_KEY for p in proto.metadata_props)
+
+
+def refuse_foreign(path: Path, what: str, ours) -> None:
+    """Before any work: `path`, which graphprune would write though the user did not name it
+    (a plan beside the model, the default output name), may replace only a file graphprune
+    wrote (`ours(path)`); anyone else's is never overwritten."""
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and ours(path)):
+        raise UsageError(f"{path} ({what}) exists and was not written by graphprune; it is never replaced",
+                         hint="move it away, or choose another -o")
+
+
+def check_sidecars(out: Path, *, vocab: bool = False) -> None:
+    """The files written beside a model the user named `out`: its plan and (with `vocab`)
+    its token id map replace only graphprune's own files of those names."""
+    from graphprune.workflow.files import plan_path_for
+
+    refuse_foreign(plan_path_for(out), "the plan written with the model", is_graphprune_plan)
+    if vocab:
+        from graphprune.passes.pruning.slice_vocab import vocab_path_for
+
+        refuse_foreign(vocab_path_for(out), "the token id map written with the model", is_graphprune_id_map)
+
+
 # ---- a model and its plan ----------------------------------------------------------------
 
 def plan_digest(plan) -> str:

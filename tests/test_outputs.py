@@ -112,6 +112,37 @@ def test_force_on_an_unmarked_folder_keeps_a_user_file_inside_onnxruntime(model,
     assert "onnxruntime/mine.txt" not in marker and "onnxruntime/model.onnx" in marker
 
 
+def test_files_the_user_did_not_name_replace_only_graphprune_s_own(model, tmp_path):
+    """`-o x.onnx` names x.onnx; its plan x.plan.json and, without -o, the default name
+    m.pruned.onnx are graphprune's choice: a user's file there was silently overwritten. It
+    is now refused before any work (exit 2, nothing written); graphprune's own files of
+    those names are replaced as before, and so is the file -o names."""
+    work = model.parent
+    (work / "x.plan.json").write_text("IMPORTANT user data")
+    before = tree(work)
+    rc, err = run("prune", model, "-o", work / "x.onnx", "--no-bench")
+    assert rc == 2 and "x.plan.json (the plan written with the model) exists and was not written by graphprune" in err
+    assert tree(work) == before
+    (work / "x.plan.json").unlink()
+    assert run("prune", model, "-o", work / "x.onnx", "--no-bench")[0] == 0
+    assert run("prune", model, "-o", work / "x.onnx", "--no-bench", "--ratio", "0.5")[0] == 0  # its own: replaced
+    (work / "m.pruned.onnx").write_text("not a model of graphprune's")
+    before = tree(work)
+    rc, err = run("prune", model, "--no-bench")
+    assert rc == 2 and "m.pruned.onnx (the default output name) exists and was not written by graphprune" in err
+    assert tree(work) == before
+    (work / "m.pruned.onnx").unlink()
+    assert run("prune", model, "--no-bench")[0] == 0 and run("prune", model, "--no-bench")[0] == 0
+    # from Python too: gp.run_prune refuses a plan path holding someone else's file
+    import graphprune as gp
+    from graphprune.errors import UsageError
+
+    (work / "y.plan.json").write_text("{}")
+    with pytest.raises(UsageError, match="never replaced"):
+        gp.run_prune(str(model), gp.PruneOptions(), out=str(work / "y.onnx"))
+    assert not (work / "y.onnx").exists() and (work / "y.plan.json").read_text() == "{}"
+
+
 def test_a_marker_cannot_name_files_outside_its_folder(tmp_path):
     from graphprune.outputs import MARKER, install_output_dir
 

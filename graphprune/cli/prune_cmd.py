@@ -100,6 +100,10 @@ def _checked_output(args) -> Path:
         raise UsageError(f"output {out} should end in .onnx")
     if src.exists() and (same_file(src, out) or same_file(src, plan_path_for(out))):
         raise UsageError("the output would overwrite the input model", hint="choose another -o")
+    if not args.output and not args.dry_run:  # a name the user did not give replaces only graphprune's model
+        from graphprune.outputs import is_graphprune_model, refuse_foreign
+
+        refuse_foreign(out, "the default output name", is_graphprune_model)
     if out.parent.exists() and not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write to {out.parent}")
     return out

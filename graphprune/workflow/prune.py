@@ -85,8 +85,11 @@ class _Run:
         self.reference: ir.Model | None = None  # an in-memory input as it came: the oracle's reference
 
     def go(self, dry_run: bool) -> PruneOutcome:
+        from graphprune import outputs
         from graphprune.passes.reconstruction.repair import keep_dense
 
+        if self.out is not None and not dry_run:  # before any work: no sidecar lands on a user's file
+            outputs.check_sidecars(self.out, vocab=bool(self.opts.keep_tokens or self.opts.plan))
         outcome = self.load()
         self.load_calibration()
         self.check_runs_at_given_shapes()
