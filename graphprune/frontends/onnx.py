@@ -171,6 +171,7 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
             hint="convert it first: onnx.version_converter.convert_version(model, 13)",
         )
     _drop_initializers_from_inputs(model)
+    _initializer_shapes(model)
     _negative_dims_unknown(model)
     _name_unnamed(model)
     from graphprune.frontends.quantized_shapes import fill_quantized_outputs
@@ -258,6 +259,20 @@ def _negative_dims_unknown(model: ir.Model) -> None:
     for v in [*model.graph.inputs, *model.graph.outputs]:
         if v.shape is not None and any(isinstance(d, int) and not static_dim(d) for d in v.shape):
             v.shape = ir.Shape([None if isinstance(d, int) and not static_dim(d) else d for d in v.shape])
+
+
+def _initializer_shapes(model: ir.Model) -> None:
+    """A value_info entry without a shape for an initializer (written by some tools, e.g.
+    after an Olive pass) left the weight's value shapeless: 0 params, every layer frozen for
+    an unknown size. The tensor itself has the dims: they are the value's."""
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is None or t.shape is None:
+            continue
+        if v.shape is None or any(not static_dim(d) for d in v.shape):
+            v.shape = ir.Shape(list(t.shape))
+        if v.dtype is None:
+            v.dtype = t.dtype
 
 
 def _drop_initializers_from_inputs(model: ir.Model) -> None:

@@ -128,6 +128,25 @@ def test_dynamic_batch_is_preserved_and_gathers_of_static_dims_fold():
     assert sum(nd.op_type == "Shape" for nd in model.graph) == 1
 
 
+def test_shapeless_value_info_of_weights_does_not_hide_their_dims(samples_dir, tmp_path):
+    """A file that lists every initializer in value_info without a shape (valid ONNX; what
+    the Olive pass's output looked like after Olive saved it) read as 0 params and nothing
+    prunable: the tensors' own dims are now the values' dims."""
+    from graphprune.analysis.cost import model_cost
+
+    proto = onnx.load(str(samples_dir / "tiny_resnet.onnx"))
+    proto.graph.value_info.extend(helper.make_tensor_value_info(t.name, t.data_type, None)
+                                  for t in proto.graph.initializer)
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "shapeless.onnx"
+    onnx.save(proto, str(path))
+    plain = gp.load(str(samples_dir / "tiny_resnet.onnx"))
+    model = gp.load(str(path))
+    assert model_cost(model).params == model_cost(plain).params > 0
+    assert len(gp.analyze(model).prunable_groups) == len(gp.analyze(plain).prunable_groups) > 0
+    prune_and_check(proto, ratio=0.3)
+
+
 def test_a_size_declared_as_minus_one_is_dynamic(tmp_path):
     """Paddle2ONNX writes a dynamic batch as dim_value -1 (PP-OCR's classifier: [-1, 3, ?, ?]).
     It is read as a dynamic size: calibration data of batch 4 is accepted (it was refused as
