@@ -143,6 +143,20 @@ def test_files_the_user_did_not_name_replace_only_graphprune_s_own(model, tmp_pa
     assert not (work / "y.onnx").exists() and (work / "y.plan.json").read_text() == "{}"
 
 
+@pytest.mark.parametrize("flag,name", [("--save-config", "x.report.json"), ("--save-config", "x.report.md"),
+                                       ("--log-file", "x.report.md")])
+def test_config_and_log_are_refused_on_the_run_s_report_paths(model, flag, name):
+    """--save-config / --log-file on the report this run writes: the config was written first
+    (over an earlier report) and the run then failed naming the report; the log was lost
+    under the report. Now both are refused before anything is written, as for the plan."""
+    work = model.parent
+    assert run("prune", model, "-o", work / "x.onnx", "--no-bench")[0] == 0
+    before = tree(work)
+    rc, err = run("prune", model, "-o", work / "x.onnx", flag, work / name, "--no-bench")
+    assert rc == 2 and f"{flag} {work / name} and report" in err and "same path" in err
+    assert tree(work) == before
+
+
 def test_a_marker_cannot_name_files_outside_its_folder(tmp_path):
     from graphprune.outputs import MARKER, install_output_dir
 
@@ -279,3 +293,10 @@ def test_outputs_inside_input_folders_or_the_compile_folder(model, tmp_path):
         assert rc == 2 and "Traceback" not in err, (argv, err)
         assert tree(d) == before, argv
     assert not (d / "new").exists()
+
+
+def test_an_output_that_is_not_a_model_file_is_refused_in_words(model):
+    """`-o .` raised a ValueError traceback (exit 1) from the path checks."""
+    for out in (".", str(model.parent) + "/"):
+        rc, err = run("prune", model, "-o", out)
+        assert rc == 2 and "should end in .onnx" in err and "Traceback" not in err

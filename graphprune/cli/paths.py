@@ -43,10 +43,14 @@ def cli_paths(args) -> tuple[list, list, list]:
              if isinstance(getattr(args, attr, None), str)]
     folders = []
     verb = getattr(args, "verb", None)
-    if verb == "prune" and getattr(args, "model", None) and not getattr(args, "dry_run", False):
-        out = prune_output_path(args)
+    out = prune_output_path(args) if verb == "prune" and getattr(args, "model", None) else None
+    if out is not None and out.suffix == ".onnx" and not getattr(args, "dry_run", False):
+        # (another -o, e.g. ".", is refused by the verb in words: "should end in .onnx")
+        from graphprune.report.writer import report_paths
+
         files += [("-o", out), ("-o (external data)", out.with_name(out.name + ".data")),
                   ("plan", plan_path_for(out))]
+        files += [(f"report ({kind})", p) for kind, p in report_paths(out).items()]
         if getattr(args, "keep_tokens", None) or getattr(args, "plan", None):  # a plan may keep tokens too
             from graphprune.passes.pruning.slice_vocab import vocab_path_for
 
