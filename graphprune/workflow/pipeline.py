@@ -30,12 +30,36 @@ def from_text(pipeline: str):
     from graphprune.passes.reconstruction import repair
 
     pm, repair_pm = repair.split_repair(PassManager.parse(pipeline))
+    _one_channel_pruning(pm)
     pm, sparsify_passes = split_sparsify(pm)
     if repair_pm is not None:
         repair_pm, more = split_sparsify(repair_pm)
         sparsify_passes += more
         repair_pm = repair_pm if repair_pm.passes else None
     return pm, repair_pm, sparsify_passes
+
+
+# passes that remove the channels of a plan, and the one that only decides
+_APPLIES = ("prune-channels", "apply-plan")
+
+
+def _one_channel_pruning(pm) -> None:
+    """A run writes one plan, and the oracle checks the result against the input masked by
+    it: two channel prunings in one pipeline would leave a plan that describes only the last
+    (the oracle then failed with 'please report this model'), and plan-channels without
+    apply-plan decides but removes nothing. Both are refused before any work, in words."""
+    from graphprune.errors import UsageError
+
+    names = [p.name for p in pm.passes]
+    applies = [n for n in names if n in _APPLIES]
+    if len(applies) > 1:
+        raise UsageError(f"the pipeline prunes channels {len(applies)} times ({', '.join(applies)}): a run "
+                         "writes one plan, which the oracle checks against the input",
+                         hint="prune once per run: run graphprune prune again on the first result for a "
+                              "second step, or give one prune-channels a larger ratio")
+    if "plan-channels" in names and not any(n == "apply-plan" for n in names[names.index("plan-channels"):]):
+        raise UsageError("plan-channels only decides what to remove; nothing applies it",
+                         hint="add apply-plan after it (plan-channels{...},apply-plan), or use prune-channels{...}")
 
 
 def from_options(opts, plan_in):

@@ -219,3 +219,22 @@ def test_an_in_memory_model_is_checked_against_itself_before_pruning(samples_dir
     monkeypatch.setattr(prune_module._Run, "apply", wrong_apply)
     with pytest.raises(OracleMismatchError):
         run_prune(gp.load(src), opts)
+
+
+@pytest.mark.parametrize("pipeline,says", [
+    ("prune-channels{ratio=0.3},prune-channels{ratio=0.3}", "prunes channels 2 times"),
+    ("prune-channels{ratio=0.3},dce,plan-channels{ratio=0.2},apply-plan", "prunes channels 2 times"),
+    ("plan-channels{ratio=0.5}", "nothing applies it"),
+    ("plan-channels{ratio=0.5},dce", "nothing applies it"),
+])
+def test_a_pipeline_the_run_s_one_plan_cannot_describe_is_refused(samples_dir, tmp_path, capsys, pipeline, says):
+    """A run writes one plan and the oracle checks against the input masked by it: two
+    channel prunings ended in an oracle FAIL asking to report the model, and plan-channels
+    alone wrote the input unchanged as 'nothing pruned'. Both are usage errors before any
+    work; one pruning with other passes around it runs as before."""
+    out = tmp_path / "p.onnx"
+    src = str(samples_dir / "tiny_resnet.onnx")
+    assert main(["prune", src, "-o", str(out), "--no-bench", "--pipeline", pipeline]) == 2
+    assert says in capsys.readouterr().err and not out.exists()
+    assert main(["prune", src, "-o", str(out), "--no-bench", "--pipeline",
+                 "plan-channels{ratio=0.5},apply-plan,dce"]) == 0
