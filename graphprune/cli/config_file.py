@@ -83,12 +83,20 @@ def _flatten(cfg: dict, verb: str, path: str) -> dict[str, object]:
         if _norm(k) not in TUNING:
             raise UsageError(f"{path}: unknown key compile.tuning.{k}", hint=f"valid: {', '.join(TUNING)}")
         items.append((f"compile.tuning.{k}", TUNING[_norm(k)], v))
+    prune_dests = own if verb == "prune" else other
     for where, dest, v in items:
-        if dest in own:
-            values[dest] = v
-        elif dest not in other:
+        if dest not in own and dest not in other:
             valid = sorted(set(own) | set(other))
             raise UsageError(f"{path}: unknown key {where}", hint=f"valid keys: {', '.join(valid)}")
+        section = where.split(".", 1)[0]
+        if section == "prune" and dest not in prune_dests:  # e.g. target or quantize under [prune]
+            log.warning("config key %s is a compile option: it belongs in [compile]%s", where,
+                        "; prune ignores it" if verb == "prune" else "")
+        if verb == "prune" and section == "compile":
+            log.debug("config key %s is compile's ([compile]: where to deploy); prune ignores it", where)
+            continue
+        if dest in own:
+            values[dest] = v  # compile: its [compile] keys come after [prune] and win
         else:
             log.debug("config key %s does not apply to %s", where, verb)
     return values

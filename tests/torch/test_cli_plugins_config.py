@@ -222,6 +222,25 @@ def test_compile_config_and_dry_run(samples_dir, tmp_path, capsys):
     assert resolved["compile"]["tuning"]["trials"] == 16 and resolved["compile"]["backend"] == "onnxruntime"
 
 
+def test_config_sections_apply_to_their_verbs(samples_dir, tmp_path, capsys):
+    """[prune] is how to prune (both verbs), [compile] where to deploy: a ratio under
+    [compile] drove `prune` too, over its own [prune] one; and a compile option under
+    [prune] was dropped without a word. Now prune reads [prune] only, compile's [compile]
+    keys win for compile, and a compile option under [prune] is warned about."""
+    import tomllib
+
+    src = samples_dir / "tiny_resnet.onnx"
+    cfg = tmp_path / "both.toml"
+    cfg.write_text('version = 1\n[prune]\nratio = 0.2\ntarget = "arm"\n[compile]\nratio = 0.6\n')
+    assert main(["prune", str(src), "--config", str(cfg), "--dry-run", "--save-config", str(tmp_path / "p.toml")]) == 0
+    assert tomllib.loads((tmp_path / "p.toml").read_text())["prune"]["ratio"] == 0.2
+    assert "prune.target is a compile option: it belongs in [compile]; prune ignores it" in capsys.readouterr().err
+    assert main(["compile", str(src), "--config", str(cfg), "-o", str(tmp_path / "c"), "--dry-run",
+                 "--save-config", str(tmp_path / "c.toml")]) == 0
+    resolved = tomllib.loads((tmp_path / "c.toml").read_text())
+    assert resolved["prune"]["ratio"] == 0.6 and resolved["compile"]["target"] == "arm"
+
+
 def test_toml_writer_round_trips_values():
     import tomllib
 
