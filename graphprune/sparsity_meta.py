@@ -109,3 +109,81 @@ def measured_sparsity(model, names=None) -> dict[str, float]:
         raise TypeError("measured_sparsity needs an onnx_ir Model")
     names = list(names) if names is not None else list(read_sparsity(model)["tensors"])
     return {name: float((arr == 0).sum() / arr.size) for name, arr in _arrays(model, names)}
+
+
+# ---- after structured pruning -------------------------------------------------------------
+
+def _nm_holds(arr, n: int, m: int, in_axis: int) -> bool:
+    """At most n nonzeros in every m consecutive input channels (at each kernel tap, per
+    output row): the groups `passes.sparsity` made, aligned from channel 0."""
+    import numpy as np
+
+    w = np.moveaxis(arr, in_axis, -1)
+    if w.shape[-1] % m:
+        return False
+    return bool(((w.reshape(-1, m) != 0).sum(axis=1) <= n).all())
+
+
+def _blocks_hold(arr, r: int, c: int, rec: dict) -> bool:
+    """Every zero lies in an all-zero r×c tile (output × input channels, aligned from 0; a
+    conv's tile spans whole kernels): the tiles the block kernels skip."""
+    import numpy as np
+
+    out_axis, in_axis = rec.get("out_axis", 0), rec.get("in_axis", 1)
+    w = np.moveaxis(arr, (out_axis, in_axis), (0, 1))
+    nz = (w != 0).reshape(w.shape[0], w.shape[1], -1)
+    if not (nz.all(axis=2) | ~nz.any(axis=2)).all():
+        return False  # a kernel partly zero: not whole kernels
+    zero = ~nz.any(axis=2)
+    rows, cols = zero.shape
+    if rows % r or cols % c:
+        return False
+    tiles = zero.reshape(rows // r, r, cols // c, c)
+    return bool((tiles.all(axis=(1, 3)) | ~tiles.any(axis=(1, 3))).all())
+
+
+def _still_holds(arr, rec: dict) -> bool:
+    fmt = rec.get("format")
+    if fmt == "n:m":
+        return _nm_holds(arr, int(rec["n"]), int(rec["m"]), int(rec.get("in_axis", 1)))
+    if fmt == "block":
+        r, c = rec["block"]
+        return _blocks_hold(arr, int(r), int(c), rec)
+    return True  # unstructured, and kernel patterns (removing whole channels keeps each kernel's pattern)
+
+
+def refresh_after_slicing(model, sliced) -> list[str]:
+    """Structured pruning sliced some of the recorded sparse tensors: keep their records
+    true. Size and sparsity are measured again; an N:M or block format the slicing broke
+    (the groups shift when channels go) is re-verified from the zeros and, when it no longer
+    holds, recorded as unstructured (the former format kept under "was"). Returns a note per
+    tensor whose format changed. (A record that outlived pruning claimed 2:4 for tensors
+    with 4 nonzeros in a group of 4.)"""
+    data = read_sparsity(model)
+    names = [n for n in data["tensors"] if n in set(sliced)]
+    if not names:
+        return []
+    arrays = dict(_arrays(model, names))
+    notes = []
+    for name in names:
+        rec = dict(data["tensors"][name])
+        arr = arrays.get(name)
+        if arr is None:
+            del data["tensors"][name]
+            continue
+        rec.update(size=int(arr.size), sparsity=round(float((arr == 0).mean()), 6))
+        if not _still_holds(arr, rec):
+            was = {k: rec.pop(k) for k in ("format", "n", "m", "block") if k in rec}
+            rec.update(format="unstructured", was=was)
+            notes.append(f"{name} was {_describe(was)}")
+        data["tensors"][name] = rec
+    write_sparsity(model, data, merge=False)
+    return notes
+
+
+def _describe(rec: dict) -> str:
+    if rec.get("format") == "n:m":
+        return f"{rec['n']}:{rec['m']}"
+    if rec.get("format") == "block":
+        return "block:{}x{}".format(*rec["block"])
+    return str(rec.get("format"))

@@ -146,3 +146,31 @@ def test_dry_run_mentions_sparsity_and_writes_nothing(samples_dir, tmp_path, cap
     assert "then sparsity: sparsify{format=4:8" in capsys.readouterr().out and not out.exists()
     assert run("compile", samples_dir / "tiny_resnet.onnx", "--sparsity", "0.5", "--dry-run", "-o", tmp_path / "c") == 0
     assert "then sparsity: sparsify{format=unstructured" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "block:4x1"])
+def test_structured_pruning_of_a_sparse_model_keeps_its_sparsity_record_true(samples_dir, tmp_path, capsys, fmt):
+    """A 2:4 (or block) sparse model pruned structurally: slicing input channels shifts the
+    groups, and the record went on claiming 2:4 for tensors with 4 nonzeros in a group of 4
+    (and the old sizes). Each sliced tensor's record now has its measured size and zeros,
+    and a format that no longer holds is recorded as unstructured, with what it was."""
+    from graphprune.sparsity_meta import _still_holds
+
+    sparse = tmp_path / "sparse.onnx"
+    assert run("prune", samples_dir / "tiny_resnet.onnx", "--ratio", "0", "--sparsity", "0.5",
+               "--sparsity-format", fmt, "-o", sparse, "--no-bench") == 0
+    before = read_sparsity(str(sparse))["tensors"]
+    assert before and all(r["format"] != "unstructured" for r in before.values())
+    out = tmp_path / "pruned.onnx"
+    assert run("prune", sparse, "--ratio", "0.3", "--round-to", "1", "-o", out, "--no-bench") == 0
+    after, arrays = read_sparsity(str(out))["tensors"], inits(out)
+    assert set(after) == set(before)
+    sliced = {t["name"] for t in json.loads((tmp_path / "pruned.plan.json").read_text())["tensors"]}
+    for name, rec in after.items():
+        arr = arrays[name]
+        assert rec["size"] == arr.size and rec["sparsity"] == pytest.approx(float((arr == 0).mean()), abs=1e-6)
+        assert _still_holds(arr, rec), (name, rec)  # every recorded format is true of the zeros
+        if rec["format"] == "unstructured":
+            assert name in sliced and rec["was"]["format"] == before[name]["format"]
+    broken = [n for n, r in after.items() if r["format"] == "unstructured"]
+    assert broken and "no longer holds after structured pruning" in capsys.readouterr().err

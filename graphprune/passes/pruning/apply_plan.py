@@ -75,4 +75,12 @@ def apply(model: ir.Model, ctx: PassContext) -> bool:
         r["dense_model"] = clone(model)  # repair passes compare against it
     apply_removal(model, dg, removed)
     log.debug("apply-plan: %d groups changed, %d tensors sliced", len(selection), len(plan.tensors))
+    from graphprune.sparsity_meta import KEY, refresh_after_slicing
+
+    if KEY in model.metadata_props:  # a sparse model pruned: its sparsity record must stay true
+        notes = refresh_after_slicing(model, {t["name"] for t in plan.tensors})
+        if notes:
+            log.warning("sparsity record: the format of %d tensor(s) no longer holds after structured pruning, "
+                        "now recorded as unstructured: %s%s", len(notes), "; ".join(notes[:3]),
+                        " ..." if len(notes) > 3 else "")
     return True
