@@ -300,3 +300,19 @@ def test_an_output_that_is_not_a_model_file_is_refused_in_words(model):
     for out in (".", str(model.parent) + "/"):
         rc, err = run("prune", model, "-o", out)
         assert rc == 2 and "should end in .onnx" in err and "Traceback" not in err
+
+
+def test_inputs_file_is_fitted_to_the_model_s_inputs_or_refused_in_words(model, tmp_path):
+    """--inputs with one array under another name (what --calib accepts) failed as an
+    'unreadable model' (exit 4, ONNX Runtime's message); an array naming no input likewise.
+    One array for a one-input model is now that input; a wrong name is a usage error (2)."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "one.npz", foo=x)
+    np.savez(tmp_path / "two.npz", input=x, extra=np.zeros(3, np.float32))
+    assert run("prune", model, "-o", tmp_path / "a.onnx", "--inputs", tmp_path / "one.npz", "--no-bench")[0] == 0
+    rc, err = run("prune", model, "-o", tmp_path / "b.onnx", "--inputs", tmp_path / "two.npz", "--no-bench")
+    assert rc == 2 and "array(s) ['extra'] name no input of the model" in err and not (tmp_path / "b.onnx").exists()
+    rc, err = run("check", model, tmp_path / "a.onnx", "--inputs", tmp_path / "two.npz")
+    assert rc == 2 and "['extra']" in err

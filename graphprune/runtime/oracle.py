@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.errors import FrontendError, PlanError, VerificationError
+from graphprune.errors import FrontendError, PlanError, UsageError, VerificationError
 from graphprune.input_shapes import InputShapes
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.ir.moe import is_moe
@@ -345,9 +345,25 @@ class _Judge:
         return res
 
 
+def _fit_given(feeds: dict, sess) -> dict:
+    """A given input set (--inputs) named as the model's inputs: one array for a one-input
+    model is that input (as --calib reads it); a missing or unknown name is a usage error
+    in words (it was ONNX Runtime's message, as if the model were at fault: exit 4)."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(feeds) == 1 and len(names) == 1 and names[0] not in feeds:
+        return {names[0]: next(iter(feeds.values()))}
+    missing, unknown = [n for n in names if n not in feeds], [k for k in feeds if k not in names]
+    if missing or unknown:
+        raise UsageError("--inputs: " + "; ".join(
+            ([f"no array for model input(s) {missing}"] if missing else [])
+            + ([f"array(s) {unknown} name no input of the model"] if unknown else [])),
+            hint=f"the model's inputs: {names}; arrays given: {sorted(feeds)}")
+    return feeds
+
+
 def _feed_sets(inputs, n_random: int, seed: int, sess, shapes):
     """The given input sets, then `n_random` random ones made one at a time (streamed)."""
-    yield from (inputs or [])
+    yield from (_fit_given(f, sess) for f in inputs or [])
     for k in range(max(n_random, 0)):
         yield random_inputs(sess, seed + k, shapes=shapes)
 
