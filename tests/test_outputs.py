@@ -308,7 +308,7 @@ def test_inputs_file_is_fitted_to_the_model_s_inputs_or_refused_in_words(model, 
     One array for a one-input model is now that input; a wrong name is a usage error (2)."""
     import numpy as np
 
-    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)  # the sample's input
     np.savez(tmp_path / "one.npz", foo=x)
     np.savez(tmp_path / "two.npz", input=x, extra=np.zeros(3, np.float32))
     assert run("prune", model, "-o", tmp_path / "a.onnx", "--inputs", tmp_path / "one.npz", "--no-bench")[0] == 0
