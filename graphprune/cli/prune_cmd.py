@@ -91,6 +91,29 @@ def options(args):
         **alloc_cli.calibration_options(args))
 
 
+# what the pruning step decides from flags; a --pipeline states its own (prune-channels{ratio=..})
+_PIPELINE_DECIDES = ("ratio", "criterion", "round_to", "ignore", "seed", "allocation", "target_macs",
+                     "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratio",
+                     "reduction", "normalize", "remove_blocks", "blocks", "block_criterion")
+
+
+def _refuse_flags_a_pipeline_ignores(args) -> None:
+    """--pipeline runs its own passes with their own options: --ratio, --criterion and the
+    other pruning flags had no effect next to it, without a word. Refused in words."""
+    if not args.pipeline:
+        return
+    from graphprune.cli.config_file import _dests
+    from graphprune.errors import UsageError
+
+    actions = _dests("prune")
+    given = [d for d in _PIPELINE_DECIDES if d in actions and getattr(args, d, None) not in (actions[d].default, None)]
+    if given:
+        flags = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise UsageError(f"{flags}: not used with --pipeline, whose passes take their own options",
+                         hint="put them in the pipeline, e.g. --pipeline 'prune-channels{ratio=0.5,criterion=l1}', "
+                              "or drop --pipeline")
+
+
 def _checked_output(args) -> Path:
     from graphprune.cli.common import same_file
     from graphprune.errors import UsageError
@@ -117,6 +140,7 @@ def run(args) -> int:
     from graphprune.workflow import run_prune
 
     apply_config(args, "prune", check_paths=check_cli_paths)  # no output on an input, before any write
+    _refuse_flags_a_pipeline_ignores(args)
     opts = options(args)
     out = _checked_output(args)
     if args.dry_run:

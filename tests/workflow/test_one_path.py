@@ -238,3 +238,12 @@ def test_a_pipeline_the_run_s_one_plan_cannot_describe_is_refused(samples_dir, t
     assert says in capsys.readouterr().err and not out.exists()
     assert main(["prune", src, "-o", str(out), "--no-bench", "--pipeline",
                  "plan-channels{ratio=0.5},apply-plan,dce"]) == 0
+
+
+def test_pruning_flags_a_pipeline_would_ignore_are_refused(samples_dir, tmp_path, capsys):
+    """--ratio/--criterion next to --pipeline had no effect and no word said so."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    out = tmp_path / "p.onnx"
+    assert main(["prune", src, "-o", str(out), "--no-bench", "--pipeline", "prune-channels{ratio=0.5}",
+                 "--ratio", "0.5", "--criterion", "random"]) == 2
+    assert "--ratio, --criterion: not used with --pipeline" in capsys.readouterr().err and not out.exists()
