@@ -103,7 +103,7 @@ def run(args) -> int:
     apply_config(args, "compile", check_paths=check_cli_paths)  # no output on an input, before any write
     opts = options(args)
     if args.dry_run:
-        return dry_run.show_compile(args.model, opts)
+        return dry_run.show_compile(args.model, opts, args.save_config)
     rep = compile_model(args.model, opts, argv=["graphprune"] + sys.argv[1:])
     print_report(rep)  # on stderr with --json, which prints report.json (graphprune.cli.results)
     if args.json:

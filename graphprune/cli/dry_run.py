@@ -20,7 +20,13 @@ def plan_table(dg, plan, round_to: int = 1) -> str:
                   f"channels removed, {len(plan.tensors)} tensors sliced"
 
 
-def _show(outcome, round_to: int = 1) -> int:
+def done_line(saved_config: str | None = None) -> str:
+    """The dry run's last line: what it wrote (only a --save-config config, if asked)."""
+    return f"dry run: nothing written but the config {saved_config} (--save-config)" if saved_config else \
+        "dry run: nothing written"
+
+
+def _show(outcome, round_to: int = 1, saved_config: str | None = None) -> int:
     from graphprune.cli.common import human
 
     before, after = outcome.before, outcome.after
@@ -36,11 +42,11 @@ def _show(outcome, round_to: int = 1) -> int:
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
-    print("dry run: nothing written")
+    print(done_line(saved_config))
     return 0
 
 
-def show_prune(model_path, opts) -> int:
+def show_prune(model_path, opts, saved_config: str | None = None) -> int:
     """prune --dry-run: the plan prune would apply, and the sparsity that would follow."""
     from graphprune.workflow import run_prune
 
@@ -48,10 +54,10 @@ def show_prune(model_path, opts) -> int:
     from_pipeline = outcome.sparsify_passes[:-1] if opts.sparsity else outcome.sparsify_passes
     if from_pipeline or opts.sparsity:
         print("then sparsity: " + (", ".join(repr(p) for p in from_pipeline) or opts.sparsity_line()))
-    return _show(outcome, opts.round_to)
+    return _show(outcome, opts.round_to, saved_config)
 
 
-def show_compile(model_path, opts) -> int:
+def show_compile(model_path, opts, saved_config: str | None = None) -> int:
     """compile --dry-run: the target's resolution and the plan compile would apply."""
     from graphprune.backends.targets import resolve_target
     from graphprune.workflow.compile import prune_options
@@ -69,9 +75,9 @@ def show_compile(model_path, opts) -> int:
     if not (opts.prune or opts.plan):
         if opts.sparsity:
             print(f"sparsity only: {popts.sparsity_line()}")
-        print("no pruning (--no-prune)\ndry run: nothing written")
+        print("no pruning (--no-prune)\n" + done_line(saved_config))
         return 0
     outcome = run_prune(model_path, popts, dry_run=True)
     if opts.sparsity:
         print(f"then sparsity: {popts.sparsity_line()}")
-    return _show(outcome, popts.round_to)
+    return _show(outcome, popts.round_to, saved_config)

@@ -144,7 +144,7 @@ def run(args) -> int:
     opts = options(args)
     out = _checked_output(args)
     if args.dry_run:
-        return dry_run.show_prune(args.model, opts)
+        return dry_run.show_prune(args.model, opts, args.save_config)
     _check_report_paths(args, out)
     outcome = run_prune(args.model, opts, out=out, progress=Printer())
     latency = measure_latency(outcome, not args.no_bench, opts.round_to)
