@@ -296,3 +296,13 @@ def test_constant_node_weights_and_data_aware_conv_formats(tmp_path):
                 a = numpy_helper.to_array(t)
                 t.CopyFrom(numpy_helper.from_array(np.where(sw[t.name] == 0, 0, a).astype(a.dtype), t.name))
         assert_same_outputs(got, ref, {"x": x[:2]})
+
+
+def test_connectivity_is_refused_with_a_format_it_does_not_apply_to():
+    """--connectivity with an unstructured, N:M or block format was ignored without a word."""
+    from graphprune.passes.sparsity.spec import parse_spec
+
+    for fmt in ("unstructured", "2:4", "block:4x1"):
+        with pytest.raises(UsageError, match="applies to pattern sparsity only"):
+            parse_spec(fmt, 0.5 if fmt != "2:4" else None, connectivity=0.3)
+    assert parse_spec("pattern:4", connectivity=0.3).connectivity == 0.3

@@ -96,6 +96,10 @@ def parse_spec(format: str = "unstructured", sparsity=None, *, n=None, m=None, b
     if sparsity is not None:
         sparsity = _fraction(sparsity, "sparsity")
     connectivity = _fraction(connectivity or 0.0, "connectivity")
+    if connectivity and not fmt.startswith("pattern"):  # it was ignored without a word
+        raise UsageError(f"connectivity {connectivity:g} applies to pattern sparsity only (whole 3x3 kernels "
+                         f"removed beside the patterns), not to {format!r}",
+                         hint="use --sparsity-format pattern:K with --connectivity, or drop --connectivity")
     nm = re.fullmatch(r"(\d+)\s*:\s*(\d+)", fmt)
     if fmt in ("n:m", "nm") or nm:
         nn, mm = (nm.groups() if nm else (n, m))
