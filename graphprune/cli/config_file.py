@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from graphprune.config import CONFIG_VERSION, TUNING, load_config, save_config
 from graphprune.errors import UsageError
@@ -148,10 +149,15 @@ def resolved_config(args, verb: str) -> dict:
     if verb == "compile":
         out["compile"] = {"tuning": {}}
     tuning_of = {v: k for k, v in TUNING.items()}
+    from graphprune.cli.paths import INPUT_OPTIONS
+
     for dest in _dests(verb):
         value = getattr(args, dest, None)
         if value is None or value == []:
             continue
+        if dest in INPUT_OPTIONS and isinstance(value, str) and Path(value).exists():
+            # a file the run read, as an absolute path: the config works from any folder
+            value = str(Path(value).resolve())
         if verb == "prune" or dest in prune_keys:
             out["prune"][dest] = value
         elif dest in tuning_of:

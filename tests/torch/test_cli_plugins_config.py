@@ -243,6 +243,24 @@ def test_config_sections_apply_to_their_verbs(samples_dir, tmp_path, capsys):
     assert resolved["prune"]["ratio"] == 0.6 and resolved["compile"]["target"] == "arm"
 
 
+def test_a_saved_config_names_its_input_files_so_it_runs_from_any_folder(samples_dir, tmp_path, monkeypatch):
+    """--save-config wrote `plan = "a.plan.json"` relative to where the run was started, so
+    the config failed ('no such plan file') from another folder. Files a run reads are
+    written as absolute paths."""
+    import tomllib
+
+    src = samples_dir / "tiny_resnet.onnx"
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", str(src), "-o", "a.onnx", "--no-bench"]) == 0
+    (tmp_path / "sub").mkdir()
+    assert main(["prune", str(src), "-o", "b.onnx", "--plan", "a.plan.json", "--no-bench",
+                 "--save-config", "sub/replay.toml"]) == 0
+    saved = tomllib.loads((tmp_path / "sub" / "replay.toml").read_text())["prune"]
+    assert saved["plan"] == str(tmp_path / "a.plan.json")
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["prune", str(src), "-o", "c.onnx", "--config", "replay.toml", "--no-bench"]) == 0
+
+
 def test_toml_writer_round_trips_values():
     import tomllib
 
