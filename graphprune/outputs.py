@@ -406,13 +406,15 @@ def recorded_digest(path: str | os.PathLike) -> str | None:
 def plan_beside(pruned: str | os.PathLike) -> Path:
     """The plan written together with a pruned model file: `<name>.plan.json` beside it
     (prune), `plan.json` in its folder or, for a deployment inside a compile folder, in the
-    folder above. Only a plan whose digest the model records is taken; otherwise a
-    UsageError asks for --plan."""
+    folder above, else any `*.plan.json` beside it (the Olive pass names its plan after the
+    input model, Olive names the model). Only a plan whose digest the model records is
+    taken; otherwise a UsageError asks for --plan."""
     pruned = Path(pruned)
     stem = pruned.name[:-5] if pruned.name.endswith(".onnx") else pruned.name
     looked = [pruned.parent / f"{stem}.plan.json", pruned.parent / "plan.json"]
     if (pruned.parent.parent / MARKER).exists():
         looked.append(pruned.parent.parent / "plan.json")
+    looked += sorted(p for p in pruned.parent.glob("*.plan.json") if p not in looked)[:50]
     if not pruned.is_file():
         from graphprune.errors import FrontendError
 
@@ -427,7 +429,8 @@ def plan_beside(pruned: str | os.PathLike) -> Path:
                 return cand
         except (OSError, ValueError):  # unreadable or not JSON: not the plan
             continue
-    raise UsageError(f"no plan of {pruned} beside it (looked for {', '.join(str(c) for c in looked)}): give --plan",
+    raise UsageError(f"no plan of {pruned} beside it (looked for {', '.join(str(c) for c in looked[:3])}"
+                     f"{' and the other *.plan.json there' if len(looked) > 3 else ''}): give --plan",
                      hint="check needs the plan.json written together with the pruned model")
 
 

@@ -113,6 +113,11 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     # a model that records no plan (another tool) needs --plan
     assert run("check", src, src) == 2
     assert "records no plan digest" in capsys.readouterr().err
+    # a plan of another name beside the model (the Olive pass names it after the input model,
+    # Olive names the model) is found by the digest the model records
+    (tmp_path / "a.plan.json").rename(tmp_path / "tiny_resnet.plan.json")
+    assert run("check", src, tmp_path / "a.onnx") == 0
+    assert f"plan: {tmp_path / 'tiny_resnet.plan.json'}" in capsys.readouterr().out
 
 
 def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tmp_path, capsys):
