@@ -7,12 +7,15 @@ from pathlib import Path
 from graphprune.errors import UsageError
 
 
-def table(rows: list[list], header: list[str]) -> str:
+def table(rows: list[list], header: list[str], *, text: tuple[int, ...] = ()) -> str:
+    """Rows under a header; the first column and the `text` columns left-aligned, the others
+    (figures) right-aligned."""
     cells = [[str(c) for c in r] for r in [header] + rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for k, r in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if k and i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append("  ".join(c.rjust(w) if k and i and i not in text else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -45,7 +45,7 @@ def run(args) -> int:
 
     if args.json:
         return _emit_json(args)
-    print(table([[n, PASSES[n].description] for n in sorted(PASSES)], ["pass", "what it does"]))
+    print(table([[n, PASSES[n].description] for n in sorted(PASSES)], ["pass", "what it does"], text=(1,)))
     print()
     print("options (pipeline syntax: name{key=value,list=[a,b]}; unknown keys and wrong types are errors):")
     for n in sorted(PASSES):
@@ -55,6 +55,6 @@ def run(args) -> int:
 
         rows = [[e.family, e.domain or "ai.onnx", e.op_type, f"{e.since}..{e.until or ''}"] for e in RULES.entries()]
         print()
-        print(table(rows, ["family", "domain", "op", "opsets"]))
+        print(table(rows, ["family", "domain", "op", "opsets"], text=(1, 2, 3)))
         print(f"{len(rows)} rules; ops without a rule freeze the channels they touch")
     return 0
