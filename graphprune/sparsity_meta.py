@@ -63,6 +63,12 @@ def write_sparsity(model, data: dict, *, merge: bool = True) -> None:
         write_sparsity(proto, data, merge=merge)
         onnx.save(proto, str(path))
         return
+    unknown = sorted(set(tensors) - _constant_names(model))
+    if unknown:  # a record of a tensor the model does not have reads as "missing" everywhere
+        from graphprune.errors import UsageError
+
+        raise UsageError(f"write_sparsity: {unknown[:5]} name no constant tensor of the model",
+                         hint="record the names of initializers or Constant outputs")
     if merge:
         tensors = {**read_sparsity(model)["tensors"], **tensors}
     text = json.dumps({"version": VERSION, "tensors": tensors}, sort_keys=True)
@@ -75,6 +81,17 @@ def write_sparsity(model, data: dict, *, merge: bool = True) -> None:
             return
     entry = model.metadata_props.add()
     entry.key, entry.value = KEY, text
+
+
+def _constant_names(model) -> set[str]:
+    """Initializers and Constant outputs of an onnx_ir Model or a ModelProto (main graph)."""
+    import onnx_ir as ir
+
+    if isinstance(model, ir.Model):
+        return set(model.graph.initializers) | {o.name for n in model.graph if n.op_type == "Constant"
+                                                 for o in n.outputs}
+    g = model.graph
+    return {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
 
 
 def _arrays(model, names):

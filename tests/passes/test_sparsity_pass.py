@@ -239,6 +239,11 @@ def test_metadata_helpers_on_proto_and_ir():
     m = gp.load(proto.SerializeToString())
     assert read_sparsity(m)["tensors"]["W1"]["n"] == 2
     assert read_sparsity(mlp_proto()) == {"version": 1, "tensors": {}}
+    # a name the model does not have was recorded (and shown as "missing"): refused
+    for target in (proto, m):
+        with pytest.raises(UsageError, match=r"\['W9'\] name no constant tensor"):
+            write_sparsity(target, {"tensors": {"W9": {"format": "unstructured", "sparsity": 0.3}}})
+    assert set(read_sparsity(proto)["tensors"]) == {"W1", "W2"}
 
 
 def test_api_sparsify_with_calibration_npz(tmp_path):
