@@ -226,3 +226,30 @@ def test_compile_names_a_misspelt_option_and_writes_nothing(samples_dir, tmp_pat
         gp.compile(samples_dir / "tiny_resnet.onnx", target="x86", out=tmp_path / "o", calibb="x.npz")
     assert err.value.hint == "'calibb': did you mean 'calib'?"
     assert isinstance(err.value, TypeError) and not list(tmp_path.iterdir())
+
+
+def test_run_prune_never_writes_over_what_it_reads(samples_dir, tmp_path):
+    """The CLI refused -o on an input; gp.run_prune wrote over the model itself, the --plan it
+    replayed and the calibration file. It now refuses them before any work (UsageError), and
+    a dict where PruneOptions belong is named (it was an AttributeError)."""
+    import hashlib
+
+    import numpy as np
+
+    from graphprune.errors import ArgumentTypeError
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes((samples_dir / "tiny_resnet.onnx").read_bytes())
+    np.savez(tmp_path / "c.npz", input=np.zeros((2, 3, 16, 16), np.float32))
+    gp.run_prune(str(src), gp.PruneOptions(ratio=0.3), out=str(tmp_path / "a.onnx"))
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    cases = [(gp.PruneOptions(ratio=0.3), src, "would overwrite the input model"),
+             (gp.PruneOptions(plan=str(tmp_path / "a.plan.json")), tmp_path / "a.onnx", "would overwrite the plan"),
+             (gp.PruneOptions(calib=str(tmp_path / "c.npz"), max_drop=None), tmp_path / "c.npz",
+              "would overwrite the --calib data")]
+    for opts, out, says in cases:
+        with pytest.raises(UsageError, match=says):
+            gp.run_prune(str(src), opts, out=str(out))
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == digest
+    with pytest.raises(ArgumentTypeError, match="opts must be a PruneOptions, got dict"):
+        gp.run_prune(str(src), {"ratio": 0.3})

@@ -65,6 +65,11 @@ def run_prune(source: str | Path | ir.Model, opts: PruneOptions | None = None, *
     """Prune `source` (a path, never modified; or an ir.Model, pruned in place). With `out`,
     write the model and its plan (`<out>.plan.json`) as one result; with `dry_run`, apply
     the pruning in memory only and stop before the oracle."""
+    from graphprune.errors import ArgumentTypeError
+
+    if opts is not None and not isinstance(opts, PruneOptions):
+        raise ArgumentTypeError(f"run_prune: opts must be a PruneOptions, got {type(opts).__name__}",
+                                hint="gp.run_prune(path, gp.PruneOptions(ratio=0.3, ...))")
     run = _Run(source, opts or PruneOptions(), Path(out) if out is not None else None, progress or Progress())
     try:
         return run.go(dry_run)
@@ -88,7 +93,8 @@ class _Run:
         from graphprune import outputs
         from graphprune.passes.reconstruction.repair import keep_dense
 
-        if self.out is not None and not dry_run:  # before any work: no sidecar lands on a user's file
+        if self.out is not None and not dry_run:  # before any work: nothing lands on an input or a user's file
+            outputs.check_paths(self.input_files(), files=self.output_files())
             outputs.check_sidecars(self.out, vocab=bool(self.opts.keep_tokens or self.opts.plan))
         outcome = self.load()
         self.load_calibration()
@@ -120,6 +126,23 @@ class _Run:
                                        set_by_search=by_search)
         outcome.nothing_pruned = nothing_pruned_line(outcome)
         return outcome
+
+    def input_files(self) -> list[tuple[str, Path]]:
+        """The files this run reads (as the CLI's path checks list them): the model and its
+        external data, the plan, the calibration and token files given as paths."""
+        from graphprune.frontends.onnx import model_files
+
+        found = [("input model", f) for f in model_files(self.src)] if self.src is not None else []
+        o = self.opts
+        for what, v in (("plan", o.plan), ("--calib data", o.calib), ("--keep-tokens file", o.keep_tokens)):
+            if isinstance(v, (str, Path)) and Path(v).exists():
+                found.append((what, Path(v)))
+        return found
+
+    def output_files(self) -> list[tuple[str, Path]]:
+        out = self.out
+        return [("out", out), ("out (external data)", out.with_name(out.name + ".data")),
+                ("plan", files.plan_path_for(out))]
 
     # ---- load -------------------------------------------------------------------------------
     def load(self) -> PruneOutcome:
