@@ -13,7 +13,7 @@ from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
 from graphprune.runtime.oracle import OracleResult
 from graphprune.workflow.options import DEFAULTS as _DEFAULTS
-from graphprune.workflow.options import ROUND_TO_DEFAULT
+from graphprune.workflow.options import ROUND_TO_DEFAULT, name_list
 
 
 def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:
@@ -82,9 +82,9 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
     from graphprune.workflow import PruneOptions, run_prune
 
     model = _model(model, "prune")
-    opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=list(ignore or []), seed=seed,
+    opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=name_list(ignore), seed=seed,
                         plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
-                        blocks=list(blocks or []), keep_tokens=keep_tokens, token_input=token_input,
+                        blocks=name_list(blocks), keep_tokens=keep_tokens, token_input=token_input,
                         keep_experts=keep_experts, check=False)
     outcome = run_prune(model, opts)
     from graphprune.analysis.dependency.graph import withdraw
@@ -229,7 +229,7 @@ def sparsify(model: ir.Model | str | os.PathLike, sparsity: float | None = None,
     if sparsity is not None:
         opts["sparsity"] = sparsity
     if ignore:
-        opts["ignore"] = list(ignore)
+        opts["ignore"] = name_list(ignore)
     ctx = PassContext()
     if calib is not None:
         ctx.results["calibration"] = load_calibration(calib, model)

@@ -253,3 +253,16 @@ def test_run_prune_never_writes_over_what_it_reads(samples_dir, tmp_path):
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == digest
     with pytest.raises(ArgumentTypeError, match="opts must be a PruneOptions, got dict"):
         gp.run_prune(str(src), {"ratio": 0.3})
+
+
+def test_one_ignore_pattern_given_as_a_string_is_one_pattern(samples_dir):
+    """ignore="Gemm137" was split into seven one-character patterns: everything protected,
+    nothing pruned, no word (or "'*' is not a valid regular expression" for "Conv.*")."""
+    src = samples_dir / "tiny_resnet.onnx"
+    as_list = gp.prune(src, ratio=0.5, round_to=1, ignore=["Gemm137"])
+    as_str = gp.prune(src, ratio=0.5, round_to=1, ignore="Gemm137")
+    assert as_str.plan.tensors == as_list.plan.tensors and as_str.plan.tensors
+    assert gp.prune(src, ratio=0.5, round_to=1, ignore="Conv.*").changed is not None  # a valid regex, not '*'
+    assert gp.PruneOptions(ignore="Gemm137", blocks="Add1").ignore == ["Gemm137"]
+    sp = gp.sparsify(src, 0.5, ignore="Conv4")
+    assert sp.overall > 0 and sp.tensors  # only the layers matching Conv4 protected

@@ -206,7 +206,10 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
 
     from graphprune.backends.targets import resolve_round_to
 
+    from graphprune.workflow.options import name_list
+
     round_to = resolve_round_to(round_to)
+    ignore = name_list(ignore) or None  # one string is one pattern, not a list of characters
     args = as_tuple(example_inputs)
     cap = capture(module, args, onnx_translations=onnx_translations)
     dg = DependencyGraph(cap.model, ignore=ignore)

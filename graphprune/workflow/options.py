@@ -29,6 +29,14 @@ def max_drop_of(opts) -> float | None:
     return opts.max_drop
 
 
+def name_list(v) -> list:
+    """A list of names or patterns: one string is one (list("Gemm137") would be seven of a
+    character each, which protected everything without a word); None is none."""
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
 @dataclass
 class PruneOptions:
     # choosing channels (prune-channels; allocation.driver)
@@ -81,6 +89,7 @@ class PruneOptions:
     def __post_init__(self):
         from graphprune.backends.targets import resolve_round_to
 
+        self.ignore, self.blocks = name_list(self.ignore), name_list(self.blocks)
         check_max_drop(self.max_drop)
         if self.round_to == "auto":
             self.round_to_auto = True
