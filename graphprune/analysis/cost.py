@@ -106,9 +106,15 @@ def _param_count(v: ir.Value) -> int:
 
 
 def _model_cost(model: ir.Model) -> Cost:
+    from graphprune.ir.untie import ties_back
+
     params = 0
-    seen: set[str] = set()
+    # copies made for the analysis that the written model ties back into one tensor are not
+    # parameters of it (BERT's shared zero biases counted 16 times)
+    seen: set[str] = {m.name for m, _ in ties_back(model)}
     for v in model.graph.initializers.values():
+        if v.name in seen:
+            continue
         if _is_param(v):
             params += _param_count(v)
             seen.add(v.name)

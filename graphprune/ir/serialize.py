@@ -66,8 +66,13 @@ def model_nbytes(model: ir.Model) -> int:
     """Bytes of all tensor data (initializers and Constant nodes), without serialising."""
     import numpy as np
 
+    from graphprune.ir.untie import ties_back
+
+    tied = {m.name for m, _ in ties_back(model)}  # one tensor again in the written file
     total = 0
     for v in model.graph.initializers.values():
+        if v.name in tied:
+            continue
         if v.shape is not None and v.dtype is not None and all(isinstance(d, int) for d in v.shape):
             total += int(np.prod(list(v.shape), dtype=np.int64)) * v.dtype.itemsize
     for n in model.graph:

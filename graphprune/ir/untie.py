@@ -95,43 +95,52 @@ def untie_shared_zeros(model: ir.Model) -> dict[str, list[str]]:
     return made
 
 
-@contextlib.contextmanager
-def retied(model: ir.Model):
-    """While the block runs, the untying is undone where copies are still equal (same
-    dtype, shape and values) to a surviving member of their family, and the metadata
-    record is gone; afterwards the model is exactly as before (analyses stay valid)."""
+def ties_back(model: ir.Model) -> list[tuple[ir.Value, ir.Value]]:
+    """(copy, the family member it equals): the untied copies that are still equal (same
+    dtype, shape and values) to a surviving member of their family, which `retied` makes
+    one tensor again when the model is written. Figures of the model as written (params,
+    bytes) leave these copies out."""
     record = untied_copies(model)
     if not record:
-        yield model
-        return
+        return []
     graph = model.graph
     values = dict(graph.initializers)
     for n in graph:
         for o in n.outputs:
             values.setdefault(o.name, o)
-    families: dict[str, list[ir.Value]] = {}
-    for _copy, orig in sorted(record.items()):
-        families.setdefault(orig, [])
-    for orig in families:
+    out = []
+    for orig in sorted(set(record.values())):
         members = [values[n] for n in [orig] + sorted(c for c, o in record.items() if o == orig) if n in values]
-        families[orig] = [m for m in members if is_constant(m)]
-    swaps: list[tuple[ir.Node, int, ir.Value]] = []
-    dropped: list[ir.Value] = []
-    for members in families.values():
         keep: list[tuple[ir.Value, np.ndarray]] = []
-        for m in members:
+        for m in (m for m in members if is_constant(m)):
             arr = const_array(m)
             rep = next((r for r, a in keep if a.dtype == arr.dtype and a.shape == arr.shape
                         and np.array_equal(a, arr)), None)
             if rep is None or m.name not in record:  # the original tensor itself is never dropped
                 keep.append((m, arr))
-                continue
-            for use in list(m.uses()):
-                swaps.append((use.node, use.idx, m))
-                use.node.replace_input_with(use.idx, rep)
-            if m.name in graph.initializers:
-                graph.initializers.pop(m.name)
-                dropped.append(m)
+            else:
+                out.append((m, rep))
+    return out
+
+
+@contextlib.contextmanager
+def retied(model: ir.Model):
+    """While the block runs, the untying is undone where copies are still equal to a
+    surviving member of their family (`ties_back`), and the metadata record is gone;
+    afterwards the model is exactly as before (analyses stay valid)."""
+    if not untied_copies(model):
+        yield model
+        return
+    graph = model.graph
+    swaps: list[tuple[ir.Node, int, ir.Value]] = []
+    dropped: list[ir.Value] = []
+    for m, rep in ties_back(model):
+        for use in list(m.uses()):
+            swaps.append((use.node, use.idx, m))
+            use.node.replace_input_with(use.idx, rep)
+        if m.name in graph.initializers:
+            graph.initializers.pop(m.name)
+            dropped.append(m)
     text = model.metadata_props.pop(KEY)
     try:
         yield model
