@@ -37,8 +37,31 @@ def _node_macs(node: ir.Node) -> int:
         fc3 = node.inputs[6] if len(node.inputs) > 6 else None
         return int(active_macs(*dims, list(fc3.shape) if fc3 is not None and fc3.shape is not None else None,
                                top_k(node)))
+    if node.op_type in _GATES and node.domain in ("", "ai.onnx"):
+        return _recurrent_macs(node)
     layer = layer_of(node)
     return 0 if layer is None else layer.macs()
+
+
+# ONNX recurrent ops: gates computed per step from the input (W) and the hidden state (R)
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def _recurrent_macs(node: ir.Node) -> int:
+    """RNN/GRU/LSTM: per step, per direction, gates·H·(input + H) MACs (W·x and R·h; the
+    elementwise gate math is not counted, as activations are not elsewhere). X is
+    [T, B, I] (layout 0) or [B, T, I] (layout 1). They were counted as 0 MACs."""
+    x, w, r = node.inputs[0], node.inputs[1], node.inputs[2]
+    if x is None or w is None or r is None or x.shape is None or w.shape is None or r.shape is None:
+        return 0
+    xs, ws = list(x.shape), list(w.shape)
+    if not all(isinstance(d, int) for d in xs + ws + list(r.shape)):
+        return 0
+    layout = node.attributes["layout"].value if "layout" in node.attributes else 0
+    steps, batch = (xs[1], xs[0]) if layout else (xs[0], xs[1])
+    directions, gates_h, inputs = ws
+    hidden = r.shape[2]
+    return int(directions * steps * batch * gates_h * (inputs + hidden))
 
 
 @dataclass

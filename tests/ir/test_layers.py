@@ -168,3 +168,26 @@ def test_loaded_model_with_made_up_op(my_conv, tmp_path):
     path.write_bytes(proto.SerializeToString())
     model = gp.load(str(path))
     assert model_cost(model).macs == 16 * 10 * 10 * 8 * 9 + 16 * 10 * 10 * 16 * 9
+
+
+@pytest.mark.parametrize("op,gates", [("RNN", 1), ("GRU", 3), ("LSTM", 4)])
+@pytest.mark.parametrize("layout,directions", [(0, 1), (1, 2)])
+def test_recurrent_layers_count_their_macs(op, gates, layout, directions):
+    """A GRU between two Linear layers was counted as 0 MACs (the summary showed only the
+    Linears' 2.85K of ~118K): per step and direction, gates·H·(input + H)."""
+    from helpers import make_model
+
+    steps, batch, inputs, hidden = 5, 2, 8, 6
+    xs = [batch, steps, inputs] if layout else [steps, batch, inputs]
+    attrs = {"hidden_size": hidden, "layout": layout}
+    if directions == 2:
+        attrs["direction"] = "bidirectional"
+    node = helper.make_node(op, ["x", "W", "R"], ["y"], name="rec", **attrs)
+    ys = [batch, steps, directions, hidden] if layout else [steps, directions, batch, hidden]
+    rng = np.random.default_rng(0)
+    m = make_model([node], [("x", xs)], [("y", ys)],
+                   {"W": rng.standard_normal((directions, gates * hidden, inputs)).astype(np.float32),
+                    "R": rng.standard_normal((directions, gates * hidden, hidden)).astype(np.float32)})
+    model = gp.load(m.SerializeToString())
+    want = directions * steps * batch * gates * hidden * (inputs + hidden)
+    assert node_macs(next(iter(model.graph))) == want and model_cost(model).macs == want
