@@ -250,6 +250,14 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
                                    onnx_translations)
         notes.append(note)
         pruned, kind = gm, "graph"
+    if not new_plan.tensors:  # said, as the prune verb says it: an identical copy is not a result
+        why = (f"no channel group of this module can be pruned ({len(dg.frozen_groups)} frozen; "
+               "graphprune.analyze(result.onnx_model).frozen_groups says why, e.g. an op without a channel rule)"
+               if not dg.prunable_groups else
+               f"ratio {ratio:g} removes no whole channel of its {len(dg.prunable_groups)} prunable group(s)"
+               + (f" in multiples of {round_to}" if round_to > 1 else ""))
+        log.warning("prune_module: nothing pruned: %s", why)
+        notes.append(f"nothing pruned: {why}")
     if check:
         why = check_module(module, pruned, new_plan, args, rtol=rtol, seed=seed)
         if why:

@@ -298,6 +298,22 @@ def test_attention_narrowed_at_the_same_positions_of_every_head(tmp_path):
         np.testing.assert_allclose(w.numpy(), w0.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_a_module_nothing_can_be_pruned_in_says_so():
+    """A GRU between two Linears: prune_module returned an identical copy, an empty plan and
+    no note (the prune verb says 'nothing pruned' for the same model)."""
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.b = nn.Linear(8, 32), nn.GRU(32, 48, batch_first=True), nn.Linear(48, 3)
+
+        def forward(self, x):
+            return self.b(self.g(self.a(x))[0])
+
+    result = gp.prune_module(seeded(G), torch.randn(2, 5, 8), ratio=0.4)
+    assert not result.plan.tensors
+    assert any(n.startswith("nothing pruned: no channel group of this module can be pruned") for n in result.notes)
+
+
 def test_head_layout_accepts_equal_heads_only():
     from graphprune.torchprune.mha import head_layout
 
