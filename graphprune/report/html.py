@@ -202,8 +202,14 @@ def _layers(report: dict) -> str:
     rows = [[r["name"], r["op"], r["width_before"], "removed" if r.get("removed") else r["width_after"],
              r["macs_before"], r["macs_after"], _opt(r.get("latency_ms_before")), _opt(r.get("latency_ms_after"))]
             for r in report.get("layers") or []]
-    return _table(rows, ["layer", "op", "width before", "width after", "MACs before", "MACs after",
-                         "ms before", "ms after"]) if rows else ""
+    if not rows:
+        return ""
+    from graphprune.report.profile import PROFILE_NOTE
+
+    timed = any(r.get("latency_ms_before") is not None for r in report.get("layers") or [])
+    note = f"<p><em>{html.escape(PROFILE_NOTE)}.</em></p>" if timed else ""
+    return note + _table(rows, ["layer", "op", "width before", "width after", "MACs before", "MACs after",
+                                "ms before", "ms after"])
 
 
 def _opt(v):

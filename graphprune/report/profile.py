@@ -16,6 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+# How the reports label the per-layer times: not the end-to-end figures' settings, so they
+# need not add up to them (a 1-thread profile of an r30 CNN summed to 0.60 ms vs 0.25 ms).
+PROFILE_NOTE = ("per-layer latency: ONNX Runtime's profiler, kernel time per node, 1 thread, basic graph "
+                "optimisations, median of 5 runs; the end-to-end latency uses every optimisation and the "
+                "session's own threads, so these times do not add up to it")
+
 
 def node_times(trace: list[dict]) -> dict[str, float]:
     """Median kernel time per node over the runs in an ORT profiling trace (ms)."""

@@ -158,7 +158,11 @@ def _layer_lines(report: dict) -> list[str]:
     layers = report.get("layers") or []
     if not layers:
         return []
-    lines = ["", "## Layers", "", "| layer | op | width | MACs | latency (ms) |", "|---|---|---|---|---|"]
+    from graphprune.report.profile import PROFILE_NOTE
+
+    timed = any(r.get("latency_ms_before") is not None for r in layers)
+    lines = ["", "## Layers", "", *([f"_{PROFILE_NOTE}._", ""] if timed else []),
+             "| layer | op | width | MACs | latency (ms) |", "|---|---|---|---|---|"]
     for r in layers:
         after = "removed" if r.get("removed") else r.get("width_after")
         lat = f"{_fmt(r.get('latency_ms_before'))} → {_fmt(r.get('latency_ms_after'))}" \

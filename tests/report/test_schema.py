@@ -53,6 +53,12 @@ def test_prune_report_matches_the_schema(samples_dir, tmp_path, capsys):
     assert {r["op"] for r in rep["ops"]} >= {"Conv", "Concat", "Gemm"}
     assert [o["path"] for o in rep["outputs"]] == ["p.onnx", "p.plan.json"]
     assert (tmp_path / "p.report.md").read_text().startswith("# graphprune report: tiny_resnet.onnx (prune)")
+    # the per-layer times say how they were taken (1 thread, basic optimisations): they do not
+    # add up to the end-to-end latency, and nothing said so
+    from graphprune.report.profile import PROFILE_NOTE
+
+    assert PROFILE_NOTE in (tmp_path / "p.report.md").read_text()
+    assert PROFILE_NOTE.replace("'", "&#x27;") in (tmp_path / "p.report.html").read_text()
 
 
 def test_no_bench_measures_nothing_and_keeps_the_schema(samples_dir, tmp_path, capsys):
@@ -63,6 +69,7 @@ def test_no_bench_measures_nothing_and_keeps_the_schema(samples_dir, tmp_path, c
     rep = json.loads((tmp_path / "p.report.json").read_text())
     check_report(rep)
     assert rep["profile"] == {} and all(r.get("latency_ms_before") is None for r in rep["layers"])
+    assert "per-layer latency" not in (tmp_path / "p.report.md").read_text()  # no times, no note
 
 
 def test_figures_of_many_layers_show_the_largest(tmp_path):
