@@ -360,18 +360,6 @@ def refuse_foreign(path: Path, what: str, ours) -> None:
                          hint="move it away, or choose another -o")
 
 
-def check_sidecars(out: Path, *, vocab: bool = False) -> None:
-    """The files written beside a model the user named `out`: its plan and (with `vocab`)
-    its token id map replace only graphprune's own files of those names."""
-    from graphprune.workflow.files import plan_path_for
-
-    refuse_foreign(plan_path_for(out), "the plan written with the model", is_graphprune_plan)
-    if vocab:
-        from graphprune.passes.pruning.slice_vocab import vocab_path_for
-
-        refuse_foreign(vocab_path_for(out), "the token id map written with the model", is_graphprune_id_map)
-
-
 # ---- a model and its plan ----------------------------------------------------------------
 
 def plan_digest(plan) -> str:

@@ -63,6 +63,19 @@ def plan_path_for(output: Path) -> Path:
     return output.with_name(name + ".plan.json")
 
 
+def check_sidecars(out: Path, *, vocab: bool = False) -> None:
+    """The files written beside a model the user named `out`: its plan and (with `vocab`)
+    its token id map replace only graphprune's own files of those names."""
+    from graphprune import outputs
+
+    outputs.refuse_foreign(plan_path_for(out), "the plan written with the model", outputs.is_graphprune_plan)
+    if vocab:
+        from graphprune.passes.pruning.slice_vocab import vocab_path_for
+
+        outputs.refuse_foreign(vocab_path_for(out), "the token id map written with the model",
+                               outputs.is_graphprune_id_map)
+
+
 def write_pair(model, plan, out: Path, *, staged: Path | None, rewritten: bool, temps: list) -> Path:
     """Write `model` (or the already `staged` file of a large model, when nothing changed it
     since) to `out` and the plan beside it; returns the plan's path."""

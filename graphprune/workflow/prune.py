@@ -95,7 +95,7 @@ class _Run:
 
         if self.out is not None and not dry_run:  # before any work: nothing lands on an input or a user's file
             outputs.check_paths(self.input_files(), files=self.output_files())
-            outputs.check_sidecars(self.out, vocab=bool(self.opts.keep_tokens or self.opts.plan))
+            files.check_sidecars(self.out, vocab=bool(self.opts.keep_tokens or self.opts.plan))
         outcome = self.load()
         self.load_calibration()
         self.check_runs_at_given_shapes()
