@@ -125,6 +125,25 @@ def test_running_stats_equal_full_data_stats():
     np.testing.assert_allclose(gr.matrix, full @ full.T / full.shape[1])
 
 
+def test_channel_stats_leave_out_values_that_are_not_finite():
+    """Attention scores with a causal mask hold -inf: a channel's mean |x| was inf and the
+    group's normalised scores NaN (GPT-2, activation criterion). The statistics are over the
+    finite values; float32 values whose squares overflow float32 stay finite too."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    a[:, 1, 3:] = -np.inf
+    a[0, 2, 0] = np.nan
+    a[1, 0, 0] = 3e38  # squared: inf in float32
+    st = ChannelStats(axis=1)
+    st.update(a)
+    for c in range(3):
+        v = np.moveaxis(a, 1, 0)[c].astype(np.float64).ravel()
+        v = v[np.isfinite(v)]
+        np.testing.assert_allclose([st.mean[c], st.mean_abs[c], st.mean_sq[c], st.apoz[c]],
+                                   [v.mean(), np.abs(v).mean(), (v * v).mean(), (v == 0).mean()], rtol=1e-6)
+    assert np.isfinite(st.rms).all() and np.isfinite(st.var).all()
+
+
 def test_collect_streams_intermediate_tensors(caplog):
     model = conv_model()
     rng = np.random.default_rng(2)

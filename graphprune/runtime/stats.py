@@ -32,21 +32,33 @@ class ChannelStats:
     sum_abs: np.ndarray | None = None
     sum_sq: np.ndarray | None = None
     zeros: np.ndarray | None = None
+    finite: np.ndarray | None = None  # per channel: the values the means are over
 
     def update(self, a: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Add a batch's tensor; `mask`: its real (batch, position) pairs (positions.py)."""
+        """Add a batch's tensor; `mask`: its real (batch, position) pairs (positions.py).
+        Non-finite values (an attention mask's -inf added to the scores) are left out of
+        the statistics: one made a channel's mean infinite, and the group's normalised
+        scores NaN (GPT-2, activation criterion)."""
         x = channels_first(*real_rows(a, self.axis, mask))
         if self.sum is None:
             c = x.shape[0]
-            self.sum, self.sum_abs, self.sum_sq, self.zeros = (np.zeros(c) for _ in range(4))
+            self.sum, self.sum_abs, self.sum_sq, self.zeros, self.finite = (np.zeros(c) for _ in range(5))
         self.count += x.shape[1]
+        fin = np.isfinite(x)
+        if fin.all():
+            self.finite += x.shape[1]
+        else:
+            x = np.where(fin, x, 0)
+            self.finite += fin.sum(1)
+            self.zeros -= (~fin).sum(1)  # those zeros stand for left-out values
+        x = x.astype(np.float64, copy=False)  # squares of large float32 values overflow in float32
         self.sum += x.sum(1)
         self.sum_abs += np.abs(x).sum(1)
         self.sum_sq += (x * x).sum(1)
         self.zeros += (x == 0).sum(1)
 
-    def _n(self) -> int:
-        return max(self.count, 1)
+    def _n(self) -> np.ndarray | int:
+        return np.maximum(self.finite, 1) if self.finite is not None else 1
 
     @property
     def mean(self) -> np.ndarray:
