@@ -111,7 +111,14 @@ def compile(model_path: str | os.PathLike, *, target: str = "x86", out: str | os
         raise ArgumentTypeError(f"gp.compile: unknown option(s) {', '.join(map(repr, unknown))}",
                                 hint="; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
                                 or "options are the fields of graphprune.workflow.compile.CompileOptions")
-    return compile_model(model_path, CompileOptions(target=target, out=None if out is None else str(out), **options))
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"graphprune.compile: model_path must be a path to an .onnx file, got "
+                                f"{type(model_path).__name__}", hint="gp.save(model, 'm.onnx') first, then compile it")
+    # the report's `command` is this call, not a CLI line that would do something else
+    call = [f"gp.compile({str(model_path)!r}", f"target={target!r}"] + ([f"out={str(out)!r}"] if out is not None else []) \
+        + [f"{k}={v!r}" for k, v in options.items()]
+    return compile_model(model_path, CompileOptions(target=target, out=None if out is None else str(out), **options),
+                         argv=[", ".join(call) + ")"])
 
 
 def _plan_of(pruned) -> os.PathLike:

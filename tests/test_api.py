@@ -266,3 +266,20 @@ def test_one_ignore_pattern_given_as_a_string_is_one_pattern(samples_dir):
     assert gp.PruneOptions(ignore="Gemm137", blocks="Add1").ignore == ["Gemm137"]
     sp = gp.sparsify(src, 0.5, ignore="Conv4")
     assert sp.overall > 0 and sp.tensors  # only the layers matching Conv4 protected
+
+
+def test_gp_compile_returns_its_report_and_records_the_call(samples_dir, tmp_path):
+    """gp.compile's report said `graphprune compile m.onnx` (which builds for x86 at the
+    default ratio, elsewhere) and the dict it returned lacked the file's schema and listing;
+    an in-memory model was a bare TypeError."""
+    import json
+
+    from graphprune.errors import ArgumentTypeError
+
+    rep = gp.compile(samples_dir / "tiny_resnet.onnx", target="arm", out=tmp_path / "c", ratio=0.4)
+    written = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["command"] == written["command"] == [
+        f"gp.compile({str(samples_dir / 'tiny_resnet.onnx')!r}, target='arm', out={str(tmp_path / 'c')!r}, ratio=0.4)"]
+    assert rep["schema"] == written["schema"] and rep["outputs"] == written["outputs"]
+    with pytest.raises(ArgumentTypeError, match="model_path must be a path"):
+        gp.compile(gp.load(samples_dir / "tiny_resnet.onnx"), target="x86")

@@ -251,13 +251,14 @@ def _write_three(paths: dict[str, Path], report: dict) -> None:
 
 
 def write_report(out_dir: Path, report: dict) -> None:
-    """compile: report.json / .md / .html in its output folder, listing the folder's files."""
-    report = {"schema": REPORT_SCHEMA, **report}
+    """compile: report.json / .md / .html in its output folder, listing the folder's files.
+    `report` gains the schema and the listing in place: what gp.compile returns is the file."""
     out_dir = Path(out_dir)
     names = [str(p.relative_to(out_dir)) for p in sorted(out_dir.rglob("*"))
              if p.is_file() and p.name not in ("report.json", "report.md", "report.html") and not p.name.startswith(".")]
+    report["schema"] = report.get("schema", REPORT_SCHEMA)
     report["outputs"] = _listing(out_dir, names)
-    _write_three({k: out_dir / f"report.{k}" for k in ("json", "md", "html")}, report)
+    _write_three({k: out_dir / f"report.{k}" for k in ("json", "md", "html")}, {"schema": report["schema"], **report})
 
 
 # ---- a report beside a model (prune, check, inspect --report) --------------------------------
