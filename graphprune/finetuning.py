@@ -39,6 +39,10 @@ def finetune(pruned, train_loader, epochs: int = 1, lr: float = 1e-3, *, teacher
 
     from graphprune.errors import UsageError
 
+    from graphprune.torchprune import TorchPruneResult
+
+    if isinstance(pruned, TorchPruneResult):  # prune_module's result: its module is what trains
+        pruned = pruned.module
     if epochs < 0 or lr <= 0:
         raise UsageError(f"finetune: need epochs >= 0 and lr > 0 (got {epochs}, {lr})")
     if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:

@@ -78,6 +78,8 @@ def mkdtemp_beside(path: str | os.PathLike) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
+    if path.is_dir():  # os.replace onto a folder fails with EBUSY/EISDIR, not in words
+        raise UsageError(f"{path} is a directory", hint="name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = mkstemp_beside(path)
     try:

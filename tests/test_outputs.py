@@ -316,3 +316,14 @@ def test_inputs_file_is_fitted_to_the_model_s_inputs_or_refused_in_words(model, 
     assert rc == 2 and "array(s) ['extra'] name no input of the model" in err and not (tmp_path / "b.onnx").exists()
     rc, err = run("check", model, tmp_path / "a.onnx", "--inputs", tmp_path / "two.npz")
     assert rc == 2 and "['extra']" in err
+
+
+def test_a_plan_saved_onto_a_folder_is_refused_in_words(samples_dir, tmp_path):
+    """res.plan.save('.') was an OSError (EBUSY) from the atomic rename."""
+    import graphprune as gp
+    from graphprune.errors import UsageError
+
+    res = gp.prune(samples_dir / "tiny_resnet.onnx", ratio=0.3)
+    with pytest.raises(UsageError, match="is a directory"):
+        res.plan.save(tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -44,6 +44,11 @@ def test_finetune_options_and_errors():
         gp.finetune(model, data, lr=0)
     with pytest.raises(UsageError):
         gp.finetune(model, data, kd_alpha=2.0)
+    # prune_module's result object trains its module (it was an AttributeError: no .parameters)
+    result = gp.prune_module(model, torch.randn(2, 4), ratio=0.5)
+    before = [p.detach().clone() for p in result.module.parameters()]
+    assert len(gp.finetune(result, data, epochs=1, lr=1e-2)) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, result.module.parameters(), strict=True))
 
 
 @pytest.mark.slow
