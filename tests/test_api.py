@@ -156,6 +156,11 @@ def test_an_ignore_pattern_that_matches_nothing_is_refused(samples_dir, tmp_path
     assert "matches no tensor or node" in capsys.readouterr().err and not (tmp_path / "p.onnx").exists()
     # a pattern that finds only a frozen group (the graph input's) keeps nothing new, but is no typo
     assert gp.analyze(gp.load(src), ignore=["^input$"]).groups
+    # --protect and --layer-ratio patterns too (they were accepted and matched nothing, silently)
+    for flag, value in (("--protect", "NoSuchLayer"), ("--layer-ratio", "NoSuch=0.1")):
+        assert main(["prune", str(src), flag, value, "-o", str(tmp_path / "p.onnx"), "--no-bench"]) == 2
+        assert "matches no tensor or node" in capsys.readouterr().err and not (tmp_path / "p.onnx").exists()
+    assert main(["prune", str(src), "--protect", "Conv", "-o", str(tmp_path / "p.onnx"), "--no-bench"]) == 0
 
 
 def test_never_prunes_a_group_to_zero(samples_dir):

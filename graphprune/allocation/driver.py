@@ -105,6 +105,9 @@ class Allocator:
 
         protect = compile_patterns(_as_list(opts.get("protect")), "protect")
         fixed = parse_layer_ratios(opts.get("layer_ratios"))
+        # a typo in a pattern would prune the layer meant to be kept, in silence (as --ignore refuses)
+        dg.require_matches(protect, "protect")
+        dg.require_matches([pat for pat, _ in fixed], "layer ratio")
         self.fixed: dict[int, float] = {}
         for g in dg.prunable_groups:
             if protect and group_matches(dg, g, protect):

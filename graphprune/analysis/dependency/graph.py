@@ -410,7 +410,7 @@ class DependencyGraph:
         for p in compile_patterns(patterns, what):
             if not any(slots_match(self.values, slots, [p]) for slots in slot_lists):
                 raise UsageError(f"{what} pattern {p.pattern!r} matches no tensor or node of the model's "
-                                 "channel groups: it would keep nothing",
+                                 "channel groups: it would apply to nothing",
                                  hint="patterns are regular expressions searched in tensor and node names; "
                                       "`graphprune inspect` lists the groups")
 
