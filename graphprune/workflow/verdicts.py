@@ -142,7 +142,9 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
         kept, how = allocation["predicted_ratio"], " (as the allocation counts it)"
     else:
         return None
-    met = kept <= asked * 1.04 if kind == "target_latency" else kept <= asked + 1e-3  # latency: its 4% band
+    from graphprune.allocation.driver import LATENCY_BAND
+
+    met = kept <= asked * (1 + LATENCY_BAND) if kind == "target_latency" else kept <= asked + 1e-3
     flag, what = _TARGETS.get(kind, (kind, kind))
     if set_by_search:
         head = f"{set_by_search} (the candidates compared at the first one's cost: {what} {asked:g})"
@@ -156,6 +158,8 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
                 f"the most this run could remove (no group emptied{steps}, within --max-ratio/--protect)")
     else:
         line = f"{flag} {asked:g}: met, the result keeps {kept:.3f} of the input's {what}{how}"
+        if kept > asked:  # a latency within the timing-noise band: say so, not a bare "met" above the ask
+            line += f" (within the {LATENCY_BAND:.0%} band allowed for timing noise)"
         stepped = allocation.get("round_to")
         if stepped:  # round_to auto: the lanes' steps left the target far under
             line += (f"; widths in multiples of {stepped['used']}, not of the {stepped['lanes']} SIMD lanes: those "

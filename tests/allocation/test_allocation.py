@@ -237,6 +237,38 @@ def test_latency_loop_bisects_once_the_ask_is_bracketed(samples_dir, monkeypatch
         assert bracketed >= 1 or all(r["measured"] < 0.6 for r in rounds) or all(r["measured"] >= 0.6 for r in rounds), rounds
 
 
+def test_latency_loop_ships_the_round_that_meets_the_ceiling(samples_dir, monkeypatch):
+    """Rounds measured 0.307, 0.984, 0.538, 0.657 for a 0.6 target: the round nearest 0.6
+    (0.657, a miss) was shipped and reported 'NOT met ... the most this run could remove'.
+    A target is a ceiling: the met round that keeps the most (0.538) is shipped, and its
+    selection is the one written."""
+    import graphprune.allocation.latency as latency_mod
+    from graphprune.allocation.driver import _closer_under
+
+    measured = iter([0.307, 0.984, 0.538, 0.657])
+    sizes = []
+
+    def fake_measured_ratio(dense, pruned, feeds, threads=1):
+        sizes.append(len(pruned))
+        ratio = next(measured)
+        return ratio, 1.0, ratio
+
+    monkeypatch.setattr(latency_mod, "measured_ratio", fake_measured_ratio)
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    ctx = PassContext()
+    PassManager.parse("prune-channels{allocation=uniform,target_latency=0.6,latency_rounds=4}").run(model, ctx)
+    info = ctx.results["plan"].settings["allocation_result"]
+    assert [r["measured"] for r in info["latency_rounds"]] == [0.307, 0.984, 0.538, 0.657]
+    assert info["measured_ratio"] == 0.538
+    assert all(r["aimed"] < 1.0 for r in info["latency_rounds"])  # no round spent on no pruning at all
+    assert _closer_under(0.61, 0.5, 0.6) and not _closer_under(0.65, 0.5, 0.6) and _closer_under(0.7, 0.8, 0.6)
+    # met within the timing band but above the ask: the line says so, not a bare "met"
+    from graphprune.workflow.verdicts import budget_result
+
+    line = budget_result({"target": {"target_latency": 0.6}, "measured_ratio": 0.605}, None, None)["line"]
+    assert "met, the result keeps 0.605" in line and "within the 4% band allowed for timing noise" in line
+
+
 def _head_group(heads=4, head_dim=32):
     """A group like an attention's: Q/K/V weights' output axes hold `head_dim` channels per
     head (atom); the reshaped [B, S, heads, head_dim] tensor sees one index per head."""
