@@ -151,6 +151,29 @@ def test_ratio_for_budget_interpolates_monotone_envelope():
     assert ratio_for_budget(curve, 1.0, max_ratio=0.6) == 0.6
 
 
+def test_a_plain_ratio_under_sensitivity_implies_the_uniform_macs(samples_dir):
+    """allocation=sensitivity with a plain ratio meets the MACs the ratio keeps uniformly.
+    Those were computed with widths rounded to the *nearest* multiple of 16: ratio 0.3 on
+    the sample implied 0.32 of the MACs (uniform keeps 0.93), and the result kept 0.25.
+    They are now the uniform result's MACs, widths rounded up as a plain ratio promises."""
+    rng = np.random.default_rng(0)
+    calib = Calibration.from_batches([{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                                      for _ in range(3)])
+    path = samples_dir / "tiny_resnet.onnx"
+    kept = {}
+    for alloc in ("uniform", "sensitivity"):
+        model = gp.load(path)
+        before = model_cost(model).macs
+        ctx = PassContext()
+        ctx.results["calibration"] = calib
+        PassManager.parse(f"prune-channels{{allocation={alloc},ratio=0.3,round_to=16,sens_ratios=[0.25,0.5]}}").run(
+            model, ctx)
+        kept[alloc] = (model_cost(model).macs / before, ctx.results["plan"].settings.get("allocation_result") or {})
+    implied = kept["sensitivity"][1]["implied_target_macs"]
+    assert implied == pytest.approx(kept["uniform"][0], abs=2e-3) and implied > 0.8
+    assert kept["sensitivity"][0] <= implied + 1e-3
+
+
 def test_sensitivity_allocation_writes_curves(samples_dir, tmp_path):
     path = samples_dir / "tiny_mobilenet.onnx"
     rng = np.random.default_rng(0)
