@@ -349,10 +349,25 @@ class _Run:
         return reference
 
     # ---- after the oracle: repair, sparsity, the quality gate ----------------------------------
+    def _say_unrepeated_repair(self, done: list) -> None:
+        """A replayed plan whose run repaired its weights, replayed without those repairs: the
+        pruning is the same, the weights are not, and nothing said so (outputs differed from
+        the first run's model by a third of their scale)."""
+        plan_in = self.state.plan_in
+        then = [r.get("pass") for r in (plan_in.settings.get("repair") or []) if isinstance(r, dict)
+                and not r.get("reverted")] if plan_in is not None else []
+        now = {r.get("pass") for r in done or [] if not r.get("reverted")}
+        missing = [p for p in then if p not in now]
+        if missing:
+            self.progress.note(f"the plan's run also repaired the weights ({', '.join(missing)}); this replay "
+                               "did not, so its weights differ from that run's model: add --repair "
+                               f"{','.join(missing)} --calib DATA to repeat it")
+
     def repair(self, outcome: PruneOutcome, repair_pm) -> None:
         from graphprune.passes.reconstruction.repair import run_repair
 
         outcome.repair = run_repair(self.model, self.state.ctx, self.opts.repair, repair_pm)
+        self._say_unrepeated_repair(outcome.repair)
         for r in outcome.repair:
             self.progress.repair(r)
         from graphprune.ir.layers import is_integer_layer

@@ -247,3 +247,29 @@ def test_pruning_flags_a_pipeline_would_ignore_are_refused(samples_dir, tmp_path
     assert main(["prune", src, "-o", str(out), "--no-bench", "--pipeline", "prune-channels{ratio=0.5}",
                  "--ratio", "0.5", "--criterion", "random"]) == 2
     assert "--ratio, --criterion: not used with --pipeline" in capsys.readouterr().err and not out.exists()
+
+
+def test_replaying_a_repaired_run_s_plan_says_what_it_did_not_repeat(samples_dir, tmp_path, capsys):
+    """`--plan` replays the pruning; the first run's repairs changed the weights too, and the
+    replayed model differed from it by a third of the output scale without a word. The replay
+    now names the repairs it did not repeat and how to; with them it is the same model."""
+    import numpy as np
+    import onnxruntime as ort
+
+    src = str(samples_dir / "tiny_resnet.onnx")
+    np.savez(tmp_path / "c.npz", input=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
+    calib = ["--calib", str(tmp_path / "c.npz"), "--max-drop", "1", "--no-bench"]
+    assert main(["prune", src, "-o", str(tmp_path / "a.onnx"), "--criterion", "l2", "--repair", "bias,lsq",
+                 "--allocation", "uniform", "--ratio", "0.5", "--round-to", "1", *calib]) == 0
+    capsys.readouterr()
+    assert main(["prune", src, "--plan", str(tmp_path / "a.plan.json"), "-o", str(tmp_path / "b.onnx"),
+                 "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    assert "the plan's run also repaired the weights (bias-compensate, lsq-reconstruct)" in out
+    assert "--repair bias-compensate,lsq-reconstruct --calib DATA" in out
+    assert main(["prune", src, "--plan", str(tmp_path / "a.plan.json"), "-o", str(tmp_path / "c.onnx"),
+                 "--repair", "bias-compensate,lsq-reconstruct", *calib]) == 0
+    assert "also repaired" not in capsys.readouterr().out
+    x = {"input": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    first, again = (ort.InferenceSession(str(tmp_path / n)).run(None, x)[0] for n in ("a.onnx", "c.onnx"))
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)
