@@ -273,6 +273,18 @@ def test_with_slice_hidden_on_a_tied_gpt2(tmp_path, capsys, monkeypatch):
     assert rc == 0, printed.out + printed.err
     assert "rotated input vs input: PASS" in printed.out and "oracle PASS" in printed.out
     assert "sliced vs ids mapped: PASS" in printed.out
+    # the plan alone replays both steps: the vocabulary was dropped when the rotation's replay
+    # rebuilt the plan being replayed, and the replay read the old ids, silently
+    assert main(["prune", path, "--plan", str(tmp_path / "out.plan.json"), "--no-bench",
+                 "-o", str(tmp_path / "again.onnx")]) == 0
+    assert "sliced vs ids mapped: PASS" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again.vocab.json").read_text())["kept"] == \
+        json.loads((tmp_path / "out.vocab.json").read_text())["kept"]
+    import onnx
+
+    dims = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in onnx.load(str(tmp_path / "again.onnx")).graph.output]
+    assert dims == [[d.dim_value for d in o.type.tensor_type.shape.dim]
+                    for o in onnx.load(str(tmp_path / "out.onnx")).graph.output]
 
 
 def test_compile_ships_the_id_map(hf_exported, tmp_path, capsys):

@@ -31,6 +31,8 @@ The plan records the rotation (`Plan.hidden`, the matrix in a file beside the pl
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 
 import numpy as np
@@ -443,9 +445,10 @@ class SliceHidden(Pass):
         if listed != {(t["name"], t["axis"]): t["removed"] for t in slices}:
             raise PlanError("the plan's hidden-size slices are not the ones its rotation gives on this model",
                             hint="was the plan made for another model?")
-        state.plan_in = Plan(tensors=[t for t in plan_in.tensors if (t["name"], t["axis"]) not in keys],
-                             groups=plan_in.groups, model=plan_in.model, settings=plan_in.settings,
-                             blocks=plan_in.blocks)
+        # the rest of the plan replays as it is: everything but the hidden slices (its vocabulary
+        # and experts too: a rebuilt Plan that named only some fields dropped the vocab record)
+        state.plan_in = dataclasses.replace(
+            plan_in, tensors=[t for t in plan_in.tensors if (t["name"], t["axis"]) not in keys], hidden={})
         return True
 
 
