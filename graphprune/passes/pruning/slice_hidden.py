@@ -424,7 +424,6 @@ class SliceHidden(Pass):
         statistics; the plan's hidden slices must be exactly the ones this rebuild makes,
         and the rest of the plan (channels) replays on the sliced model."""
         from graphprune.errors import PlanError
-        from graphprune.plan import Plan
 
         plan_in = state.plan_in
         rec = plan_in.hidden
