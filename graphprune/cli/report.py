@@ -133,7 +133,9 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
     rows = summary_rows(outcome, latency)
     plan = outcome.plan
     print(f"pruned {len(plan.groups)} groups, sliced {len(plan.tensors)} tensors"
-          + (f", removed {len(plan.blocks)} residual blocks" if plan.blocks else "")
+          + (f", removed {len(plan.blocks)} residual block{'s' if len(plan.blocks) > 1 else ''} (ending at "
+             f"{', '.join(str(b.get('add')) for b in plan.blocks[:5])}{' ...' if len(plan.blocks) > 5 else ''})"
+             if plan.blocks else "")
           + (f", hidden size {plan.hidden['width'][0]} -> {plan.hidden['width'][1]} (slice-hidden)"
              if plan.hidden else "")
           + (f", vocabulary {plan.vocab['vocab_size']} -> {len(plan.vocab['kept'])} tokens" if plan.vocab else "")

@@ -126,7 +126,7 @@ def _independent_masked_run(src, plan: dict, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("ratio", ["0", "0.3"])
-def test_depth_plan_tensors_alone_rebuild_the_masked_original(tmp_path, ratio):
+def test_depth_plan_tensors_alone_rebuild_the_masked_original(tmp_path, capsys, ratio):
     """`prune --remove-blocks 2` wrote `tensors: []` plus `blocks`: zeroing `tensors` in the
     input model left the blocks in (error 3e-2 and more). Each removed block now appears in
     `tensors` (its branch's closing BN scale and bias, all channels)."""
@@ -137,6 +137,9 @@ def test_depth_plan_tensors_alone_rebuild_the_masked_original(tmp_path, ratio):
     assert main(["prune", str(src), "--remove-blocks", "2", "--ratio", ratio, "-o", str(out), "--no-bench"]) == 0
     plan = json.loads((tmp_path / "d.plan.json").read_text())
     assert len(plan["blocks"]) == 2
+    # the summary names the blocks it removed (it said only "removed 2 residual blocks")
+    said = capsys.readouterr().out
+    assert f"removed 2 residual blocks (ending at {plan['blocks'][0]['add']}, {plan['blocks'][1]['add']})" in said
     pruned = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for seed in range(2):
         x = np.random.default_rng(seed).standard_normal((1, 3, 16, 16)).astype(np.float32)
