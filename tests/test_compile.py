@@ -189,3 +189,18 @@ def test_compile_checks_a_depth_only_plan(samples_dir, tmp_path):
                  str(tmp_path / "d.plan.json"), "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["checks"]["oracle"]["ok"] is True
+
+
+def test_the_wrote_line_lists_a_backend_built_but_not_chosen(samples_dir, tmp_path, capsys):
+    """--backend auto keeps the TVM build it measured (tvm/model.so, in the folder's marker)
+    beside the ONNX Runtime deployment it chose; the 'wrote' line named only the chosen one."""
+    from graphprune.cli.compile_cmd import print_report
+
+    rep = compile_model(samples_dir / "tiny_resnet.onnx", CompileOptions(target="x86", out=str(tmp_path / "c")),
+                        log_fn=lambda *a: None)
+    capsys.readouterr()
+    print_report(rep)
+    assert "not chosen" not in capsys.readouterr().out
+    (tmp_path / "c" / "tvm").mkdir()  # as auto leaves it when ORT wins
+    print_report(rep)
+    assert "onnxruntime/, tvm/ (built, not chosen))" in capsys.readouterr().out

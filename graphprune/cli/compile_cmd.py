@@ -168,5 +168,10 @@ def print_report(rep: dict) -> None:
     if rep.get("quantization"):
         print(rep["quantization"]["line"])
     vocab = ", vocab.json: the token id map, the model reads new ids" if "vocab" in rep.get("checks", {}) else ""
+    from pathlib import Path
+
+    chosen = rep["backend"]["chosen"]
+    # a backend built and measured but not chosen stays in the folder too: say so
+    others = [f"{b}/ (built, not chosen)" for b in ("onnxruntime", "tvm") if b != chosen and (Path(rep["out_dir"]) / b).is_dir()]
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
-          f"{rep['backend']['chosen']}/{vocab})\nreport: {rep['out_dir']}/report.html")
+          f"{chosen}/{vocab}{''.join(', ' + o for o in others)})\nreport: {rep['out_dir']}/report.html")
