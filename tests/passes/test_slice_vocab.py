@@ -309,6 +309,31 @@ def test_compile_ships_the_id_map(hf_exported, tmp_path, capsys):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_layer_as_wide_as_the_vocabulary_is_not_taken_for_the_head(tmp_path):
+    """An FFN whose width equals the vocabulary (V columns) was taken for an output head, and
+    the model refused as 'logits read by Sigmoid'. A head is the last weighted layer before an
+    output; the FFN is left alone and the real head is sliced, exactly."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    V, d = 11, 4
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("table", (V, d)), ("up", (d, V)), ("down", (V, d)), ("head", (d, V)))]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "up"], ["u"], name="gate_proj"),
+             helper.make_node("Sigmoid", ["u"], ["s"]), helper.make_node("Mul", ["u", "s"], ["a"]),
+             helper.make_node("MatMul", ["a", "down"], ["h"]), helper.make_node("Add", ["e", "h"], ["r"]),
+             helper.make_node("MatMul", ["r", "head"], ["logits"], name="lm_head")]
+    g = helper.make_graph(nodes, "lm", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "n"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "n", V])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "lm.onnx"))
+    model = load_onnx(str(tmp_path / "lm.onnx"))
+    record = slice_vocab(model, [1, 4, 7])
+    assert model.graph.initializers["head"].shape[1] == 3 and model.graph.initializers["up"].shape[1] == V
+    assert _check(str(tmp_path / "lm.onnx"), model, record).ok
+
+
 def _gemm_lm(path, V=11, d=4):
     """ids[n] -> Gather(table) -> Gemm(W[V, d], transB=1, bias[V]) -> Reshape [1, -1, V] -> + c[V]."""
     import onnx

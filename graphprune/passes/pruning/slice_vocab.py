@@ -260,8 +260,32 @@ def _own_heads(model: ir.Model, tables: list[ir.Value], tied: list[Head], V: int
         if axis is None or not is_constant(w) or id(w) in table_ids or w.shape is None or len(w.shape) != 2 or \
                 w.shape[axis] != V:
             continue
-        heads.append(Head(node, w, axis))
+        if _last_layer_before_an_output(model, node):
+            heads.append(Head(node, w, axis))
     return heads
+
+
+_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulNBits", "Einsum"})
+
+
+def _last_layer_before_an_output(model: ir.Model, node: ir.Node) -> bool:
+    """Whether a graph output is reached from `node` without another weighted layer on the
+    way: an output head. (Any MatMul with V output columns was taken for a head: a tiny
+    LLaMA whose FFN width equals its vocabulary had its gate projection refused as 'logits
+    read by Sigmoid'.)"""
+    outputs = {id(v) for v in model.graph.outputs}
+    stack, seen = list(node.outputs), set()
+    while stack:
+        v = stack.pop()
+        if v is None or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if id(v) in outputs:
+            return True
+        for use in v.uses():
+            if use.node.op_type not in _WEIGHTED:
+                stack.extend(use.node.outputs)
+    return False
 
 
 def _heads(model: ir.Model, tables: list[ir.Value], gathers: list[ir.Node], V: int) \
