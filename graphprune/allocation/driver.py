@@ -54,20 +54,6 @@ def group_matches(dg: DependencyGraph, group: Group, patterns: list[re.Pattern])
     return slots_match(dg.values, group.slots, patterns, (group.name,))
 
 
-def _require_matches(dg: DependencyGraph, patterns: list[re.Pattern], what: str) -> None:
-    """A --protect / --layer-ratio pattern that finds no group (by the names group_matches
-    reads, the group's own included) is refused in words."""
-    from graphprune.analysis.dependency.graph import slots_match
-
-    every = [(g.slots, (g.name,)) for g in dg.prunable_groups] + [(f.slots, ()) for f in dg.frozen_groups]
-    for p in patterns:
-        if not any(slots_match(dg.values, slots, [p], names) for slots, names in every):
-            raise UsageError(f"{what} pattern {p.pattern!r} matches no tensor or node of the model's channel groups: "
-                             "it would apply to nothing",
-                             hint="patterns are regular expressions searched in tensor and node names; "
-                                  "`graphprune inspect` lists the groups")
-
-
 def parse_layer_ratios(v) -> list[tuple[re.Pattern, float]]:
     """{regex: ratio} or ["regex=ratio", ...] (CLI form)."""
     out = []
@@ -120,8 +106,8 @@ class Allocator:
         protect = compile_patterns(_as_list(opts.get("protect")), "protect")
         fixed = parse_layer_ratios(opts.get("layer_ratios"))
         # a typo in a pattern would prune the layer meant to be kept, in silence (as --ignore refuses)
-        _require_matches(dg, protect, "protect")
-        _require_matches(dg, [pat for pat, _ in fixed], "layer ratio")
+        dg.require_matches(protect, "protect", group_names=True)
+        dg.require_matches([pat for pat, _ in fixed], "layer ratio", group_names=True)
         self.fixed: dict[int, float] = {}
         for g in dg.prunable_groups:
             if protect and group_matches(dg, g, protect):

@@ -401,14 +401,17 @@ class DependencyGraph:
         self._build_groups(b, ignore_patterns)
         self.slot_group: dict[Slot, Group] = {s: g for g in self.groups for s in g.slots}
 
-    def require_matches(self, patterns, what: str = "ignore") -> None:
-        """A user's pattern (--ignore, ...) that finds no group, prunable or frozen, is refused:
-        a typo in it would prune the layer the user meant to keep, in silence."""
+    def require_matches(self, patterns, what: str = "ignore", *, group_names: bool = False) -> None:
+        """A user's pattern (--ignore, --protect, --layer-ratio) that finds no group, prunable
+        or frozen, is refused: a typo in it would prune the layer the user meant to keep, in
+        silence. `group_names`: a group's own name counts too (the allocation's
+        patterns match it, `allocation.driver.group_matches`)."""
         from graphprune.errors import UsageError
 
-        slot_lists = [g.slots for g in self.groups] + [f.slots for f in self.frozen_groups]
+        every = [(g.slots, (g.name,) if group_names else ()) for g in self.groups] + \
+            [(f.slots, ()) for f in self.frozen_groups]
         for p in compile_patterns(patterns, what):
-            if not any(slots_match(self.values, slots, [p]) for slots in slot_lists):
+            if not any(slots_match(self.values, slots, [p], names) for slots, names in every):
                 raise UsageError(f"{what} pattern {p.pattern!r} matches no tensor or node of the model's "
                                  "channel groups: it would apply to nothing",
                                  hint="patterns are regular expressions searched in tensor and node names; "
