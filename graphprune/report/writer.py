@@ -278,14 +278,11 @@ def check_report_paths(model_out: Path, inputs: list[tuple[str, str]]) -> dict[s
     and replace no file that graphprune did not write (an existing file must carry the
     report schema's mark)."""
     from graphprune import outputs
-    from graphprune.errors import UsageError
 
     paths = report_paths(model_out)
     outputs.check_paths(inputs, files=[(f"report ({k})", p) for k, p in paths.items()])
-    for p in paths.values():
-        if p.exists() and MARK not in p.read_text(errors="replace")[:4096]:
-            raise UsageError(f"{p} exists and was not written by graphprune; it is never replaced",
-                             hint="move it away, or choose another -o")
+    for k, p in paths.items():  # the one rule for files the user did not name (outputs.refuse_foreign)
+        outputs.refuse_foreign(p, f"the {k} report", lambda f: MARK in f.read_text(errors="replace")[:4096])
     return paths
 
 
