@@ -88,6 +88,7 @@ class _Run:
         self.staged: Path | None = None
         self.big = False
         self.reference: ir.Model | None = None  # an in-memory input as it came: the oracle's reference
+        self.input_session = None  # the load's ORT session of the input file (check_runs_at_given_shapes)
 
     def go(self, dry_run: bool) -> PruneOutcome:
         from graphprune import outputs
@@ -154,7 +155,7 @@ class _Run:
         if self.src is not None:
             self.model = load_onnx(self.src, input_shapes=self.opts.input_shapes)
             if self.opts.check:  # fail early, and as the model's fault, if ORT cannot run the input
-                ort.input_session(str(self.src))
+                self.input_session = ort.input_session(str(self.src))  # kept only until the shapes check
             before_bytes = files.model_size(self.src)
         elif self.opts.check:  # an in-memory model is pruned in place: keep the input to check against
             from graphprune.ir.serialize import clone
@@ -191,6 +192,7 @@ class _Run:
         from graphprune.runtime import ort
 
         calib = self.state.calibration
+        sess, self.input_session = self.input_session, None  # not held through the run (its weights)
         if not self.opts.check or (not self.opts.input_shapes and calib is None):
             return  # (the search's trial runs have check off: the run that started them checked once)
         specs = shp.specs_of_model(self.model)
@@ -198,17 +200,17 @@ class _Run:
             return
         shapes = shp.resolve(specs, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
         feeds = calib.first() if calib is not None and not self.opts.input_shapes else None
-        try:
-            sess = ort.session(str(self.src) if self.src is not None else (self.reference or self.model))
-        except Exception:  # noqa: BLE001 - ORT cannot load the model at all (--no-check): nothing to check here
-            return
+        if sess is None:  # an in-memory input (the load opened no session)
+            try:
+                sess = ort.session(self.reference or self.model)
+            except Exception:  # noqa: BLE001 - ORT cannot load it at all: nothing to check here
+                return
         where = (", ".join(f"{k}: {'×'.join(str(d) for d in np.shape(v))}" for k, v in feeds.items())
                  + " (the calibration data's first batch)") if feeds is not None else shapes.describe()
         try:
             sess.run(None, feeds if feeds is not None else ort.random_inputs(sess, 0, shapes=shapes))
         except Exception as exc:  # noqa: BLE001 - the model loads: a failure to run is the shapes'
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"the model does not run at {where}: {text[:300]}",
+            raise UsageError(f"the model does not run at {where}: {ort._first_line(exc)[:300]}",
                              hint="give --input-shape / calibration data at a size the model takes") from None
 
     def choose(self, outcome: PruneOutcome, dry_run: bool) -> None:
