@@ -279,6 +279,13 @@ def find_stream(model: ir.Model) -> Stream:
                   writers=list(walk.writers.values()), norms=norms)
 
 
+def has_norms(model: ir.Model) -> bool:
+    """True when `model` has a LayerNormalization or an RMSNorm this module recognises: the
+    norms that freeze the hidden size for channel pruning."""
+    return any(n.op_type == "LayerNormalization" for n in model.graph) or any(
+        _match_norm(n) is not None for n in model.graph if n.op_type in ("ReduceMean", "ReduceSum"))
+
+
 def _find_norms(graph) -> list[RMSNorm]:
     norms = [n for n in (_match_norm(node) for node in graph if node.op_type in ("ReduceMean", "ReduceSum"))
              if n is not None]

@@ -68,6 +68,7 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "untied": untied_data(model),
         "vocab": vocab_data(model),
         "experts": experts_data(model),
+        "stream": stream_data(model),
     }
 
 
@@ -102,6 +103,28 @@ def vocab_data(model) -> dict:
         return {"refused": str(exc)}
     return {"input": sites.ids.name, "size": sites.vocab, "tables": [t.name for t in sites.tables],
             "heads": [h.node.name for h in sites.heads]}
+
+
+def stream_data(model) -> dict:
+    """The residual stream --slice-hidden would rotate and slice: {"hidden", "norms", "writers",
+    "readers"}, or {"refused": why} for a model with norms it cannot rotate, or {} for a model
+    without norms (a CNN without LayerNorm). The norms are what freeze the hidden size for
+    channel pruning, so a frozen stream is explained here by the one pass that can reach it."""
+    from graphprune.analysis.residual_stream import NotAStream, find_stream, has_norms
+    from graphprune.ir.serialize import clone
+    from graphprune.passes.pruning.layernorm_stream import layernorm_models_as_rms
+
+    if not has_norms(model):
+        return {}
+    try:
+        if any(n.op_type == "LayerNormalization" for n in model.graph):  # the rewrite changes the graph: on a copy (loaded weights are shared, not copied)
+            model = clone(model)
+            layernorm_models_as_rms(model)
+        stream = find_stream(model)
+    except NotAStream as exc:
+        return {"refused": str(exc)}
+    return {"hidden": stream.hidden, "norms": len(stream.norms), "writers": len(stream.writers),
+            "readers": len(stream.readers)}
 
 
 def untied_data(model) -> dict:
@@ -208,6 +231,15 @@ def _print_experts(e: dict) -> None:
         print(f"\nmixture of experts: --keep-experts would be refused: {e['refused']}")
 
 
+def _print_stream(s: dict) -> None:
+    if s.get("hidden"):
+        print(f"\nresidual stream: hidden size {s['hidden']} ({s['norms']} norms, {s['writers']} layers writing it, "
+              f"{s['readers']} reading it); channel pruning leaves it whole (the norms freeze it): "
+              "--slice-hidden R --calib DATA can rotate and slice it")
+    elif s.get("refused"):
+        print(f"\nresidual stream: --slice-hidden would be refused: {s['refused']}")
+
+
 def _print_blocks(model) -> None:
     from graphprune.analysis.blocks import find_residual_blocks
     from graphprune.cli.common import human, table
@@ -238,6 +270,7 @@ def run(args) -> int:
         _print_sparsity(data["sparsity"])
     _print_vocab(data["vocab"])
     _print_experts(data["experts"])
+    _print_stream(data["stream"])
     if args.blocks:
         _print_blocks(model)
     if args.graph:

@@ -362,3 +362,30 @@ def test_a_tied_gpt2_head_keeps_its_table_whole(tmp_path, dynamo, monkeypatch):
     centre = [n for n in hidden["protect"] if ".centre" in n]
     assert len(centre) == 1 and tuple(sliced.graph.initializers[centre[0]].shape) == (32, 24)
     assert model_cost(sliced).params < model_cost(dense).params
+
+
+@pytest.mark.parametrize("name,dynamo,expect", [
+    ("llama", True, "residual stream: hidden size 32 "), ("gpt2", False, "residual stream: hidden size 32 "),
+    ("bert", False, "residual stream: --slice-hidden would be refused: .*post-norm")])
+def test_inspect_points_a_frozen_hidden_size_to_slice_hidden(exported, capsys, name, dynamo, expect):
+    """The norms freeze the hidden size for channel pruning; inspect says which pass reaches
+    it (or why that pass would refuse), and leaves the model it inspects unchanged."""
+    import re
+
+    from graphprune.cli.inspect_cmd import stream_data
+    from graphprune.cli.main import main
+
+    path = exported(name, dynamo)
+    assert main(["inspect", path]) == 0
+    assert re.search(expect, capsys.readouterr().out)
+    model = load_onnx(path)
+    before = [(n.op_type, n.name) for n in model.graph]
+    stream_data(model)
+    assert [(n.op_type, n.name) for n in model.graph] == before
+
+
+def test_inspect_says_nothing_of_a_stream_in_a_model_without_norms(samples_dir, capsys):
+    from graphprune.cli.main import main
+
+    assert main(["inspect", str(samples_dir / "tiny_resnet.onnx")]) == 0
+    assert "residual stream" not in capsys.readouterr().out
