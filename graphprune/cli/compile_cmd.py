@@ -32,7 +32,8 @@ def add_arguments(p):
     from graphprune.cli.prune_cmd import add_vocab_arguments
 
     add_vocab_arguments(p)
-    p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials (0: no TVM tuning)")
+    p.add_argument("--tune-trials", type=T.COUNT, default=0, help="TVM MetaSchedule trials for the model, shared by its kernels, at least one "
+                   "each (0: no TVM tuning)")
     p.add_argument("--tune-time", type=T.POSITIVE, help="TVM tuning time budget in seconds")
     p.add_argument("--db", help="TVM tuning database root (default $XDG_CACHE_HOME/graphprune/tvm-db, "
                                         "else ~/.cache/graphprune/tvm-db)")

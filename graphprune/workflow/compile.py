@@ -590,7 +590,10 @@ def tvm_tuning(tvm: dict, requested: int) -> str:
     cov = tvm.get("coverage") or {}
     tasks, scheduled = cov.get("tasks", 0), cov.get("with_schedule", 0)
     n_sparse = sum(1 for r in tvm.get("sparse_kernels") or [] if r.get("chosen") != "dense")
-    trials = f"--tune-trials {requested}, {tvm.get('trials', 0)} trials measured in this run"
+    measured = tvm.get("trials", 0)
+    trials = f"--tune-trials {requested}, {measured} trials measured in this run"
+    if 0 < requested < tasks and measured > requested:  # adapter.tune owes every kernel at least one
+        trials += f" (at least one per kernel, {tasks} kernels: one without a tuned schedule runs ~100x slower)"
     if tvm.get("tuned"):
         return f"tuned ({trials}; {scheduled} of {tasks} kernels have a tuned schedule)"
     if scheduled == 0 and not n_sparse:

@@ -206,6 +206,7 @@ def _tvm_result(tuned: bool, tasks: int, scheduled: int, trials: int, sparse: in
     (_tvm_result(False, 5, 3, 8), 8, False),       # partly tuned: not UNTUNED, says how many lack one
     (_tvm_result(True, 5, 5, 40), 32, False),      # tuned (the sparse kernels' extra tuning: 40 measured)
     (_tvm_result(False, 0, 0, 0, sparse=2), 0, False),  # all compute in graphprune's own sparse kernels
+    (_tvm_result(True, 16, 16, 16), 8, False),     # fewer trials than kernels: one each, and it says why
 ])
 def test_untuned_only_without_any_schedule(res, requested, untuned):
     opts = CompileOptions(backend="tvm", tune_trials=requested)
@@ -214,6 +215,7 @@ def test_untuned_only_without_any_schedule(res, requested, untuned):
     # the requested and the measured trial counts are both stated, never one for the other
     assert f"--tune-trials {requested}, {res['trials']} trials measured in this run" in reason
     text = tvm_tuning(res, requested)
+    assert ("at least one per kernel" in text) == (0 < requested < res["coverage"]["tasks"] < res["trials"] + 1), text
     if res["coverage"]["missing"] and res["coverage"]["with_schedule"]:
         assert text.startswith("partly tuned") and f"{len(res['coverage']['missing'])} of 5 kernels" in text
 
