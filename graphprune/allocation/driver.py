@@ -284,10 +284,13 @@ class Allocator:
         cost = self._cost_model() if (self.target or self.mode == "sensitivity") else None
         if self.target is None:
             sel = self.allocate(scores, None, cost)
+            implied = self.info.get("implied_target_macs")  # sensitivity: the MACs the plain ratio keeps uniformly
+            if implied is not None and self.round_to_auto and self.round_to > 1:
+                sel = self._finer_steps(scores, sel, cost, implied)
         elif self.target[0] != "target_latency":
             sel = self.allocate(scores, self.target[1], cost)
             if self.round_to_auto and self.round_to > 1:
-                sel = self._finer_steps(scores, sel, cost)
+                sel = self._finer_steps(scores, sel, cost, self.target[1])
         else:
             sel = self._latency_loop(scores, cost)
         if cost is not None:
@@ -296,12 +299,13 @@ class Allocator:
                 self.info["target"] = {self.target[0]: self.target[1]}
         return sel
 
-    def _finer_steps(self, scores: dict[int, np.ndarray], sel: Selection, cost) -> Selection:
+    def _finer_steps(self, scores: dict[int, np.ndarray], sel: Selection, cost, target: float) -> Selection:
         """round_to auto (the lanes): when widths in multiples of the lanes keep far less than
         the target (more than FINER_TOLERANCE under it: a small model whose 32 channels can
         keep 16 or 32), the coarsest finer multiple (lanes/2, /4, ..., 1) that lands within
-        the tolerance, else the one closest under the target. Recorded in info["round_to"]."""
-        target, lanes = self.target[1], self.round_to
+        the tolerance, else the one closest under the target. Recorded in info["round_to"].
+        `target`: the MAC ratio asked, or the one a plain ratio implies (sensitivity)."""
+        lanes = self.round_to
         first = cost.ratio(sel)
         if target - first <= FINER_TOLERANCE:
             return sel

@@ -174,6 +174,25 @@ def test_a_plain_ratio_under_sensitivity_implies_the_uniform_macs(samples_dir):
     assert kept["sensitivity"][0] <= implied + 1e-3
 
 
+def test_a_plain_ratio_under_sensitivity_steps_finer_when_the_lanes_keep_far_less(samples_dir):
+    """round_to auto: widths in multiples of the lanes that keep far less than the MACs a plain
+    ratio implies are refined, as for an explicit target (Allocator._finer_steps)."""
+    rng = np.random.default_rng(0)
+    calib = Calibration.from_batches([{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                                      for _ in range(3)])
+    model = gp.load(samples_dir / "tiny_resnet.onnx")
+    before = model_cost(model).macs
+    ctx = PassContext()
+    ctx.results["calibration"] = calib
+    PassManager.parse("prune-channels{allocation=sensitivity,ratio=0.3,round_to=16,round_to_auto=true,"
+                      "sens_ratios=[0.25,0.5]}").run(model, ctx)
+    info = ctx.results["plan"].settings["allocation_result"]
+    kept = model_cost(model).macs / before
+    assert info["round_to"]["lanes"] == 16 and info["round_to"]["used"] < 16, info
+    assert info["round_to"]["lanes_kept"] < info["implied_target_macs"] - 0.05
+    assert info["implied_target_macs"] - 0.05 <= kept <= info["implied_target_macs"] + 1e-3
+
+
 def test_sensitivity_allocation_writes_curves(samples_dir, tmp_path):
     path = samples_dir / "tiny_mobilenet.onnx"
     rng = np.random.default_rng(0)
