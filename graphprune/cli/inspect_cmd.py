@@ -112,14 +112,13 @@ def stream_data(model) -> dict:
     channel pruning, so a frozen stream is explained here by the one pass that can reach it."""
     from graphprune.analysis.residual_stream import NotAStream, find_stream, has_norms
     from graphprune.ir.serialize import clone
-    from graphprune.passes.pruning.layernorm_stream import layernorm_models_as_rms
+    from graphprune.passes.pruning.layernorm_stream import prepare_stream
 
     if not has_norms(model):
         return {}
     try:
-        if any(n.op_type == "LayerNormalization" for n in model.graph):  # the rewrite changes the graph: on a copy (loaded weights are shared, not copied)
-            model = clone(model)
-            layernorm_models_as_rms(model)
+        model = clone(model)  # prepare_stream rewrites the graph: on a copy (loaded weights are shared, not copied)
+        prepare_stream(model)
         stream = find_stream(model)
     except NotAStream as exc:
         return {"refused": str(exc)}

@@ -389,3 +389,23 @@ def test_inspect_says_nothing_of_a_stream_in_a_model_without_norms(samples_dir, 
 
     assert main(["inspect", str(samples_dir / "tiny_resnet.onnx")]) == 0
     assert "residual stream" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_norm_weights_shared_through_identity_nodes(tmp_path, name):
+    """The TorchScript exporter shares equal parameters through Identity nodes: with unit
+    norm weights (an untrained model) every norm's scale was an Identity, and slice-hidden
+    refused the model ('Mul reads the output of the RMSNorm', 'its scale is not a constant').
+    Each such vector now gets its own copy; both oracle checks and the plan's rebuild hold."""
+    from zoo.hf_models import export_hf
+
+    path = export_hf(name, str(tmp_path / f"{name}.onnx"), False, randomized=False)
+    assert any(n.op_type == "Identity" for n in load_onnx(path).graph)
+    sliced, hidden = _slice(path)
+    assert hidden["width"] == [32, 24]
+    assert oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY).ok
+    plan = Plan(tensors=hidden["tensors"], groups=[], hidden=plan_record(hidden))
+    res = oracle.check(hidden["reference"], sliced, plan)
+    assert res.ok, res.summary()
+    rebuilt = rotated_reference(load_onnx(path), plan.hidden)
+    assert oracle.check(rebuilt, sliced, plan).ok

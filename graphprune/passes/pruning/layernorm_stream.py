@@ -33,6 +33,38 @@ from graphprune.ir.constants import const_array, is_constant, set_const_array
 STD_DOMAINS = ("", "ai.onnx")
 
 
+def prepare_stream(model: ir.Model) -> bool:
+    """`model` (changed in place) in the form `find_stream` reads: vector constants shared
+    through Identity nodes given their own copies (`own_identity_constants`), then LayerNorms
+    written as RMSNorms (`layernorm_models_as_rms`, whose result it returns). Every step keeps
+    what the model computes, and a replayed plan's reference is rebuilt by the same steps."""
+    own_identity_constants(model)
+    return layernorm_models_as_rms(model)
+
+
+def own_identity_constants(model: ir.Model) -> int:
+    """Replace every `Identity` of a constant vector (rank <= 1) by a copy of that constant of
+    its own, named as the Identity's output; returns how many. The TorchScript exporter
+    shares equal parameters (unit norm weights, zero biases) through Identity nodes, which
+    hid them from the stream matcher, and rewriting a shared one would change its other
+    readers. Larger constants (a tied table) stay shared."""
+    done = 0
+    for node in [n for n in model.graph if n.op_type == "Identity" and n.domain in STD_DOMAINS]:
+        src, out = node.inputs[0], node.outputs[0]
+        a = const_array(src) if is_constant(src) else None
+        if a is None or a.ndim > 1 or out.is_graph_output():
+            continue
+        name = out.name
+        out.name = _fresh(model, f"{name}.identity")
+        v = ir.Value(name=name, shape=ir.Shape(a.shape), type=src.type,
+                     const_value=ir.tensor(np.array(a, copy=True), name=name))
+        model.graph.register_initializer(v)
+        ir.convenience.replace_all_uses_with(out, v)
+        model.graph.remove(node, safe=True)
+        done += 1
+    return done
+
+
 def layernorm_models_as_rms(model: ir.Model) -> bool:
     """Rewrite `model` in place when it has LayerNormalization nodes (see the module doc);
     False when it has none. Raises NotAStream (model unchanged) when the result would not

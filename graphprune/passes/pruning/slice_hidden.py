@@ -39,7 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.residual_stream import Linear, RMSNorm, Stream, find_stream
-from graphprune.passes.pruning.layernorm_stream import layernorm_models_as_rms
+from graphprune.passes.pruning.layernorm_stream import prepare_stream
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.passes._infra import Pass, PassContext, register_pass
@@ -369,7 +369,7 @@ def rotated_reference(model: ir.Model, record: dict) -> ir.Model:
     model whose slices the plan's `tensors` zero (what `check` compares against)."""
     from graphprune.passes.cleanup.dce import eliminate_dead_code
 
-    layernorm_models_as_rms(model)
+    prepare_stream(model)
     rotate(model, rotation_of(record), None)
     eliminate_dead_code(model)
     return model
@@ -401,7 +401,7 @@ class SliceHidden(Pass):
         if calib is None:
             raise UsageError("slice-hidden needs calibration data to find the stream's principal directions",
                              hint="give --calib")
-        if layernorm_models_as_rms(model):
+        if prepare_stream(model):
             log.info("slice-hidden: LayerNorm written as RMSNorm over a centred stream (the same function)")
         stream = find_stream(model)
         d = stream.hidden
@@ -427,7 +427,7 @@ class SliceHidden(Pass):
 
         plan_in = state.plan_in
         rec = plan_in.hidden
-        layernorm_models_as_rms(model)
+        prepare_stream(model)
         stream = find_stream(model)
         Q = rotation_of(rec)
         try:
