@@ -217,6 +217,18 @@ def test_attention_head_pruning_with_literal_head_sizes():
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("round_to", [1, 4, 8])
+def test_round_to_counts_channels_of_linear_q_k_v(round_to):
+    """torch exports nn.Linear as MatMul(x, Transpose(W)): W is still the weight, so round_to
+    rounds the q/k/v width in channels, as on the ONNX path. It was applied to the head
+    count (no slot was a weight): round_to 4 with 4 heads of 4 pruned no head at all."""
+    module, x = seeded(SelfAttention), torch.randn(2, 5, 8)
+    result = gp.prune_module(module, x, ratio=0.5, round_to=round_to)
+    check_result(module, (x,), result)
+    q_rows = next(t["removed"] for t in result.plan.tensors if t["name"] == "q.weight" and t["axis"] == 0)
+    assert len({i // 4 for i in q_rows}) == 2 and (16 - len(q_rows)) % round_to == 0
+
+
 def _whole_heads(rows, inner, head_dim):
     """The heads whose rows go, checked to be whole heads removed alike from q, k and v."""
     heads = sorted({(r % inner) // head_dim for r in rows})

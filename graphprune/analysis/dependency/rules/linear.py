@@ -9,6 +9,22 @@ def _weight_roles(ctx, *vals_axes):
     for v, ax in vals_axes:
         if ctx.const(v) is not None or is_quantized_const(v):  # a QDQ weight: DequantizeLinear(int constant)
             ctx.param(v, ax, "weight")
+        elif (src := _transposed_const(ctx, v)) is not None:
+            # nn.Linear as torch exports it unoptimised: MatMul(x, Transpose(W)). W is the weight
+            # (its axis perm[ax]); without the role, round_to and magnitude took it for any constant
+            w, perm = src
+            ctx.param(w, perm[ax], "weight")
+
+
+def _transposed_const(ctx, v):
+    """(W, perm) when `v` is Transpose(W) of a constant W, else None."""
+    p = v.producer() if v is not None else None
+    if p is None or p.op_type != "Transpose" or p.domain not in ("", "ai.onnx") or ctx.const(p.inputs[0]) is None:
+        return None
+    rank = len(ctx.dims(v) or ())
+    perm = p.attributes.get("perm")
+    perm = list(perm.value) if perm is not None else list(range(rank))[::-1]
+    return (p.inputs[0], perm) if len(perm) == rank else None
 
 
 @rule("Gemm")
