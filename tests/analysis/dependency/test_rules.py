@@ -486,3 +486,126 @@ def test_packed_qkv_heads_with_batch_merged_into_heads():
     labels = g.labels[next(s for s in g.slots if s.value == "w_in" and s.axis == 1)]
     assert [list(labels[p * 16: p * 16 + 16]) for p in range(3)] == [list(np.repeat(np.arange(4), 4))] * 3
     check(m)
+
+
+def _conv_pow_conv(exponent):
+    """conv (8 ch) -> Pow(., exponent) -> conv: exponent a constant, or 'computed' (a Sigmoid of one)."""
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"])]
+    inits = {"w1": w(8, 3, 1, 1, seed=1), "b1": w(8, seed=2), "w2": w(4, 8, 1, 1, seed=3)}
+    if isinstance(exponent, str):
+        nodes.append(helper.make_node("Sigmoid", ["e0"], ["e"]))
+        inits["e0"] = np.array(-1.0, np.float32)
+    else:
+        inits["e"] = np.asarray(exponent, np.float32)
+    nodes += [helper.make_node("Abs", ["a"], ["aa"]), helper.make_node("Add", ["aa", "eps"], ["p0"]),
+              helper.make_node("Pow", ["p0", "e"], ["p"]), helper.make_node("Conv", ["p", "w2"], ["y"])]
+    inits["eps"] = np.ones((1, 8, 1, 1), np.float32)  # |a| + 1 >= 1: the input model is finite
+    return make_model(nodes, [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])], inits)
+
+
+@pytest.mark.parametrize("exponent,prunable", [
+    (2.0, True), (0.5, True), (-2.0, False), (np.r_[[1.0] * 7, -1.0].reshape(8, 1, 1), False), ("computed", False)])
+def test_pow_couples_its_base_only_under_a_constant_exponent_at_least_zero(exponent, prunable):
+    """A removed channel is 0 in the masked original; 0 ** -2 is inf and the next conv's zeroed
+    column made it NaN: the run was refused as 'the input model gives NaN/Inf outputs'."""
+    m = _conv_pow_conv(exponent)
+    assert (atoms(m) == [8]) == prunable
+    if prunable:
+        check(m)
+    else:
+        assert any("Pow" in r for f in groups_of(m).frozen_groups for r in f.reasons)
+
+
+# ---- a contraction of two activations (rules.zero_channels) -------------------------------------
+
+def _attention(feature_map: str):
+    """x:[B,S,16] -> q, k (12 wide), v (10) -> feature map on q and k ("relu": relu(x), zero
+    where masked; "elu1": elu(x) + 1, one where masked) -> phi(q) @ (phi(k)^T @ v) -> @ wo."""
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q0"]), helper.make_node("Add", ["q0", "bq"], ["q"]),
+             helper.make_node("MatMul", ["x", "wk"], ["k0"]), helper.make_node("Add", ["k0", "bk"], ["k"]),
+             helper.make_node("MatMul", ["x", "wv"], ["v"])]
+    for t in ("q", "k"):
+        if feature_map == "relu":
+            nodes.append(helper.make_node("Relu", [t], [f"p{t}"]))
+        else:
+            nodes += [helper.make_node("Elu", [t], [f"{t}e"]), helper.make_node("Add", [f"{t}e", "one"], [f"p{t}"])]
+    nodes += [helper.make_node("Transpose", ["pk"], ["pkt"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["pkt", "v"], ["kv"]), helper.make_node("MatMul", ["pq", "kv"], ["o"]),
+              helper.make_node("MatMul", ["o", "wo"], ["y"])]
+    inits = {"wq": w(16, 12, seed=1), "bq": w(12, seed=2), "wk": w(16, 12, seed=3), "bk": w(12, seed=4),
+             "wv": w(16, 10, seed=5), "wo": w(10, 16, seed=6), "one": np.array(1.0, np.float32)}
+    return make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 16])], inits)
+
+
+def test_a_contraction_of_activations_nonzero_where_masked_is_frozen():
+    """elu(x) + 1 is 1 at a masked channel on both sides of phi(q) @ kv: removing the channel
+    drops a nonzero term, so the q/k group is frozen (it was coupled, and the oracle failed
+    the run: 'please report this model'); v's channels still prune, exactly."""
+    m = _attention("elu1")
+    dg = groups_of(m)
+    assert [g.num_atoms for g in dg.prunable_groups] == [10]
+    assert any("contracts two activations" in r for f in dg.frozen_groups for r in f.reasons)
+    check(m)
+
+
+def test_a_contraction_of_activations_zero_where_masked_still_prunes():
+    """relu keeps a masked channel at zero: the same attention prunes q/k channels too."""
+    m = _attention("relu")
+    assert atoms(m) == [10, 12]
+    check(m)
+
+
+def test_reshaped_axis_maps_a_split_or_merged_axis():
+    from graphprune.analysis.dependency.rules.zero_channels import reshaped_axis
+
+    assert reshaped_axis(["B", "S", 768], ["B", "S", 12, 64], 3) == 2   # heads split off the hidden axis
+    assert reshaped_axis(["B", "S", 768], ["B", "S", 12, 64], 2) == 2
+    assert reshaped_axis(["B", "S", 12, 64], ["B", "S", 768], 2) is None  # one axis made of two: unknown
+    assert reshaped_axis([None, 8, 4], ["N", 8, 2, 2], 3) == 2           # counted from the end
+    assert reshaped_axis(["B", 64, "H", "W"], ["B", 64, None], 1) == 1    # counted from the start
+    assert reshaped_axis(["B", 64, "H", "W"], ["B", 8, 8, None], 2) == 1    # the inner part of the split channels
+
+
+def test_zero_channels_follow_a_gather_that_picks_q_k_v_from_a_packed_stack():
+    """torch's MultiheadAttention export picks q, k and v from a [3, T, B, E] stack with a
+    scalar Gather: the output's channel axis is the data's next axis. Taken for an unknown
+    axis, q @ k^T froze the head positions, and prune_module kept nn.MultiheadAttention."""
+    import onnx
+    import onnx_ir as ir
+
+    from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+
+    model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(_packed_qkv_attention()))
+    values = {o.name: o for n in model.graph for o in n.outputs}
+    assert keeps_zero(values["q0"], 2) and keeps_zero(values["qh"], 2)  # [T, B, E] from stk[3, T, B, E]
+    assert not keeps_zero(values["q0"], 0)   # the sequence axis: not a channel of the weight
+    assert not keeps_zero(values["pr"], 2)   # softmax is never zero
+
+
+@pytest.mark.parametrize("make", ["Identity", "Cast"])
+def test_a_conv_weight_reached_through_an_op_keeps_its_kernel_axes(make):
+    """fp16 weights cast to float, or an optimiser's Identity, before a Conv: the kernel's
+    height and width were coupled to the constant behind the op and became prunable
+    'channels' (a 2x2 kernel written, output 34x34 instead of 32x32). They are frozen."""
+    from onnx import TensorProto
+
+    from helpers import make_model, w
+
+    w1, w2 = w(8, 3, 3, 3, seed=1), w(4, 8, 3, 3, seed=2)
+    attrs = {"to": TensorProto.FLOAT} if make == "Cast" else {}
+    if make == "Cast":
+        w1, w2 = w1.astype(np.float16), w2.astype(np.float16)
+    nodes = [helper.make_node(make, ["w1r"], ["w1"], **attrs),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["a0"], pads=[1] * 4), helper.make_node("Relu", ["a0"], ["a"]),
+             helper.make_node(make, ["w2r"], ["w2"], **attrs),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["y"], pads=[1] * 4)]
+    m = make_model(nodes, [("x", ["N", 3, "H", "W"])], [("y", ["N", 4, "H", "W"])],
+                   {"w1r": w1, "b1": w(8, seed=3), "w2r": w2, "b2": w(4, seed=4)})
+    dg = groups_of(m)
+    assert [g.num_atoms for g in dg.prunable_groups] == [8]
+    assert sum("kernel axis" in r for f in dg.frozen_groups for r in f.reasons) == 4
+    check(m)

@@ -12,13 +12,19 @@ from __future__ import annotations
 import numpy as np
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.analysis.dependency.rules.zero_channels import is_weight, keeps_zero
 
 
 def _spatial_unchanged(ctx, x, y, w, first_kernel_axis=2):
     ctx.couple(x, 0, y, 0)
-    for v in (w,):
-        d = ctx.dims(v) or ()
-        ctx.unchanged(v, *range(first_kernel_axis, len(d)))
+    kernel = range(first_kernel_axis, len(ctx.dims(w) or ()))
+    if ctx.const(w) is not None:
+        ctx.unchanged(w, *kernel)
+        return
+    # a computed weight (Cast of fp16 weights, Identity, Mul by a scale) couples its kernel
+    # axes to the tensors it is made from: left unfrozen, they became prunable "channels"
+    for ax in kernel:
+        ctx.freeze(w, ax, "a kernel axis of the convolution's weight")
 
 
 def _set_group(ctx, x, new_groups_from_input: bool, group: int):
@@ -41,6 +47,11 @@ def _grouped_conv(node, ctx, transposed: bool) -> None:
     dm, m_axis = (ctx.dims(y), 1) if transposed else (dw, 0)  # where the output channel count is read
     if dx is None or dw is None or dm is None or not isinstance(dx[1], int) or not isinstance(dm[m_axis], int):
         ctx.freeze_all(f"{node.op_type} with unknown channel counts")
+        return
+    if not (is_weight(w) or keeps_zero(x, 1) or keeps_zero(w, 0 if transposed else 1)):
+        # a computed weight (a dynamic convolution) and an input channel that neither side
+        # zeroes in the masked original: removing it would drop nonzero terms (rules.zero_channels)
+        ctx.freeze_all(f"{node.op_type} with a computed weight that is not zero at a removed input channel")
         return
     group = int(ctx.attr("group", 1))
     c_in, m = dx[1], dm[m_axis]

@@ -41,7 +41,7 @@ def dropout(node, ctx):
     ctx.structural(*node.inputs[1:])
 
 
-BINARY = "Add Sub Mul Max Min Sum Mean Pow Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor".split()
+BINARY = "Add Sub Mul Max Min Sum Mean Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor".split()
 
 
 def _const_params(ctx, values, role: str = "elementwise") -> None:
@@ -57,6 +57,32 @@ def _const_params(ctx, values, role: str = "elementwise") -> None:
 def binary(node, ctx):
     ctx.broadcast(list(node.inputs), node.outputs[0])
     _const_params(ctx, node.inputs)
+
+
+@rule("Pow")
+def power(node, ctx):
+    """A removed channel of the base is 0 in the masked original, and 0 to a negative power is
+    inf (inf times the next layer's zeroed column: NaN, and the oracle has nothing to
+    compare). The base's channels are coupled only under a constant exponent >= 0."""
+    import numpy as np
+
+    base, exponent, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    e = ctx.const(exponent)
+    ctx.broadcast([base, exponent], out)
+    _const_params(ctx, [exponent])
+    if e is not None and np.all(np.asarray(e) >= 0):
+        _const_params(ctx, [base])
+        return
+    db, dout = ctx.dims(base), ctx.dims(out)
+    if db is None or dout is None:
+        ctx.freeze_all("Pow with an exponent that is not a constant >= 0, and unknown ranks")
+        return
+    why = "Pow of this axis by an exponent that may be negative (0 to it is inf in the masked original)"
+    off = len(dout) - len(db)
+    for ax, d in enumerate(db):
+        if d != 1:
+            ctx.freeze(base, ax, why)
+            ctx.freeze(out, ax + off, why)
 
 
 @rule(["Div", "Mod"])

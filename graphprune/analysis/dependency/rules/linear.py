@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.analysis.dependency.rules.zero_channels import is_weight, keeps_zero
 from graphprune.ir.quant import is_quantized_const
 
 
@@ -36,7 +37,7 @@ def gemm(node, ctx):
     a_m, a_k = (1, 0) if ta else (0, 1)
     b_k, b_n = (1, 0) if tb else (0, 1)
     ctx.couple(a, a_m, y, 0)
-    ctx.couple(a, a_k, b, b_k)
+    _contract(ctx, node, (a, a_k), (b, b_k))
     ctx.couple(b, b_n, y, 1)
     _weight_roles(ctx, (a, a_m), (a, a_k), (b, b_k), (b, b_n))
     if c is not None:
@@ -56,26 +57,40 @@ def matmul(node, ctx):
         return
     ra, rb, ry = len(da), len(db), len(dy)
     if ra == 1 and rb == 1:
-        ctx.couple(a, 0, b, 0)
+        _contract(ctx, node, (a, 0), (b, 0))
         return
     if ra == 1:  # [K] @ [..., K, N] -> [..., N]
-        ctx.couple(a, 0, b, rb - 2)
+        _contract(ctx, node, (a, 0), (b, rb - 2))
         ctx.couple(b, rb - 1, y, ry - 1)
         _batch(ctx, b, db[:-2], y, dy[:-1])
         _weight_roles(ctx, (b, rb - 2), (b, rb - 1))
         return
     if rb == 1:  # [..., M, K] @ [K] -> [..., M]
-        ctx.couple(a, ra - 1, b, 0)
+        _contract(ctx, node, (a, ra - 1), (b, 0))
         ctx.couple(a, ra - 2, y, ry - 1)
         _batch(ctx, a, da[:-2], y, dy[:-1])
         _weight_roles(ctx, (a, ra - 2), (a, ra - 1))
         return
-    ctx.couple(a, ra - 1, b, rb - 2)
+    _contract(ctx, node, (a, ra - 1), (b, rb - 2))
     ctx.couple(a, ra - 2, y, ry - 2)
     ctx.couple(b, rb - 1, y, ry - 1)
     _batch(ctx, a, da[:-2], y, dy[:-2])
     _batch(ctx, b, db[:-2], y, dy[:-2])
     _weight_roles(ctx, (a, ra - 2), (a, ra - 1), (b, rb - 2), (b, rb - 1))
+
+
+def _contract(ctx, node, a_axis, b_axis) -> None:
+    """Couple the contracted axes of both operands, unless both are activations and neither
+    is zero at a removed channel in the masked original (rules.zero_channels): then the
+    removed terms are not zero there, and the axis is frozen."""
+    (a, ax), (b, bx) = a_axis, b_axis
+    if is_weight(a) or is_weight(b) or keeps_zero(a, ax) or keeps_zero(b, bx):
+        ctx.couple(a, ax, b, bx)
+        return
+    why = (f"{node.op_type} contracts two activations over this axis and neither is zero at a removed channel "
+           "(e.g. elu(x) + 1 or sigmoid feature maps): removing it would not be exact")
+    ctx.freeze(a, ax, why)
+    ctx.freeze(b, bx, why)
 
 
 def _batch(ctx, v, vdims, y, ydims):

@@ -1,0 +1,226 @@
+"""Which activations are zero at a removed channel in the oracle's masked original.
+
+A layer that contracts two *activations* over a channel axis (``phi(Q) @ (phi(K)^T V)``
+in linear attention, a Gram matrix of two feature maps, a convolution whose weight is
+computed) loses, for each removed channel c, the term ``a[..., c] * b[c, ...]``. The
+pruned model equals the masked original only when that term is zero, i.e. when one side
+is zero at c. A channel is zero there when the weight slices (and biases) that make it are
+masked, and it stays zero along one axis through ops that map 0 to 0 or only move
+elements — not through ``elu(x) + 1``, ``sigmoid``, ``exp`` or the addition of a scalar.
+
+`keeps_zero(value, axis)` follows `axis` back through the graph (Transpose permutes it,
+Reshape maps it by the dims around it, a MatMul's last axis comes from its right operand
+...) to a weight, and answers conservatively: False whenever it cannot tell, and the rules
+then freeze the axis (the oracle would otherwise fail the run).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx_ir as ir
+
+from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.quant import is_quantized_const
+
+# f(0) == 0 elementwise, or only selecting / pooling / padding with zeros along other axes:
+# input 0 carries the channel at the same axis (same rank)
+_SAME_AXIS = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Neg", "Abs", "Sign", "Erf", "Sin", "Sinh",
+    "Tan", "Asin", "Asinh", "Atan", "Atanh", "Softsign", "HardSwish", "Gelu", "Mish", "Floor", "Ceil", "Round",
+    "Sqrt", "Identity", "Cast", "Dropout", "Slice", "Split", "Tile", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "BatchNormalization", "InstanceNormalization",
+    "QuantizeLinear", "DequantizeLinear",
+})
+_RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+_REDUCE = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"})
+MAX_DEPTH = 64
+
+
+def is_weight(value: ir.Value | None) -> bool:
+    """A constant operand of a linear layer: a constant, a QDQ weight, or a Transpose of a constant."""
+    if value is None:
+        return False
+    if is_constant(value) or is_quantized_const(value):
+        return True
+    p = value.producer()
+    return p is not None and p.op_type == "Transpose" and p.domain in ("", "ai.onnx") and is_constant(p.inputs[0])
+
+
+def _dims(v: ir.Value | None) -> list | None:
+    """Static ints, symbol names (str), or None for an unknown dim; None without a shape."""
+    if v is None or v.shape is None:
+        return None
+    return [d if isinstance(d, int) else (d.value if getattr(d, "value", None) else None) for d in v.shape]
+
+
+def _aligned(operand: ir.Value | None, out_rank: int, axis: int) -> int | None:
+    """`axis` of a broadcasting op's output in `operand`'s own axes; None where the operand
+    is broadcast along it (rank too low, or size 1: the same value for every channel)."""
+    d = _dims(operand)
+    if d is None:
+        return None
+    ax = axis - (out_rank - len(d))
+    return ax if 0 <= ax < len(d) and d[ax] != 1 else None
+
+
+def _product(dims: list) -> tuple[int, Counter] | None:
+    n, syms = 1, Counter()
+    for d in dims:
+        if d is None:
+            return None
+        if isinstance(d, int):
+            n *= d
+        else:
+            syms[d] += 1
+    return n, syms
+
+
+def _within(lo_in, hi_in, lo_out, hi_out) -> bool | None:
+    """Whether [lo_out, hi_out] (products of dims) lies within [lo_in, hi_in]; None when the
+    products cannot be compared (different symbols, or unknown dims)."""
+    if None in (lo_in, hi_in, lo_out, hi_out) or lo_in[1] != lo_out[1] or hi_in[1] != hi_out[1]:
+        return None
+    return lo_in[0] <= lo_out[0] and hi_out[0] <= hi_in[0]
+
+
+def reshaped_axis(in_dims: list | None, out_dims: list | None, axis: int) -> int | None:
+    """The input axis whose elements an output axis of a reshape splits off or is (compared
+    by the products of the dims before it, else after it), or None when unknown."""
+    if in_dims is None or out_dims is None or not 0 <= axis < len(out_dims):
+        return None
+    for side in ("before", "after"):
+        for j in range(len(in_dims)):
+            if side == "before":
+                got = _within(_product(in_dims[:j]), _product(in_dims[:j + 1]),
+                              _product(out_dims[:axis]), _product(out_dims[:axis + 1]))
+            else:  # the same, counted from the end (a leading dim that shape inference left unknown)
+                got = _within(_product(in_dims[j + 1:]), _product(in_dims[j:]),
+                              _product(out_dims[axis + 1:]), _product(out_dims[axis:]))
+            if got:
+                return j
+    return None
+
+
+def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> bool:
+    """Whether `value` is zero, in the masked original, at every index of `axis` the plan
+    removes: it is made along that axis from a weight's sliced axis (or a sliced constant)
+    only through ops that keep zeros. Conservative: False when unsure."""
+    if value is None or axis is None or _depth > MAX_DEPTH:
+        return False
+    d = _dims(value)
+    if d is None or not 0 <= axis < len(d):
+        return False
+    if is_constant(value):  # a constant coupled to a channel axis is sliced, so zeroed there
+        a = const_array(value)
+        return a is not None and a.ndim == len(d) and a.shape[axis] > 1
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return False
+
+    def follow(v, ax):
+        return keeps_zero(v, ax, _depth + 1)
+
+    op = node.op_type
+    if op in _SAME_AXIS:
+        return follow(node.inputs[0], axis)
+    step = _STEPS.get(op)
+    return step is not None and step(node, list(node.inputs), len(d), axis, follow)
+
+
+# per op: (node, inputs, output rank, axis, follow) -> whether the output keeps zero along axis
+
+def _gemm(node, ins, rank, axis, follow) -> bool:
+    ta, tb = (int(node.attributes[k].value) if k in node.attributes else 0 for k in ("transA", "transB"))
+    operand, ax = (ins[1], 0 if tb else 1) if axis == 1 else (ins[0], 1 if ta else 0)
+    return is_weight(operand) or follow(operand, ax)
+
+
+def _conv(node, ins, rank, axis, follow) -> bool:
+    if axis != 1:
+        return follow(ins[0], axis)
+    return is_weight(ins[1]) or follow(ins[1], 0 if node.op_type == "Conv" else 1)
+
+
+def _mul(node, ins, rank, axis, follow) -> bool:
+    return any(follow(v, _aligned(v, rank, axis)) for v in ins)
+
+
+def _every_input(node, ins, rank, axis, follow) -> bool:
+    same = node.op_type == "Concat"  # Concat: the same rank, no broadcasting
+    return all(follow(v, axis if same else _aligned(v, rank, axis)) for v in ins if v is not None)
+
+
+def _first_aligned(node, ins, rank, axis, follow) -> bool:  # Div's numerator, Expand's input
+    return follow(ins[0], _aligned(ins[0], rank, axis))
+
+
+def _transpose(node, ins, rank, axis, follow) -> bool:
+    perm = node.attributes.get("perm")
+    perm = list(perm.value) if perm is not None else list(range(rank))[::-1]
+    return follow(ins[0], perm[axis])
+
+
+def _reshaping(node, ins, rank, axis, follow) -> bool:
+    return follow(ins[0], reshaped_axis(_dims(ins[0]), _dims(node.outputs[0]), axis))
+
+
+def _gather(node, ins, rank, axis, follow) -> bool:
+    """Gather replaces the data's axis g by the indices' axes: an output axis before them is
+    the data's same axis, one after them the data's axis counted past g (q, k and v selected
+    from a packed projection by a scalar index)."""
+    g = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+    di = _dims(ins[1])
+    if di is None:
+        return False
+    g %= rank - len(di) + 1
+    if axis < g:
+        return follow(ins[0], axis)
+    return axis >= g + len(di) and follow(ins[0], axis - len(di) + 1)
+
+
+def _reduce(node, ins, rank, axis, follow) -> bool:
+    keep = node.attributes.get("keepdims")
+    return (keep is None or int(keep.value) == 1) and follow(ins[0], axis)
+
+
+def _pad(node, ins, rank, axis, follow) -> bool:
+    fill = const_array(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+    mode = node.attributes.get("mode")
+    return (mode is None or mode.value == "constant") and (fill is None or not fill.any()) and follow(ins[0], axis)
+
+
+def _clip(node, ins, rank, axis, follow) -> bool:
+    lo, hi = _clip_bound(node, ins, 1, "min"), _clip_bound(node, ins, 2, "max")
+    return (lo is None or lo <= 0.0) and (hi is None or hi >= 0.0) and follow(ins[0], axis)
+
+
+def _matmul(node, ins, rank, axis, follow) -> bool:
+    a, b = ins
+    da, db = _dims(a), _dims(b)
+    if da is None or db is None or len(da) < 2 or len(db) < 2:
+        return False
+    if axis == rank - 1:  # columns: the right operand's
+        return is_weight(b) or follow(b, len(db) - 1)
+    if axis == rank - 2:  # rows: the left operand's
+        return is_weight(a) or follow(a, len(da) - 2)
+    # a batch axis (broadcast from the right over the leading axes): zero when either operand is
+    for v, dv in ((a, da), (b, db)):
+        ax = axis - (rank - len(dv))
+        if 0 <= ax < len(dv) - 2 and dv[ax] != 1 and follow(v, ax):
+            return True
+    return False
+
+
+def _clip_bound(node: ir.Node, ins: list, index: int, key: str) -> float | None:
+    """A Clip bound from its input (opset 11+) or attribute; NaN when it is computed."""
+    if len(ins) > index and ins[index] is not None:
+        a = const_array(ins[index])
+        return float("nan") if a is None else float(a)
+    attr = node.attributes.get(key)
+    return None if attr is None else float(attr.value)
+
+
+_STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv, "Mul": _mul,
+          "Add": _every_input, "Sub": _every_input, "Sum": _every_input, "Concat": _every_input,
+          "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
+          "Pad": _pad, "Clip": _clip, **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
