@@ -55,7 +55,7 @@ class InputShapes:
 
     def describe(self) -> str:
         """'x: 1×3×224×224 (default for image inputs)' per input, comma-separated."""
-        return ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({self.sources[n]})" for n, s in self.shapes.items())
+        return ", ".join(f"{n}: {shape_text(s)} ({self.sources[n]})" for n, s in self.shapes.items())
 
     def to_json(self) -> dict:
         """{input: {"shape": [...], "source": "..."}} (report.json's "input_shapes")."""
@@ -70,12 +70,17 @@ class InputShapes:
         def src(s: str) -> str:
             return {"--input-shape": "from --input-shape", "calibration data": "from --calib",
                     "static dims": "the model's static dims"}.get(s, s)
-        return "measured at " + ", ".join(f"{n}: {'×'.join(str(d) for d in s)} ({src(self.sources[n])})"
+        return "measured at " + ", ".join(f"{n}: {shape_text(s)} ({src(self.sources[n])})"
                                           for n, s in self.shapes.items())
 
     def short(self) -> str:
         """'x:1x3x224x224' per input (the form --input-shape takes, with x for commas)."""
         return " ".join(f"{n}:{'x'.join(str(d) for d in s)}" for n, s in self.shapes.items())
+
+
+def shape_text(shape) -> str:
+    """1×3×224×224; a rank-0 input (a flag) is 'scalar', not an empty string."""
+    return "×".join(str(d) for d in shape) if len(shape) else "scalar"
 
 
 def static_dim(d) -> bool:
@@ -157,42 +162,77 @@ def resolve(specs: Iterable[InputSpec], *, user: Mapping | None = None, calib: M
     """Concrete shapes for `specs`. `user`: {input name: shape} (from --input-shape);
     `calib`: {input name: array or shape} (one calibration batch); `dims`: {symbolic dim
     name: size}; `dim_value`: one size for every symbolic dim (tests); `attempt`: which
-    image default to use (0 = 224×224, see `candidates`)."""
+    image default to use (0 = 224×224, see `candidates`).
+
+    A symbolic dim name is one size in every input that has it (an image x[N,3,H,W] and its
+    mask m[N,1,H,W]): inputs are resolved in the order above, and a dim named by an input
+    already resolved takes that input's size (the mask had the 32 of a sequence default)."""
     specs = list(specs)
     if user:
         check_user(specs, user)
     res = InputShapes()
-    for spec in specs:
-        name = spec.name
-        if user and name in user:
-            res.shapes[name] = tuple(int(d) for d in user[name])
-            res.sources[name] = "--input-shape"
-            continue
-        if calib and name in calib:
-            got = getattr(calib[name], "shape", calib[name])
-            got = [int(d) for d in got]
-            if got and spec.shape and not static_dim(spec.shape[0]):
-                got[0] = BATCH
-            res.shapes[name] = tuple(got)
-            res.sources[name] = "calibration data"
-            continue
-        if spec.shape is not None and all(static_dim(d) for d in spec.shape):
-            res.shapes[name] = tuple(int(d) for d in spec.shape)
-            res.sources[name] = "static dims"
-            continue
-        if spec.shape is not None and dims and all(static_dim(d) or (isinstance(d, str) and d in dims)
-                                                   for d in spec.shape):
-            res.shapes[name] = tuple(int(d) if static_dim(d) else int(dims[d]) for d in spec.shape)
-            res.sources[name] = "given dims"
-            continue
-        if dim_value is not None:
-            res.shapes[name] = tuple(int(d) if static_dim(d) else int(dim_value) for d in (spec.shape or []))
-            res.sources[name] = "given dims"
-            continue
-        shape, source = _default_shape(InputSpec(name, list(spec.shape or []), spec.floating), attempt, dims)
-        res.shapes[name] = tuple(shape)
-        res.sources[name] = source
+    bound, named_by = dict(dims or {}), {}  # symbolic dim -> size, and the input it came from
+    for spec in sorted(specs, key=lambda sp: _order(sp, user, calib)):
+        shape, source = _one(spec, user, calib, bound, dim_value, attempt)
+        shared = sorted({named_by[d] for d in _symbols(spec) if d in named_by})
+        if shared and source == "given dims" and not dims:
+            source = f"dims named as in {', '.join(shared)}"
+        elif shared and source.startswith("default"):
+            source += f"; dims named as in {', '.join(shared)} of the same size"
+        res.shapes[spec.name], res.sources[spec.name] = tuple(shape), source
+        _bind(spec, shape, bound, named_by)
+    order = [sp.name for sp in specs]  # the model's order, as before
+    res.shapes = {n: res.shapes[n] for n in order}
+    res.sources = {n: res.sources[n] for n in order}
     return res
+
+
+def _symbols(spec: InputSpec) -> list[str]:
+    return [d for d in (spec.shape or []) if isinstance(d, str)]
+
+
+def _order(spec: InputSpec, user, calib) -> int:
+    """Which inputs name the size of a shared dim first: the user's, calibration data's,
+    static ones, then images (their spatial default), then the rest."""
+    if user and spec.name in user:
+        return 0
+    if calib and spec.name in calib:
+        return 1
+    if spec.shape is not None and all(static_dim(d) for d in spec.shape):
+        return 2
+    return 3 if _image_layout(InputSpec(spec.name, list(spec.shape or []), spec.floating)) else 4
+
+
+def _bind(spec: InputSpec, shape, bound: dict, named_by: dict) -> None:
+    """Record the sizes this input gave its symbolic dims; a name given two sizes in one
+    input (PP-OCR names H and W both '?') names no size."""
+    seen: dict = {}
+    for d, n in zip(spec.shape or [], shape, strict=False):
+        if isinstance(d, str):
+            seen.setdefault(d, set()).add(int(n))
+    for d, sizes in seen.items():
+        if d not in bound and len(sizes) == 1 and d != "?":
+            bound[d], named_by[d] = sizes.pop(), spec.name
+
+
+def _one(spec: InputSpec, user, calib, bound: dict, dim_value, attempt) -> tuple[list[int], str]:
+    """One input's shape and where it came from (`resolve`'s order)."""
+    name = spec.name
+    if user and name in user:
+        return [int(d) for d in user[name]], "--input-shape"
+    if calib and name in calib:
+        got = [int(d) for d in getattr(calib[name], "shape", calib[name])]
+        if got and spec.shape and not static_dim(spec.shape[0]):
+            got[0] = BATCH
+        return got, "calibration data"
+    if spec.shape is not None and all(static_dim(d) for d in spec.shape):
+        return [int(d) for d in spec.shape], "static dims"
+    if spec.shape is not None and bound and all(static_dim(d) or (isinstance(d, str) and d in bound)
+                                                for d in spec.shape):
+        return [int(d) if static_dim(d) else int(bound[d]) for d in spec.shape], "given dims"
+    if dim_value is not None:
+        return [int(d) if static_dim(d) else int(dim_value) for d in (spec.shape or [])], "given dims"
+    return _default_shape(InputSpec(name, list(spec.shape or []), spec.floating), attempt, bound)
 
 
 def specs_of_session(sess) -> list[InputSpec]:

@@ -122,7 +122,7 @@ def test_default_shape_of_a_dynamic_image_input_is_realistic():
 def test_input_shape_resolver():
     from graphprune.input_shapes import InputSpec, resolve
 
-    specs = [InputSpec("det", ["N", 3, "H", "W"]), InputSpec("rec", ["N", 3, 48, "W"]),
+    specs = [InputSpec("det", ["N", 3, "H", "W"]), InputSpec("rec", ["N", 3, 48, "Wr"]),
              InputSpec("ids", ["B", "T"], floating=False), InputSpec("fixed", [2, 5])]
     res = resolve(specs)
     assert res.shapes == {"det": (1, 3, 224, 224), "rec": (1, 3, 48, 192), "ids": (1, 32), "fixed": (2, 5)}
@@ -131,6 +131,26 @@ def test_input_shape_resolver():
     assert res.shapes["det"] == (1, 3, 640, 640) and res.sources["det"] == "--input-shape"
     assert res.shapes["rec"] == (1, 3, 48, 320) and res.sources["rec"] == "calibration data"
     assert "rec: 1×3×48×320 (calibration data)" in res.describe()
+
+
+def test_a_dim_name_is_one_size_in_every_input():
+    """An image x[N,3,H,W] and its bool mask m[N,1,H,W]: the mask had the sequence default
+    (32x32) against the image's 224x224, and a valid model was refused as one ONNX Runtime
+    cannot run (exit 4). The mask now takes the image's sizes, whichever input fixes them."""
+    from graphprune.input_shapes import InputSpec, resolve
+
+    specs = [InputSpec("m", ["N", 1, "H", "W"], floating=False), InputSpec("x", ["N", 3, "H", "W"])]
+    res = resolve(specs)
+    assert res.shapes == {"m": (1, 1, 224, 224), "x": (1, 3, 224, 224)} and list(res.shapes) == ["m", "x"]
+    assert res.sources["m"] == "dims named as in x" and res.defaulted
+    res = resolve(specs, user={"x": [2, 3, 48, 320]})
+    assert res.shapes["m"] == (2, 1, 48, 320)
+    res = resolve(specs, calib={"m": np.zeros((4, 1, 64, 96), bool)})
+    assert res.shapes["x"] == (1, 3, 64, 96) and "dims named as in m" in res.sources["x"]
+    # one name for two sizes in one input (PP-OCR's '?' for H and W) names no size
+    res = resolve([InputSpec("x", ["N", 3, "?", "?"]), InputSpec("t", ["?"], floating=False)],
+                  user={"x": [1, 3, 48, 192]})
+    assert res.shapes["t"] == (1,)  # its own default (a rank-1 input: the batch), not 48 or 192
 
 
 def test_default_falls_back_to_a_size_the_model_runs():
@@ -384,3 +404,66 @@ def test_rounding_floor_on_disk_matches_the_in_memory_one(tmp_path):
     on_disk = oracle.rounding_floor_files(str(tmp_path / "m.onnx"))
     in_memory = oracle.rounding_floor(a)
     assert on_disk > 1e-5 and on_disk == pytest.approx(in_memory, rel=1e-3)
+
+
+# ---- a Concat-made output is judged part by part ------------------------------------------------
+
+def _boxes_and_classes(wc: np.ndarray):
+    """x:[N,8] -> boxes (sigmoid * 1280, four columns) and class scores (x @ wc, three columns),
+    concatenated into one output, as detection heads export them: a tensor scale of ~1e3."""
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["b0"]), helper.make_node("Sigmoid", ["b0"], ["b1"]),
+             helper.make_node("Mul", ["b1", "size"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "wc"], ["cls"]),
+             helper.make_node("Concat", ["boxes", "cls"], ["y"], axis=-1)]
+    inits = {"wb": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32),
+             "size": np.full((4,), 1280, np.float32), "wc": wc}
+    return gp.load(make_model(nodes, [("x", ["N", 8])], [("y", ["N", 7])], inits).SerializeToString(), fold=False)
+
+
+@pytest.mark.parametrize("path", ["check", "big", "files"])
+def test_a_wrong_part_of_a_concat_output_fails_on_its_own_scale(path, tmp_path, monkeypatch):
+    """Class scores off by ~0.05 hide under 1e-4 of the boxes' 1280 when the output is judged as
+    one tensor (a wrong model passed that way); judged part by part they fail, and say where.
+    Rounding-sized differences in a part still pass."""
+    import graphprune.ir.serialize as serialize
+
+    wc = np.random.default_rng(1).standard_normal((8, 3)).astype(np.float32)
+
+    def run(other):
+        a, b = _boxes_and_classes(wc), _boxes_and_classes(other)
+        if path == "files":
+            return oracle.check_files(_save(a, tmp_path / "a.onnx"), _save(b, tmp_path / "b.onnx"), Plan([], []),
+                                      n_random=2)
+        if path == "big":
+            monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
+        return oracle.check(a, b, Plan([], []), n_random=2)
+
+    whole = oracle.compare_outputs  # the old judgement, one scale for the tensor, would pass it
+    a, b = _boxes_and_classes(wc), _boxes_and_classes(wc + 0.02)
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)}
+    ya, yb = (ort.session(m).run(None, feeds)[0] for m in (a, b))
+    assert whole([ya], [yb], ["y"])[0].ok
+    res = run(wc + 0.02)
+    assert not res.ok and res.diffs[0].part == "cls" and "y in cls" in res.summary()
+    assert run(wc * np.float32(1 + 2e-7)).ok
+
+
+def test_a_rank_0_bool_input_gets_a_random_flag_and_the_model_is_checked():
+    """A scalar bool input (a flag) was fed a numpy scalar, which ONNX Runtime refused, and a
+    valid model was reported as one that 'fails to run' (exit 4)."""
+    from onnx import TensorProto
+
+    from helpers import w
+
+    flag = helper.make_tensor_value_info("flip", TensorProto.BOOL, [])
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1] * 4), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Neg", ["r"], ["n"]), helper.make_node("Where", ["flip", "r", "n"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"])]
+    m = make_model(nodes, [("x", ["N", 3, "H", "W"]), flag], [("y", ["N", 4, "H", "W"])],
+                   {"w1": w(8, 3, 3, 3, seed=1), "b1": w(8, seed=2), "w2": w(4, 8, 1, 1, seed=3)})
+    feeds = ort.random_inputs(ort.session(gp.load(m.SerializeToString(), fold=False)), 0)
+    assert isinstance(feeds["flip"], np.ndarray) and feeds["flip"].shape == () and feeds["flip"].dtype == bool
+    from helpers import prune_and_check
+
+    _, plan, _ = prune_and_check(m, ratio=0.5)  # pruned, and the oracle ran with the flag fed
+    assert plan.groups

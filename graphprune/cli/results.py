@@ -55,7 +55,7 @@ def oracle_result(res) -> dict | None:
             "worst_relative_error": res.worst_relative, "refused": res.refused, "unpaired": res.unpaired,
             "input_shapes": res.shapes.to_json() if res.shapes is not None else None,
             "outputs": [{"name": d.name, "max_abs_err": d.max_abs_err, "scale": d.scale, "ok": d.ok,
-                         "judged_on": d.judged_on} for d in res.diffs]}
+                         "judged_on": d.judged_on, "part": d.part} for d in res.diffs]}
 
 
 def prune_result(outcome, *, bench: bool) -> dict:

@@ -15,6 +15,11 @@ float32 rounding alone (summation order) moves near-tied probabilities by 1e-3 �
 input model run at two ONNX Runtime optimisation levels differs that much from itself. If
 the logits agree within the tolerance of their own scale, the output passes (and says so).
 
+An output made by a Concat is also judged part by part, each on its own scale (a saturating
+part on its input, as above): a detection head that concatenates pixel boxes and class
+probabilities has a tensor scale of ~1e3, under which a tolerance of 1e-4 let a wrong
+probability (error 0.06) pass.
+
 The ONNX Runtime sessions and feeds it uses are `graphprune.runtime.ort`.
 """
 from __future__ import annotations
@@ -185,6 +190,7 @@ class OutputDiff:
     scale: float
     ok: bool
     judged_on: str | None = None   # the saturating op's input, when the output was judged there
+    part: str | None = None  # a Concat-made output wrong in this input of its Concat (judged on its own scale)
 
 
 @dataclass
@@ -198,8 +204,7 @@ class OracleShapes(InputShapes):
 
     def describe(self) -> str:
         """'x: 1×3×48×320 (--input-shape), 2×3×48×160 (another size of the dynamic dims)'."""
-        def dims(s) -> str:
-            return "×".join(str(d) for d in s)
+        from graphprune.input_shapes import shape_text as dims
 
         parts = []
         for n, s in self.shapes.items():
@@ -251,9 +256,11 @@ class OracleResult:
                     f"{self.worst_relative:.2e} of output scale, as those changes make them")
         state = "PASS" if self.ok else "FAIL"
         judged = [f"{d.name} on its logits {d.judged_on}" for d in self.diffs if d.judged_on]
+        parts = [f"{d.name} in {d.part}" for d in self.diffs if d.part]
         return (f"oracle {state}: {self.runs} input set(s), worst error "
                 f"{self.worst_relative:.2e} of output scale"
                 + (f" (saturating outputs judged on their inputs: {', '.join(judged)})" if judged else "")
+                + (f" (Concat outputs wrong in a part, on the part's own scale: {', '.join(parts)})" if parts else "")
                 + (f" ({self.tolerance_note})" if self.tolerance_note else ""))
 
 
@@ -282,16 +289,16 @@ class _Judge:
     """The one comparison core of every oracle path (`check`, `_check_big`, `check_files`).
 
     `add` takes one input set's outputs of the masked original and of the pruned model:
-    the graph outputs first, then the pre-activations of saturating outputs (`logits`:
-    output name -> its saturating op's input, both models exposing it). A saturating output
+    the graph outputs first, then the Extras (pre-activations of saturating outputs, parts of
+    Concat outputs), both models exposing them. A saturating output
     is judged on its pre-activation, relative to that value's own scale: rounding that the
     op amplifies on near-tied huge logits passes, and a real difference that the op squashes
     under the absolute floor (a Sigmoid at 1e-8) fails. A comparison in which every float
     reference (pre-activation where judged there) stays below the floor compares nothing and
     is refused, as is one with no input sets."""
 
-    def __init__(self, names: list[str], logits: dict[str, str], rtol: float, atol: float = ATOL):
-        self.names, self.logits, self.rtol, self.atol = names, logits, rtol, atol
+    def __init__(self, names: list[str], extras: Extras, rtol: float, atol: float = ATOL):
+        self.names, self.extras, self.rtol, self.atol = names, extras, rtol, atol
         self.worst: dict[str, OutputDiff] = {}
         self.runs = 0
         self.signal = False  # some compared value was above the floor, or exact (non-float)
@@ -305,16 +312,23 @@ class _Judge:
     def add(self, ref: list, got: list) -> None:
         n = len(self.names)
         if not all(np.all(np.isfinite(r)) for r in ref[:n] if np.asarray(r).dtype.kind == "f"):
-            raise FrontendError("the input model gives NaN/Inf outputs on these inputs, so the oracle cannot "
-                                "compare anything", hint="check the model's weights, or give real inputs "
-                                "with --inputs")
+            raise FrontendError(
+                "the masked original (the input model with the removed channels zeroed) gives NaN/Inf outputs "
+                "on these inputs, so the oracle cannot compare anything",
+                hint="when the input model is finite on them, zeroing a channel made an inf (0 to a negative "
+                     "power, log 0): please report the model; else check its weights, or give real inputs with --inputs")
         diffs = compare_outputs(ref[:n], got[:n], self.names, rtol=self.rtol, atol=self.atol)
-        pre_names = list(self.logits.values())
-        pre = dict(zip(self.logits, compare_outputs(ref[n:], got[n:], pre_names, rtol=self.rtol, atol=self.atol), strict=True))
+        extra_names = self.extras.names
+        extra = dict(zip(extra_names, compare_outputs(ref[n:], got[n:], extra_names, rtol=self.rtol, atol=self.atol),
+                         strict=True))
         for k, d in enumerate(diffs):
-            p = pre.get(d.name)
+            p = extra.get(self.extras.logits.get(d.name))
             if p is not None and (p.ok or d.ok):  # judged on the logits (a failing output keeps its own diff)
                 diffs[k] = OutputDiff(d.name, p.max_abs_err, p.scale, p.ok, judged_on=p.name)
+            bad = [extra[part] for part in self.extras.parts.get(d.name, ()) if not extra[part].ok]
+            if bad and diffs[k].ok:  # a Concat's part wrong on its own scale: the output is wrong
+                b = bad[0]
+                diffs[k] = OutputDiff(d.name, b.max_abs_err, b.scale, False, part=b.name)
             judged = diffs[k]
             if judged.scale > self.atol or np.asarray(ref[k]).dtype.kind not in "fc":
                 self.signal = True
@@ -443,15 +457,15 @@ def _check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dic
     masked = clone(original)
     masked_original(masked, plan)
     names = [o.name for o in masked.graph.outputs]
-    logits = _saturated_outputs(masked, pruned)
-    if logits:  # judged on the logits (module docstring): both models expose them
-        masked = _with_outputs(masked, logits.values(), [])
-        pruned = _with_outputs(clone(pruned), logits.values(), [])
+    extras = _extra_values(masked, pruned)
+    if extras:  # logits and Concat parts (module docstring): both models expose them
+        masked = _with_outputs(masked, extras.names, [])
+        pruned = _with_outputs(clone(pruned), extras.names, [])
     reference = _has_qdq(masked.graph)
     s_ref = input_session(_as_written(masked), what="the input model (with the plan's slices zeroed)",
                           reference=reference)
     s_new = _pruned_session(_as_written(pruned), reference)
-    judge = _Judge(names, logits, rtol)
+    judge = _Judge(names, extras, rtol)
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
     for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes):
@@ -506,7 +520,7 @@ def rounding_floor_files(ref_path: str, *, inputs: list[dict] | None = None, sha
     with tempfile.TemporaryDirectory(prefix="graphprune-floor-") as tmp:
         noisy = _noisy_copy_on_disk(ref_path, tmp, seed)
         names = [o.name for o in onnx.load(ref_path, load_external_data=False).graph.output]
-        res = _check_one_session_at_a_time(ref_path, noisy, names, {}, inputs=inputs, n_random=2, seed=seed,
+        res = _check_one_session_at_a_time(ref_path, noisy, names, Extras(), inputs=inputs, n_random=2, seed=seed,
                                            rtol=1e9, shapes=shapes, calib=calib)
     return res.worst_relative
 
@@ -641,22 +655,58 @@ _SATURATING = ("Softmax", "Sigmoid", "Tanh", "HardSigmoid")
 _PASS_THROUGH = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
-def _saturated_outputs(ref: ir.Model, pruned: ir.Model) -> dict[str, str]:
-    """Graph output -> input value of the saturating op that makes it (through ops that only
-    move elements), for the outputs where both models have that value by name."""
+@dataclass
+class Extras:
+    """Values the oracle compares besides the graph outputs, which both models expose by
+    name: `logits`, output -> the input of the saturating op that makes it; `parts`,
+    output -> the inputs of the Concat that makes it (a saturating part by its input)."""
+
+    logits: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Every extra value once, in the order they are appended as outputs."""
+        return list(dict.fromkeys([*self.logits.values(), *(p for ps in self.parts.values() for p in ps)]))
+
+    def __bool__(self) -> bool:
+        return bool(self.logits or self.parts)
+
+
+def _std(node: ir.Node | None) -> bool:
+    return node is not None and node.domain in ("", "ai.onnx")
+
+
+def _maker(v: ir.Value | None) -> ir.Node | None:
+    """The node that computes `v`, through ops that only move elements."""
+    node = v.producer() if v is not None else None
+    while _std(node) and node.op_type in _PASS_THROUGH:
+        node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    return node
+
+
+def _extra_values(ref: ir.Model, pruned: ir.Model) -> Extras:
+    """The Extras of `ref`'s outputs, for the values `pruned` has by the same name."""
     have = {v.name for n in pruned.graph for v in n.outputs if v is not None}
     outputs = {v.name for v in ref.graph.outputs}
-    found = {}
+
+    def comparable(v: ir.Value | None) -> bool:
+        return v is not None and v.name in have and v.name not in outputs and v.producer() is not None
+
+    def judged_value(v: ir.Value) -> ir.Value:
+        node = _maker(v)
+        return node.inputs[0] if _std(node) and node.op_type in _SATURATING and comparable(node.inputs[0]) else v
+
+    extras = Extras()
     for out in ref.graph.outputs:
-        node = out.producer()
-        while node is not None and node.op_type in _PASS_THROUGH and node.domain in ("", "ai.onnx"):
-            node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-        if node is None or node.op_type not in _SATURATING or node.domain not in ("", "ai.onnx"):
-            continue
-        pre = node.inputs[0]
-        if pre is not None and pre.name in have and pre.name not in outputs and pre.producer() is not None:
-            found[out.name] = pre.name
-    return found
+        node = _maker(out)
+        if _std(node) and node.op_type in _SATURATING and comparable(node.inputs[0]):
+            extras.logits[out.name] = node.inputs[0].name
+        elif _std(node) and node.op_type == "Concat" and len(node.inputs) > 1:
+            parts = [judged_value(v) for v in node.inputs]
+            if all(comparable(v) for v in parts):
+                extras.parts[out.name] = [v.name for v in parts]
+    return extras
 
 
 def _with_outputs(model: ir.Model, names, saved: list | None = None) -> ir.Model:
@@ -693,22 +743,22 @@ def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_ra
     from graphprune.frontends.onnx import save_onnx
 
     masked_original(original, plan)
-    logits = _saturated_outputs(original, pruned)
+    extras = _extra_values(original, pruned)
     names = [o.name for o in original.graph.outputs]
     saved: list = []
-    if logits:
-        _with_outputs(original, logits.values(), saved)
-        _with_outputs(pruned, logits.values(), saved)
+    if extras:
+        _with_outputs(original, extras.names, saved)
+        _with_outputs(pruned, extras.names, saved)
     try:
         with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
             ref_path, new_path = Path(tmp) / "masked.onnx", Path(tmp) / "pruned.onnx"
             save_onnx(original, ref_path, external_data=True)
             save_onnx(pruned, new_path, external_data=True)
-            return _check_one_session_at_a_time(str(ref_path), str(new_path), names, logits, inputs=inputs,
+            return _check_one_session_at_a_time(str(ref_path), str(new_path), names, extras, inputs=inputs,
                                                 n_random=n_random, seed=seed, rtol=rtol, shapes=shapes,
                                                 calib=calib, dims=dims, dim_value=dim_value)
     finally:
-        if logits:  # the callers' models get their outputs (and those values their shapes) back
+        if extras:  # the callers' models get their outputs (and those values their shapes) back
             for m in (original, pruned):
                 del m.graph.outputs[len(names):]
             for v, shape in saved:
@@ -723,7 +773,7 @@ class _InputsOf:
         return self._inputs
 
 
-def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str], logits: dict, *, inputs,
+def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str], extras: Extras, *, inputs,
                                  n_random, seed, rtol, shapes=None, calib=None, dims=None,
                                  dim_value=None) -> OracleResult:
     """The large-model loop: the masked original's outputs for every input set first (the
@@ -733,7 +783,7 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
 
     reference = _has_qdq(_graph_of_file(ref_path))
     s_ref = input_session(ref_path, what="the input model (with the plan's slices zeroed)", reference=reference)
-    judge = _Judge(names, logits, rtol)
+    judge = _Judge(names, extras, rtol)
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
     refs = [_run_ref(s_ref, feeds) for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes)]
@@ -825,7 +875,7 @@ def check_files(src: str, pruned_path: str, plan: Plan, *, inputs: list[dict] | 
 
 def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, seed, rtol, shapes, calib) -> OracleResult:
     """One run of the file oracle at `rtol` against the masked original at `ref_path`, which
-    is left as it is (a copy beside it gets the logits outputs)."""
+    is left as it is (a copy beside it gets the extra outputs: logits, Concat parts)."""
     import os
     import tempfile
 
@@ -834,12 +884,12 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
     ref_proto = onnx.load(ref_path, load_external_data=False)
     new_proto = onnx.load(pruned_path, load_external_data=False)
     names = [o.name for o in ref_proto.graph.output]
-    logits = _saturated_outputs(ir.serde.deserialize_model(ref_proto), ir.serde.deserialize_model(new_proto))
-    if not logits:
-        return _check_one_session_at_a_time(ref_path, pruned_path, names, logits, inputs=inputs,
+    extras = _extra_values(ir.serde.deserialize_model(ref_proto), ir.serde.deserialize_model(new_proto))
+    if not extras:
+        return _check_one_session_at_a_time(ref_path, pruned_path, names, extras, inputs=inputs,
                                             n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
     for proto in (ref_proto, new_proto):
-        for name in logits.values():
+        for name in extras.names:
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     # both copies beside their originals, so their external data resolves (ONNX Runtime
     # refuses data outside the model's folder); removed after
@@ -851,7 +901,7 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
             os.close(fd)
             made.append(path)
             onnx.save(proto, path)
-        return _check_one_session_at_a_time(made[0], made[1], names, logits, inputs=inputs,
+        return _check_one_session_at_a_time(made[0], made[1], names, extras, inputs=inputs,
                                             n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
     finally:
         for path in made:

@@ -117,7 +117,7 @@ def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: i
         if np.issubdtype(dtype, np.floating):
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
-            feeds[inp.name] = rng.random(shape) < 0.5
+            feeds[inp.name] = np.asarray(rng.random(shape) < 0.5)  # rank 0: a 0-d array, not np.bool_
         else:
             feeds[inp.name] = rng.integers(0, shapes.int_high.get(inp.name, int_high), size=shape).astype(dtype)
     return feeds

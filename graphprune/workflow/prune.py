@@ -487,7 +487,8 @@ def _require_pass(res, what: str) -> None:
         raise OracleMismatchError(
             f"nothing was compared: {res.refused}" if res.refused else
             f"{what}: {res.error}" if getattr(res, "error", None) else
-            f"{what}: " + ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g})"
+            f"{what}: " + ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g}"
+                                     + (f" of its Concat part {d.part}" if d.part else "") + ")"
                                      for d in res.diffs if not d.ok),
             hint="nothing was written; please report this model")
 
