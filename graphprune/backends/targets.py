@@ -37,6 +37,14 @@ class Target:
         return all(f in flags for f in self.requires)
 
     @property
+    def this_cpu(self) -> bool:
+        """Runs on this machine with the same vector width as its CPU: only then may a saved
+        model carry layouts chosen for this CPU (ORT's NCHWc blocks are 16 wide on AVX-512 and
+        8 on AVX2: a model optimised here for `x86-avx2` on an AVX-512 machine gave wrong
+        results on a Haswell)."""
+        return self.host and self.simd_lanes == host_target().simd_lanes
+
+    @property
     def key(self) -> str:
         """Stable id for per-target caches (tuning databases): never share across targets."""
         if self.name.startswith("custom-"):

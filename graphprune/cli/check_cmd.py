@@ -21,6 +21,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import graphprune as gp
     from graphprune.cli.common import load_inputs, parse_shapes, table
     from graphprune.errors import OracleMismatchError, UsageError
@@ -32,6 +34,13 @@ def run(args) -> int:
     from graphprune.cli.report import check_report_option, write_check_report
 
     check_report_option(args)  # before any work
+    if Path(args.pruned).is_dir():  # a compile folder: its pruned model (the plan is beside it)
+        inside = Path(args.pruned) / "model.pruned.onnx"
+        if not inside.is_file():
+            raise UsageError(f"{args.pruned}: a folder without model.pruned.onnx, not a model",
+                             hint="give the pruned .onnx file, or the folder graphprune compile wrote")
+        args.pruned = str(inside)
+        print(f"pruned: {args.pruned} (the compile folder's)")
     if args.plan is None:
         from graphprune.outputs import plan_beside
 
@@ -46,7 +55,8 @@ def run(args) -> int:
         emit(args, check_result(args, res))  # printed also when the verdict below is a failure
     if res.shapes is not None:
         print(f"random inputs at {res.shapes.describe()}")
-    rows = [[d.name, f"{d.max_abs_err:.3e}", f"{d.scale:.3e}", "ok" if d.ok else "MISMATCH"] for d in res.diffs]
+    rows = [[d.name + (f" (part {d.part})" if d.part else ""), f"{d.max_abs_err:.3e}", f"{d.scale:.3e}",
+             "ok" if d.ok else "MISMATCH"] for d in res.diffs]
     print(table(rows, ["output", "max |err|", "scale", ""]))
     print(res.summary())
     if res.refused:

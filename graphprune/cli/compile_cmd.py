@@ -172,7 +172,10 @@ def print_report(rep: dict) -> None:
     from pathlib import Path
 
     chosen = rep["backend"]["chosen"]
-    # a backend built and measured but not chosen stays in the folder too: say so
-    others = [f"{b}/ (built, not chosen)" for b in ("onnxruntime", "tvm") if b != chosen and (Path(rep["out_dir"]) / b).is_dir()]
+    # a backend built in this run but not chosen stays in the folder too: say so (a folder
+    # kept from an earlier run, for files of the user's in it, was not built now)
+    built = {b for b, r in (rep["backend"].get("results") or {}).items() if isinstance(r, dict) and not r.get("skipped")}
+    others = [f"{b}/ (built, not chosen)" for b in ("onnxruntime", "tvm")
+              if b != chosen and b in built and (Path(rep["out_dir"]) / b).is_dir()]
     print(f"wrote {rep['out_dir']}/ (report.md, report.json, plan.json, model.pruned.onnx, "
           f"{chosen}/{vocab}{''.join(', ' + o for o in others)})\nreport: {rep['out_dir']}/report.html")

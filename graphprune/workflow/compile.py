@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,19 @@ class _Compile:
     measured: dict = field(default_factory=dict)  # runner -> median ms (_latencies)
 
 
+def _require_static_inputs(src: Path, input_shapes: dict | None) -> None:
+    """UsageError when an input of the model stays dynamic after --input-shape (TVM's need)."""
+    import onnx
+
+    from graphprune.backends.tvm.onnx_prep import with_static_inputs
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable here: the load reports it, in its own words
+        return
+    with_static_inputs(model, input_shapes)
+
+
 def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     """Target and backend resolved, output folder checked: before any work."""
     from graphprune import outputs
@@ -186,6 +200,14 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     if opts.min_speedup is not None and not target.host:
         raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
                          hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
+    if backend_req == "tvm":  # what TVM needs, said before the pruning, not after
+        _require_static_inputs(src, opts.input_shapes)
+        if target.arch != platform.machine() and not target.cross_compiler:
+            raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
+                             f"(this machine is {platform.machine()})",
+                             hint="--backend onnxruntime writes a portable ONNX Runtime deployment")
+    if opts.db and Path(opts.db).exists() and not Path(opts.db).is_dir():
+        raise UsageError(f"--db {opts.db}: not a folder", hint="--db names the folder of TVM tuning databases")
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
     # the folder holds no input, and is new, empty or graphprune's own
     inputs = [("input model", f) for f in model_files(src)] + [
@@ -198,11 +220,13 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
 def _prune(c: _Compile):
     """The prune sequence (workflow.run_prune), its checks in the report's terms."""
     from graphprune.workflow.prune import run_prune
-    from graphprune.workflow.verdicts import repair_line
+    from graphprune.workflow.verdicts import latency_on_this_cpu, repair_line
 
     popts = prune_options(c.opts, c.target)
     c.log_fn(f"target {c.target.name}: {c.target.description}; TVM {c.target.tvm}; round_to {popts.round_to}")
     outcome = run_prune(c.src, popts, progress=_Logged(c.log_fn, c.notes))
+    if outcome.budget and outcome.budget["flag"] == "--target-latency" and not c.target.this_cpu:
+        outcome.budget = latency_on_this_cpu(outcome.budget, c.target.name)
     c.before = {"params": outcome.before.params, "macs": outcome.before.macs, "bytes": outcome.before_nbytes}
     if outcome.oracle is not None:
         res = outcome.oracle
@@ -408,10 +432,7 @@ def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names
     c.notes.extend(f"tvm: {n}" for n in tvm_res.get("notes", []))
     art = tvm_res.get("checks", {})
     if art.get("elf_machine"):
-        want = "AArch64" if c.target.arch == "aarch64" else "x86-64"
-        ok = art["elf_machine"] == want and (art.get("neon") is not False)
-        c.checks["artifact_tvm"] = {"ok": ok, "summary": f"ELF {art['elf_machine']}"
-                                    + (f", NEON: {art['neon']}" if "neon" in art else "")}
+        c.checks["artifact_tvm"] = artifact_check(c.target, art)
     if tvm_res.get("host_runnable"):
         exe = adapter.load(lib)
         c.checks["numerics_tvm"] = _numerics(ref, adapter.run_loaded(exe, feeds), names)
@@ -422,6 +443,26 @@ def _verify_tvm(c: _Compile, tvm_res: dict, stage: Path, feeds: dict, ref, names
             c.checks["numerics_tvm_qemu"] = _numerics(ref, got, names)
         except Exception as exc:  # emulation is a bonus check: say why it did not run
             c.notes.append(f"tvm: qemu run skipped ({type(exc).__name__}: {exc})")
+
+
+def artifact_check(target: Target, art: dict) -> dict:
+    """The TVM library is for the target's machine and, for AArch64 (NEON unless the target
+    says -neon), holds vector instructions: a scalar-only build passes numerics and runs
+    several times slower. `art`: the backend's ELF machine and NEON counts (or why not counted)."""
+    want = "AArch64" if target.arch == "aarch64" else "x86-64"
+    ok, summary = art["elf_machine"] == want, f"ELF {art['elf_machine']}"
+    neon = art.get("neon")
+    if isinstance(neon, dict):
+        expected = "-neon" not in (target.tvm.get("mattr") or [])
+        summary += (f", NEON: {neon['neon']} of {neon['instructions']} instructions vector "
+                    f"({neon['fmla']} vector fmla)")
+        if expected and neon["neon"] == 0:
+            ok, summary = False, summary + ": none, the build is scalar"
+    elif neon is not None:
+        summary += f", NEON: {neon}"
+    if not ok and art["elf_machine"] != want:
+        summary += f" (the target needs {want})"
+    return {"ok": ok, "summary": summary}
 
 
 def _drop_incorrect_tvm(c: _Compile, runners: dict, stage: Path) -> None:
@@ -574,9 +615,18 @@ def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOpti
 
     db_root = Path(opts.db) if opts.db else Path(tvm_db_root())  # $XDG_CACHE_HOME/graphprune/tvm-db
     log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
-    res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
-                      db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
-                      log=log_fn)
+    try:
+        res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
+                          db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
+                          log=log_fn)
+    except (UsageError, BackendUnavailableError) as exc:
+        if backend_req == "tvm":
+            raise
+        # auto: the ONNX Runtime deployment is built and checked; TVM's refusal (dynamic
+        # inputs, operators its importer lacks) is a note, not the end of the run
+        hint = f" ({exc.hint})" if getattr(exc, "hint", None) else ""
+        notes.append(f"TVM not used: {exc}{hint}")
+        return {"skipped": str(exc)}
     res["tuning_summary"] = tvm_tuning(res, opts.tune_trials)
     if res["tuning_summary"].startswith("UNTUNED"):
         notes.append(f"TVM build is {res['tuning_summary']}")

@@ -7,6 +7,7 @@ library and the warm build workers.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -162,6 +163,42 @@ def test_dynamic_dims_need_shapes(work):
     mod, specs = adapter.import_onnx(path, {"x": [2, 3, 32, 32]}, return_specs=True)
     assert specs == [{"name": "x", "shape": [2, 3, 32, 32], "dtype": "float32"}]
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
+
+
+def test_dims_sharing_a_name_are_fixed_by_position_and_the_hint_parses(work):
+    """PP-OCR's cls model names H and W both '?': fixing by symbol set W to H's 48 and then
+    failed on 192 ('internal error'); the hint's syntax (x=Nx3xNxN) was not the CLI's."""
+    from graphprune.cli.common import parse_shapes
+
+    path = tiny_cnn(work / "shared.onnx", batch="N", hw="?")
+    with pytest.raises(UsageError) as e:
+        adapter.import_onnx(path)
+    given = [w.replace("N", "1") for w in e.value.hint.split() if w.startswith("x:")]
+    assert parse_shapes(given) == {"x": [1, 3, 1, 1]}
+    _, specs = adapter.import_onnx(path, {"x": [1, 3, 24, 40]}, return_specs=True)
+    assert specs == [{"name": "x", "shape": [1, 3, 24, 40], "dtype": "float32"}]
+    with pytest.raises(UsageError, match="dim 1 is 3 in the model, not 4"):
+        adapter.import_onnx(path, {"x": [1, 4, 24, 40]})
+
+
+def test_compile_for_tvm_refuses_dynamic_inputs_before_pruning_and_auto_ships_onnxruntime(work, capsys):
+    """--backend tvm: the shapes are asked for before any work (nothing written). --backend
+    auto with tuning: TVM's refusal is a note and the ONNX Runtime deployment ships (the whole
+    compile failed, after pruning, with exit 2)."""
+    from graphprune.cli.main import main
+
+    path = tiny_cnn(work / "dyn_hw.onnx", batch="N", hw="?")
+    out = work / "dyn_tvm"
+    assert main(["compile", str(path), "--target", "x86", "--backend", "tvm", "-o", str(out)]) == 2
+    said = capsys.readouterr()
+    assert "dynamic inputs: x" in said.err and "--input-shape x:N,3,N,N" in said.err and not out.exists()
+    assert "round_to" not in said.out + said.err  # the prune step's first line: not reached
+    out = work / "dyn_auto"
+    assert main(["compile", str(path), "--target", "x86", "--backend", "auto", "--tune-trials", "1",
+                 "-o", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["backend"]["chosen"] == "onnxruntime" and (out / "onnxruntime" / "model.onnx").exists()
+    assert any(n.startswith("TVM not used: the TVM backend needs static input shapes") for n in rep["notes"])
 
 
 def test_unsupported_ops_are_listed(work):
@@ -400,3 +437,26 @@ def test_arm_artifact_runs_under_qemu(host_build, work, model, feeds):
         raise
     ref = ort_run(model, feeds)
     assert len(out) == 1 and close(out[0], ref[0]), (out[0], ref[0])
+
+
+@pytest.mark.parametrize("flags,said", [
+    (["--target", '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}'], "TVM cannot build for riscv64 here"),
+    (["--db", "FILE"], "not a folder"),
+])
+def test_compile_for_tvm_refuses_what_it_cannot_build_before_pruning(work, capsys, flags, said):
+    """A triple with no cross compiler (riscv64) linked with the host's g++ and a --db that is
+    a file ended, after pruning, in an internal error (exit 1)."""
+    from graphprune.cli.main import main
+
+    path = tiny_cnn(work / "small.onnx")
+    a_file = work / "notes.txt"
+    a_file.write_text("a user's file\n")
+    flags = [str(a_file) if f == "FILE" else f for f in flags]
+    out = work / "refused"
+    argv = ["compile", str(path), "--backend", "tvm", "--tune-trials", "1", "-o", str(out), *flags]
+    if "--target" not in flags:
+        argv += ["--target", "x86"]
+    assert main(argv) == 2
+    said_all = capsys.readouterr()
+    assert said in said_all.err and "round_to" not in said_all.out + said_all.err and not out.exists()
+    assert a_file.read_text() == "a user's file\n"

@@ -104,6 +104,11 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     capsys.readouterr()
     assert run("check", src, folder / "onnxruntime" / "model.onnx") == 0
     assert f"plan: {folder / 'plan.json'}" in capsys.readouterr().out
+    assert run("check", src, folder) == 0  # the folder itself: its model.pruned.onnx ('no such file')
+    said = capsys.readouterr().out
+    assert f"pruned: {folder / 'model.pruned.onnx'}" in said and "oracle PASS" in said
+    assert run("check", src, folder / "onnxruntime") == 2  # a folder without one: said, not 'no such file'
+    assert "a folder without model.pruned.onnx" in capsys.readouterr().err
     # a plan beside the model that is not its own is not taken
     assert run("prune", src, "--ratio", "0.5", "-o", tmp_path / "b.onnx", "--no-bench") == 0
     shutil.copy(tmp_path / "a.plan.json", tmp_path / "b.plan.json")

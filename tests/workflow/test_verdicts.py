@@ -142,6 +142,19 @@ def test_cross_target_without_rpc_gives_a_host_estimate(samples_dir, tmp_path, m
     assert want in md and "| 3 (this machine) | not measured on the target (below) |" in md
 
 
+@pytest.mark.parametrize("target,estimate", [("arm", True), ("x86", False)])
+def test_a_latency_target_for_another_cpu_is_told_as_a_host_estimate(samples_dir, tmp_path, capsys, target, estimate):
+    """--target-latency is met in ONNX Runtime on this machine; compiling for arm said a bare
+    'met', read as the device's latency."""
+    out = tmp_path / target
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", target, "-o", str(out),
+                 "--target-latency", "0.7"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("--target-latency 0.7:"))
+    assert ("timed on this machine's CPU, not on arm: a host estimate" in line) == estimate, line
+    budget = json.loads((out / "report.json").read_text())["budget"]
+    assert budget.get("host_estimate", False) == estimate and budget["line"] == line
+
+
 def test_compile_without_calib_says_accuracy_not_measured(samples_dir, tmp_path, monkeypatch, capsys):
     _fake_latencies(monkeypatch, dense=2.0, pruned=1.0)
     assert _compile(samples_dir, tmp_path / "nc") == 0
@@ -423,3 +436,22 @@ def test_round_to_auto_meets_a_target_the_lanes_overshoot_and_says_so(samples_di
     assert "not of the 16 SIMD lanes: those kept only 0.3" in rep["budget"]["line"] and rep["budget"]["line"] in out
     step = json.loads((tmp_path / "a.plan.json").read_text())["settings"]["round_to"]
     assert step < 16 and f"round-to: widths kept multiples of {step}" in out
+
+
+@pytest.mark.parametrize("target,art,ok,said", [
+    ("arm", {"elf_machine": "AArch64", "neon": {"instructions": 900, "neon": 300, "fmla": 40}}, True,
+     "ELF AArch64, NEON: 300 of 900 instructions vector (40 vector fmla)"),
+    ("arm", {"elf_machine": "AArch64", "neon": {"instructions": 900, "neon": 0, "fmla": 0}}, False,
+     "none, the build is scalar"),
+    ('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["-neon"]}',
+     {"elf_machine": "AArch64", "neon": {"instructions": 900, "neon": 0, "fmla": 0}}, True, "0 of 900"),
+    ("arm", {"elf_machine": "AArch64", "neon": "not checked (no aarch64 objdump)"}, True, "NEON: not checked"),
+    ("arm", {"elf_machine": "x86-64"}, False, "ELF x86-64 (the target needs AArch64)"),
+])
+def test_the_tvm_artifact_check_fails_a_scalar_arm_build(target, art, ok, said):
+    """The NEON half compared the counts (a dict) with False, so it could not fail: a build
+    with no vector instruction passed as 'NEON: {...}'. A target that turns NEON off expects none."""
+    from graphprune.backends.targets import resolve_target
+
+    check = compile_mod.artifact_check(resolve_target(target), art)
+    assert check["ok"] == ok and said in check["summary"], check

@@ -91,10 +91,11 @@ class OrtBackend:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         notes = []
-        # ENABLE_ALL may bake in x86-specific layouts (NCHWc); only for this machine.
-        level = "ORT_ENABLE_ALL" if target.host else "ORT_ENABLE_EXTENDED"
-        if not target.host:
-            notes.append(f"offline optimisation at {level}: portable to {target.arch}; "
+        # ENABLE_ALL bakes in layouts for this CPU's vector width (NCHWc): only for this CPU
+        level = "ORT_ENABLE_ALL" if target.this_cpu else "ORT_ENABLE_EXTENDED"
+        if not target.this_cpu:
+            where = "the device" if not target.host else f"any {target.name} CPU (this machine's vectors are wider)"
+            notes.append(f"offline optimisation at {level}: portable to {where}; "
                          "layout-specific optimisations happen on the device at load")
         optimized = out_dir / "model.onnx"
         so = ort.SessionOptions()
@@ -105,8 +106,7 @@ class OrtBackend:
         artifacts = ["model.onnx"]
         if ort_format:
             so2 = ort.SessionOptions()
-            so2.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_EXTENDED"
-                                                   if not target.host else level)
+            so2.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
             so2.optimized_model_filepath = str(out_dir / "model.ort")
             so2.add_session_config_entry("session.save_model_format", "ORT")
             so2.log_severity_level = 3

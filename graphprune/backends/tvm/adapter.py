@@ -187,21 +187,7 @@ def import_onnx(onnx_path: str | Path, input_shapes: Mapping[str, Sequence[int]]
     log = log or _default_log
     from . import onnx_prep
 
-    model = onnx_prep.load(onnx_path)
-    if input_shapes:
-        try:
-            model = onnx_prep.fix_input_shapes(model, dict(input_shapes))
-        except KeyError as e:
-            raise UsageError(str(e.args[0]), hint="input_shapes keys must be ONNX input names") from e
-    dynamic = onnx_prep.dynamic_inputs(model)
-    if dynamic:
-        shown = ", ".join(f"{k}{v}" for k, v in dynamic.items())
-        raise UsageError(
-            f"the TVM backend needs static input shapes; dynamic inputs: {shown}",
-            hint="give the shapes, e.g. --input-shape " + ",".join(
-                f"{k}=" + "x".join(str(d) if isinstance(d, int) else "N" for d in v)
-                for k, v in dynamic.items()),
-        )
+    model = onnx_prep.with_static_inputs(onnx_prep.load(onnx_path), input_shapes)
 
     folded = False
     unsupported = _unsupported_ops(model)

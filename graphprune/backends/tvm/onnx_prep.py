@@ -70,20 +70,43 @@ def op_types(model) -> set[tuple[str, str]]:
     return found
 
 
+def with_static_inputs(model, input_shapes: dict | None):
+    """`model` with `input_shapes` applied (a copy), every input then static; UsageError
+    naming the dynamic ones (TVM's importer needs static shapes). Cheap on a model loaded
+    without its external data: compile checks it before pruning."""
+    from graphprune.errors import UsageError
+
+    if input_shapes:
+        try:
+            model = fix_input_shapes(model, dict(input_shapes))
+        except KeyError as e:
+            raise UsageError(str(e.args[0]), hint="--input-shape names must be ONNX input names") from e
+    dynamic = dynamic_inputs(model)
+    if dynamic:
+        shown = ", ".join(f"{k}{v}" for k, v in dynamic.items())
+        raise UsageError(
+            f"the TVM backend needs static input shapes; dynamic inputs: {shown}",
+            hint="give every dynamic dim a size: " + " ".join(
+                f"--input-shape {k}:" + ",".join(str(d) if isinstance(d, int) else "N" for d in v)
+                for k, v in dynamic.items()) + " (each N a number; the module runs at those shapes only)",
+        )
+    return model
+
+
 def fix_input_shapes(model, input_shapes: dict[str, list[int]]):
     """Model copy whose named inputs have the given static shapes (outputs re-inferred)."""
     import onnx
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     model = copy
-    names = {i.name for i in graph_inputs(model)}
-    unknown = sorted(set(input_shapes) - names)
+    inputs = {i.name: i for i in graph_inputs(model)}
+    unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
-        raise KeyError(f"no model input named {', '.join(unknown)} (inputs: {', '.join(sorted(names))})")
+        raise KeyError(f"no model input named {', '.join(unknown)} (inputs: {', '.join(sorted(inputs))})")
     for name, shape in input_shapes.items():
-        make_input_shape_fixed(model.graph, name, [int(d) for d in shape])
+        _fix_dims(name, inputs[name].type.tensor_type.shape.dim, [int(d) for d in shape])
     # Output shapes still carry the old symbols; recompute them from the fixed inputs.
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
@@ -94,6 +117,20 @@ def fix_input_shapes(model, input_shapes: dict[str, list[int]]):
     except Exception:  # noqa: BLE001 - outputs with unknown shapes are fine for the importer
         pass
     return model
+
+
+def _fix_dims(name: str, dims, shape: list[int]) -> None:
+    """Set an input's dims by position. (By symbol, as ORT's make_input_shape_fixed does, one
+    name shared by H and W — PP-OCR's '?' — fixed both to H, and W then failed.)"""
+    from graphprune.errors import UsageError
+
+    if len(dims) != len(shape):
+        raise UsageError(f"--input-shape {name}: {len(shape)} dims given, the input has {len(dims)}")
+    for i, (d, n) in enumerate(zip(dims, shape, strict=True)):
+        if d.HasField("dim_value") and d.dim_value != n:
+            raise UsageError(f"--input-shape {name}: dim {i} is {d.dim_value} in the model, not {n}")
+        d.Clear()
+        d.dim_value = n
 
 
 def ort_basic_fold(model):
