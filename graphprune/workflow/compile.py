@@ -206,6 +206,10 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
             raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
                              f"(this machine is {platform.machine()})",
                              hint="--backend onnxruntime writes a portable ONNX Runtime deployment")
+    if opts.rpc:  # a key and a tracker that answers, before any work
+        from graphprune.backends.tvm.adapter import require_tracker
+
+        require_tracker(opts.rpc, opts.rpc_key)
     if opts.db and Path(opts.db).exists() and not Path(opts.db).is_dir():
         raise UsageError(f"--db {opts.db}: not a folder", hint="--db names the folder of TVM tuning databases")
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)

@@ -439,24 +439,33 @@ def test_arm_artifact_runs_under_qemu(host_build, work, model, feeds):
     assert len(out) == 1 and close(out[0], ref[0]), (out[0], ref[0])
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
 @pytest.mark.parametrize("flags,said", [
     (["--target", '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}'], "TVM cannot build for riscv64 here"),
     (["--db", "FILE"], "not a folder"),
+    (["--rpc", "TRACKER"], "--rpc needs --rpc-key"),
+    (["--rpc", "TRACKER", "--rpc-key", "pi"], "does not answer"),
 ])
 def test_compile_for_tvm_refuses_what_it_cannot_build_before_pruning(work, capsys, flags, said):
     """A triple with no cross compiler (riscv64) linked with the host's g++ and a --db that is
-    a file ended, after pruning, in an internal error (exit 1)."""
+    a file ended, after pruning, in an internal error (exit 1); a tracker that does not answer
+    was retried for a minute per kernel; --rpc without a key was refused after pruning."""
     from graphprune.cli.main import main
 
     path = tiny_cnn(work / "small.onnx")
     a_file = work / "notes.txt"
     a_file.write_text("a user's file\n")
-    flags = [str(a_file) if f == "FILE" else f for f in flags]
+    flags = [str(a_file) if f == "FILE" else f"127.0.0.1:{_closed_port()}" if f == "TRACKER" else f for f in flags]
     out = work / "refused"
     argv = ["compile", str(path), "--backend", "tvm", "--tune-trials", "1", "-o", str(out), *flags]
     if "--target" not in flags:
         argv += ["--target", "x86"]
-    assert main(argv) == 2
+    assert main(argv) == (4 if "does not answer" in said else 2)  # 4: a backend not usable
     said_all = capsys.readouterr()
     assert said in said_all.err and "round_to" not in said_all.out + said_all.err and not out.exists()
     assert a_file.read_text() == "a user's file\n"

@@ -1012,6 +1012,24 @@ def _split_tracker(tracker: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def require_tracker(tracker: str, key: str | None, timeout_s: float = 5.0) -> None:
+    """The --rpc tracker answers at host:port and a key is given, checked before any work (no
+    TVM needed): an unreachable tracker made every kernel retry for a minute, 16 minutes for
+    a small model, before the run failed."""
+    import socket
+
+    if not key:
+        raise UsageError("--rpc needs --rpc-key (the device key registered at the tracker)")
+    host, port = _split_tracker(tracker)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise BackendUnavailableError(f"the RPC tracker at {tracker} does not answer ({exc})",
+                                      hint="start it (python -m tvm.exec.rpc_tracker --port N) and "
+                                           "the device's server, or check --rpc host:port") from None
+
+
 def rpc_runner(tracker: str, key: str, *, session_timeout_s: int = 120, max_workers: int = 1,
                repeat: int = 1, number: int = 3, min_repeat_ms: int = 50):
     """A MetaSchedule runner for ``tune`` measuring on a device registered as `key`.
