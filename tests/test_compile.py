@@ -207,3 +207,34 @@ def test_the_wrote_line_lists_a_backend_built_but_not_chosen(samples_dir, tmp_pa
     rep["backend"]["results"]["tvm"] = {"library": "model.so"}  # as auto leaves it when ORT wins
     print_report(rep)
     assert "onnxruntime/, tvm/ (built, not chosen))" in capsys.readouterr().out
+
+
+def test_the_deployment_s_loader_runs_token_ids_at_the_measured_shape_and_saves_outputs(tmp_path):
+    """run_model.py fed float32 to every input (an int64 token-id model failed), set every
+    dynamic dim to 1 and printed only shapes. It now makes inputs of each input's type at the
+    shapes the compile measured at, prints values, and -o saves outputs that equal the pruned model's."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    from helpers import make_model, w
+
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h0"]),
+             helper.make_node("Relu", ["h0"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])]
+    path = tmp_path / "tok.onnx"
+    path.write_bytes(make_model(nodes, [ids], [("y", ["B", "T", 16])],
+                                {"emb": w(50, 16, seed=1), "w1": w(16, 64, seed=2), "w2": w(64, 16, seed=3)})
+                     .SerializeToString())
+    out = tmp_path / "c"
+    assert main(["compile", str(path), "--target", "x86", "--ratio", "0.5", "-o", str(out)]) == 0
+    loader = out / "onnxruntime" / "run_model.py"
+    said = subprocess.run([sys.executable, str(loader)], capture_output=True, text=True, check=True).stdout
+    assert "on {'ids': [1, 32]}" in said and "y: [1, 32, 16]" in said  # the measured 1x32, not 1x1
+    feeds = {"ids": np.random.default_rng(3).integers(0, 50, (2, 7)).astype(np.int64)}
+    np.savez(tmp_path / "in.npz", **feeds)
+    subprocess.run([sys.executable, str(loader), str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz")],
+                   capture_output=True, text=True, check=True)
+    want = ort.InferenceSession(str(out / "model.pruned.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], want, rtol=1e-5, atol=1e-6)

@@ -20,9 +20,23 @@ def add_arguments(p):
     p.add_argument("--report", metavar="PATH", help="also write PATH.report.{json,md,html} (graphprune.report/1)")
 
 
-def run(args) -> int:
+def _pruned_model(given: str) -> str:
+    """The pruned model's path: a compile folder stands for its model.pruned.onnx (the plan is beside it)."""
     from pathlib import Path
 
+    from graphprune.errors import UsageError
+
+    if not Path(given).is_dir():
+        return given
+    inside = Path(given) / "model.pruned.onnx"
+    if not inside.is_file():
+        raise UsageError(f"{given}: a folder without model.pruned.onnx, not a model",
+                         hint="give the pruned .onnx file, or the folder graphprune compile wrote")
+    print(f"pruned: {inside} (the compile folder's)")
+    return str(inside)
+
+
+def run(args) -> int:
     import graphprune as gp
     from graphprune.cli.common import load_inputs, parse_shapes, table
     from graphprune.errors import OracleMismatchError, UsageError
@@ -34,13 +48,7 @@ def run(args) -> int:
     from graphprune.cli.report import check_report_option, write_check_report
 
     check_report_option(args)  # before any work
-    if Path(args.pruned).is_dir():  # a compile folder: its pruned model (the plan is beside it)
-        inside = Path(args.pruned) / "model.pruned.onnx"
-        if not inside.is_file():
-            raise UsageError(f"{args.pruned}: a folder without model.pruned.onnx, not a model",
-                             hint="give the pruned .onnx file, or the folder graphprune compile wrote")
-        args.pruned = str(inside)
-        print(f"pruned: {args.pruned} (the compile folder's)")
+    args.pruned = _pruned_model(args.pruned)
     if args.plan is None:
         from graphprune.outputs import plan_beside
 

@@ -19,7 +19,13 @@ from graphprune.backends.targets import Target
 
 log = logging.getLogger(__name__)
 
-LOADER = '''"""Minimal loader for a graphprune ONNX Runtime deployment: python run_model.py [inputs.npz]"""
+LOADER = '''"""Loader for a graphprune ONNX Runtime deployment.
+
+python run_model.py [inputs.npz] [-o outputs.npz]: runs the model with the session settings
+graphprune measured (session.json) on the named arrays of inputs.npz, or on random inputs of
+each input's type at the shapes the compile measured at; prints each output's shape and first
+values, and with -o saves them.
+"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
@@ -34,15 +40,33 @@ so.execution_mode = getattr(ort.ExecutionMode, cfg["execution_mode"])
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, cfg["graph_optimization_level"])
 providers = [p for p in cfg["providers"] if p in ort.get_available_providers()]
 sess = ort.InferenceSession(str(here / cfg["model"]), so, providers=providers)
-if len(sys.argv) > 1:
-    feeds = dict(np.load(sys.argv[1]))
-else:
-    rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-             for i in sess.get_inputs()}
+args = sys.argv[1:]
+save = args.pop(args.index("-o") + 1) if "-o" in args[:-1] else None
+args = [a for a in args if a != "-o"]
+if args:
+    feeds = dict(np.load(args[0]))
+else:  # random data of each input's type, at the shapes the compile measured at
+    rng, shapes = np.random.default_rng(0), cfg.get("example_shapes") or {}
+    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = shapes.get(i.name) or [d if isinstance(d, int) else 1 for d in i.shape]
+        kind = kinds.get(i.type, np.float32)
+        if np.issubdtype(kind, np.floating):
+            feeds[i.name] = rng.standard_normal(shape).astype(kind)
+        else:  # 0 or 1: a valid token id, index or flag
+            feeds[i.name] = np.asarray(rng.integers(0, 2, size=shape)).astype(kind)
 t0 = time.perf_counter()
 outs = sess.run(None, feeds)
-print(f"ran in {(time.perf_counter() - t0) * 1000:.2f} ms:", [o.shape for o in outs])
+print(f"ran in {(time.perf_counter() - t0) * 1000:.2f} ms on", {k: list(v.shape) for k, v in feeds.items()})
+names = [o.name for o in sess.get_outputs()]
+for name, out in zip(names, outs):
+    print(f"{name}: {list(np.shape(out))} {np.asarray(out).ravel()[:5]}")
+if save:
+    np.savez(save, **dict(zip(names, outs)))
+    print("saved", save)
 '''
 
 
@@ -115,6 +139,8 @@ class OrtBackend:
         cfg = {"model": "model.onnx", "providers": list(target.ort_providers), "intra_op_num_threads": 0,
                "inter_op_num_threads": 0, "execution_mode": "ORT_SEQUENTIAL",
                "graph_optimization_level": "ORT_ENABLE_ALL", "measured": None}
+        if feeds:  # run_model.py's random inputs take these shapes (its dynamic dims are not all 1)
+            cfg["example_shapes"] = {k: [int(d) for d in np.shape(v)] for k, v in feeds.items()}
         if target.host and tune and feeds is not None:
             cfg = self._tune_session(str(optimized), cfg, feeds, log_fn)
         elif not target.host:
