@@ -238,3 +238,26 @@ def test_the_deployment_s_loader_runs_token_ids_at_the_measured_shape_and_saves_
                    capture_output=True, text=True, check=True)
     want = ort.InferenceSession(str(out / "model.pruned.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_says_what_is_wrong_with_its_inputs_or_folder(samples_dir, tmp_path, capsys):
+    """Each was an internal error ('please report it'): a user's tvm/ folder in an ONNX
+    Runtime-only compile folder under --backends, --inputs of another batch size or naming no
+    input, and a folder whose session.json is gone."""
+    out = tmp_path / "c"
+    assert main(["compile", str(samples_dir / "tiny_resnet.onnx"), "--target", "x86", "-o", str(out)]) == 0
+    (out / "tvm").mkdir()
+    (out / "tvm" / "my_notes.txt").write_text("mine\n")
+    quick = ["--repeats", "2", "--warmup", "1", "--rounds", "1"]
+    capsys.readouterr()
+    assert main(["bench", str(out), "--backends", *quick]) == 0  # the ONNX Runtime build only
+    assert "c/tvm" not in capsys.readouterr().out
+    x = np.zeros((4, 3, 32, 32), np.float32)  # the model's batch is 1
+    np.savez(tmp_path / "b4.npz", input=x)
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    for npz, said in (("b4.npz", "does not run on these inputs"), ("two.npz", "no array for model input(s) ['input']")):
+        assert main(["bench", str(out), "--inputs", str(tmp_path / npz), *quick]) == 2
+        assert said in capsys.readouterr().err
+    (out / "onnxruntime" / "session.json").unlink()
+    assert main(["bench", str(out), *quick]) == 2
+    assert "session.json is missing" in capsys.readouterr().err

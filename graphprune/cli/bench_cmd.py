@@ -42,7 +42,23 @@ def _ort_runner(label: str, model: Path, cfg: dict, feeds_fn):
 
     sess = ort.InferenceSession(str(model), _session_options(cfg), providers=["CPUExecutionProvider"])
     feeds = feeds_fn(sess)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # its failure is said once, in _runs_once's words
+    _runs_once(label, lambda: sess.run(None, feeds, quiet))
     return Runner(label, lambda: sess.run(None, feeds))
+
+
+def _runs_once(label: str, fn) -> None:
+    """One run before any timing: inputs the artifact cannot take (--inputs of another batch
+    size) are the user's error in words, not an internal error after the warm-up."""
+    from graphprune.errors import UsageError
+    from graphprune.runtime.ort import _first_line
+
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime and TVM raise many types for bad inputs
+        raise UsageError(f"{label} does not run on these inputs: {_first_line(exc)}",
+                         hint="check --inputs / --input-shape against the model's inputs") from None
 
 
 def _threads(cfg: dict) -> str:
@@ -64,11 +80,17 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
         raise UsageError(f"{path}: neither an .onnx file nor a compile folder with report.json")
     rep = json.loads(report_path.read_text())
     chosen = rep["backend"]["chosen"]
-    backends = [b for b in ("onnxruntime", "tvm") if (path / b).is_dir()] if all_backends else [chosen]
+    built = [b for b, r in (rep["backend"].get("results") or {}).items()  # a kept folder of the user's is none
+             if isinstance(r, dict) and not r.get("skipped") and (path / b).is_dir()]
+    backends = [b for b in ("onnxruntime", "tvm") if b in built] if all_backends else [chosen]
     out = []
     for b in backends:
         if b == "onnxruntime":
-            cfg = json.loads((path / "onnxruntime" / "session.json").read_text())
+            session_json = path / "onnxruntime" / "session.json"
+            if not session_json.is_file():
+                raise UsageError(f"{path}: {session_json.name} is missing from onnxruntime/: not a whole compile "
+                                 "folder", hint="compile again, or bench the .onnx file itself")
+            cfg = json.loads(session_json.read_text())
             if args.threads:
                 cfg["intra_op_num_threads"] = args.threads
             out.append(_ort_runner(f"{path.name}/onnxruntime ({_threads(cfg)})", path / "onnxruntime" / cfg["model"],
@@ -90,6 +112,7 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
                                  hint="give --rpc HOST:PORT --rpc-key KEY of a device")
             else:
                 exe = adapter.load(lib)
+                _runs_once(f"{path.name}/tvm", lambda exe=exe, feeds=feeds: adapter.run_loaded(exe, feeds))
                 out.append(Runner(f"{path.name}/tvm", lambda exe=exe, feeds=feeds: adapter.run_loaded(exe, feeds)))
     return out
 
@@ -156,9 +179,11 @@ def run(args) -> int:
     shapes = None if given else _shapes(args, paths)
 
     def feeds_fn(sess, model_path=None):
-        if given:
-            return given[0]
         sess = sess if sess is not None else session(str(model_path))
+        if given:  # named as the model's inputs, or the missing / unknown names said
+            from graphprune.runtime.oracle import fit_given
+
+            return fit_given(given[0], sess)
         names = {i.name for i in sess.get_inputs()}
         if not names <= set(shapes.shapes):
             from graphprune.errors import UsageError

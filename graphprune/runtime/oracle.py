@@ -359,7 +359,7 @@ class _Judge:
         return res
 
 
-def _fit_given(feeds: dict, sess) -> dict:
+def fit_given(feeds: dict, sess) -> dict:
     """A given input set (--inputs) named as the model's inputs: one array for a one-input
     model is that input (as --calib reads it); a missing or unknown name is a usage error
     in words (it was ONNX Runtime's message, as if the model were at fault: exit 4)."""
@@ -377,7 +377,7 @@ def _fit_given(feeds: dict, sess) -> dict:
 
 def _feed_sets(inputs, n_random: int, seed: int, sess, shapes):
     """The given input sets, then `n_random` random ones made one at a time (streamed)."""
-    yield from (_fit_given(f, sess) for f in inputs or [])
+    yield from (fit_given(f, sess) for f in inputs or [])
     for k in range(max(n_random, 0)):
         yield random_inputs(sess, seed + k, shapes=shapes)
 
