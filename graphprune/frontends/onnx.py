@@ -282,6 +282,10 @@ def _drop_initializers_from_inputs(model: ir.Model) -> None:
     if len(keep) != len(g.inputs):
         g.inputs.clear()
         g.inputs.extend(keep)
+        if model.ir_version and model.ir_version < 4:
+            # IR 3 requires every initializer to be a graph input: the written model failed
+            # onnx.checker ('w1 in initializer but not in graph input'). IR 4 only lifts that rule.
+            model.ir_version = 4
 
 
 def infer_shapes(model: ir.Model, *, warn: bool = True) -> None:

@@ -179,3 +179,30 @@ def test_a_size_declared_as_minus_one_is_dynamic(tmp_path):
     for batch in (1, 5):
         (y,) = sess.run(None, {"input": rng.standard_normal((batch, 3, 12, 12)).astype(np.float32)})
         assert y.shape == (batch, 8, 1, 1)
+
+
+def test_an_ir3_model_with_initializers_as_inputs_is_written_valid(tmp_path):
+    """IR 3 lists every initializer as a graph input; the weights become constants when loaded,
+    and the written model kept ir_version 3 without them as inputs: onnx.checker rejected it
+    ('w1 in initializer but not in graph input'). It is written as IR 4, which allows that."""
+    from onnx import TensorProto
+
+    from graphprune.cli.main import main
+    from helpers import w
+
+    inits = {"w1": w(8, 3, 3, 3, seed=1), "b1": w(8, seed=2), "w2": w(4, 8, 3, 3, seed=3), "b2": w(4, seed=4)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a0"], pads=[1] * 4), helper.make_node("Relu", ["a0"], ["a"]),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["y"], pads=[1] * 4)]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])] + [
+        helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in inits.items()]
+    graph = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    m.ir_version = 3
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, tmp_path / "ir3.onnx")
+    assert main(["prune", str(tmp_path / "ir3.onnx"), "--ratio", "0.5", "--round-to", "1", "-o",
+                 str(tmp_path / "p.onnx"), "--no-bench"]) == 0  # the oracle passed
+    written = onnx.load(tmp_path / "p.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert written.ir_version == 4 and written.graph.initializer[0].dims[0] < 8  # pruned
