@@ -117,6 +117,36 @@ def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
     return cost
 
 
+def _graph_macs(graph: ir.Graph) -> int:
+    return sum(node_macs(n) + _subgraph_macs(n) for n in graph)
+
+
+def _subgraph_macs(node: ir.Node) -> int:
+    """MACs of the graphs a control-flow node runs: an If runs one branch (the costlier is
+    counted: an upper bound), a Loop's body its constant trip count of times (once when the
+    count is not a constant: a lower bound), a Scan's body once per element of its scanned
+    axis when known. The convs inside an If were counted as 0 MACs (their params were counted)."""
+    graphs = [a.value for a in node.attributes.values() if isinstance(a.value, ir.Graph)]
+    if not graphs or node.domain not in ("", "ai.onnx"):
+        return 0
+    per = [_graph_macs(g) for g in graphs]
+    if node.op_type == "If":
+        return max(per)
+    times = 1
+    if node.op_type == "Loop" and node.inputs and node.inputs[0] is not None:
+        from graphprune.ir.constants import const_array
+
+        trips = const_array(node.inputs[0])
+        times = int(trips) if trips is not None and trips.size == 1 and 0 <= int(trips) < 2**31 else 1
+    elif node.op_type == "Scan":
+        n_state = len(node.inputs) - int(node.attributes["num_scan_inputs"].value) if "num_scan_inputs" in \
+            node.attributes else None
+        first = node.inputs[n_state] if n_state is not None and n_state < len(node.inputs) else None
+        dims = list(first.shape) if first is not None and first.shape is not None else []
+        times = dims[0] if dims and isinstance(dims[0], int) else 1  # scan_input_axes default 0
+    return times * sum(per)
+
+
 def _is_param(v: ir.Value) -> bool:
     """Float constants, and the integer data of QDQ weights (read by DequantizeLinear)."""
     return v.dtype is not None and v.shape is not None and (v.dtype.is_floating_point() or is_quantized_weight(v))
@@ -145,7 +175,7 @@ def _model_cost(model: ir.Model) -> Cost:
     n = 0
     for node in model.graph:
         n += 1
-        macs += node_macs(node)
+        macs += node_macs(node) + _subgraph_macs(node)
         if const_producer(node.outputs[0]) is not None if node.outputs else False:
             v = node.outputs[0]
             if v.name not in seen and is_constant(v) and _is_param(v):

@@ -361,9 +361,29 @@ def weightless_proto(model: ir.Model):
     return proto
 
 
+def _proto_values(graph, known: dict) -> dict:
+    """Every value_info and output of `graph` and its subgraphs (If/Loop/Scan bodies), by name."""
+    for vi in list(graph.value_info) + list(graph.output):
+        known.setdefault(vi.name, vi)
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _proto_values(g, known)
+    return known
+
+
+def _nodes_within(graph: ir.Graph):
+    """The nodes of `graph` and of its subgraphs (whose shapes the MAC count needs)."""
+    for node in graph:
+        yield node
+        for attr in node.attributes.values():
+            if isinstance(attr.value, ir.Graph):
+                yield from _nodes_within(attr.value)
+
+
 def _merge_shapes(model: ir.Model, inferred) -> None:
-    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    for node in model.graph:
+    known = _proto_values(inferred.graph, {})
+    for node in _nodes_within(model.graph):
         for v in node.outputs:
             vi = known.get(v.name)
             if vi is None or not vi.type.HasField("tensor_type"):

@@ -79,3 +79,26 @@ def test_after_pruning_the_surgery_s_shapes_give_the_re_inferred_figures():
         assert (cost.macs, cost.layers) == (_model_cost(again).macs, _layers_of(m, again)), seed
         checked += 1
     assert checked >= 30
+
+
+def test_macs_inside_an_if_branch_are_counted():
+    """x -> conv (8) -> If(c: conv 8->6 with bias | conv 8->6 without) -> conv (4). Each branch
+    runs a conv of 6·8·9 MACs per pixel; they were counted as 0 (the weights' params were not)."""
+    from onnx import TensorProto, helper
+
+    from graphprune.analysis.cost import model_cost
+    from helpers import make_model, w
+
+    def branch(name, ins):
+        out = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node("Conv", ins, [name], pads=[1] * 4)], name, [], [out])
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4),
+             helper.make_node("If", ["c"], ["z"], then_branch=branch("t", ["a", "bw", "bb"]),
+                              else_branch=branch("e", ["a", "bw"])),
+             helper.make_node("Conv", ["z", "w2"], ["y"], pads=[1] * 4)]
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [1])
+    m = make_model(nodes, [("x", ["N", 3, "H", "W"]), c], [("y", ["N", 4, "H", "W"])],
+                   {"w1": w(8, 3, 3, 3), "b1": w(8), "bw": w(6, 8, 3, 3), "bb": w(6), "w2": w(4, 6, 3, 3)})
+    cost = model_cost(gp.load(m.SerializeToString()), {"x": [1, 3, 16, 16], "c": [1]})
+    assert cost.macs == 16 * 16 * (8 * 3 * 9 + 6 * 8 * 9 + 4 * 6 * 9)
