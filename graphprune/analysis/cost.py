@@ -123,9 +123,9 @@ def _graph_macs(graph: ir.Graph) -> int:
 
 def _subgraph_macs(node: ir.Node) -> int:
     """MACs of the graphs a control-flow node runs: an If runs one branch (the costlier is
-    counted: an upper bound), a Loop's body its constant trip count of times (once when the
-    count is not a constant: a lower bound), a Scan's body once per element of its scanned
-    axis when known. The convs inside an If were counted as 0 MACs (their params were counted)."""
+    counted: an upper bound), a Loop's body its constant trip count of times; otherwise a
+    body once (a Scan's, a Loop's of a computed count: a lower bound). The convs inside an If
+    were counted as 0 MACs (their params were counted)."""
     graphs = [a.value for a in node.attributes.values() if isinstance(a.value, ir.Graph)]
     if not graphs or node.domain not in ("", "ai.onnx"):
         return 0
@@ -138,12 +138,6 @@ def _subgraph_macs(node: ir.Node) -> int:
 
         trips = const_array(node.inputs[0])
         times = int(trips) if trips is not None and trips.size == 1 and 0 <= int(trips) < 2**31 else 1
-    elif node.op_type == "Scan":
-        n_state = len(node.inputs) - int(node.attributes["num_scan_inputs"].value) if "num_scan_inputs" in \
-            node.attributes else None
-        first = node.inputs[n_state] if n_state is not None and n_state < len(node.inputs) else None
-        dims = list(first.shape) if first is not None and first.shape is not None else []
-        times = dims[0] if dims and isinstance(dims[0], int) else 1  # scan_input_axes default 0
     return times * sum(per)
 
 
