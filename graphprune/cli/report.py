@@ -124,6 +124,25 @@ def _experts_text(records: list[dict]) -> str:
     return f"{', '.join(counts)} in {len(records)} MoE layer(s)"
 
 
+def widths_off_multiple(model, plan, round_to: int) -> list[tuple[str, int]]:
+    """(tensor, kept width) of the sliced weights of `model` whose width along the sliced axis
+    is not a multiple of `round_to`: the allocation leaves a weight narrower than round_to
+    unconstrained (allocation.uniform.rounded_removal), and the summary said 'multiples of 16'
+    of widths 9 and 7."""
+    if model is None:
+        return []
+    inits = model.graph.initializers
+    out = []
+    for t in plan.tensors:
+        v = inits.get(t["name"])
+        if v is None or v.shape is None or not 0 <= t["axis"] < len(v.shape):
+            continue
+        width = v.shape[t["axis"]]
+        if isinstance(width, int) and width % round_to and (t["name"], width) not in out:
+            out.append((t["name"], width))
+    return out
+
+
 def print_prune_summary(outcome, *, latency: dict) -> None:
     from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.cli.common import table
@@ -146,9 +165,12 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
         from graphprune.backends.targets import host_target
 
         lanes = host_target().simd_lanes
+        odd = widths_off_multiple(outcome.model, plan, round_to)
         print(f"round-to: widths kept multiples of {round_to}"
               + (f" (auto: this CPU's {lanes} float32 lanes; --round-to 1 allows any width)" if round_to == lanes
-                 else ""))
+                 else "")
+              + (f"; except {len(odd)} weight(s) narrower than that, cut freely: "
+                 f"{', '.join(f'{n} {w}' for n, w in odd[:4])}{' ...' if len(odd) > 4 else ''}" if odd else ""))
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
     if outcome.budget:
