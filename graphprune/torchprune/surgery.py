@@ -161,6 +161,10 @@ def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None 
         elif isinstance(m, nn.LayerNorm) and w is not None:
             m.normalized_shape = tuple(w.shape)
         elif isinstance(m, nn.GroupNorm) and w is not None:
+            # whole groups are removed (the analysis couples a group's channels): the group
+            # count shrinks with the channels; it was kept, and the forward normalised over
+            # the wrong groups or raised
+            m.num_groups = m.num_groups * w.shape[0] // m.num_channels
             m.num_channels = w.shape[0]
         elif isinstance(m, nn.MultiheadAttention):
             from graphprune.torchprune.mha import adopt

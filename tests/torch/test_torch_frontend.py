@@ -116,6 +116,30 @@ def test_grouped_conv_with_uneven_group_importance(depthwise):
         assert set(stem_removed) == {p + 4 * k for p in positions for k in range(4)}
 
 
+@pytest.mark.parametrize("groups", [4, 16])
+def test_group_norm_loses_whole_groups_and_its_group_count_follows(groups):
+    """conv (16) -> GroupNorm(groups) -> conv: the analysis removes whole groups, but the module
+    kept num_groups, so its forward normalised over other groups (error 0.1) or raised on
+    divisibility: 'cannot build a pruned module ... please report this'."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.gn, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(groups, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.gn(self.a(x))))
+
+    module, x = seeded(Net), torch.randn(IMG)
+    with torch.no_grad():  # uneven groups, so the criterion has a choice
+        module.a.weight[: 16 // groups * 2] *= 0.01
+    result = gp.prune_module(module, x, ratio=0.5, round_to=1)
+    check_result(module, (x,), result)
+    gn = result.module.gn
+    assert result.kind == "module" and gn.num_channels < 16
+    assert gn.num_groups == groups * gn.num_channels // 16 and gn.num_channels % gn.num_groups == 0
+
+
 # ---- custom layer with its own rule (a custom torch op exported as ONNX Shrink) ---------------
 
 @torch.library.custom_op("graphprune_test::soft_shrink", mutates_args=())
