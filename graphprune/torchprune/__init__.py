@@ -178,11 +178,30 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
     return group_scores(dg, importance, seed=seed)
 
 
+def _tolerance(module, args: tuple, rtol: float | None) -> float:
+    """The check's tolerance for the module's float type; float64 and bfloat16 are refused
+    before any work: ONNX Runtime, which checks the result, has no CPU convolution or matrix
+    product for them (its raw error came after the capture and the pruning)."""
+    import torch
+
+    kinds = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    kinds |= {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+    other = sorted(str(k).replace("torch.", "") for k in kinds - {torch.float32, torch.float16})
+    if other:
+        raise UsageError(f"prune_module checks its result in ONNX Runtime, which does not run {', '.join(other)} "
+                         "convolutions and matrix products on the CPU",
+                         hint="prune a float32 copy (module.float() and float inputs), then cast the result back, "
+                              "e.g. result.module.to(torch.bfloat16)")
+    if rtol is not None:
+        return rtol
+    return 1e-2 if torch.float16 in kinds else 1e-4
+
+
 def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str = "l2", round_to: int | str = 1,
                  ignore: list[str] | None = None, plan: Plan | str | os.PathLike | None = None,
                  importance=None, loss_fn=None, data=None, max_batches: int | None = None,
                  selection: dict[int, list[int]] | None = None, seed: int = 0, check: bool = True,
-                 rtol: float = 1e-4, onnx_translations: dict | None = None) -> TorchPruneResult:
+                 rtol: float | None = None, onnx_translations: dict | None = None) -> TorchPruneResult:
     """Prune `module` (not modified) and return a physically smaller copy with its plan.
 
     ratio/criterion/round_to/ignore/seed mean what they mean for `graphprune.prune`, but
@@ -194,7 +213,8 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     ``loss_fn(module(*inputs), target)`` over the ``(inputs, target)`` batches of `data`,
     at most `max_batches`; see torchprune/taylor.py), or a callable
     ``fn(dependency_graph, group) -> scores per atom``. `check` runs the torch-side oracle
-    (pruned == masked original); agreement with the pruned ONNX is always checked.
+    (pruned == masked original); agreement with the pruned ONNX is always checked, within
+    `rtol` of each output's scale (default 1e-4; 1e-2 for a float16 module, near its resolution).
     `onnx_translations` exports custom torch ops (see frontends.torch.capture).
     """
     import graphprune as gp
@@ -212,6 +232,7 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     round_to = resolve_round_to(round_to)
     ignore = name_list(ignore) or None  # one string is one pattern, not a list of characters
     args = as_tuple(example_inputs)
+    rtol = _tolerance(module, args, rtol)
     cap = capture(module, args, onnx_translations=onnx_translations)
     dg = DependencyGraph(cap.model, ignore=ignore)
     scores = None

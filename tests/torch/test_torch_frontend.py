@@ -140,6 +140,33 @@ def test_group_norm_loses_whole_groups_and_its_group_count_follows(groups):
     assert gn.num_groups == groups * gn.num_channels // 16 and gn.num_channels % gn.num_groups == 0
 
 
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_a_module_onnx_runtime_cannot_run_is_refused_before_any_work(dtype, monkeypatch):
+    """float64 and bfloat16 modules ran the capture and the pruning, then failed inside ONNX
+    Runtime with its own error class (no CPU Conv/Gemm for them)."""
+    import graphprune.torchprune as tp
+    from graphprune.errors import UsageError
+
+    module = seeded(LeNet).to(getattr(torch, dtype))
+    monkeypatch.setattr("graphprune.frontends.torch.capture", lambda *a, **k: pytest.fail("captured"))
+    with pytest.raises(UsageError, match=f"does not run {dtype}") as e:
+        tp.prune_module(module, torch.randn(2, 1, 28, 28, dtype=getattr(torch, dtype)), ratio=0.5)
+    assert "module.float()" in e.value.hint
+
+
+def test_a_float16_module_is_checked_at_its_resolution():
+    """At the float32 tolerance (1e-4 of the scale) a float16 module's agreement with its ONNX
+    export (~3e-4) was refused with 'please report this'."""
+    module = seeded(LeNet).half()
+    x = torch.randn(2, 1, 28, 28).half()
+    result = gp.prune_module(module, x, ratio=0.5)
+    assert result.module.conv1.weight.dtype == torch.float16
+    masked = masked_by_hand(module, result.plan)
+    with torch.no_grad():
+        got, want = result.module(x).float(), masked(x).float()
+    assert float((got - want).abs().max()) <= 1e-2 * float(want.abs().max())
+
+
 # ---- custom layer with its own rule (a custom torch op exported as ONNX Shrink) ---------------
 
 @torch.library.custom_op("graphprune_test::soft_shrink", mutates_args=())
