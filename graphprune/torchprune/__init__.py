@@ -149,7 +149,9 @@ def _graph_fallback(module, args, cap, plan, removed, input_sets, sess, names, r
         masked = masked_module(module, plan)
         if _mismatch(gm, input_sets, sess, names, rtol) is None and \
                 all(_compare(_run(masked, b), _run(gm, b), rtol) is None for b in other_batch):
-            return gm, "the graph accepts any batch size"
+            return gm, ("the graph accepts any batch size; its other dims stay those of the example inputs ("
+                        + ", ".join("×".join(["N", *map(str, a.shape[1:])]) for a in args if hasattr(a, "shape"))
+                        + ")")
     except Exception as exc:  # any failure here only means: use the static graph
         log.debug("dynamic-batch graph fallback failed: %s", exc)
     gm = build_graph_module(cap.program, plan, removed)
@@ -273,7 +275,11 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
         notes.append(note)
         pruned, kind = gm, "graph"
     if not new_plan.tensors:  # said, as the prune verb says it: an identical copy is not a result
-        why = (f"no channel group of this module can be pruned ({len(dg.frozen_groups)} frozen; "
+        ignored = sum(1 for g in dg.groups if g.ignored)
+        why = (f"all {ignored} prunable channel group(s) are excluded by ignore={list(ignore)} (patterns are regular "
+               "expressions searched in tensor names, not globs: e.g. 'c1*' matches any name with a 'c')"
+               if ignored and not dg.prunable_groups else
+               f"no channel group of this module can be pruned ({len(dg.frozen_groups)} frozen; "
                "graphprune.analyze(result.onnx_model).frozen_groups says why, e.g. an op without a channel rule)"
                if not dg.prunable_groups else
                f"ratio {ratio:g} removes no whole channel of its {len(dg.prunable_groups)} prunable group(s)"

@@ -266,6 +266,19 @@ def test_attention_head_pruning_with_literal_head_sizes():
         xb = torch.randn(3, 5, 8)
         np.testing.assert_allclose(result.module(xb).numpy(), gp.masked_module(module, result.plan)(xb).numpy(),
                                    rtol=1e-4, atol=1e-5)
+    # and only that: the note said 'any batch size' of a graph that fails at another sequence length
+    assert "any batch size; its other dims stay those of the example inputs (N×5×8)" in " ".join(result.notes)
+    with pytest.raises(RuntimeError):
+        result.module(torch.randn(2, 6, 8))
+
+
+def test_an_ignore_list_that_excludes_every_group_is_said_so():
+    """ignore='.*' (a regular expression matching every tensor) was reported as 'no channel
+    group can be pruned (... e.g. an op without a channel rule)'."""
+    module, x = seeded(StackedFC), torch.randn(4, 20)
+    result = gp.prune_module(module, x, ratio=0.5, ignore=".*")
+    assert not result.plan.tensors
+    assert any("prunable channel group(s) are excluded by ignore=['.*']" in n for n in result.notes), result.notes
 
 
 @pytest.mark.parametrize("round_to", [1, 4, 8])
