@@ -27,6 +27,39 @@ def distillation_loss(student, teacher, temperature: float):
                     reduction="batchmean", log_target=True) * (t * t)
 
 
+def _check_numbers(epochs, lr, kd_alpha, kd_temperature, max_batches) -> None:
+    """Bad numbers as usage errors in words (a float or a string of epochs was a TypeError
+    deep in the loop; max_batches=0 trained nothing and reported a loss of 0.0)."""
+    from graphprune.errors import UsageError
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not is_int(epochs) or epochs < 0:
+        raise UsageError(f"finetune: epochs must be an integer >= 0, got {epochs!r}")
+    if not is_num(lr) or lr <= 0:
+        raise UsageError(f"finetune: lr must be a number > 0, got {lr!r}")
+    if not is_num(kd_alpha) or not 0.0 <= kd_alpha <= 1.0 or not is_num(kd_temperature) or kd_temperature <= 0:
+        raise UsageError(f"finetune: kd_alpha must be in [0, 1] and kd_temperature > 0, got {kd_alpha!r}, "
+                         f"{kd_temperature!r}")
+    if max_batches is not None and (not is_int(max_batches) or max_batches < 1):
+        raise UsageError(f"finetune: max_batches must be an integer >= 1 (or None: every batch), got {max_batches!r}")
+
+
+def _pair(batch):
+    """A batch as (inputs, target); a loader of inputs alone is said in words."""
+    from graphprune.errors import UsageError
+
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch
+    raise UsageError("finetune: each batch must be an (inputs, target) pair, got "
+                     + (f"a sequence of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__),
+                     hint="yield (inputs, target); inputs may be a tensor or a tuple of tensors")
+
+
 def finetune(pruned, train_loader, epochs: int = 1, lr: float = 1e-3, *, teacher=None, kd_alpha: float = 0.5,
              kd_temperature: float = 4.0, loss_fn=None, weight_decay: float = 0.0, optimizer: str = "adam",
              max_batches: int | None = None, device=None) -> list[float]:
@@ -43,10 +76,9 @@ def finetune(pruned, train_loader, epochs: int = 1, lr: float = 1e-3, *, teacher
 
     if isinstance(pruned, TorchPruneResult):  # prune_module's result: its module is what trains
         pruned = pruned.module
-    if epochs < 0 or lr <= 0:
-        raise UsageError(f"finetune: need epochs >= 0 and lr > 0 (got {epochs}, {lr})")
-    if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:
-        raise UsageError("finetune: kd_alpha must be in [0, 1] and kd_temperature > 0")
+    if isinstance(teacher, TorchPruneResult):  # the same for the teacher
+        teacher = teacher.module
+    _check_numbers(epochs, lr, kd_alpha, kd_temperature, max_batches)
     loss_fn = loss_fn or F.cross_entropy
     params = [p for p in pruned.parameters() if p.requires_grad]
     if optimizer == "adam":
@@ -63,9 +95,10 @@ def finetune(pruned, train_loader, epochs: int = 1, lr: float = 1e-3, *, teacher
         for epoch in range(epochs):
             pruned.train()
             total, count = 0.0, 0
-            for k, (inputs, target) in enumerate(train_loader):
+            for k, batch in enumerate(train_loader):
                 if max_batches is not None and k >= max_batches:
                     break
+                inputs, target = _pair(batch)
                 inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
                 if device is not None:
                     inputs = tuple(x.to(device) for x in inputs)

@@ -231,6 +231,8 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
 
     from graphprune.workflow.options import name_list
 
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")  # '0.3' was a TypeError
     round_to = resolve_round_to(round_to)
     ignore = name_list(ignore) or None  # one string is one pattern, not a list of characters
     args = as_tuple(example_inputs)

@@ -49,6 +49,15 @@ def test_finetune_options_and_errors():
     before = [p.detach().clone() for p in result.module.parameters()]
     assert len(gp.finetune(result, data, epochs=1, lr=1e-2)) == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, result.module.parameters(), strict=True))
+    # bad numbers and batches are said in words (TypeErrors and ValueErrors inside the loop, or a
+    # reported loss of 0.0 for max_batches=0); a prune_module result is a teacher too
+    for kw, said in (({"epochs": 1.5}, "epochs must be an integer"), ({"epochs": "2"}, "epochs must be an integer"),
+                     ({"max_batches": 0}, "max_batches must be an integer >= 1")):
+        with pytest.raises(UsageError, match=said):
+            gp.finetune(model, data, **kw)
+    with pytest.raises(UsageError, match=r"\(inputs, target\) pair"):
+        gp.finetune(model, [torch.randn(16, 4)])
+    assert len(gp.finetune(model, data, epochs=1, teacher=result)) == 1
 
 
 @pytest.mark.slow

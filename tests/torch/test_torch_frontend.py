@@ -154,6 +154,14 @@ def test_a_module_onnx_runtime_cannot_run_is_refused_before_any_work(dtype, monk
     assert "module.float()" in e.value.hint
 
 
+@pytest.mark.parametrize("ratio", ["0.3", 1.0, -0.1, True])
+def test_a_ratio_that_is_not_a_fraction_is_a_usage_error(ratio):
+    from graphprune.errors import UsageError
+
+    with pytest.raises(UsageError, match="ratio must be a number in"):
+        gp.prune_module(seeded(StackedFC), torch.randn(4, 20), ratio=ratio)
+
+
 def test_a_float16_module_is_checked_at_its_resolution():
     """At the float32 tolerance (1e-4 of the scale) a float16 module's agreement with its ONNX
     export (~3e-4) was refused with 'please report this'."""
