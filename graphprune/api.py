@@ -19,6 +19,10 @@ from graphprune.workflow.options import ROUND_TO_DEFAULT, name_list
 def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:
     """Read an ONNX model and normalise it for analysis (shapes inferred, shape math folded);
     `input_shapes` ({name: dims}) makes dynamic inputs static."""
+    if not isinstance(path, (str, os.PathLike, bytes, bytearray)):  # an nn.Module's repr was the message
+        hint = " (an nn.Module: graphprune.prune_module prunes it)" if hasattr(path, "named_modules") else ""
+        raise ArgumentTypeError(f"graphprune.load reads an ONNX file (a path or its bytes), got "
+                                f"{type(path).__name__}{hint}")
     return load_onnx(path, fold=fold, input_shapes=input_shapes)
 
 

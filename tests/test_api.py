@@ -216,6 +216,13 @@ def test_api_model_arguments_say_what_is_wrong(samples_dir, tmp_path):
         gp.analyze(None)
     with pytest.raises(TypeError, match="graphprune.prune: model must be"):
         gp.prune(None)
+
+    class Module:  # what a torch user passes (named_modules): gp.load dumped its repr as a file name
+        def named_modules(self):
+            return iter(())
+
+    with pytest.raises(ArgumentTypeError, match="got Module \\(an nn.Module: graphprune.prune_module prunes it\\)"):
+        gp.load(Module())
     (tmp_path / "folder").mkdir()
     with pytest.raises(UsageError, match="is a directory"):
         gp.save(res.model, tmp_path / "folder")

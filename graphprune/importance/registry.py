@@ -73,7 +73,9 @@ def group_scores(dg: DependencyGraph, criterion: str = "l2", groups=None, *, cal
     """Scores per atom for every (prunable) group. Data-aware criteria collect their
     statistics once, for all groups, from `calibration`."""
     if criterion not in CRITERIA:
-        raise UsageError(f"unknown criterion {criterion!r}", hint=f"choose one of {sorted(CRITERIA)}")
+        raise UsageError(f"unknown criterion {criterion!r}",
+                         hint=f"choose one of {sorted(CRITERIA)}; from Python, an installed plugin's criteria are "
+                              "registered by graphprune.load_plugins() (the CLI loads them itself)")
     fn = CRITERIA[criterion]
     groups = list(groups if groups is not None else dg.prunable_groups)
     if not isinstance(fn, Criterion):

@@ -177,6 +177,13 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
         return group_scores(dg, "taylor_group", taylor_group=scores)
     if not isinstance(importance, str):
         raise UsageError(f"importance must be a criterion name or a callable, got {type(importance).__name__}")
+    from graphprune.importance.registry import CRITERIA
+
+    if getattr(CRITERIA.get(importance), "needs_calibration", False):  # its hint named --calib, not here
+        raise UsageError(f"criterion {importance!r} needs calibration data, which prune_module does not take",
+                         hint="use a data-free criterion (l2, l1, lamp), importance='taylor' with data= and loss_fn=, "
+                              "or prune the exported ONNX with gp.run_prune(path, gp.PruneOptions(calib=..., "
+                              f"criterion={importance!r}))")
     return group_scores(dg, importance, seed=seed)
 
 

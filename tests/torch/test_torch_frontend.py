@@ -162,6 +162,20 @@ def test_a_ratio_that_is_not_a_fraction_is_a_usage_error(ratio):
         gp.prune_module(seeded(StackedFC), torch.randn(4, 20), ratio=ratio)
 
 
+@pytest.mark.parametrize("criterion,said,hint", [
+    ("wanda", "needs calibration data, which prune_module does not take", "gp.run_prune(path"),
+    ("rev_score", "unknown criterion 'rev_score'", "graphprune.load_plugins()"),
+])
+def test_a_criterion_prune_module_cannot_use_says_what_to_do_from_python(criterion, said, hint):
+    """wanda's hint was 'give --calib', an option prune_module has not; a plugin's criterion
+    was 'unknown' with no word of gp.load_plugins()."""
+    from graphprune.errors import UsageError
+
+    with pytest.raises(UsageError, match=said) as e:
+        gp.prune_module(seeded(StackedFC), torch.randn(4, 20), criterion=criterion)
+    assert hint in e.value.hint and "--calib" not in e.value.hint
+
+
 def test_a_float16_module_is_checked_at_its_resolution():
     """At the float32 tolerance (1e-4 of the scale) a float16 module's agreement with its ONNX
     export (~3e-4) was refused with 'please report this'."""
