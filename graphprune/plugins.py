@@ -87,9 +87,13 @@ def _register_target(name: str, obj) -> None:
     if callable(obj) and not isinstance(obj, Target):
         obj = obj()
     if isinstance(obj, dict):
-        obj = Target(**{"name": name, **obj})
+        obj = Target(**{**obj, "name": name})
     if not isinstance(obj, Target):
         raise TypeError(f"expected a Target, got {obj!r}")
+    if obj.name != name:  # --target takes the entry point's name: `graphprune targets` lists that one
+        import dataclasses
+
+        obj = dataclasses.replace(obj, name=name)
     if name in ("x86",) or (name in TABLE and TABLE[name] != obj):
         raise ValueError(f"target {name!r} is already defined")
     TABLE[name] = obj
