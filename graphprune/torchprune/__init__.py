@@ -282,6 +282,9 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
         gm, note = _graph_fallback(module, args, cap, new_plan, removed, input_sets, sess, names, rtol,
                                    onnx_translations)
         notes.append(note)
+        notes.append("to keep it: torch.save(result.module.state_dict()) and result.plan.save(path); rebuild with "
+                     "gp.prune_module(module, example_inputs, plan=path) and load_state_dict (a graph from "
+                     "torch.export cannot be pickled whole: torch.save(result.module) fails)")
         pruned, kind = gm, "graph"
     if not new_plan.tensors:  # said, as the prune verb says it: an identical copy is not a result
         ignored = sum(1 for g in dg.groups if g.ignored)

@@ -288,6 +288,20 @@ def test_attention_head_pruning_with_literal_head_sizes():
         xb = torch.randn(3, 5, 8)
         np.testing.assert_allclose(result.module(xb).numpy(), gp.masked_module(module, result.plan)(xb).numpy(),
                                    rtol=1e-4, atol=1e-5)
+    # kept as the note says (torch.save of the graph itself fails): state_dict + plan, rebuilt by replay
+    import io
+
+    with torch.no_grad():  # as after fine-tuning: the rebuilt graph must take these weights, not the plan's
+        for p in result.module.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    saved = io.BytesIO()
+    torch.save(result.module.state_dict(), saved)
+    assert any("torch.save(result.module.state_dict())" in n for n in result.notes)
+    rebuilt = gp.prune_module(module, x, plan=result.plan).module
+    saved.seek(0)
+    rebuilt.load_state_dict(torch.load(saved))
+    with torch.no_grad():
+        np.testing.assert_allclose(rebuilt(xb).numpy(), result.module(xb).numpy(), rtol=0, atol=0)
     # and only that: the note said 'any batch size' of a graph that fails at another sequence length
     assert "any batch size; its other dims stay those of the example inputs (N×5×8)" in " ".join(result.notes)
     with pytest.raises(RuntimeError):
