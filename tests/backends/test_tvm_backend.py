@@ -251,7 +251,7 @@ def test_host_build_matches_onnxruntime(host_build, model, feeds):
     assert res["host_runnable"]
     if platform.machine() == "x86_64":
         assert res["checks"]["elf_machine"] == "x86-64"
-    assert sorted(res["artifacts"]) == ["model.meta.json", "model.so"]
+    assert sorted(res["artifacts"]) == ["model.meta.json", "model.so", "run_model.py"]
     assert all((host_build.out / a).exists() for a in res["artifacts"])
     ref = ort_run(model, feeds)
     out = adapter.load_and_run(host_build.lib, feeds)
@@ -262,6 +262,16 @@ def test_host_build_matches_onnxruntime(host_build, model, feeds):
     np.testing.assert_array_equal(adapter.load_and_run(host_build.lib, [feeds["x"]])[0], out[0])
     bench = adapter.benchmark(host_build.lib, feeds, repeats=20, warmup=2)
     assert 0 < bench["median_ms"] <= bench["p90_ms"]
+    # the folder's own loader (the TVM runtime alone) runs it on given inputs and saves the same outputs
+    np.savez(host_build.out.parent / "feeds.npz", **feeds)
+    said = subprocess.run([sys.executable, str(host_build.out / "run_model.py"), str(host_build.out.parent / "feeds.npz"),
+                           "-o", str(host_build.out.parent / "tvm_out.npz")], capture_output=True, text=True,
+                          timeout=300)
+    assert said.returncode == 0, said.stderr
+    np.testing.assert_array_equal(np.load(host_build.out.parent / "tvm_out.npz")["arr_0"], out[0])
+    said = subprocess.run([sys.executable, str(host_build.out / "run_model.py")], capture_output=True, text=True,
+                          timeout=300)  # random inputs of the built shapes
+    assert said.returncode == 0 and "output 0: [1, 10]" in said.stdout, said.stdout + said.stderr
 
 
 def test_untuned_build_matches_onnxruntime(work, model, feeds, host):

@@ -220,6 +220,7 @@ def _tvm_result(tuned: bool, tasks: int, scheduled: int, trials: int, sparse: in
     (_tvm_result(True, 5, 5, 40), 32, False),      # tuned (the sparse kernels' extra tuning: 40 measured)
     (_tvm_result(False, 0, 0, 0, sparse=2), 0, False),  # all compute in graphprune's own sparse kernels
     (_tvm_result(True, 16, 16, 16), 8, False),     # fewer trials than kernels: one each, and it says why
+    (_tvm_result(True, 2, 2, 256), 256, False),    # 128 per kernel: tuned, not 'lightly'
 ])
 def test_untuned_only_without_any_schedule(res, requested, untuned):
     opts = CompileOptions(backend="tvm", tune_trials=requested)
@@ -231,6 +232,9 @@ def test_untuned_only_without_any_schedule(res, requested, untuned):
     assert ("at least one per kernel" in text) == (0 < requested < res["coverage"]["tasks"] < res["trials"] + 1), text
     if res["coverage"]["missing"] and res["coverage"]["with_schedule"]:
         assert text.startswith("partly tuned") and f"{len(res['coverage']['missing'])} of 5 kernels" in text
+    # one trial per kernel was called plainly 'tuned' of a build 14.6x slower than ONNX Runtime
+    tasks = res["coverage"]["tasks"]
+    assert ("lightly tuned" in text) == (res["tuned"] and tasks > 0 and res["trials"] / tasks < 8), text
 
 
 def test_slower_than_asked_error_has_its_own_exit_code():

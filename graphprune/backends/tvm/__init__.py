@@ -27,6 +27,46 @@ from typing import Any, Callable
 from graphprune.errors import BackendUnavailableError, UsageError
 
 LIBRARY = "model.so"
+
+# written beside the library: the deployment runs with the TVM runtime alone (no graphprune)
+LOADER = '''"""Loader for a graphprune TVM deployment (needs the TVM runtime: apache-tvm 0.27).
+
+python run_model.py [inputs.npz] [-o outputs.npz]: runs model.so on the named arrays of
+inputs.npz, or on random inputs of the shapes and types it was built for (model.meta.json);
+prints each output's shape and first values, and with -o saves them.
+"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import tvm
+from tvm import relax
+
+here = Path(__file__).resolve().parent
+meta = json.loads((here / "model.meta.json").read_text())
+dev = tvm.cpu()
+vm = relax.VirtualMachine(tvm.runtime.load_module(str(here / "model.so")), dev)
+args = sys.argv[1:]
+save = args.pop(args.index("-o") + 1) if "-o" in args[:-1] else None
+args = [a for a in args if a != "-o"]
+given = dict(np.load(args[0])) if args else None
+rng, feeds = np.random.default_rng(0), []
+for spec in meta["inputs"]:  # main's parameters, in order
+    if given is not None:
+        feeds.append(np.ascontiguousarray(given[spec["name"]]))
+    elif np.issubdtype(np.dtype(spec["dtype"]), np.floating):
+        feeds.append(rng.standard_normal(spec["shape"]).astype(spec["dtype"]))
+    else:  # 0 or 1: a valid token id, index or flag
+        feeds.append(rng.integers(0, 2, size=spec["shape"]).astype(spec["dtype"]))
+t0 = time.perf_counter()
+out = vm["main"](*[tvm.runtime.tensor(a, dev) for a in feeds])
+outs = [o.numpy() for o in (out if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out])]
+print(f"ran in {(time.perf_counter() - t0) * 1000:.2f} ms on", {s["name"]: s["shape"] for s in meta["inputs"]})
+for k, o in enumerate(outs):
+    print(f"output {k}: {list(o.shape)} {o.ravel()[:5]}")
+if save:
+    np.savez(save, *outs)
+    print("saved", save)
+'''
 SPARSE_MIN_DEFAULT = 0.5  # layers with fewer zeros never beat dense (TVM_NOTES, benchmarks/sparse)
 
 
@@ -124,6 +164,7 @@ class TvmBackend:
             "source": onnx_path.name,
         }
         files = adapter.export(executable, out_dir / LIBRARY, cross, metadata=meta)
+        (out_dir / "run_model.py").write_text(LOADER)
 
         checks: dict = {"elf_machine": adapter.elf_machine(files[0])}
         if checks["elf_machine"] == "AArch64":
@@ -133,7 +174,7 @@ class TvmBackend:
                         "arm64": "AArch64"}.get(platform.machine().lower(), platform.machine())
         host_runnable = bool(target.host) and checks["elf_machine"] == host_machine
         return {
-            "artifacts": [f.name for f in files],
+            "artifacts": [f.name for f in files] + ["run_model.py"],
             "library": files[0].name,
             "tuned": tuned,
             "trials": stats.trials if stats else 0,
