@@ -56,3 +56,20 @@ def test_tuning_entry_survives_foreign_handlers_and_restores_them(foreign_handle
     # MetaSchedule's own handlers, left by the call above, do not break the next call.
     with adapter._quiet_meta_schedule():
         get_loggers_from_work_dir(str(tmp_path), ["task"])
+
+
+def test_what_the_importer_prints_on_a_failed_attempt_is_captured(capfd):
+    """TVM's ONNX importer prints Relax IR fragments (Python print and C++ logs, fd 1 and 2)
+    when its first attempt fails; the capture keeps them out of the terminal, gives them to
+    the caller, and puts both descriptors back."""
+    import os
+    import sys
+
+    with adapter._captured_output() as said:
+        print("from python")
+        os.write(2, b"from C++\n")
+    print("after")
+    sys.stdout.flush()
+    out, err = capfd.readouterr()
+    assert said.text.splitlines() == ["from python", "from C++"]
+    assert out == "after\n" and err == ""

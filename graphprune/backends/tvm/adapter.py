@@ -93,6 +93,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -216,19 +217,61 @@ def import_onnx(onnx_path: str | Path, input_shapes: Mapping[str, Sequence[int]]
             except Exception as e:  # noqa: BLE001
                 log(f"tvm: ONNX Runtime folding failed ({type(e).__name__}: {e})")
                 break
+        said = _Captured()
         try:
             import warnings
 
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _captured_output() as said:
                 warnings.simplefilter("ignore")
-                mod = from_onnx(model, keep_params_in_input=False)
+                try:
+                    mod = from_onnx(model, keep_params_in_input=False)
+                except Exception as exc:  # noqa: BLE001 - its frames hold a BlockBuilder whose
+                    import gc  # destructor warns: released here, inside the capture
+
+                    failed = exc.with_traceback(None)
+                    del exc
+                    gc.collect()
+                    raise failed from None
             return (mod, onnx_prep.input_specs(model)) if return_specs else mod
         except Exception as e:  # noqa: BLE001 - the importer raises anything
             first_error = first_error or e
+            if said.text:  # the importer's own dump (IR fragments): kept out of the user's terminal
+                log(f"tvm: the importer printed {len(said.text.splitlines())} line(s), first: "
+                    f"{said.text.strip().splitlines()[0][:200]}")
     raise BackendUnavailableError(
         f"TVM's ONNX importer failed: {type(first_error).__name__}: {first_error}",
         hint="compile this model with --backend onnxruntime",
     )
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Whatever TVM's importer prints to stdout/stderr (Python prints and C++ logs of Relax IR
+    fragments, on a failed first attempt) goes to a temporary file; `.text` after the block."""
+    import tempfile
+
+    got = _Captured()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield got
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            tmp.seek(0)
+            got.text = tmp.read().decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------- pipeline
