@@ -252,9 +252,10 @@ class _Captured:
 def _captured_output():
     """Whatever TVM's importer prints to stdout/stderr (Python prints and C++ logs of Relax IR
     fragments, on a failed first attempt) goes to a temporary file; `.text` after the block."""
+    import io
     import tempfile
 
-    got = _Captured()
+    got, python_side = _Captured(), io.StringIO()  # Python's prints, wherever sys.stdout points
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -262,16 +263,15 @@ def _captured_output():
         os.dup2(tmp.fileno(), 1)
         os.dup2(tmp.fileno(), 2)
         try:
-            yield got
+            with contextlib.redirect_stdout(python_side), contextlib.redirect_stderr(python_side):
+                yield got
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
             tmp.seek(0)
-            got.text = tmp.read().decode("utf-8", "replace")
+            got.text = python_side.getvalue() + tmp.read().decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------- pipeline
