@@ -180,6 +180,8 @@ class RuleContext:
             self._b.freeze(self._b.slot(value, ax), reason)
 
     def freeze_all(self, reason: str) -> None:
+        if "unknown" in reason:  # name the node where shape inference lost the shape, not only this one
+            reason += _where_shapes_end(self.node)
         for v in list(self.node.inputs) + list(self.node.outputs):
             self.freeze(v, None, reason)
 
@@ -232,3 +234,23 @@ class RewriteContext:
 
     def set_attr_ints(self, name: str, values) -> None:
         self.node.attributes[name] = ir.AttrInt64s(name, [int(x) for x in values])
+
+
+def _where_shapes_end(node: ir.Node, limit: int = 200) -> str:
+    """' (shapes unknown from X (Reshape) on)' for the first node upstream of `node` whose
+    output shape is unknown while its inputs' are known; '' when `node`'s inputs are known or
+    no such node is found. A TorchScript opset-13 GroupNorm export lost the rank at a
+    Reshape, and the reasons named only the Resize and DepthToSpace far downstream."""
+    todo = [v for v in node.inputs if v is not None and v.shape is None]
+    seen: set[int] = set()
+    while todo and len(seen) < limit:
+        v = todo.pop()
+        p = v.producer()
+        if p is None or id(p) in seen:
+            continue
+        seen.add(id(p))
+        unknown = [x for x in p.inputs if x is not None and x.shape is None and x.producer() is not None]
+        if not unknown:
+            return f" (shapes unknown from {p.name} ({p.op_type}) on: shape inference could not follow it)"
+        todo.extend(unknown)
+    return ""

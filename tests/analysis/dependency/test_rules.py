@@ -609,3 +609,23 @@ def test_a_conv_weight_reached_through_an_op_keeps_its_kernel_axes(make):
     assert [g.num_atoms for g in dg.prunable_groups] == [8]
     assert sum("kernel axis" in r for f in dg.frozen_groups for r in f.reasons) == 4
     check(m)
+
+
+def test_a_reason_about_unknown_shapes_names_the_node_where_they_were_lost():
+    """An op shape inference cannot follow (a custom one) leaves every value after it without
+    a shape; the MatMul two nodes later was frozen 'with unknown ranks', naming only itself."""
+    from onnx import TensorProto, numpy_helper
+
+    from helpers import w
+
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"], name="first"),
+             helper.make_node("Foo", ["a"], ["b"], name="lost_here", domain="com.example"),
+             helper.make_node("Relu", ["b"], ["c"], name="relu"),
+             helper.make_node("MatMul", ["c", "w1"], ["y"], name="late")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w(8, 8, seed=1), "w0"),
+                               numpy_helper.from_array(w(8, 4, seed=2), "w1")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    reasons = [r for f in groups_of(m).frozen_groups for r in f.reasons if "unknown ranks" in r]
+    assert reasons and all("shapes unknown from lost_here (Foo) on" in r for r in reasons), reasons
