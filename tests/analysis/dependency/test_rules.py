@@ -7,6 +7,7 @@ allowed set of atoms equals zero-masking them in the original.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -557,6 +558,81 @@ def test_a_contraction_of_activations_zero_where_masked_still_prunes():
     m = _attention("relu")
     assert atoms(m) == [10, 12]
     check(m)
+
+
+def _q_times_sigmoid_k(middle, inits):
+    """x:[B,S,16] -> q = x·wq (8) -> `middle` (q -> qz) ; k = sigmoid(x·wk) ; y = qz @ k^T:
+    q's channels are contracted with an activation that is never zero."""
+    from onnx import TensorProto
+
+    from helpers import w
+
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), *middle,
+             helper.make_node("MatMul", ["x", "wk"], ["k0"]), helper.make_node("Sigmoid", ["k0"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["qz", "kt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.asarray(a), k) for k, a in
+                               {"wq": w(16, 8, seed=1), "wk": w(16, 8, seed=2), **inits}.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+_QDQ = [helper.make_node("QuantizeLinear", ["q", "s", "z1"], ["qq"]),
+        helper.make_node("DequantizeLinear", ["qq", "s", "z2"], ["qz"])]
+_BN = [helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1]),
+       helper.make_node("BatchNormalization", ["qt", "g", "b", "m", "v"], ["qb"]),
+       helper.make_node("Transpose", ["qb"], ["qz"], perm=[0, 2, 1])]
+
+
+def _bn_params(computed_bias: bool):
+    from helpers import w
+
+    inits = {"g": w(8, seed=3), "m": w(8, seed=4), "v": np.abs(w(8, seed=5)) + 0.5}
+    if computed_bias:
+        return [helper.make_node("Sigmoid", ["b0"], ["b"])], {**inits, "b0": w(8, seed=6)}
+    return [], {**inits, "b": w(8, seed=6)}
+
+
+@pytest.mark.parametrize("case,prunable", [
+    ("qdq same zero point", True), ("qdq zero points 128 and 100", False), ("quantize then cast", False),
+    ("bn constant", True), ("bn computed bias", False)])
+def test_zero_channels_through_quantization_and_normalization(case, prunable):
+    """Q(0) is Q's zero point, DQ gives (zp_q - zp_dq)·s, and BN(0) is B - mean·γ/σ: listed as
+    zero-preserving, a contraction behind them was pruned and the oracle failed ('please report
+    this model'). They keep zero only with equal per-tensor zero points, or with the
+    normalisation's scale and bias constants (masked with the channel)."""
+    u8 = lambda v: np.array(v, np.uint8)  # noqa: E731
+    if case.startswith("qdq"):
+        m = _q_times_sigmoid_k(_QDQ, {"s": np.float32(0.02), "z1": u8(128), "z2": u8(128 if prunable else 100)})
+    elif case == "quantize then cast":
+        middle = [_QDQ[0], helper.make_node("Cast", ["qq"], ["qc"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Mul", ["qc", "s"], ["qz"])]
+        m = _q_times_sigmoid_k(middle, {"s": np.float32(0.02), "z1": u8(10)})
+    else:
+        extra, inits = _bn_params(computed_bias=not prunable)
+        m = _q_times_sigmoid_k(extra + _BN, inits)
+    assert bool(atoms(m)) == prunable, case
+    if prunable:
+        check(m)
+
+
+def test_a_resize_that_crops_the_channel_axis_does_not_couple_it():
+    """tf_crop_and_resize with a roi cropping channels keeps their count (scale 1) but samples
+    other channels (per the ONNX spec; ONNX Runtime ignores the roi at scale 1, so the oracle
+    could not tell): it coupled them as the same channels."""
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4),
+             helper.make_node("Resize", ["a", "roi", "scales"], ["r"], mode="nearest",
+                              coordinate_transformation_mode="tf_crop_and_resize"),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    inits = {"w1": w(8, 3, 3, 3, seed=1), "b1": w(8, seed=2), "w2": w(4, 8, 1, 1, seed=3),
+             "scales": np.array([1, 1, 2, 2], np.float32)}
+    crop = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", [1, 4, 12, 12])],
+                      {**inits, "roi": np.array([0, 0.25, 0, 0, 1, 0.75, 1, 1], np.float32)})
+    whole = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", [1, 4, 12, 12])],
+                       {**inits, "roi": np.array([0, 0, 0, 0, 1, 1, 1, 1], np.float32)})
+    assert atoms(crop) == [] and atoms(whole) == [8]
 
 
 def test_reshaped_axis_maps_a_split_or_merged_axis():

@@ -68,6 +68,22 @@ def reduce(node, ctx):
             out_ax += 1
 
 
+def _cropped_axes(ctx, roi, axes: list[int]) -> set[int]:
+    """Axes a tf_crop_and_resize Resize samples from a crop of (its roi is not [0, 1] there,
+    or not a constant): an axis of the same size is still a resampling of other elements
+    (ONNX Runtime ignores the roi where the scale is 1, so the oracle could not see it)."""
+    mode = ctx.attr("coordinate_transformation_mode")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "tf_crop_and_resize":
+        return set()
+    r = ctx.const(roi) if roi is not None else None
+    n = len(axes)
+    if r is None or r.size != 2 * n:
+        return set(axes)
+    r = r.ravel()
+    return {ax for i, ax in enumerate(axes) if float(r[i]) != 0.0 or float(r[n + i]) != 1.0}
+
+
 @rule("Resize", since=11)
 def resize(node, ctx):
     x, y = node.inputs[0], node.outputs[0]
@@ -87,9 +103,10 @@ def resize(node, ctx):
         ctx.freeze_all("Resize with non-constant sizes")
         return
     scales_arr = ctx.const(scales) if scales is not None else None
+    cropped = _cropped_axes(ctx, roi, axes)
     coupled = []
     for ax in range(rank):
-        same = dx[ax] == dy[ax] and isinstance(dx[ax], int)
+        same = dx[ax] == dy[ax] and isinstance(dx[ax], int) and ax not in cropped
         if scales_arr is not None and scales_arr.size and ax in axes:
             same = same and float(scales_arr[axes.index(ax)]) == 1.0
         if same:

@@ -28,8 +28,7 @@ _SAME_AXIS = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Neg", "Abs", "Sign", "Erf", "Sin", "Sinh",
     "Tan", "Asin", "Asinh", "Atan", "Atanh", "Softsign", "HardSwish", "Gelu", "Mish", "Floor", "Ceil", "Round",
     "Sqrt", "Identity", "Cast", "Dropout", "Slice", "Split", "Tile", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "BatchNormalization", "InstanceNormalization",
-    "QuantizeLinear", "DequantizeLinear",
+    "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample",
 })
 _RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 _REDUCE = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"})
@@ -211,6 +210,37 @@ def _matmul(node, ins, rank, axis, follow) -> bool:
     return False
 
 
+def _normalization(node, ins, rank, axis, follow) -> bool:
+    """BatchNormalization / InstanceNormalization: scale·x̂ + B is zero at a channel whose
+    scale and B are masked (per-channel constants), whatever x is; not along another axis,
+    nor with a computed scale or bias (0 -> B - mean·scale/σ)."""
+    params = [const_array(v) if v is not None and is_constant(v) else None for v in ins[1:3]]
+    return axis == 1 and len(params) == 2 and all(a is not None and a.ndim == 1 and a.shape[0] > 1 for a in params)
+
+
+def _dequantize(node, ins, rank, axis, follow) -> bool:
+    """(q - zp)·s is zero where q equals DequantizeLinear's zero point: q made by a
+    QuantizeLinear of a zero with the same constant zero point (Q of 0 is its zero point, not
+    0: zero points 128 and 100 made 28·s)."""
+    q = ins[0].producer() if ins[0] is not None else None
+    if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx"):
+        return False
+    zq = _zero_point(q.inputs)
+    zd = _zero_point(ins)
+    return zq is not None and zd is not None and zq.size == 1 and zd.size == 1 and int(zq) == int(zd) \
+        and follow(q.inputs[0], axis)  # per-tensor zero points (a per-axis one is not followed here)
+
+
+def _zero_point(ins: list):
+    """A Q/DQ node's zero point as an array (0 when absent), or None when it is computed."""
+    import numpy as np
+
+    if len(ins) < 3 or ins[2] is None:
+        return np.zeros((), np.int64)
+    a = const_array(ins[2])
+    return None if a is None else a.astype(np.int64)
+
+
 def _clip_bound(node: ir.Node, ins: list, index: int, key: str) -> float | None:
     """A Clip bound from its input (opset 11+) or attribute; NaN when it is computed."""
     if len(ins) > index and ins[index] is not None:
@@ -223,4 +253,6 @@ def _clip_bound(node: ir.Node, ins: list, index: int, key: str) -> float | None:
 _STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv, "Mul": _mul,
           "Add": _every_input, "Sub": _every_input, "Sum": _every_input, "Concat": _every_input,
           "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
-          "Pad": _pad, "Clip": _clip, **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
+          "Pad": _pad, "Clip": _clip, "BatchNormalization": _normalization, "InstanceNormalization": _normalization,
+          "DequantizeLinear": _dequantize,
+          **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
