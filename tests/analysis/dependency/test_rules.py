@@ -616,6 +616,24 @@ def test_zero_channels_through_quantization_and_normalization(case, prunable):
         check(m)
 
 
+def test_zero_channels_of_layers_with_a_bias():
+    """A masked row of A·B + C is C's row, and a conv of a zero image is its bias: zero only
+    where the bias is masked with the channel (a constant per output channel)."""
+    import onnx_ir as ir
+
+    from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("Gemm", ["x", "wg", "cg"], ["g"]), helper.make_node("Sigmoid", ["bc0"], ["bc"]),
+             helper.make_node("Conv", ["img", "wc", "bc"], ["c"]), helper.make_node("Conv", ["img", "wc", "bk"], ["k"])]
+    m = make_model(nodes, [("x", [4, 8]), ("img", [1, 3, 5, 5])], [("g", [4, 6]), ("c", [1, 6, 3, 3]), ("k", [1, 6, 3, 3])],
+                   {"wg": w(8, 6), "cg": w(6), "wc": w(6, 3, 3, 3), "bc0": w(6), "bk": w(6)})
+    v = {o.name: o for n in ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m)).graph for o in n.outputs}
+    assert keeps_zero(v["g"], 1) and not keeps_zero(v["g"], 0)  # columns masked with C; rows are C's
+    assert keeps_zero(v["k"], 1) and not keeps_zero(v["k"], 2)   # a constant bias; not along H
+    assert not keeps_zero(v["c"], 1)                              # a computed bias is not masked
+
+
 def test_a_resize_that_crops_the_channel_axis_does_not_couple_it():
     """tf_crop_and_resize with a roi cropping channels keeps their count (scale 1) but samples
     other channels (per the ONNX spec; ONNX Runtime ignores the roi at scale 1, so the oracle

@@ -129,14 +129,24 @@ def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> boo
 # per op: (node, inputs, output rank, axis, follow) -> whether the output keeps zero along axis
 
 def _gemm(node, ins, rank, axis, follow) -> bool:
+    """A row (column) of A·B + C is zero when A's row (B's column) is and C adds nothing there:
+    no C, or (columns) a per-column constant C, masked with them."""
     ta, tb = (int(node.attributes[k].value) if k in node.attributes else 0 for k in ("transA", "transB"))
     operand, ax = (ins[1], 0 if tb else 1) if axis == 1 else (ins[0], 1 if ta else 0)
+    c = ins[2] if len(ins) > 2 else None
+    if c is not None:
+        dc = _dims(c)
+        if axis != 1 or not is_constant(c) or not dc or dc[-1] == 1:
+            return False
     return is_weight(operand) or follow(operand, ax)
 
 
 def _conv(node, ins, rank, axis, follow) -> bool:
-    if axis != 1:
-        return follow(ins[0], axis)
+    """An output channel whose weight slice (and bias) is masked is zero; along the batch or a
+    spatial axis a zero input is not a zero output (the bias, the neighbours)."""
+    bias = ins[2] if len(ins) > 2 else None
+    if axis != 1 or (bias is not None and not is_constant(bias)):
+        return False
     return is_weight(ins[1]) or follow(ins[1], 0 if node.op_type == "Conv" else 1)
 
 
