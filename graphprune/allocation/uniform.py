@@ -154,7 +154,8 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
         if n - sum(m) > limit:
             continue
         width = float(per_atom[:, ref] @ np.asarray(m))
-        key = (multiple(m), at_most and width < w0 - 1e-9, abs(width - w0),
+        # at_most first: a plain --ratio never removes more than asked, even to reach a multiple
+        key = (at_most and width < w0 - 1e-9, multiple(m), abs(width - w0),
                sum(abs(a - int(b)) for a, b in zip(m, kept0, strict=True)), -sum(m))
         if best is None or key < best[0]:
             best = (key, m)

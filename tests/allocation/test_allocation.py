@@ -513,3 +513,27 @@ def test_round_to_auto_steps_finer_when_the_lanes_overshoot_a_target(samples_dir
     widths = _kept_weight_widths(dg, {g["id"]: g["removed_atoms"] for g in plan.groups})
     assert all(k % step == 0 for k in widths.values())
     assert oracle.check(ir.load(path), model, plan).ok
+
+
+def test_a_plain_ratio_keeps_a_group_whole_when_its_multiple_would_remove_more():
+    """Widths 24 and 26 under --ratio 0.3 --round-to 16: the nearest multiple below (16) removes
+    33% and 38%, the one above is past the whole group. A multiple ranked above the ratio's
+    promise and 16 was kept (found on PP-OCR cls); now the groups stay whole."""
+    from onnx import helper
+
+    from graphprune.report.widths import plan_widths
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a0"]), helper.make_node("Relu", ["a0"], ["a"]),
+             helper.make_node("MatMul", ["a", "w2"], ["b0"]), helper.make_node("Relu", ["b0"], ["b"]),
+             helper.make_node("MatMul", ["b", "w3"], ["c0"]), helper.make_node("Relu", ["c0"], ["c"]),
+             helper.make_node("MatMul", ["c", "w4"], ["y"])]
+    proto = make_model(nodes, [("x", [2, 16])], [("y", [2, 16])],
+                       {"w1": w(16, 24, seed=1), "w2": w(24, 26, seed=2), "w3": w(26, 64, seed=3),
+                        "w4": w(64, 16, seed=4)})
+    model = gp.load(proto.SerializeToString())
+    dg = gp.analyze(model)
+    res = gp.prune(model, 0.3, round_to=16)
+    widths = {w.channels: w for w in plan_widths(dg, res.plan)}
+    assert 24 not in widths and 26 not in widths, widths  # kept whole: not in the plan
+    assert widths[64].kept == 48  # the wide group is still rounded up to its multiple
