@@ -131,12 +131,13 @@ def widths_off_multiple(model, plan, round_to: int) -> list[tuple[str, int]]:
     of widths 9 and 7."""
     if model is None:
         return []
-    inits = model.graph.initializers
+    values = dict(model.graph.initializers)  # and the Constant nodes' (PP-OCR's weights are those)
+    values.update({o.name: o for n in model.graph if n.op_type == "Constant" for o in n.outputs})
     out = []
     for t in plan.tensors:
-        v = inits.get(t["name"])
-        if v is None or v.shape is None or not 0 <= t["axis"] < len(v.shape):
-            continue
+        v = values.get(t["name"])
+        if v is None or v.shape is None or len(v.shape) < 2 or not 0 <= t["axis"] < len(v.shape):
+            continue  # weights only (their biases and norm parameters have the same widths)
         width = v.shape[t["axis"]]
         if isinstance(width, int) and width % round_to and (t["name"], width) not in out:
             out.append((t["name"], width))

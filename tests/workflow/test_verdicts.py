@@ -461,25 +461,32 @@ def test_the_tvm_artifact_check_fails_a_scalar_arm_build(target, art, ok, said):
     assert check["ok"] == ok and said in check["summary"], check
 
 
-def test_the_round_to_line_names_the_weights_narrower_than_the_multiple(tmp_path, capsys):
+@pytest.mark.parametrize("stored", ["initializers", "Constant nodes"])
+def test_the_round_to_line_names_the_weights_narrower_than_the_multiple(tmp_path, capsys, stored):
     """A weight narrower than round_to is cut freely (allocation.uniform.rounded_removal); the
-    summary still said 'widths kept multiples of 16' of written widths 7 and 24."""
-    from onnx import helper
+    summary still said 'widths kept multiples of 16' of written widths 7 and 24 (and, once it
+    named them, missed weights stored as Constant nodes, as PP-OCR's are)."""
+    from onnx import helper, numpy_helper
 
     from helpers import make_model, w
 
+    weights = {"w1": w(16, 10, seed=1), "w2": w(10, 48, seed=2), "w3": w(48, 16, seed=3)}
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
              helper.make_node("MatMul", ["h", "w2"], ["g0"]), helper.make_node("Relu", ["g0"], ["g"]),
              helper.make_node("MatMul", ["g", "w3"], ["y"])]
-    m = make_model(nodes, [("x", ["B", 16])], [("y", ["B", 16])],
-                   {"w1": w(16, 10, seed=1), "w2": w(10, 48, seed=2), "w3": w(48, 16, seed=3)})
+    if stored == "Constant nodes":
+        nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(a, k))
+                 for k, a in weights.items()] + nodes
+    m = make_model(nodes, [("x", ["B", 16])], [("y", ["B", 16])], weights if stored == "initializers" else {})
     (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
     assert main(["prune", str(tmp_path / "m.onnx"), "--ratio", "0.3", "--round-to", "16", "-o",
                  str(tmp_path / "p.onnx"), "--no-bench"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("round-to:"))
     import onnx
 
-    kept = {t.name: list(t.dims) for t in onnx.load(tmp_path / "p.onnx").graph.initializer}
+    written = onnx.load(tmp_path / "p.onnx").graph
+    kept = {t.name: list(t.dims) for t in written.initializer}
+    kept.update({n.output[0]: list(n.attribute[0].t.dims) for n in written.node if n.op_type == "Constant"})
     assert kept["w1"][1] < 10 and kept["w2"][1] % 16 == 0  # the narrow layer was cut, the wide one rounded
     assert line.endswith(f"except 2 weight(s) narrower than that, cut freely: w1 {kept['w1'][1]}, "
                          f"w2 {kept['w2'][0]}"), line
