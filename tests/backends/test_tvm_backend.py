@@ -179,6 +179,14 @@ def test_dims_sharing_a_name_are_fixed_by_position_and_the_hint_parses(work):
     assert specs == [{"name": "x", "shape": [1, 3, 24, 40], "dtype": "float32"}]
     with pytest.raises(UsageError, match="dim 1 is 3 in the model, not 4"):
         adapter.import_onnx(path, {"x": [1, 4, 24, 40]})
+    # Paddle writes a dynamic batch as dim_value -1: it was taken for a static -1, which no
+    # --input-shape could match (and the hint said x:-1,3,N,N)
+    path = tiny_cnn(work / "minus_one.onnx", batch=-1, hw="?")
+    with pytest.raises(UsageError) as e:
+        adapter.import_onnx(path)
+    assert "--input-shape x:N,3,N,N" in e.value.hint
+    _, specs = adapter.import_onnx(path, {"x": [2, 3, 24, 40]}, return_specs=True)
+    assert specs[0]["shape"] == [2, 3, 24, 40]
 
 
 def test_compile_for_tvm_refuses_dynamic_inputs_before_pruning_and_auto_ships_onnxruntime(work, capsys):

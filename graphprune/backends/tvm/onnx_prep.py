@@ -36,7 +36,7 @@ def input_specs(model) -> list[dict]:
         tt = inp.type.tensor_type
         shape = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:  # Paddle writes -1 for a dynamic size
                 shape.append(int(d.dim_value))
             elif d.HasField("dim_param"):
                 shape.append(d.dim_param)
@@ -127,7 +127,7 @@ def _fix_dims(name: str, dims, shape: list[int]) -> None:
     if len(dims) != len(shape):
         raise UsageError(f"--input-shape {name}: {len(shape)} dims given, the input has {len(dims)}")
     for i, (d, n) in enumerate(zip(dims, shape, strict=True)):
-        if d.HasField("dim_value") and d.dim_value != n:
+        if d.HasField("dim_value") and d.dim_value >= 0 and d.dim_value != n:
             raise UsageError(f"--input-shape {name}: dim {i} is {d.dim_value} in the model, not {n}")
         d.Clear()
         d.dim_value = n
