@@ -32,8 +32,25 @@ def _pruned_model(given: str) -> str:
     if not inside.is_file():
         raise UsageError(f"{given}: a folder without model.pruned.onnx, not a model",
                          hint="give the pruned .onnx file, or the folder graphprune compile wrote")
-    print(f"pruned: {inside} (the compile folder's)")
+    _same_run(inside, Path(given) / "onnxruntime" / "model.onnx")
+    print(f"pruned: {inside} (the compile folder's; its deployment records the same plan)")
     return str(inside)
+
+
+def _same_run(pruned, deployed) -> None:
+    """The folder's deployment (a Path) is the pruned model's: the same plan digest. A check of
+    the folder proves model.pruned.onnx, and a deployment copied in from another run passed."""
+    from graphprune.errors import OracleMismatchError
+    from graphprune.outputs import recorded_digest
+
+    if not deployed.is_file():
+        return
+    mine, theirs = recorded_digest(pruned), recorded_digest(deployed)
+    if mine != theirs:
+        raise OracleMismatchError(
+            f"{deployed} was not written with {pruned.name} (its plan digest {(theirs or 'missing')[:12]}, "
+            f"not {(mine or 'missing')[:12]}): the folder's deployment is not the model checked",
+            hint="compile again, or check the deployed model itself with --plan")
 
 
 def run(args) -> int:

@@ -109,6 +109,13 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     assert f"pruned: {folder / 'model.pruned.onnx'}" in said and "oracle PASS" in said
     assert run("check", src, folder / "onnxruntime") == 2  # a folder without one: said, not 'no such file'
     assert "a folder without model.pruned.onnx" in capsys.readouterr().err
+    # a deployment copied in from another run: the folder check proved model.pruned.onnx and passed
+    other = tmp_path / "c2"
+    assert run("compile", src, "--target", "x86", "--ratio", "0.5", "-o", other) == 0
+    shutil.copy(other / "onnxruntime" / "model.onnx", folder / "onnxruntime" / "model.onnx")
+    capsys.readouterr()
+    assert run("check", src, folder) == 3
+    assert "the folder's deployment is not the model checked" in capsys.readouterr().err
     # a plan beside the model that is not its own is not taken
     assert run("prune", src, "--ratio", "0.5", "-o", tmp_path / "b.onnx", "--no-bench") == 0
     shutil.copy(tmp_path / "a.plan.json", tmp_path / "b.plan.json")
