@@ -316,6 +316,13 @@ def test_inputs_file_is_fitted_to_the_model_s_inputs_or_refused_in_words(model, 
     assert rc == 2 and "array(s) ['extra'] name no input of the model" in err and not (tmp_path / "b.onnx").exists()
     rc, err = run("check", model, tmp_path / "a.onnx", "--inputs", tmp_path / "two.npz")
     assert rc == 2 and "['extra']" in err
+    # arrays the model cannot take (another channel count, ints): the user's, exit 2 with both
+    # shapes; it was exit 4 'ONNX Runtime fails to run the input model ... or the model itself'
+    np.savez(tmp_path / "shape.npz", input=x[:, :2])
+    np.savez(tmp_path / "ints.npz", input=x.astype(np.int64))
+    for npz, said in (("shape.npz", "index: 1 Got: 2 Expected: 3"), ("ints.npz", "tensor(int64)")):
+        rc, err = run("check", model, tmp_path / "a.onnx", "--inputs", tmp_path / npz)
+        assert rc == 2 and "--inputs: the input model does not run on them" in err and said in err, err
 
 
 def test_a_plan_saved_onto_a_folder_is_refused_in_words(samples_dir, tmp_path):

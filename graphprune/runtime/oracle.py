@@ -359,20 +359,24 @@ class _Judge:
         return res
 
 
+class _Given(dict):
+    """An input set the user gave (--inputs): a run that fails on it is the user's to fix."""
+
+
 def fit_given(feeds: dict, sess) -> dict:
     """A given input set (--inputs) named as the model's inputs: one array for a one-input
     model is that input (as --calib reads it); a missing or unknown name is a usage error
     in words (it was ONNX Runtime's message, as if the model were at fault: exit 4)."""
     names = [i.name for i in sess.get_inputs()]
     if len(feeds) == 1 and len(names) == 1 and names[0] not in feeds:
-        return {names[0]: next(iter(feeds.values()))}
+        return _Given({names[0]: next(iter(feeds.values()))})
     missing, unknown = [n for n in names if n not in feeds], [k for k in feeds if k not in names]
     if missing or unknown:
         raise UsageError("--inputs: " + "; ".join(
             ([f"no array for model input(s) {missing}"] if missing else [])
             + ([f"array(s) {unknown} name no input of the model"] if unknown else [])),
             hint=f"the model's inputs: {names}; arrays given: {sorted(feeds)}")
-    return feeds
+    return _Given(feeds)
 
 
 def _feed_sets(inputs, n_random: int, seed: int, sess, shapes):
@@ -386,9 +390,19 @@ def _run_ref(sess, feeds) -> list:
     try:
         return sess.run(None, feeds)
     except Exception as exc:
+        if isinstance(feeds, _Given):  # the user's arrays, not the model, are what does not fit
+            takes = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in sess.get_inputs())
+            given = ", ".join(f"{k}: {np.asarray(v).dtype} {list(np.shape(v))}" for k, v in feeds.items())
+            raise UsageError(f"--inputs: the input model does not run on them: {_two_lines(exc)}",
+                             hint=f"the model takes {takes}; given {given}") from None
         raise FrontendError(f"ONNX Runtime fails to run the input model: {_first_line(exc)}",
                             hint="check the inputs (--inputs, --input-shape; --calib and --calib-batch for "
                                  "calibration data) or the model itself") from None
+
+
+def _two_lines(exc: Exception) -> str:
+    """ONNX Runtime's message, its second line too ('... for the following indices' / 'index: 0 Got: 16 Expected: 1')."""
+    return " ".join(str(exc).strip().splitlines()[:2])[:500] or type(exc).__name__
 
 
 def _pruned_session(model, reference: bool = False):
