@@ -261,3 +261,5 @@ def test_bench_says_what_is_wrong_with_its_inputs_or_folder(samples_dir, tmp_pat
     (out / "onnxruntime" / "session.json").unlink()
     assert main(["bench", str(out), *quick]) == 2
     assert "session.json is missing" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "nope.onnx"), *quick]) == 2  # was exit 4, 'cannot load nope.onnx/model...'
+    assert "no such file or folder" in capsys.readouterr().err

@@ -174,8 +174,13 @@ def run(args) -> int:
     from graphprune.cli.common import load_inputs, table
     from graphprune.runtime.ort import random_inputs, session
 
-    given = load_inputs(args.inputs)
     paths = [Path(p) for p in args.paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # it was 'ONNX Runtime cannot load nope.onnx/model.pruned.onnx' (exit 4)
+        from graphprune.errors import UsageError
+
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    given = load_inputs(args.inputs)
     shapes = None if given else _shapes(args, paths)
 
     def feeds_fn(sess, model_path=None):

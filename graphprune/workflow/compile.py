@@ -333,7 +333,7 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     if c.quant is not None:
         _quant_quality(c, outcome, stage)  # its own quality line and latency; --max-drop gates it too
     if "speedup" in c.latency:
-        require_speedup(c.latency, c.opts.min_speedup)  # before anything is written
+        require_speedup(c.latency, c.opts.min_speedup, c.backend_req)  # before anything is written
     report = _report(c, outcome, chosen, reason, argv)
     _report_sections(report, c, outcome, stage)
     write_report(stage, report)

@@ -90,16 +90,20 @@ def widths_line(speedup: float, mac_reduction: float, round_to: int, lanes: int,
             f"{round_to}, not of {whose} {lanes} float lanes, which ONNX Runtime runs fastest: try --round-to auto")
 
 
-def require_speedup(verdict: dict, min_speedup: float | None) -> None:
-    """--min-speedup F: fail unless the speed-up is at least F (1.0: unless it is faster)."""
+def require_speedup(verdict: dict, min_speedup: float | None, backend: str = "auto") -> None:
+    """--min-speedup F: fail unless the speed-up is at least F (1.0: unless it is faster).
+    `backend`: the deployment's; the hint does not suggest the one already used."""
     if min_speedup is None:
         return
     s = verdict["speedup"]
     ok = s >= min_speedup and (min_speedup != 1.0 or not verdict["not_faster"])
     if not ok:
+        other = {"tvm": "tune longer (--tune-trials), try --backend onnxruntime",
+                 "onnxruntime": "try --backend tvm with --tune-trials (tuned per layer shape)"}.get(
+            backend, "tune longer (--tune-trials), try --backend onnxruntime")
         raise SlowerThanAskedError(
             f"speed-up {s:.2f}x is below --min-speedup {min_speedup:g}: {verdict['line']}",
-            hint="nothing was written; prune more, tune longer (--tune-trials), try --backend onnxruntime, "
+            hint=f"nothing was written; prune more (a larger --ratio or a smaller --round-to), {other}, "
                  "or lower --min-speedup")
 
 
@@ -189,4 +193,10 @@ def nothing_pruned_line(outcome) -> str | None:
     if not dg.prunable_groups:
         return (f"nothing pruned: no channel group of this model can be pruned ({len(dg.frozen_groups)} frozen); "
                 "`graphprune inspect` says why")
+    settings = plan.settings or {}
+    round_to = int(settings.get("round_to") or 1)
+    if round_to > 1 and float(settings.get("ratio") or 0) > 0:  # widths rounded up are the whole width again
+        return (f"nothing pruned: the options removed no channel (widths in multiples of {round_to} round back "
+                f"up to the whole groups at this ratio; a smaller --round-to, e.g. {max(1, round_to // 2)}, or a "
+                "larger --ratio prunes them; or every group is protected)")
     return "nothing pruned: the options removed no channel (a ratio of 0, or every group protected or too narrow)"

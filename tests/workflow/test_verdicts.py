@@ -110,6 +110,10 @@ def test_min_speedup_fails_with_its_exit_code_and_writes_nothing(samples_dir, tm
     err = capsys.readouterr().err
     assert "--min-speedup" in err and "nothing was written" in err
     assert not out.exists() and not list(tmp_path.glob(".*"))
+    # the hint does not suggest the backend already used ('try --backend onnxruntime' under it)
+    assert _compile(samples_dir, out, "--min-speedup", floor, "--backend", "onnxruntime") == 5
+    err = capsys.readouterr().err
+    assert "try --backend onnxruntime" not in err and "try --backend tvm" in err
 
 
 def test_min_speedup_is_documented_with_its_exit_code(capsys):
@@ -414,7 +418,11 @@ def test_nothing_pruned_is_said_and_no_speedup_is_claimed(samples_dir, tmp_path,
     assert "not compared: nothing was pruned" in out and "faster than the input" not in out
     assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--ratio", "0", "-o", str(tmp_path / "q.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "nothing pruned: the options removed no channel" in out and "faster than the input" not in out
+    assert "nothing pruned: the options removed no channel (a ratio of 0" in out and "faster than the input" not in out
+    # a small ratio under round-to 16: every width rounds back up to the whole group; said, with what prunes
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--ratio", "0.1", "--round-to", "16", "-o",
+                 str(tmp_path / "s.onnx")]) == 0
+    assert "round back up to the whole groups at this ratio; a smaller --round-to, e.g. 8" in capsys.readouterr().out
     # something pruned: no such line, and the speed-up is reported
     assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(tmp_path / "r.onnx")]) == 0
     out = capsys.readouterr().out
