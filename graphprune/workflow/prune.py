@@ -182,6 +182,10 @@ class _Run:
         o = self.opts
         self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
                                                   batch_size=o.calib_batch, limit=o.calib_samples)
+        from graphprune.workflow.options import max_drop_of
+
+        if self.state.calibration is None and max_drop_of(o) is not None:  # said before any work
+            raise UsageError("--max-drop needs calibration data (--calib)")
 
     def check_runs_at_given_shapes(self) -> None:
         """A model with dynamic sizes is analysed at the user's --input-shape or the

@@ -498,3 +498,12 @@ def test_the_round_to_line_names_the_weights_narrower_than_the_multiple(tmp_path
     assert kept["w1"][1] < 10 and kept["w2"][1] % 16 == 0  # the narrow layer was cut, the wide one rounded
     assert line.endswith(f"except 2 weight(s) narrower than that, cut freely: w1 {kept['w1'][1]}, "
                          f"w2 {kept['w2'][0]}"), line
+
+
+def test_max_drop_without_calibration_is_refused_before_any_work(samples_dir, tmp_path, capsys):
+    """It was refused after the pruning and the oracle ('oracle PASS', then the error)."""
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "--max-drop", "0.05", "-o",
+                 str(tmp_path / "p.onnx"), "--no-bench"]) == 2
+    said = capsys.readouterr()
+    assert "--max-drop needs calibration data" in said.err and "oracle" not in said.out + said.err
+    assert not list(tmp_path.iterdir())
