@@ -53,7 +53,26 @@ def _same_run(pruned, deployed) -> None:
             hint="compile again, or check the deployed model itself with --plan")
 
 
+def _recorded_shapes(folder):
+    """The InputShapes a compile folder's report.json records (its figures' shapes), or None."""
+    import json
+
+    rep = folder / "report.json"
+    try:
+        recorded = json.loads(rep.read_text()).get("input_shapes") if rep.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not recorded:
+        return None
+    from graphprune.input_shapes import InputShapes
+
+    return InputShapes({n: tuple(v["shape"]) for n, v in recorded.items()},
+                       {n: "the compile's, from its report.json" for n in recorded})
+
+
 def run(args) -> int:
+    from pathlib import Path
+
     import graphprune as gp
     from graphprune.cli.common import load_inputs, parse_shapes, table
     from graphprune.errors import OracleMismatchError, UsageError
@@ -65,7 +84,10 @@ def run(args) -> int:
     from graphprune.cli.report import check_report_option, write_check_report
 
     check_report_option(args)  # before any work
+    folder = Path(args.pruned) if Path(args.pruned).is_dir() else None
     args.pruned = _pruned_model(args.pruned)
+    if shapes is None and folder is not None:  # the shapes the compile was measured at (as bench takes them)
+        shapes = _recorded_shapes(folder)
     if args.plan is None:
         from graphprune.outputs import plan_beside
 
@@ -80,8 +102,9 @@ def run(args) -> int:
         emit(args, check_result(args, res))  # printed also when the verdict below is a failure
     if res.shapes is not None:
         print(f"random inputs at {res.shapes.describe()}")
+    off = "changed by repair" if res.changed_after_pruning else "MISMATCH"  # not a mismatch of the pruning
     rows = [[d.name + (f" (part {d.part})" if d.part else ""), f"{d.max_abs_err:.3e}", f"{d.scale:.3e}",
-             "ok" if d.ok else "MISMATCH"] for d in res.diffs]
+             "ok" if d.ok else off] for d in res.diffs]
     print(table(rows, ["output", "max |err|", "scale", ""]))
     print(res.summary())
     if res.refused:
@@ -90,9 +113,9 @@ def run(args) -> int:
         raise OracleMismatchError(res.unpaired, hint="use the .plan.json written together with the model")
     if not res.ok and res.changed_after_pruning:
         raise OracleMismatchError(f"cannot check this model against the masked original: {res.changed_after_pruning}",
-                                  hint="prune verified the model before its repair and sparsity (the oracle line "
-                                       "of its summary); to check the pruning alone here, prune with --repair "
-                                       "none and without --sparsity")
+                                  hint="the run that wrote it (prune or compile) verified the model before its "
+                                       "repair and sparsity (the oracle line of its summary); to check the pruning "
+                                       "alone here, run it again with --repair none and without --sparsity")
     if not res.ok:
         raise OracleMismatchError("pruned model differs from the masked original")
     return 0

@@ -107,6 +107,7 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     assert run("check", src, folder) == 0  # the folder itself: its model.pruned.onnx ('no such file')
     said = capsys.readouterr().out
     assert f"pruned: {folder / 'model.pruned.onnx'}" in said and "oracle PASS" in said
+    assert "(the compile's, from its report.json)" in said  # at the shapes the folder was measured at
     assert run("check", src, folder / "onnxruntime") == 2  # a folder without one: said, not 'no such file'
     assert "a folder without model.pruned.onnx" in capsys.readouterr().err
     # a deployment copied in from another run: the folder check proved model.pruned.onnx and passed
