@@ -263,3 +263,23 @@ def test_bench_says_what_is_wrong_with_its_inputs_or_folder(samples_dir, tmp_pat
     assert "session.json is missing" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "nope.onnx"), *quick]) == 2  # was exit 4, 'cannot load nope.onnx/model...'
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_tvm_gets_the_inputs_that_given_shapes_name_fully(tmp_path):
+    """--input-shape image:... fixed the mask's H and W for ONNX Runtime (the dims named alike)
+    but TVM refused 'dynamic inputs: mask[N, 1, H, W]'; the shapes handed to TVM now include
+    every input whose dims the given ones name, and no other."""
+    from onnx import TensorProto, helper
+
+    from graphprune.workflow.compile import completed_shapes
+    from helpers import make_model, w
+
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["M", 4])
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["a"], pads=[1] * 4), helper.make_node("Mul", ["a", "mask"], ["y"]),
+             helper.make_node("MatMul", ["other", "w2"], ["z"])]
+    m = make_model(nodes, [("image", ["N", 3, "H", "W"]), mask, other],
+                   [("y", ["N", 8, "H", "W"]), ("z", ["M", 2])], {"w1": w(8, 3, 3, 3), "w2": w(4, 2)})
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    got = completed_shapes(tmp_path / "m.onnx", {"image": [2, 3, 40, 64]})
+    assert got == {"image": [2, 3, 40, 64], "mask": [2, 1, 40, 64]}  # 'other' stays the user's to give

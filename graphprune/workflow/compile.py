@@ -163,6 +163,25 @@ class _Compile:
     measured: dict = field(default_factory=dict)  # runner -> median ms (_latencies)
 
 
+def completed_shapes(src: Path, user: dict | None) -> dict | None:
+    """--input-shape with the inputs whose dims it names all (a mask's N, H, W as its image's:
+    `input_shapes.resolve`), so TVM gets them as ONNX Runtime's side does."""
+    if not user:
+        return user
+    import onnx
+
+    from graphprune.backends.tvm.onnx_prep import input_specs
+    from graphprune.input_shapes import InputSpec, resolve
+
+    try:
+        specs = input_specs(onnx.load(str(src), load_external_data=False))
+    except Exception:  # noqa: BLE001 - not readable here: the load reports it, in its own words
+        return user
+    res = resolve([InputSpec(s["name"], s["shape"], "float" in s["dtype"]) for s in specs], user=user)
+    return {n: list(shape) for n, shape in res.shapes.items()
+            if res.sources[n] == "--input-shape" or res.sources[n].startswith("dims named as in")}
+
+
 def _require_static_inputs(src: Path, input_shapes: dict | None) -> None:
     """UsageError when an input of the model stays dynamic after --input-shape (TVM's need)."""
     import onnx
@@ -201,7 +220,7 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
         raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
                          hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
     if backend_req == "tvm":  # what TVM needs, said before the pruning, not after
-        _require_static_inputs(src, opts.input_shapes)
+        _require_static_inputs(src, completed_shapes(src, opts.input_shapes))
         if target.arch != platform.machine() and not target.cross_compiler:
             raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
                              f"(this machine is {platform.machine()})",
@@ -621,7 +640,8 @@ def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOpti
     log_fn(f"tvm: import, tune ({opts.tune_trials} trials), build for {target.name} ...")
     try:
         res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
-                          db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key, input_shapes=opts.input_shapes,
+                          db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key,
+                          input_shapes=completed_shapes(pruned_path, opts.input_shapes),
                           log=log_fn)
     except (UsageError, BackendUnavailableError) as exc:
         if backend_req == "tvm":
