@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -263,6 +264,16 @@ def test_bench_says_what_is_wrong_with_its_inputs_or_folder(samples_dir, tmp_pat
     assert "session.json is missing" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "nope.onnx"), *quick]) == 2  # was exit 4, 'cannot load nope.onnx/model...'
     assert "no such file or folder" in capsys.readouterr().err
+    src = str(tmp_path / "m.onnx")
+    shutil.copy(out / "model.pruned.onnx", src)
+    np.savez(tmp_path / "b1.npz", input=np.zeros((1, 3, 16, 16), np.float32))  # the sample's input
+    assert main(["bench", src, "--inputs", str(tmp_path / "b1.npz"), "--input-shape", "input:1,3,16,16", *quick]) == 2
+    assert "--inputs and --input-shape: give one" in capsys.readouterr().err  # the shape was ignored
+    assert main(["bench", src, "--inputs", str(tmp_path / "b1.npz"), "--repeats", "5", "--rounds", "3",
+                 "--warmup", "0", "--json-out", str(tmp_path / "b.json")]) == 0
+    said = capsys.readouterr().out
+    assert "measured on the first input set of" in said and "input: 1×3×16×16" in said  # the shape it ran at
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["runs"] >= 5  # '--repeats 5' gave 3 runs
 
 
 def test_tvm_gets_the_inputs_that_given_shapes_name_fully(tmp_path):

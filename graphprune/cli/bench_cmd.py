@@ -13,8 +13,9 @@ def add_arguments(p):
                                             "two paths are measured side by side")
     p.add_argument("--backends", action="store_true",
                    help="for one compile folder holding several backends: compare them side by side")
-    p.add_argument("--repeats", type=T.POSITIVE_INT, default=30)
-    p.add_argument("--warmup", type=T.COUNT, default=5)
+    p.add_argument("--repeats", type=T.POSITIVE_INT, default=30,
+                   help="timed runs per artifact, at least (spread over --rounds; default 30)")
+    p.add_argument("--warmup", type=T.COUNT, default=5, help="untimed runs per artifact first (default 5)")
     p.add_argument("--rounds", type=T.POSITIVE_INT, default=3, help="interleaved rounds for side-by-side runs")
     p.add_argument("--threads", type=T.COUNT, default=0, help="ORT intra-op threads (0: the deployment's / ORT default)")
     p.add_argument("--inputs", help=".npz of inputs (default: random)")
@@ -105,7 +106,7 @@ def _runners_for(path: Path, args, feeds_fn, all_backends: bool) -> list[Runner]
                 r = Runner(f"{path.name}/tvm@{args.rpc_key}", None)
                 # the device times itself: one upload, then its own repeats per round
                 r.remote = lambda lib=lib, feeds=feeds: adapter.remote_benchmark(
-                    lib, feeds, args.rpc, args.rpc_key, repeats=max(1, args.repeats // max(1, args.rounds)))
+                    lib, feeds, args.rpc, args.rpc_key, repeats=-(-args.repeats // max(1, args.rounds)))
                 out.append(r)
             elif not rep["target"]["host"]:
                 raise UsageError(f"{path}: TVM artifact for {rep['target']['name']} does not run here",
@@ -122,7 +123,7 @@ def _measure(runners: list[Runner], args) -> None:
     for r in runners:
         for _ in range(args.warmup if r.fn else 0):
             r.fn()
-    per_round = max(1, args.repeats // max(1, args.rounds))
+    per_round = -(-args.repeats // max(1, args.rounds))  # at least --repeats in all ('5' gave 3)
     for _ in range(args.rounds):
         for r in runners:
             if r.fn is None:
@@ -171,10 +172,16 @@ def _shapes(args, paths: list[Path]):
 
 
 def run(args) -> int:
+    import numpy as np
+
     from graphprune.cli.common import load_inputs, table
     from graphprune.runtime.ort import random_inputs, session
 
     paths = [Path(p) for p in args.paths]
+    if args.inputs and args.input_shape:  # the arrays have their shapes: one of the two
+        from graphprune.errors import UsageError
+
+        raise UsageError("--inputs and --input-shape: give one (the arrays of --inputs have their own shapes)")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # it was 'ONNX Runtime cannot load nope.onnx/model.pruned.onnx' (exit 4)
         from graphprune.errors import UsageError
@@ -206,7 +213,8 @@ def run(args) -> int:
     rows = [[x["label"], f"{x['median_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['min_ms']:.3f}", x["runs"],
              f"{base / x['median_ms']:.2f}x"] for x in results]
     print(table(rows, ["artifact", "median ms", "p90 ms", "min ms", "runs", "speed vs first"]))
-    print(shapes.measured_at() if shapes is not None else f"measured on the first input set of {args.inputs}")
+    print(shapes.measured_at() if shapes is not None else f"measured on the first input set of {args.inputs}: "
+          + ", ".join(f"{k}: {'×'.join(map(str, np.shape(v)))}" for k, v in given[0].items()))
     from graphprune.cli.results import emit, schema
 
     data = {"schema": schema("bench"), "results": results, "threads": args.threads, "repeats": args.repeats,
