@@ -239,6 +239,15 @@ def test_the_deployment_s_loader_runs_token_ids_at_the_measured_shape_and_saves_
                    capture_output=True, text=True, check=True)
     want = ort.InferenceSession(str(out / "model.pruned.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], want, rtol=1e-5, atol=1e-6)
+    # its own arguments: --help is help (it was a traceback), -o without .npz names the file numpy
+    # writes, one array under another name is the one input
+    said = subprocess.run([sys.executable, str(loader), "--help"], capture_output=True, text=True)
+    assert said.returncode == 0 and "usage: run_model.py" in said.stdout
+    np.savez(tmp_path / "other.npz", tokens=feeds["ids"])
+    said = subprocess.run([sys.executable, str(loader), str(tmp_path / "other.npz"), "-o", str(tmp_path / "o2")],
+                          capture_output=True, text=True, check=True)
+    assert f"saved {tmp_path / 'o2.npz'}" in said.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "o2.npz")["y"], want, rtol=1e-5, atol=1e-6)
 
 
 def test_bench_says_what_is_wrong_with_its_inputs_or_folder(samples_dir, tmp_path, capsys):

@@ -26,11 +26,15 @@ graphprune measured (session.json) on the named arrays of inputs.npz, or on rand
 each input's type at the shapes the compile measured at; prints each output's shape and first
 values, and with -o saves them.
 """
-import json, sys, time
+import argparse, json, time
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+ap = argparse.ArgumentParser(description="Run the deployed model (session settings from session.json).")
+ap.add_argument("inputs", nargs="?", help=".npz of the inputs by name (default: random, at the measured shapes)")
+ap.add_argument("-o", "--out", help="save the outputs to this .npz file")
+args = ap.parse_args()
 here = Path(__file__).resolve().parent
 cfg = json.loads((here / "session.json").read_text())
 so = ort.SessionOptions()
@@ -40,11 +44,11 @@ so.execution_mode = getattr(ort.ExecutionMode, cfg["execution_mode"])
 so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, cfg["graph_optimization_level"])
 providers = [p for p in cfg["providers"] if p in ort.get_available_providers()]
 sess = ort.InferenceSession(str(here / cfg["model"]), so, providers=providers)
-args = sys.argv[1:]
-save = args.pop(args.index("-o") + 1) if "-o" in args[:-1] else None
-args = [a for a in args if a != "-o"]
-if args:
-    feeds = dict(np.load(args[0]))
+names_in = [i.name for i in sess.get_inputs()]
+if args.inputs:
+    feeds = dict(np.load(args.inputs))
+    if len(feeds) == 1 and len(names_in) == 1:  # one array for a one-input model is that input
+        feeds = {names_in[0]: next(iter(feeds.values()))}
 else:  # random data of each input's type, at the shapes the compile measured at
     rng, shapes = np.random.default_rng(0), cfg.get("example_shapes") or {}
     kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -64,7 +68,8 @@ print(f"ran in {(time.perf_counter() - t0) * 1000:.2f} ms on", {k: list(v.shape)
 names = [o.name for o in sess.get_outputs()]
 for name, out in zip(names, outs):
     print(f"{name}: {list(np.shape(out))} {np.asarray(out).ravel()[:5]}")
-if save:
+if args.out:
+    save = args.out if args.out.endswith(".npz") else args.out + ".npz"  # the name numpy writes
     np.savez(save, **dict(zip(names, outs)))
     print("saved", save)
 '''

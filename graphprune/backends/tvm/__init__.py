@@ -35,9 +35,14 @@ python run_model.py [inputs.npz] [-o outputs.npz]: runs model.so on the named ar
 inputs.npz, or on random inputs of the shapes and types it was built for (model.meta.json);
 prints each output's shape and first values, and with -o saves them.
 """
-import json, sys, time
+import argparse, json, time
 from pathlib import Path
 import numpy as np
+
+ap = argparse.ArgumentParser(description="Run the deployed TVM library with the TVM runtime.")
+ap.add_argument("inputs", nargs="?", help=".npz of the inputs by name (default: random, at the built shapes)")
+ap.add_argument("-o", "--out", help="save the outputs to this .npz file")
+args = ap.parse_args()
 import tvm
 from tvm import relax
 
@@ -45,10 +50,9 @@ here = Path(__file__).resolve().parent
 meta = json.loads((here / "model.meta.json").read_text())
 dev = tvm.cpu()
 vm = relax.VirtualMachine(tvm.runtime.load_module(str(here / "model.so")), dev)
-args = sys.argv[1:]
-save = args.pop(args.index("-o") + 1) if "-o" in args[:-1] else None
-args = [a for a in args if a != "-o"]
-given = dict(np.load(args[0])) if args else None
+given = dict(np.load(args.inputs)) if args.inputs else None
+if given is not None and len(given) == 1 and len(meta["inputs"]) == 1:  # one array: that input
+    given = {meta["inputs"][0]["name"]: next(iter(given.values()))}
 rng, feeds = np.random.default_rng(0), []
 for spec in meta["inputs"]:  # main's parameters, in order
     if given is not None:
@@ -63,7 +67,8 @@ outs = [o.numpy() for o in (out if isinstance(out, (list, tuple)) or type(out)._
 print(f"ran in {(time.perf_counter() - t0) * 1000:.2f} ms on", {s["name"]: s["shape"] for s in meta["inputs"]})
 for k, o in enumerate(outs):
     print(f"output {k}: {list(o.shape)} {o.ravel()[:5]}")
-if save:
+if args.out:
+    save = args.out if args.out.endswith(".npz") else args.out + ".npz"  # the name numpy writes
     np.savez(save, *outs)
     print("saved", save)
 '''
