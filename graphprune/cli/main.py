@@ -97,6 +97,12 @@ def _logging_to(handlers: list[logging.Handler]):
     root.handlers[:] = handlers
     root.setLevel(logging.DEBUG)
     root.propagate = False
+    # onnx_ir warns once per value it cannot write the type of (an ORT-optimised model's NCHWc
+    # values): 30 lines on stderr when checking a deployment, to a user who can do nothing about it
+    serde = logging.getLogger("onnx_ir.serde")
+    serde_level = serde.level
+    if all(h.level > logging.DEBUG for h in handlers if not isinstance(h, logging.FileHandler)):
+        serde.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -105,6 +111,7 @@ def _logging_to(handlers: list[logging.Handler]):
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         root.propagate = saved[2]
+        serde.setLevel(serde_level)
 
 
 def _print_error(verb: str | None, exc) -> int:

@@ -295,7 +295,8 @@ def infer_shapes(model: ir.Model, *, warn: bool = True) -> None:
     import onnx
 
     try:
-        proto = weightless_proto(model)
+        with _quiet_reader():  # values of unknown type (an ORT-optimised model's NCHWc) are left out: 30 lines
+            proto = weightless_proto(model)
     except Exception as exc:
         raise FrontendError(f"model cannot be serialised: {str(exc).strip().splitlines()[0][:300]}") from None
     try:

@@ -103,7 +103,9 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     assert run("compile", src, "--target", "x86", "-o", folder) == 0
     capsys.readouterr()
     assert run("check", src, folder / "onnxruntime" / "model.onnx") == 0
-    assert f"plan: {folder / 'plan.json'}" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"plan: {folder / 'plan.json'}" in said.out
+
     assert run("check", src, folder) == 0  # the folder itself: its model.pruned.onnx ('no such file')
     said = capsys.readouterr().out
     assert f"pruned: {folder / 'model.pruned.onnx'}" in said and "oracle PASS" in said
@@ -227,3 +229,26 @@ def test_max_drop_gate_with_calibration(samples_dir, tmp_path, capsys):
                "-o", tmp_path / "bad.onnx", "--no-bench", "--search-budget", "1") == 3
     assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.plan.json").exists()
     assert run("prune", src, "--max-drop", "0.1", "-o", tmp_path / "x.onnx", "--no-bench") == 2
+
+
+def test_onnx_ir_s_warnings_per_untyped_value_are_not_shown(samples_dir, tmp_path, monkeypatch, caplog):
+    """Checking an ORT-optimised deployment printed ~30 'The value type for shape ... is not
+    known ... Skipping serialization' lines from onnx_ir (one per NCHWc value) on PP-OCR cls.
+    While a verb runs (not under -v) that logger shows errors only, and it is put back after."""
+    import logging
+
+    import graphprune as gp
+
+    real = gp.check
+
+    def noisy(*a, **k):
+        logging.getLogger("onnx_ir.serde").warning("The value type for shape [1] is not known. Skipping serialization")
+        return real(*a, **k)
+
+    src = samples_dir / "tiny_resnet.onnx"
+    assert run("prune", src, "-o", tmp_path / "p.onnx", "--no-bench") == 0
+    monkeypatch.setattr(gp, "check", noisy)
+    with caplog.at_level(logging.WARNING):
+        assert run("check", src, tmp_path / "p.onnx") == 0
+    assert not [r for r in caplog.records if r.name == "onnx_ir.serde"]
+    assert logging.getLogger("onnx_ir.serde").level == logging.NOTSET
