@@ -524,6 +524,9 @@ def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
         c.after["latency_ms"] = deployed
         c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""),
                                     lat.get("dense_same_settings") if chosen == "onnxruntime" else None)
+        if any(n.startswith("nothing pruned") for n in c.notes) and c.quant is None:  # as prune says it
+            c.latency["line"] += ("; nothing was pruned: the difference is the deployment's offline optimisation "
+                                  "and session settings (and timing noise), not a smaller model")
         if chosen == "onnxruntime" and c.after.get("macs"):  # odd widths (--round-to off the lanes) in ORT
             hint = widths_line(c.latency["speedup"], c.before["macs"] / c.after["macs"],
                                prune_options(c.opts, c.target).round_to, c.target.simd_lanes,
