@@ -634,6 +634,18 @@ def test_zero_channels_of_layers_with_a_bias():
     assert not keeps_zero(v["c"], 1)                              # a computed bias is not masked
 
 
+def test_a_quantized_bias_is_masked_with_its_channel():
+    """A QDQ model's Gemm bias is DequantizeLinear(int32 constant): its codes are masked to the
+    zero point, so 0 once dequantized. Taken for a computed bias, it froze the q/k channels
+    of a quantized ViT (no loss there: those axes were frozen for another reason)."""
+    i32 = lambda a: np.asarray(a, np.int32)  # noqa: E731
+    middle = [helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["b"]),
+              helper.make_node("Add", ["q", "b"], ["qz"])]
+    m = _q_times_sigmoid_k(middle, {"bq": i32(np.arange(8) - 4), "bs": np.float32(0.01), "bz": i32(0)})
+    assert atoms(m) == [8]
+    check(m)
+
+
 def test_a_resize_that_crops_the_channel_axis_does_not_couple_it():
     """tf_crop_and_resize with a roi cropping channels keeps their count (scale 1) but samples
     other channels (per the ONNX spec; ONNX Runtime ignores the roi at scale 1, so the oracle

@@ -112,6 +112,8 @@ def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> boo
     if is_constant(value):  # a constant coupled to a channel axis is sliced, so zeroed there
         a = const_array(value)
         return a is not None and a.ndim == len(d) and a.shape[axis] > 1
+    if is_quantized_const(value):  # a QDQ constant: its codes masked to the zero point, so 0 once dequantized
+        return isinstance(d[axis], int) and d[axis] > 1
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return False
@@ -128,6 +130,12 @@ def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> boo
 
 # per op: (node, inputs, output rank, axis, follow) -> whether the output keeps zero along axis
 
+def _masked_param(v: ir.Value) -> bool:
+    """A bias the oracle masks with the channel: a constant, or a QDQ constant (codes set to
+    the zero point: 0 once dequantized; a quantized ViT's Gemm bias)."""
+    return is_constant(v) or is_quantized_const(v)
+
+
 def _gemm(node, ins, rank, axis, follow) -> bool:
     """A row (column) of A·B + C is zero when A's row (B's column) is and C adds nothing there:
     no C, or (columns) a per-column constant C, masked with them."""
@@ -136,7 +144,7 @@ def _gemm(node, ins, rank, axis, follow) -> bool:
     c = ins[2] if len(ins) > 2 else None
     if c is not None:
         dc = _dims(c)
-        if axis != 1 or not is_constant(c) or not dc or dc[-1] == 1:
+        if axis != 1 or not _masked_param(c) or not dc or dc[-1] == 1:
             return False
     return is_weight(operand) or follow(operand, ax)
 
@@ -145,7 +153,7 @@ def _conv(node, ins, rank, axis, follow) -> bool:
     """An output channel whose weight slice (and bias) is masked is zero; along the batch or a
     spatial axis a zero input is not a zero output (the bias, the neighbours)."""
     bias = ins[2] if len(ins) > 2 else None
-    if axis != 1 or (bias is not None and not is_constant(bias)):
+    if axis != 1 or (bias is not None and not _masked_param(bias)):
         return False
     return is_weight(ins[1]) or follow(ins[1], 0 if node.op_type == "Conv" else 1)
 
