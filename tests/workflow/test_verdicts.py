@@ -509,3 +509,18 @@ def test_max_drop_without_calibration_is_refused_before_any_work(samples_dir, tm
     said = capsys.readouterr()
     assert "--max-drop needs calibration data" in said.err and "oracle" not in said.out + said.err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_quantized_model_s_oracle_failure_says_what_rounding_can_do():
+    """ORT quantize_static resnet18 fails the oracle by one int8 step that float rounding
+    before a QuantizeLinear makes (the plan and the masking were exact); 'please report this
+    model' alone left the user nowhere to go. A float model keeps the plain hint."""
+    from graphprune.errors import OracleMismatchError
+    from graphprune.runtime.oracle import OracleResult, OutputDiff
+    from graphprune.workflow.prune import _require_pass
+
+    res = OracleResult(ok=False, diffs=[OutputDiff("y", 0.0627, 8.03, False)], runs=2)
+    for quantized, said in ((True, "prune the float model and quantize after"), (False, "please report this model")):
+        with pytest.raises(OracleMismatchError) as e:
+            _require_pass(res, "pruned model differs from the masked original", quantized=quantized)
+        assert said in e.value.hint and ("quantize after" in e.value.hint) == quantized
