@@ -95,12 +95,9 @@ def _constant_names(model) -> set[str]:
 
 
 def _arrays(model, names):
-    from graphprune.ir.constants import const_array
+    from graphprune.ir.constants import const_array, values_by_name
 
-    values = {v.name: v for v in model.graph.initializers.values()}
-    for n in model.graph:
-        for o in n.outputs:
-            values.setdefault(o.name, o)
+    values = values_by_name(model)
     for name in names:
         v = values.get(name)
         arr = const_array(v) if v is not None else None

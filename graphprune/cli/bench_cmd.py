@@ -155,18 +155,15 @@ def _shapes(args, paths: list[Path]):
     report.json), else the first model's representative shapes. (Each artifact used to
     resolve its own default, and a compiled model could be timed at another size than its
     input model.)"""
-    from graphprune.cli.common import parse_shapes
-    from graphprune.input_shapes import InputShapes
+    from graphprune.cli.common import parse_shapes, recorded_shapes
     from graphprune.runtime.ort import input_session, representative_shapes
 
     user = parse_shapes(args.input_shape)
     if user is None:
         for p in paths:
-            rep = p / "report.json"
-            if p.is_dir() and rep.exists():
-                recorded = json.loads(rep.read_text()).get("input_shapes")
-                if recorded:
-                    return InputShapes.from_json(recorded)
+            recorded = recorded_shapes(p) if p.is_dir() else None
+            if recorded is not None:
+                return recorded
     first = _model_of(paths[0])
     return representative_shapes(input_session(str(first), f"{first}"), user=user)
 

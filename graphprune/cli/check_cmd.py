@@ -20,21 +20,27 @@ def add_arguments(p):
     p.add_argument("--report", metavar="PATH", help="also write PATH.report.{json,md,html} (graphprune.report/1)")
 
 
-def _pruned_model(given: str) -> str:
-    """The pruned model's path: a compile folder stands for its model.pruned.onnx (the plan is beside it)."""
+def _pruned_model(given: str, shapes):
+    """The pruned model's path and the shapes to check at: a compile folder stands for its
+    model.pruned.onnx (the plan is beside it), checked at the shapes the compile recorded
+    (as bench takes them) unless --input-shape gave others."""
     from pathlib import Path
 
+    from graphprune.cli.common import recorded_shapes
     from graphprune.errors import UsageError
 
     if not Path(given).is_dir():
-        return given
+        return given, shapes
     inside = Path(given) / "model.pruned.onnx"
     if not inside.is_file():
         raise UsageError(f"{given}: a folder without model.pruned.onnx, not a model",
                          hint="give the pruned .onnx file, or the folder graphprune compile wrote")
     _same_run(inside, Path(given) / "onnxruntime" / "model.onnx")
     print(f"pruned: {inside} (the compile folder's; its deployment records the same plan)")
-    return str(inside)
+    recorded = recorded_shapes(Path(given)) if shapes is None else None
+    if recorded is not None:
+        recorded.sources = {n: "the compile's, from its report.json" for n in recorded.shapes}
+    return str(inside), recorded if recorded is not None else shapes
 
 
 def _same_run(pruned, deployed) -> None:
@@ -53,26 +59,7 @@ def _same_run(pruned, deployed) -> None:
             hint="compile again, or check the deployed model itself with --plan")
 
 
-def _recorded_shapes(folder):
-    """The InputShapes a compile folder's report.json records (its figures' shapes), or None."""
-    import json
-
-    rep = folder / "report.json"
-    try:
-        recorded = json.loads(rep.read_text()).get("input_shapes") if rep.is_file() else None
-    except (OSError, ValueError):
-        return None
-    if not recorded:
-        return None
-    from graphprune.input_shapes import InputShapes
-
-    return InputShapes({n: tuple(v["shape"]) for n, v in recorded.items()},
-                       {n: "the compile's, from its report.json" for n in recorded})
-
-
 def run(args) -> int:
-    from pathlib import Path
-
     import graphprune as gp
     from graphprune.cli.common import load_inputs, parse_shapes, table
     from graphprune.errors import OracleMismatchError, UsageError
@@ -84,10 +71,7 @@ def run(args) -> int:
     from graphprune.cli.report import check_report_option, write_check_report
 
     check_report_option(args)  # before any work
-    folder = Path(args.pruned) if Path(args.pruned).is_dir() else None
-    args.pruned = _pruned_model(args.pruned)
-    if shapes is None and folder is not None:  # the shapes the compile was measured at (as bench takes them)
-        shapes = _recorded_shapes(folder)
+    args.pruned, shapes = _pruned_model(args.pruned, shapes)
     if args.plan is None:
         from graphprune.outputs import plan_beside
 

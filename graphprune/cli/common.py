@@ -64,6 +64,21 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
+def recorded_shapes(folder: Path):
+    """The InputShapes a compile folder's report.json records (the shapes its figures were
+    measured at), or None: what bench and check take for a folder without --input-shape."""
+    import json
+
+    from graphprune.input_shapes import InputShapes
+
+    rep = Path(folder) / "report.json"
+    try:
+        recorded = json.loads(rep.read_text()).get("input_shapes") if rep.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return InputShapes.from_json(recorded) if recorded else None
+
+
 def parse_shapes(items: list[str]) -> dict | None:
     """--input-shape NAME:D1,D2,... (repeatable) as {name: [dims]} (None when none given)."""
     shapes = {}

@@ -131,8 +131,9 @@ def widths_off_multiple(model, plan, round_to: int) -> list[tuple[str, int]]:
     of widths 9 and 7."""
     if model is None:
         return []
-    values = dict(model.graph.initializers)  # and the Constant nodes' (PP-OCR's weights are those)
-    values.update({o.name: o for n in model.graph if n.op_type == "Constant" for o in n.outputs})
+    from graphprune.ir.constants import values_by_name
+
+    values = values_by_name(model)  # Constant nodes' too: PP-OCR's weights are those
     out = []
     for t in plan.tensors:
         v = values.get(t["name"])

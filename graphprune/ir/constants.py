@@ -20,6 +20,16 @@ def const_producer(value: ir.Value) -> ir.Node | None:
     return None
 
 
+def values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    """Every initializer and node output of the main graph by name: where a plan's tensor
+    names (initializers or Constant outputs) are looked up."""
+    values = dict(model.graph.initializers)
+    for node in model.graph:
+        for o in node.outputs:
+            values.setdefault(o.name, o)
+    return values
+
+
 def is_constant(value: ir.Value | None) -> bool:
     if value is None:
         return False

@@ -33,7 +33,7 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.constants import const_array, is_constant, values_by_name
 
 KEY = "graphprune.untied"
 
@@ -103,11 +103,7 @@ def ties_back(model: ir.Model) -> list[tuple[ir.Value, ir.Value]]:
     record = untied_copies(model)
     if not record:
         return []
-    graph = model.graph
-    values = dict(graph.initializers)
-    for n in graph:
-        for o in n.outputs:
-            values.setdefault(o.name, o)
+    values = values_by_name(model)
     out = []
     for orig in sorted(set(record.values())):
         members = [values[n] for n in [orig] + sorted(c for c, o in record.items() if o == orig) if n in values]

@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from graphprune.errors import FrontendError, PlanError, UsageError, VerificationError
 from graphprune.input_shapes import InputShapes
-from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.constants import const_array, is_constant, set_const_array, values_by_name
 from graphprune.ir.moe import is_moe
 from graphprune.plan import Plan, check_slice
 from graphprune.runtime.ort import _first_line, input_session, random_inputs, representative_shapes, session
@@ -45,10 +45,7 @@ def _zero_slices(model: ir.Model, entries: list[dict]) -> None:
     """Zero each plan entry's slice (`{"name", "axis", "removed"}`) of a constant of `model`.
     A quantized weight (read by DequantizeLinear) is set to its zero point instead, which
     dequantizes to 0 (graphprune.ir.quant); the zero points are read before any zeroing."""
-    values = {v.name: v for v in model.graph.initializers.values()}
-    for node in model.graph:
-        for o in node.outputs:
-            values.setdefault(o.name, o)
+    values = values_by_name(model)
     fills = {}
     for t in entries:
         v = values.get(t["name"])
@@ -66,7 +63,7 @@ def _zero_slices(model: ir.Model, entries: list[dict]) -> None:
         set_const_array(v, arr)
 
 
-def _has_qdq(graph) -> bool:
+def has_qdq(graph) -> bool:
     """A QDQ model (QuantizeLinear/DequantizeLinear) is compared at ORT's reference level
     (no graph optimisation). ORT's fused int8 kernels are not bit-exact with the ops as
     the ONNX spec defines them: a per-channel int8 CNN differs from itself between the two
@@ -191,6 +188,10 @@ class OutputDiff:
     ok: bool
     judged_on: str | None = None   # the saturating op's input, when the output was judged there
     part: str | None = None  # a Concat-made output wrong in this input of its Concat (judged on its own scale)
+
+    def scale_text(self) -> str:
+        """'(scale 0.893)', or '(scale 0.05 of its Concat part p)': what the error is relative to."""
+        return f"(scale {self.scale:.3g}" + (f" of its Concat part {self.part}" if self.part else "") + ")"
 
 
 @dataclass
@@ -493,7 +494,7 @@ def _check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dic
     if extras:  # logits and Concat parts (module docstring): both models expose them
         masked = _with_outputs(masked, extras.names, [])
         pruned = _with_outputs(clone(pruned), extras.names, [])
-    reference = _has_qdq(masked.graph)
+    reference = has_qdq(masked.graph)
     s_ref = input_session(_as_written(masked), what="the input model (with the plan's slices zeroed)",
                           reference=reference)
     s_new = _pruned_session(_as_written(pruned), reference)
@@ -826,7 +827,7 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
     reference outputs are kept), then the pruned model's session."""
     import gc
 
-    reference = _has_qdq(_graph_of_file(ref_path))
+    reference = has_qdq(_graph_of_file(ref_path))
     s_ref = input_session(ref_path, what="the input model (with the plan's slices zeroed)", reference=reference)
     judge = _Judge(names, extras, rtol)
     if n_random > 0:

@@ -83,8 +83,7 @@ def _compare(ref: list[np.ndarray], got: list[np.ndarray], rtol: float) -> str |
         return f"{len(got)} outputs instead of {len(ref)}"
     bad = [d for d in compare_outputs(ref, got, [f"output {i}" for i in range(len(ref))], rtol=rtol) if not d.ok]
     if bad:
-        return ", ".join(f"{d.name} error {d.max_abs_err:.3g} (scale {d.scale:.3g}"
-                         + (f" of its Concat part {d.part}" if d.part else "") + ")" for d in bad)
+        return ", ".join(f"{d.name} error {d.max_abs_err:.3g} {d.scale_text()}" for d in bad)
     return None
 
 

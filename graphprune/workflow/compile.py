@@ -161,38 +161,46 @@ class _Compile:
     after: dict = field(default_factory=dict)
     quant: object = None  # --quantize int8: backends.onnxruntime.quantize.QuantizeResult
     measured: dict = field(default_factory=dict)  # runner -> median ms (_latencies)
+    nothing_pruned: bool = False  # the run removed nothing: a speed-up is not the model's
 
 
-def completed_shapes(src: Path, user: dict | None) -> dict | None:
-    """--input-shape with the inputs whose dims it names all (a mask's N, H, W as its image's:
-    `input_shapes.resolve`), so TVM gets them as ONNX Runtime's side does."""
-    if not user:
-        return user
+def _graph_only(src: Path):
+    """The ONNX proto at `src` without its weights, or None when it does not read (the
+    load reports that later, in its own words)."""
     import onnx
 
+    try:
+        return onnx.load(str(src), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises many types for damaged files
+        return None
+
+
+def completed_shapes(src: Path, user: dict | None, proto=None) -> dict | None:
+    """--input-shape with the inputs whose dims it names all (a mask's N, H, W as its image's:
+    `input_shapes.resolve`), so TVM gets them as ONNX Runtime's side does."""
+    proto = proto if proto is not None else _graph_only(src) if user else None
+    if not user or proto is None:
+        return user
     from graphprune.backends.tvm.onnx_prep import input_specs
     from graphprune.input_shapes import InputSpec, resolve
 
-    try:
-        specs = input_specs(onnx.load(str(src), load_external_data=False))
-    except Exception:  # noqa: BLE001 - not readable here: the load reports it, in its own words
-        return user
-    res = resolve([InputSpec(s["name"], s["shape"], "float" in s["dtype"]) for s in specs], user=user)
+    res = resolve([InputSpec(s["name"], s["shape"], "float" in s["dtype"]) for s in input_specs(proto)], user=user)
     return {n: list(shape) for n, shape in res.shapes.items()
             if res.sources[n] == "--input-shape" or res.sources[n].startswith("dims named as in")}
 
 
-def _require_static_inputs(src: Path, input_shapes: dict | None) -> None:
-    """UsageError when an input of the model stays dynamic after --input-shape (TVM's need)."""
-    import onnx
-
+def _check_tvm_request(src: Path, target: Target, input_shapes: dict | None) -> None:
+    """What --backend tvm needs, said before the pruning, not after: static input shapes
+    (after --input-shape) and a compiler for the target's architecture."""
     from graphprune.backends.tvm.onnx_prep import with_static_inputs
 
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not readable here: the load reports it, in its own words
-        return
-    with_static_inputs(model, input_shapes)
+    proto = _graph_only(src)
+    if proto is not None:
+        with_static_inputs(proto, completed_shapes(src, input_shapes, proto))
+    if target.arch != platform.machine() and not target.cross_compiler:
+        raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
+                         f"(this machine is {platform.machine()})",
+                         hint="--backend onnxruntime writes a portable ONNX Runtime deployment")
 
 
 def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
@@ -219,12 +227,8 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     if opts.min_speedup is not None and not target.host:
         raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
                          hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
-    if backend_req == "tvm":  # what TVM needs, said before the pruning, not after
-        _require_static_inputs(src, completed_shapes(src, opts.input_shapes))
-        if target.arch != platform.machine() and not target.cross_compiler:
-            raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
-                             f"(this machine is {platform.machine()})",
-                             hint="--backend onnxruntime writes a portable ONNX Runtime deployment")
+    if backend_req == "tvm":
+        _check_tvm_request(src, target, opts.input_shapes)
     if opts.rpc:  # a key and a tracker that answers, before any work
         from graphprune.backends.tvm.adapter import require_tracker
 
@@ -263,6 +267,7 @@ def _prune(c: _Compile):
         c.checks[f"repair_{r['pass']}"] = {"ok": True, "summary": repair_line(r).split(": ", 1)[1]}
     if outcome.nothing_pruned:  # the deployment is the input model's: say why
         c.notes.append(outcome.nothing_pruned)
+        c.nothing_pruned = True
     if outcome.sparsity is not None:
         _sparsity_check(c, outcome)
     from graphprune.ir.serialize import model_nbytes
@@ -524,7 +529,7 @@ def _measure_and_choose(c: _Compile, runners: dict) -> tuple[str, str]:
         c.after["latency_ms"] = deployed
         c.latency = latency_verdict(lat["dense"], deployed, chosen + (" int8" if c.quant is not None else ""),
                                     lat.get("dense_same_settings") if chosen == "onnxruntime" else None)
-        if any(n.startswith("nothing pruned") for n in c.notes) and c.quant is None:  # as prune says it
+        if c.nothing_pruned and c.quant is None:  # as prune says it
             c.latency["line"] += ("; nothing was pruned: the difference is the deployment's offline optimisation "
                                   "and session settings (and timing noise), not a smaller model")
         if chosen == "onnxruntime" and c.after.get("macs"):  # odd widths (--round-to off the lanes) in ORT

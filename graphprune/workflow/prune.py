@@ -329,10 +329,7 @@ class _Run:
                                self.model, plan, inputs=self.opts.inputs, shapes=outcome.shapes)
         outcome.oracle = res
         self.progress.oracle(res, outcome.shapes)
-        from graphprune.ir.quant import is_dequantize
-
-        quantized = any(is_dequantize(n) for n in self.model.graph)
-        _require_pass(res, "pruned model differs from the masked original", quantized=quantized)
+        _require_pass(res, "pruned model differs from the masked original", quantized=oracle.has_qdq(self.model.graph))
 
     def _reference(self, outcome: PruneOutcome):
         """What the plan's slices are masked in: the input file, or after slice-hidden the
@@ -503,9 +500,7 @@ def _require_pass(res, what: str, *, quantized: bool = False) -> None:
         raise OracleMismatchError(
             f"nothing was compared: {res.refused}" if res.refused else
             f"{what}: {res.error}" if getattr(res, "error", None) else
-            f"{what}: " + ", ".join(f"{d.name} err {d.max_abs_err:.3g} (scale {d.scale:.3g}"
-                                     + (f" of its Concat part {d.part}" if d.part else "") + ")"
-                                     for d in res.diffs if not d.ok),
+            f"{what}: " + ", ".join(f"{d.name} err {d.max_abs_err:.3g} {d.scale_text()}" for d in res.diffs if not d.ok),
             hint=_QDQ_HINT if quantized and not res.refused else "nothing was written; please report this model")
 
 
