@@ -72,8 +72,11 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def set_const_array(value: ir.Value, array: np.ndarray) -> None:
-    """Replace a constant's data in place, keeping its name and its storage form."""
-    array = np.ascontiguousarray(array)
+    """Replace a constant's data in place, keeping its name, its storage form and its rank
+    (np.ascontiguousarray alone makes a 0-d scalar 1-d)."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
     tensor = ir.tensor(array, name=value.name)
     node = const_producer(value)
     if node is not None and not (value.const_value is not None and value.is_initializer()):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array
+from graphprune.ir.constants import const_array, set_const_array
 from graphprune.ir.nbits import dequantized_weight as nbits_dequantized
 from graphprune.ir.nbits import is_nbits_weight
 
@@ -207,3 +207,39 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
         z = _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
         return ((arr.astype(np.float64) - z) * s).astype(scale.dtype)
     return None
+
+
+
+def qdq_scales(model: ir.Model) -> list[ir.Value]:
+    """The constant float scales of the QuantizeLinear / DequantizeLinear nodes of `model`'s
+    main graph, each once."""
+    found: dict[int, ir.Value] = {}
+    for node in model.graph:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in STD_DOMAINS:
+            scale = _input(node, 1)
+            arr = const_array(scale)
+            if arr is not None and arr.dtype.kind == "f":
+                found.setdefault(id(scale), scale)
+    return list(found.values())
+
+
+def power_of_two_scales(model: ir.Model) -> int:
+    """Round every constant float scale of a QuantizeLinear / DequantizeLinear in `model`
+    (`qdq_scales`) to the nearest power of two, in place (a zero scale stays zero); returns
+    how many were changed. The oracle's exact view of a QDQ model: with power-of-two scales
+    every dequantized value is an integer times a power of two, so the float Conv / MatMul
+    sums ONNX Runtime forms from them are exact whatever their order. At the model's own
+    scales the sums round, and a pruned layer, summing fewer (zero) terms in another order,
+    can land on the other side of a QuantizeLinear's rounding boundary: a whole quantisation
+    step apart from the masked original with the plan exactly right. The rounding forgets
+    the scales' low bits: whoever relies on it checks the scales themselves."""
+    changed = 0
+    for scale in qdq_scales(model):
+        arr = const_array(scale)
+        with np.errstate(divide="ignore"):
+            exponent = np.round(np.log2(np.abs(arr.astype(np.float64))))
+        rounded = np.asarray(np.sign(arr) * np.exp2(exponent), dtype=arr.dtype).reshape(arr.shape)
+        if not np.array_equal(rounded, arr):
+            set_const_array(scale, rounded)
+            changed += 1
+    return changed

@@ -512,9 +512,10 @@ def test_max_drop_without_calibration_is_refused_before_any_work(samples_dir, tm
 
 
 def test_a_quantized_model_s_oracle_failure_says_what_rounding_can_do():
-    """ORT quantize_static resnet18 fails the oracle by one int8 step that float rounding
-    before a QuantizeLinear makes (the plan and the masking were exact); 'please report this
-    model' alone left the user nowhere to go. A float model keeps the plain hint."""
+    """A quantized model that differs even with power-of-two scales (oracle.check) is
+    reported, and the user told the safe route (prune the float model, quantize after);
+    'please report this model' alone left them nowhere to go. A float model keeps the plain
+    hint."""
     from graphprune.errors import OracleMismatchError
     from graphprune.runtime.oracle import OracleResult, OutputDiff
     from graphprune.workflow.prune import _require_pass
