@@ -121,6 +121,33 @@ def quantized(float_model, path, *, per_channel: bool, weight_type: str = "QInt8
     return str(path)
 
 
+def dynamic(float_model, path, *, per_channel: bool = False, weight_type: str = "QInt8",
+            ops: tuple[str, ...] = ("MatMul",)) -> str:
+    """Write `float_model` quantized by onnxruntime.quantization.quantize_dynamic
+    (DynamicQuantizeLinear + MatMulInteger / ConvInteger, scales multiplied in after) to
+    `path`; returns the path."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = str(path) + ".float.onnx"
+    onnx.save(float_model, src)
+    quantize_dynamic(src, str(path), per_channel=per_channel, weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=list(ops))
+    return str(path)
+
+
+def float_cos_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[4,16] -> MatMul 16->32 + b -> Cos -> MatMul 32->8: quantized dynamically, the
+    second MatMul's activation range reaches cos(0) = 1 at a masked hidden channel, which
+    no kept channel does."""
+    rng = np.random.default_rng(seed)
+    inits = {"w1": _w(rng, 16, 32), "b1": _w(rng, 32, scale=0.1), "w2": _w(rng, 32, 8)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Cos", ["a1"], ["s"], name="act"),
+             helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc2")]
+    return _model(nodes, ("x", TensorProto.FLOAT, [4, 16]), ("y", TensorProto.FLOAT, [4, 8]), inits)
+
+
 def initializers(path) -> dict[str, np.ndarray]:
     m = onnx.load(str(path))
     return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}

@@ -14,7 +14,8 @@ import pytest
 import graphprune as gp
 from graphprune.cli.main import main
 from graphprune.runtime import oracle
-from qdq_models import FLOAT_MODELS, check_files_needs_zero_points, initializers, quantized
+from qdq_models import (FLOAT_MODELS, check_files_needs_zero_points, dynamic, float_cos_mlp, initializers,
+                        quantized)
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -146,19 +147,65 @@ def test_cli_prunes_and_checks_a_qdq_model(qmodels, tmp_path, capsys):
     assert main(["check", src, str(out), "--plan", str(plan), "-q"]) == 0
 
 
-def test_dynamically_quantized_models_are_refused(tmp_path, capsys):
-    from onnxruntime.quantization import quantize_dynamic
+DYNAMIC = [("mlp", False, "QInt8"), ("mlp", True, "QInt8"), ("mlp", False, "QUInt8"), ("cnn", False, "QUInt8")]
 
-    from graphprune.errors import FrontendError
 
-    fsrc = tmp_path / "mlp.onnx"
-    onnx.save(FLOAT_MODELS["mlp"](), fsrc)
-    dyn = tmp_path / "dyn.onnx"
-    quantize_dynamic(str(fsrc), str(dyn))
-    with pytest.raises(FrontendError, match="DynamicQuantizeLinear|MatMulInteger"):
-        gp.load(str(dyn))
-    assert main(["prune", str(dyn), "-o", str(tmp_path / "s.onnx"), "--no-bench", "-q"]) == 4
-    assert "dynamically quantized" in capsys.readouterr().err
+@pytest.mark.parametrize("case", DYNAMIC, ids=lambda c: f"{c[0]}-{'per_channel' if c[1] else 'per_tensor'}-{c[2]}")
+def test_dynamically_quantized_models_prune_exactly_as_their_float_model(case, tmp_path):
+    """quantize_dynamic's DynamicQuantizeLinear + MatMulInteger / ConvInteger: the integer
+    weights and their zero points shrink, the oracle is exact (integer sums, a range that the
+    removed zero channels do not change), and the channels chosen are the float model's
+    (weights ranked as (q - zp) * the scale multiplied in after the op)."""
+    name, per_channel, wt = case
+    fm = FLOAT_MODELS[name]()
+    dyn = dynamic(fm, tmp_path / "dyn.onnx", per_channel=per_channel, weight_type=wt,
+                  ops=("Conv",) if name == "cnn" else ("MatMul",))
+    ops = {n.op_type for n in onnx.load(dyn).graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger" if name == "cnn" else "MatMulInteger"} <= ops
+    res = gp.prune(dyn, 0.5, round_to=1)
+    assert res.plan.groups and all(g["removed_atoms"] for g in res.plan.groups)
+    result = gp.check(gp.load(dyn, fold=False), res.model, res.plan)
+    assert result.ok and result.worst_relative == 0.0, result.summary()
+    before = initializers(dyn)
+    after = {v.name: v.const_value.numpy() for v in res.model.graph.initializers.values()}
+    shrunk = [n for n, a in before.items() if a.dtype in (np.int8, np.uint8) and a.ndim > 1
+              and after.get(n) is not None and after[n].size < a.size]
+    assert shrunk
+    float_plan = gp.prune(fm.SerializeToString(), 0.5, round_to=1).plan
+    assert [g["removed_atoms"] for g in res.plan.groups] == [g["removed_atoms"] for g in float_plan.groups]
+
+
+def test_dynamic_quantization_of_a_cos_freezes_its_channels(tmp_path, monkeypatch):
+    """A removed hidden channel is cos(0) = 1 in the masked original: it stretches the range
+    DynamicQuantizeLinear takes its scale from, so removing it would not be exact. The axis
+    is frozen; coupled anyway, the oracle fails."""
+    from graphprune.analysis.dependency.rules import quant as quant_rules
+
+    dyn = dynamic(float_cos_mlp(), tmp_path / "dyn.onnx")
+    dg = gp.analyze(dyn)
+    assert not dg.prunable_groups
+    assert any("DynamicQuantizeLinear takes its scale" in r for g in dg.frozen_groups for r in g.reasons)
+    monkeypatch.setattr(quant_rules, "keeps_zero", lambda v, ax: True)
+    res = gp.prune(dyn, 0.5, round_to=1)
+    assert res.plan.groups
+    assert not gp.check(gp.load(dyn, fold=False), res.model, res.plan).ok
+
+
+@pytest.mark.torch
+def test_a_dynamically_quantized_bert_prunes_heads_and_ffn_like_the_float_one(tmp_path):
+    """Heads reach the output projection's DynamicQuantizeLinear through the merge of heads
+    and head dims (a Reshape): zero there when both are (rules.zero_channels.merged_axes)."""
+    pytest.importorskip("transformers")
+    from zoo.hf_models import export_hf
+
+    src = export_hf("bert", str(tmp_path / "bert.onnx"), False)
+    dyn = dynamic(onnx.load(src), tmp_path / "bert_dyn.onnx")
+    fg, dg = gp.analyze(src).prunable_groups, gp.analyze(dyn).prunable_groups
+    assert sorted(g.num_atoms for g in dg) == sorted(g.num_atoms for g in fg)
+    res = gp.prune(dyn, 0.5, round_to=1)
+    assert len(res.plan.groups) == len(fg) and all(g["removed_atoms"] for g in res.plan.groups)
+    result = gp.check(gp.load(dyn, fold=False), res.model, res.plan)
+    assert result.ok and not result.refused, result.summary()
 
 
 def test_large_model_oracle_masks_zero_points_on_disk(qmodels, tmp_path, monkeypatch):

@@ -108,13 +108,6 @@ def _check_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> None:
     check_user(specs_of_model(model), shapes)
 
 
-# Dynamically quantized models (scales computed at run time, integer accumulators out):
-# refused. QDQ models (QuantizeLinear/DequantizeLinear around float ops) and static integer-op
-# models (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...) load: analysis/dependency/rules/
-# quant.py and qlinear.py.
-QUANTIZED_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
-
-
 def _check_supported(model: ir.Model) -> None:
     """Refuse, with a reason, what would otherwise load but could not be pruned correctly."""
     from graphprune.errors import VerificationError
@@ -128,11 +121,6 @@ def _check_supported(model: ir.Model) -> None:
     if not model.graph.outputs:
         raise FrontendError("the model has no graph outputs: nothing it computes can be kept or checked",
                             hint="export the model with its outputs")
-    quant = sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
-    if quant:
-        raise FrontendError(f"dynamically quantized model (contains {', '.join(quant)}): graphprune prunes "
-                            "float models, QDQ models and statically quantized integer-op models (QLinearConv ...)",
-                            hint="prune the float model, then quantize the pruned one (or quantize statically)")
 
 
 def _check_external_data(model: ir.Model) -> None:

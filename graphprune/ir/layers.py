@@ -370,14 +370,16 @@ class MatMulNBitsOp(MatMulOp):
 
 
 def is_integer_layer(node: ir.Node) -> bool:
-    """`node` is an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits):
-    counted like its float family, never rewritten in float."""
+    """`node` is an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits, and
+    dynamic quantization's ConvInteger, MatMulInteger): counted like its float family, never
+    rewritten in float."""
     return isinstance(weighted_op(node), (QLinearConvOp, QLinearMatMulOp, QGemmOp, MatMulNBitsOp))
 
 
 for _op in (ConvOp("Conv"), ConvTransposeOp("ConvTranspose"), GemmOp("Gemm"), MatMulOp("MatMul"),
             QLinearConvOp("QLinearConv", weight=3, bias=8), QLinearMatMulOp("QLinearMatMul", weight=3),
             QGemmOp("QGemm", domain="com.microsoft", weight=3, bias=6),
+            QLinearConvOp("ConvInteger", weight=1, bias=None), QLinearMatMulOp("MatMulInteger", weight=1),
             MatMulNBitsOp("MatMulNBits", domain="com.microsoft", weight=1, bias=5)):
     register(_op)
 del _op

@@ -68,6 +68,8 @@ QUANTIZED_INPUTS = {
     ("com.microsoft", "QGemm", 0): (1, 2, _first_axis), ("com.microsoft", "QGemm", 3): (4, 5, _gemm_b_axis),
     ("com.microsoft", "QGemm", 6): (None, None, _first_axis),
     **{("com.microsoft", op, i): (i + 1, i + 2, _first_axis) for op in ("QLinearAdd", "QLinearMul") for i in (0, 3)},
+    # dynamic quantization: the weight's zero point only (its scale is a float Mul after the op)
+    ("", "MatMulInteger", 1): (None, 3, _last_axis), ("", "ConvInteger", 1): (None, 3, _first_axis),
 }
 
 
@@ -185,8 +187,8 @@ def is_integer_op_weight(value: ir.Value) -> bool:
 
 
 def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
-    """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits)
-    multiplies with, for its constant integer weight `value`: (q - zero_point) * scale along
+    """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits,
+    MatMulInteger, ConvInteger) multiplies with, for its constant integer weight `value`: (q - zero_point) * scale along
     the layer's per-axis (per-block) scale; None when `value` is not one (or its scale is
     computed)."""
     if value is None:
@@ -195,6 +197,8 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
         return nbits_dequantized(value)
     for u in value.uses():
         q = quantized_input(u.node, u.idx)
+        if q is not None and q[0] is None and q[1] is not None and not is_dequantize(u.node):
+            return _dynamic_dequantized(value, u.node, q)
         if q is None or q[0] is None or is_dequantize(u.node) or u.idx != 3:
             continue
         arr, scale = const_array(value), const_array(_input(u.node, q[0]))
@@ -208,6 +212,47 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
         return ((arr.astype(np.float64) - z) * s).astype(scale.dtype)
     return None
 
+
+
+def _dynamic_dequantized(value: ir.Value, node: ir.Node, q: tuple) -> np.ndarray | None:
+    """A MatMulInteger / ConvInteger weight as floats: (q - zero point) times the weight's
+    scale, which dynamic quantization multiplies in after the op (`_dynamic_weight_scale`;
+    1 when it is not found: still right within a per-tensor scale)."""
+    arr = const_array(value)
+    zp_v = _input(node, q[1])
+    zp = const_array(zp_v) if zp_v is not None else np.zeros((), dtype=np.int64)
+    if arr is None or zp is None:
+        return None
+    axis = q[2]({k: a.value for k, a in node.attributes.items()}, arr.ndim)
+    w = arr.astype(np.float64) - _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
+    scale = _dynamic_weight_scale(node)
+    if scale is not None and scale.size == arr.shape[axis]:
+        w = w * _per_axis_shape(scale.astype(np.float64), arr.ndim, axis)
+    elif scale is not None and scale.size == 1:
+        w = w * float(scale.reshape(()))
+    return w.astype(np.float32)
+
+
+def _dynamic_weight_scale(node: ir.Node) -> np.ndarray | None:
+    """The constant weight scale ONNX Runtime's quantize_dynamic multiplies an integer op's
+    output by: op -> Cast -> Mul(., s), s a constant or Mul(activation scale, constant)."""
+    def single_use(v):
+        uses = list(v.uses()) if v is not None else []
+        return uses[0] if len(uses) == 1 else None
+
+    cast = single_use(node.outputs[0])
+    mul = single_use(cast.node.outputs[0]) if cast is not None and cast.node.op_type == "Cast" else None
+    if mul is None or mul.node.op_type != "Mul":
+        return None
+    other = mul.node.inputs[1 - mul.idx]
+    found = const_array(other)
+    if found is not None:
+        return found
+    p = other.producer() if other is not None else None
+    if p is None or p.op_type != "Mul":
+        return None
+    consts = [a for a in (const_array(v) for v in p.inputs) if a is not None]
+    return consts[0] if len(consts) == 1 else None
 
 
 def qdq_scales(model: ir.Model) -> list[ir.Value]:

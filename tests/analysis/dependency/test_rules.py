@@ -676,6 +676,38 @@ def test_reshaped_axis_maps_a_split_or_merged_axis():
     assert reshaped_axis(["B", 64, "H", "W"], ["B", 8, 8, None], 2) == 1    # the inner part of the split channels
 
 
+def test_merged_axes_names_the_axes_a_reshape_merges():
+    from graphprune.analysis.dependency.rules.zero_channels import merged_axes
+
+    assert merged_axes(["B", "S", 12, 64], ["B", "S", 768], 2) == [2, 3]  # heads x head dims -> hidden
+    assert merged_axes([2, 16, 4, 16], [None, None, 64], 2) == [2, 3]    # counted from the end
+    assert merged_axes(["B", 8, 4, 4], ["B", 128], 1) == [1, 2, 3]        # a flatten
+    assert merged_axes(["B", "S", 768], ["B", "S", 12, 64], 2) is None    # a split, not a merge
+    assert merged_axes(["B", "S", 12, 64], ["B", 32, 384], 1) is None     # elements regrouped
+
+
+def test_zero_channels_through_the_merge_of_heads():
+    """An attention context merged from [B, S, heads, dims] to [B, S, hidden] is zero at a
+    removed channel when both merged axes are (the heads come from masked V columns): the
+    output projection's DynamicQuantizeLinear of a dynamically quantized BERT needs it."""
+    import onnx_ir as ir
+
+    from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("MatMul", ["x", "wv"], ["v"]),
+             helper.make_node("Reshape", ["v", "split"], ["vh"]),
+             helper.make_node("Reshape", ["vh", "merge"], ["ctx"]),
+             helper.make_node("Sigmoid", ["vh"], ["sh"]),
+             helper.make_node("Reshape", ["sh", "merge"], ["sctx"])]
+    m = make_model(nodes, [("x", [2, 5, 8])], [("ctx", [2, 5, 8]), ("sctx", [2, 5, 8])],
+                   {"wv": w(8, 8), "split": np.array([2, 5, 2, 4]), "merge": np.array([2, 5, 8])})
+    v = {o.name: o for n in ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m)).graph for o in n.outputs}
+    assert keeps_zero(v["ctx"], 2)
+    assert not keeps_zero(v["sctx"], 2)  # sigmoid(0) = 0.5 at a removed head
+    assert not keeps_zero(v["ctx"], 1)   # the sequence axis comes from no weight
+
+
 def test_zero_channels_follow_a_gather_that_picks_q_k_v_from_a_packed_stack():
     """torch's MultiheadAttention export picks q, k and v from a [3, T, B, E] stack with a
     scalar Gather: the output's channel axis is the data's next axis. Taken for an unknown

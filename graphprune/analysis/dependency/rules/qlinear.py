@@ -12,6 +12,13 @@ rule on a view of those inputs. The scales and zero points decide the rest:
 * a weight's per-axis (per-output-channel) scale and zero point are sliced with the weight
   axis they run along; per-tensor ones are kept.
 
+The dynamic-quantization integer ops (what `quantize_dynamic` writes) follow the same
+scheme with zero points only: MatMulInteger (a 0, b 1, a_zero_point 2, b_zero_point 3) and
+ConvInteger (x 0, w 1, x_zero_point 2, w_zero_point 3) couple as MatMul and Conv; the
+activation's zero point is one scalar (DynamicQuantizeLinear's, computed: kept), the
+weight's is per tensor or per output column / channel (sliced with it). The scales are not
+inputs: the float Mul after the int32 output's Cast carries them, and its rules slice them.
+
 Why the masked original stays exact in integers: a removed weight slice is set to its zero
 point and an int32 bias to 0 (graphprune.ir.quant.masking_fill), so the removed output
 channel's accumulator is 0 and its requantized value is exactly y's zero point, which every
@@ -69,10 +76,10 @@ def _per_tensor(ctx, node, *idx: int) -> bool:
     return True
 
 
-def _weight_scales(ctx, node, w, w_axis: int, scale_i: int, zp_i: int) -> None:
-    """A weight's scale and zero point: per tensor (kept), or one per index of `w_axis`
-    (sliced with it)."""
-    vals = [node.inputs[i] for i in (scale_i, zp_i) if i < len(node.inputs) and node.inputs[i] is not None]
+def _weight_scales(ctx, node, w, w_axis: int, *idx: int) -> None:
+    """A weight's scale and zero point (inputs `idx`): per tensor (kept), or one per index
+    of `w_axis` (sliced with it)."""
+    vals = [node.inputs[i] for i in idx if i < len(node.inputs) and node.inputs[i] is not None]
     dw = ctx.dims(w)
     for v in vals:
         n = _size(ctx, v)
@@ -159,3 +166,37 @@ def qlinear_concat(node, ctx):
     if not _per_tensor(ctx, node, 0, 1, *[i for k in range(2, len(node.inputs), 3) for i in (k + 1, k + 2)]):
         return
     concat(_View([node.inputs[i] for i in range(2, len(node.inputs), 3)], list(node.outputs), node.op_type), ctx)
+
+
+def _scalar_activation_zero_point(ctx, node, i: int) -> bool:
+    """The activation's zero point (input `i`): absent or one value (kept; computed by
+    DynamicQuantizeLinear, or constant); a per-row one freezes the node."""
+    zp = node.inputs[i] if i < len(node.inputs) else None
+    if zp is not None and _size(ctx, zp) != 1:
+        ctx.freeze_all(f"{node.op_type}: the activation's zero point {zp.name!r} is not one value")
+        return False
+    if zp is not None:
+        ctx.unchanged(zp, *range(len(ctx.dims(zp) or ())))
+    return True
+
+
+@rule("MatMulInteger", since=10)
+def matmul_integer(node, ctx):
+    """(a - a_zp) @ (b - b_zp) in int32: MatMul of a 0 and b 1; b's zero point 3 per
+    tensor or per column N."""
+    if not _scalar_activation_zero_point(ctx, node, 2):
+        return
+    matmul(_view(node, 0, 1), ctx)
+    db = ctx.dims(node.inputs[1])
+    if db is not None:
+        _weight_scales(ctx, node, node.inputs[1], len(db) - 1, 3)
+
+
+@rule("ConvInteger", since=10)
+def conv_integer(node, ctx):
+    """(x - x_zp) * (w - w_zp) convolved in int32: Conv of x 0 and w 1 (no bias); w's zero
+    point 3 per tensor or per output channel."""
+    if not _scalar_activation_zero_point(ctx, node, 2):
+        return
+    _grouped_conv(_view(node, 0, 1), ctx, transposed=False)
+    _weight_scales(ctx, node, node.inputs[1], 0, 3)

@@ -15,14 +15,21 @@ pass is the scale / zero point:
   and a quantized constant that is also read by another op (its masking would be ambiguous;
   see graphprune.ir.quant).
 
-The static integer-op formats (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ...) have
-their rules in qlinear.py, ONNX Runtime's block-quantized MatMulNBits in nbits.py. Dynamic
-quantization (ConvInteger, MatMulInteger, DynamicQuantizeLinear) is refused by the ONNX
-frontend, and any other quantized op freezes what it touches.
+DynamicQuantizeLinear (dynamic quantization) is elementwise too, but its scale and zero
+point are computed from the whole tensor's range (always including 0). Removing channels
+leaves that range as it is only when they are zero in the masked original: an axis whose
+removed channels come from masked weights through zero-keeping ops (rules.zero_channels)
+passes; any other axis freezes (a sigmoid's 0.5 at a removed channel would stretch the
+masked original's range, and its scale, alone).
+
+The integer-op formats (QLinearConv, QLinearMatMul, QGemm, QLinearAdd ..., and dynamic
+quantization's MatMulInteger and ConvInteger) have their rules in qlinear.py, ONNX Runtime's
+block-quantized MatMulNBits in nbits.py; any other quantized op freezes what it touches.
 """
 from __future__ import annotations
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
 from graphprune.ir.constants import is_constant
 
 
@@ -91,3 +98,22 @@ def dequantize_linear(node, ctx):
 @rule("QuantizeLinear", since=10)
 def quantize_linear(node, ctx):
     _qdq(node, ctx, dequantize=False)
+
+
+@rule("DynamicQuantizeLinear", since=11)
+def dynamic_quantize_linear(node, ctx):
+    """y (output 0) maps x axis by axis where x keeps zeros at removed channels; the scalar
+    scale and zero point (outputs 1, 2) carry no channel."""
+    x, y = node.inputs[0], node.outputs[0]
+    dx = ctx.dims_or_freeze_all(x)
+    if dx is None or ctx.dims(y) is None or len(ctx.dims(y)) != len(dx):
+        ctx.freeze_all("DynamicQuantizeLinear: ranks of input and output differ or are unknown")
+        return
+    for ax in range(len(dx)):
+        if keeps_zero(x, ax):
+            ctx.couple(x, ax, y, ax)
+            continue
+        why = ("DynamicQuantizeLinear takes its scale from the whole tensor's range: removed channels must be "
+               "zero in the masked original, and this axis's are not known to be")
+        ctx.freeze(x, ax, why)
+        ctx.freeze(y, ax, why)

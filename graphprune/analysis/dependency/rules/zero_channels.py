@@ -178,7 +178,37 @@ def _transpose(node, ins, rank, axis, follow) -> bool:
 
 
 def _reshaping(node, ins, rank, axis, follow) -> bool:
-    return follow(ins[0], reshaped_axis(_dims(ins[0]), _dims(node.outputs[0]), axis))
+    """An output axis that is (part of) one input axis follows it; one that merges several
+    input axes (heads x head dims -> hidden) is zero at a removed element when every merged
+    axis keeps zero: the element is removed because its index along one of them is."""
+    din, dout = _dims(ins[0]), _dims(node.outputs[0])
+    one = reshaped_axis(din, dout, axis)
+    if one is not None:
+        return follow(ins[0], one)
+    merged = merged_axes(din, dout, axis)
+    return bool(merged) and all(follow(ins[0], j) for j in merged if din[j] != 1)
+
+
+def merged_axes(in_dims: list | None, out_dims: list | None, axis: int) -> list[int] | None:
+    """The input axes an output axis of a reshape is the merger of (the same elements before
+    it and up to it, else, for leading dims shape inference left unknown, the same counted
+    from the end), or None."""
+    if in_dims is None or out_dims is None or not 0 <= axis < len(out_dims):
+        return None
+    n = len(in_dims)
+    for lo, hi, cut in ((out_dims[:axis], out_dims[:axis + 1], lambda j: in_dims[:j]),
+                        (out_dims[axis + 1:], out_dims[axis:], lambda j: in_dims[j:])):
+        outer, inner = _product(lo), _product(hi)
+        if outer is None or inner is None:
+            continue
+        at_outer = [j for j in range(n + 1) if _product(cut(j)) == outer]
+        at_inner = [j for j in range(n + 1) if _product(cut(j)) == inner]
+        for a in at_outer:
+            for b in at_inner:
+                j0, j1 = min(a, b), max(a, b)
+                if j1 - j0 >= 2:
+                    return list(range(j0, j1))
+    return None
 
 
 def _gather(node, ins, rank, axis, follow) -> bool:
@@ -228,6 +258,17 @@ def _matmul(node, ins, rank, axis, follow) -> bool:
     return False
 
 
+def _integer_matmul(node, ins, rank, axis, follow) -> bool:
+    """MatMulInteger: a column whose constant weight column is masked to its zero point is 0
+    ((b - b_zp) = 0); rows are not followed (the left operand is codes, 0 at its zero point)."""
+    return axis == rank - 1 and len(ins) > 1 and is_constant(ins[1])
+
+
+def _integer_conv(node, ins, rank, axis, follow) -> bool:
+    """ConvInteger: an output channel whose constant weight is masked to its zero point is 0 (no bias)."""
+    return axis == 1 and len(ins) > 1 and is_constant(ins[1])
+
+
 def _normalization(node, ins, rank, axis, follow) -> bool:
     """BatchNormalization / InstanceNormalization: scale·x̂ + B is zero at a channel whose
     scale and B are masked (per-channel constants), whatever x is; not along another axis,
@@ -272,5 +313,5 @@ _STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _con
           "Add": _every_input, "Sub": _every_input, "Sum": _every_input, "Concat": _every_input,
           "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
           "Pad": _pad, "Clip": _clip, "BatchNormalization": _normalization, "InstanceNormalization": _normalization,
-          "DequantizeLinear": _dequantize,
+          "DequantizeLinear": _dequantize, "MatMulInteger": _integer_matmul, "ConvInteger": _integer_conv,
           **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
