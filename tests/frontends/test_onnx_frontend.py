@@ -206,3 +206,24 @@ def test_an_ir3_model_with_initializers_as_inputs_is_written_valid(tmp_path):
     written = onnx.load(tmp_path / "p.onnx")
     onnx.checker.check_model(written, full_check=True)
     assert written.ir_version == 4 and written.graph.initializer[0].dims[0] < 8  # pruned
+
+
+def test_a_shape_cast_before_the_batch_slice_leaves_the_channels_prunable():
+    """Paddle2ONNX's flatten (PP-OCR cls): Shape -> Cast(int32) -> Slice [0:1] -> Cast ->
+    Concat [n, -1] -> Reshape. Only the batch size is read; the Cast hid the Slice from the
+    Shape rule, which then took every dim as read and froze the channels it measured."""
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["a"]), n("Relu", ["a"], ["r"]), n("Shape", ["r"], ["s"]),
+             n("Cast", ["s"], ["s32"], to=onnx.TensorProto.INT32), n("Slice", ["s32", "st", "en", "ax"], ["nb"]),
+             n("Cast", ["nb"], ["nb64"], to=onnx.TensorProto.INT64), n("Concat", ["nb64", "m1"], ["shape"], axis=0),
+             n("Reshape", ["r", "shape"], ["f"]), n("MatMul", ["f", "w2"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(a, k) for k, a in {
+        "w1": rng.standard_normal((8, 16)).astype(np.float32), "w2": rng.standard_normal((16, 4)).astype(np.float32),
+        "st": np.array([0]), "en": np.array([1]), "ax": np.array([0]), "m1": np.array([-1])}.items()]
+    g = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("x", 1, ["N", 8])],
+                          [helper.make_tensor_value_info("y", 1, ["N", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    assert [grp.num_atoms for grp in gp.analyze(gp.load(m.SerializeToString())).prunable_groups] == [16]
+    prune_and_check(m)

@@ -275,14 +275,21 @@ def tile(node, ctx):
             ctx.couple(x, ax, y, ax)
 
 
-def _axes_read(shape_out: ir.Value, start: int, end: int) -> set[int] | None:
+def _axes_read(shape_out: ir.Value, start: int, end: int, _depth: int = 0) -> set[int] | None:
     """Which dims a Shape output is actually used for: when every consumer is a Gather
-    (constant indices) or a Slice (constant bounds) of it, only those; else None (all)."""
+    (constant indices) or a Slice (constant bounds) of it, only those; else None (all).
+    A Cast or Identity keeps the positions (Paddle2ONNX casts the shape to int32 before
+    slicing the batch size off it: read as 'all dims', it froze PP-OCR cls's channels)."""
     read: set[int] = set()
     n = end - start
     for use in shape_out.uses():
         c = use.node
-        if c.op_type == "Gather" and use.idx == 0 and const_array(c.inputs[1]) is not None:
+        if c.op_type in ("Cast", "Identity") and c.domain in ("", "ai.onnx") and _depth < 8:
+            more = _axes_read(c.outputs[0], start, end, _depth + 1)
+            if more is None:
+                return None
+            read |= more
+        elif c.op_type == "Gather" and use.idx == 0 and const_array(c.inputs[1]) is not None:
             idx = const_array(c.inputs[1]).reshape(-1)
             read.update(start + (int(i) + n if i < 0 else int(i)) for i in idx)
         elif c.op_type == "Slice" and use.idx == 0 and all(const_array(v) is not None for v in c.inputs[1:3]):
