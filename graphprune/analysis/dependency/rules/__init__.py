@@ -9,6 +9,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     pool,
     qlinear,
     quant,
+    recurrent,
     reshape,
     shape_ops,
 )
