@@ -89,7 +89,7 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
     opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=name_list(ignore), seed=seed,
                         plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
                         blocks=name_list(blocks), keep_tokens=keep_tokens, token_input=token_input,
-                        keep_experts=keep_experts, check=False)
+                        keep_experts=keep_experts, check=False, figures=False)
     outcome = run_prune(model, opts)
     from graphprune.analysis.dependency.graph import withdraw
 

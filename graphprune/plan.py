@@ -225,8 +225,9 @@ def _removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np
         why = g.check_removal(atoms)
         if why:
             raise PlanError(why)
+        mask = g.atom_mask(atoms)
         for s in g.slots:
-            idx = g.removed_indices(s, atoms)
+            idx = np.flatnonzero(mask[g.labels[s]]).astype(np.int64)
             if len(idx):
                 out[s] = idx
     return out

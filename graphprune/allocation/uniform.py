@@ -64,6 +64,8 @@ def _atom_classes(group: Group) -> tuple[list[Slot], np.ndarray, np.ndarray]:
     concat group has one class per concat input, a head group one class)."""
     slots = list(group.slots)
     counts = np.stack([np.bincount(group.labels[s], minlength=group.num_atoms) for s in slots])
+    if (counts == counts[:, :1]).all():  # every atom alike (one channel each, the usual case): one class
+        return slots, counts, np.zeros(group.num_atoms, dtype=np.int64)
     _, cls = np.unique(counts.T, axis=0, return_inverse=True)
     return slots, counts, np.asarray(cls).reshape(-1)
 

@@ -77,6 +77,10 @@ class PruneOptions:
     check: bool = True
     check_unchanged: bool = True  # also run the oracle when the plan slices nothing
     inputs: list[dict] | None = None  # feed dicts used by the oracle besides random ones
+    # the before/after cost figures (MACs, params at the representative shapes) and the budget
+    # verdict: False for a caller that shows none (api.prune). Taking them at concrete shapes
+    # normalises a copy of the model twice: over half of gp.load + gp.prune on a 30-layer LLaMA
+    figures: bool = True
     # after the oracle
     repair: str | None = "auto"  # comma list of bias, bn, lsq, all, none; auto: searched with calibration data
     search_budget: int = 3  # candidates the search may evaluate (1: take the first, no evaluation)

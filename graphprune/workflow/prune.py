@@ -117,6 +117,8 @@ class _Run:
         if self.out is not None:
             self.write(outcome)
         outcome.model = self.model
+        if not self.opts.figures:
+            return outcome
         outcome.after = _cost(self.model, outcome.shapes)
         from graphprune.workflow.verdicts import budget_result, nothing_pruned_line
 
@@ -171,9 +173,13 @@ class _Run:
         from graphprune.runtime import ort
 
         calib = self.state.calibration
+        o = self.opts
+        if not (o.figures or o.check or calib is not None or o.input_shapes or o.allocation or o.slice_hidden):
+            return  # nothing would use them (api.prune): the passes take their own shapes where they need some
         outcome.shapes = self.state.input_shapes = ort.resolve_shapes(
-            self.model, self.src, user=self.opts.input_shapes, calib=calib.first() if calib is not None else None)
-        outcome.before = _cost(self.model, outcome.shapes)
+            self.model, self.src, user=o.input_shapes, calib=calib.first() if calib is not None else None)
+        if o.figures:
+            outcome.before = _cost(self.model, outcome.shapes)
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def load_calibration(self) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array
+from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.shapes import dims_of
 
 if TYPE_CHECKING:
@@ -66,6 +66,11 @@ class RuleContext:
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         return const_array(value)
+
+    def is_const(self, value: ir.Value | None) -> bool:
+        """Whether `value` is a constant, without reading it (`const` copies a memory-mapped
+        weight whole: asked of every weight, it read the model once more)."""
+        return is_constant(value)
 
     def carries_weights(self, value: ir.Value, axis: int) -> bool:
         """Whether (value, axis) is, from what the rules upstream said so far, coupled to
@@ -148,7 +153,7 @@ class RuleContext:
             d = self.dims(v) if v is not None else None
             if d is None:
                 continue
-            if const_array(v) is not None:
+            if is_constant(v):
                 for ax in range(len(d)):
                     self.handled.add((id(v), ax))
             else:

@@ -18,7 +18,7 @@ from graphprune.analysis.dependency.rules.zero_channels import is_weight, keeps_
 def _spatial_unchanged(ctx, x, y, w, first_kernel_axis=2):
     ctx.couple(x, 0, y, 0)
     kernel = range(first_kernel_axis, len(ctx.dims(w) or ()))
-    if ctx.const(w) is not None:
+    if ctx.is_const(w):
         ctx.unchanged(w, *kernel)
         return
     # a computed weight (Cast of fp16 weights, Identity, Mul by a scale) couples its kernel

@@ -47,7 +47,7 @@ BINARY = "Add Sub Mul Max Min Sum Mean Equal Greater Less GreaterOrEqual LessOrE
 def _const_params(ctx, values, role: str = "elementwise") -> None:
     """Give constant operands their role on every non-broadcast axis."""
     for v in values:
-        if v is not None and ctx.const(v) is not None:
+        if v is not None and ctx.is_const(v):
             for ax, d in enumerate(ctx.dims(v) or ()):
                 if d != 1:
                     ctx.param(v, ax, role)

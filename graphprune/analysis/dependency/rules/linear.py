@@ -8,7 +8,7 @@ from graphprune.ir.quant import is_quantized_const
 
 def _weight_roles(ctx, *vals_axes):
     for v, ax in vals_axes:
-        if ctx.const(v) is not None or is_quantized_const(v):  # a QDQ weight: DequantizeLinear(int constant)
+        if ctx.is_const(v) or is_quantized_const(v):  # a QDQ weight: DequantizeLinear(int constant)
             ctx.param(v, ax, "weight")
         elif (src := _transposed_const(ctx, v)) is not None:
             # nn.Linear as torch exports it unoptimised: MatMul(x, Transpose(W)). W is the weight
@@ -20,7 +20,7 @@ def _weight_roles(ctx, *vals_axes):
 def _transposed_const(ctx, v):
     """(W, perm) when `v` is Transpose(W) of a constant W, else None."""
     p = v.producer() if v is not None else None
-    if p is None or p.op_type != "Transpose" or p.domain not in ("", "ai.onnx") or ctx.const(p.inputs[0]) is None:
+    if p is None or p.op_type != "Transpose" or p.domain not in ("", "ai.onnx") or not ctx.is_const(p.inputs[0]):
         return None
     rank = len(ctx.dims(v) or ())
     perm = p.attributes.get("perm")

@@ -33,7 +33,7 @@ def _layout_ok(ctx, x, fc1, fc2, fc3, fused: bool) -> bool:
     dx, d1, d2 = ctx.dims(x), ctx.dims(fc1), ctx.dims(fc2)
     if dx is None or d1 is None or d2 is None or len(d1) != 3 or len(d2) != 3 or len(dx) < 2:
         return False
-    if ctx.const(fc1) is None or ctx.const(fc2) is None or (fc3 is not None and ctx.const(fc3) is None):
+    if not (ctx.is_const(fc1) and ctx.is_const(fc2) and (fc3 is None or ctx.is_const(fc3))):
         return False
     e, rows, hidden = d1
     inter = rows // 2 if fused else rows  # interleaved SwiGLU: gate and linear rows of each channel

@@ -68,7 +68,7 @@ def _per_tensor(ctx, node, *idx: int) -> bool:
     """The scales / zero points at `idx` are constants of one element each (kept as they
     are); otherwise the whole node freezes, naming them."""
     vals = [node.inputs[i] for i in idx if i < len(node.inputs) and node.inputs[i] is not None]
-    bad = [v.name for v in vals if ctx.const(v) is None or _size(ctx, v) != 1]
+    bad = [v.name for v in vals if not ctx.is_const(v) or _size(ctx, v) != 1]
     if bad:
         ctx.freeze_all(f"{node.op_type}: scale / zero point {', '.join(bad)} not one constant per tensor")
         return False
@@ -83,7 +83,7 @@ def _weight_scales(ctx, node, w, w_axis: int, *idx: int) -> None:
     dw = ctx.dims(w)
     for v in vals:
         n = _size(ctx, v)
-        if ctx.const(v) is None or n is None:
+        if not ctx.is_const(v) or n is None:
             ctx.freeze_all(f"{node.op_type}: weight scale / zero point {v.name!r} computed at run time")
             return
     for v in vals:

@@ -43,8 +43,7 @@ def recurrent(node, ctx):
             not all(isinstance(d, int) for d in (*dw[1:], *dr[1:])) or dw[1] != g * hidden or dr[2] != hidden:
         ctx.freeze_all(f"{op}: weights of unknown or unexpected shape")
         return
-    if ctx.const(w) is None or ctx.const(r) is None or (b is not None and ctx.const(b) is None) or \
-            (p is not None and ctx.const(p) is None):
+    if not (ctx.is_const(w) and ctx.is_const(r) and (b is None or ctx.is_const(b)) and (p is None or ctx.is_const(p))):
         ctx.freeze_all(f"{op}: computed weights")
         return
     if int(ctx.attr("layout", 0)):

@@ -48,7 +48,7 @@ def concat(node, ctx):
                     ctx.unchanged(v, ax)
             else:
                 ctx.couple(v, ax, y, ax)
-        if ctx.const(v) is not None:
+        if ctx.is_const(v):
             for ax in range(len(dy)):
                 ctx.param(v, ax, "concat_const")
         off += n
@@ -190,7 +190,7 @@ def gather(node, ctx):
     for ax in range(axis + 1, len(dd)):
         ctx.couple(data, ax, y, ax - 1 + len(di))
     idx = ctx.const(idx_v)
-    if ctx.const(data) is not None:
+    if ctx.is_const(data):
         for ax in range(len(dd)):
             if ax != axis:
                 ctx.param(data, ax, "embedding")
