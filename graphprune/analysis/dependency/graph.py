@@ -279,7 +279,7 @@ def element_components(slots: list[Slot], sizes: dict, edges) -> tuple[dict[Slot
     """Connected components of the elements of `slots` under the index maps of `edges`:
     (offset of each slot in the element numbering, component label per element). Raises
     _BadEdge when an identity edge joins slots of different sizes or an index is out of range.
-    Labels are numbered by each component's smallest element (`_components`)."""
+    Labels are numbered by each component's smallest element (`components`)."""
     offset: dict[Slot, int] = {}
     total = 0
     for s in slots:
@@ -297,10 +297,10 @@ def element_components(slots: list[Slot], sizes: dict, edges) -> tuple[dict[Slot
         cols.append(ci + offset[c])
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    return offset, _components(total, r, c)
+    return offset, components(total, r, c)
 
 
-def _components(n: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+def components(n: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Connected components of n nodes joined by edges r[k]-c[k]: label 0 for the component
     of node 0, then in the order of each component's smallest node (scipy's numbering, which
     atom ids follow). Union-find in whole-array steps: every root that an edge joins to a

@@ -199,12 +199,11 @@ def _removal_is_exact(din: list[int], dout: list[int], a: int, b: int, ai: np.nd
     """Whether removing whole atoms of the (a, b) element coupling from both sides leaves
     a reshape of the smaller tensor that moves every kept element where it was: checked
     on each atom alone and on every other atom."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    from graphprune.analysis.dependency.graph import components
 
     na, nb = din[a], dout[b]
-    adj = coo_matrix((np.ones(len(ai)), (ai, na + bi)), shape=(na + nb, na + nb))
-    n_atoms, comp = connected_components(adj, directed=False)
+    comp = components(na + nb, np.asarray(ai), na + np.asarray(bi))
+    n_atoms = int(comp.max()) + 1 if len(comp) else 0
     if n_atoms < 2:
         return False
     x = np.arange(int(np.prod(din))).reshape(din)
@@ -268,8 +267,7 @@ def _choose_axes(ctx, x, y, dx, dy, ii: list[int], jj: list[int]):
 
 def _atoms_with(upstream: np.ndarray | None, na: int, ai: np.ndarray, nb: int, bi: np.ndarray) -> int:
     """Atoms among the na elements once the (ai, bi) pairs join the upstream ties."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    from graphprune.analysis.dependency.graph import components
 
     rows, cols = [ai], [na + bi]
     if upstream is not None:
@@ -277,8 +275,7 @@ def _atoms_with(upstream: np.ndarray | None, na: int, ai: np.ndarray, nb: int, b
         rows.append(np.arange(na))
         cols.append(first[np.unique(upstream, return_inverse=True)[1]])
     r, c = np.concatenate(rows), np.concatenate(cols)
-    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(na + nb, na + nb)), directed=False)
-    return len(np.unique(comp[:na]))
+    return len(np.unique(components(na + nb, r, c)[:na]))
 
 
 _MAX_REGROUP = 1 << 22  # elements of a regrouped block we are willing to enumerate
