@@ -188,9 +188,9 @@ def is_integer_op_weight(value: ir.Value) -> bool:
 
 def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
     """The float weight an integer-op layer (QLinearConv, QLinearMatMul, QGemm, MatMulNBits,
-    MatMulInteger, ConvInteger) multiplies with, for its constant integer weight `value`: (q - zero_point) * scale along
-    the layer's per-axis (per-block) scale; None when `value` is not one (or its scale is
-    computed)."""
+    MatMulInteger, ConvInteger) multiplies with, for its constant integer weight `value`:
+    (q - zero_point) * scale along the layer's per-axis (per-block) scale; None when `value`
+    is not one (or its scale is computed)."""
     if value is None:
         return None
     if is_nbits_weight(value):  # [N, k_blocks, block_size]: rows on axis 0, blocks on axis 1
@@ -211,7 +211,6 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
         z = _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
         return ((arr.astype(np.float64) - z) * s).astype(scale.dtype)
     return None
-
 
 
 def _dynamic_dequantized(value: ir.Value, node: ir.Node, q: tuple) -> np.ndarray | None:

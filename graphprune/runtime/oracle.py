@@ -429,9 +429,10 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
     every Q/DQ scale of both models rounded to a power of two (`power_of_two_scales`): its
     float sums then round nowhere, so the one-step flips that summation order makes at a
     QuantizeLinear vanish, while a wrong plan still differs; the scales themselves, which
-    that rounding blurs, must be the input's sliced as planned (`_scales_as_planned`). An ORT-quantized ResNet-18 pruned
-    exactly was one output quantisation step (8.5e-3 of its scale) from its masked original,
-    and equal to it with power-of-two scales."""
+    that rounding blurs, must be the input's sliced as planned (`_scales_as_planned`). An
+    ORT-quantized ResNet-18 pruned exactly was one output quantisation step (8.5e-3 of its
+    scale) from its masked original, and equal to it with power-of-two scales. (Not on the
+    file oracle of models over BIG_MODEL_BYTES.)"""
     kw = dict(inputs=inputs, n_random=n_random, seed=seed, dim_value=dim_value, dims=dims, shapes=shapes, calib=calib)
     res = _check(original, pruned, plan, rtol=rtol, **kw)
     from graphprune.ir.serialize import BIG_MODEL_BYTES, clone, model_nbytes
