@@ -82,7 +82,9 @@ def test_qdq_prunes_shrinks_and_passes_the_oracle(qmodels, case):
     assert result.ok and not result.refused, result.summary()
     out = _ort_run(res.model, _feeds(src))  # ORT's fused int8 kernels run the pruned model too
     assert np.all(np.isfinite(out[0]))
-    assert gp.analysis.cost.model_cost(res.model).params < gp.analysis.cost.model_cost(gp.load(src)).params
+    from graphprune.analysis.cost import model_cost
+
+    assert model_cost(res.model).params < model_cost(gp.load(src)).params
 
 
 def _pruned(qmodels, case):
@@ -238,25 +240,29 @@ def test_qdq_transformer_prunes_heads_and_ffn_like_the_float_one(name, tmp_path)
     assert shrunk
 
 
-def _three_term_sum(left_first: bool, out_scale: float = 0.2) -> ir.Model:
+def _three_term_sum(left_first: bool, out_scale: float = 0.2, dq_out_scale: str = "s_out",
+                    extra: tuple = ()) -> ir.Model:
     """y = Q/DQ(a + b + c) of three Q/DQ'd inputs (int8, scale 0.1), summed as (a+b)+c or
     a+(b+c): the same model up to float rounding, as a pruned layer summing fewer terms in
     another order is to its masked original. An output scale of 0.2 puts every odd multiple
     of 0.1 on a rounding boundary of the output QuantizeLinear, where the last bit of the sum
-    decides the step."""
+    decides the step. `dq_out_scale`: the tensor the last DequantizeLinear reads as its
+    scale (made by `extra` nodes, or another initializer: a wrongly wired model)."""
     from onnx import TensorProto, helper
 
     inits = [helper.make_tensor("s_in", TensorProto.FLOAT, [], [0.1]),
              helper.make_tensor("s_out", TensorProto.FLOAT, [], [out_scale]),
+             helper.make_tensor("s_pow", TensorProto.FLOAT, [], [0.125]),
              helper.make_tensor("zp", TensorProto.INT8, [], [0])]
-    nodes = []
+    nodes = list(extra)
     for x in "abc":
-        nodes += [helper.make_node("QuantizeLinear", [x, "s_in", "zp"], [f"{x}_q"]),
-                  helper.make_node("DequantizeLinear", [f"{x}_q", "s_in", "zp"], [f"{x}_f"])]
+        nodes += [helper.make_node("QuantizeLinear", [x, "s_in", "zp"], [f"{x}_q"], name=f"q_{x}"),
+                  helper.make_node("DequantizeLinear", [f"{x}_q", "s_in", "zp"], [f"{x}_f"], name=f"dq_{x}")]
     first, second = (("a_f", "b_f"), ("ab", "c_f")) if left_first else (("b_f", "c_f"), ("a_f", "ab"))
-    nodes += [helper.make_node("Add", list(first), ["ab"]), helper.make_node("Add", list(second), ["t"]),
-              helper.make_node("QuantizeLinear", ["t", "s_out", "zp"], ["t_q"]),
-              helper.make_node("DequantizeLinear", ["t_q", "s_out", "zp"], ["y"])]
+    nodes += [helper.make_node("Add", list(first), ["ab"], name="add1"),
+              helper.make_node("Add", list(second), ["t"], name="add2"),
+              helper.make_node("QuantizeLinear", ["t", "s_out", "zp"], ["t_q"], name="q_t"),
+              helper.make_node("DequantizeLinear", ["t_q", dq_out_scale, "zp"], ["y"], name="dq_t")]
     vi = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4096]) for x in "abc"]
     graph = helper.make_graph(nodes, "sum3", vi, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])],
                               initializer=inits)
@@ -291,6 +297,23 @@ def test_a_wrong_scale_in_the_same_power_of_two_cell_still_fails(monkeypatch):
     assert not oracle.check(ref, wrong, plan, inputs=_sum_inputs(), n_random=0).ok
     monkeypatch.setattr(oracle, "_scales_as_planned", lambda *a: True)
     assert oracle.check(ref, wrong, plan, inputs=_sum_inputs(), n_random=0).ok  # what the scale check prevents
+
+
+@pytest.mark.parametrize("wiring", ["another scale of the same cell", "a scale made by an Identity"])
+def test_a_rewired_scale_that_the_power_of_two_run_blurs_fails(wiring):
+    """Output scale 0.12 and input scale 0.1 both round to 1/8. A pruned model whose last
+    DequantizeLinear reads the input's scale instead (17% off), or a power-of-two scale (4% off)
+    through an Identity (never rounded, not a constant), is equal on the power-of-two run;
+    a scale check by tensor name let both PASS (found by an adversarial helper)."""
+    from onnx import helper
+
+    ref = _three_term_sum(True, out_scale=0.12)
+    wrong = (_three_term_sum(True, out_scale=0.12, dq_out_scale="s_in") if wiring.startswith("another") else
+             _three_term_sum(True, out_scale=0.12, dq_out_scale="s_id",
+                             extra=(helper.make_node("Identity", ["s_pow"], ["s_id"], name="id"),)))
+    plan = gp.Plan(tensors=[], groups=[])
+    res = oracle.check(ref, wrong, plan, inputs=_sum_inputs(), n_random=0)
+    assert not res.ok and res.worst_relative > 1e-2, res.summary()  # 17% and 4% off
 
 
 def test_scales_as_planned_follows_the_plan_slices(qmodels):

@@ -469,20 +469,37 @@ def _rejudge(res: OracleResult, rtol: float) -> bool:
 
 
 def _scales_as_planned(original: ir.Model, pruned: ir.Model, plan: Plan) -> bool:
-    """Every Q/DQ scale of `pruned` is the same-named constant of `original` with the
-    plan's slices of it removed, bit for bit: what the power-of-two run cannot see (two
-    scales in one rounding cell look alike there). A scale it cannot find by name fails."""
-    from graphprune.ir.quant import qdq_scales
+    """Every QuantizeLinear / DequantizeLinear of `pruned` reads as its scale a constant equal,
+    bit for bit, to the scale the same-named node of `original` reads, with the plan's slices
+    of that tensor removed: what the power-of-two run cannot see (two scales in one rounding
+    cell look alike there, and a scale computed by an Identity is not rounded at all). A node
+    it cannot match by name and op, or a scale that is not a constant on either side, fails.
+    Compared node by node, not tensor by tensor: a node rewired to another existing scale of
+    the same cell passed a check by tensor name."""
+    from graphprune.ir.quant import STD_DOMAINS
 
-    ref = values_by_name(original)
-    for v in qdq_scales(pruned):
-        expected = const_array(ref.get(v.name))
-        if expected is None:
+    def qdq_nodes(model) -> dict | None:  # None: names missing or repeated, nodes cannot be matched
+        nodes = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                 and n.domain in STD_DOMAINS]
+        by_name = {n.name: n for n in nodes}
+        return by_name if len(by_name) == len(nodes) and "" not in by_name and None not in by_name else None
+
+    ref_nodes, new_nodes = qdq_nodes(original), qdq_nodes(pruned)
+    if ref_nodes is None or new_nodes is None:
+        return False
+    slices: dict[str, list[dict]] = {}
+    for t in plan.tensors:
+        slices.setdefault(t["name"], []).append(t)
+    for name, node in new_nodes.items():
+        ref = ref_nodes.get(name)
+        if ref is None or ref.op_type != node.op_type or len(ref.inputs) < 2 or len(node.inputs) < 2:
             return False
-        for t in plan.tensors:
-            if t["name"] == v.name:
-                expected = np.delete(expected, np.asarray(t["removed"], dtype=np.int64), axis=t["axis"])
-        if not np.array_equal(expected, const_array(v)):
+        want, got = const_array(ref.inputs[1]), const_array(node.inputs[1])
+        if want is None or got is None:
+            return False
+        for t in slices.get(ref.inputs[1].name, []):
+            want = np.delete(want, np.asarray(t["removed"], dtype=np.int64), axis=t["axis"])
+        if want.dtype != got.dtype or not np.array_equal(want, got):
             return False
     return True
 
