@@ -227,3 +227,26 @@ def test_a_shape_cast_before_the_batch_slice_leaves_the_channels_prunable():
     m.ir_version = 9
     assert [grp.num_atoms for grp in gp.analyze(gp.load(m.SerializeToString())).prunable_groups] == [16]
     prune_and_check(m)
+
+
+@pytest.mark.parametrize("via", [None, "Cast", "Identity"])
+def test_a_shape_that_is_a_graph_output_reads_every_dim(via):
+    """Shape(y) given out as a model output (directly, or through a Cast / Identity): every
+    dim of y is read, channels included. Taken as 'no dim read', y's channels were pruned and
+    the oracle then failed on that output (16 vs 8)."""
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1]), n("Relu", ["y"], ["yr"]),
+             n("Conv", ["yr", "w2"], ["out"]), n("Shape", ["yr"], ["s" if via else "sc"])]
+    if via:
+        nodes.append(n(via, ["s"], ["sc"], **({"to": onnx.TensorProto.INT64} if via == "Cast" else {})))
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.standard_normal((4, 16, 1, 1)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "shape_out", [helper.make_tensor_value_info("x", 1, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", 1, ["N", 4, 8, 8]),
+                           helper.make_tensor_value_info("sc", onnx.TensorProto.INT64, [4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    dg = gp.analyze(gp.load(m.SerializeToString()))
+    assert 16 not in [grp.num_atoms for grp in dg.prunable_groups]
+    assert any("reads this dim" in r for f in dg.frozen_groups for r in f.reasons)

@@ -708,6 +708,27 @@ def test_zero_channels_through_the_merge_of_heads():
     assert not keeps_zero(v["ctx"], 1)   # the sequence axis comes from no weight
 
 
+def test_zero_channels_of_an_integer_matmul_are_its_weight_columns():
+    """MatMulInteger's output columns are zero where the weight's columns are masked to their
+    zero point; a 1-D weight has no columns (the last axis is then the left operand's rows,
+    codes of whatever the input was): claimed zero there, a dynamically quantized range
+    passed removed rows that were not zero."""
+    import onnx_ir as ir
+    from onnx import TensorProto
+
+    from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+    from helpers import make_model
+
+    nodes = [helper.make_node("MatMulInteger", ["a", "w2d"], ["m2"]), helper.make_node("MatMulInteger", ["at", "w1d"], ["m1"])]
+    u8 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.UINT8, shape)  # noqa: E731
+    i32 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.INT32, shape)  # noqa: E731
+    m = make_model(nodes, [u8("a", [3, 6]), u8("at", [5, 6])], [i32("m2", [3, 5]), i32("m1", [5])],
+                   {"w2d": np.ones((6, 5), np.int8), "w1d": np.ones(6, np.int8)})
+    v = {o.name: o for n in ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m)).graph for o in n.outputs}
+    assert keeps_zero(v["m2"], 1) and not keeps_zero(v["m2"], 0)
+    assert not keeps_zero(v["m1"], 0)
+
+
 def test_zero_channels_follow_a_gather_that_picks_q_k_v_from_a_packed_stack():
     """torch's MultiheadAttention export picks q, k and v from a [3, T, B, E] stack with a
     scalar Gather: the output's channel axis is the data's next axis. Taken for an unknown

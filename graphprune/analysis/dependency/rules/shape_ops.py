@@ -280,6 +280,8 @@ def _axes_read(shape_out: ir.Value, start: int, end: int, _depth: int = 0) -> se
     (constant indices) or a Slice (constant bounds) of it, only those; else None (all).
     A Cast or Identity keeps the positions (Paddle2ONNX casts the shape to int32 before
     slicing the batch size off it: read as 'all dims', it froze PP-OCR cls's channels)."""
+    if shape_out.is_graph_output():  # the whole shape leaves the model
+        return None
     read: set[int] = set()
     n = end - start
     for use in shape_out.uses():

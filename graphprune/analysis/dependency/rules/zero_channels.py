@@ -260,8 +260,10 @@ def _matmul(node, ins, rank, axis, follow) -> bool:
 
 def _integer_matmul(node, ins, rank, axis, follow) -> bool:
     """MatMulInteger: a column whose constant weight column is masked to its zero point is 0
-    ((b - b_zp) = 0); rows are not followed (the left operand is codes, 0 at its zero point)."""
-    return axis == rank - 1 and len(ins) > 1 and is_constant(ins[1])
+    ((b - b_zp) = 0); rows are not followed (the left operand is codes, 0 at its zero point).
+    A 1-D weight has no columns: the output's last axis is then the left operand's rows."""
+    db = _dims(ins[1]) if len(ins) > 1 else None
+    return axis == rank - 1 and db is not None and len(db) >= 2 and is_constant(ins[1])
 
 
 def _integer_conv(node, ins, rank, axis, follow) -> bool:
