@@ -328,3 +328,27 @@ def test_scales_as_planned_follows_the_plan_slices(qmodels):
     swapped[0] = full[entry["removed"][0]]
     res.model.graph.initializers["c1.w_scale"].const_value = ir.tensor(swapped, name="c1.w_scale")
     assert not oracle._scales_as_planned(original, res.model, res.plan)
+
+
+def test_an_integer_weight_read_with_two_zero_points_is_frozen_not_an_error():
+    """One int8 weight read by two MatMulIntegers with different zero points has no single
+    masking value (graphprune.ir.quant.masking_fill): the run stopped with exit 2 ('cannot
+    mask a slice of a quantized constant'); its columns are frozen instead."""
+    from onnx import TensorProto, helper
+
+    from helpers import make_model
+
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    nodes = [n("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"]),
+             n("MatMulInteger", ["q", "w", "qz", "za"], ["ia"]), n("MatMulInteger", ["q", "w", "qz", "zb"], ["ib"]),
+             n("Add", ["ia", "ib"], ["i"]), n("Cast", ["i"], ["f"], to=TensorProto.FLOAT), n("Mul", ["f", "qs"], ["h"]),
+             n("Relu", ["h"], ["r"]), n("MatMul", ["r", "w2"], ["y"])]
+    m = make_model(nodes, [("x", [4, 16])], [("y", [4, 8])],
+                   {"w": rng.integers(-50, 50, (16, 32)).astype(np.int8), "za": np.int8(0), "zb": np.int8(3),
+                    "w2": rng.standard_normal((32, 8)).astype(np.float32)})
+    dg = gp.analyze(m.SerializeToString())
+    assert 32 not in [g.num_atoms for g in dg.prunable_groups]
+    assert any("no single value of a removed slice" in r for f in dg.frozen_groups for r in f.reasons)
+    res = gp.prune(m.SerializeToString(), 0.5, round_to=1)  # raised PlanError before
+    assert gp.check(m.SerializeToString(), res.model, res.plan).ok

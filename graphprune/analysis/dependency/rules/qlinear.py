@@ -80,6 +80,14 @@ def _weight_scales(ctx, node, w, w_axis: int, *idx: int) -> None:
     """A weight's scale and zero point (inputs `idx`): per tensor (kept), or one per index
     of `w_axis` (sliced with it)."""
     vals = [node.inputs[i] for i in idx if i < len(node.inputs) and node.inputs[i] is not None]
+    if ctx.is_const(w):
+        from graphprune.ir.quant import masking_fill
+
+        try:  # the masked original sets a removed slice to its zero point: one for every reader
+            masking_fill(w)
+        except ValueError as exc:  # read with two zero points, or also as plain integers (a Cast)
+            ctx.freeze_all(f"{node.op_type}: {exc}: no single value of a removed slice masks it for every reader")
+            return
     dw = ctx.dims(w)
     for v in vals:
         n = _size(ctx, v)
