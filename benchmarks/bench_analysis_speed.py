@@ -212,8 +212,10 @@ def profile_graphprune(path: Path, ratio: float, top: int = 15) -> dict:
                        key=lambda r: -r["cumtime_s"])[:top]
         entry = {"total_s": total, "top_tottime": by_tt, "top_cumtime_graphprune": by_ct}
         if stage == "prune":
-            # Where gp.prune's time goes: the direct callees of the prune pass's run().
-            runs = [k for k in st.stats if k[2] == "run" and k[0].replace("\\", "/").endswith("pruning/prune_channels.py")]
+            # Where gp.prune's time goes: the direct callees of its passes' run() (plan-channels,
+            # apply-plan: the pipeline gp.prune runs; prune-channels is the two in one)
+            runs = [k for k in st.stats if k[2] == "run" and k[0].replace("\\", "/").endswith(
+                ("pruning/prune_channels.py", "pruning/plan_channels.py", "pruning/apply_plan.py"))]
             phases = {}
             for (file, line, fn), (_cc, _nc, _tt, _ct, callers) in st.stats.items():
                 for rk in runs:
