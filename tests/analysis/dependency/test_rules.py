@@ -729,6 +729,24 @@ def test_zero_channels_of_an_integer_matmul_are_its_weight_columns():
     assert not keeps_zero(v["m1"], 0)
 
 
+def test_zero_channels_through_a_reduction_that_drops_axes():
+    """x.mean((2, 3)) exports as ReduceMean keepdims=0: the output's channel axis is the
+    input's axis 1 (unreduced), zero where the conv's masked channels are. It was given up on,
+    and a dynamically quantized CNN lost the group before its classifier."""
+    import onnx_ir as ir
+
+    from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+    from helpers import make_model, w
+
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"]),
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("ReduceMean", ["c"], ["k"], axes=[1], keepdims=0)]
+    m = make_model(nodes, [("x", [2, 3, 5, 5])], [("m", [2, 6]), ("k", [2, 3, 3])], {"wc": w(6, 3, 3, 3)}, opset=17)
+    v = {o.name: o for n in ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m)).graph for o in n.outputs}
+    assert keeps_zero(v["m"], 1) and not keeps_zero(v["m"], 0)
+    assert not keeps_zero(v["k"], 1)  # the channel axis reduced away: H is what is left there
+
+
 def test_zero_channels_follow_a_gather_that_picks_q_k_v_from_a_packed_stack():
     """torch's MultiheadAttention export picks q, k and v from a [3, T, B, E] stack with a
     scalar Gather: the output's channel axis is the data's next axis. Taken for an unknown

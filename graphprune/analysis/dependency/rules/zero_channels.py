@@ -226,8 +226,20 @@ def _gather(node, ins, rank, axis, follow) -> bool:
 
 
 def _reduce(node, ins, rank, axis, follow) -> bool:
+    """A reduction of zeros is zero along an axis it keeps; with keepdims=0 the output's axes
+    are the input's unreduced ones, in order (x.mean((2, 3)) before a classifier)."""
     keep = node.attributes.get("keepdims")
-    return (keep is None or int(keep.value) == 1) and follow(ins[0], axis)
+    if keep is None or int(keep.value) == 1:
+        return follow(ins[0], axis)
+    din = _dims(ins[0])
+    attr = node.attributes.get("axes")
+    axes = list(attr.value) if attr is not None else \
+        (const_array(ins[1]).reshape(-1).tolist() if len(ins) > 1 and ins[1] is not None and
+         const_array(ins[1]) is not None else None)
+    if din is None or not axes:  # unknown, or every axis reduced
+        return False
+    kept = [a for a in range(len(din)) if a not in {int(x) % len(din) for x in axes}]
+    return axis < len(kept) and follow(ins[0], kept[axis])
 
 
 def _pad(node, ins, rank, axis, follow) -> bool:
