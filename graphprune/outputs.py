@@ -127,8 +127,19 @@ def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_SIGNALLED: list[int] = []  # the signals _raise_on_sigterm turned into SystemExit, in order
+
+
 def _raise_on_sigterm(signum, frame):
+    _SIGNALLED.append(signum)
     raise SystemExit(128 + signum)
+
+
+def terminated_by() -> int | None:
+    """The signal that ended this run, when _raise_on_sigterm raised for it: inside a C++
+    callback (TVM's tuning loop) the SystemExit comes back as another exception (a
+    RuntimeError '143'), which must not read as an internal error."""
+    return _SIGNALLED[-1] if _SIGNALLED else None
 
 
 def exit_cleanly_on_sigterm() -> None:

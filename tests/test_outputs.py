@@ -278,6 +278,35 @@ def test_sigterm_leaves_no_temporary_and_no_half_result(model):
     assert list(out.iterdir()) == []  # no model without its plan, no temporary file
 
 
+SIGTERM_IN_A_CALLBACK = r"""
+import os, signal, sys
+import graphprune.plan
+from graphprune.cli.main import main
+
+def save(self, path):  # SIGTERM inside a C++ callback: TVM's FFI hands the SystemExit back as RuntimeError('143')
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except SystemExit as exc:
+        raise RuntimeError(str(exc.code)) from None
+
+graphprune.plan.Plan.save = save
+sys.exit(main(["prune", sys.argv[1], "-o", sys.argv[2], "--no-bench", "--no-check"]))
+"""
+
+
+def test_sigterm_that_a_library_turns_into_another_error_is_not_an_internal_error(model):
+    """SIGTERM during TVM tuning came back from its FFI as 'internal error: RuntimeError: 143
+    ... please report it' with exit 1; it is a termination: exit 143, said in words, and the
+    outputs cleaned up as for a plain SIGTERM."""
+    out = model.parent / "out2"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", SIGTERM_IN_A_CALLBACK, str(model), str(out / "a.onnx")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 143 and "terminated (signal 15)" in p.stderr, p.stderr
+    assert "internal error" not in p.stderr and list(out.iterdir()) == []
+
+
 def test_outputs_inside_input_folders_or_the_compile_folder(model, tmp_path):
     d = model.parent
     (d / "imgs").mkdir()

@@ -155,6 +155,12 @@ def _run_verb(args, verbose: int) -> int:
         args.error = {"error": "interrupted", "hint": None}
         return 130
     except Exception as exc:  # an internal error: one line unless -v
+        from graphprune.outputs import terminated_by
+
+        if (signum := terminated_by()) is not None:  # SIGTERM, turned into another exception by a library
+            print(f"graphprune {args.verb}: terminated (signal {signum})", file=sys.stderr)
+            args.error = {"error": "terminated", "hint": None}
+            return 128 + signum
         if verbose:
             raise
         print(f"graphprune {args.verb}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
