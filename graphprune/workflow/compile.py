@@ -11,6 +11,8 @@ tuned; `--backend auto` measures both on host targets and keeps the faster, and 
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import platform
@@ -303,14 +305,18 @@ def compile_model(model_path: str | Path, opts: CompileOptions, *, argv: list[st
     c = _setup(model_path, opts, log_fn or log.info)
     outcome = _prune(c)
     # ---- lower + emit (into a staging dir, moved into place at the end) -------------------
+    made_parent = not c.out_dir.parent.exists()  # model.graphprune/ of model.graphprune/arm
     c.out_dir.parent.mkdir(parents=True, exist_ok=True)
     outputs.clean_stale_temps(c.out_dir.parent)
     stage = outputs.mkdtemp_beside(c.out_dir)
     try:
         report = _build(c, outcome, stage, argv)
         outputs.install_output_dir(stage, c.out_dir, force=opts.force)  # only graphprune's files are replaced
-    except BaseException:
+    except BaseException:  # a failure, or SIGTERM: nothing written, not even the empty folder made for it
         shutil.rmtree(stage, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                c.out_dir.parent.rmdir()  # only if still empty
         raise
     report["out_dir"] = str(c.out_dir)
     if outcome.sparsity is not None:

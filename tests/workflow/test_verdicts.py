@@ -110,6 +110,10 @@ def test_min_speedup_fails_with_its_exit_code_and_writes_nothing(samples_dir, tm
     err = capsys.readouterr().err
     assert "--min-speedup" in err and "nothing was written" in err
     assert not out.exists() and not list(tmp_path.glob(".*"))
+    nested = tmp_path / "m.graphprune" / "x86"  # the default layout: the folder made for it goes too
+    assert _compile(samples_dir, nested, "--min-speedup", floor) == 5
+    capsys.readouterr()
+    assert not nested.parent.exists()
     # the hint does not suggest the backend already used ('try --backend onnxruntime' under it)
     assert _compile(samples_dir, out, "--min-speedup", floor, "--backend", "onnxruntime") == 5
     err = capsys.readouterr().err
