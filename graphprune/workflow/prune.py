@@ -497,9 +497,9 @@ class _Run:
 # A QDQ model the oracle could not clear even with power-of-two scales (oracle.check: exact
 # float sums, scales checked as sliced): a wrong plan, or rounding in float ops that are not
 # sums of dequantized terms; either way the float model is the safe route.
-_QDQ_HINT = ("nothing was written; this quantized (QDQ) model differs from its masked original even with every "
-             "Q/DQ scale rounded to a power of two (where its float sums are exact): please report this model, "
-             "and meanwhile prune the float model and quantize after (compile --quantize int8)")
+_QDQ_HINT = ("nothing was written; judging this quantized (QDQ) model again with every Q/DQ scale rounded to a "
+             "power of two (where its float sums are exact) did not clear it: please report this model, and "
+             "meanwhile prune the float model and quantize after (compile --quantize int8)")
 
 
 def _require_pass(res, what: str, *, quantized: bool = False) -> None:
