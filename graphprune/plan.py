@@ -225,9 +225,8 @@ def _removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np
         why = g.check_removal(atoms)
         if why:
             raise PlanError(why)
-        mask = g.atom_mask(atoms)
         for s in g.slots:
-            idx = np.flatnonzero(mask[g.labels[s]]).astype(np.int64)
+            idx = g.removed_indices(s, atoms)
             if len(idx):
                 out[s] = idx
     return out

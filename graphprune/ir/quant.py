@@ -197,39 +197,31 @@ def dequantized_weight(value: ir.Value | None) -> np.ndarray | None:
         return nbits_dequantized(value)
     for u in value.uses():
         q = quantized_input(u.node, u.idx)
-        if q is not None and q[0] is None and q[1] is not None and not is_dequantize(u.node):
-            return _dynamic_dequantized(value, u.node, q)
-        if q is None or q[0] is None or is_dequantize(u.node) or u.idx != 3:
+        if q is None or is_dequantize(u.node):
             continue
-        arr, scale = const_array(value), const_array(_input(u.node, q[0]))
-        zp_v = _input(u.node, q[1])
-        zp = const_array(zp_v) if zp_v is not None else np.zeros((), dtype=np.int64)
-        if arr is None or scale is None or zp is None:
-            return None
-        axis = q[2]({k: a.value for k, a in u.node.attributes.items()}, arr.ndim)
-        s = _per_axis_shape(scale.astype(np.float64), arr.ndim, axis)
-        z = _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
-        return ((arr.astype(np.float64) - z) * s).astype(scale.dtype)
+        if q[0] is None and q[1] is not None:  # MatMulInteger / ConvInteger: the scale is a Mul after the op
+            return _as_float(value, u.node, q, _dynamic_weight_scale(u.node))
+        if q[0] is not None and u.idx == 3:
+            scale = const_array(_input(u.node, q[0]))
+            return None if scale is None else _as_float(value, u.node, q, scale)
     return None
 
 
-def _dynamic_dequantized(value: ir.Value, node: ir.Node, q: tuple) -> np.ndarray | None:
-    """A MatMulInteger / ConvInteger weight as floats: (q - zero point) times the weight's
-    scale, which dynamic quantization multiplies in after the op (`_dynamic_weight_scale`;
-    1 when it is not found: still right within a per-tensor scale)."""
+def _as_float(value: ir.Value, node: ir.Node, q: tuple, scale: np.ndarray | None) -> np.ndarray | None:
+    """(q - zero point) * scale of an integer weight, along the axis its reader (`node`,
+    `q` = its QUANTIZED_INPUTS entry) quantizes it on. A scale of neither one value nor one
+    per index of that axis (a dynamic weight's scale not found after the op) is left out:
+    still right within a per-tensor scale."""
     arr = const_array(value)
-    zp_v = _input(node, q[1])
+    zp_v = _input(node, q[1]) if q[1] is not None else None
     zp = const_array(zp_v) if zp_v is not None else np.zeros((), dtype=np.int64)
     if arr is None or zp is None:
         return None
     axis = q[2]({k: a.value for k, a in node.attributes.items()}, arr.ndim)
     w = arr.astype(np.float64) - _per_axis_shape(zp.astype(np.float64), arr.ndim, axis)
-    scale = _dynamic_weight_scale(node)
-    if scale is not None and scale.size == arr.shape[axis]:
+    if scale is not None and scale.size in (1, arr.shape[axis]):
         w = w * _per_axis_shape(scale.astype(np.float64), arr.ndim, axis)
-    elif scale is not None and scale.size == 1:
-        w = w * float(scale.reshape(()))
-    return w.astype(np.float32)
+    return w.astype(scale.dtype if scale is not None else np.float32)
 
 
 def _dynamic_weight_scale(node: ir.Node) -> np.ndarray | None:
@@ -254,16 +246,19 @@ def _dynamic_weight_scale(node: ir.Node) -> np.ndarray | None:
     return consts[0] if len(consts) == 1 else None
 
 
+def qdq_nodes(model: ir.Model) -> list[ir.Node]:
+    """The QuantizeLinear / DequantizeLinear nodes of `model`'s main graph."""
+    return [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in STD_DOMAINS]
+
+
 def qdq_scales(model: ir.Model) -> list[ir.Value]:
-    """The constant float scales of the QuantizeLinear / DequantizeLinear nodes of `model`'s
-    main graph, each once."""
+    """The constant float scales of `qdq_nodes`, each once."""
     found: dict[int, ir.Value] = {}
-    for node in model.graph:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in STD_DOMAINS:
-            scale = _input(node, 1)
-            arr = const_array(scale)
-            if arr is not None and arr.dtype.kind == "f":
-                found.setdefault(id(scale), scale)
+    for node in qdq_nodes(model):
+        scale = _input(node, 1)
+        arr = const_array(scale)
+        if arr is not None and arr.dtype.kind == "f":
+            found.setdefault(id(scale), scale)
     return list(found.values())
 
 

@@ -476,15 +476,14 @@ def _scales_as_planned(original: ir.Model, pruned: ir.Model, plan: Plan) -> bool
     it cannot match by name and op, or a scale that is not a constant on either side, fails.
     Compared node by node, not tensor by tensor: a node rewired to another existing scale of
     the same cell passed a check by tensor name."""
-    from graphprune.ir.quant import STD_DOMAINS
+    from graphprune.ir.quant import qdq_nodes
 
-    def qdq_nodes(model) -> dict | None:  # None: names missing or repeated, nodes cannot be matched
-        nodes = [n for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                 and n.domain in STD_DOMAINS]
-        by_name = {n.name: n for n in nodes}
-        return by_name if len(by_name) == len(nodes) and "" not in by_name and None not in by_name else None
+    def by_name(model) -> dict | None:  # None: names missing or repeated, nodes cannot be matched
+        nodes = qdq_nodes(model)
+        named = {n.name: n for n in nodes}
+        return named if len(named) == len(nodes) and "" not in named and None not in named else None
 
-    ref_nodes, new_nodes = qdq_nodes(original), qdq_nodes(pruned)
+    ref_nodes, new_nodes = by_name(original), by_name(pruned)
     if ref_nodes is None or new_nodes is None:
         return False
     slices: dict[str, list[dict]] = {}
