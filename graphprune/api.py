@@ -71,14 +71,16 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
           seed: int = _DEFAULTS.seed, selection: dict[int, list[int]] | None = None,
           remove_blocks: int = _DEFAULTS.remove_blocks, block_criterion: str = _DEFAULTS.block_criterion,
           blocks: list[str] | None = None, keep_tokens=None, token_input: str | None = None,
-          keep_experts: int = _DEFAULTS.keep_experts) -> PruneResult:
+          keep_experts: int = _DEFAULTS.keep_experts, prune_hidden: bool = False) -> PruneResult:
     """Prune `model` in place. With `plan`, replay it exactly; with `selection`
     (group id → atom ids from `analyze`), remove exactly those atoms. `remove_blocks=k`
     (or `blocks=[Add node names]`) first removes whole residual blocks (depth pruning).
     `keep_experts=n` keeps the n most routed-to experts of each com.microsoft MoE layer (first).
     `keep_tokens` (token ids, or a file of them) keeps only those rows of the token table and
     columns of the output head, last: the model then reads new ids (new id i = the i-th
-    smallest kept id; the result's `plan.vocab["kept"]` is the map). `round_to="auto"` keeps
+    smallest kept id; the result's `plan.vocab["kept"]` is the map). `prune_hidden=True` also
+    prunes the axis a LayerNorm/RMSNorm normalises over (a transformer's hidden size), kept
+    whole by default; it stays exact. `round_to="auto"` keeps
     widths multiples of this CPU's float32 SIMD lanes (what ONNX Runtime runs fastest).
     A path is loaded first (the file is never changed): the result's model is the pruned one.
     The sequence is graphprune.workflow.run_prune, without the oracle (see `check`)."""
@@ -89,7 +91,8 @@ def prune(model: ir.Model | str | os.PathLike, ratio: float = _DEFAULTS.ratio, *
     opts = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, ignore=name_list(ignore), seed=seed,
                         plan=plan, selection=selection, remove_blocks=remove_blocks, block_criterion=block_criterion,
                         blocks=name_list(blocks), keep_tokens=keep_tokens, token_input=token_input,
-                        keep_experts=keep_experts, check=False, figures=False)
+                        keep_experts=keep_experts, check=False, figures=False,
+                        allocation={"prune_hidden": True} if prune_hidden else {})
     outcome = run_prune(model, opts)
     from graphprune.analysis.dependency.graph import withdraw
 

@@ -13,7 +13,9 @@ Without a target, ``ratio`` is the fraction of channels to remove (uniform, glob
 the MACs that uniform pruning at ``ratio`` would keep (sensitivity).
 Constraints in every mode: ``max_ratio`` per group, ``protect`` (regexes of layers/
 tensors whose groups keep every channel), ``layer_ratios`` ({regex: ratio}, fixed
-ratios for the groups they match), ``round_to``, and no slot is ever emptied.
+ratios for the groups they match), ``round_to``, and no slot is ever emptied. A group whose
+axis a LayerNorm/RMSNorm normalises over (``Group.normalised``: a transformer's hidden size)
+is kept whole unless ``prune_hidden`` (or a layer ratio names it).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OPTIONS = frozenset({
     "allocation", "target_macs", "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratios",
+    "prune_hidden",
     "reduction", "normalize", "global_normalize", "sens_ratios", "sens_batches", "calib_batches",
     "latency_threads", "latency_rounds",
 })
@@ -109,6 +112,8 @@ class Allocator:
         dg.require_matches(protect, "protect", group_names=True)
         dg.require_matches([pat for pat, _ in fixed], "layer ratio", group_names=True)
         self.fixed: dict[int, float] = {}
+        prune_hidden = bool(opts.get("prune_hidden", False))
+        hidden_kept = []
         for g in dg.prunable_groups:
             if protect and group_matches(dg, g, protect):
                 self.fixed[g.id] = 0.0
@@ -117,10 +122,16 @@ class Allocator:
                 if group_matches(dg, g, [pat]):
                     self.fixed[g.id] = r
                     break
+            else:
+                if g.normalised and not prune_hidden:  # a residual stream: whole unless asked
+                    self.fixed[g.id] = 0.0
+                    hidden_kept.append(g.name)
         self.groups = [g for g in dg.prunable_groups if g.id not in self.fixed]
-        if self.fixed:
-            self.info["fixed_ratios"] = {next(g.name for g in dg.groups if g.id == gid): r
-                                         for gid, r in self.fixed.items()}
+        given = {next(g.name for g in dg.groups if g.id == gid): r for gid, r in self.fixed.items()}
+        if hidden_kept:
+            self.info["hidden_kept"] = hidden_kept
+        if given.keys() - set(hidden_kept):
+            self.info["fixed_ratios"] = {k: r for k, r in given.items() if k not in hidden_kept}
 
     # ---- building blocks ------------------------------------------------------------------
     def _group_ratio_selection(self, g: Group, ratio: float, scores, at_most: bool | None = None) -> list[int]:

@@ -32,6 +32,9 @@ def add_arguments(p, *, criterion: bool = False) -> None:
     g.add_argument("--max-ratio", type=T.FRACTION, metavar="F", help="no group loses more than this fraction")
     g.add_argument("--protect", action="append", default=[], metavar="REGEX", type=T.regex,
                    help="groups touching layers/tensors matching REGEX keep all their channels (repeatable)")
+    g.add_argument("--prune-hidden", action="store_true", default=None,
+                   help="also prune the hidden size of transformers (the axis a LayerNorm/RMSNorm normalises over: "
+                        "exact, the statistics kept over the original width); kept whole by default")
     g.add_argument("--layer-ratio", action="append", default=[], metavar="REGEX=F", type=T.layer_ratio,
                    help="fixed ratio for groups matching REGEX (repeatable)")
     g.add_argument("--reduction", choices=("sum", "mean", "max"), help="how a group's tensors' scores combine")
@@ -62,7 +65,7 @@ def pass_options(args) -> dict:
     """prune-channels options from the parsed flags (only those given)."""
     out = {}
     for k in ("allocation", "target_macs", "target_params", "target_active_params", "target_latency", "max_ratio",
-              "reduction", "normalize"):
+              "reduction", "normalize", "prune_hidden"):
         v = getattr(args, k, None)
         if v is not None:
             out[k] = v

@@ -94,7 +94,7 @@ def options(args):
 # what the pruning step decides from flags; a --pipeline states its own (prune-channels{ratio=..})
 _PIPELINE_DECIDES = ("ratio", "criterion", "round_to", "ignore", "seed", "allocation", "target_macs",
                      "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratio",
-                     "reduction", "normalize", "remove_blocks", "blocks", "block_criterion")
+                     "prune_hidden", "reduction", "normalize", "remove_blocks", "blocks", "block_criterion")
 
 
 def _refuse_flags_a_pipeline_ignores(args) -> None:

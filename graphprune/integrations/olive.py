@@ -165,6 +165,8 @@ _HELP = {
     "target_latency": "keep this fraction of the ONNX Runtime latency measured on this machine",
     "max_ratio": "no group loses more than this fraction",
     "protect": "regexes: groups touching matching layers/tensors keep all their channels",
+    "prune_hidden": "also prune the hidden size (the axis a LayerNorm/RMSNorm normalises over; exact); kept whole "
+                    "by default",
     "layer_ratios": "{regex: ratio} or [\"regex=ratio\"]: fixed ratios for the groups they match",
 }
 

@@ -77,6 +77,12 @@ class RuleContext:
         a weight and not frozen: a hint for rules that must pick one axis of several."""
         return self._b.carries_weights(self._b.slot(value, self._norm(value, axis)))
 
+    def keeps_zero(self, value: ir.Value | None, axis: int) -> bool:
+        """Whether `value` is zero at the removed indices of `axis` in the oracle's masked
+        original (rules.zero_channels.keeps_zero), remembered for this analysis: every
+        layer of a residual stream asks it of the stream, which goes back to the first layer."""
+        return value is not None and self._b.keeps_zero(value, self._norm(value, axis))
+
     def element_labels(self, value: ir.Value, axis: int) -> np.ndarray | None:
         """Which elements of (value, axis) the rules upstream already tie together."""
         return self._b.element_labels(self._b.slot(value, self._norm(value, axis)))
@@ -159,6 +165,11 @@ class RuleContext:
             else:
                 self.freeze(v, None, f"{self.node.op_type} reads it as shape/index data")
 
+    def sums_over(self, value: ir.Value, axis: int) -> None:
+        """The op adds up the elements of (value, axis), and the removed ones are zero in the
+        masked original (`keeps_zero`): the axis may lose indices, nothing here changes."""
+        self.handled.add((id(value), self._norm(value, axis)))
+
     def unchanged(self, value: ir.Value | None, *axes: int) -> None:
         """Axes the op keeps fixed and never needs to slice (e.g. kernel height)."""
         if value is None:
@@ -171,6 +182,12 @@ class RuleContext:
         if value is None:
             return
         self._b.set_role(self._b.slot(value, self._norm(value, axis)), role)
+
+    def normalised_width(self, value: ir.Value, axis: int) -> None:
+        """(value, axis) is an axis a normalisation takes its statistics over, kept exact by
+        computing them over the original width (a LayerNorm/RMSNorm's hidden size): its group
+        is a residual stream, which allocation keeps whole unless asked (`prune_hidden`)."""
+        self._b.normalised.add(self._b.slot(value, self._norm(value, axis)))
 
     def freeze(self, value: ir.Value | None, axis: int | None, reason: str) -> None:
         if value is None:
@@ -223,16 +240,56 @@ class RewriteContext:
     def kept(self, value: ir.Value, axis: int, size: int) -> np.ndarray:
         return np.setdiff1d(np.arange(size), self.removed(value, axis))
 
+    def pruned_dims(self, value: ir.Value) -> list:
+        """`value`'s recorded dims less the indices the plan removes from each axis."""
+        return [d - len(self.removed(value, ax)) if isinstance(d, int) else d for ax, d in enumerate(value.shape)]
+
     def virtual_removed(self, tag: str) -> np.ndarray:
         return self._slot_removed(virtual_slot(self.node, tag))
 
     def new_const(self, array: np.ndarray, hint: str) -> ir.Value:
         return self._new_const(np.asarray(array), hint)
 
+    def const(self, value: ir.Value) -> np.ndarray | None:
+        """A constant input's array as it is before the surgery slices it."""
+        return const_array(value)
+
     def set_input_const(self, i: int, array: np.ndarray, hint: str = "") -> None:
         """Point input i at a new constant (never mutates a possibly shared one)."""
         v = self._new_const(np.asarray(array), hint or f"{self.node.name}_in{i}")
         self.node.replace_input_with(i, v)
+
+    def insert(self, op_type: str, inputs: list, *, like: ir.Value, dims: list | None = None,
+               attributes: dict | None = None, after: bool = False, hint: str = "") -> ir.Value:
+        """A new standard-domain node before (`after`: after) this one; its one output gets
+        `like`'s type and the shape `dims` (default: `like`'s shape as it is now, before the
+        surgery shrinks anything), so the model's shapes stay current."""
+        label = f"{self.node.name}/{hint or op_type}"
+        node = ir.Node("", op_type, inputs, attributes=ir.convenience.convert_attributes(attributes or {}),
+                       name=self.unique_name(label))
+        out = node.outputs[0]
+        out.name = self.unique_name(f"{label}_out")
+        out.type = like.type
+        shape = dims if dims is not None else (list(like.shape) if like.shape is not None else None)
+        out.shape = ir.Shape(shape) if shape is not None else None
+        (self.node.graph.insert_after if after else self.node.graph.insert_before)(self.node, node)
+        return out
+
+    def take_place_of(self, old: ir.Value, new: ir.Value) -> None:
+        """`new` replaces `old` for every reader except its own maker, and takes its name:
+        the plan's slots name values, so old's slots describe `new` from now on (old is
+        left unread, and removed with its maker)."""
+        maker = new.producer()
+        for use in list(old.uses()):
+            if use.node is not maker:
+                use.node.replace_input_with(use.idx, new)
+        outputs = self.node.graph.outputs
+        for i, o in enumerate(outputs):
+            if o is old:
+                outputs[i] = new
+        name = old.name
+        old.name = self.unique_name(f"{name}_replaced")
+        new.name = name
 
     def set_attr_int(self, name: str, value: int) -> None:
         self.node.attributes[name] = ir.AttrInt64(name, int(value))

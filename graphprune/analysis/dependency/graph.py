@@ -43,6 +43,9 @@ class Group:
     num_atoms: int
     roles: dict[Slot, str]  # constant slots and their role (weight, bias, ...)
     ignored: bool = False  # touched by the user's ignore list
+    # a LayerNorm/RMSNorm takes its statistics over this group's axis (a transformer's hidden
+    # size): exact, but allocation keeps it whole unless asked (prune_hidden)
+    normalised: bool = False
 
     @property
     def const_slots(self) -> list[Slot]:
@@ -110,6 +113,8 @@ class DependencyBuilder:
         self.rewrites: list[tuple[ir.Node, RewriteFn]] = []
         self.diagnostics: list[Diagnostic] = []
         self.edge_nodes: list[str] = []
+        self.normalised: set[Slot] = set()  # RuleContext.normalised_width
+        self._zero_memo: dict[tuple[int, int], bool] = {}
         # A running view of the components built so far, so a rule with a choice to make
         # (which axis of a reshape carries the channels) can ask what is upstream of it.
         self._uf = _UnionFind()
@@ -176,6 +181,11 @@ class DependencyBuilder:
         except _BadEdge:
             return None
         return comp[offset[s]: offset[s] + int(self.sizes[s])]
+
+    def keeps_zero(self, value: ir.Value, axis: int) -> bool:
+        from graphprune.analysis.dependency.rules.zero_channels import keeps_zero
+
+        return keeps_zero(value, axis, memo=self._zero_memo)
 
     def freeze(self, s: Slot, reason: str) -> None:
         if reason not in self.frozen[s]:
@@ -489,6 +499,7 @@ class DependencyGraph:
                 continue
             if ignore and self._matches_ignore(slots, ignore):
                 group.ignored = True
+            group.normalised = any(s in b.normalised for s in slots)
             self.groups.append(group)
 
     def _group_name(self, slots: list[Slot]) -> str:

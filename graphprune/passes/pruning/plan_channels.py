@@ -85,7 +85,7 @@ class PlanChannels(Pass):
     """Options: ratio, criterion (see graphprune.importance.CRITERIA), round_to (and
     round_to_auto: it was the lanes of "auto", a finer multiple may meet a target), ignore
     (list of regex), seed, and the allocation options of graphprune.allocation.driver
-    (allocation, target_macs/params/latency, max_ratio, protect, layer_ratios ...).
+    (allocation, target_macs/params/latency, max_ratio, protect, prune_hidden, layer_ratios ...).
     Calibration data for data-aware criteria is ``results['calibration']``."""
 
     name = "plan-channels"
@@ -96,7 +96,7 @@ class PlanChannels(Pass):
                  ignore: str | list[str] | None = None, seed: int = 0, allocation: str = "uniform",
                  target_macs: float | None = None, target_params: float | None = None,
                  target_active_params: float | None = None, target_latency: float | None = None, max_ratio: float | None = None,
-                 protect: str | list[str] | None = None, layer_ratios: list[str] | dict | None = None,
+                 protect: str | list[str] | None = None, prune_hidden: bool = False, layer_ratios: list[str] | dict | None = None,
                  reduction: str | None = None, normalize: str | None = None, global_normalize: str = "mean",
                  sens_ratios: list[float] | None = None, sens_batches: int = 2, calib_batches: int | None = None,
                  latency_threads: int = 1, latency_rounds: int = 4):

@@ -151,15 +151,25 @@ def test_group_norm_removes_whole_groups():
     check(m)
 
 
-def test_layernorm_over_channels_freezes():
+@pytest.mark.parametrize("before", [None, "Sigmoid"])
+def test_layernorm_over_channels(before):
+    """ConvNeXt's channels-last LayerNorm: a conv's output is zero at a removed channel in the
+    masked original, so the channels prune exactly (statistics over the original width: the
+    hidden-size rule, tests/analysis/dependency/test_hidden_width.py); after a sigmoid
+    (0.5 there) they freeze."""
     def mid(b, x):
-        t = b.op("Transpose", [x], perm=[0, 2, 3, 1])
-        y = b.op("LayerNormalization", [t, b.const(np.ones(6, np.float32)), b.const(np.zeros(6, np.float32))])
+        t = b.op("Transpose", [b.op(before, [x]) if before else x], perm=[0, 2, 3, 1])
+        y = b.op("LayerNormalization", [t, b.const(np.linspace(0.5, 1.5, 6).astype(np.float32)),
+                                        b.const(np.linspace(-1, 1, 6).astype(np.float32))])
         return b.op("Transpose", [y], perm=[0, 3, 1, 2]), 6, H
     m = sandwich(mid)
     dg = groups_of(m)
-    assert not dg.prunable_groups
-    assert any("LayerNormalization" in r for f in dg.frozen_groups for r in f.reasons)
+    if before:
+        assert not dg.prunable_groups
+        assert any("LayerNormalization" in r for f in dg.frozen_groups for r in f.reasons)
+        return
+    assert [(g.num_atoms, g.normalised) for g in dg.prunable_groups] == [(6, True)]
+    check(m)
 
 
 def test_softmax_over_channels_freezes():
@@ -280,12 +290,24 @@ def test_pools_and_spatial_reductions():
     check(m)
 
 
-def test_reduce_over_channels_freezes():
+@pytest.mark.parametrize("op, before, prunable", [("ReduceSum", None, True), ("ReduceMean", None, True),
+                                                  ("ReduceMax", None, False), ("ReduceSum", "Sigmoid", False)])
+def test_reduce_over_channels(op, before, prunable):
+    """A sum over channels that are zero where masked (a conv's output) is unchanged by their
+    removal, a mean is once multiplied by kept / original; a max is not (0 may be the max),
+    nor a sum of sigmoids (0.5 each)."""
     def mid(b, x):
-        r = b.op("ReduceSum", [x, b.const(np.array([1], np.int64))], keepdims=1)
+        src = b.op(before, [x]) if before else x
+        r = b.op(op, [src, b.const(np.array([1], np.int64))], keepdims=1) if op == "ReduceSum" else \
+            b.op(op, [src], axes=[1], keepdims=1)
         return b.op("Mul", [x, r]), 6, H
-    dg = groups_of(sandwich(mid))
-    assert not dg.prunable_groups
+    m = sandwich(mid)
+    dg = groups_of(m)
+    if not prunable:
+        assert not dg.prunable_groups
+        return
+    assert [(g.num_atoms, g.normalised) for g in dg.prunable_groups] == [(6, True)]
+    check(m)
 
 
 def test_resize_scales_and_sizes_then_pad():

@@ -69,6 +69,10 @@ def group_norm(node, ctx):
 
 @rule("LayerNormalization")
 def layer_norm(node, ctx):
+    """The normalised axis freezes, unless it is the last one alone and its removed channels
+    are zero in the masked original (a residual stream whose writers' weights are masked):
+    then the statistics, taken over the original width with those zeros, are kept exact by
+    padding the zeros back for the normalisation (`_over_original_width`)."""
     x, y = node.inputs[0], node.outputs[0]
     if (dx := ctx.dims_or_freeze_all(x)) is None:
         return
@@ -76,6 +80,15 @@ def layer_norm(node, ctx):
     axis = axis + len(dx) if axis < 0 else axis
     for ax in range(axis):
         ctx.couple(x, ax, y, ax)
+    if _hidden_width_prunable(node, ctx, axis, len(dx)):
+        ctx.couple(x, axis, y, axis)
+        for v, role in zip(node.inputs[1:3], ("norm_scale", "norm_bias"), strict=False):  # bias is optional
+            if v is not None:
+                ctx.couple(x, axis, v, 0)
+                ctx.param(v, 0, role)
+        ctx.normalised_width(x, axis)
+        ctx.on_prune(_over_original_width)
+        return
     reason = "LayerNormalization normalises over this axis (removal would not be exact)"
     for ax in range(axis, len(dx)):
         ctx.freeze(x, ax, reason)
@@ -84,6 +97,52 @@ def layer_norm(node, ctx):
         ctx.freeze(v, None, reason)
     for o in node.outputs[1:]:
         ctx.freeze(o, None, reason)
+
+
+def _hidden_width_prunable(node, ctx, axis: int, rank: int) -> bool:
+    """One normalised axis, the last; constant per-channel scale (and bias); no mean or
+    inverse std dev output read; the input zero at removed channels in the masked original."""
+    def per_channel(v):
+        d = ctx.dims(v)
+        return v is not None and ctx.is_const(v) and d is not None and len(d) == 1 and d[0] == ctx.dims(x)[-1]
+
+    x = node.inputs[0]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    stats_read = any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:])
+    return axis == rank - 1 and not stats_read and per_channel(node.inputs[1]) \
+        and (bias is None or per_channel(bias)) and ctx.keeps_zero(x, axis)
+
+
+def _over_original_width(rc) -> None:
+    """LayerNorm(x) of the masked original takes its mean and variance over the original
+    width, the removed channels being zeros: Pad puts those zeros back (at the end; the order
+    does not change a mean), a LayerNormalization with scale and bias padded alike runs over
+    them, and a Slice keeps the channels left. Scale and bias are 0 on the padding."""
+    node = rc.node
+    x, y = node.inputs[0], node.outputs[0]
+    rank = len(x.shape)
+    removed = rc.removed(x, rank - 1)
+    if not len(removed):
+        return
+    width = int(x.shape[rank - 1])
+    kept = width - len(removed)
+    pads = np.zeros(2 * rank, dtype=np.int64)
+    pads[-1] = len(removed)
+    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, hint="zeros_of_removed_channels")
+    params = []
+    for v in node.inputs[1:3]:
+        if v is None:
+            continue
+        a = np.asarray(rc.const(v))
+        whole = np.concatenate([np.delete(a, removed), np.zeros(len(removed), dtype=a.dtype)])
+        params.append(rc.new_const(whole, f"{v.name}_padded"))
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    normed = rc.insert("LayerNormalization", [padded, *params], like=y, attributes=attrs, hint="over_original_width")
+    sliced = rc.insert("Slice", [normed, rc.new_const(np.array([0], np.int64), f"{node.name}_start"),
+                                 rc.new_const(np.array([kept], np.int64), f"{node.name}_end"),
+                                 rc.new_const(np.array([rank - 1], np.int64), f"{node.name}_axis")],
+                       like=y, dims=rc.pruned_dims(y), hint="kept_channels")
+    rc.take_place_of(y, sliced)
 
 
 def _across_axis(kind: str, default_axis, since13_axis=None):

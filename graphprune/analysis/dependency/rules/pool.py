@@ -46,6 +46,11 @@ def _reduce_axes(node, ctx, rank):
     return sorted(int(a) + rank if int(a) < 0 else int(a) for a in axes)
 
 
+# zeros add nothing to these: a removed channel that is zero in the masked original changes
+# nothing (ReduceMean divides by the width: its rewrite multiplies by kept / original)
+SUMS_OF_ZEROS = ("ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum")
+
+
 @rule(REDUCE)
 def reduce(node, ctx):
     x, y = node.inputs[0], node.outputs[0]
@@ -57,15 +62,37 @@ def reduce(node, ctx):
         return
     keep = int(ctx.attr("keepdims", 1))
     out_ax = 0
+    summed = []
     for ax in range(len(dx)):
         if ax in axes:
-            ctx.freeze(x, ax, f"{node.op_type} reduces over this axis")
+            if node.op_type in SUMS_OF_ZEROS and ctx.keeps_zero(x, ax):
+                ctx.sums_over(x, ax)  # an RMSNorm's mean of x**2 over the hidden size
+                ctx.normalised_width(x, ax)
+                summed.append(ax)
+            else:
+                ctx.freeze(x, ax, f"{node.op_type} reduces over this axis")
             if keep:
                 ctx.unchanged(y, out_ax)
                 out_ax += 1
         else:
             ctx.couple(x, ax, y, out_ax)
             out_ax += 1
+    if summed and node.op_type == "ReduceMean":
+        ctx.on_prune(lambda rc: _mean_over_original_width(rc, summed))
+
+
+def _mean_over_original_width(rc, axes: list[int]) -> None:
+    """The mean of the masked original counts the removed zeros: times kept / original."""
+    x, y = rc.node.inputs[0], rc.node.outputs[0]
+    factor = 1.0
+    for ax in axes:
+        factor *= 1.0 - len(rc.removed(x, ax)) / int(x.shape[ax])
+    if factor == 1.0:
+        return
+    dtype = y.dtype.numpy() if y.dtype is not None else np.float32
+    scaled = rc.insert("Mul", [y, rc.new_const(np.array(factor, dtype=dtype), f"{rc.node.name}_kept_share")],
+                       like=y, dims=rc.pruned_dims(y), after=True, hint="over_original_width")
+    rc.take_place_of(y, scaled)
 
 
 def _cropped_axes(ctx, roi, axes: list[int]) -> set[int]:

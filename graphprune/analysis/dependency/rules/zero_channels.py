@@ -100,11 +100,28 @@ def reshaped_axis(in_dims: list | None, out_dims: list | None, axis: int) -> int
     return None
 
 
-def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> bool:
+def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0,
+               memo: dict[tuple[int, int], bool] | None = None) -> bool:
     """Whether `value` is zero, in the masked original, at every index of `axis` the plan
     removes: it is made along that axis from a weight's sliced axis (or a sliced constant)
-    only through ops that keep zeros. Conservative: False when unsure."""
-    if value is None or axis is None or _depth > MAX_DEPTH:
+    only through ops that keep zeros. Conservative: False when unsure.
+    `memo` (one analysis of an unchanged graph): answers kept across calls. A residual
+    stream goes back through every layer, deeper than MAX_DEPTH, but each layer's rule asks
+    in graph order and finds the layer before answered. A False cut off by the depth is only
+    remembered when asked first-hand (at depth 0)."""
+    if value is None or axis is None:
+        return False
+    key = (id(value), axis)
+    if memo is not None and key in memo:
+        return memo[key]
+    got = _keeps_zero(value, axis, _depth, memo)
+    if memo is not None and (got or _depth == 0):
+        memo[key] = got
+    return got
+
+
+def _keeps_zero(value: ir.Value, axis: int, _depth: int, memo) -> bool:
+    if _depth > MAX_DEPTH:
         return False
     d = _dims(value)
     if d is None or not 0 <= axis < len(d):
@@ -119,7 +136,7 @@ def keeps_zero(value: ir.Value | None, axis: int | None, _depth: int = 0) -> boo
         return False
 
     def follow(v, ax):
-        return keeps_zero(v, ax, _depth + 1)
+        return keeps_zero(v, ax, _depth + 1, memo)
 
     op = node.op_type
     if op in _SAME_AXIS:
@@ -291,6 +308,26 @@ def _normalization(node, ins, rank, axis, follow) -> bool:
     return axis == 1 and len(params) == 2 and all(a is not None and a.ndim == 1 and a.shape[0] > 1 for a in params)
 
 
+def _power(node, ins, rank, axis, follow) -> bool:
+    """0 ** p is 0 for a constant exponent p > 0 (x ** 2 before an RMSNorm's mean)."""
+    p = const_array(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+    return p is not None and p.size > 0 and bool((p > 0).all()) and follow(ins[0], _aligned(ins[0], rank, axis))
+
+
+def _layer_norm(node, ins, rank, axis, follow) -> bool:
+    """LayerNormalization over the last axis: scale·x̂ + B is zero there where the per-channel
+    constants scale and B are masked, whatever x is (the stream of a post-norm transformer)."""
+    attr = node.attributes.get("axis")
+    last = (int(attr.value) if attr is not None else -1) % rank == rank - 1
+    bias = ins[2] if len(ins) > 2 else None
+    return last and axis == rank - 1 and _per_channel(ins[1]) and (bias is None or _per_channel(bias))
+
+
+def _per_channel(v: ir.Value | None) -> bool:
+    a = const_array(v) if v is not None and is_constant(v) else None
+    return a is not None and a.ndim == 1 and a.shape[0] > 1
+
+
 def _dequantize(node, ins, rank, axis, follow) -> bool:
     """(q - zp)·s is zero where q equals DequantizeLinear's zero point: q made by a
     QuantizeLinear of a zero with the same constant zero point (Q of 0 is its zero point, not
@@ -328,4 +365,5 @@ _STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _con
           "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
           "Pad": _pad, "Clip": _clip, "BatchNormalization": _normalization, "InstanceNormalization": _normalization,
           "DequantizeLinear": _dequantize, "MatMulInteger": _integer_matmul, "ConvInteger": _integer_conv,
+          "Pow": _power, "LayerNormalization": _layer_norm,
           **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}

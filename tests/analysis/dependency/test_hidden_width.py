@@ -1,0 +1,135 @@
+"""The hidden size of a transformer: the axis a LayerNorm or RMSNorm normalises over.
+
+Removing channels there is exact when the removed channels are zero at the norm's input in
+the masked original (every writer of the residual stream has its weights masked) and the
+statistics are taken over the original width: LayerNormalization gets the zeros padded back
+(Pad -> LayerNormalization -> Slice), an RMSNorm's ReduceMean is multiplied by kept / original.
+Allocation keeps these groups whole unless asked (`prune_hidden`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import graphprune as gp
+from helpers import make_model, prune_and_check, w
+
+WIDTH = 12
+
+
+def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, before_norm: str | None = None):
+    """x:[B,S,16] -> h0 = x·we (WIDTH wide) -> `layers` blocks h + relu(norm(h)·w1)·w2 -> norm -> ·wo.
+    norm "ln": LayerNormalization; "rms": Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma;
+    "rms_mul": x*x instead of Pow. post: h = norm(h + f(h)) (BERT) instead of h + f(norm(h)).
+    before_norm: an op applied to every norm's input ("Sigmoid": not zero where masked)."""
+    nodes = [helper.make_node("MatMul", ["x", "we"], ["h0"])]
+    inits = {"we": w(16, WIDTH, seed=1), "two": np.array(2.0, np.float32), "axes": np.array([-1], np.int64),
+             "eps": np.array(1e-6, np.float32)}
+
+    def normed(src, i):
+        if before_norm:
+            nodes.append(helper.make_node(before_norm, [src], [f"pre{i}"]))
+            src = f"pre{i}"
+        inits[f"g{i}"] = w(WIDTH, seed=100 + i)
+        if norm == "ln":
+            inits[f"b{i}"] = w(WIDTH, seed=200 + i)
+            nodes.append(helper.make_node("LayerNormalization", [src, f"g{i}", f"b{i}"], [f"n{i}"], epsilon=1e-5))
+            return f"n{i}"
+        square = helper.make_node("Pow", [src, "two"], [f"sq{i}"]) if norm == "rms" else \
+            helper.make_node("Mul", [src, src], [f"sq{i}"])
+        nodes.extend([square, helper.make_node("ReduceMean", [f"sq{i}", "axes"], [f"ms{i}"], keepdims=1),
+                      helper.make_node("Add", [f"ms{i}", "eps"], [f"mse{i}"]),
+                      helper.make_node("Sqrt", [f"mse{i}"], [f"rms{i}"]),
+                      helper.make_node("Div", [src, f"rms{i}"], [f"nn{i}"]),
+                      helper.make_node("Mul", [f"nn{i}", f"g{i}"], [f"n{i}"])])
+        return f"n{i}"
+
+    h = "h0"
+    for i in range(layers):
+        inits[f"w1_{i}"], inits[f"w2_{i}"] = w(WIDTH, 20, seed=10 + i), w(20, WIDTH, seed=20 + i)
+        src = h if post else normed(h, i)
+        nodes += [helper.make_node("MatMul", [src, f"w1_{i}"], [f"a{i}"]), helper.make_node("Relu", [f"a{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", f"w2_{i}"], [f"f{i}"]),
+                  helper.make_node("Add", [h, f"f{i}"], [f"s{i}"])]
+        h = normed(f"s{i}", i) if post else f"s{i}"
+    out = h if post else normed(h, layers)
+    nodes.append(helper.make_node("MatMul", [out, "wo"], ["y"]))
+    inits["wo"] = w(WIDTH, 5, seed=3)
+    return make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 5])], inits, opset=18)
+
+
+def hidden_groups(m):
+    return [g for g in gp.analyze(gp.load(m.SerializeToString())).prunable_groups if g.normalised]
+
+
+@pytest.mark.parametrize("norm", ["ln", "rms", "rms_mul"])
+@pytest.mark.parametrize("post", [False, True], ids=["pre_norm", "post_norm"])
+def test_the_hidden_size_prunes_exactly(norm, post):
+    """Random removals from every group, the hidden size included: the oracle holds."""
+    m = residual_stream(norm, post=post)
+    assert [g.num_atoms for g in hidden_groups(m)] == [WIDTH]
+    for seed in range(3):
+        pruned, plan, _ = prune_and_check(m, seed=seed, min_groups=3)
+    ops = [n.op_type for n in pruned.graph]
+    if norm == "ln":  # the zeros padded back for each LayerNormalization, sliced off after it
+        norms = 2 if post else 3
+        assert ops.count("Pad") == ops.count("LayerNormalization") == ops.count("Slice") == norms
+    else:  # each mean multiplied by kept / original
+        means = [n for n in pruned.graph if n.op_type == "ReduceMean"]
+        assert means and all(u.node.op_type == "Mul" for n in means for u in n.outputs[0].uses())
+
+
+@pytest.mark.parametrize("norm", ["ln", "rms"])
+def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_size(norm):
+    """sigmoid(0) = 0.5: the masked original's statistics see 0.5 at a removed channel, which
+    the pruned model cannot reproduce: the hidden size stays frozen."""
+    m = residual_stream(norm, before_norm="Sigmoid")
+    dg = gp.analyze(gp.load(m.SerializeToString()))
+    assert not [g for g in dg.prunable_groups if g.normalised]
+    assert any("reduces over this axis" in r or "normalises over this axis" in r
+               for f in dg.frozen_groups for r in f.reasons)
+    prune_and_check(m, min_groups=2)  # the FFN widths still prune
+
+
+def test_a_stream_deeper_than_the_zero_tracing_depth_still_prunes():
+    """Each norm asks whether the stream is zero at removed channels, which goes back through
+    every block: 70 blocks are 70 Adds deep, past zero_channels.MAX_DEPTH (64), and answered
+    only because each layer finds the one before it answered (the memo)."""
+    m = residual_stream("rms", layers=70)
+    assert [g.num_atoms for g in hidden_groups(m)] == [WIDTH]
+    prune_and_check(m, seed=0, min_groups=71)
+
+
+def test_allocation_keeps_the_hidden_size_unless_asked():
+    m = residual_stream("ln")
+    hidden = hidden_groups(m)[0]
+    slots = {(s.value, s.axis) for s in hidden.const_slots}
+
+    kept = gp.prune(gp.load(m.SerializeToString()), 0.3, round_to=1)
+    assert kept.plan.tensors and not slots & {(t["name"], t["axis"]) for t in kept.plan.tensors}
+    assert kept.plan.settings["allocation_result"]["hidden_kept"] == [hidden.name]
+
+    pruned = gp.prune(gp.load(m.SerializeToString()), 0.3, round_to=1, prune_hidden=True)
+    assert slots <= {(t["name"], t["axis"]) for t in pruned.plan.tensors}
+    assert pruned.model.graph.inputs[0].shape[-1] == 16  # the graph's input keeps its width
+    from graphprune.runtime import oracle
+    import onnx_ir as ir
+
+    res = oracle.check(ir.serde.deserialize_model(m), pruned.model, pruned.plan, n_random=2)
+    assert res.ok, res.diffs
+
+
+def test_an_l2_normalisation_over_channels_sums_zeros():
+    """x / sqrt(ReduceSum(x*x)) over the channels of a projection (CLIP's embeddings before a
+    head): a sum of the masked original's zeros is unchanged, no rewrite needed."""
+    nodes = [helper.make_node("MatMul", ["x", "wp"], ["p"]), helper.make_node("Mul", ["p", "p"], ["pp"]),
+             helper.make_node("ReduceSum", ["pp", "axes"], ["ss"], keepdims=1),
+             helper.make_node("Sqrt", ["ss"], ["norm"]), helper.make_node("Div", ["p", "norm"], ["u"]),
+             helper.make_node("MatMul", ["u", "wo"], ["y"])]
+    m = make_model(nodes, [("x", ["B", 16])], [("y", ["B", 5])],
+                   {"wp": w(16, WIDTH, seed=1), "axes": np.array([-1], np.int64), "wo": w(WIDTH, 5, seed=2)})
+    assert [g.num_atoms for g in hidden_groups(m)] == [WIDTH]
+    for seed in range(3):
+        pruned, _, _ = prune_and_check(m, seed=seed)
+    assert [n.op_type for n in pruned.graph].count("Mul") == 1  # no rewrite of the sum
