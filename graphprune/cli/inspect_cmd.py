@@ -61,7 +61,7 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "layers": [{"node": k, "op": by_name[k], "macs": v} for k, v in layer_macs(model, at).items()],
         "groups": [{"id": g.id, "name": g.name, "width": group_width(g).channels, "atoms": g.num_atoms,  # report.widths
                     "tensors": len(g.slots),
-                    "constants": len(g.const_slots), "ignored": g.ignored} for g in dg.groups],
+                    "constants": len(g.const_slots), "ignored": g.ignored, "hidden": g.normalised} for g in dg.groups],
         "frozen": [{"name": f.name, "tensors": len(f.slots), "reasons": f.reasons} for f in dg.frozen_groups],
         "diagnostics": [{"node": d.node, "op": d.op, "message": d.message} for d in dg.diagnostics],
         "sparsity": sparsity_data(model),
@@ -173,7 +173,8 @@ def _print_overview(args, model, data: dict) -> None:
     print("ops: " + ", ".join(f"{k} {v}" for k, v in data["ops"].items()))
     prunable = [g for g in data["groups"] if g["atoms"] > 1 and not g["ignored"]]
     print(f"\n{len(prunable)} prunable groups ({len(data['groups'])} in all)")
-    rows = [[g["id"], g["name"], g["width"], g["tensors"], g["constants"], "ignored" if g["ignored"] else ""]
+    rows = [[g["id"], g["name"], g["width"], g["tensors"], g["constants"],
+             "ignored" if g["ignored"] else "hidden size (--prune-hidden)" if g["hidden"] else ""]
             for g in data["groups"][: args.groups]]
     print(table(rows, ["id", "group", "width", "tensors", "consts", ""]))
     if len(data["groups"]) > args.groups:

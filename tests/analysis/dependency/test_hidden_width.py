@@ -21,11 +21,12 @@ WIDTH = 12
 def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, before_norm: str | None = None):
     """x:[B,S,16] -> h0 = x·we (WIDTH wide) -> `layers` blocks h + relu(norm(h)·w1)·w2 -> norm -> ·wo.
     norm "ln": LayerNormalization; "rms": Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma;
-    "rms_mul": x*x instead of Pow. post: h = norm(h + f(h)) (BERT) instead of h + f(norm(h)).
+    "rms_mul": x*x instead of Pow; "rms_nogamma": no Mul by gamma; "rms_ts": TorchScript's form,
+    gamma * Cast(x * Div(1, Sqrt(...))). post: h = norm(h + f(h)) (BERT) instead of h + f(norm(h)).
     before_norm: an op applied to every norm's input ("Sigmoid": not zero where masked)."""
     nodes = [helper.make_node("MatMul", ["x", "we"], ["h0"])]
     inits = {"we": w(16, WIDTH, seed=1), "two": np.array(2.0, np.float32), "axes": np.array([-1], np.int64),
-             "eps": np.array(1e-6, np.float32)}
+             "eps": np.array(1e-6, np.float32), "one": np.array(1.0, np.float32)}
 
     def normed(src, i):
         if before_norm:
@@ -40,9 +41,16 @@ def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, befor
             helper.make_node("Mul", [src, src], [f"sq{i}"])
         nodes.extend([square, helper.make_node("ReduceMean", [f"sq{i}", "axes"], [f"ms{i}"], keepdims=1),
                       helper.make_node("Add", [f"ms{i}", "eps"], [f"mse{i}"]),
-                      helper.make_node("Sqrt", [f"mse{i}"], [f"rms{i}"]),
-                      helper.make_node("Div", [src, f"rms{i}"], [f"nn{i}"]),
-                      helper.make_node("Mul", [f"nn{i}", f"g{i}"], [f"n{i}"])])
+                      helper.make_node("Sqrt", [f"mse{i}"], [f"rms{i}"])])
+        if norm == "rms_ts":
+            nodes.extend([helper.make_node("Div", ["one", f"rms{i}"], [f"inv{i}"]),
+                          helper.make_node("Mul", [src, f"inv{i}"], [f"nx{i}"]),
+                          helper.make_node("Cast", [f"nx{i}"], [f"nn{i}"], to=1)])
+        else:
+            nodes.append(helper.make_node("Div", [src, f"rms{i}"], [f"nn{i}"]))
+        if norm == "rms_nogamma":
+            return f"nn{i}"
+        nodes.append(helper.make_node("Mul", [f"g{i}", f"nn{i}"], [f"n{i}"]))
         return f"n{i}"
 
     h = "h0"
@@ -63,7 +71,7 @@ def hidden_groups(m):
     return [g for g in gp.analyze(gp.load(m.SerializeToString())).prunable_groups if g.normalised]
 
 
-@pytest.mark.parametrize("norm", ["ln", "rms", "rms_mul"])
+@pytest.mark.parametrize("norm", ["ln", "rms", "rms_mul", "rms_ts", "rms_nogamma"])
 @pytest.mark.parametrize("post", [False, True], ids=["pre_norm", "post_norm"])
 def test_the_hidden_size_prunes_exactly(norm, post):
     """Random removals from every group, the hidden size included: the oracle holds."""
@@ -72,12 +80,14 @@ def test_the_hidden_size_prunes_exactly(norm, post):
     for seed in range(3):
         pruned, plan, _ = prune_and_check(m, seed=seed, min_groups=3)
     ops = [n.op_type for n in pruned.graph]
+    after_mean = [u.node.op_type for n in pruned.graph if n.op_type == "ReduceMean" for u in n.outputs[0].uses()]
     if norm == "ln":  # the zeros padded back for each LayerNormalization, sliced off after it
         norms = 2 if post else 3
         assert ops.count("Pad") == ops.count("LayerNormalization") == ops.count("Slice") == norms
-    else:  # each mean multiplied by kept / original
-        means = [n for n in pruned.graph if n.op_type == "ReduceMean"]
-        assert means and all(u.node.op_type == "Mul" for n in means for u in n.outputs[0].uses())
+    elif norm == "rms_nogamma":  # each mean multiplied by kept / original
+        assert after_mean and set(after_mean) == {"Mul"}
+    else:  # kept / original folded into eps and gamma: the ops ONNX Runtime fuses stay as they were
+        assert after_mean and set(after_mean) == {"Add"} and ops == [n.op_type for n in gp.load(m.SerializeToString()).graph]
 
 
 @pytest.mark.parametrize("norm", ["ln", "rms"])
@@ -133,3 +143,18 @@ def test_an_l2_normalisation_over_channels_sums_zeros():
     for seed in range(3):
         pruned, _, _ = prune_and_check(m, seed=seed)
     assert [n.op_type for n in pruned.graph].count("Mul") == 1  # no rewrite of the sum
+
+
+def test_a_plan_that_prunes_the_hidden_size_replays_to_the_same_model():
+    """The plan lists only the sliced tensors; replay analyses the input again and so makes
+    the same Pad/LayerNormalization/Slice rewrite."""
+
+    from graphprune.runtime.ort import session
+
+    m = residual_stream("ln", post=True)
+    first = gp.prune(gp.load(m.SerializeToString()), 0.3, round_to=1, prune_hidden=True)
+    again = gp.prune(gp.load(m.SerializeToString()), plan=first.plan)
+    assert again.plan.tensors == first.plan.tensors
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)}
+    a, b = (session(r.model).run(None, x)[0] for r in (first, again))
+    np.testing.assert_array_equal(a, b)
