@@ -175,12 +175,16 @@ def rounded_removal(group: Group, scores: np.ndarray, n_remove: int, round_to: i
 
 def uniform(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
             round_to: int = 1) -> Selection:
+    """Every group but the hidden size (Group.normalised, kept as allocation.driver keeps it
+    by default) loses `ratio` of its atoms, the lowest scored."""
     if not 0.0 <= ratio < 1.0:
         from graphprune.errors import UsageError
 
         raise UsageError(f"ratio must be in [0, 1), got {ratio}")
     selection: Selection = {}
     for g in dg.prunable_groups:
+        if g.normalised:
+            continue
         n_remove = g.num_atoms - _kept_target(g, ratio)
         if n_remove <= 0 or g.id not in scores:
             continue

@@ -193,6 +193,9 @@ def nothing_pruned_line(outcome) -> str | None:
     if not dg.prunable_groups:
         return (f"nothing pruned: no channel group of this model can be pruned ({len(dg.frozen_groups)} frozen); "
                 "`graphprune inspect` says why")
+    if all(g.normalised for g in dg.prunable_groups) and not (plan.settings or {}).get("prune_hidden"):
+        return ("nothing pruned: the only prunable groups are the hidden size, kept whole by default "
+                "(--prune-hidden prunes it)")
     settings = plan.settings or {}
     round_to = int(settings.get("round_to") or 1)
     if round_to > 1 and float(settings.get("ratio") or 0) > 0:  # widths rounded up are the whole width again

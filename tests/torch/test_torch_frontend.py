@@ -545,3 +545,26 @@ def test_graph_fallback_names_the_node_that_breaks():
     msg = first_mismatch(gm, cap.program, removed, (x,))
     assert msg and msg.startswith("node view"), msg
     assert first_mismatch(build_graph_module(cap.program, plan, removed), cap.program, removed, (x,)) is None
+
+
+def test_the_hidden_size_stays_whole_in_a_module():
+    """A LayerNorm's width can be pruned exactly only with statistics over the original width
+    (Pad -> LayerNorm -> Slice in ONNX), which nn.LayerNorm cannot express: prune_module keeps
+    it, as the ONNX path does by default, and prunes the FFN."""
+    class PreNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.norm, self.up, self.down = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 32), \
+                nn.Linear(32, 16)
+            self.out_norm, self.head = nn.LayerNorm(16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.emb(x)
+            h = h + self.down(torch.relu(self.up(self.norm(h))))
+            return self.head(self.out_norm(h))
+
+    module, args = seeded(PreNorm), (torch.randn(2, 5, 8),)
+    result = gp.prune_module(module, args, ratio=0.4)
+    check_result(module, args, result)
+    assert result.kind == "module", result.notes
+    assert result.module.norm.normalized_shape == (16,) and result.module.up.out_features < 32

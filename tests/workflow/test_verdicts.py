@@ -529,3 +529,29 @@ def test_a_quantized_model_s_oracle_failure_says_what_rounding_can_do():
         with pytest.raises(OracleMismatchError) as e:
             _require_pass(res, "pruned model differs from the masked original", quantized=quantized)
         assert said in e.value.hint and ("quantize after" in e.value.hint) == quantized
+
+
+def test_a_model_whose_only_group_is_the_hidden_size_says_how_to_prune_it(tmp_path, capsys):
+    """x -> MatMul -> LayerNorm -> MatMul: the one prunable group is the LayerNorm's width, kept
+    whole by default; the summary said 'a ratio of 0, or every group protected', and named
+    no flag. With --prune-hidden it is pruned, and the oracle passes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W1", (8, 16)), ("g", (16,)), ("b", (16,)), ("W2", (16, 4)))]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W1"], ["h"]),
+                           helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"]),
+                           helper.make_node("MatMul", ["n", "W2"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    src = str(tmp_path / "ln.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert main(["prune", src, "--round-to", "1", "--no-bench", "-o", str(tmp_path / "p.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing pruned: the only prunable groups are the hidden size, kept whole by default " \
+           "(--prune-hidden prunes it)" in out
+    assert main(["prune", src, "--round-to", "1", "--prune-hidden", "--no-bench", "-o", str(tmp_path / "q.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "oracle PASS" in out and "pruned 1 groups, sliced 4 tensors" in out
