@@ -175,8 +175,9 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
                  f"{', '.join(f'{n} {w}' for n, w in odd[:4])}{' ...' if len(odd) > 4 else ''}" if odd else ""))
     hidden = (outcome.state.ctx.results.get("allocation") or {}).get("hidden_kept")
     if hidden:
-        print(f"hidden size: kept whole ({len(hidden)} group(s) a LayerNorm/RMSNorm normalises over, e.g. "
-              f"{hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the original width)")
+        print(f"hidden size: kept whole ({len(hidden)} group(s) that a LayerNorm/RMSNorm or a sum over channels "
+              f"reads whole, e.g. {hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the "
+              "original width)")
     if outcome.shapes is not None:
         print(outcome.shapes.measured_at())
     if outcome.budget:

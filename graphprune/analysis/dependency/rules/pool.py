@@ -118,6 +118,8 @@ def _into_rms_norm(rc, mean, factor: float) -> bool:
     if eps.size != 1 or gamma.ndim != 1 or gamma_v.shape is None:
         return False
     kept_gamma = np.delete(gamma, rc.removed(gamma_v, 0))
+    if len(kept_gamma) != rc.pruned_dims(scaled)[-1]:  # gamma is not per hidden channel
+        return False
     add.replace_input_with(eps_at, rc.new_const((eps / factor).astype(eps.dtype), f"{add.name}_eps"))
     gamma_mul.replace_input_with(gamma_at, rc.new_const((kept_gamma / np.sqrt(factor)).astype(gamma.dtype),
                                                         f"{gamma_v.name}_over_original_width"))
