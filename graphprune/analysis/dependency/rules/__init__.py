@@ -1,6 +1,7 @@
 """Per-op channel rules. Importing this package fills `registry.RULES`."""
 from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration side effects)
     conv,
+    einsum,
     elementwise,
     linear,
     moe,

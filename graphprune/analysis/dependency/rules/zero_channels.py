@@ -328,6 +328,24 @@ def _per_channel(v: ir.Value | None) -> bool:
     return a is not None and a.ndim == 1 and a.shape[0] > 1
 
 
+def _einsum(node, ins, rank, axis, follow) -> bool:
+    """Every term of an output element along a kept label has a factor from each operand with
+    that label: zero when one of them is (a masked constant, or an activation zero there)."""
+    from graphprune.ir.einsum import einsum_labels
+
+    eq = node.attributes.get("equation")
+    dims = [_dims(v) for v in ins]
+    if eq is None or None in dims:
+        return False
+    text = eq.value.decode() if isinstance(eq.value, bytes) else str(eq.value)
+    parsed = einsum_labels(text, [len(d) for d in dims])
+    if parsed is None or len(parsed[1]) != rank:
+        return False
+    label = parsed[1][axis]
+    return any(is_weight(v) or follow(v, labs.index(label)) for v, d, labs in zip(ins, dims, parsed[0], strict=True)
+               if labs.count(label) == 1 and d[labs.index(label)] != 1)
+
+
 def _dequantize(node, ins, rank, axis, follow) -> bool:
     """(q - zp)·s is zero where q equals DequantizeLinear's zero point: q made by a
     QuantizeLinear of a zero with the same constant zero point (Q of 0 is its zero point, not
@@ -365,5 +383,5 @@ _STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _con
           "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
           "Pad": _pad, "Clip": _clip, "BatchNormalization": _normalization, "InstanceNormalization": _normalization,
           "DequantizeLinear": _dequantize, "MatMulInteger": _integer_matmul, "ConvInteger": _integer_conv,
-          "Pow": _power, "LayerNormalization": _layer_norm,
+          "Pow": _power, "LayerNormalization": _layer_norm, "Einsum": _einsum,
           **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
