@@ -421,6 +421,29 @@ def test_expand_and_tile():
     check(m)
 
 
+def test_tile_repeating_the_channels():
+    """x.repeat(1, 2, 1, 1): channel c is channels c and c + C of the output; a removed one
+    goes from both copies and the pruned input tiles the same way."""
+    def mid(b, x):
+        return b.op("Tile", [b.op("Relu", [x]), b.const(np.array([1, 2, 1, 1], np.int64))]), 12, H
+    m = sandwich(mid)
+    assert atoms(m) == [6]
+    check(m)
+
+
+@pytest.mark.parametrize("axis, before, expected", [(1, None, [6]), (1, "Sigmoid", []), (2, None, [6])])
+def test_cumsum(axis, before, expected):
+    """Running sums over a conv's channels (zero where masked: the kept sums are unchanged),
+    over sigmoids (0.5 there: frozen), or over height (channels pass element by element)."""
+    def mid(b, x):
+        src = b.op(before, [x]) if before else x
+        return b.op("CumSum", [src, b.const(np.array(axis, np.int64))]), 6, H
+    m = sandwich(mid)
+    assert atoms(m) == expected
+    if expected:
+        check(m)
+
+
 # ---- fail closed ---------------------------------------------------------------------------
 
 def test_unknown_custom_op_freezes_only_what_it_touches():

@@ -82,6 +82,26 @@ def reduce(node, ctx):
         ctx.on_prune(lambda rc: _mean_over_original_width(rc, summed))
 
 
+@rule("CumSum", since=11)
+def cumsum(node, ctx):
+    """Running sums along one axis, every other axis element by element. Along the summed
+    axis, an index whose input is zero in the masked original adds nothing to the sums after
+    it: removing it leaves every kept sum as it was (its own sum, the one before it repeated,
+    is read only through masked weights downstream); otherwise the axis freezes."""
+    x, axis_v, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ctx.structural(axis_v)
+    a = ctx.const(axis_v)
+    if (dx := ctx.dims_or_freeze_all(x)) is None or a is None or a.size != 1:
+        ctx.freeze_all("CumSum of unknown rank or with a run-time axis")
+        return
+    along = int(a.reshape(-1)[0]) % len(dx)
+    for ax in range(len(dx)):
+        if ax != along or ctx.keeps_zero(x, ax):
+            ctx.couple(x, ax, y, ax)
+        else:
+            ctx.freeze(x, ax, "CumSum along this axis of values not zero at a removed index")
+
+
 def _mean_over_original_width(rc, axes: list[int]) -> None:
     """The mean of the masked original counts the removed zeros: times kept / original."""
     x, y = rc.node.inputs[0], rc.node.outputs[0]

@@ -270,9 +270,14 @@ def tile(node, ctx):
     if reps is None:
         ctx.freeze_all("Tile with run-time repeats")
         return
+    dx = ctx.dims(x) or []
     for ax, r in enumerate(reps.reshape(-1)):
         if r == 1:
             ctx.couple(x, ax, y, ax)
+        elif ax < len(dx) and isinstance(dx[ax], int) and dx[ax] > 1:
+            # y[c + k*C] = x[c]: channel c is r elements of y; the pruned x tiles the same way
+            n = dx[ax]
+            ctx.couple(x, ax, y, ax, np.tile(np.arange(n), int(r)), np.arange(n * int(r)))
 
 
 def _axes_read(shape_out: ir.Value, start: int, end: int, _depth: int = 0) -> set[int] | None:
