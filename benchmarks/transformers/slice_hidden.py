@@ -4,8 +4,9 @@ groups + FFN channels) and both together, at equal kept MACs, no fine-tuning.
     python benchmarks/transformers/slice_hidden.py [--workdir DIR] [--rows ROWS] [--repair R] [--out FILE]
 
 ROWS is a comma list of `hidden:R` (slice the fraction R of the hidden size, nothing else),
-`width:T` (channels only, MAC target T), `mixed:R:T` (slice R, then channels to the MAC
-target T of the *input*). Channels: Wanda, global allocation (the defaults search's
+`width:T` (channels only, MAC target T), `channels:T` (the same with `--prune-hidden`: hidden
+channels may go too, exactly, norms keeping their statistics over the original width),
+`mixed:R:T` (slice R, then channels to the MAC target T of the *input*). Channels: Wanda, global allocation (the defaults search's
 choice on this model, accuracy/results.md). Calibration: the 4 chunks of 256 tokens the
 other SmolLM2 benchmarks use; perplexity: the 16 held-out chunks of 256 tokens
 (benchmarks/transformers/smollm.py). Every row runs `graphprune.workflow.run_prune` with
@@ -32,11 +33,11 @@ def parse_row(text: str) -> dict:
     kind, *vals = text.split(":")
     if kind == "hidden" and len(vals) == 1:
         return {"kind": kind, "slice": float(vals[0]), "target": None}
-    if kind == "width" and len(vals) == 1:
+    if kind in ("width", "channels") and len(vals) == 1:
         return {"kind": kind, "slice": None, "target": float(vals[0])}
     if kind == "mixed" and len(vals) == 2:
         return {"kind": kind, "slice": float(vals[0]), "target": float(vals[1])}
-    raise SystemExit(f"bad row {text!r}: hidden:R, width:T or mixed:R:T")
+    raise SystemExit(f"bad row {text!r}: hidden:R, width:T, channels:T or mixed:R:T")
 
 
 def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path, latency: int = 0) -> dict:
@@ -45,7 +46,8 @@ def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path, latency: i
 
     import smollm as S
 
-    alloc = {"allocation": "global"} | ({"target_macs": row["target"]} if row["target"] else {})
+    alloc = {"allocation": "global"} | ({"target_macs": row["target"]} if row["target"] else {}) \
+        | ({"prune_hidden": True} if row["kind"] == "channels" else {})
     opts = PruneOptions(criterion="wanda", allocation=alloc, prune=row["target"] is not None,
                         slice_hidden=row["slice"], calib=calib, repair=repair or "none", max_drop=None,
                         input_shapes={"input_ids": [1, 256]})
@@ -63,6 +65,12 @@ def run_row(path: Path, row: dict, calib, repair: str, ev, tmp: Path, latency: i
     for f in tmp.glob("pruned*"):
         f.unlink()
     hidden = res.plan.hidden
+    if row["kind"] == "channels":  # the hidden width left: what the norms' 1-D weights [576] lost
+        import onnx
+
+        dims = {t.name: list(t.dims) for t in onnx.load(str(path), load_external_data=False).graph.initializer}
+        lost = max((len(t["removed"]) for t in res.plan.tensors if dims.get(t["name"]) == [576]), default=0)
+        hidden = {"width": [576, 576 - lost]}
     return {**row, "kept_macs": res.after.macs / res.before.macs, "params": [res.before.params, res.after.params],
             "perplexity": ppl, "seconds": round(secs, 1), "latency": lat,
             "hidden_width": hidden.get("width"), "kept_energy": hidden.get("kept_energy"),
