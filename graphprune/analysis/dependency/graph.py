@@ -295,6 +295,10 @@ def element_components(slots: list[Slot], sizes: dict, edges) -> tuple[dict[Slot
     for s in slots:
         offset[s] = total
         total += int(sizes[s])
+    if edges and all(ai is None for _, _, ai, _ in edges) and len({int(sizes[s]) for s in slots}) == 1:
+        # identity maps only (a residual stream: hundreds of slots): element i of every slot is
+        # atom i, which is what the general path below numbers it, without its rounds
+        return offset, np.tile(np.arange(int(sizes[slots[0]])), len(slots))
     rows, cols = [], []
     for a, c, ai, ci in edges:
         if ai is None:
