@@ -158,3 +158,70 @@ def test_a_plan_that_prunes_the_hidden_size_replays_to_the_same_model():
     x = {"x": np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)}
     a, b = (session(r.model).run(None, x)[0] for r in (first, again))
     np.testing.assert_array_equal(a, b)
+
+
+def _norm_chain(kinds: list[str]):
+    """x -> x·we (12) -> each of `kinds` in turn ("ln": LayerNormalization; "rms": an RMSNorm
+    written out; "mean_mul": x times its own mean over the hidden size; "pow_per_channel":
+    x ** p with p > 0 varying per channel) -> ·wo."""
+    nodes = [helper.make_node("MatMul", ["x", "we"], ["h0"])]
+    inits = {"we": w(16, WIDTH, seed=1), "wo": w(WIDTH, 5, seed=2), "two": np.array(2.0, np.float32),
+             "axes": np.array([-1], np.int64), "eps": np.array(1e-6, np.float32),
+             "p": np.tile(np.array([1.0, 2.0, 3.0], np.float32), WIDTH // 3)}  # integers: defined for x < 0
+    for i, kind in enumerate(kinds):
+        src, out = f"h{i}", f"h{i + 1}"
+        inits[f"g{i}"], inits[f"b{i}"] = w(WIDTH, seed=10 + i), w(WIDTH, seed=20 + i)
+        if kind == "ln":
+            nodes.append(helper.make_node("LayerNormalization", [src, f"g{i}", f"b{i}"], [out]))
+        elif kind == "pow_per_channel":
+            nodes.append(helper.make_node("Pow", [src, "p"], [out]))
+        elif kind == "mean_mul":
+            nodes += [helper.make_node("ReduceMean", [src, "axes"], [f"m{i}"]),
+                      helper.make_node("Mul", [src, f"m{i}"], [out])]
+        else:
+            nodes += [helper.make_node("Pow", [src, "two"], [f"sq{i}"]),
+                      helper.make_node("ReduceMean", [f"sq{i}", "axes"], [f"ms{i}"]),
+                      helper.make_node("Add", [f"ms{i}", "eps"], [f"me{i}"]), helper.make_node("Sqrt", [f"me{i}"], [f"r{i}"]),
+                      helper.make_node("Div", [src, f"r{i}"], [f"d{i}"]), helper.make_node("Mul", [f"d{i}", f"g{i}"], [out])]
+    nodes.append(helper.make_node("MatMul", [f"h{len(kinds)}", "wo"], ["y"]))
+    return make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 5])], inits, opset=18)
+
+
+@pytest.mark.parametrize("kinds", [["ln", "ln"], ["ln", "ln", "ln"], ["ln", "mean_mul"], ["ln", "rms"], ["rms", "ln"],
+                                   ["rms", "rms"]])
+def test_a_norm_reading_a_pruned_norm_uses_the_analysed_width(kinds):
+    """The first norm's rewrite gives its output the pruned width; the next norm's rewrite
+    took that as the original and removed the channels again (a LayerNorm after a LayerNorm
+    kept 6 of 9 channels: ONNX Runtime refused the model; a mean after a LayerNorm was
+    scaled by 1 - 3/9 instead of 1 - 3/12: oracle FAIL)."""
+    m = _norm_chain(kinds)
+    assert [g.num_atoms for g in hidden_groups(m)] == [WIDTH]
+    for seed in range(3):
+        prune_and_check(m, seed=seed, fraction=0.3)
+
+
+def test_a_per_channel_exponent_does_not_keep_zeros():
+    """x ** p with p varying per channel: p is sliced with the channel, so masked to 0, and
+    0 ** 0 = 1 in the masked original: the norm after it must not count on zeros (it did:
+    oracle FAIL), so the hidden size freezes."""
+    m = _norm_chain(["pow_per_channel", "ln"])
+    assert not hidden_groups(m)
+    prune_and_check(m, min_groups=0)
+
+
+def test_an_rms_norm_cast_to_float16_takes_its_factor_after_the_mean():
+    """Folding kept/original into eps and gamma across a Cast to float16 rounds the values
+    there differently (1e-3 of the output: oracle FAIL); the mean is multiplied instead."""
+    nodes = [helper.make_node("MatMul", ["x", "we"], ["h"]), helper.make_node("Pow", ["h", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"]), helper.make_node("Add", ["ms", "eps"], ["me"]),
+             helper.make_node("Sqrt", ["me"], ["r"]), helper.make_node("Div", ["h", "r"], ["d"]),
+             helper.make_node("Cast", ["d"], ["d16"], to=10), helper.make_node("Mul", ["d16", "g"], ["n16"]),
+             helper.make_node("Cast", ["n16"], ["n"], to=1), helper.make_node("MatMul", ["n", "wo"], ["y"])]
+    inits = {"we": w(16, WIDTH, seed=1), "wo": w(WIDTH, 5, seed=2), "two": np.array(2.0, np.float32),
+             "axes": np.array([-1], np.int64), "eps": np.array(1e-6, np.float32),
+             "g": w(WIDTH, seed=3).astype(np.float16)}
+    m = make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 5])], inits, opset=18)
+    assert [g.num_atoms for g in hidden_groups(m)] == [WIDTH]
+    pruned, _, _ = prune_and_check(m, fraction=0.3)
+    mean = next(n for n in pruned.graph if n.op_type == "ReduceMean")
+    assert [u.node.op_type for u in mean.outputs[0].uses()] == ["Mul"]

@@ -87,7 +87,8 @@ def layer_norm(node, ctx):
                 ctx.couple(x, axis, v, 0)
                 ctx.param(v, 0, role)
         ctx.normalised_width(x, axis)
-        ctx.on_prune(_over_original_width)
+        # the dims as analysed: a norm before this one may already have given x its pruned width
+        ctx.on_prune(lambda rc: _over_original_width(rc, list(dx)))
         return
     reason = "LayerNormalization normalises over this axis (removal would not be exact)"
     for ax in range(axis, len(dx)):
@@ -113,22 +114,24 @@ def _hidden_width_prunable(node, ctx, axis: int, rank: int) -> bool:
         and (bias is None or per_channel(bias)) and ctx.keeps_zero(x, axis)
 
 
-def _over_original_width(rc) -> None:
+def _over_original_width(rc, dims: list) -> None:
     """LayerNorm(x) of the masked original takes its mean and variance over the original
     width, the removed channels being zeros: Pad puts those zeros back (at the end; the order
     does not change a mean), a LayerNormalization with scale and bias padded alike runs over
-    them, and a Slice keeps the channels left. Scale and bias are 0 on the padding."""
+    them, and a Slice keeps the channels left. Scale and bias are 0 on the padding. `dims`:
+    x's dims when analysed (x may be an earlier rewrite's output, already narrower)."""
     node = rc.node
     x, y = node.inputs[0], node.outputs[0]
-    rank = len(x.shape)
+    rank = len(dims)
     removed = rc.removed(x, rank - 1)
     if not len(removed):
         return
-    width = int(x.shape[rank - 1])
+    width = int(dims[rank - 1])
     kept = width - len(removed)
     pads = np.zeros(2 * rank, dtype=np.int64)
     pads[-1] = len(removed)
-    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, hint="zeros_of_removed_channels")
+    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, dims=dims,
+                       hint="zeros_of_removed_channels")
     params = []
     for v in node.inputs[1:3]:
         if v is None:

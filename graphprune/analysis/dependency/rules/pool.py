@@ -78,8 +78,8 @@ def reduce(node, ctx):
         else:
             ctx.couple(x, ax, y, out_ax)
             out_ax += 1
-    if summed and node.op_type == "ReduceMean":
-        ctx.on_prune(lambda rc: _mean_over_original_width(rc, summed))
+    if summed and node.op_type == "ReduceMean":  # widths as analysed: x may be narrower at the rewrite
+        ctx.on_prune(lambda rc: _mean_over_original_width(rc, {ax: int(dx[ax]) for ax in summed}))
 
 
 @rule("CumSum", since=11)
@@ -102,12 +102,12 @@ def cumsum(node, ctx):
             ctx.freeze(x, ax, "CumSum along this axis of values not zero at a removed index")
 
 
-def _mean_over_original_width(rc, axes: list[int]) -> None:
+def _mean_over_original_width(rc, widths: dict[int, int]) -> None:
     """The mean of the masked original counts the removed zeros: times kept / original."""
     x, y = rc.node.inputs[0], rc.node.outputs[0]
     factor = 1.0
-    for ax in axes:
-        factor *= 1.0 - len(rc.removed(x, ax)) / int(x.shape[ax])
+    for ax, width in widths.items():
+        factor *= 1.0 - len(rc.removed(x, ax)) / width
     if factor == 1.0 or _into_rms_norm(rc, y, factor):
         return
     dtype = y.dtype.numpy() if y.dtype is not None else np.float32
@@ -127,7 +127,9 @@ def _into_rms_norm(rc, mean, factor: float) -> bool:
     sqrt = _only_reader(add.outputs[0], "Sqrt") if eps_at is not None else None
     scaled = _normalised(sqrt.outputs[0]) if sqrt is not None else None
     while scaled is not None and (cast := _only_reader(scaled, "Cast")) is not None:
-        scaled = cast.outputs[0]  # TorchScript's .to(dtype) before the weight
+        if cast.outputs[0].dtype != scaled.dtype:  # to float16: the moved factor would round differently
+            return False
+        scaled = cast.outputs[0]  # TorchScript's .to(dtype) before the weight, float32 to float32
     gamma_mul = _only_reader(scaled, "Mul") if scaled is not None else None
     gamma_at = _const_input(gamma_mul, scaled) if gamma_mul is not None else None
     if gamma_at is None:

@@ -309,9 +309,12 @@ def _normalization(node, ins, rank, axis, follow) -> bool:
 
 
 def _power(node, ins, rank, axis, follow) -> bool:
-    """0 ** p is 0 for a constant exponent p > 0 (x ** 2 before an RMSNorm's mean)."""
+    """0 ** p is 0 for a constant exponent p > 0 (x ** 2 before an RMSNorm's mean) that is the
+    same along the axis: one that varies along it is sliced, so masked to 0 with the channel,
+    and 0 ** 0 is 1."""
     p = const_array(ins[1]) if len(ins) > 1 and ins[1] is not None else None
-    return p is not None and p.size > 0 and bool((p > 0).all()) and follow(ins[0], _aligned(ins[0], rank, axis))
+    return p is not None and p.size > 0 and bool((p > 0).all()) and _aligned(ins[1], rank, axis) is None \
+        and follow(ins[0], _aligned(ins[0], rank, axis))
 
 
 def _layer_norm(node, ins, rank, axis, follow) -> bool:
