@@ -42,13 +42,15 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
     def slot_removed(slot: Slot) -> np.ndarray:
         return removed.get(slot, empty)
 
+    replaced: dict[str, ir.Value] = {}
     touched_nodes = _touched_nodes(dg, removed)
     rewrites = [(node, fn) for node, fn in dg.rewrites
                 if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed)]
     current = shapes_current(model)
     mark_mutated(model)  # before the rewrites: a failure half way must not look unchanged
     for node, fn in rewrites:
-        fn(RewriteContext(node, slot_removed, new_const, unique_name))
+        fn(RewriteContext(node, slot_removed, new_const, unique_name, replaced))
+    dg.values.update(replaced)  # a value a rewrite put in another's place is the one to shrink
     _shrink_values(dg, removed)
     remove_unused(model)
     if current:

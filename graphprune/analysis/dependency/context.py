@@ -223,11 +223,15 @@ class RewriteContext:
     """Given to a rule's rewrite at prune time: which indices go from which slot."""
 
     def __init__(self, node: ir.Node, slot_removed: SlotRemoved,
-                 new_const: Callable[[np.ndarray, str], ir.Value], unique_name: Callable[[str], str]):
+                 new_const: Callable[[np.ndarray, str], ir.Value], unique_name: Callable[[str], str],
+                 replaced: dict[str, ir.Value] | None = None):
         self.node = node
         self._slot_removed = slot_removed
         self._new_const = new_const
         self.unique_name = unique_name
+        # take_place_of: value name -> the value now carrying it, whose shape the surgery
+        # shrinks after every rewrite ran (until then every value keeps its analysed shape)
+        self.replaced = replaced if replaced is not None else {}
 
     def removed(self, value: ir.Value | None, axis: int) -> np.ndarray:
         """Sorted indices removed from (value, axis) in the input model's numbering."""
@@ -276,9 +280,10 @@ class RewriteContext:
         return out
 
     def take_place_of(self, old: ir.Value, new: ir.Value) -> None:
-        """`new` replaces `old` for every reader except its own maker, and takes its name:
-        the plan's slots name values, so old's slots describe `new` from now on (old is
-        left unread, and removed with its maker)."""
+        """`new` replaces `old` for every reader except its own maker, and takes its name and
+        its analysed shape: the plan's slots name values, so old's slots describe `new` from
+        now on, and the surgery shrinks `new` as it would have shrunk `old` (old is left
+        unread, and removed with its maker)."""
         maker = new.producer()
         for use in list(old.uses()):
             if use.node is not maker:
@@ -290,6 +295,8 @@ class RewriteContext:
         name = old.name
         old.name = self.unique_name(f"{name}_replaced")
         new.name = name
+        new.shape = old.shape
+        self.replaced[name] = new
 
     def set_attr_int(self, name: str, value: int) -> None:
         self.node.attributes[name] = ir.AttrInt64(name, int(value))

@@ -144,7 +144,7 @@ def _over_original_width(rc, dims: list) -> None:
     sliced = rc.insert("Slice", [normed, rc.new_const(np.array([0], np.int64), f"{node.name}_start"),
                                  rc.new_const(np.array([kept], np.int64), f"{node.name}_end"),
                                  rc.new_const(np.array([rank - 1], np.int64), f"{node.name}_axis")],
-                       like=y, dims=rc.pruned_dims(y), hint="kept_channels")
+                       like=y, hint="kept_channels")
     rc.take_place_of(y, sliced)
 
 

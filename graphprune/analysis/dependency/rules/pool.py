@@ -112,7 +112,7 @@ def _mean_over_original_width(rc, widths: dict[int, int]) -> None:
         return
     dtype = y.dtype.numpy() if y.dtype is not None else np.float32
     scaled = rc.insert("Mul", [y, rc.new_const(np.array(factor, dtype=dtype), f"{rc.node.name}_kept_share")],
-                       like=y, dims=rc.pruned_dims(y), after=True, hint="over_original_width")
+                       like=y, after=True, hint="over_original_width")
     rc.take_place_of(y, scaled)
 
 
