@@ -74,9 +74,9 @@ def untie_shared_zeros(model: ir.Model) -> dict[str, list[str]]:
                 consumers.append(use.node)
         if len(consumers) < 2:
             continue
-        arr = const_array(v)
-        if arr is None or arr.size < 2 or np.any(arr):
+        if not _all_zero(v):
             continue
+        arr = const_array(v)
         for k, node in enumerate(consumers[1:], start=1):
             name = f"{v.name}__untied{k}"
             while name in names:
@@ -93,6 +93,25 @@ def untie_shared_zeros(model: ir.Model) -> dict[str, list[str]]:
     if made:
         model.metadata_props[KEY] = json.dumps(record, sort_keys=True)
     return made
+
+
+def _all_zero(v: ir.Value) -> bool:
+    """Whether a constant of more than one element is all zeros, read in place (a memory map
+    of external data is not copied: a shared token table was, twice, to find it nonzero)."""
+    t = v.const_value
+    if isinstance(t, ir.ExternalTensor):
+        try:
+            return _zeros(t.numpy())
+        finally:
+            t.release()  # the view is gone once _zeros returns
+    return _zeros(t.numpy() if t is not None else const_array(v))
+
+
+def _zeros(arr: np.ndarray | None) -> bool:
+    if arr is None or arr.size < 2:
+        return False
+    flat = arr.reshape(-1)
+    return not flat[:64].any() and not flat.any()  # a weight is nonzero at once
 
 
 def ties_back(model: ir.Model) -> list[tuple[ir.Value, ir.Value]]:
