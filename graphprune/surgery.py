@@ -44,8 +44,8 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
 
     replaced: dict[str, ir.Value] = {}
     touched_nodes = _touched_nodes(dg, removed)
-    rewrites = [(node, fn) for node, fn in dg.rewrites
-                if id(node) in touched_nodes or any(s.value.startswith(f"~{node.name}/") for s in removed)]
+    virtual_owners = {s.value[1:].rsplit("/", 1)[0] for s in removed if s.virtual}  # "~<node>/<tag>"
+    rewrites = [(node, fn) for node, fn in dg.rewrites if id(node) in touched_nodes or node.name in virtual_owners]
     current = shapes_current(model)
     mark_mutated(model)  # before the rewrites: a failure half way must not look unchanged
     for node, fn in rewrites:
