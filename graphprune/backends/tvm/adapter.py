@@ -189,6 +189,7 @@ def import_onnx(onnx_path: str | Path, input_shapes: Mapping[str, Sequence[int]]
     from . import onnx_prep
 
     model = onnx_prep.with_static_inputs(onnx_prep.load(onnx_path), input_shapes)
+    onnx_prep.hidden_norms_written_out(model)
 
     folded = False
     unsupported = _unsupported_ops(model)

@@ -154,3 +154,106 @@ def ort_basic_fold(model):
     # ORT writes the newest IR version it knows; keep the input's (older importers care).
     folded.ir_version = min(folded.ir_version, model.ir_version)
     return folded
+
+
+
+def hidden_norms_written_out(model) -> int:
+    """graphprune's hidden-size rewrite — Pad (the removed channels' zeros, at the end of the
+    last axis) -> LayerNormalization -> Slice (the kept channels) — written as the statistics
+    it computes, in place; returns how many. TVM 0.27's tuned kernels get both ends of that
+    form wrong: a Pad fused after a MatMul + Add came out NaN, and a Slice of the normalised
+    axis fused into the LayerNormalization kernel 2.5 off at output scale 3.9 (16 trials each;
+    ONNX Runtime and the untuned build agree). Over the kept channels x (k of them, of the
+    original n), with r = n - k zeros: mean = sum(x) / n, d = x - mean, variance =
+    (sum(d²) + r·mean²) / n, y = d / sqrt(variance + eps) · scale + bias (kept parts)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    made, drop, replace = 0, set(), {}
+    for pad in graph.node:
+        form = _padded_norm(pad, readers, inits)
+        if form is None:
+            continue
+        norm, cut, kept, added = form
+        width = kept + added
+        x, y = pad.input[0], cut.output[0]
+        scale, bias = (numpy_helper.to_array(inits[v])[:kept] if v else None for v in
+                       (norm.input[1], norm.input[2] if len(norm.input) > 2 else ""))
+        eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        tag = f"{norm.name or y}__stats"
+        consts = {"axes": np.array([-1], np.int64), "inv": np.array(1.0 / width, scale.dtype),
+                  "zeros": np.array(float(added), scale.dtype), "eps": np.array(eps, scale.dtype), "scale": scale}
+        if bias is not None:
+            consts["bias"] = bias
+        for k, v in consts.items():
+            graph.initializer.append(numpy_helper.from_array(v, f"{tag}_{k}"))
+        replace[id(cut)] = _statistics_nodes(x, y, tag, bias is not None)
+        drop.update({id(pad), id(norm)})
+        made += 1
+    if made:
+        kept_nodes = []
+        for node in graph.node:
+            if id(node) in drop:
+                continue
+            kept_nodes.extend(replace.get(id(node), [node]))
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    return made
+
+
+def _statistics_nodes(x: str, y: str, tag: str, with_bias: bool) -> list:
+    """y = LayerNorm over the original width of x (constants `{tag}_<name>`, see above)."""
+    from onnx import helper
+
+    def t(name: str) -> str:
+        return f"{tag}_{name}"
+
+    def op(kind: str, ins: list[str], out: str):
+        return helper.make_node(kind, ins, [out])
+
+    nodes = [op("ReduceSum", [x, t("axes")], t("sum")), op("Mul", [t("sum"), t("inv")], t("mean")),
+             op("Sub", [x, t("mean")], t("d")), op("Mul", [t("d"), t("d")], t("dd")),
+             op("ReduceSum", [t("dd"), t("axes")], t("q")), op("Mul", [t("mean"), t("mean")], t("mm")),
+             op("Mul", [t("mm"), t("zeros")], t("qz")), op("Add", [t("q"), t("qz")], t("qs")),
+             op("Mul", [t("qs"), t("inv")], t("var")), op("Add", [t("var"), t("eps")], t("ve")),
+             op("Sqrt", [t("ve")], t("sd")), op("Div", [t("d"), t("sd")], t("n")),
+             op("Mul", [t("n"), t("scale")], t("ns") if with_bias else y)]
+    return nodes + [op("Add", [t("ns"), t("bias")], y)] if with_bias else nodes
+
+
+def _padded_norm(pad, readers: dict, inits: dict):
+    """(LayerNormalization, Slice, kept width, zeros added) when `pad` starts that form; else None."""
+    from onnx import numpy_helper
+
+    if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or len(pad.input) < 2 or pad.input[1] not in inits:
+        return None
+    if len(pad.input) > 2 and pad.input[2] or any(a.name == "mode" and a.s not in (b"", b"constant")
+                                                  for a in pad.attribute):
+        return None
+    pads = numpy_helper.to_array(inits[pad.input[1]]).reshape(-1)
+    if len(pads) < 2 or pads[:-1].any() or pads[-1] <= 0:  # zeros at the end of the last axis only
+        return None
+    nexts = readers.get(pad.output[0], [])
+    norm = nexts[0] if len(nexts) == 1 and nexts[0].op_type == "LayerNormalization" else None
+    if norm is None or len(norm.output) > 1 and any(norm.output[1:]) or norm.input[0] != pad.output[0]:
+        return None
+    if any(a.name == "axis" and a.i not in (-1, len(pads) // 2 - 1) for a in norm.attribute):
+        return None
+    if any(v and v not in inits for v in norm.input[1:3]):
+        return None
+    cuts = readers.get(norm.output[0], [])
+    cut = cuts[0] if len(cuts) == 1 and cuts[0].op_type == "Slice" else None
+    if cut is None or len(cut.input) < 4 or any(v not in inits for v in cut.input[1:4]) or \
+            len(cut.input) > 4 and cut.input[4]:
+        return None
+    start, end, axis = (numpy_helper.to_array(inits[v]).reshape(-1) for v in cut.input[1:4])
+    rank = len(pads) // 2
+    if len(start) != 1 or start[0] != 0 or len(axis) != 1 or axis[0] not in (-1, rank - 1) or len(end) != 1:
+        return None
+    return norm, cut, int(end[0]), int(pads[-1])
