@@ -45,6 +45,15 @@ FINER_TOLERANCE = 0.05
 Selection = dict[int, list[int]]
 
 
+def _why_no_hidden_size(dg: DependencyGraph) -> str:
+    """Why `prune_hidden` finds nothing: the reasons of a frozen hidden-size group, else none."""
+    frozen = next((f for f in dg.frozen_groups if f.normalised), None)
+    if frozen is not None:
+        return f"its group {frozen.name} is frozen: {'; '.join(frozen.reasons[:2])}"
+    return ("no LayerNorm or RMSNorm over a channel axis whose removed channels are zero where they are read "
+            "(a LayerNorm written out as ReduceMean, Sub, Pow ... is not followed)")
+
+
 def _as_list(v) -> list:
     if v is None or v == "":
         return []
@@ -130,6 +139,8 @@ class Allocator:
         given = {next(g.name for g in dg.groups if g.id == gid): r for gid, r in self.fixed.items()}
         if hidden_kept:
             self.info["hidden_kept"] = hidden_kept
+        if prune_hidden and not any(g.normalised for g in dg.prunable_groups):
+            self.info["hidden_none"] = _why_no_hidden_size(dg)
         if given.keys() - set(hidden_kept):
             self.info["fixed_ratios"] = {k: r for k, r in given.items() if k not in hidden_kept}
 

@@ -173,7 +173,10 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
                  else "")
               + (f"; except {len(odd)} weight(s) narrower than that, cut freely: "
                  f"{', '.join(f'{n} {w}' for n, w in odd[:4])}{' ...' if len(odd) > 4 else ''}" if odd else ""))
-    hidden = (outcome.state.ctx.results.get("allocation") or {}).get("hidden_kept")
+    allocation = outcome.state.ctx.results.get("allocation") or {}
+    if allocation.get("hidden_none"):
+        print(f"--prune-hidden: no hidden size to prune in this model: {allocation['hidden_none']}")
+    hidden = allocation.get("hidden_kept")
     if hidden:
         print(f"hidden size: kept whole ({len(hidden)} group(s) that a LayerNorm/RMSNorm or a sum over channels "
               f"reads whole, e.g. {hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the "

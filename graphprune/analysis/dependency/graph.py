@@ -91,6 +91,7 @@ class FrozenGroup:
     name: str
     slots: list[Slot]
     reasons: list[str]
+    normalised: bool = False  # a norm would take its statistics over it (Group.normalised)
 
 
 @dataclass
@@ -496,7 +497,7 @@ class DependencyGraph:
             name = self._group_name(slots)
             reasons = sorted({r for s in slots for r in b.frozen.get(s, ())})
             if reasons:
-                self.frozen_groups.append(FrozenGroup(name, slots, reasons))
+                self.frozen_groups.append(FrozenGroup(name, slots, reasons, any(s in b.normalised for s in slots)))
                 continue
             group = self._atoms(len(self.groups), name, slots, roles, comp_edges[uf.find(slots[0])], b)
             if group is None:

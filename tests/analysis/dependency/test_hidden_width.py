@@ -97,7 +97,7 @@ def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_s
     m = residual_stream(norm, before_norm="Sigmoid")
     dg = gp.analyze(gp.load(m.SerializeToString()))
     assert not [g for g in dg.prunable_groups if g.normalised]
-    assert any("reduces over this axis" in r or "normalises over this axis" in r
+    assert any("reduces over this axis" in r or "its input is not known to be zero at a removed channel" in r
                for f in dg.frozen_groups for r in f.reasons)
     prune_and_check(m, min_groups=2)  # the FFN widths still prune
 
@@ -225,3 +225,16 @@ def test_an_rms_norm_cast_to_float16_takes_its_factor_after_the_mean():
     pruned, _, _ = prune_and_check(m, fraction=0.3)
     mean = next(n for n in pruned.graph if n.op_type == "ReduceMean")
     assert [u.node.op_type for u in mean.outputs[0].uses()] == ["Mul"]
+
+
+def test_prune_hidden_on_a_model_without_one_says_why(tmp_path, capsys):
+    """--prune-hidden where the hidden size stays frozen: said, with the frozen group's reason
+    (it pruned the other groups and said nothing about the flag)."""
+    from graphprune.cli.main import main
+
+    src = tmp_path / "sig.onnx"
+    src.write_bytes(residual_stream("ln", before_norm="Sigmoid").SerializeToString())
+    assert main(["prune", str(src), "--prune-hidden", "--round-to", "1", "--no-bench", "-o", str(tmp_path / "p.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "--prune-hidden: no hidden size to prune in this model: its group" in out
+    assert "its input is not known to be zero at a removed channel" in out

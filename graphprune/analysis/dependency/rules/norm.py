@@ -80,17 +80,18 @@ def layer_norm(node, ctx):
     axis = axis + len(dx) if axis < 0 else axis
     for ax in range(axis):
         ctx.couple(x, ax, y, ax)
-    if _hidden_width_prunable(node, ctx, axis, len(dx)):
+    why_not = _why_not_over_original_width(node, ctx, axis, len(dx))
+    ctx.normalised_width(x, len(dx) - 1)  # pruned or not, a hidden size (said when frozen)
+    if why_not is None:
         ctx.couple(x, axis, y, axis)
         for v, role in zip(node.inputs[1:3], ("norm_scale", "norm_bias"), strict=False):  # bias is optional
             if v is not None:
                 ctx.couple(x, axis, v, 0)
                 ctx.param(v, 0, role)
-        ctx.normalised_width(x, axis)
         # the dims as analysed: a norm before this one may already have given x its pruned width
         ctx.on_prune(lambda rc: _over_original_width(rc, list(dx)))
         return
-    reason = "LayerNormalization normalises over this axis (removal would not be exact)"
+    reason = f"LayerNormalization normalises over this axis and {why_not}: removal would not be exact"
     for ax in range(axis, len(dx)):
         ctx.freeze(x, ax, reason)
         ctx.freeze(y, ax, reason)
@@ -100,18 +101,25 @@ def layer_norm(node, ctx):
         ctx.freeze(o, None, reason)
 
 
-def _hidden_width_prunable(node, ctx, axis: int, rank: int) -> bool:
-    """One normalised axis, the last; constant per-channel scale (and bias); no mean or
-    inverse std dev output read; the input zero at removed channels in the masked original."""
+def _why_not_over_original_width(node, ctx, axis: int, rank: int) -> str | None:
+    """None when the statistics can be kept over the original width: one normalised axis,
+    the last; constant per-channel scale (and bias); no mean or inverse std dev output read;
+    the input zero at removed channels in the masked original. Else what is missing."""
     def per_channel(v):
         d = ctx.dims(v)
         return v is not None and ctx.is_const(v) and d is not None and len(d) == 1 and d[0] == ctx.dims(x)[-1]
 
     x = node.inputs[0]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    stats_read = any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:])
-    return axis == rank - 1 and not stats_read and per_channel(node.inputs[1]) \
-        and (bias is None or per_channel(bias)) and ctx.keeps_zero(x, axis)
+    if axis != rank - 1:
+        return "over more than the last axis"
+    if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
+        return "its mean or inverse standard deviation is read"
+    if not per_channel(node.inputs[1]) or bias is not None and not per_channel(bias):
+        return "its scale or bias is not a constant of its own per channel (computed, or shared through an op)"
+    if not ctx.keeps_zero(x, axis):
+        return "its input is not known to be zero at a removed channel"
+    return None
 
 
 def _over_original_width(rc, dims: list) -> None:
