@@ -851,3 +851,13 @@ def test_a_reason_about_unknown_shapes_names_the_node_where_they_were_lost():
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     reasons = [r for f in groups_of(m).frozen_groups for r in f.reasons if "unknown ranks" in r]
     assert reasons and all("shapes unknown from lost_here (Foo) on" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("added,prunable", [(0.0, True), (0.5, False)])
+def test_a_scalar_added_keeps_zeros_only_when_it_is_zero(added, prunable):
+    """`x + 0.0` (an exporter's no-op) keeps a masked channel at zero, so a contraction behind
+    it prunes (it froze: a broadcast constant was never followed); `x + 0.5` does not."""
+    m = _q_times_sigmoid_k([helper.make_node("Add", ["q", "c"], ["qz"])], {"c": np.float32(added)})
+    assert bool(atoms(m)) == prunable
+    if prunable:
+        check(m)

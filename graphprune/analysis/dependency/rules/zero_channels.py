@@ -180,8 +180,15 @@ def _mul(node, ins, rank, axis, follow) -> bool:
 
 
 def _every_input(node, ins, rank, axis, follow) -> bool:
+    """Add, Sub, Sum, Concat: zero where every input is; a constant broadcast along the axis
+    only when it is all zeros (an exporter's `x + 0.0`)."""
     same = node.op_type == "Concat"  # Concat: the same rank, no broadcasting
-    return all(follow(v, axis if same else _aligned(v, rank, axis)) for v in ins if v is not None)
+    return all(_zero_constant(v) or follow(v, axis if same else _aligned(v, rank, axis)) for v in ins if v is not None)
+
+
+def _zero_constant(v: ir.Value) -> bool:
+    a = const_array(v) if is_constant(v) else None
+    return a is not None and a.size <= 64 and not a.any()
 
 
 def _first_aligned(node, ins, rank, axis, follow) -> bool:  # Div's numerator, Expand's input
