@@ -225,7 +225,7 @@ def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
             "input_shapes": shapes.to_json() if shapes is not None else None,
             "before": figures, "after": dict(figures), "latency": {}, "ops": op_table(model, model),
             "layers": compare_layers(model, model, at), "profile": {}, "plan": {"groups": 0, "tensors": 0, "blocks": 0},
-            "groups": [{**group_width(g).to_json(), "prunable": not g.ignored} for g in dg.groups],
+            "groups": [{**group_width(g).to_json(), "prunable": not g.ignored, "hidden": g.normalised} for g in dg.groups],
             "frozen": [{"name": f.name, "reasons": f.reasons} for f in dg.frozen_groups],
             "sensitivity": {}, "search": None, "budget": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
             "accuracy": None, "red": []}

@@ -238,3 +238,16 @@ def test_prune_hidden_on_a_model_without_one_says_why(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "--prune-hidden: no hidden size to prune in this model: its group" in out
     assert "its input is not known to be zero at a removed channel" in out
+
+
+def test_inspect_marks_the_hidden_size(tmp_path, capsys):
+    import json
+
+    from graphprune.cli.main import main
+
+    src = tmp_path / "ln.onnx"
+    src.write_bytes(residual_stream("ln").SerializeToString())
+    assert main(["inspect", str(src), "--report", str(tmp_path / "i")]) == 0
+    assert "hidden size (--prune-hidden)" in capsys.readouterr().out
+    groups = json.loads((tmp_path / "i.report.json").read_text())["groups"]
+    assert [g["channels"] for g in groups if g["hidden"]] == [WIDTH] and all(g["prunable"] for g in groups)
