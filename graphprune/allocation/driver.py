@@ -136,13 +136,14 @@ class Allocator:
                     self.fixed[g.id] = 0.0
                     hidden_kept.append(g.name)
         self.groups = [g for g in dg.prunable_groups if g.id not in self.fixed]
-        given = {next(g.name for g in dg.groups if g.id == gid): r for gid, r in self.fixed.items()}
+        names = {g.id: g.name for g in dg.groups}
+        fixed_ratios = {names[gid]: r for gid, r in self.fixed.items() if names[gid] not in hidden_kept}
         if hidden_kept:
             self.info["hidden_kept"] = hidden_kept
         if prune_hidden and not any(g.normalised for g in dg.prunable_groups):
             self.info["hidden_none"] = _why_no_hidden_size(dg)
-        if given.keys() - set(hidden_kept):
-            self.info["fixed_ratios"] = {k: r for k, r in given.items() if k not in hidden_kept}
+        if fixed_ratios:
+            self.info["fixed_ratios"] = fixed_ratios
 
     # ---- building blocks ------------------------------------------------------------------
     def _group_ratio_selection(self, g: Group, ratio: float, scores, at_most: bool | None = None) -> list[int]:

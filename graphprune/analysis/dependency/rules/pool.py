@@ -64,17 +64,17 @@ def reduce(node, ctx):
     keep = int(ctx.attr("keepdims", 1))
     out_ax = 0
     summed = []
+    sums = node.op_type in SUMS_OF_ZEROS
     for ax in range(len(dx)):
         if ax in axes:
-            if node.op_type in SUMS_OF_ZEROS:
+            if sums:
                 ctx.normalised_width(x, ax)  # an RMSNorm's mean of x**2 over the hidden size
-            if node.op_type in SUMS_OF_ZEROS and ctx.keeps_zero(x, ax):
+            if sums and ctx.keeps_zero(x, ax):
                 ctx.sums_over(x, ax)
                 summed.append(ax)
             else:
-                ctx.freeze(x, ax, f"{node.op_type} reduces over this axis" + (
-                    " and its input is not known to be zero at a removed channel" if node.op_type in SUMS_OF_ZEROS
-                    else ""))
+                ctx.freeze(x, ax, f"{node.op_type} reduces over this axis"
+                           + (" and its input is not known to be zero at a removed channel" if sums else ""))
             if keep:
                 ctx.unchanged(y, out_ax)
                 out_ax += 1

@@ -311,8 +311,7 @@ def _normalization(node, ins, rank, axis, follow) -> bool:
     """BatchNormalization / InstanceNormalization: scale·x̂ + B is zero at a channel whose
     scale and B are masked (per-channel constants), whatever x is; not along another axis,
     nor with a computed scale or bias (0 -> B - mean·scale/σ)."""
-    params = [const_array(v) if v is not None and is_constant(v) else None for v in ins[1:3]]
-    return axis == 1 and len(params) == 2 and all(a is not None and a.ndim == 1 and a.shape[0] > 1 for a in params)
+    return axis == 1 and len(ins) >= 3 and _per_channel(ins[1]) and _per_channel(ins[2])
 
 
 def _power(node, ins, rank, axis, follow) -> bool:
