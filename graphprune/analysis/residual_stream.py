@@ -13,9 +13,10 @@ Recognised, in both torch exporters' forms:
   layers whose output is added to the stream (``MatMul(h, W[m, d])``, optionally ``+ b[d]``);
 * the stream: those `Add`s, and float-to-float `Cast`s between them (and `Shape`s of them:
   a model that uses the hidden size from a `Shape` fails the oracle after slicing);
-* RMSNorms: ``x * 1/sqrt(ReduceMean(x^2, last axis) + eps)`` (``Reciprocal`` or
-  ``Div(1, .)``, optional `Cast`), then optionally ``* gamma[d]``; also in the form
-  slice-hidden writes, ``ReduceSum(x^2) * (1/d)``;
+* RMSNorms: ``x / sqrt(ReduceMean(x^2, last axis) + eps)`` (``Div``, or ``x *`` a
+  ``Reciprocal`` or ``Div(1, .)``; float Casts after it), then optionally ``* gamma[d]``
+  (graphprune/ir/rms_norm.py); also in the form slice-hidden writes,
+  ``ReduceSum(x^2) * (1/d)``;
 * readers of a norm's output: ``MatMul(norm, W[d, n])`` (a constant, or a `Transpose` of
   one, e.g. a tied output head), `Shape`, and the model's output (the last norm of a
   model that returns hidden states; also through a final `Reshape` keeping the width, and
@@ -35,6 +36,7 @@ import onnx_ir as ir
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import bias_add
+from graphprune.ir.rms_norm import const_scalar, only_reader, rms_norm_after
 
 
 class NotAStream(UsageError):
@@ -58,6 +60,7 @@ class RMSNorm:
     reduce: ir.Node  # ReduceMean over the hidden axis (or ReduceSum, then `summed` is its Mul by 1/d)
     eps_add: ir.Node  # Add(mean, eps)
     eps_input: int  # which input of eps_add is eps
+    scale: ir.Node  # the Mul or Div applying 1/rms to x
     normed: ir.Value  # x / rms (before gamma; after the optional Cast)
     gamma_mul: ir.Node | None  # Mul(normed, gamma), None when the norm has no weight
     gamma_input: int | None
@@ -92,18 +95,6 @@ class Stream:
         return [r for n in self.norms for r in n.readers]
 
 
-def _const_scalar(v: ir.Value | None) -> float | None:
-    a = const_array(v) if v is not None and is_constant(v) else None
-    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
-
-
-def _only_consumer(v: ir.Value) -> ir.Node | None:
-    uses = list(v.uses())
-    if len(uses) != 1 or v.is_graph_output():
-        return None
-    return uses[0][0]
-
-
 def _is_float_cast(node: ir.Node) -> bool:
     to = node.attributes.get("to")
     return node.op_type == "Cast" and to is not None and to.value == ir.DataType.FLOAT.value
@@ -126,49 +117,25 @@ def _last_axis_only(node: ir.Node, rank: int | None) -> bool:
 def _match_norm(reduce: ir.Node) -> RMSNorm | None:
     """The RMSNorm around a ReduceMean, or None when it is not one."""
     pw = reduce.inputs[0].producer() if reduce.inputs[0] is not None else None
-    if pw is None or pw.op_type != "Pow" or _const_scalar(pw.inputs[1]) != 2.0:
+    if pw is None or pw.op_type != "Pow" or const_scalar(pw.inputs[1]) != 2.0:
         return None
     x = pw.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
-    if not _last_axis_only(reduce, rank) or _only_consumer(pw.outputs[0]) is not reduce:
+    if not _last_axis_only(reduce, rank) or only_reader(pw.outputs[0]) is not reduce:
         return None
     mean, summed = reduce.outputs[0], None
     if reduce.op_type == "ReduceSum":  # a norm slice-hidden already rewrote: the sum times 1/d
-        summed = _only_consumer(mean)
+        summed = only_reader(mean)
         if summed is None or summed.op_type != "Mul" or summed.inputs[0] is not mean or \
-                _const_scalar(summed.inputs[1]) is None:
+                const_scalar(summed.inputs[1]) is None:
             return None
         mean = summed.outputs[0]
-    add = _only_consumer(mean)
-    if add is None or add.op_type != "Add":
+    tail = rms_norm_after(mean)
+    if tail is None or tail.scaled is not x:
         return None
-    eps_input = 1 if add.inputs[0] is mean else 0
-    if _const_scalar(add.inputs[eps_input]) is None:
-        return None
-    sq = _only_consumer(add.outputs[0])
-    if sq is None or sq.op_type != "Sqrt":
-        return None
-    inv = _only_consumer(sq.outputs[0])
-    if inv is None or not (inv.op_type == "Reciprocal" or
-                           (inv.op_type == "Div" and inv.inputs[1] is sq.outputs[0]
-                            and _const_scalar(inv.inputs[0]) == 1.0)):
-        return None
-    mul = _only_consumer(inv.outputs[0])
-    if mul is None or mul.op_type != "Mul" or x not in (mul.inputs[0], mul.inputs[1]):
-        return None
-    normed = mul.outputs[0]
-    nxt = _only_consumer(normed)
-    if nxt is not None and _is_float_cast(nxt):
-        normed = nxt.outputs[0]
-        nxt = _only_consumer(normed)
-    gamma_mul, gamma_input = None, None
-    if nxt is not None and nxt.op_type == "Mul":
-        gi = 0 if nxt.inputs[1] is normed else 1
-        g = nxt.inputs[gi]
-        if is_constant(g) and g.shape is not None and len(g.shape) == 1:
-            gamma_mul, gamma_input = nxt, gi
-    return RMSNorm(x=x, reduce=reduce, eps_add=add, eps_input=eps_input, normed=normed,
-                   gamma_mul=gamma_mul, gamma_input=gamma_input, summed=summed, beta_add=_beta_after(gamma_mul))
+    return RMSNorm(x=x, reduce=reduce, eps_add=tail.eps_add, eps_input=tail.eps_input, scale=tail.scale,
+                   normed=tail.normed, gamma_mul=tail.gamma_mul, gamma_input=tail.gamma_input, summed=summed,
+                   beta_add=_beta_after(tail.gamma_mul))
 
 
 def _beta_after(gamma_mul: ir.Node | None) -> ir.Node | None:
@@ -176,7 +143,7 @@ def _beta_after(gamma_mul: ir.Node | None) -> ir.Node | None:
     only where the sum is the model's output (elsewhere the rewrite folds beta into readers)."""
     if gamma_mul is None:
         return None
-    nb = _only_consumer(gamma_mul.outputs[0])
+    nb = only_reader(gamma_mul.outputs[0])
     if nb is None or nb.op_type != "Add":
         return None
     b = nb.inputs[1] if nb.inputs[0] is gamma_mul.outputs[0] else nb.inputs[0]
@@ -189,7 +156,7 @@ def _output_reshape(v: ir.Value) -> ir.Node | None:
     view after the last norm, e.g. GPT-2's before the model output or a tied head — or None.
     The norm's output leaves the stream there: slice-hidden rotates back to the original
     basis before it, so the Reshape's target (which may spell the width) still holds."""
-    c = _only_consumer(v)
+    c = only_reader(v)
     if c is None or c.op_type != "Reshape":
         return None
     a, b = v.shape, c.outputs[0].shape
@@ -203,17 +170,7 @@ def _output_end(v: ir.Value) -> bool:
 
 
 def _norm_nodes(norm: RMSNorm) -> set[int]:
-    pw = norm.reduce.inputs[0].producer()
-    mul = next(n for n, _ in norm.x.uses() if n.op_type == "Mul" and n.outputs[0] is not None
-               and _reaches(n.outputs[0], norm.normed))
-    return {id(pw), id(mul)}
-
-
-def _reaches(a: ir.Value, b: ir.Value) -> bool:
-    if a is b:
-        return True
-    c = _only_consumer(a)
-    return c is not None and _is_float_cast(c) and c.outputs[0] is b
+    return {id(norm.reduce.inputs[0].producer()), id(norm.scale)}
 
 
 def _weight_of(node: ir.Node, index: int) -> np.ndarray | None:

@@ -409,3 +409,40 @@ def test_norm_weights_shared_through_identity_nodes(tmp_path, name):
     assert res.ok, res.summary()
     rebuilt = rotated_reference(load_onnx(path), plan.hidden)
     assert oracle.check(rebuilt, sliced, plan).ok
+
+
+def _norms_as_division(path, out):
+    """The same model with every RMSNorm's x * (1 / sqrt(.)) written x / sqrt(.) (T5's and
+    hand-written norms; ONNX Runtime fuses this form too)."""
+    import onnx_ir as ir
+
+    from graphprune.frontends.onnx import save_onnx
+
+    model = load_onnx(path, fold=False)
+    changed = 0
+    for sq in [n for n in model.graph if n.op_type == "Sqrt"]:
+        (inv, _), = sq.outputs[0].uses()
+        (mul, _), = inv.outputs[0].uses()
+        x = mul.inputs[1] if mul.inputs[0] is inv.outputs[0] else mul.inputs[0]
+        div = ir.node("Div", [x, sq.outputs[0]], name=f"{mul.name}.div", outputs=[ir.Value(name=f"{mul.name}.q")])
+        model.graph.insert_before(mul, [div])
+        div.outputs[0].shape, div.outputs[0].type = mul.outputs[0].shape, mul.outputs[0].type
+        ir.convenience.replace_all_uses_with(mul.outputs[0], div.outputs[0])
+        model.graph.remove([mul, inv], safe=True)
+        changed += 1
+    save_onnx(model, out)
+    return changed
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_norm_written_as_a_division_is_rotated_and_sliced(exported, tmp_path, dynamo):
+    """x / sqrt(mean(x²) + eps) is the same RMSNorm as x * (1 / sqrt(...)): slice-hidden and
+    the hidden-width rewrite recognise one chain (graphprune/ir/rms_norm.py). slice-hidden
+    refused this form ('no RMSNorm found')."""
+    path = str(tmp_path / "div.onnx")
+    assert _norms_as_division(exported("llama", dynamo), path) == 5
+    sliced, hidden = _slice(path)
+    assert hidden["width"] == [32, 24] and hidden["norms"] == 5
+    assert oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY).ok
+    res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
+    assert res.ok, res.summary()

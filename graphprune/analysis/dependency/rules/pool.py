@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphprune.analysis.dependency.registry import rule
-from graphprune.ir.constants import is_constant
+from graphprune.ir.rms_norm import rms_norm_after
 
 
 @rule(["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
@@ -120,59 +120,26 @@ def _mean_over_original_width(rc, widths: dict[int, int]) -> None:
 
 
 def _into_rms_norm(rc, mean, factor: float) -> bool:
-    """An RMSNorm written out — mean -> Add(eps) -> Sqrt -> Div(x, .) (or 1 / . then Mul(x, .),
-    maybe a Cast) -> Mul(gamma) — takes the factor k in its constants instead of a Mul after
-    the mean: x / sqrt(k·m + eps) · gamma = x / sqrt(m + eps/k) · gamma/sqrt(k). The ops stay
-    the pattern ONNX Runtime fuses into SimplifiedLayerNormalization (a Mul after the mean
-    broke that on a TorchScript LLaMA). False (nothing changed) for any other form."""
-    add = _only_reader(mean, "Add")
-    eps_at = _const_input(add, mean)
-    sqrt = _only_reader(add.outputs[0], "Sqrt") if eps_at is not None else None
-    scaled = _normalised(sqrt.outputs[0]) if sqrt is not None else None
-    while scaled is not None and (cast := _only_reader(scaled, "Cast")) is not None:
-        if cast.outputs[0].dtype != scaled.dtype:  # to float16: the moved factor would round differently
-            return False
-        scaled = cast.outputs[0]  # TorchScript's .to(dtype) before the weight, float32 to float32
-    gamma_mul = _only_reader(scaled, "Mul") if scaled is not None else None
-    gamma_at = _const_input(gamma_mul, scaled) if gamma_mul is not None else None
-    if gamma_at is None:
-        return False
+    """An RMSNorm written out (graphprune/ir/rms_norm.py) takes the factor k in its constants
+    instead of a Mul after the mean: x / sqrt(k·m + eps) · gamma = x / sqrt(m + eps/k) ·
+    gamma/sqrt(k). The ops stay the pattern ONNX Runtime fuses into
+    SimplifiedLayerNormalization (a Mul after the mean broke that on a TorchScript LLaMA).
+    False (nothing changed) for any other form."""
+    tail = rms_norm_after(mean)
+    if tail is None or tail.gamma_mul is None or tail.normed.dtype != tail.scale.outputs[0].dtype:
+        return False  # no weight to take 1/sqrt(k), or a Cast between (k would round differently)
+    add, eps_at = tail.eps_add, tail.eps_input
+    gamma_mul, gamma_at = tail.gamma_mul, tail.gamma_input
     eps = np.asarray(rc.const(add.inputs[eps_at]))
     gamma_v = gamma_mul.inputs[gamma_at]
     gamma = np.asarray(rc.const(gamma_v))
-    if eps.size != 1 or gamma.ndim != 1 or gamma_v.shape is None:
-        return False
     kept_gamma = np.delete(gamma, rc.removed(gamma_v, 0))
-    if len(kept_gamma) != rc.pruned_dims(scaled)[-1]:  # gamma is not per hidden channel
+    if len(kept_gamma) != rc.pruned_dims(tail.normed)[-1]:  # gamma is not per hidden channel
         return False
     add.replace_input_with(eps_at, rc.new_const((eps / factor).astype(eps.dtype), f"{add.name}_eps"))
     gamma_mul.replace_input_with(gamma_at, rc.new_const((kept_gamma / np.sqrt(factor)).astype(gamma.dtype),
                                                         f"{gamma_v.name}_over_original_width"))
     return True
-
-
-def _normalised(root):
-    """x / root: Div(x, root), or x times Reciprocal(root) or Div(constant, root) (TorchScript)."""
-    div = _only_reader(root, "Div")
-    if div is not None and div.inputs[1] is root and not is_constant(div.inputs[0]):
-        return div.outputs[0]
-    inv = div if div is not None and div.inputs[1] is root else _only_reader(root, "Reciprocal")
-    mul = _only_reader(inv.outputs[0], "Mul") if inv is not None else None
-    return mul.outputs[0] if mul is not None else None
-
-
-def _only_reader(v, op_type: str):
-    uses = list(v.uses()) if v is not None and not v.is_graph_output() else []
-    node = uses[0].node if len(uses) == 1 else None
-    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
-
-
-def _const_input(node, other) -> int | None:
-    """The index of `node`'s constant input beside `other` (a binary op), or None."""
-    if node is None or len(node.inputs) != 2:
-        return None
-    i = 1 if node.inputs[0] is other else 0 if node.inputs[1] is other else None
-    return i if i is not None and node.inputs[i] is not None and is_constant(node.inputs[i]) else None
 
 
 def _cropped_axes(ctx, roi, axes: list[int]) -> set[int]:
