@@ -14,8 +14,10 @@ from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.ir.mutation import mark_mutated, restamp_shapes, shapes_current
 from graphprune.ir.unused import remove_unused
+from graphprune.gc_pause import gc_paused
 
 
+@gc_paused
 def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None:
     """Rewrite `model` (the one `dg` was computed on, unchanged since) so the given slot
     indices are gone; `dg` and every other analysis of `model` are stale afterwards."""

@@ -20,6 +20,7 @@ from graphprune.input_shapes import static_dim
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.mapped import load_mapped, save_streamed
 from graphprune.ir.shapes import dims_of
+from graphprune.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def _quiet_reader():
         reader.setLevel(level)
 
 
+@gc_paused
 def load_onnx(source: str | os.PathLike | bytes, *, fold: bool = True,
               input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
     """Load an ONNX model from a path (or serialized bytes) and normalise it for analysis.
@@ -149,6 +151,7 @@ def _default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
+@gc_paused
 def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Model:
     """Prepare a loaded model for analysis, in place; returns it for chaining (`warn`:
     report a strict shape inference failure; a copy being re-inferred does not)."""
@@ -511,6 +514,7 @@ def _fold_gathers_of_partial_shape(model: ir.Model, shape_node: ir.Node, dims: l
                 _fold_value(model, consumer, consumer.outputs[0], arr)
 
 
+@gc_paused
 def save_onnx(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Write a model atomically: to a temporary file beside the target, then rename.
 

@@ -27,6 +27,7 @@ from graphprune.ir.mutation import stamp
 from graphprune.ir.quant import is_integer_op_weight, is_quantized_const
 from graphprune.ir.shapes import dims_of
 from graphprune.ir.untie import untied_copies
+from graphprune.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +422,7 @@ class DependencyGraph:
             return hit  # __init__ sees it is built and returns at once
         return super().__new__(cls)
 
+    @gc_paused
     def __init__(self, model: ir.Model, *, registry: RuleRegistry | None = None,
                  ignore: list[str] | None = None):
         if "stamp" in self.__dict__:
