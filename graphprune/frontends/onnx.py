@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.errors import FrontendError
+from graphprune.frontends import shape_math
 from graphprune.input_shapes import static_dim
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.mapped import load_mapped, save_streamed
@@ -402,6 +403,9 @@ def _eval_node(node: ir.Node, opset: int) -> list[np.ndarray] | None:
     from onnx.reference import ReferenceEvaluator
 
     inputs = [const_array(v) if v is not None else None for v in node.inputs]
+    native = shape_math.evaluate(node, inputs, opset)  # small integer shape math, without an evaluator per node
+    if native is not None:
+        return native
     names = [f"i{k}" if v is not None else "" for k, v in enumerate(inputs)]
     outs = [f"o{k}" for k in range(len(node.outputs))]
     proto_node = ir.serde.serialize_node(node)
