@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
-from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.constants import const_array, is_constant, np_tensor, set_const_array
 from graphprune.ir.mutation import mark_mutated, restamp_shapes, shapes_current
 from graphprune.ir.unused import remove_unused
 from graphprune.gc_pause import gc_paused
@@ -36,7 +36,7 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
 
     def new_const(array: np.ndarray, hint: str) -> ir.Value:
         name = unique_name(hint)
-        v = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
+        v = ir.Value(name=name, const_value=np_tensor(array, name=name), shape=ir.Shape(array.shape),
                      type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
         model.graph.register_initializer(v)
         return v

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from graphprune.errors import FrontendError
 from graphprune.frontends import shape_math
 from graphprune.input_shapes import static_dim
-from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.constants import const_array, is_constant, np_tensor
 from graphprune.ir.mapped import load_mapped, save_streamed
 from graphprune.ir.shapes import dims_of
 from graphprune.gc_pause import gc_paused
@@ -127,11 +127,12 @@ def _check_supported(model: ir.Model) -> None:
 
 
 def _check_external_data(model: ir.Model) -> None:
-    missing, outside = set(), set()
+    missing, outside, seen = set(), set(), set()
     for v in model.graph.initializers.values():
         t = v.const_value
-        if not isinstance(t, ir.ExternalTensor):
-            continue
+        if not isinstance(t, ir.ExternalTensor) or (str(t.base_dir), t.location) in seen:
+            continue  # (hundreds of tensors live in one file: each file is checked once)
+        seen.add((str(t.base_dir), t.location))
         # as ONNX Runtime and onnx do: data files live in the model's folder (or below it)
         base = Path(t.base_dir or ".").resolve()
         if not Path(t.path).resolve().is_relative_to(base) or os.path.isabs(t.location):
@@ -442,7 +443,7 @@ def _shape_slice(node: ir.Node) -> tuple[list, int, int] | None:
 def _fold_value(model: ir.Model, node: ir.Node, old: ir.Value, array: np.ndarray) -> None:
     name = old.name
     old.name = f"{name}__folded"
-    new = ir.Value(name=name, const_value=ir.tensor(array, name=name),
+    new = ir.Value(name=name, const_value=np_tensor(array, name=name),
                    shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
     model.graph.register_initializer(new)
     old.replace_all_uses_with(new)

@@ -33,7 +33,7 @@ import json
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array, is_constant, values_by_name
+from graphprune.ir.constants import const_array, is_constant, np_tensor, values_by_name
 
 KEY = "graphprune.untied"
 
@@ -82,7 +82,7 @@ def untie_shared_zeros(model: ir.Model) -> dict[str, list[str]]:
             while name in names:
                 name += "_"
             names.add(name)
-            copy = ir.Value(name=name, const_value=ir.tensor(np.array(arr), name=name), shape=ir.Shape(arr.shape),
+            copy = ir.Value(name=name, const_value=np_tensor(np.array(arr), name=name), shape=ir.Shape(arr.shape),
                             type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
             graph.register_initializer(copy)
             for i, inp in enumerate(node.inputs):
