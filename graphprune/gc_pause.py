@@ -7,7 +7,8 @@ again while finding almost nothing to free: on a 30-layer LLaMA (5,000 nodes) 0.
 `gp.load`'s CPU and 0.2-0.3 s of `gp.prune`'s went to collections. Paused per step, not
 per run: the garbage a step leaves (its dropped nodes and values, which reference each
 other) is collected by the next automatic pass after it, so a long run with large
-temporary arrays (the oracle, repair) does not keep them.
+temporary arrays (the oracle, repair) does not keep them. The switch is process-wide:
+another thread's cyclic garbage also waits, for the length of one step.
 """
 from __future__ import annotations
 
