@@ -11,10 +11,10 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency import DependencyGraph, RewriteContext, Slot
+from graphprune.gc_pause import gc_paused
 from graphprune.ir.constants import const_array, is_constant, np_tensor, set_const_array
 from graphprune.ir.mutation import mark_mutated, restamp_shapes, shapes_current
 from graphprune.ir.unused import remove_unused
-from graphprune.gc_pause import gc_paused
 
 
 @gc_paused

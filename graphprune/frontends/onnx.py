@@ -17,11 +17,11 @@ import onnx_ir as ir
 
 from graphprune.errors import FrontendError
 from graphprune.frontends import shape_math
+from graphprune.gc_pause import gc_paused
 from graphprune.input_shapes import static_dim
 from graphprune.ir.constants import const_array, is_constant, np_tensor
 from graphprune.ir.mapped import load_mapped, save_streamed
 from graphprune.ir.shapes import dims_of
-from graphprune.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 

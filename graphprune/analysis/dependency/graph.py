@@ -22,12 +22,12 @@ import onnx_ir as ir
 from graphprune.analysis.dependency.context import RewriteFn, RuleContext, Slot, virtual_slot
 from graphprune.analysis.dependency.registry import RULES, RuleRegistry
 from graphprune.errors import StaleAnalysisError
+from graphprune.gc_pause import gc_paused
 from graphprune.ir.constants import is_constant
 from graphprune.ir.mutation import stamp
 from graphprune.ir.quant import is_integer_op_weight, is_quantized_const
 from graphprune.ir.shapes import dims_of
 from graphprune.ir.untie import untied_copies
-from graphprune.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
