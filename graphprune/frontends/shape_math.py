@@ -74,15 +74,30 @@ def _arithmetic(op):
                 or inputs[0].dtype.kind == "b":
             return None
         a, b = inputs
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            return None  # an invalid model: the reference evaluator's error leaves the node unfolded
         if op == "Div":
-            if not (np.all(b != 0) and _small(a) and _small(b)):
-                return None
-            q = np.abs(a) // np.abs(b)  # ONNX divides integers towards zero
-            return np.where((a < 0) != (b < 0), -q, q).astype(a.dtype)
+            return _divided_towards_zero(a, b)
         with np.errstate(over="ignore"):
             out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
         return np.asarray(out, dtype=a.dtype)
     return fn
+
+
+def _divided_towards_zero(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """a / b truncated towards zero, as ONNX divides integers; None where the quotient is not
+    exact through float64 (the reference evaluator's route) or does not fit a's type."""
+    if not (np.all(b != 0) and _small(a) and _small(b)):
+        return None
+    wide_a, wide_b = a.astype(np.int64), b.astype(np.int64)  # |int32 min| overflows int32, not int64
+    q = np.abs(wide_a) // np.abs(wide_b)
+    q = np.where((wide_a < 0) != (wide_b < 0), -q, q)
+    info = np.iinfo(a.dtype)
+    if q.size and (int(q.min()) < info.min or int(q.max()) > info.max):
+        return None  # e.g. int8 -128 / -1
+    return q.astype(a.dtype)
 
 
 def _small(a: np.ndarray) -> bool:

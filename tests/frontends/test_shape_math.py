@@ -1,6 +1,7 @@
 """The integer shape arithmetic folded in numpy (frontends/shape_math.py) gives what ONNX's
-reference evaluator gives, bit for bit, in every form it takes; other forms are left to the
-evaluator (None)."""
+reference evaluator gives, bit for bit, in every form it takes — except opset < 13
+Unsqueeze with unsorted axes, where the evaluator departs from the spec and ONNX Runtime
+(checked against ORT below); other forms are left to the evaluator (None)."""
 from __future__ import annotations
 
 import numpy as np
@@ -84,3 +85,39 @@ LEFT_TO_THE_EVALUATOR = [
 def test_other_forms_are_left_to_the_evaluator(op, inputs, opset, attrs):
     proto = helper.make_node(op, [f"i{k}" for k in range(len(inputs))], ["o"], **attrs)
     assert shape_math.evaluate(_ir_node(proto), inputs, opset) is None
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
+def test_division_at_the_smallest_value_of_the_type(dtype):
+    """|min| does not fit the type: the quotient came out with the wrong sign (int8 -128 / 3
+    gave 43, not -42), and gp.load folded a wrong shape constant (adversarial probe)."""
+    low = np.iinfo(dtype).min
+    a, b = np.array([low, low, 7, low, -9], dtype), np.array([3, -5, low, 1, 2], dtype)
+    proto = helper.make_node("Div", ["i0", "i1"], ["o"])
+    got = shape_math.evaluate(_ir_node(proto), [a, b], 14)
+    np.testing.assert_array_equal(got[0], _reference(proto, [a, b], 14))
+    # the one quotient that does not fit the type is left to the evaluator
+    assert shape_math.evaluate(_ir_node(proto), [np.array([low], dtype), np.array([-1], dtype)], 14) is None
+
+
+def test_operands_that_do_not_broadcast_are_left_to_the_evaluator():
+    proto = helper.make_node("Add", ["i0", "i1"], ["o"])
+    assert shape_math.evaluate(_ir_node(proto), [np.zeros((2, 2), I64), np.zeros(3, I64)], 14) is None
+
+
+@pytest.mark.parametrize("axes", [[2, 0], [-1, 0], [1, -4]])
+def test_unsqueeze_before_opset_13_with_unsorted_axes_equals_onnx_runtime(axes):
+    """Axes count in the output's rank and insert together, as the spec and ONNX Runtime do
+    (the reference evaluator inserts them one by one in the given order: a wrong shape)."""
+    from graphprune.runtime import ort
+
+    data = np.arange(6, dtype=I64).reshape(2, 3)
+    proto = helper.make_node("Unsqueeze", ["x"], ["o"], axes=axes)
+    graph = helper.make_graph([proto], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("o", onnx.TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 8
+    want = ort.session(model.SerializeToString()).run(None, {"x": data})[0]
+    got = shape_math.evaluate(_ir_node(proto), [data], 11)
+    assert got[0].shape == want.shape
+    np.testing.assert_array_equal(got[0], want)
