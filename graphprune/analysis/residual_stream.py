@@ -334,7 +334,7 @@ def _hidden_size(walk: _Walk) -> int:
 
 
 def _find_readers(n: RMSNorm, d: int) -> None:
-    if n.gamma_mul is not None and n.gamma(d).size != d:
+    if n.gamma_mul is not None and const_array(n.gamma_mul.inputs[n.gamma_input]).size != d:
         raise NotAStream(f"the norm weight of {n.gamma_mul.name!r} is not of the hidden size {d}")
     out = n.out
     n.is_output = _output_end(out)

@@ -177,6 +177,21 @@ def test_a_stream_read_elsewhere_is_refused_naming_it(exported):
         find_stream(model)
 
 
+def test_a_norm_weight_of_one_element_is_refused_naming_it(exported):
+    """A scale of shape [1] (one number for every channel) is not per hidden channel: a
+    clear refusal, not a ValueError from reshaping it to the hidden size (adversarial probe)."""
+    import onnx_ir as ir
+
+    model = load_onnx(exported("llama", True))
+    norm = find_stream(model).norms[0]
+    one = ir.Value(name="one_scale", const_value=ir.tensor(np.array([1.5], np.float32), name="one_scale"),
+                   shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.FLOAT))
+    model.graph.register_initializer(one)
+    norm.gamma_mul.replace_input_with(norm.gamma_input, one)
+    with pytest.raises(NotAStream, match="not of the hidden size"):
+        find_stream(model)
+
+
 def test_needs_calibration(exported):
     from graphprune.errors import UsageError
 
