@@ -18,7 +18,8 @@ import gc
 
 def gc_paused(fn):
     """`fn` runs with automatic collection off, and it is restored as it was (a caller that
-    had turned it off keeps it off)."""
+    had turned it off keeps it off). Not across threads: another thread that turns it off
+    while `fn` runs finds it on again when `fn` returns (the switch is the process's)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
