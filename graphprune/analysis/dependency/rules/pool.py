@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from graphprune.analysis.dependency.registry import rule
 from graphprune.ir.rms_norm import rms_norm_after
@@ -82,7 +83,7 @@ def reduce(node, ctx):
             ctx.couple(x, ax, y, out_ax)
             out_ax += 1
     if summed and node.op_type == "ReduceMean":  # widths as analysed: x may be narrower at the rewrite
-        ctx.on_prune(lambda rc: _mean_over_original_width(rc, {ax: int(dx[ax]) for ax in summed}))
+        ctx.on_prune(lambda rc: _mean_over_original_width(rc, {ax: int(dx[ax]) for ax in summed}, list(dx)))
 
 
 @rule("CumSum", since=11)
@@ -105,9 +106,17 @@ def cumsum(node, ctx):
             ctx.freeze(x, ax, "CumSum along this axis of values not zero at a removed index")
 
 
-def _mean_over_original_width(rc, widths: dict[int, int]) -> None:
-    """The mean of the masked original counts the removed zeros: times kept / original."""
+HALF_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _mean_over_original_width(rc, widths: dict[int, int], dims: list) -> None:
+    """The mean of the masked original counts the removed zeros: times kept / original (in a
+    half-float mean, the zeros put back instead: kept/original rounds there, 4e-4 to 7e-4 of
+    an RMSNorm's output in float16, and the oracle failed). `dims`: x's dims as analysed."""
     x, y = rc.node.inputs[0], rc.node.outputs[0]
+    if y.dtype in HALF_FLOATS:
+        _mean_of_zeros_put_back(rc, widths, dims)
+        return
     factor = 1.0
     for ax, width in widths.items():
         factor *= 1.0 - len(rc.removed(x, ax)) / width
@@ -117,6 +126,24 @@ def _mean_over_original_width(rc, widths: dict[int, int]) -> None:
     scaled = rc.insert("Mul", [y, rc.new_const(np.array(factor, dtype=dtype), f"{rc.node.name}_kept_share")],
                        like=y, after=True, hint="over_original_width")
     rc.take_place_of(y, scaled)
+
+
+def _mean_of_zeros_put_back(rc, widths: dict[int, int], dims: list) -> None:
+    """Pad (the removed channels' zeros, at the end of each averaged axis: the order does not
+    change a mean) -> the same ReduceMean, which then averages over the original width."""
+    node = rc.node
+    x, y = node.inputs[0], node.outputs[0]
+    rank = len(dims)
+    pads = np.zeros(2 * rank, dtype=np.int64)
+    for ax in widths:
+        pads[rank + ax] = len(rc.removed(x, ax))
+    if not pads.any():
+        return
+    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, dims=dims,
+                       hint="zeros_of_removed_channels")
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    mean = rc.insert(node.op_type, [padded, *node.inputs[1:]], like=y, attributes=attrs, hint="over_original_width")
+    rc.take_place_of(y, mean)
 
 
 def _into_rms_norm(rc, mean, factor: float) -> bool:
