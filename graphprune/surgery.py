@@ -46,7 +46,7 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
 
     replaced: dict[str, ir.Value] = {}
     touched_nodes = _touched_nodes(dg, removed)
-    virtual_owners = {s.value[1:].rsplit("/", 1)[0] for s in removed if s.virtual}  # "~<node>/<tag>"
+    virtual_owners = {o for s in removed if s.virtual for o in _owner_prefixes(s.value)}
     rewrites = [(node, fn) for node, fn in dg.rewrites if id(node) in touched_nodes or node.name in virtual_owners]
     current = shapes_current(model)
     mark_mutated(model)  # before the rewrites: a failure half way must not look unchanged
@@ -103,3 +103,10 @@ def _shrink_values(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None
             for ax, idx in axes.items():
                 dims[ax] = int(dims[ax]) - len(idx)
             v.shape = ir.Shape(dims)
+
+
+def _owner_prefixes(virtual: str) -> list[str]:
+    """The node names a virtual slot "~<node>/<tag>" may belong to: every prefix ending before
+    a "/" (node names and a plugin's tags may hold "/" too), as a prefix test would match."""
+    return [virtual[1:i] for i, ch in enumerate(virtual) if ch == "/"]
+

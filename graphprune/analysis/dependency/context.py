@@ -280,6 +280,20 @@ class RewriteContext:
         (self.node.graph.insert_after if after else self.node.graph.insert_before)(self.node, node)
         return out
 
+    def zeros_put_back(self, value: ir.Value, dims: list, axes) -> ir.Value | None:
+        """`value` with its removed indices back as zeros, at the end of each of `axes` (a Pad
+        before this node): what a norm or a mean over those axes read in the masked original,
+        up to order. `dims`: value's dims as analysed (the original widths). None when
+        nothing is removed there."""
+        rank = len(dims)
+        pads = np.zeros(2 * rank, dtype=np.int64)
+        for ax in axes:
+            pads[rank + ax] = len(self.removed(value, ax))
+        if not pads.any():
+            return None
+        return self.insert("Pad", [value, self.new_const(pads, f"{self.node.name}_pads")], like=value, dims=dims,
+                           hint="zeros_of_removed_channels")
+
     def take_place_of(self, old: ir.Value, new: ir.Value) -> None:
         """`new` replaces `old` for every reader except its own maker, and takes its name and
         its analysed shape: the plan's slots name values, so old's slots describe `new` from

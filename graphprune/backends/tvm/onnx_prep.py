@@ -156,7 +156,6 @@ def ort_basic_fold(model):
     return folded
 
 
-
 def hidden_norms_written_out(model) -> int:
     """graphprune's hidden-size rewrite — Pad (the removed channels' zeros, at the end of the
     last axis) -> LayerNormalization -> Slice (the kept channels) — written as the statistics

@@ -134,12 +134,8 @@ def _over_original_width(rc, dims: list) -> None:
     removed = rc.removed(x, rank - 1)
     if not len(removed):
         return
-    width = int(dims[rank - 1])
-    kept = width - len(removed)
-    pads = np.zeros(2 * rank, dtype=np.int64)
-    pads[-1] = len(removed)
-    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, dims=dims,
-                       hint="zeros_of_removed_channels")
+    kept = int(dims[rank - 1]) - len(removed)
+    padded = rc.zeros_put_back(x, dims, [rank - 1])
     params = []
     for v in node.inputs[1:3]:
         if v is None:

@@ -133,14 +133,9 @@ def _mean_of_zeros_put_back(rc, widths: dict[int, int], dims: list) -> None:
     change a mean) -> the same ReduceMean, which then averages over the original width."""
     node = rc.node
     x, y = node.inputs[0], node.outputs[0]
-    rank = len(dims)
-    pads = np.zeros(2 * rank, dtype=np.int64)
-    for ax in widths:
-        pads[rank + ax] = len(rc.removed(x, ax))
-    if not pads.any():
+    padded = rc.zeros_put_back(x, dims, widths)
+    if padded is None:
         return
-    padded = rc.insert("Pad", [x, rc.new_const(pads, f"{node.name}_pads")], like=x, dims=dims,
-                       hint="zeros_of_removed_channels")
     attrs = {k: a.value for k, a in node.attributes.items()}
     mean = rc.insert(node.op_type, [padded, *node.inputs[1:]], like=y, attributes=attrs, hint="over_original_width")
     rc.take_place_of(y, mean)
