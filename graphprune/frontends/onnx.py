@@ -167,17 +167,19 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
     _initializer_shapes(model)
     _negative_dims_unknown(model)
     _name_unnamed(model)
-    from graphprune.frontends.quantized_shapes import fill_quantized_outputs
+    from graphprune.frontends.contrib_shapes import fill_contrib_outputs
 
     infer_shapes(model, warn=warn)
     # each round can make more shapes concrete, and more shape math static; a com.microsoft
-    # integer op (whose shapes onnx does not infer) between standard ops costs a round each
-    rounds = 1000 if any(n.domain == "com.microsoft" for n in model.graph) else 4
+    # op or ORT's SimplifiedLayerNormalization (whose shapes onnx does not infer) between
+    # standard ops costs a round each
+    rounds = 1000 if any(n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization"
+                         for n in model.graph) else 4
     for _ in range(rounds):
         changed = fold and fold_constants(model)
         if changed:
             remove_unused(model)
-        changed = _fill_same_shape_outputs(model) | fill_quantized_outputs(model) | _resolve_reshape_outputs(model) \
+        changed = _fill_same_shape_outputs(model) | fill_contrib_outputs(model) | _resolve_reshape_outputs(model) \
             | bool(changed)
         if not changed:
             break
@@ -220,9 +222,11 @@ def _resolve_reshape_outputs(model: ir.Model) -> bool:
 
 
 # Ops whose output has the input's shape, for which onnx's inference sometimes gives up
-# (GroupNormalization at every opset in onnx 1.23).
+# (GroupNormalization at every opset in onnx 1.23), or which it does not know (ONNX Runtime's
+# SimplifiedLayerNormalization, an RMSNorm it registers in the default domain).
 _SAME_SHAPE = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization",
-                         "BatchNormalization", "Mish", "HardSwish", "Gelu", "MeanVarianceNormalization"})
+                         "BatchNormalization", "Mish", "HardSwish", "Gelu", "MeanVarianceNormalization",
+                         "SimplifiedLayerNormalization"})
 
 
 def _fill_same_shape_outputs(model: ir.Model) -> bool:

@@ -7,6 +7,7 @@ from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration 
     moe,
     nbits,
     norm,
+    ort_fused,
     pool,
     qlinear,
     quant,

@@ -1,7 +1,8 @@
-"""Output shapes of ONNX Runtime's com.microsoft quantized ops (QLinearAdd, QGemm, MatMulNBits ...)
-and of its mixture-of-experts op (MoE: the input's shape),
-which onnx's shape inference does not know: without them every slot behind such an op
-freezes as "unknown size". Only what follows from the input shapes and attributes alone is
+"""Output shapes of ONNX Runtime's com.microsoft ops, which onnx's shape inference does not
+know: the quantized ops (QLinearAdd, QGemm, MatMulNBits ...), the mixture-of-experts op (MoE:
+the input's shape) and the fused transformer ops its optimizer writes (BiasGelu,
+SkipLayerNormalization ...: the input's shape). Without them every slot behind such an op
+freezes as "unknown size", and the layers after it count 0 MACs. Only what follows from the input shapes and attributes alone is
 filled; an output that already has a shape is left as it is.
 """
 from __future__ import annotations
@@ -9,6 +10,12 @@ from __future__ import annotations
 import onnx_ir as ir
 
 MS = "com.microsoft"
+
+# ONNX Runtime's fused transformer ops (its transformer optimizer writes them) whose first
+# output has the first input's shape; a Skip*Normalization's residual sum (output 3) too.
+_SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
+_FUSED = frozenset({"BiasGelu", "FastGelu", "Gelu", "QuickGelu"}) | _SKIP_NORMS
+_SAME_SHAPE = _FUSED | {"QLinearSoftmax", "MoE"}
 
 
 def _broadcast(a: list, b: list) -> list | None:
@@ -47,7 +54,7 @@ def _output_dims(node: ir.Node) -> list | None:
         return [x[0]] + [1] * (len(x) - 2) + [x[-1]] if _attr(node, "channels_last", 0) else x[:2] + [1] * (len(x) - 2)
     if op == "MatMulNBits" and len(x) >= 1 and isinstance(_attr(node, "N", None), int):
         return [*x[:-1], int(_attr(node, "N", 0))]
-    if op in ("QLinearSoftmax", "MoE"):
+    if op in _SAME_SHAPE:
         return x
     if op == "QLinearAveragePool":
         return _pooled(node, x)
@@ -99,7 +106,7 @@ def _output_dtype(node: ir.Node) -> ir.DataType | None:
     without an output scale."""
     if node.op_type == "QGemm" and (len(node.inputs) < 8 or node.inputs[7] is None):
         return ir.DataType.FLOAT
-    if node.op_type in ("MatMulNBits", "MoE"):  # float activations in and out
+    if node.op_type in ("MatMulNBits", "MoE") or node.op_type in _FUSED:  # float activations in and out
         return node.inputs[0].dtype
     zp = node.inputs[-1] if node.inputs else None
     return zp.dtype if zp is not None else node.inputs[0].dtype
@@ -130,13 +137,34 @@ def _standard_dims(node: ir.Node) -> tuple[list, ir.DataType | None] | None:
     return None
 
 
-def fill_quantized_outputs(model: ir.Model) -> bool:
-    """Give com.microsoft quantized ops' outputs their shapes (and types), and the plain ops
+def _fill_skip_norm_outputs(node: ir.Node) -> bool:
+    """A Skip*Normalization's optional outputs: mean and inverse std dev per row ([..., 1]),
+    and the residual sum input + skip (+ bias), of the input's shape (the next block's
+    residual stream in an optimized transformer)."""
+    x = _dims(node.inputs[0]) if node.inputs else None
+    if x is None or not x:
+        return False
+    changed = False
+    for i, dims in ((1, [*x[:-1], 1]), (2, [*x[:-1], 1]), (3, x)):
+        y = node.outputs[i] if i < len(node.outputs) else None
+        if y is None or y.shape is not None:
+            continue
+        y.shape = ir.Shape(dims)
+        if y.dtype is None:  # the statistics are float32 (ORT's U) for float16 input too
+            y.dtype = node.inputs[0].dtype if i == 3 else ir.DataType.FLOAT
+        changed = True
+    return changed
+
+
+def fill_contrib_outputs(model: ir.Model) -> bool:
+    """Give com.microsoft ops' outputs their shapes (and types), and the plain ops
     between them (`_standard_dims`); True when any changed."""
     if not any(n.domain == MS for n in model.graph):
         return False
     changed = False
     for node in model.graph:
+        if node.domain == MS and node.op_type in _SKIP_NORMS:
+            changed |= _fill_skip_norm_outputs(node)
         if not node.outputs or node.outputs[0] is None or node.outputs[0].shape is not None:
             continue
         if node.domain == MS:
