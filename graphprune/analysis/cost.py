@@ -71,6 +71,16 @@ class Cost:
     nodes: int
     shapes: dict | None = None  # {input: shape} the MACs were counted at (None: symbolic dims as 1)
     layers: dict | None = None  # {node name: MACs} of the weighted ops, at `shapes` (reports reuse it)
+    uncounted: list | None = None  # weighted ops whose MACs the shapes do not give (counted as 0)
+
+
+def uncounted_line(names: list[str] | None) -> str | None:
+    """'MACs: 3 layer(s) not counted ...' for `Cost.uncounted`, else None: the MAC figures are
+    then lower bounds, and a summary must not present them as the model's."""
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return f"MACs: {len(names)} layer(s) not counted, their shapes unknown ({shown}): the MAC figures are lower bounds"
 
 
 from graphprune.frontends.onnx import at_shapes  # noqa: E402  (importable from here too)
@@ -84,6 +94,16 @@ def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
 def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
     macs = {n.name: node_macs(n) for n in counted.graph}
     return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None}
+
+
+def _uncounted(counted: ir.Model) -> list[str]:
+    """Weighted ops of the main graph whose MACs the shapes do not give (counted as 0)."""
+    out = []
+    for n in counted.graph:
+        layer = layer_of(n)
+        if layer is not None and not layer.macs_known():
+            out.append(n.name)
+    return out
 
 
 def _at_its_own_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> bool:
@@ -113,7 +133,9 @@ def model_cost(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
         cost.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
         cost.layers = _layers_of(model, counted)
     else:
+        counted = model
         cost.layers = _layers_of(model, model)
+    cost.uncounted = _uncounted(counted)
     return cost
 
 

@@ -91,3 +91,11 @@ def parse_shapes(items: list[str]) -> dict | None:
         if not sep or not name:
             raise UsageError(f"--input-shape {it!r}: expected NAME:D1,D2,...")
     return shapes or None
+
+
+def basis_lines(measured_at: str | None, uncounted: list[str] | None) -> list[str]:
+    """What the summary's figures stand on: the shapes they were measured at, and the layers
+    whose MACs could not be counted (analysis.cost.uncounted_line)."""
+    from graphprune.analysis.cost import uncounted_line
+
+    return [line for line in (measured_at, uncounted_line(uncounted)) if line]

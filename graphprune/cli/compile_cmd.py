@@ -141,15 +141,15 @@ def latency_lines(rep: dict) -> list[str]:
 
 def print_report(rep: dict) -> None:
     from graphprune.cli import sparsity_flags as sparsity_cli
-    from graphprune.cli.common import table
+    from graphprune.cli.common import basis_lines, table
+    from graphprune.input_shapes import InputShapes
 
     print(f"target:  {rep['target']['name']} → {rep['target']['tvm']}")
     print(f"backend: {rep['backend']['chosen']} ({rep['backend']['reason']})")
     print(table(_rows(rep), ["", "before", "after", "ratio"]))
-    if rep.get("input_shapes"):
-        from graphprune.input_shapes import InputShapes
-
-        print(InputShapes.from_json(rep["input_shapes"]).measured_at())
+    shapes = InputShapes.from_json(rep["input_shapes"]) if rep.get("input_shapes") else None
+    for line in basis_lines(shapes.measured_at() if shapes is not None else None, rep.get("macs_uncounted")):
+        print(line)
     if rep.get("budget"):
         print(rep["budget"]["line"])
     for line in latency_lines(rep):

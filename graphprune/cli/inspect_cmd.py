@@ -56,6 +56,7 @@ def inspect_data(model, dg, shapes=None) -> dict:
         "ops": dict(ops.most_common()),
         "params": cost.params,
         "macs": cost.macs,
+        "macs_uncounted": cost.uncounted or [],
         "measured_at": None if shapes is None else {n: {"shape": list(s), "source": shapes.sources[n]}
                                                     for n, s in shapes.shapes.items()},
         "layers": [{"node": k, "op": by_name[k], "macs": v} for k, v in layer_macs(model, at).items()],
@@ -161,6 +162,7 @@ def _sparsity_format(r: dict) -> str:
 
 def _print_overview(args, model, data: dict) -> None:
     """Inputs, outputs, size, ops and the group table."""
+    from graphprune.analysis.cost import uncounted_line
     from graphprune.cli.common import human, table
 
     fmt = lambda s: "x".join("?" if d is None else str(d) for d in s) if s is not None else "?"  # noqa: E731
@@ -170,6 +172,8 @@ def _print_overview(args, model, data: dict) -> None:
             print(f"  {kind[:-1]:6} {v['name']}: {fmt(v['shape'])} {v['dtype']}")
     print(f"params {human(data['params'])}  MACs {human(data['macs'])}  nodes {len(model.graph)}")
     print(args.shapes.measured_at() if args.shapes is not None else "MACs with symbolic dims counted as 1")
+    if line := uncounted_line(data["macs_uncounted"]):
+        print(line)
     print("ops: " + ", ".join(f"{k} {v}" for k, v in data["ops"].items()))
     prunable = [g for g in data["groups"] if g["atoms"] > 1 and not g["ignored"]]
     print(f"\n{len(prunable)} prunable groups ({len(data['groups'])} in all)")

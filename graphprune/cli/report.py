@@ -147,7 +147,7 @@ def widths_off_multiple(model, plan, round_to: int) -> list[tuple[str, int]]:
 
 def print_prune_summary(outcome, *, latency: dict) -> None:
     from graphprune.cli import allocation_flags as alloc_cli
-    from graphprune.cli.common import table
+    from graphprune.cli.common import basis_lines, table
 
     for extra in alloc_cli.write_extras(outcome.state.ctx, outcome.plan_out):
         print(f"wrote {extra}")
@@ -181,8 +181,9 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
         print(f"hidden size: kept whole ({len(hidden)} group(s) that a LayerNorm/RMSNorm or a sum over channels "
               f"reads whole, e.g. {hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the "
               "original width)")
-    if outcome.shapes is not None:
-        print(outcome.shapes.measured_at())
+    for line in basis_lines(outcome.shapes.measured_at() if outcome.shapes is not None else None,
+                            outcome.before.uncounted):
+        print(line)
     if outcome.budget:
         print(outcome.budget["line"])
     if outcome.nothing_pruned:

@@ -285,6 +285,13 @@ class Layer:
         """MACs at the shapes the IR records (symbolic dims count as 1)."""
         return self.op.macs(self.attrs, dims_of(self.x), dims_of(self.w), dims_of(self.y))
 
+    def macs_known(self) -> bool:
+        """The recorded shapes give this layer's MACs (else `macs` counts it as 0)."""
+        try:
+            return self.op.mac_factors(self.attrs, dims_of(self.x), dims_of(self.w), dims_of(self.y)) is not None
+        except (IndexError, TypeError, ValueError):  # malformed shapes: `node_macs` counts 0 too
+            return False
+
 
 def bias_add(node: ir.Node) -> tuple[ir.Node, int] | None:
     """The Add after `node` that adds it a bias, the way both PyTorch exporters write

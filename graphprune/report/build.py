@@ -132,6 +132,7 @@ def sections(before_model, outcome, *, accuracy: str | None, round_to: int = 1, 
         "fidelity": outcome.fidelity,
         "accuracy": accuracy,
         "quality": quality_line(outcome.fidelity, max_drop, accuracy),
+        "macs_uncounted": list(getattr(outcome.before, "uncounted", None) or []),
     }
     return out
 
@@ -153,7 +154,9 @@ def kernel_wins(results: dict) -> dict | None:
 
 def red_lines(report: dict, max_drop=None) -> list[str]:
     """Lines in red: the result is slower or worse than asked."""
-    red = []
+    from graphprune.analysis.cost import uncounted_line
+
+    red = [line] if (line := uncounted_line(report.get("macs_uncounted"))) else []
     budget = report.get("budget")
     if budget and not budget["met"]:
         red.append(budget["line"])
@@ -211,7 +214,7 @@ def _nbytes(model) -> int:
 def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
     """`graphprune inspect --report`: the model as it is (after = before), its groups'
     widths (the figure inspect prints), frozen groups and MACs per layer at `shapes`."""
-    from graphprune.analysis.cost import model_cost
+    from graphprune.analysis.cost import model_cost, uncounted_line
     from graphprune.plan import file_sha256
     from graphprune.report.layers import compare_layers
     from graphprune.report.widths import group_width
@@ -228,7 +231,8 @@ def inspect_report(model, dg, shapes, *, path: str, argv: list[str]) -> dict:
             "groups": [{**group_width(g).to_json(), "prunable": not g.ignored, "hidden": g.normalised} for g in dg.groups],
             "frozen": [{"name": f.name, "reasons": f.reasons} for f in dg.frozen_groups],
             "sensitivity": {}, "search": None, "budget": None, "oracle": None, "checks": {}, "fidelity": None, "quality": None,
-            "accuracy": None, "red": []}
+            "accuracy": None, "macs_uncounted": cost.uncounted or [],
+            "red": [line] if (line := uncounted_line(cost.uncounted)) else []}
 
 
 def check_report(original: str, pruned: str, plan_path: str, res, *, argv: list[str], input_shapes=None) -> dict:

@@ -158,3 +158,44 @@ def test_compile_summary_and_report_state_the_shape_the_macs_are_at(tmp_path, ca
     assert rep["before"]["macs"] == PER_PIXEL * 16 * 24
     assert sum(r["macs_before"] for r in rep["layers"]) == rep["before"]["macs"]
     assert sum(r["macs_after"] for r in rep["layers"]) == rep["after"]["macs"]
+
+
+def _after_an_op_without_shapes(path):
+    """MatMul -> com.microsoft::Trilu (no shape computed for it) -> MatMul -> Relu -> MatMul:
+    the two layers after it have no shapes, so their MACs cannot be counted."""
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+             helper.make_node("Trilu", ["h0"], ["t"], domain="com.microsoft", upper=1, name="tri"),
+             helper.make_node("MatMul", ["t", "w1"], ["h1"], name="mm1"),
+             helper.make_node("Relu", ["h1"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    m = make_model(nodes, [("x", ["b", 16, 16])], [("y", ["b", 16, 8])],
+                   {"w0": w(16, 16, seed=1), "w1": w(16, 32, seed=2), "w2": w(32, 8, seed=3)}, check=False)
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_layers_whose_shapes_are_unknown_are_said_not_counted(tmp_path, capsys):
+    """MACs counted as 0 for a layer without shapes made every MAC figure silently low (an
+    ORT-optimized MiniLM printed 20M for 344M): inspect, the prune summary, its report and
+    --json name those layers and call the figures lower bounds."""
+    model = _after_an_op_without_shapes(tmp_path / "m.onnx")
+    cost = model_cost(__import__("graphprune").load(str(model)), {"x": [1, 16, 16]})
+    assert cost.uncounted == ["mm1", "mm2"] and cost.macs == 16 * 16 * 16
+    line = "MACs: 2 layer(s) not counted, their shapes unknown (mm1, mm2): the MAC figures are lower bounds"
+    assert main(["inspect", str(model)]) == 0
+    assert line in capsys.readouterr().out
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(model), "--ratio", "0.3", "--no-bench", "-o", str(out)]) == 0
+    assert line in capsys.readouterr().out
+    report = json.loads((tmp_path / "p.report.json").read_text())
+    assert report["macs_uncounted"] == ["mm1", "mm2"] and line in report["red"]
+    assert main(["prune", str(model), "--ratio", "0.3", "--no-bench", "-o", str(tmp_path / "q.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs_uncounted"] == ["mm1", "mm2"]
+
+
+def test_a_model_whose_shapes_are_all_known_has_no_such_line(tmp_path, capsys):
+    model = _two_convs(tmp_path / "m.onnx")
+    assert model_cost(__import__("graphprune").load(str(model)), {"x": [1, 3, 8, 8]}).uncounted == []
+    assert main(["inspect", str(model)]) == 0
+    assert "not counted" not in capsys.readouterr().out
