@@ -36,8 +36,11 @@ def _model(model, fn: str) -> ir.Model:
                             f"to an .onnx file, got {type(model).__name__}")
 
 
-def save(model: ir.Model, path: str | os.PathLike) -> None:
-    """Write a model atomically (external data beside it when it is large)."""
+def save(model: ir.Model | PruneResult, path: str | os.PathLike) -> None:
+    """Write a model atomically (external data beside it when it is large); a `prune`
+    result writes its model."""
+    if isinstance(model, PruneResult):
+        model = model.model
     if not isinstance(model, ir.Model):
         raise ArgumentTypeError(f"graphprune.save: model must be an onnx_ir Model, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
@@ -138,7 +141,7 @@ def _plan_of(pruned) -> os.PathLike:
     return plan_beside(pruned)
 
 
-def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.PathLike,
+def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | PruneResult | str | os.PathLike,
           plan: Plan | str | os.PathLike | None = None, **kwargs) -> OracleResult:
     """The oracle: pruned == original with the plan's slices zeroed (see oracle.check).
     Without `plan`, a pruned model file is checked against the plan written together with
@@ -151,6 +154,12 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | str | os.Pa
     from graphprune.outputs import verify_pair
     from graphprune.runtime import oracle
 
+    if isinstance(pruned, PruneResult):  # its model, checked against its own plan unless one is given
+        pruned, plan = pruned.model, pruned.plan if plan is None else plan
+    if original is pruned:
+        raise UsageError("graphprune.check: the original and the pruned model are the same object (prune works "
+                         "in place, so the model it was given is the pruned one)",
+                         hint="pass the original's path, or a model loaded again before pruning")
     plan = _plan_of(pruned) if plan is None else plan
     pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
     plan_name = "the plan" if isinstance(plan, Plan) else str(plan)

@@ -202,6 +202,22 @@ def test_magnitude_removes_the_smallest_channels():
     assert res.plan.groups[0]["removed_atoms"] == [1, 3]
 
 
+def test_a_prune_result_saves_and_checks_as_its_model_and_plan(samples_dir, tmp_path):
+    """gp.save(gp.prune(...)) and gp.check(path, result): what a user writes first; save
+    refused a PruneResult ("must be an onnx_ir Model") and check failed looking for a plan
+    file. Checking the model prune changed in place against itself is one clear error,
+    not a PlanError about an index out of range."""
+    src = samples_dir / "tiny_resnet.onnx"
+    model = gp.load(src)
+    res = gp.prune(model, 0.5, round_to=4)
+    gp.save(res, tmp_path / "s.onnx")
+    assert gp.load(tmp_path / "s.onnx").graph.num_nodes() == res.model.graph.num_nodes()
+    assert gp.check(src, res).ok
+    assert not gp.check(src, res, plan=gp.Plan.from_json({**res.plan.to_json(), "tensors": []})).ok
+    with pytest.raises(UsageError, match="the original and the pruned model are the same object"):
+        gp.check(model, res)
+
+
 def test_api_model_arguments_say_what_is_wrong(samples_dir, tmp_path):
     """A path where a model is expected is loaded (the file is not changed); None or a
     folder is one clear error of graphprune's, not an AttributeError from deep inside."""

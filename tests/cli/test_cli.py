@@ -213,6 +213,17 @@ def test_help_imports_no_heavy_modules():
     assert out.strip() == "[]"
 
 
+def test_python_dash_m_runs_the_command(samples_dir):
+    """`python -m graphprune` is the graphprune command (it said "No module named
+    graphprune.__main__"), exit codes included."""
+    ok = subprocess.run([sys.executable, "-m", "graphprune", "inspect", str(samples_dir / "tiny_resnet.onnx")],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "prunable groups" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "graphprune", "inspect", str(samples_dir / "missing.onnx")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "missing.onnx" in bad.stderr
+
+
 def test_max_drop_gate_with_calibration(samples_dir, tmp_path, capsys):
     import numpy as np
 
