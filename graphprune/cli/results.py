@@ -1,10 +1,11 @@
 """What `--json` prints: one JSON document per run, with a top-level "schema" key.
 
-Each verb builds its result with one function here (`prune_result`, `compile_result`,
-`check_result`, ...) and hands it to `emit`; graphprune.cli.main prints it on stdout after
-the run, and nothing else goes to stdout. `compile_result` is the report.json the run wrote
-(schema `graphprune.report/N`); the others are `graphprune.<verb>/1` until the versioned
-report of graphprune.report covers them (swap the function, the verbs do not change).
+Each verb builds its result with one function here (`compile_result`, `check_result`, ...)
+and hands it to `emit`; graphprune.cli.main prints it on stdout after the run, and nothing
+else goes to stdout. `prune` emits its report (graphprune.report.build.prune_report) and
+`compile_result` is the report.json the run wrote (schema `graphprune.report/N`); the others
+are `graphprune.<verb>/1` until the versioned report of graphprune.report covers them (swap
+the function, the verbs do not change).
 A run that fails prints its result (when it had one, e.g. check's verdict) or a
 `graphprune.status/1` document, with "exit_code", "error" and "hint" added.
 """
@@ -56,35 +57,6 @@ def oracle_result(res) -> dict | None:
             "input_shapes": res.shapes.to_json() if res.shapes is not None else None,
             "outputs": [{"name": d.name, "max_abs_err": d.max_abs_err, "scale": d.scale, "ok": d.ok,
                          "judged_on": d.judged_on, "part": d.part} for d in res.diffs]}
-
-
-def prune_result(outcome, *, bench: bool) -> dict:
-    """What `graphprune prune` prints, as JSON: shapes, before/after figures, oracle verdict,
-    written files. Writes the plan's extras (sensitivity plot) like the text summary does."""
-    from graphprune.cli.allocation_flags import write_extras
-    from graphprune.cli.common import ort_latency_ms
-    from graphprune.sparsity_meta import zero_count
-    from graphprune.workflow.files import model_size
-    from graphprune.workflow.verdicts import accuracy_line
-
-    plan, b, a = outcome.plan, outcome.before, outcome.after
-    before = {"params": b.params, "macs": b.macs, "bytes": outcome.before_bytes}
-    after = {"params": a.params, "macs": a.macs, "bytes": model_size(outcome.out)}
-    if outcome.sparsity:
-        after["nonzero_params"] = int(a.params - zero_count(outcome.model)[0])
-    if bench:  # at the figures' shapes, the oracle's
-        before["latency_ms"] = ort_latency_ms(str(outcome.source), shapes=outcome.shapes)
-        after["latency_ms"] = ort_latency_ms(str(outcome.out), shapes=outcome.shapes)
-    extras = write_extras(outcome.state.ctx, outcome.plan_out)
-    pruned = bool(plan.removes or outcome.sparsity)
-    return {"schema": schema("prune"), "verb": "prune", "model": str(outcome.source),
-            "input_shapes": outcome.shapes.to_json() if outcome.shapes is not None else None,
-            "before": before, "after": after,
-            "plan": {"groups": len(plan.groups), "tensors": len(plan.tensors), "blocks": len(plan.blocks)},
-            "oracle": oracle_result(outcome.oracle), "repair": outcome.repair, "sparsity": outcome.sparsity,
-            "fidelity": outcome.fidelity, "accuracy": accuracy_line(outcome.calibration, outcome.fidelity, pruned),
-            "budget": outcome.budget,
-            "wrote": [str(outcome.out), str(outcome.plan_out)] + [str(p) for p in extras]}
 
 
 def compile_result(rep: dict) -> dict:
