@@ -192,6 +192,29 @@ def test_a_matmuls_bias_add_is_its_bias_for_both_repairs():
     assert rep["layers"][0]["unknowns"] == 3 and rep["error_after"] < rep["error_before"]
 
 
+def test_the_bias_of_the_skip_layer_norm_a_matmul_feeds_is_its_bias():
+    """A model optimized for ONNX Runtime adds the projection's bias inside
+    SkipLayerNormalization(input, skip, gamma, beta, bias): bias-compensate "changed no
+    layer" there; now that bias input takes the hand-computed shift."""
+    proto = mlp_matmul_proto()
+    nodes = [n for n in proto.graph.node if n.name != "fc2_bias"]
+    nodes.append(helper.make_node("SkipLayerNormalization", ["y0", "x", "g", "be", "b2"], ["y"], name="fc2_norm",
+                                  domain="com.microsoft", epsilon=1e-5))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    proto.graph.initializer.extend([helper.make_tensor("g", 1, [2], [1.0, 1.0]),
+                                    helper.make_tensor("be", 1, [2], [0.0, 0.0])])
+    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    calib = calib_for((8, 3, 2), n=3, seed=1)
+    model, ctx, shapes = prune_then(proto, calib, first_group([2]), "bias-compensate")
+    assert_shapes_kept(model, shapes)
+    r2 = np.concatenate([np.maximum(b["x"][..., 0] + 5, 0).ravel() for b in calib])
+    norm = next(n for n in model.graph if n.name == "fc2_norm")
+    np.testing.assert_allclose(const_array(norm.inputs[4]), np.array([0.1, 0.2]) + np.array([0.5, -1]) * r2.mean(),
+                               rtol=1e-5)
+    assert ctx.results["repair"][0]["layers"][0]["layer"] == "fc2"
+
+
 @pytest.mark.parametrize("layers", ["consumers", "all"])
 def test_lsq_on_convs_keeps_shapes_and_strictly_reduces_error(layers):
     calib = calib_for((2, 4, 6, 6), n=4, seed=4)

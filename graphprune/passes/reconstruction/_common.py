@@ -95,17 +95,17 @@ def writable_bias(lin: Linear) -> bool:
 
 def with_add_bias(lin: Linear | None) -> Linear | None:
     """A MatMul followed by its bias — its output's only use an Add of a 1-D constant with one
-    value per output channel, as both PyTorch exporters write nn.Linear — as one layer with
-    that constant for bias; any other layer as it is. MatMul has no bias input, so without
+    value per output channel, as both PyTorch exporters write nn.Linear, or the bias input of
+    the SkipLayerNormalization it feeds (`_skip_norm_bias`) — as one layer with that constant
+    for bias; any other layer as it is. MatMul has no bias input, so without
     this the repairs could not move a MatMul layer's offset: bias-compensate skipped it and
     lsq-reconstruct fitted it without an intercept."""
     if lin is None or lin.kind != "matmul" or lin.b is not None:
         return lin
     found = bias_add(lin.node)
-    if found is None:
+    other = found[0].inputs[found[1]] if found is not None else _skip_norm_bias(lin.node)
+    if other is None:
         return lin
-    add, at = found
-    other = add.inputs[at]
     b = const_array(other)
     if b is None or b.ndim != 1 or lin.y.shape is None or lin.y_axis != len(lin.y.shape) - 1:
         return lin
@@ -113,6 +113,20 @@ def with_add_bias(lin: Linear | None) -> Linear | None:
     if b.shape[0] != n_out or not np.issubdtype(b.dtype, np.floating):
         return lin
     return replace(lin, b=other)
+
+
+def _skip_norm_bias(node: ir.Node) -> ir.Value | None:
+    """ONNX Runtime's SkipLayerNormalization computes norm(input + skip + bias): a MatMul
+    whose only use is its `input` (an optimized transformer's projection back into the
+    stream; the residual is `skip`) has that bias (input 4) for its own."""
+    y = node.outputs[0] if node.outputs else None
+    uses = list(y.uses()) if y is not None else []
+    if y is None or y.is_graph_output() or len(uses) != 1 or uses[0].idx != 0:
+        return None
+    norm = uses[0].node
+    if norm.op_type != "SkipLayerNormalization" or norm.domain != "com.microsoft" or len(norm.inputs) < 5:
+        return None
+    return norm.inputs[4]
 
 
 def affected_nodes(model: ir.Model, removed: dict) -> set[int]:
