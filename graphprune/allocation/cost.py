@@ -1,8 +1,8 @@
 """Cost of a selection before applying it: MACs and parameters as functions of the kept
 fraction of every slot.
 
-Each MAC-bearing node (the weighted ops of `ir.layers`) and each float constant is a
-*term*: its dense cost at concrete shapes times the product of kept fractions of the
+Each MAC-bearing node (the weighted ops of `ir.layers`, ONNX Runtime's MoE and Attention)
+and each float constant is a *term*: its dense cost at concrete shapes times the product of kept fractions of the
 slots its cost is multiplicative in (a conv: output channels and input channels per
 group). Removing atoms of a group changes the kept fraction of that group's slots only,
 so evaluating a selection is a few vectorised products — cheap enough for the searches
@@ -20,6 +20,7 @@ from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import attrs_of, layer_of
 from graphprune.ir.moe import active_macs, expert_values, is_moe, top_k
+from graphprune.ir.ms_attention import attention_macs, is_attention
 from graphprune.ir.nbits import logical_params
 from graphprune.ir.quant import is_quantized_weight
 
@@ -45,6 +46,9 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
             term = _moe_mac_term(node, shp)
             if term is not None:
                 out.append(term)
+            continue
+        if is_attention(node):
+            out.extend(_attention_mac_terms(node, shp))
             continue
         layer = layer_of(node)
         if layer is None:
@@ -75,6 +79,18 @@ def _moe_mac_term(node: ir.Node, shp) -> tuple[ir.Node, float, list[Slot]] | Non
     fc3 = shp(node.inputs[6]) if len(node.inputs) > 6 else None
     return node, active_macs(x, fc1, fc2, fc3, top_k(node)), [Slot(node.inputs[2].name, 1),
                                                                 Slot(node.inputs[2].name, 2)]
+
+
+def _attention_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[Slot]]]:
+    """ONNX Runtime's Attention: the packed projection, multiplicative in its weight's input
+    (axis 0) and head columns (axis 1), and the scores and weighted sum, in the heads alone."""
+    x, w = shp(node.inputs[0]), shp(node.inputs[1]) if len(node.inputs) > 1 else None
+    macs = attention_macs(node, x, w) if x is not None and w is not None else None
+    if macs is None:
+        log.debug("no concrete shapes for %s; its MACs are not counted", node.name)
+        return []
+    weight = node.inputs[1].name
+    return [(node, macs[0], [Slot(weight, 0), Slot(weight, 1)]), (node, macs[1], [Slot(weight, 1)])]
 
 
 def _expert_share(model: ir.Model) -> dict[str, float]:
@@ -175,7 +191,7 @@ def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
 
     names = []
     for node in model.graph:
-        if is_moe(node) and node.inputs[0] is not None and not is_constant(node.inputs[0]):
+        if (is_moe(node) or is_attention(node)) and node.inputs[0] is not None and not is_constant(node.inputs[0]):
             names.append(node.inputs[0].name)
         layer = layer_of(node)
         if layer is not None:

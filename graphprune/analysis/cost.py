@@ -16,6 +16,7 @@ from graphprune.ir.constants import const_producer, is_constant
 from graphprune.ir.layers import layer_of
 from graphprune.ir.layers import volume as _prod  # symbolic dims count as 1
 from graphprune.ir.moe import active_macs, is_moe, top_k
+from graphprune.ir.ms_attention import attention_macs, is_attention
 from graphprune.ir.nbits import logical_params
 from graphprune.ir.quant import is_quantized_weight
 
@@ -39,8 +40,18 @@ def _node_macs(node: ir.Node) -> int:
                                top_k(node)))
     if node.op_type in _GATES and node.domain in ("", "ai.onnx"):
         return _recurrent_macs(node)
+    if is_attention(node):
+        return int(sum(_attention_macs(node) or (0,)))
     layer = layer_of(node)
     return 0 if layer is None else layer.macs()
+
+
+def _attention_macs(node: ir.Node) -> tuple[float, float] | None:
+    """ONNX Runtime's Attention (ir.ms_attention.attention_macs) at the recorded shapes."""
+    x, w = (node.inputs[i] if len(node.inputs) > i else None for i in (0, 1))
+    if x is None or w is None or x.shape is None or w.shape is None:
+        return None
+    return attention_macs(node, list(x.shape), list(w.shape))
 
 
 # ONNX recurrent ops: gates computed per step from the input (W) and the hidden state (R)
@@ -93,7 +104,7 @@ def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
 
 def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
     macs = {n.name: node_macs(n) for n in counted.graph}
-    return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None}
+    return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None or is_attention(n)}
 
 
 def _uncounted(counted: ir.Model) -> list[str]:
@@ -101,7 +112,7 @@ def _uncounted(counted: ir.Model) -> list[str]:
     out = []
     for n in counted.graph:
         layer = layer_of(n)
-        if layer is not None and not layer.macs_known():
+        if layer is not None and not layer.macs_known() or is_attention(n) and _attention_macs(n) is None:
             out.append(n.name)
     return out
 

@@ -1,7 +1,7 @@
 """Output shapes of ONNX Runtime's com.microsoft ops, which onnx's shape inference does not
 know: the quantized ops (QLinearAdd, QGemm, MatMulNBits ...), the mixture-of-experts op (MoE:
 the input's shape) and the fused transformer ops its optimizer writes (BiasGelu,
-SkipLayerNormalization ...: the input's shape). Without them every slot behind such an op
+SkipLayerNormalization ...: the input's shape; Attention, EmbedLayerNormalization). Without them every slot behind such an op
 freezes as "unknown size", and the layers after it count 0 MACs. Only what follows from the input shapes and attributes alone is
 filled; an output that already has a shape is left as it is.
 """
@@ -40,11 +40,32 @@ def _dims(v: ir.Value | None) -> list | None:
     return list(v.shape) if v is not None and v.shape is not None else None
 
 
+def _attention_dims(node: ir.Node, x: list) -> list | None:
+    """Attention: [B, S, v] (ir.ms_attention: v from num_heads / qkv_hidden_sizes)."""
+    from graphprune.ir.ms_attention import heads_of
+
+    w = _dims(node.inputs[1]) if len(node.inputs) > 1 else None
+    split = heads_of(node, w[1]) if w is not None and len(w) == 2 else None
+    return None if split is None or len(x) != 3 else [x[0], x[1], split.v]
+
+
+def _embedding_dims(node: ir.Node, ids: list) -> list | None:
+    """EmbedLayerNormalization(input_ids [B, S], segment_ids, word_embedding [V, H], ...):
+    [B, S, H]."""
+    table = _dims(node.inputs[2]) if len(node.inputs) > 2 else None
+    return None if table is None or len(table) != 2 or len(ids) != 2 else [*ids, table[1]]
+
+
+_TRANSFORMER_DIMS = {"Attention": _attention_dims, "EmbedLayerNormalization": _embedding_dims}
+
+
 def _output_dims(node: ir.Node) -> list | None:
     x = _dims(node.inputs[0]) if node.inputs else None
     if x is None:
         return None
     op = node.op_type
+    if op in _TRANSFORMER_DIMS:
+        return _TRANSFORMER_DIMS[op](node, x)
     if op in ("QLinearAdd", "QLinearMul"):
         b = _dims(node.inputs[3]) if len(node.inputs) > 3 else None
         return None if b is None else _broadcast(x, b)
@@ -106,7 +127,9 @@ def _output_dtype(node: ir.Node) -> ir.DataType | None:
     without an output scale."""
     if node.op_type == "QGemm" and (len(node.inputs) < 8 or node.inputs[7] is None):
         return ir.DataType.FLOAT
-    if node.op_type in ("MatMulNBits", "MoE") or node.op_type in _FUSED:  # float activations in and out
+    if node.op_type == "EmbedLayerNormalization":  # token ids in, the table's floats out
+        return node.inputs[2].dtype
+    if node.op_type in ("MatMulNBits", "MoE", "Attention") or node.op_type in _FUSED:  # float in and out
         return node.inputs[0].dtype
     zp = node.inputs[-1] if node.inputs else None
     return zp.dtype if zp is not None else node.inputs[0].dtype
@@ -137,21 +160,28 @@ def _standard_dims(node: ir.Node) -> tuple[list, ir.DataType | None] | None:
     return None
 
 
-def _fill_skip_norm_outputs(node: ir.Node) -> bool:
-    """A Skip*Normalization's optional outputs: mean and inverse std dev per row ([..., 1]),
-    and the residual sum input + skip (+ bias), of the input's shape (the next block's
-    residual stream in an optimized transformer)."""
+def _fill_extra_outputs(node: ir.Node) -> bool:
+    """The optional outputs after the first: a Skip*Normalization's mean and inverse std dev
+    per row ([..., 1], float32: ORT's U for float16 input too) and its residual sum input +
+    skip (+ bias), of the input's shape (the next block's residual stream in an optimized
+    transformer); EmbedLayerNormalization's mask index ([B], int32) and embedding sum."""
     x = _dims(node.inputs[0]) if node.inputs else None
-    if x is None or not x:
+    if not x:
         return False
+    if node.op_type == "EmbedLayerNormalization":
+        full = _embedding_dims(node, x)
+        extra = [(1, [x[0]], ir.DataType.INT32)] + ([(2, full, node.inputs[2].dtype)] if full else [])
+    else:
+        extra = [(1, [*x[:-1], 1], ir.DataType.FLOAT), (2, [*x[:-1], 1], ir.DataType.FLOAT),
+                 (3, x, node.inputs[0].dtype)]
     changed = False
-    for i, dims in ((1, [*x[:-1], 1]), (2, [*x[:-1], 1]), (3, x)):
+    for i, dims, dtype in extra:
         y = node.outputs[i] if i < len(node.outputs) else None
         if y is None or y.shape is not None:
             continue
         y.shape = ir.Shape(dims)
-        if y.dtype is None:  # the statistics are float32 (ORT's U) for float16 input too
-            y.dtype = node.inputs[0].dtype if i == 3 else ir.DataType.FLOAT
+        if y.dtype is None:
+            y.dtype = dtype
         changed = True
     return changed
 
@@ -163,8 +193,8 @@ def fill_contrib_outputs(model: ir.Model) -> bool:
         return False
     changed = False
     for node in model.graph:
-        if node.domain == MS and node.op_type in _SKIP_NORMS:
-            changed |= _fill_skip_norm_outputs(node)
+        if node.domain == MS and (node.op_type in _SKIP_NORMS or node.op_type == "EmbedLayerNormalization"):
+            changed |= _fill_extra_outputs(node)
         if not node.outputs or node.outputs[0] is None or node.outputs[0].shape is not None:
             continue
         if node.domain == MS:

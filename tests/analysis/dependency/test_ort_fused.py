@@ -111,3 +111,56 @@ def test_a_bias_that_is_not_a_vector_of_the_last_axis_freezes():
     dg = gp.analyze(gp.load(m.SerializeToString()))
     assert FFN["ffn1"] not in [g.num_atoms for g in dg.prunable_groups]
     assert any("BiasGelu: a bias that is not one vector" in r for f in dg.frozen_groups for r in f.reasons)
+
+
+def _attention_block(sizes=None, batch="b", seq="s", extra_output=False) -> onnx.ModelProto:
+    """x [B, S, 16] -> Attention(4 heads; packed weight, bias) -> MatMul -> + x: ONNX
+    Runtime's fused self-attention as its optimizer writes BERT. `sizes`: qkv_hidden_sizes
+    (V heads of another size than Q/K); `extra_output`: the present (cache) output read."""
+    q, k, v = sizes or (H, H, H)
+    attrs = {"num_heads": 4, **({"qkv_hidden_sizes": list(sizes)} if sizes else {})}
+    outs = ["att", "present"] if extra_output else ["att"]
+    nodes = [helper.make_node("Attention", ["x", "wqkv", "bqkv"], outs, domain=MS, name="att", **attrs),
+             helper.make_node("MatMul", ["att", "wo"], ["o"], name="out_proj"),
+             helper.make_node("Add", ["o", "x"], ["y"], name="residual")]
+    outputs = [("y", [batch, seq, H])] + ([helper.make_tensor_value_info("present", onnx.TensorProto.FLOAT, None)]
+                                          if extra_output else [])
+    m = make_model(nodes, [("x", [batch, seq, H])], outputs,
+                   {"wqkv": w(H, q + k + v, seed=21), "bqkv": w(q + k + v, seed=22), "wo": w(v, H, seed=23)},
+                   check=False)
+    m.opset_import.append(helper.make_opsetid(MS, 1))
+    return m
+
+
+@pytest.mark.parametrize("sizes", [None, (H, H, 8)])
+def test_attention_heads_prune_whole_and_exactly(sizes):
+    """A head is one atom: its Q, K and V columns, its biases and its output channels (and
+    the next layer's rows); num_heads (and qkv_hidden_sizes) follow."""
+    v = (sizes or (H, H, H))[2]
+    model, plan, dg = prune_and_check(_attention_block(sizes), min_groups=1, full_check=False,
+                                      selection=None, fraction=0.5)
+    (group,) = dg.prunable_groups
+    assert group.num_atoms == 4
+    node = next(n for n in model.graph if n.op_type == "Attention")
+    left = int(node.attributes["num_heads"].value)
+    assert 1 <= left < 4
+    w_qkv = next(x for x in node.inputs if x is not None and x.name == "wqkv")
+    assert list(w_qkv.shape) == [H, (2 * H + v) * left // 4]
+    if sizes:
+        assert list(node.attributes["qkv_hidden_sizes"].value) == [H * left // 4, H * left // 4, v * left // 4]
+
+
+def test_attention_macs_count_the_projection_and_the_scores():
+    model = gp.load(_attention_block().SerializeToString())
+    b, s = 2, 5
+    proj, scores = b * s * H * 3 * H, b * s * s * 2 * H
+    assert model_cost(model, {"x": [b, s, H]}).macs == proj + scores + b * s * H * H
+    res = gp.prune(model, selection={gp.analyze(gp.load(_attention_block().SerializeToString()))
+                                     .prunable_groups[0].id: [0, 1]})
+    assert model_cost(res.model, {"x": [b, s, H]}).macs == (proj + scores + b * s * H * H) // 2
+
+
+def test_attention_with_a_cache_keeps_its_heads():
+    dg = gp.analyze(gp.load(_attention_block(extra_output=True).SerializeToString()))
+    assert not dg.prunable_groups
+    assert any("Attention with a past/present cache" in r for f in dg.frozen_groups for r in f.reasons)

@@ -1,9 +1,10 @@
 """ONNX Runtime's fused transformer ops (com.microsoft), as its transformer optimizer
 (`onnxruntime.transformers.optimizer`, optimum's ORTOptimizer) writes them into BERT, GPT-2
 and ViT models: `BiasGelu`, `FastGelu`, `Gelu`, `QuickGelu`, `SkipLayerNormalization`,
-`SkipSimplifiedLayerNormalization`, and ORT's `SimplifiedLayerNormalization` (an RMSNorm
-registered in the default domain). Without rules every slot around them froze, and with
-them the FFN channels of an optimized model (MatMul -> BiasGelu -> MatMul).
+`SkipSimplifiedLayerNormalization`, ORT's `SimplifiedLayerNormalization` (an RMSNorm
+registered in the default domain) and `Attention`. Without rules every slot around them
+froze, and with them the FFN channels (MatMul -> BiasGelu -> MatMul) and the heads of an
+optimized model.
 
 * The activations are elementwise; BiasGelu's / FastGelu's bias is added along the last
   axis first, so it is coupled there and sliced with the channels (a removed channel's
@@ -16,8 +17,11 @@ them the FFN channels of an optimized model (MatMul -> BiasGelu -> MatMul).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from graphprune.analysis.dependency.registry import rule
 from graphprune.ir.moe import MS
+from graphprune.ir.ms_attention import heads_of
 
 _ELEMENTWISE = ["Gelu", "QuickGelu", "BiasGelu", "FastGelu"]
 _SKIP_NORMS = ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"]
@@ -95,3 +99,56 @@ def simplified_norm(node, ctx):
             ctx.freeze(y, ax, reason)
     for v in [*node.inputs[1:], *node.outputs[1:]]:
         ctx.freeze(v, None, reason)
+
+
+@rule("Attention", domain=MS)
+def attention(node, ctx):
+    """Self-attention with packed Q, K, V weights (ir.ms_attention): whole heads. Each head's
+    Q, K and V columns (and biases) and its output channels are one atom through a virtual
+    slot of `num_heads` elements; `num_heads` and `qkv_hidden_sizes` are rewritten. In the
+    masked original a removed head's query and key are zero (its scores are equal) and its
+    values are zero, so it outputs zeros, which the next layer's zeroed rows read anyway.
+    A past / present (a cache with a head axis) or an attention bias keeps the heads; so does
+    rotary embedding."""
+    x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    dx, dw = ctx.dims(x), ctx.dims(w)
+    split = heads_of(node, dw[1]) if dw is not None and len(dw) == 2 else None
+    if dx is None or len(dx) != 3 or y is None or split is None or ctx.dims(y) != [dx[0], dx[1], split.v] \
+            or not ctx.is_const(w) or dw[0] != dx[2]:
+        ctx.freeze_all("Attention: a weight that is not a constant [D, q + k + v] of its heads")
+        return
+    for ax in (0, 1):
+        ctx.couple(x, ax, y, ax)
+    ctx.couple(x, 2, w, 0)
+    ctx.param(w, 0, "weight")
+    if b is not None:
+        if ctx.dims(b) != [split.width]:
+            ctx.freeze_all("Attention: a bias that is not one vector of its packed columns")
+            return
+        ctx.couple(w, 1, b, 0)
+        ctx.param(b, 0, "bias")
+    ctx.structural(ctx.input(3))  # mask_index
+    cache = [v for v in (*node.inputs[4:], *node.outputs[1:]) if v is not None]
+    if cache or int(ctx.attr("do_rotary", 0)):
+        reason = "Attention with a past/present cache, an attention bias or rotary embedding keeps its heads"
+        ctx.freeze(w, 1, reason)
+        ctx.freeze(y, 2, reason)
+        for v in cache:
+            ctx.freeze(v, None, reason)
+        return
+    ctx.param(w, 1, "weight")
+    ctx.couple_virtual("heads", split.heads, w, 1, np.arange(split.width), split.of_columns())
+    ctx.couple_virtual("heads", split.heads, y, 2, np.arange(split.v), split.of_outputs())
+    sized = "qkv_hidden_sizes" in node.attributes
+
+    def rewrite(rc):
+        gone = len(rc.virtual_removed("heads"))
+        if not gone:
+            return
+        left = split.heads - gone
+        rc.set_attr_int("num_heads", left)
+        if sized:
+            rc.set_attr_ints("qkv_hidden_sizes", [split.q // split.heads * left, split.k // split.heads * left,
+                                                  split.v // split.heads * left])
+
+    ctx.on_prune(rewrite)
