@@ -141,6 +141,18 @@ def _plan_of(pruned) -> os.PathLike:
     return plan_beside(pruned)
 
 
+def _checked_pair(original, pruned, plan):
+    """(pruned model or path, plan) for `check`: a PruneResult is its model against its own
+    plan unless one is given; a file without a plan, the plan written with it."""
+    if isinstance(pruned, PruneResult):
+        pruned, plan = pruned.model, pruned.plan if plan is None else plan
+    if original is pruned:
+        raise UsageError("graphprune.check: the original and the pruned model are the same object (prune works "
+                         "in place, so the model it was given is the pruned one)",
+                         hint="pass the original's path, or a model loaded again before pruning")
+    return pruned, _plan_of(pruned) if plan is None else plan
+
+
 def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | PruneResult | str | os.PathLike,
           plan: Plan | str | os.PathLike | None = None, **kwargs) -> OracleResult:
     """The oracle: pruned == original with the plan's slices zeroed (see oracle.check).
@@ -154,13 +166,7 @@ def check(original: ir.Model | str | os.PathLike, pruned: ir.Model | PruneResult
     from graphprune.outputs import verify_pair
     from graphprune.runtime import oracle
 
-    if isinstance(pruned, PruneResult):  # its model, checked against its own plan unless one is given
-        pruned, plan = pruned.model, pruned.plan if plan is None else plan
-    if original is pruned:
-        raise UsageError("graphprune.check: the original and the pruned model are the same object (prune works "
-                         "in place, so the model it was given is the pruned one)",
-                         hint="pass the original's path, or a model loaded again before pruning")
-    plan = _plan_of(pruned) if plan is None else plan
+    pruned, plan = _checked_pair(original, pruned, plan)
     pruned_name = "the pruned model" if isinstance(pruned, ir.Model) else str(pruned)
     plan_name = "the plan" if isinstance(plan, Plan) else str(plan)
     if not isinstance(pruned, ir.Model):

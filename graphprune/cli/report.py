@@ -43,8 +43,13 @@ class Printer(Progress):
         print(self.candidate_line(k, n, row, eta), flush=True)
 
     def fidelity(self, fid: dict, max_drop: float) -> None:
-        print(f"fidelity on calibration data: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "
-              f"max {max_drop:g}), min {fid['min_cosine']:.4f} over {fid['samples']} outputs")
+        from graphprune.workflow.verdicts import fidelity_basis
+
+        inside = fid.get("in_sample")
+        print(f"fidelity {fidelity_basis(fid)}: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "
+              f"max {max_drop:g}), min {fid['min_cosine']:.4f} over {fid['samples']} outputs"
+              + (f"; on all calibration data after the final repair {inside['mean_cosine']:.4f} (in-sample, not judged)"
+                 if isinstance(inside, dict) else ""))
 
 
 def _nonzero(model) -> int:

@@ -80,7 +80,9 @@ def oracle_section(res, shapes) -> dict | None:
 
 def quality_line(fidelity: dict | None, max_drop, accuracy: str | None) -> str | None:
     if fidelity:
-        return (f"quality: mean output cosine {fidelity['mean_cosine']:.4f} on calibration data (drop "
+        from graphprune.workflow.verdicts import fidelity_basis
+
+        return (f"quality: mean output cosine {fidelity['mean_cosine']:.4f} {fidelity_basis(fidelity)} (drop "
                 f"{fidelity['drop']:.4f}" + (f", max {max_drop:g}" if max_drop is not None else "") + ")")
     return accuracy
 

@@ -88,6 +88,7 @@ class _Run:
         self.staged: Path | None = None
         self.big = False
         self.reference: ir.Model | None = None  # an in-memory input as it came: the oracle's reference
+        self.held_back: dict | None = None  # output fidelity on held-back samples no repair fit (the gate's)
         self.input_session = None  # the load's ORT session of the input file (check_runs_at_given_shapes)
 
     def go(self, dry_run: bool) -> PruneOutcome:
@@ -232,6 +233,20 @@ class _Run:
             self.opts, outcome.search = search.search(self.model, self.opts, self.state.calibration, self.progress,
                                                       run_prune)
         self.opts = search.resolve_without_search(self.opts)
+        self.held_back = (outcome.search or {}).get("held_back_fidelity")
+        if self.held_back is None and not dry_run and self._gate_needs_held_back():
+            self.progress.note("quality estimate: the same configuration repaired without the held-back calibration "
+                               "samples, judged on them (the gate's figure)")
+            self.held_back = search.held_back_estimate(self.model, self.opts, self.state.calibration, run_prune)
+
+    def _gate_needs_held_back(self) -> bool:
+        """The quality gate will judge a repair that fits the calibration data, and no search
+        measured it on samples it did not fit."""
+        from graphprune.workflow import search
+        from graphprune.workflow.options import max_drop_of
+
+        return (max_drop_of(self.opts) is not None and self.state.calibration is not None
+                and search.fits_to_calibration(self.opts))
 
     def plan_step(self):
         self.state.plan_in = self._plan_in()
@@ -411,12 +426,18 @@ class _Run:
         if max_drop is None:
             return
         from graphprune.runtime import oracle
+        from graphprune.workflow import search
 
         calib = self.state.calibration
         if calib is None:
             raise UsageError("--max-drop needs calibration data (--calib)")
         dense = str(self.src) if self.src is not None else self.state.dense_model
-        outcome.fidelity = fid = oracle.output_fidelity(dense, self.model, calib.batches())
+        fid = oracle.output_fidelity(dense, self.model, calib.batches())
+        if self.held_back is not None:  # judged where no repair fit; the in-sample figure shown beside it
+            fid = {**self.held_back, "in_sample": {k: fid[k] for k in ("mean_cosine", "drop", "samples")}}
+        elif search.fits_to_calibration(self.opts):
+            fid["in_sample"] = True  # too few samples to hold any back: said with the figure
+        outcome.fidelity = fid
         self.progress.fidelity(fid, max_drop)
         from graphprune.workflow.verdicts import require_fidelity
 
