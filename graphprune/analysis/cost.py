@@ -38,7 +38,7 @@ def _node_macs(node: ir.Node) -> int:
         fc3 = node.inputs[6] if len(node.inputs) > 6 else None
         return int(active_macs(*dims, list(fc3.shape) if fc3 is not None and fc3.shape is not None else None,
                                top_k(node)))
-    if node.op_type in _GATES and node.domain in ("", "ai.onnx"):
+    if is_recurrent(node):
         return _recurrent_macs(node)
     if is_attention(node):
         return int(sum(_attention_macs(node) or (0,)))
@@ -56,6 +56,10 @@ def _attention_macs(node: ir.Node) -> tuple[float, float] | None:
 
 # ONNX recurrent ops: gates computed per step from the input (W) and the hidden state (R)
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def is_recurrent(node: ir.Node) -> bool:
+    return node.op_type in _GATES and node.domain in ("", "ai.onnx")
 
 
 def _recurrent_macs(node: ir.Node) -> int:
@@ -104,7 +108,8 @@ def layer_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = Non
 
 def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
     macs = {n.name: node_macs(n) for n in counted.graph}
-    return {n.name: macs.get(n.name, 0) for n in model.graph if layer_of(n) is not None or is_attention(n)}
+    return {n.name: macs.get(n.name, 0) for n in model.graph
+            if layer_of(n) is not None or is_attention(n) or is_recurrent(n)}
 
 
 def _uncounted(counted: ir.Model) -> list[str]:
