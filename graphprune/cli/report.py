@@ -43,7 +43,7 @@ class Printer(Progress):
         print(self.candidate_line(k, n, row, eta), flush=True)
 
     def fidelity(self, fid: dict, max_drop: float) -> None:
-        from graphprune.workflow.verdicts import fidelity_basis
+        from graphprune.report.build import fidelity_basis
 
         inside = fid.get("in_sample")
         print(f"fidelity {fidelity_basis(fid)}: mean cosine {fid['mean_cosine']:.4f} (drop {fid['drop']:.4f}, "

@@ -78,10 +78,19 @@ def oracle_section(res, shapes) -> dict | None:
             "runs": getattr(res, "runs", None)}
 
 
+def fidelity_basis(fid: dict) -> str:
+    """Where an output fidelity figure was measured: on held-back calibration samples that
+    no repair was fit to (`held_back`: how they were chosen), or on the calibration data —
+    said to be in-sample when a repair was fit to it (too few samples to hold any back)."""
+    if fid.get("held_back"):
+        return f"on held-back calibration samples ({fid['held_back']}; the same configuration repaired without them)"
+    if fid.get("in_sample") is True:
+        return "on calibration data (in-sample: the repair was fit to it; too few samples to hold any back)"
+    return "on calibration data"
+
+
 def quality_line(fidelity: dict | None, max_drop, accuracy: str | None) -> str | None:
     if fidelity:
-        from graphprune.workflow.verdicts import fidelity_basis
-
         return (f"quality: mean output cosine {fidelity['mean_cosine']:.4f} {fidelity_basis(fidelity)} (drop "
                 f"{fidelity['drop']:.4f}" + (f", max {max_drop:g}" if max_drop is not None else "") + ")")
     return accuracy

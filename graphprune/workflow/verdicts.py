@@ -45,19 +45,8 @@ def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | No
     return NO_CALIB if calibration is None else NO_GATE
 
 
-def fidelity_basis(fid: dict) -> str:
-    """Where an output fidelity figure was measured: on held-back calibration samples that
-    no repair was fit to (`held_back`: how they were chosen), or on the calibration data —
-    said to be in-sample when a repair was fit to it (too few samples to hold any back)."""
-    if fid.get("held_back"):
-        return f"on held-back calibration samples ({fid['held_back']}; the same configuration repaired without them)"
-    if fid.get("in_sample") is True:
-        return "on calibration data (in-sample: the repair was fit to it; too few samples to hold any back)"
-    return "on calibration data"
-
-
 def require_fidelity(fid: dict, max_drop: float | None, what: str = "output fidelity") -> None:
-    """The quality gate (--max-drop D): fail when 1 - mean output cosine (`fidelity_basis`:
+    """The quality gate (--max-drop D): fail when 1 - mean output cosine (report.build.fidelity_basis:
     on held-back samples when a repair fit the rest) exceeds D; the same gate for the pruned
     float model and for its int8 deployment."""
     if max_drop is not None and fid["drop"] > max_drop:

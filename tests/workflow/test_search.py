@@ -372,7 +372,7 @@ def test_the_search_gives_the_gate_its_chosen_candidate_s_held_back_figure(sampl
 
 
 def test_without_samples_to_hold_back_the_figure_is_said_to_be_in_sample(tmp_path):
-    from graphprune.workflow.verdicts import fidelity_basis
+    from graphprune.report.build import fidelity_basis
 
     src, batches = _overfit_mlp(tmp_path)
     out = run_prune(src, _fixed(Calibration.from_batches(batches[:1]), 1.0))  # one sample: nothing held back
