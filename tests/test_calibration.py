@@ -60,6 +60,22 @@ def test_image_folder_with_declared_preprocessing(tmp_path):
         ImagePreprocess.parse("size=big")
 
 
+@pytest.mark.parametrize("spec,says", [
+    ("mean=1/2", "mean needs 1 or 3 values for color=rgb, got 2"),
+    ("mean=1/2/3/4", "mean needs 1 or 3 values"),
+    ("color=gray,std=0.2/0.2/0.2", "std needs 1 value for color=gray, got 3"),
+    ("size=0x192", "size 0x192 must be positive"),
+    ("std=0/0/0", "std and scale must be non-zero"),
+    ("scale=0", "std and scale must be non-zero"),
+    ("mean=nan", "must be finite"),
+])
+def test_preprocessing_that_cannot_apply_is_a_usage_error(spec, says):
+    """These parsed, then failed on the first image as numpy errors reported as graphprune
+    bugs ("internal error ... please report it"), or gave NaN inputs (std=0) (probe)."""
+    with pytest.raises(UsageError, match=says):
+        ImagePreprocess.parse(spec)
+
+
 def test_images_of_another_size_are_refused_with_the_resize_option_named(tmp_path):
     """A folder of 6x8 images for a model that takes 4x4, without size=HxW: refused before
     any work, and the error says how to resize them (it said only the shapes)."""

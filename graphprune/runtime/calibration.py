@@ -118,7 +118,28 @@ class ImagePreprocess:
                 raise UsageError(f"calibration preprocessing: bad value for {k!r}: {v!r}",
                                  hint="keys: size=HxW, mean=a/b/c, std=a/b/c, scale, layout=nchw|nhwc, "
                                       "color=rgb|bgr|gray, input=NAME") from None
+        p._check()
         return p
+
+    def _check(self) -> None:
+        """Values that parse but cannot preprocess an image (they surfaced as numpy errors
+        reported as graphprune bugs, or as NaN inputs): refused with what would work."""
+        channels = 1 if self.color == "gray" else 3
+        problems = []
+        if self.size is not None and min(self.size) <= 0:
+            problems.append(f"size {self.size[0]}x{self.size[1]} must be positive")
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) not in (1, channels):
+                wanted = "1 value" if channels == 1 else f"1 or {channels} values"
+                problems.append(f"{key} needs {wanted} for color={self.color}, got {len(vals)}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or not np.isfinite(self.scale):
+            problems.append("mean, std and scale must be finite numbers")
+        elif any(x == 0 for x in self.std) or self.scale == 0:
+            problems.append("std and scale must be non-zero")
+        if problems:
+            raise UsageError("calibration preprocessing: " + "; ".join(problems),
+                             hint="e.g. size=48x320,mean=0.5,std=0.5 or mean=0.485/0.456/0.406,std=0.229/0.224/0.225")
 
     def apply(self, path: Path) -> np.ndarray:
         try:
