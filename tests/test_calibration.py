@@ -92,6 +92,18 @@ def test_images_of_another_size_are_refused_with_the_resize_option_named(tmp_pat
     assert "calib-preprocess" not in (e.value.hint or "")
 
 
+@pytest.mark.parametrize("given,hint", [("layout=nhwc", "size=4x4,layout=nchw"), ("color=gray", "size=4x4,color=rgb"),
+                                        ("layout=nhwc,color=gray,mean=0.5", "size=4x4,mean=0.5,layout=nchw,color=rgb")])
+def test_the_hint_fixes_a_layout_or_colour_the_model_does_not_take(tmp_path, given, hint):
+    """The hint kept layout=nhwc / color=gray, the cause of the mismatch, and only added a size."""
+    Image = pytest.importorskip("PIL.Image")
+    for k in range(2):
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / f"im{k}.png")
+    with pytest.raises(UsageError) as e:
+        load_calibration(str(tmp_path), conv_model(), preprocess=given)
+    assert e.value.hint == f"match the model's input: --calib-preprocess {hint}"
+
+
 def test_images_of_several_sizes_fill_batches_by_size_for_a_dynamic_model(tmp_path):
     """Text lines of several widths for a model whose width is dynamic (an OCR recogniser):
     each size fills its own batches (stacking them crashed with numpy's ValueError), every

@@ -340,13 +340,38 @@ def _say_padding(first: Feeds) -> None:
 
 
 def _resize_hint(model: ir.Model, preprocess: str | None) -> str:
-    """What to add to --calib-preprocess so that a folder's images take the model's size."""
+    """What to put in --calib-preprocess so that a folder's images take the model's input:
+    its size, and the layout and colour its channel axis asks for (a hint that kept
+    `layout=nhwc` or `color=gray` when those were the mismatch repeated the cause)."""
     pre = ImagePreprocess.parse(preprocess)
     dims = list(_input_info(model)[0][1] or [])
-    hw = dims[1:3] if pre.layout == "nhwc" else dims[2:4]
+    fixes = _layout_color_fixes(pre, dims)
+    hw = dims[1:3] if fixes.get("layout", pre.layout) == "nhwc" else dims[2:4]
     size = f"{hw[0]}x{hw[1]}" if len(hw) == 2 and all(isinstance(d, int) for d in hw) else "HxW"
-    rest = ",".join(item for item in (preprocess or "").split(",") if item and not item.startswith("size="))
-    return f"resize the images to the model's input: --calib-preprocess size={size}" + (f",{rest}" if rest else "")
+    rest = [item for item in (preprocess or "").split(",")
+            if item and item.split("=")[0].strip() not in ("size", *fixes)]
+    spec = ",".join([f"size={size}", *rest, *(f"{k}={v}" for k, v in fixes.items())])
+    return ("match the model's input" if fixes else "resize the images to the model's input") + \
+        f": --calib-preprocess {spec}"
+
+
+def _layout_color_fixes(pre: ImagePreprocess, dims: list) -> dict:
+    """{"layout": ..., "color": ...} where the model's 4-D input (1 or 3 channels on one
+    axis) disagrees with the declared preprocessing."""
+    if len(dims) != 4:
+        return {}
+    fixes = {}
+    channels = lambda layout: dims[1] if layout == "nchw" else dims[3]  # noqa: E731
+    if channels(pre.layout) not in (1, 3):
+        other = "nchw" if pre.layout == "nhwc" else "nhwc"
+        if channels(other) in (1, 3):
+            fixes["layout"] = other
+    c = channels(fixes.get("layout", pre.layout))
+    if c == 3 and pre.color == "gray":
+        fixes["color"] = "rgb"
+    elif c == 1 and pre.color != "gray":
+        fixes["color"] = "gray"
+    return fixes
 
 
 def _calibration_source(spec: str, model: ir.Model, preprocess: str | None, batch_size: int,
