@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.errors import UsageError
+from graphprune.errors import GraphpruneError, UsageError
 from graphprune.input_shapes import static_dim
 from graphprune.runtime.ort import Feeds
 
@@ -285,9 +285,43 @@ def load_callable(spec: str, flag: str):
             s.loader.exec_module(mod)
         else:
             mod = importlib.import_module(mod_name)
-        return getattr(mod, fn_name)
+        fn = getattr(mod, fn_name)
     except (ImportError, AttributeError, OSError) as exc:
         raise UsageError(f"{flag} {spec!r}: cannot import ({exc})") from None
+    return _reported_as_the_user_s(fn, spec, flag)
+
+
+def _reported_as_the_user_s(fn, spec: str, flag: str):
+    """`fn` whose exceptions (on the call, or while iterating what it returns) name it as
+    the user's code: they were reported as graphprune's own bugs ("internal error ...
+    please report it")."""
+    import functools
+    import inspect
+
+    def said(exc: Exception) -> UsageError:
+        return UsageError(f"{flag} {spec!r} raised {type(exc).__name__}: {exc}",
+                          hint="the error is in that function (rerun with -v for its traceback)")
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            out = fn(*args, **kwargs)
+        except GraphpruneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's code: anything it raises is theirs
+            raise said(exc) from exc
+        return _iterated(out, said) if inspect.isgenerator(out) else out
+
+    return call
+
+
+def _iterated(gen, said):
+    try:
+        yield from gen
+    except GraphpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise said(exc) from exc
 
 
 def from_callable(spec: str, model: ir.Model, batch_size: int = 8, limit: int | None = None) -> Calibration:

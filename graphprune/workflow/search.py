@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphprune.errors import UsageError
 from graphprune.workflow.options import DEFAULT_MAX_DROP, PruneOptions  # noqa: F401  (DEFAULT_MAX_DROP: re-exported)
 from graphprune.workflow.progress import Progress
 
@@ -247,7 +248,7 @@ class Scorer:
 
         if self.fn is not None:
             self.held_back_fidelity = output_fidelity(self.dense, model, self.held)  # what the gate judges
-            return {"score": float(self.fn(session(model)))}
+            return {"score": self._user_score(session(model))}
         sets = [("held_back", self.held)] + ([("perturbed", self.perturbed)] if self.perturbed else [])
         row, cos, dec, n = {}, [], [], 0
         for name, batches in sets:
@@ -264,6 +265,19 @@ class Scorer:
         if dec:
             score.update(decisions=round(float(np.mean(dec)), 5), decision_samples=n)
         return {**score, **row}
+
+
+    def _user_score(self, sess) -> float:
+        """The user's score of one candidate: a finite number (NaN made every candidate
+        'nan' and the first one won without a word)."""
+        value = self.fn(sess)
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            score = float("nan")
+        if not np.isfinite(score):
+            raise UsageError(f"{self.name} returned {value!r}: a score must be a finite number (higher is better)")
+        return score
 
 
 def best(rows: list[dict]) -> int:

@@ -176,6 +176,35 @@ def test_a_user_score_decides(samples_dir, tmp_path, monkeypatch):
     assert [r["score"] for r in out.search["candidates"]] == [-1.0, -2.0]
 
 
+@pytest.mark.parametrize("module,body,says", [
+    ("nan_score", "    return float('nan')\n", "returned nan: a score must be a finite number"),
+    ("text_score", "    return 'high'\n", "returned 'high': a score must be a finite number"),
+    ("raising_score", "    raise RuntimeError('my metric broke')\n",
+     "'raising_score:score' raised RuntimeError: my metric broke"),
+])
+def test_a_broken_user_score_is_the_user_s_error_in_words(samples_dir, tmp_path, monkeypatch, module, body, says):
+    """A NaN score made every candidate 'nan' and the first won without a word; an exception
+    in the user's function was reported as graphprune's bug (probe)."""
+    (tmp_path / f"{module}.py").write_text("def score(session):\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match=says):
+        run_prune(str(samples_dir / "tiny_resnet.onnx"), PruneOptions(
+            ratio=0.3, calib=Calibration.from_batches(_batches(4, 1, seed=3)), search_budget=2,
+            score=f"{module}:score", check=False))
+
+
+def test_an_exception_in_the_user_s_calibration_function_names_it(samples_dir, tmp_path, monkeypatch):
+    (tmp_path / "bad_calib.py").write_text(
+        "import numpy as np\n"
+        "def data():\n"
+        "    yield {'input': np.zeros((1, 3, 16, 16), np.float32)}\n"
+        "    raise ValueError('my loader broke')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match="--calib 'bad_calib:data' raised ValueError: my loader broke"):
+        run_prune(str(samples_dir / "tiny_resnet.onnx"), PruneOptions(
+            ratio=0.3, calib="bad_calib:data", criterion="wanda", repair="none", allocation={"allocation": "uniform"}))
+
+
 def _softmax_model(w: np.ndarray, out_op: str = "Softmax"):
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
