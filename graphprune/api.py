@@ -146,7 +146,7 @@ def _checked_pair(original, pruned, plan):
     plan unless one is given; a file without a plan, the plan written with it."""
     if isinstance(pruned, PruneResult):
         pruned, plan = pruned.model, pruned.plan if plan is None else plan
-    if original is pruned:
+    if isinstance(original, ir.Model) and original is pruned:  # (equal paths may be one str object)
         raise UsageError("graphprune.check: the original and the pruned model are the same object (prune works "
                          "in place, so the model it was given is the pruned one)",
                          hint="pass the original's path, or a model loaded again before pruning")

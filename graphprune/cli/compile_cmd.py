@@ -102,6 +102,9 @@ def run(args) -> int:
     from graphprune.workflow.compile import compile_model
 
     apply_config(args, "compile", check_paths=check_cli_paths)  # no output on an input, before any write
+    from graphprune.cli.prune_cmd import refuse_flags_ignored
+
+    refuse_flags_ignored(args, "compile")
     opts = options(args)
     if args.dry_run:
         return dry_run.show_compile(args.model, opts, args.save_config)

@@ -92,26 +92,30 @@ def options(args):
 
 
 # what the pruning step decides from flags; a --pipeline states its own (prune-channels{ratio=..})
-_PIPELINE_DECIDES = ("ratio", "criterion", "round_to", "ignore", "seed", "allocation", "target_macs",
-                     "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratio",
-                     "prune_hidden", "reduction", "normalize", "remove_blocks", "blocks", "block_criterion")
+# options that choose the channels: a --pipeline (its passes take their own options) or a
+# --plan (its channels are replayed exactly) decides them instead
+CHANNEL_CHOICES = ("ratio", "criterion", "round_to", "ignore", "seed", "allocation", "target_macs",
+                   "target_params", "target_active_params", "target_latency", "max_ratio", "protect", "layer_ratio",
+                   "prune_hidden", "reduction", "normalize", "remove_blocks", "blocks", "block_criterion")
 
 
-def _refuse_flags_a_pipeline_ignores(args) -> None:
-    """--pipeline runs its own passes with their own options: --ratio, --criterion and the
-    other pruning flags had no effect next to it, without a word. Refused in words."""
-    if not args.pipeline:
-        return
+def refuse_flags_ignored(args, verb: str = "prune") -> None:
+    """--ratio, --target-macs, --criterion ... next to --pipeline or --plan had no effect,
+    without a word (a --plan with --target-macs 0.5 wrote the plan's 0.93 of the MACs and
+    said nothing about the target). Refused in words, before any work."""
     from graphprune.cli.config_file import _dests
     from graphprune.errors import UsageError
 
-    actions = _dests("prune")
-    given = [d for d in _PIPELINE_DECIDES if d in actions and getattr(args, d, None) not in (actions[d].default, None)]
-    if given:
-        flags = ", ".join("--" + d.replace("_", "-") for d in given)
+    actions = _dests(verb)
+    given = [d for d in CHANNEL_CHOICES if d in actions and getattr(args, d, None) not in (actions[d].default, None)]
+    flags = ", ".join("--" + d.replace("_", "-") for d in given)
+    if given and getattr(args, "pipeline", None):
         raise UsageError(f"{flags}: not used with --pipeline, whose passes take their own options",
                          hint="put them in the pipeline, e.g. --pipeline 'prune-channels{ratio=0.5,criterion=l1}', "
                               "or drop --pipeline")
+    if given and getattr(args, "plan", None):
+        raise UsageError(f"{flags}: not used with --plan, which replays the plan's channels exactly",
+                         hint="drop them to replay the plan, or drop --plan to choose channels anew")
 
 
 def _checked_output(args) -> Path:
@@ -140,7 +144,7 @@ def run(args) -> int:
     from graphprune.workflow import run_prune
 
     apply_config(args, "prune", check_paths=check_cli_paths)  # no output on an input, before any write
-    _refuse_flags_a_pipeline_ignores(args)
+    refuse_flags_ignored(args)
     opts = options(args)
     out = _checked_output(args)
     if args.dry_run:

@@ -249,6 +249,22 @@ def test_pruning_flags_a_pipeline_would_ignore_are_refused(samples_dir, tmp_path
     assert "--ratio, --criterion: not used with --pipeline" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("verb", ["prune", "compile"])
+def test_channel_flags_a_plan_would_ignore_are_refused(samples_dir, tmp_path, capsys, verb):
+    """--plan with --target-macs 0.5 wrote the plan's 0.93 of the MACs, said nothing about
+    the target and exited 0 (probe); refused before any work, in both verbs."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    first = tmp_path / "first.onnx"
+    assert main(["prune", src, "-o", str(first), "--no-bench", "--ratio", "0.3"]) == 0
+    out = tmp_path / ("again.onnx" if verb == "prune" else "again")
+    plan = str(tmp_path / "first.plan.json")
+    for flags, says in ((["--target-macs", "0.5"], "--target-macs: not used with --plan"),
+                        (["--ratio", "0.5"], "--ratio: not used with --plan")):
+        extra = ["--target", "x86", "--backend", "onnxruntime"] if verb == "compile" else ["--no-bench"]
+        assert main([verb, src, "-o", str(out), "--plan", plan, *extra, *flags]) == 2
+        assert says in capsys.readouterr().err and not out.exists()
+
+
 def test_replaying_a_repaired_run_s_plan_says_what_it_did_not_repeat(samples_dir, tmp_path, capsys):
     """`--plan` replays the pruning; the first run's repairs changed the weights too, and the
     replayed model differed from it by a third of the output scale without a word. The replay
