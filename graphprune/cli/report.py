@@ -150,6 +150,21 @@ def widths_off_multiple(model, plan, round_to: int) -> list[tuple[str, int]]:
     return out
 
 
+def _hidden_lines(allocation: dict, plan) -> list[str]:
+    """What the summary says of the hidden size: why --prune-hidden found none, or that it
+    was kept whole — not after slice-hidden narrowed it (the first line says so; "kept
+    whole" beside "hidden size 32 -> 24" contradicted it)."""
+    out = []
+    if allocation.get("hidden_none"):
+        out.append(f"--prune-hidden: no hidden size to prune in this model: {allocation['hidden_none']}")
+    hidden = allocation.get("hidden_kept")
+    if hidden and not plan.hidden:
+        out.append(f"hidden size: kept whole ({len(hidden)} group(s) that a LayerNorm/RMSNorm or a sum over channels "
+                   f"reads whole, e.g. {hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the "
+                   "original width)")
+    return out
+
+
 def print_prune_summary(outcome, *, latency: dict) -> None:
     from graphprune.cli import allocation_flags as alloc_cli
     from graphprune.cli.common import basis_lines, table
@@ -178,14 +193,8 @@ def print_prune_summary(outcome, *, latency: dict) -> None:
                  else "")
               + (f"; except {len(odd)} weight(s) narrower than that, cut freely: "
                  f"{', '.join(f'{n} {w}' for n, w in odd[:4])}{' ...' if len(odd) > 4 else ''}" if odd else ""))
-    allocation = outcome.state.ctx.results.get("allocation") or {}
-    if allocation.get("hidden_none"):
-        print(f"--prune-hidden: no hidden size to prune in this model: {allocation['hidden_none']}")
-    hidden = allocation.get("hidden_kept")
-    if hidden:
-        print(f"hidden size: kept whole ({len(hidden)} group(s) that a LayerNorm/RMSNorm or a sum over channels "
-              f"reads whole, e.g. {hidden[0]}); --prune-hidden prunes it too, exactly (statistics kept over the "
-              "original width)")
+    for line in _hidden_lines(outcome.state.ctx.results.get("allocation") or {}, plan):
+        print(line)
     for line in basis_lines(outcome.shapes.measured_at() if outcome.shapes is not None else None,
                             outcome.before.uncounted):
         print(line)

@@ -324,6 +324,21 @@ def test_channel_pruning_after_slicing_leaves_a_kept_whole_table_alone(tmp_path,
     assert len(plan["groups"]) >= 2  # heads / FFN channels were still pruned
 
 
+def test_the_summary_does_not_call_a_sliced_hidden_size_kept_whole(hf_exported, tmp_path, capsys):
+    """'hidden size 32 -> 24 (slice-hidden)' was followed by 'hidden size: kept whole (...)'
+    (the channel allocation's view of the stream after slicing; probe)."""
+    from graphprune.cli.main import main
+
+    path = hf_exported("llama", False)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).integers(0, 97, (16, 32)).astype(np.int64))
+    rc = main(["prune", path, "--slice-hidden", "0.25", "--ratio", "0.3", "--criterion", "l2", "--allocation",
+               "uniform", "--calib", str(tmp_path / "calib.npz"), "--repair", "none", "--max-drop", "2", "--no-bench",
+               "-o", str(tmp_path / "out.onnx")])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    assert "hidden size 32 -> 24 (slice-hidden)" in printed.out and "hidden size: kept whole" not in printed.out
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_flattened_gemm_becomes_matmul_with_the_same_outputs(trans_b):
     """Reshape([B, S, 2, 4] -> [-1, 8]) -> Gemm -> Reshape([B, S, 6]) (heads merged on the way
