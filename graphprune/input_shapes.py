@@ -148,8 +148,9 @@ def check_user(specs: Iterable[InputSpec], user: Mapping) -> None:
         if spec is None:
             raise UsageError(f"--input-shape: the model has no input {name!r}", hint=f"inputs: {', '.join(by_name)}")
         dims = [int(d) for d in dims]
-        if any(d < 0 for d in dims):
-            raise UsageError(f"--input-shape {name}: {dims} has a negative size")
+        if any(d <= 0 for d in dims):  # 0: an empty input, at which inspect counted the MACs of size 1
+            raise UsageError(f"--input-shape {name}: {dims} has a negative or zero size",
+                             hint="give sizes of at least 1")
         old = spec.shape
         if old and len(old) != len(dims):
             raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the input has rank {len(old)}")

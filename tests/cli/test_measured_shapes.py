@@ -93,7 +93,7 @@ def test_inspect_counts_macs_per_layer_at_the_input_shape(tmp_path, capsys):
 @pytest.mark.parametrize("verb", ["inspect", "prune"])
 @pytest.mark.parametrize("shape,says", [
     ("x:1,3,64,64", "contradicts the model's static shape [1, 3, 16, 16]"),
-    ("x:1,3,-1,16", "has a negative size"),
+    ("x:1,3,-1,16", "has a negative or zero size"),
     ("x:1,3,16", "rank 3 given, the input has rank 4"),
     ("y:1,3,16,16", "the model has no input 'y'"),
 ])
@@ -105,6 +105,16 @@ def test_every_verb_refuses_an_input_shape_the_model_cannot_take(tmp_path, capsy
     assert main([verb, str(model), "--input-shape", shape, *extra]) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "p.onnx").exists()
+
+
+@pytest.mark.parametrize("verb", ["inspect", "prune"])
+@pytest.mark.parametrize("shape", ["x:1,3,0,16", "x:0,3,16,16"])
+def test_a_zero_size_is_refused_by_every_verb(tmp_path, capsys, verb, shape):
+    """inspect printed MACs at 1×3×0×320 (and a batch of 0 gave the batch-1 figure; probe)."""
+    model = _two_convs(tmp_path / "m.onnx")
+    extra = ["-o", str(tmp_path / "p.onnx")] if verb == "prune" else []
+    assert main([verb, str(model), "--input-shape", shape, *extra]) == 2
+    assert "has a negative or zero size" in capsys.readouterr().err
 
 
 def test_a_dynamic_input_takes_any_size_of_its_symbolic_dims(tmp_path, capsys):
