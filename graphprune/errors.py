@@ -65,6 +65,14 @@ class OracleMismatchError(GraphpruneError):
     exit_code = 3
 
 
+class NotCheckableError(GraphpruneError):
+    """`check` of a model whose weights a repair or sparsity changed after pruning: it is not
+    the masked original by design, so the oracle cannot judge it. Not a mismatch (exit 3):
+    a script told them apart by nothing; the run that wrote it verified the pruning."""
+
+    exit_code = 6
+
+
 class QualityGateError(GraphpruneError):
     """The pruned model is exact but too far from the dense one on the user's data."""
 

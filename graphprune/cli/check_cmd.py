@@ -62,7 +62,7 @@ def _same_run(pruned, deployed) -> None:
 def run(args) -> int:
     import graphprune as gp
     from graphprune.cli.common import load_inputs, parse_shapes, table
-    from graphprune.errors import OracleMismatchError, UsageError
+    from graphprune.errors import NotCheckableError, OracleMismatchError, UsageError
 
     if args.random < 0 or (args.random == 0 and not args.inputs):
         raise UsageError(f"--random {args.random}: the oracle needs at least one input set",
@@ -96,7 +96,7 @@ def run(args) -> int:
     if res.unpaired:
         raise OracleMismatchError(res.unpaired, hint="use the .plan.json written together with the model")
     if not res.ok and res.changed_after_pruning:
-        raise OracleMismatchError(f"cannot check this model against the masked original: {res.changed_after_pruning}",
+        raise NotCheckableError(f"cannot check this model against the masked original: {res.changed_after_pruning}",
                                   hint="the run that wrote it (prune or compile) verified the model before its "
                                        "repair and sparsity (the oracle line of its summary); to check the pruning "
                                        "alone here, run it again with --repair none and without --sparsity")

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "exit codes: 0 ok, 1 internal error, 2 usage or plan error, 3 oracle or quality gate "
                        "failed, 4 unreadable or unsupported model, 5 slower than --min-speedup (compile: the "
                        "deployed pruned model is not that much faster than the input in ONNX Runtime; nothing "
-                       "written)")
+                       "written), 6 not checkable (check of a model repaired or sparsified after pruning)")
     p.add_argument("--version", action="version", version=f"graphprune {__version__}")
     _add_global_options(p)
     sub = p.add_subparsers(dest="verb", metavar="VERB")

@@ -137,8 +137,9 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
 
 
 def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tmp_path, capsys):
-    """A repaired or sparsified model is not the masked original by design: check still
-    exits 3 (it proves nothing about such a model), but says why instead of "differs"."""
+    """A repaired or sparsified model is not the masked original by design: check proves
+    nothing about it and says why instead of "differs", with its own exit code 6 (it was 3,
+    the mismatch's: a script could not tell the two apart; probe)."""
     import numpy as np
 
     src = samples_dir / "tiny_resnet.onnx"
@@ -147,13 +148,13 @@ def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tm
     assert run("prune", src, "--ratio", "0.3", "--calib", calib, "--criterion", "l2", "--allocation", "uniform",
                "--repair", "bias", "-o", tmp_path / "r.onnx", "--no-bench") == 0
     assert "oracle PASS" in capsys.readouterr().out  # verified before the repair
-    assert run("check", src, tmp_path / "r.onnx", "--plan", tmp_path / "r.plan.json") == 3
+    assert run("check", src, tmp_path / "r.onnx", "--plan", tmp_path / "r.plan.json") == 6
     cap = capsys.readouterr()
     assert "oracle not applicable: repair passes changed weights after pruning (bias-compensate)" in cap.out
     assert "cannot check this model against the masked original" in cap.err and "--repair none" in cap.err
     assert run("prune", src, "--ratio", "0.3", "--sparsity", "0.5", "-o", tmp_path / "s.onnx", "--no-bench") == 0
     capsys.readouterr()
-    assert run("check", src, tmp_path / "s.onnx", "--plan", tmp_path / "s.plan.json") == 3
+    assert run("check", src, tmp_path / "s.onnx", "--plan", tmp_path / "s.plan.json") == 6
     assert "tensors were sparsified after pruning" in capsys.readouterr().out
     # the same pruning without repair or sparsity passes: the message is not a blanket excuse
     assert run("prune", src, "--ratio", "0.3", "--calib", calib, "--criterion", "l2", "--allocation", "uniform",
