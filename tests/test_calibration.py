@@ -272,3 +272,23 @@ def test_batches_are_checked_and_cast_to_the_model_s_float_type(tmp_path):
         load_calibration(obj, conv_model())
     ok = Calibration.from_batches([{"x": x[:1].astype(np.float32)}])
     assert load_calibration(ok, conv_model()) is ok
+
+
+def test_constant_calibration_data_and_a_renamed_array_are_said(tmp_path, caplog):
+    """An .npz holding one array of zeros under another name than the model's input: the key
+    was mapped and the data used without a word, and the gate then reported a perfect 1.0000
+    measured on constant inputs (probe)."""
+    import logging
+
+    np.savez(tmp_path / "z.npz", images=np.zeros((4, 3, 4, 4), np.float32))
+    with caplog.at_level(logging.INFO, logger="graphprune.runtime.calibration"):
+        load_calibration(str(tmp_path / "z.npz"), conv_model())
+    text = caplog.text
+    assert "array 'images' of z.npz taken as the model's only input 'x'" in text
+    assert "input 'x' is constant in the first batch (every value 0)" in text
+    caplog.clear()
+    np.savez(tmp_path / "r.npz", x=np.random.default_rng(0).standard_normal((4, 3, 4, 4)).astype(np.float32))
+    with caplog.at_level(logging.INFO, logger="graphprune.runtime.calibration"):
+        load_calibration(str(tmp_path / "r.npz"), conv_model())
+    assert "constant" not in caplog.text and "taken as" not in caplog.text
+

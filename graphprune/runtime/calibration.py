@@ -217,6 +217,8 @@ def from_npz(path: str | Path, model: ir.Model, batch_size: int = 8, limit: int 
     inputs = _input_info(model)
     names = [n for n, _ in inputs]
     if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        log.info("calibration: array %r of %s taken as the model's only input %r", next(iter(arrays)), path.name,
+                 names[0])
         arrays = {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -357,12 +359,27 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
             raise UsageError(f"{spec.description}: batch dtypes differ from the model's inputs",
                              hint=", ".join(f"{k}: {np.asarray(first[k]).dtype} -> {fitted[k].dtype}" for k in first))
         _say_padding(fitted)
+        _say_constant(fitted, spec.description)
         return spec
     calib = _calibration_source(spec, model, preprocess, batch_size, limit)
     hint = _resize_hint(model, preprocess) if Path(spec).is_dir() else None
     calib.make = _checked(calib.make, model, calib.description, hint)
-    _say_padding(calib.first())  # a batch the model cannot take fails here, before any work
+    first = calib.first()  # a batch the model cannot take fails here, before any work
+    _say_padding(first)
+    _say_constant(first, calib.description)
     return calib
+
+
+def _say_constant(first: Feeds, description: str) -> None:
+    """A float input whose first batch holds one value throughout (all zeros, a placeholder):
+    every statistic, the search and the quality gate would be measured on it and report a
+    perfect 1.0000 without a word (probe)."""
+    for name, v in first.items():
+        a = np.asarray(v)
+        if a.dtype.kind == "f" and a.size > 1 and np.all(a == a.flat[0]):
+            log.warning("calibration data %s: input %r is constant in the first batch (every value %g); "
+                        "importance, repairs, the search and the quality gate measured on it say little about "
+                        "real inputs", description, name, float(a.flat[0]))
 
 
 def _say_padding(first: Feeds) -> None:
