@@ -132,6 +132,25 @@ def latency_on_this_cpu(budget: dict, target_name: str) -> dict:
             "line": budget["line"] + f"; timed on this machine's CPU, not on {target_name}: a host estimate"}
 
 
+def _why_under(allocation: dict, asked: float, kept: float, round_to: int) -> str:
+    """Why a met target landed far under the ask: the SIMD lanes' steps (round_to auto), a
+    fixed multiple, or uniform allocation's whole-atom steps (LLaMA with 2 KV groups and
+    --round-to 1: 0.7 asked, 0.5 kept, and no word)."""
+    stepped = allocation.get("round_to")
+    if stepped:  # round_to auto: the lanes' steps left the target far under
+        return (f"; widths in multiples of {stepped['used']}, not of the {stepped['lanes']} SIMD lanes: those "
+                f"kept only {stepped['lanes_kept']:.3f} (--round-to {stepped['lanes']} keeps the lanes)")
+    if asked - kept <= FINER_TOLERANCE:
+        return ""
+    if round_to > 1:
+        return f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
+    if allocation.get("mode") == "uniform":
+        return (f"; {asked - kept:.3f} under it: uniform allocation takes the same share of every group in whole "
+                "atoms, and a group of few atoms (2: a step of half) lands far under; --allocation global may "
+                "meet it closer")
+    return ""
+
+
 def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
                   set_by_search: str | None = None) -> dict | None:
     """The run's target (--target-macs ...) against what it kept, with its summary line; None
@@ -173,12 +192,7 @@ def budget_result(allocation: dict | None, before, after, round_to: int = 1, *,
         line = f"{flag} {asked:g}: met, the result keeps {kept:.3f} of the input's {what}{how}"
         if kept > asked:  # a latency within the timing-noise band: say so, not a bare "met" above the ask
             line += f" (within the {LATENCY_BAND:.0%} band allowed for timing noise)"
-        stepped = allocation.get("round_to")
-        if stepped:  # round_to auto: the lanes' steps left the target far under
-            line += (f"; widths in multiples of {stepped['used']}, not of the {stepped['lanes']} SIMD lanes: those "
-                     f"kept only {stepped['lanes_kept']:.3f} (--round-to {stepped['lanes']} keeps the lanes)")
-        elif asked - kept > FINER_TOLERANCE and round_to > 1:
-            line += f"; {asked - kept:.3f} under it: widths stay multiples of {round_to} (--round-to 1 allows finer steps)"
+        line += _why_under(allocation, asked, kept, round_to)
     return {"flag": flag, "asked": asked, "kept": round(float(kept), 4), "met": bool(met), "line": line}
 
 

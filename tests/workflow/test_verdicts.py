@@ -555,3 +555,18 @@ def test_a_model_whose_only_group_is_the_hidden_size_says_how_to_prune_it(tmp_pa
     assert main(["prune", src, "--round-to", "1", "--prune-hidden", "--no-bench", "-o", str(tmp_path / "q.onnx")]) == 0
     out = capsys.readouterr().out
     assert "oracle PASS" in out and "pruned 1 groups, sliced 4 tensors" in out
+
+
+def test_a_target_met_far_under_by_uniform_steps_says_why(hf_exported):
+    """LLaMA with 2 KV groups, --target-macs 0.7 --round-to 1: uniform allocation steps by half
+    a group and kept 0.500 with no word (the default round-to explained its own steps; probe).
+    The line says why and names the allocation that meets it closer (measured: 0.666)."""
+    from graphprune.workflow import PruneOptions, run_prune
+
+    path = hf_exported("llama", False)
+    out = run_prune(path, PruneOptions(allocation={"target_macs": 0.7}, round_to=1, criterion="l2", repair="none"))
+    line = out.budget["line"]
+    assert out.budget["kept"] < 0.65 and "under it: uniform allocation takes the same share of every group" in line
+    closer = run_prune(path, PruneOptions(allocation={"target_macs": 0.7, "allocation": "global"}, round_to=1,
+                                          criterion="l2", repair="none"))
+    assert out.budget["kept"] < closer.budget["kept"] <= 0.7 + 1e-3 and "under it" not in closer.budget["line"]
