@@ -20,7 +20,9 @@ VERBS = {
 
 
 class _ArgumentError(Exception):
-    pass
+    def __init__(self, text: str, message: str = "", hint: str | None = None):
+        super().__init__(text)
+        self.message, self.hint = message, hint
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
     error of the CLI."""
 
     def error(self, message: str):
-        raise _ArgumentError(f"{self.prog}: error: {message}\n  hint: see `{self.prog} --help`")
+        hint = f"see `{self.prog} --help`"
+        raise _ArgumentError(f"{self.prog}: error: {message}\n  hint: {hint}", message, hint)
 
 
 def _add_global_options(p: argparse.ArgumentParser, suffix: str = "") -> None:
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except _ArgumentError as exc:
         print(exc, file=sys.stderr)
+        _json_status_of_a_parse_error(sys.argv[1:] if argv is None else argv, exc)
         return 2
     _merge_global_options(args)
     refused = _guard_outputs(args) if args.verb else None
@@ -215,6 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with _logging_to(handlers):
         return _run_logged(parser, args, argv)
+
+
+def _json_status_of_a_parse_error(argv: list[str], exc: _ArgumentError) -> None:
+    """Under --json a failure prints its status document, one that argparse refused too
+    (--ratio 2 printed nothing on stdout, exit 2, while other usage errors printed one)."""
+    if "--json" not in argv:
+        return
+    from graphprune.cli.results import dump
+
+    verb = next((a for a in argv if a in VERBS), None)
+    status = argparse.Namespace(verb=verb, json_result=None, error={"error": exc.message, "hint": exc.hint})
+    sys.stdout.write(dump(status, 2))
+    sys.stdout.flush()
 
 
 def _run_logged(parser, args, argv: list[str] | None) -> int:

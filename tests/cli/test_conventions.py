@@ -82,6 +82,21 @@ def test_json_before_the_verb_and_after_a_failure(work, capfd):
     assert data["schema"].startswith("graphprune.")
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["prune", "m.onnx", "--ratio", "2", "--json"], "--ratio: must be in [0, 1)"),
+    (["--json", "prune", "m.onnx", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_json_prints_a_status_for_an_option_argparse_refuses(capfd, argv, says):
+    """--ratio 2 or an unknown flag printed nothing on stdout under --json (exit 2), while
+    other usage errors printed the status document (probe)."""
+    assert main(argv) == 2
+    out, err = capfd.readouterr()
+    data = json.loads(out)
+    assert data == {"schema": "graphprune.status/1", "verb": "prune", "exit_code": 2, "error": data["error"],
+                    "hint": "see `graphprune --help`" if "bogus" in says else data["hint"]}
+    assert says in data["error"] and says in err
+
+
 def test_bench_json_out_writes_the_file(work, capfd):
     path = work["dir"] / "bench.json"
     assert main(_argv("bench", work, 2) + ["--json-out", str(path)]) == 0
