@@ -76,7 +76,7 @@ def run(args) -> int:
         from graphprune.outputs import plan_beside
 
         args.plan = str(plan_beside(args.pruned))
-        print(f"plan: {args.plan} (written together with {args.pruned})")
+        print(f"plan: {args.plan} (found beside {args.pruned}: the digest the model records)")
     res = gp.check(args.original, args.pruned, args.plan, inputs=load_inputs(args.inputs),
                    n_random=args.random, rtol=args.rtol, seed=args.seed, shapes=shapes)
     write_check_report(args, res)

@@ -133,7 +133,10 @@ def test_check_finds_the_plan_written_with_the_pruned_model(samples_dir, tmp_pat
     (tmp_path / "b.plan.json").unlink()  # (a copy of a's plan: it would be found too)
     (tmp_path / "a.plan.json").rename(tmp_path / "tiny_resnet.plan.json")
     assert run("check", src, tmp_path / "a.onnx") == 0
-    assert f"plan: {tmp_path / 'tiny_resnet.plan.json'}" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"plan: {tmp_path / 'tiny_resnet.plan.json'}" in said
+    # found by the digest beside a model of another name: not "written together with" it (probe)
+    assert "found beside" in said and "written together with" not in said
 
 
 def test_check_names_repair_and_sparsity_instead_of_a_plain_fail(samples_dir, tmp_path, capsys):
