@@ -278,7 +278,9 @@ def _prune(c: _Compile):
                "bytes": model_nbytes(outcome.model)}
     if outcome.fidelity is not None:
         fid = outcome.fidelity
-        c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} on calibration data "
+        from graphprune.report.build import fidelity_basis
+
+        c.checks["fidelity"] = {"ok": True, "summary": f"mean cosine {fid['mean_cosine']:.4f} {fidelity_basis(fid)} "
                                                        f"(drop {fid['drop']:.4f}, max {max_drop_of(c.opts):g})"}
         c.before["fidelity"], c.after["fidelity"] = 1.0, fid["mean_cosine"]
     return outcome

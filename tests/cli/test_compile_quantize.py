@@ -39,6 +39,8 @@ def test_compile_quantize_int8(samples_dir, calib, tmp_path, capsys):
                  "--quantize", "int8", "-o", str(out), *FAST]) == 0
     text = capsys.readouterr().out
     assert "int8 (QDQ" in text and "quantized_int8: PASS" in text and "numerics_onnxruntime: PASS" in text
+    # the float gate's figure says where it was measured (the repair fit the rest; it said "on calibration data")
+    assert "fidelity: PASS (mean cosine" in text and "on held-back calibration samples" in text
     rep = json.loads((out / "report.json").read_text())
     q = rep["quantization"]
     assert q["mode"] == "int8" and q["format"] == "QDQ" and q["runs_int8"] and q["calibration_batches"] == 16
