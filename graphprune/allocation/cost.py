@@ -1,10 +1,10 @@
 """Cost of a selection before applying it: MACs and parameters as functions of the kept
 fraction of every slot.
 
-Each MAC-bearing node (the weighted ops of `ir.layers`, ONNX Runtime's MoE and Attention)
-and each float constant is a *term*: its dense cost at concrete shapes times the product of kept fractions of the
-slots its cost is multiplicative in (a conv: output channels and input channels per
-group). Removing atoms of a group changes the kept fraction of that group's slots only,
+Each MAC-bearing node (the weighted ops of `ir.layers`, the recurrent ops, ONNX Runtime's
+MoE and Attention) and each float constant is a *term*: its dense cost at concrete shapes
+times the product of kept fractions of the slots its cost is multiplicative in (a conv:
+output channels and input channels per group). Removing atoms of a group changes the kept fraction of that group's slots only,
 so evaluating a selection is a few vectorised products — cheap enough for the searches
 of the target-driven allocations.
 """
@@ -15,13 +15,13 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from graphprune.analysis.cost import is_recurrent
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import attrs_of, layer_of
 from graphprune.ir.moe import active_macs, expert_values, is_moe, top_k
 from graphprune.ir.ms_attention import attention_macs, is_attention
-from graphprune.analysis.cost import is_recurrent
 from graphprune.ir.nbits import logical_params
 from graphprune.ir.quant import is_quantized_weight
 

@@ -117,7 +117,7 @@ def _uncounted(counted: ir.Model) -> list[str]:
     out = []
     for n in counted.graph:
         layer = layer_of(n)
-        if layer is not None and not layer.macs_known() or is_attention(n) and _attention_macs(n) is None:
+        if (layer is not None and not layer.macs_known()) or (is_attention(n) and _attention_macs(n) is None):
             out.append(n.name)
     return out
 

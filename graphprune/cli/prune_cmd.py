@@ -91,7 +91,6 @@ def options(args):
         **alloc_cli.calibration_options(args))
 
 
-# what the pruning step decides from flags; a --pipeline states its own (prune-channels{ratio=..})
 # options that choose the channels: a --pipeline (its passes take their own options) or a
 # --plan (its channels are replayed exactly) decides them instead
 CHANNEL_CHOICES = ("ratio", "criterion", "round_to", "ignore", "seed", "allocation", "target_macs",

@@ -266,7 +266,6 @@ class Scorer:
             score.update(decisions=round(float(np.mean(dec)), 5), decision_samples=n)
         return {**score, **row}
 
-
     def _user_score(self, sess) -> float:
         """The user's score of one candidate: a finite number (NaN made every candidate
         'nan' and the first one won without a word)."""
