@@ -4,4 +4,5 @@ import sys
 
 from graphprune.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # (imported as graphprune.__main__, e.g. by pkgutil walks, it runs nothing)
+    sys.exit(main())
