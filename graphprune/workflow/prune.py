@@ -397,6 +397,9 @@ class _Run:
 
         outcome.repair = run_repair(self.model, self.state.ctx, self.opts.repair, repair_pm)
         self._say_unrepeated_repair(outcome.repair)
+        if self.state.removed_blocks:  # the repairs' reference is the model after the blocks went
+            for r in outcome.repair:
+                r["reference"] = "against the model with the removed blocks, before channel pruning"
         for r in outcome.repair:
             self.progress.repair(r)
         from graphprune.ir.layers import is_integer_layer

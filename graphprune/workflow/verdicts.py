@@ -34,8 +34,8 @@ def repair_line(r: dict) -> str:
         return (f"repair {r['pass']}: changed no layer (output error on calibration data {r['error_before']:.4g})"
                 + (f"; {r['line']}" if r.get("line") else ""))
     return (f"repair {r['pass']}: output error on calibration data {r['error_before']:.4g} -> "
-            f"{r['error_after']:.4g}" + (" (undone: no improvement)" if r["reverted"] else "")
-            + (f"; {r['line']}" if r.get("line") else ""))
+            f"{r['error_after']:.4g}" + (f" ({r['reference']})" if r.get("reference") else "")
+            + (" (undone: no improvement)" if r["reverted"] else "") + (f"; {r['line']}" if r.get("line") else ""))
 
 
 def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | None:

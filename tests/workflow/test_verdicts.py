@@ -570,3 +570,25 @@ def test_a_target_met_far_under_by_uniform_steps_says_why(hf_exported):
     closer = run_prune(path, PruneOptions(allocation={"target_macs": 0.7, "allocation": "global"}, round_to=1,
                                           criterion="l2", repair="none"))
     assert out.budget["kept"] < closer.budget["kept"] <= 0.7 + 1e-3 and "under it" not in closer.budget["line"]
+
+
+def test_repair_lines_after_removed_blocks_say_what_they_are_measured_against(samples_dir):
+    """With --remove-blocks the repairs fit, and measure, against the model with the blocks
+    removed: 'output error 0.035' stood beside a 0.30 drop against the input (probe)."""
+    import numpy as np
+
+    from graphprune.runtime.calibration import Calibration
+    from graphprune.workflow import PruneOptions, run_prune
+    from graphprune.workflow.verdicts import repair_line
+
+    rng = np.random.default_rng(0)
+    calib = Calibration.from_batches([{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                                      for _ in range(8)])
+    src = str(samples_dir / "tiny_resnet.onnx")
+    out = run_prune(src, PruneOptions(remove_blocks=1, ratio=0.2, criterion="l2", allocation={"allocation": "uniform"},
+                                      repair="bias", calib=calib, max_drop=None, round_to=1))
+    assert out.plan.blocks and out.repair
+    assert all("against the model with the removed blocks" in repair_line(r) for r in out.repair)
+    plain = run_prune(src, PruneOptions(ratio=0.2, criterion="l2", allocation={"allocation": "uniform"},
+                                        repair="bias", calib=calib, max_drop=None, round_to=1))
+    assert plain.repair and not any("removed blocks" in repair_line(r) for r in plain.repair)
