@@ -86,7 +86,7 @@ class Cost:
     nodes: int
     shapes: dict | None = None  # {input: shape} the MACs were counted at (None: symbolic dims as 1)
     layers: dict | None = None  # {node name: MACs} of the weighted ops, at `shapes` (reports reuse it)
-    uncounted: list | None = None  # weighted ops whose MACs the shapes do not give (counted as 0)
+    uncounted: list | None = None  # ops that multiply-accumulate but count 0 here (`_uncounted`)
 
 
 def uncounted_line(names: list[str] | None) -> str | None:
@@ -95,7 +95,8 @@ def uncounted_line(names: list[str] | None) -> str | None:
     if not names:
         return None
     shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-    return f"MACs: {len(names)} layer(s) not counted, their shapes unknown ({shown}): the MAC figures are lower bounds"
+    return (f"MACs: {len(names)} layer(s) not counted, their shapes unknown or their op not one graphprune counts "
+            f"({shown}): the MAC figures are lower bounds")
 
 
 from graphprune.frontends.onnx import at_shapes  # noqa: E402  (importable from here too)
@@ -112,12 +113,28 @@ def _layers_of(model: ir.Model, counted: ir.Model) -> dict[str, int]:
             if layer_of(n) is not None or is_attention(n) or is_recurrent(n)}
 
 
+# ops that multiply-accumulate, by name in any domain: one `node_macs` has no count for
+# (ONNX Runtime's offline-optimised files: com.microsoft.nchwc::Conv, FusedGemm, QLinearConv
+# in NHWC ...) is uncounted, not silently 0 (inspect of a compile deployment printed 480 MACs)
+_MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul",
+                      "NhwcConv", "NhwcFusedConv", "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger",
+                      "MatMulInteger", "MatMulInteger16", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                      "MatMulNBits", "QAttention", "MultiHeadAttention", "GroupQueryAttention", "Einsum"})
+
+
 def _uncounted(counted: ir.Model) -> list[str]:
-    """Weighted ops of the main graph whose MACs the shapes do not give (counted as 0)."""
+    """Ops of the main graph that multiply-accumulate but whose MACs are counted as 0: a
+    weighted op whose shapes are unknown, or an op no count here knows."""
     out = []
     for n in counted.graph:
         layer = layer_of(n)
-        if (layer is not None and not layer.macs_known()) or (is_attention(n) and _attention_macs(n) is None):
+        if layer is not None:
+            known = layer.macs_known()
+        elif is_attention(n):
+            known = _attention_macs(n) is not None
+        else:
+            known = n.op_type not in _MAC_OPS or is_moe(n) or node_macs(n) > 0
+        if not known:
             out.append(n.name)
     return out
 
