@@ -1,8 +1,8 @@
 """Cost of a selection before applying it: MACs and parameters as functions of the kept
 fraction of every slot.
 
-Each MAC-bearing node (the weighted ops of `ir.layers`, the recurrent ops, ONNX Runtime's
-MoE and Attention) and each float constant is a *term*: its dense cost at concrete shapes
+Each MAC-bearing node (the weighted ops of `ir.layers`, the recurrent ops, Einsum, ONNX
+Runtime's MoE and Attention) and each float constant is a *term*: its dense cost at concrete shapes
 times the product of kept fractions of the slots its cost is multiplicative in (a conv:
 output channels and input channels per group). Removing atoms of a group changes the kept fraction of that group's slots only,
 so evaluating a selection is a few vectorised products — cheap enough for the searches
@@ -53,6 +53,9 @@ def mac_terms(model: ir.Model, shapes: dict[str, tuple]) -> list[tuple[ir.Node, 
             continue
         if is_recurrent(node):
             out.extend(_recurrent_mac_terms(node, shp))
+            continue
+        if node.op_type == "Einsum" and node.domain in ("", "ai.onnx"):
+            out.extend(_einsum_mac_terms(node, shp))
             continue
         layer = layer_of(node)
         if layer is None:
@@ -112,6 +115,27 @@ def _recurrent_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[
     W, R = node.inputs[1].name, node.inputs[2].name
     return [(node, per_step * w[1] * w[2], [Slot(W, 1), Slot(W, 2)]),
             (node, per_step * r[1] * r[2], [Slot(R, 1), Slot(R, 2)])]
+
+
+def _einsum_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[Slot]]]:
+    """An Einsum of two or more operands (analysis.cost counts one MAC per combination of its
+    labels): multiplicative in each label's size, read off the first operand axis holding it."""
+    from graphprune.ir.einsum import einsum_labels
+
+    ins = [v for v in node.inputs if v is not None]
+    dims = [shp(v) for v in ins]
+    eq = node.attributes.get("equation")
+    labels = einsum_labels(str(eq.value), [len(d) for d in dims]) if len(ins) >= 2 and eq is not None \
+        and None not in dims else None
+    if labels is None:
+        return []
+    first: dict[str, tuple[Slot, int]] = {}
+    for v, d, ls in zip(ins, dims, labels[0], strict=True):
+        for ax, (label, n) in enumerate(zip(ls, d, strict=True)):
+            if n != 1 and label not in first:
+                first[label] = (Slot(v.name, ax), int(n))
+    macs = float(np.prod([n for _, n in first.values()])) if first else 0.0
+    return [(node, macs, [s for s, _ in first.values()])]
 
 
 def _expert_share(model: ir.Model) -> dict[str, float]:
@@ -215,6 +239,8 @@ def mac_shapes(model: ir.Model, feeds: dict) -> dict[str, tuple]:
         if (is_moe(node) or is_attention(node) or is_recurrent(node)) and node.inputs[0] is not None \
                 and not is_constant(node.inputs[0]):
             names.append(node.inputs[0].name)
+        if node.op_type == "Einsum":
+            names += [v.name for v in node.inputs if v is not None and not is_constant(v)]
         layer = layer_of(node)
         if layer is not None:
             for v in (layer.x, layer.y):

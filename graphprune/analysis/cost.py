@@ -42,8 +42,34 @@ def _node_macs(node: ir.Node) -> int:
         return _recurrent_macs(node)
     if is_attention(node):
         return int(sum(_attention_macs(node) or (0,)))
+    if node.op_type == "Einsum" and node.domain in ("", "ai.onnx"):
+        return _einsum_macs(node) or 0
     layer = layer_of(node)
     return 0 if layer is None else layer.macs()
+
+
+def _einsum_macs(node: ir.Node) -> int | None:
+    """A product of two or more operands: one multiply-accumulate per combination of every
+    label's index (a transpose or a sum of one operand: 0); None when a shape is unknown.
+    Symbolic dims count as 1, as elsewhere."""
+    from graphprune.ir.einsum import einsum_labels
+
+    ins = [v for v in node.inputs if v is not None]
+    if len(ins) < 2:
+        return 0
+    if any(v.shape is None for v in ins) or "equation" not in node.attributes:
+        return None
+    labels = einsum_labels(str(node.attributes["equation"].value), [len(v.shape) for v in ins])
+    if labels is None:
+        return None
+    size: dict[str, int] = {}
+    for v, ls in zip(ins, labels[0], strict=True):
+        for label, d in zip(ls, v.shape, strict=True):
+            if isinstance(d, int) and d != 1:
+                size[label] = d
+            else:
+                size.setdefault(label, 1)
+    return int(_prod(list(size.values())))
 
 
 def _attention_macs(node: ir.Node) -> tuple[float, float] | None:
@@ -132,6 +158,8 @@ def _uncounted(counted: ir.Model) -> list[str]:
             known = layer.macs_known()
         elif is_attention(n):
             known = _attention_macs(n) is not None
+        elif n.op_type == "Einsum":
+            known = _einsum_macs(n) is not None
         else:
             known = n.op_type not in _MAC_OPS or is_moe(n) or node_macs(n) > 0
         if not known:

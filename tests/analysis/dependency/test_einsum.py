@@ -87,3 +87,27 @@ def test_an_outer_product_then_a_contraction_with_a_weight():
     assert atoms == [4, 6]
     for seed in range(3):
         prune_and_check(m, seed=seed, min_groups=2)
+
+
+def test_einsum_macs_are_counted_and_predicted_by_the_allocation():
+    """Einsum counted 0 MACs (a linear layer or an attention written as einsum); the count is
+    one MAC per combination of its labels, and the allocation's cost model of a selection
+    equals the pruned model's count (as for the other layers)."""
+    import numpy as np
+
+    from graphprune.allocation.cost import mac_model, mac_shapes
+    from graphprune.analysis.cost import model_cost
+
+    m = _attention(None)
+    model = gp.load(m.SerializeToString())
+    b, s = 2, 6
+    attention = b * s * s * 12 + b * s * s * 10  # the scores over q/k's 12, the weighted sum of v's 10
+    assert model_cost(model).macs == b * s * 16 * (12 + 12 + 10) + attention + b * s * 10 * 16
+    assert model_cost(model).uncounted == []
+    dg = gp.analyze(model)
+    cm = mac_model(model, dg, mac_shapes(model, {"x": np.zeros((b, s, 16), np.float32)}))
+    assert cm.dense == model_cost(model).macs
+    selection = {g.id: list(range(0, g.num_atoms, 3)) for g in dg.prunable_groups}
+    predicted = cm.total(selection)
+    res = gp.prune(m.SerializeToString(), selection=selection)
+    assert predicted == model_cost(res.model).macs
