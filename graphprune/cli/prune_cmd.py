@@ -123,7 +123,10 @@ def _checked_output(args) -> Path:
 
     src, out = Path(args.model), output_path(args)
     if out.suffix != ".onnx":
-        raise UsageError(f"output {out} should end in .onnx")
+        folder = str(args.output or "").endswith(("/", os.sep)) or out.is_dir()
+        raise UsageError(f"output {args.output if folder else out} is a folder: prune writes one .onnx file" if folder
+                         else f"output {out} should end in .onnx",
+                         hint=f"e.g. -o {out / Path(args.model).name}" if folder else None)
     if src.exists() and (same_file(src, out) or same_file(src, plan_path_for(out))):
         raise UsageError("the output would overwrite the input model", hint="choose another -o")
     if not args.output and not args.dry_run:  # a name the user did not give replaces only graphprune's model

@@ -267,3 +267,17 @@ def test_onnx_ir_s_warnings_per_untyped_value_are_not_shown(samples_dir, tmp_pat
         assert run("check", src, tmp_path / "p.onnx") == 0
     assert not [r for r in caplog.records if r.name == "onnx_ir.serde"]
     assert logging.getLogger("onnx_ir.serde").level == logging.NOTSET
+
+
+def test_an_output_folder_is_named_as_one(samples_dir, tmp_path, capsys):
+    """-o adir/ said 'output adir should end in .onnx' (the slash the user typed dropped);
+    a folder is said to be one, with the file name it could take."""
+    src = samples_dir / "tiny_resnet.onnx"
+    (tmp_path / "adir").mkdir()
+    for given in (f"{tmp_path / 'adir'}/", str(tmp_path / "adir")):
+        assert run("prune", src, "-o", given, "--no-bench") == 2
+        err = capsys.readouterr().err
+        assert "is a folder: prune writes one .onnx file" in err and "tiny_resnet.onnx" in err
+    assert run("prune", src, "-o", tmp_path / "x.txt", "--no-bench") == 2
+    assert "should end in .onnx" in capsys.readouterr().err
+    assert list((tmp_path / "adir").iterdir()) == []
