@@ -40,8 +40,9 @@ def _show(outcome, round_to: int = 1, saved_config: str | None = None) -> int:
 
         print(f"experts (--keep-experts): {_experts_text(outcome.plan.experts)}")
     print(f"params {human(before.params)} -> {human(after.params)}, MACs {human(before.macs)} -> {human(after.macs)}")
-    if outcome.shapes is not None:
-        print(outcome.shapes.measured_at())
+    for line in (outcome.shapes.measured_at() if outcome.shapes is not None else None, outcome.nothing_pruned):
+        if line:
+            print(line)
     print(done_line(saved_config))
     return 0
 

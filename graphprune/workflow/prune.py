@@ -282,6 +282,11 @@ class _Run:
             outcome.plan.vocab = slice_vocab(self.model, keep, input=name)
         outcome.after = _cost(self.model, outcome.shapes)
         outcome.sparsify_passes = sparsify_passes
+        outcome.model = self.model
+        if not sparsify_passes:  # why nothing would be removed, as the run itself says it
+            from graphprune.workflow.verdicts import nothing_pruned_line
+
+            outcome.nothing_pruned = nothing_pruned_line(outcome)
         return outcome
 
     # ---- apply ------------------------------------------------------------------------------

@@ -281,3 +281,14 @@ def test_an_output_folder_is_named_as_one(samples_dir, tmp_path, capsys):
     assert run("prune", src, "-o", tmp_path / "x.txt", "--no-bench") == 2
     assert "should end in .onnx" in capsys.readouterr().err
     assert list((tmp_path / "adir").iterdir()) == []
+
+
+def test_a_dry_run_that_removes_nothing_says_why(samples_dir, capsys):
+    """--dry-run printed '0 of 7 prunable groups change: 0 of 0 channels removed' and no reason,
+    where the real run explains the round-to cause (probe)."""
+    src = samples_dir / "tiny_resnet.onnx"
+    assert run("prune", src, "--ratio", "0.1", "--round-to", "16", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "nothing pruned: the options removed no channel (widths in multiples of 16" in out
+    assert run("prune", src, "--ratio", "0.5", "--round-to", "4", "--dry-run") == 0
+    assert "nothing pruned" not in capsys.readouterr().out
