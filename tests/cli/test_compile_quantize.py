@@ -54,6 +54,9 @@ def test_compile_quantize_int8(samples_dir, calib, tmp_path, capsys):
     assert q["latency_ms"]["int8"] > 0 and q["latency_ms"]["dense_float"] > 0 and q["latency_ms"]["pruned_float"] > 0
     assert q["line"] in (out / "report.md").read_text()
     assert "model.qdq.onnx" in rep["backend"]["results"]["onnxruntime"]["artifacts"]
+    # the bytes are the int8 model's (the float pruned model's were shown beside the int8 latency)
+    assert rep["after"]["bytes"] == (out / "onnxruntime" / "model.qdq.onnx").stat().st_size
+    assert rep["after"]["bytes"] < 0.5 * rep["after"]["pruned_float_bytes"]
     # the deployment holds int8 ops, runs in ORT, and stays close to the float pruned model on new inputs
     deployed = out / "onnxruntime" / "model.onnx"
     ops = {n.op_type for n in onnx.load(str(deployed)).graph.node}
