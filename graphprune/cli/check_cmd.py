@@ -20,6 +20,19 @@ def add_arguments(p):
     p.add_argument("--report", metavar="PATH", help="also write PATH.report.{json,md,html} (graphprune.report/1)")
 
 
+def _prune_run_shapes(model):
+    """The shapes the prune run that wrote `model` verified it at (its <name>.report.json
+    beside it), or None: check ran a PP-OCR rec verified at 1×3×48×320 at the default
+    64×256."""
+    from graphprune.cli.common import recorded_shapes
+
+    stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    recorded = recorded_shapes(model.parent, f"{stem}.report.json", model)
+    if recorded is not None:
+        recorded.sources = {n: f"the prune run's, from {stem}.report.json" for n in recorded.shapes}
+    return recorded
+
+
 def _pruned_model(given: str, shapes):
     """The pruned model's path and the shapes to check at: a compile folder stands for its
     model.pruned.onnx (the plan is beside it), checked at the shapes the compile recorded
@@ -30,7 +43,7 @@ def _pruned_model(given: str, shapes):
     from graphprune.errors import UsageError
 
     if not Path(given).is_dir():
-        return given, shapes
+        return given, shapes if shapes is not None else _prune_run_shapes(Path(given))
     inside = Path(given) / "model.pruned.onnx"
     if not inside.is_file():
         raise UsageError(f"{given}: a folder without model.pruned.onnx, not a model",

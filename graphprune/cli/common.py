@@ -64,18 +64,22 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def recorded_shapes(folder: Path):
-    """The InputShapes a compile folder's report.json records (the shapes its figures were
-    measured at), or None: what bench and check take for a folder without --input-shape."""
+def recorded_shapes(folder: Path, report: str = "report.json", model: Path | None = None):
+    """The InputShapes a report records (the shapes its figures were measured at), or None:
+    a compile folder's report.json (what bench and check take for a folder without
+    --input-shape), or `report` beside `model` when it is that model's report."""
     import json
 
     from graphprune.input_shapes import InputShapes
 
-    rep = Path(folder) / "report.json"
+    rep = Path(folder) / report
     try:
-        recorded = json.loads(rep.read_text()).get("input_shapes") if rep.is_file() else None
+        data = json.loads(rep.read_text()) if rep.is_file() else {}
     except (OSError, ValueError):
         return None
+    if model is not None and Path(str((data.get("output") or {}).get("model", ""))).name != model.name:
+        return None  # another run's report
+    recorded = data.get("input_shapes")
     return InputShapes.from_json(recorded) if recorded else None
 
 

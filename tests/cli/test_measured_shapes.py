@@ -223,3 +223,23 @@ def test_a_model_whose_shapes_are_all_known_has_no_such_line(tmp_path, capsys):
     assert model_cost(__import__("graphprune").load(str(model)), {"x": [1, 3, 8, 8]}).uncounted == []
     assert main(["inspect", str(model)]) == 0
     assert "not counted" not in capsys.readouterr().out
+
+
+def test_check_runs_at_the_shapes_the_prune_run_verified_at(tmp_path, capsys):
+    """check of a prune result ran at the default size (PP-OCR rec verified at 1×3×48×320 was
+    checked at 64×256; probe): it takes the shapes of the run's report beside the model,
+    unless --input-shape gives others, and only a report of that model."""
+    model = _two_convs(tmp_path / "m.onnx")
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(model), "--ratio", "0.5", "--round-to", "1", "--input-shape", "x:1,3,24,32",
+                 "--no-bench", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(model), str(out)]) == 0
+    assert "random inputs at x: 1×3×24×32 (the prune run's, from p.report.json)" in capsys.readouterr().out
+    assert main(["check", str(model), str(out), "--input-shape", "x:1,3,8,8"]) == 0
+    assert "random inputs at x: 1×3×8×8 (--input-shape)" in capsys.readouterr().out
+    copy = tmp_path / "copy.onnx"  # no report of its own: the default shapes
+    copy.write_bytes(out.read_bytes())
+    (tmp_path / "copy.report.json").write_text((tmp_path / "p.report.json").read_text())  # another model's report
+    assert main(["check", str(model), str(copy), "--plan", str(tmp_path / "p.plan.json")]) == 0
+    assert "the prune run's" not in capsys.readouterr().out
