@@ -385,9 +385,25 @@ def test_the_gate_judges_a_fitted_repair_on_samples_it_did_not_fit(tmp_path):
     out = run_prune(src, _fixed(Calibration.from_batches(batches), 1.0))
     fid = out.fidelity
     assert fid["held_back"] == "every 4th batch held back" and fid["in_sample"]["drop"] < 1e-4 < 0.1 < fid["drop"]
+    assert fid["samples"] == 2  # two held-back batches of one sample: said to be rough (below)
     fit, held, _ = search.split(batches)
     alone = run_prune(src, _fixed(Calibration.from_batches(fit), None))
     assert fid["mean_cosine"] == pytest.approx(output_fidelity(src, alone.model, held)["mean_cosine"], abs=1e-6)
+
+
+def test_a_gate_judged_on_few_held_back_samples_says_so(tmp_path, caplog):
+    import logging
+
+    src, batches = _overfit_mlp(tmp_path)
+    with caplog.at_level(logging.INFO):
+        run_prune(src, _fixed(Calibration.from_batches(batches), 1.0))
+    assert "the quality gate judged 2 held-back output(s): a rough figure" in caplog.text
+    caplog.clear()
+    rng = np.random.default_rng(1)
+    many = [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(40)]  # 10 held back
+    with caplog.at_level(logging.INFO):
+        run_prune(src, _fixed(Calibration.from_batches(many), 1.0))
+    assert "rough figure" not in caplog.text
 
 
 def test_the_search_gives_the_gate_its_chosen_candidate_s_held_back_figure(samples_dir):
