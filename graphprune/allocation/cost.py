@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.analysis.cost import is_recurrent
+from graphprune.analysis.cost import is_recurrent, recurrent_steps_batch
 from graphprune.analysis.dependency.context import Slot
 from graphprune.analysis.dependency.graph import DependencyGraph
 from graphprune.ir.constants import const_array, is_constant
@@ -109,8 +109,7 @@ def _recurrent_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[
     if x is None or w is None or r is None or len(x) != 3 or len(w) != 3 or len(r) != 3:
         log.debug("no concrete shapes for %s; its MACs are not counted", node.name)
         return []
-    layout = node.attributes["layout"].value if "layout" in node.attributes else 0
-    steps, batch = (x[1], x[0]) if layout else (x[0], x[1])
+    steps, batch = recurrent_steps_batch(node, x)
     per_step = float(steps * batch * w[0])  # directions
     W, R = node.inputs[1].name, node.inputs[2].name
     return [(node, per_step * w[1] * w[2], [Slot(W, 1), Slot(W, 2)]),
@@ -119,23 +118,17 @@ def _recurrent_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[
 
 def _einsum_mac_terms(node: ir.Node, shp) -> list[tuple[ir.Node, float, list[Slot]]]:
     """An Einsum of two or more operands (analysis.cost counts one MAC per combination of its
-    labels): multiplicative in each label's size, read off the first operand axis holding it."""
-    from graphprune.ir.einsum import einsum_labels
+    labels): multiplicative in each label's size, read off the first operand axis holding it
+    (ir.einsum.label_sizes)."""
+    from graphprune.ir.einsum import label_sizes
 
     ins = [v for v in node.inputs if v is not None]
     dims = [shp(v) for v in ins]
-    eq = node.attributes.get("equation")
-    labels = einsum_labels(str(eq.value), [len(d) for d in dims]) if len(ins) >= 2 and eq is not None \
-        and None not in dims else None
-    if labels is None:
+    sizes = label_sizes(node, dims) if len(ins) >= 2 and None not in dims else None
+    if sizes is None:
         return []
-    first: dict[str, tuple[Slot, int]] = {}
-    for v, d, ls in zip(ins, dims, labels[0], strict=True):
-        for ax, (label, n) in enumerate(zip(ls, d, strict=True)):
-            if n != 1 and label not in first:
-                first[label] = (Slot(v.name, ax), int(n))
-    macs = float(np.prod([n for _, n in first.values()])) if first else 0.0
-    return [(node, macs, [s for s, _ in first.values()])]
+    macs = float(np.prod([n for _, _, n in sizes.values()])) if sizes else 0.0
+    return [(node, macs, [Slot(ins[i].name, ax) for i, ax, _ in sizes.values()])]
 
 
 def _expert_share(model: ir.Model) -> dict[str, float]:

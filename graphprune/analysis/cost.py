@@ -50,26 +50,17 @@ def _node_macs(node: ir.Node) -> int:
 
 def _einsum_macs(node: ir.Node) -> int | None:
     """A product of two or more operands: one multiply-accumulate per combination of every
-    label's index (a transpose or a sum of one operand: 0); None when a shape is unknown.
-    Symbolic dims count as 1, as elsewhere."""
-    from graphprune.ir.einsum import einsum_labels
+    label's index (ir.einsum.label_sizes; a transpose or a sum of one operand: 0); None when
+    a shape is unknown. Symbolic dims count as 1, as elsewhere."""
+    from graphprune.ir.einsum import label_sizes
 
     ins = [v for v in node.inputs if v is not None]
     if len(ins) < 2:
         return 0
-    if any(v.shape is None for v in ins) or "equation" not in node.attributes:
+    if any(v.shape is None for v in ins):
         return None
-    labels = einsum_labels(str(node.attributes["equation"].value), [len(v.shape) for v in ins])
-    if labels is None:
-        return None
-    size: dict[str, int] = {}
-    for v, ls in zip(ins, labels[0], strict=True):
-        for label, d in zip(ls, v.shape, strict=True):
-            if isinstance(d, int) and d != 1:
-                size[label] = d
-            else:
-                size.setdefault(label, 1)
-    return int(_prod(list(size.values())))
+    sizes = label_sizes(node, [list(v.shape) for v in ins])
+    return None if sizes is None else int(_prod([n for _, _, n in sizes.values()]))
 
 
 def _attention_macs(node: ir.Node) -> tuple[float, float] | None:
@@ -88,6 +79,12 @@ def is_recurrent(node: ir.Node) -> bool:
     return node.op_type in _GATES and node.domain in ("", "ai.onnx")
 
 
+def recurrent_steps_batch(node: ir.Node, x: list) -> tuple:
+    """(steps, batch) of a recurrent op's input X: [T, B, I] (layout 0) or [B, T, I] (layout 1)."""
+    layout = node.attributes["layout"].value if "layout" in node.attributes else 0
+    return (x[1], x[0]) if layout else (x[0], x[1])
+
+
 def _recurrent_macs(node: ir.Node) -> int:
     """RNN/GRU/LSTM: per step, per direction, gates·H·(input + H) MACs (W·x and R·h; the
     elementwise gate math is not counted, as activations are not elsewhere). X is
@@ -98,8 +95,7 @@ def _recurrent_macs(node: ir.Node) -> int:
     xs, ws = list(x.shape), list(w.shape)
     if not all(isinstance(d, int) for d in xs + ws + list(r.shape)):
         return 0
-    layout = node.attributes["layout"].value if "layout" in node.attributes else 0
-    steps, batch = (xs[1], xs[0]) if layout else (xs[0], xs[1])
+    steps, batch = recurrent_steps_batch(node, xs)
     directions, gates_h, inputs = ws
     hidden = r.shape[2]
     return int(directions * steps * batch * gates_h * (inputs + hidden))

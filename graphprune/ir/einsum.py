@@ -35,3 +35,22 @@ def _expand(term: str, n: int, width: int) -> list[str]:
     """A term's labels with its ellipsis as its n axes, right-aligned among `width`."""
     head, dots, tail = term.partition("...")
     return list(head) + ([f".{width - n + k}" for k in range(n)] if dots else []) + list(tail)
+
+
+def label_sizes(node, dims: list) -> dict[str, tuple[int, int, int]] | None:
+    """{label: (operand index, axis, size)} of an Einsum node whose operands have `dims`: each
+    label's first axis of a known size other than 1 (labels only of size 1 or symbolic are
+    left out: they count as 1). None without an equation or when it does not fit the ranks.
+    One MAC per combination of these sizes is the Einsum's count (analysis.cost), and the
+    allocation's cost scales with these axes (allocation.cost)."""
+    eq = node.attributes.get("equation")
+    labels = einsum_labels(str(eq.value), [len(d) for d in dims]) if eq is not None else None
+    if labels is None:
+        return None
+    out: dict[str, tuple[int, int, int]] = {}
+    for i, (d, ls) in enumerate(zip(dims, labels[0], strict=True)):
+        for ax, (label, n) in enumerate(zip(ls, d, strict=True)):
+            if isinstance(n, int) and n != 1 and label not in out:
+                out[label] = (i, ax, n)
+    return out
+

@@ -320,9 +320,9 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     while i < len(cands):
         c = cands[i]
         t = time.time()
-        # a candidate is scored against the dense model on the input's token ids: no vocabulary slicing
-        trial = dataclasses.replace(with_candidate(opts if i == 0 else same_cost, c), calib=fit_calib, check=False,
-                                    max_drop=None, sparsity=None, inputs=None, search_budget=1, keep_tokens=None)
+        # a candidate is compared without sparsity (trial_options: nor oracle, gate, vocabulary slicing)
+        trial = dataclasses.replace(trial_options(with_candidate(opts if i == 0 else same_cost, c), fit_calib),
+                                    sparsity=None)
         with _trial_logging():
             out = run_prune(clone(model), trial, progress=_TrialProgress())
         kept = out.after.macs / max(out.before.macs, 1)
@@ -356,6 +356,14 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     return with_candidate(opts if k == 0 else same_cost, cands[k]), info
 
 
+def trial_options(opts: PruneOptions, fit_calib) -> PruneOptions:
+    """A trial run of `opts` on the fit part of the calibration data, as the search's
+    candidates and the gate's held-back estimate run it: no oracle, no gate, no search of
+    its own, the input's token ids (no vocabulary slicing)."""
+    return dataclasses.replace(opts, calib=fit_calib, check=False, max_drop=None, inputs=None, search_budget=1,
+                               keep_tokens=None)
+
+
 def fits_to_calibration(opts: PruneOptions) -> bool:
     """A repair (or a SparseGPT-style sparsifier) of these options changes weights to fit the
     calibration data, so that data no longer judges the result fairly."""
@@ -385,8 +393,7 @@ def held_back_estimate(model, opts: PruneOptions, calibration, run_prune) -> dic
     fit, held, how = split(list(calibration.batches()))
     if fit is held:
         return None
-    trial = dataclasses.replace(opts, calib=Calibration.from_batches(fit, f"{calibration.description} (fit part)"),
-                                check=False, max_drop=None, inputs=None, search_budget=1, keep_tokens=None)
+    trial = trial_options(opts, Calibration.from_batches(fit, f"{calibration.description} (fit part)"))
     with _trial_logging():
         out = run_prune(clone(model), trial, progress=_TrialProgress())
     return {**output_fidelity(model, out.model, held), "held_back": how}
