@@ -633,7 +633,10 @@ def at_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
     copy = model.clone()
     for v in copy.graph.inputs:
         dims = shapes.get(v.name)
-        if dims is None or v.shape is None or len(v.shape) != len(dims):
+        if dims is None or v.shape is not None and len(v.shape) != len(dims):
+            continue
+        if v.shape is None:  # no declared shape, not even a rank: the given one, in this copy only
+            v.shape = ir.Shape([int(n) for n in dims])
             continue
         v.shape = ir.Shape([d if static_dim(d) else int(n) for d, n in zip(v.shape, dims, strict=True)])
     for node in copy.graph:  # stale symbolic intermediate shapes would fight the new ones

@@ -21,8 +21,9 @@ def _two_convs(path, dims=("N", 3, "H", "W")):
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["r"]),
              helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
-    out = [dims[0], 8, dims[2], dims[3]]
-    m = make_model(nodes, [("x", list(dims))], [("y", out)], {"w1": w(8, 3, 3, 3, seed=1), "w2": w(8, 8, 3, 3, seed=2)})
+    out = [dims[0], 8, dims[2], dims[3]] if dims is not None else None
+    m = make_model(nodes, [("x", list(dims) if dims is not None else None)], [("y", out)], {"w1": w(8, 3, 3, 3, seed=1), "w2": w(8, 8, 3, 3, seed=2)},
+                   check=dims is not None)  # the checker's full check wants input shapes
     path.write_bytes(m.SerializeToString())
     return path
 
@@ -88,6 +89,22 @@ def test_inspect_counts_macs_per_layer_at_the_input_shape(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured at x: 1×3×16×24 (from --calib)" in out and "MACs 304K" in out
     assert "MACs per layer at x:1x3x16x24" in out
+
+
+def test_an_input_that_declares_no_shape_is_counted_at_the_given_shape(tmp_path, capsys):
+    """An input with no declared shape (not even a rank) took no --input-shape: inspect said
+    "measured at x: 1×3×32×32" and counted the first conv at 1×1 pixels (216 MACs)."""
+    model = _two_convs(tmp_path / "m.onnx", dims=None)
+    assert main(["inspect", str(model), "--input-shape", "x:1,3,32,32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["macs"] == PER_PIXEL * 32 * 32
+    assert [r["macs"] for r in data["layers"]] == [8 * 27 * 1024, 8 * 72 * 1024]
+    out = _prune(tmp_path, capsys, model, "--calib", _calib(tmp_path / "c.npz", 16, 24))
+    # no declared batch axis either: measured at the data's own batch, and said so
+    assert "measured at x: 2×3×16×24 (from --calib)" in out and _macs_row(out) == "608K"
+    import onnx
+
+    assert not onnx.load(tmp_path / "out.onnx").graph.input[0].type.tensor_type.HasField("shape")  # still none
 
 
 @pytest.mark.parametrize("verb", ["inspect", "prune"])
