@@ -60,7 +60,6 @@ class PruneOutcome:
         return self.state.calibration
 
 
-FEW_HELD_BACK = 8  # held-back outputs below which the gate's figure is said to be rough (det: 2 pages)
 
 
 def run_prune(source: str | Path | ir.Model, opts: PruneOptions | None = None, *, out: str | Path | None = None,
@@ -446,7 +445,7 @@ class _Run:
         fid = oracle.output_fidelity(dense, self.model, calib.batches())
         if self.held_back is not None:  # judged where no repair fit; the in-sample figure shown beside it
             fid = {**self.held_back, "in_sample": {k: fid[k] for k in ("mean_cosine", "drop", "samples")}}
-            if fid["samples"] < FEW_HELD_BACK:
+            if fid["samples"] < search.FEW_HELD_BACK:
                 self.progress.note(f"the quality gate judged {fid['samples']} held-back output(s): a rough figure; "
                                    "more --calib samples make it firmer")
         elif search.fits_to_calibration(self.opts):

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 STABLE_COSINE = 0.98  # a perturbation is used only when the dense model's outputs stay this close
 PERTURBATION_STRENGTHS = (1.0, 0.5, 0.25)  # tried strongest first
+# held-back outputs below which a figure judged on them is said to be rough: the search's
+# ranking and the quality gate's figure (the det defaults row judged 2 pages)
+FEW_HELD_BACK = 8
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ def search(model, opts: PruneOptions, calibration, progress, run_prune) -> tuple
     info["chosen"] = cands[k].name
     if fit is not held:  # the quality gate's figure (see held_back_estimate)
         info["held_back_fidelity"] = {**held_back[k], "held_back": how}
+        info["held_back_samples"] = held_back[k]["samples"]
     return with_candidate(opts if k == 0 else same_cost, cands[k]), info
 
 
@@ -466,5 +470,8 @@ def table(info: dict) -> list[str]:
     if idle:
         which = "any candidate" if len(idle) == len(rows) else ", ".join(idle)
         lines.append(f"  (the repair changed no layer in {which}: those scores are the pruning's alone)")
+    if info.get("held_back_samples", FEW_HELD_BACK) < FEW_HELD_BACK:
+        lines.append(f"  (ranked on {info['held_back_samples']} held-back output(s): candidates a few per cent apart "
+                     "are not told apart reliably; more --calib samples make the ranking firmer)")
     lines.append(f"chosen: {info.get('chosen')}")
     return lines

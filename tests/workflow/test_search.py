@@ -423,3 +423,18 @@ def test_without_samples_to_hold_back_the_figure_is_said_to_be_in_sample(tmp_pat
     out = run_prune(src, _fixed(Calibration.from_batches(batches[:1]), 1.0))  # one sample: nothing held back
     assert out.fidelity["in_sample"] is True and "held_back" not in out.fidelity
     assert "in-sample: the repair was fit to it" in fidelity_basis(out.fidelity)
+
+
+def test_a_ranking_on_few_held_back_samples_says_so(samples_dir):
+    """Candidates ranked on 3 held-back outputs were shown as a plain ranking; the table now
+    says how many outputs ranked them when they are few (as the gate's figure does)."""
+    src = str(samples_dir / "tiny_resnet.onnx")
+    batches = _batches(12, 1, seed=1)
+    out = run_prune(src, PruneOptions(ratio=0.4, calib=Calibration.from_batches(batches), search_budget=2,
+                                      max_drop=None))
+    _, held, _ = search.split(batches)
+    assert out.search["held_back_samples"] == len(held) == 3
+    rough = [line for line in search.table(out.search) if "ranked on 3 held-back output(s)" in line]
+    assert len(rough) == 1 and "not told apart reliably" in rough[0]
+    firm = {**out.search, "held_back_samples": search.FEW_HELD_BACK}
+    assert not [line for line in search.table(firm) if "held-back output(s)" in line]
