@@ -376,10 +376,12 @@ def fits_to_calibration(opts: PruneOptions) -> bool:
     from graphprune.passes.reconstruction.repair import repair_passes, split_repair
 
     names = set(repair_passes(opts.repair))
+    sparsifiers = [opts.sparsity or {}]
     if opts.pipeline:
-        _, rest = split_repair(PassManager.parse(opts.pipeline))
+        pruning, rest = split_repair(PassManager.parse(opts.pipeline))
         names |= {p.name for p in rest.passes} if rest is not None else set()
-    return bool(names - DATA_FREE) or (opts.sparsity or {}).get("criterion") == "sparsegpt"
+        sparsifiers += [p.options for p in pruning.passes if p.name == "sparsify"]  # sparsify{criterion=sparsegpt}
+    return bool(names - DATA_FREE) or any(s.get("criterion") == "sparsegpt" for s in sparsifiers)
 
 
 def held_back_estimate(model, opts: PruneOptions, calibration, run_prune) -> dict | None:

@@ -438,3 +438,22 @@ def test_a_ranking_on_few_held_back_samples_says_so(samples_dir):
     assert len(rough) == 1 and "not told apart reliably" in rough[0]
     firm = {**out.search, "held_back_samples": search.FEW_HELD_BACK}
     assert not [line for line in search.table(firm) if "held-back output(s)" in line]
+
+
+@pytest.mark.parametrize("opts,fits", [
+    (PruneOptions(repair="none"), False),
+    (PruneOptions(repair="bn-fold"), False),
+    (PruneOptions(repair="lsq"), True),
+    (PruneOptions(repair="none", sparsity={"criterion": "sparsegpt", "sparsity": 0.5}), True),
+    (PruneOptions(repair="none", sparsity={"criterion": "magnitude", "sparsity": 0.5}), False),
+    # inside a pipeline, before its repair: SparseGPT's weight update fits the data too (was missed)
+    (PruneOptions(repair="none", pipeline="prune-channels{ratio=0.3},sparsify{criterion=sparsegpt,sparsity=0.5}"),
+     True),
+    (PruneOptions(repair="none", pipeline="prune-channels{ratio=0.3},sparsify{criterion=wanda,sparsity=0.5}"),
+     False),
+    (PruneOptions(repair="none", pipeline="prune-channels{ratio=0.3},lsq-reconstruct"), True),
+])
+def test_which_options_fit_weights_to_the_calibration_data(opts, fits):
+    """The gate judges these on held-back samples (a figure measured on the data a fit saw
+    is not a fair one)."""
+    assert search.fits_to_calibration(opts) is fits
