@@ -22,7 +22,7 @@ WIDTH = 12
 def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, before_norm: str | None = None):
     """x:[B,S,16] -> h0 = x·we (WIDTH wide) -> `layers` blocks h + relu(norm(h)·w1)·w2 -> norm -> ·wo.
     norm "ln": LayerNormalization; "rms": Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma;
-    "rms_mul": x*x instead of Pow; "rms_nogamma": no Mul by gamma; "rms_ts": TorchScript's form,
+    "rms_mul": x*x instead of Pow; "ln_written": a LayerNorm written out (mean subtracted, then as "rms"); "rms_nogamma": no Mul by gamma; "rms_ts": TorchScript's form,
     gamma * Cast(x * Div(1, Sqrt(...))). post: h = norm(h + f(h)) (BERT) instead of h + f(norm(h)).
     before_norm: an op applied to every norm's input ("Sigmoid": not zero where masked)."""
     nodes = [helper.make_node("MatMul", ["x", "we"], ["h0"])]
@@ -38,7 +38,11 @@ def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, befor
             inits[f"b{i}"] = w(WIDTH, seed=200 + i)
             nodes.append(helper.make_node("LayerNormalization", [src, f"g{i}", f"b{i}"], [f"n{i}"], epsilon=1e-5))
             return f"n{i}"
-        square = helper.make_node("Pow", [src, "two"], [f"sq{i}"]) if norm == "rms" else \
+        if norm == "ln_written":  # as the TorchScript exporter writes a LayerNorm below opset 17
+            nodes.extend([helper.make_node("ReduceMean", [src, "axes"], [f"mu{i}"], keepdims=1),
+                          helper.make_node("Sub", [src, f"mu{i}"], [f"c{i}"])])
+            src = f"c{i}"
+        square = helper.make_node("Pow", [src, "two"], [f"sq{i}"]) if norm in ("rms", "ln_written") else \
             helper.make_node("Mul", [src, src], [f"sq{i}"])
         nodes.extend([square, helper.make_node("ReduceMean", [f"sq{i}", "axes"], [f"ms{i}"], keepdims=1),
                       helper.make_node("Add", [f"ms{i}", "eps"], [f"mse{i}"]),
@@ -101,6 +105,21 @@ def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_s
     assert any("reduces over this axis" in r or "its input is not known to be zero at a removed channel" in r
                for f in dg.frozen_groups for r in f.reasons)
     prune_and_check(m, min_groups=2)  # the FFN widths still prune
+
+
+def test_a_written_out_layernorm_keeps_the_hidden_size_and_says_why():
+    """Below opset 17 exporters write LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add,
+    Sqrt, Div: the variance of x - mean(x) sees -mean, not zero, at a removed channel, so
+    the hidden size stays whole — said as such (it said only "ReduceMean reduces over this
+    axis and its input is not known to be zero"), not as a zero-tracing failure."""
+    m = residual_stream("ln_written")
+    dg = gp.analyze(gp.load(m.SerializeToString()))
+    assert not [g for g in dg.prunable_groups if g.normalised]
+    said = [r for f in dg.frozen_groups for r in f.reasons if "LayerNorm written out" in r]
+    assert said and "LayerNormalization node's can: an export at opset 17 or later" in said[0]
+    prune_and_check(m, min_groups=2)  # the FFN widths still prune
+    # an RMSNorm (no mean subtracted) is not taken for one: its hidden size still prunes
+    assert hidden_groups(residual_stream("rms"))
 
 
 def test_a_stream_deeper_than_the_zero_tracing_depth_still_prunes():

@@ -5,6 +5,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency.registry import rule
+from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.rms_norm import rms_norm_after
 
 
@@ -73,6 +74,10 @@ def reduce(node, ctx):
             if sums and ctx.keeps_zero(x, ax):
                 ctx.sums_over(x, ax)
                 summed.append(ax)
+            elif sums and _variance_of_centred(x):
+                ctx.freeze(x, ax, "a LayerNorm written out as ReduceMean, Sub, Pow, Sqrt, Div (as exporters write it "
+                                  "below opset 17) normalises over this axis, and its variance cannot be kept over the "
+                                  "original width (a LayerNormalization node's can: an export at opset 17 or later)")
             else:
                 ctx.freeze(x, ax, f"{node.op_type} reduces over this axis"
                            + (" and its input is not known to be zero at a removed channel" if sums else ""))
@@ -84,6 +89,26 @@ def reduce(node, ctx):
             out_ax += 1
     if summed and node.op_type == "ReduceMean":  # widths as analysed: x may be narrower at the rewrite
         ctx.on_prune(lambda rc: _mean_over_original_width(rc, {ax: int(dx[ax]) for ax in summed}, list(dx)))
+
+
+def _variance_of_centred(x: ir.Value) -> bool:
+    """`x` is (a - mean(a))²: the variance term of a LayerNorm written out by an exporter at
+    opset < 17 (Pow(d, 2) or Mul(d, d) with d = Sub(a, ReduceMean(a)))."""
+    sq = x.producer()
+    if sq is None or sq.op_type not in ("Pow", "Mul") or len(sq.inputs) != 2:
+        return False
+    d = sq.inputs[0]
+    if sq.op_type == "Mul" and sq.inputs[1] is not d:
+        return False
+    if sq.op_type == "Pow":
+        e = const_array(sq.inputs[1]) if sq.inputs[1] is not None and is_constant(sq.inputs[1]) else None
+        if e is None or e.size != 1 or float(e.reshape(-1)[0]) != 2.0:
+            return False
+    sub = d.producer() if d is not None else None
+    if sub is None or sub.op_type != "Sub":
+        return False
+    mean = sub.inputs[1].producer() if sub.inputs[1] is not None else None
+    return mean is not None and mean.op_type == "ReduceMean" and mean.inputs[0] is sub.inputs[0]
 
 
 @rule("CumSum", since=11)
