@@ -223,8 +223,10 @@ class _Run:
         try:
             sess.run(None, feeds if feeds is not None else ort.random_inputs(sess, 0, shapes=shapes))
         except Exception as exc:  # noqa: BLE001 - the model loads: a failure to run is the shapes'
-            raise UsageError(f"the model does not run at {where}: {ort._first_line(exc)[:300]}",
-                             hint="give --input-shape / calibration data at a size the model takes") from None
+            hint = ("the calibration data's sizes and values must be ones the model takes (ONNX Runtime's words say "
+                    "which: e.g. token ids past the vocabulary)" if feeds is not None else
+                    "give --input-shape / calibration data at a size the model takes")
+            raise UsageError(f"the model does not run at {where}: {ort._first_line(exc)[:300]}", hint=hint) from None
 
     def choose(self, outcome: PruneOutcome, dry_run: bool) -> None:
         """Criterion, allocation and repair the user left to graphprune: searched with

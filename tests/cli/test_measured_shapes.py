@@ -260,3 +260,22 @@ def test_check_runs_at_the_shapes_the_prune_run_verified_at(tmp_path, capsys):
     (tmp_path / "copy.report.json").write_text((tmp_path / "p.report.json").read_text())  # another model's report
     assert main(["check", str(model), str(copy), "--plan", str(tmp_path / "p.plan.json")]) == 0
     assert "the prune run's" not in capsys.readouterr().out
+
+
+def test_calibration_values_the_model_cannot_take_are_not_blamed_on_the_size(tmp_path, capsys):
+    """Token ids past the vocabulary (97 in a 97-row table) made the model fail on the data's
+    first batch, and the hint said 'give calibration data at a size the model takes': the
+    size was fine, the values were not."""
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    m = make_model(nodes, [helper.make_tensor_value_info("ids", 7, ["B", "S"])], [("y", ["B", "S", 4])],
+                   {"table": w(97, 8, seed=1), "w1": w(8, 16, seed=2), "w2": w(16, 4, seed=3)})
+    model = tmp_path / "m.onnx"
+    model.write_bytes(m.SerializeToString())
+    np.savez(tmp_path / "c.npz", ids=np.random.default_rng(0).integers(0, 120, (8, 6)))
+    assert main(["prune", str(model), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "p.onnx"),
+                 "--criterion", "l2", "--repair", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "the model does not run at ids: 8×6 (the calibration data's first batch)" in err
+    assert "sizes and values must be ones the model takes" in err and "at a size the model takes" not in err
