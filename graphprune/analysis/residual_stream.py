@@ -23,8 +23,9 @@ Recognised, in both torch exporters' forms:
   with ``+ beta`` after gamma: a LayerNorm's bias).
 
 Pre-norm LayerNorm models are first rewritten into this form by
-`passes.pruning.layernorm_stream` (centred writers, LayerNorm as RMSNorm); a
-LayerNormalization left in the graph, and post-norm models, are refused.
+`passes.pruning.layernorm_stream` (centred writers, LayerNorm — a node, or written out
+below opset 17 — as RMSNorm); a LayerNormalization left in the graph, and post-norm models,
+are refused.
 """
 from __future__ import annotations
 

@@ -131,6 +131,24 @@ def test_pre_norm_layernorm_gpt2_rotated_and_sliced(exported, dynamo):
     assert int(list(sliced.graph.outputs)[0].shape[-1]) == 32
 
 
+def test_a_layernorm_written_out_below_opset_17_is_rotated_and_sliced(tmp_path):
+    """GPT-2 exported at opset 14, where each LayerNorm is written out as ReduceMean, Sub, Pow,
+    ReduceMean, Add, Sqrt, Div, Mul, Add: refused before ("the residual stream value ... is
+    made by Sub"); now each becomes the LayerNormalization it computes, then the centred
+    RMSNorm, and both checks hold."""
+    from zoo.hf_models import export_hf
+
+    path = export_hf("gpt2", str(tmp_path / "gpt2_14.onnx"), False, opset=14)
+    sliced, hidden = _slice(path)
+    assert hidden["width"] == [32, 24] and (hidden["norms"], hidden["writers"], hidden["readers"]) == (5, 4, 4)
+    rot = oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY)
+    assert rot.ok, rot.summary()
+    res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
+    assert res.ok, res.summary()
+    assert not oracle.check(hidden["reference"], sliced, EMPTY).ok
+    assert not any(n.op_type == "LayerNormalization" for n in sliced.graph)  # none left at opset 14
+
+
 def test_layernorm_rewrite_alone_is_the_same_function(exported):
     """The LayerNorm -> centred RMSNorm rewrite on its own (no rotation) keeps the outputs;
     without centring the writers it would not (the stream has a mean)."""

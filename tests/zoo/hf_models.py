@@ -121,8 +121,10 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
                     p + noise if p.dim() > 1 else noise)
 
 
-def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True) -> str:
-    """`randomized=False` keeps transformers' default init (zero biases, unit norms)."""
+def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True, opset: int | None = None) -> str:
+    """`randomized=False` keeps transformers' default init (zero biases, unit norms); `opset`
+    (TorchScript only, default 17): below 17 a LayerNorm is written out as ReduceMean, Sub,
+    Pow, ReduceMean, Add, Sqrt, Div, Mul, Add."""
     import onnx
 
     model, kind = {**HF_ZOO, **HF_LMS}[name]()
@@ -141,7 +143,7 @@ def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True) -> st
         else:
             axes = {"x": {0: "batch"}, "y": {0: "batch"}} if kind == "image" else \
                 {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
-            torch.onnx.export(wrapped, (x,), path, dynamo=False, opset_version=17, dynamic_axes=axes,
+            torch.onnx.export(wrapped, (x,), path, dynamo=False, opset_version=opset or 17, dynamic_axes=axes,
                               input_names=["x"], output_names=["y"])
     m = onnx.load(path)
     if m.ir_version > 10:

@@ -9,6 +9,8 @@ of a mean-free x is its mean square). So, as SliceGPT does:
 * every writer is centred: the embedding tables' rows (a table shared with a tied head is
   kept as it is, and a centring MatMul goes after its Gather), and each linear layer that
   adds to the stream (its weight's columns over the hidden axis, and its bias);
+* each LayerNorm written out below opset 17 (graphprune/ir/layer_norm.py) first becomes the
+  LayerNormalization node it computes;
 * each LayerNormalization becomes ``x * 1/sqrt(ReduceMean(x^2) + eps) * gamma``, and its
   ``beta`` moves into the bias of every linear layer reading it (``b += beta @ W``); a norm
   whose output is the model's output keeps ``+ beta`` after it.
@@ -29,6 +31,8 @@ import onnx_ir as ir
 
 from graphprune.analysis.residual_stream import NotAStream, _output_end, find_stream
 from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.layer_norm import WrittenLayerNorm, written_layer_norms
+from graphprune.ir.rms_norm import const_scalar
 
 STD_DOMAINS = ("", "ai.onnx")
 
@@ -66,10 +70,11 @@ def own_identity_constants(model: ir.Model) -> int:
 
 
 def layernorm_models_as_rms(model: ir.Model) -> bool:
-    """Rewrite `model` in place when it has LayerNormalization nodes (see the module doc);
-    False when it has none. Raises NotAStream (model unchanged) when the result would not
-    be a stream slice-hidden can rotate."""
-    if not _layernorms(model):
+    """Rewrite `model` in place when it has LayerNorms — LayerNormalization nodes, or written
+    out as exporters do below opset 17 (graphprune/ir/layer_norm.py) — (see the module doc);
+    False when it has none. Raises NotAStream (model unchanged) when the result would not be
+    a stream slice-hidden can rotate."""
+    if not _layernorms(model) and not written_layer_norms(model.graph):
         return False
     from graphprune.ir.serialize import clone
 
@@ -87,6 +92,8 @@ def _rewrite(model: ir.Model) -> None:
 
     for node in [n for n in model.graph if n.op_type == "Gemm" and n.domain in STD_DOMAINS]:
         _unflatten_gemm(model, node)
+    for written in written_layer_norms(model.graph):
+        _as_layernorm_node(model, written)
     eliminate_dead_code(model)
     for ln in _layernorms(model):
         _as_rms(model, ln)
@@ -116,6 +123,32 @@ def _rewrite(model: ir.Model) -> None:
                 raise NotAStream(f"the bias of {w.node.name!r} is shared: centring it would change its other readers")
             b = const_array(bv).astype(np.float64)
             set_const_array(bv, (b - b.mean()).astype(np.float32))
+
+
+def _as_layernorm_node(model: ir.Model, ln: WrittenLayerNorm) -> None:
+    """A written-out LayerNorm as the LayerNormalization node it computes (also below opset
+    17: the node lives only until `_as_rms`, which writes every LayerNormalization as RMSNorm
+    ops at the model's opset)."""
+    t = ln.tail
+    base = ln.mean.name or ln.x.name
+    d = ln.x.shape[-1] if ln.x.shape is not None else None
+    if not isinstance(d, int):
+        raise NotAStream(f"the LayerNorm written out from {base!r}: the normalised width is not static")
+    gamma = const_array(t.gamma_mul.inputs[t.gamma_input]) if t.gamma_mul is not None else np.ones(d, np.float32)
+    params = [gamma] + ([const_array(ln.beta_add.inputs[ln.beta_input])] if ln.beta_add is not None else [])
+    inputs = [ln.x]
+    for suffix, a in zip(("scale", "bias")[:len(params)], params, strict=True):
+        name = _fresh(model, f"{base}.ln_{suffix}")
+        v = ir.Value(name=name, shape=ir.Shape(a.shape), type=ir.TensorType(ir.DataType.from_numpy(a.dtype)),
+                     const_value=ir.tensor(np.array(a), name=name))
+        model.graph.register_initializer(v)
+        inputs.append(v)
+    eps = const_scalar(t.eps_add.inputs[t.eps_input])
+    node = ir.node("LayerNormalization", inputs, {"axis": -1, "epsilon": float(eps)}, name=f"{base}.layernorm",
+                   outputs=[ir.Value(name=f"{base}.layernorm_out")])
+    node.outputs[0].type, node.outputs[0].shape = ln.output.type, ln.output.shape
+    model.graph.insert_before(ln.mean, node)
+    _replace(model, ln.output, node.outputs[0])
 
 
 def _shared_table(table: ir.Value) -> bool:

@@ -76,7 +76,7 @@ def hidden_groups(m):
     return [g for g in gp.analyze(gp.load(m.SerializeToString())).prunable_groups if g.normalised]
 
 
-@pytest.mark.parametrize("norm", ["ln", "rms", "rms_mul", "rms_ts", "rms_nogamma"])
+@pytest.mark.parametrize("norm", ["ln", "ln_written", "rms", "rms_mul", "rms_ts", "rms_nogamma"])
 @pytest.mark.parametrize("post", [False, True], ids=["pre_norm", "post_norm"])
 def test_the_hidden_size_prunes_exactly(norm, post):
     """Random removals from every group, the hidden size included: the oracle holds."""
@@ -89,13 +89,16 @@ def test_the_hidden_size_prunes_exactly(norm, post):
     if norm == "ln":  # the zeros padded back for each LayerNormalization, sliced off after it
         norms = 2 if post else 3
         assert ops.count("Pad") == ops.count("LayerNormalization") == ops.count("Slice") == norms
+    elif norm == "ln_written":  # each mean times kept / original; each variance gets r / original · mean² back
+        norms = 2 if post else 3
+        assert after_mean == ["Mul", "Add"] * norms and ops.count("Pad") == 0
     elif norm == "rms_nogamma":  # each mean multiplied by kept / original
         assert after_mean and set(after_mean) == {"Mul"}
     else:  # kept / original folded into eps and gamma: the ops ONNX Runtime fuses stay as they were
         assert after_mean and set(after_mean) == {"Add"} and ops == [n.op_type for n in gp.load(m.SerializeToString()).graph]
 
 
-@pytest.mark.parametrize("norm", ["ln", "rms"])
+@pytest.mark.parametrize("norm", ["ln", "ln_written", "rms"])
 def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_size(norm):
     """sigmoid(0) = 0.5: the masked original's statistics see 0.5 at a removed channel, which
     the pruned model cannot reproduce: the hidden size stays frozen."""
@@ -107,19 +110,14 @@ def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_s
     prune_and_check(m, min_groups=2)  # the FFN widths still prune
 
 
-def test_a_written_out_layernorm_keeps_the_hidden_size_and_says_why():
+def test_a_written_out_layernorm_says_so_where_it_keeps_the_hidden_size():
     """Below opset 17 exporters write LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add,
-    Sqrt, Div: the variance of x - mean(x) sees -mean, not zero, at a removed channel, so
-    the hidden size stays whole — said as such (it said only "ReduceMean reduces over this
-    axis and its input is not known to be zero"), not as a zero-tracing failure."""
-    m = residual_stream("ln_written")
-    dg = gp.analyze(gp.load(m.SerializeToString()))
-    assert not [g for g in dg.prunable_groups if g.normalised]
-    said = [r for f in dg.frozen_groups for r in f.reasons if "LayerNorm written out" in r]
-    assert said and "LayerNormalization node's can: an export at opset 17 or later" in said[0]
-    prune_and_check(m, min_groups=2)  # the FFN widths still prune
-    # an RMSNorm (no mean subtracted) is not taken for one: its hidden size still prunes
-    assert hidden_groups(residual_stream("rms"))
+    Sqrt, Div: where its hidden size cannot prune, the reason names that form (it said only
+    "ReduceMean reduces over this axis and its input is not known to be zero")."""
+    m = residual_stream("ln_written", before_norm="Sigmoid")
+    said = [r for f in gp.analyze(gp.load(m.SerializeToString())).frozen_groups for r in f.reasons
+            if "LayerNorm written out" in r]
+    assert said and "its input is not known to be zero at a removed channel" in said[0]
 
 
 def test_a_stream_deeper_than_the_zero_tracing_depth_still_prunes():
@@ -303,3 +301,35 @@ def test_a_float16_rms_norm_averages_its_zeros_put_back(norm):
         pruned, _, _ = prune_and_check(m, seed=seed, fraction=0.3)
         means = [n for n in pruned.graph if n.op_type == "ReduceMean"]
         assert means and all(n.inputs[0].producer().op_type == "Pad" for n in means)
+
+
+def test_a_float16_written_out_layernorm_keeps_the_hidden_size():
+    """The variance's correction (kept/original and r/original · mean²) rounds in float16, as
+    kept/original did for an RMSNorm (oracle FAIL there): the hidden size stays whole, said why."""
+    m = _in_float16(residual_stream("ln_written"))
+    assert not hidden_groups(m)
+    said = [r for f in gp.analyze(gp.load(m.SerializeToString())).frozen_groups for r in f.reasons
+            if "LayerNorm written out" in r]
+    assert said and "in float16" in said[0] and "over the original width in float32 only" in said[0]
+    prune_and_check(m, min_groups=2)  # the FFN widths still prune
+
+
+@pytest.mark.torch
+def test_a_gpt2_exported_below_opset_17_prunes_its_hidden_size(tmp_path):
+    """transformers' GPT-2 LM exported by TorchScript at opset 14: every LayerNorm written out
+    (ReduceMean, Sub, Pow, ...). Its hidden size prunes, the written form stays (no
+    LayerNormalization appears), and the oracle holds."""
+    pytest.importorskip("transformers")
+    from zoo.hf_models import export_hf
+
+    from graphprune.runtime import oracle
+
+    path = export_hf("gpt2_lm", str(tmp_path / "gpt2_14.onnx"), False, opset=14)
+    model = gp.load(path)
+    assert [g.num_atoms for g in gp.analyze(model).prunable_groups if g.normalised] == [32]
+    res = gp.prune(model, 0.3, round_to=1, prune_hidden=True)
+    hidden = [g for g in res.plan.groups if "wte" in g["name"]]
+    assert hidden and hidden[0]["removed_atoms"]
+    assert not any(n.op_type == "LayerNormalization" for n in res.model.graph)
+    check = oracle.check(gp.load(path), res.model, res.plan, n_random=2)
+    assert check.ok, check.summary()

@@ -5,7 +5,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.dependency.registry import rule
-from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.layer_norm import WrittenLayerNorm, layer_norm_at_variance
 from graphprune.ir.rms_norm import rms_norm_after
 
 
@@ -67,48 +67,45 @@ def reduce(node, ctx):
     out_ax = 0
     summed = []
     sums = node.op_type in SUMS_OF_ZEROS
+    ln = layer_norm_at_variance(node) if node.op_type == "ReduceMean" else None
     for ax in range(len(dx)):
         if ax in axes:
             if sums:
                 ctx.normalised_width(x, ax)  # an RMSNorm's mean of x**2 over the hidden size
-            if sums and ctx.keeps_zero(x, ax):
+            why_not = _why_not_summed(ctx, x, ax, ln) if sums else None
+            if sums and why_not is None:
                 ctx.sums_over(x, ax)
                 summed.append(ax)
-            elif sums and _variance_of_centred(x):
-                ctx.freeze(x, ax, "a LayerNorm written out as ReduceMean, Sub, Pow, Sqrt, Div (as exporters write it "
-                                  "below opset 17) normalises over this axis, and its variance cannot be kept over the "
-                                  "original width (a LayerNormalization node's can: an export at opset 17 or later)")
             else:
-                ctx.freeze(x, ax, f"{node.op_type} reduces over this axis"
-                           + (" and its input is not known to be zero at a removed channel" if sums else ""))
+                ctx.freeze(x, ax, why_not or f"{node.op_type} reduces over this axis")
             if keep:
                 ctx.unchanged(y, out_ax)
                 out_ax += 1
         else:
             ctx.couple(x, ax, y, out_ax)
             out_ax += 1
-    if summed and node.op_type == "ReduceMean":  # widths as analysed: x may be narrower at the rewrite
+    if summed and ln is not None:  # the variance of a written-out LayerNorm: the removed channels' share
+        ctx.on_prune(lambda rc: _variance_over_original_width(rc, ln, int(dx[-1])))
+    elif summed and node.op_type == "ReduceMean":  # widths as analysed: x may be narrower at the rewrite
         ctx.on_prune(lambda rc: _mean_over_original_width(rc, {ax: int(dx[ax]) for ax in summed}, list(dx)))
 
 
-def _variance_of_centred(x: ir.Value) -> bool:
-    """`x` is (a - mean(a))²: the variance term of a LayerNorm written out by an exporter at
-    opset < 17 (Pow(d, 2) or Mul(d, d) with d = Sub(a, ReduceMean(a)))."""
-    sq = x.producer()
-    if sq is None or sq.op_type not in ("Pow", "Mul") or len(sq.inputs) != 2:
-        return False
-    d = sq.inputs[0]
-    if sq.op_type == "Mul" and sq.inputs[1] is not d:
-        return False
-    if sq.op_type == "Pow":
-        e = const_array(sq.inputs[1]) if sq.inputs[1] is not None and is_constant(sq.inputs[1]) else None
-        if e is None or e.size != 1 or float(e.reshape(-1)[0]) != 2.0:
-            return False
-    sub = d.producer() if d is not None else None
-    if sub is None or sub.op_type != "Sub":
-        return False
-    mean = sub.inputs[1].producer() if sub.inputs[1] is not None else None
-    return mean is not None and mean.op_type == "ReduceMean" and mean.inputs[0] is sub.inputs[0]
+def _why_not_summed(ctx, x, ax: int, ln: WrittenLayerNorm | None) -> str | None:
+    """None when removing indices of (x, ax) from this sum is exact: x is zero there in the
+    masked original, or x is the square of a written-out LayerNorm's centred input whose
+    input is (its variance then gets the removed channels' mean² back). Else why not."""
+    if ln is None:
+        if ctx.keeps_zero(x, ax):
+            return None
+        return f"{ctx.node.op_type} reduces over this axis and its input is not known to be zero at a removed channel"
+    what = "a LayerNorm written out as ReduceMean, Sub, Pow, Sqrt, Div (as exporters write it below opset 17)"
+    if x.dtype in HALF_FLOATS:
+        # (kept/original rounds there: an RMSNorm's did by 4e-4 to 7e-4 of its output, oracle FAIL)
+        return (f"{what} in {x.dtype.name.lower()} normalises over this axis: graphprune keeps its variance over the "
+                "original width in float32 only")
+    if not ctx.keeps_zero(ln.x, ax):
+        return f"{what} normalises over this axis, and its input is not known to be zero at a removed channel"
+    return None
 
 
 @rule("CumSum", since=11)
@@ -164,6 +161,30 @@ def _mean_of_zeros_put_back(rc, widths: dict[int, int], dims: list) -> None:
     attrs = {k: a.value for k, a in node.attributes.items()}
     mean = rc.insert(node.op_type, [padded, *node.inputs[1:]], like=y, attributes=attrs, hint="over_original_width")
     rc.take_place_of(y, mean)
+
+
+def _variance_over_original_width(rc, ln: WrittenLayerNorm, width: int) -> None:
+    """The variance a written-out LayerNorm takes in the masked original is over all `width`
+    channels of c = x - mean(x), and at a removed channel x is 0, so c is -mean there: var =
+    (Σ_kept c² + r·mean²) / width. The pruned model's ReduceMean averages the k kept squares,
+    so: its input times k / width, plus r / width · mean² (mean as its own rewrite, earlier in
+    the graph, corrected it to the original width)."""
+    node = rc.node
+    sq, var = node.inputs[0], node.outputs[0]
+    removed = len(rc.removed(sq, len(rc.pruned_dims(sq)) - 1))
+    if not removed:
+        return
+    kept = width - removed
+    dtype = var.dtype.numpy() if var.dtype is not None else np.float32
+    mean = ln.sub.inputs[1]
+    share = rc.insert("Mul", [sq, rc.new_const(np.array(kept / width, dtype=dtype), f"{node.name}_kept_share")],
+                      like=sq, dims=rc.pruned_dims(sq), hint="kept_share")
+    node.replace_input_with(0, share)
+    mean_sq = rc.insert("Mul", [mean, mean], like=var, hint="square_of_mean")
+    term = rc.insert("Mul", [mean_sq, rc.new_const(np.array(removed / width, dtype=dtype), f"{node.name}_removed_share")],
+                     like=var, hint="removed_channels_share")
+    total = rc.insert("Add", [var, term], like=var, after=True, hint="over_original_width")
+    rc.take_place_of(var, total)
 
 
 def _into_rms_norm(rc, mean, factor: float) -> bool:

@@ -1,0 +1,122 @@
+"""A LayerNorm written out as ONNX ops, as exporters write it below opset 17 (where there is
+no LayerNormalization op): the one recogniser.
+
+    mean = ReduceMean(x) -> c = Sub(x, mean) -> Pow(c, 2) | Mul(c, c) -> ReduceMean
+         -> Add(eps) -> Sqrt -> c / that -> [Cast ...] -> [Mul(gamma)] -> [Add(beta)]
+
+both means over the last axis alone, keeping it (size 1). Everything after the variance is
+an RMSNorm of ``c`` (graphprune/ir/rms_norm.py reads it). Two places read this chain:
+the reduce rule (rules/pool.py), which keeps the variance exact over the original width when
+the hidden size is pruned, and slice-hidden's preparation (passes/pruning/layernorm_stream.py),
+which turns the chain into the LayerNormalization it computes before writing it as an RMSNorm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from graphprune.ir.constants import const_array, is_constant
+from graphprune.ir.rms_norm import RMSNormTail, const_scalar, only_reader, rms_norm_after
+
+STD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class WrittenLayerNorm:
+    x: ir.Value  # what is normalised
+    mean: ir.Node  # ReduceMean(x)
+    sub: ir.Node  # c = x - mean
+    square: ir.Node  # Pow(c, 2) or Mul(c, c)
+    variance: ir.Node  # ReduceMean(square)
+    tail: RMSNormTail  # eps, Sqrt, c / root, [Casts], [Mul(gamma)]
+    beta_add: ir.Node | None  # Add(gamma · normed, beta[d]), None without a constant bias
+    beta_input: int | None
+
+    @property
+    def output(self) -> ir.Value:
+        """The LayerNorm's result: after beta, else after gamma, else the normalised c."""
+        if self.beta_add is not None:
+            return self.beta_add.outputs[0]
+        return self.tail.gamma_mul.outputs[0] if self.tail.gamma_mul is not None else self.tail.normed
+
+
+def _last_axis_mean(node: ir.Node | None, opset: int) -> bool:
+    """A ReduceMean over the last axis alone that keeps it."""
+    if node is None or node.op_type != "ReduceMean" or node.domain not in STD_DOMAINS:
+        return False
+    keep = node.attributes.get("keepdims")
+    if keep is not None and int(keep.value) != 1:
+        return False
+    x = node.inputs[0]
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    if opset >= 18:
+        a = node.inputs[1] if len(node.inputs) > 1 else None
+        arr = const_array(a) if a is not None and is_constant(a) else None
+        axes = arr.reshape(-1).tolist() if arr is not None else None
+    else:
+        attr = node.attributes.get("axes")
+        axes = list(attr.value) if attr is not None else None
+    if axes is None or len(axes) != 1:
+        return False
+    ax = int(axes[0])
+    return ax == -1 or (rank is not None and ax == rank - 1)
+
+
+def _opset(node: ir.Node) -> int:
+    graph = node.graph
+    model_opsets = graph.opset_imports if graph is not None else {}
+    return int(model_opsets.get("", model_opsets.get("ai.onnx", 17)))
+
+
+def layer_norm_at_variance(variance: ir.Node) -> WrittenLayerNorm | None:
+    """The written-out LayerNorm whose variance `variance` (a ReduceMean) computes, or None."""
+    opset = _opset(variance)
+    if not _last_axis_mean(variance, opset):
+        return None
+    square = variance.inputs[0].producer() if variance.inputs[0] is not None else None
+    if square is None or square.domain not in STD_DOMAINS or len(square.inputs) != 2:
+        return None
+    c = square.inputs[0]
+    if square.op_type == "Pow":
+        if const_scalar(square.inputs[1]) != 2.0:
+            return None
+    elif square.op_type != "Mul" or square.inputs[1] is not c:
+        return None
+    sub = c.producer() if c is not None else None
+    if sub is None or sub.op_type != "Sub" or sub.domain not in STD_DOMAINS or sub.inputs[1] is None:
+        return None
+    x, mean = sub.inputs[0], sub.inputs[1].producer()
+    if mean is None or mean.inputs[0] is not x or not _last_axis_mean(mean, opset):
+        return None
+    tail = rms_norm_after(variance.outputs[0])
+    if tail is None or tail.scaled is not c:
+        return None
+    if {id(u.node) for u in c.uses()} != {id(square), id(tail.scale)}:  # c read by the chain alone
+        return None
+    beta_add, beta_input = _beta(tail)
+    return WrittenLayerNorm(x=x, mean=mean, sub=sub, square=square, variance=variance, tail=tail,
+                            beta_add=beta_add, beta_input=beta_input)
+
+
+def _beta(tail: RMSNormTail) -> tuple[ir.Node | None, int | None]:
+    """Add(gamma · normed, beta) with beta a constant vector, or (None, None)."""
+    if tail.gamma_mul is None:
+        return None, None
+    add = only_reader(tail.gamma_mul.outputs[0], "Add")
+    if add is None or len(add.inputs) != 2:
+        return None, None
+    bi = 1 if add.inputs[0] is tail.gamma_mul.outputs[0] else 0
+    b = add.inputs[bi]
+    if b is None or not is_constant(b) or b.shape is None or len(b.shape) != 1:
+        return None, None
+    return add, bi
+
+
+def written_layer_norms(graph: ir.Graph) -> list[WrittenLayerNorm]:
+    """Every written-out LayerNorm of `graph`, in graph order."""
+    found = []
+    for node in graph:
+        if node.op_type == "ReduceMean" and (ln := layer_norm_at_variance(node)) is not None:
+            found.append(ln)
+    return found
