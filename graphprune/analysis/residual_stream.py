@@ -296,6 +296,7 @@ class _Walk:
             for a in p.inputs:
                 if (e := _embedding(a)) is not None:
                     self.embeddings[id(e)] = e
+                    self.todo.append(a)  # its other readers too: a norm, or anything that would refuse
                 elif (w := _writer(a, None)) is not None:
                     self.writers[id(w.node)] = w
                     writers += 1

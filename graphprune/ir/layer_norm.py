@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from graphprune.ir.constants import const_array, is_constant
-from graphprune.ir.rms_norm import RMSNormTail, const_scalar, only_reader, rms_norm_after
+from graphprune.ir.rms_norm import RMSNormTail, only_reader, rms_norm_after, scalar_within
 
 STD_DOMAINS = ("", "ai.onnx")
 
@@ -79,7 +79,7 @@ def layer_norm_at_variance(variance: ir.Node) -> WrittenLayerNorm | None:
         return None
     c = square.inputs[0]
     if square.op_type == "Pow":
-        if const_scalar(square.inputs[1]) != 2.0:
+        if scalar_within(square.inputs[1], c) != 2.0:
             return None
     elif square.op_type != "Mul" or square.inputs[1] is not c:
         return None
@@ -94,21 +94,24 @@ def layer_norm_at_variance(variance: ir.Node) -> WrittenLayerNorm | None:
         return None
     if {id(u.node) for u in c.uses()} != {id(square), id(tail.scale)}:  # c read by the chain alone
         return None
-    beta_add, beta_input = _beta(tail)
+    beta_add, beta_input = _beta(tail, x)
     return WrittenLayerNorm(x=x, mean=mean, sub=sub, square=square, variance=variance, tail=tail,
                             beta_add=beta_add, beta_input=beta_input)
 
 
-def _beta(tail: RMSNormTail) -> tuple[ir.Node | None, int | None]:
-    """Add(gamma · normed, beta) with beta a constant vector, or (None, None)."""
-    if tail.gamma_mul is None:
-        return None, None
-    add = only_reader(tail.gamma_mul.outputs[0], "Add")
+def _beta(tail: RMSNormTail, x: ir.Value) -> tuple[ir.Node | None, int | None]:
+    """Add(gamma · normed (or normed), beta) with beta a constant of one value per channel of
+    x's last axis, or (None, None) (a one-element beta broadcast over the channels is not a
+    LayerNorm's bias: slice-hidden would fold it as one)."""
+    scaled = tail.gamma_mul.outputs[0] if tail.gamma_mul is not None else tail.normed
+    add = only_reader(scaled, "Add")
     if add is None or len(add.inputs) != 2:
         return None, None
-    bi = 1 if add.inputs[0] is tail.gamma_mul.outputs[0] else 0
+    bi = 1 if add.inputs[0] is scaled else 0
     b = add.inputs[bi]
-    if b is None or not is_constant(b) or b.shape is None or len(b.shape) != 1:
+    width = x.shape[-1] if x.shape is not None and len(x.shape) else None
+    if b is None or not is_constant(b) or b.shape is None or len(b.shape) != 1 or not isinstance(width, int) \
+            or b.shape[0] != width:
         return None, None
     return add, bi
 

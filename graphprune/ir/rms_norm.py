@@ -76,13 +76,24 @@ def _divided(root: ir.Value) -> tuple[ir.Node, ir.Value] | None:
     return mul, mul.inputs[1] if mul.inputs[0] is inv.outputs[0] else mul.inputs[0]
 
 
+def scalar_within(v: ir.Value | None, other: ir.Value | None) -> float | None:
+    """`v`'s value when it is a one-element constant that broadcasts against `other` without
+    adding axes (an eps stored as [1, 1, 1, 1] beside a rank-3 mean would make the sum rank
+    4, which a fused norm does not), else None."""
+    a = const_array(v) if v is not None and is_constant(v) else None
+    if a is None or a.size != 1:
+        return None
+    rank = len(other.shape) if other is not None and other.shape is not None else 1
+    return float(a.reshape(-1)[0]) if a.ndim <= rank else None
+
+
 def rms_norm_after(mean: ir.Value) -> RMSNormTail | None:
     """The rest of an RMSNorm after `mean`, or None when `mean` does not start one."""
     add = only_reader(mean, "Add")
     if add is None or len(add.inputs) != 2:
         return None
     eps_input = 1 if add.inputs[0] is mean else 0
-    if const_scalar(add.inputs[eps_input]) is None:
+    if scalar_within(add.inputs[eps_input], mean) is None:
         return None
     sqrt = only_reader(add.outputs[0], "Sqrt")
     found = _divided(sqrt.outputs[0]) if sqrt is not None else None

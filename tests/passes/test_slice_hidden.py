@@ -5,6 +5,7 @@ rotated input with the dropped directions zeroed — and each check must be able
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -494,3 +495,131 @@ def test_a_norm_written_as_a_division_is_rotated_and_sliced(exported, tmp_path, 
     assert oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY).ok
     res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
     assert res.ok, res.summary()
+
+
+# ---- written-out LayerNorms (below opset 17) in a hand-built pre-norm token model ----------------
+WIDTH = 8
+
+
+def _token_model(path, *, opset=14, written=True, share_mean=False, beta_len=WIDTH, eps_shape=(),
+                 bias_free=False, half=False):
+    """ids -> table -> two pre-norm blocks (norm a and, reading the same stream value, norm b
+    when `share_mean`: a parallel block) -> final norm -> head. `written`: LayerNorms as
+    ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; else LayerNormalization
+    nodes (opset >= 17). `bias_free`: the block's first linear layer has no bias."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    ft = np.float16 if half else np.float32
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(ft)
+
+    inits = {"table": r(50, WIDTH), "two": np.array(2.0, ft), "eps": np.full(eps_shape, 1e-5, ft),
+             "axes": np.array([-1], np.int64)}
+    nodes = [helper.make_node("Gather", ["table", "x"], ["h0"])]
+    means = {}
+
+    def mean(src, out):
+        if opset >= 18:
+            return helper.make_node("ReduceMean", [src, "axes"], [out])
+        return helper.make_node("ReduceMean", [src], [out], axes=[-1])
+
+    def norm(src, tag, beta_len=WIDTH):
+        inits[f"g{tag}"], inits[f"b{tag}"] = r(WIDTH), r(beta_len)
+        if not written:
+            nodes.append(helper.make_node("LayerNormalization", [src, f"g{tag}", f"b{tag}"], [f"n{tag}"],
+                                          epsilon=1e-5))
+            return f"n{tag}"
+        if src not in means or not share_mean:
+            nodes.append(mean(src, f"mu{tag}"))
+            means[src] = f"mu{tag}"
+        nodes.extend([helper.make_node("Sub", [src, means[src]], [f"c{tag}"]),
+                      helper.make_node("Pow", [f"c{tag}", "two"], [f"sq{tag}"]), mean(f"sq{tag}", f"v{tag}"),
+                      helper.make_node("Add", [f"v{tag}", "eps"], [f"ve{tag}"]),
+                      helper.make_node("Sqrt", [f"ve{tag}"], [f"sd{tag}"]),
+                      helper.make_node("Div", [f"c{tag}", f"sd{tag}"], [f"nn{tag}"]),
+                      helper.make_node("Mul", [f"nn{tag}", f"g{tag}"], [f"gn{tag}"]),
+                      helper.make_node("Add", [f"gn{tag}", f"b{tag}"], [f"n{tag}"])])
+        return f"n{tag}"
+
+    def ffn(src, tag):
+        inits[f"w1{tag}"], inits[f"w2{tag}"], inits[f"b2{tag}"] = r(WIDTH, 16), r(16, WIDTH), r(WIDTH)
+        nodes.append(helper.make_node("MatMul", [src, f"w1{tag}"], [f"m1{tag}"]))
+        hidden = f"m1{tag}"
+        if not bias_free:
+            inits[f"b1{tag}"] = r(16)
+            nodes.append(helper.make_node("Add", [hidden, f"b1{tag}"], [f"a1{tag}"]))
+            hidden = f"a1{tag}"
+        nodes.extend([helper.make_node("Relu", [hidden], [f"r{tag}"]),
+                      helper.make_node("MatMul", [f"r{tag}", f"w2{tag}"], [f"m2{tag}"]),
+                      helper.make_node("Add", [f"m2{tag}", f"b2{tag}"], [f"f{tag}"])])
+        return f"f{tag}"
+
+    fa = ffn(norm("h0", "a", beta_len), "a")
+    nodes.append(helper.make_node("Add", ["h0", fa], ["h1"]))
+    stream = "h1"
+    if share_mean:
+        fb = ffn(norm("h0", "b"), "b")
+        nodes.append(helper.make_node("Add", ["h1", fb], ["h2"]))
+        stream = "h2"
+    inits["head"], inits["head_bias"] = r(WIDTH, 5), r(5)
+    nodes.extend([helper.make_node("MatMul", [norm(stream, "f"), "head"], ["logits"]),
+                  helper.make_node("Add", ["logits", "head_bias"], ["y"])])
+    elem = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", "S"])],
+                          [helper.make_tensor_value_info("y", elem, None)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    path.write_bytes(m.SerializeToString())
+    return str(path)
+
+
+def _token_slice(path):
+    model = load_onnx(path)
+    ctx = PassContext()
+    state = PipelineState(ctx)
+    rng = np.random.default_rng(0)
+    state.calibration = Calibration.from_batches([{"x": rng.integers(0, 50, (2, 6))} for _ in range(4)])
+    PassManager.parse("slice-hidden{ratio=0.25,round_to=1}").run(model, ctx)
+    return model, state.hidden
+
+
+def _both_checks_hold(path):
+    sliced, hidden = _token_slice(path)
+    assert hidden["width"] == [WIDTH, 6]
+    rot = oracle.check(load_onnx(path, fold=False), hidden["reference"], EMPTY)
+    assert rot.ok, rot.summary()
+    res = oracle.check(hidden["reference"], sliced, Plan(tensors=hidden["tensors"], groups=[]))
+    assert res.ok, res.summary()
+    assert not oracle.check(hidden["reference"], sliced, EMPTY).ok  # the masking check can fail
+    return sliced
+
+
+def test_two_written_out_norms_sharing_their_mean_are_sliced(tmp_path):
+    """A parallel block reads the stream through a second norm that shares the first's
+    ReduceMean (after common-subexpression elimination): both became LayerNormalization
+    nodes named after that mean, and the RMSNorm ops written from them collided ('two nodes
+    with same node name', adversarial probe). Each is named after its own last node now."""
+    _both_checks_hold(_token_model(tmp_path / "m.onnx", share_mean=True))
+
+
+@pytest.mark.parametrize("written,opset", [(True, 14), (False, 18)])
+def test_a_norm_read_by_a_linear_layer_without_bias_is_sliced(tmp_path, written, opset):
+    """beta folds into the bias of every layer reading the norm; a layer without one gets an
+    Add, which read itself ('the graph is not acyclic', adversarial probe, both norm forms)."""
+    _both_checks_hold(_token_model(tmp_path / "m.onnx", written=written, opset=opset, bias_free=True))
+
+
+@pytest.mark.parametrize("case,says", [
+    ({"beta_len": 1}, "reads the output of"),  # a one-element beta is no LayerNorm bias: was a matmul ValueError
+    ({"eps_shape": (1, 1, 1, 1)}, "reads the residual stream ('h0')"),  # eps adding an axis: no LayerNorm
+    ({"half": True}, "float16 values: slice-hidden rewrites LayerNorms of float32 models only"),
+])
+def test_written_out_norms_slice_hidden_cannot_take_are_refused(tmp_path, case, says):
+    """Refused naming why (they crashed, or — eps of shape [1, 1, 1, 1], whose sum has one
+    more axis than a LayerNorm's — became a model of another rank), the model unchanged."""
+    path = _token_model(tmp_path / "m.onnx", **case)
+    with pytest.raises(NotAStream, match=re.escape(says)):
+        _token_slice(path)

@@ -32,7 +32,7 @@ import onnx_ir as ir
 from graphprune.analysis.residual_stream import NotAStream, _output_end, find_stream
 from graphprune.ir.constants import const_array, is_constant, set_const_array
 from graphprune.ir.layer_norm import WrittenLayerNorm, written_layer_norms
-from graphprune.ir.rms_norm import const_scalar
+from graphprune.ir.rms_norm import scalar_within
 
 STD_DOMAINS = ("", "ai.onnx")
 
@@ -130,7 +130,8 @@ def _as_layernorm_node(model: ir.Model, ln: WrittenLayerNorm) -> None:
     17: the node lives only until `_as_rms`, which writes every LayerNormalization as RMSNorm
     ops at the model's opset)."""
     t = ln.tail
-    base = ln.mean.name or ln.x.name
+    last = ln.output.producer()
+    base = last.name or ln.output.name  # the chain's own last node: distinct for every norm
     d = ln.x.shape[-1] if ln.x.shape is not None else None
     if not isinstance(d, int):
         raise NotAStream(f"the LayerNorm written out from {base!r}: the normalised width is not static")
@@ -143,7 +144,7 @@ def _as_layernorm_node(model: ir.Model, ln: WrittenLayerNorm) -> None:
                      const_value=ir.tensor(np.array(a), name=name))
         model.graph.register_initializer(v)
         inputs.append(v)
-    eps = const_scalar(t.eps_add.inputs[t.eps_input])
+    eps = scalar_within(t.eps_add.inputs[t.eps_input], t.eps_add.outputs[0])
     node = ir.node("LayerNormalization", inputs, {"axis": -1, "epsilon": float(eps)}, name=f"{base}.layernorm",
                    outputs=[ir.Value(name=f"{base}.layernorm_out")])
     node.outputs[0].type, node.outputs[0].shape = ln.output.type, ln.output.shape
@@ -267,6 +268,9 @@ def _attr(node: ir.Node, key: str, default):
 def _ln_params(ln: ir.Node) -> tuple[int, np.ndarray, np.ndarray | None]:
     """(width, gamma, beta or None) of a LayerNormalization slice-hidden can rewrite."""
     x = ln.inputs[0]
+    if x.dtype != ir.DataType.FLOAT:  # its RMSNorm form is written with float32 constants
+        raise NotAStream(f"LayerNormalization {ln.name!r} normalises {x.dtype.name.lower() if x.dtype else 'an untyped'} "
+                         "values: slice-hidden rewrites LayerNorms of float32 models only")
     rank = len(x.shape) if x.shape is not None else None
     axis = _attr(ln, "axis", -1)
     if not (axis == -1 or (rank is not None and axis == rank - 1)):
@@ -379,6 +383,6 @@ def _add_bias(model: ir.Model, mm: ir.Node, shift: np.ndarray) -> None:
     add = ir.node("Add", [mm.outputs[0], bv], name=f"{name}.layernorm_bias",
                   outputs=[ir.Value(name=f"{name}.layernorm_bias_out")])
     add.outputs[0].shape, add.outputs[0].type = mm.outputs[0].shape, mm.outputs[0].type
-    for n, i in list(mm.outputs[0].uses()):
+    for n, i in uses:  # the readers before the Add existed (the Add reads mm too)
         n.replace_input_with(i, add.outputs[0])
     model.graph.insert_after(mm, [add])
