@@ -311,3 +311,22 @@ def test_gp_compile_returns_its_report_and_records_the_call(samples_dir, tmp_pat
     assert rep["schema"] == written["schema"] and rep["outputs"] == written["outputs"]
     with pytest.raises(ArgumentTypeError, match="model_path must be a path"):
         gp.compile(gp.load(samples_dir / "tiny_resnet.onnx"), target="x86")
+
+
+def test_check_refuses_a_tolerance_that_judges_nothing_and_takes_inputs_as_given(samples_dir):
+    """gp.check(..., rtol=inf) passed a model against another run's plan (its worst error
+    0.93 of the output scale); NaN and negative tolerances were taken silently. An input
+    array given alone failed with numpy's 'truth value ... ambiguous'."""
+    src = samples_dir / "tiny_resnet.onnx"
+    a = gp.prune(gp.load(src), 0.3, round_to=4, criterion="l2")
+    b = gp.prune(gp.load(src), 0.3, round_to=4, criterion="random", seed=3)
+    assert not gp.check(src, a.model, b.plan).ok
+    for rtol in (float("inf"), float("nan"), -1.0, "0.1"):
+        with pytest.raises(UsageError, match="rtol must be a finite number >= 0"):
+            gp.check(src, a.model, b.plan, rtol=rtol)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    for given in (x, {"input": x}, [x], [{"input": x}]):
+        res = gp.check(src, a, inputs=given, n_random=0)
+        assert res.ok and "1 input set(s)" in res.summary()
+    with pytest.raises(UsageError, match="expected a list of feed dicts"):
+        gp.check(src, a, inputs="x.npz")

@@ -360,6 +360,34 @@ class _Judge:
         return res
 
 
+def checked_rtol(rtol) -> float:
+    """`rtol` as a float, or a UsageError: an infinite tolerance passed a model checked
+    against another run's plan (gp.check, rtol=inf), and NaN or a negative one judged
+    nothing in words that meant anything."""
+    import math
+    import numbers
+
+    value = float(rtol) if isinstance(rtol, numbers.Real) and not isinstance(rtol, bool) else math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"rtol must be a finite number >= 0, got {rtol!r}", hint="the default is 1e-4")
+    return value
+
+
+def given_input_sets(inputs) -> list[dict]:
+    """The oracle's given input sets (`inputs`) as a list of feed dicts: a list (or tuple) of
+    dicts or arrays, or one dict or array (an array: the model's only input). Anything else
+    is a UsageError (an array given alone failed as 'truth value ... ambiguous', a dict's
+    keys were read as input sets)."""
+    if inputs is None:
+        return []
+    if isinstance(inputs, (dict, np.ndarray)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(f, (dict, np.ndarray)) for f in inputs):
+        raise UsageError(f"inputs: expected a list of feed dicts ({{input name: array}}), got {type(inputs).__name__}",
+                         hint="e.g. inputs=[{'x': batch}]; an array alone is taken for a one-input model's input")
+    return [f if isinstance(f, dict) else {"(array)": f} for f in inputs]
+
+
 class _Given(dict):
     """An input set the user gave (--inputs): a run that fails on it is the user's to fix."""
 
@@ -433,6 +461,7 @@ def check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dict
     ORT-quantized ResNet-18 pruned exactly was one output quantisation step (8.5e-3 of its
     scale) from its masked original, and equal to it with power-of-two scales. (Not on the
     file oracle of models over BIG_MODEL_BYTES.)"""
+    rtol, inputs = checked_rtol(rtol), given_input_sets(inputs)
     kw = dict(inputs=inputs, n_random=n_random, seed=seed, dim_value=dim_value, dims=dims, shapes=shapes, calib=calib)
     res = _check(original, pruned, plan, rtol=rtol, **kw)
     from graphprune.ir.serialize import BIG_MODEL_BYTES, clone, model_nbytes
@@ -981,6 +1010,7 @@ def check_files(src: str, pruned_path: str, plan: Plan, *, inputs: list[dict] | 
     disk (`rounding_floor_files`), as `check` does in memory."""
     import tempfile
 
+    rtol, inputs = checked_rtol(rtol), given_input_sets(inputs)
     with tempfile.TemporaryDirectory(prefix="graphprune-oracle-") as tmp:
         ref_path = masked_copy_on_disk(src, plan, tmp)
         kw = dict(inputs=inputs, n_random=n_random, seed=seed, shapes=shapes, calib=calib)
