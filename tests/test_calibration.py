@@ -292,3 +292,23 @@ def test_constant_calibration_data_and_a_renamed_array_are_said(tmp_path, caplog
         load_calibration(str(tmp_path / "r.npz"), conv_model())
     assert "constant" not in caplog.text and "taken as" not in caplog.text
 
+
+
+def test_calibration_given_in_memory_reads_as_the_same_data_in_a_file(tmp_path):
+    """gp.PruneOptions(calib=array) — what a Python user passes first — failed with 'expected
+    str, bytes or os.PathLike object, not ndarray' (and gp.compile with numpy's 'truth value
+    ... ambiguous'). Arrays, {input: array} and lists of feed dicts now read as an .npz of
+    the same arrays does; other types and empty data are refused in words."""
+    x = np.random.default_rng(0).standard_normal((10, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    from_file = [b["x"] for b in load_calibration(str(tmp_path / "c.npz"), conv_model(), batch_size=4)]
+    for given in (x, {"x": x}, {"x": x.astype(np.float64)}):  # float64 cast as the file's would be
+        got = [b["x"] for b in load_calibration(given, conv_model(), batch_size=4)]
+        assert [g.shape for g in got] == [f.shape for f in from_file]
+        np.testing.assert_array_equal(np.concatenate(got), x)
+    feeds = [{"x": x[i:i + 5]} for i in (0, 5)]
+    got = [b["x"] for b in load_calibration(feeds, conv_model())]
+    assert [g.shape[0] for g in got] == [5, 5] and got[0].dtype == np.float32
+    for bad, says in ((5, "type int is not one graphprune reads"), ([], "an empty list"), ({}, "an empty dict")):
+        with pytest.raises(UsageError, match=says):
+            load_calibration(bad, conv_model())

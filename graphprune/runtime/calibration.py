@@ -214,15 +214,21 @@ def from_npz(path: str | Path, model: ir.Model, batch_size: int = 8, limit: int 
         arrays = {k: z[k] for k in z.files}
     except Exception as exc:
         raise UsageError(f"{path}: cannot read calibration inputs as .npz ({exc})") from None
+    return from_arrays(arrays, model, batch_size, limit, path.name)
+
+
+def from_arrays(arrays: dict, model: ir.Model, batch_size: int = 8, limit: int | None = None,
+                source: str = "calibration arrays") -> Calibration:
+    """{input name: samples along axis 0} (an .npz's arrays, or given in memory), batched."""
     inputs = _input_info(model)
     names = [n for n, _ in inputs]
     if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
-        log.info("calibration: array %r of %s taken as the model's only input %r", next(iter(arrays)), path.name,
+        log.info("calibration: array %r of %s taken as the model's only input %r", next(iter(arrays)), source,
                  names[0])
         arrays = {names[0]: next(iter(arrays.values()))}
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise UsageError(f"{path}: no array for model input(s) {missing}", hint=f"arrays found: {sorted(arrays)}")
+        raise UsageError(f"{source}: no array for model input(s) {missing}", hint=f"arrays found: {sorted(arrays)}")
     ranks = {n: len(s) if s is not None else None for n, s in inputs}
     per_sample = {}
     for n in names:
@@ -242,7 +248,7 @@ def from_npz(path: str | Path, model: ir.Model, batch_size: int = 8, limit: int 
 
     make, bs = _batched_samples(samples, batch_size, model)
     rows = count * (_rows({n: per_sample[n][0] for n in names}) if count else 1)
-    return Calibration(make, f"{path.name} ({count} samples)", -(-rows // bs))
+    return Calibration(make, f"{source} ({count} samples)", -(-rows // bs))
 
 
 def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess, batch_size: int = 8,
@@ -362,7 +368,7 @@ def load_calibration(spec: str | Calibration | None, model: ir.Model, *, preproc
         _say_constant(fitted, spec.description)
         return spec
     calib = _calibration_source(spec, model, preprocess, batch_size, limit)
-    hint = _resize_hint(model, preprocess) if Path(spec).is_dir() else None
+    hint = _resize_hint(model, preprocess) if isinstance(spec, (str, Path)) and Path(spec).is_dir() else None
     calib.make = _checked(calib.make, model, calib.description, hint)
     first = calib.first()  # a batch the model cannot take fails here, before any work
     _say_padding(first)
@@ -425,8 +431,29 @@ def _layout_color_fixes(pre: ImagePreprocess, dims: list) -> dict:
     return fixes
 
 
-def _calibration_source(spec: str, model: ir.Model, preprocess: str | None, batch_size: int,
+def _in_memory(spec, model: ir.Model, batch_size: int, limit: int | None) -> Calibration | None:
+    """Calibration data given in Python: {input name: array of samples}, one array (a
+    one-input model's), or a list of feed dicts (each a batch); None for anything else."""
+    if isinstance(spec, (dict, list, tuple)) and not spec:
+        raise UsageError(f"calibration data: an empty {type(spec).__name__}", hint="give at least one sample")
+    if isinstance(spec, np.ndarray):
+        spec = {"(array)": spec}
+    if isinstance(spec, dict) and all(isinstance(v, np.ndarray) for v in spec.values()) and spec:
+        return from_arrays(dict(spec), model, batch_size, limit, "calibration arrays")
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(b, dict) for b in spec):
+        batches = [{k: np.asarray(v) for k, v in b.items()} for b in spec[:limit] if b]
+        return Calibration(lambda: iter(batches), f"{len(batches)} in-memory batches", len(batches))
+    return None
+
+
+def _calibration_source(spec, model: ir.Model, preprocess: str | None, batch_size: int,
                         limit: int | None) -> Calibration:
+    if (given := _in_memory(spec, model, batch_size, limit)) is not None:
+        return given
+    if not isinstance(spec, (str, Path)):
+        raise UsageError(f"calibration data of type {type(spec).__name__} is not one graphprune reads",
+                         hint="give a path (an .npz or an image folder), module:function, {input name: array of "
+                              "samples}, a list of feed dicts, or a Calibration")
     p = Path(spec)
     if p.is_dir():
         return from_images(p, model, ImagePreprocess.parse(preprocess), batch_size, limit)

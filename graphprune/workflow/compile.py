@@ -240,7 +240,8 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     out_dir = Path(opts.out) if opts.out else default_out_dir(src, target)
     # the folder holds no input, and is new, empty or graphprune's own
     inputs = [("input model", f) for f in model_files(src)] + [
-        (what, p) for what, p in (("plan", opts.plan), ("--calib data", opts.calib)) if p and Path(p).exists()]
+        (what, p) for what, p in (("plan", opts.plan), ("--calib data", opts.calib))
+        if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
     outputs.check_paths(inputs, folders=[("output folder", out_dir)])
     outputs.check_output_dir(out_dir, force=opts.force)
     return _Compile(src, opts, target, backend_req, out_dir, log_fn)
