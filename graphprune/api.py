@@ -37,10 +37,13 @@ def _model(model, fn: str) -> ir.Model:
 
 
 def save(model: ir.Model | PruneResult, path: str | os.PathLike) -> None:
-    """Write a model atomically (external data beside it when it is large); a `prune`
-    result writes its model."""
-    if isinstance(model, PruneResult):
-        model = model.model
+    """Write a model atomically (external data beside it when it is large). A `prune` result
+    is written as the CLI writes one: its model, recording its plan's digest, and the plan
+    beside it (`<name>.plan.json`, never over a file graphprune did not write), so that
+    `check(original, path)` finds the plan (it asked for one)."""
+    result = model if isinstance(model, PruneResult) else None
+    if result is not None:
+        model = result.model
     if not isinstance(model, ir.Model):
         raise ArgumentTypeError(f"graphprune.save: model must be an onnx_ir Model, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
@@ -48,7 +51,19 @@ def save(model: ir.Model | PruneResult, path: str | os.PathLike) -> None:
     if os.path.isdir(path):
         raise UsageError(f"graphprune.save: {path} is a directory; give the path of the .onnx file to write",
                          hint=f"e.g. {os.path.join(path, 'model.onnx')}")
+    if result is None:
+        save_onnx(model, path)
+        return
+    from pathlib import Path
+
+    from graphprune.outputs import PLAN_KEY, is_graphprune_plan, plan_digest, refuse_foreign
+
+    name = Path(path).name
+    plan_path = Path(path).with_name(f"{name[:-5] if name.endswith('.onnx') else name}.plan.json")
+    refuse_foreign(plan_path, "the plan written beside the model", is_graphprune_plan)
+    model.metadata_props[PLAN_KEY] = plan_digest(result.plan)  # the model and this plan are one result
     save_onnx(model, path)
+    result.plan.save(plan_path)
 
 
 def analyze(model: ir.Model | str | os.PathLike, *, ignore: list[str] | None = None) -> DependencyGraph:

@@ -422,7 +422,8 @@ def plan_beside(pruned: str | os.PathLike) -> Path:
         raise FrontendError(f"{pruned}: no such file")
     recorded = recorded_digest(pruned)
     if recorded is None:
-        raise UsageError(f"{pruned} records no plan digest (not written by graphprune prune/compile): give --plan",
+        raise UsageError(f"{pruned} records no plan digest (not written by graphprune prune/compile or gp.save of "
+                         "a prune result): give its plan (--plan; plan= in Python)",
                          hint="check needs the plan.json the pruned model was made with")
     for cand in looked:
         try:  # the digest is of the plan's JSON, so the file is compared as written

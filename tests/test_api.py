@@ -218,6 +218,23 @@ def test_a_prune_result_saves_and_checks_as_its_model_and_plan(samples_dir, tmp_
         gp.check(model, res)
 
 
+def test_a_saved_prune_result_checks_against_the_plan_written_beside_it(samples_dir, tmp_path):
+    """gp.save(result, path) wrote the model only: gp.check(original, path) then said the
+    file 'records no plan digest ... give --plan' (new-user probe). It writes the pair, as
+    the CLI does, and never over someone else's file at the plan's name."""
+    src = samples_dir / "tiny_resnet.onnx"
+    res = gp.prune(gp.load(src), 0.5, round_to=4)
+    gp.save(res, tmp_path / "s.onnx")
+    assert gp.Plan.load(tmp_path / "s.plan.json").to_json() == res.plan.to_json()
+    assert gp.check(src, tmp_path / "s.onnx").ok
+    other = gp.prune(gp.load(src), 0.5, round_to=4, criterion="random", seed=1)
+    assert not gp.check(src, tmp_path / "s.onnx", plan=other.plan).ok  # the digest pairs them
+    (tmp_path / "t.plan.json").write_text("my notes")
+    with pytest.raises(UsageError, match="was not written by graphprune"):
+        gp.save(res, tmp_path / "t.onnx")
+    assert not (tmp_path / "t.onnx").exists() and (tmp_path / "t.plan.json").read_text() == "my notes"
+
+
 def test_api_model_arguments_say_what_is_wrong(samples_dir, tmp_path):
     """A path where a model is expected is loaded (the file is not changed); None or a
     folder is one clear error of graphprune's, not an AttributeError from deep inside."""
