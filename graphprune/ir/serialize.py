@@ -21,6 +21,13 @@ def to_proto(model: ir.Model):
     a Gemm behind a Reshape to the told size), so a session built with them fails on a batch
     of any other size: calibration batches, the oracle's other sizes, a user's inputs."""
     proto = ir.serde.serialize_model(model)
+    # an initializer's entry would be left typed but shapeless, and onnx's shape inference
+    # takes that over the tensor's own dims: it inferred 2 of 42 intermediate shapes of the
+    # Olive pass's model (the initializer itself holds its type and dims)
+    inits = {t.name for t in proto.graph.initializer}
+    kept = [vi for vi in proto.graph.value_info if vi.name not in inits]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
     for vi in proto.graph.value_info:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
