@@ -347,3 +347,15 @@ def test_check_refuses_a_tolerance_that_judges_nothing_and_takes_inputs_as_given
         assert res.ok and "1 input set(s)" in res.summary()
     with pytest.raises(UsageError, match="expected a list of feed dicts"):
         gp.check(src, a, inputs="x.npz")
+
+
+def test_the_api_checks_what_the_cli_checks_before_any_work(samples_dir, tmp_path):
+    """gp.run_prune(out='out/m') wrote an extensionless model file, and gp.compile(
+    min_speedup=-1) compiled and wrote a folder; the CLI refuses both (new-user probe)."""
+    src = samples_dir / "tiny_resnet.onnx"
+    with pytest.raises(UsageError, match="should end in .onnx"):
+        gp.run_prune(src, gp.PruneOptions(ratio=0.3), out=tmp_path / "m")
+    for bad in (-1, 0, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="min_speedup must be a finite number > 0"):
+            gp.compile(src, target="x86", out=tmp_path / "c", min_speedup=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 import logging
+import math
 import os
 import platform
 import shutil
@@ -226,6 +227,10 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
     if target.device != "cpu" and backend_req != "tvm":
         log_fn(f"note: target {target.name} is a {target.device} device; the ONNX Runtime deployment lists "
                f"{', '.join(target.ort_providers)} and falls back to the CPU provider")
+    if opts.min_speedup is not None and not (isinstance(opts.min_speedup, (int, float))
+                                              and math.isfinite(opts.min_speedup) and opts.min_speedup > 0):
+        raise UsageError(f"min_speedup must be a finite number > 0, got {opts.min_speedup!r}",
+                         hint="e.g. 1.0: the deployment must not be slower than its input")
     if opts.min_speedup is not None and not target.host:
         raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
                          hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
