@@ -192,13 +192,14 @@ def completed_shapes(src: Path, user: dict | None, proto=None) -> dict | None:
             if res.sources[n] == "--input-shape" or res.sources[n].startswith("dims named as in")}
 
 
-def _check_tvm_request(src: Path, target: Target, input_shapes: dict | None) -> None:
+def _check_tvm_request(src: Path, target: Target, input_shapes: dict | None, calib) -> None:
     """What --backend tvm needs, said before the pruning, not after: static input shapes
-    (after --input-shape) and a compiler for the target's architecture."""
+    (after --input-shape; with --calib and no --input-shape, the run's representative shapes
+    are taken from the data: `tvm_input_shapes`) and a compiler for the target's architecture."""
     from graphprune.backends.tvm.onnx_prep import with_static_inputs
 
     proto = _graph_only(src)
-    if proto is not None:
+    if proto is not None and (input_shapes or calib is None):
         with_static_inputs(proto, completed_shapes(src, input_shapes, proto))
     if target.arch != platform.machine() and not target.cross_compiler:
         raise UsageError(f"TVM cannot build for {target.arch} here: no cross compiler is known for it "
@@ -235,7 +236,7 @@ def _setup(model_path, opts: CompileOptions, log_fn) -> _Compile:
         raise UsageError(f"--min-speedup needs a latency measured on the target; {target.name} is not this machine",
                          hint="compile on the device itself, or check the speed-up with graphprune bench --rpc")
     if backend_req == "tvm":
-        _check_tvm_request(src, target, opts.input_shapes)
+        _check_tvm_request(src, target, opts.input_shapes, opts.calib)
     if opts.rpc:  # a key and a tracker that answers, before any work
         from graphprune.backends.tvm.adapter import require_tracker
 
@@ -401,7 +402,7 @@ def _lower(c: _Compile, pruned_path: Path, stage: Path, feeds: dict, calibration
             c.results["onnxruntime"]["artifacts"].append(c.quant.path.name)
     if _want_tvm(c):
         c.results["tvm"] = _compile_tvm(pruned_path, c.target, stage / "tvm", c.opts, c.backend_req, c.notes,
-                                        c.log_fn)
+                                        c.log_fn, tvm_input_shapes(c, pruned_path, feeds))
 
 
 def _want_tvm(c: _Compile) -> bool:
@@ -647,8 +648,28 @@ def _report_sections(report: dict, c: _Compile, outcome, stage: Path) -> None:
     report["red"] = build.red_lines(report, max_drop_of(c.opts))
 
 
+def tvm_input_shapes(c: _Compile, pruned_path: Path, feeds: dict) -> dict | None:
+    """The static shapes TVM builds at: --input-shape's (completed), else — for --backend tvm
+    with --calib — the run's representative shapes, those of `feeds`, which the calibration
+    data gave (the ONNX Runtime side and every figure use them too; an explicit request only:
+    under auto, a dynamic model stays with the deployment that takes every size)."""
+    given = completed_shapes(pruned_path, c.opts.input_shapes)
+    if given or c.backend_req != "tvm" or c.opts.calib is None:
+        return given
+    from graphprune.backends.tvm.onnx_prep import dynamic_inputs
+
+    proto = _graph_only(pruned_path)
+    if proto is None or not dynamic_inputs(proto):
+        return None
+    shapes = {k: [int(d) for d in np.shape(v)] for k, v in feeds.items()}
+    c.notes.append("TVM module built at " + ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in shapes.items())
+                   + " (the calibration data's shapes; the model's dynamic dims are fixed there: it runs at "
+                   "those shapes only)")
+    return shapes
+
+
 def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOptions, backend_req: str,
-                 notes: list, log_fn) -> dict:
+                 notes: list, log_fn, input_shapes: dict | None = None) -> dict:
     try:
         from graphprune.backends.tvm import TvmBackend
     except ImportError as exc:  # pragma: no cover - package is part of graphprune
@@ -668,8 +689,7 @@ def _compile_tvm(pruned_path: Path, target: Target, out: Path, opts: CompileOpti
     try:
         res = tvm.compile(pruned_path, target, out, trials=opts.tune_trials, time_budget_s=opts.tune_time,
                           db_root=db_root, rpc=opts.rpc, rpc_key=opts.rpc_key,
-                          input_shapes=completed_shapes(pruned_path, opts.input_shapes),
-                          log=log_fn)
+                          input_shapes=input_shapes, log=log_fn)
     except (UsageError, BackendUnavailableError) as exc:
         if backend_req == "tvm":
             raise

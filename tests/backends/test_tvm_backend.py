@@ -543,3 +543,24 @@ def test_a_tuned_build_of_a_pruned_hidden_size_matches_onnxruntime(work, capsys)
                  "--prune-hidden", "--round-to", "1", "--db", str(work / "db_stream"), "-o", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["checks"]["numerics_tvm"]["ok"]
+
+
+def test_compile_for_tvm_takes_a_dynamic_model_s_shapes_from_its_calibration_data(work, capsys):
+    """--backend tvm with --calib on a dynamic model: the calibration data's shapes are the
+    run's representative shapes (the ONNX Runtime side measured there), so TVM builds there
+    too and says its module runs at those shapes only; it refused, asking for --input-shape
+    (new-user probe, PP-OCR cls). The module's outputs match ONNX Runtime's (the compile's
+    own check)."""
+    from graphprune.cli.main import main
+
+    path = tiny_cnn(work / "dyn_calib.onnx", batch="N", hw="?")
+    np.savez(work / "dyn_calib.npz", x=np.random.default_rng(0).standard_normal((8, 3, 24, 40)).astype(np.float32))
+    out = work / "dyn_calib_tvm"
+    assert main(["compile", str(path), "--target", "x86", "--backend", "tvm", "--tune-trials", "1",
+                 "--calib", str(work / "dyn_calib.npz"), "--search-budget", "1", "--max-drop", "2",
+                 "--round-to", "1", "-o", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["backend"]["chosen"] == "tvm"
+    assert any(n.startswith("TVM module built at x: 1×3×24×40 (the calibration data's shapes") for n in rep["notes"])
+    assert rep["checks"]["numerics_tvm"]["ok"]  # the module at those shapes against ONNX Runtime
+    assert rep["checks"]["oracle"]["ok"] and "x: 1×3×24×40" in rep["checks"]["oracle"]["inputs"]
