@@ -82,11 +82,14 @@ def fidelity_basis(fid: dict) -> str:
     """Where an output fidelity figure was measured: on held-back calibration samples that
     no repair was fit to (`held_back`: how they were chosen), or on the calibration data —
     said to be in-sample when a repair was fit to it (too few samples to hold any back)."""
+    logits = f" ({', '.join(fid['on_logits'])}: softmax scores compared on their logits, centred)" \
+        if fid.get("on_logits") else ""
     if fid.get("held_back"):
-        return f"on held-back calibration samples ({fid['held_back']}; the same configuration repaired without them)"
+        return (f"on held-back calibration samples ({fid['held_back']}; the same configuration repaired without "
+                f"them){logits}")
     if fid.get("in_sample") is True:
-        return "on calibration data (in-sample: the repair was fit to it; too few samples to hold any back)"
-    return "on calibration data"
+        return f"on calibration data (in-sample: the repair was fit to it; too few samples to hold any back){logits}"
+    return f"on calibration data{logits}"
 
 
 def quality_line(fidelity: dict | None, max_drop, accuracy: str | None) -> str | None:
