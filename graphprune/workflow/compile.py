@@ -58,7 +58,7 @@ class CompileOptions:
     input_shapes: dict | None = None
     # choosing what to prune and repairing (graphprune.cli.allocation_flags / allocation.driver)
     prune_options: dict = field(default_factory=dict)  # allocation, target_*, max_ratio, protect, ...
-    calib: str | None = None  # .npz, image folder or module:function
+    calib: Any = None  # .npz, image folder, module:function, arrays or feed dicts in memory, or a Calibration
     calib_preprocess: str | None = None
     calib_batch: int = DEFAULTS.calib_batch
     calib_samples: int | None = None
@@ -372,7 +372,7 @@ def _build(c: _Compile, outcome, stage: Path, argv) -> dict:
     if c.quant is not None:
         _quant_quality(c, outcome, stage)  # its own quality line and latency; --max-drop gates it too
     if "speedup" in c.latency:
-        require_speedup(c.latency, c.opts.min_speedup, c.backend_req)  # before anything is written
+        require_speedup(c.latency, c.opts.min_speedup, c.backend_req, quantized=c.quant is not None)  # before writing
     report = _report(c, outcome, chosen, reason, argv)
     _report_sections(report, c, outcome, stage)
     write_report(stage, report)
@@ -589,7 +589,9 @@ def _quant_quality(c: _Compile, outcome, stage: Path) -> None:
     ok = max_drop is None or fid["drop"] <= max_drop
     c.checks["quantized_int8"] = {"ok": sec["runs_int8"] and ok, "summary": quantized.check_summary(sec, max_drop)}
     c.results["onnxruntime"]["quantization"] = sec
-    require_fidelity(fid, max_drop, "int8 output fidelity")
+    require_fidelity(fid, max_drop, "int8 output fidelity",
+                     "drop --quantize (nothing was pruned: the drop is int8's)" if not c.opts.prune else
+                     "prune less, repair (--repair), or drop --quantize (int8 adds its own drop)")
     if not sec["runs_int8"]:
         raise BackendUnavailableError("--quantize int8: the ONNX Runtime deployment holds no int8 op (ONNX "
                                       "Runtime found nothing to quantize in this model)",

@@ -68,7 +68,7 @@ class PruneOptions:
     keep_tokens: Any = None  # a list of ids, or a file of them (slice_vocab.read_token_list)
     token_input: str | None = None  # the input of token ids (default: the one indexing the largest table)
     # calibration data (criteria, repair, sparsity, the quality gate)
-    calib: Any = None  # .npz, image folder, module:function, or a Calibration
+    calib: Any = None  # .npz, image folder, module:function, arrays or feed dicts in memory, or a Calibration
     calib_preprocess: str | None = None
     calib_batch: int = 8
     calib_samples: int | None = None

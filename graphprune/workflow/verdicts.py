@@ -45,13 +45,14 @@ def accuracy_line(calibration, fidelity: dict | None, changed: bool) -> str | No
     return NO_CALIB if calibration is None else NO_GATE
 
 
-def require_fidelity(fid: dict, max_drop: float | None, what: str = "output fidelity") -> None:
+def require_fidelity(fid: dict, max_drop: float | None, what: str = "output fidelity",
+                     fixes: str = "prune less, repair (--repair)") -> None:
     """The quality gate (--max-drop D): fail when 1 - mean output cosine (report.build.fidelity_basis:
     on held-back samples when a repair fit the rest) exceeds D; the same gate for the pruned
-    float model and for its int8 deployment."""
+    float model and for its int8 deployment (`fixes`: what would lower this drop)."""
     if max_drop is not None and fid["drop"] > max_drop:
         raise QualityGateError(f"{what} drop {fid['drop']:.4f} exceeds --max-drop {max_drop:g}",
-                               hint="nothing was written; prune less, repair (--repair), or raise --max-drop")
+                               hint=f"nothing was written; {fixes}, or raise --max-drop")
 
 
 def latency_verdict(dense_ms: float, deployed_ms: float, chosen: str, same_settings_ms: float | None = None) -> dict:
@@ -91,17 +92,20 @@ def widths_line(speedup: float, mac_reduction: float, round_to: int, lanes: int,
             f"{round_to}, not of {whose} {lanes} float lanes, which ONNX Runtime runs fastest: try --round-to auto")
 
 
-def require_speedup(verdict: dict, min_speedup: float | None, backend: str = "auto") -> None:
+def require_speedup(verdict: dict, min_speedup: float | None, backend: str = "auto", quantized: bool = False) -> None:
     """--min-speedup F: fail unless the speed-up is at least F (1.0: unless it is faster).
-    `backend`: the deployment's; the hint does not suggest the one already used."""
+    `backend`: the deployment's; the hint does not suggest the one already used. `quantized`:
+    an int8 deployment (ONNX Runtime only), which can be slower than the pruned float model."""
     if min_speedup is None:
         return
     s = verdict["speedup"]
     ok = s >= min_speedup and (min_speedup != 1.0 or not verdict["not_faster"])
     if not ok:
-        other = {"tvm": "tune longer (--tune-trials), try --backend onnxruntime",
-                 "onnxruntime": "try --backend tvm with --tune-trials (tuned per layer shape)"}.get(
-            backend, "tune longer (--tune-trials), try --backend onnxruntime")
+        other = ("drop --quantize (int8 is slower than float on some CPUs and shapes: the report's quantization "
+                 "section times both)" if quantized else
+                 {"tvm": "tune longer (--tune-trials), try --backend onnxruntime",
+                  "onnxruntime": "try --backend tvm with --tune-trials (tuned per layer shape)"}.get(
+                     backend, "tune longer (--tune-trials), try --backend onnxruntime"))
         raise SlowerThanAskedError(
             f"speed-up {s:.2f}x is below --min-speedup {min_speedup:g}: {verdict['line']}",
             hint=f"nothing was written; prune more (a larger --ratio or a smaller --round-to), {other}, "

@@ -592,3 +592,18 @@ def test_repair_lines_after_removed_blocks_say_what_they_are_measured_against(sa
     plain = run_prune(src, PruneOptions(ratio=0.2, criterion="l2", allocation={"allocation": "uniform"},
                                         repair="bias", calib=calib, max_drop=None, round_to=1))
     assert plain.repair and not any("removed blocks" in repair_line(r) for r in plain.repair)
+
+
+def test_an_int8_deployment_too_slow_is_told_to_drop_quantize():
+    """An int8 deployment slower than asked was told to prune more, tune TVM and try
+    --backend onnxruntime (which it already was); the pruned float model would have met
+    the bar (new-user probe)."""
+    from graphprune.workflow.verdicts import latency_verdict, require_speedup
+
+    slow = latency_verdict(0.278, 0.407, "onnxruntime")
+    with pytest.raises(SlowerThanAskedError) as e:
+        require_speedup(slow, 1.0, "onnxruntime", quantized=True)
+    assert "drop --quantize" in e.value.hint and "--backend" not in e.value.hint
+    with pytest.raises(SlowerThanAskedError) as e:
+        require_speedup(slow, 1.0, "onnxruntime")
+    assert "drop --quantize" not in e.value.hint
