@@ -1090,7 +1090,8 @@ def class_logits(dense: ir.Model, pruned: ir.Model) -> dict[str, tuple[str, tupl
     on probabilities, PP-OCR rec models reading 0.16 / 0.26 / 0.37 of the lines the dense
     one reads (0.99) kept cosines 0.935 / 0.967 / 0.955 and passed the default gate; on the
     centred logits 0.685 / 0.897 / 0.738, no model at >= 98% of dense below 0.9, and on the
-    2-class cls model the figure is 2 x (decisions kept) - 1 (benchmarks/accuracy/README.md)."""
+    2-class cls model the figure is 2 x (decisions kept) - 1 (benchmarks/accuracy/README.md, "The gate
+    on Softmax outputs")."""
     have = {v.name for n in pruned.graph for v in n.outputs if v is not None}
     outputs = {v.name for v in dense.graph.outputs}
     opset = dense.opset_imports.get("", dense.opset_imports.get("ai.onnx", 13))
