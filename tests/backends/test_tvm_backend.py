@@ -564,3 +564,35 @@ def test_compile_for_tvm_takes_a_dynamic_model_s_shapes_from_its_calibration_dat
     assert any(n.startswith("TVM module built at x: 1×3×24×40 (the calibration data's shapes") for n in rep["notes"])
     assert rep["checks"]["numerics_tvm"]["ok"]  # the module at those shapes against ONNX Runtime
     assert rep["checks"]["oracle"]["ok"] and "x: 1×3×24×40" in rep["checks"]["oracle"]["inputs"]
+
+
+def test_an_interrupt_during_tuning_is_raised_after_the_tuning_call():
+    """Raised inside MetaSchedule's call, Ctrl-C / SIGTERM unwound through TVM's C++ and the
+    process died in std::terminate (exit 139, the staged output left behind; new-user
+    probe). They are held until the call returns, then raised as the process would have."""
+    import os
+    import signal
+
+    from graphprune.outputs import _SIGNALLED, _raise_on_sigterm
+
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        with adapter.deferred_interrupts(said.append):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes: nothing raised in here
+                pass
+            said.append("the call finished")
+    assert said[0].startswith("tvm: SIGINT received: stopping after this tuning round") and \
+        said[1] == "the call finished"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    old = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        with pytest.raises(SystemExit) as e:
+            with adapter.deferred_interrupts(said.append):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+        assert e.value.code == 143
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        _SIGNALLED.clear()  # (terminated_by() would name SIGTERM for the rest of the session)

@@ -706,6 +706,46 @@ def _write_attempts(db_dir: Path, attempts: dict) -> None:
     os.replace(tmp, db_dir / ATTEMPTS_FILE)
 
 
+@contextlib.contextmanager
+def deferred_interrupts(log: Log | None = None):
+    """Ctrl-C (SIGINT) and SIGTERM inside MetaSchedule's tuning call are held until the call
+    returns, then raised as they would have been: raised inside it, they unwound through
+    TVM's C++ (the Python cost-model callback) and ended the process in std::terminate,
+    a segfault (exit 139) or a bare 'internal error', leaving the staged output behind
+    (4 of 7 interrupts, new-user probe). A second signal while one is held exits at once
+    (128 + signal), without unwinding. Main thread only; elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: h for sig, h in before.items() if h is not signal.SIG_IGN}  # an ignored signal stays ignored
+
+    def hold(signum, frame):
+        if held:
+            os._exit(128 + signum)
+        held.append(signum)
+        (log or _default_log)(f"tvm: {signal.Signals(signum).name} received: stopping after this tuning round "
+                              "(again to stop at once)")
+
+    for sig in before:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if held:
+        handler = before[held[0]]
+        if callable(handler):
+            handler(held[0], None)  # SIGINT: KeyboardInterrupt; SIGTERM: graphprune's SystemExit(143)
+        else:
+            signal.raise_signal(held[0])  # the default action, as if it had come now
+
+
 def tune(mod, target, db_dir: str | Path, trials: int, time_budget_s: float | None = None,
          runner=None, log: Log | None = None, *, seed: int | None = None,
          num_trials_per_iter: int = 64, only: Sequence[str] | None = None) -> TuneStats:
@@ -803,7 +843,7 @@ def tune(mod, target, db_dir: str | Path, trials: int, time_budget_s: float | No
                     todo, str(work_dir), strategy=_search_strategy(per_task),
                     seed=None if seed is None else seed + rnd)
                 measured.clear()
-                with tvm.transform.PassContext(opt_level=3):
+                with deferred_interrupts(log), tvm.transform.PassContext(opt_level=3):
                     ms.tune.tune_tasks(
                         tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                         max_trials_global=n * len(todo), max_trials_per_task=n,
