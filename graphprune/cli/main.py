@@ -200,6 +200,16 @@ def _run_quiet_or_json(args, verbose: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. Ctrl-C before a verb runs (parsing, the path checks, the plugins' imports)
+    is exit 130 in one line, as during the run (it printed a 40-line traceback)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -292,3 +292,16 @@ def test_a_dry_run_that_removes_nothing_says_why(samples_dir, capsys):
     assert "nothing pruned: the options removed no channel (widths in multiples of 16" in out
     assert run("prune", src, "--ratio", "0.5", "--round-to", "4", "--dry-run") == 0
     assert "nothing pruned" not in capsys.readouterr().out
+
+
+def test_an_interrupt_before_the_verb_runs_is_one_line(monkeypatch, capsys, samples_dir, tmp_path):
+    """Ctrl-C in the first seconds (the plugins' entry points being read) printed a 40-line
+    KeyboardInterrupt traceback; exit 130 and one line, as during the run (new-user probe)."""
+    import graphprune.plugins as plugins
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plugins, "load_plugins", interrupted)
+    assert main(["prune", str(samples_dir / "tiny_resnet.onnx"), "-o", str(tmp_path / "s.onnx")]) == 130
+    assert capsys.readouterr().err == "graphprune: interrupted\n" and not (tmp_path / "s.onnx").exists()
