@@ -171,7 +171,7 @@ def _variance_over_original_width(rc, ln: WrittenLayerNorm, width: int) -> None:
     the graph, corrected it to the original width)."""
     node = rc.node
     sq, var = node.inputs[0], node.outputs[0]
-    removed = len(rc.removed(sq, len(rc.pruned_dims(sq)) - 1))
+    removed = len(rc.removed(sq, -1))
     if not removed:
         return
     kept = width - removed
