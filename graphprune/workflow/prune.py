@@ -60,8 +60,6 @@ class PruneOutcome:
         return self.state.calibration
 
 
-
-
 def run_prune(source: str | Path | ir.Model, opts: PruneOptions | None = None, *, out: str | Path | None = None,
               dry_run: bool = False, progress: Progress | None = None) -> PruneOutcome:
     """Prune `source` (a path, never modified; or an ir.Model, pruned in place). With `out`,
