@@ -104,7 +104,7 @@ def test_the_hint_fixes_a_layout_or_colour_the_model_does_not_take(tmp_path, giv
     assert e.value.hint == f"match the model's input: --calib-preprocess {hint}"
 
 
-def test_images_of_several_sizes_fill_batches_by_size_for_a_dynamic_model(tmp_path):
+def test_images_of_several_sizes_fill_batches_by_size_for_a_dynamic_model(tmp_path, caplog):
     """Text lines of several widths for a model whose width is dynamic (an OCR recogniser):
     each size fills its own batches (stacking them crashed with numpy's ValueError), every
     image is used once, and a model with a static size still refuses the odd ones."""
@@ -115,8 +115,12 @@ def test_images_of_several_sizes_fill_batches_by_size_for_a_dynamic_model(tmp_pa
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="c", kernel_shape=[1, 1])]
     dynamic = gp.load(make_model(nodes, [("x", ["n", 3, 4, "w"])], [("y", ["n", 3, 4, "w"])],
                                  {"w": np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)}).SerializeToString())
-    batches = list(load_calibration(str(tmp_path), dynamic, batch_size=2))
+    with caplog.at_level(logging.INFO):
+        batches = list(load_calibration(str(tmp_path), dynamic, batch_size=2))
     assert [b["x"].shape for b in batches] == [(2, 3, 4, 8), (2, 3, 4, 12), (1, 3, 4, 8), (1, 3, 4, 16)]
+    # the figures are at the first image's size, and the others are said (they were not)
+    assert "calibration images come in 3 sizes (width x height: 8x4 (3), 12x4 (2), 16x4 (1))" in caplog.text
+    assert "measured at the first image's, 8x4" in caplog.text
     assert sorted(round(float(v) * 255 / 10) for b in batches for v in b["x"][:, 0, 0, 0]) == list(range(6))
     with pytest.raises(UsageError, match="has shape"):  # a static 4x4 model: the resize hint, as before
         list(load_calibration(str(tmp_path), conv_model(), batch_size=2))

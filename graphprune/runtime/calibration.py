@@ -267,8 +267,7 @@ def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess
         raise UsageError("a folder of images can only feed a single-input model",
                          hint="give an .npz or a module:function for several inputs")
     if preprocess.size is None and len(files) > 1:
-        log.info("calibration images are not resized (no size=HxW): images of one size are batched together, "
-                 "and each size must fit the model's input")
+        _say_sizes(files)
 
     def samples():
         for f in files:
@@ -276,6 +275,24 @@ def from_images(folder: str | Path, model: ir.Model, preprocess: ImagePreprocess
 
     make, bs = _batched_samples(samples, batch_size, model)
     return Calibration(make, f"{folder} ({len(files)} images)", -(-len(files) // bs))
+
+
+def _say_sizes(files: list[Path]) -> None:
+    """Images not resized (no size=HxW): batched size by size, and the run's figures are at
+    the first one's size — said when there are several (the first batch gave the summary's
+    "measured at" without a word about the others)."""
+    from PIL import Image
+
+    sizes: dict[tuple[int, int], int] = {}
+    for f in files:
+        with Image.open(f) as im:  # the header only
+            sizes[im.size] = sizes.get(im.size, 0) + 1
+    if len(sizes) == 1:
+        return
+    (w, h), shown = next(iter(sizes)), ", ".join(f"{w}x{h} ({n})" for (w, h), n in list(sizes.items())[:4])
+    log.info("calibration images come in %d sizes (width x height: %s%s), not resized (no size=HxW): each size "
+             "fills its own batches, and the figures (MACs, latency, the oracle's inputs) are measured at the "
+             "first image's, %dx%d", len(sizes), shown, ", ..." if len(sizes) > 4 else "", w, h)
 
 
 def load_callable(spec: str, flag: str):
