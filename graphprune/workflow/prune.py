@@ -96,9 +96,9 @@ class _Run:
         from graphprune.passes.reconstruction.repair import keep_dense
 
         if self.out is not None and not dry_run:  # before any work: nothing lands on an input or a user's file
+            outputs.check_paths(self.input_files(), files=self.output_files())
             if self.out.suffix != ".onnx":  # (the CLI says so too; an extensionless model file was written)
                 raise UsageError(f"out {self.out} should end in .onnx", hint=f"e.g. out={self.out}.onnx")
-            outputs.check_paths(self.input_files(), files=self.output_files())
             files.check_sidecars(self.out, vocab=bool(self.opts.keep_tokens or self.opts.plan))
         outcome = self.load()
         self.load_calibration()
