@@ -539,4 +539,6 @@ def test_the_fidelity_of_softmax_scores_is_measured_on_their_centred_logits(opse
     la, lb = la.reshape(16, -1), lb.reshape(16, -1)
     expect = np.mean((la * lb).sum(1) / np.linalg.norm(la, axis=1) / np.linalg.norm(lb, axis=1))
     assert fid["mean_cosine"] == pytest.approx(expect, abs=1e-9)
-    assert output_fidelity(dense, dense, [batch])["mean_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert fid["relative_error"] == pytest.approx(np.linalg.norm(la - lb) / np.linalg.norm(la), rel=1e-9)
+    same = output_fidelity(dense, dense, [batch])
+    assert same["mean_cosine"] == pytest.approx(1.0, abs=1e-12) and same["relative_error"] == 0.0

@@ -1141,7 +1141,7 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
     also `decisions`, the share of samples whose every argmax there is the dense model's,
     from the same runs. A text batch's padded positions count in neither."""
     s_dense, s_pruned, at, names = _fidelity_sessions(dense, pruned)
-    cos, same = [], []
+    cos, same, sq_diff, sq_ref = [], [], 0.0, 0.0
     for feeds in batches:
         a_all = _run_ref(s_dense, feeds)  # calibration batches that do not fit the input: said in words
         b_all = s_pruned.run(None, feeds)
@@ -1161,9 +1161,15 @@ def output_fidelity(dense, pruned, batches, decisions: list[int] | None = None) 
                 i, axes = at[k]
                 a, b = _centred(a_all[i], axes), _centred(b_all[i], axes)
             cos.extend(sample_cosines(a, b, tokens))
+            if np.shape(a) == np.shape(b):
+                a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+                sq_diff, sq_ref = sq_diff + float(np.sum((a - b) ** 2)), sq_ref + float(np.sum(a * a))
     mean = float(np.mean(cos)) if cos else 1.0
     out = {"mean_cosine": mean, "min_cosine": float(np.min(cos)) if cos else 1.0, "drop": 1.0 - mean,
-           "samples": len(cos), "outputs": names}
+           "samples": len(cos), "outputs": names,
+           # over every compared value: unlike a cosine it sees magnitudes (a 2-class output's
+           # centred logits [d, -d] have cosine +-1 per sample, whatever d became)
+           "relative_error": float(np.sqrt(sq_diff / sq_ref)) if sq_ref > 0 else 0.0}
     if at:
         out["on_logits"] = [names[k] for k in sorted(at)]
     if decisions:

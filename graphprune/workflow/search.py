@@ -253,7 +253,7 @@ class Scorer:
             self.held_back_fidelity = output_fidelity(self.dense, model, self.held)  # what the gate judges
             return {"score": self._user_score(session(model))}
         sets = [("held_back", self.held)] + ([("perturbed", self.perturbed)] if self.perturbed else [])
-        row, cos, dec, n = {}, [], [], 0
+        row, cos, dec, n, err = {}, [], [], 0, []
         for name, batches in sets:
             fid = output_fidelity(self.dense, model, batches, self.decisions)  # one run: cosine and decisions
             if name == "held_back":
@@ -263,8 +263,9 @@ class Scorer:
                 n += fid["decision_samples"]
                 row[f"decisions_{name}"] = round(dec[-1], 5)
             cos.append(fid["mean_cosine"])
+            err.append(fid["relative_error"])
             row[f"cosine_{name}"] = round(cos[-1], 5)
-        score = {"score": round(float(np.mean(cos)), 5)}
+        score = {"score": round(float(np.mean(cos)), 5), "relative_error": round(float(np.mean(err)), 6)}
         if dec:
             score.update(decisions=round(float(np.mean(dec)), 5), decision_samples=n)
         return {**score, **row}
@@ -287,8 +288,11 @@ def best(rows: list[dict]) -> int:
     decisions are shown beside it, not used: measured on PP-OCR with 8-16 held-back samples
     (benchmarks/accuracy/README.md, "search score"), choosing by them met one goal and lost
     elsewhere by as much — a held-back set that small cannot rank candidates a few per cent
-    apart, whichever of the two is read."""
-    return max(range(len(rows)), key=lambda k: rows[k]["score"])
+    apart, whichever of the two is read. Equal scores (PP-OCR cls: a 2-class output compared
+    on its centred logits scores 1.0 per sample whenever its decision holds, so every
+    candidate scored 1.0 and the first won) are told apart by the outputs' relative error,
+    which sees how far the logits moved."""
+    return max(range(len(rows)), key=lambda k: (rows[k]["score"], -rows[k].get("relative_error", 0.0)))
 
 
 # ---- the search --------------------------------------------------------------------------------
@@ -475,5 +479,9 @@ def table(info: dict) -> list[str]:
     if info.get("held_back_samples", FEW_HELD_BACK) < FEW_HELD_BACK:
         lines.append(f"  (ranked on {info['held_back_samples']} held-back output(s): candidates a few per cent apart "
                      "are not told apart reliably; more --calib samples make the ranking firmer)")
+    chosen = next((r for r in rows if r["name"] == info.get("chosen")), None)
+    if chosen is not None and sum(r["score"] == chosen["score"] for r in rows) > 1 and "relative_error" in chosen:
+        lines.append(f"  (tied on score: chosen by the smaller relative error of the compared outputs, "
+                     f"{chosen['relative_error']:.4g})")
     lines.append(f"chosen: {info.get('chosen')}")
     return lines

@@ -457,3 +457,17 @@ def test_which_options_fit_weights_to_the_calibration_data(opts, fits):
     """The gate judges these on held-back samples (a figure measured on the data a fit saw
     is not a fair one)."""
     assert search.fits_to_calibration(opts) is fits
+
+
+def test_equal_scores_are_told_apart_by_how_far_the_outputs_moved():
+    """A 2-class output compared on its centred logits scores 1.0 per sample whenever its
+    decision holds: every PP-OCR cls candidate scored 1.0 and the first one won (held-out
+    accuracy 0.969 where another candidate reads 0.992). Exact ties go to the smaller
+    relative error, and the table says so; a higher score still wins over a smaller error."""
+    rows = [{"name": "a", "score": 1.0, "relative_error": 0.31, "kept_macs": 0.69, "seconds": 1},
+            {"name": "b", "score": 1.0, "relative_error": 0.28, "kept_macs": 0.69, "seconds": 1},
+            {"name": "c", "score": 0.99, "relative_error": 0.01, "kept_macs": 0.69, "seconds": 1}]
+    assert search.best(rows) == 1
+    info = {"candidates": rows, "chosen": "b", "score": "output cosine", "split": "every 4th batch held back"}
+    assert "  (tied on score: chosen by the smaller relative error of the compared outputs, 0.28)" in search.table(info)
+    assert search.best([{**rows[0], "score": 1.0}, {**rows[2], "score": 0.999}]) == 0
