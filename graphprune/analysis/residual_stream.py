@@ -37,7 +37,7 @@ import onnx_ir as ir
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import bias_add
-from graphprune.ir.rms_norm import const_scalar, only_reader, rms_norm_after
+from graphprune.ir.rms_norm import const_scalar, last_axis_only, only_reader, rms_norm_after
 
 
 class NotAStream(UsageError):
@@ -101,20 +101,6 @@ def _is_float_cast(node: ir.Node) -> bool:
     return node.op_type == "Cast" and to is not None and to.value == ir.DataType.FLOAT.value
 
 
-def _last_axis_only(node: ir.Node, rank: int | None) -> bool:
-    if int(node.attributes["keepdims"].value if "keepdims" in node.attributes else 1) != 1:
-        return False
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes = const_array(node.inputs[1]) if is_constant(node.inputs[1]) else None
-    else:
-        a = node.attributes.get("axes")
-        axes = np.asarray(a.value) if a is not None else None
-    if axes is None or axes.size != 1:
-        return False
-    ax = int(axes.reshape(-1)[0])
-    return ax == -1 or (rank is not None and ax == rank - 1)
-
-
 def _match_norm(reduce: ir.Node) -> RMSNorm | None:
     """The RMSNorm around a ReduceMean, or None when it is not one."""
     pw = reduce.inputs[0].producer() if reduce.inputs[0] is not None else None
@@ -122,7 +108,7 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
         return None
     x = pw.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
-    if not _last_axis_only(reduce, rank) or only_reader(pw.outputs[0]) is not reduce:
+    if not last_axis_only(reduce, rank) or only_reader(pw.outputs[0]) is not reduce:
         return None
     mean, summed = reduce.outputs[0], None
     if reduce.op_type == "ReduceSum":  # a norm slice-hidden already rewrote: the sum times 1/d

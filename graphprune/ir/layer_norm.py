@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array, is_constant
-from graphprune.ir.rms_norm import RMSNormTail, only_reader, rms_norm_after, scalar_within
+from graphprune.ir.constants import is_constant
+from graphprune.ir.rms_norm import RMSNormTail, last_axis_only, only_reader, rms_norm_after, scalar_within
 
 STD_DOMAINS = ("", "ai.onnx")
 
@@ -41,38 +41,15 @@ class WrittenLayerNorm:
         return self.tail.gamma_mul.outputs[0] if self.tail.gamma_mul is not None else self.tail.normed
 
 
-def _last_axis_mean(node: ir.Node | None, opset: int) -> bool:
-    """A ReduceMean over the last axis alone that keeps it."""
-    if node is None or node.op_type != "ReduceMean" or node.domain not in STD_DOMAINS:
-        return False
-    keep = node.attributes.get("keepdims")
-    if keep is not None and int(keep.value) != 1:
-        return False
-    x = node.inputs[0]
-    rank = len(x.shape) if x is not None and x.shape is not None else None
-    if opset >= 18:
-        a = node.inputs[1] if len(node.inputs) > 1 else None
-        arr = const_array(a) if a is not None and is_constant(a) else None
-        axes = arr.reshape(-1).tolist() if arr is not None else None
-    else:
-        attr = node.attributes.get("axes")
-        axes = list(attr.value) if attr is not None else None
-    if axes is None or len(axes) != 1:
-        return False
-    ax = int(axes[0])
-    return ax == -1 or (rank is not None and ax == rank - 1)
-
-
-def _opset(node: ir.Node) -> int:
-    graph = node.graph
-    model_opsets = graph.opset_imports if graph is not None else {}
-    return int(model_opsets.get("", model_opsets.get("ai.onnx", 17)))
+def _last_axis_mean(node: ir.Node | None) -> bool:
+    x = node.inputs[0] if node is not None else None
+    return (node is not None and node.op_type == "ReduceMean" and node.domain in STD_DOMAINS
+            and last_axis_only(node, len(x.shape) if x is not None and x.shape is not None else None))
 
 
 def layer_norm_at_variance(variance: ir.Node) -> WrittenLayerNorm | None:
     """The written-out LayerNorm whose variance `variance` (a ReduceMean) computes, or None."""
-    opset = _opset(variance)
-    if not _last_axis_mean(variance, opset):
+    if not _last_axis_mean(variance):
         return None
     square = variance.inputs[0].producer() if variance.inputs[0] is not None else None
     if square is None or square.domain not in STD_DOMAINS or len(square.inputs) != 2:
@@ -87,7 +64,7 @@ def layer_norm_at_variance(variance: ir.Node) -> WrittenLayerNorm | None:
     if sub is None or sub.op_type != "Sub" or sub.domain not in STD_DOMAINS or sub.inputs[1] is None:
         return None
     x, mean = sub.inputs[0], sub.inputs[1].producer()
-    if mean is None or mean.inputs[0] is not x or not _last_axis_mean(mean, opset):
+    if mean is None or mean.inputs[0] is not x or not _last_axis_mean(mean):
         return None
     tail = rms_norm_after(variance.outputs[0])
     if tail is None or tail.scaled is not c:

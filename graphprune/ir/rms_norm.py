@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from graphprune.ir.constants import const_array, is_constant
@@ -43,6 +44,22 @@ def only_reader(v: ir.Value | None, op_type: str | None = None) -> ir.Node | Non
     if node is None or op_type is None:
         return node
     return node if node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def last_axis_only(node: ir.Node, rank: int | None) -> bool:
+    """A reduction (axes as an input, opset >= 18, or an attribute) over the last axis alone
+    that keeps it: an RMSNorm's or a written-out LayerNorm's mean."""
+    if int(node.attributes["keepdims"].value if "keepdims" in node.attributes else 1) != 1:
+        return False
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1]) if is_constant(node.inputs[1]) else None
+    else:
+        a = node.attributes.get("axes")
+        axes = np.asarray(a.value) if a is not None else None
+    if axes is None or axes.size != 1:
+        return False
+    ax = int(axes.reshape(-1)[0])
+    return ax == -1 or (rank is not None and ax == rank - 1)
 
 
 def const_scalar(v: ir.Value | None) -> float | None:
