@@ -37,7 +37,7 @@ import onnx_ir as ir
 from graphprune.errors import UsageError
 from graphprune.ir.constants import const_array, is_constant
 from graphprune.ir.layers import bias_add
-from graphprune.ir.rms_norm import const_scalar, last_axis_only, only_reader, rms_norm_after
+from graphprune.ir.rms_norm import last_axis_only, only_reader, rms_norm_after, scalar_within
 
 
 class NotAStream(UsageError):
@@ -104,9 +104,11 @@ def _is_float_cast(node: ir.Node) -> bool:
 def _match_norm(reduce: ir.Node) -> RMSNorm | None:
     """The RMSNorm around a ReduceMean, or None when it is not one."""
     pw = reduce.inputs[0].producer() if reduce.inputs[0] is not None else None
-    if pw is None or pw.op_type != "Pow" or const_scalar(pw.inputs[1]) != 2.0:
+    if pw is None or pw.op_type != "Pow":
         return None
     x = pw.inputs[0]
+    if scalar_within(pw.inputs[1], x) != 2.0:  # an exponent that adds an axis is not a norm's
+        return None
     rank = len(x.shape) if x.shape is not None else None
     if not last_axis_only(reduce, rank) or only_reader(pw.outputs[0]) is not reduce:
         return None
@@ -114,7 +116,7 @@ def _match_norm(reduce: ir.Node) -> RMSNorm | None:
     if reduce.op_type == "ReduceSum":  # a norm slice-hidden already rewrote: the sum times 1/d
         summed = only_reader(mean)
         if summed is None or summed.op_type != "Mul" or summed.inputs[0] is not mean or \
-                const_scalar(summed.inputs[1]) is None:
+                scalar_within(summed.inputs[1], mean) is None:
             return None
         mean = summed.outputs[0]
     tail = rms_norm_after(mean)

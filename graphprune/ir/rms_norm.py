@@ -62,11 +62,6 @@ def last_axis_only(node: ir.Node, rank: int | None) -> bool:
     return ax == -1 or (rank is not None and ax == rank - 1)
 
 
-def const_scalar(v: ir.Value | None) -> float | None:
-    a = const_array(v) if v is not None and is_constant(v) else None
-    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
-
-
 def keeps_values(cast: ir.Node) -> bool:
     """A Cast to float32 (TorchScript's ``.float()`` / ``.to(dtype)`` of a float32 model), or
     to the type it reads: it does not round."""
@@ -82,7 +77,7 @@ def _divided(root: ir.Value) -> tuple[ir.Node, ir.Value] | None:
     if div is not None and div.inputs[1] is root:
         if not is_constant(div.inputs[0]):
             return div, div.inputs[0]
-        if const_scalar(div.inputs[0]) != 1.0:
+        if scalar_within(div.inputs[0], root) != 1.0:
             return None
         inv = div
     else:

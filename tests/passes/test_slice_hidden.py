@@ -502,11 +502,12 @@ WIDTH = 8
 
 
 def _token_model(path, *, opset=14, written=True, share_mean=False, beta_len=WIDTH, eps_shape=(),
-                 bias_free=False, half=False):
+                 bias_free=False, half=False, rms=False, two_shape=()):
     """ids -> table -> two pre-norm blocks (norm a and, reading the same stream value, norm b
     when `share_mean`: a parallel block) -> final norm -> head. `written`: LayerNorms as
     ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; else LayerNormalization
-    nodes (opset >= 17). `bias_free`: the block's first linear layer has no bias."""
+    nodes (opset >= 17). `rms`: RMSNorms instead (Pow, ReduceMean, Add, Sqrt, Div, Mul), with
+    the exponent 2 of shape `two_shape`. `bias_free`: the block's first linear layer has no bias."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
@@ -515,7 +516,7 @@ def _token_model(path, *, opset=14, written=True, share_mean=False, beta_len=WID
     def r(*shape):
         return rng.standard_normal(shape).astype(ft)
 
-    inits = {"table": r(50, WIDTH), "two": np.array(2.0, ft), "eps": np.full(eps_shape, 1e-5, ft),
+    inits = {"table": r(50, WIDTH), "two": np.full(two_shape, 2.0, ft), "eps": np.full(eps_shape, 1e-5, ft),
              "axes": np.array([-1], np.int64)}
     nodes = [helper.make_node("Gather", ["table", "x"], ["h0"])]
     means = {}
@@ -527,6 +528,14 @@ def _token_model(path, *, opset=14, written=True, share_mean=False, beta_len=WID
 
     def norm(src, tag, beta_len=WIDTH):
         inits[f"g{tag}"], inits[f"b{tag}"] = r(WIDTH), r(beta_len)
+        if rms:
+            del inits[f"b{tag}"]
+            nodes.extend([helper.make_node("Pow", [src, "two"], [f"sq{tag}"]), mean(f"sq{tag}", f"v{tag}"),
+                          helper.make_node("Add", [f"v{tag}", "eps"], [f"ve{tag}"]),
+                          helper.make_node("Sqrt", [f"ve{tag}"], [f"sd{tag}"]),
+                          helper.make_node("Div", [src, f"sd{tag}"], [f"nn{tag}"]),
+                          helper.make_node("Mul", [f"nn{tag}", f"g{tag}"], [f"n{tag}"])])
+            return f"n{tag}"
         if not written:
             nodes.append(helper.make_node("LayerNormalization", [src, f"g{tag}", f"b{tag}"], [f"n{tag}"],
                                           epsilon=1e-5))
@@ -597,6 +606,11 @@ def _both_checks_hold(path):
     return sliced
 
 
+def test_rms_norms_in_the_hand_built_model_are_sliced(tmp_path):
+    """The refusal below is of the exponent's shape alone: the same model with a scalar 2 slices."""
+    _both_checks_hold(_token_model(tmp_path / "m.onnx", rms=True))
+
+
 def test_two_written_out_norms_sharing_their_mean_are_sliced(tmp_path):
     """A parallel block reads the stream through a second norm that shares the first's
     ReduceMean (after common-subexpression elimination): both became LayerNormalization
@@ -616,6 +630,8 @@ def test_a_norm_read_by_a_linear_layer_without_bias_is_sliced(tmp_path, written,
     ({"beta_len": 1}, "reads the output of"),  # a one-element beta is no LayerNorm bias: was a matmul ValueError
     ({"eps_shape": (1, 1, 1, 1)}, "reads the residual stream ('h0')"),  # eps adding an axis: no LayerNorm
     ({"half": True}, "float16 values: slice-hidden rewrites LayerNorms of float32 models only"),
+    # an RMSNorm's exponent adding an axis: the same rank guard as a LayerNorm's (was an oracle FAIL)
+    ({"rms": True, "two_shape": (1, 1, 1, 1)}, "reads the residual stream ('h0')"),
 ])
 def test_written_out_norms_slice_hidden_cannot_take_are_refused(tmp_path, case, says):
     """Refused naming why (they crashed, or — eps of shape [1, 1, 1, 1], whose sum has one
