@@ -153,10 +153,24 @@ def _default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
+def _default_domain_as_empty(model: ir.Model) -> None:
+    """The default opset imported as "ai.onnx" (its name in the spec, which ONNX Runtime
+    accepts) is imported as "" instead, the same import, so that every reader of the opset
+    finds it under one key: read as opset 0, it froze every group of such a model."""
+    imports = model.opset_imports
+    if "ai.onnx" not in imports:
+        return
+    version = imports.pop("ai.onnx")
+    if imports.setdefault("", version) != version:
+        raise FrontendError(f"the model imports the default opset twice, as version {imports['']} ('') and "
+                            f"{version} ('ai.onnx')", hint="keep one of the two imports")
+
+
 @gc_paused
 def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Model:
     """Prepare a loaded model for analysis, in place; returns it for chaining (`warn`:
     report a strict shape inference failure; a copy being re-inferred does not)."""
+    _default_domain_as_empty(model)
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         raise FrontendError(

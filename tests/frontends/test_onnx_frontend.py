@@ -67,6 +67,25 @@ def test_opsets_from_11(opset):
     prune_and_check(m)
 
 
+def test_the_default_opset_imported_as_ai_onnx_prunes_like_the_empty_domain():
+    """"ai.onnx" is the default domain's name in the spec, and ONNX Runtime runs such a model;
+    read as opset 0 it froze all 95 groups of tiny_resnet ("nothing pruned")."""
+    m = tiny_resnet()
+    m.opset_import[0].domain = "ai.onnx"
+    as_empty = tiny_resnet()
+    n_groups = len(gp.analyze(gp.load(as_empty.SerializeToString())).prunable_groups)
+    pruned, _, dg = prune_and_check(m, min_groups=n_groups)
+    assert len(dg.prunable_groups) == n_groups
+    assert dict(pruned.opset_imports) == {"": 17}  # one import, under the empty name
+
+
+def test_the_default_opset_imported_twice_at_two_versions_is_refused():
+    m = tiny_resnet()
+    m.opset_import.append(helper.make_opsetid("ai.onnx", 13))
+    with pytest.raises(FrontendError, match="imports the default opset twice"):
+        gp.load(m.SerializeToString())
+
+
 def test_truncated_and_garbage_files(tmp_path):
     good = tiny_resnet().SerializeToString()
     (tmp_path / "trunc.onnx").write_bytes(good[: len(good) // 3])
