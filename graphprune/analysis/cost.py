@@ -42,6 +42,8 @@ def _node_macs(node: ir.Node) -> int:
         return _recurrent_macs(node)
     if is_attention(node):
         return int(sum(_attention_macs(node) or (0,)))
+    if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+        return _std_attention_macs(node) or 0
     if node.op_type == "Einsum" and node.domain in ("", "ai.onnx"):
         return _einsum_macs(node) or 0
     layer = layer_of(node)
@@ -69,6 +71,27 @@ def _attention_macs(node: ir.Node) -> tuple[float, float] | None:
     if x is None or w is None or x.shape is None or w.shape is None:
         return None
     return attention_macs(node, list(x.shape), list(w.shape))
+
+
+def _std_attention_macs(node: ir.Node) -> int | None:
+    """The standard Attention (opset 23): the scores and the weighted sum, as the two
+    MatMuls it replaces count, B·Hq·S·T·(D + Dv) (3-D: B·S·T·(Hq·D + Hq·Dv)), T the key
+    positions of K (a past is not counted, as for ONNX Runtime's Attention); symbolic dims
+    count as 1. None when a shape is unknown."""
+    q, k, v = (node.inputs[i] if len(node.inputs) > i else None for i in range(3))
+    if any(x is None or x.shape is None for x in (q, k, v)) or not len(q.shape) == len(k.shape) == len(v.shape):
+        return None
+    dq, dk, dv = ([n if isinstance(n, int) else 1 for n in x.shape] for x in (q, k, v))
+    if len(dq) == 4:
+        return dq[0] * dq[1] * dq[2] * dk[2] * (dq[3] + dv[3])
+    if len(dq) != 3:
+        return None
+    a = node.attributes.get("q_num_heads")
+    b = node.attributes.get("kv_num_heads")
+    if a is None or b is None or not int(b.value):
+        return None
+    per_kv = int(a.value) // int(b.value)  # query heads reading each key/value head
+    return dq[0] * dq[1] * dk[1] * (dq[2] + dv[2] * per_kv)
 
 
 # ONNX recurrent ops: gates computed per step from the input (W) and the hidden state (R)
@@ -156,6 +179,8 @@ def _uncounted(counted: ir.Model) -> list[str]:
             known = _attention_macs(n) is not None
         elif n.op_type == "Einsum":
             known = _einsum_macs(n) is not None
+        elif n.op_type == "Attention" and n.domain in ("", "ai.onnx"):
+            known = _std_attention_macs(n) is not None
         else:
             known = n.op_type not in _MAC_OPS or is_moe(n) or node_macs(n) > 0
         if not known:

@@ -123,8 +123,9 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
 
 def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True, opset: int | None = None) -> str:
     """`randomized=False` keeps transformers' default init (zero biases, unit norms); `opset`
-    (TorchScript only, default 17): below 17 a LayerNorm is written out as ReduceMean, Sub,
-    Pow, ReduceMean, Add, Sqrt, Div, Mul, Add."""
+    (default 17 for TorchScript, 18 for dynamo): below 17 a LayerNorm is written out as
+    ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; from 23 the dynamo exporter
+    writes attention as one standard `Attention` node."""
     import onnx
 
     model, kind = {**HF_ZOO, **HF_LMS}[name]()
@@ -138,7 +139,7 @@ def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True, opset
             from torch.export import Dim
             dyn = {"x": {0: Dim("batch", min=1, max=64)}} if kind == "image" else \
                 {"x": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=32)}}
-            torch.onnx.export(wrapped, (x,), path, dynamo=True, opset_version=18, dynamic_shapes=dyn,
+            torch.onnx.export(wrapped, (x,), path, dynamo=True, opset_version=opset or 18, dynamic_shapes=dyn,
                               input_names=["x"], output_names=["y"], external_data=False, verbose=False)
         else:
             axes = {"x": {0: "batch"}, "y": {0: "batch"}} if kind == "image" else \

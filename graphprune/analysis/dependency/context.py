@@ -316,6 +316,9 @@ class RewriteContext:
     def set_attr_int(self, name: str, value: int) -> None:
         self.node.attributes[name] = ir.AttrInt64(name, int(value))
 
+    def set_attr_float(self, name: str, value: float) -> None:
+        self.node.attributes[name] = ir.AttrFloat32(name, float(value))
+
     def set_attr_ints(self, name: str, values) -> None:
         self.node.attributes[name] = ir.AttrInt64s(name, [int(x) for x in values])
 

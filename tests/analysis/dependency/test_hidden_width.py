@@ -21,7 +21,7 @@ WIDTH = 12
 
 def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, before_norm: str | None = None):
     """x:[B,S,16] -> h0 = x·we (WIDTH wide) -> `layers` blocks h + relu(norm(h)·w1)·w2 -> norm -> ·wo.
-    norm "ln": LayerNormalization; "rms": Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma;
+    norm "ln": LayerNormalization; "rms_op": RMSNormalization (opset 23); "rms": Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul gamma;
     "rms_mul": x*x instead of Pow; "ln_written": a LayerNorm written out (mean subtracted, then as "rms"); "rms_nogamma": no Mul by gamma; "rms_ts": TorchScript's form,
     gamma * Cast(x * Div(1, Sqrt(...))). post: h = norm(h + f(h)) (BERT) instead of h + f(norm(h)).
     before_norm: an op applied to every norm's input ("Sigmoid": not zero where masked)."""
@@ -37,6 +37,9 @@ def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, befor
         if norm == "ln":
             inits[f"b{i}"] = w(WIDTH, seed=200 + i)
             nodes.append(helper.make_node("LayerNormalization", [src, f"g{i}", f"b{i}"], [f"n{i}"], epsilon=1e-5))
+            return f"n{i}"
+        if norm == "rms_op":
+            nodes.append(helper.make_node("RMSNormalization", [src, f"g{i}"], [f"n{i}"], epsilon=1e-5))
             return f"n{i}"
         if norm == "ln_written":  # as the TorchScript exporter writes a LayerNorm below opset 17
             nodes.extend([helper.make_node("ReduceMean", [src, "axes"], [f"mu{i}"], keepdims=1),
@@ -69,14 +72,15 @@ def residual_stream(norm: str = "ln", layers: int = 2, post: bool = False, befor
     out = h if post else normed(h, layers)
     nodes.append(helper.make_node("MatMul", [out, "wo"], ["y"]))
     inits["wo"] = w(WIDTH, 5, seed=3)
-    return make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 5])], inits, opset=18)
+    return make_model(nodes, [("x", ["B", "S", 16])], [("y", ["B", "S", 5])], inits,
+                      opset=23 if norm == "rms_op" else 18)
 
 
 def hidden_groups(m):
     return [g for g in gp.analyze(gp.load(m.SerializeToString())).prunable_groups if g.normalised]
 
 
-@pytest.mark.parametrize("norm", ["ln", "ln_written", "rms", "rms_mul", "rms_ts", "rms_nogamma"])
+@pytest.mark.parametrize("norm", ["ln", "rms_op", "ln_written", "rms", "rms_mul", "rms_ts", "rms_nogamma"])
 @pytest.mark.parametrize("post", [False, True], ids=["pre_norm", "post_norm"])
 def test_the_hidden_size_prunes_exactly(norm, post):
     """Random removals from every group, the hidden size included: the oracle holds."""
@@ -86,9 +90,10 @@ def test_the_hidden_size_prunes_exactly(norm, post):
         pruned, plan, _ = prune_and_check(m, seed=seed, min_groups=3)
     ops = [n.op_type for n in pruned.graph]
     after_mean = [u.node.op_type for n in pruned.graph if n.op_type == "ReduceMean" for u in n.outputs[0].uses()]
-    if norm == "ln":  # the zeros padded back for each LayerNormalization, sliced off after it
+    if norm in ("ln", "rms_op"):  # the zeros padded back for each LayerNormalization, sliced off after it
         norms = 2 if post else 3
-        assert ops.count("Pad") == ops.count("LayerNormalization") == ops.count("Slice") == norms
+        op = "LayerNormalization" if norm == "ln" else "RMSNormalization"
+        assert ops.count("Pad") == ops.count(op) == ops.count("Slice") == norms
     elif norm == "ln_written":  # each mean times kept / original; each variance gets r / original · mean² back
         norms = 2 if post else 3
         assert after_mean == ["Mul", "Add"] * norms and ops.count("Pad") == 0
@@ -98,7 +103,7 @@ def test_the_hidden_size_prunes_exactly(norm, post):
         assert after_mean and set(after_mean) == {"Add"} and ops == [n.op_type for n in gp.load(m.SerializeToString()).graph]
 
 
-@pytest.mark.parametrize("norm", ["ln", "ln_written", "rms"])
+@pytest.mark.parametrize("norm", ["ln", "rms_op", "ln_written", "rms"])
 def test_a_norm_whose_input_is_not_zero_at_removed_channels_freezes_the_hidden_size(norm):
     """sigmoid(0) = 0.5: the masked original's statistics see 0.5 at a removed channel, which
     the pruned model cannot reproduce: the hidden size stays frozen."""

@@ -1,5 +1,6 @@
 """Per-op channel rules. Importing this package fills `registry.RULES`."""
 from graphprune.analysis.dependency.rules import (  # noqa: F401  (registration side effects)
+    attention,
     conv,
     einsum,
     elementwise,

@@ -68,11 +68,13 @@ def group_norm(node, ctx):
 
 
 @rule("LayerNormalization")
+@rule("RMSNormalization", since=23)
 def layer_norm(node, ctx):
     """The normalised axis freezes, unless it is the last one alone and its removed channels
     are zero in the masked original (a residual stream whose writers' weights are masked):
     then the statistics, taken over the original width with those zeros, are kept exact by
-    padding the zeros back for the normalisation (`_over_original_width`)."""
+    padding the zeros back for the normalisation (`_over_original_width`). RMSNormalization
+    (opset 23: X, scale; the mean of squares) is the same with no mean and no bias."""
     x, y = node.inputs[0], node.outputs[0]
     if (dx := ctx.dims_or_freeze_all(x)) is None:
         return
@@ -91,7 +93,7 @@ def layer_norm(node, ctx):
         # the dims as analysed: a norm before this one may already have given x its pruned width
         ctx.on_prune(lambda rc: _over_original_width(rc, list(dx)))
         return
-    reason = f"LayerNormalization normalises over this axis and {why_not}: removal would not be exact"
+    reason = f"{node.op_type} normalises over this axis and {why_not}: removal would not be exact"
     for ax in range(axis, len(dx)):
         ctx.freeze(x, ax, reason)
         ctx.freeze(y, ax, reason)
@@ -125,7 +127,7 @@ def _why_not_over_original_width(node, ctx, axis: int, rank: int) -> str | None:
 def _over_original_width(rc, dims: list) -> None:
     """LayerNorm(x) of the masked original takes its mean and variance over the original
     width, the removed channels being zeros: Pad puts those zeros back (at the end; the order
-    does not change a mean), a LayerNormalization with scale and bias padded alike runs over
+    does not change a mean), a LayerNormalization (RMSNormalization) with scale and bias padded alike runs over
     them, and a Slice keeps the channels left. Scale and bias are 0 on the padding. `dims`:
     x's dims when analysed (x may be an earlier rewrite's output, already narrower)."""
     node = rc.node
@@ -144,7 +146,7 @@ def _over_original_width(rc, dims: list) -> None:
         whole = np.concatenate([np.delete(a, removed), np.zeros(len(removed), dtype=a.dtype)])
         params.append(rc.new_const(whole, f"{v.name}_padded"))
     attrs = {k: a.value for k, a in node.attributes.items()}
-    normed = rc.insert("LayerNormalization", [padded, *params], like=y, attributes=attrs, hint="over_original_width")
+    normed = rc.insert(node.op_type, [padded, *params], like=y, attributes=attrs, hint="over_original_width")
     sliced = rc.insert("Slice", [normed, rc.new_const(np.array([0], np.int64), f"{node.name}_start"),
                                  rc.new_const(np.array([kept], np.int64), f"{node.name}_end"),
                                  rc.new_const(np.array([rank - 1], np.int64), f"{node.name}_axis")],

@@ -324,8 +324,9 @@ def _power(node, ins, rank, axis, follow) -> bool:
 
 
 def _layer_norm(node, ins, rank, axis, follow) -> bool:
-    """LayerNormalization over the last axis: scale·x̂ + B is zero there where the per-channel
-    constants scale and B are masked, whatever x is (the stream of a post-norm transformer)."""
+    """LayerNormalization (RMSNormalization) over the last axis: scale·x̂ (+ B) is zero there
+    where the per-channel constants scale and B are masked, whatever x is (the stream of a
+    post-norm transformer)."""
     attr = node.attributes.get("axis")
     last = (int(attr.value) if attr is not None else -1) % rank == rank - 1
     bias = ins[2] if len(ins) > 2 else None
@@ -392,5 +393,5 @@ _STEPS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _con
           "Div": _first_aligned, "Expand": _first_aligned, "Transpose": _transpose, "Gather": _gather,
           "Pad": _pad, "Clip": _clip, "BatchNormalization": _normalization, "InstanceNormalization": _normalization,
           "DequantizeLinear": _dequantize, "MatMulInteger": _integer_matmul, "ConvInteger": _integer_conv,
-          "Pow": _power, "LayerNormalization": _layer_norm, "Einsum": _einsum,
+          "Pow": _power, "LayerNormalization": _layer_norm, "RMSNormalization": _layer_norm, "Einsum": _einsum,
           **dict.fromkeys(_RESHAPING, _reshaping), **dict.fromkeys(_REDUCE, _reduce)}
