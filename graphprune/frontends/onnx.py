@@ -198,6 +198,11 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
         if not changed:
             break
         infer_shapes(model, warn=False)  # a strict failure was already reported once
+    if fold:
+        from graphprune.frontends.merged_transpose import read_merged_transposes
+
+        if read_merged_transposes(model):  # torch's SDPA key transpose, which froze every head
+            remove_unused(model)
     from graphprune.frontends.channel_shapes import complete_channel_shapes
 
     complete_channel_shapes(model)  # what Conv weights fix where inference gave up

@@ -121,14 +121,18 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
                     p + noise if p.dim() > 1 else noise)
 
 
-def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True, opset: int | None = None) -> str:
+def export_hf(name: str, path: str, dynamo: bool, randomized: bool = True, opset: int | None = None,
+              attention: str = "eager") -> str:
     """`randomized=False` keeps transformers' default init (zero biases, unit norms); `opset`
     (default 17 for TorchScript, 18 for dynamo): below 17 a LayerNorm is written out as
     ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; from 23 the dynamo exporter
-    writes attention as one standard `Attention` node."""
+    writes attention as one standard `Attention` node. `attention`: "sdpa" exports the
+    model with transformers' default scaled_dot_product_attention instead of the eager form."""
     import onnx
 
     model, kind = {**HF_ZOO, **HF_LMS}[name]()
+    if attention != "eager":
+        model.set_attn_implementation(attention)
     if randomized:
         randomize(model)
     wrapped = _Wrap(model).eval()
