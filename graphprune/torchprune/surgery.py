@@ -166,9 +166,32 @@ def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None 
             # the wrong groups or raised
             m.num_groups = m.num_groups * w.shape[0] // m.num_channels
             m.num_channels = w.shape[0]
-        elif isinstance(m, nn.MultiheadAttention):
-            from graphprune.torchprune.mha import adopt
-
-            if not adopt(m, _attention_rows(name, m, rem) if rem is not None else None):
-                inexpressible.append(name or type(m).__name__)
+        elif isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and not _adopt(name, m, rem):
+            inexpressible.append(name or type(m).__name__)
     return inexpressible
+
+
+def _adopt(name: str, m, rem: dict | None) -> bool:
+    """A layer whose sizes are more than its tensors' shapes: whether it can express them."""
+    from torch import nn
+
+    if isinstance(m, nn.RNNBase):
+        return _adopt_recurrent(m)
+    from graphprune.torchprune.mha import adopt
+
+    return adopt(m, _attention_rows(name, m, rem) if rem is not None else None)
+
+
+def _adopt_recurrent(m) -> bool:
+    """An nn.LSTM/GRU/RNN's sizes from its sliced tensors: hidden units (rows of every gate,
+    columns of weight_hh) and input features (columns of weight_ih_l0). The class has one
+    hidden_size for all layers and directions: False when the result is not uniform."""
+    dirs = 2 if m.bidirectional else 1
+    sfx = [f"_l{k}{s}" for k in range(m.num_layers) for s in ([""] if dirs == 1 else ["", "_reverse"])]
+    hidden = {getattr(m, "weight_hh" + s).shape[1] for s in sfx}
+    inputs = {getattr(m, "weight_ih" + s).shape[1] for s in sfx if s.startswith("_l0")}
+    later = {getattr(m, "weight_ih" + s).shape[1] for s in sfx if not s.startswith("_l0")}
+    if m.proj_size or len(hidden) != 1 or len(inputs) != 1 or later - {next(iter(hidden)) * dirs}:
+        return False
+    m.hidden_size, m.input_size = hidden.pop(), inputs.pop()
+    return True

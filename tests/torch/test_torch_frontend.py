@@ -411,19 +411,48 @@ def test_attention_narrowed_at_the_same_positions_of_every_head(tmp_path):
 
 
 def test_a_module_nothing_can_be_pruned_in_says_so():
-    """A GRU between two Linears: prune_module returned an identical copy, an empty plan and
-    no note (the prune verb says 'nothing pruned' for the same model)."""
+    """prune_module returned an identical copy, an empty plan and no note (the prune verb
+    says 'nothing pruned' for the same model). One Linear: its input and output are the
+    module's, which keep their shapes."""
     class G(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.g, self.b = nn.Linear(8, 32), nn.GRU(32, 48, batch_first=True), nn.Linear(48, 3)
+            self.a = nn.Linear(8, 3)
 
         def forward(self, x):
-            return self.b(self.g(self.a(x))[0])
+            return self.a(x)
 
     result = gp.prune_module(seeded(G), torch.randn(2, 5, 8), ratio=0.4)
     assert not result.plan.tensors
     assert any(n.startswith("nothing pruned: no channel group of this module can be pruned") for n in result.notes)
+
+
+@pytest.mark.parametrize("cell,kw", [(nn.LSTM, {}), (nn.GRU, {}), (nn.RNN, {}), (nn.LSTM, {"num_layers": 2}),
+                                     (nn.LSTM, {"bidirectional": True})])
+def test_recurrent_layers_prune_in_their_own_class(cell, kw):
+    """torch.export's program lowers an nn.LSTM/GRU with W, R and B computed at run time from
+    the parameters (gates reordered to ONNX's order by Slice and Concat): every group was
+    frozen ('computed weights'). The hidden units and input features prune, and the layer
+    stays an nn.LSTM/GRU/RNN with its sizes updated."""
+    class R(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = 2 if kw.get("bidirectional") else 1
+            self.a, self.r, self.b = nn.Linear(8, 32), cell(32, 48, batch_first=True, **kw), nn.Linear(48 * d, 3)
+
+        def forward(self, x):
+            return self.b(self.r(torch.relu(self.a(x)))[0])
+
+    model = seeded(R)
+    x = torch.randn(2, 5, 8)
+    result = gp.prune_module(model, x, ratio=0.4)
+    assert result.kind == "module", result.notes
+    assert isinstance(result.module.r, cell)
+    assert result.module.r.hidden_size < 48 and result.module.r.input_size < 32
+    assert result.module.r.hidden_size == result.module.r.weight_hh_l0.shape[1]
+    from graphprune.torchprune import check_module
+
+    assert check_module(model, result.module, result.plan, x) is None
 
 
 def test_head_layout_accepts_equal_heads_only():

@@ -43,7 +43,7 @@ def recurrent(node, ctx):
             not all(isinstance(d, int) for d in (*dw[1:], *dr[1:])) or dw[1] != g * hidden or dr[2] != hidden:
         ctx.freeze_all(f"{op}: weights of unknown or unexpected shape")
         return
-    if not (ctx.is_const(w) and ctx.is_const(r) and (b is None or ctx.is_const(b)) and (p is None or ctx.is_const(p))):
+    if not all(v is None or _moved_constants(ctx, v) for v in (w, r, b, p)):
         ctx.freeze_all(f"{op}: computed weights")
         return
     if int(ctx.attr("layout", 0)):
@@ -53,16 +53,16 @@ def recurrent(node, ctx):
     _couple_steps(ctx, x, y, y_h, y_c, h0, c0)
     # input features: W's columns (every direction)
     ctx.couple(x, 2, w, 2)
-    ctx.param(w, 2, "weight")
+    _param(ctx, w, 2, "weight")
     # hidden units: R's columns are the unit axis everything else maps onto
     units = np.arange(h)
     ctx.couple(w, 1, r, 2, np.arange(g * h), np.arange(g * h) % h)
     ctx.couple(r, 1, r, 2, np.arange(g * h), np.arange(g * h) % h)
-    ctx.param(w, 1, "weight")
-    ctx.param(r, 1, "weight")
+    _param(ctx, w, 1, "weight")
+    _param(ctx, r, 1, "weight")
     if b is not None:
         ctx.couple(b, 1, r, 2, np.arange(2 * g * h), np.arange(2 * g * h) % h)
-        ctx.param(b, 1, "bias")
+        _param(ctx, b, 1, "bias")
     if p is not None:
         ctx.couple(p, 1, r, 2, np.arange(3 * h), np.arange(3 * h) % h)
     ctx.unchanged(w, 0)
@@ -82,6 +82,69 @@ def recurrent(node, ctx):
         else:
             ctx.couple(v, 2, r, 2, units, units)
     ctx.on_prune(lambda rc: _rewrite(rc, r, h, run_time_zeros))
+
+
+# Ops that only move a constant's elements, whose own rules carry the channels back to it:
+# the dynamo exporter (unoptimised, as prune_module captures) builds W, R and B at run time
+# from the module's parameters, gates reordered from torch's ifgo to ONNX's iofc:
+# Unsqueeze(Concat(Slice(weight_ih, 0:H), Slice(3H:4H), Slice(H:2H), Slice(2H:3H))).
+_CONST_MOVES = {"Slice": (0,), "Concat": None, "Unsqueeze": (0,), "Squeeze": (0,), "Transpose": (0,),
+                "Identity": (0,)}
+
+
+def _moved_constants(ctx, v, _depth: int = 0) -> bool:
+    """`v` is a constant, or made of constants by _CONST_MOVES ops (their other inputs constant)."""
+    if v is None:
+        return False
+    if ctx.is_const(v):
+        return True
+    node = v.producer()
+    if node is None or node.domain not in ("", "ai.onnx") or _depth > 8 or node.op_type not in _CONST_MOVES:
+        return False
+    data = _CONST_MOVES[node.op_type]
+    data = range(len(node.inputs)) if data is None else data
+    return all(_moved_constants(ctx, i, _depth + 1) if k in data else (i is None or ctx.is_const(i))
+               for k, i in enumerate(node.inputs))
+
+
+def _sources(ctx, v, ax: int, _depth: int = 0):
+    """The constants a _moved_constants value's axis `ax` comes from, as (constant, axis)."""
+    if ctx.is_const(v):
+        yield v, ax
+        return
+    node = v.producer()
+    op = node.op_type
+    if op in ("Slice", "Identity"):
+        yield from _sources(ctx, node.inputs[0], ax, _depth + 1)
+    elif op == "Concat":
+        for i in node.inputs:
+            yield from _sources(ctx, i, ax, _depth + 1)
+    elif op == "Transpose":
+        perm = node.attributes.get("perm")
+        rank = len(ctx.dims(v) or ())
+        perm = list(perm.value) if perm is not None else list(range(rank))[::-1]
+        yield from _sources(ctx, node.inputs[0], perm[ax], _depth + 1)
+    elif op in ("Unsqueeze", "Squeeze"):
+        d_in, d_out = ctx.dims(node.inputs[0]), ctx.dims(v)
+        axes = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = list(node.attributes["axes"].value) if axes is None and "axes" in node.attributes else axes
+        if d_in is None or d_out is None or axes is None:
+            return
+        big = len(d_out) if op == "Unsqueeze" else len(d_in)
+        axes = {int(a) + big if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1)}
+        if op == "Unsqueeze":
+            if ax in axes:
+                return
+            yield from _sources(ctx, node.inputs[0], ax - sum(1 for a in axes if a < ax), _depth + 1)
+        else:
+            kept = [k for k in range(len(d_in)) if k not in axes]
+            yield from _sources(ctx, node.inputs[0], kept[ax], _depth + 1)
+
+
+def _param(ctx, v, ax: int, role: str) -> None:
+    """The role on the constant(s) the weight is (computed from)."""
+    for c, cax in _sources(ctx, v, ax):
+        ctx.param(c, cax, role)
 
 
 def _rewrite(rc, r, h: int, run_time_zeros: list[int]) -> None:
