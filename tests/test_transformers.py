@@ -81,6 +81,19 @@ def test_sdpa_exports_prune_their_heads(name, opset, tmp_path):
     prune_and_check(onnx.load(path), seed=0, min_groups=1)
 
 
+@pytest.mark.parametrize("opset", [11, 13])
+def test_gpt2_below_opset_14_prunes_as_at_17(opset, tmp_path):
+    """Below opset 14 onnx infers a Reshape only from a constant target: GPT-2's
+    `input_ids.view(-1, seq)` left every value after the embedding without a shape (0 groups,
+    MACs of the first layer only), and each layer's `view(-1, x.size(-1))` resolves one
+    normalisation round later (4 rounds left the later layers' heads frozen)."""
+    path = export_hf("gpt2", str(tmp_path / "g.onnx"), False, opset=opset)
+    dg = gp.analyze(gp.load(path))
+    heads, ffn = _kinds(dg)
+    assert (len(heads), len(ffn)) == EXPECTED["gpt2"], [(g.name, g.num_atoms) for g in dg.prunable_groups]
+    prune_and_check(onnx.load(path), seed=0, min_groups=1)
+
+
 def test_bert_default_init_prunes_heads_with_round_to(tmp_path):
     """`prune --round-to 4` on BERT (transformers' default init): 8-channel heads are
     already a multiple of 4 channels, so heads are removed as without the flag (the

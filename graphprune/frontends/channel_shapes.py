@@ -210,12 +210,21 @@ def _slice_facts(node, model, x, dx, dy):
 
 
 def _reshape_facts(node, model, x, dx, dy):
+    out = reshape_output_dims(node, dx)
+    if out is not None:
+        yield node.outputs[0], out
+
+
+def reshape_output_dims(node: ir.Node, dx: list | None) -> list | None:
+    """A Reshape's output dims from its shape input alone: its length is the rank; a
+    constant entry > 0 is the dim, a 0 (without allowzero) copies the input's, a dim read
+    off some tensor with Shape is that (named) dim, anything else (-1, run-time) unknown."""
     ins = node.inputs
     if len(ins) <= 1:
-        return
+        return None
     ds = dims_of(ins[1])
     if ds is None or len(ds) != 1 or not isinstance(ds[0], int):
-        return
+        return None
     entries = _shape_entries(ins[1])
     if entries is None or len(entries) != ds[0]:
         entries = [None] * ds[0]
@@ -228,7 +237,7 @@ def _reshape_facts(node, model, x, dx, dy):
             out.append(dx[j])
         else:
             out.append(None)
-    yield node.outputs[0], out
+    return out
 
 
 def _reduce_facts(node, model, x, dx, dy):

@@ -186,9 +186,11 @@ def normalize(model: ir.Model, *, fold: bool = True, warn: bool = True) -> ir.Mo
     infer_shapes(model, warn=warn)
     # each round can make more shapes concrete, and more shape math static; a com.microsoft
     # op or ORT's SimplifiedLayerNormalization (whose shapes onnx does not infer) between
-    # standard ops costs a round each
+    # standard ops costs a round each, and so does a Reshape below opset 14 (onnx infers
+    # Reshape-5/13 only from a constant target: one computed at run time, as the TorchScript
+    # exporter writes `x.view(-1, x.size(-1))`, is folded one layer per round)
     rounds = 1000 if any(n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization"
-                         for n in model.graph) else 4
+                         or (n.op_type == "Reshape" and opset < 14) for n in model.graph) else 4
     for _ in range(rounds):
         changed = fold and fold_constants(model)
         if changed:
@@ -226,6 +228,16 @@ def _resolve_reshape_outputs(model: ir.Model) -> bool:
         x, y = node.inputs[0], node.outputs[0]
         din, dout = dims_of(x), dims_of(y)
         target = ShapeTarget.of(node.inputs[1])
+        if dout is None and node.op_type == "Reshape":
+            # onnx infers nothing for a Reshape-5/13 whose target is computed at run time
+            # (Reshape-14 on: the target's length is the rank, its entries are propagated),
+            # and every value after it stays rankless: give it what Reshape-14 would get
+            from graphprune.frontends.channel_shapes import reshape_output_dims
+
+            dout = reshape_output_dims(node, din)
+            if dout is not None:
+                y.shape = ir.Shape(dout)
+                changed = True
         if din is None or dout is None:
             continue
         if node.op_type == "Expand":

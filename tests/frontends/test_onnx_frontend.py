@@ -269,3 +269,37 @@ def test_a_shape_that_is_a_graph_output_reads_every_dim(via):
     dg = gp.analyze(gp.load(m.SerializeToString()))
     assert 16 not in [grp.num_atoms for grp in dg.prunable_groups]
     assert any("reads this dim" in r for f in dg.frozen_groups for r in f.reasons)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 14])
+def test_a_reshape_to_a_run_time_target_below_opset_14_keeps_the_shapes_after_it(opset):
+    """onnx infers Reshape-5/13 only from a constant target: GPT-2's `input_ids.view(-1,
+    seq)` as the TorchScript exporter writes it below opset 14 (Concat([-1], Shape(ids)[1]),
+    seq dynamic) left the token embedding's Gather and every value after it without a
+    rank, and every group of the model frozen."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from graphprune.analysis.dependency import DependencyGraph
+    from graphprune.frontends.onnx import load_onnx
+
+    rng = np.random.default_rng(0)
+    unsq = [h.make_node("Unsqueeze", ["d", "ax"], ["du"])] if opset >= 13 else \
+        [h.make_node("Unsqueeze", ["d"], ["du"], axes=[0])]
+    nodes = [h.make_node("Shape", ["ids"], ["s"]), h.make_node("Gather", ["s", "one"], ["d"], axis=0), *unsq,
+             h.make_node("Concat", ["m1", "du"], ["tgt"], axis=0),
+             h.make_node("Reshape", ["ids", "tgt"], ["ids2"]),
+             h.make_node("Gather", ["table", "ids2"], ["e"], axis=0),
+             h.make_node("MatMul", ["e", "w1"], ["a"]), h.make_node("Relu", ["a"], ["r"]),
+             h.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = [h.make_tensor("one", T.INT64, [], [1]), h.make_tensor("m1", T.INT64, [1], [-1]),
+             h.make_tensor("ax", T.INT64, [1], [0]),
+             h.make_tensor("table", T.FLOAT, [11, 8], rng.standard_normal(88).tolist()),
+             h.make_tensor("w1", T.FLOAT, [8, 16], rng.standard_normal(128).tolist()),
+             h.make_tensor("w2", T.FLOAT, [16, 4], rng.standard_normal(64).tolist())]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("ids", T.INT64, ["batch", "seq"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    model = load_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", opset)]).SerializeToString())
+    a = next(n for n in model.graph if n.op_type == "Relu").inputs[0]
+    assert a.shape is not None and len(a.shape) == 3 and a.shape[2] == 16
+    assert len(DependencyGraph(model).groups) == 2  # the table's 8 columns, the 16 hidden channels
