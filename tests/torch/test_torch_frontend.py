@@ -455,6 +455,35 @@ def test_recurrent_layers_prune_in_their_own_class(cell, kw):
     assert check_module(model, result.module, result.plan, x) is None
 
 
+def test_a_module_whose_outputs_are_all_zero_is_not_called_checked():
+    """A zero-initialised head (torchvision's ViT) makes every output 0: the check compared
+    nothing, passed, and check_module accepted the unpruned module as its own pruned result."""
+    from graphprune.errors import OracleMismatchError
+    from graphprune.torchprune import NOTHING_COMPARED, check_module
+
+    class Z(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    model = seeded(Z)
+    with torch.no_grad():
+        model.b.weight.zero_()
+        model.b.bias.zero_()
+    x = torch.randn(2, 8)
+    with pytest.raises(OracleMismatchError, match="could not be checked: nothing compared"):
+        gp.prune_module(model, x, ratio=0.5)
+    result = gp.prune_module(model, x, ratio=0.5, check=False)
+    assert check_module(model, model, result.plan, x).startswith(NOTHING_COMPARED)
+    with torch.no_grad():
+        model.b.bias.fill_(0.5)  # one output that is not zero: compared, and the result passes
+    result = gp.prune_module(model, x, ratio=0.5)
+    assert check_module(model, result.module, result.plan, x) is None
+
+
 def test_head_layout_accepts_equal_heads_only():
     from graphprune.torchprune.mha import head_layout
 
