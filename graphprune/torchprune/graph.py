@@ -39,6 +39,14 @@ def _size_arg_ops():
             aten.ones.default: 0, aten.full.default: 0, aten.empty.memory_format: 0}
 
 
+def _groups_arg_ops():
+    import torch
+
+    aten = torch.ops.aten
+    # op -> position of `groups`
+    return {aten.conv1d.default: 6, aten.conv2d.default: 6, aten.conv3d.default: 6, aten.convolution.default: 8}
+
+
 def _kept_before(removed: np.ndarray, pos: int) -> int:
     """New position of old position `pos` once `removed` indices are gone."""
     return int(pos - np.count_nonzero(removed < pos))
@@ -77,6 +85,8 @@ class _Rewriter:
             self._slice(node, val)
         elif node.target in (aten.split_with_sizes.default, aten.split.Tensor):
             self._split(node)
+        elif node.target in _groups_arg_ops():
+            self._groups(node, _groups_arg_ops()[node.target])
         elif node.target in (aten.select.int,):
             x, dim, index = node.args[:3]
             dim = dim % x.meta["val"].dim()
@@ -124,6 +134,26 @@ class _Rewriter:
         args = [x, dim, _kept_before(rem, s), _kept_before(rem, e), 1]
         node.args = tuple(args)
         self.changed.append(node.name)
+
+    def _groups(self, node, pos: int) -> None:
+        """A grouped (depthwise) convolution's `groups`: the groups that keep a channel (the
+        analysis removes whole groups, or the same positions from every group)."""
+        x = node.args[0]
+        groups = node.args[pos] if pos < len(node.args) else node.kwargs.get("groups", 1)
+        rem = self.in_removed(x, 1)
+        if groups == 1 or not len(rem):
+            return
+        width = int(x.meta["val"].shape[1])
+        kept = np.setdiff1d(np.arange(width), rem) // (width // groups)
+        per_group = np.bincount(kept)
+        per_group = per_group[per_group > 0]
+        if len(set(per_group.tolist())) != 1:
+            raise PlanError(f"cannot rewrite the groups of {node.name}: groups left unequal ({per_group.tolist()})")
+        if pos < len(node.args):
+            self._set(node, pos, len(per_group))
+        else:
+            node.kwargs = {**node.kwargs, "groups": len(per_group)}
+            self.changed.append(node.name)
 
     def _split(self, node) -> None:
         import torch

@@ -99,6 +99,28 @@ def test_lenet_literal_view_sizes_give_a_graph_module_for_any_batch():
             np.testing.assert_allclose(result.module(xb).numpy(), masked(xb).numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("groups", [8, 4], ids=["depthwise", "grouped"])
+def test_a_graph_module_rewrites_the_groups_of_a_pruned_grouped_conv(groups):
+    """A literal view in forward makes the result a graph; a grouped conv in it kept its
+    literal `groups` and the graph failed ('Given groups=8, expected weight to be at least 8
+    at dimension 0'): nothing was returned. The groups now follow the channels left."""
+    class DepthwiseView(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.d = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+            self.fc = nn.Linear(8 * 6 * 6, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.d(torch.relu(self.a(x)))).view(-1, 8 * 6 * 6))
+
+    module = seeded(DepthwiseView)
+    x = torch.randn(2, 3, 6, 6)
+    result = gp.prune_module(module, x, ratio=0.5)
+    check_result(module, (x,), result)
+    assert result.kind == "graph"
+    assert result.module.d.weight.shape[0] < 8 and f"[-1, {result.module.d.weight.shape[0] * 36}]" in result.module.code
+
+
 @pytest.mark.parametrize("depthwise", [False, True], ids=["grouped", "depthwise"])
 def test_grouped_conv_with_uneven_group_importance(depthwise):
     module = seeded(lambda: GroupedUneven(depthwise))
