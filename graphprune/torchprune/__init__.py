@@ -217,14 +217,17 @@ def _tolerance(module, args: tuple, rtol: float | None) -> float:
     return 1e-2 if torch.float16 in kinds else 1e-4
 
 
-def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str = "l2", round_to: int | str = 1,
+DEFAULT_RATIO = 0.3
+
+
+def prune_module(module, example_inputs, ratio: float | None = None, *, criterion: str = "l2", round_to: int | str = 1,
                  ignore: list[str] | None = None, plan: Plan | str | os.PathLike | None = None,
                  importance=None, loss_fn=None, data=None, max_batches: int | None = None,
                  selection: dict[int, list[int]] | None = None, seed: int = 0, check: bool = True,
                  rtol: float | None = None, onnx_translations: dict | None = None) -> TorchPruneResult:
     """Prune `module` (not modified) and return a physically smaller copy with its plan.
 
-    ratio/criterion/round_to/ignore/seed mean what they mean for `graphprune.prune`, but
+    ratio (default 0.3)/criterion/round_to/ignore/seed mean what they mean for `graphprune.prune`, but
     round_to defaults to 1 (any width): the result is a torch module, often trained further
     and deployed anywhere, not an ONNX file for this CPU (`round_to="auto"`: this CPU's lanes);
     `plan` replays a plan (made by either path); `selection` removes exactly the given
@@ -249,6 +252,10 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
 
     from graphprune.workflow.options import name_list
 
+    if plan is not None and (ratio is not None or selection is not None):  # as the CLI refuses --plan with --ratio
+        raise UsageError(f"plan= replays a plan; {'ratio' if ratio is not None else 'selection'}= would be ignored",
+                         hint="pass the plan alone, or no plan")
+    ratio = DEFAULT_RATIO if ratio is None else ratio
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
         raise UsageError(f"ratio must be a number in [0, 1), got {ratio!r}")  # '0.3' was a TypeError
     round_to = resolve_round_to(round_to)
@@ -258,6 +265,7 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
     cap = capture(module, args, onnx_translations=onnx_translations)
     dg = DependencyGraph(cap.model, ignore=ignore)
     scores = None
+    allocated = plan is None and selection is None  # by ratio, here
     if plan is not None:
         plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         selection = selection_from_plan(dg, plan)
@@ -305,6 +313,9 @@ def prune_module(module, example_inputs, ratio: float = 0.3, *, criterion: str =
                f"no channel group of this module can be pruned ({len(dg.frozen_groups)} frozen; "
                "graphprune.analyze(result.onnx_model).frozen_groups says why, e.g. an op without a channel rule)"
                if not dg.prunable_groups else
+               f"its {len(dg.prunable_groups)} prunable group(s) are each a hidden size a LayerNorm/RMSNorm normalises "
+               "over, which is kept whole (the ONNX path prunes it with prune_hidden=True / --prune-hidden)"
+               if allocated and all(g.normalised for g in dg.prunable_groups) else
                f"ratio {ratio:g} removes no whole channel of its {len(dg.prunable_groups)} prunable group(s)"
                + (f" in multiples of {round_to}" if round_to > 1 else ""))
         log.warning("prune_module: nothing pruned: %s", why)

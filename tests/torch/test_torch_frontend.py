@@ -477,6 +477,38 @@ def test_recurrent_layers_prune_in_their_own_class(cell, kw):
     assert check_module(model, result.module, result.plan, x) is None
 
 
+def test_a_plan_with_a_ratio_or_a_selection_is_refused():
+    """plan= replays a plan: a ratio= beside it was ignored without a word (the CLI refuses
+    --plan with --ratio)."""
+    from graphprune.errors import UsageError
+
+    m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)))
+    x = torch.randn(2, 3, 8, 8)
+    plan = gp.prune_module(m, x, ratio=0.3).plan
+    with pytest.raises(UsageError, match="ratio= would be ignored"):
+        gp.prune_module(m, x, ratio=0.75, plan=plan)
+    with pytest.raises(UsageError, match="selection= would be ignored"):
+        gp.prune_module(m, x, plan=plan, selection={0: [1]})
+    assert gp.prune_module(m, x, plan=plan).plan.tensors == plan.tensors
+
+
+def test_nothing_pruned_under_a_norm_says_the_hidden_size_is_kept_whole():
+    """The only group is normalised by a LayerNorm: the note said 'ratio 0.3 removes no whole
+    channel' of 32 channels, which is not why."""
+    class Conv1dLN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.ln = nn.Conv1d(4, 32, 3, padding=1), nn.Conv1d(32, 6, 1), nn.LayerNorm(32)
+
+        def forward(self, x):
+            return self.c2(self.ln(torch.relu(self.c1(x)).transpose(1, 2)).transpose(1, 2))
+
+    result = gp.prune_module(seeded(Conv1dLN), torch.randn(2, 4, 20), ratio=0.3)
+    assert not result.plan.tensors
+    assert any("a hidden size a LayerNorm/RMSNorm normalises over, which is kept whole" in n for n in result.notes), \
+        result.notes
+
+
 def test_a_module_whose_outputs_are_all_zero_is_not_called_checked():
     """A zero-initialised head (torchvision's ViT) makes every output 0: the check compared
     nothing, passed, and check_module accepted the unpruned module as its own pruned result."""
