@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
@@ -11,9 +12,11 @@ from graphprune.errors import ArgumentTypeError, UsageError
 from graphprune.frontends.onnx import load_onnx, save_onnx
 from graphprune.passes import PassContext, PassManager
 from graphprune.plan import Plan
-from graphprune.runtime.oracle import OracleResult
 from graphprune.workflow.options import DEFAULTS as _DEFAULTS
 from graphprune.workflow.options import ROUND_TO_DEFAULT, name_list
+
+if TYPE_CHECKING:  # the oracle's module (and ONNX Runtime's helpers) load when `check` runs
+    from graphprune.runtime.oracle import OracleResult
 
 
 def load(path: str | os.PathLike | bytes, *, fold: bool = True, input_shapes: dict | None = None) -> ir.Model:

@@ -232,6 +232,12 @@ def _removed_by_slot(dg: DependencyGraph, selection: Selection) -> dict[Slot, np
     return out
 
 
+def _int_list(idx: np.ndarray) -> list[int]:
+    """`[int(i) for i in idx]` of an integer index array, converted in C (a plan lists every
+    removed index twice: a Python loop over them was most of build_plan)."""
+    return np.asarray(idx).astype(np.int64, copy=False).tolist()
+
+
 def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None = None,
                model_info: dict | None = None, settings: dict | None = None) -> Plan:
     from graphprune.ir.untie import untied_copies
@@ -244,7 +250,7 @@ def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None
     tensors = []
     for s, idx in removed.items():
         if not s.virtual and is_constant(dg.values[s.value]) and s.value not in untied:
-            tensors.append({"name": s.value, "axis": s.axis, "removed": [int(i) for i in idx]})
+            tensors.append({"name": s.value, "axis": s.axis, "removed": _int_list(idx)})
     tensors.sort(key=lambda t: (t["name"], t["axis"]))
     groups = []
     by_id = {g.id: g for g in dg.groups}
@@ -255,7 +261,7 @@ def build_plan(dg: DependencyGraph, selection: Selection, *, scores: dict | None
             "name": g.name,
             "atoms": g.num_atoms,
             "removed_atoms": [int(a) for a in sorted(selection[gid])],
-            "slots": {str(s): [int(i) for i in removed[s]] for s in g.slots if s in removed and not s.virtual},
+            "slots": {str(s): _int_list(removed[s]) for s in g.slots if s in removed and not s.virtual},
         }
         if scores and gid in scores:
             entry["scores"] = [round(float(x), 6) for x in np.asarray(scores[gid])[sorted(selection[gid])]]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
 _LEN = 2  # wire type: length-delimited
@@ -231,9 +232,25 @@ def _tensor_pieces(buf, vstart: int, vend: int, swapped: dict) -> tuple[list, in
     t = swapped.get(name)
     if t is None or not any(f[0] == _DATA_LOCATION for f in fields):
         return None
-    data = t.tobytes()
+    data = _tensor_bytes(t)
     pieces = _plain_tensor(fields, data)
     return pieces, sum(len(p) for p in pieces)
+
+
+_PACKED = {ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.FLOAT4E2M1, ir.DataType.INT2, ir.DataType.UINT2,
+           ir.DataType.FLOAT6E2M3, ir.DataType.FLOAT6E3M2}
+
+
+def _tensor_bytes(t):
+    """`t.tobytes()`, or for a tensor of a numpy array (a pruned weight) the same bytes as a
+    view of the array: `ir.Tensor.tobytes` is `array.tobytes()` (C order, the array's own
+    byte order), a copy of every sliced weight otherwise made just to be written."""
+    raw = getattr(t, "raw", None)
+    plain = type(t).tobytes is ir.Tensor.tobytes and type(t).numpy is ir.Tensor.numpy
+    if not plain or not isinstance(raw, np.ndarray) or t.dtype in _PACKED \
+            or raw.dtype.itemsize != t.dtype.itemsize or raw.dtype.hasobject:
+        return t.tobytes()
+    return memoryview(np.ascontiguousarray(raw).reshape(-1).view(np.uint8))
 
 
 def _write(light: bytes, swapped: dict, path) -> None:

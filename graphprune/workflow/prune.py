@@ -186,11 +186,14 @@ class _Run:
 
     # ---- plan: what to run, on which data, replaying what -------------------------------------
     def load_calibration(self) -> None:
-        from graphprune.runtime.calibration import load_calibration
-
         o = self.opts
-        self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
-                                                  batch_size=o.calib_batch, limit=o.calib_samples)
+        if o.calib is None:  # (load_calibration(None) is None: its module is not needed)
+            self.state.calibration = None
+        else:
+            from graphprune.runtime.calibration import load_calibration
+
+            self.state.calibration = load_calibration(o.calib, self.model, preprocess=o.calib_preprocess,
+                                                      batch_size=o.calib_batch, limit=o.calib_samples)
         from graphprune.workflow.options import max_drop_of
 
         if self.state.calibration is None and max_drop_of(o) is not None:  # said before any work
@@ -344,12 +347,12 @@ class _Run:
 
     # ---- the oracle ---------------------------------------------------------------------------
     def check(self, outcome: PruneOutcome) -> None:
-        from graphprune.frontends.onnx import load_onnx
-        from graphprune.runtime import oracle
-
         plan = outcome.plan
         if not self.opts.check or not (plan.removes or self.opts.check_unchanged):
             return
+        from graphprune.frontends.onnx import load_onnx
+        from graphprune.runtime import oracle
+
         original = self._reference(outcome)
         if self.staged is not None:
             res = oracle.check_files(original, str(self.staged), plan, inputs=self.opts.inputs,
