@@ -14,6 +14,7 @@ Only this module (and torchprune/, finetuning.py) imports torch; it is imported 
 from __future__ import annotations
 
 import contextlib
+import re
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -89,12 +90,29 @@ def quiet():
                 lg.setLevel(lvl)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CAUSE = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>: (.+)$")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()  # torch colours "This is step 3/3" for a terminal
     for line in text.splitlines():
         if line.strip():
             return line.strip()[:300]
     return type(exc).__name__
+
+
+def _export_causes(exc: BaseException) -> list[str]:
+    """torch.onnx's report of a failed conversion lists each error as "<class 'X'>: message"
+    (the root cause first, then the node being translated); the first line says only
+    "Failed to convert ... Next steps:"."""
+    causes = []
+    for e in (exc, exc.__cause__):
+        for line in _ANSI.sub("", str(e or "")).splitlines():
+            m = _CAUSE.match(line.strip())
+            if m and f"{m[1]}: {m[2]}" not in causes:
+                causes.append(f"{m[1]}: {m[2][:200]}")
+    return causes
 
 
 def _export(module, args: tuple, dynamic_batch: bool):
@@ -179,9 +197,14 @@ def capture(module, example_inputs, *, dynamic_batch: bool = False,
                                      external_data=False, opset_version=EXPORT_OPSET,
                                      custom_translation_table=onnx_translations)
         except Exception as exc:
+            causes = _export_causes(exc)
+            returned = any("translating node return" in c for c in causes)
             raise FrontendError(
-                f"torch.onnx cannot export {type(module).__name__}: {type(exc).__name__}: {_first_line(exc)}",
-                hint="an operator without an ONNX translation; register a custom translation with "
+                f"torch.onnx cannot export {type(module).__name__}: "
+                + ("; ".join(reversed(causes)) if causes else f"{type(exc).__name__}: {_first_line(exc)}"),
+                hint="the forward returns something that is not a tensor (an int or None among its outputs): "
+                     "return tensors only" if returned else
+                     "an operator without an ONNX translation; register a custom translation with "
                      "torch.onnx (custom_translation_table) or rewrite that part of the forward") from exc
     proto = prog.model_proto
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)

@@ -252,6 +252,11 @@ def prune_module(module, example_inputs, ratio: float | None = None, *, criterio
 
     from graphprune.workflow.options import name_list
 
+    import torch
+
+    if not isinstance(module, torch.nn.Module):  # (was an AttributeError on .parameters)
+        raise UsageError(f"prune_module takes a torch.nn.Module, got {type(module).__name__}",
+                         hint="for an ONNX file or model use graphprune.prune")
     if plan is not None and (ratio is not None or selection is not None):  # as the CLI refuses --plan with --ratio
         raise UsageError(f"plan= replays a plan; {'ratio' if ratio is not None else 'selection'}= would be ignored",
                          hint="pass the plan alone, or no plan")

@@ -477,6 +477,28 @@ def test_recurrent_layers_prune_in_their_own_class(cell, kw):
     assert check_module(model, result.module, result.plan, x) is None
 
 
+def test_export_failures_name_their_cause_without_terminal_colours():
+    """A forward returning an int beside its tensor: the error was torch's first line
+    ('... \\x1b[96mThis is step 3/3\\x1b[0m ... Next steps:') with a hint about missing operator
+    translations; the cause was only in __cause__. Not a module at all: an AttributeError."""
+    from graphprune.errors import FrontendError, UsageError
+
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return {"y": self.a(x), "n": 3}
+
+    with pytest.raises(FrontendError) as e:
+        gp.prune_module(DictOut(), torch.randn(2, 8))
+    assert "translating node return" in str(e.value) and "'int' object" in str(e.value)
+    assert "\x1b" not in str(e.value) and "return tensors only" in e.value.hint
+    with pytest.raises(UsageError, match="takes a torch.nn.Module, got function"):
+        gp.prune_module(lambda z: z, torch.randn(2, 8))
+
+
 def test_a_plan_with_a_ratio_or_a_selection_is_refused():
     """plan= replays a plan: a ratio= beside it was ignored without a word (the CLI refuses
     --plan with --ratio)."""
