@@ -168,7 +168,15 @@ def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None 
             m.num_channels = w.shape[0]
         elif isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and not _adopt(name, m, rem):
             inexpressible.append(name or type(m).__name__)
+        elif _is_hf_conv1d(m, w):
+            m.nf = w.shape[1]  # its forward shapes the output as (..., nf): a stale nf raised
     return inexpressible
+
+
+def _is_hf_conv1d(m, w) -> bool:
+    """transformers' Conv1D (GPT-2's linear layers): weight [nx, nf], y = x @ weight + bias,
+    viewed to (..., nf) by an `nf` attribute."""
+    return type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int) and w is not None and w.dim() == 2
 
 
 def _adopt(name: str, m, rem: dict | None) -> bool:

@@ -477,6 +477,25 @@ def test_recurrent_layers_prune_in_their_own_class(cell, kw):
     assert check_module(model, result.module, result.plan, x) is None
 
 
+def test_gpt2_keeps_its_own_class_and_runs_at_any_length():
+    """transformers' Conv1D shapes its output by an `nf` attribute, which stayed at the old
+    width: the module's own forward failed, and the graph fallback it got instead ran only at
+    the example's sequence length (no generate)."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                                                 n_positions=32, use_cache=False))
+    model = seeded(lambda: model)
+    x = torch.randint(0, 100, (2, 16))
+    result = gp.prune_module(model, x, ratio=0.3)
+    assert result.kind == "module", result.notes
+    fc = result.module.transformer.h[0].mlp.c_fc
+    assert fc.nf == fc.weight.shape[1] < 128
+    masked = gp.masked_module(model, result.plan)
+    with torch.no_grad():
+        for xx in (x, torch.randint(0, 100, (3, 9))):
+            np.testing.assert_allclose(result.module(xx).logits.numpy(), masked(xx).logits.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_export_failures_name_their_cause_without_terminal_colours():
     """A forward returning an int beside its tensor: the error was torch's first line
     ('... \\x1b[96mThis is step 3/3\\x1b[0m ... Next steps:') with a hint about missing operator
