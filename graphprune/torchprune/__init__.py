@@ -182,7 +182,7 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
     if importance is None:
         importance = criterion
     if callable(importance):
-        return {g.id: np.asarray(importance(dg, g), dtype=np.float64) for g in dg.prunable_groups}
+        return {g.id: _checked_scores(importance, dg, g) for g in dg.prunable_groups}
     if importance in ("taylor", "taylor_group"):
         scores = taylor_scores(module, dg, loss_fn, data, max_batches=max_batches)
         return group_scores(dg, "taylor_group", taylor_group=scores)
@@ -196,6 +196,21 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
                               "or prune the exported ONNX with gp.run_prune(path, gp.PruneOptions(calib=..., "
                               f"criterion={importance!r}))")
     return group_scores(dg, importance, seed=seed)
+
+
+def _checked_scores(importance, dg, group) -> np.ndarray:
+    """A callable importance's scores for `group`: one finite number per atom, or a
+    UsageError (3 scores for 16 channels removed 3, NaN scores removed the first channels)."""
+    name = getattr(importance, "__name__", type(importance).__name__)
+    try:
+        scores = np.asarray(importance(dg, group), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"importance {name} gave scores that are not numbers for group {group.name!r}: {exc}") from exc
+    if scores.shape != (group.num_atoms,) or not np.isfinite(scores).all():
+        what = f"shape {scores.shape}" if scores.shape != (group.num_atoms,) else "NaN or infinite values"
+        raise UsageError(f"importance {name} gave {what} for group {group.name!r} of {group.num_atoms} atoms",
+                         hint="return one finite score per atom of the group (group.num_atoms), higher = keep")
+    return scores
 
 
 def _tolerance(module, args: tuple, rtol: float | None) -> float:
@@ -278,7 +293,8 @@ def prune_module(module, example_inputs, ratio: float | None = None, *, criterio
         scores = _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
         selection = uniform(dg, scores, ratio, round_to)
     removed = removed_by_slot(dg, selection)
-    settings = {"ratio": ratio, "criterion": importance if isinstance(importance, str) else criterion,
+    settings = {"ratio": ratio, "criterion": importance if isinstance(importance, str) else
+                criterion if importance is None else f"callable {getattr(importance, '__name__', 'importance')}",
                 "round_to": round_to, "seed": seed}
     if ignore:
         settings["ignore"] = list(ignore)

@@ -477,6 +477,27 @@ def test_recurrent_layers_prune_in_their_own_class(cell, kw):
     assert check_module(model, result.module, result.plan, x) is None
 
 
+@pytest.mark.parametrize("scores,says", [(lambda g: np.arange(3.0), r"shape \(3,\)"),
+                                         (lambda g: np.full(g.num_atoms, np.nan), "NaN or infinite"),
+                                         (lambda g: np.ones((g.num_atoms, 2)), "shape")])
+def test_a_callable_importance_must_give_one_finite_score_per_atom(scores, says):
+    """3 scores for 16 channels removed 3 channels, NaN scores removed the first ones, both
+    without a word, and the plan's settings said criterion 'l2'."""
+    from graphprune.errors import UsageError
+
+    m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)))
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UsageError, match=says):
+        gp.prune_module(m, x, importance=lambda dg, g: scores(g))
+
+    def mine(dg, g):
+        return np.arange(g.num_atoms, dtype=float)
+
+    result = gp.prune_module(m, x, importance=mine)
+    assert result.plan.settings["criterion"] == "callable mine"
+    assert [t["removed"] for t in result.plan.tensors if t["name"] == "0.weight"] == [[0, 1, 2, 3]]
+
+
 def test_gpt2_keeps_its_own_class_and_runs_at_any_length():
     """transformers' Conv1D shapes its output by an `nf` attribute, which stayed at the old
     width: the module's own forward failed, and the graph fallback it got instead ran only at
