@@ -226,7 +226,7 @@ def _tolerance(module, args: tuple, rtol: float | None) -> float:
         raise UsageError(f"prune_module checks its result in ONNX Runtime, which does not run {', '.join(other)} "
                          "convolutions and matrix products on the CPU",
                          hint="prune a float32 copy (module.float() and float inputs), then cast the result back, "
-                              "e.g. result.module.to(torch.bfloat16)")
+                              f"e.g. result.module.to(torch.{other[0]})")
     if rtol is not None:
         return rtol
     return 1e-2 if torch.float16 in kinds else 1e-4

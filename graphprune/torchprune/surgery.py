@@ -168,6 +168,8 @@ def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None 
             m.num_channels = w.shape[0]
         elif isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) and not _adopt(name, m, rem):
             inexpressible.append(name or type(m).__name__)
+        elif isinstance(m, nn.PReLU) and w is not None:
+            m.num_parameters = w.numel()  # (its repr showed the old count)
         elif _is_hf_conv1d(m, w):
             m.nf = w.shape[1]  # its forward shapes the output as (..., nf): a stale nf raised
     return inexpressible

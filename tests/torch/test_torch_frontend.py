@@ -174,6 +174,14 @@ def test_a_module_onnx_runtime_cannot_run_is_refused_before_any_work(dtype, monk
     with pytest.raises(UsageError, match=f"does not run {dtype}") as e:
         tp.prune_module(module, torch.randn(2, 1, 28, 28, dtype=getattr(torch, dtype)), ratio=0.5)
     assert "module.float()" in e.value.hint
+    assert f"result.module.to(torch.{dtype})" in e.value.hint  # the float64 hint said bfloat16
+
+
+def test_prelu_says_its_new_parameter_count():
+    m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.Conv2d(16, 4, 3)))
+    result = gp.prune_module(m, torch.randn(2, 3, 8, 8), ratio=0.5)
+    prelu = result.module[1]
+    assert prelu.num_parameters == prelu.weight.numel() == 8
 
 
 @pytest.mark.parametrize("ratio", ["0.3", 1.0, -0.1, True])
