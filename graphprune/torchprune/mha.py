@@ -53,7 +53,8 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         k = F.linear(key, wk, bk).reshape(src_len, bsz, heads, qk_dim).permute(1, 2, 0, 3)
         v = F.linear(value, wv, bv).reshape(src_len, bsz, heads, v_dim).permute(1, 2, 0, 3)
 
-        mask = _additive_mask(attn_mask, key_padding_mask, bsz, heads, tgt_len, src_len, q.dtype)
+        mask = _additive_mask(_kept_heads_mask(self, attn_mask, bsz), key_padding_mask, bsz, heads, tgt_len, src_len,
+                              q.dtype)
         if is_causal and mask is None:
             mask = torch.full((tgt_len, src_len), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         dropout = self.dropout if self.training else 0.0
@@ -75,6 +76,20 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+
+def _kept_heads_mask(m, attn_mask, bsz: int):
+    """A per-head attn_mask (N·H, L, S) made for the module before pruning (as
+    nn.MultiheadAttention documents it, H its original head count): the kept heads' rows.
+    One of N·(heads now) rows is taken as given."""
+    if attn_mask is None or attn_mask.dim() != 3 or attn_mask.shape[0] == bsz * m.num_heads:
+        return attn_mask
+    kept, before = getattr(m, "kept_heads", None), getattr(m, "heads_before", None)
+    if kept is None or attn_mask.shape[0] != bsz * before:
+        raise RuntimeError(f"attn_mask of shape {tuple(attn_mask.shape)}: expected (N·{m.num_heads}, L, S) for the "
+                           f"{m.num_heads} heads left" + (f", or (N·{before}, L, S) for the heads before pruning"
+                                                          if before else ""))
+    return attn_mask.reshape(bsz, before, *attn_mask.shape[1:])[:, kept].reshape(-1, *attn_mask.shape[1:])
 
 
 def _additive_mask(attn_mask, key_padding_mask, bsz, heads, tgt_len, src_len, dtype):
@@ -118,6 +133,12 @@ def head_layout(head_dim: int, heads: int, removed: dict | None) -> tuple[int, i
     return len(alive), qk.pop(), vd.pop()
 
 
+def _alive_heads(head_dim: int, heads: int, removed: dict) -> list[int]:
+    """The heads that keep a query row ({"q": removed row indices})."""
+    gone = set(int(i) for i in removed.get("q", ()))
+    return [h for h in range(heads) if any(i not in gone for i in range(h * head_dim, (h + 1) * head_dim))]
+
+
 def adopt(m: nn.MultiheadAttention, removed: dict | None = None) -> bool:
     """Make a pruned nn.MultiheadAttention run at its new widths. `removed`: the q, k, v
     rows the plan removed ({"q"|"k"|"v": indices before pruning}; None: whole heads, as
@@ -155,6 +176,8 @@ def adopt(m: nn.MultiheadAttention, removed: dict | None = None) -> bool:
                                          and m.v_proj_weight.shape[0] == kept * vd):
         return False
     m.scale = 1.0 / math.sqrt(head_dim)  # before num_heads changes: the exported graph's constant
+    m.heads_before = heads  # a per-head mask made for the module as it was selects the kept heads' rows
+    m.kept_heads = _alive_heads(head_dim, heads, removed) if removed is not None else None
     m.num_heads, m.qk_dim, m.v_dim = kept, qk, vd
     m.embed_dim = embed
     # False keeps callers such as nn.TransformerEncoderLayer off their fused fast path,

@@ -177,6 +177,32 @@ def test_a_module_onnx_runtime_cannot_run_is_refused_before_any_work(dtype, monk
     assert f"result.module.to(torch.{dtype})" in e.value.hint  # the float64 hint said bfloat16
 
 
+def test_a_per_head_mask_for_the_heads_before_pruning_selects_the_kept_ones():
+    """nn.MultiheadAttention documents a 3-D attn_mask of N·num_heads rows; the pruned module
+    (fewer heads, same embedding) crashed on the mask its caller already builds ('shape
+    [2, 6, 10, 10] is invalid'). It now takes the kept heads' rows of such a mask."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.out = nn.MultiheadAttention(64, 8, batch_first=True), nn.Linear(64, 10)
+
+        def forward(self, h, attn_mask=None):
+            return self.out(self.attn(h, h, h, attn_mask=attn_mask, need_weights=False)[0])
+
+    model, h = seeded(M), torch.randn(2, 10, 64)
+    result = gp.prune_module(model, (h,), ratio=0.3)
+    attn = result.module.attn
+    assert attn.num_heads < 8 and len(attn.kept_heads) == attn.num_heads
+    mask = torch.randn(2 * 8, 10, 10)
+    masked = gp.masked_module(model, result.plan)
+    with torch.no_grad():
+        np.testing.assert_allclose(result.module(h, mask).numpy(), masked(h, mask).numpy(), rtol=1e-4, atol=1e-5)
+        rows = mask.reshape(2, 8, 10, 10)[:, attn.kept_heads].reshape(-1, 10, 10)
+        np.testing.assert_allclose(result.module(h, rows).numpy(), masked(h, mask).numpy(), rtol=1e-4, atol=1e-5)
+        with pytest.raises(RuntimeError, match="expected"):
+            result.module(h, torch.randn(2 * 5, 10, 10))
+
+
 def test_prelu_says_its_new_parameter_count():
     m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.Conv2d(16, 4, 3)))
     result = gp.prune_module(m, torch.randn(2, 3, 8, 8), ratio=0.5)
