@@ -105,7 +105,7 @@ def _four_d(node, ctx, hq: int, hkv: int) -> None:
     if scores is not None and ctx.dims(scores) is not None:
         for ax in (0, 1, 2):
             ctx.couple(q, ax, scores, ax)
-        ctx.freeze(scores, 3, "Attention: the scores' key positions include a cache's")
+        _score_keys(ctx, scores, 2)
     if ctx.attr("scale") is None:
         d = ctx.dims(q)[3]
 
@@ -137,7 +137,7 @@ def _three_d(node, ctx, hq: int, hkv: int) -> None:
         ctx.couple(q, 0, scores, 0)
         ctx.couple_virtual("kv_heads", hkv, scores, 1, np.arange(hq), kv_of_query)
         ctx.couple(q, 1, scores, 2)
-        ctx.freeze(scores, 3, "Attention: the scores' key positions include a cache's")
+        _score_keys(ctx, scores, 1)
 
     def rewrite(rc):
         gone = len(rc.virtual_removed("kv_heads"))
@@ -146,6 +146,14 @@ def _three_d(node, ctx, hq: int, hkv: int) -> None:
             rc.set_attr_int("kv_num_heads", hkv - gone)
 
     ctx.on_prune(rewrite)
+
+
+def _score_keys(ctx, scores, k_positions: int) -> None:
+    """The scores output's key positions: K's, unless a past cache adds its own."""
+    if ctx.input(4) is None:
+        ctx.couple(ctx.input(1), k_positions, scores, 3)
+    else:
+        ctx.freeze(scores, 3, "Attention: the scores' key positions include a cache's")
 
 
 def _mask(ctx, hq: int, hkv: int, four_d: bool) -> None:
