@@ -172,7 +172,30 @@ def update_attributes(module, pruned: ir.Model | None = None, plan: Plan | None 
             m.num_parameters = w.numel()  # (its repr showed the old count)
         elif _is_hf_conv1d(m, w):
             m.nf = w.shape[1]  # its forward shapes the output as (..., nf): a stale nf raised
+    _classifier_width(module)
     return inexpressible
+
+
+def _classifier_width(module) -> None:
+    """A model that says its classifier's input width (timm's `num_features`, and
+    `head_hidden_size` where it is the same number) and hands out its classifier
+    (`get_classifier`): the width follows the classifier's pruned input, or
+    `reset_classifier(n)` built a head for the old width (resnet10t: Linear(512, 10) reading
+    359 features)."""
+    from torch import nn
+
+    get = getattr(module, "get_classifier", None)
+    old = getattr(module, "num_features", None)
+    if not callable(get) or not isinstance(old, int):
+        return
+    try:
+        head = get()
+    except Exception:  # noqa: BLE001 - a model's own accessor; nothing to update then
+        return
+    if isinstance(head, nn.Linear) and head.in_features != old:
+        module.num_features = head.in_features
+        if getattr(module, "head_hidden_size", None) == old:
+            module.head_hidden_size = head.in_features
 
 
 def _is_hf_conv1d(m, w) -> bool:

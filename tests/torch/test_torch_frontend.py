@@ -203,6 +203,33 @@ def test_a_per_head_mask_for_the_heads_before_pruning_selects_the_kept_ones():
             result.module(h, torch.randn(2 * 5, 10, 10))
 
 
+def test_a_model_that_says_its_classifier_width_says_the_pruned_one():
+    """timm's API: num_features (and head_hidden_size) is the classifier's input width, and
+    reset_classifier(n) builds a head of that width; it kept the old width, so the new head
+    could not read the pruned features (resnet10t: Linear(512, 10) after 359 features)."""
+    class TimmLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_features = self.head_hidden_size = 32
+            self.body = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(32, 5)
+
+        def get_classifier(self):
+            return self.fc
+
+        def reset_classifier(self, n):
+            self.fc = nn.Linear(self.num_features, n)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+    result = gp.prune_module(seeded(TimmLike), torch.randn(2, 3, 8, 8), ratio=0.5)
+    pruned = result.module
+    assert pruned.num_features == pruned.head_hidden_size == pruned.fc.in_features == 16
+    pruned.reset_classifier(10)
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
 def test_prelu_says_its_new_parameter_count():
     m = seeded(lambda: nn.Sequential(nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.Conv2d(16, 4, 3)))
     result = gp.prune_module(m, torch.randn(2, 3, 8, 8), ratio=0.5)
