@@ -99,12 +99,17 @@ def test_a_mask_with_a_head_axis_follows_the_heads(layout):
     prune_and_check(_block(4, 4, layout, mask="causal", batch=2, seq=5), fraction=0.5)
 
 
-def _head_size_block(scale=None) -> onnx.ModelProto:
+def _head_size_block(scale=None, qk_norm=False) -> onnx.ModelProto:
     """Q and K made by an Einsum over weights [E, H, D] (heads and head size on their own
-    axes, as a 1x1 conv or einsum projection gives them): the head size is its own group."""
+    axes, as a 1x1 conv or einsum projection gives them): the head size is its own group.
+    `qk_norm`: an RMSNormalization over D of Q and of K (QK-norm, as Qwen3 has)."""
     inits = {"wq": w(E, 3, D, seed=1), "wk": w(E, 3, D, seed=2), "wv": w(E, 3, DV, seed=3),
              "wo": w(3, DV, E, seed=4)}  # 3 heads: not to be taken for the head size's group
-    nodes = [helper.make_node("Einsum", ["x", f"w{n}"], [n], equation="bse,ehd->bhsd") for n in "qkv"]
+    made = {n: f"{n}0" if qk_norm and n != "v" else n for n in "qkv"}
+    nodes = [helper.make_node("Einsum", ["x", f"w{n}"], [made[n]], equation="bse,ehd->bhsd") for n in "qkv"]
+    if qk_norm:
+        inits.update({"gq": 1 + 0.1 * w(D, seed=5), "gk": 1 + 0.1 * w(D, seed=6)})
+        nodes += [helper.make_node("RMSNormalization", [f"{n}0", f"g{n}"], [n], axis=-1) for n in "qk"]
     attrs = {} if scale is None else {"scale": scale}
     nodes += [helper.make_node("Attention", ["q", "k", "v"], ["att"], name="att", **attrs),
               helper.make_node("Einsum", ["att", "wo"], ["y"], equation="bhsd,hde->bse")]
@@ -127,6 +132,19 @@ def test_the_head_size_prunes_with_the_scale_of_the_input_written_out():
     assert oracle.check(original, res.model, res.plan).ok
     del att.attributes["scale"]
     assert not oracle.check(original, res.model, res.plan).ok
+
+
+def test_a_head_size_under_a_qk_norm_writes_the_scale_of_the_input():
+    """The norm keeps its statistics over the original D by a rewrite that puts a new value
+    in Q's place: the scale's rewrite looked the removed channels up on the old value, found
+    none, and wrote no scale (the pruned model scaled by 1/sqrt of the narrower D; adversarial
+    probe: 0.25 relative difference, oracle FAIL)."""
+    m = _head_size_block(qk_norm=True)
+    res = gp.prune(gp.load(m.SerializeToString()), 0.5, round_to=1, prune_hidden=True)
+    assert res.model.graph.initializers["wq"].shape[2] == D // 2  # (heads may go too)
+    assert _attention(res.model).attributes["scale"].value == pytest.approx(1 / math.sqrt(D))
+    original = ir.serde.deserialize_model(onnx.load_from_string(m.SerializeToString()))
+    assert oracle.check(original, res.model, res.plan).ok
 
 
 def test_a_given_scale_is_kept():
