@@ -46,8 +46,14 @@ class InputShapes:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     # random integer inputs are drawn from [0, int_high[name]) (default [0, 2): safe for any
-    # index); a vocabulary-sliced model's token ids cover all kept ids (slice_vocab)
-    int_high: dict[str, int] = field(default_factory=dict)
+    # index); a vocabulary-sliced model's token ids cover all kept ids (slice_vocab); an
+    # (input, axis) pair: up to that dim's size at these shapes, inclusive (key lengths)
+    int_high: dict[str, int | tuple[str, int]] = field(default_factory=dict)
+
+    def high(self, name: str, default: int) -> int:
+        """The exclusive upper bound of `name`'s random integers at these shapes."""
+        h = self.int_high.get(name, default)
+        return int(self.shapes[h[0]][h[1]]) + 1 if isinstance(h, tuple) else h
 
     @property
     def defaulted(self) -> bool:

@@ -606,6 +606,7 @@ def _check(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs: list[dic
     judge = _Judge(names, extras, rtol)
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+        _key_lengths(masked, judge.shapes)
     for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes):
         judge.add(_run_ref(s_ref, feeds), s_new.run(None, feeds))
         if judge.failed:
@@ -794,6 +795,33 @@ def _judge_other_size(judge: _Judge, s_new, feeds: dict, ref: list) -> None:
                       f"does: {_first_line(exc)}")
         return
     judge.add(ref, got)
+
+
+def _key_lengths(model: ir.Model, shapes: OracleShapes) -> None:
+    """An integer graph input read as an Attention's nonpad_kv_seqlen (the valid key positions
+    of each batch row): random 0s and 1s leave every query at most one key, whose softmax
+    weight is 1 whatever the scores, so a model with its scores wrong passed (adversarial
+    probe: a wrong scale, PASS with error 0). Drawn from [0, T] instead, T the key positions:
+    a static dim, or the dim of an input with the same name (so the other size follows)."""
+    inputs = {v.name for v in model.graph.inputs}
+    found = [n for n in model.graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
+             and len(n.inputs) > 6 and n.inputs[6] is not None and n.inputs[6].name in inputs]
+    if any(n.inputs[1] is not None and n.inputs[1].shape is None for n in found):
+        from graphprune.frontends.onnx import infer_shapes
+
+        infer_shapes(model, warn=False)  # (the oracle's own copy: a model as read has no inner shapes)
+    for node in found:
+        lengths, k = node.inputs[6], node.inputs[1]
+        if k is None or k.shape is None or len(k.shape) < 2:
+            continue
+        t = k.shape[-2]
+        if isinstance(t, int):
+            shapes.int_high[lengths.name] = t + 1
+            continue
+        named = next(((v.name, j) for v in model.graph.inputs if v.shape is not None
+                      for j, d in enumerate(v.shape) if isinstance(d, ir.SymbolicDim) and d == t), None)
+        if named is not None:
+            shapes.int_high[lengths.name] = named
 
 
 def _oracle_shapes(sess, shapes, calib, dims, dim_value):

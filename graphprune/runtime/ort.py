@@ -119,7 +119,7 @@ def random_inputs(sess, seed: int = 0, dim_value: int | None = None, int_high: i
         elif dtype is np.bool_:
             feeds[inp.name] = np.asarray(rng.random(shape) < 0.5)  # rank 0: a 0-d array, not np.bool_
         else:
-            feeds[inp.name] = rng.integers(0, shapes.int_high.get(inp.name, int_high), size=shape).astype(dtype)
+            feeds[inp.name] = rng.integers(0, shapes.high(inp.name, int_high), size=shape).astype(dtype)
     return feeds
 
 

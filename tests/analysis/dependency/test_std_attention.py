@@ -147,6 +147,30 @@ def test_a_head_size_under_a_qk_norm_writes_the_scale_of_the_input():
     assert oracle.check(original, res.model, res.plan).ok
 
 
+def test_the_oracle_draws_key_lengths_that_let_scores_show():
+    """nonpad_kv_seqlen (opset 24) as a graph input: random 0s and 1s let every query see at
+    most one key, whose softmax weight is 1 whatever the scores, and a pruned model with a
+    wrong scale passed (adversarial probe: PASS, error 0; 0.2 off at real lengths). The
+    lengths are drawn up to the key positions now, so the wrong model fails."""
+    inits = {"wq": w(E, 3, D, seed=1), "wk": w(E, 3, D, seed=2), "wv": w(E, 3, DV, seed=3),
+             "wo": w(3, DV, E, seed=4)}
+    nodes = [helper.make_node("Einsum", ["x", f"w{n}"], [n], equation="bse,ehd->bhsd") for n in "qkv"]
+    nodes += [helper.make_node("Attention", ["q", "k", "v", "", "", "", "lengths"], ["att"], name="att"),
+              helper.make_node("Einsum", ["att", "wo"], ["y"], equation="bhsd,hde->bse")]
+    lengths = helper.make_tensor_value_info("lengths", onnx.TensorProto.INT64, ["b"])
+    m = make_model(nodes, [("x", ["b", "s", E]), lengths], [("y", ["b", "s", E])], inits, opset=24, check=False)
+    model = gp.load(m.SerializeToString())
+    dg = gp.analyze(model)
+    qk = next(g for g in dg.prunable_groups if g.num_atoms == D and any("wq" in s.value for s in g.slots))
+    res = gp.prune(model, selection={qk.id: [1, 3]})
+    original = ir.serde.deserialize_model(onnx.load_from_string(m.SerializeToString()))
+    good = oracle.check(original, res.model, res.plan)
+    assert good.ok
+    assert any(n == "lengths" for shapes in good.sizes for n in shapes.int_high)
+    del _attention(res.model).attributes["scale"]  # 1/sqrt of the narrower D: wrong
+    assert not oracle.check(original, res.model, res.plan).ok
+
+
 def test_a_given_scale_is_kept():
     res = gp.prune(gp.load(_head_size_block(scale=0.3).SerializeToString()), 0.5, round_to=1)
     assert _attention(res.model).attributes["scale"].value == pytest.approx(0.3)
