@@ -52,8 +52,10 @@ def apply_removal(model: ir.Model, dg: DependencyGraph, removed: dict[Slot, np.n
     mark_mutated(model)  # before the rewrites: a failure half way must not look unchanged
     for node, fn in rewrites:
         fn(RewriteContext(node, slot_removed, new_const, unique_name, replaced))
+    originals = {name: dg.values[name] for name in replaced if name in dg.values}
     dg.values.update(replaced)  # a value a rewrite put in another's place is the one to shrink
     _shrink_values(dg, removed)
+    _shrink_replaced(originals, removed)
     remove_unused(model)
     if current:
         # every value that lost indices is a slot whose shape _shrink_values shrank: the shapes
@@ -103,6 +105,21 @@ def _shrink_values(dg: DependencyGraph, removed: dict[Slot, np.ndarray]) -> None
             for ax, idx in axes.items():
                 dims[ax] = int(dims[ax]) - len(idx)
             v.shape = ir.Shape(dims)
+
+
+def _shrink_replaced(originals: dict[str, ir.Value], removed: dict[Slot, np.ndarray]) -> None:
+    """A value a rewrite replaced but still reads (a mean scaled back to the original width
+    reads the mean over the kept channels) loses the same indices as its replacement: its
+    recorded shape shrinks too, or the model's shapes are stale there (onnx's strict
+    inference: 'existing shape differ in dimension 1: (3) vs (6)')."""
+    for name, v in originals.items():
+        if v.shape is None or not v.uses():
+            continue
+        dims = list(v.shape)
+        for s, idx in removed.items():
+            if s.value == name and not s.virtual:
+                dims[s.axis] = int(dims[s.axis]) - len(idx)
+        v.shape = ir.Shape(dims)
 
 
 def _owner_prefixes(virtual: str) -> list[str]:

@@ -220,6 +220,9 @@ class RuleContext:
         return ax + (len(d) if d is not None else 0)
 
 
+_ANALYSED_NAME = "graphprune.analysed_name"  # a replaced value's name when the plan's slots were made
+
+
 class RewriteContext:
     """Given to a rule's rewrite at prune time: which indices go from which slot."""
 
@@ -235,12 +238,16 @@ class RewriteContext:
         self.replaced = replaced if replaced is not None else {}
 
     def removed(self, value: ir.Value | None, axis: int) -> np.ndarray:
-        """Sorted indices removed from (value, axis) in the input model's numbering."""
+        """Sorted indices removed from (value, axis) in the input model's numbering. A value
+        another rewrite replaced (`take_place_of`) still answers for the slots it was
+        analysed under: a rule's rewrite reads the values it saw at analysis, and found
+        nothing removed after a norm or mean before it had replaced its input (a
+        depthwise conv kept its group; an Attention its scale)."""
         if value is None:
             return np.zeros(0, dtype=np.int64)
         if axis < 0:
             axis += len(value.shape)
-        return self._slot_removed(Slot(value.name, axis))
+        return self._slot_removed(Slot(value.meta.get(_ANALYSED_NAME, value.name), axis))
 
     def kept(self, value: ir.Value, axis: int, size: int) -> np.ndarray:
         return np.setdiff1d(np.arange(size), self.removed(value, axis))
@@ -308,6 +315,7 @@ class RewriteContext:
             if o is old:
                 outputs[i] = new
         name = old.name
+        old.meta[_ANALYSED_NAME] = old.meta.get(_ANALYSED_NAME, name)
         old.name = self.unique_name(f"{name}_replaced")
         new.name = name
         new.shape = old.shape

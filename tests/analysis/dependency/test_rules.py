@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 import graphprune as gp
-from helpers import prune_and_check
+from helpers import make_model, prune_and_check, w
 from samples.make_samples import Builder
 
 H = 8
@@ -861,3 +861,22 @@ def test_a_scalar_added_keeps_zeros_only_when_it_is_zero(added, prunable):
     assert bool(atoms(m)) == prunable
     if prunable:
         check(m)
+
+
+def test_a_depthwise_conv_after_a_replaced_mean_shrinks_its_group():
+    """A ReduceMean over a pruned axis keeps its mean over the original width by a rewrite
+    that puts a new value in its output's place; the depthwise conv reading it looked its
+    removed channels up on the old value, kept group=6 and the pruned model failed the IR
+    check (adversarial probe). A replaced value answers for the slots it was analysed under."""
+    inits = {"wc": w(6, 4, 1, seed=1), "wm": w(8, 12, seed=2), "wd": w(6, 1, 1, seed=3), "wf": w(6, 5, seed=4),
+             "ax": np.array([2], np.int64), "shp": np.array([0, 6], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"]), helper.make_node("MatMul", ["c", "wm"], ["h"]),
+             helper.make_node("Relu", ["h"], ["hr"]), helper.make_node("ReduceMean", ["hr", "ax"], ["m"], keepdims=1),
+             helper.make_node("Conv", ["m", "wd"], ["d"], group=6), helper.make_node("Reshape", ["d", "shp"], ["f"]),
+             helper.make_node("MatMul", ["f", "wf"], ["y"])]
+    m = make_model(nodes, [("x", ["b", 4, 8])], [("y", ["b", 5])], inits, opset=18)
+    dg = gp.analyze(gp.load(m.SerializeToString()))
+    selection = {g.id: list(range(0, g.num_atoms, 2)) for g in dg.prunable_groups}
+    pruned, _, _ = prune_and_check(m, selection=selection, min_groups=2)
+    depthwise = [n for n in pruned.graph if n.op_type == "Conv"][-1]
+    assert depthwise.attributes["group"].value == 3

@@ -110,9 +110,7 @@ def _four_d(node, ctx, hq: int, hkv: int) -> None:
         d = ctx.dims(q)[3]
 
         def write_scale(rc):
-            # Q as it is now: a rewrite before this one (a norm over D keeping its statistics
-            # over the original width) may have put another value in q's place, under its name
-            if len(rc.removed(rc.node.inputs[0], 3)) and isinstance(d, int):  # the scale the input computed
+            if len(rc.removed(q, 3)) and isinstance(d, int):  # the scale the input computed from its D
                 rc.set_attr_float("scale", 1.0 / math.sqrt(d))
 
         ctx.on_prune(write_scale)
