@@ -74,22 +74,34 @@ def _attention(model):
 
 
 @pytest.mark.parametrize("layout", [4, 3])
-@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_heads_prune_exactly(layout, hq, hkv, seed):
     """A key/value head is one atom with the query heads reading it (one head each without
-    grouping): its Q, K, V columns and the output projection's rows; the oracle holds."""
+    grouping; with one key/value head, multi-query, each query head alone): its Q, K, V
+    columns and the output projection's rows; the oracle holds."""
     m = _block(hq, hkv, layout)
     pruned, plan, dg = prune_and_check(m, seed=seed, fraction=0.5, full_check=True)
-    (heads,) = [g for g in dg.prunable_groups if g.num_atoms == hkv]
+    per_atom = 1 if hkv == 1 else hq // hkv  # query heads per atom
+    assert [g for g in dg.prunable_groups if g.num_atoms == hq // per_atom]
     assert plan.groups
     wq = pruned.graph.initializers["wq"]
     left = wq.shape[1] // D
-    assert left < hq and left % (hq // hkv) == 0
+    assert left < hq and left % per_atom == 0
     if layout == 3:  # the head counts follow
         att = _attention(pruned)
         assert int(att.attributes["q_num_heads"].value) == left
-        assert int(att.attributes["kv_num_heads"].value) == left // (hq // hkv)
+        assert int(att.attributes["kv_num_heads"].value) == (1 if hkv == 1 else left // per_atom)
+
+
+def test_skipped_optional_outputs_leave_the_heads_prunable():
+    """Outputs skipped with "" (present_key, present_value): they were taken for caches of
+    unknown rank and froze every head (adversarial probe)."""
+    m = _block(4, 2, 4)
+    att = next(n for n in m.graph.node if n.op_type == "Attention")
+    att.output.extend(["", ""])
+    prune_and_check(m, fraction=0.5, full_check=False, min_groups=1)
+    assert [g for g in gp.analyze(gp.load(m.SerializeToString())).prunable_groups if g.num_atoms == 2]
 
 
 @pytest.mark.parametrize("layout", [4, 3])

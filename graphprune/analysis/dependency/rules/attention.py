@@ -77,7 +77,7 @@ def _cache(ctx) -> list:
     head axis and batch go with K's (V's); the head size too in the 4-D layout; positions do
     not (a cache's are the past ones too), and are frozen."""
     k, v = ctx.input(1), ctx.input(2)
-    pairs = [(ctx.input(4), k), (ctx.input(5), v), (ctx.output(1), k), (ctx.output(2), v)]
+    pairs = [(ctx.input(4), k), (ctx.input(5), v), (_read(ctx.output(1)), k), (_read(ctx.output(2)), v)]
     caches = [(c, src) for c, src in pairs if c is not None]
     for c, _ in caches:
         if ctx.dims(c) is None or len(ctx.dims(c)) != 4:
@@ -87,11 +87,18 @@ def _cache(ctx) -> list:
     return caches
 
 
+def _read(value):
+    """An optional output that is there: read, or a graph output (one skipped with "" is not)."""
+    return value if value is not None and (value.uses() or value.is_graph_output()) else None
+
+
 def _four_d(node, ctx, hq: int, hkv: int) -> None:
     q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     ctx.couple(k, 1, v, 1)
     if hq == hkv:
         ctx.couple(q, 1, k, 1)
+    elif hkv == 1:  # multi-query: every query head reads the one key/value head, and goes alone
+        pass
     else:
         qi, kvi = _query_heads(hq, hkv)
         ctx.couple(q, 1, k, 1, qi, kvi)
@@ -101,7 +108,7 @@ def _four_d(node, ctx, hq: int, hkv: int) -> None:
     for c, src in _cache(ctx):
         for ax in (0, 1, 3):
             ctx.couple(src, ax, c, ax)
-    scores = ctx.output(3)
+    scores = _read(ctx.output(3))
     if scores is not None and ctx.dims(scores) is not None:
         for ax in (0, 1, 2):
             ctx.couple(q, ax, scores, ax)
@@ -119,29 +126,34 @@ def _four_d(node, ctx, hq: int, hkv: int) -> None:
 def _three_d(node, ctx, hq: int, hkv: int) -> None:
     q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     d, dv = ctx.dims(q)[2] // hq, ctx.dims(v)[2] // hkv
-    _, kv_of_query = _query_heads(hq, hkv)
+    # the atoms query heads go by: key/value heads (with their query heads), or with one
+    # key/value head (multi-query) the query heads themselves
+    qtag, n_atoms, of_query = ("q_heads", hq, np.arange(hq)) if hkv == 1 < hq else \
+        ("kv_heads", hkv, _query_heads(hq, hkv)[1])
 
-    def per_head(value, n_heads: int, size: int, of_head: np.ndarray) -> None:
-        ctx.couple_virtual("kv_heads", hkv, value, 2, np.arange(n_heads * size), np.repeat(of_head, size))
+    def per_head(value, tag: str, n: int, n_heads: int, size: int, of_head: np.ndarray) -> None:
+        ctx.couple_virtual(tag, n, value, 2, np.arange(n_heads * size), np.repeat(of_head, size))
 
-    per_head(q, hq, d, kv_of_query)
-    per_head(y, hq, dv, kv_of_query)
-    per_head(k, hkv, d, np.arange(hkv))
-    per_head(v, hkv, dv, np.arange(hkv))
+    per_head(q, qtag, n_atoms, hq, d, of_query)
+    per_head(y, qtag, n_atoms, hq, dv, of_query)
+    per_head(k, "kv_heads", hkv, hkv, d, np.arange(hkv))
+    per_head(v, "kv_heads", hkv, hkv, dv, np.arange(hkv))
     for c, _ in _cache(ctx):
         ctx.couple(q, 0, c, 0)
         ctx.couple_virtual("kv_heads", hkv, c, 1, np.arange(hkv), np.arange(hkv))
         ctx.unchanged(c, 3)
-    scores = ctx.output(3)
+    scores = _read(ctx.output(3))
     if scores is not None and ctx.dims(scores) is not None:
         ctx.couple(q, 0, scores, 0)
-        ctx.couple_virtual("kv_heads", hkv, scores, 1, np.arange(hq), kv_of_query)
+        ctx.couple_virtual(qtag, n_atoms, scores, 1, np.arange(hq), of_query)
         ctx.couple(q, 1, scores, 2)
         _score_keys(ctx, scores, 1)
 
     def rewrite(rc):
-        gone = len(rc.virtual_removed("kv_heads"))
-        if gone:
+        gone = len(rc.virtual_removed(qtag))
+        if gone and qtag == "q_heads":
+            rc.set_attr_int("q_num_heads", hq - gone)
+        elif gone:
             rc.set_attr_int("q_num_heads", hq - gone * (hq // hkv))
             rc.set_attr_int("kv_num_heads", hkv - gone)
 
@@ -179,7 +191,10 @@ def _mask(ctx, hq: int, hkv: int, four_d: bool) -> None:
             ctx.unchanged(mask, ax)
         elif ax + off == 1 and not four_d:  # the head axis of a 3-D layout: through the virtual slot
             qi, kvi = _query_heads(hq, hkv)
-            ctx.couple_virtual("kv_heads", hkv, mask, ax, qi, kvi)
+            if hkv == 1:
+                ctx.couple_virtual("q_heads", hq, mask, ax, qi, qi)
+            else:
+                ctx.couple_virtual("kv_heads", hkv, mask, ax, qi, kvi)
         elif target is not None and size == ctx.dims(target)[t_ax]:
             ctx.couple(target, t_ax, mask, ax)
         else:
