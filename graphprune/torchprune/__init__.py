@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from graphprune.errors import OracleMismatchError, UsageError, VerificationError
+from graphprune.errors import FrontendError, OracleMismatchError, UsageError, VerificationError
 from graphprune.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,24 @@ def _scores(module, dg, criterion, importance, loss_fn, data, seed, max_batches)
     return group_scores(dg, importance, seed=seed)
 
 
+def _export_runs(module, cap, args) -> None:
+    """FrontendError when torch's ONNX export of the unpruned module does not run in ONNX
+    Runtime on the example inputs (an nn.LSTM with proj_size: the exporter writes an initial
+    cell state of the projection's width): nothing pruned from it can be checked."""
+    from graphprune.frontends.torch import _first_line
+    from graphprune.runtime.ort import session
+
+    try:
+        sess = session(cap.onnx_bytes)
+        _onnx_outputs(sess, [i.name for i in sess.get_inputs()], args)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error classes
+        raise FrontendError(
+            f"torch.onnx's export of {type(module).__name__} does not run in ONNX Runtime, before any pruning: "
+            f"{_first_line(exc)}",
+            hint="the exporter's translation of one of its layers is wrong for this module; graphprune checks "
+                 "every result in ONNX Runtime, so it cannot prune it") from exc
+
+
 def _checked_scores(importance, dg, group) -> np.ndarray:
     """A callable importance's scores for `group`: one finite number per atom, or a
     UsageError (3 scores for 16 channels removed 3, NaN scores removed the first channels)."""
@@ -319,8 +337,12 @@ def prune_module(module, example_inputs, ratio: float | None = None, *, criterio
     if why:
         log.info("%s: returning a graph module (%s)", type(module).__name__, why)
         notes.append(f"returned a torch.fx GraphModule because {why}")
-        gm, note = _graph_fallback(module, args, cap, new_plan, removed, input_sets, sess, names, rtol,
-                                   onnx_translations)
+        try:
+            gm, note = _graph_fallback(module, args, cap, new_plan, removed, input_sets, sess, names, rtol,
+                                       onnx_translations)
+        except VerificationError:
+            _export_runs(module, cap, args)  # a broken export is the cause to name, not the pruning
+            raise
         notes.append(note)
         notes.append("to keep it: torch.save(result.module.state_dict()) and result.plan.save(path); rebuild with "
                      "gp.prune_module(module, example_inputs, plan=path) and load_state_dict (a graph from "

@@ -600,6 +600,24 @@ def test_export_failures_name_their_cause_without_terminal_colours():
         gp.prune_module(lambda z: z, torch.randn(2, 8))
 
 
+def test_a_module_whose_export_does_not_run_says_so():
+    """nn.LSTM with proj_size: torch.onnx writes an initial cell state of the projection's
+    width, which ONNX Runtime refuses; the error named a graph node of the pruned fallback
+    ('MatrixRef: ArrayRef size 5 not divisible by stride 4', adversarial probe)."""
+    from graphprune.errors import FrontendError
+
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.rnn, self.head = nn.Linear(6, 8), nn.LSTM(8, 12, proj_size=4), nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.head(self.rnn(self.inp(x))[0])
+
+    with pytest.raises(FrontendError, match="does not run in ONNX Runtime, before any pruning"):
+        gp.prune_module(seeded(Projected), torch.randn(7, 3, 6), ratio=0.3)
+
+
 def test_a_plan_with_a_ratio_or_a_selection_is_refused():
     """plan= replays a plan: a ratio= beside it was ignored without a word (the CLI refuses
     --plan with --ratio)."""
