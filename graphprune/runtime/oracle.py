@@ -797,12 +797,14 @@ def _judge_other_size(judge: _Judge, s_new, feeds: dict, ref: list) -> None:
     judge.add(ref, got)
 
 
-def _key_lengths(model: ir.Model, shapes: OracleShapes) -> None:
+def _key_lengths(model: ir.Model, shapes: OracleShapes | None) -> None:
     """An integer graph input read as an Attention's nonpad_kv_seqlen (the valid key positions
     of each batch row): random 0s and 1s leave every query at most one key, whose softmax
     weight is 1 whatever the scores, so a model with its scores wrong passed (adversarial
     probe: a wrong scale, PASS with error 0). Drawn from [0, T] instead, T the key positions:
     a static dim, or the dim of an input with the same name (so the other size follows)."""
+    if shapes is None:
+        return
     inputs = {v.name for v in model.graph.inputs}
     found = [n for n in model.graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")
              and len(n.inputs) > 6 and n.inputs[6] is not None and n.inputs[6].name in inputs]
@@ -934,6 +936,7 @@ def _check_big(original: ir.Model, pruned: ir.Model, plan: Plan, *, inputs, n_ra
             save_onnx(original, ref_path, external_data=True)
             save_onnx(pruned, new_path, external_data=True)
             return _check_one_session_at_a_time(str(ref_path), str(new_path), names, extras, inputs=inputs,
+                                                key_lengths_of=original,
                                                 n_random=n_random, seed=seed, rtol=rtol, shapes=shapes,
                                                 calib=calib, dims=dims, dim_value=dim_value)
     finally:
@@ -953,6 +956,7 @@ class _InputsOf:
 
 
 def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str], extras: Extras, *, inputs,
+                                 key_lengths_of: ir.Model | None = None,
                                  n_random, seed, rtol, shapes=None, calib=None, dims=None,
                                  dim_value=None) -> OracleResult:
     """The large-model loop: the masked original's outputs for every input set first (the
@@ -965,6 +969,8 @@ def _check_one_session_at_a_time(ref_path: str, new_path: str, names: list[str],
     judge = _Judge(names, extras, rtol)
     if n_random > 0:
         judge.shapes = _oracle_shapes(s_ref, shapes, calib, dims, dim_value)
+        if key_lengths_of is not None:  # (the in-memory model the file was written from)
+            _key_lengths(key_lengths_of, judge.shapes)
     refs = [_run_ref(s_ref, feeds) for feeds in _feed_sets(inputs, n_random, seed, s_ref, judge.shapes)]
     other_ref = _pick_other_size(s_ref, judge.shapes, seed + n_random) if n_random > 0 else None
     input_meta = _InputsOf(s_ref)  # random_inputs needs only the input list, not the session

@@ -159,11 +159,17 @@ def test_a_head_size_under_a_qk_norm_writes_the_scale_of_the_input():
     assert oracle.check(original, res.model, res.plan).ok
 
 
-def test_the_oracle_draws_key_lengths_that_let_scores_show():
+@pytest.mark.parametrize("big", [False, True], ids=["in_memory", "large_model_path"])
+def test_the_oracle_draws_key_lengths_that_let_scores_show(big, monkeypatch):
     """nonpad_kv_seqlen (opset 24) as a graph input: random 0s and 1s let every query see at
     most one key, whose softmax weight is 1 whatever the scores, and a pruned model with a
     wrong scale passed (adversarial probe: PASS, error 0; 0.2 off at real lengths). The
-    lengths are drawn up to the key positions now, so the wrong model fails."""
+    lengths are drawn up to the key positions now, so the wrong model fails; also where the
+    oracle goes through files (models over BIG_MODEL_BYTES)."""
+    if big:
+        from graphprune.ir import serialize
+
+        monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
     inits = {"wq": w(E, 3, D, seed=1), "wk": w(E, 3, D, seed=2), "wv": w(E, 3, DV, seed=3),
              "wo": w(3, DV, E, seed=4)}
     nodes = [helper.make_node("Einsum", ["x", f"w{n}"], [n], equation="bse,ehd->bhsd") for n in "qkv"]
