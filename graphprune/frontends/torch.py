@@ -110,8 +110,9 @@ def _export_causes(exc: BaseException) -> list[str]:
     for e in (exc, exc.__cause__):
         for line in _ANSI.sub("", str(e or "")).splitlines():
             m = _CAUSE.match(line.strip())
-            if m and f"{m[1]}: {m[2]}" not in causes:
-                causes.append(f"{m[1]}: {m[2][:200]}")
+            cause = f"{m[1]}: {m[2][:200]}" if m else None
+            if cause and cause not in causes:
+                causes.append(cause)
     return causes
 
 
