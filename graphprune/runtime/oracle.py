@@ -1070,9 +1070,10 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
     ref_proto = onnx.load(ref_path, load_external_data=False)
     new_proto = onnx.load(pruned_path, load_external_data=False)
     names = [o.name for o in ref_proto.graph.output]
-    extras = _extra_values(ir.serde.deserialize_model(ref_proto), ir.serde.deserialize_model(new_proto))
+    ref = ir.serde.deserialize_model(ref_proto)
+    extras = _extra_values(ref, ir.serde.deserialize_model(new_proto))
     if not extras:
-        return _check_one_session_at_a_time(ref_path, pruned_path, names, extras, inputs=inputs,
+        return _check_one_session_at_a_time(ref_path, pruned_path, names, extras, inputs=inputs, key_lengths_of=ref,
                                             n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
     for proto in (ref_proto, new_proto):
         for name in extras.names:
@@ -1087,7 +1088,7 @@ def _check_masked_file(ref_path: str, pruned_path: str, *, inputs, n_random, see
             os.close(fd)
             made.append(path)
             onnx.save(proto, path)
-        return _check_one_session_at_a_time(made[0], made[1], names, extras, inputs=inputs,
+        return _check_one_session_at_a_time(made[0], made[1], names, extras, inputs=inputs, key_lengths_of=ref,
                                             n_random=n_random, seed=seed, rtol=rtol, shapes=shapes, calib=calib)
     finally:
         for path in made:

@@ -159,14 +159,14 @@ def test_a_head_size_under_a_qk_norm_writes_the_scale_of_the_input():
     assert oracle.check(original, res.model, res.plan).ok
 
 
-@pytest.mark.parametrize("big", [False, True], ids=["in_memory", "large_model_path"])
-def test_the_oracle_draws_key_lengths_that_let_scores_show(big, monkeypatch):
+@pytest.mark.parametrize("path", ["in_memory", "large_model", "files"])
+def test_the_oracle_draws_key_lengths_that_let_scores_show(path, monkeypatch, tmp_path):
     """nonpad_kv_seqlen (opset 24) as a graph input: random 0s and 1s let every query see at
     most one key, whose softmax weight is 1 whatever the scores, and a pruned model with a
     wrong scale passed (adversarial probe: PASS, error 0; 0.2 off at real lengths). The
     lengths are drawn up to the key positions now, so the wrong model fails; also where the
-    oracle goes through files (models over BIG_MODEL_BYTES)."""
-    if big:
+    oracle goes through files (models over BIG_MODEL_BYTES, and the check verb's files)."""
+    if path == "large_model":
         from graphprune.ir import serialize
 
         monkeypatch.setattr(serialize, "BIG_MODEL_BYTES", 0)
@@ -186,7 +186,12 @@ def test_the_oracle_draws_key_lengths_that_let_scores_show(big, monkeypatch):
     assert good.ok
     assert any(n == "lengths" for shapes in good.sizes for n in shapes.int_high)
     del _attention(res.model).attributes["scale"]  # 1/sqrt of the narrower D: wrong
-    assert not oracle.check(original, res.model, res.plan).ok
+    if path == "files":
+        (tmp_path / "in.onnx").write_bytes(m.SerializeToString())
+        gp.save(res.model, tmp_path / "bad.onnx")
+        assert not oracle.check_files(str(tmp_path / "in.onnx"), str(tmp_path / "bad.onnx"), res.plan).ok
+    else:
+        assert not oracle.check(original, res.model, res.plan).ok
 
 
 def test_a_given_scale_is_kept():
