@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from graphprune.ir.constants import STD_DOMAINS
 from graphprune.ir.shapes import dims_of
-
-_STD = ("", "ai.onnx")
 
 
 def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == op_type and node.domain in _STD else None
+    return node if node is not None and node.op_type == op_type and node.domain in STD_DOMAINS else None
 
 
 def _known(dims) -> bool:
@@ -57,7 +56,7 @@ def read_merged_transposes(model: ir.Model) -> bool:
     input (the old nodes are left unread, for remove_unused). Returns whether any was."""
     changed = False
     for second in list(model.graph):
-        if second.op_type != "Reshape" or second.domain not in _STD:
+        if second.op_type != "Reshape" or second.domain not in STD_DOMAINS:
             continue
         perm = _transpose_perm(second)
         if perm is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+STD_DOMAINS = ("", "ai.onnx")  # the default (ONNX) domain, by either of its names
 _CONST_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
 

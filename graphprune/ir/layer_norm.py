@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from graphprune.ir.constants import is_constant
+from graphprune.ir.constants import STD_DOMAINS, is_constant
 from graphprune.ir.rms_norm import RMSNormTail, last_axis_only, only_reader, rms_norm_after, scalar_within
 
-STD_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphprune.ir.constants import const_array, set_const_array
+from graphprune.ir.constants import STD_DOMAINS, const_array, set_const_array
 from graphprune.ir.nbits import dequantized_weight as nbits_dequantized
 from graphprune.ir.nbits import is_nbits_weight
 
-STD_DOMAINS = ("", "ai.onnx")
 
 
 def is_dequantize(node: ir.Node | None) -> bool:

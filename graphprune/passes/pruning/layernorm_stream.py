@@ -30,11 +30,10 @@ import numpy as np
 import onnx_ir as ir
 
 from graphprune.analysis.residual_stream import NotAStream, _output_end, find_stream
-from graphprune.ir.constants import const_array, is_constant, set_const_array
+from graphprune.ir.constants import STD_DOMAINS, const_array, is_constant, set_const_array
 from graphprune.ir.layer_norm import WrittenLayerNorm, written_layer_norms
 from graphprune.ir.rms_norm import scalar_within
 
-STD_DOMAINS = ("", "ai.onnx")
 
 
 def prepare_stream(model: ir.Model) -> bool:
